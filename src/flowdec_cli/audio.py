@@ -1,0 +1,224 @@
+"""Audio files in and out: reading any soundfile format block by block, resampling, atomic writing.
+
+Everything here works on float32 arrays shaped ``[frames, channels]`` (soundfile's layout) and streams, so
+hours-long files never have to sit in memory at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+__all__ = [
+    "AudioError",
+    "AudioInfo",
+    "AUDIO_EXTENSIONS",
+    "probe",
+    "read_blocks",
+    "read_audio",
+    "Resampler",
+    "resample",
+    "AtomicAudioWriter",
+    "write_audio",
+    "output_format_for",
+]
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
+
+
+class AudioError(Exception):
+    """An audio file that cannot be read or written; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[-1] if text else type(exc).__name__
+    # soundfile prefixes messages with "Error opening '...': " - the file is named by us already.
+    if ": " in msg and msg.startswith("Error opening"):
+        msg = msg.split(": ", 1)[1]
+    return msg
+
+
+def probe(path: str | os.PathLike) -> AudioInfo:
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:
+        raise AudioError(f"{path}: not a readable audio file ({_describe(exc)})") from None
+    frames = int(info.frames)
+    if frames < 0 or frames > 2**62:  # some streams (mp3/ogg) report unknown lengths; count them
+        frames = sum(len(b) for b in read_blocks(path, 1 << 18))
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise AudioError(f"{path}: invalid header (rate {info.samplerate}, channels {info.channels})")
+    return AudioInfo(path, int(info.samplerate), int(info.channels), frames, info.format, info.subtype)
+
+
+def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterator[np.ndarray]:
+    """float32 blocks [n, channels] of the whole file, in order."""
+    path = Path(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                block = f.read(block_frames, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                if not np.isfinite(block).all():
+                    raise AudioError(f"{path}: contains NaN or infinite samples")
+                yield block
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"{path}: cannot decode audio ({_describe(exc)})") from None
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """The whole file as float32 [frames, channels] and its sample rate."""
+    info = probe(path)
+    blocks = list(read_blocks(path))
+    data = np.concatenate(blocks) if blocks else np.zeros((0, info.channels), np.float32)
+    return data, info.sample_rate
+
+
+class Resampler:
+    """Streaming sample-rate conversion (soxr, very high quality) with an exact output length.
+
+    soxr is linear-phase with its delay compensated, so a stream fed block by block gives the same result as
+    one call on the whole signal; :meth:`finish` pads or trims to ``round(n_in * out/in)`` samples (or a
+    requested length), which is what lets us give users back exactly the length they gave us.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int, channels: int) -> None:
+        self.in_rate, self.out_rate, self.channels = int(in_rate), int(out_rate), int(channels)
+        self.identity = self.in_rate == self.out_rate
+        self._stream = None
+        if not self.identity:
+            import soxr
+
+            self._stream = soxr.ResampleStream(self.in_rate, self.out_rate, self.channels, dtype="float32",
+                                               quality="VHQ")
+        self.n_in = 0
+        self.n_out = 0
+
+    def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        block = np.ascontiguousarray(block, dtype=np.float32).reshape(-1, self.channels)
+        self.n_in += len(block)
+        out = block if self._stream is None else self._stream.resample_chunk(block, last=last)
+        out = np.asarray(out, dtype=np.float32).reshape(-1, self.channels)
+        self.n_out += len(out)
+        return out
+
+    def expected_length(self) -> int:
+        return int(round(self.n_in * self.out_rate / self.in_rate))
+
+    def finish(self, length: int | None = None) -> np.ndarray:
+        """Flush; returns the remaining samples so that the total equals ``length`` (default: exact ratio)."""
+        tail = self.process(np.zeros((0, self.channels), np.float32), last=True) if self._stream is not None \
+            else np.zeros((0, self.channels), np.float32)
+        target = self.expected_length() if length is None else int(length)
+        have_before_tail = self.n_out - len(tail)
+        want_tail = target - have_before_tail
+        if want_tail < 0:
+            raise AudioError("resampler produced more samples than requested; trim before finishing")
+        if len(tail) >= want_tail:
+            return tail[:want_tail]
+        return np.concatenate([tail, np.zeros((want_tail - len(tail), self.channels), np.float32)])
+
+
+def resample(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
+    """Whole-array form of :class:`Resampler` (x: [frames, channels])."""
+    if in_rate == out_rate:
+        return np.asarray(x, dtype=np.float32)
+    r = Resampler(in_rate, out_rate, x.shape[1])
+    head = r.process(x)
+    target = r.expected_length()
+    if len(head) > target:
+        return head[:target]
+    return np.concatenate([head, r.finish(target)])
+
+
+_FORMATS = {
+    ".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS"), ".oga": ("OGG", "VORBIS"),
+    ".opus": ("OGG", "OPUS"), ".mp3": ("MP3", "MPEG_LAYER_III"), ".aif": ("AIFF", "PCM_16"),
+    ".aiff": ("AIFF", "PCM_16"), ".w64": ("W64", "PCM_16"), ".caf": ("CAF", "PCM_16"), ".au": ("AU", "PCM_16"),
+}
+
+
+def output_format_for(path: str | os.PathLike, subtype: str | None = None) -> tuple[str, str]:
+    ext = Path(path).suffix.lower()
+    if ext not in _FORMATS:
+        raise AudioError(f"{path}: unsupported output extension '{ext or '(none)'}' "
+                         f"(use one of {', '.join(sorted(_FORMATS))})")
+    fmt, default_subtype = _FORMATS[ext]
+    return fmt, subtype or default_subtype
+
+
+class AtomicAudioWriter:
+    """Writes blocks to a temporary file beside ``path`` and renames it into place only on success."""
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str | None = None) -> None:
+        self.path = Path(path)
+        fmt, sub = output_format_for(self.path, subtype)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        try:
+            self._file = sf.SoundFile(str(self.tmp), "w", samplerate=int(sample_rate), channels=int(channels),
+                                      format=fmt, subtype=sub)
+        except Exception as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise AudioError(f"{self.path}: cannot write ({_describe(exc)})") from None
+
+    def write(self, block: np.ndarray) -> None:
+        self._file.write(block)
+
+    def commit(self) -> None:
+        self._file.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicAudioWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def write_audio(path: str | os.PathLike, data: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 1:
+        data = data[:, None]
+    with AtomicAudioWriter(path, sample_rate, data.shape[1], subtype) as w:
+        w.write(data)

@@ -1,0 +1,235 @@
+"""Reading and writing model weights without ever running code from a file.
+
+Three formats reach us:
+
+* the released NDAC ``weights.pth`` (audiotools ``BaseModel.save``): a zip-format ``torch.save`` whose
+  pickle names only tensors and plain containers, so torch's ``weights_only`` loader reads it;
+* the released FlowDec Lightning ``.ckpt``: its pickle also holds OmegaConf objects and callback state.
+  ``weights_only`` refuses those, and a plain ``torch.load`` would import (and could execute) whatever the
+  pickle names. We unpickle it with an allowlist instead: tensor rebuilders and plain containers resolve
+  to the real thing, every other global resolves to an inert stub, so nothing outside the allowlist is
+  ever imported or called;
+* our own model folders: ``config.json`` + ``model.safetensors``, the layout a Hugging Face hub repo holds.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "load_dac_weights",
+    "load_lightning_state_dict",
+    "save_model_folder",
+    "load_model_folder",
+    "weights_hash",
+    "atomic_write_bytes",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(Exception):
+    """A weights file that cannot be used; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Restricted unpickling for Lightning checkpoints
+
+
+class _InertStub:
+    """Stands in for any class or function the allowlist does not name.
+
+    It accepts every way pickle can build or fill an object and keeps nothing, so hyper-parameters,
+    callback states and loop states load as harmless placeholders.
+    """
+
+    _flowdec_name = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<unloaded {self._flowdec_name}>"
+
+
+def _stub_for(module: str, name: str) -> type:
+    return type(f"Unloaded_{name}", (_InertStub,), {"_flowdec_name": f"{module}.{name}"})
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "defaultdict"): collections.defaultdict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+}
+for _builtin in ("dict", "list", "set", "frozenset", "tuple", "int", "float", "complex", "bool", "str",
+                 "bytes", "bytearray", "slice"):
+    _ALLOWED_GLOBALS[("builtins", _builtin)] = getattr(builtins, _builtin)
+del _builtin
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        found = _ALLOWED_GLOBALS.get((module, name))
+        if found is not None:
+            return found
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        return _stub_for(module, name)
+
+
+class _RestrictedPickleModule:
+    """The ``pickle_module`` handed to ``torch.load``: only our unpickler is reachable through it."""
+
+    Unpickler = _RestrictedUnpickler
+    __name__ = "flowdec_restricted_pickle"
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _RestrictedUnpickler(file, **kwargs).load()
+
+
+def _require_zip_torch_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a zip-format torch checkpoint (legacy or corrupt file)")
+
+
+def load_lightning_state_dict(path: str | os.PathLike, ema: bool = True) -> dict[str, torch.Tensor]:
+    """The EMA (default, as the official demo uses) or raw state dict of a FlowDec Lightning checkpoint."""
+    path = Path(path)
+    _require_zip_torch_file(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+    except Exception as exc:  # any malformed pickle or archive
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (top level is {type(ckpt).__name__})")
+    key = "_pl_ema_state_dict" if ema else "state_dict"
+    if key not in ckpt:
+        if ema and "state_dict" in ckpt:
+            raise CheckpointError(f"{path}: holds no EMA weights ('_pl_ema_state_dict'); "
+                                  "load the raw weights explicitly (ema=False / --raw-weights)")
+        raise CheckpointError(f"{path}: no '{key}' in checkpoint")
+    state = ckpt[key]
+    return _tensor_dict(state, path, key)
+
+
+def _tensor_dict(state: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: '{what}' is not a dict of tensors")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: '{what}' entry {k!r} is not a tensor")
+        out[k] = v.detach()
+    return out
+
+
+def load_dac_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict and constructor kwargs of a descript-audio-codec / NDAC ``weights.pth``."""
+    path = Path(path)
+    _require_zip_torch_file(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read DAC weights safely ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(blob, dict) or "state_dict" not in blob:
+        raise CheckpointError(f"{path}: not a DAC weights file (no 'state_dict')")
+    meta = blob.get("metadata") or {}
+    kwargs = meta.get("kwargs") if isinstance(meta, dict) else None
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: DAC weights carry no metadata['kwargs'] to build the model from")
+    return _tensor_dict(blob["state_dict"], path, "state_dict"), dict(kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Our own format
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary sibling and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_folder(folder: str | os.PathLike, config: dict[str, Any],
+                      state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (contiguous CPU copies, original dtypes)."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    atomic_write_bytes(folder / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    return folder
+
+
+def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise CheckpointError(f"{folder}: not a model folder (missing {p.name})")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path}: unreadable config ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: config is not a JSON object")
+    try:
+        state = load_file(str(w_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{w_path}: unreadable safetensors ({exc})") from None
+    return config, state
+
+
+def weights_hash(state_dict: dict[str, torch.Tensor], length: int = 16) -> str:
+    """A content hash of a state dict that does not depend on the file format it came from."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:length]

@@ -1,0 +1,518 @@
+"""NDAC: the DAC-style codec under FlowDec (encoder, residual vector quantizer, initial decoder D0).
+
+The network is the ``DAC`` class of descript-audio-codec 1.0.0, rebuilt from the same constructor settings
+so that its state-dict keys are the released ones (``encoder.block.…``, ``quantizer.quantizers.…``,
+``decoder.model.…``, weight norm stored as ``weight_g``/``weight_v``). Lengths follow 1.0.0 exactly: the
+encoder input is right-padded to a multiple of the hop, and each decoder stage with an odd stride loses
+one sample (no ``output_padding``), so D0 returns ``frames*hop`` minus a small deficit, untrimmed.
+
+For inference, :meth:`NDAC.fold_weight_norm` turns every g/v pair into one plain weight, computed with the
+same kernel torch's weight norm uses, so folded outputs equal unfolded ones bit for bit.
+
+Long inputs are coded in chunks (:meth:`NDAC.encode_chunked`, :meth:`NDAC.decode_chunked`): each chunk
+carries enough context on both sides to cover the network's receptive field, and chunk borders fall on
+frame borders, so frame *i* always starts at sample *i x hop* and the codes do not depend on the chunk size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["NDACConfig", "NDAC"]
+
+
+@dataclass
+class NDACConfig:
+    """Constructor settings of descript-audio-codec 1.0.0 ``DAC`` (``metadata["kwargs"]`` of a weights.pth)."""
+
+    encoder_dim: int = 64
+    encoder_rates: list[int] = field(default_factory=lambda: [2, 4, 8, 8])
+    latent_dim: int | None = None
+    decoder_dim: int = 1536
+    decoder_rates: list[int] = field(default_factory=lambda: [8, 8, 4, 2])
+    n_codebooks: int = 9
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    quantizer_dropout: float = 0.0
+    sample_rate: int = 44100
+
+    def __post_init__(self) -> None:
+        self.encoder_rates = [int(r) for r in self.encoder_rates]
+        self.decoder_rates = [int(r) for r in self.decoder_rates]
+        if self.latent_dim is None:
+            self.latent_dim = self.encoder_dim * (2 ** len(self.encoder_rates))
+        self.quantizer_dropout = float(self.quantizer_dropout or 0.0)
+        if math.prod(self.encoder_rates) != math.prod(self.decoder_rates):
+            raise ValueError(f"encoder rates {self.encoder_rates} and decoder rates {self.decoder_rates} "
+                             "have different products")
+        for name in ("encoder_dim", "decoder_dim", "n_codebooks", "codebook_size", "codebook_dim", "sample_rate"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> "NDACConfig":
+        """Build from a DAC kwargs dict, ignoring keys DAC's constructor does not take (as ``DAC.load`` does)."""
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.encoder_rates)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks (names and nesting follow dac/nn/layers.py and dac/model/dac.py of DAC 1.0.0)
+
+
+class _WeightNormConv(nn.Module):
+    """A weight-normalised convolution that keeps DAC's ``weight_g``/``weight_v`` parameter names.
+
+    ``fold()`` replaces the pair by a plain ``weight`` for inference; training keeps the pair.
+    """
+
+    transposed = False
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        shape = (in_ch, out_ch, kernel_size) if self.transposed else (out_ch, in_ch, kernel_size)
+        weight = torch.empty(shape)
+        # DAC's init: truncated normal (std 0.02) for Conv1d; torch default for ConvTranspose1d.
+        if self.transposed:
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        else:
+            nn.init.trunc_normal_(weight, std=0.02)
+        self.weight_g = nn.Parameter(torch.linalg.vector_norm(weight, dim=(1, 2), keepdim=True))
+        self.weight_v = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.register_buffer("folded", None, persistent=False)
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.folded is not None:
+            return self.folded
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
+    def fold(self) -> None:
+        with torch.no_grad():
+            w = torch._weight_norm(self.weight_v, self.weight_g, 0).detach().clone()
+        del self.weight_g, self.weight_v
+        self.folded = w
+
+
+class WNConv1d(_WeightNormConv):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.effective_weight(), self.bias, self.stride, self.padding, self.dilation)
+
+
+class WNConvTranspose1d(_WeightNormConv):
+    transposed = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # dac 1.0.0: no output_padding, so odd strides return one sample fewer.
+        return F.conv_transpose1d(x, self.effective_weight(), self.bias, self.stride, self.padding, 0, 1,
+                                  self.dilation)
+
+
+class Snake1d(nn.Module):
+    """x + sin^2(alpha x) / (alpha + 1e-9), per channel."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(shape[0], shape[1], -1)
+        x = x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        return x.reshape(shape)
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, dim: int, dilation: int = 1) -> None:
+        super().__init__()
+        pad = ((7 - 1) * dilation) // 2
+        self.block = nn.Sequential(
+            Snake1d(dim),
+            WNConv1d(dim, dim, kernel_size=7, dilation=dilation, padding=pad),
+            Snake1d(dim),
+            WNConv1d(dim, dim, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        crop = (x.shape[-1] - y.shape[-1]) // 2
+        if crop > 0:
+            x = x[..., crop:-crop]
+        return x + y
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim: int, stride: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            ResidualUnit(dim // 2, dilation=1),
+            ResidualUnit(dim // 2, dilation=3),
+            ResidualUnit(dim // 2, dilation=9),
+            Snake1d(dim // 2),
+            WNConv1d(dim // 2, dim, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, d_model: int, strides: list[int], d_latent: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [WNConv1d(1, d_model, kernel_size=7, padding=3)]
+        for stride in strides:
+            d_model *= 2
+            layers.append(EncoderBlock(d_model, stride=stride))
+        layers += [Snake1d(d_model), WNConv1d(d_model, d_latent, kernel_size=3, padding=1)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, input_dim: int, output_dim: int, stride: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            Snake1d(input_dim),
+            WNConvTranspose1d(input_dim, output_dim, kernel_size=2 * stride, stride=stride,
+                              padding=math.ceil(stride / 2)),
+            ResidualUnit(output_dim, dilation=1),
+            ResidualUnit(output_dim, dilation=3),
+            ResidualUnit(output_dim, dilation=9),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, input_channel: int, channels: int, rates: list[int], d_out: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [WNConv1d(input_channel, channels, kernel_size=7, padding=3)]
+        output_dim = channels
+        for i, stride in enumerate(rates):
+            input_dim = channels // 2**i
+            output_dim = channels // 2 ** (i + 1)
+            layers.append(DecoderBlock(input_dim, output_dim, stride))
+        layers += [Snake1d(output_dim), WNConv1d(output_dim, d_out, kernel_size=7, padding=3), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class VectorQuantize(nn.Module):
+    """One factorised codebook: project down, nearest L2-normalised code, look up the raw row, project up."""
+
+    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int) -> None:
+        super().__init__()
+        self.codebook_size, self.codebook_dim = codebook_size, codebook_dim
+        self.in_proj = WNConv1d(input_dim, codebook_dim, kernel_size=1)
+        self.out_proj = WNConv1d(codebook_dim, input_dim, kernel_size=1)
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+
+    def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Codes [B,T] of projected latents z_e [B,D,T]: the same arithmetic as DAC's ``decode_latents``."""
+        b = z_e.shape[0]
+        enc = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
+        book = F.normalize(self.codebook.weight)
+        dist = enc.pow(2).sum(1, keepdim=True) - 2 * enc @ book.t() + book.pow(2).sum(1, keepdim=True).t()
+        return (-dist).max(1)[1].reshape(b, -1)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return F.embedding(codes, self.codebook.weight).transpose(1, 2)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_e = self.in_proj(z)
+        codes = self.nearest_codes(z_e)
+        z_q = self.lookup(codes)
+        commitment_loss = F.mse_loss(z_e, z_q.detach(), reduction="none").mean([1, 2])
+        codebook_loss = F.mse_loss(z_q, z_e.detach(), reduction="none").mean([1, 2])
+        z_q = z_e + (z_q - z_e).detach()  # straight-through; also the exact expression DAC feeds on
+        return self.out_proj(z_q), commitment_loss, codebook_loss, codes, z_e
+
+
+class ResidualVectorQuantize(nn.Module):
+    def __init__(self, input_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int,
+                 quantizer_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_codebooks, self.codebook_size = n_codebooks, codebook_size
+        self.quantizer_dropout = quantizer_dropout
+        self.quantizers = nn.ModuleList(
+            [VectorQuantize(input_dim, codebook_size, codebook_dim) for _ in range(n_codebooks)])
+
+    def forward(self, z: torch.Tensor, n_quantizers: int | None = None) -> tuple[torch.Tensor, ...]:
+        """(z_q, codes [B,k,T], latents, commitment_loss, codebook_loss), as DAC 1.0.0 returns them.
+
+        In training mode a fraction ``quantizer_dropout`` of the batch uses a random number of codebooks,
+        which is what makes every prefix of the codebooks decodable.
+        """
+        n_q = self.n_codebooks if n_quantizers is None else int(n_quantizers)
+        batch = z.shape[0]
+        if self.training:
+            n_q_per_item = torch.full((batch,), self.n_codebooks, device=z.device)
+            n_drop = int(batch * self.quantizer_dropout)
+            if n_drop:
+                n_q_per_item[:n_drop] = torch.randint(1, self.n_codebooks + 1, (n_drop,), device=z.device)
+        else:
+            n_q_per_item = torch.full((batch,), n_q, device=z.device)
+        z_q: torch.Tensor | float = 0.0
+        residual = z
+        commitment = z.new_zeros(())
+        codebook = z.new_zeros(())
+        codes, latents = [], []
+        for i, quantizer in enumerate(self.quantizers):
+            if not self.training and i >= n_q:
+                break
+            z_q_i, commit_i, cb_i, codes_i, z_e_i = quantizer(residual)
+            mask = (i < n_q_per_item).to(z.dtype)
+            z_q = z_q + z_q_i * mask[:, None, None]
+            residual = residual - z_q_i
+            commitment = commitment + (commit_i * mask).mean()
+            codebook = codebook + (cb_i * mask).mean()
+            codes.append(codes_i)
+            latents.append(z_e_i)
+        return z_q, torch.stack(codes, dim=1), torch.cat(latents, dim=1), commitment, codebook  # type: ignore[return-value]
+
+    def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """The quantised latent of codes [B,k,T] using the first k codebooks (DAC's ``from_codes``)."""
+        z_q: torch.Tensor | float = 0.0
+        for i in range(codes.shape[1]):
+            z_q = z_q + self.quantizers[i].out_proj(self.quantizers[i].lookup(codes[:, i, :]))
+        return z_q  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _kernel_width(conv: _WeightNormConv) -> int:
+    return int(conv.effective_weight().shape[-1])
+
+
+def _encoder_receptive_width(encoder: Encoder) -> int:
+    """Input samples spanned by one encoder output (residual skips add nothing; strides widen later layers)."""
+    width, jump = 0, 1
+    for m in encoder.modules():
+        if isinstance(m, WNConv1d):
+            width += (_kernel_width(m) - 1) * m.dilation * jump
+            jump *= m.stride
+    return width + jump
+
+
+def _decoder_receptive_width(decoder: Decoder) -> float:
+    """Input frames spanned by the inputs that reach one decoder output."""
+    width, upsampled = 0.0, 1
+    for m in decoder.modules():
+        if isinstance(m, WNConvTranspose1d):
+            width += math.ceil(_kernel_width(m) / m.stride) / upsampled
+            upsampled *= m.stride
+        elif isinstance(m, WNConv1d):
+            width += (_kernel_width(m) - 1) * m.dilation / upsampled
+    return width
+
+
+class NDAC(nn.Module):
+    """The NDAC codec; ``encode``/``decode`` are the official operations, ``*_chunked`` their bounded-memory forms."""
+
+    def __init__(self, config: NDACConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config.encoder_dim, config.encoder_rates, int(config.latent_dim))  # type: ignore[arg-type]
+        self.quantizer = ResidualVectorQuantize(int(config.latent_dim), config.n_codebooks,  # type: ignore[arg-type]
+                                                config.codebook_size, config.codebook_dim, config.quantizer_dropout)
+        self.decoder = Decoder(int(config.latent_dim), config.decoder_dim, config.decoder_rates)  # type: ignore[arg-type]
+        self._folded = False
+
+    # -- attributes users read ------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def n_codebooks(self) -> int:
+        return int(self.config.n_codebooks)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.config.codebook_size)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def bitrate(self, n_codebooks: int) -> float:
+        """Nominal bit/s with the first ``n_codebooks`` codebooks."""
+        return n_codebooks * math.ceil(math.log2(self.codebook_size)) * self.frame_rate
+
+    def decoded_length(self, n_frames: int) -> int:
+        """D0's output length for ``n_frames`` frames: per stage L <- L*s - (s mod 2), as in dac 1.0.0."""
+        length = n_frames
+        for s in self.config.decoder_rates:
+            length = length * s - (s % 2)
+        return max(length, 0)
+
+    # -- inference preparation -----------------------------------------------------------------
+    def fold_weight_norm(self) -> "NDAC":
+        """Replace every weight-norm pair by its plain weight (inference only; irreversible)."""
+        for m in self.modules():
+            if isinstance(m, _WeightNormConv) and m.folded is None:
+                m.fold()
+        self._folded = True
+        return self
+
+    def load_official_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Strict load by key name that names every missing, unexpected or mis-shaped key."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            parts = []
+            if missing:
+                parts.append(f"missing keys: {', '.join(missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys: {', '.join(unexpected)}")
+            if shapes:
+                parts.append(f"shape mismatches: {'; '.join(shapes)}")
+            raise ValueError(f"{source} does not match NDAC({self.config.to_dict()}): " + " | ".join(parts))
+        self.load_state_dict(state, strict=True)
+
+    # -- the official operations ---------------------------------------------------------------
+    def pad_to_hop(self, audio: torch.Tensor) -> torch.Tensor:
+        """Right zero-pad to a multiple of the hop, as DAC's ``preprocess``."""
+        right = (-audio.shape[-1]) % self.hop_length
+        return F.pad(audio, (0, right)) if right else audio
+
+    def encode(self, audio: torch.Tensor, n_codebooks: int | None = None) -> torch.Tensor:
+        """Codes int64 [B,k,T] of float32 audio [B,1,L] at the model rate."""
+        k = self._check_n_codebooks(n_codebooks)
+        with torch.inference_mode():
+            z = self.encoder(self.pad_to_hop(audio))
+            return self.quantizer(z, n_quantizers=k)[1]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """D0's waveform float32 [B,1,L'] for codes [B,k,T] (any k <= n_codebooks), untrimmed."""
+        self._check_codes(codes)
+        with torch.inference_mode():
+            return self.decoder(self.quantizer.from_codes(codes))
+
+    # -- chunked forms ---------------------------------------------------------------------------
+    @property
+    def encoder_context_frames(self) -> int:
+        """Frames of context each side that make chunked encoding equal to whole-file encoding."""
+        return math.ceil(_encoder_receptive_width(self.encoder) / self.hop_length) + 1
+
+    @property
+    def decoder_context_frames(self) -> int:
+        """Frames of context each side that cover D0's receptive field."""
+        return math.ceil(_decoder_receptive_width(self.decoder)) + 1
+
+    def encode_stream(self, blocks: Iterable[torch.Tensor], n_codebooks: int | None = None,
+                      chunk_frames: int = 750) -> Iterator[torch.Tensor]:
+        """Codes [B,k,t] for audio arriving in blocks [B,1,n] of any size, ``chunk_frames`` at a time.
+
+        A chunk [a, b) is encoded from samples [(a-c)*hop, (b+c)*hop) with c = ``encoder_context_frames``
+        (clipped to the file, the end zero-padded to the hop as :meth:`encode` does), so every code equals the
+        whole-file code while memory holds one window.
+        """
+        k = self._check_n_codebooks(n_codebooks)
+        if chunk_frames <= 0:
+            raise ValueError("chunk_frames must be positive")
+        hop, ctx = self.hop_length, self.encoder_context_frames
+        buf: torch.Tensor | None = None
+        buf_start = 0  # sample index of buf[..., 0]
+        a = 0  # first frame not yet emitted
+        for block in blocks:
+            buf = block if buf is None else torch.cat([buf, block], dim=-1)
+            while buf_start + buf.shape[-1] >= (a + chunk_frames + ctx) * hop:
+                lo = max(a - ctx, 0)
+                window = buf[..., lo * hop - buf_start: (a + chunk_frames + ctx) * hop - buf_start]
+                yield self.encode(window, k)[..., a - lo: a - lo + chunk_frames]
+                a += chunk_frames
+                drop = max(a - ctx, 0) * hop - buf_start
+                buf, buf_start = buf[..., drop:], buf_start + drop
+        if buf is None:
+            return
+        total = buf_start + buf.shape[-1]
+        n_frames = -(-total // hop)
+        buf = F.pad(buf, (0, n_frames * hop - total))
+        while a < n_frames:
+            b = min(a + chunk_frames, n_frames)
+            lo, hi = max(a - ctx, 0), min(b + ctx, n_frames)
+            yield self.encode(buf[..., lo * hop - buf_start: hi * hop - buf_start], k)[..., a - lo: b - lo]
+            a = b
+            drop = max(a - ctx, 0) * hop - buf_start
+            buf, buf_start = buf[..., drop:], buf_start + drop
+
+    def encode_chunked(self, audio: torch.Tensor, n_codebooks: int | None = None,
+                       chunk_frames: int = 750) -> torch.Tensor:
+        """:meth:`encode` in bounded memory; identical codes."""
+        k = self._check_n_codebooks(n_codebooks)
+        pieces = list(self.encode_stream([audio], k, chunk_frames))
+        if not pieces:
+            return torch.zeros((audio.shape[0], k, 0), dtype=torch.long, device=audio.device)
+        return torch.cat(pieces, dim=-1)
+
+    def decode_chunks(self, codes: torch.Tensor, chunk_frames: int = 750) -> Iterator[torch.Tensor]:
+        """D0's output, piece by piece; the pieces concatenate to :meth:`decode`'s output (within float rounding)."""
+        self._check_codes(codes)
+        hop = self.hop_length
+        n_frames = codes.shape[-1]
+        total = self.decoded_length(n_frames)
+        ctx = self.decoder_context_frames
+        for a, b in _spans(n_frames, chunk_frames):
+            lo, hi = max(a - ctx, 0), min(b + ctx, n_frames)
+            y = self.decode(codes[..., lo:hi])
+            start = (a - lo) * hop
+            stop = min((b - lo) * hop, total - lo * hop)
+            yield y[..., start:stop]
+
+    def decode_chunked(self, codes: torch.Tensor, chunk_frames: int = 750) -> torch.Tensor:
+        """:meth:`decode` in bounded working memory (the output itself is whole)."""
+        pieces = list(self.decode_chunks(codes, chunk_frames))
+        if not pieces:
+            return torch.zeros((codes.shape[0], 1, 0), dtype=torch.float32, device=codes.device)
+        return torch.cat(pieces, dim=-1)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _check_n_codebooks(self, n_codebooks: int | None) -> int:
+        k = self.n_codebooks if n_codebooks is None else int(n_codebooks)
+        if not 1 <= k <= self.n_codebooks:
+            raise ValueError(f"n_codebooks must be between 1 and {self.n_codebooks}, got {k}")
+        return k
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be [batch, codebooks, frames], got shape {tuple(codes.shape)}")
+        self._check_n_codebooks(codes.shape[1])
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
+
+
+def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
+    if size <= 0:
+        raise ValueError("chunk size must be positive")
+    for a in range(0, n, size):
+        yield a, min(a + size, n)
