@@ -1,0 +1,141 @@
+"""NDAC against the official DAC 1.0.0 fixtures, and the chunked forms against the whole-file ones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flowdec_cli.checkpoints import CheckpointError, load_dac_weights
+from flowdec_cli.models import ModelError, load_ndac
+from flowdec_cli.ndac import NDAC, NDACConfig
+
+from .conftest import make_tiny_ndac
+
+FIXTURES = ["ndac75_small", "ndac25_small"]
+
+
+@pytest.fixture(params=FIXTURES)
+def fixture(request, reference_dir):
+    folder = reference_dir / request.param
+    io = np.load(folder / "io.npz")
+    meta = json.loads((folder / "meta.json").read_text())
+    return folder, io, meta
+
+
+def test_codes_and_waveforms_match_official(fixture):
+    folder, io, meta = fixture
+    model = load_ndac(folder / "weights.pth")
+    assert model.hop_length == meta["hop_length"]
+    assert model.n_codebooks == meta["constructor_kwargs"]["n_codebooks"]
+    assert model.codebook_size == 1024 and model.sample_rate == 48000
+    audio = torch.from_numpy(io["audio_in"])
+    assert np.array_equal(model.pad_to_hop(audio).numpy(), io["audio_padded"])
+    codes = model.encode(audio)
+    assert codes.dtype == torch.int64
+    np.testing.assert_array_equal(codes.numpy(), io["codes_all"])
+    low = model.encode(audio, n_codebooks=meta["n_low"])
+    np.testing.assert_array_equal(low.numpy(), io["codes_low"])
+    with torch.inference_mode():
+        latent = model.encoder(model.pad_to_hop(audio))
+        np.testing.assert_allclose(latent.numpy(), io["latent_encoder_out"], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(model.quantizer.from_codes(codes).numpy(), io["z_from_codes_all"], atol=2e-5,
+                                   rtol=0)
+    decoded = model.decode(codes)
+    assert decoded.shape[-1] == meta["len_decoded"] == model.decoded_length(meta["n_frames"])
+    np.testing.assert_allclose(decoded.numpy(), io["decoded_all"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(model.decode(low).numpy(), io["decoded_low"], atol=1e-5, rtol=0)
+
+
+def test_unfolded_training_graph_matches_official(fixture):
+    """The quantizer's training-mode outputs (z, latents) agree with DAC's encode() in eval mode."""
+    folder, io, _ = fixture
+    state, kwargs = load_dac_weights(folder / "weights.pth")
+    model = NDAC(NDACConfig.from_kwargs(kwargs))
+    model.load_official_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        z = model.encoder(torch.from_numpy(io["audio_padded"]))
+        z_q, codes, latents, _, _ = model.quantizer(z)
+    np.testing.assert_array_equal(codes.numpy(), io["codes_all"])
+    np.testing.assert_allclose(z_q.numpy(), io["z_encode_all"], atol=2e-5, rtol=0)
+    np.testing.assert_allclose(latents.numpy(), io["latents_all"], atol=2e-5, rtol=0)
+
+
+def test_folding_weight_norm_is_exact(reference_dir):
+    state, kwargs = load_dac_weights(reference_dir / "ndac75_small" / "weights.pth")
+    plain = NDAC(NDACConfig.from_kwargs(kwargs))
+    plain.load_official_state_dict(state)
+    plain.eval()
+    folded = load_ndac(reference_dir / "ndac75_small" / "weights.pth")
+    audio = torch.from_numpy(np.load(reference_dir / "ndac75_small" / "io.npz")["audio_in"])
+    codes = plain.encode(audio)
+    assert torch.equal(codes, folded.encode(audio))
+    assert torch.equal(plain.decode(codes), folded.decode(codes))
+
+
+def test_strict_load_names_every_bad_key(reference_dir):
+    state, kwargs = load_dac_weights(reference_dir / "ndac75_small" / "weights.pth")
+    state = dict(state)
+    state.pop("encoder.block.0.weight_g")
+    state["encoder.extra"] = torch.zeros(1)
+    model = NDAC(NDACConfig.from_kwargs({**kwargs, "latent_dim": 32}))
+    with pytest.raises(ValueError) as err:
+        model.load_official_state_dict(state, source="w.pth")
+    msg = str(err.value)
+    assert "encoder.block.0.weight_g" in msg and "encoder.extra" in msg and "shape mismatches" in msg
+
+
+def test_weights_file_is_never_unpickled_unsafely(tmp_path):
+    evil = tmp_path / "weights.pth"
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": {}, "metadata": {"kwargs": {}}, "x": Boom()}, evil)
+    with pytest.raises(CheckpointError, match="cannot read DAC weights safely"):
+        load_dac_weights(evil)
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match="junk.pth"):
+        load_ndac(tmp_path / "junk.pth")
+
+
+def test_lengths_follow_dac_1_0_0():
+    model = make_tiny_ndac(encoder_rates=(2, 4, 5, 6, 8))
+    assert model.hop_length == 1920
+    for frames in (1, 3, 10):
+        codes = torch.zeros(1, 2, frames, dtype=torch.long)
+        assert model.decode(codes).shape[-1] == model.decoded_length(frames) == frames * 1920 - 8
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_chunked_encode_equals_whole(chunk):
+    model = make_tiny_ndac().eval().fold_weight_norm()
+    audio = torch.randn(2, 1, 640 * 40 + 123, generator=torch.Generator().manual_seed(3)) * 0.3
+    whole = model.encode(audio)
+    assert torch.equal(model.encode_chunked(audio, chunk_frames=chunk), whole)
+    blocks = [audio[..., i:i + 999] for i in range(0, audio.shape[-1], 999)]
+    assert torch.equal(torch.cat(list(model.encode_stream(blocks, chunk_frames=chunk)), -1), whole)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_decode_matches_whole(chunk):
+    model = make_tiny_ndac().eval().fold_weight_norm()
+    codes = torch.randint(0, 1024, (2, 10, 50), generator=torch.Generator().manual_seed(4))
+    whole = model.decode(codes)
+    chunked = model.decode_chunked(codes, chunk_frames=chunk)
+    assert chunked.shape == whole.shape
+    assert (chunked - whole).abs().max().item() < 1e-5  # float rounding only
+
+
+def test_bad_requests():
+    model = make_tiny_ndac().eval()
+    with pytest.raises(ValueError, match="between 1 and 10"):
+        model.encode(torch.zeros(1, 1, 640), n_codebooks=11)
+    with pytest.raises(ValueError, match=r"\[0, 1024\)"):
+        model.decode(torch.full((1, 2, 3), 1024))
+    with pytest.raises(ValueError, match="different products"):
+        NDACConfig(encoder_rates=[2, 4], decoder_rates=[4, 4])
