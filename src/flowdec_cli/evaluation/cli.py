@@ -1,0 +1,282 @@
+"""Click commands ``flowdec eval`` and ``flowdec plot`` (attached to the main group elsewhere).
+
+Errors are one line naming the file and the problem: :class:`click.UsageError` (exit 2) for
+bad arguments, :class:`click.ClickException` (exit 1) for everything found while running.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .metrics import (
+    DEFAULT_METRICS,
+    METRICS,
+    OPTIONAL_METRICS,
+    MetricError,
+    MetricUnavailable,
+    compute_metrics,
+    metric_available,
+)
+from .pairing import AudioReadError, PairingError, _read, pair_paths
+from .report import Report
+
+__all__ = ["eval_command", "plot_command", "select_metrics"]
+
+_ALIASES = {
+    "si-sdr": "si_sdr",
+    "sisdr": "si_sdr",
+    "mel_distance": "mel",
+    "log_spectral_distance": "lsd",
+    "pesq_wb": "pesq",
+    "pesq-wb": "pesq",
+}
+
+
+def select_metrics(spec: str | None, all_metrics: bool) -> tuple[list[str], list[str]]:
+    """Metric names from ``--metrics`` / ``--all``; returns ``(names, notes)``.
+
+    * neither: the always-available three (si_sdr, mel, lsd);
+    * ``--all``: those plus every optional metric whose package is installed (the others are
+      named in ``notes``);
+    * ``--metrics a,b``: exactly those (``all`` in the list means every metric); an optional
+      one that is not installed is an error.
+    """
+    if spec is not None and all_metrics:
+        raise click.UsageError("give either --metrics or --all, not both")
+    if spec is None:
+        if not all_metrics:
+            return list(DEFAULT_METRICS), []
+        names = list(DEFAULT_METRICS) + [m for m in OPTIONAL_METRICS if metric_available(m)]
+        missing = [m for m in OPTIONAL_METRICS if not metric_available(m)]
+        notes = []
+        if missing:
+            notes.append(
+                f"not installed, skipped: {', '.join(missing)} (pip install flowdec-cli[metrics])"
+            )
+        return names, notes
+    names: list[str] = []
+    for raw in spec.split(","):
+        key = raw.strip().lower()
+        if not key:
+            continue
+        key = _ALIASES.get(key, key)
+        expanded = list(METRICS) if key == "all" else [key]
+        for k in expanded:
+            if k not in METRICS:
+                raise click.UsageError(
+                    f"unknown metric '{raw.strip()}'; choose from {', '.join(METRICS)}"
+                )
+            if k not in names:
+                names.append(k)
+    if not names:
+        raise click.UsageError("--metrics is empty")
+    for k in names:
+        if not metric_available(k):
+            raise click.ClickException(str(MetricUnavailable(k, METRICS[k].package or k)))
+    return names, []
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"warning: {msg}", err=True)
+
+
+def _list_some(paths, limit: int = 5) -> str:
+    names = [str(p) for p in paths]
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _output_format(json_out: bool, csv_out: bool, output: Path | None) -> str:
+    if json_out and csv_out:
+        raise click.UsageError("give either --json or --csv, not both")
+    if json_out:
+        return "json"
+    if csv_out:
+        return "csv"
+    if output is not None and output.suffix.lower() in (".json", ".csv"):
+        return output.suffix.lower()[1:]
+    return "table"
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from exc
+    click.echo(f"wrote {output}", err=True)
+
+
+def _parse_list(text: str | None, kind, what: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise click.UsageError(f"--{what}: expected a comma-separated list of numbers, got '{text}'")
+
+
+@click.command("eval")
+@click.argument("ref", type=click.Path(exists=True, path_type=Path))
+@click.argument("deg", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("-m", "--metrics", "metrics_spec", metavar="LIST",
+              help="Comma-separated metrics: si_sdr, mel, lsd, visqol, pesq, stoi, estoi, or all. "
+                   "Default: si_sdr,mel,lsd.")
+@click.option("--all", "all_metrics", is_flag=True,
+              help="Default metrics plus every optional one that is installed.")
+@click.option("--json", "json_out", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--csv", "csv_out", is_flag=True, help="Print CSV instead of a table.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to FILE (format from --json/--csv, else from a .json/.csv "
+                   "suffix, else a table).")
+@click.option("--codec", "codec_model", metavar="MODEL",
+              help="Code the files under REF with MODEL and score them (no DEG).")
+@click.option("--bitrates", metavar="LIST", help="--codec: kbps values to test (default: all).")
+@click.option("--nfe", "nfe_spec", default=None, metavar="LIST",
+              help="--codec: postfilter NFEs to test; 0 = NDAC decoder alone (default: 0,6).")
+@click.option("--opus", is_flag=True, help="--codec: add Opus (opusenc/opusdec) at the same bitrates.")
+@click.option("--device", default="cpu", show_default=True, help="--codec: torch device.")
+@click.option("--seed", default=0, show_default=True, type=int, help="--codec: postfilter seed.")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="--codec: also write the decoded files under this folder.")
+def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output, codec_model,
+                 bitrates, nfe_spec, opus, device, seed, save_dir):
+    """Score decoded audio DEG against reference REF: two files, or two folders
+    paired by relative path (the extension may differ). One row per file, and
+    the mean.
+
+    \b
+    With --codec MODEL, REF is a file or folder to code at several bitrates
+    and NFEs; reports the metrics and the real-time factors of each stage.
+
+    \b
+    Metrics: si_sdr (dB, higher is better), mel (multi-resolution log-mel L1,
+    lower is better), lsd (log-spectral distance in dB, lower is better); with
+    the metrics extra also visqol (ViSQOL v3 audio mode, 48 kHz), pesq
+    (wide-band, 16 kHz), stoi and estoi.
+    """
+    fmt = _output_format(json_out, csv_out, output)
+    names, notes = select_metrics(metrics_spec, all_metrics)
+    for n in notes:
+        _warn(n)
+
+    if codec_model is not None:
+        if deg is not None:
+            raise click.UsageError("with --codec give one file or folder to code, not REF and DEG")
+        report = _codec_mode(codec_model, ref, names, bitrates, nfe_spec, opus, device, seed,
+                             save_dir)
+        _emit(report.render(fmt), output)
+        return
+    codec_only = {"--bitrates": bitrates, "--opus": opus or None, "--save": save_dir,
+                  "--nfe": nfe_spec}
+    used = [k for k, v in codec_only.items() if v is not None]
+    if used:
+        raise click.UsageError(f"{', '.join(used)} only apply with --codec")
+    if deg is None:
+        raise click.UsageError("missing DEG: give REF and DEG (or --codec MODEL DIR)")
+
+    try:
+        pairing = pair_paths(ref, deg)
+    except PairingError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if pairing.unpaired_ref:
+        _warn(f"{len(pairing.unpaired_ref)} file(s) in {ref} have no match in {deg}: "
+              f"{_list_some(p.relative_to(ref) for p in pairing.unpaired_ref)}")
+    if pairing.unpaired_deg:
+        _warn(f"{len(pairing.unpaired_deg)} file(s) in {deg} have no match in {ref}: "
+              f"{_list_some(p.relative_to(deg) for p in pairing.unpaired_deg)}")
+    if not pairing.pairs:
+        raise click.ClickException(f"no audio files to compare: nothing in {ref} pairs with {deg}")
+
+    report = Report(
+        labels=["file"],
+        values=names,
+        higher_is_better={m: METRICS[m].higher_is_better for m in names},
+        extra={
+            "ref": str(ref),
+            "deg": str(deg),
+            "units": {m: METRICS[m].unit for m in names},
+            "unpaired": {
+                "ref": [str(p) for p in pairing.unpaired_ref],
+                "deg": [str(p) for p in pairing.unpaired_deg],
+            },
+        },
+    )
+    show_progress = len(pairing.pairs) > 1 and sys.stderr.isatty()
+    for i, pair in enumerate(pairing.pairs, 1):
+        if show_progress:
+            click.echo(f"[{i}/{len(pairing.pairs)}] {pair.name}", err=True)
+        try:
+            ref_audio, ref_sr = _read(pair.ref)
+            deg_audio, deg_sr = _read(pair.deg)
+        except AudioReadError as exc:
+            raise click.ClickException(str(exc)) from exc
+        errors: dict[str, str] = {}
+        try:
+            scores = compute_metrics(ref_audio, ref_sr, deg_audio, deg_sr, names, errors=errors)
+        except MetricError as exc:
+            raise click.ClickException(f"{pair.deg}: {exc}") from exc
+        except MetricUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        for m, msg in errors.items():
+            _warn(f"{pair.name}: {m} not computed: {msg}")
+        report.add(file=pair.name, ref=str(pair.ref), deg=str(pair.deg), **scores)
+    _emit(report.render(fmt), output)
+
+
+def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir) -> Report:
+    from .codec_eval import run_codec_eval
+
+    kbps = _parse_list(bitrates, float, "bitrates")
+    nfes = _parse_list(nfe_spec, int, "nfe") or [0, 6]
+    log = (lambda m: click.echo(m, err=True)) if sys.stderr.isatty() else None
+    try:
+        report = run_codec_eval(model, path, bitrates=kbps, nfes=nfes, metrics=names,
+                                device=device, seed=seed, opus=opus, save_dir=save_dir, log=log)
+    except click.ClickException:
+        raise
+    except (AudioReadError, ValueError, MetricError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:  # model loading, the pipeline, opus tools: one line, no traceback
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    for n in report.notes:
+        _warn(n)
+    report.notes = []
+    return report
+
+
+@click.command("plot")
+@click.argument("ref", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("outs", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG file to write.")
+@click.option("-t", "--title", "titles", multiple=True,
+              help="Panel title; repeat once per OUT (reference titled 'reference') or once "
+                   "per panel including REF. Default: file names.")
+def plot_command(ref, outs, output, titles):
+    """Draw log spectrograms of REF and each OUT side by side into a PNG (-o).
+
+    Needs matplotlib (pip install flowdec-cli[plot]). Multi-channel files are mixed down to
+    mono; all panels share one dB scale relative to the reference's peak.
+    """
+    from .plot import PlotUnavailable, plot_spectrograms
+
+    n_panels = 1 + len(outs)
+    if titles and len(titles) not in (n_panels, n_panels - 1):
+        raise click.UsageError(
+            f"got {len(titles)} --title for {n_panels} panels; give {n_panels - 1} "
+            f"(one per OUT) or {n_panels} (REF first)"
+        )
+    try:
+        path = plot_spectrograms(ref, list(outs), list(titles) or None, output)
+    except (PlotUnavailable, AudioReadError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from exc
+    click.echo(f"wrote {path}", err=True)

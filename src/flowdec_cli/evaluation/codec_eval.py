@@ -1,0 +1,320 @@
+"""``flowdec eval --codec MODEL DIR``: code a folder at several bitrates and NFEs, score it.
+
+For every audio file under ``DIR`` (found as in :mod:`.pairing`) and every selected bitrate:
+
+1. encode once: ``Codec.compress_array(audio, sr, n_codebooks=...)`` (timed: *encode*),
+2. for every NFE: ``Codec.decompress_codes(header, codes, nfe=..., seed=...)`` (timed:
+   *decode*; NFE 0 is the NDAC decoder alone, D0, and NFE > 0 adds the postfilter),
+3. score the decoded audio against the original with the chosen metrics.
+
+When ``decompress_codes`` accepts a ``progress`` callback (``progress(desc, total, unit)``
+returning a bar with ``update``/``close``), the bar named ``decode D0...`` is timed from its
+creation to its ``close``: that is the *D0* stage, and the rest of the decode time is the
+*postfilter* stage (including resampling back to the file's rate). Without the hook those
+two columns are NaN and only the total decode time is known.
+
+With ``opus=True`` each selected bitrate is also coded with Opus through the ``opusenc`` /
+``opusdec`` command-line tools (``opusenc --quiet --bitrate K``, ``opusdec --quiet --float
+--rate 48000``), the decoded output resampled back to the file's rate when it is not 48 kHz.
+The model's bitrates are per channel, so Opus gets ``kbps x channels`` for a multi-channel
+file. libopus cannot go below about 6 kbps; the row's ``kbps_actual`` is the size-derived
+bitrate per channel (Ogg container included).
+
+One row per (system, kbps, nfe): metric means over the files (NaN entries skipped) and
+real-time factors ``rtf_enc``, ``rtf_d0``, ``rtf_pf``, ``rtf_dec`` = total processing seconds
+of that stage / total audio seconds (< 1 is faster than real time; ``rtf_dec`` is the whole
+decode, D0 + postfilter). A bitrate is encoded once per file and that encode time is shown
+in each of its NFE rows. Timings are wall-clock on the chosen device, after one untimed
+warm-up encode/decode of the first file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .metrics import DEFAULT_METRICS, METRICS, compute_metrics, resample
+from .pairing import _read, find_audio, is_audio
+from .report import Report
+
+__all__ = ["OpusUnavailable", "opus_available", "opus_roundtrip", "run_codec_eval"]
+
+
+class OpusUnavailable(RuntimeError):
+    """opusenc/opusdec are not on PATH."""
+
+
+class OpusError(RuntimeError):
+    """opusenc/opusdec failed."""
+
+
+def opus_available() -> bool:
+    """Whether both ``opusenc`` and ``opusdec`` are on PATH."""
+    return shutil.which("opusenc") is not None and shutil.which("opusdec") is not None
+
+
+@dataclass
+class OpusResult:
+    audio: np.ndarray  #: decoded, float32 [frames, channels] at the input's sample rate
+    encode_s: float
+    decode_s: float
+    nbytes: int  #: size of the .opus file (Ogg container included)
+
+    def kbps(self, duration_s: float) -> float:
+        return self.nbytes * 8.0 / duration_s / 1000.0 if duration_s > 0 else float("nan")
+
+
+def opus_roundtrip(
+    audio: np.ndarray, sample_rate: int, kbps: float, workdir: str | Path | None = None
+) -> OpusResult:
+    """Encode ``audio`` ([frames, channels] float) with opusenc at ``kbps`` and decode it.
+
+    The input goes to opusenc as a 32-bit float WAV at its own rate; opusdec writes 48 kHz
+    float, which is resampled to ``sample_rate`` when needed and trimmed/padded to the input
+    length. Raises :class:`OpusUnavailable` when the tools are missing, :class:`OpusError`
+    when one fails.
+    """
+    import soundfile as sf
+
+    enc, dec = shutil.which("opusenc"), shutil.which("opusdec")
+    if enc is None or dec is None:
+        raise OpusUnavailable("opusenc/opusdec not found on PATH (Debian/Ubuntu: opus-tools)")
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        src, coded, out = Path(tmp) / "in.wav", Path(tmp) / "x.opus", Path(tmp) / "out.wav"
+        sf.write(str(src), audio, int(sample_rate), subtype="FLOAT")
+        t0 = time.perf_counter()
+        _run([enc, "--quiet", "--bitrate", f"{kbps:g}", str(src), str(coded)], "opusenc")
+        t1 = time.perf_counter()
+        _run([dec, "--quiet", "--float", "--rate", "48000", str(coded), str(out)], "opusdec")
+        t2 = time.perf_counter()
+        decoded, sr = _read(out)
+        nbytes = coded.stat().st_size
+    if sr != sample_rate:
+        decoded = resample(decoded, sr, sample_rate).astype(np.float32)
+    n = len(audio)
+    if len(decoded) >= n:
+        decoded = decoded[:n]
+    else:
+        decoded = np.pad(decoded, ((0, n - len(decoded)), (0, 0)))
+    return OpusResult(decoded, t1 - t0, t2 - t1, nbytes)
+
+
+def _run(cmd: list[str], name: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise OpusError(f"{name} failed (exit {proc.returncode}): {msg[-1] if msg else ''}")
+
+
+@dataclass
+class _Acc:
+    values: dict[str, list[float]] = field(default_factory=dict)
+    enc_s: float = 0.0
+    dec_s: float = 0.0
+    d0_s: float = 0.0
+    staged: bool = True  #: every decode of this row had its D0 stage timed
+    audio_s: float = 0.0
+    chan_s: float = 0.0  #: audio seconds x channels (for per-channel bitrates)
+    nbytes: int = 0
+    n: int = 0
+
+
+class _StageTimer:
+    """A ``progress`` factory that times the bars it hands out, by description."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, desc: str, total: int, unit: str):
+        timer, start = self, time.perf_counter()
+
+        class _Bar:
+            closed = False
+
+            def update(self, n: int = 1) -> None:
+                pass
+
+            def close(self) -> None:
+                if not self.closed:
+                    self.closed = True
+                    timer.seconds[desc] = timer.seconds.get(desc, 0.0) + time.perf_counter() - start
+
+        return _Bar()
+
+    def total(self, prefix: str) -> float:
+        return sum(v for k, v in self.seconds.items() if k.startswith(prefix))
+
+
+def _accepts_progress(fn) -> bool:
+    try:
+        return "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _collect_inputs(path: Path) -> list[Path]:
+    if path.is_file():
+        if not is_audio(path):
+            raise ValueError(f"{path}: not an audio file (.wav .flac .ogg .opus .mp3)")
+        return [path]
+    files = find_audio(path)
+    if not files:
+        raise ValueError(f"{path}: no audio files found")
+    return files
+
+
+def _select_bitrates(
+    available: Sequence[tuple[int, float]], wanted: Sequence[float] | None
+) -> list[tuple[int, float]]:
+    if not wanted:
+        return list(available)
+    out = []
+    for k in wanted:
+        match = [b for b in available if abs(float(b[1]) - float(k)) < 1e-6]
+        if not match:
+            have = ", ".join(f"{b[1]:g}" for b in available)
+            raise ValueError(f"bitrate {k:g} kbps is not offered by this model (it has: {have})")
+        out.append(match[0])
+    return out
+
+
+def run_codec_eval(
+    model: str,
+    path: str | Path,
+    *,
+    bitrates: Sequence[float] | None = None,
+    nfes: Sequence[int] = (0, 6),
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    device: str = "cpu",
+    seed: int = 0,
+    opus: bool = False,
+    save_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """Code every audio file under ``path`` and return a :class:`Report` with one row per
+    (system, kbps, nfe). ``bitrates``: kbps values from ``Codec.bitrates()`` (None: all).
+    ``save_dir``: also write each decoded file there as
+    ``<relative stem>.<system>_<kbps>k[_nfe<N>].wav``. ``log``: receives progress/notes lines.
+    """
+    from flowdec_cli.pipeline import Codec  # lazy: heavy, and only needed here
+
+    say = log or (lambda _m: None)
+    root = Path(path)
+    files = _collect_inputs(root)
+    codec = Codec.load(model, device=device)
+    chosen = _select_bitrates(codec.bitrates(), bitrates)
+    nfes = [int(n) for n in nfes]
+    staged = _accepts_progress(codec.decompress_codes)
+    notes: list[str] = []
+    use_opus = bool(opus)
+    if opus and not opus_available():
+        notes.append("opus: skipped (opusenc/opusdec not found on PATH; install opus-tools)")
+        use_opus = False
+    elif opus and any(kbps < 6 for _, kbps in chosen):
+        notes.append("opus: libopus does not go below about 6 kbps per channel; see kbps_actual")
+
+    accs: dict[tuple[str, float, int | None], _Acc] = {}
+
+    def acc(key):
+        return accs.setdefault(key, _Acc())
+
+    def save(rel: Path, tag: str, audio: np.ndarray, sr: int) -> None:
+        if save_dir is None:
+            return
+        import soundfile as sf
+
+        dest = Path(save_dir) / rel.parent / f"{rel.stem}.{tag}.wav"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(dest), audio, sr, subtype="FLOAT")
+
+    warmed = False
+    for i, f in enumerate(files, 1):
+        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+        audio, sr = _read(f)
+        duration = len(audio) / sr
+        channels = audio.shape[1]
+        say(f"[{i}/{len(files)}] {rel}")
+        if not warmed:  # untimed warm-up (lazy init, kernel selection...)
+            n_cb, kbps = chosen[0]
+            h, c = codec.compress_array(audio, sr, n_codebooks=n_cb)
+            codec.decompress_codes(h, c, nfe=nfes[0], seed=seed)
+            warmed = True
+        for n_cb, kbps in chosen:
+            t0 = time.perf_counter()
+            header, codes = codec.compress_array(audio, sr, n_codebooks=n_cb)
+            enc_s = time.perf_counter() - t0
+            for nfe in nfes:
+                timer = _StageTimer()
+                extra = {"progress": timer} if staged else {}
+                t0 = time.perf_counter()
+                decoded = codec.decompress_codes(header, codes, nfe=nfe, seed=seed, **extra)
+                dec_s = time.perf_counter() - t0
+                scores = compute_metrics(audio, sr, decoded, sr, list(metrics))
+                a = acc(("flowdec", float(kbps), nfe))
+                a.enc_s += enc_s  # one encode serves every NFE row of this bitrate
+                a.dec_s += dec_s
+                if staged and any(k.startswith("decode D0") for k in timer.seconds):
+                    a.d0_s += timer.total("decode D0")
+                else:
+                    a.staged = False
+                a.audio_s += duration
+                a.chan_s += duration * channels
+                a.n += 1
+                for k, v in scores.items():
+                    a.values.setdefault(k, []).append(v)
+                save(rel, f"flowdec_{kbps:g}k_nfe{nfe}", decoded, sr)
+        if use_opus:
+            for _, kbps in chosen:
+                res = opus_roundtrip(audio, sr, max(float(kbps), 0.5) * channels)
+                scores = compute_metrics(audio, sr, res.audio, sr, list(metrics))
+                a = acc(("opus", float(kbps), None))
+                a.enc_s += res.encode_s
+                a.dec_s += res.decode_s
+                a.staged = False
+                a.audio_s += duration
+                a.chan_s += duration * channels
+                a.nbytes += res.nbytes
+                a.n += 1
+                for k, v in scores.items():
+                    a.values.setdefault(k, []).append(v)
+                save(rel, f"opus_{kbps:g}k", res.audio, sr)
+
+    values = list(metrics) + ["rtf_enc", "rtf_d0", "rtf_pf", "rtf_dec", "kbps_actual"]
+    hib = {m: METRICS[m].higher_is_better for m in metrics}
+    hib.update(rtf_enc=False, rtf_d0=False, rtf_pf=False, rtf_dec=False)
+    report = Report(
+        labels=["system", "kbps", "nfe", "files"],
+        values=values,
+        higher_is_better=hib,
+        with_mean=False,
+        notes=notes,
+        extra={"model": model, "device": device, "seed": seed, "n_files": len(files)},
+    )
+    for (system, kbps, nfe), a in sorted(
+        accs.items(), key=lambda kv: (kv[0][0] != "flowdec", kv[0][1], kv[0][2] or 0)
+    ):
+        row = {"system": system, "kbps": f"{kbps:g}", "nfe": "-" if nfe is None else str(nfe),
+               "files": str(a.n)}
+        for m in metrics:
+            vals = [v for v in a.values.get(m, []) if np.isfinite(v)]
+            row[m] = float(np.mean(vals)) if vals else float("nan")
+        nan = float("nan")
+        per_s = (lambda x: x / a.audio_s) if a.audio_s else (lambda x: nan)
+        row["rtf_enc"] = per_s(a.enc_s)
+        row["rtf_d0"] = per_s(a.d0_s) if a.staged else nan
+        row["rtf_pf"] = per_s(max(a.dec_s - a.d0_s, 0.0)) if a.staged else nan
+        row["rtf_dec"] = per_s(a.dec_s)
+        row["kbps_actual"] = a.nbytes * 8 / a.chan_s / 1000 if (a.nbytes and a.chan_s) else nan
+        report.rows.append(row)
+    return report

@@ -1,0 +1,168 @@
+"""Pair reference and degraded audio files: two files, or two folders by relative path.
+
+Folder rules (:func:`pair_paths`):
+
+* Audio files are found recursively by extension (``.wav .flac .ogg .opus .mp3``, any case).
+  Files and folders whose name starts with ``.`` are ignored. When one folder lies inside
+  the other (``flowdec eval data data/decoded``), the inner folder is left out of the outer
+  folder's listing.
+* A reference file is paired first with the degraded file at the same relative path.
+* The remaining files are paired by their relative path without extension
+  (``a/b.flac`` <-> ``a/b.wav``), when that stem path names exactly one remaining file on each
+  side. Anything else is reported as unpaired (an ambiguous stem such as ``x.wav`` and
+  ``x.flac`` on one side with ``x.opus`` on the other is unpaired too).
+
+This module also holds :func:`_read`, the single place where the evaluation code reads audio.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioReadError",
+    "Pair",
+    "Pairing",
+    "PairingError",
+    "find_audio",
+    "pair_paths",
+]
+
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+
+
+class PairingError(ValueError):
+    """The two paths cannot be paired (missing, file against folder, ...)."""
+
+
+class AudioReadError(OSError):
+    """An audio file cannot be read; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One reference/degraded pair; ``name`` is the reference's path relative to its folder
+    (POSIX separators), or its file name when two files were given."""
+
+    name: str
+    ref: Path
+    deg: Path
+
+
+@dataclass
+class Pairing:
+    """The result of :func:`pair_paths`."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    unpaired_ref: list[Path] = field(default_factory=list)
+    unpaired_deg: list[Path] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unpaired_ref and not self.unpaired_deg
+
+
+def is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def find_audio(root: Path, exclude: Path | None = None) -> list[Path]:
+    """Audio files under ``root`` (recursive, sorted), skipping dot-names and ``exclude``."""
+    root = Path(root)
+    excl = exclude.resolve() if exclude is not None else None
+    out: list[Path] = []
+
+    def walk(folder: Path) -> None:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            raise PairingError(f"{folder}: cannot list folder ({exc.strerror or exc})") from exc
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if excl is not None and entry.resolve() == excl:
+                    continue
+                walk(entry)
+            elif entry.is_file() and is_audio(entry):
+                out.append(entry)
+
+    walk(root)
+    return out
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    try:
+        inner.resolve().relative_to(outer.resolve())
+    except ValueError:
+        return False
+    return inner.resolve() != outer.resolve()
+
+
+def pair_paths(ref: str | Path, deg: str | Path) -> Pairing:
+    """Pair two audio files, or two folders by relative path (see the module docstring).
+
+    Raises :class:`PairingError` when a path does not exist or one is a file and the other a
+    folder. Two files are always paired as given, whatever their extensions.
+    """
+    ref, deg = Path(ref), Path(deg)
+    for p in (ref, deg):
+        if not p.exists():
+            raise PairingError(f"{p}: no such file or folder")
+    if ref.is_file() and deg.is_file():
+        return Pairing(pairs=[Pair(ref.name, ref, deg)])
+    if ref.is_dir() != deg.is_dir():
+        folder, single = (ref, deg) if ref.is_dir() else (deg, ref)
+        raise PairingError(
+            f"{single}: is a file but {folder} is a folder; give two files or two folders"
+        )
+
+    ref_files = find_audio(ref, exclude=deg if _inside(deg, ref) else None)
+    deg_files = find_audio(deg, exclude=ref if _inside(ref, deg) else None)
+    ref_rel = {PurePosixPath(p.relative_to(ref).as_posix()): p for p in ref_files}
+    deg_rel = {PurePosixPath(p.relative_to(deg).as_posix()): p for p in deg_files}
+
+    result = Pairing()
+    matched: list[tuple[PurePosixPath, Path, Path]] = []
+    for rel in list(ref_rel):
+        if rel in deg_rel:
+            matched.append((rel, ref_rel.pop(rel), deg_rel.pop(rel)))
+
+    by_stem_ref: dict[PurePosixPath, list[PurePosixPath]] = defaultdict(list)
+    by_stem_deg: dict[PurePosixPath, list[PurePosixPath]] = defaultdict(list)
+    for rel in ref_rel:
+        by_stem_ref[rel.with_suffix("")].append(rel)
+    for rel in deg_rel:
+        by_stem_deg[rel.with_suffix("")].append(rel)
+    for stem, rels in by_stem_ref.items():
+        others = by_stem_deg.get(stem, [])
+        if len(rels) == 1 and len(others) == 1:
+            matched.append((rels[0], ref_rel.pop(rels[0]), deg_rel.pop(others[0])))
+
+    matched.sort(key=lambda t: str(t[0]))
+    result.pairs = [Pair(str(rel), r, d) for rel, r, d in matched]
+    result.unpaired_ref = sorted(ref_rel.values())
+    result.unpaired_deg = sorted(deg_rel.values())
+    return result
+
+
+def _read(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32 ``[frames, channels]`` and its sample rate.
+
+    The one place the evaluation code reads audio (to be routed through the package's audio
+    module later). Any failure is raised as :class:`AudioReadError` ("PATH: cannot read audio
+    (reason)").
+    """
+    import soundfile as sf
+
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # LibsndfileError, OSError, ... : one message naming the file
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise AudioReadError(f"{path}: cannot read audio ({reason})") from exc
+    return data, int(sr)

@@ -1,0 +1,113 @@
+"""Log spectrograms side by side (``flowdec plot``), drawn with matplotlib (the ``plot`` extra).
+
+Each file is mixed down to mono (mean over channels), analysed with a 2048-sample periodic
+Hann window and a hop of 512, and shown as power in dB relative to the loudest bin of the
+*reference*, over a fixed 100 dB range (-100 to 0 dB), on a linear frequency axis from 0 to
+half the sample rate (the axis of each panel follows that file's own sample rate). All
+panels share one colour scale, so levels can be compared across panels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .pairing import _read
+
+__all__ = ["PlotUnavailable", "plot_spectrograms", "N_FFT", "HOP", "DYNAMIC_RANGE_DB"]
+
+PLOT_EXTRA_HINT = "pip install flowdec-cli[plot]"
+N_FFT = 2048
+HOP = 512
+DYNAMIC_RANGE_DB = 100.0
+
+
+class PlotUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"plotting needs the 'matplotlib' package, which is not installed; "
+            f"install the plot extra: {PLOT_EXTRA_HINT}"
+        )
+
+
+def _power_spectrogram(x: np.ndarray) -> np.ndarray:
+    """Power STFT ``[bins, frames]`` of a mono float signal (centred frames, zero padding)."""
+    pad = N_FFT // 2
+    xp = np.pad(np.asarray(x, dtype=np.float64), (pad, pad))
+    if len(xp) < N_FFT:
+        xp = np.pad(xp, (0, N_FFT - len(xp)))
+    frames = np.lib.stride_tricks.sliding_window_view(xp, N_FFT)[::HOP]
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)
+    return (np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2).T
+
+
+def plot_spectrograms(
+    ref_path: str | Path,
+    out_paths: Sequence[str | Path],
+    titles: Sequence[str] | None,
+    png_path: str | Path,
+    dpi: int = 120,
+) -> Path:
+    """Draw the reference and each output as log spectrograms in one row; save to ``png_path``.
+
+    ``titles``: one per panel (reference first, ``1 + len(out_paths)`` of them), or one per
+    output (the reference is then titled ``reference``), or None (file names). Raises
+    :class:`PlotUnavailable` without matplotlib, ``ValueError`` for a wrong number of titles,
+    and soundfile's errors for unreadable files. Returns ``Path(png_path)``.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlotUnavailable() from exc
+
+    paths = [Path(ref_path)] + [Path(p) for p in out_paths]
+    if titles is None or len(titles) == 0:
+        names = ["reference: " + paths[0].name] + [p.name for p in paths[1:]]
+    elif len(titles) == len(paths):
+        names = list(titles)
+    elif len(titles) == len(paths) - 1:
+        names = ["reference"] + list(titles)
+    else:
+        raise ValueError(
+            f"got {len(titles)} titles for {len(paths)} panels; give one per output "
+            f"({len(paths) - 1}) or one per panel including the reference ({len(paths)})"
+        )
+
+    specs = []
+    for p in paths:
+        audio, sr = _read(p)
+        specs.append((_power_spectrogram(audio.mean(axis=1)), sr, len(audio)))
+    peak = float(specs[0][0].max())
+    ref_level = peak if peak > 0 else 1.0
+    floor = ref_level * 10.0 ** (-DYNAMIC_RANGE_DB / 10.0)
+
+    n = len(paths)
+    fig = Figure(figsize=(4.0 * n + 1.0, 4.0), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, sharey=False, squeeze=False)[0]
+    image = None
+    for ax, (spec, sr, length), name in zip(axes, specs, names):
+        db = 10.0 * np.log10(np.maximum(spec, floor) / ref_level)
+        duration = length / sr
+        image = ax.imshow(
+            db,
+            origin="lower",
+            aspect="auto",
+            extent=(0.0, max(duration, 1.0 / sr), 0.0, sr / 2000.0),
+            vmin=-DYNAMIC_RANGE_DB,
+            vmax=0.0,
+            cmap="magma",
+            interpolation="nearest",
+        )
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("time (s)")
+    axes[0].set_ylabel("frequency (kHz)")
+    fig.colorbar(image, ax=list(axes), label="dB re. reference peak")
+    png_path = Path(png_path)
+    fig.savefig(png_path)
+    return png_path

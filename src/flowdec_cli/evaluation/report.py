@@ -1,0 +1,167 @@
+"""Evaluation reports: per-file rows plus a mean row, rendered as a table, JSON or CSV.
+
+A :class:`Report` is a list of rows with named columns: some label columns (strings, e.g.
+``file``) followed by value columns (floats; NaN means "could not be computed"). The mean row
+averages each value column over the rows where it is finite (NaN rows are skipped) and says
+how many rows went into it in ``n``.
+
+Formats:
+
+* table: fixed-width text for the terminal, values with 3 decimals, ``-`` for NaN, a rule
+  before the mean row, and a legend line saying which metrics are better higher or lower.
+* JSON: ``{"columns": [...], "rows": [{...}], "mean": {...}, "n": N, ...extra}``; NaN is
+  written as ``null``.
+* CSV: a header line, one line per row, and a last line whose first label is ``mean``;
+  NaN is an empty field. Values are written with full precision (``repr`` of the float).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Report", "format_value"]
+
+
+def format_value(v: Any, decimals: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.{decimals}f}"
+    return str(v)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class Report:
+    """Rows of label columns and value columns, with a computed mean row.
+
+    ``labels``: names of the leading string columns (e.g. ``["file"]``).
+    ``values``: names of the numeric columns (e.g. ``["si_sdr", "mel", "lsd"]``).
+    ``higher_is_better``: optional direction per value column, used for the table legend.
+    ``extra``: additional JSON fields (e.g. unpaired files), not shown in table/CSV.
+    ``notes``: lines printed under the table (and stored in JSON as ``notes``).
+    """
+
+    labels: list[str]
+    values: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    mean_label: str = "mean"
+    with_mean: bool = True  #: False: no mean row/field (rows that are already aggregates)
+
+    def add(self, **row: Any) -> None:
+        self.rows.append(row)
+
+    def mean(self) -> dict[str, Any]:
+        """``{value column: mean over finite entries or NaN}`` plus ``n`` (number of rows)."""
+        out: dict[str, Any] = {}
+        for col in self.values:
+            vals = [r.get(col) for r in self.rows]
+            vals = [float(v) for v in vals if _finite(v)]
+            out[col] = sum(vals) / len(vals) if vals else float("nan")
+        out["n"] = len(self.rows)
+        return out
+
+    # -- renderers ------------------------------------------------------------------------
+
+    def to_table(self) -> str:
+        header = self.labels + self.values
+        body = [[format_value(r.get(c, "")) for c in header] for r in self.rows]
+        mean = self.mean()
+        mean_row = [self.mean_label + (f" ({mean['n']})" if len(self.rows) != 1 else "")]
+        mean_row += [""] * (len(self.labels) - 1) + [format_value(mean[c]) for c in self.values]
+        widths = [
+            max(len(header[i]), *(len(b[i]) for b in body), len(mean_row[i]))
+            for i in range(len(header))
+        ]
+
+        def line(cells: list[str]) -> str:
+            parts = []
+            for i, cell in enumerate(cells):
+                left = i < len(self.labels)
+                parts.append(cell.ljust(widths[i]) if left else cell.rjust(widths[i]))
+            return "  ".join(parts).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        lines = [line(header), rule] + [line(b) for b in body]
+        if self.with_mean and (len(self.rows) > 1 or not self.rows):
+            lines += [rule, line(mean_row)]
+        higher = [c for c in self.values if self.higher_is_better.get(c) is True]
+        lower = [c for c in self.values if self.higher_is_better.get(c) is False]
+        legend = []
+        if higher:
+            legend.append("higher is better: " + ", ".join(higher))
+        if lower:
+            legend.append("lower is better: " + ", ".join(lower))
+        if legend:
+            lines.append("(" + "; ".join(legend) + ")")
+        lines += self.notes
+        return "\n".join(lines) + "\n"
+
+    def to_json(self, indent: int | None = 2) -> str:
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [clean(x) for x in v]
+            return v
+
+        doc: dict[str, Any] = {
+            "columns": self.labels + self.values,
+            "rows": [clean(r) for r in self.rows],
+        }
+        if self.with_mean:
+            doc["mean"] = clean(self.mean())
+        doc["n"] = len(self.rows)
+        if self.notes:
+            doc["notes"] = list(self.notes)
+        doc.update(clean(self.extra))
+        return json.dumps(doc, indent=indent, allow_nan=False) + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        header = self.labels + self.values
+        w.writerow(header)
+
+        def cell(v: Any) -> str:
+            if v is None:
+                return ""
+            if isinstance(v, float):
+                return repr(v) if math.isfinite(v) else ""
+            return str(v)
+
+        for r in self.rows:
+            w.writerow([cell(r.get(c)) for c in header])
+        if self.with_mean:
+            mean = self.mean()
+            w.writerow(
+                [self.mean_label] + [""] * (len(self.labels) - 1) + [cell(mean[c]) for c in self.values]
+            )
+        return buf.getvalue()
+
+    def render(self, fmt: str) -> str:
+        """``fmt`` is ``"table"``, ``"json"`` or ``"csv"``."""
+        if fmt == "json":
+            return self.to_json()
+        if fmt == "csv":
+            return self.to_csv()
+        if fmt == "table":
+            return self.to_table()
+        raise ValueError(f"unknown report format {fmt!r}")

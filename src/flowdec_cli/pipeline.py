@@ -1,0 +1,364 @@
+"""File-level coding: audio file -> .fdc -> audio file, in bounded memory. The CLI is a thin layer over this.
+
+Compress: read blocks of the input, divide by the peak if it exceeds full scale (the gain is stored),
+resample to the model rate, code each channel separately (channels ride as the batch), pack the codes.
+
+Decompress: D0 decodes chunk by chunk into a model-rate buffer; the postfilter (``nfe > 0``) reads it in
+overlapping chunks into a second buffer; the result gets the stored gain back, is divided by its peak if it
+exceeds full scale (the official demo's clip guard), is resampled to the original rate and trimmed or padded
+to the exact original length, then written atomically. Buffers longer than a few minutes live in temporary
+files on disk (``numpy.memmap``), so memory stays flat however long the file is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from . import __version__
+from .audio import AtomicAudioWriter, AudioError, Resampler, probe, read_blocks
+from .container import FdcHeader, read_fdc, write_fdc
+from .models import Model, load_model
+from .runtime import resolve_device
+
+__all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Progress"]
+
+IN_MEMORY_SAMPLES = 48000 * 60 * 4  # model-rate samples (all channels) kept in RAM; beyond, a disk buffer
+READ_BLOCK_FRAMES = 1 << 18
+
+
+class CodecError(Exception):
+    """A coding request that cannot be carried out; the message names the file and the problem."""
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
+Progress = Callable[[str, int, str], ProgressBar]
+"""Makes a bar: ``progress(description, total, unit)``. The CLI passes tqdm; the default shows nothing."""
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _no_progress(desc: str, total: int, unit: str) -> ProgressBar:
+    return _NoBar()
+
+
+@dataclass
+class CompressResult:
+    header: FdcHeader
+    codes: np.ndarray
+    file_bytes: int = 0
+
+    @property
+    def duration(self) -> float:
+        return self.header.num_samples / self.header.sample_rate
+
+    @property
+    def actual_bitrate(self) -> float:
+        """bit/s per channel on disk."""
+        if not self.duration:
+            return 0.0
+        return self.file_bytes * 8 / self.duration / self.header.channels
+
+
+@dataclass
+class DecompressResult:
+    header: FdcHeader
+    nfe: int
+    peak_scaled: float  # factor the clip guard divided by (1.0 when it did nothing)
+
+
+class _ModelRateBuffer:
+    """A [channels, length] float32 signal at the model rate, in RAM or, when long, in a temporary file."""
+
+    def __init__(self, channels: int, length: int) -> None:
+        self._tmp = None
+        if channels * length <= IN_MEMORY_SAMPLES:
+            self.data = np.zeros((channels, length), np.float32)
+        else:
+            self._tmp = tempfile.NamedTemporaryFile(prefix="flowdec-", suffix=".f32")
+            self.data = np.memmap(self._tmp, dtype=np.float32, mode="w+", shape=(channels, max(length, 1)))[:, :length]
+
+    def close(self) -> None:
+        self.data = None  # type: ignore[assignment]
+        if self._tmp is not None:
+            self._tmp.close()
+            self._tmp = None
+
+
+class Codec:
+    """A loaded model plus the device it runs on."""
+
+    def __init__(self, model: Model, device: torch.device | str = "cpu", chunk_seconds: float = 10.0) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.ndac = model.ndac
+        self.postfilter = model.postfilter
+        self.chunk_frames = max(1, int(round(chunk_seconds * self.ndac.frame_rate)))
+
+    @classmethod
+    def load(cls, ref: str | os.PathLike, device: str | torch.device = "auto", with_postfilter: bool = True,
+             **kwargs: Any) -> "Codec":
+        dev = resolve_device(device) if isinstance(device, str) else device
+        return cls(load_model(ref, with_postfilter=with_postfilter), dev, **kwargs)
+
+    # -- bitrates --------------------------------------------------------------------------------
+    def bitrates(self) -> list[tuple[int, float]]:
+        """(codebooks, kbit/s per channel) for every codebook count."""
+        return [(k, self.ndac.bitrate(k) / 1000) for k in range(1, self.ndac.n_codebooks + 1)]
+
+    def choose_codebooks(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> int:
+        """The codebook count for a request: the largest whose bitrate does not exceed ``bitrate_kbps``."""
+        if n_codebooks is not None and bitrate_kbps is not None:
+            raise CodecError("give either a bitrate or a codebook count, not both")
+        valid = ", ".join(f"{kbps:g}" for _, kbps in self.bitrates())
+        if n_codebooks is not None:
+            if not 1 <= n_codebooks <= self.ndac.n_codebooks:
+                raise CodecError(f"model '{self.model.name}' has {self.ndac.n_codebooks} codebooks; "
+                                 f"--n-codebooks {n_codebooks} is out of range")
+            return int(n_codebooks)
+        if bitrate_kbps is None:
+            return self.ndac.n_codebooks
+        fitting = [k for k, kbps in self.bitrates() if kbps <= bitrate_kbps * (1 + 1e-9)]
+        if not fitting:
+            raise CodecError(f"{bitrate_kbps:g} kbit/s is below the lowest rate of model '{self.model.name}'; "
+                             f"valid rates (kbit/s per channel): {valid}")
+        return max(fitting)
+
+    # -- compress ----------------------------------------------------------------------------------
+    def _header(self, sample_rate: int, channels: int, num_samples: int, k: int, n_frames: int,
+                gain: float) -> FdcHeader:
+        return FdcHeader(
+            model_name=self.model.name, model_hash=self.model.ndac_hash, package_version=__version__,
+            created_by="flowdec", sample_rate=int(sample_rate), channels=int(channels),
+            num_samples=int(num_samples), model_sample_rate=self.ndac.sample_rate,
+            hop_length=self.ndac.hop_length, codebook_size=self.ndac.codebook_size, n_codebooks=int(k),
+            model_codebooks=self.ndac.n_codebooks, num_frames=int(n_frames), chunk_frames=self.chunk_frames,
+            context_frames=self.ndac.encoder_context_frames, gain=float(gain))
+
+    def _encode_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
+                       k: int, bar: ProgressBar) -> np.ndarray:
+        resampler = Resampler(sample_rate, self.ndac.sample_rate, channels)
+
+        def model_rate_blocks() -> Iterator[torch.Tensor]:
+            for block in blocks:
+                out = resampler.process(block * scale if scale != 1.0 else block)
+                if len(out):
+                    yield torch.from_numpy(np.ascontiguousarray(out.T)).unsqueeze(1).to(self.device)
+            tail = resampler.finish()
+            if len(tail):
+                yield torch.from_numpy(np.ascontiguousarray(tail.T)).unsqueeze(1).to(self.device)
+
+        pieces = []
+        for codes in self.ndac.encode_stream(model_rate_blocks(), k, self.chunk_frames):
+            pieces.append(codes.cpu().numpy())
+            bar.update(codes.shape[-1])
+        if not pieces:
+            return np.zeros((channels, k, 0), np.int64)
+        return np.concatenate(pieces, axis=-1)
+
+    def compress_array(self, audio: np.ndarray, sample_rate: int, n_codebooks: int | None = None,
+                       bitrate_kbps: float | None = None,
+                       progress: Progress = _no_progress) -> tuple[FdcHeader, np.ndarray]:
+        """Header and codes [C,K,T] for float audio [frames, channels] at ``sample_rate``."""
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 1:
+            audio = audio[:, None]
+        if audio.ndim != 2 or audio.shape[1] < 1:
+            raise CodecError(f"audio must be [frames, channels], got shape {audio.shape}")
+        if not np.isfinite(audio).all():
+            raise CodecError("audio contains NaN or infinite samples")
+        k = self.choose_codebooks(bitrate_kbps, n_codebooks)
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
+        gain = peak if peak > 1.0 else 1.0
+        n_model = _model_rate_length(len(audio), sample_rate, self.ndac.sample_rate)
+        bar = progress("encode", -(-n_model // self.ndac.hop_length), "frame")
+        try:
+            codes = self._encode_blocks(iter([audio]), sample_rate, audio.shape[1], 1.0 / gain, k, bar)
+        finally:
+            bar.close()
+        return self._header(sample_rate, audio.shape[1], len(audio), k, codes.shape[-1], gain), codes
+
+    def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
+                      bitrate_kbps: float | None = None, progress: Progress = _no_progress) -> CompressResult:
+        """Code an audio file into a .fdc file (written atomically)."""
+        src, dst = Path(src), Path(dst)
+        info = probe(src)
+        k = self.choose_codebooks(bitrate_kbps, n_codebooks)
+        peak = 0.0
+        for block in read_blocks(src, READ_BLOCK_FRAMES):  # first pass: the peak decides the input gain
+            peak = max(peak, float(np.abs(block).max()))
+        gain = peak if peak > 1.0 else 1.0
+        n_model = _model_rate_length(info.frames, info.sample_rate, self.ndac.sample_rate)
+        bar = progress(f"encode {src.name}", -(-n_model // self.ndac.hop_length), "frame")
+        try:
+            codes = self._encode_blocks(read_blocks(src, READ_BLOCK_FRAMES), info.sample_rate, info.channels,
+                                        1.0 / gain, k, bar)
+        finally:
+            bar.close()
+        num_samples = info.frames
+        header = self._header(info.sample_rate, info.channels, num_samples, k, codes.shape[-1], gain)
+        write_fdc(dst, header, codes)
+        return CompressResult(header, codes, dst.stat().st_size)
+
+    # -- decompress --------------------------------------------------------------------------------
+    def check_header(self, header: FdcHeader, source: str) -> list[str]:
+        """Refuse codes this model cannot decode; return warnings for weights that differ."""
+        mine = (self.ndac.sample_rate, self.ndac.hop_length, self.ndac.codebook_size)
+        theirs = (header.model_sample_rate, header.hop_length, header.codebook_size)
+        if mine != theirs or header.n_codebooks > self.ndac.n_codebooks:
+            raise CodecError(
+                f"{source}: coded by '{header.model_name}' ({header.model_sample_rate} Hz, hop {header.hop_length}, "
+                f"{header.model_codebooks}x{header.codebook_size} codebooks), which model '{self.model.name}' "
+                f"({self.ndac.sample_rate} Hz, hop {self.ndac.hop_length}, "
+                f"{self.ndac.n_codebooks}x{self.ndac.codebook_size}) cannot decode")
+        warnings = []
+        if header.model_hash and header.model_hash != self.model.ndac_hash:
+            warnings.append(f"{source}: coded with weights {header.model_hash} of '{header.model_name}', decoding "
+                            f"with weights {self.model.ndac_hash} of '{self.model.name}'; the sound may differ")
+        return warnings
+
+    def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int, solver: str,
+                              seed: int | None, progress: Progress) -> tuple[_ModelRateBuffer, float]:
+        channels = codes.shape[0]
+        target = _model_rate_length(header.num_samples, header.sample_rate, header.model_sample_rate)
+        c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
+        d0 = _ModelRateBuffer(channels, target)
+        n_chunks = -(-codes.shape[-1] // self.chunk_frames)
+        bar = progress("decode D0", n_chunks, "chunk")
+        try:
+            pos = 0
+            for piece in self.ndac.decode_chunks(c, self.chunk_frames):
+                take = min(piece.shape[-1], target - pos)
+                if take > 0:
+                    d0.data[:, pos:pos + take] = piece[:, 0, :take].float().cpu().numpy()
+                pos += piece.shape[-1]
+                bar.update(1)
+        finally:
+            bar.close()
+        if nfe == 0:
+            return d0, float(header.gain)
+        if self.postfilter is None:
+            d0.close()
+            raise CodecError(f"model '{self.model.name}' has no postfilter; use --nfe 0")
+        out = _ModelRateBuffer(channels, target)
+        try:
+            self.postfilter.enhance_long(d0.data, out.data, nfe=nfe, solver=solver, seed=seed,
+                                         device=self.device, progress=progress)
+        except BaseException:
+            out.close()
+            raise
+        finally:
+            d0.close()
+        return out, float(header.gain)
+
+    def _finish(self, buf: _ModelRateBuffer, header: FdcHeader, gain: float,
+                sink: Callable[[np.ndarray], None]) -> float:
+        """Gain, clip guard, resampling back, exact length; streams [n, C] blocks into ``sink``."""
+        data = buf.data
+        block = 1 << 18
+        peak = 0.0
+        for a in range(0, data.shape[1], block):
+            peak = max(peak, float(np.abs(data[:, a:a + block]).max()) * gain)
+        guard = peak if peak > 1.0 else 1.0
+        scale = gain / guard
+        resampler = Resampler(header.model_sample_rate, header.sample_rate, header.channels)
+        written = 0
+        for a in range(0, data.shape[1], block):
+            out = resampler.process(np.ascontiguousarray(data[:, a:a + block].T) * scale)
+            out = out[: max(header.num_samples - written, 0)]
+            if len(out):
+                sink(out)
+                written += len(out)
+        resampler.n_out = written  # trimmed output counts as delivered
+        tail = resampler.finish(header.num_samples) if written < header.num_samples else np.zeros((0, 1))
+        if len(tail):
+            sink(tail)
+        return guard
+
+    def decompress_codes(self, header: FdcHeader, codes: np.ndarray, nfe: int = 6, solver: str = "midpoint",
+                         seed: int | None = None, progress: Progress = _no_progress) -> np.ndarray:
+        """Float audio [frames, channels] at the original rate and length."""
+        buf, gain = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
+        pieces: list[np.ndarray] = []
+        try:
+            self._finish(buf, header, gain, pieces.append)
+        finally:
+            buf.close()
+        if not pieces:
+            return np.zeros((0, header.channels), np.float32)
+        return np.concatenate(pieces).astype(np.float32, copy=False)
+
+    def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int = 6,
+                        solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
+                        progress: Progress = _no_progress,
+                        warn: Callable[[str], None] | None = None) -> DecompressResult:
+        src, dst = Path(src), Path(dst)
+        header, codes = read_fdc(src)
+        for w in self.check_header(header, str(src)):
+            if warn is not None:
+                warn(w)
+        return self._decode_file(header, codes, dst, nfe, solver, seed, subtype, progress)
+
+    def _decode_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int, solver: str,
+                     seed: int | None, subtype: str | None, progress: Progress) -> DecompressResult:
+        writer = AtomicAudioWriter(dst, header.sample_rate, header.channels, subtype)
+        clip = _clip_for(writer)
+        try:
+            buf, gain = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
+            try:
+                guard = self._finish(buf, header, gain, lambda b: writer.write(clip(b)))
+            finally:
+                buf.close()
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+        return DecompressResult(header, nfe, guard)
+
+    def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
+                       bitrate_kbps: float | None = None, nfe: int = 6, solver: str = "midpoint",
+                       seed: int | None = None, subtype: str | None = None,
+                       progress: Progress = _no_progress) -> tuple[CompressResult, DecompressResult]:
+        """Compress and decompress in one go; the .fdc is built in memory and its size reported."""
+        from .container import encode_fdc
+
+        src, dst = Path(src), Path(dst)
+        with tempfile.TemporaryDirectory(prefix="flowdec-") as tmp:
+            fdc = Path(tmp) / "roundtrip.fdc"
+            comp = self.compress_file(src, fdc, n_codebooks, bitrate_kbps, progress)
+        comp.file_bytes = len(encode_fdc(comp.header, comp.codes))
+        dec = self._decode_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress)
+        return comp, dec
+
+
+def _model_rate_length(n: int, rate: int, model_rate: int) -> int:
+    return int(round(n * model_rate / rate))
+
+
+def _clip_for(writer: AtomicAudioWriter) -> Callable[[np.ndarray], np.ndarray]:
+    """Integer PCM wraps or saturates unpredictably beyond full scale: clip explicitly there."""
+    subtype = writer._file.subtype
+    if subtype in ("FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_III"):
+        return lambda b: b
+    return lambda b: np.clip(b, -1.0, 1.0)

@@ -1,0 +1,333 @@
+"""Folder pairing, report formats, and the ``eval`` / ``plot`` commands via CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import stat
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from flowdec_cli.evaluation import cli as ecli
+from flowdec_cli.evaluation.cli import eval_command, plot_command
+from flowdec_cli.evaluation.pairing import PairingError, pair_paths
+from flowdec_cli.evaluation.report import Report
+
+SR = 48000
+
+
+def touch(root: Path, *rels: str) -> None:
+    for rel in rels:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+
+
+def names(paths, root):
+    return sorted(p.relative_to(root).as_posix() for p in paths)
+
+
+# ------------------------------------------------------------------ pairing
+
+
+def test_pairing_nested_folders_and_unpaired(tmp_path):
+    ref, deg = tmp_path / "ref", tmp_path / "deg"
+    touch(ref, "a.wav", "sub/b.wav", "sub/deep/c.flac", "only_ref.wav", ".hidden.wav",
+          "notes.txt", ".git/x.wav")
+    touch(deg, "a.wav", "sub/b.flac", "sub/deep/c.WAV", "only_deg.ogg", "readme.md")
+    p = pair_paths(ref, deg)
+    assert [(x.name, x.ref.relative_to(ref).as_posix(), x.deg.relative_to(deg).as_posix())
+            for x in p.pairs] == [
+        ("a.wav", "a.wav", "a.wav"),
+        ("sub/b.wav", "sub/b.wav", "sub/b.flac"),
+        ("sub/deep/c.flac", "sub/deep/c.flac", "sub/deep/c.WAV"),
+    ]
+    assert names(p.unpaired_ref, ref) == ["only_ref.wav"]
+    assert names(p.unpaired_deg, deg) == ["only_deg.ogg"]
+    assert not p.complete
+
+
+def test_pairing_prefers_exact_path_and_reports_ambiguous_stems(tmp_path):
+    ref, deg = tmp_path / "ref", tmp_path / "deg"
+    touch(ref, "x.wav", "y.wav")
+    touch(deg, "x.wav", "x.flac", "y.flac", "y.opus")
+    p = pair_paths(ref, deg)
+    assert [(x.ref.name, x.deg.name) for x in p.pairs] == [("x.wav", "x.wav")]
+    assert names(p.unpaired_ref, ref) == ["y.wav"]
+    assert names(p.unpaired_deg, deg) == ["x.flac", "y.flac", "y.opus"]
+
+
+def test_pairing_deg_folder_inside_ref_folder(tmp_path):
+    touch(tmp_path, "a.wav", "b.wav", "decoded/a.opus", "decoded/b.mp3")
+    p = pair_paths(tmp_path, tmp_path / "decoded")
+    assert [(x.ref.name, x.deg.name) for x in p.pairs] == [("a.wav", "a.opus"), ("b.wav", "b.mp3")]
+    assert p.complete
+
+
+def test_pairing_two_files_and_errors(tmp_path):
+    touch(tmp_path, "r.wav", "whatever.flac", "dir/a.wav")
+    p = pair_paths(tmp_path / "r.wav", tmp_path / "whatever.flac")
+    assert len(p.pairs) == 1 and p.pairs[0].name == "r.wav"
+    with pytest.raises(PairingError, match="is a file but"):
+        pair_paths(tmp_path / "r.wav", tmp_path / "dir")
+    with pytest.raises(PairingError, match="no such file"):
+        pair_paths(tmp_path / "nope.wav", tmp_path / "r.wav")
+
+
+# ------------------------------------------------------------------ report
+
+
+def test_report_mean_skips_nan_and_renders():
+    r = Report(labels=["file"], values=["a", "b"], higher_is_better={"a": True, "b": False})
+    r.add(file="x", a=1.0, b=float("nan"))
+    r.add(file="y", a=3.0, b=4.0)
+    assert r.mean() == {"a": 2.0, "b": 4.0, "n": 2}
+    doc = json.loads(r.to_json())
+    assert doc["rows"][0]["b"] is None and doc["mean"]["a"] == 2.0
+    rows = list(csv.reader(io.StringIO(r.to_csv())))
+    assert rows == [["file", "a", "b"], ["x", "1.0", ""], ["y", "3.0", "4.0"], ["mean", "2.0", "4.0"]]
+    table = r.to_table()
+    assert "mean (2)" in table and "higher is better: a" in table and "lower is better: b" in table
+
+
+# ------------------------------------------------------------------ eval CLI
+
+
+@pytest.fixture()
+def audio_dirs(tmp_path):
+    rng = np.random.default_rng(0)
+    t = np.arange(SR // 2) / SR
+    x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(len(t))
+    stereo = np.stack([x, 0.7 * x], axis=1)
+    ref, deg = tmp_path / "ref", tmp_path / "deg"
+    (ref / "sub").mkdir(parents=True)
+    (deg / "sub").mkdir(parents=True)
+    sf.write(ref / "a.wav", stereo, SR, subtype="FLOAT")
+    sf.write(deg / "a.flac", stereo + 0.01 * rng.standard_normal(stereo.shape), SR)
+    sf.write(ref / "sub" / "b.wav", x, SR, subtype="FLOAT")
+    sf.write(deg / "sub" / "b.wav", x + 0.05 * rng.standard_normal(len(x)), SR, subtype="FLOAT")
+    sf.write(ref / "lonely.wav", x, SR)
+    return ref, deg
+
+
+def run(cmd, *args):
+    return CliRunner().invoke(cmd, [str(a) for a in args])
+
+
+def test_eval_two_files_table(audio_dirs):
+    ref, deg = audio_dirs
+    res = run(eval_command, ref / "a.wav", deg / "a.flac")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["file", "si_sdr", "mel", "lsd"]
+    assert lines[2].startswith("a.wav")
+    assert "mean" not in res.stdout  # one file: no mean row
+
+
+def test_eval_folders_json(audio_dirs):
+    ref, deg = audio_dirs
+    res = run(eval_command, ref, deg, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [r["file"] for r in doc["rows"]] == ["a.wav", "sub/b.wav"]
+    assert doc["n"] == 2
+    si = [r["si_sdr"] for r in doc["rows"]]
+    assert doc["mean"]["si_sdr"] == pytest.approx(sum(si) / 2)
+    assert si[0] > si[1]  # less noise in a
+    assert doc["unpaired"]["ref"] == [str(ref / "lonely.wav")]
+    assert "lonely.wav" in res.stderr and "no match" in res.stderr
+
+
+def test_eval_csv_and_output_file(audio_dirs, tmp_path):
+    ref, deg = audio_dirs
+    res = run(eval_command, ref, deg, "--csv", "-m", "si_sdr,lsd")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["file"] for r in rows] == ["a.wav", "sub/b.wav", "mean"]
+    assert list(rows[0]) == ["file", "si_sdr", "lsd"]
+    assert float(rows[2]["lsd"]) == pytest.approx((float(rows[0]["lsd"]) + float(rows[1]["lsd"])) / 2)
+
+    out = tmp_path / "report.json"  # format from the suffix
+    res = run(eval_command, ref, deg, "-o", out)
+    assert res.exit_code == 0, res.output
+    assert res.stdout == ""
+    assert json.loads(out.read_text())["columns"] == ["file", "si_sdr", "mel", "lsd"]
+
+
+def test_eval_resamples_deg_rate(tmp_path):
+    x = 0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)
+    sf.write(tmp_path / "r.wav", x, SR, subtype="FLOAT")
+    from flowdec_cli.evaluation.metrics import resample
+
+    sf.write(tmp_path / "d.wav", resample(x, SR, 16000), 16000, subtype="FLOAT")
+    res = run(eval_command, tmp_path / "r.wav", tmp_path / "d.wav", "--json", "-m", "si_sdr")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["rows"][0]["si_sdr"] > 30
+
+
+def test_eval_errors_are_one_line(audio_dirs, tmp_path, monkeypatch):
+    ref, deg = audio_dirs
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    cases = [
+        ((ref / "a.wav", bad), 1, "bad.wav: cannot read audio"),
+        ((ref / "a.wav", deg / "sub" / "b.wav"), 1, "channel counts differ"),
+        ((ref / "a.wav", deg), 1, "is a file but"),
+        ((ref, deg, "-m", "si_sdr,nope"), 2, "unknown metric 'nope'"),
+        ((ref, deg, "--json", "--csv"), 2, "either --json or --csv"),
+        ((ref,), 2, "missing DEG"),
+        ((ref, deg, "--opus"), 2, "only apply with --codec"),
+        ((ref, tmp_path / "missing"), 2, "does not exist"),
+    ]
+    for args, code, msg in cases:
+        res = run(eval_command, *args)
+        assert res.exit_code == code, (args, res.output)
+        assert msg in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run(eval_command, empty, deg)
+    assert res.exit_code == 1 and "no audio files to compare" in res.output
+
+    monkeypatch.setattr(ecli, "metric_available", lambda name: name in ("si_sdr", "mel", "lsd"))
+    res = run(eval_command, ref, deg, "-m", "pesq")
+    assert res.exit_code == 1
+    assert "pip install flowdec-cli[metrics]" in res.output
+    res = run(eval_command, ref, deg, "--all", "--csv")
+    assert res.exit_code == 0
+    assert res.stdout.splitlines()[0] == "file,si_sdr,mel,lsd"
+    assert "not installed, skipped: visqol, pesq, stoi, estoi" in res.stderr
+
+
+def test_eval_all_includes_installed_optional_metrics(audio_dirs):
+    pytest.importorskip("pesq")
+    ref, deg = audio_dirs
+    res = run(eval_command, ref / "sub" / "b.wav", deg / "sub" / "b.wav", "-m", "si_sdr,pesq_wb",
+              "--json")
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)["rows"][0]
+    assert set(row) >= {"si_sdr", "pesq"}
+
+
+# ------------------------------------------------------------------ plot CLI
+
+
+def test_plot_writes_png(audio_dirs, tmp_path):
+    pytest.importorskip("matplotlib")
+    ref, deg = audio_dirs
+    png = tmp_path / "cmp.png"
+    res = run(plot_command, ref / "a.wav", deg / "a.flac", deg / "sub" / "b.wav", "-o", png,
+              "-t", "codec 6 kbps", "-t", "postfilter NFE 6")
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    res = run(plot_command, ref / "a.wav", deg / "a.flac", "-o", png, "-t", "a", "-t", "b", "-t", "c")
+    assert res.exit_code == 2 and "--title" in res.output
+
+
+def test_plot_without_matplotlib_is_a_clear_error(audio_dirs, tmp_path, monkeypatch):
+    ref, deg = audio_dirs
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    res = run(plot_command, ref / "a.wav", deg / "a.flac", "-o", tmp_path / "x.png")
+    assert res.exit_code == 1
+    assert "pip install flowdec-cli[plot]" in res.output and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------ codec eval helpers
+
+
+def test_opus_roundtrip_real_tools():
+    from flowdec_cli.evaluation.codec_eval import opus_available, opus_roundtrip
+    from flowdec_cli.evaluation.metrics import si_sdr
+
+    if not opus_available():
+        pytest.skip("opusenc/opusdec not installed")
+    x = 0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)[:, None].astype(np.float32)
+    res = opus_roundtrip(x, SR, 24)
+    assert res.audio.shape == x.shape
+    assert res.nbytes > 0 and res.kbps(1.0) < 60
+    assert si_sdr(x, res.audio) > 5
+
+
+def _fake_opus_tools(bindir: Path) -> None:
+    """Stand-ins for opusenc/opusdec (copy the audio through) to test the plumbing only."""
+    bindir.mkdir()
+    enc = """
+        import shutil, sys
+        shutil.copyfile(sys.argv[-2], sys.argv[-1])
+        """
+    dec = """
+        import sys, soundfile as sf, soxr
+        x, sr = sf.read(sys.argv[-2], dtype="float32", always_2d=True)
+        sf.write(sys.argv[-1], soxr.resample(x, sr, 48000), 48000, subtype="FLOAT")
+        """
+    for name, body in (("opusenc", enc), ("opusdec", dec)):
+        p = bindir / name
+        p.write_text(f"#!{sys.executable}" + textwrap.dedent(body))
+        p.chmod(p.stat().st_mode | stat.S_IEXEC)
+
+
+def test_opus_roundtrip_plumbing_with_fake_tools(tmp_path, monkeypatch):
+    from flowdec_cli.evaluation.codec_eval import opus_roundtrip
+
+    _fake_opus_tools(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    x = np.stack([np.sin(np.arange(16000) / 10), np.cos(np.arange(16000) / 10)], 1) * 0.3
+    res = opus_roundtrip(x.astype(np.float32), 16000, 6)
+    assert res.audio.shape == x.shape and res.audio.dtype == np.float32
+    np.testing.assert_allclose(res.audio[200:-200], x[200:-200], atol=1e-3)  # 16k->48k->16k
+
+
+def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
+    """The report plumbing of ``eval --codec``, with a fake ``flowdec_cli.pipeline``."""
+
+    class FakeCodec:
+        @classmethod
+        def load(cls, model, device="cpu"):
+            assert model == "fake-model"
+            return cls()
+
+        def bitrates(self):
+            return [(2, 1.5), (8, 6.0)]
+
+        def compress_array(self, audio, sample_rate, n_codebooks=None, bitrate_kbps=None):
+            return {"n": n_codebooks}, audio.copy()
+
+        def decompress_codes(self, header, codes, nfe=6, seed=0, progress=None):
+            if progress is not None:
+                bar = progress("decode D0", 1, "chunk")
+                time.sleep(0.001)
+                bar.close()
+            noise = np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
+            return codes + noise * 0.1 / header["n"] / nfe
+
+    monkeypatch.setitem(sys.modules, "flowdec_cli.pipeline",
+                        types.SimpleNamespace(Codec=FakeCodec))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no opus tools
+    ref, _ = audio_dirs
+    res = run(eval_command, "--codec", "fake-model", ref, "--nfe", "2,6", "--opus", "--json", "-m", "si_sdr",
+              "--save", tmp_path / "dec")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [(r["system"], r["kbps"], r["nfe"]) for r in doc["rows"]] == [
+        ("flowdec", "1.5", "2"), ("flowdec", "1.5", "6"), ("flowdec", "6", "2"), ("flowdec", "6", "6")]
+    si = [r["si_sdr"] for r in doc["rows"]]
+    assert si == sorted(si)  # less noise with more codebooks / NFE in the fake
+    assert all(r["rtf_enc"] >= 0 and r["files"] == "3" for r in doc["rows"])
+    assert all(r["rtf_d0"] > 0 and r["rtf_pf"] >= 0 for r in doc["rows"])
+    assert all(r["rtf_dec"] >= r["rtf_d0"] and r["kbps_actual"] is None for r in doc["rows"])
+    assert "opus: skipped" in res.stderr
+    assert (tmp_path / "dec" / "sub" / "b.flowdec_6k_nfe2.wav").exists()
+
+    res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "3")
+    assert res.exit_code == 1 and "not offered" in res.output

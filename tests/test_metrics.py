@@ -1,0 +1,236 @@
+"""Metrics against hand-computed values on synthetic signals."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowdec_cli.evaluation import metrics as M
+
+SR = 48000
+
+
+def noise(n, seed=0, ch=None):
+    rng = np.random.default_rng(seed)
+    shape = (n,) if ch is None else (n, ch)
+    return 0.1 * rng.standard_normal(shape)
+
+
+def with_snr(ref: np.ndarray, snr_db: float, seed: int = 1) -> np.ndarray:
+    """ref + noise, the noise zero-mean, orthogonal to the zero-mean ref, at exactly snr_db."""
+    r = ref - ref.mean()
+    n = np.random.default_rng(seed).standard_normal(len(ref))
+    n -= n.mean()
+    n -= np.dot(n, r) / np.dot(r, r) * r
+    n *= math.sqrt(np.dot(r, r) / np.dot(n, n) / 10 ** (snr_db / 10))
+    return ref + n
+
+
+def tone_mix(n, sr=SR):
+    t = np.arange(n) / sr
+    return 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1234.5 * t + 0.3)
+
+
+# ------------------------------------------------------------------ SI-SDR
+
+
+def test_si_sdr_identical_is_capped_high():
+    x = noise(SR)
+    assert M.si_sdr(x, x) == pytest.approx(120.0, abs=0.01)
+
+
+@pytest.mark.parametrize("snr", [-5.0, 0.0, 10.0, 30.0])
+def test_si_sdr_equals_snr_for_orthogonal_noise(snr):
+    x = noise(SR // 2)
+    assert M.si_sdr(x, with_snr(x, snr)) == pytest.approx(snr, abs=0.1)
+
+
+@pytest.mark.parametrize("gain", [0.01, 0.5, 3.0, -2.0])
+def test_si_sdr_is_scale_invariant(gain):
+    x = noise(SR // 2)
+    y = with_snr(x, 12.0)
+    assert M.si_sdr(x, gain * y) == pytest.approx(M.si_sdr(x, y), abs=1e-6)
+    assert M.si_sdr(x, gain * y) == pytest.approx(12.0, abs=0.1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(gain=st.floats(1e-3, 1e3), offset=st.floats(-1, 1))
+def test_si_sdr_ignores_gain_and_dc(gain, offset):
+    x = noise(4096, seed=3)
+    y = with_snr(x, 5.0, seed=4)
+    assert M.si_sdr(x, gain * y + offset) == pytest.approx(5.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("delay", [1, 2, 4, 6])
+def test_si_sdr_of_delayed_sine_is_cot_of_phase(delay):
+    # period of 64 samples, 750 whole periods: a delay of k samples is a phase shift
+    # phi = 2 pi k / 64, and deg = cos(phi) ref - sin(phi) (quadrature), so
+    # SI-SDR = 10 log10(cos^2 / sin^2) = 20 log10 |cot(phi)|.
+    n = 64 * 750
+    x = np.sin(2 * np.pi * np.arange(n) / 64)
+    y = np.roll(x, delay)
+    phi = 2 * np.pi * delay / 64
+    assert M.si_sdr(x, y) == pytest.approx(20 * math.log10(abs(1 / math.tan(phi))), abs=0.01)
+
+
+def test_si_sdr_drops_for_delayed_broadband_copy():
+    # no alignment is done: a white-noise copy 10 samples late is almost uncorrelated
+    x = noise(SR)
+    y = np.concatenate([np.zeros(10), x])  # longer: trimmed to len(x)
+    assert M.si_sdr(x, y) < -20.0
+    assert M.si_sdr(x, x) > 100.0
+
+
+def test_si_sdr_trims_to_shorter_and_averages_channels():
+    x = noise(SR // 2, ch=2)
+    y = np.stack([with_snr(x[:, 0], 10.0), with_snr(x[:, 1], 20.0)], axis=1)
+    y = np.concatenate([y, np.ones((1000, 2))])  # extra tail is ignored
+    assert M.si_sdr(x, y) == pytest.approx(15.0, abs=0.1)
+    assert M.si_sdr(x[:, 0], y[: len(x), 0]) == pytest.approx(10.0, abs=0.1)
+
+
+def test_si_sdr_silent_reference_channel_is_skipped():
+    x = noise(8000, ch=2)
+    x[:, 1] = 0.0
+    y = x.copy()
+    y[:, 0] = with_snr(x[:, 0], 7.0)
+    assert M.si_sdr(x, y) == pytest.approx(7.0, abs=0.1)
+    assert math.isnan(M.si_sdr(np.zeros(100), np.ones(100)))
+
+
+def test_channel_mismatch_and_empty_raise():
+    with pytest.raises(M.MetricError, match="channel counts differ"):
+        M.si_sdr(noise(100, ch=2), noise(100))
+    with pytest.raises(M.MetricError, match="empty"):
+        M.mel_distance(np.zeros(0), np.zeros(0), SR)
+
+
+# ------------------------------------------------------------------ mel distance
+
+
+def test_mel_filterbank_rows_are_averages():
+    for n_fft, _, n_mels in M.MEL_RESOLUTIONS:
+        fb = M.mel_filterbank(SR, n_fft, n_mels)
+        assert fb.shape == (n_mels, n_fft // 2 + 1)
+        np.testing.assert_allclose(fb.sum(axis=1), 1.0)
+        assert (fb >= 0).all()
+
+
+def test_stft_normalisation_sine_peaks_at_half_amplitude():
+    n_fft = 1024
+    x = 0.8 * np.sin(2 * np.pi * 48 * np.arange(SR) / n_fft)  # exactly on bin 48
+    mag = M._stft_mag(x, n_fft, 256)
+    assert mag[10:-10, 48].mean() == pytest.approx(0.4, rel=1e-3)
+
+
+def test_mel_distance_identical_is_zero():
+    x = noise(SR, ch=2)
+    assert M.mel_distance(x, x, SR) == 0.0
+
+
+def test_mel_distance_of_gain_is_log10_of_gain():
+    # every band of white noise is far above the 1e-5 floor, so each log-mel value shifts by
+    # exactly log10(2)
+    x = noise(SR)
+    assert M.mel_distance(x, 0.5 * x, SR) == pytest.approx(math.log10(2.0), abs=1e-9)
+
+
+def test_mel_distance_is_monotonic_in_noise_level():
+    x = tone_mix(SR)
+    rng = np.random.default_rng(5)
+    n = rng.standard_normal(SR)
+    dists = [M.mel_distance(x, x + a * n, SR) for a in (1e-4, 1e-3, 1e-2, 1e-1)]
+    assert all(a < b for a, b in zip(dists, dists[1:])), dists
+    assert dists[0] > 0
+
+
+# ------------------------------------------------------------------ LSD
+
+
+def test_lsd_identical_is_zero():
+    x = noise(SR, ch=2)
+    assert M.log_spectral_distance(x, x, SR) == 0.0
+
+
+def test_lsd_of_gain_is_gain_in_db():
+    x = noise(SR)
+    assert M.log_spectral_distance(x, 0.5 * x, SR) == pytest.approx(20 * math.log10(2), abs=1e-3)
+
+
+def test_lsd_floor_ignores_content_far_below_reference_peak():
+    x = tone_mix(SR)
+    y = x + 1e-7 * np.random.default_rng(2).standard_normal(SR)  # ~130 dB below the tones
+    assert M.log_spectral_distance(x, y, SR) < 0.01
+    assert M.log_spectral_distance(x, y, SR, floor_db=300.0) > 20.0  # no effective floor
+
+
+# ------------------------------------------------------------------ resampling / registry
+
+
+def test_compute_metrics_resamples_deg_to_ref_rate():
+    x = tone_mix(SR)
+    y = M.resample(x, SR, 24000)
+    scores = M.compute_metrics(x, SR, y, 24000, ["si_sdr", "mel", "lsd"])
+    assert scores["si_sdr"] > 40.0
+    assert scores["mel"] < 0.2
+
+
+def test_compute_metrics_records_unscorable_metric_as_nan():
+    errors = {}
+    scores = M.compute_metrics(np.zeros(1000), SR, np.ones(1000), SR, ["si_sdr", "lsd"], errors)
+    assert math.isnan(scores["si_sdr"]) and math.isnan(scores["lsd"])
+    assert errors == {}  # NaN by definition, not an error
+
+
+def test_missing_optional_package_raises_metric_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pesq", None)
+    monkeypatch.setitem(sys.modules, "pystoi", None)
+    x = noise(16000)
+    with pytest.raises(M.MetricUnavailable, match=r"pip install flowdec-cli\[metrics\]"):
+        M.pesq_wb(x, x, SR)
+    with pytest.raises(M.MetricUnavailable, match="pystoi"):
+        M.estoi(x, x, SR)
+
+
+# ------------------------------------------------------------------ optional metrics
+
+
+def speechlike(seconds=3.0, sr=SR, seed=0):
+    """Harmonic 'voice' with a gliding pitch, syllable-rate envelope and pauses."""
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voice = sum(np.sin(k * phase) / k for k in range(1, 20))
+    env = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 2
+    return 0.2 * voice * env + 1e-4 * np.random.default_rng(seed).standard_normal(len(t))
+
+
+def test_pesq_wb():
+    pytest.importorskip("pesq")
+    x = speechlike()
+    clean = M.pesq_wb(x, x, SR)
+    noisy = M.pesq_wb(x, x + 0.02 * np.random.default_rng(1).standard_normal(len(x)), SR)
+    assert clean > 4.5
+    assert 1.0 <= noisy < clean
+
+
+def test_stoi_and_estoi():
+    pytest.importorskip("pystoi")
+    x = speechlike()
+    y = x + 0.05 * np.random.default_rng(1).standard_normal(len(x))
+    assert M.stoi(x, x, SR) == pytest.approx(1.0, abs=1e-6)
+    assert M.estoi(x, x, SR) == pytest.approx(1.0, abs=1e-6)
+    assert M.stoi(x, y, SR) < 0.99
+    assert M.estoi(x, y, SR) < M.estoi(x, x, SR)
+
+
+def test_visqol_identical_audio_mode():
+    pytest.importorskip("visqol")
+    x = speechlike(2.0)
+    # ViSQOL v3 audio mode maps identical 48 kHz signals to about 4.73
+    assert M.visqol(x, x, SR) == pytest.approx(4.73, abs=0.05)

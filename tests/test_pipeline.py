@@ -1,0 +1,133 @@
+"""File-level coding: formats, rates, channels and exact lengths come back; bitrates hold on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from flowdec_cli.container import max_file_size, read_fdc
+from flowdec_cli.pipeline import Codec, CodecError
+
+from .conftest import tone
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_codec_dir):
+    return Codec.load(tiny_codec_dir, "cpu", chunk_seconds=0.5)
+
+
+@pytest.mark.parametrize("sr,channels,ext", [(48000, 1, ".wav"), (44100, 2, ".flac"), (16000, 1, ".ogg"),
+                                             (22050, 3, ".wav"), (96000, 1, ".flac")])
+def test_roundtrip_restores_rate_channels_length(codec, tmp_path, sr, channels, ext):
+    x = tone(1.37, sr, channels)
+    src = tmp_path / f"in{ext}"
+    sf.write(src, x, sr)
+    n_in = sf.info(str(src)).frames
+    comp = codec.compress_file(src, tmp_path / "a.fdc", bitrate_kbps=6)
+    assert comp.header.n_codebooks == 8 and comp.header.num_samples == n_in
+    dec = codec.decompress_file(tmp_path / "a.fdc", tmp_path / "out.wav", nfe=0)
+    y, sr_out = sf.read(tmp_path / "out.wav", always_2d=True)
+    assert sr_out == sr and y.shape == (n_in, channels)
+    assert dec.peak_scaled == 1.0
+
+
+def test_codes_do_not_depend_on_chunk_size(tiny_codec_dir, tmp_path):
+    x = tone(3.0, 44100, 2)
+    headers_codes = []
+    for seconds in (0.1, 0.77, 30.0):
+        codec = Codec.load(tiny_codec_dir, "cpu", chunk_seconds=seconds)
+        headers_codes.append(codec.compress_array(x, 44100))
+    for _, codes in headers_codes[1:]:
+        np.testing.assert_array_equal(codes, headers_codes[0][1])
+
+
+def test_file_and_array_paths_agree(codec, tmp_path):
+    x = tone(2.1, 32000, 2)
+    sf.write(tmp_path / "in.wav", x, 32000, subtype="FLOAT")
+    comp = codec.compress_file(tmp_path / "in.wav", tmp_path / "a.fdc", n_codebooks=4)
+    header, codes = codec.compress_array(x, 32000, n_codebooks=4)
+    np.testing.assert_array_equal(codes, comp.codes)
+    y_arr = codec.decompress_codes(header, codes, nfe=0)
+    codec.decompress_file(tmp_path / "a.fdc", tmp_path / "o.wav", nfe=0, subtype="FLOAT")
+    y_file, _ = sf.read(tmp_path / "o.wav", always_2d=True, dtype="float32")
+    np.testing.assert_allclose(y_file, y_arr, atol=1e-6)
+
+
+@pytest.mark.parametrize("kbps,expected_k", [(0.75, 1), (3, 4), (4.5, 6), (6.1, 8), (7.5, 10), (100, 10)])
+def test_bitrate_maps_to_largest_fitting_codebook_count(codec, kbps, expected_k):
+    assert codec.choose_codebooks(kbps) == expected_k
+
+
+def test_unreachable_bitrate_lists_valid_ones(codec):
+    with pytest.raises(CodecError, match=r"valid rates .*0\.75, 1\.5, 2\.25"):
+        codec.choose_codebooks(0.5)
+
+
+@pytest.mark.parametrize("kbps", [3.0, 7.5])
+def test_size_on_disk_within_budget(codec, tmp_path, kbps):
+    sr = 48000
+    sf.write(tmp_path / "in.wav", tone(10.0, sr), sr)
+    comp = codec.compress_file(tmp_path / "in.wav", tmp_path / "a.fdc", bitrate_kbps=kbps)
+    size = (tmp_path / "a.fdc").stat().st_size
+    assert size <= max_file_size(kbps * 1000, 10.0)
+    assert size <= kbps * 1000 * 10 / 8 * 1.005 + 128
+    assert comp.actual_bitrate <= kbps * 1000 * 1.005 + 128 * 8 / 10
+
+
+def test_loud_float_input_is_scaled_and_gain_restored(codec, tmp_path):
+    x = tone(1.0, 48000) * 3.0  # float file with peaks above full scale
+    sf.write(tmp_path / "loud.wav", x, 48000, subtype="FLOAT")
+    comp = codec.compress_file(tmp_path / "loud.wav", tmp_path / "a.fdc")
+    assert comp.header.gain == pytest.approx(float(np.abs(x).max()), rel=1e-6)
+    header, _ = read_fdc(tmp_path / "a.fdc")
+    assert header.gain == comp.header.gain
+    dec = codec.decompress_file(tmp_path / "a.fdc", tmp_path / "o.wav", nfe=0, subtype="FLOAT")
+    y, _ = sf.read(tmp_path / "o.wav", dtype="float32")
+    assert np.abs(y).max() <= 1.0 + 1e-6  # the clip guard scaled the restored level back into range
+    assert dec.peak_scaled >= 1.0
+
+
+def test_empty_and_tiny_inputs(codec, tmp_path):
+    for n in (0, 1, 17):
+        sf.write(tmp_path / "in.wav", np.zeros((n, 2), np.float32), 44100)
+        codec.compress_file(tmp_path / "in.wav", tmp_path / "a.fdc")
+        out = tmp_path / ("o.wav" if n == 0 else "o.flac")  # libsndfile cannot reopen a frameless FLAC
+        codec.decompress_file(tmp_path / "a.fdc", out, nfe=0)
+        y, sr = sf.read(out, always_2d=True)
+        assert y.shape == (n, 2) and sr == 44100
+
+
+def test_incompatible_model_is_refused(codec, tmp_path, reference_dir):
+    sf.write(tmp_path / "in.wav", tone(0.5, 48000), 48000)
+    codec.compress_file(tmp_path / "in.wav", tmp_path / "a.fdc")
+    other = Codec.load(reference_dir / "ndac25_small" / "weights.pth", "cpu")
+    header, _ = read_fdc(tmp_path / "a.fdc")
+    with pytest.raises(CodecError, match="hop 640.*hop 1920|cannot decode"):
+        other.check_header(header, "a.fdc")
+
+
+def test_different_weights_warn(codec, tmp_path, reference_dir):
+    sf.write(tmp_path / "in.wav", tone(0.5, 48000), 48000)
+    codec.compress_file(tmp_path / "in.wav", tmp_path / "a.fdc")
+    other = Codec.load(reference_dir / "ndac75_small" / "weights.pth", "cpu")
+    header, _ = read_fdc(tmp_path / "a.fdc")
+    warnings = other.check_header(header, "a.fdc")
+    assert warnings and "weights" in warnings[0]
+
+
+@pytest.mark.slow
+def test_long_file_many_chunks_matches_whole(tiny_codec_dir, tmp_path):
+    """A file dozens of chunks long: chunked streaming equals one-piece coding (codes) and decoding (1e-5)."""
+    x = tone(40.0, 44100, 1)
+    sf.write(tmp_path / "long.flac", x, 44100)
+    small = Codec.load(tiny_codec_dir, "cpu", chunk_seconds=0.5)
+    whole = Codec.load(tiny_codec_dir, "cpu", chunk_seconds=1000)
+    comp = small.compress_file(tmp_path / "long.flac", tmp_path / "a.fdc")
+    assert comp.codes.shape[-1] == 3000 and comp.codes.shape[-1] / small.chunk_frames >= 40
+    _, codes_whole = whole.compress_array(x, 44100)
+    np.testing.assert_array_equal(comp.codes, codes_whole)
+    y_small = small.decompress_codes(comp.header, comp.codes, nfe=0)
+    y_whole = whole.decompress_codes(comp.header, comp.codes, nfe=0)
+    assert y_small.shape == x.shape
+    assert np.abs(y_small - y_whole).max() < 1e-5
