@@ -182,8 +182,11 @@ class AtomicAudioWriter:
     def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str | None = None) -> None:
         self.path = Path(path)
         fmt, sub = output_format_for(self.path, subtype)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        except OSError as exc:
+            raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         os.close(fd)
         self.tmp = Path(tmp)
         try:

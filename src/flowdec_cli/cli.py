@@ -195,29 +195,44 @@ def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
         yield _Job(path, dst / rel.with_suffix(out_suffix))
 
 
-def _run(src: Path, dst: Path, one: Callable[[_Job], str | None], wanted: Callable[[Path], bool],
-         out_suffix: str, force: bool, skip_existing: bool, pattern: str | None, quiet: bool) -> None:
-    """A single file, or a whole folder with a bar over files, per-file errors and a summary."""
+@dataclass
+class _Plan:
+    jobs: list[_Job]
+    folder: bool
+
+
+def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str, force: bool,
+          pattern: str | None) -> _Plan:
+    """Check paths before any model is loaded: a single file, or every matching file below a folder."""
     if not src.exists():
         raise Failure(f"{src}: no such file or folder")
     if not src.is_dir():
         if dst.is_dir() or str(dst).endswith(os.sep):
             dst = dst / src.with_suffix(out_suffix).name
         _check_pair(src, dst, force)
-        message = one(_Job(src, dst))
-        if message and not quiet:
-            click.echo(message, err=True)
-        return
+        return _Plan([_Job(src, dst)], folder=False)
     if dst.exists() and not dst.is_dir():
         raise Failure(f"{dst}: is a file; a folder input needs an output folder")
     jobs = list(_jobs(src, dst, wanted, out_suffix, pattern))
     if not jobs:
         raise Failure(f"{src}: no matching input files found")
+    return _Plan(jobs, folder=True)
+
+
+def _execute(plan: _Plan, one: Callable[[_Job], str | None], force: bool, skip_existing: bool,
+             quiet: bool) -> None:
+    """Run the jobs; in a folder, a bar over files, per-file errors, a summary and exit 1 if any failed."""
+    if not plan.folder:
+        message = one(plan.jobs[0])
+        if message and not quiet:
+            click.echo(message, err=True)
+        return
     from tqdm import tqdm
 
+    jobs = plan.jobs
     done = skipped = 0
     failed: list[str] = []
-    for job in tqdm(jobs, desc="files", unit="file", disable=None if not quiet else True):
+    for job in tqdm(jobs, desc="files", unit="file", disable=True if quiet else None):
         if job.dst.exists() and (skip_existing or not force):
             if skip_existing:
                 skipped += 1
@@ -237,7 +252,7 @@ def _run(src: Path, dst: Path, one: Callable[[_Job], str | None], wanted: Callab
                 text = f"{job.src}: unexpected {type(exc).__name__}: {text}"
             failed.append(text)
             tqdm.write(f"flowdec: error: {text}", file=sys.stderr)
-    if not quiet:
+    if not quiet or failed:
         parts = [f"{done} converted"]
         if skipped:
             parts.append(f"{skipped} skipped (exist)")
@@ -301,6 +316,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     """Code audio (any format, rate, channels) into a compact .fdc file, or a folder into a folder."""
     if bitrate is not None and n_codebooks is not None:
         raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
+    plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
     _setup(cache_dir, threads)
     codec = _load_codec(model, device, with_postfilter=False)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
@@ -314,7 +330,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
         return (f"{job.dst}: {res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
                 f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} nominal)")
 
-    _run(src, dst, one, _is_audio, ".fdc", force, skip_existing, pattern, quiet)
+    _execute(plan, one, force, skip_existing, quiet)
 
 
 @main.command()
@@ -331,22 +347,31 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
                force: bool, skip_existing: bool, pattern: str | None, quiet: bool) -> None:
     """Decode .fdc files with D0, then refine them with the flow postfilter (--nfe 0: D0 only)."""
     _check_nfe(nfe, solver)
+    plan = _plan(src, dst, _is_fdc, "." + out_format.lstrip("."), force, pattern)
     _setup(cache_dir, threads)
     from .container import read_fdc
 
     codecs: dict[str, Any] = {}
     bars = _Bars(quiet)
 
-    def codec_for(name: str) -> Any:
+    def codec_for(name: str, source: Path) -> Any:
+        from .models import ModelError
+
         key = model or name
         if key not in codecs:
-            codecs[key] = _load_codec(key, device, with_postfilter=nfe > 0)
+            try:
+                codecs[key] = _load_codec(key, device, with_postfilter=nfe > 0)
+            except ModelError as exc:
+                if model:
+                    raise
+                raise Failure(f"{source}: coded with model '{name}', which cannot be loaded here ({exc}); "
+                              "pass --model NAME_OR_PATH") from None
             bars.device = codecs[key].device
         return codecs[key]
 
     def one(job: _Job) -> str:
         header, codes = read_fdc(job.src)
-        codec = codec_for(header.model_name)
+        codec = codec_for(header.model_name, job.src)
         for w in codec.check_header(header, str(job.src)):
             click.echo(f"flowdec: warning: {w}", err=True)
         t0 = time.perf_counter()
@@ -357,7 +382,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
         return (f"{job.dst}: {dur:.2f} s, {header.channels} ch, {header.sample_rate} Hz, NFE {nfe}, "
                 f"{took:.1f} s (RTF {took / dur if dur else 0:.3f}){guard}")
 
-    _run(src, dst, one, _is_fdc, "." + out_format.lstrip("."), force, skip_existing, pattern, quiet)
+    _execute(plan, one, force, skip_existing, quiet)
 
 
 @main.command()
@@ -378,6 +403,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     if bitrate is not None and n_codebooks is not None:
         raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
     _check_nfe(nfe, solver)
+    plan = _plan(src, dst, _is_audio, "." + out_format.lstrip("."), force, pattern)
     _setup(cache_dir, threads)
     codec = _load_codec(model, device, with_postfilter=nfe > 0)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
@@ -394,7 +420,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
         return (f"{job.dst}: {comp.duration:.2f} s, {comp.file_bytes} bytes coded "
                 f"({comp.actual_bitrate / 1000:.3f} kbit/s per channel), NFE {nfe}, {took:.1f} s")
 
-    _run(src, dst, one, _is_audio, "." + out_format.lstrip("."), force, skip_existing, pattern, quiet)
+    _execute(plan, one, force, skip_existing, quiet)
 
 
 def _check_nfe(nfe: int, solver: str) -> None:
@@ -437,9 +463,11 @@ def info(src: Path, as_json: bool) -> None:
 def _attach_optional_commands() -> None:
     """Commands that live beside their own API (evaluation, models, training)."""
     from .evaluation.cli import eval_command, plot_command
+    from .models_cli import models_group
 
     main.add_command(eval_command, "eval")
     main.add_command(plot_command, "plot")
+    main.add_command(models_group, "models")
 
 
 _attach_optional_commands()

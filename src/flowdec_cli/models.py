@@ -183,7 +183,10 @@ def load_model(ref: str | os.PathLike, device: torch.device | str | None = None,
     pf = None
     if with_postfilter and path.is_dir() and (path / "postfilter").is_dir():
         pf = load_postfilter(path, device)
-    name = str(card.get("name") or (ref if not Path(str(ref)).exists() else path.name))
+    if str(ref).startswith("hf://"):
+        name = str(ref)  # so .fdc files made with a hub model point back to the hub
+    else:
+        name = str(card.get("name") or (ref if not Path(str(ref)).exists() else path.name))
     return Model(name=name, ndac=ndac, postfilter=pf, licence=str(card.get("licence", "unknown")),
                  source=str(path), info=card, ndac_hash=ndac_state_hash(ndac))
 

@@ -218,7 +218,11 @@ class Codec:
             bar.close()
         num_samples = info.frames
         header = self._header(info.sample_rate, info.channels, num_samples, k, codes.shape[-1], gain)
-        write_fdc(dst, header, codes)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_fdc(dst, header, codes)
+        except OSError as exc:
+            raise CodecError(f"{dst}: cannot write ({exc.strerror or exc})") from None
         return CompressResult(header, codes, dst.stat().st_size)
 
     # -- decompress --------------------------------------------------------------------------------

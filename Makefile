@@ -1,0 +1,46 @@
+# flowdec: fresh-machine entry points. `make demo` installs and round-trips a clip with the built-in model;
+# `make test` installs and runs the test suite. Both create ./.venv and install the CPU build of torch
+# first (a plain `torch` requirement would pull the multi-GB CUDA build).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install install-test test test-all demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+## Fast suite (slow-marked tests excluded); what CI runs.
+test: install-test
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## Everything, including the full-size network and long-file tests.
+test-all: install-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m flowdec_cli.demo
+
+bench: install
+	$(PY) benchmarks/postfilter.py
+	$(PY) benchmarks/memory.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

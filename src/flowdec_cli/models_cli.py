@@ -1,0 +1,182 @@
+"""``flowdec models``: list the known models, fetch the released ones, export one for the hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["models_group"]
+
+
+class _Failure(click.ClickException):
+    """One line on stderr, exit 1 (the same shape as the main command's errors)."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"flowdec: error: {self.format_message()}", err=True)
+
+
+def _one_line_errors(f: Callable) -> Callable:
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .checkpoints import CheckpointError
+        from .models import ModelError
+
+        try:
+            return f(*args, **kwargs)
+        except (ModelError, CheckpointError) as exc:
+            raise _Failure(str(exc)) from None
+        except OSError as exc:  # disk full, permissions: name the file, skip the traceback
+            raise _Failure(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
+
+    return wrapper
+
+
+def _cache_option(f: Callable) -> Callable:
+    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Model cache (default: $FLOWDEC_HOME or ~/.cache/flowdec).")(f)
+
+
+def _use_cache_dir(cache_dir: Path | None) -> None:
+    if cache_dir is not None:
+        os.environ["FLOWDEC_HOME"] = str(cache_dir)
+
+
+def _size(n: int | None, approx: int | None) -> str:
+    if n is None:
+        return f"~{_bytes(approx)}" if approx else "-"
+    return _bytes(n)
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit in ("B", "kB") or value >= 100 else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _rate_range(rates: list[float]) -> str:
+    if not rates:
+        return "-"
+    return f"{min(rates):g}" if len(rates) == 1 else f"{min(rates):g}-{max(rates):g}"
+
+
+def _print_table(models: list[dict[str, Any]]) -> None:
+    header = ("NAME", "RATE", "KBIT/S", "TRAINED AT", "SIZE", "LICENCE", "LOCAL")
+    rows = []
+    for m in models:
+        trained = m.get("trained_bitrates_kbps")
+        rows.append((
+            m["name"] + (" *" if m.get("default") else ""),
+            f"{m['frame_rate']:g} Hz" if m.get("frame_rate") else "-",
+            _rate_range(m.get("bitrates_kbps") or []),
+            ", ".join(f"{r:g}" for r in trained) if trained else ("all" if not m.get("has_postfilter") else "-"),
+            _size(m.get("size_bytes"), m.get("approx_size_bytes")),
+            m.get("licence") or "unknown",
+            m["available"],
+        ))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    notes = []
+    if any(m.get("default") for m in models):
+        notes.append("* the default model")
+    if any(m["kind"] == "official" and m["available"] == "not local" for m in models):
+        notes.append("released models: `flowdec models fetch-official` downloads and converts them (1.2 GB)")
+    if any(str(m.get("licence", "")).upper().startswith("CC-BY-NC") for m in models):
+        notes.append("CC-BY-NC-4.0: attribution required, non-commercial use only")
+    notes.append("any model: --model NAME, --model PATH or --model hf://OWNER/REPO[@REVISION]")
+    for n in notes:
+        click.echo(n, err=True)
+
+
+@click.group("models", invoke_without_command=True, short_help="List, fetch and export models.",
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.pass_context
+def models_group(ctx: click.Context) -> None:
+    """Known models: list them, fetch the released FlowDec models, export one for the Hugging Face hub.
+
+    \b
+      flowdec models                          the table (same as `flowdec models list`)
+      flowdec models fetch-official           download + convert the released weights
+      flowdec models export flowdec-75m DIR   a folder ready for `hf upload OWNER/REPO DIR`
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_command)
+
+
+@models_group.command("list", short_help="The known models and whether they are local.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_cache_option
+@_one_line_errors
+def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
+    """Known models: frame rate, bitrates, size, licence, and whether they are available locally."""
+    from .registry import list_models
+
+    _use_cache_dir(cache_dir)
+    models = list_models()
+    if as_json:
+        click.echo(json.dumps(models, indent=2))
+    else:
+        _print_table(models)
+
+
+@models_group.command("fetch-official", short_help="Download and convert the released FlowDec models.")
+@click.option("--from", "source", metavar="PATH_OR_URL", default=None,
+              help="A local checkpoints.zip or another URL (default: the FlowDec GitHub release).")
+@click.option("--no-size-check", is_flag=True, help="Accept an archive whose size differs from the release's.")
+@click.option("--keep-zip", is_flag=True, help="Keep the downloaded archive in the cache after converting.")
+@click.option("-f", "--force", is_flag=True, help="Convert again even if all four models are in the cache.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_cache_option
+@_one_line_errors
+def fetch_official_command(source: str | None, no_size_check: bool, keep_zip: bool, force: bool, quiet: bool,
+                           cache_dir: Path | None) -> None:
+    """Download the released FlowDec weights (checkpoints.zip, 1.2 GB; resumes), convert them into the cache.
+
+    Only the four weight files are taken from the archive. They become the models flowdec-75m, flowdec-25s,
+    ndac-75 and ndac-25, licensed CC-BY-NC-4.0 (non-commercial use only).
+    """
+    from .registry import OFFICIAL_MODELS, OFFICIAL_ZIP_SIZE, OFFICIAL_ZIP_URL, fetch_official, models_dir
+
+    _use_cache_dir(cache_dir)
+    if not quiet:
+        click.echo(f"flowdec: fetching the released models from {source or OFFICIAL_ZIP_URL} into {models_dir()}",
+                   err=True)
+    done = fetch_official(source, expected_size=None if no_size_check else OFFICIAL_ZIP_SIZE,
+                          progress=not quiet, keep_download=keep_zip, force=force)
+    if not quiet:
+        for name, path in done.items():
+            click.echo(f"{name}: {path}", err=True)
+        click.echo(f"flowdec: {len(done)} of {len(OFFICIAL_MODELS)} models ready (CC-BY-NC-4.0: non-commercial "
+                   "use only); try `flowdec roundtrip in.wav out.wav --model flowdec-75m`", err=True)
+
+
+@models_group.command("export", short_help="Write a model as a folder ready for the Hugging Face hub.")
+@click.argument("name", metavar="NAME_OR_PATH")
+@click.argument("dest", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("-f", "--force", is_flag=True, help="Overwrite the model files in a non-empty DIR.")
+@click.option("--repo", "repo_id", metavar="OWNER/REPO", default=None,
+              help="The hub repo it is for: names the model hf://OWNER/REPO and fills in the model card.")
+@_cache_option
+@_one_line_errors
+def export_command(name: str, dest: Path, force: bool, repo_id: str | None, cache_dir: Path | None) -> None:
+    """Write a model as a folder ready to upload to the Hugging Face hub (then: hf upload OWNER/REPO DIR)."""
+    from .registry import export_model
+
+    _use_cache_dir(cache_dir)
+    out = export_model(name, dest, force=force, repo_id=repo_id)
+    click.echo(f"flowdec: wrote {out}; upload with `hf upload {repo_id or 'OWNER/REPO'} {out}`, "
+               f"then use --model hf://{repo_id or 'OWNER/REPO'}", err=True)

@@ -1,0 +1,160 @@
+"""The flowdec command: verbs, folders, errors (one line, right exit code), atomic outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from flowdec_cli.cli import main
+
+from .conftest import tone
+
+
+@pytest.fixture()
+def run():
+    def invoke(*args: str):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture()
+def wav(tmp_path):
+    path = tmp_path / "in.wav"
+    sf.write(path, tone(1.2, 44100, 2), 44100)
+    return path
+
+
+def _one_error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_compress_info_decompress(run, wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    r = run("compress", wav, fdc, "-b", "3", "--model", tiny_codec_dir, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    r = run("info", fdc, "--json")
+    info = json.loads(r.output)
+    assert info["n_codebooks"] == 4 and info["nominal_bitrate_kbps"] == 3.0
+    assert info["sample_rate"] == 44100 and info["channels"] == 2 and info["num_samples"] == sf.info(str(wav)).frames
+    assert info["actual_bitrate_kbps"] <= 3.0 * 1.005 + 128 * 8 / 1.2 / 2 / 1000
+    text = run("info", fdc).output
+    assert "model_name" in text and "tiny-75" in text
+    out = tmp_path / "out.flac"
+    r = run("decompress", fdc, out, "--nfe", "0", "-q")
+    assert r.exit_code == 1 and "coded with model 'tiny-75'" in _one_error_line(r)
+    r = run("decompress", fdc, out, "--nfe", "0", "-q", "--model", tiny_codec_dir)
+    assert r.exit_code == 0, r.output
+    y, sr = sf.read(out, always_2d=True)
+    assert sr == 44100 and y.shape == (sf.info(str(wav)).frames, 2)
+
+
+def test_chosen_bitrate_is_printed(run, wav, tmp_path, tiny_codec_dir):
+    r = run("compress", wav, tmp_path / "a.fdc", "-b", "5", "--model", tiny_codec_dir)
+    assert r.exit_code == 0
+    assert "6 codebooks = 4.5 kbit/s" in r.output
+
+
+def test_roundtrip(run, wav, tmp_path, tiny_codec_dir):
+    r = run("roundtrip", wav, tmp_path / "rt.wav", "--model", tiny_codec_dir, "--nfe", "0", "-n", "2")
+    assert r.exit_code == 0, r.output
+    assert sf.info(str(tmp_path / "rt.wav")).frames == sf.info(str(wav)).frames
+
+
+def test_existing_output_needs_force(run, wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    fdc.write_bytes(b"keep me")
+    r = run("compress", wav, fdc, "--model", tiny_codec_dir, "-q")
+    assert r.exit_code == 1
+    assert "exists; use -f/--force" in _one_error_line(r)
+    assert fdc.read_bytes() == b"keep me"
+    assert run("compress", wav, fdc, "--model", tiny_codec_dir, "-q", "-f").exit_code == 0
+    assert fdc.read_bytes()[:4] == b"\x89FDC"
+
+
+def test_output_equal_to_input_is_refused(run, wav, tiny_codec_dir):
+    r = run("roundtrip", wav, wav, "--model", tiny_codec_dir, "-f", "--nfe", "0")
+    assert r.exit_code == 1 and "output is the input" in _one_error_line(r)
+
+
+@pytest.mark.parametrize("case", ["missing", "not_audio", "corrupt_fdc", "bad_model", "bad_bitrate", "odd_nfe",
+                                  "unwritable"])
+def test_errors_are_one_line(run, wav, tmp_path, tiny_codec_dir, case):
+    if case == "missing":
+        r = run("compress", tmp_path / "nope.wav", tmp_path / "a.fdc", "--model", tiny_codec_dir)
+        code, needle = 1, "nope.wav: no such file"
+    elif case == "not_audio":
+        bad = tmp_path / "text.wav"
+        bad.write_text("hello")
+        r = run("compress", bad, tmp_path / "a.fdc", "--model", tiny_codec_dir)
+        code, needle = 1, "text.wav: not a readable audio file"
+    elif case == "corrupt_fdc":
+        bad = tmp_path / "bad.fdc"
+        bad.write_bytes(b"\x89FDC\x01\x00garbage")
+        r = run("decompress", bad, tmp_path / "o.wav", "--nfe", "0", "--model", tiny_codec_dir)
+        code, needle = 1, "bad.fdc"
+    elif case == "bad_model":
+        r = run("compress", wav, tmp_path / "a.fdc", "--model", tmp_path / "no-such-model")
+        code, needle = 1, "no-such-model"
+    elif case == "bad_bitrate":
+        r = run("compress", wav, tmp_path / "a.fdc", "-b", "0.1", "--model", tiny_codec_dir)
+        code, needle = 2, "valid rates"
+    elif case == "odd_nfe":
+        r = run("decompress", tmp_path / "x.fdc", tmp_path / "o.wav", "--nfe", "3")
+        code, needle = 2, "even NFE"
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        r = run("compress", wav, ro / "sub" / "a.fdc", "--model", tiny_codec_dir, "-q")
+        ro.chmod(0o700)
+        code, needle = 1, "a.fdc"
+        if r.exit_code == 0:
+            pytest.skip("running as a user who can write anywhere (root)")
+    assert r.exit_code == code, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+    assert len([ln for ln in r.output.splitlines() if ln.startswith(("flowdec: error", "Error", "Usage"))]) >= 1
+
+
+def test_folder_conversion_mirrors_tree_and_survives_bad_files(run, tmp_path, tiny_codec_dir):
+    src = tmp_path / "album"
+    (src / "cd1").mkdir(parents=True)
+    sf.write(src / "a.wav", tone(0.4, 48000), 48000)
+    sf.write(src / "cd1" / "b.flac", tone(0.3, 22050, 2), 22050)
+    (src / "cd1" / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    (src / "notes.txt").write_text("not audio, ignored")
+    codes = tmp_path / "codes"
+    r = run("compress", src, codes, "--model", tiny_codec_dir, "-q")
+    assert r.exit_code == 1  # one file failed
+    assert "broken.wav" in r.output
+    assert (codes / "a.fdc").is_file() and (codes / "cd1" / "b.fdc").is_file()
+    assert not (codes / "cd1" / "broken.fdc").exists()
+    assert not list(codes.rglob("*.part"))
+    out = tmp_path / "out"
+    r = run("decompress", codes, out, "--nfe", "0", "--model", tiny_codec_dir, "--format", "flac")
+    assert r.exit_code == 0, r.output
+    assert "2 converted" in r.output
+    y, sr = sf.read(out / "cd1" / "b.flac", always_2d=True)
+    assert sr == 22050 and y.shape[1] == 2
+    r = run("decompress", codes, out, "--nfe", "0", "--model", tiny_codec_dir, "--format", "flac",
+            "--skip-existing")
+    assert r.exit_code == 0 and "2 skipped" in r.output
+    r = run("compress", src, tmp_path / "only", "--model", tiny_codec_dir, "--glob", "*.flac", "-q")
+    assert r.exit_code == 0
+    assert [p.name for p in (tmp_path / "only").rglob("*.fdc")] == ["b.fdc"]
+
+
+def test_python_module_entry_point(wav):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "flowdec_cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "compress" in r.stdout and "decompress" in r.stdout

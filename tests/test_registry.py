@@ -1,0 +1,387 @@
+"""The model registry: fetch-official from a small archive of the release's layout, hub references offline,
+listing, export. Nothing here touches the network (HF_HUB_OFFLINE=1; downloads go to a local server)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flowdec_cli import registry
+from flowdec_cli.models import ModelError, load_model, load_ndac, load_postfilter
+from flowdec_cli.models_cli import models_group
+
+def _fixture_files(ref: Path) -> dict[str, Path]:
+    ckpt = ref / "flowdec_small" / "step=800000.ckpt"
+    return {
+        registry.MEMBER_NDAC_75: ref / "ndac75_small" / "weights.pth",
+        registry.MEMBER_NDAC_25: ref / "ndac25_small" / "weights.pth",
+        registry.MEMBER_FLOWDEC_75M: ckpt,
+        registry.MEMBER_FLOWDEC_25S: ckpt,
+    }
+
+
+def _make_zip(path: Path, ref: Path, skip: tuple[str, ...] = (), extra: dict[str, bytes] | None = None) -> Path:
+    """An archive with the release's member paths (stored, so that it builds fast)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("checkpoints/", b"")
+        zf.writestr("checkpoints/README.txt", b"not a weight file")
+        for member, src in _fixture_files(ref).items():
+            if member not in skip:
+                zf.write(src, member)
+        for name, data in (extra or {}).items():
+            zf.writestr(zipfile.ZipInfo(name), data)  # ZipInfo keeps the name as given, "../" and all
+    return path
+
+
+@pytest.fixture(scope="module")
+def release_zip(reference_dir, tmp_path_factory) -> Path:
+    return _make_zip(tmp_path_factory.mktemp("release") / "checkpoints.zip", reference_dir)
+
+
+@pytest.fixture(scope="module")
+def converted(release_zip, tmp_path_factory) -> Path:
+    """A cache holding the four models, converted once through the CLI."""
+    home = tmp_path_factory.mktemp("fetched")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLOWDEC_HOME", str(tmp_path_factory.getbasetemp() / "unused_home"))
+        res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
+                                                "--cache-dir", str(home), "-q"])
+    assert res.exit_code == 0, res.output
+    return home
+
+
+@pytest.fixture
+def home(converted, monkeypatch) -> Path:
+    monkeypatch.setenv("FLOWDEC_HOME", str(converted))
+    return converted
+
+
+def _audio(seconds: float = 0.4, seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 * torch.randn(1, 1, int(48000 * seconds), generator=g)
+
+
+# --------------------------------------------------------------------------------------------------
+# fetch-official
+
+
+def test_fetch_official_converts_the_four_models(home, reference_dir):
+    from flowdec_cli.models import ndac_state_hash
+
+    files = _fixture_files(reference_dir)
+    mdir = home / "models"
+    assert sorted(p.name for p in mdir.iterdir() if not p.name.startswith(".")) == \
+        ["flowdec-25s", "flowdec-75m", "ndac-25", "ndac-75"]
+    assert not [p for p in mdir.iterdir() if p.name.startswith(".")], "temporary build folders left behind"
+    x = _audio(0.1)
+    for name, member in [("ndac-75", registry.MEMBER_NDAC_75), ("ndac-25", registry.MEMBER_NDAC_25)]:
+        card = json.loads((mdir / name / "flowdec.json").read_text())
+        assert card["name"] == name and card["licence"] == "CC-BY-NC-4.0" and "non-commercial" in card["licence_note"]
+        assert card["converted_from"]["ndac"]["member"] == member
+        assert not (mdir / name / "postfilter").exists()
+        assert "license: cc-by-nc-4.0" in (mdir / name / "README.md").read_text()
+        ours, orig = load_ndac(name), load_ndac(files[member])
+        assert torch.equal(ours.encode(x), orig.encode(x))  # same codes as the released file
+        assert card["weights"]["ndac"] == ndac_state_hash(ours) == ndac_state_hash(orig)
+    released_pf = load_postfilter(files[registry.MEMBER_FLOWDEC_75M]).state_dict()  # both are the same fixture
+    for name, member in [("flowdec-75m", registry.MEMBER_FLOWDEC_75M), ("flowdec-25s", registry.MEMBER_FLOWDEC_25S)]:
+        card = json.loads((mdir / name / "flowdec.json").read_text())
+        assert card["converted_from"]["postfilter"]["member"] == member
+        assert card["converted_from"]["postfilter"]["weights"] == "EMA"
+        model = load_model(name)
+        assert model.name == name and model.licence == "CC-BY-NC-4.0" and model.postfilter is not None
+        ours = model.postfilter.state_dict()
+        assert ours.keys() == released_pf.keys() and all(torch.equal(ours[k], released_pf[k]) for k in ours)
+        assert card["weights"]["ndac"] == model.ndac_hash
+    # the codec pairs share their NDAC with the codec-only models
+    a = (mdir / "flowdec-75m" / "ndac" / "model.safetensors").read_bytes()
+    assert a == (mdir / "ndac-75" / "ndac" / "model.safetensors").read_bytes()
+    assert json.loads((mdir / "flowdec-25s" / "flowdec.json").read_text())["trained_bitrates_kbps"] == [4.0]
+
+
+def test_fetch_official_skips_when_present_unless_forced(home, release_zip):
+    before = (home / "models" / "ndac-75" / "flowdec.json").stat().st_mtime_ns
+    registry.fetch_official(release_zip, expected_size=None, progress=False)
+    assert (home / "models" / "ndac-75" / "flowdec.json").stat().st_mtime_ns == before
+
+
+def test_size_check_failure(release_zip, tmp_path):
+    with pytest.raises(ModelError, match=r"bytes, but the FlowDec release checkpoints.zip has 1205002207"):
+        registry.fetch_official(release_zip, cache_dir=tmp_path, progress=False)
+    assert not (tmp_path / "models").exists()
+    res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--cache-dir",
+                                            str(tmp_path), "-q"])
+    assert res.exit_code == 1 and res.output.startswith("flowdec: error: ") and "Traceback" not in res.output
+    assert "--no-size-check" in res.output
+
+
+def test_missing_members_are_named(reference_dir, tmp_path):
+    z = _make_zip(tmp_path / "partial.zip", reference_dir, skip=(registry.MEMBER_NDAC_25, registry.MEMBER_FLOWDEC_25S))
+    with pytest.raises(ModelError) as err:
+        registry.fetch_official(z, expected_size=None, cache_dir=tmp_path / "c", progress=False)
+    msg = str(err.value)
+    assert registry.MEMBER_NDAC_25 in msg and registry.MEMBER_FLOWDEC_25S in msg
+    assert registry.MEMBER_NDAC_75 not in msg
+    assert not [p for p in (tmp_path / "c" / "models").iterdir()]  # nothing half-built left
+
+
+def test_not_a_zip(tmp_path):
+    bad = tmp_path / "checkpoints.zip"
+    bad.write_bytes(b"not a zip at all")
+    with pytest.raises(ModelError, match="not a readable zip"):
+        registry.fetch_official(bad, expected_size=None, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_corrupt_member_is_a_clear_error(release_zip, tmp_path):
+    data = bytearray(release_zip.read_bytes())
+    with zipfile.ZipFile(release_zip) as zf:
+        info = zf.getinfo(registry.MEMBER_NDAC_75)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0xFF
+    bad = tmp_path / "checkpoints.zip"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupt archive .*download it again"):
+        registry.fetch_official(bad, expected_size=None, cache_dir=tmp_path / "c", progress=False)
+    assert not list((tmp_path / "c" / "models").iterdir())
+
+
+def test_path_traversal_members_are_never_extracted(reference_dir, tmp_path, monkeypatch):
+    work = tmp_path / "a" / "b" / "c"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    evil = {"../../evil.txt": b"x", "checkpoints/../../../evil2.txt": b"x", "/tmp/flowdec-evil-abs.txt": b"x",
+            # a look-alike of a wanted member outside checkpoints/ must not stand in for it
+            "../" + registry.MEMBER_NDAC_25: b"x"}
+    z = _make_zip(tmp_path / "evil.zip", reference_dir, skip=(registry.MEMBER_NDAC_25,), extra=evil)
+    with pytest.raises(ModelError, match="missing " + registry.MEMBER_NDAC_25):
+        registry.fetch_official(z, expected_size=None, cache_dir=work / "cache", progress=False)
+    z2 = _make_zip(tmp_path / "evil2.zip", reference_dir, extra=evil)
+    cache = work / "cache2"
+    done = registry.fetch_official(z2, expected_size=None, cache_dir=cache, progress=False)
+    assert set(done) == {"flowdec-75m", "flowdec-25s", "ndac-75", "ndac-25"}
+    written = {p.name for p in tmp_path.rglob("*")}
+    assert not written & {"evil.txt", "evil2.txt", "flowdec-evil-abs.txt"}
+    assert not Path("/tmp/flowdec-evil-abs.txt").exists()
+    assert not (cache / "checkpoints").exists() and not (cache / "models" / "checkpoints").exists()
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    data = b""
+    ranges: list = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        start = 0
+        rng = self.headers.get("Range")
+        type(self).ranges.append(rng)
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(self.data) - 1}/{len(self.data)}")
+        else:
+            self.send_response(200)
+        body = self.data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def local_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_resumes_a_partial_file(local_server, tmp_path):
+    data = os.urandom(300_000)
+    _RangeHandler.data, _RangeHandler.ranges = data, []
+    url = f"http://127.0.0.1:{local_server.server_port}/checkpoints.zip"
+    dest = tmp_path / "checkpoints.zip"
+    (tmp_path / "checkpoints.zip.part").write_bytes(data[:123_456])
+    registry.download(url, dest, expected_size=len(data), progress=False)
+    assert dest.read_bytes() == data and not (tmp_path / "checkpoints.zip.part").exists()
+    assert _RangeHandler.ranges == ["bytes=123456-"]
+    # a finished download is not fetched again; a wrong size is an error
+    registry.download(url, dest, expected_size=len(data), progress=False)
+    assert len(_RangeHandler.ranges) == 1
+    with pytest.raises(ModelError, match="expected 5"):
+        registry.download(url, tmp_path / "other.zip", expected_size=5, progress=False)
+
+
+def test_fetch_official_from_url(local_server, release_zip, tmp_path):
+    _RangeHandler.data, _RangeHandler.ranges = release_zip.read_bytes(), []
+    url = f"http://127.0.0.1:{local_server.server_port}/dl/checkpoints.zip"
+    part = tmp_path / "downloads" / "checkpoints.zip.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(_RangeHandler.data[:1000])
+    done = registry.fetch_official(url, expected_size=len(_RangeHandler.data), cache_dir=tmp_path, progress=False)
+    assert _RangeHandler.ranges == ["bytes=1000-"]
+    assert (done["ndac-75"] / "flowdec.json").is_file()
+    assert json.loads((done["ndac-75"] / "flowdec.json").read_text())["archive"] == url
+    assert not (tmp_path / "downloads" / "checkpoints.zip").exists()  # removed once converted
+
+
+def test_unreachable_url_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="cannot download .*--from PATH"):
+        registry.fetch_official("http://127.0.0.1:9/checkpoints.zip", cache_dir=tmp_path, progress=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# names, listing, default
+
+
+def test_unknown_and_unfetched_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match=r"unknown model 'nope'; known: flowdec-75m, flowdec-25s, ndac-75, "
+                                         r"ndac-25; or give a path"):
+        load_ndac("nope")
+    with pytest.raises(ModelError, match="flowdec models fetch-official"):
+        load_model("flowdec-75m")
+    with pytest.raises(ModelError, match="no such file or folder"):
+        load_ndac("./missing/weights.pth")
+
+
+def test_release_spellings_resolve(home):
+    assert registry.resolve("flowdec_75m") == home / "models" / "flowdec-75m"
+    assert registry.resolve("NDAC-25") == home / "models" / "ndac-25"
+
+
+def test_models_list(home):
+    res = CliRunner().invoke(models_group, ["list"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "RATE", "KBIT/S", "TRAINED", "AT", "SIZE", "LICENCE", "LOCAL"]
+    row = next(line for line in lines if line.startswith("flowdec-75m"))
+    assert "75 Hz" in row and "0.75-7.5" in row and "3, 4.5, 6, 7.5" in row and "CC-BY-NC-4.0" in row
+    assert row.endswith("cached")
+    assert "0.25-4" in next(line for line in lines if line.startswith("flowdec-25s"))
+    bare = CliRunner().invoke(models_group, [])
+    assert bare.exit_code == 0 and bare.stdout == res.stdout
+    data = json.loads(CliRunner().invoke(models_group, ["list", "--json"]).stdout)
+    by = {m["name"]: m for m in data}
+    assert by["ndac-25"]["available"] == "cached" and by["ndac-25"]["size_bytes"] > 0
+    assert by["ndac-25"]["n_codebooks"] == 16 and by["ndac-25"]["frame_rate"] == 25.0
+    assert by["flowdec-75m"]["trained_bitrates_kbps"] == [3.0, 4.5, 6.0, 7.5]
+
+
+def test_models_list_when_nothing_is_local(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
+    res = CliRunner().invoke(models_group, ["list"])
+    assert res.exit_code == 0
+    assert all(line.endswith("not local") for line in res.stdout.splitlines()[1:])
+    assert "fetch-official" in res.stderr
+
+
+def test_embedded_models_and_default(home, tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="no default model is bundled"):
+        registry.default_model_name()
+    assets = tmp_path / "assets" / "models"
+    shutil.copytree(home / "models" / "ndac-75", assets / "ours-75")
+    card = json.loads((assets / "ours-75" / "flowdec.json").read_text())
+    (assets / "ours-75" / "flowdec.json").write_text(json.dumps({"name": "ours-75", "licence": "MIT",
+                                                                 "description": "ours"}))
+    monkeypatch.setattr(registry, "embedded_root", lambda: assets)
+    (assets / "DEFAULT").write_text("missing\n")
+    with pytest.raises(ModelError, match="'missing' is missing from the package"):
+        registry.default_model_name()
+    (assets / "DEFAULT").write_text("ours-75\n")
+    assert registry.default_model_name() == "ours-75"
+    assert registry.resolve("ours-75") == assets / "ours-75"
+    assert load_model("ours-75").ndac_hash == card["weights"]["ndac"]
+    by = {m["name"]: m for m in registry.list_models()}
+    assert by["ours-75"]["available"] == "embedded" and by["ours-75"]["default"]
+    assert by["ours-75"]["frame_rate"] == 75.0 and by["ours-75"]["bitrates_kbps"][-1] == 7.5
+    assert by["ours-75"]["licence"] == "MIT"
+
+
+# --------------------------------------------------------------------------------------------------
+# export and the hub
+
+
+def _hub_snapshot(cache: Path, repo: str, folder: Path, commit: str = "a" * 40) -> Path:
+    """Put ``folder`` into a Hugging Face hub cache as the snapshot of ``repo`` at ``main``."""
+    store = cache / ("models--" + repo.replace("/", "--"))
+    snap = store / "snapshots" / commit
+    shutil.copytree(folder, snap)
+    (store / "refs").mkdir(parents=True, exist_ok=True)
+    (store / "refs" / "main").write_text(commit)
+    return snap
+
+
+def test_export_round_trip_and_hub_offline(home, tmp_path, monkeypatch):
+    dest = tmp_path / "export"
+    registry.export_model("flowdec-75m", dest, repo_id="owner/flowdec-test")
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "flowdec.json", "ndac", "postfilter"]
+    card = json.loads((dest / "flowdec.json").read_text())
+    assert card["name"] == "hf://owner/flowdec-test" and card["exported_from"] == "flowdec-75m"
+    assert card["licence"] == "CC-BY-NC-4.0"
+    readme = (dest / "README.md").read_text()
+    assert "flowdec roundtrip in.wav out.wav --model hf://owner/flowdec-test" in readme
+    assert "license: cc-by-nc-4.0" in readme and "CC BY-NC 4.0" in readme
+    original = load_model("flowdec-75m", with_postfilter=False)
+    exported = load_model(dest, with_postfilter=False)
+    assert exported.ndac_hash == original.ndac_hash == card["weights"]["ndac"]
+    assert load_postfilter(dest) is not None
+
+    # a non-empty folder is refused; --force replaces our files and keeps the rest (a git clone's .git)
+    (dest / ".git").mkdir()
+    res = CliRunner().invoke(models_group, ["export", "ndac-25", str(dest)])
+    assert res.exit_code == 1 and "not empty" in res.output and "-f/--force" in res.output
+    res = CliRunner().invoke(models_group, ["export", "ndac-25", str(dest), "-f"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in dest.iterdir()) == [".git", "README.md", "flowdec.json", "ndac"]
+    assert load_model(dest, with_postfilter=False).ndac.n_codebooks == 16
+
+    # the hub, offline: a cache populated here stands in for huggingface.co
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    registry.export_model("flowdec-75m", tmp_path / "export75", repo_id="owner/flowdec-test")
+    snap = _hub_snapshot(cache, "owner/flowdec-test", tmp_path / "export75")
+    assert registry.resolve("hf://owner/flowdec-test") == snap
+    assert registry.resolve("hf://owner/flowdec-test@" + "a" * 40) == snap
+    model = load_model("hf://owner/flowdec-test")
+    assert model.name == "hf://owner/flowdec-test" and model.postfilter is not None
+    assert model.ndac_hash == original.ndac_hash
+    x = _audio(0.1)
+    assert torch.equal(model.ndac.encode(x), original.ndac.encode(x))
+
+
+def test_hub_unknown_model_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelError) as err:
+        load_model("hf://owner/not-there")
+    msg = str(err.value)
+    assert msg.startswith("hf://owner/not-there: not in the local Hugging Face cache") and "HF_HUB_OFFLINE" in msg
+    assert "\n" not in msg
+    with pytest.raises(ModelError, match="not a hub reference"):
+        registry.resolve("hf://just-one-part")
+
+
+def test_hub_repo_without_a_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "README.md").write_text("hello")
+    _hub_snapshot(tmp_path / "hub", "owner/junk", junk)
+    with pytest.raises(ModelError, match="holds no flowdec model"):
+        registry.resolve("hf://owner/junk")
