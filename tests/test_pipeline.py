@@ -131,3 +131,30 @@ def test_long_file_many_chunks_matches_whole(tiny_codec_dir, tmp_path):
     y_whole = whole.decompress_codes(comp.header, comp.codes, nfe=0)
     assert y_small.shape == x.shape
     assert np.abs(y_small - y_whole).max() < 1e-5
+
+
+def test_disk_buffer_path_matches_memory_path(tiny_codec_dir, monkeypatch):
+    import flowdec_cli.pipeline as pipeline
+
+    codec = Codec.load(tiny_codec_dir, "cpu", chunk_seconds=0.3)
+    header, codes = codec.compress_array(tone(1.5, 44100, 2), 44100)
+    in_memory = codec.decompress_codes(header, codes, nfe=0)
+    monkeypatch.setattr(pipeline, "IN_MEMORY_SAMPLES", 1000)
+    on_disk = codec.decompress_codes(header, codes, nfe=0)
+    np.testing.assert_array_equal(on_disk, in_memory)
+
+
+def test_disk_array_reads_back_what_was_written():
+    from flowdec_cli.pipeline import DiskArray
+
+    a = DiskArray(3, 1000)
+    assert a.shape == (3, 1000)
+    np.testing.assert_array_equal(a[:, 10:20], np.zeros((3, 10), np.float32))  # never written: zeros
+    block = np.arange(3 * 50, dtype=np.float32).reshape(3, 50)
+    a[:, 100:150] = block
+    a[..., 990:1000] = np.ones((3, 10))
+    np.testing.assert_array_equal(a[..., 100:150], block)
+    np.testing.assert_array_equal(a[:, 995:2000], np.ones((3, 5), np.float32))
+    with pytest.raises(IndexError):
+        a[0, 1:2]
+    a.close()

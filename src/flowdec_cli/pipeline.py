@@ -87,22 +87,63 @@ class DecompressResult:
     peak_scaled: float  # factor the clip guard divided by (1.0 when it did nothing)
 
 
+class DiskArray:
+    """A float32 [rows, length] array kept in a temporary file, read and written with explicit file I/O.
+
+    A ``numpy.memmap`` would do the same job, but every page it touches counts as the process's resident
+    memory until the kernel reclaims it, so a long file looks like a memory leak. Explicit reads and writes
+    leave the pages in the kernel's cache, outside the process. Supports ``a[..., i:j]`` and ``a[:, i:j]``
+    for reading and assignment, which is all the chunked stages need.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, rows: int, length: int) -> None:
+        self.shape = (int(rows), int(length))
+        self._file = tempfile.TemporaryFile(prefix="flowdec-")
+        self._file.truncate(self.shape[0] * self.shape[1] * 4)  # sparse: reads of unwritten parts give zeros
+        self._fd = self._file.fileno()
+
+    def _span(self, key: Any) -> tuple[int, int]:
+        if not isinstance(key, tuple) or len(key) != 2 or key[0] not in (Ellipsis, slice(None)) \
+                or not isinstance(key[1], slice) or key[1].step not in (None, 1):
+            raise IndexError("DiskArray supports [..., i:j] and [:, i:j] only")
+        start, stop, _ = key[1].indices(self.shape[1])
+        return start, max(start, stop)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        start, stop = self._span(key)
+        out = np.empty((self.shape[0], stop - start), np.float32)
+        for r in range(self.shape[0]):
+            raw = os.pread(self._fd, (stop - start) * 4, (r * self.shape[1] + start) * 4)
+            out[r] = np.frombuffer(raw, np.float32, count=stop - start)
+        return out
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        start, stop = self._span(key)
+        value = np.broadcast_to(np.asarray(value, dtype=np.float32).reshape(-1, stop - start),
+                                (self.shape[0], stop - start))
+        for r in range(self.shape[0]):
+            os.pwrite(self._fd, np.ascontiguousarray(value[r]).tobytes(), (r * self.shape[1] + start) * 4)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class _ModelRateBuffer:
     """A [channels, length] float32 signal at the model rate, in RAM or, when long, in a temporary file."""
 
     def __init__(self, channels: int, length: int) -> None:
-        self._tmp = None
+        self.data: np.ndarray | DiskArray
         if channels * length <= IN_MEMORY_SAMPLES:
             self.data = np.zeros((channels, length), np.float32)
         else:
-            self._tmp = tempfile.NamedTemporaryFile(prefix="flowdec-", suffix=".f32")
-            self.data = np.memmap(self._tmp, dtype=np.float32, mode="w+", shape=(channels, max(length, 1)))[:, :length]
+            self.data = DiskArray(channels, length)
 
     def close(self) -> None:
+        if isinstance(self.data, DiskArray):
+            self.data.close()
         self.data = None  # type: ignore[assignment]
-        if self._tmp is not None:
-            self._tmp.close()
-            self._tmp = None
 
 
 class Codec:
