@@ -1,0 +1,346 @@
+"""NCSN++ backbone of the FlowDec postfilter (official config ``ncsnpp_final_no_attn``), in plain torch.
+
+The released FlowDec models use the score-SDE NCSN++ U-Net as adapted by SGMSE/FlowDec: BigGAN-style
+residual blocks, FIR (``[1,3,3,1]``) up/down sampling, an ``input_skip`` pyramid that feeds a downsampled
+copy of the input into every level, an ``output_skip`` pyramid that sums per-level 4-channel outputs, a
+Gaussian Fourier time embedding of the raw flow time t, no attention, and a final 1x1 conv 4 -> 2 that
+turns the output into one complex channel.
+
+Why this file exists instead of the official one: the official backbone compiles StyleGAN2 CUDA ops at
+import time. Everything here is pure torch, follows the input dtype (so it runs in float64 for reference
+checks and in half precision on a GPU), and keeps the official module order and names, because the
+module indices *are* the state-dict keys (``backbone.all_modules.{i}...``,
+``backbone.output_layer.weight``); the released weights load strictly.
+
+The default arguments build the released size (nf 64, ch_mult [4,4,4,2], one res block per level,
+23,703,704 parameters); smaller ``nf`` values build the test models.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "NCSNpp",
+    "GaussianFourierProjection",
+    "ResnetBlockBigGANpp",
+    "Combine",
+    "fir_kernel_2d",
+    "fir_downsample",
+    "fir_upsample",
+]
+
+_SQRT2 = math.sqrt(2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# FIR resampling (StyleGAN2 upfirdn2d semantics, pure torch)
+
+
+def fir_kernel_2d(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
+    """Separable 2-D FIR kernel ``outer(k, k) / sum``, float64 so that any later cast is a single rounding."""
+    k = torch.tensor(list(taps), dtype=torch.float64)
+    k2 = torch.outer(k, k)
+    return k2 / k2.sum()
+
+
+def fir_downsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Blur with ``kernel`` and keep every second sample on both axes (upfirdn2d down=2, pad (1, 1)).
+
+    A depthwise strided convolution computes exactly the outputs upfirdn2d keeps; the kernel is symmetric,
+    so the convolution/correlation flip does not matter.
+    """
+    channels = x.shape[1]
+    weight = kernel.to(dtype=x.dtype, device=x.device).expand(channels, 1, *kernel.shape)
+    pad = (kernel.shape[0] - 2 + 1) // 2
+    return F.conv2d(x, weight, stride=2, padding=pad, groups=channels)
+
+
+def fir_upsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Zero-insert by 2 and blur with ``4 * kernel`` (upfirdn2d up=2, pad (2, 1)).
+
+    The transposed depthwise convolution with stride 2 is the polyphase form of "insert zeros, then
+    filter": it skips the products with the inserted zeros. padding 1 aligns it with upfirdn2d's (2, 1).
+    """
+    channels = x.shape[1]
+    weight = (kernel * 4).to(dtype=x.dtype, device=x.device).expand(channels, 1, *kernel.shape)
+    return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=channels)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks (names of attributes = official state-dict names)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """The official normalisation: at most 32 groups of at least 4 channels, eps 1e-6."""
+    return nn.GroupNorm(num_groups=min(channels // 4, 32), num_channels=channels, eps=1e-6)
+
+
+class GaussianFourierProjection(nn.Module):
+    """Time embedding ``[sin(2 pi t W), cos(2 pi t W)]`` of the raw flow time t (not log sigma).
+
+    ``W`` is a fixed random draw stored in the checkpoint (a frozen parameter officially, a buffer here).
+    """
+
+    def __init__(self, embedding_size: int = 64, scale: float = 16.0) -> None:
+        super().__init__()
+        self.register_buffer("W", torch.randn(embedding_size) * scale)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # Same multiplication order as the official code: ((t * W) * 2) * pi.
+        proj = t[:, None] * self.W[None, :] * 2 * math.pi
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class Combine(nn.Module):
+    """``input_skip`` merge: a 1x1 conv maps the 4-channel input pyramid to the level width, then adds."""
+
+    def __init__(self, dim1: int, dim2: int) -> None:
+        super().__init__()
+        self.Conv_0 = nn.Conv2d(dim1, dim2, kernel_size=1)
+
+    def forward(self, pyramid: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.Conv_0(pyramid) + h
+
+
+class ResnetBlockBigGANpp(nn.Module):
+    """BigGAN-style residual block with optional FIR resampling of both branches.
+
+    h = conv3x3(resample(SiLU(GN(x)))) + Dense(SiLU(temb)); h = conv3x3(SiLU(GN(h)));
+    out = (skip(resample(x)) + h) / sqrt(2). ``Conv_2`` (1x1) exists only when the width or the resolution
+    changes, exactly as in the official block, so that the key set matches.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int | None = None, temb_dim: int | None = None,
+                 up: bool = False, down: bool = False, fir_kernel: torch.Tensor | None = None) -> None:
+        super().__init__()
+        out_ch = out_ch or in_ch
+        self.up, self.down = up, down
+        self.GroupNorm_0 = _group_norm(in_ch)
+        self.Conv_0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        if temb_dim is not None:
+            self.Dense_0 = nn.Linear(temb_dim, out_ch)
+        self.GroupNorm_1 = _group_norm(out_ch)
+        self.Conv_1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        if in_ch != out_ch or up or down:
+            self.Conv_2 = nn.Conv2d(in_ch, out_ch, 1)
+        self.register_buffer("fir", fir_kernel if fir_kernel is not None else fir_kernel_2d(),
+                             persistent=False)
+
+    fuse = False  # set for all blocks by NCSNpp.set_fused(); see _tail_fused
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        h = F.silu(self.GroupNorm_0(x), inplace=True)
+        if self.up:
+            h, x = fir_upsample(h, self.fir), fir_upsample(x, self.fir)
+        elif self.down:
+            h, x = fir_downsample(h, self.fir), fir_downsample(x, self.fir)
+        if self.fuse:
+            return self._tail_fused(x, h, temb)
+        h = self.Conv_0(h)
+        if temb is not None:
+            h += self.Dense_0(F.silu(temb))[:, :, None, None]
+        h = F.silu(self.GroupNorm_1(h), inplace=True)
+        h = self.Conv_1(h)  # dropout is 0 in every released config
+        if hasattr(self, "Conv_2"):
+            x = self.Conv_2(x)
+        # (x + h) / sqrt(2) computed in place: the same two roundings, one fewer full-size temporary.
+        return h.add_(x).div_(_SQRT2)
+
+    def _tail_fused(self, x: torch.Tensor, h: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        """The same block with two full-size memory passes fewer, for memory-bound CPUs.
+
+        * the time-embedding bias joins the conv bias (when the batch shares one t, as the sampler's does);
+        * 1/sqrt(2) is folded into Conv_1 and Conv_2 (small weight tensors), so the skip sum is one
+          in-place add.
+        Results differ from :meth:`forward`'s only by float rounding (a few ulp).
+        """
+        bias = self.Conv_0.bias
+        shift = self.Dense_0(F.silu(temb)) if temb is not None else None
+        if shift is not None and shift.shape[0] == 1:
+            h = F.conv2d(h, self.Conv_0.weight, bias + shift[0], padding=1)
+        else:
+            h = self.Conv_0(h)
+            if shift is not None:
+                h += shift[:, :, None, None]
+        h = F.silu(self.GroupNorm_1(h), inplace=True)
+        h = F.conv2d(h, *self._scaled_conv("Conv_1"), padding=1)
+        if hasattr(self, "Conv_2"):
+            return h.add_(F.conv2d(x, *self._scaled_conv("Conv_2")))
+        return h.add_(x, alpha=1.0 / _SQRT2)
+
+    def _scaled_conv(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of conv ``name`` times 1/sqrt(2), cached until the parameters change."""
+        conv = getattr(self, name)
+        w, b = conv.weight, conv.bias
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and w.requires_grad):
+            return w / _SQRT2, b / _SQRT2  # no cache inside graphs being traced or differentiated
+        key = (w.data_ptr(), w._version, w.dtype, w.device, w.stride(), b.data_ptr(), b._version)
+        cache = self.__dict__.setdefault("_scaled_cache", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = cache[name] = (key, (w / _SQRT2, b / _SQRT2))
+        return hit[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# The U-Net
+
+
+class NCSNpp(nn.Module):
+    """``ncsnpp_final_no_attn``: complex ``(x_t, Y, t)`` -> complex velocity, ``[B,1,F,T]`` each.
+
+    F and T must be divisible by ``2 ** (len(ch_mult) - 1)``. ``t`` is a float tensor of shape [1]
+    (broadcast over the batch) or [B].
+    """
+
+    def __init__(self, nf: int = 64, ch_mult: Sequence[int] = (4, 4, 4, 2), num_res_blocks: int = 1,
+                 fourier_size: int | None = None, fourier_scale: float = 16.0,
+                 fir_kernel: Sequence[float] = (1, 3, 3, 1), num_channels: int = 4) -> None:
+        super().__init__()
+        self.nf = nf
+        self.ch_mult = tuple(int(c) for c in ch_mult)
+        self.num_res_blocks = num_res_blocks
+        self.num_resolutions = len(self.ch_mult)
+        fourier_size = fourier_size or nf
+        temb_dim = 4 * nf
+        kernel = fir_kernel_2d(fir_kernel)
+        self.register_buffer("fir", kernel, persistent=False)
+        self.channels_last = False  # set by use_channels_last(); the input is converted to match
+        self.fused = False  # set by set_fused()
+
+        # Registered before all_modules, as officially (state-dict order only).
+        self.output_layer = nn.Conv2d(num_channels, 2, kernel_size=1, bias=False)
+
+        def block(in_ch: int, out_ch: int | None = None, **kw) -> ResnetBlockBigGANpp:
+            return ResnetBlockBigGANpp(in_ch, out_ch, temb_dim=temb_dim, fir_kernel=kernel, **kw)
+
+        modules: list[nn.Module] = [
+            GaussianFourierProjection(fourier_size, fourier_scale),
+            nn.Linear(2 * fourier_size, temb_dim),
+            nn.Linear(temb_dim, temb_dim),
+            nn.Conv2d(num_channels, nf, 3, padding=1),
+        ]
+        skip_channels = [nf]
+        in_ch = nf
+        for level, mult in enumerate(self.ch_mult):  # down path
+            for _ in range(num_res_blocks):
+                modules.append(block(in_ch, nf * mult))
+                in_ch = nf * mult
+                skip_channels.append(in_ch)
+            if level != self.num_resolutions - 1:
+                modules.append(block(in_ch, down=True))
+                modules.append(Combine(num_channels, in_ch))
+                skip_channels.append(in_ch)
+        modules += [block(in_ch), block(in_ch)]  # bottleneck (no attention)
+        for level in reversed(range(self.num_resolutions)):  # up path
+            for _ in range(num_res_blocks + 1):
+                out_ch = nf * self.ch_mult[level]
+                modules.append(block(in_ch + skip_channels.pop(), out_ch))
+                in_ch = out_ch
+            modules.append(_group_norm(in_ch))  # output pyramid head of this level
+            modules.append(nn.Conv2d(in_ch, num_channels, 3, padding=1))
+            if level != 0:
+                modules.append(block(in_ch, up=True))
+        assert not skip_channels
+        self.all_modules = nn.ModuleList(modules)
+
+    def use_channels_last(self, enabled: bool = True) -> "NCSNpp":
+        """Store conv weights (and feed activations) as NHWC, which oneDNN and cuDNN run faster."""
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.channels_last = enabled
+        return self
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (self.num_resolutions - 1)
+
+    def set_fused(self, enabled: bool = True) -> "NCSNpp":
+        """Use the residual blocks' fused tails (fewer memory passes, rounding-level differences)."""
+        for module in self.all_modules:
+            if isinstance(module, ResnetBlockBigGANpp):
+                module.fuse = enabled
+        self.fused = enabled
+        return self
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> "NCSNpp":
+        """Run the U-Net body in ``dtype`` (weights cast in place). The time embedding stays in its own
+        dtype: t * W reaches a few hundred radians, which bfloat16 cannot resolve."""
+        for i, module in enumerate(self.all_modules):
+            if i >= 3:
+                module.to(dtype)
+        self.output_layer.to(dtype)
+        return self
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the U-Net body runs in: that of its weights (see :meth:`set_compute_dtype`)."""
+        return self.all_modules[3].weight.dtype
+
+    def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        m = self.all_modules
+        temb = m[0](t)
+        temb = m[1](temb)
+        return m[2](F.silu(temb))
+
+    def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+                real_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Velocity (complex, [B,1,F,T]) at flow time ``t`` for state ``x_t`` conditioned on ``cond``.
+
+        ``real_fn`` replaces :meth:`forward_real` (e.g. its ``torch.compile`` version).
+        """
+        x = torch.cat([x_t.real, x_t.imag, cond.real, cond.imag], dim=1)
+        t = torch.as_tensor(t, device=x.device).to(self.all_modules[0].W.dtype).reshape(-1)
+        return (real_fn or self.forward_real)(x, t)
+
+    def forward_real(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The U-Net on the 4-channel real input [Re x_t, Im x_t, Re Y, Im Y]; returns complex [B,1,F,T]."""
+        m = self.all_modules
+        temb = self.time_embedding(t).to(self.compute_dtype)
+        x = x.to(self.compute_dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        idx = 3
+
+        input_pyramid = x
+        hs = [m[idx](x)]
+        idx += 1
+        for level in range(self.num_resolutions):
+            for _ in range(self.num_res_blocks):
+                hs.append(m[idx](hs[-1], temb))
+                idx += 1
+            if level != self.num_resolutions - 1:
+                h = m[idx](hs[-1], temb)
+                input_pyramid = fir_downsample(input_pyramid, self.fir)
+                h = m[idx + 1](input_pyramid, h)
+                idx += 2
+                hs.append(h)
+
+        h = hs[-1]
+        h = m[idx](h, temb)
+        h = m[idx + 1](h, temb)
+        idx += 2
+
+        pyramid = None
+        for level in reversed(range(self.num_resolutions)):
+            for _ in range(self.num_res_blocks + 1):
+                h = m[idx](torch.cat([h, hs.pop()], dim=1), temb)
+                idx += 1
+            branch = m[idx + 1](F.silu(m[idx](h), inplace=True))
+            pyramid = branch if pyramid is None else fir_upsample(pyramid, self.fir).add_(branch)
+            idx += 2
+            if level != 0:
+                h = m[idx](h, temb)
+                idx += 1
+        assert not hs and idx == len(m)
+
+        out = self.output_layer(pyramid)
+        if out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()
+        out = out.permute(0, 2, 3, 1).contiguous()
+        return torch.view_as_complex(out)[:, None]

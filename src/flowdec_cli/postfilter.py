@@ -1,0 +1,760 @@
+"""The FlowDec flow postfilter: loads the released checkpoints, reproduces the official outputs, and runs
+long files in bounded memory.
+
+``Postfilter`` mirrors the official ``FlowModel`` state (``sigma_x``, ``sigma_y``, ``backbone.*``,
+``feature_extractor.complex_stft.window``; 265 keys for the released size) so that the released EMA state
+dicts load strictly. Inference:
+
+    X0 = Phi(y) + sigma_y * eps          (eps complex Gaussian, sigma_y per frequency, float64)
+    X1 = ODE solve of dX/dt = v(X, Phi(y), t) from t = 0 to 1     (midpoint, 3 steps = NFE 6 by default)
+    x  = Phi^-1(X1)
+
+``enhance`` is the official whole-file computation. ``enhance_long`` cuts long inputs into overlapping
+chunks on the STFT frame grid (see its docstring); inputs no longer than one chunk go through ``enhance``
+unchanged, so short files give bit-identical results either way.
+
+Speed options (``configure``): channels-last memory format, fused residual-block tails, reduced precision
+(bfloat16/float16 weights and activations; the time embedding, the noise and the feature map stay in
+float32/float64), TF32, and ``torch.compile`` of the real-valued U-Net. All are off on CPU unless asked for;
+on CUDA channels-last and fusing are on by default. ``recommended_settings(device)`` gives the fast choice,
+and on CPU ``tune_cpu_allocator()`` (process-wide) stops glibc from page-faulting every large activation
+again. The unoptimised float32 path is the reference that the fixtures test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointError, load_lightning_state_dict, load_model_folder, save_model_folder
+from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap, num_frames, padded_frames, \
+    peak_normfac
+from .ncsnpp import NCSNpp
+from .sampler import draw_noise, nfe_to_steps, solve, start_point
+
+__all__ = ["Postfilter", "ChunkPlan", "plan_chunks", "tune_cpu_allocator", "CONFIG_TYPE", "DEFAULT_SIGMA_Y"]
+
+CONFIG_TYPE = "flowdec_postfilter"
+CONFIG_VERSION = 1
+SAMPLE_RATE = 48000
+DEFAULT_SIGMA_Y = 0.66  # the official global sigma_y (flow_model_final default); released models store a curve
+DEFAULT_CHUNK_SECONDS = {"cuda": 10.0, "cpu": 5.0}  # rounded up to whole 64-frame blocks: 10.24 s, 5.12 s
+ACTIVATION_BYTES_PER_FRAME = 6.0e6  # nf 64, float32, a little above the 5.3 MB measured (see activation_bytes)
+PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
+              "float16": torch.float16}
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
+Progress = Callable[[str, int, str], ProgressBar]
+"""``progress(description, total, unit) -> bar``; the bar gets ``update(n)`` per network pass (the
+pipeline's protocol: tqdm fits it)."""
+
+
+def tune_cpu_allocator(enable: bool = True) -> bool:
+    """Let glibc keep freed large blocks in the heap instead of unmapping them (process-wide).
+
+    A full-size U-Net pass on CPU allocates dozens of ~100 MB activations per second of audio. glibc
+    serves blocks over 32 MB with a fresh ``mmap`` and unmaps them on free, so every such tensor is
+    page-faulted in again: about 50 ms per 100 MB on the machines we measured, a sizeable share of a pass.
+    With mmap disabled and a high trim threshold the heap keeps and reuses that memory (RSS stays at its
+    peak until exit). ``enable=False`` restores glibc's defaults and returns the free heap to the system.
+    Returns False where this cannot be done (not Linux/glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    if enable:
+        return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
+    ok = bool(mallopt(m_mmap_max, 65536)) and bool(mallopt(m_trim_threshold, 128 * 1024))
+    try:
+        libc.malloc_trim(0)
+    except AttributeError:
+        pass
+    return ok
+
+
+# --------------------------------------------------------------------------------------------------
+# Chunk planning for long inputs
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where the chunks of a long input lie and where they are cross-faded, in frames and samples.
+
+    Chunk k covers STFT frames ``starts[k] .. starts[k] + chunk_frames - 1`` of the whole-file frame grid
+    and contributes samples ``[starts[k] * hop, ends[k])``. Seam k (between chunks k and k + 1) is a
+    raised-cosine cross-fade over samples ``[fades[k], fades[k] + fade_length)``, centred in the samples
+    both chunks cover.
+    """
+
+    total_frames: int
+    chunk_frames: int
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    fades: tuple[int, ...]
+    fade_length: int
+    hop: int
+
+    @property
+    def whole(self) -> bool:
+        """True when the input fits in one chunk and runs unchunked (exactly as ``enhance``)."""
+        return len(self.starts) == 1
+
+
+def plan_chunks(length: int, chunk_frames: int, overlap_frames: int, hop: int = HOP_LENGTH) -> ChunkPlan:
+    """Chunks of ``chunk_frames`` frames overlapping by at least ``overlap_frames``, spread evenly.
+
+    The number of chunks is the smallest that keeps every overlap >= ``overlap_frames``; their starts are
+    spread evenly from frame 0 to the last full chunk, so every chunk has the same size (they batch, and
+    none needs zero padding). A cross-fade of ``(overlap_frames - 1) * hop`` samples sits in the middle of
+    each overlap, away from both chunks' edges, where the network sees no context.
+    """
+    if chunk_frames <= 0 or chunk_frames % 8:
+        raise ValueError(f"chunk_frames must be a positive multiple of 8, got {chunk_frames}")
+    if not 2 <= overlap_frames <= (chunk_frames - 2) // 3:
+        raise ValueError(f"overlap of {overlap_frames} frames must lie in [2, {(chunk_frames - 2) // 3}] for "
+                         f"chunks of {chunk_frames} frames (at most a third of a chunk)")
+    total = num_frames(length, hop)
+    if total <= chunk_frames:
+        return ChunkPlan(total, padded_frames(total), (0,), (length,), (), 0, hop)
+    count = -(-(total - overlap_frames) // (chunk_frames - overlap_frames))
+    count = max(count, 2)
+    span = total - chunk_frames
+    starts = tuple(int(round(k * span / (count - 1))) for k in range(count))
+    ends = tuple((a + chunk_frames - 1) * hop for a in starts[:-1]) + (length,)
+    fade = (overlap_frames - 1) * hop
+    fades = []
+    for k in range(count - 1):
+        lo, hi = starts[k + 1] * hop, ends[k]  # samples both chunks cover
+        fades.append((lo + hi - fade) // 2)
+    for k in range(1, len(fades)):  # guaranteed by the overlap limit; checked because it is cheap
+        assert fades[k] >= fades[k - 1] + fade
+    return ChunkPlan(total, chunk_frames, starts, ends, tuple(fades), fade, hop)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading inputs piece by piece
+
+
+class _Signal:
+    """A ``[B, 1, L]`` view of a tensor or array-like (numpy memmap included) given as [L], [B, L] or
+    [B, 1, L]; reads sample ranges as float32 tensors, reflecting at both ends like ``torch.stft``."""
+
+    def __init__(self, data: Any) -> None:
+        if not isinstance(data, torch.Tensor) and not hasattr(data, "shape"):
+            data = np.asarray(data, dtype=np.float32)
+        self.data = data
+        self.ndim = len(data.shape)
+        if self.ndim not in (1, 2, 3) or (self.ndim == 3 and data.shape[1] != 1):
+            raise ValueError(f"audio must be shaped [L], [B, L] or [B, 1, L], got {tuple(data.shape)}")
+        self.batch = 1 if self.ndim == 1 else int(data.shape[0])
+        self.length = int(data.shape[-1])
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        piece = self.data[..., start:stop]
+        t = piece if isinstance(piece, torch.Tensor) else torch.from_numpy(np.asarray(piece, dtype=np.float32))
+        return t.to(torch.float32).reshape(self.batch, 1, stop - start)
+
+    def read_reflected(self, start: int, stop: int) -> torch.Tensor:
+        """Samples ``start .. stop - 1`` of the signal reflect-padded on both sides (needs L > pad)."""
+        parts = []
+        if start < 0:
+            parts.append(self.read(1, 1 - start).flip(-1))
+        parts.append(self.read(max(start, 0), min(stop, self.length)))
+        if stop > self.length:
+            n = stop - self.length
+            parts.append(self.read(self.length - 1 - n, self.length - 1).flip(-1))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+    def peak(self, block: int = 1 << 20) -> torch.Tensor:
+        """Official normalisation factor of the whole signal, read block by block: [B, 1, 1]."""
+        peak = torch.zeros(self.batch, 1, 1)
+        for a in range(0, self.length, block):
+            piece = self.read(a, min(a + block, self.length))
+            peak = torch.maximum(peak, piece.abs().amax(dim=-1, keepdim=True).cpu())
+        return peak_normfac(peak)
+
+    def wrap(self, y: torch.Tensor) -> torch.Tensor:
+        """Give a [B, 1, L] result the caller's layout."""
+        return y.reshape(tuple(self.data.shape[:-1]) + (y.shape[-1],))
+
+
+class _NoiseStream:
+    """Start noise on the whole-file frame grid, drawn block by block so memory stays flat.
+
+    Blocks of ``block`` frames are drawn in order from one generator (``torch.randn`` complex64
+    ``[B, 1, F, block]``), so the noise of a frame never depends on how the file is chunked: overlapping
+    chunks see the same noise in their common frames. Blocks before the lowest frame still needed are freed.
+    """
+
+    def __init__(self, batch: int, freqs: int, generator: torch.Generator | None,
+                 device: torch.device, block: int = PAD_MULTIPLE) -> None:
+        self.batch, self.freqs, self.generator, self.device, self.block = batch, freqs, generator, device, block
+        self.blocks: dict[int, torch.Tensor] = {}
+        self.drawn = 0
+
+    def get(self, start: int, stop: int) -> torch.Tensor:
+        first, last = start // self.block, (stop - 1) // self.block
+        while self.drawn <= last:
+            self.blocks[self.drawn] = draw_noise((self.batch, 1, self.freqs, self.block), self.generator,
+                                                 self.device)
+            self.drawn += 1
+        for k in [k for k in self.blocks if k < first]:
+            del self.blocks[k]
+        cat = torch.cat([self.blocks[k] for k in range(first, last + 1)], dim=-1)
+        return cat[..., start - first * self.block: stop - first * self.block]
+
+
+def _raised_cosine(n: int) -> torch.Tensor:
+    """Fade-in weights 0 -> 1 over n samples (sin^2); the fade-out is 1 minus this, so they sum to 1."""
+    pos = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return torch.sin(0.5 * math.pi * pos).pow(2).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+def _as_batch(y: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    if y.dim() == 1:
+        return y[None, None], lambda x: x[0, 0]
+    if y.dim() == 2:
+        return y[:, None], lambda x: x[:, 0]
+    if y.dim() == 3 and y.shape[1] == 1:
+        return y, lambda x: x
+    raise ValueError(f"audio must be shaped [L], [B, L] or [B, 1, L], got {tuple(y.shape)}")
+
+
+class Postfilter(nn.Module):
+    """FlowDec's flow-matching postfilter (official ``FlowModel`` at inference).
+
+    Build one with :meth:`from_lightning_checkpoint` (released ``.ckpt``), :meth:`from_folder` (our
+    ``config.json`` + ``model.safetensors``) or :meth:`load` (either); the constructor makes a randomly
+    initialised model of any size (tests, benchmarks).
+    """
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, nf: int = 64, ch_mult: Sequence[int] = (4, 4, 4, 2), num_res_blocks: int = 1,
+                 fourier_size: int | None = None, fourier_scale: float = 16.0,
+                 fir_kernel: Sequence[float] = (1, 3, 3, 1), n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
+                 alpha: float = ALPHA, beta: float = BETA, pad_multiple: int = PAD_MULTIPLE,
+                 sigma_y: float | torch.Tensor = DEFAULT_SIGMA_Y) -> None:
+        super().__init__()
+        freqs = n_fft // 2 + 1
+        if not isinstance(sigma_y, torch.Tensor):
+            sigma_y = torch.full((freqs, 1), float(sigma_y), dtype=torch.float64)
+        if sigma_y.dim() not in (0, 2) or (sigma_y.dim() == 2 and tuple(sigma_y.shape) != (freqs, 1)):
+            raise ValueError(f"sigma_y must be 0-dim or [{freqs}, 1], got {tuple(sigma_y.shape)}")
+        if pad_multiple % 2 ** (len(ch_mult) - 1) or freqs % 2 ** (len(ch_mult) - 1):
+            raise ValueError("frequency bins and the frame padding must be divisible by the U-Net's "
+                             f"downsampling factor {2 ** (len(ch_mult) - 1)}")
+        # Registration order = official state-dict order: sigma_x, sigma_y, backbone.*, feature_extractor.*
+        self.register_buffer("sigma_x", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("sigma_y", sigma_y.detach().clone())
+        self.backbone = NCSNpp(nf=nf, ch_mult=ch_mult, num_res_blocks=num_res_blocks, fourier_size=fourier_size,
+                               fourier_scale=fourier_scale, fir_kernel=fir_kernel)
+        self.feature_extractor = FeatureMap(n_fft, hop_length, alpha, beta, pad_multiple)
+        self._arch = dict(nf=nf, ch_mult=[int(c) for c in ch_mult], num_res_blocks=num_res_blocks,
+                          fourier_size=fourier_size or nf, fourier_scale=fourier_scale,
+                          fir_kernel=[float(k) for k in fir_kernel])
+        self.precision = "float32"
+        self._compiled: Callable[..., torch.Tensor] | None = None
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    # -- construction and persistence -------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        fe = self.feature_extractor
+        return {
+            "type": CONFIG_TYPE,
+            "version": CONFIG_VERSION,
+            "sample_rate": self.sample_rate,
+            **self._arch,
+            "n_fft": fe.n_fft,
+            "hop_length": fe.hop_length,
+            "alpha": fe.alpha,
+            "beta": fe.beta,
+            "pad_multiple": fe.pad_multiple,
+            "sigma_y_shape": list(self.sigma_y.shape),
+            "sigma_y_dtype": str(self.sigma_y.dtype).removeprefix("torch."),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Postfilter":
+        """An uninitialised-weights model of the architecture a config (ours) describes."""
+        if config.get("type") != CONFIG_TYPE:
+            raise ValueError(f"config type is {config.get('type')!r}, expected {CONFIG_TYPE!r}")
+        if int(config.get("version", 1)) > CONFIG_VERSION:
+            raise ValueError(f"config version {config.get('version')} is newer than this flowdec understands")
+        if int(config.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
+            raise ValueError(f"postfilter sample rate {config.get('sample_rate')} is not {SAMPLE_RATE}")
+        n_fft = int(config.get("n_fft", N_FFT))
+        shape = tuple(config.get("sigma_y_shape", [n_fft // 2 + 1, 1]))
+        dtype = {"float64": torch.float64, "float32": torch.float32}.get(str(config.get("sigma_y_dtype", "float64")))
+        if dtype is None:
+            raise ValueError(f"sigma_y_dtype must be float64 or float32, got {config.get('sigma_y_dtype')!r}")
+        return cls(nf=int(config["nf"]), ch_mult=tuple(config["ch_mult"]),
+                   num_res_blocks=int(config["num_res_blocks"]), fourier_size=config.get("fourier_size"),
+                   fourier_scale=float(config.get("fourier_scale", 16.0)),
+                   fir_kernel=tuple(config.get("fir_kernel", (1, 3, 3, 1))), n_fft=n_fft,
+                   hop_length=int(config.get("hop_length", HOP_LENGTH)), alpha=float(config.get("alpha", ALPHA)),
+                   beta=float(config.get("beta", BETA)), pad_multiple=int(config.get("pad_multiple", PAD_MULTIPLE)),
+                   sigma_y=torch.full(shape, DEFAULT_SIGMA_Y, dtype=dtype))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], source: str = "state dict",
+                        alpha: float = ALPHA, beta: float = BETA) -> "Postfilter":
+        """Infer the architecture from tensor shapes, build, and load strictly (every mismatch named).
+
+        alpha and beta are not recorded in the weights; the released models use the defaults.
+        """
+        arch = infer_architecture(state, source)
+        sigma_y = state["sigma_y"]
+        model = cls(**arch, alpha=alpha, beta=beta,
+                    sigma_y=torch.zeros(sigma_y.shape, dtype=sigma_y.dtype))
+        model.load_official_state_dict(state, source)
+        return model
+
+    @classmethod
+    def from_lightning_checkpoint(cls, path: str | os.PathLike, ema: bool = True, alpha: float = ALPHA,
+                                  beta: float = BETA) -> "Postfilter":
+        """A released FlowDec ``.ckpt``: the EMA weights (as the official demo) unless ``ema=False``."""
+        state = load_lightning_state_dict(path, ema=ema)
+        return cls.from_state_dict(state, f"{path} ({'EMA' if ema else 'raw'} weights)", alpha, beta)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> "Postfilter":
+        config, state = load_model_folder(folder)
+        try:
+            model = cls.from_config(config)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{folder}: invalid postfilter config ({exc})") from None
+        if "sigma_y" in state and state["sigma_y"].shape != model.sigma_y.shape:
+            model.sigma_y = torch.zeros(state["sigma_y"].shape, dtype=state["sigma_y"].dtype)
+        model.load_official_state_dict(state, str(folder))
+        return model
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, ema: bool = True) -> "Postfilter":
+        """A released ``.ckpt`` file or one of our component folders."""
+        path = Path(path)
+        return cls.from_lightning_checkpoint(path, ema=ema) if path.is_file() else cls.from_folder(path)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """``config.json`` + ``model.safetensors`` (official key names, float32 weights, float64 sigma_y)."""
+        if self.precision not in ("float32", "tf32"):
+            raise ValueError(f"this postfilter runs in {self.precision}; save a float32 model instead")
+        return save_model_folder(folder, self.config, self.state_dict())
+
+    def load_official_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Strict load that names every missing, unexpected or mis-shaped key."""
+        own = self.state_dict()
+        problems = [f"missing {k} {list(v.shape)}" for k, v in own.items() if k not in state]
+        problems += [f"unexpected {k} {list(v.shape)}" for k, v in state.items() if k not in own]
+        problems += [f"shape of {k}: file {list(state[k].shape)}, model {list(v.shape)}"
+                     for k, v in own.items() if k in state and state[k].shape != v.shape]
+        if problems:
+            raise CheckpointError(f"{source}: weights do not fit the postfilter ({len(problems)} problems): "
+                                  + "; ".join(problems))
+        if state["sigma_y"].dtype != self.sigma_y.dtype:
+            self.sigma_y = torch.zeros_like(self.sigma_y, dtype=state["sigma_y"].dtype)
+        self.load_state_dict(state, strict=True)
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "Postfilter":
+        # sigma_y keeps its dtype (float64 for the released curves) through .float(), .half(), .to(dtype):
+        # the start point's noise product is formed at that precision. Devices follow the module.
+        original = self.sigma_y
+        super()._apply(fn, recurse)
+        if self.sigma_y.dtype != original.dtype:  # undo the cast from the untouched original, not the copy
+            self.sigma_y = original.to(device=self.sigma_y.device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.sigma_y.device
+
+    # -- performance options ----------------------------------------------------------------------------
+
+    def configure(self, precision: str = "float32", channels_last: bool | None = None, fuse: bool | None = None,
+                  compile: bool = False, compile_mode: str | None = None) -> "Postfilter":
+        """Choose how the U-Net runs; call after moving the model to its device.
+
+        * ``precision``: ``float32`` (reference; TF32 off on CUDA), ``tf32`` (CUDA TF32 convolutions),
+          ``bfloat16`` or ``float16`` (backbone weights and activations; the time embedding, the start noise
+          and the feature map stay float32/float64). Reduced precisions cast the weights in place; reload the
+          model to get float32 back.
+        * ``channels_last``: NHWC activations, which oneDNN and cuDNN convolve faster (float rounding
+          differs from NCHW); ``None`` = on for CUDA, off for CPU.
+        * ``fuse``: fold the time-embedding bias and the 1/sqrt(2) skip scale into the convolutions (two
+          full-size memory passes fewer per block; rounding-level differences); ``None`` = as channels_last.
+        * ``compile``: ``torch.compile`` the real-valued U-Net (``compile_mode`` e.g. "max-autotune").
+
+        ``configure()`` with no arguments on CPU restores the reference settings.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if self.precision not in ("float32", "tf32") and precision != self.precision:
+            raise ValueError(f"weights are already {self.precision}; reload the model to change precision")
+        if channels_last is None:
+            channels_last = self.device.type == "cuda"
+        if fuse is None:
+            fuse = channels_last
+        self.backbone.set_compute_dtype(PRECISIONS[precision])
+        self.backbone.use_channels_last(channels_last)
+        self.backbone.set_fused(fuse)
+        self.precision = precision
+        self._compiled = None
+        if compile:
+            self._compiled = torch.compile(self.backbone.forward_real, mode=compile_mode, dynamic=False)
+        return self
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The current :meth:`configure` settings."""
+        return {"precision": self.precision, "channels_last": self.backbone.channels_last,
+                "fuse": self.backbone.fused, "compile": self._compiled is not None}
+
+    @staticmethod
+    def recommended_settings(device: torch.device | str, exact: bool = True) -> dict[str, Any]:
+        """Fast :meth:`configure` arguments for a device. ``exact`` keeps float32 (results equal the
+        reference up to float rounding); otherwise CUDA uses bfloat16 (about 1e-2 relative difference)."""
+        if torch.device(device).type == "cuda":
+            return {"precision": "float32" if exact else "bfloat16", "channels_last": True, "fuse": True}
+        return {"precision": "float32", "channels_last": True, "fuse": True}
+
+    @contextlib.contextmanager
+    def _backend_flags(self) -> Iterator[None]:
+        if self.device.type == "cuda":
+            with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False,
+                                            allow_tf32=self.precision == "tf32"):
+                prev = torch.backends.cuda.matmul.allow_tf32
+                torch.backends.cuda.matmul.allow_tf32 = self.precision == "tf32"
+                try:
+                    yield
+                finally:
+                    torch.backends.cuda.matmul.allow_tf32 = prev
+        else:
+            yield
+
+    # -- the learned field --------------------------------------------------------------------------------
+
+    def velocity(self, x_t: torch.Tensor, Y: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """The learned field v(x_t, Y, t): complex64 ``[B, 1, F, T]`` (T a multiple of 8) -> complex64.
+
+        ``t`` is a float (shared by the batch) or a ``[B]`` tensor.
+        """
+        if x_t.shape != Y.shape:
+            raise ValueError(f"x_t {tuple(x_t.shape)} and Y {tuple(Y.shape)} must have the same shape")
+        t = torch.as_tensor(t, dtype=torch.float32, device=self.device).reshape(-1)
+        with torch.inference_mode(), self._backend_flags():
+            return self._field(x_t.to(self.device), Y.to(self.device), t)
+
+    def _field(self, x: torch.Tensor, Y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x, Y, t.reshape(-1), real_fn=self._compiled)
+
+    # -- whole inputs ---------------------------------------------------------------------------------
+
+    def features(self, y: torch.Tensor, normfac: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(Y, normfac, frames)`` of a float ``[B, 1, L]`` waveform (official ``_preprocess``)."""
+        with torch.inference_mode():
+            return self.feature_extractor(y.to(self.device, torch.float32),
+                                          None if normfac is None else torch.as_tensor(normfac).to(self.device))
+
+    def enhance(self, y: torch.Tensor, nfe: int = 6, solver: str = "midpoint", noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, normfac: torch.Tensor | float | None = None,
+                progress: Progress | None = None) -> torch.Tensor:
+        """Refine D0 output ``y`` (float, 48 kHz, ``[B, 1, L]``, ``[B, L]`` or ``[L]``): same shape back.
+
+        ``nfe`` network evaluations (midpoint: even, NFE 6 = 3 steps as officially; euler: any; 0 returns
+        ``y`` unchanged). ``noise`` (complex64 ``[B, 1, F, T_pad]``) replaces the random start draw;
+        otherwise it is drawn with ``generator`` (torch's global RNG when None). ``normfac`` overrides the
+        input peak. The result is on ``y``'s device.
+        """
+        steps = nfe_to_steps(nfe, solver)
+        y = torch.as_tensor(y)
+        y3, restore = _as_batch(y)
+        if steps == 0:
+            return y.clone()
+        if not y3.is_floating_point():
+            raise ValueError(f"audio must be floating point, got {y3.dtype}")
+        length = y3.shape[-1]
+        min_len = self.feature_extractor.n_fft // 2 + 1
+        short = length < min_len  # reflect padding needs more samples than n_fft // 2: pad with zeros
+        if short:
+            y3 = torch.nn.functional.pad(y3, (0, min_len - length))
+        bar = progress("postfilter", nfe, "pass") if progress is not None else None
+        try:
+            with torch.inference_mode(), self._backend_flags():
+                yd = y3.to(self.device, torch.float32)
+                if not bool(torch.isfinite(yd).all()):
+                    raise ValueError("audio contains NaN or infinite samples")
+                nf = None if normfac is None else torch.as_tensor(normfac, dtype=torch.float32).to(self.device)
+                if nf is not None and nf.dim() == 0:
+                    nf = nf.reshape(1, 1, 1)
+                Y, nf, frames = self.feature_extractor(yd, nf)
+                if noise is None:
+                    noise = draw_noise(Y.shape, generator, self.device)
+                elif tuple(noise.shape) != tuple(Y.shape):
+                    raise ValueError(f"noise must be shaped like the padded features {tuple(Y.shape)}, got "
+                                     f"{tuple(noise.shape)}")
+                x = start_point(Y, self.sigma_y, noise)
+                x = solve(lambda t, s: self._field(s, Y, t), x, steps, solver,
+                          on_evaluation=(lambda: bar.update(1)) if bar is not None else None)
+                out = self.feature_extractor.inverse(x, nf, y3.shape[-1], frames)
+        finally:
+            if bar is not None:
+                bar.close()
+        if short:
+            out = out[..., :length]
+        return restore(out.to(y.device))
+
+    # -- long inputs ------------------------------------------------------------------------------------
+
+    def enhance_long(self, source: Any, out: Any = None, *, nfe: int = 6, solver: str = "midpoint",
+                     chunk_seconds: float | None = None, overlap_seconds: float = 1.0,
+                     batch_size: int | None = None,
+                     seed: int | None = None, generator: torch.Generator | None = None,
+                     noise: Any = None, normfac: torch.Tensor | float | None = None,
+                     sink: Callable[[int, torch.Tensor], None] | None = None,
+                     progress: Progress | None = None, device: torch.device | str | None = None) -> Any:
+        """:meth:`enhance` for inputs of any length, in memory that does not grow with the length.
+
+        ``source`` is audio shaped ``[L]``, ``[B, L]`` or ``[B, 1, L]`` (rows are independent signals, e.g.
+        channels): a tensor or any array that slices along the last axis without loading everything (a
+        ``numpy.memmap``). Results go to ``out`` (a writable array or tensor of the same shape, e.g. a
+        memmap), or to ``sink(start_sample, block [B, 1, n])`` in increasing order, or, if neither is
+        given, into a new tensor that is returned.
+
+        How it works:
+
+        * the peak normalisation uses the peak of the whole input (one streaming pass), as ``enhance``;
+        * chunks of ``chunk_seconds`` (rounded up to a multiple of 64 frames; default 10.24 s on CUDA,
+          5.12 s on CPU, where a 5 s chunk needs about 3.5 GB) lie on the whole-file STFT frame grid and
+          overlap by at least ``overlap_seconds`` (capped at a third of a chunk); each chunk's features are
+          computed from its real neighbouring samples, so they equal the whole-file features frame by frame;
+        * the start noise lives on the same grid (``_NoiseStream``): a frame gets the same noise in every
+          chunk that holds it; with ``noise`` given (``[B, 1, F, >= frames]``) its frames are used instead;
+        * ``batch_size`` chunks run through the network together (default: 1 on CPU, where batching
+          gains nothing; on CUDA as many as fit in 60 % of the free memory, at most 16);
+        * neighbouring chunks are cross-faded with complementary raised-cosine weights in the middle of
+          their overlap (see :func:`plan_chunks`);
+        * an input that fits in one chunk runs through :meth:`enhance` unchanged (bit-identical for the
+          same ``seed``/``generator``/``noise``).
+
+        GroupNorm statistics are per chunk, so chunked output is close to, not equal to, whole-file output.
+        ``progress(desc, total, "pass")`` bars count network passes (chunks x NFE).
+        """
+        steps = nfe_to_steps(nfe, solver)
+        if device is not None and torch.device(device) != self.device:
+            self.to(device)
+        if generator is None and seed is not None:
+            generator = torch.Generator(self.device).manual_seed(int(seed))
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if chunk_seconds is None:
+            chunk_seconds = DEFAULT_CHUNK_SECONDS.get(self.device.type, DEFAULT_CHUNK_SECONDS["cpu"])
+        signal = _Signal(source)
+        fe = self.feature_extractor
+        hop = fe.hop_length
+        chunk_frames = padded_frames(max(1, int(math.ceil(chunk_seconds * self.sample_rate / hop))),
+                                     fe.pad_multiple)
+        # at least 2 frames, at most a third of a chunk (plan_chunks' limits)
+        overlap_frames = min(max(2, int(round(overlap_seconds * self.sample_rate / hop))), (chunk_frames - 2) // 3)
+        plan = plan_chunks(signal.length, chunk_frames, overlap_frames, hop)
+        write = _Writer(signal, out, sink)
+
+        if steps == 0 or signal.length == 0:
+            for a in range(0, signal.length, 1 << 20):
+                write(a, signal.read(a, min(a + (1 << 20), signal.length)))
+            return write.result()
+
+        nf = signal.peak() if normfac is None else torch.as_tensor(normfac, dtype=torch.float32).reshape(-1, 1, 1)
+        nf = nf.expand(signal.batch, 1, 1).to(self.device)
+
+        if plan.whole:
+            y = signal.read(0, signal.length)
+            nz = None
+            if noise is not None:
+                nz = torch.as_tensor(noise[..., :plan.chunk_frames]).to(self.device)
+            write(0, self.enhance(y, nfe, solver, noise=nz, generator=generator, normfac=nf, progress=progress))
+            return write.result()
+
+        if batch_size is None:
+            batch_size = self.auto_batch_size(plan.chunk_frames * signal.batch, len(plan.starts))
+        return self._enhance_chunked(signal, plan, steps, solver, nf, generator, noise, batch_size, write,
+                                     progress, nfe)
+
+    def activation_bytes(self, frames: int) -> int:
+        """Rough peak memory of one network pass over ``frames`` STFT frames (batch rows x frames).
+
+        Measured at nf 64 in float32 on CPU: about 5.3 MB per frame with the optimised settings (9.6 MB
+        in the straightforward NCHW path); activations scale with nf and the element size.
+        """
+        elem = torch.finfo(self.backbone.compute_dtype).bits // 8
+        return int(ACTIVATION_BYTES_PER_FRAME * frames * self.backbone.nf / 64 * elem / 4)
+
+    def auto_batch_size(self, rows_frames: int, chunks: int, limit: int = 16) -> int:
+        """Chunks per network pass: 1 on CPU; on CUDA as many as fit in 60 % of the free memory."""
+        if self.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, min(chunks, limit, int(0.6 * free) // max(1, self.activation_bytes(rows_frames))))
+
+    def _enhance_chunked(self, signal: _Signal, plan: ChunkPlan, steps: int, solver: str, nf: torch.Tensor,
+                         generator: torch.Generator | None, noise: Any, batch_size: int,
+                         write: "_Writer", progress: Progress | None, nfe: int) -> Any:
+        fe = self.feature_extractor
+        hop, n, B = plan.hop, plan.chunk_frames, signal.batch
+        stream = None if noise is not None else _NoiseStream(B, fe.n_freqs, generator, self.device)
+        fade_in = _raised_cosine(plan.fade_length)
+        bar = progress("postfilter", nfe * len(plan.starts), "pass") if progress is not None else None
+        emitted = 0  # samples written so far
+        tail: torch.Tensor | None = None  # previous chunk's samples inside the pending cross-fade
+        try:
+            for first in range(0, len(plan.starts), batch_size):
+                ks = list(range(first, min(first + batch_size, len(plan.starts))))
+                with torch.inference_mode(), self._backend_flags():
+                    Ys, noises = [], []
+                    for k in ks:
+                        a = plan.starts[k]
+                        lo, hi = fe.segment_span(a, n)
+                        seg = signal.read_reflected(lo, hi).to(self.device)
+                        Ys.append(fe.frames(seg, nf))
+                        nz = stream.get(a, a + n) if stream is not None else torch.as_tensor(noise[..., a:a + n])
+                        noises.append(nz.to(self.device))
+                    Y = torch.cat(Ys, dim=0)
+                    x = start_point(Y, self.sigma_y, torch.cat(noises, dim=0))
+                    del Ys, noises
+                    x = solve(lambda t, s: self._field(s, Y, t), x, steps, solver,
+                              on_evaluation=(lambda: bar.update(len(ks))) if bar is not None else None)
+                    waves = []
+                    for i, k in enumerate(ks):
+                        a = plan.starts[k] * hop
+                        xk = x[i * B:(i + 1) * B]
+                        waves.append(fe.inverse(xk, nf, plan.ends[k] - a, n).cpu())
+                    del x, Y
+                for k, wave in zip(ks, waves):
+                    a = plan.starts[k] * hop
+                    if k > 0:  # finish the seam with the previous chunk
+                        f = plan.fades[k - 1]
+                        mine = wave[..., f - a: f - a + plan.fade_length]
+                        write(emitted, tail * (1 - fade_in) + mine * fade_in)
+                        emitted = f + plan.fade_length
+                    stop = plan.fades[k] if k < len(plan.fades) else signal.length
+                    write(emitted, wave[..., emitted - a: stop - a])
+                    emitted = stop
+                    if k < len(plan.fades):
+                        tail = wave[..., stop - a: stop - a + plan.fade_length].clone()
+        finally:
+            if bar is not None:
+                bar.close()
+        assert emitted == signal.length
+        return write.result()
+
+
+class _Writer:
+    """Delivers finished ``[B, 1, n]`` sample blocks to ``out``, to ``sink``, or into a new tensor."""
+
+    def __init__(self, signal: _Signal, out: Any, sink: Callable[[int, torch.Tensor], None] | None) -> None:
+        if out is not None and sink is not None:
+            raise ValueError("give either out or sink, not both")
+        if out is not None and tuple(out.shape) != tuple(signal.data.shape):
+            raise ValueError(f"out must be shaped like the input {tuple(signal.data.shape)}, got {tuple(out.shape)}")
+        self.signal, self.out, self.sink = signal, out, sink
+        self.buffer = None
+        if out is None and sink is None:
+            self.buffer = torch.empty(signal.batch, 1, signal.length, dtype=torch.float32)
+
+    def __call__(self, start: int, block: torch.Tensor) -> None:
+        n = block.shape[-1]
+        if n == 0:
+            return
+        block = block.to("cpu", torch.float32)
+        if self.sink is not None:
+            self.sink(start, block)
+        elif self.buffer is not None:
+            self.buffer[..., start:start + n] = block
+        elif isinstance(self.out, torch.Tensor):
+            self.out[..., start:start + n] = self.signal.wrap(block).to(self.out.device, self.out.dtype)
+        else:
+            self.out[..., start:start + n] = self.signal.wrap(block).numpy()
+
+    def result(self) -> Any:
+        if self.buffer is not None:
+            data = self.signal.data
+            res = self.signal.wrap(self.buffer)
+            return res.to(data.device) if isinstance(data, torch.Tensor) else res
+        return self.out if self.out is not None else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture inference for released checkpoints
+
+
+def infer_architecture(state: dict[str, torch.Tensor], source: str = "state dict") -> dict[str, Any]:
+    """nf, ch_mult and num_res_blocks of a FlowDec state dict, read from its tensor shapes.
+
+    The U-Net with L levels and R res blocks per level has ``L * (2R + 6) + 3`` modules; each (L, R)
+    that fits the module count is built on the meta device and kept if every key and shape matches.
+    """
+    def need(key: str) -> torch.Tensor:
+        if key not in state:
+            raise CheckpointError(f"{source}: not a FlowDec postfilter state dict (no '{key}')")
+        return state[key]
+
+    need("sigma_y")
+    window = need("feature_extractor.complex_stft.window")
+    conv_in = need("backbone.all_modules.3.weight")
+    fourier = need("backbone.all_modules.0.W")
+    nf = int(conv_in.shape[0])
+    indices = {int(k.split(".")[2]) for k in state if k.startswith("backbone.all_modules.")}
+    count = max(indices) + 1
+    candidates = []
+    for levels in range(1, 9):
+        for blocks in range(1, 9):
+            if levels * (2 * blocks + 6) + 3 != count:
+                continue
+            ch_mult = []
+            for level in range(levels):
+                key = f"backbone.all_modules.{4 + level * (blocks + 2)}.Conv_0.weight"
+                if key not in state or int(state[key].shape[0]) % nf:
+                    break
+                ch_mult.append(int(state[key].shape[0]) // nf)
+            else:
+                candidates.append(dict(nf=nf, ch_mult=tuple(ch_mult), num_res_blocks=blocks,
+                                       fourier_size=int(fourier.shape[0]), n_fft=int(window.shape[0])))
+    expected = {k: tuple(v.shape) for k, v in state.items() if k.startswith("backbone.")}
+    for arch in candidates:
+        with torch.device("meta"):
+            net = NCSNpp(nf=arch["nf"], ch_mult=arch["ch_mult"], num_res_blocks=arch["num_res_blocks"],
+                         fourier_size=arch["fourier_size"])
+        built = {"backbone." + k: tuple(v.shape) for k, v in net.state_dict().items()}
+        if built == expected:
+            return arch
+    raise CheckpointError(f"{source}: the backbone tensors ({count} modules, nf {nf}) match no NCSN++ "
+                          "ncsnpp_final_no_attn layout")
