@@ -464,10 +464,12 @@ def _attach_optional_commands() -> None:
     """Commands that live beside their own API (evaluation, models, training)."""
     from .evaluation.cli import eval_command, plot_command
     from .models_cli import models_group
+    from .training.cli import train_group
 
     main.add_command(eval_command, "eval")
     main.add_command(plot_command, "plot")
     main.add_command(models_group, "models")
+    main.add_command(train_group, "train")
 
 
 _attach_optional_commands()

@@ -1,0 +1,225 @@
+"""The training loop both stages share: epochs over a resumable sampler, logging, validation, checkpoints.
+
+A subclass builds its model, optimizer and data in :meth:`Trainer.build`, does one optimisation step in
+:meth:`Trainer.train_step`, and evaluates in :meth:`Trainer.validate`. The loop here:
+
+* iterates epochs of an :class:`~flowdec_cli.training.data.EpochSampler`; a resumed run restarts inside its
+  epoch by skipping the batches it already did (no data is loaded for them);
+* reseeds torch's global RNG every step from ``(seed, step, rank)`` so that anything random inside the
+  model (quantizer dropout) is the same in a resumed run as in an uninterrupted one;
+* averages logged values over processes, writes them (main process only), updates the bar;
+* validates every ``val_every`` steps and checkpoints every ``checkpoint_every`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import (DistEnv, RunLogger, TrainingError, amp_settings, cleanup_distributed, load_checkpoint,
+                     make_grad_scaler, progress_bar, save_checkpoint, setup_distributed, write_json)
+from .config import config_to_dict
+from .data import EpochSampler, mix_seed
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    name = "train"
+
+    def __init__(self, config: Any, device: str = "auto", resume: bool | str = False,
+                 max_steps: int | None = None, out_dir: str | Path | None = None, quiet: bool = False) -> None:
+        self.config = config
+        if max_steps is not None:
+            config.train.max_steps = int(max_steps)
+        if out_dir is not None:
+            config.train.out_dir = str(out_dir)
+        self.run_dir = Path(config.train.out_dir)
+        self.device_name = device
+        self.resume = resume
+        self.quiet = quiet
+        self.step = 0
+        self.env = DistEnv()
+        self.history: list[dict[str, float]] = []  # logged training values (main process), for callers/tests
+        self.last_validation: dict[str, float] = {}
+
+    # -- to implement ---------------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def train_step(self, batch: Any, log: bool) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """model_config, model_state, optimizer, ema_state (optional), extra trainer state."""
+        raise NotImplementedError
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called on the main process after the last step (exports)."""
+
+    # -- the loop -------------------------------------------------------------------------------------
+    @property
+    def local_batch(self) -> int:
+        batch = self.config.data.batch_size
+        if batch % self.env.world_size:
+            raise TrainingError(f"data.batch_size {batch} is not divisible by the {self.env.world_size} "
+                                "processes (it is the global batch)")
+        return batch // self.env.world_size
+
+    def make_sampler(self, dataset: Any) -> EpochSampler:
+        return EpochSampler(dataset, self.env.world_size, self.env.rank, shuffle=True,
+                            seed=self.config.train.seed, drop_last=True)
+
+    def run(self) -> dict[str, float]:
+        """Train to ``train.max_steps``; returns the last validation figures (if any)."""
+        self.env = setup_distributed(self.device_name)
+        try:
+            return self._run()
+        finally:
+            cleanup_distributed(self.env)
+
+    def _run(self) -> dict[str, float]:
+        env, cfg = self.env, self.config
+        if cfg.train.tf32 and env.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.amp_dtype, use_scaler = amp_settings(cfg.train.amp, env.device)
+        self.scaler = make_grad_scaler(use_scaler)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every process
+        self.build()
+        ckpt = None
+        if self.resume:
+            source = self.run_dir if self.resume is True else Path(str(self.resume))
+            ckpt = load_checkpoint(source)
+            self.restore(ckpt)
+            self.step = int(ckpt["trainer"]["step"])
+            if ckpt["trainer"].get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(ckpt["trainer"]["scaler"])
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", {"kind": cfg.kind, **config_to_dict(cfg)})
+        self.logger = RunLogger(self.run_dir, env.is_main, cfg.train.tensorboard,
+                                resume_step=self.step if ckpt is not None else None)
+        try:
+            self._loop()
+        finally:
+            self.logger.close()
+        return self.last_validation
+
+    def _loop(self) -> None:
+        env, tc = self.env, self.config.train
+        per_epoch = len(self.sampler.inner) // self.local_batch
+        if per_epoch < 1:
+            raise TrainingError(f"the training set yields no full batch of {self.config.data.batch_size} "
+                                f"({len(self.sampler.inner) * env.world_size} items)")
+        epoch, in_epoch = divmod(self.step, per_epoch)
+        bar = progress_bar(env.is_main and tc.progress and not self.quiet, tc.max_steps, self.step, self.name)
+        saved_at = self.step if self.resume else -1
+        logged: list[dict[str, torch.Tensor]] = []
+        t_log, steps_since = time.perf_counter(), 0
+        try:
+            while self.step < tc.max_steps:
+                self.sampler.set_epoch(epoch, skip=in_epoch * self.local_batch)
+                for batch in self.loader:
+                    torch.manual_seed(mix_seed(tc.seed, self.step, env.rank))
+                    log_now = bool(tc.log_every) and (self.step + 1) % tc.log_every == 0 \
+                        or self.step + 1 == tc.max_steps
+                    values = self.train_step(batch, log_now)
+                    self.step += 1
+                    steps_since += 1
+                    logged.append(values)
+                    bar.update(1)
+                    if log_now:
+                        means = self._reduce(logged)
+                        dt = time.perf_counter() - t_log
+                        means["steps_per_s"] = steps_since / dt if dt > 0 else 0.0
+                        logged, t_log, steps_since = [], time.perf_counter(), 0
+                        if not all(math.isfinite(v) for k, v in means.items() if k.startswith("loss")):
+                            raise TrainingError(f"the loss is not finite at step {self.step}; lower optim.lr or "
+                                                "resume from an earlier checkpoint")
+                        if env.is_main:
+                            self.logger.log(self.step, "train", means)
+                            self.history.append({"step": self.step, **means})
+                            bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4g}")
+                    if tc.val_every and self.step % tc.val_every == 0:
+                        self._validate()
+                    if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                        self._save()
+                        saved_at = self.step
+                    if self.step >= tc.max_steps:
+                        break
+                epoch, in_epoch = epoch + 1, 0
+        finally:
+            bar.close()
+        if saved_at != self.step:
+            self._save()
+        if env.is_main:
+            self.finish()
+        env.barrier()
+
+    def _reduce(self, logged: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        keys = sorted(logged[-1])  # the last step logs everything; earlier ones at least the losses
+        means = [torch.stack([d[k].detach().float().reshape(()).cpu() for d in logged if k in d]).mean()
+                 for k in keys]
+        sums = self.env.all_reduce_sum(torch.stack(means).to(self.env.device))
+        return {k: float(v) / self.env.world_size for k, v in zip(keys, sums.cpu())}
+
+    def _validate(self) -> None:
+        values = self.validate()
+        if values:
+            self.last_validation = values
+            if self.env.is_main:
+                self.logger.log(self.step, "validation", values)
+                if not self.quiet and self.config.train.progress:
+                    from tqdm import tqdm
+
+                    tqdm.write(f"{self.name} step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    def _save(self) -> None:
+        payload = self.checkpoint_payload()
+        if self.env.is_main:
+            extra = payload.get("trainer_state", {})
+            state = {"kind": self.config.kind, "world_size": self.env.world_size,
+                     "batch_size": self.config.data.batch_size,
+                     "config": config_to_dict(self.config),
+                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, **extra}
+            save_checkpoint(self.run_dir, self.step, model_config=payload["model_config"],
+                            model_state=payload["model_state"], optimizer=payload["optimizer"],
+                            trainer_state=state, ema_state=payload.get("ema_state"),
+                            keep=self.config.train.keep_checkpoints)
+        self.env.barrier()
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return torch.autocast(self.env.device.type, enabled=False)
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def backward_and_step(self, loss: torch.Tensor, params: list[torch.nn.Parameter], clip: float | None,
+                          log: bool) -> torch.Tensor | None:
+        """Backward (scaled when fp16), unscale, optional clipping, optimizer step; the grad norm when
+        clipped or logged."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        grad_norm = None
+        if clip or log:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return grad_norm
+
+
+def dataclass_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

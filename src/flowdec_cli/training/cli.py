@@ -1,0 +1,289 @@
+"""``flowdec train``: train both stages, code a dataset, estimate sigma_y, export a model folder."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["train_group"]
+
+
+class _Failure(click.ClickException):
+    """One line on stderr, exit 1 (the same shape as the main command's errors)."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"flowdec: error: {self.format_message()}", err=True)
+
+
+def _one_line_errors(f: Callable) -> Callable:
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..audio import AudioError
+        from ..checkpoints import CheckpointError
+        from ..models import ModelError
+        from .common import TrainingError
+        from .config import ConfigError
+        from .data import DataError
+
+        try:
+            return f(*args, **kwargs)
+        except (TrainingError, ConfigError, DataError, AudioError, ModelError, CheckpointError) as exc:
+            raise _Failure(_last_line(str(exc))) from None
+        except OSError as exc:
+            raise _Failure(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
+
+    return wrapper
+
+
+def _last_line(message: str) -> str:
+    """An error re-raised from a DataLoader worker carries the worker's traceback: keep its last line,
+    without the exception's module and class name."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "Error" in head else last
+
+
+def _bar(quiet: bool) -> Callable[[str, int], Any] | None:
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return lambda desc, total: tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True, disable=None)
+
+
+@click.group("train")
+def train_group() -> None:
+    """Train FlowDec: the NDAC codec, then the flow postfilter on its outputs.
+
+    \b
+      flowdec train ndac ndac.toml                      stage 1: the codec (no discriminator)
+      flowdec train prepare-pairs --ndac runs/ndac data/ -o pairs/ -n 10 -n 8 -n 6 -n 4
+      flowdec train estimate-sigma postfilter.toml      sigma_y and beta from the pairs
+      flowdec train postfilter postfilter.toml          stage 2: the postfilter
+      flowdec train export my-model --ndac runs/ndac --postfilter runs/postfilter
+      torchrun --nproc-per-node 8 -m flowdec_cli train postfilter postfilter.toml   (several GPUs)
+
+    Configs are TOML or YAML; see docs/training.md for every key and its default.
+    """
+
+
+def _train_options(f: Callable) -> Callable:
+    f = click.option("-q", "--quiet", is_flag=True, help="No progress bar or validation lines.")(f)
+    f = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override a config key (value in TOML syntax), e.g. --set train.max_steps=1000.")(f)
+    f = click.option("--max-steps", type=click.IntRange(min=0), default=None, help="Override train.max_steps.")(f)
+    f = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Run folder (default: train.out_dir of the config).")(f)
+    f = click.option("--resume-from", type=click.Path(exists=True, path_type=Path), default=None,
+                     help="Continue from this checkpoint (or run) folder.")(f)
+    f = click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint.")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")(f)
+    f = click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu or cuda[:N] (under torchrun each process takes cuda:LOCAL_RANK).")(f)
+    f = click.argument("config", type=click.Path(path_type=Path))(f)
+    return f
+
+
+def _run_stage(kind: str, config: Path, device: str, threads: int | None, resume: bool, resume_from: Path | None,
+               out_dir: Path | None, max_steps: int | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    from ..runtime import set_threads
+    from .common import TrainingError
+    from .config import load_config
+
+    if threads:
+        set_threads(threads)
+    cfg = load_config(config, kind, list(overrides))
+    if resume and resume_from:
+        raise click.UsageError("give --resume or --resume-from, not both")
+    resume_arg: bool | str = str(resume_from) if resume_from else bool(resume)
+    if resume and not (Path(out_dir or cfg.train.out_dir) / "checkpoints").is_dir():
+        raise TrainingError(f"{out_dir or cfg.train.out_dir}: no checkpoints to resume from")
+    if kind == "ndac":
+        from .ndac_trainer import NDACTrainer as T
+    else:
+        from .postfilter_trainer import PostfilterTrainer as T  # type: ignore[assignment]
+    trainer = T(cfg, device=device, resume=resume_arg, max_steps=max_steps, out_dir=out_dir, quiet=quiet)
+    results = trainer.run()
+    if trainer.env.is_main and not quiet:
+        tail = f" ({', '.join(f'{k} {v:.4g}' for k, v in results.items())})" if results else ""
+        click.echo(f"flowdec: {kind} trained to step {trainer.step} in {trainer.run_dir}{tail}", err=True)
+
+
+@train_group.command("ndac")
+@_train_options
+@_one_line_errors
+def ndac_command(config: Path, device: str, threads: int | None, resume: bool, resume_from: Path | None,
+                 out_dir: Path | None, max_steps: int | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Train the NDAC codec (stage 1) with the settings in CONFIG.
+
+    Writes checkpoints, metrics.csv (and TensorBoard logs when installed) to the run folder, and at the
+    end RUN/model/, a codec-only model folder (flowdec roundtrip --model RUN/model --nfe 0).
+    """
+    _run_stage("ndac", config, device, threads, resume, resume_from, out_dir, max_steps, overrides, quiet)
+
+
+@train_group.command("postfilter")
+@_train_options
+@_one_line_errors
+def postfilter_command(config: Path, device: str, threads: int | None, resume: bool, resume_from: Path | None,
+                       out_dir: Path | None, max_steps: int | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Train the flow postfilter (stage 2) on the pair lists named in CONFIG.
+
+    Writes checkpoints (raw and EMA weights), metrics.csv, and at the end RUN/postfilter/ (EMA weights).
+    """
+    _run_stage("postfilter", config, device, threads, resume, resume_from, out_dir, max_steps, overrides, quiet)
+
+
+def _codebook_list(values: tuple[str, ...]) -> list[int]:
+    out: list[int] = []
+    for v in values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise click.BadParameter(f"'{part}' is not a whole number", param_hint="--n-codebooks") from None
+    return out
+
+
+@train_group.command("prepare-pairs")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--ndac", "ndac_ref", required=True,
+              help="The trained NDAC: a run folder, checkpoint, model folder, weights.pth or model name.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: coded/nq<k>/..., train.txt, validation.txt, test.txt.")
+@click.option("-n", "--n-codebooks", "n_codebooks", multiple=True,
+              help="Codebook counts to code at (repeat or comma-separate; default: all codebooks).")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
+@click.option("--salt", default="flowdec", show_default=True, help="Salt of the hash split.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("-f", "--force", is_flag=True, help="Re-code files whose coded output exists.")
+@click.option("-q", "--quiet", is_flag=True)
+@_one_line_errors
+def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Path, n_codebooks: tuple[str, ...],
+                          validation_fraction: float, test_fraction: float, salt: str, device: str, force: bool,
+                          quiet: bool) -> None:
+    """Code the audio in SOURCES (folders or path lists) with a trained NDAC and write pair lists.
+
+    Each line of train.txt / validation.txt / test.txt is "clean_path,coded_path" (the official format),
+    once per file and codebook count. Existing coded files are kept, so an interrupted run resumes.
+    """
+    from ..runtime import resolve_device
+    from .prepare import prepare_pairs
+
+    if validation_fraction + test_fraction >= 1:
+        raise click.UsageError("--validation-fraction plus --test-fraction must be below 1")
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    summary = prepare_pairs(ndac_ref, [str(s) for s in sources], out_dir, _codebook_list(n_codebooks),
+                            validation_fraction, test_fraction, salt, dev, force, progress=_bar(quiet))
+    if not quiet:
+        p = summary["pairs"]
+        click.echo(f"flowdec: {summary['files']} files at n_codebooks {summary['n_codebooks']}: "
+                   f"{p['train']} train, {p['validation']} validation, {p['test']} test pairs in {out_dir}", err=True)
+
+
+@train_group.command("estimate-sigma")
+@click.argument("config", required=False, type=click.Path(path_type=Path))
+@click.option("--pairs", "pair_lists", multiple=True, type=click.Path(path_type=Path),
+              help="Pair lists to estimate from (default: data.train of CONFIG).")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the estimate (default: sigma.file of CONFIG).")
+@click.option("--alpha", type=float, default=None, help="Compression exponent (default: CONFIG's, else 0.3).")
+@click.option("--n-fft", type=int, default=None, help="STFT size (default: CONFIG's, else 1534).")
+@click.option("--hop", type=int, default=None, help="STFT hop (default: CONFIG's, else 384).")
+@click.option("--n-samples", type=click.IntRange(min=1), default=2500, show_default=True)
+@click.option("--seed", type=int, default=302, show_default=True)
+@click.option("--qx", type=click.FloatRange(0, 1), default=0.997, show_default=True)
+@click.option("--qrmse", type=click.FloatRange(0, 1), default=0.997, show_default=True)
+@click.option("--delimiter", default=None, help="Pair list delimiter (default: CONFIG's, else ',').")
+@click.option("--device", default="auto", show_default=True)
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing estimate.")
+@click.option("-q", "--quiet", is_flag=True)
+@_one_line_errors
+def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], out_file: Path | None,
+                           alpha: float | None, n_fft: int | None, hop: int | None, n_samples: int, seed: int,
+                           qx: float, qrmse: float, delimiter: str | None, device: str, force: bool,
+                           quiet: bool) -> None:
+    """Estimate beta, the global sigma_y and the per-band sigma_y curve (official heuristics).
+
+    With a postfilter CONFIG, reads its data.train pair lists and feature settings and writes the
+    estimate to its sigma.file, where the trainer reads it (set sigma.mode = "perband" to use the curve).
+    """
+    from ..runtime import resolve_device
+    from .common import TrainingError
+    from .config import load_config
+    from .prepare import estimate_sigma, pairs_from, write_sigma_file
+
+    cfg = load_config(config, "postfilter") if config is not None else None
+    lists = [str(p) for p in pair_lists] or (cfg.data.train if cfg is not None else [])
+    if not lists:
+        raise click.UsageError("give a postfilter CONFIG or --pairs LIST")
+    target = out_file or (Path(cfg.sigma.file) if cfg is not None and cfg.sigma.file else None)
+    if target is None:
+        raise click.UsageError("give --out FILE, or set sigma.file in the config")
+    if target.exists() and not force:
+        raise TrainingError(f"{target}: exists; use --force to overwrite")
+    m = cfg.model if cfg is not None else None
+    delim = delimiter or (cfg.data.delimiter if cfg is not None else ",")
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    est = estimate_sigma(pairs_from(lists, delim), alpha=alpha if alpha is not None else (m.alpha if m else 0.3),
+                         n_fft=n_fft or (m.n_fft if m else 1534), hop=hop or (m.hop_length if m else 384),
+                         n_samples=n_samples, seed=seed, qx=qx, qrmse=qrmse, device=dev, progress=_bar(quiet))
+    write_sigma_file(target, est)
+    if not quiet:
+        import numpy as np
+
+        from .prepare import gaussian_smooth
+
+        curve = gaussian_smooth(np.asarray(est["sigma_y_perband"]), 3.0)
+        click.echo(f"flowdec: q_x {est['q_x']:.4g} -> beta {est['beta']:.4g}; global sigma_y {est['sigma_y']:.4g}; "
+                   f"per-band sigma_y (smoothed) min {curve.min():.4g} mean {curve.mean():.4g} max {curve.max():.4g}; "
+                   f"from {est['n_samples']} pairs -> {target}", err=True)
+
+
+@train_group.command("export")
+@click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--ndac", "ndac_ref", required=True, help="NDAC run, checkpoint, model or component folder.")
+@click.option("--postfilter", "pf_ref", default=None, help="Postfilter run, checkpoint, model or component folder.")
+@click.option("--name", default=None, help="Model name (default: OUT's folder name).")
+@click.option("--licence", default="unknown", show_default=True, help="Licence recorded in flowdec.json.")
+@click.option("--description", default="", help="Description recorded in flowdec.json.")
+@click.option("--raw", is_flag=True, help="Export the raw postfilter weights instead of the EMA weights.")
+@click.option("--trained-codebooks", multiple=True,
+              help="Codebook counts the postfilter was trained on (recorded as its trained bitrates).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
+@click.option("-q", "--quiet", is_flag=True)
+@_one_line_errors
+def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
+                   description: str, raw: bool, trained_codebooks: tuple[str, ...], force: bool, quiet: bool) -> None:
+    """Write a model folder (flowdec.json, ndac/, postfilter/) from trained weights.
+
+    The folder works with --model everywhere (flowdec roundtrip in.wav out.wav --model OUT), and
+    'flowdec models export OUT HUBDIR --repo OWNER/REPO' prepares it for the hub.
+    """
+    from .export import export_model
+
+    out = export_model(out_dir, ndac_ref, pf_ref, name=name, licence=licence, description=description,
+                       ema=not raw, trained_codebooks=_codebook_list(trained_codebooks), force=force)
+    if not quiet:
+        card = json.loads((out / "flowdec.json").read_text())
+        click.echo(f"flowdec: wrote model '{card['name']}' to {out}"
+                   f"{' (codec and postfilter)' if pf_ref else ' (codec only)'}", err=True)

@@ -1,0 +1,475 @@
+"""Training configurations for both FlowDec stages, read from TOML or YAML files.
+
+A config file has one table per section (``[model]``, ``[data]``, ``[loss]``, ``[optim]``, ``[train]``,
+``[validation]``, and for the postfilter ``[sigma]``); every key is optional and defaults to the official
+value where one is known (``docs/training.md`` lists each key and where its default comes from). Sizes are
+settings too, so a tiny CPU model is the same file with smaller numbers (``configs/*-tiny.toml``).
+
+Relative paths inside a config file (data lists, the sigma file, ``train.out_dir``) are taken relative to
+the folder holding the config file. ``overrides`` (``"section.key=value"``, the value written as in TOML)
+change single keys after loading, which is what ``flowdec train ... --set`` uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "NDACModelConfig",
+    "AudioDataConfig",
+    "NDACLossConfig",
+    "NDACOptimConfig",
+    "TrainLoopConfig",
+    "NDACValidationConfig",
+    "NDACTrainConfig",
+    "PostfilterModelConfig",
+    "SigmaConfig",
+    "PairDataConfig",
+    "PostfilterOptimConfig",
+    "PostfilterValidationConfig",
+    "PostfilterTrainConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be read or holds an invalid value; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared sections
+
+
+@dataclass
+class TrainLoopConfig:
+    """[train]: the loop itself (steps, precision, logging and checkpoint cadence)."""
+
+    max_steps: int = 800_000
+    seed: int = 0
+    amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16), bf16, fp16, none; CPU always runs fp32
+    tf32: bool = True  # float32_matmul_precision "high" on CUDA (the official postfilter setting)
+    log_every: int = 50
+    val_every: int = 10_000
+    checkpoint_every: int = 10_000
+    keep_checkpoints: int = 3  # newest N kept; 0 keeps all
+    out_dir: str = "runs/train"
+    progress: bool = True
+    tensorboard: bool = True  # used when the tensorboard package is installed
+
+
+# --------------------------------------------------------------------------------------------------
+# NDAC
+
+
+@dataclass
+class NDACModelConfig:
+    """[model]: NDAC constructor settings (descript-audio-codec 1.0.0 ``DAC`` kwargs).
+
+    The defaults are an NDAC-75-shaped codec: 48 kHz, hop 640 (75 Hz), 10 codebooks of 1024, DAC widths.
+    The released NDAC-75 strides are not public; ``[8,5,4,4]`` reproduces its known 8-sample decoder deficit.
+    """
+
+    encoder_dim: int = 64
+    encoder_rates: list[int] = field(default_factory=lambda: [8, 5, 4, 4])
+    latent_dim: int | None = 1024
+    decoder_dim: int = 1536
+    decoder_rates: list[int] = field(default_factory=lambda: [4, 4, 5, 8])
+    n_codebooks: int = 10
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    quantizer_dropout: float = 0.5
+    sample_rate: int = 48000
+
+
+@dataclass
+class AudioDataConfig:
+    """[data] of the NDAC stage: folders of audio files and/or text lists of paths."""
+
+    train: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)  # empty: a hash split of ``train``
+    validation_fraction: float = 0.01
+    split_salt: str = "flowdec"
+    segment_seconds: float = 0.38  # DAC's training excerpt length
+    batch_size: int = 72  # DAC 44k's batch (global; divided among torchrun processes)
+    num_workers: int = 8
+    prefetch_factor: int = 4
+    loudness_db: float | None = -16.0  # RMS normalisation target in dBFS (DAC normalises to -16 dB)
+    gain_db: list[float] = field(default_factory=lambda: [-6.0, 6.0])  # random gain after normalisation
+    random_polarity: bool = True
+
+
+@dataclass
+class NDACLossConfig:
+    """[loss]: DAC's mel loss, the multi-scale CQT loss, the L1 waveform loss and the VQ losses."""
+
+    mel_weight: float = 15.0
+    mel_windows: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
+    mel_bins: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])
+    mel_clamp: float = 1e-5
+    mel_mag_weight: float = 0.0
+    mel_log_weight: float = 1.0
+    mel_pow: float = 1.0
+    cqt_weight: float = 15.0  # not recovered from the paper; ours (the mel loss's weight)
+    cqt_octaves: int = 9
+    cqt_fmin: float = 27.5
+    cqt_hop: int = 256
+    cqt_bins_per_octave: list[int] = field(default_factory=lambda: [16, 32, 48, 64, 80])
+    cqt_clamp: float = 1e-5
+    waveform_weight: float = 50.0
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0
+
+
+@dataclass
+class NDACOptimConfig:
+    """[optim]: AdamW with exponential LR decay per step (DAC's defaults)."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    lr_gamma: float = 0.999996
+    grad_clip: float | None = 1000.0
+
+
+@dataclass
+class NDACValidationConfig:
+    """[validation]: mel loss and SI-SDR on the validation files at these codebook counts."""
+
+    max_files: int = 100
+    max_seconds: float | None = 10.0  # centre crop; None = whole files
+    n_codebooks: list[int] = field(default_factory=list)  # empty = all codebooks
+
+
+@dataclass
+class NDACTrainConfig:
+    model: NDACModelConfig = field(default_factory=NDACModelConfig)
+    data: AudioDataConfig = field(default_factory=AudioDataConfig)
+    loss: NDACLossConfig = field(default_factory=NDACLossConfig)
+    optim: NDACOptimConfig = field(default_factory=NDACOptimConfig)
+    train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(out_dir="runs/ndac"))
+    validation: NDACValidationConfig = field(default_factory=NDACValidationConfig)
+
+    kind = "ndac"
+
+    def validate(self) -> None:
+        m = self.model
+        if math.prod(m.encoder_rates) != math.prod(m.decoder_rates):
+            raise ConfigError(f"model.encoder_rates {m.encoder_rates} and model.decoder_rates {m.decoder_rates} "
+                              "have different products")
+        if not 0.0 <= m.quantizer_dropout <= 1.0:
+            raise ConfigError("model.quantizer_dropout must lie in [0, 1]")
+        if len(self.loss.mel_windows) != len(self.loss.mel_bins):
+            raise ConfigError("loss.mel_windows and loss.mel_bins must have the same length")
+        for k in self.validation.n_codebooks:
+            if not 1 <= k <= m.n_codebooks:
+                raise ConfigError(f"validation.n_codebooks: {k} is not in [1, {m.n_codebooks}]")
+        if len(self.optim.betas) != 2:
+            raise ConfigError("optim.betas must have two values")
+        _check_common(self.data.batch_size, self.data.gain_db, self.train, self.data.validation_fraction)
+
+
+# --------------------------------------------------------------------------------------------------
+# Postfilter
+
+
+@dataclass
+class PostfilterModelConfig:
+    """[model]: NCSN++ ``ncsnpp_final_no_attn`` size and the feature map (official values)."""
+
+    nf: int = 64
+    ch_mult: list[int] = field(default_factory=lambda: [4, 4, 4, 2])
+    num_res_blocks: int = 1
+    fourier_scale: float = 16.0
+    n_fft: int = 1534
+    hop_length: int = 384
+    alpha: float = 0.3
+    beta: float = 0.33
+    pad_multiple: int = 64
+
+
+@dataclass
+class SigmaConfig:
+    """[sigma]: the source noise scale sigma_y.
+
+    ``mode = "global"`` uses ``value`` (official 0.66) unless ``file`` holds an estimate; ``"perband"`` needs
+    ``file`` (written by ``flowdec train estimate-sigma``) and smooths its per-band curve with a Gaussian of
+    ``smoothing_bins`` (official ``kernel_bandwidth`` 3), times ``factor``. ``beta_from_file`` replaces
+    ``model.beta`` by the estimate's suggested beta.
+    """
+
+    mode: str = "global"
+    value: float = 0.66
+    file: str | None = None
+    smoothing_bins: float = 3.0
+    factor: float = 1.0
+    beta_from_file: bool = False
+
+
+@dataclass
+class PairDataConfig:
+    """[data] of the postfilter stage: "clean,coded" pair lists (official format, one pair per line)."""
+
+    train: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)
+    delimiter: str = ","
+    segment_seconds: float = 2.0
+    batch_size: int = 8
+    num_workers: int = 10
+    prefetch_factor: int = 4
+    gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # the model peak-normalises anyway
+
+
+@dataclass
+class PostfilterOptimConfig:
+    """[optim]: Adam without schedule, EMA of all weights (official values)."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    ema_decay: float = 0.999
+
+
+@dataclass
+class PostfilterValidationConfig:
+    """[validation]: enhance ``num_files`` validation files with the EMA weights (SI-SDR, log-spectral MSE)."""
+
+    num_files: int = 20
+    seed: int = 0
+    nfe: list[int] = field(default_factory=lambda: [6])
+    solver: str = "midpoint"
+    max_seconds: float | None = None  # None = whole files, as officially
+
+
+@dataclass
+class PostfilterTrainConfig:
+    model: PostfilterModelConfig = field(default_factory=PostfilterModelConfig)
+    sigma: SigmaConfig = field(default_factory=SigmaConfig)
+    data: PairDataConfig = field(default_factory=PairDataConfig)
+    optim: PostfilterOptimConfig = field(default_factory=PostfilterOptimConfig)
+    train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(
+        max_steps=1_000_000, val_every=20_000, checkpoint_every=50_000, out_dir="runs/postfilter"))
+    validation: PostfilterValidationConfig = field(default_factory=PostfilterValidationConfig)
+
+    kind = "postfilter"
+
+    def validate(self) -> None:
+        if self.sigma.mode not in ("global", "perband"):
+            raise ConfigError(f"sigma.mode must be 'global' or 'perband', got {self.sigma.mode!r}")
+        if self.sigma.mode == "perband" and not self.sigma.file:
+            raise ConfigError("sigma.mode 'perband' needs sigma.file (run 'flowdec train estimate-sigma' first)")
+        if self.sigma.beta_from_file and not self.sigma.file:
+            raise ConfigError("sigma.beta_from_file needs sigma.file")
+        if not 0.0 <= self.optim.ema_decay < 1.0:
+            raise ConfigError("optim.ema_decay must lie in [0, 1)")
+        if self.validation.solver not in ("midpoint", "euler"):
+            raise ConfigError("validation.solver must be 'midpoint' or 'euler'")
+        for n in self.validation.nfe:
+            if n < 1 or (self.validation.solver == "midpoint" and n % 2):
+                raise ConfigError(f"validation.nfe: {n} is not a positive (for midpoint: even) number")
+        if len(self.optim.betas) != 2:
+            raise ConfigError("optim.betas must have two values")
+        m = self.model
+        factor = 2 ** (len(m.ch_mult) - 1)
+        if (m.n_fft // 2 + 1) % factor or m.pad_multiple % factor:
+            raise ConfigError(f"model: n_fft // 2 + 1 and pad_multiple must be divisible by {factor} "
+                              f"(2 ** (len(ch_mult) - 1))")
+        _check_common(self.data.batch_size, self.data.gain_db, self.train, 0.0)
+
+
+def _check_common(batch_size: int, gain_db: list[float], train: TrainLoopConfig, fraction: float) -> None:
+    if batch_size < 1:
+        raise ConfigError("data.batch_size must be at least 1")
+    if len(gain_db) != 2 or gain_db[0] > gain_db[1]:
+        raise ConfigError("data.gain_db must be [low, high] with low <= high")
+    if train.amp not in ("auto", "bf16", "fp16", "none"):
+        raise ConfigError(f"train.amp must be auto, bf16, fp16 or none, got {train.amp!r}")
+    if train.max_steps < 0:
+        raise ConfigError("train.max_steps must not be negative")
+    for name in ("log_every", "val_every", "checkpoint_every"):
+        if getattr(train, name) < 0:
+            raise ConfigError(f"train.{name} must not be negative (0 disables)")
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError("data.validation_fraction must lie in [0, 1)")
+
+
+CONFIG_TYPES: dict[str, type] = {"ndac": NDACTrainConfig, "postfilter": PostfilterTrainConfig}
+
+# Keys that hold paths (resolved against the config file's folder).
+_PATH_KEYS = {("data", "train"), ("data", "validation"), ("sigma", "file"), ("train", "out_dir")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and writing
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install 'flowdec-cli[train]'), "
+                              "or write the config as TOML") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        data = {} if data is None else data
+    else:
+        raise ConfigError(f"{path}: unknown config format '{suffix}' (use .toml, .yaml or .yml)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table of sections")
+    return data
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if text.lower() in ("none", "null"):
+            return None
+        return text
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override '{item}': expected section.key=value")
+        section = data.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"override '{item}': '{parts[0]}' is not a section")
+        section[parts[1]] = _parse_value(value.strip())
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        others = [a for a in args if a is not type(None)]
+        return _coerce(value, others[0], where)
+    if hint is Any:
+        return value
+    if origin is list:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if args and args[0] is str and isinstance(value, str):
+                return [value]  # a single path may be written without brackets
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build_section(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{where}] must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    defaults = cls()
+    return dataclasses.replace(defaults, **kwargs)
+
+
+def config_from_dict(kind: str, data: dict[str, Any], base_dir: str | os.PathLike | None = None) -> Any:
+    """A validated config of ``kind`` ("ndac" or "postfilter") from nested dicts; paths made absolute
+    against ``base_dir`` when given."""
+    if kind not in CONFIG_TYPES:
+        raise ConfigError(f"unknown config kind {kind!r}")
+    cls = CONFIG_TYPES[kind]
+    sections = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in a {kind} "
+                          f"config (known: {', '.join(sections)})")
+    config = cls()
+    for name in sections:
+        if name in data:
+            default_section = getattr(config, name)
+            merged = {**dataclasses.asdict(default_section), **data[name]} if isinstance(data[name], dict) \
+                else data[name]
+            setattr(config, name, _build_section(type(default_section), merged, name))
+    if base_dir is not None:
+        _resolve_paths(config, Path(base_dir))
+    config.validate()
+    return config
+
+
+def _resolve_paths(config: Any, base: Path) -> None:
+    for section, key in _PATH_KEYS:
+        sec = getattr(config, section, None)
+        if sec is None or not hasattr(sec, key):
+            continue
+        value = getattr(sec, key)
+        if isinstance(value, list):
+            setattr(sec, key, [_absolute(v, base) for v in value])
+        elif isinstance(value, str):
+            setattr(sec, key, _absolute(value, base))
+
+
+def _absolute(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def load_config(path: str | os.PathLike, kind: str, overrides: list[str] | None = None) -> Any:
+    """Read a TOML/YAML config of ``kind``, apply ``overrides``, resolve paths, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    data = _read_file(path)
+    _apply_overrides(data, list(overrides or []))
+    try:
+        return config_from_dict(kind, data, path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dicts (what a run folder's ``config.json`` records)."""
+    return dataclasses.asdict(config)

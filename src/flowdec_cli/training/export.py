@@ -1,0 +1,112 @@
+"""Trained weights -> our model folder (``flowdec.json`` + ``ndac/`` [+ ``postfilter/``]).
+
+The result loads everywhere a model folder does (``flowdec roundtrip --model DIR``, ``load_model``), and
+``flowdec models export DIR HUBDIR --repo OWNER/REPO`` turns it into a hub repo.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..checkpoints import CheckpointError, atomic_write_bytes
+from .common import TrainingError, find_checkpoint
+
+__all__ = ["ndac_component", "postfilter_component", "export_model"]
+
+
+def _is_run_or_checkpoint(path: Path) -> bool:
+    return path.is_dir() and ((path / "trainer.json").is_file() or (path / "checkpoints").is_dir())
+
+
+def _config_type(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def ndac_component(ref: str | os.PathLike) -> Path:
+    """The NDAC component folder meant by ``ref``: a run or checkpoint folder (latest checkpoint's
+    weights), a model folder (its ``ndac/``), or a component folder."""
+    path = Path(ref).expanduser()
+    if _is_run_or_checkpoint(path):
+        return find_checkpoint(path) / "model"
+    for cand in (path / "ndac", path / "model" / "ndac", path):
+        if _config_type(cand) == "ndac":
+            return cand
+    raise TrainingError(f"{path}: holds no NDAC (expected a training run, a checkpoint, or a folder with "
+                        "ndac/ or a config.json of type 'ndac')")
+
+
+def postfilter_component(ref: str | os.PathLike, ema: bool = True) -> Path:
+    """The postfilter component folder meant by ``ref``: a run or checkpoint folder (the EMA weights, or
+    the raw ones with ``ema=False``), a model folder (its ``postfilter/``), or a component folder."""
+    path = Path(ref).expanduser()
+    if _is_run_or_checkpoint(path):
+        ckpt = find_checkpoint(path)
+        sub = ckpt / ("ema" if ema else "model")
+        if not sub.is_dir():
+            raise TrainingError(f"{ckpt}: has no {'EMA' if ema else 'raw'} postfilter weights")
+        return sub
+    for cand in (path / "postfilter", path):
+        if _config_type(cand) == "flowdec_postfilter":
+            return cand
+    raise TrainingError(f"{path}: holds no postfilter (expected a training run, a checkpoint, or a folder "
+                        "with postfilter/ or a config.json of type 'flowdec_postfilter')")
+
+
+def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter: str | os.PathLike | None = None,
+                 name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
+                 trained_codebooks: Sequence[int] = (), force: bool = False) -> Path:
+    """Write a model folder at ``out_dir`` from trained components (checked by loading them)."""
+    from ..models import ModelError, ndac_from_folder, save_ndac
+    from ..postfilter import Postfilter
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out}: is a file; give a folder to export into")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise TrainingError(f"{out}: exists and is not empty; use --force to overwrite")
+    ndac_dir = ndac_component(ndac)
+    try:
+        codec = ndac_from_folder(ndac_dir)
+    except (ModelError, CheckpointError) as exc:
+        raise TrainingError(str(exc)) from None
+    pf = None
+    if postfilter is not None:
+        pf_dir = postfilter_component(postfilter, ema)
+        try:
+            pf = Postfilter.from_folder(pf_dir)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from None
+        if pf.sample_rate != codec.sample_rate:
+            raise TrainingError(f"the NDAC runs at {codec.sample_rate} Hz but the postfilter at {pf.sample_rate} Hz")
+    for sub in ("ndac", "postfilter"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    save_ndac(codec, out / "ndac")
+    if pf is not None:
+        pf.save(out / "postfilter")
+    bits = math.ceil(math.log2(codec.codebook_size))
+    card: dict[str, Any] = {
+        "name": name or out.name,
+        "licence": licence,
+        "description": description or ("NDAC codec and FlowDec postfilter" if pf is not None else "NDAC codec")
+        + " trained with flowdec",
+        "sample_rate": codec.sample_rate,
+        "hop_length": codec.hop_length,
+        "frame_rate": codec.frame_rate,
+        "n_codebooks": codec.n_codebooks,
+        "codebook_size": codec.codebook_size,
+        "bitrates_kbps": [round(k * bits * codec.frame_rate / 1000, 6) for k in range(1, codec.n_codebooks + 1)],
+    }
+    if pf is not None and trained_codebooks:
+        card["trained_bitrates_kbps"] = [round(int(k) * bits * codec.frame_rate / 1000, 6)
+                                         for k in sorted(set(trained_codebooks))]
+    atomic_write_bytes(out / "flowdec.json", (json.dumps(card, indent=2) + "\n").encode())
+    return out

@@ -1,0 +1,184 @@
+"""Stage 1: the NDAC generator, trained without any discriminator.
+
+Loss (weights from ``[loss]``): 15 x DAC multi-scale mel + cqt_weight x multi-scale CQT + 50 x L1 waveform
++ 0.25 x commitment + 1 x codebook. Quantizer dropout (``model.quantizer_dropout``, DAC's 0.5) trains every
+prefix of the codebooks. AdamW (lr 1e-4, betas 0.8/0.99) with ExponentialLR (gamma 0.999996 per step),
+gradient-norm clipping at 1000 (DAC's generator setting), bf16/fp16 autocast on CUDA.
+
+The run folder ends up with ``model/`` (a model folder: ``flowdec.json`` + ``ndac/``), which
+``flowdec roundtrip --model RUN/model --nfe 0`` and ``flowdec train prepare-pairs --ndac RUN`` accept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..evaluation.metrics import si_sdr
+from ..ndac import NDAC, NDACConfig
+from .base import Trainer
+from .common import TrainingError, param_list, wrap_ddp
+from .config import NDACTrainConfig, config_to_dict
+from .data import EvalDataset, SegmentDataset, list_audio, make_loader, split_items
+from .losses import NDACLoss
+
+__all__ = ["NDACTrainer", "train_ndac", "ndac_config_from_train_config"]
+
+
+def ndac_config_from_train_config(config: NDACTrainConfig) -> NDACConfig:
+    return NDACConfig(**config_to_dict(config)["model"])
+
+
+class _Forward(nn.Module):
+    """encoder -> quantizer (always float32) -> decoder, as one module so DDP sees the whole graph."""
+
+    def __init__(self, model: NDAC) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = self.model.encoder(x)
+        with torch.autocast(x.device.type, enabled=False):
+            z_q, _codes, _latents, commitment, codebook = self.model.quantizer(z.float())
+        y = self.model.decoder(z_q)
+        return y, commitment, codebook
+
+
+class _Repeat(torch.utils.data.Dataset):
+    """Stretch a small dataset to ``length`` items (item i is file i mod n, each with its own crop)."""
+
+    def __init__(self, inner: SegmentDataset, length: int) -> None:
+        self.inner, self.length = inner, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        epoch, index = idx if isinstance(idx, (tuple, list)) else (0, idx)
+        # distinct randomness per virtual item: fold the repeat count into the epoch tag
+        n = len(self.inner)
+        return self.inner[(epoch * (self.length // n + 1) + index // n, index % n)]
+
+
+class NDACTrainer(Trainer):
+    name = "ndac"
+
+    def build(self) -> None:
+        cfg, env = self.config, self.env
+        dev = env.device
+        self.model = NDAC(ndac_config_from_train_config(cfg)).to(dev).train()
+        self.params = param_list(self.model)
+        net = _Forward(self.model)
+        self.net = wrap_ddp(net, env)
+        sr, hop = self.model.sample_rate, self.model.hop_length
+        self.loss_fn = NDACLoss(cfg.loss, sr).to(dev)
+        oc = cfg.optim
+        fused = dev.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps,
+                                           weight_decay=oc.weight_decay, **({"fused": True} if fused else {}))
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=oc.lr_gamma)
+
+        dc = cfg.data
+        items = list_audio(dc.train)
+        if dc.validation:
+            train_items, val_items = items, list_audio(dc.validation)
+        else:
+            parts = split_items(items, {"validation": dc.validation_fraction}, dc.split_salt)
+            train_items, val_items = parts["train"], parts["validation"]
+        if not train_items:
+            raise TrainingError("no training audio files (check data.train)")
+        self.segment = max(1, math.ceil(dc.segment_seconds * sr / hop)) * hop
+        base = SegmentDataset(train_items, sr, self.segment, seed=cfg.train.seed, loudness_db=dc.loudness_db,
+                              gain_db=dc.gain_db, random_polarity=dc.random_polarity)
+        dataset = base if len(base) >= dc.batch_size else _Repeat(base, dc.batch_size)
+        self.sampler = self.make_sampler(dataset)
+        self.loader = make_loader(dataset, self.local_batch, self.sampler, dc.num_workers, dc.prefetch_factor, dev)
+        vc = cfg.validation
+        max_samples = None if vc.max_seconds is None else max(hop, int(vc.max_seconds * sr))
+        self.val_set = EvalDataset(sr, items=val_items[:vc.max_files], max_samples=max_samples)
+        self.val_codebooks = vc.n_codebooks or [self.model.n_codebooks]
+        self.n_train_files, self.n_val_files = len(train_items), len(val_items)
+
+    def train_step(self, batch: torch.Tensor, log: bool) -> dict[str, torch.Tensor]:
+        x = batch.to(self.env.device, non_blocking=True)
+        with self.autocast():
+            y, commitment, codebook = self.net(x)
+        loss, parts = self.loss_fn(y, x[..., :y.shape[-1]], commitment, codebook)
+        grad_norm = self.backward_and_step(loss, self.params, self.config.optim.grad_clip, log)
+        self.scheduler.step()
+        out = {"loss": loss.detach(), **{f"loss_{k}": v.detach() for k, v in parts.items()}}
+        if log:
+            out["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])
+            if grad_norm is not None:
+                out["grad_norm"] = grad_norm.detach()
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        env = self.env
+        model = self.model
+        model.eval()
+        keys = [f"{m}_nq{k}" for k in self.val_codebooks for m in ("mel_loss", "si_sdr")]
+        sums = torch.zeros(len(keys) * 2, dtype=torch.float64)
+        try:
+            for i in range(env.rank, len(self.val_set), env.world_size):
+                x, _ = self.val_set[i]
+                x = x[None].to(env.device)
+                length = x.shape[-1]
+                z = model.encoder(model.pad_to_hop(x))
+                for j, k in enumerate(self.val_codebooks):
+                    y = model.decoder(model.quantizer(z, n_quantizers=k)[0])
+                    y = F.pad(y, (0, max(length - y.shape[-1], 0)))[..., :length]
+                    mel = float(self.loss_fn.mel(y, x)) if self.loss_fn.mel is not None else float("nan")
+                    sdr = si_sdr(x[0, 0].cpu().numpy(), y[0, 0].float().cpu().numpy())
+                    for n, v in ((2 * j, mel), (2 * j + 1, sdr)):
+                        if math.isfinite(v):
+                            sums[2 * n] += v
+                            sums[2 * n + 1] += 1
+        finally:
+            model.train()
+        sums = env.all_reduce_sum(sums.to(env.device)).cpu()
+        out = {}
+        for n, key in enumerate(keys):
+            if sums[2 * n + 1] > 0:
+                out[key] = float(sums[2 * n] / sums[2 * n + 1])
+        return out
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "model_config": {"type": "ndac", **self.model.config.to_dict()},
+            "model_state": self.model.state_dict(),
+            "optimizer": self.optimizer,
+            "trainer_state": {"scheduler": self.scheduler.state_dict()},
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["trainer"].get("kind") != "ndac":
+            raise TrainingError(f"{ckpt['dir']}: not an NDAC checkpoint")
+        try:
+            self.model.load_official_state_dict(ckpt["model_state"], str(ckpt["dir"]))
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["trainer"]["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise TrainingError(f"{ckpt['dir']}: does not fit this config ({exc})") from None
+
+    def finish(self) -> None:
+        from ..models import save_ndac
+
+        folder = self.run_dir / "model"
+        save_ndac(self.model, folder / "ndac")
+        card = {"name": self.run_dir.name, "licence": "unknown",
+                "description": f"NDAC trained with flowdec for {self.step} steps (codec only)"}
+        (folder / "flowdec.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def train_ndac(config: NDACTrainConfig, **kwargs: Any) -> NDACTrainer:
+    """Train (or resume) an NDAC; returns the trainer (``.model``, ``.history``, ``.last_validation``)."""
+    trainer = NDACTrainer(config, **kwargs)
+    trainer.run()
+    return trainer

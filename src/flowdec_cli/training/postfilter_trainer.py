@@ -1,0 +1,188 @@
+"""Stage 2: the flow-matching postfilter, trained on (clean, coded) pairs.
+
+Per step (official joint conditional flow matching): Y = Phi(y) and X = Phi(x) with y's peak as the
+normalisation of both; per example t ~ U[0, 1) and complex Gaussian eps; x_t = t X + (1 - t)(Y + sigma_y eps);
+target u = X - Y - sigma_y eps; loss = batch mean of the per-example mean |v(x_t, Y, t) - u|^2 (examples
+with a NaN loss dropped). Adam (lr 1e-4, no schedule), an EMA (decay 0.999, every step from step 0) of all
+weights kept beside the raw ones; validation enhances whole validation files with the EMA weights at NFE 6
+(midpoint) and reports SI-SDR and log-spectral MSE (and the coded input's SI-SDR for comparison).
+
+Each example's t and eps come from a generator seeded by the data item (seed, epoch, index), so one
+process with batch 2B and two processes with batch B draw the same noise for the same examples.
+
+The run folder ends up with ``postfilter/`` (a component folder with the EMA weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..evaluation.metrics import si_sdr
+from ..postfilter import Postfilter
+from .base import Trainer
+from .common import TrainingError, param_list, wrap_ddp
+from .config import PostfilterTrainConfig
+from .data import EvalDataset, PairDataset, make_loader, mix_seed, read_pairs
+from .losses import flow_matching_loss, flow_matching_targets, log_spectral_mse
+from .prepare import gaussian_smooth, read_sigma_file
+
+__all__ = ["PostfilterTrainer", "train_postfilter", "sigma_y_from_config", "build_postfilter"]
+
+
+def sigma_y_from_config(config: PostfilterTrainConfig) -> tuple[torch.Tensor, float]:
+    """(sigma_y, beta) for the model: a [F, 1] float64 curve (per band, smoothed) or a 0-dim value."""
+    sc, mc = config.sigma, config.model
+    freqs = mc.n_fft // 2 + 1
+    beta = mc.beta
+    estimate = read_sigma_file(sc.file) if sc.file else None
+    if estimate is not None and sc.beta_from_file:
+        beta = float(estimate["beta"])
+    if sc.mode == "perband":
+        assert estimate is not None
+        curve = np.asarray(estimate.get("sigma_y_perband") or [], dtype=np.float64)
+        if curve.shape != (freqs,):
+            raise TrainingError(f"{sc.file}: holds no per-band sigma_y of {freqs} bands (got shape "
+                                f"{curve.shape}); run estimate-sigma with --per-band and this n_fft")
+        smooth = gaussian_smooth(curve, sc.smoothing_bins) if sc.smoothing_bins > 0 else curve
+        return torch.from_numpy(smooth * sc.factor).reshape(freqs, 1), beta
+    value = float(estimate["sigma_y"]) if estimate is not None else sc.value
+    return torch.full((freqs, 1), value * sc.factor, dtype=torch.float64), beta
+
+
+def build_postfilter(config: PostfilterTrainConfig) -> Postfilter:
+    mc = config.model
+    sigma_y, beta = sigma_y_from_config(config)
+    return Postfilter(nf=mc.nf, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
+                      fourier_scale=mc.fourier_scale, n_fft=mc.n_fft, hop_length=mc.hop_length, alpha=mc.alpha,
+                      beta=beta, pad_multiple=mc.pad_multiple, sigma_y=sigma_y)
+
+
+class PostfilterTrainer(Trainer):
+    name = "postfilter"
+
+    def build(self) -> None:
+        cfg, env = self.config, self.env
+        dev = env.device
+        pf = build_postfilter(cfg).to(dev)
+        pf.train()
+        for p in pf.backbone.parameters():
+            p.requires_grad_(True)
+        self.pf = pf
+        self.ema = copy.deepcopy(pf).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.params = param_list(pf.backbone)
+        self.ema_params = [p for p in self.ema.backbone.parameters()]
+        self.net = wrap_ddp(pf.backbone, env)
+        oc = cfg.optim
+        fused = {"fused": True} if dev.type == "cuda" else {}
+        self.optimizer = torch.optim.Adam(self.params, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps,
+                                          weight_decay=oc.weight_decay, **fused)
+
+        dc = cfg.data
+        sr = Postfilter.sample_rate
+        if not dc.train:
+            raise TrainingError("data.train names no pair list (run 'flowdec train prepare-pairs' first)")
+        pairs = read_pairs(dc.train, dc.delimiter)
+        self.segment = int(round(dc.segment_seconds * sr))
+        dataset = PairDataset(pairs, sr, self.segment, seed=cfg.train.seed, train=True, gain_db=dc.gain_db)
+        self.sampler = self.make_sampler(dataset)
+        self.loader = make_loader(dataset, self.local_batch, self.sampler, dc.num_workers, dc.prefetch_factor, dev)
+        vc = cfg.validation
+        val_pairs = read_pairs(dc.validation, dc.delimiter) if dc.validation else []
+        order = np.random.default_rng(vc.seed).permutation(len(val_pairs))[:vc.num_files]
+        max_samples = None if vc.max_seconds is None else int(vc.max_seconds * sr)
+        self.val_set = EvalDataset(sr, pairs=[val_pairs[i] for i in sorted(order)], max_samples=max_samples)
+        self.n_train_pairs, self.n_val_pairs = len(pairs), len(val_pairs)
+
+    def _noise(self, seeds: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example flow time t [B] and complex noise [B, 1, F, T] from each example's seed."""
+        dev = self.env.device
+        ts, eps = [], []
+        for s in seeds.tolist():
+            g = torch.Generator(dev).manual_seed(int(s))
+            ts.append(torch.rand(1, generator=g, device=dev))
+            eps.append(torch.randn((1, *shape[1:]), dtype=torch.complex64, generator=g, device=dev))
+        return torch.cat(ts), torch.cat(eps)
+
+    def train_step(self, batch: Any, log: bool) -> dict[str, torch.Tensor]:
+        x, y, seeds = batch
+        dev = self.env.device
+        x = x.to(dev, non_blocking=True)
+        y = y.to(dev, non_blocking=True)
+        fe = self.pf.feature_extractor
+        with torch.no_grad():
+            Y, normfac, _ = fe(y)
+            X, _, _ = fe(x, normfac)
+            t, eps = self._noise(seeds, Y.shape)
+            x_t, u = flow_matching_targets(X, Y, self.pf.sigma_y, t, eps)
+        with self.autocast():
+            v = self.net(x_t, Y, t)
+        loss, per_sample = flow_matching_loss(v, u)
+        grad_norm = self.backward_and_step(loss, self.params, self.config.optim.grad_clip, log)
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, [p.detach() for p in self.params], 1.0 - self.config.optim.ema_decay)
+        out = {"loss": loss.detach()}
+        if log:
+            out["nan_samples"] = (~torch.isfinite(per_sample)).sum().float()
+            if grad_norm is not None:
+                out["grad_norm"] = grad_norm.detach()
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        env, vc = self.env, self.config.validation
+        keys = ["input_si_sdr", "input_log_spec_mse"]
+        for n in vc.nfe:
+            keys += [f"si_sdr_nfe{n}", f"log_spec_mse_nfe{n}"]
+        sums = torch.zeros(2 * len(keys), dtype=torch.float64)
+        hop = self.ema.feature_extractor.hop_length
+        for i in range(env.rank, len(self.val_set), env.world_size):
+            x, y = self.val_set[i]
+            assert y is not None
+            ref = x[0].numpy()
+            values = [si_sdr(ref, y[0].numpy()), log_spectral_mse(x, y, self.ema.feature_extractor.n_fft, hop)]
+            for n in vc.nfe:
+                g = torch.Generator(env.device).manual_seed(mix_seed(vc.seed, i, n))
+                out = self.ema.enhance(y.to(env.device)[None], nfe=n, solver=vc.solver, generator=g)
+                out = out[0].float().cpu()
+                values += [si_sdr(ref, out[0].numpy()), log_spectral_mse(x, out, self.ema.feature_extractor.n_fft, hop)]
+            for k, v in enumerate(values):
+                if math.isfinite(v):
+                    sums[2 * k] += v
+                    sums[2 * k + 1] += 1
+        sums = env.all_reduce_sum(sums.to(env.device)).cpu()
+        return {key: float(sums[2 * k] / sums[2 * k + 1]) for k, key in enumerate(keys) if sums[2 * k + 1] > 0}
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {"model_config": self.pf.config, "model_state": self.pf.state_dict(),
+                "ema_state": self.ema.state_dict(), "optimizer": self.optimizer}
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["trainer"].get("kind") != "postfilter":
+            raise TrainingError(f"{ckpt['dir']}: not a postfilter checkpoint")
+        if ckpt["ema_state"] is None:
+            raise TrainingError(f"{ckpt['dir']}: the checkpoint has no EMA weights")
+        try:
+            self.pf.load_official_state_dict(ckpt["model_state"], str(ckpt["dir"]))
+            self.ema.load_official_state_dict(ckpt["ema_state"], str(ckpt["dir"]))
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise TrainingError(f"{ckpt['dir']}: does not fit this config ({exc})") from None
+        for p in self.pf.backbone.parameters():
+            p.requires_grad_(True)
+
+    def finish(self) -> None:
+        self.ema.save(self.run_dir / "postfilter")
+
+
+def train_postfilter(config: PostfilterTrainConfig, **kwargs: Any) -> PostfilterTrainer:
+    """Train (or resume) a postfilter; returns the trainer (``.pf``, ``.ema``, ``.history``, ...)."""
+    trainer = PostfilterTrainer(config, **kwargs)
+    trainer.run()
+    return trainer

@@ -1,0 +1,319 @@
+"""Between the stages: code a dataset with a trained NDAC, and estimate the postfilter's noise scales.
+
+``prepare_pairs`` runs an NDAC over audio files at one or several codebook counts, writes D0's output
+(48 kHz mono, 32-bit float WAV, exactly as long as the clean file) under ``OUT/coded/nq<k>/``, and writes
+``train.txt``, ``validation.txt`` and ``test.txt`` with one ``clean_path,coded_path`` line per file and
+codebook count (the official pair-list format). The split is by file (all counts of a file land in the
+same list) and deterministic (hash of the file's relative path).
+
+``estimate_sigma`` follows the official ``scripts/estimate_flowdec_params.py`` heuristics:
+
+* draw ``n_samples`` pairs without replacement (numpy seed 302); load mono at 48 kHz; crop the coded
+  signal to the clean length; take a random 2 s excerpt at the same offset in both (zero-pad shorter
+  ones on the right); divide both by ``max|y| + 1e-5``;
+* features: the complex STFT (the postfilter's n_fft, hop and symmetric Hann window, centred) with the
+  amplitude compression ``|S| ** alpha`` and *no* beta;
+* ``q_x`` = the 0.997 quantile of the clean feature magnitudes over all bins and examples; suggested
+  ``beta = 1 / q_x``;
+* global: per example RMSE = ||Y - X||_2 / sqrt(#bins); ``sigma_y = quantile_0.997(RMSE) / 3``;
+* per band: per example and frequency row, ||(Y - X)_f||_2 over time / sqrt(#frequency rows) (the
+  official normalisation); the 0.997 quantile over examples, per band, / 3.
+
+The per-band curve is stored unsmoothed (as the official ``.npy`` files); the postfilter trainer smooths it
+with :func:`gaussian_smooth` (sigma 3 bins, mode "nearest", truncate 4: a 25-tap kernel), exactly what the
+official ``sigma_models.from_file`` does with scipy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..audio import write_audio
+from .common import TrainingError, find_checkpoint
+from .data import AudioItem, DataError, list_audio, load_mono, read_pairs, split_items, write_pairs
+
+__all__ = [
+    "gaussian_kernel",
+    "gaussian_smooth",
+    "estimate_sigma",
+    "write_sigma_file",
+    "read_sigma_file",
+    "load_trained_ndac",
+    "prepare_pairs",
+]
+
+Progress = Callable[[str, int], Any]  # (description, total) -> a tqdm-like bar with update()/close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Gaussian smoothing (scipy.ndimage.gaussian_filter1d semantics, in numpy)
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """Normalised Gaussian taps for offsets -r..r, r = int(truncate * sigma + 0.5) (25 taps for sigma 3)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (offsets / float(sigma)) ** 2)
+    return k / k.sum()
+
+
+def gaussian_smooth(values: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """1-D Gaussian smoothing with edge values repeated beyond both ends (scipy's mode "nearest")."""
+    values = np.asarray(values, dtype=np.float64)
+    if sigma <= 0:
+        return values.copy()
+    k = gaussian_kernel(sigma, truncate)
+    r = len(k) // 2
+    padded = np.pad(values, (r, r), mode="edge")
+    return np.convolve(padded, k, mode="valid")
+
+
+# --------------------------------------------------------------------------------------------------
+# sigma_y estimation
+
+
+def _compressed_stft(sig: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, alpha: float) -> torch.Tensor:
+    spec = torch.stft(sig, n_fft, hop_length=hop, win_length=n_fft, window=window, center=True,
+                      pad_mode="reflect", return_complex=True)
+    return spec.abs() ** alpha * torch.exp(1j * spec.angle())
+
+
+def estimate_sigma(pairs: Sequence[tuple[str, str]], alpha: float = 0.3, n_fft: int = 1534, hop: int = 384,
+                   n_samples: int = 2500, seed: int = 302, qx: float = 0.997, qrmse: float = 0.997,
+                   duration: float = 2.0, sample_rate: int = 48000, max_magnitudes: int = 50_000_000,
+                   device: str | torch.device = "cpu", progress: Progress | None = None) -> dict[str, Any]:
+    """The official heuristic estimates of beta, the global sigma_y and the per-band sigma_y curve.
+
+    The q_x quantile is exact while all clean magnitudes fit in ``max_magnitudes`` values; beyond that a
+    seeded uniform subsample of each example's magnitudes (equal share per example) is used.
+    """
+    if not pairs:
+        raise TrainingError("no (clean, coded) pairs to estimate sigma_y from")
+    rng = np.random.default_rng(seed)
+    count = min(int(n_samples), len(pairs))
+    chosen = rng.choice(len(pairs), size=count, replace=False)
+    seg = int(round(duration * sample_rate))
+    window = torch.signal.windows.hann(n_fft, sym=True, dtype=torch.float32, device=device)
+    frames = 1 + seg // hop
+    per_example = max(1, max_magnitudes // count)
+    mags, rmses, bands = [], [], []
+    subsampled = False
+    max_abs_x = 0.0
+    bar = progress("estimate-sigma", count) if progress is not None else None
+    try:
+        for i in chosen:
+            clean, coded = pairs[int(i)]
+            x = load_mono(clean, sample_rate)
+            y = load_mono(coded, sample_rate)
+            if len(y) < len(x):
+                raise TrainingError(f"{coded}: the coded file is shorter than its clean file {clean}")
+            y = y[:len(x)]
+            if len(x) > seg:
+                start = int(rng.integers(0, len(x) - seg + 1))
+                x, y = x[start:start + seg], y[start:start + seg]
+            elif len(x) < seg:
+                x, y = np.pad(x, (0, seg - len(x))), np.pad(y, (0, seg - len(y)))
+            norm = float(np.max(np.abs(y))) + 1e-5
+            xt = torch.from_numpy(x / norm).to(device)
+            yt = torch.from_numpy(y / norm).to(device)
+            X = _compressed_stft(xt, n_fft, hop, window, alpha)
+            Y = _compressed_stft(yt, n_fft, hop, window, alpha)
+            assert X.shape[-1] == frames
+            mag = X.abs().flatten().cpu().numpy()
+            max_abs_x = max(max_abs_x, float(mag.max()))
+            if mag.size > per_example:
+                mag = rng.choice(mag, size=per_example, replace=False)
+                subsampled = True
+            mags.append(mag.astype(np.float32))
+            diff = (Y - X).abs()
+            rmses.append(float(torch.linalg.vector_norm(diff) / math.sqrt(diff.numel())))
+            bands.append((torch.linalg.vector_norm(diff, dim=-1) / math.sqrt(diff.shape[-2])).cpu().numpy())
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    q_x = float(np.quantile(np.concatenate(mags), qx))
+    sigma_y = float(np.quantile(np.asarray(rmses), qrmse)) / 3.0
+    perband = np.quantile(np.stack(bands), qrmse, axis=0) / 3.0
+    return {
+        "type": "flowdec_sigma_estimate",
+        "version": 1,
+        "beta": 1.0 / q_x if q_x > 0 else float("nan"),
+        "q_x": q_x,
+        "max_abs_x": max_abs_x,
+        "sigma_y": sigma_y,
+        "sigma_y_perband": [float(v) for v in perband],
+        "alpha": alpha,
+        "n_fft": n_fft,
+        "hop_length": hop,
+        "n_samples": count,
+        "seed": seed,
+        "qx": qx,
+        "qrmse": qrmse,
+        "duration": duration,
+        "q_x_exact": not subsampled,
+    }
+
+
+def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any]) -> Path:
+    """``path`` (JSON, what the postfilter config's ``sigma.file`` names) and, beside it, the per-band
+    curve as ``<stem>_perband.npy`` (768 float64, the official file's layout)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    npy = path.with_name(path.stem + "_perband.npy")
+    np.save(npy, np.asarray(estimate["sigma_y_perband"], dtype=np.float64))
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps({**estimate, "perband_npy": npy.name}, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_sigma_file(path: str | os.PathLike) -> dict[str, Any]:
+    """An estimate written by :func:`write_sigma_file` (or a bare official ``.npy`` per-band curve)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path}: no such sigma file (run 'flowdec train estimate-sigma' first)")
+    if path.suffix.lower() == ".npy":
+        curve = np.load(path, allow_pickle=False).astype(np.float64).ravel()
+        return {"sigma_y_perband": curve.tolist(), "sigma_y": float("nan"), "beta": float("nan")}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path}: unreadable sigma file ({exc})") from None
+    if not isinstance(data, dict) or data.get("type") != "flowdec_sigma_estimate":
+        raise TrainingError(f"{path}: not a sigma estimate written by 'flowdec train estimate-sigma'")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Coding a dataset
+
+
+def load_trained_ndac(ref: str | os.PathLike, device: str | torch.device | None = None) -> Any:
+    """An inference-ready NDAC from a training run folder (its latest checkpoint), a checkpoint folder, a
+    model or component folder, a released ``weights.pth``, or a registry name."""
+    from ..models import ModelError, load_ndac
+
+    path = Path(ref)
+    if path.is_dir() and ((path / "trainer.json").is_file() or (path / "checkpoints").is_dir()):
+        ckpt = find_checkpoint(path)
+        try:
+            return load_ndac(ckpt / "model", device)
+        except ModelError as exc:
+            raise TrainingError(str(exc)) from None
+    try:
+        return load_ndac(ref, device)
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def _output_names(items: Sequence[AudioItem]) -> dict[str, str]:
+    """A unique relative output path (``.wav``) per item, from its key."""
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for it in items:
+        base = Path(it.key).with_suffix("").as_posix().lstrip("/").replace("..", "__")
+        name = base + ".wav"
+        if name in used:
+            name = f"{base}-{hashlib.sha1(it.path.encode()).hexdigest()[:8]}.wav"
+        used.add(name)
+        names[it.path] = name
+    return names
+
+
+def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                  n_codebooks: Sequence[int] = (), validation_fraction: float = 0.01, test_fraction: float = 0.01,
+                  salt: str = "flowdec", device: str | torch.device = "cpu", force: bool = False,
+                  chunk_seconds: float = 30.0, progress: Progress | None = None) -> dict[str, Any]:
+    """Code every audio file of ``sources`` at each count in ``n_codebooks`` (default: all codebooks) and
+    write the coded audio and the three pair lists under ``out_dir``. Existing coded files are kept
+    (the command resumes) unless ``force``. Returns a summary (also written to ``OUT/prepare.json``)."""
+    model = load_trained_ndac(ndac_ref, device)
+    ks = sorted({int(k) for k in n_codebooks} or {model.n_codebooks}, reverse=True)
+    for k in ks:
+        if not 1 <= k <= model.n_codebooks:
+            raise TrainingError(f"--n-codebooks {k} is not in [1, {model.n_codebooks}] for this NDAC")
+    try:
+        items = list_audio(sources)
+    except DataError as exc:
+        raise TrainingError(str(exc)) from None
+    if not items:
+        raise TrainingError("no audio files found in " + ", ".join(str(s) for s in sources))
+    out = Path(out_dir)
+    names = _output_names(items)
+    splits = split_items(items, {"validation": validation_fraction, "test": test_fraction}, salt)
+    which = {it.path: name for name, members in splits.items() for it in members}
+    lists: dict[str, list[tuple[str, str]]] = {"train": [], "validation": [], "test": []}
+    sr = model.sample_rate
+    chunk_frames = max(1, int(chunk_seconds * model.frame_rate))
+    written = skipped = 0
+    bar = progress("prepare-pairs", len(items) * len(ks)) if progress is not None else None
+    try:
+        for it in items:
+            targets = [(k, out / "coded" / f"nq{k}" / names[it.path]) for k in ks]
+            todo = [(k, p) for k, p in targets if force or not p.is_file()]
+            if todo:
+                try:
+                    x = load_mono(it.path, sr)
+                except DataError as exc:
+                    raise TrainingError(str(exc)) from None
+                audio = torch.from_numpy(x)[None, None].to(model_device(model))
+                codes = model.encode_chunked(audio, max(ks), chunk_frames)
+                for k, p in todo:
+                    y = model.decode_chunked(codes[:, :k], chunk_frames)[0, 0].float().cpu().numpy()
+                    y = np.pad(y, (0, max(len(x) - len(y), 0)))[:len(x)]
+                    write_audio(p, y[:, None], sr, subtype="FLOAT")
+                    written += 1
+                    if bar is not None:
+                        bar.update(1)
+            skipped += len(targets) - len(todo)
+            if bar is not None and len(targets) > len(todo):
+                bar.update(len(targets) - len(todo))
+            for k, p in targets:
+                lists[which[it.path]].append((it.path, str(p.resolve())))
+    finally:
+        if bar is not None:
+            bar.close()
+    try:
+        for name, pairs in lists.items():
+            write_pairs(out / f"{name}.txt", pairs)
+    except DataError as exc:
+        raise TrainingError(str(exc)) from None
+    summary = {
+        "ndac": str(ndac_ref),
+        "n_codebooks": ks,
+        "bitrates_kbps": [round(model.bitrate(k) / 1000, 4) for k in ks],
+        "files": len(items),
+        "pairs": {name: len(pairs) for name, pairs in lists.items()},
+        "written": written,
+        "kept": skipped,
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
+        "salt": salt,
+    }
+    (out / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def pairs_from(paths: Sequence[str | os.PathLike], delimiter: str = ",") -> list[tuple[str, str]]:
+    try:
+        return read_pairs(paths, delimiter)
+    except DataError as exc:
+        raise TrainingError(str(exc)) from None

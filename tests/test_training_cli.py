@@ -1,0 +1,152 @@
+"""``flowdec train``: the whole recipe from the command line, ending in a model that round-trips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from flowdec_cli.cli import main
+from flowdec_cli.training.cli import train_group
+
+from .conftest import tone
+from .test_training_helpers import fast_cpu, write_clips  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("fast_cpu")
+
+if "train" not in main.commands:  # the package attaches it; make sure the tests see it either way
+    main.add_command(train_group, "train")
+
+NDAC_TOML = """
+[model]
+encoder_dim = 4
+encoder_rates = [2, 4, 5, 8]
+latent_dim = 8
+decoder_dim = 16
+decoder_rates = [8, 5, 4, 2]
+n_codebooks = 3
+codebook_size = 32
+codebook_dim = 4
+
+[data]
+train = ["clips"]
+validation_fraction = 0.0
+segment_seconds = 0.1
+batch_size = 2
+num_workers = 0
+
+[loss]
+cqt_bins_per_octave = [8]
+
+[train]
+max_steps = 100
+log_every = 1
+val_every = 0
+checkpoint_every = 0
+out_dir = "runs/ndac"
+tensorboard = false
+"""
+
+PF_YAML = """
+model: {nf: 4, ch_mult: [1, 1], pad_multiple: 8}
+sigma: {mode: perband, file: pairs/sigma.json}
+data:
+  train: [pairs/train.txt]
+  validation: [pairs/validation.txt]
+  segment_seconds: 0.08
+  batch_size: 2
+  num_workers: 0
+train: {max_steps: 2, log_every: 1, val_every: 2, checkpoint_every: 0, out_dir: runs/pf, tensorboard: false}
+validation: {num_files: 1, nfe: [2], max_seconds: 0.1}
+"""
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _one_error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "Traceback" not in result.output and lines[0].startswith("flowdec: error: ")
+    return lines[0]
+
+
+def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
+    write_clips(tmp_path / "clips", 4, seconds=0.3)
+    (tmp_path / "ndac.toml").write_text(NDAC_TOML)
+    (tmp_path / "pf.yaml").write_text(PF_YAML)
+
+    r = _run("train", "ndac", tmp_path / "ndac.toml", "--device", "cpu", "--max-steps", "2", "-q")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "ndac"
+    assert (run / "checkpoints" / "step-00000002" / "trainer.json").is_file()
+    r = _run("train", "ndac", tmp_path / "ndac.toml", "--device", "cpu", "--max-steps", "3", "--resume", "-q")
+    assert r.exit_code == 0, r.output
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+
+    r = _run("train", "prepare-pairs", tmp_path / "clips", "--ndac", run, "-o", tmp_path / "pairs", "-n", "3,1",
+             "--validation-fraction", "0.25", "--test-fraction", "0.25", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "pairs" / "prepare.json").read_text())
+    assert summary["n_codebooks"] == [3, 1] and sum(summary["pairs"].values()) == 8
+    lines = (tmp_path / "pairs" / "train.txt").read_text().splitlines()
+    clean, coded = lines[0].split(",")
+    assert sf.info(coded).samplerate == 48000 and sf.info(coded).channels == 1
+    assert sf.info(coded).frames == round(sf.info(clean).frames * 48000 / sf.info(clean).samplerate)
+    if not (tmp_path / "pairs" / "validation.txt").read_text():  # the hash split may leave it empty
+        (tmp_path / "pairs" / "validation.txt").write_text(lines[0] + "\n")
+
+    r = _run("train", "estimate-sigma", tmp_path / "pf.yaml", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    est = json.loads((tmp_path / "pairs" / "sigma.json").read_text())
+    assert len(est["sigma_y_perband"]) == 768 and est["sigma_y"] > 0 and est["beta"] > 0
+    assert (tmp_path / "pairs" / "sigma_perband.npy").is_file()
+    r = _run("train", "estimate-sigma", tmp_path / "pf.yaml", "-q")
+    assert "exists; use --force" in _one_error_line(r)
+
+    r = _run("train", "postfilter", tmp_path / "pf.yaml", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "si_sdr_nfe2" in r.output  # the validation line and the summary
+    pf_run = tmp_path / "runs" / "pf"
+    cfg = json.loads((pf_run / "config.json").read_text())
+    assert cfg["kind"] == "postfilter" and cfg["sigma"]["mode"] == "perband"
+    assert (pf_run / "postfilter" / "model.safetensors").is_file()
+
+    model = tmp_path / "my-model"
+    r = _run("train", "export", model, "--ndac", run, "--postfilter", pf_run, "--name", "tiny-trained",
+             "--trained-codebooks", "3,1")
+    assert r.exit_code == 0, r.output
+    card = json.loads((model / "flowdec.json").read_text())
+    assert card["name"] == "tiny-trained" and card["n_codebooks"] == 3 and card["frame_rate"] == 150.0
+    assert (model / "ndac" / "config.json").is_file() and (model / "postfilter" / "config.json").is_file()
+    r = _run("train", "export", model, "--ndac", run)
+    assert "not empty" in _one_error_line(r)
+
+    wav = tmp_path / "in.wav"
+    sf.write(wav, tone(0.4, 44100, 2), 44100)
+    out = tmp_path / "out.wav"
+    r = _run("roundtrip", wav, out, "--model", model, "--nfe", "2", "--device", "cpu", "-q", "--seed", "1")
+    assert r.exit_code == 0, r.output
+    y, sr = sf.read(out, always_2d=True)
+    assert sr == 44100 and y.shape == (sf.info(str(wav)).frames, 2) and np.isfinite(y).all()
+
+
+def test_train_errors_are_one_line(tmp_path):
+    r = _run("train", "ndac", tmp_path / "missing.toml")
+    assert "no such config file" in _one_error_line(r)
+    (tmp_path / "bad.toml").write_text("[model]\nencoder_dimm = 3\n")
+    r = _run("train", "ndac", tmp_path / "bad.toml")
+    assert "unknown key encoder_dimm" in _one_error_line(r)
+    (tmp_path / "ok.toml").write_text(f'[data]\ntrain = ["nowhere"]\n[train]\nout_dir = "{tmp_path / "r"}"\n')
+    r = _run("train", "ndac", tmp_path / "ok.toml", "--resume")
+    assert "no checkpoints to resume from" in _one_error_line(r)
+    r = _run("train", "ndac", tmp_path / "ok.toml", "--device", "cpu", "--set", "model.encoder_dim=4")
+    assert "nowhere: no such folder or file list" in _one_error_line(r)
+    r = _run("train", "postfilter", tmp_path / "ok.toml", "--device", "cpu")
+    assert "no such pair list" in _one_error_line(r)
+    r = _run("train", "export", tmp_path / "m", "--ndac", tmp_path)
+    assert "holds no NDAC" in _one_error_line(r)

@@ -1,0 +1,151 @@
+"""Training configs (TOML/YAML, official defaults, overrides, errors) and the data pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from flowdec_cli.training.config import (ConfigError, NDACTrainConfig, PostfilterTrainConfig, config_from_dict,
+                                         load_config)
+from flowdec_cli.training.data import (EpochSampler, PairDataset, SegmentDataset, list_audio, load_excerpt,
+                                       load_mono, read_pairs, split_items)
+
+from .conftest import tone
+from .test_training_helpers import write_clips, write_pairs_files
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_official_values():
+    n = NDACTrainConfig()
+    assert n.loss.mel_windows == [32, 64, 128, 256, 512, 1024, 2048] and n.loss.mel_bins[-1] == 320
+    assert (n.loss.mel_weight, n.loss.waveform_weight, n.loss.commitment_weight, n.loss.codebook_weight) == \
+        (15.0, 50.0, 0.25, 1.0)
+    assert (n.loss.cqt_octaves, n.loss.cqt_fmin, n.loss.cqt_hop, n.loss.cqt_bins_per_octave) == \
+        (9, 27.5, 256, [16, 32, 48, 64, 80])
+    assert (n.optim.lr, n.optim.betas, n.optim.lr_gamma) == (1e-4, [0.8, 0.99], 0.999996)
+    assert n.model.sample_rate == 48000 and n.model.n_codebooks == 10 and n.model.quantizer_dropout == 0.5
+    p = PostfilterTrainConfig()
+    assert (p.model.nf, p.model.ch_mult, p.model.n_fft, p.model.hop_length, p.model.alpha, p.model.beta) == \
+        (64, [4, 4, 4, 2], 1534, 384, 0.3, 0.33)
+    assert (p.optim.lr, p.optim.ema_decay, p.optim.weight_decay, p.optim.grad_clip) == (1e-4, 0.999, 0.0, None)
+    assert (p.data.segment_seconds, p.data.batch_size, p.data.delimiter) == (2.0, 8, ",")
+    assert (p.sigma.value, p.sigma.smoothing_bins) == (0.66, 3.0)
+    assert (p.validation.nfe, p.validation.solver, p.validation.num_files) == ([6], "midpoint", 20)
+
+
+@pytest.mark.parametrize("name,kind", [("ndac-tiny.toml", "ndac"), ("ndac-75.toml", "ndac"),
+                                       ("postfilter-tiny.toml", "postfilter"), ("flowdec-75m.toml", "postfilter")])
+def test_example_configs_load(name, kind):
+    cfg = load_config(CONFIGS / name, kind)
+    assert Path(cfg.train.out_dir).is_absolute()
+    assert all(Path(p).is_absolute() for p in cfg.data.train)
+
+
+def test_toml_and_yaml_agree_and_overrides_apply(tmp_path):
+    (tmp_path / "a.toml").write_text('[model]\nencoder_dim = 8\n[data]\ntrain = ["audio"]\nbatch_size = 4\n'
+                                     '[train]\nout_dir = "run"\n')
+    (tmp_path / "a.yaml").write_text("model:\n  encoder_dim: 8\ndata:\n  train: [audio]\n  batch_size: 4\n"
+                                     "train:\n  out_dir: run\n")
+    a = load_config(tmp_path / "a.toml", "ndac")
+    b = load_config(tmp_path / "a.yaml", "ndac")
+    assert a == b
+    assert a.data.train == [str(tmp_path / "audio")] and a.train.out_dir == str(tmp_path / "run")
+    c = load_config(tmp_path / "a.toml", "ndac", ["train.max_steps=12", "optim.grad_clip=none",
+                                                  "model.encoder_rates=[2, 4, 5, 8]",
+                                                  "model.decoder_rates=[8, 5, 4, 2]", "loss.mel_weight=1"])
+    assert c.train.max_steps == 12 and c.optim.grad_clip is None and c.model.encoder_rates == [2, 4, 5, 8]
+    assert c.loss.mel_weight == 1.0 and isinstance(c.loss.mel_weight, float)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[model]\nencoder_dimm = 8\n", "unknown key encoder_dimm"),
+    ("[modle]\n", "unknown section modle"),
+    ("[data]\nbatch_size = 'four'\n", "data.batch_size: expected an integer"),
+    ("[model]\nencoder_rates = [2, 4]\ndecoder_rates = [8, 8]\n", "different products"),
+    ("[train]\namp = 'fp8'\n", "train.amp"),
+    ("[model\n", "invalid TOML"),
+])
+def test_config_errors_name_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, "ndac")
+
+
+def test_perband_sigma_needs_a_file():
+    with pytest.raises(ConfigError, match="sigma.file"):
+        config_from_dict("postfilter", {"sigma": {"mode": "perband"}})
+
+
+# -- data --------------------------------------------------------------------------------------------------
+
+
+def test_sources_split_and_lists(tmp_path):
+    files = write_clips(tmp_path / "audio", 6, seconds=0.05)
+    (tmp_path / "audio" / "notes.txt").write_text("not audio")
+    lst = tmp_path / "list.txt"
+    lst.write_text("# a comment\naudio/clip00.wav\n" + str(files[1]) + "\n")
+    items = list_audio([tmp_path / "audio", lst])
+    assert [Path(it.path).name for it in items] == [p.name for p in files]  # unique, sorted, audio only
+    a = split_items(items, {"validation": 0.5})
+    b = split_items(list(reversed(items)) + items[:0], {"validation": 0.5})
+    assert sorted(i.path for i in a["validation"]) == sorted(i.path for i in b["validation"])
+    assert len(a["train"]) + len(a["validation"]) == 6
+    # a file's split depends only on its own relative path
+    c = split_items(items[:3], {"validation": 0.5})
+    assert {i.path for i in c["validation"]} == {i.path for i in a["validation"] if i in items[:3]}
+
+
+def test_excerpts_match_whole_file_resampling(tmp_path):
+    path = tmp_path / "x.wav"
+    sf.write(path, tone(0.5, 44100, 2), 44100, subtype="FLOAT")
+    whole = load_mono(str(path), 48000)
+    assert len(whole) == 24000
+    for start in (0, 5000, 23000):
+        ex = load_excerpt(str(path), 48000, start, 2000)
+        ref = np.zeros(2000, np.float32)
+        ref[:max(0, min(2000, 24000 - start))] = whole[start:start + 2000]
+        assert np.max(np.abs(ex[:1000] - ref[:1000])) < 1e-3  # soxr edges differ only far below audibility
+
+
+def test_segment_items_are_reproducible_per_epoch_and_index(tmp_path):
+    files = write_clips(tmp_path / "a", 3, seconds=0.3)
+    items = list_audio([tmp_path / "a"])
+    ds = SegmentDataset(items, 48000, 4800, seed=1, gain_db=(-6, 6), random_polarity=True)
+    assert torch.equal(ds[(0, 1)], ds[(0, 1)])
+    assert not torch.equal(ds[(0, 1)], ds[(1, 1)])
+    assert ds[(0, 2)].shape == (1, 4800) and float(ds[(0, 2)].abs().max()) <= 1.0
+    s = EpochSampler(ds, num_replicas=1, rank=0, seed=3)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, skip=1)
+    assert list(s) == full[1:] and all(e == 2 for e, _ in full)
+    halves = []
+    for r in range(2):  # two processes see disjoint halves of the same permutation
+        s2 = EpochSampler(ds, num_replicas=2, rank=r, seed=3, drop_last=False)
+        s2.set_epoch(2)
+        halves.append([i for _, i in s2])
+    assert sorted(halves[0] + halves[1])[:3] == sorted(i for _, i in full)
+    assert len(files) == 3
+
+
+def test_pairs_share_the_crop(tmp_path):
+    lst, pairs = write_pairs_files(tmp_path, 2, seconds=0.3, noise=0.0)
+    got = read_pairs([lst])
+    assert got == [(str(a), str(b)) for a, b in pairs]
+    ds = PairDataset(got, 48000, 4800, seed=0, train=True)
+    x, y, seed = ds[(0, 0)]
+    assert x.shape == y.shape == (1, 4800) and seed.dtype == torch.int64
+    assert torch.allclose(x, y, atol=1e-6)  # noise-free coded copy: the same offset in both
+    val = PairDataset(got, 48000, 48000, train=False)  # longer than the files: zero-padded on both sides
+    x, y, _ = val[0]
+    assert x.shape == (1, 48000) and float(x[0, :100].abs().max()) == 0.0 and float(x[0, -100:].abs().max()) == 0.0
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{pairs[0][1]},{pairs[0][0]}\n")  # coded shorter than clean
+    with pytest.raises(Exception, match="shorter"):
+        PairDataset(read_pairs([bad]), 48000, 4800)[0]

@@ -1,0 +1,126 @@
+"""A few training steps of each stage on tiny models: the loss goes down, resuming continues exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flowdec_cli.training.common import TrainingError, find_checkpoint, load_checkpoint
+from flowdec_cli.training.config import config_from_dict
+from flowdec_cli.training.ndac_trainer import NDACTrainer
+from flowdec_cli.training.postfilter_trainer import PostfilterTrainer
+
+from .test_training_helpers import (fast_cpu, fast_cpu_settings, ndac_dict, postfilter_dict,  # noqa: F401
+                                    write_clips, write_pairs_files)
+
+
+pytestmark = pytest.mark.usefixtures("fast_cpu")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    write_clips(folder, 4, seconds=0.3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pair_list(tmp_path_factory):
+    return write_pairs_files(tmp_path_factory.mktemp("pairs"), 4, seconds=0.3, noise=0.05)[0]
+
+
+def _ndac(clips, out, **sections):
+    return config_from_dict("ndac", ndac_dict([str(clips)], out, **sections))
+
+
+def _pf(pair_list, out, **sections):
+    return config_from_dict("postfilter", postfilter_dict([str(pair_list)], out, [str(pair_list)], **sections))
+
+
+@pytest.fixture(scope="module")
+def ndac_run(clips, tmp_path_factory):
+    """4 uninterrupted steps (with quantizer dropout and random crops), checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("ndac") / "run"
+    t = NDACTrainer(_ndac(clips, out, train=dict(checkpoint_every=2)), device="cpu", quiet=True)
+    with fast_cpu_settings():
+        t.run()
+    return t
+
+
+def test_ndac_steps_lower_the_loss(clips, tmp_path):
+    # one fixed excerpt, no augmentation and no dropout: the same batch every step
+    first = str(sorted(clips.iterdir())[0])
+    cfg = _ndac(clips, tmp_path / "run", data=dict(batch_size=1, gain_db=[0.0, 0.0], loudness_db=None,
+                                                  random_polarity=False, train=[first], validation=[first]),
+                model=dict(quantizer_dropout=0.0), optim=dict(lr=3e-3), train=dict(max_steps=6, val_every=6),
+                validation=dict(max_seconds=0.1, n_codebooks=[1, 3]))
+    t = NDACTrainer(cfg, device="cpu", quiet=True)
+    t.run()
+    losses = [h["loss"] for h in t.history]
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses
+    assert {"loss_mel", "loss_cqt", "loss_waveform", "loss_commitment", "loss_codebook", "lr", "grad_norm"} <= \
+        set(t.history[-1])
+    assert set(t.last_validation) == {"mel_loss_nq1", "si_sdr_nq1", "mel_loss_nq3", "si_sdr_nq3"}
+    assert t.last_validation["mel_loss_nq3"] < t.last_validation["mel_loss_nq1"] * 1.5
+    run = tmp_path / "run"
+    assert (run / "model" / "ndac" / "model.safetensors").is_file() and (run / "metrics.csv").is_file()
+    assert json.loads((run / "model" / "flowdec.json").read_text())["name"] == "run"
+    assert ",validation,si_sdr_nq3," in (run / "metrics.csv").read_text()
+
+
+def test_ndac_resume_continues_where_it_stopped(ndac_run, clips, tmp_path):
+    src = ndac_run.run_dir / "checkpoints" / "step-00000002"
+    resumed = NDACTrainer(_ndac(clips, tmp_path / "b"), device="cpu", resume=str(src), quiet=True)
+    resumed.run()
+    assert resumed.step == 4 and find_checkpoint(tmp_path / "b").name == "step-00000004"
+    a, b = ndac_run.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+    ca, cb = load_checkpoint(ndac_run.run_dir), load_checkpoint(tmp_path / "b")
+    assert ca["trainer"]["scheduler"]["last_epoch"] == cb["trainer"]["scheduler"]["last_epoch"] == 4
+    for pid, st in ca["optimizer"]["state"].items():
+        assert torch.allclose(st["exp_avg_sq"], cb["optimizer"]["state"][pid]["exp_avg_sq"], rtol=1e-4, atol=1e-12)
+    # resuming a finished run does nothing; the log keeps each step once
+    again = NDACTrainer(_ndac(clips, ndac_run.run_dir), device="cpu", resume=True, quiet=True)
+    again.run()
+    assert again.step == 4
+    steps = [line.split(",")[0] for line in (ndac_run.run_dir / "metrics.csv").read_text().splitlines()[1:]
+             if ",train,loss," in line]
+    assert steps == ["1", "2", "3", "4"]
+
+
+def test_resume_refuses_the_other_stage(ndac_run, pair_list, tmp_path):
+    with pytest.raises(TrainingError, match="not a postfilter checkpoint"):
+        PostfilterTrainer(_pf(pair_list, tmp_path / "p"), device="cpu", resume=str(ndac_run.run_dir),
+                          quiet=True).run()
+
+
+def test_postfilter_steps_lower_the_loss_and_keep_an_ema(pair_list, tmp_path):
+    cfg = _pf(pair_list, tmp_path / "run", data=dict(batch_size=4), optim=dict(lr=3e-3),
+              train=dict(max_steps=8, log_every=2, val_every=8, checkpoint_every=4))
+    t = PostfilterTrainer(cfg, device="cpu", quiet=True)
+    t.run()
+    losses = [h["loss"] for h in t.history]
+    assert losses[-1] < losses[0], losses
+    assert set(t.last_validation) >= {"input_si_sdr", "si_sdr_nfe2", "log_spec_mse_nfe2"}
+    raw, ema = t.pf.state_dict(), t.ema.state_dict()
+    key = "backbone.all_modules.3.weight"
+    assert not torch.equal(raw[key], ema[key])
+    for k in ("sigma_y", "feature_extractor.complex_stft.window", "backbone.all_modules.0.W"):
+        assert torch.equal(raw[k], ema[k])
+    saved = load_file(str(tmp_path / "run" / "postfilter" / "model.safetensors"))
+    assert torch.equal(saved[key], ema[key]) and saved["sigma_y"].dtype == torch.float64
+
+    # resuming from step 4 reproduces both the raw and the EMA weights of step 8
+    resumed = PostfilterTrainer(_pf(pair_list, tmp_path / "b", data=dict(batch_size=4), optim=dict(lr=3e-3),
+                                    train=dict(max_steps=8, log_every=2)),
+                                device="cpu", resume=str(tmp_path / "run" / "checkpoints" / "step-00000004"),
+                                quiet=True)
+    resumed.run()
+    for mine, theirs in ((t.pf, resumed.pf), (t.ema, resumed.ema)):
+        a, b = mine.state_dict(), theirs.state_dict()
+        for k in a:
+            assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
