@@ -158,3 +158,25 @@ def test_disk_array_reads_back_what_was_written():
     with pytest.raises(IndexError):
         a[0, 1:2]
     a.close()
+
+
+def test_end_to_end_reproduces_official_pipeline(reference_dir, tmp_path):
+    """pipeline_small: NDAC-75 (small) codes, D0 and the FlowDec postfilter (EMA) with the same noise draw."""
+    from flowdec_cli.models import save_ndac, _ndac_from_official
+    from flowdec_cli.postfilter import Postfilter
+
+    io = np.load(reference_dir / "pipeline_small" / "io.npz")
+    model = tmp_path / "official-small"
+    save_ndac(_ndac_from_official(reference_dir / "ndac75_small" / "weights.pth"), model / "ndac")
+    Postfilter.from_lightning_checkpoint(reference_dir / "flowdec_small" / "step=800000.ckpt").save(model / "postfilter")
+    codec = Codec.load(model, "cpu", precision="float32")
+    audio = io["audio_in"][0].T  # [frames, 1]
+    header, codes = codec.compress_array(audio, 48000)
+    np.testing.assert_array_equal(codes, io["codes"])
+    # the fixture's noise is torch.randn(shape, complex64, generator=Generator().manual_seed(202)): seed 202
+    out = codec.decompress_codes(header, codes, nfe=6, seed=202)
+    assert out.shape == (62400, 1)
+    expected = io["enhanced_trimmed"][0, 0]
+    peak = np.abs(expected).max()
+    assert peak > 1 and np.abs(out).max() == pytest.approx(1.0, abs=1e-6)  # our clip guard divided by the peak
+    np.testing.assert_allclose(out[:, 0] * peak, expected, atol=5e-5, rtol=0)

@@ -99,6 +99,9 @@ def _overwrite_options(f: Callable) -> Callable:
 
 
 def _decode_options(f: Callable) -> Callable:
+    f = click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True,
+                     help="Postfilter arithmetic: auto = bfloat16 on CUDA, float32 on CPU; float32 is exact.")(f)
     f = click.option("--subtype", default=None,
                      help="Output sample format, e.g. PCM_16 (default), PCM_24, FLOAT.")(f)
     f = click.option("--seed", type=int, default=None, help="Seed for the postfilter's noise (repeatable output).")(f)
@@ -272,7 +275,7 @@ def _is_fdc(path: Path) -> bool:
     return path.suffix.lower() == ".fdc"
 
 
-def _load_codec(model: str | None, device: str, with_postfilter: bool) -> Any:
+def _load_codec(model: str | None, device: str, with_postfilter: bool, precision: str = "auto") -> Any:
     from .pipeline import Codec
     from .registry import default_model_name
     from .runtime import resolve_device
@@ -281,7 +284,7 @@ def _load_codec(model: str | None, device: str, with_postfilter: bool) -> Any:
         dev = resolve_device(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    return Codec.load(model or default_model_name(), dev, with_postfilter=with_postfilter)
+    return Codec.load(model or default_model_name(), dev, with_postfilter=with_postfilter, precision=precision)
 
 
 def _bitrate_choice(codec: Any, bitrate: float | None, n_codebooks: int | None) -> int:
@@ -343,7 +346,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
 @_model_options
 @_overwrite_options
 def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, subtype: str | None,
-               model: str | None, out_format: str, device: str, cache_dir: Path | None, threads: int | None,
+               precision: str, model: str | None, out_format: str, device: str, cache_dir: Path | None, threads: int | None,
                force: bool, skip_existing: bool, pattern: str | None, quiet: bool) -> None:
     """Decode .fdc files with D0, then refine them with the flow postfilter (--nfe 0: D0 only)."""
     _check_nfe(nfe, solver)
@@ -360,7 +363,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
         key = model or name
         if key not in codecs:
             try:
-                codecs[key] = _load_codec(key, device, with_postfilter=nfe > 0)
+                codecs[key] = _load_codec(key, device, with_postfilter=nfe > 0, precision=precision)
             except ModelError as exc:
                 if model:
                     raise
@@ -396,7 +399,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
 @_model_options
 @_overwrite_options
 def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None, nfe: int,
-              solver: str, seed: int | None, subtype: str | None, out_format: str, device: str,
+              solver: str, seed: int | None, subtype: str | None, precision: str, out_format: str, device: str,
               cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool, pattern: str | None,
               quiet: bool) -> None:
     """Compress and decompress in one shot (no .fdc kept): hear what the codec does."""
@@ -405,7 +408,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     _check_nfe(nfe, solver)
     plan = _plan(src, dst, _is_audio, "." + out_format.lstrip("."), force, pattern)
     _setup(cache_dir, threads)
-    codec = _load_codec(model, device, with_postfilter=nfe > 0)
+    codec = _load_codec(model, device, with_postfilter=nfe > 0, precision=precision)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
     if not quiet:

@@ -149,13 +149,32 @@ class _ModelRateBuffer:
 class Codec:
     """A loaded model plus the device it runs on."""
 
-    def __init__(self, model: Model, device: torch.device | str = "cpu", chunk_seconds: float = 10.0) -> None:
+    def __init__(self, model: Model, device: torch.device | str = "cpu", chunk_seconds: float = 10.0,
+                 precision: str = "auto") -> None:
+        """``precision`` of the postfilter: ``auto`` is bfloat16 on CUDA (about 1e-2 relative difference, see
+        docs/performance.md) and float32 on the CPU; ``float32`` is exact to float rounding everywhere."""
         self.model = model
         self.device = torch.device(device)
         self.model.to(self.device)
         self.ndac = model.ndac
         self.postfilter = model.postfilter
         self.chunk_frames = max(1, int(round(chunk_seconds * self.ndac.frame_rate)))
+        if self.postfilter is not None:
+            self._configure_postfilter(precision)
+
+    def _configure_postfilter(self, precision: str) -> None:
+        from .postfilter import Postfilter, tune_cpu_allocator
+
+        if precision not in ("auto", "float32", "bfloat16", "float16"):
+            raise CodecError(f"unknown precision '{precision}' (auto, float32, bfloat16, float16)")
+        settings = Postfilter.recommended_settings(self.device, exact=precision != "auto")
+        if precision != "auto":
+            if precision != "float32" and self.device.type != "cuda":
+                raise CodecError(f"--precision {precision} needs a CUDA device")
+            settings["precision"] = precision
+        self.postfilter.configure(**settings)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
 
     @classmethod
     def load(cls, ref: str | os.PathLike, device: str | torch.device = "auto", with_postfilter: bool = True,
@@ -285,18 +304,16 @@ class Codec:
 
     def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int, solver: str,
                               seed: int | None, progress: Progress) -> tuple[_ModelRateBuffer, float]:
+        """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming."""
         channels = codes.shape[0]
-        target = _model_rate_length(header.num_samples, header.sample_rate, header.model_sample_rate)
         c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
-        d0 = _ModelRateBuffer(channels, target)
+        d0 = _ModelRateBuffer(channels, self.ndac.decoded_length(codes.shape[-1]))
         n_chunks = -(-codes.shape[-1] // self.chunk_frames)
         bar = progress("decode D0", n_chunks, "chunk")
         try:
             pos = 0
             for piece in self.ndac.decode_chunks(c, self.chunk_frames):
-                take = min(piece.shape[-1], target - pos)
-                if take > 0:
-                    d0.data[:, pos:pos + take] = piece[:, 0, :take].float().cpu().numpy()
+                d0.data[:, pos:pos + piece.shape[-1]] = piece[:, 0, :].float().cpu().numpy()
                 pos += piece.shape[-1]
                 bar.update(1)
         finally:
@@ -306,7 +323,7 @@ class Codec:
         if self.postfilter is None:
             d0.close()
             raise CodecError(f"model '{self.model.name}' has no postfilter; use --nfe 0")
-        out = _ModelRateBuffer(channels, target)
+        out = _ModelRateBuffer(channels, d0.data.shape[1])
         try:
             self.postfilter.enhance_long(d0.data, out.data, nfe=nfe, solver=solver, seed=seed,
                                          device=self.device, progress=progress)
@@ -319,26 +336,31 @@ class Codec:
 
     def _finish(self, buf: _ModelRateBuffer, header: FdcHeader, gain: float,
                 sink: Callable[[np.ndarray], None]) -> float:
-        """Gain, clip guard, resampling back, exact length; streams [n, C] blocks into ``sink``."""
+        """Trim or zero-pad to the input's model-rate length, restore the gain, apply the clip guard, resample
+        back and deliver exactly ``num_samples`` frames as [n, C] blocks to ``sink``."""
         data = buf.data
+        target = _model_rate_length(header.num_samples, header.sample_rate, header.model_sample_rate)
+        have = min(data.shape[1], target)
         block = 1 << 18
         peak = 0.0
-        for a in range(0, data.shape[1], block):
-            peak = max(peak, float(np.abs(data[:, a:a + block]).max()) * gain)
+        for a in range(0, have, block):
+            peak = max(peak, float(np.abs(data[:, a:min(a + block, have)]).max()) * gain)
         guard = peak if peak > 1.0 else 1.0
         scale = gain / guard
         resampler = Resampler(header.model_sample_rate, header.sample_rate, header.channels)
         written = 0
-        for a in range(0, data.shape[1], block):
-            out = resampler.process(np.ascontiguousarray(data[:, a:a + block].T) * scale)
+        for a in range(0, target, block):
+            piece = data[:, a:min(a + block, have)] if a < have else np.zeros((header.channels, 0), np.float32)
+            if piece.shape[1] < min(block, target - a):
+                piece = np.pad(piece, ((0, 0), (0, min(block, target - a) - piece.shape[1])))
+            out = resampler.process(np.ascontiguousarray(piece.T) * scale)
             out = out[: max(header.num_samples - written, 0)]
             if len(out):
                 sink(out)
                 written += len(out)
         resampler.n_out = written  # trimmed output counts as delivered
-        tail = resampler.finish(header.num_samples) if written < header.num_samples else np.zeros((0, 1))
-        if len(tail):
-            sink(tail)
+        if written < header.num_samples:
+            sink(resampler.finish(header.num_samples))
         return guard
 
     def decompress_codes(self, header: FdcHeader, codes: np.ndarray, nfe: int = 6, solver: str = "midpoint",

@@ -573,7 +573,8 @@ class Postfilter(nn.Module):
         if device is not None and torch.device(device) != self.device:
             self.to(device)
         if generator is None and seed is not None:
-            generator = torch.Generator(self.device).manual_seed(int(seed))
+            # a CPU generator: the same seed gives the same noise on every device
+            generator = torch.Generator().manual_seed(int(seed))
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if chunk_seconds is None:
