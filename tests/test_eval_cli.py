@@ -180,7 +180,7 @@ def test_eval_errors_are_one_line(audio_dirs, tmp_path, monkeypatch):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
     cases = [
-        ((ref / "a.wav", bad), 1, "bad.wav: cannot read audio"),
+        ((ref / "a.wav", bad), 1, "bad.wav: not a readable audio file"),
         ((ref / "a.wav", deg / "sub" / "b.wav"), 1, "channel counts differ"),
         ((ref / "a.wav", deg), 1, "is a file but"),
         ((ref, deg, "-m", "si_sdr,nope"), 2, "unknown metric 'nope'"),

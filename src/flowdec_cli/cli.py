@@ -15,18 +15,10 @@ from typing import Any
 import click
 
 from . import __version__
+from .errors import Failure
 
 # Exit codes: click uses 2 for usage errors; failures are 1.
 EXIT_FAILURE = 1
-
-
-class Failure(click.ClickException):
-    """A one-line failure (exit 1) naming the file and the problem."""
-
-    exit_code = EXIT_FAILURE
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"flowdec: error: {self.format_message()}", err=True)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

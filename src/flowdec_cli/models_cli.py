@@ -10,34 +10,19 @@ from typing import Any
 
 import click
 
+from .errors import one_line_errors
+
 __all__ = ["models_group"]
 
 
-class _Failure(click.ClickException):
-    """One line on stderr, exit 1 (the same shape as the main command's errors)."""
+def _model_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoints import CheckpointError
+    from .models import ModelError
 
-    exit_code = 1
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"flowdec: error: {self.format_message()}", err=True)
+    return (ModelError, CheckpointError)
 
 
-def _one_line_errors(f: Callable) -> Callable:
-    import functools
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .checkpoints import CheckpointError
-        from .models import ModelError
-
-        try:
-            return f(*args, **kwargs)
-        except (ModelError, CheckpointError) as exc:
-            raise _Failure(str(exc)) from None
-        except OSError as exc:  # disk full, permissions: name the file, skip the traceback
-            raise _Failure(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
-
-    return wrapper
+_one_line_errors = one_line_errors(_model_errors)
 
 
 def _cache_option(f: Callable) -> Callable:

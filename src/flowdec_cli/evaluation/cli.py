@@ -22,6 +22,7 @@ from .metrics import (
 )
 from .pairing import AudioReadError, PairingError, _read, pair_paths
 from .report import Report
+from ..errors import Failure
 
 __all__ = ["eval_command", "plot_command", "select_metrics"]
 
@@ -75,7 +76,7 @@ def select_metrics(spec: str | None, all_metrics: bool) -> tuple[list[str], list
         raise click.UsageError("--metrics is empty")
     for k in names:
         if not metric_available(k):
-            raise click.ClickException(str(MetricUnavailable(k, METRICS[k].package or k)))
+            raise Failure(str(MetricUnavailable(k, METRICS[k].package or k)))
     return names, []
 
 
@@ -108,7 +109,7 @@ def _emit(text: str, output: Path | None) -> None:
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from exc
+        raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
     click.echo(f"wrote {output}", err=True)
 
 
@@ -183,7 +184,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
     try:
         pairing = pair_paths(ref, deg)
     except PairingError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Failure(str(exc)) from exc
     if pairing.unpaired_ref:
         _warn(f"{len(pairing.unpaired_ref)} file(s) in {ref} have no match in {deg}: "
               f"{_list_some(p.relative_to(ref) for p in pairing.unpaired_ref)}")
@@ -191,7 +192,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
         _warn(f"{len(pairing.unpaired_deg)} file(s) in {deg} have no match in {ref}: "
               f"{_list_some(p.relative_to(deg) for p in pairing.unpaired_deg)}")
     if not pairing.pairs:
-        raise click.ClickException(f"no audio files to compare: nothing in {ref} pairs with {deg}")
+        raise Failure(f"no audio files to compare: nothing in {ref} pairs with {deg}")
 
     report = Report(
         labels=["file"],
@@ -215,14 +216,14 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
             ref_audio, ref_sr = _read(pair.ref)
             deg_audio, deg_sr = _read(pair.deg)
         except AudioReadError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise Failure(str(exc)) from exc
         errors: dict[str, str] = {}
         try:
             scores = compute_metrics(ref_audio, ref_sr, deg_audio, deg_sr, names, errors=errors)
         except MetricError as exc:
-            raise click.ClickException(f"{pair.deg}: {exc}") from exc
+            raise Failure(f"{pair.deg}: {exc}") from exc
         except MetricUnavailable as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise Failure(str(exc)) from exc
         for m, msg in errors.items():
             _warn(f"{pair.name}: {m} not computed: {msg}")
         report.add(file=pair.name, ref=str(pair.ref), deg=str(pair.deg), **scores)
@@ -241,9 +242,9 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
     except click.ClickException:
         raise
     except (AudioReadError, ValueError, MetricError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Failure(str(exc)) from exc
     except Exception as exc:  # model loading, the pipeline, opus tools: one line, no traceback
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise Failure(f"{type(exc).__name__}: {exc}") from exc
     for n in report.notes:
         _warn(n)
     report.notes = []
@@ -276,7 +277,7 @@ def plot_command(ref, outs, output, titles):
     try:
         path = plot_spectrograms(ref, list(outs), list(titles) or None, output)
     except (PlotUnavailable, AudioReadError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Failure(str(exc)) from exc
     except OSError as exc:
-        raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from exc
+        raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
     click.echo(f"wrote {path}", err=True)

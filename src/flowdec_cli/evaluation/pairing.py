@@ -152,17 +152,11 @@ def pair_paths(ref: str | Path, deg: str | Path) -> Pairing:
 
 
 def _read(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read an audio file as float32 ``[frames, channels]`` and its sample rate.
-
-    The one place the evaluation code reads audio (to be routed through the package's audio
-    module later). Any failure is raised as :class:`AudioReadError` ("PATH: cannot read audio
-    (reason)").
-    """
-    import soundfile as sf
+    """Read an audio file as float32 ``[frames, channels]`` and its sample rate, through the package's
+    audio module; any failure is raised as :class:`AudioReadError` naming the file."""
+    from ..audio import AudioError, read_audio
 
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # LibsndfileError, OSError, ... : one message naming the file
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise AudioReadError(f"{path}: cannot read audio ({reason})") from exc
-    return data, int(sr)
+        return read_audio(path)
+    except AudioError as exc:
+        raise AudioReadError(str(exc)) from None

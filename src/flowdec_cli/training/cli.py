@@ -10,36 +10,26 @@ from typing import Any
 
 import click
 
+from ..errors import one_line_errors
+
 __all__ = ["train_group"]
 
 
-class _Failure(click.ClickException):
-    """One line on stderr, exit 1 (the same shape as the main command's errors)."""
+def _training_errors() -> tuple[type[BaseException], ...]:
+    from ..audio import AudioError
+    from ..checkpoints import CheckpointError
+    from ..models import ModelError
+    from .common import TrainingError
+    from .config import ConfigError
+    from .data import DataError
 
-    exit_code = 1
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"flowdec: error: {self.format_message()}", err=True)
+    return (TrainingError, ConfigError, DataError, AudioError, ModelError, CheckpointError)
 
 
 def _one_line_errors(f: Callable) -> Callable:
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ..audio import AudioError
-        from ..checkpoints import CheckpointError
-        from ..models import ModelError
-        from .common import TrainingError
-        from .config import ConfigError
-        from .data import DataError
+    return one_line_errors(_training_errors, clean=_last_line)(f)
 
-        try:
-            return f(*args, **kwargs)
-        except (TrainingError, ConfigError, DataError, AudioError, ModelError, CheckpointError) as exc:
-            raise _Failure(_last_line(str(exc))) from None
-        except OSError as exc:
-            raise _Failure(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}") from None
 
-    return wrapper
 
 
 def _last_line(message: str) -> str:
