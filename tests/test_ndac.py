@@ -139,3 +139,17 @@ def test_bad_requests():
         model.decode(torch.full((1, 2, 3), 1024))
     with pytest.raises(ValueError, match="different products"):
         NDACConfig(encoder_rates=[2, 4], decoder_rates=[4, 4])
+
+
+def test_fresh_model_spreads_over_its_codebooks():
+    """A newly built NDAC must not start collapsed: with std-0.02 conv init (what DAC's init_weights means to
+    do, but never does under weight norm) every frame landed on one or two codes and training could not
+    recover. Torch's default init, which released DAC models trained from, spreads them."""
+    from .conftest import tone
+
+    torch.manual_seed(0)
+    model = NDAC(NDACConfig(encoder_dim=8, encoder_rates=[4, 4, 5, 8], latent_dim=64, decoder_dim=96,
+                            decoder_rates=[8, 5, 4, 4], n_codebooks=4, codebook_size=1024, sample_rate=48000)).eval()
+    audio = torch.from_numpy(tone(2.0, 48000)[:, 0])[None, None]
+    codes = model.encode(audio)
+    assert all(len(torch.unique(codes[0, i])) > 30 for i in range(4))

@@ -88,11 +88,10 @@ class _WeightNormConv(nn.Module):
         self.stride, self.padding, self.dilation = stride, padding, dilation
         shape = (in_ch, out_ch, kernel_size) if self.transposed else (out_ch, in_ch, kernel_size)
         weight = torch.empty(shape)
-        # DAC's init: truncated normal (std 0.02) for Conv1d; torch default for ConvTranspose1d.
-        if self.transposed:
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-        else:
-            nn.init.trunc_normal_(weight, std=0.02)
+        # torch's default conv init. DAC's init_weights means to set a truncated normal (std 0.02), but it
+        # writes to the weight that weight norm derives, so released DAC models trained from this default;
+        # the tiny std-0.02 weights shrink the signal layer by layer and collapse the codebooks.
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.weight_g = nn.Parameter(torch.linalg.vector_norm(weight, dim=(1, 2), keepdim=True))
         self.weight_v = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
