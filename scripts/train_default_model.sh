@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Rebuild the built-in default model ("flowdec-small") from scratch: corpus -> NDAC -> coded pairs ->
+# sigma_y -> postfilter -> export into the package -> evaluation. CPU-only by default; every training
+# stage resumes from its last checkpoint when re-run. See docs/models.md for what was run and measured.
+#
+#   scripts/train_default_model.sh                 # NDAC_MINUTES=30 PF_MINUTES=25 by default
+#   NDAC_STEPS=20000 PF_STEPS=20000 scripts/train_default_model.sh    # step budgets instead of minutes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+CORPUS=${CORPUS:-/work/corpus}
+RUNS=${RUNS:-/work/runs}
+NAME=flowdec-small
+DEST=src/flowdec_cli/assets/models/$NAME
+FLOWDEC="$PY -m flowdec_cli"
+
+[ -f "$CORPUS/manifest.csv" ] || scripts/build_corpus.sh "$CORPUS"
+
+train_for() {  # train_for STAGE CONFIG MINUTES STEPS: run for a wall-clock budget (or a step budget)
+  local stage=$1 config=$2 minutes=$3 steps=$4 resume=()
+  [ -d "$RUNS/default-$stage/checkpoints/latest" ] && resume=(--resume)
+  if [ -n "$steps" ]; then
+    $FLOWDEC train "$stage" "$config" --threads 2 --max-steps "$steps" "${resume[@]}"
+  else
+    timeout --signal=INT "$((minutes * 60))" $FLOWDEC train "$stage" "$config" --threads 2 "${resume[@]}" || true
+  fi
+}
+
+# 1. the codec
+train_for ndac configs/default-ndac.toml "${NDAC_MINUTES:-30}" "${NDAC_STEPS:-}"
+NDAC_CKPT=$(readlink -f "$RUNS/default-ndac/checkpoints/latest")
+
+# 2. coded pairs: each training file coded at one of 4/6/8/10 codebooks (3, 4.5, 6, 7.5 kbit/s), chosen by
+#    its position in the list, so the four rates share the corpus without coding it four times
+PAIRS=$RUNS/default-pairs
+mkdir -p "$PAIRS"
+for i in 0 1 2 3; do
+  k=$((4 + 2 * i))
+  awk -v i=$i -v root="$CORPUS" 'NR % 4 == i { print root "/" $0 }' "$CORPUS/train.txt" > "$PAIRS/clean-nq$k.txt"
+  $FLOWDEC train prepare-pairs "$PAIRS/clean-nq$k.txt" --ndac "$NDAC_CKPT" -o "$PAIRS/nq$k" -n $k \
+    --validation-fraction 0.05 --test-fraction 0 --device cpu -q
+done
+cat "$PAIRS"/nq*/train.txt > "$PAIRS/train.txt"
+cat "$PAIRS"/nq*/validation.txt > "$PAIRS/validation.txt"
+
+# 3. beta and the per-band sigma_y curve (official heuristics), then the postfilter
+$FLOWDEC train estimate-sigma configs/default-postfilter.toml
+train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_STEPS:-}"
+
+# 4. into the package, as the default
+$FLOWDEC train export "$DEST" --ndac "$NDAC_CKPT" --postfilter "$RUNS/default-postfilter" --name "$NAME" \
+  --licence "MIT (weights); training data: see docs/corpus.md" \
+  --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a reduced NCSN++ flow postfilter; trained on a CPU on 93 min of Debian-packaged audio" \
+  --trained-codebooks 4,6,8,10 -f
+echo "$NAME" > src/flowdec_cli/assets/models/DEFAULT
+
+# 5. quality on the validation split, beside Opus and the codec alone
+$PY scripts/evaluate_default_model.py "$DEST" "$CORPUS" --json "$RUNS/default-eval.json"
