@@ -18,7 +18,7 @@ FLOWDEC="$PY -m flowdec_cli"
 
 train_for() {  # train_for STAGE CONFIG MINUTES STEPS: run for a wall-clock budget (or a step budget)
   local stage=$1 config=$2 minutes=$3 steps=$4 resume=()
-  [ -d "$RUNS/default-$stage/checkpoints/latest" ] && resume=(--resume)
+  [ -f "$RUNS/default-$stage/checkpoints/latest" ] && resume=(--resume)
   if [ -n "$steps" ]; then
     $FLOWDEC train "$stage" "$config" --threads 2 --max-steps "$steps" "${resume[@]}"
   else
@@ -28,7 +28,7 @@ train_for() {  # train_for STAGE CONFIG MINUTES STEPS: run for a wall-clock budg
 
 # 1. the codec
 train_for ndac configs/default-ndac.toml "${NDAC_MINUTES:-30}" "${NDAC_STEPS:-}"
-NDAC_CKPT=$(readlink -f "$RUNS/default-ndac/checkpoints/latest")
+NDAC_CKPT="$RUNS/default-ndac/checkpoints/$(cat "$RUNS/default-ndac/checkpoints/latest")"
 
 # 2. coded pairs: each training file coded at one of 4/6/8/10 codebooks (3, 4.5, 6, 7.5 kbit/s), chosen by
 #    its position in the list, so the four rates share the corpus without coding it four times

@@ -1,0 +1,51 @@
+"""The model shipped inside the package: present, small, the default, and working offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+import flowdec_cli
+from flowdec_cli.cli import main
+from flowdec_cli.registry import default_model_name
+
+from .conftest import tone
+
+ASSETS = Path(flowdec_cli.__file__).parent / "assets" / "models"
+
+
+def test_default_model_is_bundled_and_small():
+    name = default_model_name()
+    folder = ASSETS / name
+    assert (folder / "flowdec.json").is_file()
+    card = json.loads((folder / "flowdec.json").read_text())
+    assert card["name"] == name
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert total < 25 * 1024 * 1024
+    for part in ("ndac", "postfilter"):
+        assert (folder / part / "model.safetensors").is_file()
+
+
+def test_default_model_has_the_ndac75_ladder():
+    from flowdec_cli.pipeline import Codec
+
+    codec = Codec.load(default_model_name(), "cpu")
+    assert codec.ndac.sample_rate == 48000 and codec.ndac.hop_length == 640
+    assert [kbps for _, kbps in codec.bitrates()] == pytest.approx([0.75 * k for k in range(1, 11)])
+    assert codec.postfilter is not None
+
+
+def test_roundtrip_with_default_model_offline(tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, 44100, 2), 44100)
+    out = tmp_path / "out.flac"
+    r = CliRunner().invoke(main, ["roundtrip", str(src), str(out), "-b", "6", "--nfe", "2", "--seed", "1", "-q"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    y, sr = sf.read(out, always_2d=True)
+    assert sr == 44100 and y.shape == (44100, 2) and np.isfinite(y).all() and np.abs(y).max() > 1e-3
