@@ -39,6 +39,7 @@ demo: install
 	$(PY) -m flowdec_cli.demo
 
 bench: install
+	$(PY) benchmarks/codec.py
 	$(PY) benchmarks/postfilter.py
 	$(PY) benchmarks/memory.py
 
