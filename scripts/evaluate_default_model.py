@@ -6,7 +6,8 @@ mode at 48 kHz, multi-resolution mel distance and SI-SDR on every clip; PESQ-WB 
 
     python scripts/evaluate_default_model.py MODEL CORPUS_DIR [--per-category 6] [--json out.json]
 
-Clips: the first N validation segments of each category in manifest order (deterministic).
+Clips: the first N validation segments of each category in manifest order (deterministic), optionally
+cropped to their first --max-seconds.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--bitrates", default="3,4.5,6,7.5")
     ap.add_argument("--opus", default="6,8,12")
     ap.add_argument("--nfe", type=int, default=6)
+    ap.add_argument("--max-seconds", type=float, default=None, help="Crop each clip to its first N seconds.")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -60,6 +62,8 @@ def main() -> None:
         names = ["visqol", "mel", "si_sdr"] + (["pesq", "stoi"] if category == "speech" else [])
         for path in paths:
             ref, sr = sf.read(path, dtype="float32", always_2d=True)
+            if args.max_seconds:
+                ref = ref[: int(args.max_seconds * sr)]
             dur = len(ref) / sr
             for kbps in (float(b) for b in args.bitrates.split(",")):
                 t0 = time.perf_counter()
