@@ -247,6 +247,7 @@ def test_unreachable_url_is_one_clear_error(tmp_path):
 
 def test_unknown_and_unfetched_names(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
+    monkeypatch.setattr(registry, "embedded_root", lambda: tmp_path / "no-embedded-models")
     with pytest.raises(ModelError, match=r"unknown model 'nope'; known: flowdec-75m, flowdec-25s, ndac-75, "
                                          r"ndac-25; or give a path"):
         load_ndac("nope")
@@ -281,6 +282,7 @@ def test_models_list(home):
 
 def test_models_list_when_nothing_is_local(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
+    monkeypatch.setattr(registry, "embedded_root", lambda: tmp_path / "no-embedded-models")
     res = CliRunner().invoke(models_group, ["list"])
     assert res.exit_code == 0
     assert all(line.endswith("not local") for line in res.stdout.splitlines()[1:])
@@ -288,6 +290,7 @@ def test_models_list_when_nothing_is_local(tmp_path, monkeypatch):
 
 
 def test_embedded_models_and_default(home, tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "embedded_root", lambda: tmp_path / "no-embedded-models")
     with pytest.raises(ModelError, match="no default model is bundled"):
         registry.default_model_name()
     assets = tmp_path / "assets" / "models"

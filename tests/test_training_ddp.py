@@ -102,16 +102,19 @@ def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
         # directions): Adam normalises those to steps of up to lr, so only that bound holds there.
         lr = dicts_lr[kind]
         names = [n for n, p in _trainable(kind, one)]
-        noisy = {names[pid] for pid, st in grads_one.items() if float(st["exp_avg"].abs().max()) < 1e-6 * scale}
+        # Per element: a gradient four orders below the largest is dominated by summation-order rounding
+        # once Adam divides it by its own magnitude.
+        noisy = {names[pid]: st["exp_avg"].abs() < 1e-4 * scale for pid, st in grads_one.items()}
         for key in ("model_state", "ema_state"):
             if one[key] is None:
                 continue
             for name, a in one[key].items():
                 b = two[key][name]
-                if name in noisy:
-                    assert float((a - b).abs().max()) <= 2 * 2 * lr, (kind, name)
-                else:
-                    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (kind, key, name, float((a - b).abs().max()))
+                mask = noisy.get(name)
+                if mask is not None and mask.shape == a.shape and bool(mask.any()):
+                    assert float((a - b).abs()[mask].max()) <= 2 * 2 * lr, (kind, name)
+                    a, b = a[~mask], b[~mask]
+                assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (kind, key, name, float((a - b).abs().max()))
         # the weights moved (so the comparison means something)
         assert one["optimizer"]["state"][0]["exp_avg"].abs().sum() > 0
         # validation is sharded over the processes and averaged: the same figures
