@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test test-all demo bench clean
+.PHONY: install install-test test test-fast demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,13 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-## Fast suite (slow-marked tests excluded); what CI runs.
+## Everything, including the full-size network and long-file tests (about 2-3 min on 2 cores); what CI runs.
 test: install-test
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
-
-## Everything, including the full-size network and long-file tests.
-test-all: install-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Without the slow-marked tests.
+test-fast: install-test
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m flowdec_cli.demo
