@@ -180,3 +180,15 @@ def test_end_to_end_reproduces_official_pipeline(reference_dir, tmp_path):
     peak = np.abs(expected).max()
     assert peak > 1 and np.abs(out).max() == pytest.approx(1.0, abs=1e-6)  # our clip guard divided by the peak
     np.testing.assert_allclose(out[:, 0] * peak, expected, atol=5e-5, rtol=0)
+
+
+def test_outputs_get_the_usual_file_mode(codec, tmp_path):
+    import os
+
+    sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
+    codec.compress_file(tmp_path / "in.wav", tmp_path / "a.fdc")
+    codec.decompress_file(tmp_path / "a.fdc", tmp_path / "o.wav", nfe=0)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("a.fdc", "o.wav"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -7,13 +7,14 @@ hours-long files never have to sit in memory at once.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from .fileio import publish, temporary_sibling
 
 __all__ = [
     "AudioError",
@@ -184,11 +185,9 @@ class AtomicAudioWriter:
         fmt, sub = output_format_for(self.path, subtype)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+            self.tmp = temporary_sibling(self.path)
         except OSError as exc:
             raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
-        os.close(fd)
-        self.tmp = Path(tmp)
         try:
             self._file = sf.SoundFile(str(self.tmp), "w", samplerate=int(sample_rate), channels=int(channels),
                                       format=fmt, subtype=sub)
@@ -201,7 +200,7 @@ class AtomicAudioWriter:
 
     def commit(self) -> None:
         self._file.close()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         try:

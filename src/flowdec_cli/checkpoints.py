@@ -20,12 +20,13 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .fileio import atomic_write_bytes
 
 __all__ = [
     "CheckpointError",
@@ -174,26 +175,6 @@ def load_dac_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 # --------------------------------------------------------------------------------------------------
 # Our own format
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; shared caches and hub exports need the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_model_folder(folder: str | os.PathLike, config: dict[str, Any],

@@ -14,13 +14,14 @@ import math
 import operator
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
+
+from .fileio import atomic_write_bytes
 
 from . import __version__
 
@@ -345,29 +346,8 @@ def write_fdc(path: str | os.PathLike, header: FdcHeader, codes: np.ndarray) -> 
     Header and codes are checked first (:class:`FdcError`); an existing file is replaced only by a
     complete new one, and no temporary file is left behind on failure (``OSError`` propagates).
     """
-    path = os.fspath(path)
-    data = encode_fdc(header, codes, source_name=str(path))
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    data = encode_fdc(header, codes, source_name=str(os.fspath(path)))
+    atomic_write_bytes(os.path.abspath(path), data, make_parents=False)
 
 
 # -- decoding ---------------------------------------------------------------------------------------
