@@ -12,8 +12,6 @@ files on disk (``numpy.memmap``), so memory stays flat however long the file is.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .audio import AtomicAudioWriter, AudioError, Resampler, probe, read_blocks
+from .audio import AtomicAudioWriter, Resampler, probe, read_blocks
 from .container import FdcHeader, read_fdc, write_fdc
 from .models import Model, load_model
 from .runtime import resolve_device
@@ -259,10 +257,9 @@ class Codec:
             bar.close()
         return self._header(sample_rate, audio.shape[1], len(audio), k, codes.shape[-1], gain), codes
 
-    def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
-                      bitrate_kbps: float | None = None, progress: Progress = _no_progress) -> CompressResult:
-        """Code an audio file into a .fdc file (written atomically)."""
-        src, dst = Path(src), Path(dst)
+    def _code_file(self, src: Path, n_codebooks: int | None, bitrate_kbps: float | None,
+                   progress: Progress) -> tuple[FdcHeader, np.ndarray]:
+        """Header and codes of an audio file, read twice in blocks (the peak first, for the input gain)."""
         info = probe(src)
         k = self.choose_codebooks(bitrate_kbps, n_codebooks)
         peak = 0.0
@@ -276,8 +273,13 @@ class Codec:
                                         1.0 / gain, k, bar)
         finally:
             bar.close()
-        num_samples = info.frames
-        header = self._header(info.sample_rate, info.channels, num_samples, k, codes.shape[-1], gain)
+        return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain), codes
+
+    def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
+                      bitrate_kbps: float | None = None, progress: Progress = _no_progress) -> CompressResult:
+        """Code an audio file into a .fdc file (written atomically)."""
+        src, dst = Path(src), Path(dst)
+        header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             write_fdc(dst, header, codes)
@@ -411,10 +413,8 @@ class Codec:
         from .container import encode_fdc
 
         src, dst = Path(src), Path(dst)
-        with tempfile.TemporaryDirectory(prefix="flowdec-") as tmp:
-            fdc = Path(tmp) / "roundtrip.fdc"
-            comp = self.compress_file(src, fdc, n_codebooks, bitrate_kbps, progress)
-        comp.file_bytes = len(encode_fdc(comp.header, comp.codes))
+        header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
+        comp = CompressResult(header, codes, len(encode_fdc(header, codes)))
         dec = self._decode_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress)
         return comp, dec
 
