@@ -53,15 +53,30 @@ def test_plan_invariants(length, chunk, overlap):
     if frames <= chunk:
         assert plan.whole and plan.starts == (0,) and plan.ends == (length,)
         return
-    starts = plan.starts
-    assert starts[0] == 0 and starts[-1] == frames - chunk  # full-size chunks, the last ends the file
-    assert all(b - a <= chunk - overlap for a, b in zip(starts, starts[1:]))  # overlap >= requested
-    assert len(starts) == math.ceil((frames - overlap) / (chunk - overlap))  # no more chunks than needed
+    starts, n = plan.starts, plan.chunk_frames
+    count = math.ceil((frames - overlap) / (chunk - overlap))
+    assert len(starts) == count  # no more chunks than full-size ones would need
+    assert n % 8 == 0 and 3 * overlap + 2 <= n <= chunk
+    # shrunk as far as it goes: 8 frames less and that many chunks could not keep the overlap
+    assert n == max(3 * overlap + 2, 3 * overlap + 2 + (-(3 * overlap + 2)) % 8) or \
+        count * (n - 8) < frames + (count - 1) * overlap
+    assert starts[0] == 0 and starts[-1] == frames - n  # equal chunks, the last ends the file
+    assert all(b - a <= n - overlap for a, b in zip(starts, starts[1:]))  # overlap >= requested
     assert plan.ends[-1] == length
     assert plan.fade_length == (overlap - 1) * HOP
     for k, f in enumerate(plan.fades):
         assert starts[k + 1] * HOP <= f and f + plan.fade_length <= plan.ends[k]  # inside both chunks
     assert all(b >= a + plan.fade_length for a, b in zip(plan.fades, plan.fades[1:]))
+
+
+def test_plan_shrinks_chunks_to_what_the_chunk_count_needs():
+    # 10 s in CPU-sized chunks (5.12 s, 1 s overlap): three chunks are needed either way, but 504 frames
+    # each cover the file: 1,512 frames per network pass instead of 1,920.
+    plan = plan_chunks(SR * 10, 640, 125)
+    assert len(plan.starts) == 3 and plan.chunk_frames == 504
+    assert plan.starts == (0, 374, 747) and plan.total_frames == 1251
+    # a plan whose chunks are already as small as the count allows is left alone
+    assert plan_chunks(SR * 3, 64, 20).chunk_frames == 64
 
 
 def test_plan_rejects_bad_overlaps():
