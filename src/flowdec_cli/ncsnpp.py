@@ -33,6 +33,7 @@ __all__ = [
     "fir_kernel_2d",
     "fir_downsample",
     "fir_upsample",
+    "group_norm_silu",
 ]
 
 _SQRT2 = math.sqrt(2.0)
@@ -79,6 +80,64 @@ def fir_upsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 def _group_norm(channels: int) -> nn.GroupNorm:
     """The official normalisation: at most 32 groups of at least 4 channels, eps 1e-6."""
     return nn.GroupNorm(num_groups=min(channels // 4, 32), num_channels=channels, eps=1e-6)
+
+
+def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``silu(norm(x))``, the pairing every GroupNorm of the U-Net is used in.
+
+    torch's CPU GroupNorm kernel for channels-last inputs sums each group's elements sequentially in
+    float32, so its statistics lose precision as the image grows: measured against float64, an error of
+    2e-5 at 1 s of audio and 2.5e-4 at 5 s, where the NCHW kernel stays at 1e-6 at any length. For
+    channels-last float32 CPU inference we therefore compute the statistics ourselves
+    (:func:`_channels_last_group_stats`: cache-sized blocks, float64 totals) and apply them with one
+    ``addcmul``; that costs about a quarter more than the native kernel and keeps the optimised path as
+    exact as the straightforward one. Everything else (NCHW, CUDA, half precision, training) uses the
+    native kernel.
+    """
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and not (torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad))):
+        scale, shift = _channels_last_group_stats(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        return F.silu(torch.addcmul(shift, x, scale), inplace=True)
+    return F.silu(norm(x), inplace=True)
+
+
+def _channels_last_group_stats(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(sample, channel) ``scale, shift`` ([B, C, 1, 1]) with ``GroupNorm(x) == x * scale + shift``.
+
+    Channels-last memory is a [H*W, C] matrix per sample: blocks of rows are summed per channel in float32
+    while they sit in cache, around a per-channel pilot value (the first row) so that large means do not
+    cancel, and the block sums are totalled in float64.
+    """
+    B, C, H, W = x.shape
+    rows = max(1, (1 << 18) // C)  # about 1 MB of float32 per block
+    n = H * W
+    per_group = C // groups
+    scales, shifts = [], []
+    for b in range(B):
+        mat = x[b].permute(1, 2, 0).reshape(n, C)
+        pilot = mat[0].clone()
+        s1 = torch.zeros(C, dtype=torch.float64, device=x.device)
+        s2 = torch.zeros(C, dtype=torch.float64, device=x.device)
+        for block in mat.split(rows):
+            d = block - pilot
+            s1 += d.sum(0)
+            s2 += d.square_().sum(0)
+        p = pilot.double()
+        count = n * per_group
+        mean = ((p * n + s1).view(groups, per_group).sum(1) / count)[:, None]  # [G, 1]
+        # sum over the group of (x - mean)^2, expanded around each channel's pilot
+        off = p.view(groups, per_group) - mean
+        m2 = (s2.view(groups, per_group) + 2 * off * s1.view(groups, per_group) + n * off * off).sum(1)
+        rstd = (m2 / count + eps).rsqrt()[:, None]
+        w = weight.double().view(groups, per_group) if weight is not None else torch.ones_like(off)
+        bb = bias.double().view(groups, per_group) if bias is not None else torch.zeros_like(off)
+        scale = rstd * w
+        scales.append(scale.reshape(C))
+        shifts.append((bb - mean * scale).reshape(C))
+    shape = (B, C, 1, 1)
+    return (torch.stack(scales).to(x.dtype).reshape(shape), torch.stack(shifts).to(x.dtype).reshape(shape))
 
 
 class GaussianFourierProjection(nn.Module):
@@ -135,7 +194,7 @@ class ResnetBlockBigGANpp(nn.Module):
     fuse = False  # set for all blocks by NCSNpp.set_fused(); see _tail_fused
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
-        h = F.silu(self.GroupNorm_0(x), inplace=True)
+        h = group_norm_silu(self.GroupNorm_0, x)
         if self.up:
             h, x = fir_upsample(h, self.fir), fir_upsample(x, self.fir)
         elif self.down:
@@ -145,7 +204,7 @@ class ResnetBlockBigGANpp(nn.Module):
         h = self.Conv_0(h)
         if temb is not None:
             h += self.Dense_0(F.silu(temb))[:, :, None, None]
-        h = F.silu(self.GroupNorm_1(h), inplace=True)
+        h = group_norm_silu(self.GroupNorm_1, h)
         h = self.Conv_1(h)  # dropout is 0 in every released config
         if hasattr(self, "Conv_2"):
             x = self.Conv_2(x)
@@ -168,7 +227,7 @@ class ResnetBlockBigGANpp(nn.Module):
             h = self.Conv_0(h)
             if shift is not None:
                 h += shift[:, :, None, None]
-        h = F.silu(self.GroupNorm_1(h), inplace=True)
+        h = group_norm_silu(self.GroupNorm_1, h)
         h = F.conv2d(h, *self._scaled_conv("Conv_1"), padding=1)
         if hasattr(self, "Conv_2"):
             return h.add_(F.conv2d(x, *self._scaled_conv("Conv_2")))
@@ -331,7 +390,7 @@ class NCSNpp(nn.Module):
             for _ in range(self.num_res_blocks + 1):
                 h = m[idx](torch.cat([h, hs.pop()], dim=1), temb)
                 idx += 1
-            branch = m[idx + 1](F.silu(m[idx](h), inplace=True))
+            branch = m[idx + 1](group_norm_silu(m[idx], h))
             pyramid = branch if pyramid is None else fir_upsample(pyramid, self.fir).add_(branch)
             idx += 2
             if level != 0:
