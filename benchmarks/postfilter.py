@@ -8,7 +8,9 @@ prints the largest output difference between the two:
 * real-time factor of a whole enhance at ``--nfe`` (default 6 = midpoint, 3 steps);
 * peak memory during the enhance (CPU: peak RSS above the level before the call, sampled every 5 ms;
   CUDA: ``torch.cuda.max_memory_allocated``);
-* optionally (``--chunked``) the long-audio path ``enhance_long`` with batched chunks.
+* optionally (``--chunked``) the long-audio path ``enhance_long`` with batched chunks;
+* optionally (``--breakdown``) how much of a pass is convolution, at what rate, next to the rate of one
+  large 3x3 convolution alone: the roofline that bounds any float32 speed-up on this machine.
 
 Optimised settings: CPU = channels-last + fused block tails + ``tune_cpu_allocator`` (glibc keeps large
 blocks instead of unmapping and page-faulting them again), float32: the same math, differences are float
@@ -34,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -120,6 +123,44 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, float, An
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
+_CONVOLUTIONS = {torch.ops.aten.conv2d.default: False, torch.ops.aten.conv_transpose2d.input: True,
+                 torch.ops.aten.convolution.default: None}
+
+
+class ConvolutionTimer(TorchDispatchMode):
+    """Wall time and FLOPs of every convolution run inside the block (CPU: ops are synchronous)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func not in _CONVOLUTIONS:
+            return func(*args, **(kwargs or {}))
+        x, w, transposed = args[0], args[1], _CONVOLUTIONS[func]
+        if transposed is None:
+            transposed = bool(args[6])
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds += time.perf_counter() - start
+        per_output = w.shape[1] * w[0, 0].numel() if not transposed else 0  # multiply-adds per output value
+        self.flops += 2 * out.numel() * per_output if not transposed else 2 * x.numel() * w[0].numel()
+        return out
+
+
+def conv_peak(device: torch.device, seconds: float) -> float:
+    """GFLOP/s of one 256 -> 256 3x3 float32 convolution over ``seconds`` of features, channels-last:
+    the largest layer of the U-Net, alone (best of 3)."""
+    frames = max(8, int(round(seconds * SR / 384)) // 8 * 8)
+    x = torch.randn(1, 256, 768, frames, device=device).contiguous(memory_format=torch.channels_last)
+    w = (0.02 * torch.randn(256, 256, 3, 3, device=device)).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.nn.functional.conv2d(x, w, padding=1)
+        best = min(timed(device, lambda: torch.nn.functional.conv2d(x, w, padding=1))[0] for _ in range(3))
+    return 2 * 256 * 9 * 256 * 768 * frames / best / 1e9
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().cpu().to(torch.complex128 if a.is_complex() else torch.float64)
             - b.detach().cpu().to(torch.complex128 if b.is_complex() else torch.float64)).abs().max().item()
@@ -153,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--chunk-seconds", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--skip-enhance", action="store_true", help="time single passes only")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="CPU: convolution share and rate of a pass, beside one large convolution alone")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -220,6 +263,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "pass_cpu_s_per_audio_s_median": statistics.median(c for _, c in passes[name]) / duration,
         }
 
+    if args.breakdown and device.type == "cpu":
+        for name, model in variants.items():
+            prepare(name)
+            timer = ConvolutionTimer()
+            with timer:
+                wall, _, _ = timed(device, lambda m=model: m.velocity(x0, Y, 0.37))
+            results[name]["breakdown"] = {"pass_s": wall, "conv_s": timer.seconds, "conv_gflop": timer.flops / 1e9,
+                                          "conv_gflop_per_s": timer.flops / 1e9 / timer.seconds,
+                                          "other_s": wall - timer.seconds}
+        results["single_conv_gflop_per_s"] = conv_peak(device, duration)
+
     # -- whole enhance at the chosen NFE --------------------------------------------------------------
     if not args.skip_enhance:
         enh: dict[str, torch.Tensor] = {}
@@ -258,6 +312,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"(output peak {results['enhance_max_abs']:.3g})")
     print(f"speed-up (best pass): {s['pass_s_per_audio_s_best'] / o['pass_s_per_audio_s_best']:.2f}x; "
           f"max |velocity difference| {results['velocity_max_diff']:.3g} (peak {results['velocity_max_abs']:.3g})")
+    if "single_conv_gflop_per_s" in results:
+        for name in variants:
+            b = results[name]["breakdown"]
+            print(f"{name}: {b['conv_gflop']:.0f} GFLOP of convolutions in {b['conv_s']:.2f} s "
+                  f"({b['conv_gflop_per_s']:.0f} GFLOP/s), everything else {b['other_s']:.2f} s")
+        print(f"one 256->256 3x3 convolution alone, channels-last: {results['single_conv_gflop_per_s']:.0f} GFLOP/s")
     if "optimised_chunked" in results:
         ch = results["optimised_chunked"]
         print(f"chunked ({ch['chunk_seconds']} s chunks, batch {ch['batch_size']}): RTF {ch['rtf']:.3f}, "
