@@ -663,7 +663,7 @@ class Postfilter(nn.Module):
                     Y = torch.cat(Ys, dim=0)
                     x = start_point(Y, self.sigma_y, torch.cat(noises, dim=0))
                     del Ys, noises
-                    x = solve(lambda t, s: self._field(s, Y, t), x, steps, solver,
+                    x = solve(lambda t, s, Y=Y: self._field(s, Y, t), x, steps, solver,
                               on_evaluation=(lambda: bar.update(len(ks))) if bar is not None else None)
                     waves = []
                     for i, k in enumerate(ks):
