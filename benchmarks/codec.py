@@ -38,7 +38,6 @@ def main() -> None:
     ap.add_argument("--nfe", default="0,2,4,6,8")
     args = ap.parse_args()
 
-    import numpy as np
     import torch
 
     from flowdec_cli.container import encode_fdc, max_file_size
