@@ -92,6 +92,27 @@ def test_ndac_resume_continues_where_it_stopped(ndac_run, clips, tmp_path):
     assert steps == ["1", "2", "3", "4"]
 
 
+def test_interrupt_saves_a_checkpoint_and_resume_goes_on(clips, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or `timeout --signal=INT`, how a time budget ends a run) keeps the steps done so far."""
+    cfg = _ndac(clips, tmp_path / "run", train=dict(checkpoint_every=100, max_steps=5))
+    t = NDACTrainer(cfg, device="cpu")
+    real_step = t.train_step
+
+    def step_then_interrupt(batch, log_now):
+        if t.step == 3:
+            raise KeyboardInterrupt
+        return real_step(batch, log_now)
+
+    monkeypatch.setattr(t, "train_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        t.run()
+    assert find_checkpoint(tmp_path / "run").name == "step-00000003"
+    assert "interrupted at step 3" in capsys.readouterr().err
+    resumed = NDACTrainer(cfg, device="cpu", resume=True, quiet=True)
+    resumed.run()
+    assert resumed.step == 5 and find_checkpoint(tmp_path / "run").name == "step-00000005"
+
+
 def test_resume_refuses_the_other_stage(ndac_run, pair_list, tmp_path):
     with pytest.raises(TrainingError, match="not a postfilter checkpoint"):
         PostfilterTrainer(_pf(pair_list, tmp_path / "p"), device="cpu", resume=str(ndac_run.run_dir),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,17 @@ class Trainer:
                     if self.step >= tc.max_steps:
                         break
                 epoch, in_epoch = epoch + 1, 0
+        except KeyboardInterrupt:
+            # Ctrl-C (or `timeout --signal=INT`) is the normal way to end a run on a time budget: keep the
+            # steps done since the last checkpoint. Under DDP every rank is interrupted at its own point,
+            # so no collective save is attempted there; the last periodic checkpoint stands.
+            bar.close()
+            if env.world_size == 1 and saved_at != self.step and self.step > 0:
+                self._save()
+                if not self.quiet:
+                    print(f"{self.name}: interrupted at step {self.step}; checkpoint saved in "
+                          f"{self.run_dir / 'checkpoints'} (continue with --resume)", file=sys.stderr)
+            raise
         finally:
             bar.close()
         if saved_at != self.step:

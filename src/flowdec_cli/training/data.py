@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -430,6 +431,9 @@ class EpochSampler(Sampler):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers only read and resample; leave the cores to the main process
+    # Ctrl-C reaches the whole process group; only the main process handles it (saves a checkpoint and
+    # shuts the workers down). A worker killed by it would turn the interrupt into a DataLoader error.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
