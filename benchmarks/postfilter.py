@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -123,30 +123,33 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, float, An
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-_CONVOLUTIONS = {torch.ops.aten.conv2d.default: False, torch.ops.aten.conv_transpose2d.input: True,
-                 torch.ops.aten.convolution.default: None}
+class ConvolutionTimer:
+    """Wall time and FLOPs of every convolution run inside the block (CPU: ops are synchronous).
 
-
-class ConvolutionTimer(TorchDispatchMode):
-    """Wall time and FLOPs of every convolution run inside the block (CPU: ops are synchronous)."""
+    Wraps ``torch.nn.functional.conv2d`` / ``conv_transpose2d``, which nn.Conv2d and the FIR resamplers
+    call; a TorchDispatchMode would see the same ops but slows the eager NCHW path by about half."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.seconds = 0.0
         self.flops = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        if func not in _CONVOLUTIONS:
-            return func(*args, **(kwargs or {}))
-        x, w, transposed = args[0], args[1], _CONVOLUTIONS[func]
-        if transposed is None:
-            transposed = bool(args[6])
-        start = time.perf_counter()
-        out = func(*args, **(kwargs or {}))
-        self.seconds += time.perf_counter() - start
-        per_output = w.shape[1] * w[0, 0].numel() if not transposed else 0  # multiply-adds per output value
-        self.flops += 2 * out.numel() * per_output if not transposed else 2 * x.numel() * w[0].numel()
-        return out
+    def _wrap(self, fn: Callable[..., torch.Tensor], transposed: bool) -> Callable[..., torch.Tensor]:
+        def timed_conv(x: torch.Tensor, w: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            start = time.perf_counter()
+            out = fn(x, w, *args, **kwargs)
+            self.seconds += time.perf_counter() - start
+            # multiply-adds: per output value (in/groups x kh x kw), or per input value when transposed
+            self.flops += 2 * (x.numel() * w[0].numel() if transposed else out.numel() * w[0].numel())
+            return out
+        return timed_conv
+
+    def __enter__(self) -> "ConvolutionTimer":
+        self._saved = (F.conv2d, F.conv_transpose2d)
+        F.conv2d, F.conv_transpose2d = self._wrap(F.conv2d, False), self._wrap(F.conv_transpose2d, True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        F.conv2d, F.conv_transpose2d = self._saved
 
 
 def conv_peak(device: torch.device, seconds: float) -> float:
@@ -156,8 +159,8 @@ def conv_peak(device: torch.device, seconds: float) -> float:
     x = torch.randn(1, 256, 768, frames, device=device).contiguous(memory_format=torch.channels_last)
     w = (0.02 * torch.randn(256, 256, 3, 3, device=device)).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        torch.nn.functional.conv2d(x, w, padding=1)
-        best = min(timed(device, lambda: torch.nn.functional.conv2d(x, w, padding=1))[0] for _ in range(3))
+        F.conv2d(x, w, padding=1)
+        best = min(timed(device, lambda: F.conv2d(x, w, padding=1))[0] for _ in range(3))
     return 2 * 256 * 9 * 256 * 768 * frames / best / 1e9
 
 
