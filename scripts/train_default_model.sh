@@ -51,7 +51,7 @@ train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_S
 $FLOWDEC train export "$DEST" --ndac "$NDAC_CKPT" --postfilter "$RUNS/default-postfilter" --name "$NAME" \
   --licence "MIT (weights); training data: see docs/corpus.md" \
   --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a reduced NCSN++ flow postfilter; trained on a CPU on 93 min of Debian-packaged audio" \
-  --trained-codebooks 4,6,8,10 -f
+  --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-0}" -f
 echo "$NAME" > src/flowdec_cli/assets/models/DEFAULT
 
 # 5. quality on the validation split, beside Opus and the codec alone

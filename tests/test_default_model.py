@@ -49,3 +49,20 @@ def test_roundtrip_with_default_model_offline(tmp_path):
     assert r.exit_code == 0, r.output
     y, sr = sf.read(out, always_2d=True)
     assert sr == 44100 and y.shape == (44100, 2) and np.isfinite(y).all() and np.abs(y).max() > 1e-3
+
+
+def test_default_model_runs_without_its_postfilter_unless_asked(tmp_path):
+    """Its postfilter lowers every measured score (docs/models.md), so its card sets NFE 0 as the default;
+    an explicit --nfe still runs it."""
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(0.5, 48000, 1), 48000)
+    runner = CliRunner()
+    r = runner.invoke(main, ["roundtrip", str(src), str(tmp_path / "a.wav"), "-b", "6"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "NFE 0" in r.output
+    r = runner.invoke(main, ["roundtrip", str(src), str(tmp_path / "b.wav"), "-b", "6", "--nfe", "2", "--seed", "0"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0 and "NFE 2" in r.output
+    a, _ = sf.read(tmp_path / "a.wav")
+    b, _ = sf.read(tmp_path / "b.wav")
+    assert not np.allclose(a, b)

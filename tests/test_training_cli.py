@@ -134,6 +134,21 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     y, sr = sf.read(out, always_2d=True)
     assert sr == 44100 and y.shape == (sf.info(str(wav)).frames, 2) and np.isfinite(y).all()
 
+    # NFE when none is given: the card's default_nfe, else 6 (the paper's), and 0 for a codec alone
+    from flowdec_cli.models import load_model
+
+    assert "default_nfe" not in card and load_model(model).default_nfe == 6
+    r = _run("train", "export", tmp_path / "nfe2", "--ndac", run, "--postfilter", pf_run, "--default-nfe", "2")
+    assert r.exit_code == 0 and json.loads((tmp_path / "nfe2" / "flowdec.json").read_text())["default_nfe"] == 2
+    r = _run("roundtrip", wav, tmp_path / "d.wav", "--model", tmp_path / "nfe2", "--device", "cpu", "--seed", "1")
+    assert r.exit_code == 0 and "NFE 2" in r.output, r.output
+    r = _run("train", "export", tmp_path / "codec", "--ndac", run)
+    assert r.exit_code == 0 and load_model(tmp_path / "codec").default_nfe == 0
+    r = _run("roundtrip", wav, tmp_path / "e.wav", "--model", tmp_path / "codec", "--device", "cpu")
+    assert r.exit_code == 0 and "NFE 0" in r.output, r.output
+    r = _run("train", "export", tmp_path / "bad", "--ndac", run, "--default-nfe", "6")
+    assert "default NFE 6" in _one_error_line(r)
+
 
 def test_train_errors_are_one_line(tmp_path):
     r = _run("train", "ndac", tmp_path / "missing.toml")

@@ -98,8 +98,9 @@ def _decode_options(f: Callable) -> Callable:
     f = click.option("--seed", type=int, default=None, help="Seed for the postfilter's noise (repeatable output).")(f)
     f = click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True,
                      help="ODE solver of the postfilter.")(f)
-    f = click.option("--nfe", type=click.IntRange(min=0), default=6, show_default=True,
-                     help="Postfilter network passes; 0 skips the postfilter (codec alone, fast).")(f)
+    f = click.option("--nfe", type=click.IntRange(min=0), default=None,
+                     help="Postfilter network passes; 0 skips the postfilter (codec alone, fast). Default: the "
+                          "model's (6 for the FlowDec models, 0 for the built-in flowdec-small).")(f)
     return f
 
 
@@ -340,7 +341,8 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
                precision: str, model: str | None, out_format: str, device: str, cache_dir: Path | None, threads: int | None,
                force: bool, skip_existing: bool, pattern: str | None, quiet: bool) -> None:
     """Decode .fdc files with D0, then refine them with the flow postfilter (--nfe 0: D0 only)."""
-    _check_nfe(nfe, solver)
+    if nfe is not None:
+        _check_nfe(nfe, solver)
     plan = _plan(src, dst, _is_fdc, "." + out_format.lstrip("."), force, pattern)
     _setup(cache_dir, threads)
     from .container import read_fdc
@@ -354,7 +356,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
         key = model or name
         if key not in codecs:
             try:
-                codecs[key] = _load_codec(key, device, with_postfilter=nfe > 0, precision=precision)
+                codecs[key] = _load_codec(key, device, with_postfilter=nfe != 0, precision=precision)
             except ModelError as exc:
                 if model:
                     raise
@@ -368,12 +370,13 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
         codec = codec_for(header.model_name, job.src)
         for w in codec.check_header(header, str(job.src)):
             click.echo(f"flowdec: warning: {w}", err=True)
+        passes = _model_nfe(codec, nfe, solver)
         t0 = time.perf_counter()
-        res = codec._decode_file(header, codes, job.dst, nfe, solver, seed, subtype, bars)
+        res = codec._decode_file(header, codes, job.dst, passes, solver, seed, subtype, bars)
         took = time.perf_counter() - t0
         dur = header.num_samples / header.sample_rate
         guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
-        return (f"{job.dst}: {dur:.2f} s, {header.channels} ch, {header.sample_rate} Hz, NFE {nfe}, "
+        return (f"{job.dst}: {dur:.2f} s, {header.channels} ch, {header.sample_rate} Hz, NFE {passes}, "
                 f"{took:.1f} s (RTF {took / dur if dur else 0:.3f}){guard}")
 
     _execute(plan, one, force, skip_existing, quiet)
@@ -396,10 +399,12 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     """Compress and decompress in one shot (no .fdc kept): hear what the codec does."""
     if bitrate is not None and n_codebooks is not None:
         raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
-    _check_nfe(nfe, solver)
+    if nfe is not None:
+        _check_nfe(nfe, solver)
     plan = _plan(src, dst, _is_audio, "." + out_format.lstrip("."), force, pattern)
     _setup(cache_dir, threads)
-    codec = _load_codec(model, device, with_postfilter=nfe > 0, precision=precision)
+    codec = _load_codec(model, device, with_postfilter=nfe != 0, precision=precision)
+    nfe = _model_nfe(codec, nfe, solver)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
     if not quiet:
@@ -415,6 +420,14 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
                 f"({comp.actual_bitrate / 1000:.3f} kbit/s per channel), NFE {nfe}, {took:.1f} s")
 
     _execute(plan, one, force, skip_existing, quiet)
+
+
+def _model_nfe(codec: Any, nfe: int | None, solver: str) -> int:
+    """The NFE asked for, or the model's default (its card's ``default_nfe``; 6; 0 without a postfilter)."""
+    if nfe is None:
+        nfe = codec.model.default_nfe
+        _check_nfe(nfe, solver)
+    return nfe
 
 
 def _check_nfe(nfe: int, solver: str) -> None:

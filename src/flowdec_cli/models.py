@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["ModelError", "Model", "load_model", "load_ndac", "load_postfilter", "save_ndac", "ndac_from_folder"]
 
 MODEL_CARD_NAME = "flowdec.json"
+DEFAULT_NFE = 6  # the paper's setting: midpoint, 3 steps
 
 
 class ModelError(Exception):
@@ -48,6 +49,18 @@ class Model:
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     ndac_hash: str = ""
+
+    @property
+    def default_nfe(self) -> int:
+        """Postfilter passes to use when the user names none: the model card's ``default_nfe`` (the
+        built-in small model's postfilter does not yet help it: 0), else 6 as in the paper; 0 without a
+        postfilter."""
+        if self.postfilter is None and not (Path(self.source) / "postfilter").is_dir():
+            return 0
+        try:
+            return max(0, int(self.info.get("default_nfe", DEFAULT_NFE)))
+        except (TypeError, ValueError):
+            return DEFAULT_NFE
 
     def to(self, device: torch.device | str) -> "Model":
         self.ndac.to(device)

@@ -304,9 +304,14 @@ class Codec:
                             f"with weights {self.model.ndac_hash} of '{self.model.name}'; the sound may differ")
         return warnings
 
-    def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int, solver: str,
+    def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int | None, solver: str,
                               seed: int | None, progress: Progress) -> tuple[_ModelRateBuffer, float]:
-        """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming."""
+        """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming.
+
+        ``nfe=None`` is the model's default (:attr:`Model.default_nfe`: 6 as in the paper unless its card says
+        otherwise; 0 without a postfilter)."""
+        if nfe is None:
+            nfe = self.model.default_nfe
         channels = codes.shape[0]
         c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
         d0 = _ModelRateBuffer(channels, self.ndac.decoded_length(codes.shape[-1]))
@@ -365,7 +370,7 @@ class Codec:
             sink(resampler.finish(header.num_samples))
         return guard
 
-    def decompress_codes(self, header: FdcHeader, codes: np.ndarray, nfe: int = 6, solver: str = "midpoint",
+    def decompress_codes(self, header: FdcHeader, codes: np.ndarray, nfe: int | None = None, solver: str = "midpoint",
                          seed: int | None = None, progress: Progress = _no_progress) -> np.ndarray:
         """Float audio [frames, channels] at the original rate and length."""
         buf, gain = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
@@ -378,7 +383,7 @@ class Codec:
             return np.zeros((0, header.channels), np.float32)
         return np.concatenate(pieces).astype(np.float32, copy=False)
 
-    def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int = 6,
+    def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int | None = None,
                         solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
                         progress: Progress = _no_progress,
                         warn: Callable[[str], None] | None = None) -> DecompressResult:
@@ -389,8 +394,9 @@ class Codec:
                 warn(w)
         return self._decode_file(header, codes, dst, nfe, solver, seed, subtype, progress)
 
-    def _decode_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int, solver: str,
+    def _decode_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int | None, solver: str,
                      seed: int | None, subtype: str | None, progress: Progress) -> DecompressResult:
+        nfe = self.model.default_nfe if nfe is None else nfe
         writer = AtomicAudioWriter(dst, header.sample_rate, header.channels, subtype)
         clip = _clip_for(writer)
         try:
@@ -406,7 +412,7 @@ class Codec:
         return DecompressResult(header, nfe, guard)
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
-                       bitrate_kbps: float | None = None, nfe: int = 6, solver: str = "midpoint",
+                       bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
                        seed: int | None = None, subtype: str | None = None,
                        progress: Progress = _no_progress) -> tuple[CompressResult, DecompressResult]:
         """Compress and decompress in one go; the .fdc is built in memory and its size reported."""

@@ -258,11 +258,14 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
 @click.option("--raw", is_flag=True, help="Export the raw postfilter weights instead of the EMA weights.")
 @click.option("--trained-codebooks", multiple=True,
               help="Codebook counts the postfilter was trained on (recorded as its trained bitrates).")
+@click.option("--default-nfe", type=click.IntRange(min=0), default=None,
+              help="Postfilter passes flowdec uses with this model when --nfe is not given (default 6).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
 @click.option("-q", "--quiet", is_flag=True)
 @_one_line_errors
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
-                   description: str, raw: bool, trained_codebooks: tuple[str, ...], force: bool, quiet: bool) -> None:
+                   description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
+                   force: bool, quiet: bool) -> None:
     """Write a model folder (flowdec.json, ndac/, postfilter/) from trained weights.
 
     The folder works with --model everywhere (flowdec roundtrip in.wav out.wav --model OUT), and
@@ -271,7 +274,8 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
     from .export import export_model
 
     out = export_model(out_dir, ndac_ref, pf_ref, name=name, licence=licence, description=description,
-                       ema=not raw, trained_codebooks=_codebook_list(trained_codebooks), force=force)
+                       ema=not raw, trained_codebooks=_codebook_list(trained_codebooks), force=force,
+                       default_nfe=default_nfe)
     if not quiet:
         card = json.loads((out / "flowdec.json").read_text())
         click.echo(f"flowdec: wrote model '{card['name']}' to {out}"

@@ -62,8 +62,12 @@ def postfilter_component(ref: str | os.PathLike, ema: bool = True) -> Path:
 
 def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter: str | os.PathLike | None = None,
                  name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
-                 trained_codebooks: Sequence[int] = (), force: bool = False) -> Path:
-    """Write a model folder at ``out_dir`` from trained components (checked by loading them)."""
+                 trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None) -> Path:
+    """Write a model folder at ``out_dir`` from trained components (checked by loading them).
+
+    ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
+    (6, the paper's setting, when not recorded); 0 for a model whose postfilter does not (yet) help.
+    """
     from ..models import ModelError, ndac_from_folder, save_ndac
     from ..postfilter import Postfilter
 
@@ -108,5 +112,9 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     if pf is not None and trained_codebooks:
         card["trained_bitrates_kbps"] = [round(int(k) * bits * codec.frame_rate / 1000, 6)
                                          for k in sorted(set(trained_codebooks))]
+    if default_nfe is not None:
+        if default_nfe < 0 or (pf is None and default_nfe > 0):
+            raise TrainingError(f"default NFE {default_nfe}: must be 0, or positive for a model with a postfilter")
+        card["default_nfe"] = int(default_nfe)
     atomic_write_bytes(out / "flowdec.json", (json.dumps(card, indent=2) + "\n").encode())
     return out
