@@ -266,7 +266,7 @@ def test_models_list(home):
     res = CliRunner().invoke(models_group, ["list"])
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "RATE", "KBIT/S", "TRAINED", "AT", "SIZE", "LICENCE", "LOCAL"]
+    assert lines[0].split() == ["NAME", "RATE", "KBIT/S", "TRAINED", "AT", "NFE", "SIZE", "LICENCE", "LOCAL"]
     row = next(line for line in lines if line.startswith("flowdec-75m"))
     assert "75 Hz" in row and "0.75-7.5" in row and "3, 4.5, 6, 7.5" in row and "CC-BY-NC-4.0" in row
     assert row.endswith("cached")
@@ -278,6 +278,9 @@ def test_models_list(home):
     assert by["ndac-25"]["available"] == "cached" and by["ndac-25"]["size_bytes"] > 0
     assert by["ndac-25"]["n_codebooks"] == 16 and by["ndac-25"]["frame_rate"] == 25.0
     assert by["flowdec-75m"]["trained_bitrates_kbps"] == [3.0, 4.5, 6.0, 7.5]
+    # postfilter passes used without --nfe: the paper's 6, 0 for codecs alone and for the built-in model
+    assert by["flowdec-75m"]["default_nfe"] == 6 and by["ndac-25"]["default_nfe"] == 0
+    assert by["flowdec-small"]["default_nfe"] == 0
 
 
 def test_models_list_when_nothing_is_local(tmp_path, monkeypatch):

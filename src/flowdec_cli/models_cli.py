@@ -59,7 +59,7 @@ def _rate_range(rates: list[float]) -> str:
 
 
 def _print_table(models: list[dict[str, Any]]) -> None:
-    header = ("NAME", "RATE", "KBIT/S", "TRAINED AT", "SIZE", "LICENCE", "LOCAL")
+    header = ("NAME", "RATE", "KBIT/S", "TRAINED AT", "NFE", "SIZE", "LICENCE", "LOCAL")
     rows = []
     for m in models:
         trained = m.get("trained_bitrates_kbps")
@@ -68,6 +68,7 @@ def _print_table(models: list[dict[str, Any]]) -> None:
             f"{m['frame_rate']:g} Hz" if m.get("frame_rate") else "-",
             _rate_range(m.get("bitrates_kbps") or []),
             ", ".join(f"{r:g}" for r in trained) if trained else ("all" if not m.get("has_postfilter") else "-"),
+            str(m.get("default_nfe", "-")),
             _size(m.get("size_bytes"), m.get("approx_size_bytes")),
             m.get("licence") or "unknown",
             m["available"],
@@ -78,6 +79,7 @@ def _print_table(models: list[dict[str, Any]]) -> None:
     notes = []
     if any(m.get("default") for m in models):
         notes.append("* the default model")
+    notes.append("NFE: postfilter passes used when --nfe is not given (0: the codec alone)")
     if any(m["kind"] == "official" and m["available"] == "not local" for m in models):
         notes.append("released models: `flowdec models fetch-official` downloads and converts them (1.2 GB)")
     if any(str(m.get("licence", "")).upper().startswith("CC-BY-NC") for m in models):
