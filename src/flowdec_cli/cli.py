@@ -425,7 +425,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
 def _model_nfe(codec: Any, nfe: int | None, solver: str) -> int:
     """The NFE asked for, or the model's default (its card's ``default_nfe``; 6; 0 without a postfilter)."""
     if nfe is None:
-        nfe = codec.model.default_nfe
+        nfe = codec.resolve_nfe(None)
         _check_nfe(nfe, solver)
     return nfe
 

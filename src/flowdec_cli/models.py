@@ -28,10 +28,21 @@ from .ndac import NDAC, NDACConfig
 if TYPE_CHECKING:
     from .postfilter import Postfilter
 
-__all__ = ["ModelError", "Model", "load_model", "load_ndac", "load_postfilter", "save_ndac", "ndac_from_folder"]
+__all__ = ["ModelError", "Model", "default_nfe_for", "load_model", "load_ndac", "load_postfilter", "save_ndac", "ndac_from_folder"]
 
 MODEL_CARD_NAME = "flowdec.json"
 DEFAULT_NFE = 6  # the paper's setting: midpoint, 3 steps
+
+
+def default_nfe_for(card: dict[str, Any], has_postfilter: bool) -> int:
+    """The NFE a model runs at when none is asked for: its card's ``default_nfe``, else :data:`DEFAULT_NFE`;
+    0 for a codec without a postfilter (the registry's listing and :class:`Model` both use this)."""
+    if not has_postfilter:
+        return 0
+    try:
+        return max(0, int(card.get("default_nfe", DEFAULT_NFE)))
+    except (TypeError, ValueError):
+        return DEFAULT_NFE
 
 
 class ModelError(Exception):
@@ -55,12 +66,8 @@ class Model:
         """Postfilter passes to use when the user names none: the model card's ``default_nfe`` (the
         built-in small model's postfilter does not yet help it: 0), else 6 as in the paper; 0 without a
         postfilter."""
-        if self.postfilter is None and not (Path(self.source) / "postfilter").is_dir():
-            return 0
-        try:
-            return max(0, int(self.info.get("default_nfe", DEFAULT_NFE)))
-        except (TypeError, ValueError):
-            return DEFAULT_NFE
+        has_postfilter = self.postfilter is not None or (Path(self.source) / "postfilter").is_dir()
+        return default_nfe_for(self.info, has_postfilter)
 
     def to(self, device: torch.device | str) -> "Model":
         self.ndac.to(device)

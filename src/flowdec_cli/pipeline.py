@@ -304,14 +304,14 @@ class Codec:
                             f"with weights {self.model.ndac_hash} of '{self.model.name}'; the sound may differ")
         return warnings
 
-    def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int | None, solver: str,
-                              seed: int | None, progress: Progress) -> tuple[_ModelRateBuffer, float]:
-        """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming.
+    def resolve_nfe(self, nfe: int | None) -> int:
+        """``nfe``, or for ``None`` the model's default (:attr:`Model.default_nfe`: 6 as in the paper unless
+        its card says otherwise; 0 without a postfilter)."""
+        return self.model.default_nfe if nfe is None else nfe
 
-        ``nfe=None`` is the model's default (:attr:`Model.default_nfe`: 6 as in the paper unless its card says
-        otherwise; 0 without a postfilter)."""
-        if nfe is None:
-            nfe = self.model.default_nfe
+    def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int, solver: str,
+                              seed: int | None, progress: Progress) -> tuple[_ModelRateBuffer, float]:
+        """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming."""
         channels = codes.shape[0]
         c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
         d0 = _ModelRateBuffer(channels, self.ndac.decoded_length(codes.shape[-1]))
@@ -373,7 +373,7 @@ class Codec:
     def decompress_codes(self, header: FdcHeader, codes: np.ndarray, nfe: int | None = None, solver: str = "midpoint",
                          seed: int | None = None, progress: Progress = _no_progress) -> np.ndarray:
         """Float audio [frames, channels] at the original rate and length."""
-        buf, gain = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
+        buf, gain = self._decode_to_model_rate(codes, header, self.resolve_nfe(nfe), solver, seed, progress)
         pieces: list[np.ndarray] = []
         try:
             self._finish(buf, header, gain, pieces.append)
@@ -396,7 +396,7 @@ class Codec:
 
     def _decode_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int | None, solver: str,
                      seed: int | None, subtype: str | None, progress: Progress) -> DecompressResult:
-        nfe = self.model.default_nfe if nfe is None else nfe
+        nfe = self.resolve_nfe(nfe)
         writer = AtomicAudioWriter(dst, header.sample_rate, header.channels, subtype)
         clip = _clip_for(writer)
         try:

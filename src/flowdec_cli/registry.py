@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .models import MODEL_CARD_NAME, ModelError
+from .models import MODEL_CARD_NAME, ModelError, default_nfe_for
 
 __all__ = [
     "OFFICIAL_ZIP_URL",
@@ -117,12 +117,12 @@ class RegistryEntry:
     hub_repo: str | None = None  # kind "hub": OWNER/REPO[@REVISION]
     members: dict[str, str] = field(default_factory=dict)  # kind "official": component -> archive member
     path: Path | None = None  # kind "embedded": its folder
-    default_nfe: int | None = None  # the model card's; None: 6 with a postfilter, 0 without
+    default_nfe: int | None = None  # NFE when none is asked for; None: models.default_nfe_for without a card
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if self.default_nfe is None:
-            d["default_nfe"] = 6 if self.has_postfilter else 0
+            d["default_nfe"] = default_nfe_for({}, self.has_postfilter)
         d["bitrates_kbps"] = list(self.bitrates_kbps)
         d["trained_bitrates_kbps"] = None if self.trained_bitrates_kbps is None else list(self.trained_bitrates_kbps)
         d["path"] = None if self.path is None else str(self.path)
@@ -241,15 +241,8 @@ def _entry_from_folder(folder: Path, kind: str) -> RegistryEntry:
         has_postfilter=(folder / "postfilter").is_dir(), licence=str(card.get("licence", "unknown")),
         licence_note=str(card.get("licence_note", "")), kind=kind, source=str(card.get("source", "")),
         path=folder if kind == EMBEDDED else None,
-        default_nfe=_card_nfe(card),
+        default_nfe=default_nfe_for(card, (folder / "postfilter").is_dir()),
     )
-
-
-def _card_nfe(card: dict[str, Any]) -> int | None:
-    try:
-        return max(0, int(card["default_nfe"])) if "default_nfe" in card else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _embedded_folders() -> dict[str, Path]:
