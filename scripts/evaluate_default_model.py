@@ -1,13 +1,15 @@
 """Measure a model's quality on the corpus validation split, beside Opus and beside the codec alone.
 
-All systems run on the same clips in one run: the codec at 3, 4.5, 6 and 7.5 kbit/s with the postfilter
-(NFE 6) and without it (NFE 0), and Opus (opusenc/opusdec) at 6, 8 and 12 kbit/s. Metrics: ViSQOL v3 audio
-mode at 48 kHz, multi-resolution mel distance and SI-SDR on every clip; PESQ-WB and STOI on speech.
+All systems run on the same clips in one run: the codec at each bitrate without the postfilter (NFE 0)
+and with it at each NFE asked for (default: the model's own default NFE), and Opus (opusenc/opusdec).
+Metrics: ViSQOL v3 audio mode at 48 kHz, multi-resolution mel distance, SI-SDR and the energy above
+8 kHz relative to the reference on every clip; PESQ-WB and STOI on speech. The summary checks the
+built-in model's targets (issue 11) category by category.
 
-    python scripts/evaluate_default_model.py MODEL CORPUS_DIR [--per-category 6] [--json out.json]
+    python scripts/evaluate_default_model.py MODEL CORPUS_DIR [--per-category 0] [--json out.json]
 
-Clips: the first N validation segments of each category in manifest order (deterministic), optionally
-cropped to their first --max-seconds.
+Clips: every validation segment of each category (or the first N in manifest order with
+--per-category N), optionally cropped to their first --max-seconds.
 """
 
 from __future__ import annotations
@@ -29,19 +31,53 @@ def pick_clips(corpus: Path, per_category: int) -> dict[str, list[Path]]:
         for row in csv.DictReader(f):
             if row["split"] != "valid":
                 continue
-            if len(chosen[row["category"]]) < per_category:
+            if per_category <= 0 or len(chosen[row["category"]]) < per_category:
                 chosen[row["category"]].append(corpus / row["path"])
     return dict(chosen)
+
+
+def check_targets(table: list[dict], nfe: int, bitrates: list[float]) -> list[str]:
+    """One line per target and category: PASS or FAIL with the figures it was judged on."""
+    rows = {(r["category"], r["system"]): r for r in table}
+    lo, hi = f"{min(bitrates):g}", f"{max(bitrates):g}"
+    lines = []
+
+    def get(category: str, system: str, key: str) -> float:
+        return float(rows.get((category, system), {}).get(key, math.nan))
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    for category in sorted({c for c, _ in rows}):
+        post, plain = f"flowdec {hi} kbit/s, NFE {nfe}", f"flowdec {hi} kbit/s, NFE 0"
+        gain = get(category, post, "visqol") - get(category, plain, "visqol")
+        mel_post, mel_plain = get(category, post, "mel"), get(category, plain, "mel")
+        hf = get(category, post, "hf_ratio")
+        lines.append(f"{category}: postfilter ViSQOL gain {gain:+.3f} (>= +0.15) {verdict(gain >= 0.15)}; "
+                     f"mel {mel_post:.3f} vs {mel_plain:.3f} {verdict(mel_post <= mel_plain)}; "
+                     f">8 kHz energy x{hf:.2f} (0.7-1.3) {verdict(0.7 <= hf <= 1.3)}")
+        best = f"flowdec {{}} kbit/s, NFE {nfe}"
+        bits = get(category, best.format(hi), "visqol") - get(category, best.format(lo), "visqol")
+        lines.append(f"{category}: ViSQOL {hi} minus {lo} kbit/s {bits:+.3f} (>= +0.3) {verdict(bits >= 0.3)}")
+        if category == "speech":
+            for key in ("pesq", "stoi"):
+                mine, opus = get(category, post, key), get(category, "Opus 6 kbit/s", key)
+                lines.append(f"speech: {key} {mine:.3f} vs Opus 6 kbit/s {opus:.3f} {verdict(mine >= opus)}")
+        else:
+            mine, opus = get(category, post, "visqol"), get(category, "Opus 12 kbit/s", "visqol")
+            lines.append(f"{category}: ViSQOL {mine:.3f} vs Opus 12 kbit/s {opus:.3f} {verdict(mine >= opus)}")
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("corpus", type=Path)
-    ap.add_argument("--per-category", type=int, default=6)
+    ap.add_argument("--per-category", type=int, default=0, help="Clips per category (0: all).")
     ap.add_argument("--bitrates", default="3,4.5,6,7.5")
     ap.add_argument("--opus", default="6,8,12")
-    ap.add_argument("--nfe", type=int, default=6)
+    ap.add_argument("--nfe", default=None, help="Postfilter NFEs to score beside NFE 0, comma-separated "
+                    "(default: the model's own default NFE).")
     ap.add_argument("--max-seconds", type=float, default=None, help="Crop each clip to its first N seconds.")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -55,11 +91,13 @@ def main() -> None:
 
     torch.set_num_threads(2)
     codec = Codec.load(args.model, "cpu")
+    nfes = [0] + ([int(n) for n in args.nfe.split(",")] if args.nfe else [codec.resolve_nfe(None)])
+    nfes = sorted(set(nfes))
     clips = pick_clips(args.corpus, args.per_category)
     results: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     timing: dict[str, list[float]] = defaultdict(list)
     for category, paths in clips.items():
-        names = ["visqol", "mel", "si_sdr"] + (["pesq", "stoi"] if category == "speech" else [])
+        names = ["visqol", "mel", "si_sdr", "hf_ratio"] + (["pesq", "stoi"] if category == "speech" else [])
         for path in paths:
             ref, sr = sf.read(path, dtype="float32", always_2d=True)
             if args.max_seconds:
@@ -69,7 +107,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 header, codes = codec.compress_array(ref, sr, bitrate_kbps=kbps)
                 t1 = time.perf_counter()
-                for nfe in (0, args.nfe):
+                for nfe in nfes:
                     t2 = time.perf_counter()
                     out = codec.decompress_codes(header, codes, nfe=nfe, seed=0)
                     t3 = time.perf_counter()
@@ -88,18 +126,23 @@ def main() -> None:
         keys = sorted({k for r in rows for k in r})
         mean = {k: float(np.nanmean([r.get(k, math.nan) for r in rows])) for k in keys}
         table.append({"category": category, "system": system, "clips": len(rows), **mean})
-    cols = ["visqol", "mel", "si_sdr", "pesq", "stoi"]
-    print("\n| category | system | clips | ViSQOL | mel dist. | SI-SDR (dB) | PESQ-WB | STOI |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    cols = ["visqol", "mel", "si_sdr", "hf_ratio", "pesq", "stoi"]
+    print("\n| category | system | clips | ViSQOL | mel dist. | SI-SDR (dB) | >8 kHz energy | PESQ-WB | STOI |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in table:
         vals = [f"{row[c]:.3f}" if c in row and not math.isnan(row[c]) else "" for c in cols]
         print(f"| {row['category']} | {row['system']} | {row['clips']} | " + " | ".join(vals) + " |")
     rtf = {k: float(np.mean(v)) for k, v in timing.items()}
     print(f"\nCPU real-time factor (encode + decode, 2 threads): {json.dumps(rtf)}")
+    checks = check_targets(table, max(nfes), [float(b) for b in args.bitrates.split(",")])
+    print("\nTargets (issue 11):")
+    for line in checks:
+        print("  " + line)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "clips": {k: [str(p) for p in v]
                                                                         for k, v in clips.items()},
-                                         "table": table, "rtf": rtf}, indent=2))
+                                         "nfe": nfes, "table": table, "rtf": rtf, "targets": checks},
+                                        indent=2))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 #
 #   scripts/train_default_model.sh                 # NDAC_MINUTES=30 PF_MINUTES=25 by default
 #   NDAC_STEPS=20000 PF_STEPS=20000 scripts/train_default_model.sh    # step budgets instead of minutes
+#   FROM_SHIPPED=1 NDAC_MINUTES=0 PF_MINUTES=80 scripts/train_default_model.sh
+#       # on a new machine: continue from the weights in the package instead of from scratch (the codec
+#       # kept as shipped when NDAC_MINUTES=0; the postfilter starts from the shipped EMA weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -18,7 +21,12 @@ FLOWDEC="$PY -m flowdec_cli"
 
 train_for() {  # train_for STAGE CONFIG MINUTES STEPS: run for a wall-clock budget (or a step budget)
   local stage=$1 config=$2 minutes=$3 steps=$4 resume=()
-  [ -f "$RUNS/default-$stage/checkpoints/latest" ] && resume=(--resume)
+  if [ -f "$RUNS/default-$stage/checkpoints/latest" ]; then
+    resume=(--resume)
+  elif [ "${FROM_SHIPPED:-0}" = 1 ]; then
+    resume=(--set "train.init_from=\"$PWD/$DEST\"")
+  fi
+  [ -z "$steps" ] && [ "$minutes" = 0 ] && return 0
   if [ -n "$steps" ]; then
     $FLOWDEC train "$stage" "$config" --threads 2 --max-steps "$steps" "${resume[@]}"
   else
@@ -28,7 +36,11 @@ train_for() {  # train_for STAGE CONFIG MINUTES STEPS: run for a wall-clock budg
 
 # 1. the codec
 train_for ndac configs/default-ndac.toml "${NDAC_MINUTES:-30}" "${NDAC_STEPS:-}"
-NDAC_CKPT="$RUNS/default-ndac/checkpoints/$(cat "$RUNS/default-ndac/checkpoints/latest")"
+if [ -f "$RUNS/default-ndac/checkpoints/latest" ]; then
+  NDAC_CKPT="$RUNS/default-ndac/checkpoints/$(cat "$RUNS/default-ndac/checkpoints/latest")"
+else
+  NDAC_CKPT="$DEST"  # FROM_SHIPPED with no codec training: the codec in the package
+fi
 
 # 2. coded pairs: each training file coded at one of 4/6/8/10 codebooks (3, 4.5, 6, 7.5 kbit/s), chosen by
 #    its position in the list, so the four rates share the corpus without coding it four times
@@ -50,7 +62,7 @@ train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_S
 # 4. into the package, as the default
 $FLOWDEC train export "$DEST" --ndac "$NDAC_CKPT" --postfilter "$RUNS/default-postfilter" --name "$NAME" \
   --licence "MIT (weights); training data: see docs/corpus.md" \
-  --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a reduced NCSN++ flow postfilter; trained on a CPU on 93 min of Debian-packaged audio" \
+  --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on a CPU on 93 min of Debian-packaged audio" \
   --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-0}" -f
 echo "$NAME" > src/flowdec_cli/assets/models/DEFAULT
 

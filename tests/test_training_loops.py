@@ -63,7 +63,9 @@ def test_ndac_steps_lower_the_loss(clips, tmp_path):
     assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses
     assert {"loss_mel", "loss_cqt", "loss_waveform", "loss_commitment", "loss_codebook", "lr", "grad_norm"} <= \
         set(t.history[-1])
-    assert set(t.last_validation) == {"mel_loss_nq1", "si_sdr_nq1", "mel_loss_nq3", "si_sdr_nq3"}
+    usage = {f"{m}_cb{k}" for k in range(3) for m in ("used", "perplexity")}
+    assert set(t.last_validation) == {"mel_loss_nq1", "si_sdr_nq1", "mel_loss_nq3", "si_sdr_nq3"} | usage
+    assert all(0 < t.last_validation[f"used_cb{k}"] <= 1 for k in range(3))
     assert t.last_validation["mel_loss_nq3"] < t.last_validation["mel_loss_nq1"] * 1.5
     run = tmp_path / "run"
     assert (run / "model" / "ndac" / "model.safetensors").is_file() and (run / "metrics.csv").is_file()
@@ -145,3 +147,31 @@ def test_postfilter_steps_lower_the_loss_and_keep_an_ema(pair_list, tmp_path):
         a, b = mine.state_dict(), theirs.state_dict()
         for k in a:
             assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+
+
+def test_framewise_postfilter_trains_resumes_and_warm_starts(pair_list, tmp_path):
+    """The frame-wise backbone goes through the same loop: the loss falls, the exported folder names its
+    backbone, and a new run started from the exported weights (train.init_from) begins where it ended."""
+    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
+    cfg = _pf(pair_list, tmp_path / "run", model=model, data=dict(batch_size=4), optim=dict(lr=3e-3),
+              train=dict(max_steps=12, log_every=2, val_every=12, checkpoint_every=6))
+    t = PostfilterTrainer(cfg, device="cpu", quiet=True)
+    t.run()
+    losses = [h["loss"] for h in t.history]
+    assert losses[-1] < losses[0], losses
+    assert set(t.last_validation) >= {"si_sdr_nfe2", "log_spec_mse_nfe2"}
+    folder = tmp_path / "run" / "postfilter"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["backbone"] == "framewise" and config["framewise"]["dim"] == 16
+    warm = PostfilterTrainer(_pf(pair_list, tmp_path / "warm", model=model, optim=dict(lr=3e-3),
+                                 train=dict(max_steps=1, init_from=str(folder))), device="cpu", quiet=True)
+    warm.build()
+    warm.init_weights(folder)
+    ema = t.ema.state_dict()
+    for k, v in warm.pf.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    with pytest.raises(TrainingError, match="do not fit this config .another backbone or size.: missing"):
+        other = PostfilterTrainer(_pf(pair_list, tmp_path / "other", train=dict(max_steps=1)), device="cpu",
+                                  quiet=True)
+        other.build()
+        other.init_weights(folder)

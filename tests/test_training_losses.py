@@ -153,3 +153,16 @@ def test_estimate_sigma_gives_the_official_heuristic_values(tmp_path):
     # identical pairs: no coding error, sigma_y 0
     same = estimate_sigma([(a, a) for a, _ in pairs], n_samples=3)
     assert same["sigma_y"] == 0.0 and max(same["sigma_y_perband"]) == 0.0
+
+
+def test_codebook_usage_figures():
+    from flowdec_cli.training.ndac_trainer import codebook_usage
+
+    counts = torch.zeros(3, 8)
+    counts[0, 0] = 50  # collapsed: one entry
+    counts[1] = 5  # uniform
+    counts[2, :4] = 1  # half the entries, uniformly
+    u = codebook_usage(counts)
+    assert u["used_cb0"] == 1 / 8 and abs(u["perplexity_cb0"] - 1.0) < 1e-9
+    assert u["used_cb1"] == 1.0 and abs(u["perplexity_cb1"] - 8.0) < 1e-9
+    assert u["used_cb2"] == 0.5 and abs(u["perplexity_cb2"] - 4.0) < 1e-9

@@ -39,17 +39,20 @@ from torch import nn
 from .checkpoints import CheckpointError, load_lightning_state_dict, load_model_folder, save_model_folder
 from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap, num_frames, padded_frames, \
     peak_normfac
+from .framewise import FramewiseBackbone
 from .ncsnpp import NCSNpp
 from .sampler import draw_noise, nfe_to_steps, solve, start_point
 
 __all__ = ["Postfilter", "ChunkPlan", "plan_chunks", "tune_cpu_allocator", "CONFIG_TYPE", "DEFAULT_SIGMA_Y"]
 
 CONFIG_TYPE = "flowdec_postfilter"
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 1: NCSN++ only; 2: adds "backbone" (absent = "ncsnpp")
 SAMPLE_RATE = 48000
 DEFAULT_SIGMA_Y = 0.66  # the official global sigma_y (flow_model_final default); released models store a curve
 DEFAULT_CHUNK_SECONDS = {"cuda": 10.0, "cpu": 5.0}  # rounded up to whole 64-frame blocks: 10.24 s, 5.12 s
-ACTIVATION_BYTES_PER_FRAME = 6.0e6  # nf 64, float32, a little above the 5.3 MB measured (see activation_bytes)
+FRAMEWISE_CHUNK_SECONDS = {"cuda": 60.0, "cpu": 30.0}  # a frame-wise pass needs ~10 MB per second of audio
+BACKBONES = ("ncsnpp", "framewise")  # the released models' U-Net; our frame-wise ConvNeXt (docs/framewise.md)
+FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "kernel_size": 7, "fourier_size": 64}
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}
 
@@ -268,25 +271,38 @@ class Postfilter(nn.Module):
                  fourier_size: int | None = None, fourier_scale: float = 16.0,
                  fir_kernel: Sequence[float] = (1, 3, 3, 1), n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
                  alpha: float = ALPHA, beta: float = BETA, pad_multiple: int = PAD_MULTIPLE,
-                 sigma_y: float | torch.Tensor = DEFAULT_SIGMA_Y) -> None:
+                 sigma_y: float | torch.Tensor = DEFAULT_SIGMA_Y, backbone: str = "ncsnpp",
+                 framewise: dict[str, Any] | None = None) -> None:
         super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
         freqs = n_fft // 2 + 1
         if not isinstance(sigma_y, torch.Tensor):
             sigma_y = torch.full((freqs, 1), float(sigma_y), dtype=torch.float64)
         if sigma_y.dim() not in (0, 2) or (sigma_y.dim() == 2 and tuple(sigma_y.shape) != (freqs, 1)):
             raise ValueError(f"sigma_y must be 0-dim or [{freqs}, 1], got {tuple(sigma_y.shape)}")
-        if pad_multiple % 2 ** (len(ch_mult) - 1) or freqs % 2 ** (len(ch_mult) - 1):
+        if backbone == "ncsnpp" and (pad_multiple % 2 ** (len(ch_mult) - 1) or freqs % 2 ** (len(ch_mult) - 1)):
             raise ValueError("frequency bins and the frame padding must be divisible by the U-Net's "
                              f"downsampling factor {2 ** (len(ch_mult) - 1)}")
         # Registration order = official state-dict order: sigma_x, sigma_y, backbone.*, feature_extractor.*
         self.register_buffer("sigma_x", torch.zeros((), dtype=torch.float32))
         self.register_buffer("sigma_y", sigma_y.detach().clone())
-        self.backbone = NCSNpp(nf=nf, ch_mult=ch_mult, num_res_blocks=num_res_blocks, fourier_size=fourier_size,
-                               fourier_scale=fourier_scale, fir_kernel=fir_kernel)
+        self.backbone: NCSNpp | FramewiseBackbone
+        if backbone == "ncsnpp":
+            self.backbone = NCSNpp(nf=nf, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
+                                   fourier_size=fourier_size, fourier_scale=fourier_scale, fir_kernel=fir_kernel)
+            self._arch: dict[str, Any] = dict(
+                nf=nf, ch_mult=[int(c) for c in ch_mult], num_res_blocks=num_res_blocks,
+                fourier_size=fourier_size or nf, fourier_scale=fourier_scale,
+                fir_kernel=[float(k) for k in fir_kernel])
+        else:
+            args = {**FRAMEWISE_DEFAULTS, **(framewise or {})}
+            unknown = set(args) - set(FRAMEWISE_DEFAULTS)
+            if unknown:
+                raise ValueError(f"unknown framewise backbone settings: {', '.join(sorted(unknown))}")
+            self.backbone = FramewiseBackbone(n_freqs=freqs, fourier_scale=fourier_scale, **args)
+            self._arch = {"backbone": "framewise", "framewise": dict(args), "fourier_scale": fourier_scale}
         self.feature_extractor = FeatureMap(n_fft, hop_length, alpha, beta, pad_multiple)
-        self._arch = dict(nf=nf, ch_mult=[int(c) for c in ch_mult], num_res_blocks=num_res_blocks,
-                          fourier_size=fourier_size or nf, fourier_scale=fourier_scale,
-                          fir_kernel=[float(k) for k in fir_kernel])
         self.precision = "float32"
         self._compiled: Callable[..., torch.Tensor] | None = None
         self.eval()
@@ -300,7 +316,8 @@ class Postfilter(nn.Module):
         fe = self.feature_extractor
         return {
             "type": CONFIG_TYPE,
-            "version": CONFIG_VERSION,
+            # folders of the frame-wise backbone are version 2, so that older flowdec refuses them by name
+            "version": CONFIG_VERSION if isinstance(self.backbone, NCSNpp) else 2,
             "sample_rate": self.sample_rate,
             **self._arch,
             "n_fft": fe.n_fft,
@@ -326,13 +343,26 @@ class Postfilter(nn.Module):
         dtype = {"float64": torch.float64, "float32": torch.float32}.get(str(config.get("sigma_y_dtype", "float64")))
         if dtype is None:
             raise ValueError(f"sigma_y_dtype must be float64 or float32, got {config.get('sigma_y_dtype')!r}")
+        sigma_y = torch.full(shape, DEFAULT_SIGMA_Y, dtype=dtype)
+        backbone = str(config.get("backbone", "ncsnpp"))
+        if backbone == "framewise":
+            framewise = config.get("framewise")
+            if not isinstance(framewise, dict):
+                raise ValueError("a framewise backbone needs its 'framewise' settings")
+            return cls(n_fft=n_fft, hop_length=int(config.get("hop_length", HOP_LENGTH)),
+                       alpha=float(config.get("alpha", ALPHA)), beta=float(config.get("beta", BETA)),
+                       pad_multiple=int(config.get("pad_multiple", PAD_MULTIPLE)), sigma_y=sigma_y,
+                       fourier_scale=float(config.get("fourier_scale", 16.0)), backbone="framewise",
+                       framewise={k: int(v) for k, v in framewise.items()})
+        if backbone != "ncsnpp":
+            raise ValueError(f"unknown backbone {backbone!r} (this flowdec knows {', '.join(BACKBONES)})")
         return cls(nf=int(config["nf"]), ch_mult=tuple(config["ch_mult"]),
                    num_res_blocks=int(config["num_res_blocks"]), fourier_size=config.get("fourier_size"),
                    fourier_scale=float(config.get("fourier_scale", 16.0)),
                    fir_kernel=tuple(config.get("fir_kernel", (1, 3, 3, 1))), n_fft=n_fft,
                    hop_length=int(config.get("hop_length", HOP_LENGTH)), alpha=float(config.get("alpha", ALPHA)),
                    beta=float(config.get("beta", BETA)), pad_multiple=int(config.get("pad_multiple", PAD_MULTIPLE)),
-                   sigma_y=torch.full(shape, DEFAULT_SIGMA_Y, dtype=dtype))
+                   sigma_y=sigma_y)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], source: str = "state dict",
@@ -483,7 +513,7 @@ class Postfilter(nn.Module):
             return self._field(x_t.to(self.device), Y.to(self.device), t)
 
     def _field(self, x: torch.Tensor, Y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x, Y, t.reshape(-1), real_fn=self._compiled)
+        return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled)
 
     # -- whole inputs ---------------------------------------------------------------------------------
 
@@ -589,7 +619,8 @@ class Postfilter(nn.Module):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if chunk_seconds is None:
-            chunk_seconds = DEFAULT_CHUNK_SECONDS.get(self.device.type, DEFAULT_CHUNK_SECONDS["cpu"])
+            defaults = DEFAULT_CHUNK_SECONDS if isinstance(self.backbone, NCSNpp) else FRAMEWISE_CHUNK_SECONDS
+            chunk_seconds = defaults.get(self.device.type, defaults["cpu"])
         signal = _Signal(source)
         fe = self.feature_extractor
         hop = fe.hop_length
@@ -623,13 +654,8 @@ class Postfilter(nn.Module):
                                      progress, nfe)
 
     def activation_bytes(self, frames: int) -> int:
-        """Rough peak memory of one network pass over ``frames`` STFT frames (batch rows x frames).
-
-        Measured at nf 64 in float32 on CPU: about 5.3 MB per frame with the optimised settings (9.6 MB
-        in the straightforward NCHW path); activations scale with nf and the element size.
-        """
-        elem = torch.finfo(self.backbone.compute_dtype).bits // 8
-        return int(ACTIVATION_BYTES_PER_FRAME * frames * self.backbone.nf / 64 * elem / 4)
+        """Rough peak memory of one network pass over ``frames`` STFT frames (batch rows x frames)."""
+        return self.backbone.activation_bytes(frames)
 
     def auto_batch_size(self, rows_frames: int, chunks: int, limit: int = 16) -> int:
         """Chunks per network pass: 1 on CPU; on CUDA as many as fit in 60 % of the free memory."""

@@ -5,6 +5,7 @@ Always available (numpy only):
 * :func:`si_sdr` - scale-invariant signal-to-distortion ratio, dB, higher is better.
 * :func:`mel_distance` - multi-resolution log-mel L1 distance, lower is better.
 * :func:`log_spectral_distance` - log-spectral distance with a floor, dB, lower is better.
+* :func:`high_band_energy_ratio` - energy above 8 kHz relative to the reference; 1 is right.
 
 Optional (the ``metrics`` extra: ``pip install flowdec-cli[metrics]``); they raise
 :class:`MetricUnavailable` when their package is missing:
@@ -48,6 +49,7 @@ __all__ = [
     "si_sdr",
     "mel_distance",
     "log_spectral_distance",
+    "high_band_energy_ratio",
     "visqol",
     "pesq_wb",
     "stoi",
@@ -267,6 +269,31 @@ def mel_distance(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------
+# high-band energy
+
+HIGH_BAND_HZ = 8000.0
+
+
+def high_band_energy_ratio(ref: np.ndarray, deg: np.ndarray, sr: int, above_hz: float = HIGH_BAND_HZ) -> float:
+    """Energy of ``deg`` above ``above_hz`` divided by the reference's (1.0 = the same; no unit).
+
+    Codecs trained without adversarial losses tend to lose the top octaves (ratio well below 1), and a
+    badly trained generative postfilter tends to fill them with noise (well above 1); neither shows in a
+    waveform metric. Computed from 2048-point Hann STFTs (hop 512) summed over frames and channels.
+    """
+    r, d = align(ref, deg)
+    n_fft = 2048
+    first = int(math.ceil(above_hz * n_fft / sr))
+    if first > n_fft // 2:
+        raise MetricError(f"{sr} Hz audio has no band above {above_hz:g} Hz")
+    er = sum(float(np.sum(_stft_mag(r[:, c], n_fft, 512)[:, first:] ** 2)) for c in range(r.shape[1]))
+    ed = sum(float(np.sum(_stft_mag(d[:, c], n_fft, 512)[:, first:] ** 2)) for c in range(d.shape[1]))
+    if er <= 1e-20:
+        raise MetricError(f"the reference has no energy above {above_hz:g} Hz")
+    return ed / er
+
+
+# ---------------------------------------------------------------------------------------
 # log-spectral distance
 
 LSD_N_FFT = 2048
@@ -407,7 +434,7 @@ class MetricSpec:
     name: str  #: key used on the command line and in JSON/CSV
     func: Callable[[np.ndarray, np.ndarray, int], float]  #: (ref, deg, sr) -> float
     unit: str  #: "dB", "MOS", "" ...
-    higher_is_better: bool
+    higher_is_better: bool | None  #: None: neither (a ratio whose ideal is 1)
     module: str | None = None  #: import name of the optional package (None: always there)
     package: str | None = None  #: PyPI name of the optional package
     description: str = ""
@@ -420,6 +447,8 @@ METRICS: dict[str, MetricSpec] = {
                       description="multi-resolution log10-mel L1 distance"),
     "lsd": MetricSpec("lsd", log_spectral_distance, "dB", False,
                       description="log-spectral distance, floor 80 dB below reference peak"),
+    "hf_ratio": MetricSpec("hf_ratio", high_band_energy_ratio, "", None,
+                           description="energy above 8 kHz relative to the reference (1 = equal)"),
     "visqol": MetricSpec("visqol", visqol, "MOS", True, "visqol", "visqol-python",
                          "ViSQOL v3 audio mode at 48 kHz"),
     "pesq": MetricSpec("pesq", pesq_wb, "MOS", True, "pesq", "pesq", "PESQ wide-band at 16 kHz"),

@@ -66,6 +66,10 @@ class Trainer:
     def restore(self, ckpt: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def init_weights(self, source: Path) -> None:
+        """Load the model's weights (not the optimizer's state) from ``source`` (``train.init_from``)."""
+        raise NotImplementedError
+
     def finish(self) -> None:
         """Called on the main process after the last step (exports)."""
 
@@ -107,6 +111,8 @@ class Trainer:
             self.step = int(ckpt["trainer"]["step"])
             if ckpt["trainer"].get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(ckpt["trainer"]["scaler"])
+        elif cfg.train.init_from:
+            self.init_weights(Path(cfg.train.init_from))
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", {"kind": cfg.kind, **config_to_dict(cfg)})

@@ -37,6 +37,7 @@ __all__ = [
     "setup_distributed",
     "cleanup_distributed",
     "amp_settings",
+    "first_problem",
     "save_checkpoint",
     "load_checkpoint",
     "find_checkpoint",
@@ -223,6 +224,15 @@ def optimizer_state_from_files(tensors: dict[str, torch.Tensor], meta: dict[str,
 
 def _step_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def first_problem(exc: BaseException) -> str:
+    """The first item of a strict-load error (which lists every mismatched key), for one-line messages."""
+    text = str(exc)
+    head, sep, rest = text.partition("): ")
+    items = rest.split("; ") if sep else [text]
+    more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+    return items[0][:200] + more
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model_config: dict[str, Any], model_state: dict[str, torch.Tensor],

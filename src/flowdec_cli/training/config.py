@@ -5,7 +5,8 @@ A config file has one table per section (``[model]``, ``[data]``, ``[loss]``, ``
 value where one is known (``docs/training.md`` lists each key and where its default comes from). Sizes are
 settings too, so a tiny CPU model is the same file with smaller numbers (``configs/*-tiny.toml``).
 
-Relative paths inside a config file (data lists, the sigma file, ``train.out_dir``) are taken relative to
+Relative paths inside a config file (data lists, the sigma file, ``train.out_dir``, ``train.init_from``)
+are taken relative to
 the folder holding the config file. ``overrides`` (``"section.key=value"``, the value written as in TOML)
 change single keys after loading, which is what ``flowdec train ... --set`` uses.
 """
@@ -63,6 +64,9 @@ class TrainLoopConfig:
     checkpoint_every: int = 10_000
     keep_checkpoints: int = 3  # newest N kept; 0 keeps all
     out_dir: str = "runs/train"
+    # start a new run from these weights (a model, component, run or checkpoint folder) instead of a random
+    # init: how training accumulates across machines from what the repository ships; ignored on --resume
+    init_from: str | None = None
     progress: bool = True
     tensorboard: bool = True  # used when the tensorboard package is installed
 
@@ -185,8 +189,19 @@ class NDACTrainConfig:
 
 @dataclass
 class PostfilterModelConfig:
-    """[model]: NCSN++ ``ncsnpp_final_no_attn`` size and the feature map (official values)."""
+    """[model]: the backbone and its size, and the feature map (official values).
 
+    ``backbone = "ncsnpp"`` (official ``ncsnpp_final_no_attn``: nf, ch_mult, num_res_blocks) or
+    ``"framewise"`` (our 1-D ConvNeXt over frames: dim, intermediate_dim, num_blocks, kernel_size,
+    fourier_size; see docs/framewise.md). The other backbone's keys are ignored.
+    """
+
+    backbone: str = "ncsnpp"
+    dim: int = 256
+    intermediate_dim: int = 768
+    num_blocks: int = 6
+    kernel_size: int = 7
+    fourier_size: int = 64
     nf: int = 64
     ch_mult: list[int] = field(default_factory=lambda: [4, 4, 4, 2])
     num_res_blocks: int = 1
@@ -282,7 +297,15 @@ class PostfilterTrainConfig:
         if len(self.optim.betas) != 2:
             raise ConfigError("optim.betas must have two values")
         m = self.model
-        factor = 2 ** (len(m.ch_mult) - 1)
+        if m.backbone not in ("ncsnpp", "framewise"):
+            raise ConfigError(f"model.backbone must be 'ncsnpp' or 'framewise', got {m.backbone!r}")
+        if m.backbone == "framewise":
+            for key in ("dim", "intermediate_dim", "num_blocks", "kernel_size", "fourier_size"):
+                if getattr(m, key) < 1:
+                    raise ConfigError(f"model.{key} must be at least 1")
+            if m.kernel_size % 2 == 0:
+                raise ConfigError(f"model.kernel_size must be odd, got {m.kernel_size}")
+        factor = 2 ** (len(m.ch_mult) - 1) if m.backbone == "ncsnpp" else 1
         if (m.n_fft // 2 + 1) % factor or m.pad_multiple % factor:
             raise ConfigError(f"model: n_fft // 2 + 1 and pad_multiple must be divisible by {factor} "
                               f"(2 ** (len(ch_mult) - 1))")
@@ -308,7 +331,8 @@ def _check_common(batch_size: int, gain_db: list[float], train: TrainLoopConfig,
 CONFIG_TYPES: dict[str, type] = {"ndac": NDACTrainConfig, "postfilter": PostfilterTrainConfig}
 
 # Keys that hold paths (resolved against the config file's folder).
-_PATH_KEYS = {("data", "train"), ("data", "validation"), ("sigma", "file"), ("train", "out_dir")}
+_PATH_KEYS = {("data", "train"), ("data", "validation"), ("sigma", "file"), ("train", "out_dir"),
+              ("train", "init_from")}
 
 
 # --------------------------------------------------------------------------------------------------

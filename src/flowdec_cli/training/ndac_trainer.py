@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import CheckpointError, load_model_folder
 from ..evaluation.metrics import si_sdr
 from ..ndac import NDAC, NDACConfig
 from .base import Trainer
-from .common import TrainingError, param_list, wrap_ddp
+from .common import TrainingError, first_problem, param_list, wrap_ddp
 from .config import NDACTrainConfig, config_to_dict
 from .data import EvalDataset, SegmentDataset, list_audio, make_loader, split_items
 from .losses import NDACLoss
@@ -125,12 +127,16 @@ class NDACTrainer(Trainer):
         model.eval()
         keys = [f"{m}_nq{k}" for k in self.val_codebooks for m in ("mel_loss", "si_sdr")]
         sums = torch.zeros(len(keys) * 2, dtype=torch.float64)
+        usage = torch.zeros(model.n_codebooks, model.codebook_size, dtype=torch.float64)
         try:
             for i in range(env.rank, len(self.val_set), env.world_size):
                 x, _ = self.val_set[i]
                 x = x[None].to(env.device)
                 length = x.shape[-1]
                 z = model.encoder(model.pad_to_hop(x))
+                codes = model.quantizer(z, n_quantizers=model.n_codebooks)[1][0].cpu()
+                for c in range(model.n_codebooks):
+                    usage[c] += torch.bincount(codes[c], minlength=model.codebook_size).double()
                 for j, k in enumerate(self.val_codebooks):
                     y = model.decoder(model.quantizer(z, n_quantizers=k)[0])
                     y = F.pad(y, (0, max(length - y.shape[-1], 0)))[..., :length]
@@ -147,6 +153,7 @@ class NDACTrainer(Trainer):
         for n, key in enumerate(keys):
             if sums[2 * n + 1] > 0:
                 out[key] = float(sums[2 * n] / sums[2 * n + 1])
+        out.update(codebook_usage(env.all_reduce_sum(usage.to(env.device)).cpu()))
         return out
 
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -167,6 +174,17 @@ class NDACTrainer(Trainer):
         except (ValueError, KeyError, RuntimeError) as exc:
             raise TrainingError(f"{ckpt['dir']}: does not fit this config ({exc})") from None
 
+    def init_weights(self, source: Path) -> None:
+        from .export import ndac_component
+
+        folder = ndac_component(source)
+        _, state = load_model_folder(folder)
+        try:
+            self.model.load_official_state_dict(state, str(folder))
+        except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
+            raise TrainingError(f"{folder}: its weights do not fit this config (another backbone or size): "
+                                f"{first_problem(exc)}") from None
+
     def finish(self) -> None:
         from ..models import save_ndac
 
@@ -175,6 +193,22 @@ class NDACTrainer(Trainer):
         card = {"name": self.run_dir.name, "licence": "unknown",
                 "description": f"NDAC trained with flowdec for {self.step} steps (codec only)"}
         (folder / "flowdec.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def codebook_usage(counts: torch.Tensor) -> dict[str, float]:
+    """Per-codebook ``used_cb{k}`` (share of entries chosen at least once) and ``perplexity_cb{k}``
+    (exp of the entropy of the code histogram: 1 = one entry does everything, the codebook size = uniform)
+    from ``[n_codebooks, codebook_size]`` counts. Low values flag collapsed or dead codebooks: the reason
+    DAC-style trainers revive dead codes; healthy values say the codec's trouble lies elsewhere."""
+    out: dict[str, float] = {}
+    for k, row in enumerate(counts.double()):
+        total = float(row.sum())
+        if total <= 0:
+            continue
+        p = row[row > 0] / total
+        out[f"used_cb{k}"] = float((row > 0).double().mean())
+        out[f"perplexity_cb{k}"] = float(torch.exp(-(p * p.log()).sum()))
+    return out
 
 
 def train_ndac(config: NDACTrainConfig, **kwargs: Any) -> NDACTrainer:

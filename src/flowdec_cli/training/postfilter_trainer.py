@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..checkpoints import CheckpointError, load_model_folder
 from ..evaluation.metrics import si_sdr
 from ..postfilter import Postfilter
 from .base import Trainer
-from .common import TrainingError, param_list, wrap_ddp
+from .common import TrainingError, first_problem, param_list, wrap_ddp
 from .config import PostfilterTrainConfig
 from .data import EvalDataset, PairDataset, make_loader, mix_seed, read_pairs
 from .losses import flow_matching_loss, flow_matching_targets, log_spectral_mse
@@ -57,9 +59,12 @@ def sigma_y_from_config(config: PostfilterTrainConfig) -> tuple[torch.Tensor, fl
 def build_postfilter(config: PostfilterTrainConfig) -> Postfilter:
     mc = config.model
     sigma_y, beta = sigma_y_from_config(config)
+    framewise = {"dim": mc.dim, "intermediate_dim": mc.intermediate_dim, "num_blocks": mc.num_blocks,
+                 "kernel_size": mc.kernel_size, "fourier_size": mc.fourier_size}
     return Postfilter(nf=mc.nf, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
                       fourier_scale=mc.fourier_scale, n_fft=mc.n_fft, hop_length=mc.hop_length, alpha=mc.alpha,
-                      beta=beta, pad_multiple=mc.pad_multiple, sigma_y=sigma_y)
+                      beta=beta, pad_multiple=mc.pad_multiple, sigma_y=sigma_y, backbone=mc.backbone,
+                      framewise=framewise if mc.backbone == "framewise" else None)
 
 
 class PostfilterTrainer(Trainer):
@@ -122,7 +127,7 @@ class PostfilterTrainer(Trainer):
             t, eps = self._noise(seeds, Y.shape)
             x_t, u = flow_matching_targets(X, Y, self.pf.sigma_y, t, eps)
         with self.autocast():
-            v = self.net(x_t, Y, t)
+            v = self.net(x_t, Y, t, sigma_y=self.pf.sigma_y)
         loss, per_sample = flow_matching_loss(v, u)
         grad_norm = self.backward_and_step(loss, self.params, self.config.optim.grad_clip, log)
         with torch.no_grad():
@@ -174,6 +179,20 @@ class PostfilterTrainer(Trainer):
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise TrainingError(f"{ckpt['dir']}: does not fit this config ({exc})") from None
+        for p in self.pf.backbone.parameters():
+            p.requires_grad_(True)
+
+    def init_weights(self, source: Path) -> None:
+        from .export import postfilter_component
+
+        folder = postfilter_component(source)
+        _, state = load_model_folder(folder)
+        try:  # the shipped (EMA) weights start both the raw and the EMA copy
+            self.pf.load_official_state_dict(state, str(folder))
+            self.ema.load_official_state_dict(state, str(folder))
+        except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
+            raise TrainingError(f"{folder}: its weights do not fit this config (another backbone or size): "
+                                f"{first_problem(exc)}") from None
         for p in self.pf.backbone.parameters():
             p.requires_grad_(True)
 

@@ -1,0 +1,182 @@
+"""A frame-wise postfilter backbone made for audio and for CPUs (an alternative to NCSN++).
+
+NCSN++ treats the complex spectrogram as an image: 2-D convolutions over frequency and time, at full
+resolution, about 1.5 TFLOP per second of audio at the released size. This backbone treats it as a
+sequence of frames: the 768 frequency bins of a frame are the channels of a 1-D ConvNeXt over time (the
+Vocos/RFWave family), so one pass costs a few GFLOP per second of audio and its receptive field spans
+``num_blocks * (kernel_size - 1) + 1`` frames.
+
+What it predicts (the part that is ours, see docs/framewise.md). The joint flow's state is
+``x_t = Y + r`` with ``r = t (X - Y) + (1 - t) sigma_y eps``. If the residual ``D = X - Y`` of one bin were
+complex Gaussian with mean ``m`` and power ``q sigma_y^2``, the ideal velocity ``E[X - x_0 | x_t, Y]`` would be
+
+    v = ((t q - (1 - t)) r + (1 - t) m) / (t^2 q + (1 - t)^2)
+
+a per-bin Wiener-like gain on ``r`` plus a mean term. The network therefore outputs, per bin and frame, a
+log power ratio ``log q`` and a complex gain ``c`` with ``m = c Y``, and the velocity is formed by that
+formula. It never has to carry the 768 complex noise values of a frame through its bottleneck (a frame-wise
+network with a narrow body cannot), only smooth, well-scaled quantities. Everything is measured in units of
+the per-band ``sigma_y`` (inputs divided by it, ``m`` and ``r`` in those units), which is the per-band
+energy normalisation RFWave does by other means. The training objective, the sampler and NFE semantics are
+FlowDec's unchanged; this is only a different function ``v(x_t, Y, t)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ncsnpp import GaussianFourierProjection
+
+__all__ = ["FramewiseBackbone", "ConvNeXtBlock", "wiener_velocity", "LOG_Q_RANGE"]
+
+LOG_Q_RANGE = (-9.0, 9.0)  # the power ratio q stays within [1.2e-4, 8.1e3]: bounded gains, no overflow
+_LOG_EPS = 1e-4  # floor inside the log-magnitude input features (in sigma_y units)
+
+
+def wiener_velocity(r: torch.Tensor, Y: torch.Tensor, t: torch.Tensor, log_q: torch.Tensor,
+                    gain: torch.Tensor) -> torch.Tensor:
+    """The velocity of a bin whose residual is Gaussian with mean ``gain * Y`` and power ratio ``q``.
+
+    ``r`` and ``Y`` are complex ``[B, F, T]`` in sigma_y units, ``t`` is ``[B]``, ``log_q`` real and ``gain``
+    complex ``[B, F, T]``. Returns the velocity in sigma_y units. Finite for every t in [0, 1]: the
+    denominator is at least ``min(q, 1) / (1 + q)`` there.
+    """
+    q = log_q.clamp(*LOG_Q_RANGE).exp()
+    t = t.reshape(-1, 1, 1).to(q.dtype)
+    s = 1.0 - t
+    den = t * t * q + s * s
+    return ((t * q - s) * r + s * (gain * Y)) / den
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise temporal convolution, adaptive LayerNorm (scale and shift from the flow time), pointwise
+    MLP, and a learned per-channel residual scale (ConvNeXt as Vocos uses it)."""
+
+    def __init__(self, dim: int, intermediate_dim: int, kernel_size: int, temb_dim: int,
+                 layer_scale: float = 1e-2) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Linear(temb_dim, 2 * dim)
+        self.pwconv1 = nn.Linear(dim, intermediate_dim)
+        self.pwconv2 = nn.Linear(intermediate_dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale)))
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, C, T], ``temb`` [B, temb_dim] -> [B, C, T]."""
+        h = self.dwconv(x).transpose(1, 2)  # [B, T, C]
+        scale, shift = self.modulation(temb).unsqueeze(1).chunk(2, dim=-1)
+        h = self.norm(h) * (1.0 + scale) + shift
+        h = self.pwconv2(F.gelu(self.pwconv1(h)))
+        return x + (self.gamma * h).transpose(1, 2)
+
+
+class FramewiseBackbone(nn.Module):
+    """v(x_t, Y, t) for complex ``[B, 1, F, T]`` features: a 1-D ConvNeXt over frames with a Wiener head.
+
+    Input features per bin (sigma_y units): log-magnitudes of Y and of ``r = x_t - Y``, and ``r``'s
+    in-phase and quadrature parts relative to Y's phase (``r * conj(Y) / |Y|``), so the body sees what the
+    state has drifted to relative to the coded signal without having to track absolute phase. A pointwise
+    projection to ``dim`` channels, ``num_blocks`` ConvNeXt blocks, LayerNorm, and a pointwise projection to
+    3 values per bin (log q, Re c, Im c) that :func:`wiener_velocity` turns into the velocity.
+    """
+
+    def __init__(self, n_freqs: int = 768, dim: int = 256, intermediate_dim: int = 768, num_blocks: int = 6,
+                 kernel_size: int = 7, fourier_size: int = 64, fourier_scale: float = 16.0) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.n_freqs, self.dim = n_freqs, dim
+        temb_dim = 4 * fourier_size
+        self.time_projection = GaussianFourierProjection(fourier_size, fourier_scale)
+        self.time_mlp = nn.Sequential(nn.Linear(2 * fourier_size, temb_dim), nn.SiLU(),
+                                      nn.Linear(temb_dim, temb_dim), nn.SiLU())
+        self.embed = nn.Conv1d(4 * n_freqs, dim, kernel_size=1)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(dim, intermediate_dim, kernel_size, temb_dim)
+                                    for _ in range(num_blocks))
+        self.final_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, 3 * n_freqs)
+        nn.init.zeros_(self.head.weight)  # start at q = 1, c = 0: "the residual is as strong as the noise"
+        nn.init.zeros_(self.head.bias)
+        self.receptive_field = num_blocks * (kernel_size - 1) + 1
+
+    # The interface Postfilter drives (shared with NCSNpp) ------------------------------------------------
+
+    channels_last = False
+    fused = False
+    downsampling_factor = 1
+
+    def use_channels_last(self, enabled: bool = True) -> "FramewiseBackbone":
+        """No 2-D activations here: nothing to convert (kept for the common backbone interface)."""
+        return self
+
+    def set_fused(self, enabled: bool = True) -> "FramewiseBackbone":
+        """Nothing to fuse (kept for the common backbone interface)."""
+        return self
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> "FramewiseBackbone":
+        """Run the body in ``dtype``; the time embedding and the velocity formula stay float32."""
+        self.embed.to(dtype)
+        self.blocks.to(dtype)
+        self.final_norm.to(dtype)
+        self.head.to(dtype)
+        return self
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def activation_bytes(self, frames: int) -> int:
+        """Rough peak memory of one pass over ``frames`` frames: the input features and the widest layer."""
+        elem = torch.finfo(self.compute_dtype).bits // 8
+        widest = max(4 * self.n_freqs, self.blocks[0].pwconv1.out_features if len(self.blocks) else 0)
+        return int(frames * (8 * self.n_freqs * 4 + 3 * widest * elem))
+
+    def flops_per_frame(self) -> int:
+        """Floating-point operations of one pass per frame (2 per multiply-add), for speed estimates."""
+        macs = self.embed.in_channels * self.dim + self.head.in_features * self.head.out_features
+        for b in self.blocks:
+            macs += b.dwconv.kernel_size[0] * b.dwconv.in_channels + 2 * b.pwconv1.in_features * b.pwconv1.out_features
+        return 2 * macs
+
+    def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, sigma_y: torch.Tensor,
+                real_fn: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """Velocity (complex ``[B, 1, F, T]``) at flow time ``t`` for state ``x_t`` given the coded ``cond``.
+
+        ``sigma_y`` is the postfilter's per-band (``[F, 1]``) or global noise scale. ``real_fn`` replaces
+        :meth:`forward_real` (e.g. its ``torch.compile`` version).
+        """
+        x = torch.cat([x_t.real, x_t.imag, cond.real, cond.imag], dim=1)
+        t = torch.as_tensor(t, device=x.device).to(torch.float32).reshape(-1)
+        scale = sigma_y.to(device=x.device, dtype=torch.float32).reshape(-1, 1)
+        return (real_fn or self.forward_real)(x, t, scale)
+
+    def forward_real(self, x: torch.Tensor, t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``x`` = [Re x_t, Im x_t, Re Y, Im Y] as ``[B, 4, F, T]`` float, ``t`` [B], ``scale`` [F or 1, 1]."""
+        inv = 1.0 / scale
+        x = x.float()
+        y_re, y_im = x[:, 2] * inv, x[:, 3] * inv
+        r_re, r_im = x[:, 0] * inv - y_re, x[:, 1] * inv - y_im
+        y_abs = torch.sqrt(y_re * y_re + y_im * y_im)
+        r_abs = torch.sqrt(r_re * r_re + r_im * r_im)
+        unit = 1.0 / (y_abs + _LOG_EPS)
+        feats = torch.cat([torch.log(y_abs + _LOG_EPS), torch.log(r_abs + _LOG_EPS),
+                           (r_re * y_re + r_im * y_im) * unit, (r_im * y_re - r_re * y_im) * unit], dim=1)
+        temb = self.time_mlp(self.time_projection(t.float()))
+        h = self.embed(feats.to(self.compute_dtype))
+        temb = temb.to(h.dtype)
+        for block in self.blocks:
+            h = block(h, temb)
+        out = self.head(self.final_norm(h.transpose(1, 2))).float().transpose(1, 2)  # [B, 3F, T]
+        n = self.n_freqs
+        log_q, c_re, c_im = out[:, :n], out[:, n:2 * n], out[:, 2 * n:]
+        r = torch.complex(r_re, r_im)
+        Y = torch.complex(y_re, y_im)
+        v = wiener_velocity(r, Y, t, log_q, torch.complex(c_re, c_im))
+        return (v * scale)[:, None]

@@ -1,0 +1,121 @@
+"""The frame-wise postfilter backbone: the Wiener-structured velocity, shapes, persistence, long audio."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flowdec_cli.framewise import LOG_Q_RANGE, FramewiseBackbone, wiener_velocity
+from flowdec_cli.postfilter import Postfilter
+
+TINY = dict(dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
+
+
+def _tiny(seed: int = 0, sigma_y: float | torch.Tensor = 0.4) -> Postfilter:
+    torch.manual_seed(seed)
+    pf = Postfilter(backbone="framewise", framewise=TINY, pad_multiple=8, sigma_y=sigma_y)
+    with torch.no_grad():  # a non-trivial head, so the tests see the network's output, not the zero init
+        pf.backbone.head.weight.normal_(0, 0.05)
+    return pf
+
+
+def test_wiener_velocity_is_the_gaussian_posterior_mean():
+    """For a Gaussian residual D ~ CN(m, q) and x_t = Y + t D + (1 - t) eps, the formula is E[D - eps | r]."""
+    gen = torch.Generator().manual_seed(0)
+    n, q, m = 400_000, 2.5, complex(0.7, -0.3)
+    Y = torch.ones(1, 1, 1, dtype=torch.complex64)
+    for t in (0.0, 1 / 6, 0.5, 5 / 6):
+        D = m + math.sqrt(q) * torch.randn(n, dtype=torch.complex64, generator=gen)
+        eps = torch.randn(n, dtype=torch.complex64, generator=gen)
+        r = t * D + (1 - t) * eps
+        u = D - eps
+        v = wiener_velocity(r.reshape(1, 1, n), Y.expand(1, 1, n), torch.tensor([t]),
+                            torch.full((1, 1, n), math.log(q)), torch.full((1, 1, n), m, dtype=torch.complex64))
+        # the posterior mean leaves a residual uncorrelated with r, and no other linear map does better
+        resid = (u - v[0, 0])
+        assert abs(complex((resid * r.conj()).mean())) < 0.02, t
+        assert abs(complex(resid.mean())) < 0.02, t
+
+
+def test_wiener_velocity_stays_finite_at_the_ends():
+    r = torch.randn(1, 4, 3, dtype=torch.complex64)
+    Y = torch.randn(1, 4, 3, dtype=torch.complex64)
+    for log_q in (LOG_Q_RANGE[0] - 5, 0.0, LOG_Q_RANGE[1] + 5):
+        for t in (0.0, 1.0 - 1e-7, 1.0):
+            v = wiener_velocity(r, Y, torch.tensor([t]), torch.full((1, 4, 3), log_q), torch.ones(1, 4, 3) + 0j)
+            assert bool(torch.isfinite(torch.view_as_real(v)).all()), (log_q, t)
+
+
+def test_zero_initialised_head_removes_the_noise_at_t0():
+    """At t = 0 with q = 1 and c = 0 the velocity is -r: one Euler step from x0 lands back on Y."""
+    torch.manual_seed(0)
+    bb = FramewiseBackbone(n_freqs=8, **TINY)
+    Y = torch.randn(2, 1, 8, 5, dtype=torch.complex64)
+    x0 = Y + 0.3 * torch.randn(2, 1, 8, 5, dtype=torch.complex64)
+    v = bb(x0, Y, torch.zeros(2), sigma_y=torch.full((8, 1), 0.3, dtype=torch.float64))
+    assert torch.allclose(x0 + v, Y, atol=1e-5)
+
+
+def test_frames_outside_the_receptive_field_do_not_matter():
+    pf = _tiny()
+    bb = pf.backbone
+    T, reach = 40, bb.receptive_field // 2
+    Y = torch.randn(1, 1, 768, T, dtype=torch.complex64)
+    x = torch.randn(1, 1, 768, T, dtype=torch.complex64)
+    v = pf.velocity(x, Y, 0.3)
+    Y2 = Y.clone()
+    Y2[..., 30:] = 0
+    v2 = pf.velocity(x, Y2, 0.3)
+    assert torch.equal(v[..., :30 - reach], v2[..., :30 - reach])
+    assert not torch.equal(v[..., 30 - reach:30], v2[..., 30 - reach:30])
+
+
+def test_enhance_shapes_seeds_and_folder_round_trip(tmp_path):
+    pf = _tiny(sigma_y=torch.linspace(0.2, 0.5, 768, dtype=torch.float64).reshape(768, 1))
+    y = 0.1 * torch.randn(2, 1, 20_000)
+    a = pf.enhance(y, nfe=4, generator=torch.Generator().manual_seed(3))
+    b = pf.enhance(y, nfe=4, generator=torch.Generator().manual_seed(3))
+    assert a.shape == y.shape and torch.equal(a, b) and bool(torch.isfinite(a).all())
+    assert not torch.equal(a, y)
+    pf.save(tmp_path / "pf")
+    back = Postfilter.load(tmp_path / "pf")
+    assert back.config == pf.config and back.config["version"] == 2 and back.config["backbone"] == "framewise"
+    assert torch.equal(back.enhance(y, nfe=4, generator=torch.Generator().manual_seed(3)), a)
+    assert back.settings["channels_last"] is False
+
+
+def test_long_input_chunks_cover_every_sample_and_match_whole_away_from_seams():
+    pf = _tiny()
+    y = 0.1 * torch.randn(1, 1, 48_000 * 3)
+    noise = torch.randn(1, 1, 768, 376, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    whole = pf.enhance_long(y, nfe=2, noise=noise, chunk_seconds=10.0)
+    chunked = pf.enhance_long(y, nfe=2, noise=noise, chunk_seconds=1.0, overlap_seconds=0.3)
+    assert chunked.shape == y.shape and bool(torch.isfinite(chunked).all())
+    # with the same noise, a frame-wise network sees the same frames away from the chunk edges: the
+    # output there equals the whole-file output (the first chunk's first half, a middle stretch)
+    assert torch.allclose(whole[..., :12_000], chunked[..., :12_000], atol=1e-5)
+    assert float((whole - chunked).abs().max()) < 0.5 * float(whole.abs().max())
+
+
+def test_unknown_backbone_and_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        Postfilter(backbone="transformer")
+    with pytest.raises(ValueError, match="unknown framewise backbone settings"):
+        Postfilter(backbone="framewise", framewise={"depth": 3})
+    config = _tiny().config
+    config["backbone"] = "mystery"
+    with pytest.raises(ValueError, match="unknown backbone 'mystery'"):
+        Postfilter.from_config(config)
+
+
+def test_reduced_precision_runs_and_stays_close():
+    pf = _tiny()
+    Y = torch.randn(1, 1, 768, 16, dtype=torch.complex64)
+    x = torch.randn(1, 1, 768, 16, dtype=torch.complex64)
+    ref = pf.velocity(x, Y, 0.5)
+    pf.configure(precision="bfloat16")
+    low = pf.velocity(x, Y, 0.5)
+    assert low.dtype == torch.complex64
+    assert float((low - ref).abs().max() / ref.abs().max()) < 0.05
