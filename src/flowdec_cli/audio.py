@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .fileio import publish, temporary_sibling
+from .fileio import no_space_left, publish, temporary_sibling
 
 __all__ = [
     "AudioError",
@@ -30,6 +30,7 @@ __all__ = [
     "output_format_for",
 ]
 
+MAX_CHANNELS = 1024  # libsndfile's limit (SF_MAX_CHANNELS); beyond it it says only "Format not recognised."
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
 
 
@@ -60,12 +61,22 @@ def _describe(exc: Exception) -> str:
     return msg
 
 
+def _check_readable(path: Path) -> None:
+    """libsndfile reports an unreadable file as "System error."; find the real cause first."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    os.close(fd)
+
+
 def probe(path: str | os.PathLike) -> AudioInfo:
     path = Path(path)
     if not path.exists():
         raise AudioError(f"{path}: no such file")
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, not an audio file")
+    _check_readable(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:
@@ -81,6 +92,7 @@ def probe(path: str | os.PathLike) -> AudioInfo:
 def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterator[np.ndarray]:
     """float32 blocks [n, channels] of the whole file, in order."""
     path = Path(path)
+    _check_readable(path)
     try:
         with sf.SoundFile(str(path)) as f:
             while True:
@@ -178,11 +190,17 @@ def output_format_for(path: str | os.PathLike, subtype: str | None = None) -> tu
 
 
 class AtomicAudioWriter:
-    """Writes blocks to a temporary file beside ``path`` and renames it into place only on success."""
+    """Writes blocks to a temporary file beside ``path`` and renames it into place only on success; with
+    ``overwrite=False`` a file that appeared at ``path`` meanwhile is left alone (``OutputExistsError``)."""
 
-    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str | None = None,
+                 overwrite: bool = True) -> None:
         self.path = Path(path)
+        self.overwrite = overwrite
         fmt, sub = output_format_for(self.path, subtype)
+        if not 1 <= int(channels) <= MAX_CHANNELS:
+            raise AudioError(f"{self.path}: cannot write {channels} channels; audio files here hold 1 to "
+                             f"{MAX_CHANNELS}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = temporary_sibling(self.path)
@@ -195,12 +213,27 @@ class AtomicAudioWriter:
             self.tmp.unlink(missing_ok=True)
             raise AudioError(f"{self.path}: cannot write ({_describe(exc)})") from None
 
+    def _failed(self, exc: Exception, wanted: int = 0) -> AudioError:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            reason = exc.strerror or str(exc)
+        elif no_space_left(self.tmp.parent, wanted):  # libsndfile says only "System error."
+            reason = "no space left on device"
+        else:
+            reason = _describe(exc)
+        return AudioError(f"{self.path}: cannot write ({reason})")
+
     def write(self, block: np.ndarray) -> None:
-        self._file.write(block)
+        try:
+            self._file.write(block)
+        except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            raise self._failed(exc, np.asarray(block).nbytes) from None
 
     def commit(self) -> None:
-        self._file.close()
-        publish(self.tmp, self.path)
+        try:
+            self._file.close()
+        except (RuntimeError, OSError) as exc:
+            raise self._failed(exc) from None
+        publish(self.tmp, self.path, self.overwrite)
 
     def abort(self) -> None:
         try:

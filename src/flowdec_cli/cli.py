@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import Failure
+from .errors import Failure, termination_signals
 
 # Exit codes: click uses 2 for usage errors; failures are 1.
 EXIT_FAILURE = 1
@@ -24,10 +24,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .audio import AudioError
     from .checkpoints import CheckpointError
     from .container import FdcError
+    from .fileio import OutputExistsError
     from .models import ModelError
     from .pipeline import CodecError
 
-    return (AudioError, CheckpointError, FdcError, ModelError, CodecError)
+    return (AudioError, CheckpointError, FdcError, ModelError, CodecError, OutputExistsError)
 
 
 class _Group(click.Group):
@@ -35,12 +36,14 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with termination_signals():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except KeyboardInterrupt:
-            click.echo("flowdec: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (errors.Terminated): temp files are gone
+            name = getattr(exc, "name", "")
+            click.echo(f"flowdec: {'terminated by ' + name if name else 'interrupted'}", err=True)
+            sys.exit(getattr(exc, "exit_code", 130))
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -224,6 +227,8 @@ def _execute(plan: _Plan, one: Callable[[_Job], str | None], force: bool, skip_e
         return
     from tqdm import tqdm
 
+    from .fileio import OutputExistsError
+
     jobs = plan.jobs
     done = skipped = 0
     failed: list[str] = []
@@ -240,6 +245,13 @@ def _execute(plan: _Plan, one: Callable[[_Job], str | None], force: bool, skip_e
             done += 1
         except KeyboardInterrupt:
             raise
+        except OutputExistsError:
+            if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
+                skipped += 1
+                continue
+            failed.append(f"{job.dst}: appeared while this run was writing it; left as it is "
+                          "(use -f/--force to overwrite or --skip-existing)")
+            tqdm.write(f"flowdec: error: {failed[-1]}", file=sys.stderr)
         except Exception as exc:
             known = isinstance(exc, (_known_errors() + (click.ClickException,)))
             text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
@@ -321,7 +333,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
                    f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel", err=True)
 
     def one(job: _Job) -> str:
-        res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars)
+        res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars, overwrite=force)
         return (f"{job.dst}: {res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
                 f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} nominal)")
 
@@ -372,7 +384,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
             click.echo(f"flowdec: warning: {w}", err=True)
         passes = _model_nfe(codec, nfe, solver)
         t0 = time.perf_counter()
-        res = codec._decode_file(header, codes, job.dst, passes, solver, seed, subtype, bars)
+        res = codec._decode_file(header, codes, job.dst, passes, solver, seed, subtype, bars, overwrite=force)
         took = time.perf_counter() - t0
         dur = header.num_samples / header.sample_rate
         guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
@@ -414,7 +426,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     def one(job: _Job) -> str:
         t0 = time.perf_counter()
         comp, dec = codec.roundtrip_file(job.src, job.dst, n_codebooks=k, nfe=nfe, solver=solver, seed=seed,
-                                         subtype=subtype, progress=bars)
+                                         subtype=subtype, progress=bars, overwrite=force)
         took = time.perf_counter() - t0
         return (f"{job.dst}: {comp.duration:.2f} s, {comp.file_bytes} bytes coded "
                 f"({comp.actual_bitrate / 1000:.3f} kbit/s per channel), NFE {nfe}, {took:.1f} s")
@@ -445,7 +457,9 @@ def info(src: Path, as_json: bool) -> None:
 
     from .container import read_fdc
 
-    if not src.is_file():
+    if src.is_dir():
+        raise Failure(f"{src}: is a folder; give a .fdc file")
+    if not src.exists():
         raise Failure(f"{src}: no such file")
     header, codes = read_fdc(src)
     size = src.stat().st_size

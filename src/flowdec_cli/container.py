@@ -34,6 +34,7 @@ __all__ = [
     "bits_for_codebook_size",
     "decode_fdc",
     "encode_fdc",
+    "frames_for_samples",
     "header_size",
     "max_file_size",
     "nominal_bitrate",
@@ -124,6 +125,12 @@ class FdcHeader:
                 or not 0 < gain <= _MAX_GAIN):
             raise FdcError(f"{source_name}: invalid header: gain must be a number in (0, {_MAX_GAIN:g}], "
                            f"got {gain!r}")
+        lo, hi = frames_for_samples(self.num_samples, self.sample_rate, self.model_sample_rate, self.hop_length)
+        if not lo <= self.num_frames <= hi:
+            need = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            raise FdcError(f"{source_name}: invalid header: {self.num_samples} samples at {self.sample_rate} Hz "
+                           f"take {need} frames of {self.hop_length} at {self.model_sample_rate} Hz, but the "
+                           f"header says {self.num_frames}")
         if not isinstance(self.extra, dict):
             raise FdcError(f"{source_name}: invalid header: extra must be a dict")
         for key in self.extra:
@@ -189,6 +196,16 @@ def _check_fields(values: dict[str, Any], src: str) -> None:
             top = values[hi] if isinstance(hi, str) else hi
             if not lo <= v <= top:
                 raise FdcError(f"{src}: invalid header: {name} = {v} is out of range [{lo}, {top}]")
+
+
+def frames_for_samples(num_samples: int, sample_rate: int, model_sample_rate: int, hop: int) -> tuple[int, int]:
+    """The frame counts (lowest, highest) the codec makes for ``num_samples`` at ``sample_rate``: resampled to
+    round(n * model_rate / rate) samples (either rounding of a tie), then ceil(that / hop) frames. A header
+    outside this range lies about its length (a 110-byte file must not decode into terabytes of padding)."""
+    n, sr, msr, hop = int(num_samples), int(sample_rate), int(model_sample_rate), int(hop)
+    num = n * msr  # exact integers, however large
+    low, high = num // sr, -(-num // sr)  # floor and ceil of the exact model-rate length
+    return -(-low // hop), -(-high // hop)
 
 
 def bits_for_codebook_size(codebook_size: int) -> int:
@@ -340,14 +357,15 @@ def encode_fdc(header: FdcHeader, codes: np.ndarray, source_name: str = "<bytes>
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def write_fdc(path: str | os.PathLike, header: FdcHeader, codes: np.ndarray) -> None:
-    """Write a .fdc file atomically: a temporary file in the same folder, then ``os.replace``.
+def write_fdc(path: str | os.PathLike, header: FdcHeader, codes: np.ndarray, overwrite: bool = True) -> None:
+    """Write a .fdc file atomically: a temporary file in the same folder, then a rename.
 
     Header and codes are checked first (:class:`FdcError`); an existing file is replaced only by a
-    complete new one, and no temporary file is left behind on failure (``OSError`` propagates).
+    complete new one, and only with ``overwrite`` (else ``OutputExistsError``); no temporary file is left
+    behind on failure (``OSError`` propagates).
     """
     data = encode_fdc(header, codes, source_name=str(os.fspath(path)))
-    atomic_write_bytes(os.path.abspath(path), data, make_parents=False)
+    atomic_write_bytes(os.path.abspath(path), data, make_parents=False, overwrite=overwrite)
 
 
 # -- decoding ---------------------------------------------------------------------------------------

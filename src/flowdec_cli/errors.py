@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
-__all__ = ["Failure", "one_line_errors", "describe_os_error"]
+__all__ = ["Failure", "Terminated", "one_line_errors", "describe_os_error", "termination_signals"]
 
 
 class Failure(click.ClickException):
@@ -43,3 +46,39 @@ def one_line_errors(errors: Callable[[], tuple[type[BaseException], ...]],
         return wrapper
 
     return decorate
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, systemd, batch schedulers, a closed terminal), raised like Ctrl-C so
+    every ``finally``/``except BaseException`` that removes temporary files runs; exit 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        self.name = signal.Signals(self.signum).name
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def termination_signals() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise :class:`Terminated` (in the main thread; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {}
+    for s in wanted:
+        try:
+            previous[s] = signal.signal(s, _raise_terminated)
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(s, handler)

@@ -1,12 +1,43 @@
-"""Writing files so that a reader never sees half of one: temporary sibling, fsync, usual mode, rename."""
+"""Writing files so that a reader never sees half of one, and nothing is lost or left behind.
+
+* Every output is written to a temporary sibling (same folder, so the final rename is atomic), fsynced,
+  given the usual mode, then published by a rename.
+* Without ``overwrite`` the publish is *no-clobber*: it refuses to replace a file that appeared while we
+  were writing (``renameat2(RENAME_NOREPLACE)`` where the kernel and file system have it, else a hard link
+  then an unlink, both atomic) and raises :class:`OutputExistsError`.
+* Temporary names carry the host and the owner's pid: ``.NAME.flowdec-HOST-PID.RANDOM.part``. A SIGKILL
+  cannot be caught, so the first temporary file a process makes in a folder removes that folder's
+  leftovers whose owner (on this host) is gone; a live process's files are never touched.
+
+docs/faults.md states what this promises.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import hashlib
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "temporary_sibling", "publish"]
+__all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temporary_folder", "publish",
+           "publish_folder", "remove_stale_temporaries", "no_space_left", "owner_alive"]
+
+
+class OutputExistsError(FileExistsError):
+    """A no-clobber publish found the output already there (another process made it meanwhile)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(errno.EEXIST, "exists", str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return (f"{self.path}: appeared while this run was writing it; left as it is, our result discarded "
+                "(use -f/--force to overwrite)")
 
 
 def _default_mode() -> int:
@@ -16,33 +47,192 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+# -- temporary names ---------------------------------------------------------------------------------
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_OWNED = re.compile(r"^\..*\.flowdec-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.[A-Za-z0-9_]+(\.part|\.tmp)?$")
+_swept: set[str] = set()
+
+
+def _tag() -> str:
+    return f"flowdec-{_HOST}-{os.getpid()}."
+
+
+def owner_alive(pid: int) -> bool:
+    """Is process ``pid`` (on this host) still running? Unknown counts as alive: never remove a live run's file."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove temporary files and folders in ``folder`` left by flowdec processes of this host that are gone
+    (a SIGKILL, a power cut); return what was removed. Never touches a running process's files."""
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _OWNED.match(name)
+        if not m or m["host"] != _HOST or owner_alive(int(m["pid"])):
+            continue
+        p = Path(folder) / name
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    key = os.path.abspath(folder)
+    if key not in _swept:
+        _swept.add(key)
+        remove_stale_temporaries(folder)
+
+
 def temporary_sibling(path: str | os.PathLike, suffix: str = ".part") -> Path:
-    """An empty temporary file in ``path``'s folder (same file system, so the final rename is atomic)."""
+    """An empty temporary file in ``path``'s folder (same file system, so the final rename is atomic),
+    named ``.NAME.flowdec-HOST-PID.RANDOM.part`` so that a later run can tell whether its owner lives."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    _sweep_once(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_tag()}", suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
 
 
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Give a finished temporary file the usual mode and move it into place."""
+def temporary_folder(folder: str | os.PathLike, label: str) -> Path:
+    """A temporary folder inside ``folder`` (created if needed), owner-tagged like :func:`temporary_sibling`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _sweep_once(folder)
+    return Path(tempfile.mkdtemp(prefix=f".{label}.{_tag()}", dir=folder))
+
+
+# -- publishing --------------------------------------------------------------------------------------
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _renameat2_noreplace(src: str, dst: str) -> bool:
+    """Rename without replacing; True if done, False if the system cannot (then the caller falls back).
+    Raises :class:`OutputExistsError` when ``dst`` exists."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise OutputExistsError(dst)
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False  # not supported here (old kernel, some network or FUSE file systems)
+    raise OSError(err, os.strerror(err), dst)
+
+
+def _link_noreplace(src: str, dst: str) -> None:
+    """Hard link then unlink: the link fails atomically if ``dst`` exists. Without hard links (vfat and
+    some network file systems) fall back to check-then-rename, which only narrows the race."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise OutputExistsError(dst) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(dst):
+            raise OutputExistsError(dst) from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Give a finished temporary file the usual mode and move it into place. With ``overwrite=False``
+    an existing ``path`` is left alone: the temporary file is removed and :class:`OutputExistsError` raised."""
     os.chmod(tmp, _default_mode())
-    os.replace(tmp, path)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    src, dst = os.fspath(tmp), os.fspath(path)
+    try:
+        if not _renameat2_noreplace(src, dst):
+            _link_noreplace(src, dst)
+    except OutputExistsError:
+        Path(src).unlink(missing_ok=True)
+        raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool = True) -> None:
+def publish_folder(build: str | os.PathLike, final: str | os.PathLike, overwrite: bool = False) -> None:
+    """Move a finished folder into place in one rename. An existing ``final`` is replaced only with
+    ``overwrite`` (the old one goes once the new one is in place); otherwise :class:`OutputExistsError`."""
+    build, final = Path(build), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite and (final.exists() or final.is_symlink()):
+        old = final.with_name(f".{final.name}.{_tag()}old")
+        os.replace(final, old)
+        try:
+            os.replace(build, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if _renameat2_noreplace(os.fspath(build), os.fspath(final)):
+        return
+    if final.exists() or final.is_symlink():
+        raise OutputExistsError(final)
+    try:
+        os.rename(build, final)  # POSIX: fails for a non-empty folder that appeared meanwhile
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise OutputExistsError(final) from None
+        raise
+
+
+def no_space_left(folder: str | os.PathLike, wanted: int = 0) -> bool:
+    """Does ``folder``'s file system have (about) no room left for ``wanted`` more bytes?"""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < max(wanted, 0) + (1 << 20)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool = True,
+                       overwrite: bool = True) -> None:
     """Write ``data`` to ``path`` atomically; no temporary file is left behind on failure. With
-    ``make_parents=False`` a missing folder is an error (``FileNotFoundError``) rather than created."""
+    ``make_parents=False`` a missing folder is an error (``FileNotFoundError``) rather than created; with
+    ``overwrite=False`` an existing ``path`` raises :class:`OutputExistsError` and stays as it is.
+    Write errors (a full disk) name ``path``."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        publish(tmp, path, overwrite)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

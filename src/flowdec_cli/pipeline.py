@@ -24,7 +24,8 @@ import torch
 
 from . import __version__
 from .audio import AtomicAudioWriter, Resampler, probe, read_blocks
-from .container import FdcHeader, read_fdc, write_fdc
+from .container import FdcHeader, frames_for_samples, read_fdc, write_fdc
+from .fileio import OutputExistsError
 from .models import Model, load_model
 from .runtime import resolve_device
 
@@ -276,13 +277,17 @@ class Codec:
         return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain), codes
 
     def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
-                      bitrate_kbps: float | None = None, progress: Progress = _no_progress) -> CompressResult:
-        """Code an audio file into a .fdc file (written atomically)."""
+                      bitrate_kbps: float | None = None, progress: Progress = _no_progress,
+                      overwrite: bool = True) -> CompressResult:
+        """Code an audio file into a .fdc file (written atomically; with ``overwrite=False`` a file that
+        exists when it is published stays and ``OutputExistsError`` is raised)."""
         src, dst = Path(src), Path(dst)
         header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            write_fdc(dst, header, codes)
+            write_fdc(dst, header, codes, overwrite=overwrite)
+        except OutputExistsError:
+            raise
         except OSError as exc:
             raise CodecError(f"{dst}: cannot write ({exc.strerror or exc})") from None
         return CompressResult(header, codes, dst.stat().st_size)
@@ -292,7 +297,7 @@ class Codec:
         """Refuse codes this model cannot decode; return warnings for weights that differ."""
         mine = (self.ndac.sample_rate, self.ndac.hop_length, self.ndac.codebook_size)
         theirs = (header.model_sample_rate, header.hop_length, header.codebook_size)
-        if mine != theirs or header.n_codebooks > self.ndac.n_codebooks:
+        if mine != theirs or max(header.n_codebooks, header.model_codebooks) > self.ndac.n_codebooks:
             raise CodecError(
                 f"{source}: coded by '{header.model_name}' ({header.model_sample_rate} Hz, hop {header.hop_length}, "
                 f"{header.model_codebooks}x{header.codebook_size} codebooks), which model '{self.model.name}' "
@@ -312,6 +317,7 @@ class Codec:
     def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int, solver: str,
                               seed: int | None, progress: Progress) -> tuple[_ModelRateBuffer, float]:
         """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming."""
+        _check_codes_fit(header, codes)
         channels = codes.shape[0]
         c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
         d0 = _ModelRateBuffer(channels, self.ndac.decoded_length(codes.shape[-1]))
@@ -386,18 +392,19 @@ class Codec:
     def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int | None = None,
                         solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
                         progress: Progress = _no_progress,
-                        warn: Callable[[str], None] | None = None) -> DecompressResult:
+                        warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
         src, dst = Path(src), Path(dst)
         header, codes = read_fdc(src)
         for w in self.check_header(header, str(src)):
             if warn is not None:
                 warn(w)
-        return self._decode_file(header, codes, dst, nfe, solver, seed, subtype, progress)
+        return self._decode_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite)
 
     def _decode_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int | None, solver: str,
-                     seed: int | None, subtype: str | None, progress: Progress) -> DecompressResult:
+                     seed: int | None, subtype: str | None, progress: Progress,
+                     overwrite: bool = True) -> DecompressResult:
         nfe = self.resolve_nfe(nfe)
-        writer = AtomicAudioWriter(dst, header.sample_rate, header.channels, subtype)
+        writer = AtomicAudioWriter(dst, header.sample_rate, header.channels, subtype, overwrite=overwrite)
         clip = _clip_for(writer)
         try:
             buf, gain = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
@@ -413,16 +420,30 @@ class Codec:
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
-                       seed: int | None = None, subtype: str | None = None,
-                       progress: Progress = _no_progress) -> tuple[CompressResult, DecompressResult]:
+                       seed: int | None = None, subtype: str | None = None, progress: Progress = _no_progress,
+                       overwrite: bool = True) -> tuple[CompressResult, DecompressResult]:
         """Compress and decompress in one go; the .fdc is built in memory and its size reported."""
         from .container import encode_fdc
 
         src, dst = Path(src), Path(dst)
         header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
         comp = CompressResult(header, codes, len(encode_fdc(header, codes)))
-        dec = self._decode_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress)
+        dec = self._decode_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress, overwrite)
         return comp, dec
+
+
+def _check_codes_fit(header: FdcHeader, codes: np.ndarray) -> None:
+    """Never write more than the codes describe: the header's length must be one the codec makes from
+    this many frames (container.frames_for_samples), so padding stays under a frame."""
+    codes = np.asarray(codes)
+    if codes.ndim != 3 or codes.shape[0] != header.channels or codes.shape[1] > header.n_codebooks:
+        raise CodecError(f"codes of shape {list(codes.shape)} do not match the header "
+                         f"([channels, n_codebooks, frames] = {list(header.codes_shape)})")
+    lo, hi = frames_for_samples(header.num_samples, header.sample_rate, header.model_sample_rate,
+                                header.hop_length)
+    if not lo <= codes.shape[-1] <= hi:
+        raise CodecError(f"{header.num_samples} samples at {header.sample_rate} Hz cannot come from "
+                         f"{codes.shape[-1]} frames (the codec makes {lo} to {hi}); refusing to pad")
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:

@@ -1,0 +1,448 @@
+"""Nothing lost, nothing flooded (issue 12): races between real processes, hostile headers, signals, stale
+temporary files, and errors that name the file and the real cause on one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+import flowdec_cli
+from flowdec_cli import container, fileio
+from flowdec_cli.cli import main
+from flowdec_cli.container import FDC_MAGIC, FdcError, decode_fdc, read_fdc
+
+from .conftest import make_tiny_ndac, tone, write_model_folder
+
+SRC = str(Path(flowdec_cli.__file__).resolve().parents[1])  # the package under test, also in the children
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output and "unexpected" not in result.output, result.output
+    return lines[0]
+
+
+def spawn(*args: str | os.PathLike) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "flowdec_cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if p.is_file()]
+
+
+def fake_fdc(tmp_path: Path, seconds: float, name: str = "long.fdc", channels: int = 1) -> Path:
+    """A valid .fdc for the tiny 75 Hz codec with random codes (no encoding needed)."""
+    frames = int(seconds * 75)
+    h = container.FdcHeader(model_name="tiny-75", model_hash="", sample_rate=48000, channels=channels,
+                            num_samples=frames * 640, model_sample_rate=48000, hop_length=640,
+                            codebook_size=1024, n_codebooks=4, model_codebooks=10, num_frames=frames)
+    codes = np.random.default_rng(0).integers(0, 1024, h.codes_shape)
+    path = tmp_path / name
+    container.write_fdc(path, h, codes)
+    return path
+
+
+# -- 1. no-clobber publish ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("verb", ["compress", "decompress", "roundtrip"])
+def test_two_processes_one_output_nothing_silently_replaced(verb, tmp_path, tiny_codec_dir):
+    """Both start while the output does not exist; exactly one wins, the other says so (exit 1) and the
+    file on disk is the winner's, whole."""
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(a, tone(6.0, 48000), 48000)
+    sf.write(b, tone(7.0, 48000), 48000)
+    if verb == "decompress":
+        a, b = fake_fdc(tmp_path, 6.0, "a.fdc"), fake_fdc(tmp_path, 7.0, "b.fdc")
+    out = tmp_path / ("same.fdc" if verb == "compress" else "same.wav")
+    extra = [] if verb == "compress" else ["--nfe", "0"]
+    procs = [spawn(verb, src, out, "-m", tiny_codec_dir, "-q", *extra) for src in (a, b)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 1], results
+    loser = next(err for rc, err in results if rc == 1)
+    assert len(loser.strip().splitlines()) == 1 and "Traceback" not in loser
+    assert ("appeared while this run was writing it" in loser or "exists; use -f/--force" in loser), loser
+    winner = (a, b)[[rc for rc, _ in results].index(0)]
+    seconds = 6.0 if winner == a else 7.0
+    if verb == "compress":
+        assert read_fdc(out)[0].num_samples == int(seconds * 48000)
+    else:
+        assert sf.info(str(out)).frames == int(seconds * 48000)
+    assert not temporaries(tmp_path)
+
+
+def test_output_appearing_during_the_run_is_kept(tmp_path, tiny_codec_dir, monkeypatch):
+    """Deterministic form of the race: the output appears after the start check, before publishing."""
+    from flowdec_cli.pipeline import Codec
+
+    wav = tmp_path / "in.wav"
+    sf.write(wav, tone(0.5, 48000), 48000)
+    real = Codec._code_file
+
+    def code_then_race(self, src, *args, **kwargs):
+        result = real(self, src, *args, **kwargs)
+        for out in (tmp_path / "a.fdc", tmp_path / "o.wav"):
+            out.write_bytes(b"theirs")
+        return result
+
+    monkeypatch.setattr(Codec, "_code_file", code_then_race)
+    r = run("compress", wav, tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and "a.fdc: appeared while this run was writing it" in one_line(r)
+    assert (tmp_path / "a.fdc").read_bytes() == b"theirs"
+    (tmp_path / "a.fdc").unlink()
+    (tmp_path / "o.wav").unlink()
+    r = run("roundtrip", wav, tmp_path / "o.wav", "-m", tiny_codec_dir, "-q", "--nfe", "0")
+    assert r.exit_code == 1 and "o.wav: appeared while" in one_line(r)
+    assert (tmp_path / "o.wav").read_bytes() == b"theirs"
+    assert run("roundtrip", wav, tmp_path / "o.wav", "-m", tiny_codec_dir, "-q", "--nfe", "0", "-f").exit_code == 0
+    assert sf.info(str(tmp_path / "o.wav")).frames == 24000
+    assert not temporaries(tmp_path)
+
+
+def test_no_clobber_publish_primitives(tmp_path):
+    dst = tmp_path / "x"
+    fileio.atomic_write_bytes(dst, b"one", overwrite=False)
+    with pytest.raises(fileio.OutputExistsError):
+        fileio.atomic_write_bytes(dst, b"two", overwrite=False)
+    assert dst.read_bytes() == b"one" and not temporaries(tmp_path)
+    fileio.atomic_write_bytes(dst, b"three")
+    assert dst.read_bytes() == b"three"
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "f").write_text("new")
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "g").write_text("old")
+    with pytest.raises(fileio.OutputExistsError):
+        fileio.publish_folder(build, tmp_path / "final")
+    assert (tmp_path / "final" / "g").read_text() == "old"
+    fileio.publish_folder(build, tmp_path / "final", overwrite=True)
+    assert (tmp_path / "final" / "f").read_text() == "new" and not (tmp_path / "final" / "g").exists()
+
+
+def test_link_fallback_is_no_clobber_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(fileio, "_renameat2_noreplace", lambda src, dst: False)
+    dst = tmp_path / "x"
+    fileio.atomic_write_bytes(dst, b"one", overwrite=False)
+    with pytest.raises(fileio.OutputExistsError):
+        fileio.atomic_write_bytes(dst, b"two", overwrite=False)
+    assert dst.read_bytes() == b"one" and not temporaries(tmp_path)
+
+
+@pytest.mark.slow
+def test_soak_eight_processes_one_folder_skip_existing(tmp_path, tiny_codec_dir):
+    """8 processes convert the same folder into the same folder at once: all succeed, every output is
+    valid and complete, none is lost, no temporary file stays."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    lengths = {}
+    for i in range(10):
+        rel = Path("sub" if i % 2 else ".") / f"t{i}.wav"
+        lengths[rel.with_suffix(".fdc")] = int((0.6 + 0.1 * i) * 48000)
+        sf.write(src / rel, tone(0.6 + 0.1 * i, 48000, seed=i), 48000)
+    procs = [spawn("compress", src, out, "-m", tiny_codec_dir, "--skip-existing", "-q") for _ in range(8)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _ in results), results
+    for rel, n in lengths.items():
+        header, codes = read_fdc(out / rel)
+        assert header.num_samples == n and codes.shape[-1] == header.num_frames
+    assert sorted(p.relative_to(out) for p in out.rglob("*.fdc")) == sorted(lengths)
+    assert not temporaries(out)
+
+
+def test_folder_mode_counts_a_file_made_meanwhile_as_skipped(tmp_path, tiny_codec_dir, monkeypatch):
+    from flowdec_cli.pipeline import Codec
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(0.3, 48000), 48000)
+    real = Codec.compress_file
+
+    def race(self, s, dst, *args, **kwargs):
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        Path(dst).write_bytes(b"theirs")
+        return real(self, s, dst, *args, **kwargs)
+
+    monkeypatch.setattr(Codec, "compress_file", race)
+    r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir, "--skip-existing")
+    assert r.exit_code == 0 and "1 skipped" in r.output
+    assert (tmp_path / "out" / "a.fdc").read_bytes() == b"theirs"
+    (tmp_path / "out" / "a.fdc").unlink()
+    r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir)
+    assert r.exit_code == 1 and "a.fdc: appeared while this run was writing it" in r.output
+
+
+# -- 2. header lies -------------------------------------------------------------------------------
+
+def test_a_110_byte_file_cannot_claim_terabytes():
+    h = container.FdcHeader(model_name="m", model_hash="", sample_rate=48000, channels=1, num_samples=150 * 640,
+                            model_sample_rate=48000, hop_length=640, codebook_size=1024, n_codebooks=1,
+                            model_codebooks=10, num_frames=150)
+    m = {**container._header_map(h), 6: 2 ** 40}
+    with pytest.raises(FdcError, match=r"1099511627776 samples at 48000 Hz take 1717986919 frames .* says 150"):
+        decode_fdc(forge(m, container.pack_codes(np.zeros((1, 1, 150), np.int64), 10)))
+    # resampling is part of the rule: 44.1 kHz audio coded at 48 kHz
+    assert container.frames_for_samples(44100, 44100, 48000, 640) == (75, 75)
+    assert container.frames_for_samples(1, 44100, 48000, 640) == (1, 1)
+    assert container.frames_for_samples(0, 44100, 48000, 640) == (0, 0)
+
+
+def test_decoding_never_pads_beyond_the_codes(tiny_codec_dir):
+    from flowdec_cli.pipeline import Codec, CodecError
+
+    codec = Codec.load(tiny_codec_dir, "cpu")
+    header, codes = codec.compress_array(tone(0.2, 48000), 48000)
+    header.num_samples = 2 ** 40  # a header built by hand, never through the container
+    with pytest.raises(CodecError, match="refusing to pad"):
+        codec.decompress_codes(header, codes, nfe=0)
+
+
+def forge(header_map: dict, payload: bytes) -> bytes:
+    head = msgpack.packb(header_map, use_bin_type=True)
+    body = FDC_MAGIC + bytes([1, 0]) + struct.pack("<H", len(head)) + head + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _lies(h: container.FdcHeader) -> list[tuple[str, int, object]]:
+    """Each numeric field at 0, 1, its maximum, one past it, and one off its true value either way."""
+    out = []
+    for name, key, kind, _lo, hi in container._FIELDS:
+        if kind != "int":
+            continue
+        top = getattr(h, hi) if isinstance(hi, str) else hi
+        true = getattr(h, name)
+        for v in sorted({0, 1, top, top + 1, true - 1, true + 1, 2 ** 62, 2 ** 64 - 1}):
+            if v != true:
+                out.append((name, key, v))
+    for v in (0, 1, 1e9, 1e9 + 1, -1.0, float("nan"), float("inf")):
+        out.append(("gain", container._KEY_GAIN, v))
+    for v in (0, 1, 2 ** 62):
+        out.append(("nominal_bitrate", container._KEY_BITRATE, v))
+    return out
+
+
+def test_header_lies_over_the_whole_decompress_path(tmp_path, tiny_codec_dir):
+    """Every lie ends in one clean line (exit 1) or in an output no bigger than its codes describe."""
+    sf.write(tmp_path / "in.wav", tone(0.3, 44100, 2), 44100)
+    assert run("compress", tmp_path / "in.wav", tmp_path / "a.fdc", "-m", tiny_codec_dir, "-n", "3", "-q").exit_code == 0
+    data = (tmp_path / "a.fdc").read_bytes()
+    h, codes = read_fdc(tmp_path / "a.fdc")
+    hlen = struct.unpack_from("<H", data, 6)[0]
+    payload = data[8 + hlen:-4]
+    original = msgpack.unpackb(data[8:8 + hlen], strict_map_key=False)
+    outcomes = {"refused": 0, "decoded": 0}
+    for name, key, value in _lies(h):
+        lie = tmp_path / "lie.fdc"
+        lie.write_bytes(forge({**original, key: value}, payload))
+        out = tmp_path / "lie.wav"
+        r = run("decompress", lie, out, "-m", tiny_codec_dir, "--nfe", "0", "-q", "-f")
+        assert r.exit_code in (0, 1), (name, value, r.output)
+        if r.exit_code == 1:
+            line = one_line(r)
+            assert line.startswith("flowdec: error: ") and "lie.fdc" in line, (name, value, line)
+            outcomes["refused"] += 1
+            continue
+        outcomes["decoded"] += 1
+        hh, _ = read_fdc(lie)
+        frames = codes.shape[-1]
+        limit = (frames * 640 * hh.sample_rate // 48000 + 1) * hh.channels * 2 + 4096
+        assert out.stat().st_size <= limit, (name, value, out.stat().st_size)
+        out.unlink()
+    assert outcomes["refused"] > 40 and not temporaries(tmp_path)
+
+
+def test_more_codebooks_than_the_model_has_are_refused(tmp_path, tiny_codec_dir):
+    h = container.FdcHeader(model_name="tiny-75", model_hash="", sample_rate=48000, channels=1,
+                            num_samples=6400, model_sample_rate=48000, hop_length=640, codebook_size=1024,
+                            n_codebooks=3, model_codebooks=12, num_frames=10)
+    container.write_fdc(tmp_path / "x.fdc", h, np.zeros(h.codes_shape, np.int64))
+    r = run("decompress", tmp_path / "x.fdc", tmp_path / "x.wav", "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    assert r.exit_code == 1 and "x.fdc: coded by 'tiny-75'" in one_line(r) and "12x1024" in r.output
+    assert not (tmp_path / "x.wav").exists()
+
+
+# -- 3. signals and stale temporary files -----------------------------------------------------------
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
+def test_termination_signals_clean_up(sig, code, tmp_path, tiny_codec_dir):
+    fdc = fake_fdc(tmp_path, 240.0)
+    out = tmp_path / "out" / "long.wav"
+    p = spawn("decompress", fdc, out, "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    deadline = time.time() + 120
+    while not temporaries(tmp_path / "out") if (tmp_path / "out").exists() else True:
+        assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "slow"
+        time.sleep(0.05)
+    tmp = temporaries(tmp_path / "out")[0]
+    assert f"-{p.pid}." in tmp.name  # the owner's pid is in the name
+    p.send_signal(sig)
+    rc = p.wait(timeout=120)
+    err = p.stderr.read()
+    assert rc == code, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not temporaries(tmp_path / "out") and not out.exists()
+
+
+def test_a_later_run_removes_stale_temporaries_but_never_a_live_ones(tmp_path, tiny_codec_dir):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tag = fileio._HOST
+    stale = tmp_path / f".o.wav.flowdec-{tag}-{dead.pid}.abc123.part"
+    live = tmp_path / f".o.wav.flowdec-{tag}-{os.getpid()}.def456.part"
+    other_host = tmp_path / f".o.wav.flowdec-{'0' * 6 if tag != '0' * 6 else '1' * 6}-{dead.pid}.x.part"
+    legacy = tmp_path / ".o.wav.k2j3h4.part"  # no owner in the name: unknown, kept
+    stale_dir = tmp_path / f".fetch.flowdec-{tag}-{dead.pid}.q1w2e3"
+    stale_dir.mkdir()
+    (stale_dir / "x").write_text("partial")
+    for p in (stale, live, other_host, legacy):
+        p.write_bytes(b"partial")
+    sf.write(tmp_path / "in.wav", tone(0.2, 48000), 48000)
+    fileio._swept.discard(os.path.abspath(tmp_path))
+    r = run("roundtrip", tmp_path / "in.wav", tmp_path / "o.wav", "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    assert r.exit_code == 0, r.output
+    assert not stale.exists() and not stale_dir.exists()
+    assert live.exists() and other_host.exists() and legacy.exists()
+
+
+# -- 4. one line, the file, the real cause ------------------------------------------------------------
+
+def test_huge_model_config_is_refused_before_building(tmp_path, wav48):
+    folder = write_model_folder(tmp_path / "huge", "huge", make_tiny_ndac())
+    cfg_path = folder / "ndac" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(encoder_dim=10 ** 7, decoder_dim=10 ** 7)
+    cfg_path.write_text(json.dumps(cfg))
+    r = run("compress", wav48, tmp_path / "a.fdc", "-m", folder, "-q")
+    line = one_line(r)
+    assert r.exit_code == 1 and "huge" in line and "encoder_dim = 10000000 is out of range" in line
+
+
+def test_parameter_bound_without_any_single_huge_field(tmp_path):
+    from flowdec_cli.ndac import NDACConfig
+
+    with pytest.raises(ValueError, match="parameters"):
+        NDACConfig(encoder_dim=4096, encoder_rates=[2, 2, 2, 2], decoder_dim=65536, decoder_rates=[2, 2, 2, 2])
+
+
+@pytest.fixture()
+def wav48(tmp_path):
+    path = tmp_path / "in48.wav"
+    sf.write(path, tone(0.3, 48000), 48000)
+    return path
+
+
+def test_disk_full_while_writing_audio_says_so(tmp_path, tiny_codec_dir, monkeypatch, wav48):
+    def full(self, *args, **kwargs):
+        raise sf.LibsndfileError(0, "System error.")  # what libsndfile reports for ENOSPC
+
+    monkeypatch.setattr(sf.SoundFile, "write", full)
+    monkeypatch.setattr(fileio, "no_space_left", lambda folder, wanted=0: True)
+    from flowdec_cli import audio
+
+    monkeypatch.setattr(audio, "no_space_left", lambda folder, wanted=0: True)
+    r = run("roundtrip", wav48, tmp_path / "o.wav", "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    line = one_line(r)
+    assert r.exit_code == 1 and "o.wav: cannot write (no space left on device)" in line
+    assert not temporaries(tmp_path) and not (tmp_path / "o.wav").exists()
+
+
+def test_disk_full_while_writing_codes_names_the_file(tmp_path, tiny_codec_dir, monkeypatch, wav48):
+    import builtins
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return self.f.fileno()
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return Full(f) if ".part" in str(file) and "w" in mode else f
+
+    monkeypatch.setattr(fileio, "open", fake_open, raising=False)
+    r = run("compress", wav48, tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and "a.fdc: cannot write (No space left on device)" in one_line(r)
+    assert not temporaries(tmp_path)
+
+
+def test_unreadable_input_in_folder_mode_names_the_cause(tmp_path, tiny_codec_dir, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "ok.wav", tone(0.2, 48000), 48000)
+    sf.write(src / "locked.wav", tone(0.2, 48000), 48000)
+    real = os.open
+
+    def guarded(path, flags, *args, **kwargs):  # root reads anything: emulate a 000 file
+        if str(path).endswith("locked.wav"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded)
+    r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1
+    assert "locked.wav: cannot read (Permission denied)" in r.output and "System error" not in r.output
+    assert (tmp_path / "out" / "ok.fdc").is_file()
+
+
+def test_65535_channel_header_says_what_is_wrong(tmp_path, tiny_codec_dir):
+    fdc = fake_fdc(tmp_path, 1 / 75, "wide.fdc", channels=65535)
+    r = run("decompress", fdc, tmp_path / "wide.wav", "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    line = one_line(r)
+    assert r.exit_code == 1 and "wide.wav: cannot write 65535 channels" in line and "Format" not in line
+
+
+def test_info_on_a_folder(tmp_path):
+    r = run("info", tmp_path)
+    assert r.exit_code == 1 and "is a folder" in one_line(r)
+
+
+def test_refused_pth_never_advises_weights_only_false(tmp_path, wav48):
+    bad = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "metadata": {"kwargs": argparse.Namespace(a=1)}}, bad)
+    r = run("compress", wav48, tmp_path / "a.fdc", "-m", bad, "-q")
+    line = one_line(r)
+    assert r.exit_code == 1 and "evil.pth: refused" in line and "argparse.Namespace" in line
+    assert "weights_only" not in line and len(line) < 300
+
+
+def test_a_postfilter_checkpoint_is_not_called_dac_weights(tmp_path, wav48, reference_dir):
+    ckpt = reference_dir / "flowdec_small" / "step=800000.ckpt"
+    r = run("compress", wav48, tmp_path / "a.fdc", "-m", ckpt, "-q")
+    line = one_line(r)
+    assert r.exit_code == 1 and "postfilter checkpoint" in line and "DAC weights" not in line
