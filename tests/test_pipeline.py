@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from flowdec_cli.container import max_file_size, read_fdc
 from flowdec_cli.pipeline import Codec, CodecError
@@ -116,9 +117,15 @@ def test_different_weights_warn(codec, tmp_path, reference_dir):
     assert warnings and "weights" in warnings[0]
 
 
+NEAR_TIE = 1e-4  # codes may differ only where the two nearest codebook distances are closer than this
+
+
 @pytest.mark.slow
 def test_long_file_many_chunks_matches_whole(tiny_codec_dir, tmp_path):
-    """A file dozens of chunks long: chunked streaming equals one-piece coding (codes) and decoding (1e-5)."""
+    """A file dozens of chunks long: chunked streaming gives the one-piece codes except at near-ties (the
+    chunks run the convolutions on other windows, so rounding differs, and on some CPUs, e.g. AVX2-only
+    x86, it flips a near-tie); decoding the same codes in chunks equals one piece (1e-5), and decoding
+    either set of codes gives audio within 30 dB of the other."""
     x = tone(40.0, 44100, 1)
     sf.write(tmp_path / "long.flac", x, 44100)
     small = Codec.load(tiny_codec_dir, "cpu", chunk_seconds=0.5)
@@ -126,15 +133,48 @@ def test_long_file_many_chunks_matches_whole(tiny_codec_dir, tmp_path):
     comp = small.compress_file(tmp_path / "long.flac", tmp_path / "a.fdc")
     assert comp.codes.shape[-1] == 3000 and comp.codes.shape[-1] / small.chunk_frames >= 40
     _, codes_whole = whole.compress_array(x, 44100)
-    np.testing.assert_array_equal(comp.codes, codes_whole)
+    assert_codes_equal_but_near_ties(whole, x, 44100, comp.codes, codes_whole)
     y_small = small.decompress_codes(comp.header, comp.codes, nfe=0)
     y_whole = whole.decompress_codes(comp.header, comp.codes, nfe=0)
     assert y_small.shape == x.shape
     assert np.abs(y_small - y_whole).max() < 1e-5
+    y_other = whole.decompress_codes(comp.header, codes_whole, nfe=0)
+    err = np.sum((y_other - y_whole) ** 2) / max(np.sum(y_whole ** 2), 1e-12)
+    assert err < 1e-3  # 30 dB; identical codes give 0
+
+
+def assert_codes_equal_but_near_ties(codec, x, sr, codes, reference):
+    """Every frame whose codes differ does so first at a codebook whose two nearest entries were within
+    NEAR_TIE in the reference (later codebooks of that frame code another residual and may differ freely)."""
+    assert codes.shape == reference.shape
+    diff = codes != reference  # [C, K, T]
+    frames = np.nonzero(diff.any(axis=1))
+    if not len(frames[0]):
+        return
+    from flowdec_cli.audio import resample
+
+    audio = torch.from_numpy(np.ascontiguousarray(resample(x[:, None] if x.ndim == 1 else x, sr, 48000).T))
+    ref_codes, gaps = codec.ndac.code_margins(audio.unsqueeze(1), codes.shape[1])
+    np.testing.assert_array_equal(ref_codes.numpy(), reference)
+    for c, t in zip(*frames):
+        k = int(np.argmax(diff[c, :, t]))
+        assert gaps[c, k, t] < NEAR_TIE, (c, k, t, float(gaps[c, k, t]))
+    assert len(frames[0]) <= max(2, diff.shape[-1] // 500), f"{len(frames[0])} frames differ"
+
+
+def test_exact_ties_break_to_the_lowest_index():
+    from flowdec_cli.ndac import lowest_index_of_max
+
+    x = torch.tensor([[1.0, 3.0, 3.0, 2.0], [5.0, 5.0, 5.0, 5.0], [0.0, 0.0, 0.0, 1.0]])
+    assert lowest_index_of_max(x).tolist() == [1, 0, 3]
+    big = torch.zeros(64, 1024)
+    big[:, 7] = big[:, 900] = 1.0  # an exact float32 tie far apart
+    assert (lowest_index_of_max(big) == 7).all()
+    assert lowest_index_of_max(torch.tensor([[float("nan"), 1.0]])).tolist()[0] in (0, 1)
 
 
 def test_disk_buffer_path_matches_memory_path(tiny_codec_dir, monkeypatch):
-    import flowdec_cli.pipeline as pipeline
+    from flowdec_cli import pipeline
 
     codec = Codec.load(tiny_codec_dir, "cpu", chunk_seconds=0.3)
     header, codes = codec.compress_array(tone(1.5, 44100, 2), 44100)
@@ -162,7 +202,7 @@ def test_disk_array_reads_back_what_was_written():
 
 def test_end_to_end_reproduces_official_pipeline(reference_dir, tmp_path):
     """pipeline_small: NDAC-75 (small) codes, D0 and the FlowDec postfilter (EMA) with the same noise draw."""
-    from flowdec_cli.models import save_ndac, _ndac_from_official
+    from flowdec_cli.models import _ndac_from_official, save_ndac
     from flowdec_cli.postfilter import Postfilter
 
     io = np.load(reference_dir / "pipeline_small" / "io.npz")

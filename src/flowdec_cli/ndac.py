@@ -28,6 +28,11 @@ from torch import nn
 __all__ = ["NDACConfig", "NDAC"]
 
 
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the released codecs have about 65 million
+_BOUNDS = {"encoder_dim": 4096, "latent_dim": 65_536, "decoder_dim": 65_536, "n_codebooks": 1024,
+           "codebook_size": 1 << 20, "codebook_dim": 4096, "sample_rate": 1_000_000}
+
+
 @dataclass
 class NDACConfig:
     """Constructor settings of descript-audio-codec 1.0.0 ``DAC`` (``metadata["kwargs"]`` of a weights.pth)."""
@@ -55,6 +60,44 @@ class NDACConfig:
         for name in ("encoder_dim", "decoder_dim", "n_codebooks", "codebook_size", "codebook_dim", "sample_rate"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self._check_bounds()
+
+    def _check_bounds(self) -> None:
+        """Refuse sizes no codec has before anything is allocated (a config is data from a file)."""
+        for name, top in _BOUNDS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+                raise ValueError(f"config {name} = {v!r} is out of range [1, {top}]")
+        for name in ("encoder_rates", "decoder_rates"):
+            rates = getattr(self, name)
+            if not 1 <= len(rates) <= 12 or not all(1 <= r <= 64 for r in rates):
+                raise ValueError(f"config {name} = {rates} must be 1 to 12 strides of 1 to 64")
+        if self.encoder_dim * 2 ** len(self.encoder_rates) > 65_536:
+            raise ValueError(f"config encoder_dim {self.encoder_dim} doubles past 65536 over "
+                             f"{len(self.encoder_rates)} stages")
+        if self.decoder_dim < 2 ** len(self.decoder_rates):
+            raise ValueError(f"config decoder_dim {self.decoder_dim} is halved {len(self.decoder_rates)} times "
+                             "and must stay at least 1")
+        n = self.parameter_count()
+        if n > MAX_PARAMETERS:
+            raise ValueError(f"config describes {n:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
+                             "not a codec this package can build")
+
+    def parameter_count(self) -> int:
+        """About how many weights the model has (the big convolutions; no allocation)."""
+        d, lat = self.encoder_dim, int(self.latent_dim)  # type: ignore[arg-type]
+        n = 7 * d
+        for s in self.encoder_rates:
+            n += 3 * 8 * d * d + 2 * s * d * 2 * d
+            d *= 2
+        n += 3 * d * lat
+        c = self.decoder_dim
+        n += 7 * lat * c
+        for s in self.decoder_rates:
+            n += 2 * s * c * (c // 2) + 3 * 8 * (c // 2) ** 2
+            c //= 2
+        n += self.n_codebooks * (2 * lat * self.codebook_dim + self.codebook_size * self.codebook_dim)
+        return n
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> "NDACConfig":
@@ -217,6 +260,15 @@ class Decoder(nn.Module):
         return self.model(x)
 
 
+def lowest_index_of_max(x: torch.Tensor) -> torch.Tensor:
+    """Index of the largest value along dim 1; an exact tie goes to the lowest index on every CPU and GPU
+    (``max``/``argmax`` promise no particular index among equal values)."""
+    best, at = x.max(1, keepdim=True)
+    index = torch.arange(x.shape[1], device=x.device).expand_as(x)
+    lowest = torch.where(x == best, index, x.shape[1]).min(1)[0]
+    return torch.where(lowest < x.shape[1], lowest, at[:, 0])  # a NaN row: whatever max picked
+
+
 class VectorQuantize(nn.Module):
     """One factorised codebook: project down, nearest L2-normalised code, look up the raw row, project up."""
 
@@ -227,13 +279,15 @@ class VectorQuantize(nn.Module):
         self.out_proj = WNConv1d(codebook_dim, input_dim, kernel_size=1)
         self.codebook = nn.Embedding(codebook_size, codebook_dim)
 
-    def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
-        """Codes [B,T] of projected latents z_e [B,D,T]: the same arithmetic as DAC's ``decode_latents``."""
-        b = z_e.shape[0]
+    def distances(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Squared distances [B*T, codebook_size] of L2-normalised latents to L2-normalised codebook rows."""
         enc = F.normalize(z_e.transpose(1, 2).reshape(-1, z_e.shape[1]))
         book = F.normalize(self.codebook.weight)
-        dist = enc.pow(2).sum(1, keepdim=True) - 2 * enc @ book.t() + book.pow(2).sum(1, keepdim=True).t()
-        return (-dist).max(1)[1].reshape(b, -1)
+        return enc.pow(2).sum(1, keepdim=True) - 2 * enc @ book.t() + book.pow(2).sum(1, keepdim=True).t()
+
+    def nearest_codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Codes [B,T] of projected latents z_e [B,D,T]: the same arithmetic as DAC's ``decode_latents``."""
+        return lowest_index_of_max(-self.distances(z_e)).reshape(z_e.shape[0], -1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         return F.embedding(codes, self.codebook.weight).transpose(1, 2)
@@ -410,6 +464,23 @@ class NDAC(nn.Module):
         with torch.inference_mode():
             z = self.encoder(self.pad_to_hop(audio))
             return self.quantizer(z, n_quantizers=k)[1]
+
+    def code_margins(self, audio: torch.Tensor, n_codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes [B,k,T] as :meth:`encode` gives them, and for each the gap [B,k,T] between the second-nearest
+        and the nearest codebook distance. Where a gap is below about 1e-4, float rounding (another CPU's
+        kernels, another window) can pick the other entry: see docs/performance.md, "Codes across CPUs"."""
+        k = self._check_n_codebooks(n_codebooks)
+        codes, gaps = [], []
+        with torch.inference_mode():
+            residual = self.encoder(self.pad_to_hop(audio))
+            quantizers: list[VectorQuantize] = list(self.quantizer.quantizers)[:k]  # type: ignore[assignment]
+            for quantizer in quantizers:
+                z_q_i, _c, _b, codes_i, z_e = quantizer(residual)
+                d = quantizer.distances(z_e).topk(2, dim=1, largest=False)[0]
+                gaps.append((d[:, 1] - d[:, 0]).reshape(codes_i.shape))
+                codes.append(codes_i)
+                residual = residual - z_q_i
+        return torch.stack(codes, 1), torch.stack(gaps, 1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """D0's waveform float32 [B,1,L'] for codes [B,k,T] (any k <= n_codebooks), untrimmed."""
