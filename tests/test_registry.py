@@ -19,6 +19,10 @@ from flowdec_cli import registry
 from flowdec_cli.models import ModelError, load_model, load_ndac, load_postfilter
 from flowdec_cli.models_cli import models_group
 
+from .conftest import REFERENCE
+
+_RELEASED_KEYS = registry._released_postfilter_keys
+
 def _fixture_files(ref: Path) -> dict[str, Path]:
     ckpt = ref / "flowdec_small" / "step=800000.ckpt"
     return {
@@ -42,18 +46,34 @@ def _make_zip(path: Path, ref: Path, skip: tuple[str, ...] = (), extra: dict[str
     return path
 
 
+def _fixture_keys(ref: Path) -> dict:
+    """The small fixture's architecture (the release's keys at nf 8) stands in for the released one here."""
+    from flowdec_cli.checkpoints import load_lightning_state_dict
+
+    state = load_lightning_state_dict(ref / "flowdec_small" / "step=800000.ckpt")
+    return {k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in state.items()}
+
+
+@pytest.fixture(autouse=True)
+def _fixture_architecture(monkeypatch):
+    if REFERENCE is not None:
+        monkeypatch.setattr(registry, "_released_postfilter_keys", lambda: _fixture_keys(REFERENCE))
+
+
 @pytest.fixture(scope="module")
 def release_zip(reference_dir, tmp_path_factory) -> Path:
     return _make_zip(tmp_path_factory.mktemp("release") / "checkpoints.zip", reference_dir)
 
 
 @pytest.fixture(scope="module")
-def converted(release_zip, tmp_path_factory) -> Path:
+def converted(release_zip, tmp_path_factory, reference_dir) -> Path:
     """A cache holding the four models, converted once through the CLI."""
     home = tmp_path_factory.mktemp("fetched")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLOWDEC_HOME", str(tmp_path_factory.getbasetemp() / "unused_home"))
+        mp.setattr(registry, "_released_postfilter_keys", lambda: _fixture_keys(reference_dir))
         res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
+                                                "--no-hash-check",
                                                 "--cache-dir", str(home), "-q"])
     assert res.exit_code == 0, res.output
     return home
@@ -110,7 +130,7 @@ def test_fetch_official_converts_the_four_models(home, reference_dir):
 
 def test_fetch_official_skips_when_present_unless_forced(home, release_zip):
     before = (home / "models" / "ndac-75" / "flowdec.json").stat().st_mtime_ns
-    registry.fetch_official(release_zip, expected_size=None, progress=False)
+    registry.fetch_official(release_zip, expected_size=None, expected_sha256=None, progress=False)
     assert (home / "models" / "ndac-75" / "flowdec.json").stat().st_mtime_ns == before
 
 
@@ -127,7 +147,7 @@ def test_size_check_failure(release_zip, tmp_path):
 def test_missing_members_are_named(reference_dir, tmp_path):
     z = _make_zip(tmp_path / "partial.zip", reference_dir, skip=(registry.MEMBER_NDAC_25, registry.MEMBER_FLOWDEC_25S))
     with pytest.raises(ModelError) as err:
-        registry.fetch_official(z, expected_size=None, cache_dir=tmp_path / "c", progress=False)
+        registry.fetch_official(z, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
     msg = str(err.value)
     assert registry.MEMBER_NDAC_25 in msg and registry.MEMBER_FLOWDEC_25S in msg
     assert registry.MEMBER_NDAC_75 not in msg
@@ -138,7 +158,7 @@ def test_not_a_zip(tmp_path):
     bad = tmp_path / "checkpoints.zip"
     bad.write_bytes(b"not a zip at all")
     with pytest.raises(ModelError, match="not a readable zip"):
-        registry.fetch_official(bad, expected_size=None, cache_dir=tmp_path / "c", progress=False)
+        registry.fetch_official(bad, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
 
 
 def test_corrupt_member_is_a_clear_error(release_zip, tmp_path):
@@ -150,7 +170,7 @@ def test_corrupt_member_is_a_clear_error(release_zip, tmp_path):
     bad = tmp_path / "checkpoints.zip"
     bad.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="corrupt archive .*download it again"):
-        registry.fetch_official(bad, expected_size=None, cache_dir=tmp_path / "c", progress=False)
+        registry.fetch_official(bad, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
     assert not list((tmp_path / "c" / "models").iterdir())
 
 
@@ -163,10 +183,10 @@ def test_path_traversal_members_are_never_extracted(reference_dir, tmp_path, mon
             "../" + registry.MEMBER_NDAC_25: b"x"}
     z = _make_zip(tmp_path / "evil.zip", reference_dir, skip=(registry.MEMBER_NDAC_25,), extra=evil)
     with pytest.raises(ModelError, match="missing " + registry.MEMBER_NDAC_25):
-        registry.fetch_official(z, expected_size=None, cache_dir=work / "cache", progress=False)
+        registry.fetch_official(z, expected_size=None, expected_sha256=None, cache_dir=work / "cache", progress=False)
     z2 = _make_zip(tmp_path / "evil2.zip", reference_dir, extra=evil)
     cache = work / "cache2"
-    done = registry.fetch_official(z2, expected_size=None, cache_dir=cache, progress=False)
+    done = registry.fetch_official(z2, expected_size=None, expected_sha256=None, cache_dir=cache, progress=False)
     assert set(done) == {"flowdec-75m", "flowdec-25s", "ndac-75", "ndac-25"}
     written = {p.name for p in tmp_path.rglob("*")}
     assert not written & {"evil.txt", "evil2.txt", "flowdec-evil-abs.txt"}
@@ -229,7 +249,8 @@ def test_fetch_official_from_url(local_server, release_zip, tmp_path):
     part = tmp_path / "downloads" / "checkpoints.zip.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(_RangeHandler.data[:1000])
-    done = registry.fetch_official(url, expected_size=len(_RangeHandler.data), cache_dir=tmp_path, progress=False)
+    done = registry.fetch_official(url, expected_size=len(_RangeHandler.data),
+                                   expected_sha256=None, cache_dir=tmp_path, progress=False)
     assert _RangeHandler.ranges == ["bytes=1000-"]
     assert (done["ndac-75"] / "flowdec.json").is_file()
     assert json.loads((done["ndac-75"] / "flowdec.json").read_text())["archive"] == url
@@ -391,3 +412,52 @@ def test_hub_repo_without_a_model(tmp_path, monkeypatch):
     _hub_snapshot(tmp_path / "hub", "owner/junk", junk)
     with pytest.raises(ModelError, match="holds no flowdec model"):
         registry.resolve("hf://owner/junk")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks that hold whatever the size check says (issue 12)
+
+
+def test_a_small_random_postfilter_is_not_installed_as_flowdec_75m(release_zip, tmp_path, monkeypatch):
+    """--no-size-check let a 3 MB nf-8 checkpoint become flowdec-75m; the released key shapes refuse it."""
+    monkeypatch.setattr(registry, "_released_postfilter_keys", _RELEASED_KEYS)  # the real listing
+    res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
+                                            "--no-hash-check", "--cache-dir", str(tmp_path), "-q"])
+    assert res.exit_code == 1, res.output
+    line = res.output.strip()
+    assert "\n" not in line and line.startswith("flowdec: error: ") and "Traceback" not in line
+    assert "not the released FlowDec postfilter architecture" in line and "backbone." in line
+    assert not [p for p in (tmp_path / "models").iterdir() if "flowdec-" in p.name]
+
+
+def test_released_key_listing_is_the_reference(reference_dir):
+    listing = _RELEASED_KEYS()
+    ref = json.loads((reference_dir / "keys" / "official_keys_flowdec_75m.json").read_text())
+    assert {k: (v["shape"], v["dtype"]) for k, v in ref.items()} == {k: (s, d) for k, (s, d) in listing.items()}
+
+
+def test_archive_sha256_is_checked_by_default(release_zip, tmp_path):
+    with pytest.raises(ModelError, match=r"sha256 [0-9a-f]{64}, expected 4f8c72ae.*--no-hash-check"):
+        registry.fetch_official(release_zip, expected_size=None, cache_dir=tmp_path, progress=False)
+    assert not (tmp_path / "models" / "flowdec-75m").exists()
+    res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
+                                            "--cache-dir", str(tmp_path), "-q"])
+    assert res.exit_code == 1 and "--no-hash-check" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_install_never_replaces_a_model_that_appeared_meanwhile(release_zip, tmp_path, monkeypatch):
+    """A model folder that appears while converting (another fetch) stays; the run says so on one line."""
+    real = registry._convert_official
+
+    def convert_then_race(*args, **kwargs):
+        folders = real(*args, **kwargs)
+        other = tmp_path / "models" / "ndac-75"
+        other.mkdir(parents=True)
+        (other / "marker").write_text("theirs")
+        return folders
+
+    monkeypatch.setattr(registry, "_convert_official", convert_then_race)
+    res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
+                                            "--no-hash-check", "--cache-dir", str(tmp_path), "-q"])
+    assert res.exit_code == 1 and "appeared while this run was writing it" in res.output, res.output
+    assert (tmp_path / "models" / "ndac-75" / "marker").read_text() == "theirs"

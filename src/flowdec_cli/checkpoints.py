@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ def load_lightning_state_dict(path: str | os.PathLike, ema: bool = True) -> dict
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
     except Exception as exc:  # any malformed pickle or archive
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first[:200]})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (top level is {type(ckpt).__name__})")
     key = "_pl_ema_state_dict" if ema else "state_dict"
@@ -155,15 +157,44 @@ def _tensor_dict(state: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def _is_lightning_checkpoint(path: Path) -> bool:
+    """Does the torch zip's pickle carry Lightning's top-level keys? (Read as bytes; nothing is unpickled.)"""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = next((i for i in zf.infolist() if i.filename.endswith("/data.pkl")), None)
+            if pkl is None or pkl.file_size > (64 << 20):
+                return False
+            data = zf.read(pkl)
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return False
+    return b"pytorch-lightning_version" in data or b"_pl_ema_state_dict" in data
+
+
+def _refusal(exc: Exception) -> str:
+    """Why torch's safe loader refused a file, in one line, without torch's advice to load it unsafely."""
+    text = str(exc)
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m:
+        return (f"refused: not plain NDAC weights; its pickle asks for {m.group(1)}, which a weights file "
+                "never needs (nothing in it was run)")
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    if "weights_only" in text or "Weights only load failed" in first:
+        return "refused: not plain NDAC weights (it holds objects a weights file never needs; nothing was run)"
+    return f"cannot read NDAC weights ({type(exc).__name__}: {first[:200]})"
+
+
 def load_dac_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict and constructor kwargs of a descript-audio-codec / NDAC ``weights.pth``."""
     path = Path(path)
     _require_zip_torch_file(path)
+    if _is_lightning_checkpoint(path):
+        raise CheckpointError(f"{path}: a FlowDec postfilter checkpoint (Lightning .ckpt), not codec weights "
+                              "(weights.pth); it cannot code audio alone: give a model folder or name "
+                              "(e.g. flowdec-75m after `flowdec models fetch-official`)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read DAC weights safely ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise CheckpointError(f"{path}: {_refusal(exc)}") from None
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise CheckpointError(f"{path}: not a DAC weights file (no 'state_dict')")
     meta = blob.get("metadata") or {}

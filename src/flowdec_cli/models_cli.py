@@ -17,9 +17,10 @@ __all__ = ["models_group"]
 
 def _model_errors() -> tuple[type[BaseException], ...]:
     from .checkpoints import CheckpointError
+    from .fileio import OutputExistsError
     from .models import ModelError
 
-    return (ModelError, CheckpointError)
+    return (ModelError, CheckpointError, OutputExistsError)
 
 
 _one_line_errors = one_line_errors(_model_errors)
@@ -124,25 +125,30 @@ def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
 @click.option("--from", "source", metavar="PATH_OR_URL", default=None,
               help="A local checkpoints.zip or another URL (default: the FlowDec GitHub release).")
 @click.option("--no-size-check", is_flag=True, help="Accept an archive whose size differs from the release's.")
+@click.option("--no-hash-check", is_flag=True,
+              help="Skip comparing the archive's sha256 with the recorded one (the converted postfilters are "
+                   "still checked against the released architecture).")
 @click.option("--keep-zip", is_flag=True, help="Keep the downloaded archive in the cache after converting.")
 @click.option("-f", "--force", is_flag=True, help="Convert again even if all four models are in the cache.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_cache_option
 @_one_line_errors
-def fetch_official_command(source: str | None, no_size_check: bool, keep_zip: bool, force: bool, quiet: bool,
-                           cache_dir: Path | None) -> None:
+def fetch_official_command(source: str | None, no_size_check: bool, no_hash_check: bool, keep_zip: bool, force: bool,
+                           quiet: bool, cache_dir: Path | None) -> None:
     """Download the released FlowDec weights (checkpoints.zip, 1.2 GB; resumes), convert them into the cache.
 
     Only the four weight files are taken from the archive. They become the models flowdec-75m, flowdec-25s,
     ndac-75 and ndac-25, licensed CC-BY-NC-4.0 (non-commercial use only).
     """
-    from .registry import OFFICIAL_MODELS, OFFICIAL_ZIP_SIZE, OFFICIAL_ZIP_URL, fetch_official, models_dir
+    from .registry import (OFFICIAL_MODELS, OFFICIAL_ZIP_SHA256, OFFICIAL_ZIP_SIZE, OFFICIAL_ZIP_URL,
+                           fetch_official, models_dir)
 
     _use_cache_dir(cache_dir)
     if not quiet:
         click.echo(f"flowdec: fetching the released models from {source or OFFICIAL_ZIP_URL} into {models_dir()}",
                    err=True)
     done = fetch_official(source, expected_size=None if no_size_check else OFFICIAL_ZIP_SIZE,
+                          expected_sha256=None if no_hash_check else OFFICIAL_ZIP_SHA256,
                           progress=not quiet, keep_download=keep_zip, force=force)
     if not quiet:
         for name, path in done.items():

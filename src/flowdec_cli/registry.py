@@ -22,11 +22,9 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .fileio import publish_folder, temporary_folder
 from .models import MODEL_CARD_NAME, ModelError, default_nfe_for
 
 __all__ = [
@@ -52,6 +51,7 @@ __all__ = [
     "default_model_name",
     "list_models",
     "fetch_official",
+    "check_released_architecture",
     "export_model",
     "model_card_markdown",
 ]
@@ -60,8 +60,12 @@ OFFICIAL_REPO = "https://github.com/facebookresearch/FlowDec"
 # The link in the README of facebookresearch/FlowDec ("Checkpoints" section): release tag ``checkpoints``.
 OFFICIAL_ZIP_URL = "https://github.com/facebookresearch/FlowDec/releases/download/checkpoints/checkpoints.zip"
 OFFICIAL_ZIP_SIZE = 1_205_002_207
-# Reported by a third party that downloaded the archive; not checked by default (see ``expected_sha256``).
+# Meta publishes no checksum for the archive; this one was recorded by a third party that downloaded it
+# (docs/models.md). fetch_official checks it by default; ``expected_sha256=None`` (--no-hash-check) skips.
 OFFICIAL_ZIP_SHA256 = "4f8c72ae264f32be583ed7d4fcc60704af8c9ab200dc0e7d8414dec57f4d163c"
+# Key names, shapes and dtypes of the released postfilters' EMA weights (flowdec_75m and flowdec_25s list the
+# same): a converted postfilter must match them exactly, whatever the archive's size or hash.
+RELEASED_POSTFILTER_KEYS = Path(__file__).resolve().parent / "released" / "flowdec_postfilter_keys.json"
 
 OFFICIAL_LICENCE = "CC-BY-NC-4.0"
 OFFICIAL_LICENCE_NOTE = (
@@ -610,23 +614,6 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
             shutil.copy2(p, dst / p.name)
 
 
-def _install_folder(build: Path, final: Path) -> None:
-    """Put a finished folder in place in one rename; an older version goes only once the new one is there."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if final.exists() or final.is_symlink():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    try:
-        os.replace(build, final)
-    except BaseException:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -662,18 +649,22 @@ def _official_names_present(root: Path) -> list[str]:
 
 def fetch_official(source: str | os.PathLike | None = None, expected_size: int | None = OFFICIAL_ZIP_SIZE,
                    progress: bool = True, cache_dir: str | os.PathLike | None = None,
-                   expected_sha256: str | None = None, keep_download: bool = False,
+                   expected_sha256: str | None = OFFICIAL_ZIP_SHA256, keep_download: bool = False,
                    force: bool = False) -> dict[str, Path]:
     """Download (or take) the release's ``checkpoints.zip`` and convert its four weight files into the cache.
 
     ``source``: a URL (default: the release) or a local path. ``expected_size``: the archive's size in bytes,
-    checked unless None; ``expected_sha256`` likewise (off by default). A downloaded archive is removed once
+    checked unless None; ``expected_sha256`` likewise (the recorded :data:`OFFICIAL_ZIP_SHA256` by default).
+    Whatever these checks, each converted postfilter must have the released architecture (key names, shapes
+    and dtypes of :data:`RELEASED_POSTFILTER_KEYS`), else :class:`ModelError`; models that appear in the
+    cache meanwhile are never replaced without ``force`` (``OutputExistsError``). A downloaded archive is removed once
     converted unless ``keep_download``; a local one is read in place. With ``force=False`` nothing happens
     when all four models are in the cache already. Returns {model name: folder}.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     mdir = models_dir(root)
-    if not force and len(_official_names_present(root)) == len(OFFICIAL_MODELS):
+    present = set(_official_names_present(root))
+    if not force and len(present) == len(OFFICIAL_MODELS):
         return {e.name: mdir / e.name for e in OFFICIAL_MODELS}
 
     src = str(source) if source is not None else OFFICIAL_ZIP_URL
@@ -699,7 +690,10 @@ def fetch_official(source: str | os.PathLike | None = None, expected_size: int |
     if expected_sha256 is not None:
         digest = _sha256_file(zip_path, progress)
         if digest.lower() != expected_sha256.lower():
-            raise ModelError(f"{zip_path}: sha256 {digest}, expected {expected_sha256}; corrupt or another archive")
+            if downloaded:  # do not reuse a bad download next time
+                zip_path.unlink(missing_ok=True)
+            raise ModelError(f"{zip_path}: sha256 {digest}, expected {expected_sha256}; corrupt or another "
+                             "archive (--no-hash-check skips this check)")
 
     try:
         zf = zipfile.ZipFile(zip_path)
@@ -708,7 +702,7 @@ def fetch_official(source: str | os.PathLike | None = None, expected_size: int |
             zip_path.unlink(missing_ok=True)
         raise ModelError(f"{zip_path}: not a readable zip archive ({exc})") from None
     mdir.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".fetch-", dir=mdir))
+    build = temporary_folder(mdir, "fetch")
     try:
         with zf:
             infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
@@ -718,8 +712,8 @@ def fetch_official(source: str | os.PathLike | None = None, expected_size: int |
             _need_space(mdir, sum(infos[m].file_size for m in OFFICIAL_MEMBERS), "converting the models")
             folders = _convert_official(zf, infos, build, src if downloaded else str(zip_path), progress)
         result = {}
-        for e in OFFICIAL_MODELS:
-            _install_folder(folders[e.name], mdir / e.name)
+        for e in OFFICIAL_MODELS:  # without force, replace only what was there when we started
+            publish_folder(folders[e.name], mdir / e.name, overwrite=force or e.name in present)
             result[e.name] = mdir / e.name
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         if downloaded:
@@ -795,11 +789,36 @@ def _convert_official(zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo], bu
     return folders
 
 
+def _released_postfilter_keys() -> dict[str, tuple[list[int], str]]:
+    data = json.loads(RELEASED_POSTFILTER_KEYS.read_text())
+    return {k: (list(v[0]), str(v[1])) for k, v in data["keys"].items()}
+
+
+def check_released_architecture(state: dict[str, Any], what: str) -> None:
+    """Refuse weights whose key names, shapes or dtypes differ from the released postfilter's."""
+    want = _released_postfilter_keys()
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    wrong = [k for k in want if k in state and (list(state[k].shape) != want[k][0]
+                                                 or str(state[k].dtype).replace("torch.", "") != want[k][1])]
+    if missing or extra or wrong:
+        if wrong:
+            k = wrong[0]
+            example = (f"e.g. {k} is {list(state[k].shape)} {str(state[k].dtype).replace('torch.', '')}, "
+                       f"the release has {want[k][0]} {want[k][1]}")
+        else:
+            example = f"e.g. {'missing ' + missing[0] if missing else 'unexpected ' + extra[0]}"
+        raise ModelError(f"{what}: not the released FlowDec postfilter architecture ({len(wrong)} of {len(want)} "
+                         f"tensors have other shapes, {len(missing)} missing, {len(extra)} unexpected; {example}); "
+                         "refusing to install it")
+
+
 def _postfilter_from_ckpt(path: Path, member: str) -> Any:
-    from .checkpoints import CheckpointError
+    from .checkpoints import CheckpointError, load_lightning_state_dict
     from .postfilter import Postfilter
 
     try:
+        check_released_architecture(load_lightning_state_dict(path, ema=True), f"{member} in the archive")
         return Postfilter.from_lightning_checkpoint(path, ema=True)
     except (CheckpointError, ValueError) as exc:
         raise ModelError(f"{member} in the archive: {str(exc).replace(str(path) + ': ', '')}") from None
@@ -908,8 +927,7 @@ def export_model(name_or_path: str | os.PathLike, dest_dir: str | os.PathLike, f
         raise ModelError(f"{dest}: lies inside the model being exported ({src}); choose another folder")
 
     card: dict[str, Any] = {}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{dest.name}.export-", dir=dest.parent))
+    build = temporary_folder(dest.parent, f"{dest.name}.export")
     try:
         if src.is_file():  # a released weights.pth: the codec alone
             try:
