@@ -245,12 +245,11 @@ def _execute(plan: _Plan, one: Callable[[_Job], str | None], force: bool, skip_e
             done += 1
         except KeyboardInterrupt:
             raise
-        except OutputExistsError:
+        except OutputExistsError as exc:
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
                 skipped += 1
                 continue
-            failed.append(f"{job.dst}: appeared while this run was writing it; left as it is "
-                          "(use -f/--force to overwrite or --skip-existing)")
+            failed.append(str(exc))
             tqdm.write(f"flowdec: error: {failed[-1]}", file=sys.stderr)
         except Exception as exc:
             known = isinstance(exc, (_known_errors() + (click.ClickException,)))
