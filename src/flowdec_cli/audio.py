@@ -209,8 +209,10 @@ class AtomicAudioWriter:
         try:
             self._file = sf.SoundFile(str(self.tmp), "w", samplerate=int(sample_rate), channels=int(channels),
                                       format=fmt, subtype=sub)
-        except Exception as exc:
+        except BaseException as exc:  # a signal may land here too: never leave the temporary file
             self.tmp.unlink(missing_ok=True)
+            if not isinstance(exc, Exception):
+                raise
             raise AudioError(f"{self.path}: cannot write ({_describe(exc)})") from None
 
     def _failed(self, exc: Exception, wanted: int = 0) -> AudioError:

@@ -108,7 +108,11 @@ def temporary_sibling(path: str | os.PathLike, suffix: str = ".part") -> Path:
     path = Path(path)
     _sweep_once(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_tag()}", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        os.close(fd)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return Path(tmp)
 
 
