@@ -81,7 +81,7 @@ def select_metrics(spec: str | None, all_metrics: bool) -> tuple[list[str], list
 
 
 def _warn(msg: str) -> None:
-    click.echo(f"warning: {msg}", err=True)
+    click.echo(f"flowdec: warning: {msg}", err=True)
 
 
 def _list_some(paths, limit: int = 5) -> str:
@@ -110,7 +110,7 @@ def _emit(text: str, output: Path | None) -> None:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
-    click.echo(f"wrote {output}", err=True)
+    click.echo(f"flowdec: wrote {output}", err=True)
 
 
 def _parse_list(text: str | None, kind, what: str) -> list | None:
@@ -211,7 +211,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
     show_progress = len(pairing.pairs) > 1 and sys.stderr.isatty()
     for i, pair in enumerate(pairing.pairs, 1):
         if show_progress:
-            click.echo(f"[{i}/{len(pairing.pairs)}] {pair.name}", err=True)
+            click.echo(f"flowdec: [{i}/{len(pairing.pairs)}] {pair.name}", err=True)
         try:
             ref_audio, ref_sr = _read(pair.ref)
             deg_audio, deg_sr = _read(pair.deg)
@@ -235,7 +235,7 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
 
     kbps = _parse_list(bitrates, float, "bitrates")
     nfes = _parse_list(nfe_spec, int, "nfe") or [0, 6]
-    log = (lambda m: click.echo(m, err=True)) if sys.stderr.isatty() else None
+    log = (lambda m: click.echo(f"flowdec: {m}", err=True)) if sys.stderr.isatty() else None
     try:
         report = run_codec_eval(model, path, bitrates=kbps, nfes=nfes, metrics=names,
                                 device=device, seed=seed, opus=opus, save_dir=save_dir, log=log)
@@ -280,4 +280,4 @@ def plot_command(ref, outs, output, titles):
         raise Failure(str(exc)) from exc
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
-    click.echo(f"wrote {path}", err=True)
+    click.echo(f"flowdec: wrote {path}", err=True)
