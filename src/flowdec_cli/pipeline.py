@@ -283,6 +283,12 @@ class Codec:
             bar.close()
         return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain), codes
 
+    def coded_bytes(self, header: FdcHeader, codes: np.ndarray) -> int:
+        """The size of the .fdc file these codes make."""
+        from .container import encode_fdc
+
+        return len(encode_fdc(header, codes))
+
     def compress_bytes(self, src: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None,
                        progress: Progress = _no_progress) -> tuple[CompressResult, bytes]:
