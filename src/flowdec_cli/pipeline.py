@@ -29,7 +29,7 @@ from .container import FdcHeader, read_fdc, write_fdc
 from .models import Model, load_model
 from .runtime import resolve_device
 
-__all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Progress"]
+__all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Progress", "from_pretrained"]
 
 IN_MEMORY_SAMPLES = 48000 * 60 * 4  # model-rate samples (all channels) kept in RAM; beyond, a disk buffer
 READ_BLOCK_FRAMES = 1 << 18
@@ -187,6 +187,15 @@ class Codec:
              **kwargs: Any) -> "Codec":
         dev = resolve_device(device) if isinstance(device, str) else device
         return cls(load_model(ref, with_postfilter=with_postfilter), dev, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, ref: str | os.PathLike, device: str | torch.device = "auto",
+                        with_postfilter: bool = True, **kwargs: Any) -> "Codec":
+        """A ready codec (and its postfilter) by name (``flowdec-small``, ``flowdec-75m``), local path, or
+        Hugging Face hub id (``OWNER/REPO``, ``hf://OWNER/REPO[@REV]``), as ``from_pretrained`` elsewhere."""
+        from .models import pretrained_ref
+
+        return cls.load(pretrained_ref(ref), device, with_postfilter=with_postfilter, **kwargs)
 
     # -- bitrates --------------------------------------------------------------------------------
     def bitrates(self) -> list[tuple[int, float]]:
@@ -454,6 +463,13 @@ class Codec:
         comp = CompressResult(header, codes, len(encode_fdc(header, codes)))
         dec = self._decode_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress)
         return comp, dec
+
+
+def from_pretrained(ref: str | os.PathLike, device: str | torch.device = "auto", with_postfilter: bool = True,
+                    **kwargs: Any) -> Codec:
+    """:meth:`Codec.from_pretrained`: ``flowdec_cli.from_pretrained("flowdec-small")``; the codec is
+    ``.ndac``, the postfilter ``.postfilter`` (None for a codec alone)."""
+    return Codec.from_pretrained(ref, device, with_postfilter=with_postfilter, **kwargs)
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:
