@@ -210,3 +210,16 @@ def test_exported_card_licence(tmp_path):
     assert "license: mit" in model_card_markdown({"licence": "MIT (weights); training data: see docs/corpus.md"})
     assert "license: cc-by-nc-4.0" in model_card_markdown({"licence": "CC-BY-NC-4.0"})
     assert "license: other" in model_card_markdown({"licence": "unknown"})
+
+
+def test_shell_completion_works_and_is_documented():
+    env = {**os.environ, "PYTHONPATH": SRC, "_FLOWDEC_COMPLETE": "bash_source"}
+    code = "from flowdec_cli.cli import main; main(prog_name='flowdec')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "_flowdec_completion" in out.stdout, out.stderr
+    env.update(_FLOWDEC_COMPLETE="bash_complete", COMP_WORDS="flowdec comp", COMP_CWORD="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "compress" in out.stdout
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "_FLOWDEC_COMPLETE=bash_source flowdec" in readme
+    assert "_FLOWDEC_COMPLETE=bash_source flowdec" in invoke("--help").output

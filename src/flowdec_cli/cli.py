@@ -90,6 +90,11 @@ def main(ctx: click.Context, debug: bool) -> None:
       flowdec decompress out.fdc out.wav          decode, then refine with the flow postfilter
       flowdec roundtrip in.flac out.wav           both in one go
       flowdec compress ./album ./codes            whole folders, recursively
+      cat in.wav | flowdec compress - - > x.fdc   - is standard input or output
+      flowdec models default flowdec-75m          the model used without --model
+
+    Shell completion: eval "$(_FLOWDEC_COMPLETE=bash_source flowdec)" in ~/.bashrc
+    (zsh_source for zsh, fish_source for fish).
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
