@@ -37,6 +37,7 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "flowdec_home"
     monkeypatch.setenv("FLOWDEC_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("FLOWDEC_MODEL", raising=False)  # the user's own default model stays out of tests
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -95,7 +95,7 @@ def test_report_mean_skips_nan_and_renders():
     doc = json.loads(r.to_json())
     assert doc["rows"][0]["b"] is None and doc["mean"]["a"] == 2.0
     rows = list(csv.reader(io.StringIO(r.to_csv())))
-    assert rows == [["file", "a", "b"], ["x", "1.0", ""], ["y", "3.0", "4.0"], ["mean", "2.0", "4.0"]]
+    assert rows == [["file", "a", "b"], ["x", "1.0", ""], ["y", "3.0", "4.0"]]  # the mean stays apart
     table = r.to_table()
     assert "mean (2)" in table and "higher is better: a" in table and "lower is better: b" in table
 
@@ -153,9 +153,10 @@ def test_eval_csv_and_output_file(audio_dirs, tmp_path):
     res = run(eval_command, ref, deg, "--csv", "-m", "si_sdr,lsd")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
-    assert [r["file"] for r in rows] == ["a.wav", "sub/b.wav", "mean"]
+    assert [r["file"] for r in rows] == ["a.wav", "sub/b.wav"]  # per-file rows only
     assert list(rows[0]) == ["file", "si_sdr", "lsd"]
-    assert float(rows[2]["lsd"]) == pytest.approx((float(rows[0]["lsd"]) + float(rows[1]["lsd"])) / 2)
+    mean_lsd = (float(rows[0]["lsd"]) + float(rows[1]["lsd"])) / 2
+    assert "mean over 2 files" in res.stderr and f"lsd {mean_lsd:.3f}" in res.stderr
 
     out = tmp_path / "report.json"  # format from the suffix
     res = run(eval_command, ref, deg, "-o", out)
@@ -171,8 +172,25 @@ def test_eval_resamples_deg_rate(tmp_path):
 
     sf.write(tmp_path / "d.wav", resample(x, SR, 16000), 16000, subtype="FLOAT")
     res = run(eval_command, tmp_path / "r.wav", tmp_path / "d.wav", "--json", "-m", "si_sdr")
+    assert res.exit_code == 1 and "sample rates differ (reference 48000 Hz, decoded 16000 Hz)" in res.stderr
+    res = run(eval_command, tmp_path / "r.wav", tmp_path / "d.wav", "--json", "-m", "si_sdr", "--allow-mismatch")
     assert res.exit_code == 0, res.output
+    assert "flowdec: warning: d.wav: sample rates differ" in res.stderr or "sample rates differ" in res.stderr
     assert json.loads(res.stdout)["rows"][0]["si_sdr"] > 30
+
+
+def test_eval_refuses_an_excerpt_scored_against_the_whole(tmp_path):
+    """A 3 s, 16 kHz excerpt against a 6.95 s, 22.05 kHz original would score well once trimmed."""
+    from flowdec_cli.evaluation.metrics import resample
+
+    x = 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(6.95 * 22050)) / 22050)
+    sf.write(tmp_path / "orig.wav", x, 22050, subtype="FLOAT")
+    sf.write(tmp_path / "part.wav", resample(x[: 3 * 22050], 22050, 16000), 16000, subtype="FLOAT")
+    res = run(eval_command, tmp_path / "orig.wav", tmp_path / "part.wav")
+    assert res.exit_code == 1 and "lengths differ (reference 6.950 s, decoded 3.000 s)" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    sf.write(tmp_path / "pad.wav", np.pad(x, (0, 100)), 22050, subtype="FLOAT")  # within 20 ms: fine
+    assert run(eval_command, tmp_path / "orig.wav", tmp_path / "pad.wav").exit_code == 0
 
 
 def test_eval_errors_are_one_line(audio_dirs, tmp_path, monkeypatch):
@@ -303,6 +321,9 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
         def compress_array(self, audio, sample_rate, n_codebooks=None, bitrate_kbps=None):
             return {"n": n_codebooks}, audio.copy()
 
+        def coded_bytes(self, header, codes):
+            return 60 * header["n"]
+
         def decompress_codes(self, header, codes, nfe=6, seed=0, progress=None):
             if progress is not None:
                 bar = progress("decode D0", 1, "chunk")
@@ -325,7 +346,8 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
     assert si == sorted(si)  # less noise with more codebooks / NFE in the fake
     assert all(r["rtf_enc"] >= 0 and r["files"] == "3" for r in doc["rows"])
     assert all(r["rtf_d0"] > 0 and r["rtf_pf"] >= 0 for r in doc["rows"])
-    assert all(r["rtf_dec"] >= r["rtf_d0"] and r["kbps_actual"] is None for r in doc["rows"])
+    assert all(r["rtf_dec"] >= r["rtf_d0"] for r in doc["rows"])
+    assert all(r["kbps_on_disk"] > 0 for r in doc["rows"])  # flowdec's bitrate on disk, beside Opus's
     assert "opus: skipped" in res.stderr
     assert (tmp_path / "dec" / "sub" / "b.flowdec_6k_nfe2.wav").exists()
 

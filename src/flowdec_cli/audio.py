@@ -28,6 +28,8 @@ __all__ = [
     "AtomicAudioWriter",
     "write_audio",
     "output_format_for",
+    "check_output_format",
+    "output_rate_for",
 ]
 
 MAX_CHANNELS = 1024  # libsndfile's limit (SF_MAX_CHANNELS); beyond it it says only "Format not recognised."
@@ -189,6 +191,30 @@ def output_format_for(path: str | os.PathLike, subtype: str | None = None) -> tu
     return fmt, subtype or default_subtype
 
 
+#: The rates Opus codes at; other rates are resampled to 48 kHz for an Opus output.
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def check_output_format(path: str | os.PathLike, subtype: str | None = None) -> tuple[str, str]:
+    """The (format, subtype) an output path and ``--subtype`` give, refused before any work when soundfile
+    cannot write that combination."""
+    fmt, sub = output_format_for(path, subtype.upper() if subtype else None)
+    if not sf.check_format(fmt, sub):
+        valid = ", ".join(sorted(sf.available_subtypes(fmt)))
+        raise AudioError(f"--subtype {subtype}: not available for {Path(path).suffix or fmt} output "
+                         f"(valid: {valid})")
+    return fmt, sub
+
+
+def output_rate_for(path: str | os.PathLike, subtype: str | None, sample_rate: int) -> int:
+    """The rate an output is written at: the original one, except where the format cannot hold it (Opus
+    takes 8, 12, 16, 24 or 48 kHz: other rates become 48 kHz)."""
+    _, sub = output_format_for(path, subtype.upper() if subtype else None)
+    if sub == "OPUS" and int(sample_rate) not in OPUS_RATES:
+        return 48000
+    return int(sample_rate)
+
+
 class AtomicAudioWriter:
     """Writes blocks to a temporary file beside ``path`` and renames it into place only on success; with
     ``overwrite=False`` a file that appeared at ``path`` meanwhile is left alone (``OutputExistsError``)."""
@@ -197,7 +223,7 @@ class AtomicAudioWriter:
                  overwrite: bool = True) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
-        fmt, sub = output_format_for(self.path, subtype)
+        fmt, sub = output_format_for(self.path, subtype.upper() if subtype else None)
         if not 1 <= int(channels) <= MAX_CHANNELS:
             raise AudioError(f"{self.path}: cannot write {channels} channels; audio files here hold 1 to "
                              f"{MAX_CHANNELS}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ import click
 
 from . import __version__
 from .errors import Failure, termination_signals
+from .streams import is_stdio
 
 # Exit codes: click uses 2 for usage errors; failures are 1.
 EXIT_FAILURE = 1
@@ -27,12 +29,35 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .fileio import OutputExistsError
     from .models import ModelError
     from .pipeline import CodecError
+    from .streams import StreamError
 
-    return (AudioError, CheckpointError, FdcError, ModelError, CodecError, OutputExistsError)
+    return (AudioError, CheckpointError, FdcError, ModelError, CodecError, OutputExistsError, StreamError)
 
 
 class _Group(click.Group):
-    """Turns our own errors into one line and anything unexpected into one line plus a --debug hint."""
+    """Turns our own errors into one line and anything unexpected into one line plus a --debug hint; usage
+    errors too are one line with the ``flowdec:`` prefix, like every message."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `flowdec` alone: the help, as click shows it
+                exc.show()
+                sys.exit(exc.exit_code)
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"flowdec: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("flowdec: aborted", err=True)
+            sys.exit(EXIT_FAILURE)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -40,6 +65,10 @@ class _Group(click.Group):
                 return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:  # `flowdec models | head -1`: the reader has what it wanted
+            from .streams import exit_on_broken_pipe
+
+            exit_on_broken_pipe()
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (errors.Terminated): temp files are gone
             name = getattr(exc, "name", "")
             click.echo(f"flowdec: {'terminated by ' + name if name else 'interrupted'}", err=True)
@@ -64,6 +93,11 @@ def main(ctx: click.Context, debug: bool) -> None:
       flowdec decompress out.fdc out.wav          decode, then refine with the flow postfilter
       flowdec roundtrip in.flac out.wav           both in one go
       flowdec compress ./album ./codes            whole folders, recursively
+      cat in.wav | flowdec compress - - > x.fdc   - is standard input or output
+      flowdec models default flowdec-75m          the model used without --model
+
+    Shell completion: eval "$(_FLOWDEC_COMPLETE=bash_source flowdec)" in ~/.bashrc
+    (zsh_source for zsh, fish_source for fish).
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -88,6 +122,9 @@ def _overwrite_options(f: Callable) -> Callable:
     f = click.option("--skip-existing", is_flag=True, help="Folders: leave outputs that already exist alone.")(f)
     f = click.option("--glob", "pattern", default=None,
                      help="Folders: only inputs whose path relative to IN matches this pattern (e.g. '*.flac').")(f)
+    f = click.option("--json", "as_json", is_flag=True,
+                     help="One JSON object per file on stdout: paths, bytes, kbit/s on disk and nominal, "
+                          "duration, NFE, seconds, RTF.")(f)
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries.")(f)
     return f
 
@@ -119,7 +156,8 @@ def _setup(cache_dir: Path | None, threads: int | None) -> None:
 
 
 class _Bars:
-    """tqdm bars on stderr; silent when quiet. Also tells a CPU user once what the postfilter will cost."""
+    """tqdm bars on stderr; silent when quiet. Also tells a CPU user once what the postfilter will cost,
+    before its bar is drawn."""
 
     def __init__(self, quiet: bool, device: Any = None) -> None:
         self.quiet = quiet
@@ -133,28 +171,41 @@ class _Bars:
             return _NoBar()
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=None)
+        def make(initial: int = 0) -> Any:
+            return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=None,
+                        initial=initial)
+
         if unit == "pass" and not self.told and getattr(self.device, "type", "cpu") == "cpu":
-            return _EstimatingBar(bar, self)
-        return bar
+            return _EstimatingBar(make, total, self)
+        return make()
 
 
 class _EstimatingBar:
-    def __init__(self, bar: Any, owner: _Bars) -> None:
-        self.bar, self.owner, self.start = bar, owner, time.perf_counter()
+    """Times the first pass with no bar on screen, prints the estimate for the file, then draws the bar, so
+    the message never cuts through a bar."""
+
+    def __init__(self, make: Callable[[int], Any], total: int, owner: _Bars) -> None:
+        self.make, self.total, self.owner = make, total, owner
+        self.bar: Any = None
+        self.n = 0
+        self.start = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-        if not self.owner.told and self.bar.n and self.bar.total:
-            per_pass = (time.perf_counter() - self.start) / self.bar.n
-            total = per_pass * self.bar.total
-            if total > 20:
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        self.n += n
+        if self.n and self.total:
+            total = (time.perf_counter() - self.start) / self.n * self.total
+            if total > 20 and not self.owner.told:
                 self.owner.told = True
                 click.echo(f"flowdec: the postfilter on CPU will take about {_human(total)} for this file; "
                            "--nfe 0 (codec alone) or a GPU is much faster", err=True)
+            self.bar = self.make(self.n)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _human(seconds: float) -> str:
@@ -171,13 +222,22 @@ class _Job:
     dst: Path
 
 
+def _shown(path: Path) -> str:
+    """How a path is named in messages and JSON: ``-`` for standard input or output."""
+    return "-" if is_stdio(path) else str(path)
+
+
 def _check_pair(src: Path, dst: Path, force: bool) -> None:
-    if src.resolve() == dst.resolve():
+    if is_stdio(dst):
+        return
+    if not is_stdio(src) and src.resolve() == dst.resolve():
         raise Failure(f"{dst}: output is the input file; choose another output path")
     if dst.exists() and not force:
         if dst.is_dir():
             raise Failure(f"{dst}: is a folder; give an output file path")
         raise Failure(f"{dst}: exists; use -f/--force to overwrite")
+    if not dst.parent.is_dir():  # as ffmpeg: a typo in a folder name should not create a new tree
+        raise Failure(f"{dst}: folder {dst.parent} does not exist; create it first")
 
 
 def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
@@ -201,14 +261,22 @@ class _Plan:
 
 def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str, force: bool,
           pattern: str | None) -> _Plan:
-    """Check paths before any model is loaded: a single file, or every matching file below a folder."""
+    """Check paths before any model is loaded: a single file (``-``: standard input or output), or every
+    matching file below a folder."""
+    if is_stdio(src):
+        if not is_stdio(dst) and dst.is_dir():
+            raise Failure(f"{dst}: is a folder; with IN - give an output file or -")
+        _check_pair(src, dst, force)
+        return _Plan([_Job(src, dst)], folder=False)
     if not src.exists():
         raise Failure(f"{src}: no such file or folder")
     if not src.is_dir():
-        if dst.is_dir() or str(dst).endswith(os.sep):
+        if not is_stdio(dst) and (dst.is_dir() or str(dst).endswith(os.sep)):
             dst = dst / src.with_suffix(out_suffix).name
         _check_pair(src, dst, force)
         return _Plan([_Job(src, dst)], folder=False)
+    if is_stdio(dst):
+        raise click.UsageError("OUT - (standard output) takes a single input file, not a folder")
     if dst.exists() and not dst.is_dir():
         raise Failure(f"{dst}: is a file; a folder input needs an output folder")
     jobs = list(_jobs(src, dst, wanted, out_suffix, pattern))
@@ -217,13 +285,53 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     return _Plan(jobs, folder=True)
 
 
-def _execute(plan: _Plan, one: Callable[[_Job], str | None], force: bool, skip_existing: bool,
-             quiet: bool) -> None:
-    """Run the jobs; in a folder, a bar over files, per-file errors, a summary and exit 1 if any failed."""
+@contextlib.contextmanager
+def _stdio(job: _Job, out_suffix: str) -> Iterator[_Job]:
+    """The job with files in place of ``-``: standard input spooled to a temporary file, standard output
+    written to one and copied out on success (bounded memory, see :mod:`flowdec_cli.streams`). Messages name
+    ``-`` rather than the temporary files."""
+    from .streams import check_stdout_not_terminal, spooled_stdin, stdout_file
+
+    if not (is_stdio(job.src) or is_stdio(job.dst)):
+        yield job
+        return
+    if is_stdio(job.dst):
+        check_stdout_not_terminal(".fdc data" if out_suffix == ".fdc" else "audio")
+    temps: list[str] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            src, dst = job.src, job.dst
+            if is_stdio(src):
+                src = stack.enter_context(spooled_stdin())
+                temps.append(str(src))
+            if is_stdio(dst):
+                dst = stack.enter_context(stdout_file(out_suffix))
+                temps.append(str(dst))
+            yield _Job(src, dst)
+    except _known_errors() as exc:
+        text = str(exc)
+        for t in temps:
+            text = text.replace(t, "-")
+        raise Failure(text) from None
+
+
+def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], force: bool, skip_existing: bool,
+             quiet: bool, as_json: bool, out_suffix: str) -> None:
+    """Run the jobs; in a folder, a bar over files, per-file errors, a summary and exit 1 if any failed.
+    Each finished file is reported: a text line on stderr, or with ``--json`` one JSON object per line on
+    stdout."""
+
+    def report(record: dict[str, Any], text: str, folder: bool) -> None:
+        if as_json:
+            click.echo(json.dumps(record))
+        elif text and not quiet and not folder:
+            click.echo(text, err=True)
+
     if not plan.folder:
-        message = one(plan.jobs[0])
-        if message and not quiet:
-            click.echo(message, err=True)
+        with _stdio(plan.jobs[0], out_suffix) as job:
+            record, text = one(job)
+        record.update(input=_shown(plan.jobs[0].src), output=_shown(plan.jobs[0].dst))
+        report(record, f"flowdec: {_shown(plan.jobs[0].dst)}: {text}", folder=False)
         return
     from tqdm import tqdm
 
@@ -241,9 +349,13 @@ def _execute(plan: _Plan, one: Callable[[_Job], str | None], force: bool, skip_e
             tqdm.write(f"flowdec: error: {failed[-1]}", file=sys.stderr)
             continue
         try:
-            one(job)
+            record, text = one(job)
+            record.update(input=str(job.src), output=str(job.dst))
+            report(record, text, folder=True)
             done += 1
         except KeyboardInterrupt:
+            raise
+        except BrokenPipeError:
             raise
         except OutputExistsError as exc:
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
@@ -290,6 +402,17 @@ def _load_codec(model: str | None, device: str, with_postfilter: bool, precision
     return Codec.load(model or default_model_name(), dev, with_postfilter=with_postfilter, precision=precision)
 
 
+def _model_notice(codec: Any, model: str | None, quiet: bool) -> None:
+    """One line when the small built-in model is used without being asked for: what it is for."""
+    from .registry import builtin_notice
+
+    if quiet or model:
+        return
+    line = builtin_notice(codec.model.name)
+    if line:
+        click.echo(f"flowdec: {line}", err=True)
+
+
 def _bitrate_choice(codec: Any, bitrate: float | None, n_codebooks: int | None) -> int:
     from .pipeline import CodecError
 
@@ -303,6 +426,35 @@ def _kbps(header: Any) -> str:
     return f"{header.nominal_bitrate / 1000:g} kbit/s"
 
 
+def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
+    """The audio output's extension (``--format`` for folders and ``-``, else OUT's own), checked together
+    with ``--subtype`` before anything is decoded."""
+    from .audio import AudioError, check_output_format
+
+    suffix = "." + out_format.lstrip(".").lower()
+    probe = dst if not is_stdio(dst) and dst.suffix and not dst.is_dir() else Path("out" + suffix)
+    try:
+        check_output_format(probe, subtype)
+    except AudioError as exc:
+        raise click.UsageError(str(exc)) from None
+    return suffix
+
+
+def _check_json(as_json: bool, dst: Path) -> None:
+    if as_json and is_stdio(dst):
+        raise click.UsageError("--json prints to standard output, which OUT - already takes; choose one")
+
+
+def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
+    """The figures every per-file JSON record shares."""
+    duration = header.num_samples / header.sample_rate if header.sample_rate else 0.0
+    on_disk = nbytes * 8 / duration / header.channels / 1000 if duration else 0.0
+    return {"bytes": int(nbytes), "duration_s": duration, "channels": header.channels,
+            "sample_rate": header.sample_rate, "n_codebooks": header.n_codebooks,
+            "kbps_nominal": header.nominal_bitrate / 1000, "kbps_on_disk": on_disk, "seconds": seconds,
+            "rtf": seconds / duration if duration else 0.0}
+
+
 # --------------------------------------------------------------------------------------------------
 # Commands
 
@@ -313,15 +465,21 @@ def _kbps(header: Any) -> str:
 @click.option("-b", "--bitrate", type=float, default=None,
               help="Target kbit/s per channel: the largest codebook count not above it. Default: the model's top rate.")
 @click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
-@click.option("-m", "--model", default=None, help="Model name, hf://OWNER/REPO[@REV], or path (default: the built-in model).")
+@click.option("-m", "--model", default=None,
+              help="Model name, hf://OWNER/REPO[@REV], or path (default: $FLOWDEC_MODEL, `flowdec models "
+                   "default`, else the built-in model).")
 @_model_options
 @_overwrite_options
 def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None,
              device: str, cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool,
-             pattern: str | None, quiet: bool) -> None:
-    """Code audio (any format, rate, channels) into a compact .fdc file, or a folder into a folder."""
+             pattern: str | None, quiet: bool, as_json: bool) -> None:
+    """Code audio (any format, rate, channels) into a compact .fdc file, or a folder into a folder.
+
+    IN - reads audio from standard input, OUT - writes the .fdc to standard output.
+    """
     if bitrate is not None and n_codebooks is not None:
         raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
+    _check_json(as_json, dst)
     plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
     _setup(cache_dir, threads)
     codec = _load_codec(model, device, with_postfilter=False)
@@ -330,13 +488,24 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     if not quiet:
         click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {k} codebooks = "
                    f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel", err=True)
+        _model_notice(codec, model, quiet)
 
-    def one(job: _Job) -> str:
+    def one(job: _Job) -> tuple[dict[str, Any], str]:
+        t0 = time.perf_counter()
         res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars, overwrite=force)
-        return (f"{job.dst}: {res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
-                f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} nominal)")
+        record = {"command": "compress", **_rates(res.header, res.file_bytes, time.perf_counter() - t0),
+                  "nfe": None, "model": codec.model.name}
+        return record, (f"{res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
+                        f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} nominal)")
 
-    _execute(plan, one, force, skip_existing, quiet)
+    _execute(plan, one, force, skip_existing, quiet, as_json, ".fdc")
+
+
+def _read_fdc_job(path: Path) -> tuple[Any, Any, int]:
+    from .container import read_fdc
+
+    header, codes = read_fdc(path)
+    return header, codes, path.stat().st_size
 
 
 @main.command()
@@ -345,18 +514,22 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
 @_decode_options
 @click.option("-m", "--model", default=None, help="Decode with this model instead of the one named in the file.")
 @click.option("--format", "out_format", default="wav", show_default=True,
-              help="Folders: output file extension (wav, flac, ogg, ...).")
+              help="Output type for folders and OUT - (wav, flac, ogg, opus, ...).")
 @_model_options
 @_overwrite_options
 def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, subtype: str | None,
                precision: str, model: str | None, out_format: str, device: str, cache_dir: Path | None, threads: int | None,
-               force: bool, skip_existing: bool, pattern: str | None, quiet: bool) -> None:
-    """Decode .fdc files with D0, then refine them with the flow postfilter (--nfe 0: D0 only)."""
+               force: bool, skip_existing: bool, pattern: str | None, quiet: bool, as_json: bool) -> None:
+    """Decode .fdc files with D0, then refine them with the flow postfilter (--nfe 0: D0 only).
+
+    IN - reads the .fdc from standard input, OUT - writes audio (--format, WAV by default) to standard output.
+    """
     if nfe is not None:
         _check_nfe(nfe, solver)
-    plan = _plan(src, dst, _is_fdc, "." + out_format.lstrip("."), force, pattern)
+    _check_json(as_json, dst)
+    suffix = _out_suffix(out_format, dst, subtype)
+    plan = _plan(src, dst, _is_fdc, suffix, force, pattern)
     _setup(cache_dir, threads)
-    from .container import read_fdc
 
     codecs: dict[str, Any] = {}
     bars = _Bars(quiet)
@@ -376,21 +549,30 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
             bars.device = codecs[key].device
         return codecs[key]
 
-    def one(job: _Job) -> str:
-        header, codes = read_fdc(job.src)
+    def one(job: _Job) -> tuple[dict[str, Any], str]:
+        header, codes, nbytes = _read_fdc_job(job.src)
         codec = codec_for(header.model_name, job.src)
         for w in codec.check_header(header, str(job.src)):
             click.echo(f"flowdec: warning: {w}", err=True)
         passes = _model_nfe(codec, nfe, solver)
-        t0 = time.perf_counter()
         res = codec._decode_file(header, codes, job.dst, passes, solver, seed, subtype, bars, overwrite=force)
-        took = time.perf_counter() - t0
-        dur = header.num_samples / header.sample_rate
-        guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
-        return (f"{job.dst}: {dur:.2f} s, {header.channels} ch, {header.sample_rate} Hz, NFE {passes}, "
-                f"{took:.1f} s (RTF {took / dur if dur else 0:.3f}){guard}")
+        return _decoded(res, header, nbytes, res.seconds, "decompress", codec.model.name)
 
-    _execute(plan, one, force, skip_existing, quiet)
+    _execute(plan, one, force, skip_existing, quiet, as_json, suffix)
+
+
+def _decoded(res: Any, header: Any, nbytes: int, seconds: float, command: str,
+             model: str) -> tuple[dict[str, Any], str]:
+    """The record and the text line of a decoded file."""
+    record = {"command": command, **_rates(header, nbytes, seconds), "nfe": res.nfe, "model": model,
+              "output_sample_rate": res.sample_rate or header.sample_rate}
+    dur = record["duration_s"]
+    guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
+    rate = (f"{header.sample_rate} Hz resampled to {res.sample_rate} Hz (the most the format takes)"
+            if res.resampled else f"{header.sample_rate} Hz")
+    return record, (f"{dur:.2f} s, {header.channels} ch, {rate}, {nbytes} bytes coded "
+                    f"({record['kbps_on_disk']:.3f} kbit/s per channel), NFE {res.nfe}, "
+                    f"{seconds:.1f} s (RTF {record['rtf']:.3f}){guard}")
 
 
 @main.command()
@@ -398,21 +580,28 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("-b", "--bitrate", type=float, default=None, help="Target kbit/s per channel.")
 @click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
-@click.option("-m", "--model", default=None, help="Model name, hf://OWNER/REPO[@REV], or path.")
+@click.option("-m", "--model", default=None,
+              help="Model name, hf://OWNER/REPO[@REV], or path (default as for compress).")
 @_decode_options
-@click.option("--format", "out_format", default="wav", show_default=True, help="Folders: output extension.")
+@click.option("--format", "out_format", default="wav", show_default=True,
+              help="Output type for folders and OUT - (wav, flac, ogg, opus, ...).")
 @_model_options
 @_overwrite_options
 def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None, nfe: int,
               solver: str, seed: int | None, subtype: str | None, precision: str, out_format: str, device: str,
               cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool, pattern: str | None,
-              quiet: bool) -> None:
-    """Compress and decompress in one shot (no .fdc kept): hear what the codec does."""
+              quiet: bool, as_json: bool) -> None:
+    """Compress and decompress in one shot (no .fdc kept): hear what the codec does.
+
+    IN - reads audio from standard input, OUT - writes audio (--format, WAV by default) to standard output.
+    """
     if bitrate is not None and n_codebooks is not None:
         raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
     if nfe is not None:
         _check_nfe(nfe, solver)
-    plan = _plan(src, dst, _is_audio, "." + out_format.lstrip("."), force, pattern)
+    _check_json(as_json, dst)
+    suffix = _out_suffix(out_format, dst, subtype)
+    plan = _plan(src, dst, _is_audio, suffix, force, pattern)
     _setup(cache_dir, threads)
     codec = _load_codec(model, device, with_postfilter=nfe != 0, precision=precision)
     nfe = _model_nfe(codec, nfe, solver)
@@ -421,16 +610,16 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     if not quiet:
         click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {k} codebooks = "
                    f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel, NFE {nfe}", err=True)
+        _model_notice(codec, model, quiet)
 
-    def one(job: _Job) -> str:
+    def one(job: _Job) -> tuple[dict[str, Any], str]:
         t0 = time.perf_counter()
         comp, dec = codec.roundtrip_file(job.src, job.dst, n_codebooks=k, nfe=nfe, solver=solver, seed=seed,
                                          subtype=subtype, progress=bars, overwrite=force)
-        took = time.perf_counter() - t0
-        return (f"{job.dst}: {comp.duration:.2f} s, {comp.file_bytes} bytes coded "
-                f"({comp.actual_bitrate / 1000:.3f} kbit/s per channel), NFE {nfe}, {took:.1f} s")
+        return _decoded(dec, comp.header, comp.file_bytes, time.perf_counter() - t0, "roundtrip",
+                        codec.model.name)
 
-    _execute(plan, one, force, skip_existing, quiet)
+    _execute(plan, one, force, skip_existing, quiet, as_json, suffix)
 
 
 def _model_nfe(codec: Any, nfe: int | None, solver: str) -> int:

@@ -40,6 +40,8 @@ def one_line_errors(errors: Callable[[], tuple[type[BaseException], ...]],
                 return f(*args, **kwargs)
             except errors() as exc:
                 raise Failure(clean(str(exc))) from None
+            except BrokenPipeError:
+                raise  # a closed pipe is no error: the main command ends quietly
             except OSError as exc:
                 raise Failure(describe_os_error(exc)) from None
 

@@ -28,7 +28,8 @@ from .ndac import NDAC, NDACConfig
 if TYPE_CHECKING:
     from .postfilter import Postfilter
 
-__all__ = ["ModelError", "Model", "default_nfe_for", "load_model", "load_ndac", "load_postfilter", "save_ndac", "ndac_from_folder"]
+__all__ = ["ModelError", "Model", "default_nfe_for", "load_model", "load_ndac", "load_postfilter", "save_ndac",
+           "ndac_from_folder", "pretrained_ref"]
 
 MODEL_CARD_NAME = "flowdec.json"
 DEFAULT_NFE = 6  # the paper's setting: midpoint, 3 steps
@@ -126,6 +127,17 @@ def _folder_type(folder: Path) -> str | None:
         return None
 
 
+_HUB_ID = __import__("re").compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^\s/]+)?$")
+
+
+def pretrained_ref(ref: str | os.PathLike) -> str | os.PathLike:
+    """Hugging Face habits for the Python API: ``OWNER/REPO[@REV]`` that is not an existing path means the
+    hub repo (``hf://OWNER/REPO[@REV]``); names, paths and ``hf://`` references pass unchanged."""
+    if isinstance(ref, str) and _HUB_ID.match(ref) and not Path(ref).expanduser().exists():
+        return "hf://" + ref
+    return ref
+
+
 def _resolve(ref: str | os.PathLike) -> Path:
     """A local path for ``ref``: an existing path as is, else a registry or hub name."""
     path = Path(ref).expanduser()
@@ -137,8 +149,9 @@ def _resolve(ref: str | os.PathLike) -> Path:
 
 
 def load_ndac(ref: str | os.PathLike, device: torch.device | str | None = None) -> NDAC:
-    """An inference-ready NDAC from a released ``weights.pth``, a component or model folder, or a name."""
-    path = _resolve(ref)
+    """An inference-ready NDAC from a released ``weights.pth``, a component or model folder, a name, or a hub
+    repo (``OWNER/REPO`` or ``hf://OWNER/REPO[@REV]``)."""
+    path = _resolve(pretrained_ref(ref))
     try:
         if path.is_file():
             model = _ndac_from_official(path)
@@ -157,10 +170,11 @@ def load_ndac(ref: str | os.PathLike, device: torch.device | str | None = None) 
 def load_postfilter(ref: str | os.PathLike, device: torch.device | str | None = None,
                     ema: bool = True) -> "Postfilter":
     """An inference-ready postfilter from a released Lightning ``.ckpt`` (EMA weights unless ``ema=False``),
-    a component or model folder, or a name."""
+    a component or model folder, a name, or a hub repo (``OWNER/REPO`` or ``hf://OWNER/REPO[@REV]``): the
+    postfilter's ``from_pretrained``."""
     from .postfilter import Postfilter
 
-    path = _resolve(ref)
+    path = _resolve(pretrained_ref(ref))
     try:
         if path.is_file():
             pf = Postfilter.from_lightning_checkpoint(path, ema=ema)

@@ -77,9 +77,21 @@ def _print_table(models: list[dict[str, Any]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    from .registry import DEFAULT_MODEL_ENV, RELEASED_DEFAULT, chosen_default_model
+
     notes = []
-    if any(m.get("default") for m in models):
-        notes.append("* the default model")
+    chosen = chosen_default_model()
+    default = next((m for m in models if m.get("default")), None)
+    if chosen is not None:
+        notes.append(f"default model: {chosen[0]} (from {chosen[1]}); `flowdec models default --reset` "
+                     "returns to the built-in one")
+    elif default is not None:
+        notes.append(f"* the default model ({default['name']}, built in); choose another with "
+                     f"`flowdec models default NAME` or {DEFAULT_MODEL_ENV}=NAME")
+    released = next((m for m in models if m["name"] == RELEASED_DEFAULT), None)
+    if released is not None and released["available"] != "not local" and not released.get("default"):
+        notes.append(f"{RELEASED_DEFAULT} is installed: make it the default with "
+                     f"`flowdec models default {RELEASED_DEFAULT}` (or {DEFAULT_MODEL_ENV}={RELEASED_DEFAULT})")
     notes.append("NFE: postfilter passes used when --nfe is not given (0: the codec alone)")
     if any(m["kind"] == "official" and m["available"] == "not local" for m in models):
         notes.append("released models: `flowdec models fetch-official` downloads and converts them (1.2 GB)")
@@ -87,7 +99,7 @@ def _print_table(models: list[dict[str, Any]]) -> None:
         notes.append("CC-BY-NC-4.0: attribution required, non-commercial use only")
     notes.append("any model: --model NAME, --model PATH or --model hf://OWNER/REPO[@REVISION]")
     for n in notes:
-        click.echo(n, err=True)
+        click.echo(f"flowdec: {n}", err=True)
 
 
 @click.group("models", invoke_without_command=True, short_help="List, fetch and export models.",
@@ -99,6 +111,7 @@ def models_group(ctx: click.Context) -> None:
     \b
       flowdec models                          the table (same as `flowdec models list`)
       flowdec models fetch-official           download + convert the released weights
+      flowdec models default flowdec-75m      use it when no --model is given ($FLOWDEC_MODEL wins)
       flowdec models export flowdec-75m DIR   a folder ready for `hf upload OWNER/REPO DIR`
     """
     if ctx.invoked_subcommand is None:
@@ -119,6 +132,38 @@ def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
         click.echo(json.dumps(models, indent=2))
     else:
         _print_table(models)
+
+
+@models_group.command("default", short_help="Show or set the model used when no --model is given.")
+@click.argument("name", metavar="[NAME_OR_PATH]", required=False)
+@click.option("--reset", is_flag=True, help="Go back to the built-in model.")
+@_cache_option
+@_one_line_errors
+def default_command(name: str | None, reset: bool, cache_dir: Path | None) -> None:
+    """Show the default model, or make NAME_OR_PATH (a model name, a folder or hf://OWNER/REPO) the default.
+
+    The setting lives in $FLOWDEC_HOME/settings.json; the environment variable FLOWDEC_MODEL overrides it.
+    """
+    from .registry import DEFAULT_MODEL_ENV, builtin_model_name, chosen_default_model, set_default_model
+
+    _use_cache_dir(cache_dir)
+    if name is not None and reset:
+        raise click.UsageError("give either NAME_OR_PATH or --reset, not both")
+    if name is None and not reset:
+        chosen = chosen_default_model()
+        if chosen is None:
+            click.echo(builtin_model_name())
+            click.echo("flowdec: the built-in model (no default chosen)", err=True)
+        else:
+            click.echo(chosen[0])
+            click.echo(f"flowdec: from {chosen[1]}", err=True)
+        return
+    path = set_default_model(None if reset else name)
+    chosen = chosen_default_model()
+    now = chosen[0] if chosen else builtin_model_name()
+    click.echo(f"flowdec: default model is now {now} (saved in {path})", err=True)
+    if chosen and chosen[1] == f"${DEFAULT_MODEL_ENV}":
+        click.echo(f"flowdec: warning: ${DEFAULT_MODEL_ENV} is set and wins over this setting", err=True)
 
 
 @models_group.command("fetch-official", short_help="Download and convert the released FlowDec models.")
@@ -152,9 +197,10 @@ def fetch_official_command(source: str | None, no_size_check: bool, no_hash_chec
                           progress=not quiet, keep_download=keep_zip, force=force)
     if not quiet:
         for name, path in done.items():
-            click.echo(f"{name}: {path}", err=True)
+            click.echo(f"flowdec: {name}: {path}", err=True)
         click.echo(f"flowdec: {len(done)} of {len(OFFICIAL_MODELS)} models ready (CC-BY-NC-4.0: non-commercial "
-                   "use only); try `flowdec roundtrip in.wav out.wav --model flowdec-75m`", err=True)
+                   "use only); try `flowdec roundtrip in.wav out.wav --model flowdec-75m`, or make it the "
+                   "default: `flowdec models default flowdec-75m`", err=True)
 
 
 @models_group.command("export", short_help="Write a model as a folder ready for the Hugging Face hub.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,13 @@ import numpy as np
 import torch
 
 from . import __version__
-from .audio import AtomicAudioWriter, Resampler, probe, read_blocks
+from .audio import AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
 from .container import FdcHeader, frames_for_samples, read_fdc, write_fdc
 from .fileio import OutputExistsError
 from .models import Model, load_model
 from .runtime import resolve_device
 
-__all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Progress"]
+__all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Progress", "from_pretrained"]
 
 IN_MEMORY_SAMPLES = 48000 * 60 * 4  # model-rate samples (all channels) kept in RAM; beyond, a disk buffer
 READ_BLOCK_FRAMES = 1 << 18
@@ -84,6 +85,13 @@ class DecompressResult:
     header: FdcHeader
     nfe: int
     peak_scaled: float  # factor the clip guard divided by (1.0 when it did nothing)
+    sample_rate: int = 0  # rate of the written output: the original's, or 48 kHz for Opus from other rates
+    seconds: float = 0.0  # wall-clock time of the decode
+
+    @property
+    def resampled(self) -> bool:
+        """The output's rate differs from the original's (a format that cannot hold it, such as Opus)."""
+        return bool(self.sample_rate) and self.sample_rate != self.header.sample_rate
 
 
 class DiskArray:
@@ -181,6 +189,15 @@ class Codec:
         dev = resolve_device(device) if isinstance(device, str) else device
         return cls(load_model(ref, with_postfilter=with_postfilter), dev, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, ref: str | os.PathLike, device: str | torch.device = "auto",
+                        with_postfilter: bool = True, **kwargs: Any) -> "Codec":
+        """A ready codec (and its postfilter) by name (``flowdec-small``, ``flowdec-75m``), local path, or
+        Hugging Face hub id (``OWNER/REPO``, ``hf://OWNER/REPO[@REV]``), as ``from_pretrained`` elsewhere."""
+        from .models import pretrained_ref
+
+        return cls.load(pretrained_ref(ref), device, with_postfilter=with_postfilter, **kwargs)
+
     # -- bitrates --------------------------------------------------------------------------------
     def bitrates(self) -> list[tuple[int, float]]:
         """(codebooks, kbit/s per channel) for every codebook count."""
@@ -276,6 +293,22 @@ class Codec:
             bar.close()
         return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain), codes
 
+    def coded_bytes(self, header: FdcHeader, codes: np.ndarray) -> int:
+        """The size of the .fdc file these codes make."""
+        from .container import encode_fdc
+
+        return len(encode_fdc(header, codes))
+
+    def compress_bytes(self, src: str | os.PathLike, n_codebooks: int | None = None,
+                       bitrate_kbps: float | None = None,
+                       progress: Progress = _no_progress) -> tuple[CompressResult, bytes]:
+        """Code an audio file into the bytes of a .fdc file (for a pipe, a socket or a database)."""
+        from .container import encode_fdc
+
+        header, codes = self._code_file(Path(src), n_codebooks, bitrate_kbps, progress)
+        data = encode_fdc(header, codes)
+        return CompressResult(header, codes, len(data)), data
+
     def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                       bitrate_kbps: float | None = None, progress: Progress = _no_progress,
                       overwrite: bool = True) -> CompressResult:
@@ -348,9 +381,14 @@ class Codec:
         return out, float(header.gain)
 
     def _finish(self, buf: _ModelRateBuffer, header: FdcHeader, gain: float,
-                sink: Callable[[np.ndarray], None]) -> float:
+                sink: Callable[[np.ndarray], None], out_rate: int | None = None) -> float:
         """Trim or zero-pad to the input's model-rate length, restore the gain, apply the clip guard, resample
-        back and deliver exactly ``num_samples`` frames as [n, C] blocks to ``sink``."""
+        back and deliver exactly ``num_samples`` frames as [n, C] blocks to ``sink`` (at ``out_rate`` when
+        given and different from the original rate: the same duration, ``round(num_samples * out_rate /
+        sample_rate)`` frames)."""
+        out_rate = int(out_rate or header.sample_rate)
+        n_out = header.num_samples if out_rate == header.sample_rate else \
+            _model_rate_length(header.num_samples, header.sample_rate, out_rate)
         data = buf.data
         target = _model_rate_length(header.num_samples, header.sample_rate, header.model_sample_rate)
         have = min(data.shape[1], target)
@@ -360,20 +398,20 @@ class Codec:
             peak = max(peak, float(np.abs(data[:, a:min(a + block, have)]).max()) * gain)
         guard = peak if peak > 1.0 else 1.0
         scale = gain / guard
-        resampler = Resampler(header.model_sample_rate, header.sample_rate, header.channels)
+        resampler = Resampler(header.model_sample_rate, out_rate, header.channels)
         written = 0
         for a in range(0, target, block):
             piece = data[:, a:min(a + block, have)] if a < have else np.zeros((header.channels, 0), np.float32)
             if piece.shape[1] < min(block, target - a):
                 piece = np.pad(piece, ((0, 0), (0, min(block, target - a) - piece.shape[1])))
             out = resampler.process(np.ascontiguousarray(piece.T) * scale)
-            out = out[: max(header.num_samples - written, 0)]
+            out = out[: max(n_out - written, 0)]
             if len(out):
                 sink(out)
                 written += len(out)
         resampler.n_out = written  # trimmed output counts as delivered
-        if written < header.num_samples:
-            sink(resampler.finish(header.num_samples))
+        if written < n_out:
+            sink(resampler.finish(n_out))
         return guard
 
     def decompress_codes(self, header: FdcHeader, codes: np.ndarray, nfe: int | None = None, solver: str = "midpoint",
@@ -403,20 +441,22 @@ class Codec:
     def _decode_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int | None, solver: str,
                      seed: int | None, subtype: str | None, progress: Progress,
                      overwrite: bool = True) -> DecompressResult:
+        t0 = time.perf_counter()
         nfe = self.resolve_nfe(nfe)
-        writer = AtomicAudioWriter(dst, header.sample_rate, header.channels, subtype, overwrite=overwrite)
+        rate = output_rate_for(dst, subtype, header.sample_rate)
+        writer = AtomicAudioWriter(dst, rate, header.channels, subtype, overwrite=overwrite)
         clip = _clip_for(writer)
         try:
             buf, gain = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
             try:
-                guard = self._finish(buf, header, gain, lambda b: writer.write(clip(b)))
+                guard = self._finish(buf, header, gain, lambda b: writer.write(clip(b)), rate)
             finally:
                 buf.close()
         except BaseException:
             writer.abort()
             raise
         writer.commit()
-        return DecompressResult(header, nfe, guard)
+        return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0)
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
@@ -444,6 +484,13 @@ def _check_codes_fit(header: FdcHeader, codes: np.ndarray) -> None:
     if not lo <= codes.shape[-1] <= hi:
         raise CodecError(f"{header.num_samples} samples at {header.sample_rate} Hz cannot come from "
                          f"{codes.shape[-1]} frames (the codec makes {lo} to {hi}); refusing to pad")
+
+
+def from_pretrained(ref: str | os.PathLike, device: str | torch.device = "auto", with_postfilter: bool = True,
+                    **kwargs: Any) -> Codec:
+    """:meth:`Codec.from_pretrained`: ``flowdec_cli.from_pretrained("flowdec-small")``; the codec is
+    ``.ndac``, the postfilter ``.postfilter`` (None for a codec alone)."""
+    return Codec.from_pretrained(ref, device, with_postfilter=with_postfilter, **kwargs)
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:

@@ -49,6 +49,12 @@ __all__ = [
     "get_entry",
     "resolve",
     "default_model_name",
+    "builtin_model_name",
+    "chosen_default_model",
+    "set_default_model",
+    "builtin_notice",
+    "DEFAULT_MODEL_ENV",
+    "RELEASED_DEFAULT",
     "list_models",
     "fetch_official",
     "check_released_architecture",
@@ -432,7 +438,17 @@ def resolve(ref: str) -> Path:
     raise ModelError(f"unknown model '{ref}'; known: {known}; or give a path or hf://OWNER/REPO")
 
 
-def default_model_name() -> str:
+DEFAULT_MODEL_ENV = "FLOWDEC_MODEL"
+SETTINGS_NAME = "settings.json"
+RELEASED_DEFAULT = "flowdec-75m"  # the released model to suggest as the default once it is installed
+
+
+def settings_path() -> Path:
+    """The user's settings (``$FLOWDEC_HOME/settings.json``): at present the default model."""
+    return cache_root() / SETTINGS_NAME
+
+
+def builtin_model_name() -> str:
     """The name of the model bundled as the default."""
     marker = embedded_root() / "DEFAULT"
     name = ""
@@ -446,6 +462,70 @@ def default_model_name() -> str:
         raise ModelError(f"the bundled default model '{name}' is missing from the package ({embedded_root()}); "
                          "reinstall flowdec-cli or pass --model NAME_OR_PATH")
     return name
+
+
+def chosen_default_model() -> tuple[str, str] | None:
+    """The default model the user chose and where: ``$FLOWDEC_MODEL`` first, then the setting written by
+    ``flowdec models default NAME``; None when neither is set."""
+    env = os.environ.get(DEFAULT_MODEL_ENV, "").strip()
+    if env:
+        return env, f"${DEFAULT_MODEL_ENV}"
+    saved = str(_read_json(settings_path()).get("default_model") or "").strip()
+    if saved:
+        return saved, str(settings_path())
+    return None
+
+
+def default_model_name() -> str:
+    """The model used when none is named: the user's choice (:func:`chosen_default_model`), else the
+    built-in one."""
+    chosen = chosen_default_model()
+    return chosen[0] if chosen else builtin_model_name()
+
+
+def set_default_model(ref: str | None) -> Path:
+    """Make ``ref`` (a name, a path or ``hf://OWNER/REPO``) the default model in the settings file, or with
+    None go back to the built-in model. A name must be available locally; a path is stored absolute."""
+    from .fileio import atomic_write_bytes
+
+    settings = _read_json(settings_path())
+    if ref is None:
+        settings.pop("default_model", None)
+    else:
+        ref = ref.strip()
+        if _HF_PREFIX.match(ref):
+            parse_hub_ref(ref)
+        elif Path(ref).expanduser().exists():
+            ref = str(Path(ref).expanduser().resolve())
+        else:
+            entry = get_entry(ref)
+            if entry is None:
+                known = ", ".join(e.name for e in entries())
+                raise ModelError(f"unknown model '{ref}'; known: {known}; or give a path or hf://OWNER/REPO")
+            if entry.kind != EMBEDDED and not _is_model_folder(models_dir() / entry.name):
+                hint = ("; `flowdec models fetch-official` installs it" if entry.kind == "official" else "")
+                raise ModelError(f"model '{entry.name}' is not installed here{hint}")
+            ref = entry.name
+        settings["default_model"] = ref
+    path = settings_path()
+    atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
+    return path
+
+
+def builtin_notice(name: str) -> str | None:
+    """One line for someone running the built-in model without having chosen it: what it is for, and how to
+    get (or, once installed, choose) the released model. None for any other model."""
+    try:
+        builtin = builtin_model_name()
+    except ModelError:
+        return None
+    if name != builtin or chosen_default_model() is not None:
+        return None
+    if _is_model_folder(models_dir() / RELEASED_DEFAULT):
+        return (f"{builtin} is the small built-in model; {RELEASED_DEFAULT} is installed: make it the default "
+                f"with `flowdec models default {RELEASED_DEFAULT}` (or {DEFAULT_MODEL_ENV}={RELEASED_DEFAULT})")
+    return (f"{builtin} is the small built-in model, there so flowdec works offline, not for quality; "
+            "`flowdec models fetch-official` gets the released FlowDec models (CC-BY-NC-4.0)")
 
 
 def list_models() -> list[dict[str, Any]]:
@@ -834,13 +914,23 @@ def _fmt_rates(rates: Any) -> str:
     return ", ".join(f"{float(r):g}" for r in rates)
 
 
+_HUB_LICENCES = {"cc-by-nc-4.0": "cc-by-nc-4.0", "mit": "mit", "apache-2.0": "apache-2.0",
+                 "cc-by-4.0": "cc-by-4.0", "bsd-3-clause": "bsd-3-clause", "cc0-1.0": "cc0-1.0"}
+
+
+def hub_licence(licence: str) -> str:
+    """The hub's licence id for a card's ``licence``, read from its leading SPDX identifier (``MIT
+    (weights); training data: ...`` is ``mit``); ``other`` when there is none the hub knows."""
+    head = re.split(r"[\s(;,]", licence.strip(), maxsplit=1)[0] if licence.strip() else ""
+    return _HUB_LICENCES.get(head.lower(), "other")
+
+
 def model_card_markdown(card: dict[str, Any], repo_id: str | None = None) -> str:
     """A README.md for a model folder / hub repo, from its flowdec.json record."""
     name = str(card.get("name", "model"))
     title = name[len("hf://"):] if name.startswith("hf://") else name
     licence = str(card.get("licence", "unknown"))
-    hf_licence = {"CC-BY-NC-4.0": "cc-by-nc-4.0", "MIT": "mit", "Apache-2.0": "apache-2.0",
-                  "CC-BY-4.0": "cc-by-4.0"}.get(licence, "other")
+    hf_licence = hub_licence(licence)
     ref = f"hf://{repo_id}" if repo_id else "hf://OWNER/REPO"
     rates = card.get("bitrates_kbps") or []
     trained = card.get("trained_bitrates_kbps")

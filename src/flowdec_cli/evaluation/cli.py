@@ -17,6 +17,7 @@ from .metrics import (
     OPTIONAL_METRICS,
     MetricError,
     MetricUnavailable,
+    comparability_problems,
     compute_metrics,
     metric_available,
 )
@@ -81,7 +82,7 @@ def select_metrics(spec: str | None, all_metrics: bool) -> tuple[list[str], list
 
 
 def _warn(msg: str) -> None:
-    click.echo(f"warning: {msg}", err=True)
+    click.echo(f"flowdec: warning: {msg}", err=True)
 
 
 def _list_some(paths, limit: int = 5) -> str:
@@ -110,7 +111,7 @@ def _emit(text: str, output: Path | None) -> None:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
-    click.echo(f"wrote {output}", err=True)
+    click.echo(f"flowdec: wrote {output}", err=True)
 
 
 def _parse_list(text: str | None, kind, what: str) -> list | None:
@@ -135,6 +136,9 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE (format from --json/--csv, else from a .json/.csv "
                    "suffix, else a table).")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Score pairs whose sample rates or lengths differ (resampled, trimmed to the shorter) with a "
+                   "warning, instead of refusing them.")
 @click.option("--codec", "codec_model", metavar="MODEL",
               help="Code the files under REF with MODEL and score them (no DEG).")
 @click.option("--bitrates", metavar="LIST", help="--codec: kbps values to test (default: all).")
@@ -145,7 +149,7 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
 @click.option("--seed", default=0, show_default=True, type=int, help="--codec: postfilter seed.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
               help="--codec: also write the decoded files under this folder.")
-def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output, codec_model,
+def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output, allow_mismatch, codec_model,
                  bitrates, nfe_spec, opus, device, seed, save_dir):
     """Score decoded audio DEG against reference REF: two files, or two folders
     paired by relative path (the extension may differ). One row per file, and
@@ -211,12 +215,18 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
     show_progress = len(pairing.pairs) > 1 and sys.stderr.isatty()
     for i, pair in enumerate(pairing.pairs, 1):
         if show_progress:
-            click.echo(f"[{i}/{len(pairing.pairs)}] {pair.name}", err=True)
+            click.echo(f"flowdec: [{i}/{len(pairing.pairs)}] {pair.name}", err=True)
         try:
             ref_audio, ref_sr = _read(pair.ref)
             deg_audio, deg_sr = _read(pair.deg)
         except AudioReadError as exc:
             raise Failure(str(exc)) from exc
+        problems = comparability_problems(len(ref_audio), ref_sr, len(deg_audio), deg_sr)
+        if problems and not allow_mismatch:
+            raise Failure(f"{pair.deg}: {'; '.join(problems)}: not a decoding of {pair.ref}? "
+                          "(--allow-mismatch scores it anyway)")
+        for p in problems:
+            _warn(f"{pair.name}: {p}; resampled and trimmed to the shorter")
         errors: dict[str, str] = {}
         try:
             scores = compute_metrics(ref_audio, ref_sr, deg_audio, deg_sr, names, errors=errors)
@@ -228,6 +238,10 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
             _warn(f"{pair.name}: {m} not computed: {msg}")
         report.add(file=pair.name, ref=str(pair.ref), deg=str(pair.deg), **scores)
     _emit(report.render(fmt), output)
+    if fmt == "csv" and len(report.rows) > 1:
+        mean = report.mean()
+        click.echo(f"flowdec: mean over {mean['n']} files (not in the CSV): "
+                   + ", ".join(f"{m} {mean[m]:.3f}" for m in names), err=True)
 
 
 def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir) -> Report:
@@ -235,7 +249,7 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
 
     kbps = _parse_list(bitrates, float, "bitrates")
     nfes = _parse_list(nfe_spec, int, "nfe") or [0, 6]
-    log = (lambda m: click.echo(m, err=True)) if sys.stderr.isatty() else None
+    log = (lambda m: click.echo(f"flowdec: {m}", err=True)) if sys.stderr.isatty() else None
     try:
         report = run_codec_eval(model, path, bitrates=kbps, nfes=nfes, metrics=names,
                                 device=device, seed=seed, opus=opus, save_dir=save_dir, log=log)
@@ -280,4 +294,4 @@ def plot_command(ref, outs, output, titles):
         raise Failure(str(exc)) from exc
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
-    click.echo(f"wrote {path}", err=True)
+    click.echo(f"flowdec: wrote {path}", err=True)

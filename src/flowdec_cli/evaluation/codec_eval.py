@@ -17,8 +17,9 @@ With ``opus=True`` each selected bitrate is also coded with Opus through the ``o
 ``opusdec`` command-line tools (``opusenc --quiet --bitrate K``, ``opusdec --quiet --float
 --rate 48000``), the decoded output resampled back to the file's rate when it is not 48 kHz.
 The model's bitrates are per channel, so Opus gets ``kbps x channels`` for a multi-channel
-file. libopus cannot go below about 6 kbps; the row's ``kbps_actual`` is the size-derived
-bitrate per channel (Ogg container included).
+file. libopus cannot go below about 6 kbps. Every row's ``kbps_on_disk`` is the size-derived
+bitrate per channel: the .fdc file's for flowdec, the .opus file's (Ogg container included)
+for Opus, so the two compare at what they really cost.
 
 One row per (system, kbps, nfe): metric means over the files (NaN entries skipped) and
 real-time factors ``rtf_enc``, ``rtf_d0``, ``rtf_pf``, ``rtf_dec`` = total processing seconds
@@ -222,7 +223,7 @@ def run_codec_eval(
         notes.append("opus: skipped (opusenc/opusdec not found on PATH; install opus-tools)")
         use_opus = False
     elif opus and any(kbps < 6 for _, kbps in chosen):
-        notes.append("opus: libopus does not go below about 6 kbps per channel; see kbps_actual")
+        notes.append("opus: libopus does not go below about 6 kbps per channel; see kbps_on_disk")
 
     accs: dict[tuple[str, float, int | None], _Acc] = {}
 
@@ -254,6 +255,7 @@ def run_codec_eval(
             t0 = time.perf_counter()
             header, codes = codec.compress_array(audio, sr, n_codebooks=n_cb)
             enc_s = time.perf_counter() - t0
+            nbytes = codec.coded_bytes(header, codes) if hasattr(codec, "coded_bytes") else 0
             for nfe in nfes:
                 timer = _StageTimer()
                 extra = {"progress": timer} if staged else {}
@@ -270,6 +272,7 @@ def run_codec_eval(
                     a.staged = False
                 a.audio_s += duration
                 a.chan_s += duration * channels
+                a.nbytes += nbytes
                 a.n += 1
                 for k, v in scores.items():
                     a.values.setdefault(k, []).append(v)
@@ -290,7 +293,7 @@ def run_codec_eval(
                     a.values.setdefault(k, []).append(v)
                 save(rel, f"opus_{kbps:g}k", res.audio, sr)
 
-    values = list(metrics) + ["rtf_enc", "rtf_d0", "rtf_pf", "rtf_dec", "kbps_actual"]
+    values = list(metrics) + ["rtf_enc", "rtf_d0", "rtf_pf", "rtf_dec", "kbps_on_disk"]
     hib = {m: METRICS[m].higher_is_better for m in metrics}
     hib.update(rtf_enc=False, rtf_d0=False, rtf_pf=False, rtf_dec=False)
     report = Report(
@@ -315,6 +318,6 @@ def run_codec_eval(
         row["rtf_d0"] = per_s(a.d0_s) if a.staged else nan
         row["rtf_pf"] = per_s(max(a.dec_s - a.d0_s, 0.0)) if a.staged else nan
         row["rtf_dec"] = per_s(a.dec_s)
-        row["kbps_actual"] = a.nbytes * 8 / a.chan_s / 1000 if (a.nbytes and a.chan_s) else nan
+        row["kbps_on_disk"] = a.nbytes * 8 / a.chan_s / 1000 if (a.nbytes and a.chan_s) else nan
         report.rows.append(row)
     return report

@@ -467,6 +467,25 @@ def metric_available(name: str) -> bool:
     return importlib.util.find_spec(spec.module) is not None
 
 
+#: How far the lengths of a reference and its decoded version may differ before ``flowdec eval`` objects.
+#: flowdec gives back the input's exact rate and length; this leaves room for codecs that pad to a frame.
+LENGTH_TOLERANCE_S = 0.02
+
+
+def comparability_problems(ref_frames: int, ref_sr: int, deg_frames: int, deg_sr: int,
+                           tolerance_s: float = LENGTH_TOLERANCE_S) -> list[str]:
+    """Why a decoded file may not be a decoding of this reference: different sample rates (flowdec keeps the
+    input's rate), or lengths that differ by more than ``tolerance_s`` (flowdec keeps the exact length).
+    Scored anyway, such a pair is resampled and trimmed to the shorter, which can hide a wrong pairing."""
+    problems = []
+    if int(ref_sr) != int(deg_sr):
+        problems.append(f"sample rates differ (reference {ref_sr} Hz, decoded {deg_sr} Hz)")
+    ref_s, deg_s = ref_frames / ref_sr, deg_frames / deg_sr
+    if abs(ref_s - deg_s) > tolerance_s:
+        problems.append(f"lengths differ (reference {ref_s:.3f} s, decoded {deg_s:.3f} s)")
+    return problems
+
+
 def compute_metrics(
     ref: np.ndarray,
     ref_sr: int,

@@ -11,8 +11,9 @@ Formats:
   before the mean row, and a legend line saying which metrics are better higher or lower.
 * JSON: ``{"columns": [...], "rows": [{...}], "mean": {...}, "n": N, ...extra}``; NaN is
   written as ``null``.
-* CSV: a header line, one line per row, and a last line whose first label is ``mean``;
-  NaN is an empty field. Values are written with full precision (``repr`` of the float).
+* CSV: a header line and one line per row, nothing else, so that every line is a row of the
+  same kind (the mean is in the table and the JSON, and :meth:`mean`); NaN is an empty field.
+  Values are written with full precision (``repr`` of the float).
 """
 
 from __future__ import annotations
@@ -149,11 +150,6 @@ class Report:
 
         for r in self.rows:
             w.writerow([cell(r.get(c)) for c in header])
-        if self.with_mean:
-            mean = self.mean()
-            w.writerow(
-                [self.mean_label] + [""] * (len(self.labels) - 1) + [cell(mean[c]) for c in self.values]
-            )
         return buf.getvalue()
 
     def render(self, fmt: str) -> str:

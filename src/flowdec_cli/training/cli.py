@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import one_line_errors
+from ..errors import Failure, one_line_errors
 
 __all__ = ["train_group"]
 
@@ -21,8 +21,9 @@ def _training_errors() -> tuple[type[BaseException], ...]:
     from .common import TrainingError
     from .config import ConfigError
     from .data import DataError
+    from .presets import PresetError
 
-    return (TrainingError, ConfigError, DataError, AudioError, ModelError, CheckpointError)
+    return (TrainingError, ConfigError, DataError, AudioError, ModelError, CheckpointError, PresetError)
 
 
 def _one_line_errors(f: Callable) -> Callable:
@@ -61,7 +62,8 @@ def train_group() -> None:
       flowdec train export my-model --ndac runs/ndac --postfilter runs/postfilter
       torchrun --nproc-per-node 8 -m flowdec_cli train postfilter postfilter.toml   (several GPUs)
 
-    Configs are TOML or YAML; see docs/training.md for every key and its default.
+    Configs are TOML or YAML; see docs/training.md for every key and its default. The examples of the
+    repository's configs/ folder ship with the package: `flowdec train init-config ndac-tiny` writes one.
     """
 
 
@@ -105,6 +107,34 @@ def _run_stage(kind: str, config: Path, device: str, threads: int | None, resume
     if trainer.env.is_main and not quiet:
         tail = f" ({', '.join(f'{k} {v:.4g}' for k, v in results.items())})" if results else ""
         click.echo(f"flowdec: {kind} trained to step {trainer.step} in {trainer.run_dir}{tail}", err=True)
+
+
+@train_group.command("init-config", short_help="Write one of the example configs (configs/NAME.toml).")
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write it (default: configs/NAME.toml, as the docs' commands expect).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--list", "list_only", is_flag=True, help="Only list the names.")
+@_one_line_errors
+def init_config_command(name: str | None, output: Path | None, force: bool, list_only: bool) -> None:
+    """Write the example training config NAME (ndac-tiny, postfilter-tiny, the official sizes, the built-in
+    model's) to edit and pass to `flowdec train ndac|postfilter`. Without NAME: list them.
+
+    Relative paths inside a config are relative to its own folder (ndac-tiny reads ../data/train).
+    """
+    from ..fileio import atomic_write_bytes
+    from .presets import preset_names, preset_text
+
+    if list_only or name is None:
+        for n in preset_names():
+            click.echo(n)
+        return
+    text = preset_text(name)
+    dest = output or Path("configs") / f"{name.removesuffix('.toml')}.toml"
+    if dest.exists() and not force:
+        raise Failure(f"{dest}: exists; use -f/--force to overwrite")
+    atomic_write_bytes(dest, text.encode("utf-8"))
+    click.echo(f"flowdec: wrote {dest}; relative paths in it are relative to {dest.parent}/", err=True)
 
 
 @train_group.command("ndac")

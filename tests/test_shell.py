@@ -1,0 +1,225 @@
+"""The flowdec command in a shell: `-` as standard input and output, closed pipes, --json records, one-line
+prefixed messages, early refusals, Opus outputs, the user's default model."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from flowdec_cli.cli import main
+
+from .conftest import tone
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def invoke(*args, input: bytes | None = None, env: dict | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
+
+
+@pytest.fixture()
+def wav(tmp_path):
+    path = tmp_path / "in.wav"
+    sf.write(path, tone(1.0, 44100, 2), 44100)
+    return path
+
+
+def test_compress_and_decompress_through_pipes(wav, tiny_codec_dir):
+    r = invoke("compress", "-", "-", "-b", "3", "-m", tiny_codec_dir, input=wav.read_bytes())
+    assert r.exit_code == 0, r.stderr
+    fdc = r.stdout_bytes
+    assert fdc[:4] == b"\x89FDC"
+    assert "flowdec: model tiny-75" in r.stderr and "-: " in r.stderr  # messages on stderr only
+    r = invoke("decompress", "-", "-", "--format", "flac", "--nfe", "0", "-m", tiny_codec_dir, input=fdc)
+    assert r.exit_code == 0, r.stderr
+    y, sr = sf.read(io.BytesIO(r.stdout_bytes), always_2d=True)
+    assert sr == 44100 and y.shape == (44100, 2)
+    r = invoke("roundtrip", "-", "-", "-n", "2", "--nfe", "0", "-m", tiny_codec_dir, "-q", input=wav.read_bytes())
+    assert r.exit_code == 0 and r.stderr == ""
+    assert r.stdout_bytes[:4] == b"RIFF"  # WAV by default
+    assert sf.read(io.BytesIO(r.stdout_bytes))[0].shape == (44100, 2)
+
+
+def test_pipe_errors_name_the_stream(tmp_path, tiny_codec_dir):
+    r = invoke("decompress", "-", tmp_path / "o.wav", "--nfe", "0", "-m", tiny_codec_dir, input=b"not an fdc")
+    assert r.exit_code == 1
+    assert r.stderr.startswith("flowdec: error: -: ") and "flowdec-stdin" not in r.stderr
+    r = invoke("compress", "-", tmp_path / "a.fdc", "-m", tiny_codec_dir, input=b"")
+    assert r.exit_code == 1 and "standard input is empty" in r.stderr
+    r = invoke("compress", tmp_path, "-", "-m", tiny_codec_dir)
+    assert r.exit_code == 2 and "single input file" in r.stderr
+    r = invoke("compress", "-", "-", "--json", input=b"x")
+    assert r.exit_code == 2 and "--json" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["models"], ["models", "list", "--json"], ["info", "FDC"]])
+def test_closed_pipe_ends_quietly(args, wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
+    args = [str(fdc) if a == "FDC" else a for a in args]
+    env = {**os.environ, "PYTHONPATH": SRC}
+    p = subprocess.Popen([sys.executable, "-m", "flowdec_cli", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # the reader went away before anything was written, as `| head -1` can
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait() in (0, 141), err
+    assert err == "" or ("BrokenPipe" not in err and "Traceback" not in err), err
+
+
+def test_json_records(wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    r = invoke("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "--json")
+    rec = json.loads(r.stdout)
+    assert rec["command"] == "compress" and rec["input"] == str(wav) and rec["output"] == str(fdc)
+    assert rec["bytes"] == fdc.stat().st_size and rec["kbps_nominal"] == 3.0
+    assert rec["kbps_on_disk"] == pytest.approx(fdc.stat().st_size * 8 / 1.0 / 2 / 1000)
+    assert rec["duration_s"] == pytest.approx(1.0) and rec["nfe"] is None and rec["seconds"] > 0
+    assert rec["rtf"] == pytest.approx(rec["seconds"] / rec["duration_s"])
+    r = invoke("decompress", fdc, tmp_path / "o.wav", "--nfe", "0", "-m", tiny_codec_dir, "--json", "-q")
+    rec = json.loads(r.stdout)
+    assert rec["command"] == "decompress" and rec["nfe"] == 0 and rec["bytes"] == fdc.stat().st_size
+    assert {"kbps_on_disk", "kbps_nominal", "duration_s", "seconds", "rtf"} <= set(rec)
+    r = invoke("roundtrip", wav, tmp_path / "rt.wav", "-n", "2", "--nfe", "0", "-m", tiny_codec_dir, "--json")
+    rec = json.loads(r.stdout)
+    assert rec["command"] == "roundtrip" and rec["n_codebooks"] == 2 and rec["output"] == str(tmp_path / "rt.wav")
+    folder = tmp_path / "album"
+    (folder / "cd").mkdir(parents=True)
+    sf.write(folder / "a.wav", tone(0.3, 48000), 48000)
+    sf.write(folder / "cd" / "b.flac", tone(0.3, 16000), 16000)
+    r = invoke("compress", folder, tmp_path / "codes", "-m", tiny_codec_dir, "--json", "-q")
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]  # JSON Lines: one object per file
+    assert sorted(Path(rec["output"]).name for rec in lines) == ["a.fdc", "b.fdc"]
+
+
+def test_every_message_has_the_prefix(wav, tmp_path, tiny_codec_dir):
+    r = invoke("roundtrip", wav, tmp_path / "o.wav", "-n", "2", "--nfe", "0", "-m", tiny_codec_dir)
+    r2 = invoke("compress", wav, tmp_path / "x.fdc", "--bogus-option")
+    r3 = invoke("models")
+    for res in (r, r2, r3):
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert lines and all(ln.startswith("flowdec: ") for ln in lines), res.stderr
+    assert r2.exit_code == 2 and len(r2.stderr.splitlines()) == 1
+
+
+def test_opus_output_from_44k1_is_resampled(wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
+    r = invoke("decompress", fdc, tmp_path / "o.opus", "--nfe", "0", "-m", tiny_codec_dir)
+    assert r.exit_code == 0, r.stderr
+    assert "resampled to 48000 Hz" in r.stderr
+    info = sf.info(str(tmp_path / "o.opus"))
+    assert info.samplerate == 48000 and abs(info.duration - 1.0) < 0.01
+
+
+def test_bad_subtype_and_missing_folder_are_refused_before_any_work(wav, tmp_path, tiny_codec_dir):
+    bad = tmp_path / "bad.fdc"
+    bad.write_bytes(b"garbage")  # would fail on reading: the subtype is refused first
+    r = invoke("decompress", bad, tmp_path / "o.wav", "--subtype", "NOPE", "--nfe", "0")
+    assert r.exit_code == 2 and "--subtype NOPE" in r.stderr and "PCM_24" in r.stderr
+    r = invoke("roundtrip", wav, tmp_path / "o.flac", "--subtype", "FLOAT", "-m", tiny_codec_dir)
+    assert r.exit_code == 2 and "--subtype FLOAT" in r.stderr
+    assert invoke("roundtrip", wav, tmp_path / "o.flac", "--subtype", "pcm_24", "-m", tiny_codec_dir, "--nfe",
+                  "0", "-q").exit_code == 0
+    r = invoke("compress", wav, tmp_path / "no" / "such" / "a.fdc", "-m", tiny_codec_dir)
+    assert r.exit_code == 1 and "does not exist" in r.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_cpu_estimate_prints_before_the_bar(monkeypatch):
+    import flowdec_cli.cli as cli
+
+    events: list[str] = []
+    clock = iter([0.0, 30.0])
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(cli.click, "echo", lambda msg, err=False: events.append("echo:" + msg))
+
+    class FakeBar:
+        def __init__(self, **kw):
+            events.append(f"bar:{kw.get('initial', 0)}")
+
+        def update(self, n=1):
+            events.append("update")
+
+        def close(self):
+            pass
+
+    import tqdm
+
+    monkeypatch.setattr(tqdm, "tqdm", FakeBar)
+    bar = cli._Bars(quiet=False)("postfilter", 4, "pass")
+    assert events == []
+    bar.update(1)
+    bar.update(1)
+    assert events[0].startswith("echo:flowdec: the postfilter on CPU will take about 2 min")
+    assert events[1:] == ["bar:1", "update"]
+
+
+def test_default_model_setting_and_environment(wav, tmp_path, tiny_codec_dir, monkeypatch):
+    from flowdec_cli.container import read_fdc
+
+    r = invoke("models", "default", tiny_codec_dir)
+    assert r.exit_code == 0 and "default model is now" in r.stderr
+    assert invoke("models", "default").stdout.strip() == str(Path(tiny_codec_dir).resolve())
+    assert "default model: " in invoke("models").stderr
+    assert invoke("compress", wav, tmp_path / "a.fdc", "-q").exit_code == 0
+    assert read_fdc(tmp_path / "a.fdc")[0].model_name == "tiny-75"
+    r = invoke("models", "default", "no-such-model")
+    assert r.exit_code == 1 and "unknown model" in r.stderr
+    r = invoke("models", "default", "flowdec-75m")
+    assert r.exit_code == 1 and "fetch-official" in r.stderr
+    monkeypatch.setenv("FLOWDEC_MODEL", "flowdec-small")
+    assert invoke("models", "default").stdout.strip() == "flowdec-small"
+    assert invoke("compress", wav, tmp_path / "b.fdc", "-q").exit_code == 0
+    assert read_fdc(tmp_path / "b.fdc")[0].model_name == "flowdec-small"
+    monkeypatch.delenv("FLOWDEC_MODEL")
+    assert invoke("models", "default", "--reset").exit_code == 0
+    assert invoke("models", "default").stdout.strip() == "flowdec-small"
+
+
+def test_installed_release_is_suggested_as_default(tiny_codec_dir, wav, tmp_path):
+    import shutil
+
+    from flowdec_cli import registry
+
+    line = registry.builtin_notice("flowdec-small")
+    assert "fetch-official" in line
+    shutil.copytree(tiny_codec_dir, registry.models_dir() / "flowdec-75m")
+    try:
+        line = registry.builtin_notice("flowdec-small")
+        assert "flowdec models default flowdec-75m" in line
+        assert "flowdec models default flowdec-75m" in invoke("models").stderr
+        r = invoke("compress", wav, tmp_path / "a.fdc", "-n", "1")
+        assert "flowdec models default flowdec-75m" in r.stderr
+        assert registry.builtin_notice("flowdec-75m") is None
+    finally:
+        shutil.rmtree(registry.models_dir() / "flowdec-75m")
+
+
+def test_exported_card_licence(tmp_path):
+    from flowdec_cli.registry import model_card_markdown
+
+    assert "license: mit" in model_card_markdown({"licence": "MIT (weights); training data: see docs/corpus.md"})
+    assert "license: cc-by-nc-4.0" in model_card_markdown({"licence": "CC-BY-NC-4.0"})
+    assert "license: other" in model_card_markdown({"licence": "unknown"})
+
+
+def test_shell_completion_works_and_is_documented():
+    env = {**os.environ, "PYTHONPATH": SRC, "_FLOWDEC_COMPLETE": "bash_source"}
+    code = "from flowdec_cli.cli import main; main(prog_name='flowdec')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "_flowdec_completion" in out.stdout, out.stderr
+    env.update(_FLOWDEC_COMPLETE="bash_complete", COMP_WORDS="flowdec comp", COMP_CWORD="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "compress" in out.stdout
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "_FLOWDEC_COMPLETE=bash_source flowdec" in readme
+    assert "_FLOWDEC_COMPLETE=bash_source flowdec" in invoke("--help").output
