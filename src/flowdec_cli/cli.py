@@ -24,10 +24,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .audio import AudioError
     from .checkpoints import CheckpointError
     from .container import FdcError
+    from .entropy import EntropyError
     from .models import ModelError
     from .pipeline import CodecError
 
-    return (AudioError, CheckpointError, FdcError, ModelError, CodecError)
+    return (AudioError, CheckpointError, FdcError, ModelError, CodecError, EntropyError)
 
 
 class _Group(click.Group):
@@ -303,11 +304,13 @@ def _kbps(header: Any) -> str:
               help="Target kbit/s per channel: the largest codebook count not above it. Default: the model's top rate.")
 @click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
 @click.option("-m", "--model", default=None, help="Model name, hf://OWNER/REPO[@REV], or path (default: the built-in model).")
+@click.option("--no-entropy", is_flag=True,
+              help="Bit-pack the codes (format 1.0, exactly the nominal rate) instead of entropy-coding them.")
 @_model_options
 @_overwrite_options
 def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None,
-             device: str, cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool,
-             pattern: str | None, quiet: bool) -> None:
+             no_entropy: bool, device: str, cache_dir: Path | None, threads: int | None, force: bool,
+             skip_existing: bool, pattern: str | None, quiet: bool) -> None:
     """Code audio (any format, rate, channels) into a compact .fdc file, or a folder into a folder."""
     if bitrate is not None and n_codebooks is not None:
         raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
@@ -321,9 +324,10 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
                    f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel", err=True)
 
     def one(job: _Job) -> str:
-        res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars)
+        res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars, entropy=not no_entropy)
+        saved = f", entropy coding saved {100 * res.saving:.1f} %" if res.header.entropy_coded else ""
         return (f"{job.dst}: {res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
-                f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} nominal)")
+                f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} nominal{saved})")
 
     _execute(plan, one, force, skip_existing, quiet)
 
@@ -366,7 +370,8 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
         return codecs[key]
 
     def one(job: _Job) -> str:
-        header, codes = read_fdc(job.src)
+        header, codes = read_fdc(
+            job.src, tables=lambda h: codec_for(h.model_name, job.src).tables_for(h, str(job.src)))
         codec = codec_for(header.model_name, job.src)
         for w in codec.check_header(header, str(job.src)):
             click.echo(f"flowdec: warning: {w}", err=True)
@@ -443,19 +448,22 @@ def info(src: Path, as_json: bool) -> None:
     """Show every header field of a .fdc file, its duration and its bitrates."""
     from dataclasses import asdict
 
-    from .container import read_fdc
+    from .container import bitpacked_file_size, inspect_fdc
 
     if not src.is_file():
         raise Failure(f"{src}: no such file")
-    header, codes = read_fdc(src)
+    header = inspect_fdc(src)  # every check, the CRC included; the payload is not decoded
     size = src.stat().st_size
     duration = header.num_samples / header.sample_rate if header.sample_rate else 0.0
+    packed = bitpacked_file_size(header)
     fields = asdict(header)
     fields.update({
         "file": str(src), "file_bytes": size, "duration_s": duration,
         "frame_rate_hz": header.model_sample_rate / header.hop_length,
         "nominal_bitrate_kbps": header.nominal_bitrate / 1000,
         "actual_bitrate_kbps": (size * 8 / duration / header.channels / 1000) if duration else 0.0,
+        "bitpacked_bytes": packed,
+        "entropy_saving_percent": 100.0 * (1 - size / packed) if header.entropy_coded and packed else 0.0,
     })
     if as_json:
         click.echo(json.dumps(fields, indent=2, default=str))

@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .audio import AtomicAudioWriter, Resampler, probe, read_blocks
-from .container import FdcHeader, read_fdc, write_fdc
+from .container import FdcHeader, bitpacked_file_size, read_fdc, write_fdc
 from .models import Model, load_model
 from .runtime import resolve_device
 
@@ -65,6 +65,17 @@ class CompressResult:
     header: FdcHeader
     codes: np.ndarray
     file_bytes: int = 0
+
+    @property
+    def bitpacked_bytes(self) -> int:
+        """Size of the same codes in a bit-packed file (the nominal rate)."""
+        return bitpacked_file_size(self.header)
+
+    @property
+    def saving(self) -> float:
+        """Fraction of the bit-packed size that entropy coding saved (0.0 for a bit-packed file)."""
+        packed = self.bitpacked_bytes
+        return 1.0 - self.file_bytes / packed if packed and self.file_bytes else 0.0
 
     @property
     def duration(self) -> float:
@@ -157,6 +168,7 @@ class Codec:
         self.ndac = model.ndac
         self.postfilter = model.postfilter
         self.chunk_frames = max(1, int(round(chunk_seconds * self.ndac.frame_rate)))
+        self._tables: Any = False  # not looked for yet
         if self.postfilter is not None:
             self._configure_postfilter(precision)
 
@@ -179,6 +191,46 @@ class Codec:
              **kwargs: Any) -> "Codec":
         dev = resolve_device(device) if isinstance(device, str) else device
         return cls(load_model(ref, with_postfilter=with_postfilter), dev, **kwargs)
+
+    # -- entropy coding ----------------------------------------------------------------------------
+    @property
+    def entropy_tables(self) -> Any:
+        """The model's entropy tables (``entropy.safetensors`` in its folder), or None when it has none or
+        they were learned for other codec weights. Loaded on first use."""
+        if self._tables is False:
+            from .entropy import EntropyError, tables_for_model_folder
+            from .models import ModelError
+
+            tables = None
+            folder = Path(self.model.source) if self.model.source else None
+            if folder is not None and folder.is_dir():
+                try:
+                    tables = tables_for_model_folder(folder)
+                except EntropyError as exc:
+                    raise ModelError(str(exc)) from None
+            if tables is not None and tables.ndac_hash and tables.ndac_hash != self.model.ndac_hash:
+                tables = None  # stale: learned for other weights (rebuild with flowdec train entropy-tables)
+            if tables is not None and (tables.codebook_size != self.ndac.codebook_size
+                                       or tables.n_codebooks < self.ndac.n_codebooks):
+                tables = None
+            self._tables = tables
+        return self._tables
+
+    def tables_for(self, header: FdcHeader, source: str) -> Any:
+        """The entropy tables an entropy-coded file needs; CodecError when this model does not have them."""
+        from .entropy import EntropyError, tables_for_model_folder
+
+        tables = self.entropy_tables
+        if tables is None and self.model.source and Path(self.model.source).is_dir():
+            try:  # stale tables still decode the files they wrote
+                tables = tables_for_model_folder(Path(self.model.source))
+            except EntropyError:
+                tables = None
+        if tables is None or tables.id != header.entropy_tables:
+            have = f"has tables {tables.id}" if tables is not None else "has no entropy tables"
+            raise CodecError(f"{source}: entropy-coded with tables {header.entropy_tables} of "
+                             f"'{header.model_name}'; model '{self.model.name}' {have}, so it cannot decode it")
+        return tables
 
     # -- bitrates --------------------------------------------------------------------------------
     def bitrates(self) -> list[tuple[int, float]]:
@@ -276,13 +328,15 @@ class Codec:
         return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain), codes
 
     def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
-                      bitrate_kbps: float | None = None, progress: Progress = _no_progress) -> CompressResult:
-        """Code an audio file into a .fdc file (written atomically)."""
+                      bitrate_kbps: float | None = None, progress: Progress = _no_progress,
+                      entropy: bool = True) -> CompressResult:
+        """Code an audio file into a .fdc file (written atomically). ``entropy``: entropy-code the codes
+        with the model's tables when it has them and it saves bytes; False writes a bit-packed file."""
         src, dst = Path(src), Path(dst)
         header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            write_fdc(dst, header, codes)
+            header = write_fdc(dst, header, codes, tables=self.entropy_tables if entropy else None)
         except OSError as exc:
             raise CodecError(f"{dst}: cannot write ({exc.strerror or exc})") from None
         return CompressResult(header, codes, dst.stat().st_size)
@@ -388,7 +442,7 @@ class Codec:
                         progress: Progress = _no_progress,
                         warn: Callable[[str], None] | None = None) -> DecompressResult:
         src, dst = Path(src), Path(dst)
-        header, codes = read_fdc(src)
+        header, codes = read_fdc(src, tables=lambda h: self.tables_for(h, str(src)))
         for w in self.check_header(header, str(src)):
             if warn is not None:
                 warn(w)
@@ -420,7 +474,7 @@ class Codec:
 
         src, dst = Path(src), Path(dst)
         header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
-        comp = CompressResult(header, codes, len(encode_fdc(header, codes)))
+        comp = CompressResult(header, codes, len(encode_fdc(header, codes, tables=self.entropy_tables)))
         dec = self._decode_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress)
         return comp, dec
 
