@@ -9,10 +9,12 @@ row of its codebook's table set chosen by a context made of *classes* of codes a
 A codebook's context is ``prev_class * n_up + up_class`` (the factors it does not use count as one class).
 Classes come from maps ``code -> class`` learned with the tables (``flowdec train entropy-tables``).
 
-Bit-exactness: every frequency is an integer, ``1 <= f <= MAX_FREQ``, and each row sums to exactly
-``2**PRECISION``. constriction's ``Categorical(perfect=False)`` quantiser, given the floats ``f - 1`` (exact
-integers, summing to ``2**PRECISION - S``), computes with a scale of exactly 1.0 and reproduces ``f`` with no
-rounding at all; ``tests/test_entropy.py`` checks this and pins the bytes of a known stream.
+Bit-exactness: every stored frequency is an integer, ``1 <= f <= MAX_FREQ``, and each row sums to exactly
+``2**TABLE_PRECISION`` (16 bits, so tables are stored as uint16). The coder works at ``2**PRECISION`` (24
+bits) and sees ``F = f * 2**8``. constriction's ``Categorical(perfect=False)`` quantiser, given the floats
+``F - 1`` (exact integers, summing to ``2**PRECISION - S``), computes with a scale of exactly 1.0 and
+reproduces ``F`` with no rounding at all; ``tests/test_entropy.py`` checks this and pins the bytes of a known
+stream.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "KNOWN_CODINGS",
     "MAX_FREQ",
     "PRECISION",
+    "TABLE_TOTAL",
     "TABLES_FILE",
     "EntropyError",
     "EntropyTables",
@@ -47,9 +50,11 @@ __all__ = [
 CODING_BITPACK = "bitpack"
 CODING_CTX1 = "range-ctx1"
 KNOWN_CODINGS = (CODING_BITPACK, CODING_CTX1)
-PRECISION = 24
+PRECISION = 24              # the range coder's probability precision
 TOTAL = 1 << PRECISION
-MAX_FREQ = TOTAL - (TOTAL >> 4)  # every code costs at least log2(16/15) bits: bounds the codes per byte
+TABLE_PRECISION = 16        # stored tables: uint16 frequencies summing to 2**16
+TABLE_TOTAL = 1 << TABLE_PRECISION
+MAX_FREQ = TABLE_TOTAL - (TABLE_TOTAL >> 4)  # every code costs >= log2(16/15) bits: bounds codes per byte
 TABLES_FILE = "entropy.safetensors"
 CONTEXT_KINDS = ("prev", "up")
 
@@ -111,7 +116,7 @@ class EntropyTables:
                 out[f"prev_map_{k}"] = cb.prev_map.astype("<i4")
             if cb.up_map is not None:
                 out[f"up_map_{k}"] = cb.up_map.astype("<i4")
-            out[f"freq_{k}"] = cb.freq.astype("<i4")
+            out[f"freq_{k}"] = cb.freq.astype("<u2")
         return out
 
     @property
@@ -147,9 +152,9 @@ class EntropyTables:
                 raise EntropyError(f"{where}: frequency table has shape {f.shape}, expected "
                                    f"({cb.n_prev_ctx * cb.n_up}, {s})")
             f64 = f.astype(np.int64)
-            if int(f64.min()) < 1 or int(f64.max()) > MAX_FREQ or (f64.sum(axis=1) != TOTAL).any():
+            if int(f64.min()) < 1 or int(f64.max()) > MAX_FREQ or (f64.sum(axis=1) != TABLE_TOTAL).any():
                 raise EntropyError(f"{where}: every frequency must be 1 ... {MAX_FREQ} and every row must "
-                                   f"sum to 2**{PRECISION}")
+                                   f"sum to 2**{TABLE_PRECISION}")
 
     # -- constriction models, built once per context on first use --------------------------------
     def model(self, k: int, ctx: int) -> Any:
@@ -158,16 +163,16 @@ class EntropyTables:
         if m is None:
             import constriction
 
-            # f - 1 are exact integers summing to 2**24 - S: the quantiser's scale is exactly 1.0 and it
-            # gives back f unchanged (module docstring).
-            row = self.codebooks[k].freq[ctx].astype(np.float64) - 1.0
+            # F - 1 (F = f * 2**8) are exact integers summing to 2**24 - S: the quantiser's scale is
+            # exactly 1.0 and it gives back F unchanged (module docstring).
+            row = self.codebooks[k].freq[ctx].astype(np.float64) * float(TOTAL // TABLE_TOTAL) - 1.0
             m = constriction.stream.model.Categorical(row, perfect=False)
             self._models[key] = m
         return m
 
 
 def freqs_from_counts(counts: np.ndarray) -> np.ndarray:
-    """Integer frequency rows (each ``1 ... MAX_FREQ``, summing to ``2**PRECISION``) proportional to
+    """Integer frequency rows (each ``1 ... MAX_FREQ``, summing to ``2**TABLE_PRECISION``) proportional to
     non-negative ``counts`` [rows, S] (floats allowed: smoothed counts), computed in integer arithmetic
     after one rounding of the counts to integers."""
     c = np.asarray(counts, dtype=np.float64)
@@ -178,11 +183,11 @@ def freqs_from_counts(counts: np.ndarray) -> np.ndarray:
     tot = c.sum(axis=1, keepdims=True)
     w = np.floor(c / np.where(tot > 0, tot, 1.0) * float(1 << 30)).astype(np.int64)
     w[w.sum(axis=1) == 0] = 1
-    free = TOTAL - s
+    free = TABLE_TOTAL - s
     total = w.sum(axis=1, keepdims=True)
     out = 1 + (w * free) // total
     rem = (w * free) % total
-    short = TOTAL - out.sum(axis=1)
+    short = TABLE_TOTAL - out.sum(axis=1)
     # hand out what is missing to the largest remainders, ties to the lower code (deterministic)
     order = np.lexsort((np.broadcast_to(np.arange(s), (rows, s)), -rem), axis=-1)
     rank = np.empty_like(order)
@@ -353,16 +358,16 @@ def decode_codes(payload: bytes, shape: Sequence[int], tables: EntropyTables) ->
                         for a, b in zip(starts, ends):
                             out[c, k, a:b] = dec.decode(tables.model(k, int(up[a])), int(b - a))
                     continue
-                pmap = cb.prev_map
+                pmap = cb.prev_map.tolist()
                 n_up = cb.n_up
                 pclass = cb.n_prev_ctx - 1
                 model = tables.model
-                row = out[c, k]
-                upl = up.tolist()
-                for t in range(t_n):
-                    x = dec.decode(model(k, pclass * n_up + upl[t]))
-                    row[t] = x
-                    pclass = int(pmap[x])
+                decoded = []
+                for u in up.tolist():
+                    x = dec.decode(model(k, pclass * n_up + u))
+                    decoded.append(x)
+                    pclass = pmap[x]
+                out[c, k] = decoded
         if not dec.maybe_exhausted():
             raise EntropyError("payload has data left over after the last code")
     except EntropyError:
