@@ -20,7 +20,7 @@ from flowdec_cli import container
 from flowdec_cli.container import FDC_MAGIC, FdcError, decode_fdc, encode_fdc, inspect_fdc, write_fdc
 from flowdec_cli.entropy import (
     MAX_FREQ,
-    TOTAL,
+    TABLE_TOTAL,
     CodebookModel,
     EntropyError,
     EntropyTables,
@@ -73,7 +73,7 @@ def test_freqs_from_counts_are_exact_integer_rows():
     counts[2] = 0
     counts[2, 7] = 1e12           # a near-certain code: capped
     f = freqs_from_counts(counts)
-    assert f.dtype == np.int64 and (f.sum(axis=1) == TOTAL).all()
+    assert f.dtype == np.int64 and (f.sum(axis=1) == TABLE_TOTAL).all()
     assert f.min() >= 1 and f.max() <= MAX_FREQ and f[2, 7] == MAX_FREQ
     assert len(set(f[1].tolist())) == 1
     np.testing.assert_array_equal(f, freqs_from_counts(counts.copy()))
@@ -82,16 +82,16 @@ def test_freqs_from_counts_are_exact_integer_rows():
 
 
 def test_the_coder_sees_exactly_our_integer_frequencies():
-    """A code of frequency f costs exactly 24 - log2(f) bits: constriction uses the integers unchanged."""
+    """A code of frequency f costs exactly 16 - log2(f) bits: constriction uses the integers unchanged."""
     f = np.ones((1, S), np.int64)
     f[0, 1:6] = [2, 3, 5, 7, 11]
-    f[0, 100] += TOTAL - f.sum()
+    f[0, 100] += TABLE_TOTAL - f.sum()
     t = EntropyTables(S, [CodebookModel(freq=f)])
     for code in range(1, 6):
         n = 20000
         payload = encode_codes(np.full((1, 1, n), code), t)
         bits = len(payload) * 8 / n
-        assert abs(bits - (24 - np.log2(f[0, code]))) < 0.01, (code, bits)
+        assert abs(bits - (16 - np.log2(f[0, code]))) < 0.01, (code, bits)
 
 
 def test_known_answer_stream_is_stable(tables):
@@ -99,8 +99,8 @@ def test_known_answer_stream_is_stable(tables):
     codes = markov_codes(4, 200, seed=9)
     payload = encode_codes(codes, tables)
     np.testing.assert_array_equal(decode_codes(payload, codes.shape, tables), codes)
-    f = np.arange(1, S + 1, dtype=np.int64)
-    f[-1] += TOTAL - f.sum()
+    f = np.arange(1, S + 1, dtype=np.int64) // 16 + 1
+    f[-1] += TABLE_TOTAL - f.sum()
     fixed = EntropyTables(S, [CodebookModel(freq=f[None, :].copy())])
     data = encode_codes(np.arange(0, S, 7, dtype=np.int64).reshape(1, 1, -1), fixed)
     assert hashlib.sha256(data).hexdigest()[:16] == KNOWN_ANSWER, hashlib.sha256(data).hexdigest()[:16]

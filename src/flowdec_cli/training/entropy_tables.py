@@ -31,9 +31,9 @@ class TableSettings:
     ``up_classes``: classes of the coarser codebook's code in the same frame (0: none; codebook 0 has none).
     ``smoothing``: weight, in codes, of the smoothed marginal added to every context's counts."""
 
-    prev_classes: int = 16
-    up_classes: int = 16
-    smoothing: float = 64.0
+    prev_classes: int = 8
+    up_classes: int = 8
+    smoothing: float = 1024.0
     marginal_smoothing: float = 0.5
     iterations: int = 10
 
@@ -131,8 +131,10 @@ def cross_entropy_bits(tables: EntropyTables, arrays: Sequence[np.ndarray], k: i
     ctx, code = _contexts([np.asarray(a, np.int64) for a in arrays], k, tables.codebooks[k])
     if not len(code):
         return 0.0, 0
+    from ..entropy import TABLE_TOTAL
+
     f = tables.codebooks[k].freq[ctx, code].astype(np.float64)
-    return float(-np.log2(f / (1 << 24)).sum()), int(len(code))
+    return float(-np.log2(f / TABLE_TOTAL).sum()), int(len(code))
 
 
 def read_file_list(path: Path) -> list[Path]:
