@@ -26,12 +26,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .audio import AudioError
     from .checkpoints import CheckpointError
     from .container import FdcError
+    from .entropy import EntropyError
     from .fileio import OutputExistsError
     from .models import ModelError
     from .pipeline import CodecError
     from .streams import StreamError
 
-    return (AudioError, CheckpointError, FdcError, ModelError, CodecError, OutputExistsError, StreamError)
+    return (AudioError, CheckpointError, FdcError, ModelError, CodecError, OutputExistsError, StreamError,
+            EntropyError)
 
 
 class _Group(click.Group):
@@ -468,11 +470,13 @@ def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default: $FLOWDEC_MODEL, `flowdec models "
                    "default`, else the built-in model).")
+@click.option("--no-entropy", is_flag=True,
+              help="Bit-pack the codes (format 1.0, exactly the nominal rate) instead of entropy-coding them.")
 @_model_options
 @_overwrite_options
 def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None,
-             device: str, cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool,
-             pattern: str | None, quiet: bool, as_json: bool) -> None:
+             no_entropy: bool, device: str, cache_dir: Path | None, threads: int | None, force: bool,
+             skip_existing: bool, pattern: str | None, quiet: bool, as_json: bool) -> None:
     """Code audio (any format, rate, channels) into a compact .fdc file, or a folder into a folder.
 
     IN - reads audio from standard input, OUT - writes the .fdc to standard output.
@@ -492,20 +496,16 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
         t0 = time.perf_counter()
-        res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars, overwrite=force)
+        res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars, overwrite=force,
+                                  entropy=not no_entropy)
         record = {"command": "compress", **_rates(res.header, res.file_bytes, time.perf_counter() - t0),
-                  "nfe": None, "model": codec.model.name}
+                  "nfe": None, "model": codec.model.name, "entropy_saving": res.saving}
+        saved = f", entropy coding saved {100 * res.saving:.1f} %" if res.header.entropy_coded else ""
         return record, (f"{res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
-                        f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} nominal)")
+                        f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} "
+                        f"nominal{saved})")
 
     _execute(plan, one, force, skip_existing, quiet, as_json, ".fdc")
-
-
-def _read_fdc_job(path: Path) -> tuple[Any, Any, int]:
-    from .container import read_fdc
-
-    header, codes = read_fdc(path)
-    return header, codes, path.stat().st_size
 
 
 @main.command()
@@ -549,8 +549,12 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
             bars.device = codecs[key].device
         return codecs[key]
 
+    from .container import read_fdc
+
     def one(job: _Job) -> tuple[dict[str, Any], str]:
-        header, codes, nbytes = _read_fdc_job(job.src)
+        header, codes = read_fdc(
+            job.src, tables=lambda h: codec_for(h.model_name, job.src).tables_for(h, str(job.src)))
+        nbytes = job.src.stat().st_size
         codec = codec_for(header.model_name, job.src)
         for w in codec.check_header(header, str(job.src)):
             click.echo(f"flowdec: warning: {w}", err=True)
@@ -643,21 +647,24 @@ def info(src: Path, as_json: bool) -> None:
     """Show every header field of a .fdc file, its duration and its bitrates."""
     from dataclasses import asdict
 
-    from .container import read_fdc
+    from .container import bitpacked_file_size, inspect_fdc
 
     if src.is_dir():
         raise Failure(f"{src}: is a folder; give a .fdc file")
     if not src.exists():
         raise Failure(f"{src}: no such file")
-    header, codes = read_fdc(src)
+    header = inspect_fdc(src)  # every check, the CRC included; the payload is not decoded
     size = src.stat().st_size
     duration = header.num_samples / header.sample_rate if header.sample_rate else 0.0
+    packed = bitpacked_file_size(header)
     fields = asdict(header)
     fields.update({
         "file": str(src), "file_bytes": size, "duration_s": duration,
         "frame_rate_hz": header.model_sample_rate / header.hop_length,
         "nominal_bitrate_kbps": header.nominal_bitrate / 1000,
         "actual_bitrate_kbps": (size * 8 / duration / header.channels / 1000) if duration else 0.0,
+        "bitpacked_bytes": packed,
+        "entropy_saving_percent": 100.0 * (1 - size / packed) if header.entropy_coded and packed else 0.0,
     })
     if as_json:
         click.echo(json.dumps(fields, indent=2, default=str))

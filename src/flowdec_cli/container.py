@@ -2,7 +2,8 @@
 
 Layout: magic ``89 'F' 'D' 'C'``, major and minor version bytes, a uint16 LE header length, a MessagePack
 header map with small integer keys, the codes bit-packed at ceil(log2(codebook_size)) bits each (channel,
-then frame, then codebook; most significant bit first), and a CRC-32 (LE) over everything before it.
+then frame, then codebook; most significant bit first) or, from format 1.1, entropy-coded with the model's
+tables (coding ``range-ctx1``, see :mod:`flowdec_cli.entropy`), and a CRC-32 (LE) over everything before it.
 
 Reading never executes code and never trusts a length before comparing it with the real size of the data.
 Every problem with a file is reported as :class:`FdcError`, whose message names the file.
@@ -21,6 +22,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .entropy import CODING_BITPACK, KNOWN_CODINGS, EntropyError, max_codes_for_payload
 from .fileio import atomic_write_bytes
 
 from . import __version__
@@ -32,9 +34,12 @@ __all__ = [
     "FdcHeader",
     "actual_bitrate",
     "bits_for_codebook_size",
+    "bitpacked_file_size",
     "decode_fdc",
     "encode_fdc",
+    "encode_fdc_written",
     "frames_for_samples",
+    "inspect_fdc",
     "header_size",
     "max_file_size",
     "nominal_bitrate",
@@ -45,7 +50,8 @@ __all__ = [
 ]
 
 FDC_MAGIC = b"\x89FDC"
-FORMAT_VERSION = (1, 0)  # (major, minor) this module writes; it reads every minor version of major 1
+FORMAT_VERSION = (1, 1)  # newest (major, minor) this module writes; it reads every minor version of major 1
+BITPACK_VERSION = (1, 0)  # bit-packed files stay 1.0 files, readable by every 1.x reader
 _PREAMBLE = struct.Struct("<4sBBH")  # magic, major, minor, header length
 _CRC = struct.Struct("<I")
 FIXED_OVERHEAD = _PREAMBLE.size + _CRC.size  # 12 bytes besides header and payload
@@ -87,8 +93,11 @@ class FdcHeader:
     package_version: str = __version__
     created_by: str = "flowdec"
     gain: float = 1.0           # optional: the decoder multiplies its output by this
+    coding: str = CODING_BITPACK  # 1.1: how the payload holds the codes (bitpack or range-ctx1)
+    entropy_tables: str = ""    # 1.1: identifier of the entropy tables (entropy-coded files only)
+    payload_bytes: int = 0      # 1.1: payload size of an entropy-coded file (0 for bit-packed files)
     extra: dict = field(default_factory=dict)  # unknown / application keys, kept as read
-    format_version: tuple = field(default=FORMAT_VERSION, compare=False)  # as read; writers write FORMAT_VERSION
+    format_version: tuple = field(default=BITPACK_VERSION, compare=False)  # as read or written
 
     # derived values
     @property
@@ -114,8 +123,23 @@ class FdcHeader:
         return (self.channels, self.n_codebooks, self.num_frames)
 
     @property
+    def n_codes(self) -> int:
+        return self.channels * self.n_codebooks * self.num_frames
+
+    @property
+    def entropy_coded(self) -> bool:
+        return self.coding != CODING_BITPACK
+
+    @property
     def payload_size(self) -> int:
-        return _payload_size(self.channels * self.n_codebooks * self.num_frames, self.bits_per_code)
+        if self.entropy_coded:
+            return int(self.payload_bytes)
+        return _payload_size(self.n_codes, self.bits_per_code)
+
+    @property
+    def bitpacked_payload_size(self) -> int:
+        """Payload bytes of the same codes bit-packed (the nominal rate's size)."""
+        return _payload_size(self.n_codes, self.bits_per_code)
 
     def validate(self, source_name: str = "<header>") -> None:
         """Raise :class:`FdcError` if a field has the wrong type or is out of bounds."""
@@ -131,6 +155,7 @@ class FdcHeader:
             raise FdcError(f"{source_name}: invalid header: {self.num_samples} samples at {self.sample_rate} Hz "
                            f"take {need} frames of {self.hop_length} at {self.model_sample_rate} Hz, but the "
                            f"header says {self.num_frames}")
+        _check_coding(self.coding, self.entropy_tables, self.payload_bytes, self.n_codes, source_name)
         if not isinstance(self.extra, dict):
             raise FdcError(f"{source_name}: invalid header: extra must be a dict")
         for key in self.extra:
@@ -145,6 +170,10 @@ class FdcHeader:
         d = {name: getattr(self, name) for name, _k, _t, _lo, _hi in _FIELDS}
         d["gain"] = self.gain
         d["format_version"] = "%d.%d" % tuple(self.format_version)
+        d["coding"] = self.coding
+        d["entropy_tables"] = self.entropy_tables
+        d["payload_bytes"] = self.payload_size
+        d["bitpacked_payload_bytes"] = self.bitpacked_payload_size
         d["bits_per_code"] = self.bits_per_code
         d["frame_rate"] = self.frame_rate
         d["nominal_bitrate"] = self.nominal_bitrate
@@ -174,9 +203,39 @@ _FIELDS: list[tuple[str, int, str, int, Any]] = [
 ]
 _KEY_BITRATE = 15
 _KEY_GAIN = 16
+_KEY_CODING = 17          # format 1.1
+_KEY_TABLES = 18          # format 1.1
+_KEY_PAYLOAD_BYTES = 19   # format 1.1
 _KNOWN_KEYS = {key: name for name, key, _t, _lo, _hi in _FIELDS}
 _KNOWN_KEYS[_KEY_BITRATE] = "nominal_bitrate"
 _KNOWN_KEYS[_KEY_GAIN] = "gain"
+_KNOWN_KEYS[_KEY_CODING] = "coding"
+_KNOWN_KEYS[_KEY_TABLES] = "entropy_tables"
+_KNOWN_KEYS[_KEY_PAYLOAD_BYTES] = "payload_bytes"
+_MAX_CODING_STR = 64
+
+
+def _check_coding(coding: Any, tables: Any, payload_bytes: Any, n_codes: int, src: str) -> None:
+    """The 1.1 coding fields: a known coding; for entropy coding, a tables identifier and a payload size
+    that can hold the codes (spec 3.1: at most 128 codes per byte, so a forged header cannot make a reader
+    produce more than a fixed multiple of the file's size)."""
+    if not isinstance(coding, str) or not 1 <= len(coding) <= _MAX_CODING_STR:
+        raise FdcError(f"{src}: invalid header: coding must be a string of 1 to {_MAX_CODING_STR} characters")
+    if coding not in KNOWN_CODINGS:
+        raise FdcError(f"{src}: payload coding '{coding}' is not supported by this flowdec (it reads "
+                       f"{', '.join(KNOWN_CODINGS)}); upgrade flowdec")
+    if coding == CODING_BITPACK:
+        return
+    if not isinstance(tables, str) or not 1 <= len(tables) <= _MAX_CODING_STR:
+        raise FdcError(f"{src}: invalid header: coding {coding} needs entropy_tables (key {_KEY_TABLES}), a "
+                       f"string of 1 to {_MAX_CODING_STR} characters")
+    if isinstance(payload_bytes, bool) or not isinstance(payload_bytes, (int, np.integer)) \
+            or not 0 <= int(payload_bytes) <= _MAX_COUNT:
+        raise FdcError(f"{src}: invalid header: coding {coding} needs payload_bytes (key {_KEY_PAYLOAD_BYTES}), "
+                       f"an integer in [0, {_MAX_COUNT}]")
+    if n_codes > max_codes_for_payload(int(payload_bytes)):
+        raise FdcError(f"{src}: invalid header: {n_codes} codes cannot be coded in {int(payload_bytes)} "
+                       "payload bytes")
 
 
 def _check_fields(values: dict[str, Any], src: str) -> None:
@@ -326,46 +385,102 @@ def _header_map(header: FdcHeader) -> dict:
     m[_KEY_BITRATE] = int(br) if float(br).is_integer() else float(br)
     if header.gain != 1.0:
         m[_KEY_GAIN] = int(header.gain) if float(header.gain).is_integer() else float(header.gain)
+    if header.entropy_coded:
+        m[_KEY_CODING] = header.coding
+        m[_KEY_TABLES] = header.entropy_tables
+        m[_KEY_PAYLOAD_BYTES] = int(header.payload_bytes)
     for key, value in header.extra.items():
         m[key] = value
     return m
 
 
-def encode_fdc(header: FdcHeader, codes: np.ndarray, source_name: str = "<bytes>") -> bytes:
-    """The bytes of a .fdc file for ``header`` and ``codes`` [channels, n_codebooks, num_frames]."""
-    header.validate(source_name)
+def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any) -> tuple[FdcHeader, bytes]:
+    import dataclasses
+
+    plain = dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0)
+    plain.validate(source_name)
     arr = np.asarray(codes)
-    if arr.shape != header.codes_shape:
+    if arr.shape != plain.codes_shape:
         raise FdcError(f"{source_name}: codes have shape {arr.shape}, the header says "
-                       f"[channels, n_codebooks, num_frames] = {list(header.codes_shape)}")
+                       f"[channels, n_codebooks, num_frames] = {list(plain.codes_shape)}")
     if arr.size:
         if not np.issubdtype(arr.dtype, np.integer):
             raise FdcError(f"{source_name}: codes must be integers, got dtype {arr.dtype}")
         lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= header.codebook_size:
+        if lo < 0 or hi >= plain.codebook_size:
             raise FdcError(f"{source_name}: code {lo if lo < 0 else hi} is outside the codebook "
-                           f"(valid: 0 to {header.codebook_size - 1})")
-    try:
-        head = msgpack.packb(_header_map(header), use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise FdcError(f"{source_name}: cannot store header: {e}") from None
-    if len(head) > MAX_HEADER_BYTES:
-        raise FdcError(f"{source_name}: header is {len(head)} bytes, at most {MAX_HEADER_BYTES} are allowed")
-    _parse_header(head, source_name)  # never write what a reader would refuse (e.g. ext types in extra)
-    payload = pack_codes(arr, header.bits_per_code)
-    body = _PREAMBLE.pack(FDC_MAGIC, FORMAT_VERSION[0], FORMAT_VERSION[1], len(head)) + head + payload
-    return body + _CRC.pack(zlib.crc32(body))
+                           f"(valid: 0 to {plain.codebook_size - 1})")
+    candidates = [(plain, BITPACK_VERSION, None)]
+    if tables is not None and arr.size:
+        from .entropy import encode_codes
+
+        if tables.codebook_size != plain.codebook_size or tables.n_codebooks < plain.n_codebooks:
+            raise FdcError(f"{source_name}: the entropy tables ({tables.n_codebooks} x {tables.codebook_size}) "
+                           f"do not fit these codes ({plain.n_codebooks} x {plain.codebook_size})")
+        try:
+            coded = encode_codes(arr, tables)
+        except EntropyError as e:
+            raise FdcError(f"{source_name}: {e}") from None
+        rich = dataclasses.replace(plain, coding=tables.coding, entropy_tables=tables.id,
+                                   payload_bytes=len(coded))
+        candidates.insert(0, (rich, FORMAT_VERSION, coded))
+    best: tuple[FdcHeader, bytes] | None = None
+    for head_obj, version, payload in candidates:
+        try:
+            head = msgpack.packb(_header_map(head_obj), use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise FdcError(f"{source_name}: cannot store header: {e}") from None
+        if len(head) > MAX_HEADER_BYTES:
+            raise FdcError(f"{source_name}: header is {len(head)} bytes, at most {MAX_HEADER_BYTES} are allowed")
+        _parse_header(head, source_name)  # never write what a reader would refuse (e.g. ext types in extra)
+        if payload is None:
+            payload = pack_codes(arr, plain.bits_per_code)
+        body = _PREAMBLE.pack(FDC_MAGIC, version[0], version[1], len(head)) + head + payload
+        data = body + _CRC.pack(zlib.crc32(body))
+        # entropy coding only where it makes the file smaller (then a 1.0 reader's size check refuses it)
+        if best is None or len(data) < len(best[1]):
+            head_obj = dataclasses.replace(head_obj, format_version=version)
+            best = (head_obj, data)
+    assert best is not None
+    return best
 
 
-def write_fdc(path: str | os.PathLike, header: FdcHeader, codes: np.ndarray, overwrite: bool = True) -> None:
+def encode_fdc(header: FdcHeader, codes: np.ndarray, source_name: str = "<bytes>", tables: Any = None) -> bytes:
+    """The bytes of a .fdc file for ``header`` and ``codes`` [channels, n_codebooks, num_frames].
+
+    With entropy ``tables`` (:class:`flowdec_cli.entropy.EntropyTables`) the codes are entropy-coded
+    (format 1.1) when that makes the file smaller, else bit-packed (format 1.0). The coding fields of
+    ``header`` are ignored: they follow from the choice.
+    """
+    return _encode(header, codes, source_name, tables)[1]
+
+
+def encode_fdc_written(header: FdcHeader, codes: np.ndarray, source_name: str = "<bytes>",
+                       tables: Any = None) -> tuple[FdcHeader, bytes]:
+    """:func:`encode_fdc`, with the header as written (its coding fields say which coding was chosen)."""
+    return _encode(header, codes, source_name, tables)
+
+
+def write_fdc(path: str | os.PathLike, header: FdcHeader, codes: np.ndarray, tables: Any = None,
+              overwrite: bool = True) -> FdcHeader:
     """Write a .fdc file atomically: a temporary file in the same folder, then a rename.
 
     Header and codes are checked first (:class:`FdcError`); an existing file is replaced only by a
     complete new one, and only with ``overwrite`` (else ``OutputExistsError``); no temporary file is left
-    behind on failure (``OSError`` propagates).
+    behind on failure (``OSError`` propagates). Returns the header as written (its coding fields say
+    whether the codes were entropy-coded).
     """
-    data = encode_fdc(header, codes, source_name=str(os.fspath(path)))
+    written, data = _encode(header, codes, str(os.fspath(path)), tables)
     atomic_write_bytes(os.path.abspath(path), data, make_parents=False, overwrite=overwrite)
+    return written
+
+
+def bitpacked_file_size(header: FdcHeader) -> int:
+    """Bytes of the bit-packed (1.0) file of this header's codes: the size at the nominal rate."""
+    import dataclasses
+
+    plain = dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0)
+    return FIXED_OVERHEAD + header_size(plain) + plain.bitpacked_payload_size
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -414,9 +529,15 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
         raise FdcError(f"{src}: invalid header: required field nominal_bitrate (key {_KEY_BITRATE}) is missing")
     br = obj[_KEY_BITRATE]
     gain = obj.get(_KEY_GAIN, 1.0)
+    coding = obj.get(_KEY_CODING, CODING_BITPACK)
+    n_codes = int(values["channels"]) * int(values["n_codebooks"]) * int(values["num_frames"])
+    _check_coding(coding, obj.get(_KEY_TABLES), obj.get(_KEY_PAYLOAD_BYTES), n_codes, src)
+    coded = coding != CODING_BITPACK
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
     try:
-        header = FdcHeader(**values, gain=gain, extra=extra)
+        header = FdcHeader(**values, gain=gain, extra=extra, coding=coding,
+                           entropy_tables=obj.get(_KEY_TABLES, "") if coded else "",
+                           payload_bytes=int(obj.get(_KEY_PAYLOAD_BYTES, 0)) if coded else 0)
         header.validate(src)
     except FdcError:
         raise
@@ -430,13 +551,8 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
     return header
 
 
-def decode_fdc(data: bytes, source_name: str = "<bytes>") -> tuple[FdcHeader, np.ndarray]:
-    """Parse the bytes of a .fdc file: (header, int64 codes [channels, n_codebooks, num_frames]).
-
-    Any problem raises :class:`FdcError` with a message that starts with ``source_name``.
-    """
-    src = source_name
-    data = bytes(data)
+def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
+    """Steps 1-6 of the spec's reading order: (header, payload bytes) of a file whose CRC matches."""
     size = len(data)
     if size == 0:
         raise FdcError(f"{src}: empty file: not a .fdc file")
@@ -484,8 +600,23 @@ def decode_fdc(data: bytes, source_name: str = "<bytes>") -> tuple[FdcHeader, np
         raise FdcError(f"{src}: CRC mismatch: file is corrupt (size does not match the header)")
     if not crc_at_end:
         raise FdcError(f"{src}: CRC mismatch: file is corrupt")
+    return header, memoryview(data)[header_end:end]
+
+
+def decode_fdc(data: bytes, source_name: str = "<bytes>", tables: Any = None) -> tuple[FdcHeader, np.ndarray]:
+    """Parse the bytes of a .fdc file: (header, int64 codes [channels, n_codebooks, num_frames]).
+
+    An entropy-coded file needs its model's tables: ``tables`` is an
+    :class:`~flowdec_cli.entropy.EntropyTables` or a function ``header -> EntropyTables`` (called only for
+    entropy-coded files, after the CRC has been checked; it may raise its own error). Any problem raises
+    :class:`FdcError` with a message that starts with ``source_name``.
+    """
+    src = source_name
+    header, payload = _checked(bytes(data), src)
+    if header.entropy_coded:
+        return header, _decode_entropy(header, payload, src, tables)
     try:
-        codes = unpack_codes(memoryview(data)[header_end:end], header.bits_per_code, header.codes_shape)
+        codes = unpack_codes(payload, header.bits_per_code, header.codes_shape)
     except FdcError as e:
         raise FdcError(f"{src}: invalid payload: {e}") from None
     if codes.size and int(codes.max()) >= header.codebook_size:
@@ -494,15 +625,46 @@ def decode_fdc(data: bytes, source_name: str = "<bytes>") -> tuple[FdcHeader, np
     return header, codes
 
 
-def read_fdc(path: str | os.PathLike) -> tuple[FdcHeader, np.ndarray]:
-    """Read a .fdc file: (header, int64 codes [channels, n_codebooks, num_frames]); FdcError on any problem."""
+def _decode_entropy(header: FdcHeader, payload: memoryview, src: str, tables: Any) -> np.ndarray:
+    from .entropy import decode_codes
+
+    if callable(tables):
+        tables = tables(header)
+    if tables is None:
+        raise FdcError(f"{src}: the codes are entropy-coded ({header.coding}, tables {header.entropy_tables}); "
+                       "decoding them needs the entropy tables of the model that wrote the file")
+    if tables.id != header.entropy_tables:
+        raise FdcError(f"{src}: coded with entropy tables {header.entropy_tables}, but the model's tables are "
+                       f"{tables.id}; decode with the model that wrote the file")
+    if tables.codebook_size != header.codebook_size:
+        raise FdcError(f"{src}: the entropy tables are for {tables.codebook_size}-entry codebooks, the file "
+                       f"has {header.codebook_size}")
+    try:
+        return decode_codes(payload, header.codes_shape, tables)
+    except EntropyError as e:
+        raise FdcError(f"{src}: invalid payload: {e}") from None
+
+
+def read_fdc(path: str | os.PathLike, tables: Any = None) -> tuple[FdcHeader, np.ndarray]:
+    """Read a .fdc file: (header, int64 codes [channels, n_codebooks, num_frames]); FdcError on any problem.
+    ``tables``: see :func:`decode_fdc` (needed for entropy-coded files only)."""
     name = os.fspath(path)
+    return decode_fdc(_read_bytes(name), source_name=str(name), tables=tables)
+
+
+def inspect_fdc(path: str | os.PathLike) -> FdcHeader:
+    """The header of a .fdc file whose every check but the payload's decoding passes (CRC included):
+    what ``flowdec info`` shows, without the model an entropy-coded payload needs."""
+    name = os.fspath(path)
+    return _checked(_read_bytes(name), str(name))[0]
+
+
+def _read_bytes(name: Any) -> bytes:
     try:
         with open(name, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as e:
         raise FdcError(f"{name}: cannot read: {e.strerror or e}") from None
-    return decode_fdc(data, source_name=str(name))
 
 
 def header_size(header: FdcHeader) -> int:

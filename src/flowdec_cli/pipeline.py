@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .audio import AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
-from .container import FdcHeader, frames_for_samples, read_fdc, write_fdc
+from .container import FdcHeader, bitpacked_file_size, frames_for_samples, read_fdc, write_fdc
 from .fileio import OutputExistsError
 from .models import Model, load_model
 from .runtime import resolve_device
@@ -67,6 +67,17 @@ class CompressResult:
     header: FdcHeader
     codes: np.ndarray
     file_bytes: int = 0
+
+    @property
+    def bitpacked_bytes(self) -> int:
+        """Size of the same codes in a bit-packed file (the nominal rate)."""
+        return bitpacked_file_size(self.header)
+
+    @property
+    def saving(self) -> float:
+        """Fraction of the bit-packed size that entropy coding saved (0.0 for a bit-packed file)."""
+        packed = self.bitpacked_bytes
+        return 1.0 - self.file_bytes / packed if packed and self.file_bytes else 0.0
 
     @property
     def duration(self) -> float:
@@ -166,6 +177,7 @@ class Codec:
         self.ndac = model.ndac
         self.postfilter = model.postfilter
         self.chunk_frames = max(1, int(round(chunk_seconds * self.ndac.frame_rate)))
+        self._tables: Any = False  # not looked for yet
         if self.postfilter is not None:
             self._configure_postfilter(precision)
 
@@ -197,6 +209,45 @@ class Codec:
         from .models import pretrained_ref
 
         return cls.load(pretrained_ref(ref), device, with_postfilter=with_postfilter, **kwargs)
+    # -- entropy coding ----------------------------------------------------------------------------
+    @property
+    def entropy_tables(self) -> Any:
+        """The model's entropy tables (``entropy.safetensors`` in its folder), or None when it has none or
+        they were learned for other codec weights. Loaded on first use."""
+        if self._tables is False:
+            from .entropy import EntropyError, tables_for_model_folder
+            from .models import ModelError
+
+            tables = None
+            folder = Path(self.model.source) if self.model.source else None
+            if folder is not None and folder.is_dir():
+                try:
+                    tables = tables_for_model_folder(folder)
+                except EntropyError as exc:
+                    raise ModelError(str(exc)) from None
+            if tables is not None and tables.ndac_hash and tables.ndac_hash != self.model.ndac_hash:
+                tables = None  # stale: learned for other weights (rebuild with flowdec train entropy-tables)
+            if tables is not None and (tables.codebook_size != self.ndac.codebook_size
+                                       or tables.n_codebooks < self.ndac.n_codebooks):
+                tables = None
+            self._tables = tables
+        return self._tables
+
+    def tables_for(self, header: FdcHeader, source: str) -> Any:
+        """The entropy tables an entropy-coded file needs; CodecError when this model does not have them."""
+        from .entropy import EntropyError, tables_for_model_folder
+
+        tables = self.entropy_tables
+        if tables is None and self.model.source and Path(self.model.source).is_dir():
+            try:  # stale tables still decode the files they wrote
+                tables = tables_for_model_folder(Path(self.model.source))
+            except EntropyError:
+                tables = None
+        if tables is None or tables.id != header.entropy_tables:
+            have = f"has tables {tables.id}" if tables is not None else "has no entropy tables"
+            raise CodecError(f"{source}: entropy-coded with tables {header.entropy_tables} of "
+                             f"'{header.model_name}'; model '{self.model.name}' {have}, so it cannot decode it")
+        return tables
 
     # -- bitrates --------------------------------------------------------------------------------
     def bitrates(self) -> list[tuple[int, float]]:
@@ -294,31 +345,34 @@ class Codec:
         return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain), codes
 
     def coded_bytes(self, header: FdcHeader, codes: np.ndarray) -> int:
-        """The size of the .fdc file these codes make."""
+        """The size of the .fdc file these codes make (entropy-coded with the model's tables if it has them)."""
         from .container import encode_fdc
 
-        return len(encode_fdc(header, codes))
+        return len(encode_fdc(header, codes, tables=self.entropy_tables))
 
     def compress_bytes(self, src: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None,
-                       progress: Progress = _no_progress) -> tuple[CompressResult, bytes]:
+                       progress: Progress = _no_progress, entropy: bool = True) -> tuple[CompressResult, bytes]:
         """Code an audio file into the bytes of a .fdc file (for a pipe, a socket or a database)."""
-        from .container import encode_fdc
+        from .container import encode_fdc_written
 
         header, codes = self._code_file(Path(src), n_codebooks, bitrate_kbps, progress)
-        data = encode_fdc(header, codes)
+        header, data = encode_fdc_written(header, codes, tables=self.entropy_tables if entropy else None)
         return CompressResult(header, codes, len(data)), data
 
     def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                       bitrate_kbps: float | None = None, progress: Progress = _no_progress,
-                      overwrite: bool = True) -> CompressResult:
+                      overwrite: bool = True, entropy: bool = True) -> CompressResult:
         """Code an audio file into a .fdc file (written atomically; with ``overwrite=False`` a file that
-        exists when it is published stays and ``OutputExistsError`` is raised)."""
+        exists when it is published stays and ``OutputExistsError`` is raised). ``entropy``: entropy-code
+        the codes with the model's tables when it has them and it saves bytes; False writes a bit-packed
+        file."""
         src, dst = Path(src), Path(dst)
         header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            write_fdc(dst, header, codes, overwrite=overwrite)
+            header = write_fdc(dst, header, codes, tables=self.entropy_tables if entropy else None,
+                               overwrite=overwrite)
         except OutputExistsError:
             raise
         except OSError as exc:
@@ -432,7 +486,7 @@ class Codec:
                         progress: Progress = _no_progress,
                         warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
         src, dst = Path(src), Path(dst)
-        header, codes = read_fdc(src)
+        header, codes = read_fdc(src, tables=lambda h: self.tables_for(h, str(src)))
         for w in self.check_header(header, str(src)):
             if warn is not None:
                 warn(w)
@@ -467,7 +521,7 @@ class Codec:
 
         src, dst = Path(src), Path(dst)
         header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
-        comp = CompressResult(header, codes, len(encode_fdc(header, codes)))
+        comp = CompressResult(header, codes, len(encode_fdc(header, codes, tables=self.entropy_tables)))
         dec = self._decode_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress, overwrite)
         return comp, dec
 

@@ -992,7 +992,8 @@ def model_card_markdown(card: dict[str, Any], repo_id: str | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-_EXPORT_OWNED = ("flowdec.json", "README.md", "ndac", "postfilter", "config.json", "model.safetensors")
+_EXPORT_OWNED = ("flowdec.json", "README.md", "ndac", "postfilter", "config.json", "model.safetensors",
+                 "entropy.safetensors")
 
 
 def export_model(name_or_path: str | os.PathLike, dest_dir: str | os.PathLike, force: bool = False,
@@ -1032,6 +1033,8 @@ def export_model(name_or_path: str | os.PathLike, dest_dir: str | os.PathLike, f
             for comp in ("ndac", "postfilter"):
                 if (src / comp).is_dir():
                     _copy_component(src / comp, build / comp)
+            if (src / "entropy.safetensors").is_file():  # the entropy tables travel with the codec
+                shutil.copyfile(src / "entropy.safetensors", build / "entropy.safetensors")
         elif _folder_type(src) == "ndac":
             _copy_component(src, build / "ndac")
             card = {"name": src.name}

@@ -17,13 +17,15 @@ __all__ = ["train_group"]
 def _training_errors() -> tuple[type[BaseException], ...]:
     from ..audio import AudioError
     from ..checkpoints import CheckpointError
+    from ..entropy import EntropyError
     from ..models import ModelError
     from .common import TrainingError
     from .config import ConfigError
     from .data import DataError
     from .presets import PresetError
 
-    return (TrainingError, ConfigError, DataError, AudioError, ModelError, CheckpointError, PresetError)
+    return (TrainingError, ConfigError, DataError, AudioError, ModelError, CheckpointError, PresetError,
+            EntropyError)
 
 
 def _one_line_errors(f: Callable) -> Callable:
@@ -310,3 +312,58 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
         card = json.loads((out / "flowdec.json").read_text())
         click.echo(f"flowdec: wrote model '{card['name']}' to {out}"
                    f"{' (codec and postfilter)' if pf_ref else ' (codec only)'}", err=True)
+
+
+@train_group.command("entropy-tables")
+@click.argument("model_ref", metavar="MODEL")
+@click.argument("sources", metavar="LIST_OR_FOLDER", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write entropy.safetensors (default: into the MODEL folder).")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Use every N-th file of the lists only (a deterministic subset, for a quicker build).")
+@click.option("--prev-classes", type=click.IntRange(min=0, max=4095), default=None,
+              help="Context classes of the previous frame's code (0: none).")
+@click.option("--up-classes", type=click.IntRange(min=0, max=4095), default=None,
+              help="Context classes of the coarser codebook's code (0: none).")
+@click.option("--smoothing", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Weight, in codes, of the backed-off distribution added to each context's counts.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing tables.")
+@click.option("-q", "--quiet", is_flag=True)
+@_one_line_errors
+def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: Path | None, every: int,
+                           prev_classes: int | None, up_classes: int | None, smoothing: float | None,
+                           device: str, threads: int | None, force: bool, quiet: bool) -> None:
+    """Learn a model's entropy tables from audio (training data only) for entropy-coded .fdc files.
+
+    LIST_OR_FOLDER: file lists (paths relative to the list, e.g. the corpus's train.txt) or folders of
+    audio. The tables go to MODEL/entropy.safetensors; 'flowdec compress' then entropy-codes with them.
+    """
+    from ..entropy import TABLES_FILE
+    from ..models import _resolve
+    from ..runtime import set_threads
+    from .common import TrainingError
+    from .entropy_tables import TableSettings, build_tables_for_model
+
+    set_threads(threads)
+    target = out_path or (_resolve(model_ref) / TABLES_FILE)
+    if target.suffix != ".safetensors":
+        target = target / TABLES_FILE
+    if target.exists() and not force:
+        raise TrainingError(f"{target}: exists; use --force to overwrite")
+    defaults = TableSettings()
+    settings = TableSettings(
+        prev_classes=defaults.prev_classes if prev_classes is None else prev_classes,
+        up_classes=defaults.up_classes if up_classes is None else up_classes,
+        smoothing=defaults.smoothing if smoothing is None else smoothing)
+    try:
+        path, tables, stats = build_tables_for_model(model_ref, list(sources), target, settings, device=device,
+                                                     every=every, progress=_bar(quiet))
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    if not quiet:
+        bits = stats["bits_per_code"]
+        mean = sum(bits) / len(bits) if bits else 0.0
+        click.echo(f"flowdec: entropy tables {tables.id} from {stats['files']} files ({stats['frames']} frames): "
+                   f"{mean:.2f} bits per code on them against {stats['nominal_bits']} -> {path}", err=True)

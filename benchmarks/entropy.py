@@ -1,0 +1,206 @@
+"""Entropy-coded against bit-packed .fdc files: bytes saved per category and bitrate, time added, exactness.
+
+    python benchmarks/entropy.py --corpus /work/corpus [--eval-root /tmp/evaldebs/ext] [--json out.json]
+
+Clips the tables never saw:
+* ``--corpus``: the first ``--per-category`` segments of each category (music, speech, sounds) of the
+  corpus's validation split, in manifest order (docs/corpus.md);
+* ``--eval-root``: audio of the Debian packages reserved for evaluation, extracted under this folder
+  (``apt-get download klettres-data singularity-music hydrogen-drumkits alsa-utils
+  fretsonfire-songs-muldjord`` and ``dpkg-deb -x`` each): music = singularity-music and fretsonfire songs
+  (20 s from 30 s in), speech = klettres letters and the alsa-utils voice prompts (joined into ~10 s clips),
+  sounds = hydrogen drum samples (joined into ~10 s clips).
+
+For each clip the codes are made once at the model's full codebook count; the codes at 3 and 6 kbit/s are
+their first 4 and 8 codebooks (residual quantisation: the script checks this on the first clip). Sizes
+are whole files (header and CRC included). Time, on the first ``--timed`` clips at 6 kbit/s: entropy coding
+and decoding of the codes (less bit-packing and unpacking) against the compress (at 10 codebooks) and
+decompress (NFE 0) time of the same clips, on this machine with ``--threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+RATES = {3.0: 4, 6.0: 8, 7.5: 10}
+
+
+def corpus_clips(corpus: Path, per_category: int) -> list[tuple[str, str, np.ndarray, int]]:
+    import soundfile as sf
+
+    out = []
+    taken: dict[str, int] = defaultdict(int)
+    with open(corpus / "manifest.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["split"] == "valid" and taken[row["category"]] < per_category:
+                taken[row["category"]] += 1
+                audio, sr = sf.read(corpus / row["path"], dtype="float32", always_2d=True)
+                out.append(("corpus-valid", row["category"], audio, sr))
+    return out
+
+
+def _mono48(path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    from flowdec_cli.audio import resample
+
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1, keepdims=True)
+    return resample(audio, sr, 48000) if sr != 48000 else audio
+
+
+def _joined(paths: list[Path], seconds: float = 10.0, gap: float = 0.2) -> list[np.ndarray]:
+    clips, cur, n = [], [], 0
+    for p in paths:
+        try:
+            x = _mono48(p)
+        except Exception:
+            continue
+        cur += [x, np.zeros((int(gap * 48000), 1), np.float32)]
+        n += len(x) + int(gap * 48000)
+        if n >= seconds * 48000:
+            clips.append(np.concatenate(cur)[: int(seconds * 48000)])
+            cur, n = [], 0
+    if n >= 2 * 48000:
+        clips.append(np.concatenate(cur))
+    return clips
+
+
+def eval_clips(root: Path, per_category: int) -> list[tuple[str, str, np.ndarray, int]]:
+    out: list[tuple[str, str, np.ndarray, int]] = []
+    share = root / "usr" / "share"
+    music = sorted((share / "games" / "singularity" / "music").glob("*.ogg"))[:per_category - 2]
+    music += sorted((share / "games" / "fretsonfire").rglob("song.ogg"))[:2]
+    for p in music:
+        x = _mono48(p)
+        out.append(("eval-packages", "music", x[30 * 48000: 50 * 48000] if len(x) > 50 * 48000 else x[:20 * 48000], 48000))
+    letters = sorted((share / "klettres").rglob("*.ogg"))
+    rng = np.random.default_rng(0)  # a fixed mix of languages
+    picks = [letters[i] for i in rng.choice(len(letters), size=min(len(letters), 6 * per_category), replace=False)]
+    speech = _joined(picks)[: per_category - 1] + _joined(sorted((share / "sounds" / "alsa").glob("*.wav")))
+    out += [("eval-packages", "speech", x, 48000) for x in speech]
+    kits = sorted(p for p in (share / "hydrogen" / "data" / "drumkits").iterdir() if p.is_dir())
+    drums = []
+    for kit in kits:
+        files = sorted(f for f in kit.iterdir() if f.suffix.lower() in (".wav", ".flac"))
+        drums += _joined(files)[:1]
+    out += [("eval-packages", "sounds", x, 48000) for x in drums[:per_category]]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--corpus", type=Path, default=None)
+    ap.add_argument("--eval-root", type=Path, default=None)
+    ap.add_argument("--per-category", type=int, default=6)
+    ap.add_argument("--timed", type=int, default=6, help="Clips whose decompress is timed (the first N).")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from flowdec_cli.container import decode_fdc, encode_fdc
+    from flowdec_cli.pipeline import Codec
+    from flowdec_cli.registry import default_model_name
+
+    torch.set_num_threads(args.threads)
+    codec = Codec.load(args.model or default_model_name(), "cpu", with_postfilter=False)
+    tables = codec.entropy_tables
+    if tables is None:
+        raise SystemExit("this model has no entropy tables (flowdec train entropy-tables)")
+    clips = (corpus_clips(args.corpus, args.per_category) if args.corpus else []) + \
+        (eval_clips(args.eval_root, args.per_category) if args.eval_root else [])
+    if not clips:
+        raise SystemExit("give --corpus and/or --eval-root")
+    sizes: dict[tuple[str, str, float], list[int]] = defaultdict(lambda: [0, 0, 0])
+    t_comp = t_dec = t_ecode = t_edec = t_pack = t_unpack = 0.0
+    checked_prefix = False
+    for i, (source, cat, audio, sr) in enumerate(clips):
+        t0 = time.perf_counter()
+        header, codes = codec.compress_array(audio, sr, n_codebooks=10)
+        if i < args.timed:
+            t_comp += time.perf_counter() - t0
+        if not checked_prefix:
+            h4, c4 = codec.compress_array(audio, sr, n_codebooks=4)
+            assert np.array_equal(c4, codes[:, :4]), "codes at 4 codebooks are not a prefix of those at 10"
+            checked_prefix = True
+        for kbps, k in RATES.items():
+            import dataclasses
+
+            h = dataclasses.replace(header, n_codebooks=k)
+            c = np.ascontiguousarray(codes[:, :k])
+            t0 = time.perf_counter()
+            packed = encode_fdc(h, c)
+            t1 = time.perf_counter()
+            coded = encode_fdc(h, c, tables=tables)
+            t2 = time.perf_counter()
+            _, c_back = decode_fdc(coded, tables=tables)
+            t3 = time.perf_counter()
+            decode_fdc(packed)
+            t4 = time.perf_counter()
+            assert np.array_equal(c_back, c), "entropy decoding changed the codes"
+            for key in ((source, cat, kbps), (source, "all", kbps)):
+                sizes[key][0] += len(packed)
+                sizes[key][1] += len(coded)
+                sizes[key][2] += 1
+            if k == 8 and i < args.timed:  # time the 6 kbit/s case against a real decompress
+                t_ecode += t2 - t1
+                t_pack += t1 - t0
+                t_edec += t3 - t2
+                t_unpack += t4 - t3
+                t0 = time.perf_counter()
+                y_coded = codec.decompress_codes(h, c_back, nfe=0)
+                t_dec += time.perf_counter() - t0
+                if i < 3:
+                    y_plain = codec.decompress_codes(h, c, nfe=0)
+                    assert np.array_equal(y_coded, y_plain), "decoded audio differs"
+        print(f"{i + 1}/{len(clips)} {source} {cat} {len(audio) / sr:.1f} s", flush=True)
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    print(f"\nmodel {codec.model.name}, tables {tables.id}; {cpu}, {os.cpu_count()} cores, "
+          f"{args.threads} torch threads\n")
+    print("| clips | category | files | 3 kbit/s | 6 kbit/s | 7.5 kbit/s |")
+    print("|---|---|---|---|---|---|")
+    table = {}
+    for source in sorted({k[0] for k in sizes}):
+        for cat in ("music", "speech", "sounds", "all"):
+            if (source, cat, 6.0) not in sizes:
+                continue
+            cells = []
+            for kbps in RATES:
+                packed, coded, n = sizes[(source, cat, kbps)]
+                saving = 100 * (1 - coded / packed)
+                table[f"{source}/{cat}/{kbps:g}"] = {"bitpacked": packed, "entropy": coded, "saving": saving}
+                cells.append(f"{saving:.1f} %")
+            print(f"| {source} | {cat} | {sizes[(source, cat, 6.0)][2]} | " + " | ".join(cells) + " |")
+    enc_over = (t_ecode - t_pack) / t_comp * 100
+    dec_over = (t_edec - t_unpack) / t_dec * 100
+    print(f"\ntime at 6 kbit/s over all clips: compress {t_comp:.1f} s, entropy coding {t_ecode:.3f} s "
+          f"(bit-packing {t_pack:.3f} s): +{enc_over:.2f} %; decompress (NFE 0) {t_dec:.1f} s, entropy decoding "
+          f"{t_edec:.3f} s (unpacking {t_unpack:.3f} s): +{dec_over:.2f} %")
+    if args.json:
+        args.json.write_text(json.dumps({"model": codec.model.name, "tables": tables.id, "cpu": cpu,
+                                         "sizes": table, "compress_overhead_percent": enc_over,
+                                         "decompress_overhead_percent": dec_over}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
