@@ -296,6 +296,7 @@ def test_more_codebooks_than_the_model_has_are_refused(tmp_path, tiny_codec_dir)
 def test_termination_signals_clean_up(sig, code, tmp_path, tiny_codec_dir):
     fdc = fake_fdc(tmp_path, 240.0)
     out = tmp_path / "out" / "long.wav"
+    out.parent.mkdir()
     p = spawn("decompress", fdc, out, "-m", tiny_codec_dir, "--nfe", "0", "-q")
     deadline = time.time() + 120
     while not temporaries(tmp_path / "out") if (tmp_path / "out").exists() else True:
@@ -350,6 +351,33 @@ def test_parameter_bound_without_any_single_huge_field(tmp_path):
 
     with pytest.raises(ValueError, match="parameters"):
         NDACConfig(encoder_dim=4096, encoder_rates=[2, 2, 2, 2], decoder_dim=65536, decoder_rates=[2, 2, 2, 2])
+
+
+@pytest.mark.parametrize("change", [
+    {"nf": 10 ** 7},
+    {"ch_mult": [16] * 8, "nf": 1024},
+    {"backbone": "framewise", "framewise": {"dim": 10 ** 7}},
+    {"backbone": "framewise", "framewise": {"dim": 4096, "intermediate_dim": 16384, "num_blocks": 64}},
+    {"n_fft": 2 ** 40},
+    {"sigma_y_shape": [10 ** 9, 1]},
+])
+def test_huge_postfilter_config_is_refused_before_building(tmp_path, change):
+    from flowdec_cli.postfilter import Postfilter
+
+    pf = Postfilter(nf=8, ch_mult=(1, 1), num_res_blocks=1, n_fft=62, hop_length=16, pad_multiple=2)
+    folder = write_model_folder(tmp_path / "huge-pf", "huge-pf", make_tiny_ndac(), pf)
+    cfg_path = folder / "postfilter" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(change)
+    cfg_path.write_text(json.dumps(cfg))
+    fdc = tmp_path / "a.fdc"
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(0.3, 48000), 48000)
+    assert run("compress", src, fdc, "-m", folder, "-q").exit_code == 0
+    r = run("decompress", fdc, tmp_path / "a.wav", "-m", folder, "--nfe", "2", "-q")
+    line = one_line(r)
+    assert r.exit_code == 1 and "huge-pf" in line and "invalid postfilter config" in line
+    assert not (tmp_path / "a.wav").exists()
 
 
 @pytest.fixture()

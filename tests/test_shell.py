@@ -164,7 +164,7 @@ def test_cpu_estimate_prints_before_the_bar(monkeypatch):
 
 
 def test_default_model_setting_and_environment(wav, tmp_path, tiny_codec_dir, monkeypatch):
-    from flowdec_cli.container import read_fdc
+    from flowdec_cli.container import inspect_fdc, read_fdc
 
     r = invoke("models", "default", tiny_codec_dir)
     assert r.exit_code == 0 and "default model is now" in r.stderr
@@ -179,7 +179,7 @@ def test_default_model_setting_and_environment(wav, tmp_path, tiny_codec_dir, mo
     monkeypatch.setenv("FLOWDEC_MODEL", "flowdec-small")
     assert invoke("models", "default").stdout.strip() == "flowdec-small"
     assert invoke("compress", wav, tmp_path / "b.fdc", "-q").exit_code == 0
-    assert read_fdc(tmp_path / "b.fdc")[0].model_name == "flowdec-small"
+    assert inspect_fdc(tmp_path / "b.fdc").model_name == "flowdec-small"
     monkeypatch.delenv("FLOWDEC_MODEL")
     assert invoke("models", "default", "--reset").exit_code == 0
     assert invoke("models", "default").stdout.strip() == "flowdec-small"

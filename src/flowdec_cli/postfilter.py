@@ -243,6 +243,60 @@ def _raised_cosine(n: int) -> torch.Tensor:
     return torch.sin(0.5 * math.pi * pos).pow(2).to(torch.float32)
 
 
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the released postfilter has about 75 million
+_CONFIG_BOUNDS = {"n_fft": 16384, "hop_length": 16384, "pad_multiple": 4096, "nf": 1024, "num_res_blocks": 16,
+                  "fourier_size": 4096}
+_FRAMEWISE_BOUNDS = {"dim": 4096, "intermediate_dim": 16384, "num_blocks": 64, "kernel_size": 63,
+                     "fourier_size": 4096}
+
+
+def _bounded_int(name: str, value: Any, top: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise ValueError(f"config {name} = {value!r} is out of range [1, {top}]")
+    return value
+
+
+def check_config_bounds(config: dict[str, Any]) -> None:
+    """Refuse sizes no postfilter has before anything is allocated: a model folder's config is data from a
+    file, and a forged one must end in a one-line error, not a request for petabytes."""
+    sizes = {k: _bounded_int(k, config[k], top) for k, top in _CONFIG_BOUNDS.items()
+             if k in config and config[k] is not None}
+    n_fft = sizes.get("n_fft", N_FFT)
+    if n_fft % 2:
+        raise ValueError(f"config n_fft = {n_fft} must be even")
+    if sizes.get("hop_length", HOP_LENGTH) > n_fft:
+        raise ValueError(f"config hop_length {sizes['hop_length']} is longer than n_fft {n_fft}")
+    shape = config.get("sigma_y_shape", [n_fft // 2 + 1, 1])
+    if (not isinstance(shape, list | tuple) or len(shape) > 2
+            or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= n_fft // 2 + 1 for s in shape)):
+        raise ValueError(f"config sigma_y_shape = {shape!r} does not fit {n_fft // 2 + 1} frequency bins")
+    freqs = n_fft // 2
+    backbone = str(config.get("backbone", "ncsnpp"))
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r} (this flowdec knows {', '.join(BACKBONES)})")
+    if backbone == "framewise":
+        fw = config.get("framewise")
+        if not isinstance(fw, dict):
+            raise ValueError("a framewise backbone needs its 'framewise' settings")
+        unknown = set(fw) - set(_FRAMEWISE_BOUNDS)
+        if unknown:
+            raise ValueError(f"unknown framewise backbone settings: {', '.join(sorted(map(str, unknown)))}")
+        args = {**FRAMEWISE_DEFAULTS, **{k: _bounded_int(f"framewise.{k}", v, _FRAMEWISE_BOUNDS[k])
+                                        for k, v in fw.items()}}
+        d, h = args["dim"], args["intermediate_dim"]
+        n = 8 * freqs * d + args["num_blocks"] * (d * args["kernel_size"] + 2 * d * h + 8 * d * args["fourier_size"])
+    else:
+        mult = config.get("ch_mult", [])
+        if (not isinstance(mult, list | tuple) or not 1 <= len(mult) <= 8
+                or any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 16 for m in mult)):
+            raise ValueError(f"config ch_mult = {mult!r} must be 1 to 8 multipliers of 1 to 16")
+        widest = sizes.get("nf", 128) * max(mult)
+        n = 9 * widest * widest * 4 * (sizes.get("num_res_blocks", 2) + 2) * len(mult)
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"config describes about {n:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
+                         "not a postfilter this package can build")
+
+
 # --------------------------------------------------------------------------------------------------
 # The model
 
@@ -334,6 +388,7 @@ class Postfilter(nn.Module):
         """An uninitialised-weights model of the architecture a config (ours) describes."""
         if config.get("type") != CONFIG_TYPE:
             raise ValueError(f"config type is {config.get('type')!r}, expected {CONFIG_TYPE!r}")
+        check_config_bounds(config)
         if int(config.get("version", 1)) > CONFIG_VERSION:
             raise ValueError(f"config version {config.get('version')} is newer than this flowdec understands")
         if int(config.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .fileio import publish_folder, temporary_folder
+from .fileio import atomic_write_bytes, publish_folder, temporary_folder
 from .models import MODEL_CARD_NAME, ModelError, default_nfe_for
 
 __all__ = [
@@ -486,8 +486,6 @@ def default_model_name() -> str:
 def set_default_model(ref: str | None) -> Path:
     """Make ``ref`` (a name, a path or ``hf://OWNER/REPO``) the default model in the settings file, or with
     None go back to the built-in model. A name must be available locally; a path is stored absolute."""
-    from .fileio import atomic_write_bytes
-
     settings = _read_json(settings_path())
     if ref is None:
         settings.pop("default_model", None)
@@ -695,8 +693,8 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    """A model card, fsynced like the weights beside it, so a folder published after a crash is whole."""
+    atomic_write_bytes(path, text.encode("utf-8"), make_parents=True)
 
 
 def _card_for(entry: RegistryEntry, cfg: Any, hashes: dict[str, str], sources: dict[str, dict[str, str]],
