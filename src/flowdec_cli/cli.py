@@ -678,6 +678,7 @@ def info(src: Path, as_json: bool) -> None:
 
 def _attach_optional_commands() -> None:
     """Commands that live beside their own API (evaluation, models, training)."""
+    from .corpus_cli import corpus_group
     from .evaluation.cli import eval_command, plot_command
     from .models_cli import models_group
     from .training.cli import train_group
@@ -686,6 +687,7 @@ def _attach_optional_commands() -> None:
     main.add_command(plot_command, "plot")
     main.add_command(models_group, "models")
     main.add_command(train_group, "train")
+    main.add_command(corpus_group, "corpus")
 
 
 _attach_optional_commands()
