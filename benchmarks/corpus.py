@@ -57,9 +57,9 @@ def make_corpus(folder: Path, files: int, seconds: float) -> float:
     return total
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--workers", default="1,2", help="Ray worker counts to measure.")
     ap.add_argument("--shard-files", type=int, default=2)
+    ap.add_argument("--threads", default="1,2",
+                    help="torch threads of the single-process folder mode runs (Ray workers: 1 each).")
     ap.add_argument("--model", default="flowdec-small")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--gpus-per-worker", type=float, default=0.0)
@@ -86,39 +88,53 @@ def main() -> None:
         make_corpus(tmp / "one", 1, args.seconds)
         one = args.seconds
         common = ["-m", args.model, "--device", args.device, "-q"]
-        configs: list[tuple[str, list[str]]] = [
-            ("folder mode (`flowdec compress DIR`), 1 process", ["compress", "{src}", "{dst}"] + common),
-            ("corpus, in-process engine", ["corpus", "encode", "{src}", "{dst}", "--engine", "local",
-                                           "--shard-files", str(args.shard_files)] + common),
-        ]
+        configs: list[tuple[str, list[str]]] = []
+        for t in [int(x) for x in args.threads.split(",")]:
+            configs.append((f"folder mode (`flowdec compress DIR`), 1 process, {t} thread{'s' if t > 1 else ''}",
+                            ["compress", "{src}", "{dst}", "--threads", str(t)] + common))
+        configs.append(("corpus, in-process engine, 1 thread",
+                        ["corpus", "encode", "{src}", "{dst}", "--engine", "local", "--threads", "1",
+                         "--shard-files", str(args.shard_files)] + common))
+        envs: dict[str, dict[str, str]] = {}
         if not args.no_ray:
-            for w in [int(x) for x in args.workers.split(",")]:
+            counts = [int(x) for x in args.workers.split(",")]
+            for w in counts:
                 configs.append((f"corpus, Ray Data, {w} worker{'s' if w > 1 else ''}",
                                 ["corpus", "encode", "{src}", "{dst}", "--engine", "ray", "--workers", str(w),
                                  "--cpus-per-worker", "1", "--gpus-per-worker", str(args.gpus_per_worker),
                                  "--shard-files", str(args.shard_files)] + common))
+            # Ray's own default priority for workers (flowdec's private local Ray uses 0): what a shared
+            # machine, or a cluster started without RAY_worker_niceness=0, gives
+            name = f"corpus, Ray Data, {counts[-1]} workers at Ray's default niceness 15"
+            configs.append((name, configs[-1][1]))
+            envs[name] = {"RAY_worker_niceness": "15"}
         rows = []
+        load = [os.getloadavg()[0]]  # other work on the machine shows here: the figures are only as quiet as it
         for n, (name, template) in enumerate(configs):
             walls = {}
             for label, src in (("one", tmp / "one"), ("all", tmp / "in")):
                 dst = tmp / f"out{n}-{label}"
-                walls[label] = timed(flowdec + [a.format(src=src, dst=dst) for a in template])
+                walls[label] = timed(flowdec + [a.format(src=src, dst=dst) for a in template], envs.get(name))
                 shutil.rmtree(dst, ignore_errors=True)
             # once running: the extra audio over the extra time (noisy, or None, when start-up dominates)
             rate = (audio - one) / (walls["all"] - walls["one"]) if walls["all"] > walls["one"] + 1 else None
+            load.append(os.getloadavg()[0])
             rows.append({"config": name, "wall_s": walls["all"], "audio_per_s": audio / walls["all"],
-                         "fixed_s": walls["one"], "rate_running": rate})
+                         "fixed_s": walls["one"], "rate_running": rate, "load_after": load[-1]})
             print(f"  {name}: {walls['all']:.1f} s for {audio:.0f} s of audio (one clip: {walls['one']:.1f} s)",
                   file=sys.stderr)
         import torch
 
         print(f"\n{args.files} clips of {args.seconds:g} s ({audio:.0f} s of audio), model {args.model}, "
-              f"device {args.device}; CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}\n")
-        print("| configuration | wall s | audio s per s (whole command) | wall s for one clip | audio s per s once running |")
-        print("|---|---:|---:|---:|---:|")
+              f"device {args.device}; CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+              f"1-min load average {min(load):.1f} to {max(load):.1f} during the run\n")
+        print("| configuration | wall s | audio s per s (whole command) | wall s for one clip | audio s per s once running "
+              "| load after |")
+        print("|---|---:|---:|---:|---:|---:|")
         for r in rows:
             running = f"{r['rate_running']:.1f}" if r["rate_running"] is not None else "n/a"
-            print(f"| {r['config']} | {r['wall_s']:.1f} | {r['audio_per_s']:.2f} | {r['fixed_s']:.1f} | {running} |")
+            print(f"| {r['config']} | {r['wall_s']:.1f} | {r['audio_per_s']:.2f} | {r['fixed_s']:.1f} | {running} | "
+                  f"{r['load_after']:.1f} |")
         if args.json_out:
             Path(args.json_out).write_text(json.dumps({"files": args.files, "seconds": args.seconds,
                                                        "cpu": cpu_name(), "cores": os.cpu_count(),

@@ -579,11 +579,21 @@ def _run_ray(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, A
     if not ray.is_initialized():
         address = engine.address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        niceness = None
         if address is None:  # a private local cluster, sized to the job
             cpus = os.cpu_count() or 1
             kwargs.update(num_cpus=cpus, object_store_memory=engine.object_store_memory)
+            # Ray runs workers at niceness 15; this cluster exists for this job alone, so its workers get the
+            # priority `flowdec compress` would have (on a machine shared with other work, niceness 15 made
+            # them 7x slower: docs/scaling.md). RAY_worker_niceness set by the user wins.
+            if "RAY_worker_niceness" not in os.environ:
+                niceness = os.environ["RAY_worker_niceness"] = "0"
         kwargs.update(engine.ray_init)
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        finally:
+            if niceness is not None:
+                os.environ.pop("RAY_worker_niceness", None)
         started = True
     try:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -601,8 +611,14 @@ def _run_ray(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, A
         out = ds.map_batches(worker_cls, fn_constructor_kwargs={"settings": settings}, batch_size=1,
                              compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=engine.cpus_per_worker,
                              num_gpus=engine.gpus_per_worker or None, batch_format="numpy")
-        for rec in out.iter_rows():
-            on_record({k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()})
+        try:
+            for rec in out.iter_rows():
+                on_record({k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()})
+        except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as exc:
+            # a worker that cannot start (no model, other weights) or a bug: Ray's text is a remote traceback;
+            # its last line names our error
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise CorpusError(f"a Ray worker failed: {lines[-1] if lines else type(exc).__name__}") from exc
     finally:
         if started:
             ray.shutdown()
