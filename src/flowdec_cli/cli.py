@@ -97,6 +97,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       flowdec compress ./album ./codes            whole folders, recursively
       cat in.wav | flowdec compress - - > x.fdc   - is standard input or output
       flowdec models default flowdec-75m          the model used without --model
+      flowdec corpus encode ./audio ./codes       whole corpora on Ray workers, as Parquet shards
 
     Shell completion: eval "$(_FLOWDEC_COMPLETE=bash_source flowdec)" in ~/.bashrc
     (zsh_source for zsh, fish_source for fish).
