@@ -781,6 +781,9 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     ref = model or default_model_name()
     probe = Codec.load(ref, "cpu", with_postfilter=False)  # the codebook choice and the weights, checked once
     k = probe.choose_codebooks(bitrate_kbps, n_codebooks)
+    if to == "parquet" and probe.ndac.codebook_size > 1 << 15:
+        raise CorpusError(f"model '{probe.model.name}' has {probe.ndac.codebook_size}-entry codebooks; Parquet "
+                          "shards hold int16 codes (up to 32768 entries); use --to fdc")
     settings = {"to": to, "model": str(ref), "model_name": probe.model.name, "model_hash": probe.model.ndac_hash,
                 "n_codebooks": k, "entropy": entropy, "device": device,
                 "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
