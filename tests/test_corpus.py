@@ -233,3 +233,16 @@ def test_ray_shards_load_with_pyarrow_and_datasets(ray_run):
     header, codes = _ref_codes(ref, "sub/b")
     np.testing.assert_array_equal(np.array(rows["sub/b"]["codes"]), codes)
     assert rows["sub/b"]["channels"] == 2 and rows["sub/b"]["sample_rate"] == 44100
+
+
+@pytest.mark.slow
+def test_ray_worker_that_cannot_start_is_one_line(tmp_path):
+    """A worker whose model differs from the driver's (another machine's cache) stops the run with one line."""
+    pytest.importorskip("ray")
+    settings = {"to": "fdc", "model": "flowdec-small", "model_hash": "0123456789abcdef", "n_codebooks": 10,
+                "threads": 1}
+    task = {"out": str(tmp_path / "out"), "items": [["x", str(tmp_path / "x.wav")]]}
+    with pytest.raises(corpus.CorpusError, match=r"^a Ray worker failed: .*weights .* on this worker but "
+                                                 r"0123456789abcdef where the run started"):
+        corpus._run_ray(corpus.EncodeWorker, settings, [task], corpus.Engine("ray", workers=1,
+                        ray_init={"num_cpus": 1, "object_store_memory": 100 << 20}), lambda rec: None)

@@ -596,7 +596,7 @@ def _run_ray(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, A
                 os.environ.pop("RAY_worker_niceness", None)
         started = True
     try:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # our bar and messages replace Ray Data's
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         workers = engine.workers

@@ -91,7 +91,7 @@ class _Report:
             what = (f"model {plan['model']}, {plan['n_codebooks']} codebooks = {plan['kbps']:g} kbit/s per "
                     f"channel, " if "model" in plan else "")
             click.echo(f"flowdec: {plan['items']} files, {plan['done_before']} done before, {plan['todo']} to "
-                       f"{self.verb} in {plan['shards']} shards; {what}engine {plan['engine']}", err=True)
+                       f"{self.todo_verb} in {plan['shards']} shards; {what}engine {plan['engine']}", err=True)
         from tqdm import tqdm
 
         self.bar = tqdm(total=plan["todo"], desc=self.verb, unit="file", disable=True if self.quiet else None,
