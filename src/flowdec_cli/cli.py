@@ -97,6 +97,7 @@ def main(ctx: click.Context, debug: bool) -> None:
       flowdec compress ./album ./codes            whole folders, recursively
       cat in.wav | flowdec compress - - > x.fdc   - is standard input or output
       flowdec models default flowdec-75m          the model used without --model
+      flowdec corpus encode ./audio ./codes       whole corpora on Ray workers, as Parquet shards
 
     Shell completion: eval "$(_FLOWDEC_COMPLETE=bash_source flowdec)" in ~/.bashrc
     (zsh_source for zsh, fish_source for fish).
@@ -678,6 +679,7 @@ def info(src: Path, as_json: bool) -> None:
 
 def _attach_optional_commands() -> None:
     """Commands that live beside their own API (evaluation, models, training)."""
+    from .corpus_cli import corpus_group
     from .evaluation.cli import eval_command, plot_command
     from .models_cli import models_group
     from .training.cli import train_group
@@ -686,6 +688,7 @@ def _attach_optional_commands() -> None:
     main.add_command(plot_command, "plot")
     main.add_command(models_group, "models")
     main.add_command(train_group, "train")
+    main.add_command(corpus_group, "corpus")
 
 
 _attach_optional_commands()

@@ -1,0 +1,868 @@
+"""Whole corpora: many files coded by workers that each load the model once, on Ray Data or in this process.
+
+The plan is made on the driver: the inputs (a folder, a glob or a manifest) become items ``(id, path)``,
+sorted by id; items already done in OUT are dropped (resume); the rest are cut into *shards* of
+``shard_files`` items. A shard is the unit of work: one row of a Ray dataset whose ``map_batches`` runs a
+callable class (:class:`EncodeWorker`, an actor holding the loaded model), or one call of the same class in
+this process when Ray is absent (``engine="local"``). A worker codes its shard file by file with
+:class:`flowdec_cli.pipeline.Codec` (so the codes are exactly those of ``flowdec compress``, long files
+chunked in bounded memory) and writes
+
+* ``to="parquet"``: one Parquet file ``part-NNNNN.parquet`` per shard, one row per file (see
+  :data:`SHARD_COLUMNS`; the codes as ``list<list<list<int16>>>`` [channels, codebooks, frames]), written to
+  a temporary sibling and published with a no-clobber rename, so a shard is there whole or not at all;
+* ``to="fdc"``: the mirrored tree ``OUT/<id>.fdc``, each file written as ``flowdec compress`` writes it.
+
+It returns one small status record per file (never the codes), which the driver streams for progress. A
+file that cannot be coded becomes a ``failed`` record and the shard goes on; ``OUT/_failures.csv`` lists them
+after the run. A worker process that dies has its shard retried by Ray on a restarted actor (Ray Data's
+actors default to ``max_restarts=-1, max_task_retries=-1``); since outputs are only ever published whole,
+the retry finds what the dead worker had finished and redoes the rest.
+
+Reading back: :func:`iter_rows` yields :class:`CodeRow` (id, path, header, codes) from shards, and
+:func:`decode_corpus` turns shards back into audio files the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob as globmod
+import io
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CorpusError", "Item", "CodeRow", "RunSummary", "list_inputs", "encode_corpus", "decode_corpus",
+           "iter_rows", "shard_files", "ray_available", "SHARD_COLUMNS"]
+
+SHARD_GLOB = "part-*.parquet"
+FAILURES = "_failures.csv"
+SETTINGS = "_corpus.json"
+CODES_FORMAT = "flowdec-codes/1"
+ROW_GROUP_CODES = 8 << 20  # codes (values) buffered before a Parquet row group is written: bounded memory
+
+SHARD_COLUMNS = ("id", "path", "duration_s", "sample_rate", "channels", "num_samples", "model", "model_hash",
+                 "n_codebooks", "model_codebooks", "codebook_size", "model_sample_rate", "hop_length",
+                 "num_frames", "chunk_frames", "context_frames", "gain", "package_version", "codes")
+"""The columns of a shard, one row per file; ``codes`` is [channels, n_codebooks, num_frames] of int16."""
+
+_KILL_ONCE_ENV = "FLOWDEC_CORPUS_KILL_ONCE"  # fault injection for the tests: see EncodeWorker._maybe_die
+
+
+class CorpusError(Exception):
+    """A corpus request that cannot be carried out; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str    # also the output's path below OUT (without extension) in the .fdc tree
+    path: str  # absolute path of the input
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _manifest_rows(path: Path) -> list[tuple[str | None, str]]:
+    """(id or None, path as written) of a CSV (header with ``path``, optionally ``id``) or JSONL manifest."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{path}: cannot read manifest ({getattr(exc, 'strerror', None) or exc})") from None
+    rows: list[tuple[str | None, str]] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise CorpusError(f"{path}: a CSV manifest needs a header row with a 'path' column (and optionally 'id')")
+        for n, rec in enumerate(reader, start=2):
+            if not (rec.get("path") or "").strip():
+                raise CorpusError(f"{path}: line {n}: empty path")
+            rows.append(((rec.get("id") or "").strip() or None, rec["path"].strip()))
+        return rows
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}: line {n}: not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not rec["path"].strip():
+            raise CorpusError(f"{path}: line {n}: each line needs an object with a 'path' string")
+        rid = rec.get("id")
+        rows.append((str(rid) if rid not in (None, "") else None, rec["path"]))
+    return rows
+
+
+def _check_id(item_id: str, source: str) -> str:
+    """Ids name outputs below OUT: relative, no '..', no empty parts."""
+    p = PurePosixPath(item_id)
+    if not item_id or item_id.startswith("/") or any(part in ("", ".", "..") for part in item_id.split("/")) \
+            or "\\" in item_id or "\x00" in item_id or p.is_absolute():
+        raise CorpusError(f"{source}: id '{item_id}' is not a relative path without '..' (ids name the outputs)")
+    return item_id
+
+
+def _default_id(path: Path, base: Path) -> str:
+    try:
+        rel = path.relative_to(base)
+    except ValueError:
+        rel = Path(*path.parts[1:]) if path.is_absolute() else path
+    return rel.with_suffix("").as_posix()
+
+
+def list_inputs(source: str | os.PathLike, pattern: str | None = None, exclude: str | os.PathLike | None = None) -> list[Item]:
+    """The items of a folder (its audio files, recursively; ``pattern`` filters relative paths), a glob
+    (``'data/**/*.flac'``; every file it matches), a manifest (``.csv`` with a ``path`` column, or ``.jsonl``
+    of ``{"path": ..., "id": ...}``; relative paths are relative to the manifest; ids optional) or one
+    audio file. Default ids: the path relative to the folder, the glob's fixed prefix or the manifest's
+    paths' common folder, without extension. Sorted by id; duplicate ids are refused. Files below
+    ``exclude`` (the output folder) are left out."""
+    from .audio import AUDIO_EXTENSIONS
+
+    text = os.fspath(source)
+    src = Path(text)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    rows: list[tuple[str | None, Path]] = []
+    if src.is_dir():
+        base = src
+        for p in sorted(q for q in src.rglob("*") if q.is_file()):
+            rel = p.relative_to(src)
+            if p.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            if pattern and not rel.match(pattern) and not p.match(pattern):
+                continue
+            rows.append((None, p))
+    elif src.is_file() and src.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
+        found = [(rid, (src.parent / p) if not Path(p).is_absolute() else Path(p))
+                 for rid, p in _manifest_rows(src)]
+        rows = [(rid, Path(os.path.normpath(p))) for rid, p in found]
+        base = Path(os.path.commonpath([str(p.parent) for _, p in rows])) if rows else src.parent
+    elif src.is_file():
+        base = src.parent
+        rows = [(None, src)]
+    elif _is_glob(text):
+        parts = Path(text).parts
+        fixed = [p for p in parts[:next(i for i, p in enumerate(parts) if _is_glob(p))]]
+        base = Path(*fixed) if fixed else Path(".")
+        rows = [(None, Path(p)) for p in sorted(globmod.glob(text, recursive=True)) if os.path.isfile(p)]
+    else:
+        raise CorpusError(f"{text}: no such folder, file or manifest, and no glob pattern")
+    items: dict[str, Item] = {}
+    for rid, p in rows:
+        if skip is not None and (p.resolve() == skip or skip in p.resolve().parents):
+            continue
+        item_id = _check_id(rid if rid is not None else _default_id(p, base), text)
+        path = str(p.resolve())
+        if item_id in items:
+            raise CorpusError(f"{text}: id '{item_id}' names two inputs ({items[item_id].path} and {path}); "
+                              "give ids in a manifest")
+        items[item_id] = Item(item_id, path)
+    if not items:
+        raise CorpusError(f"{text}: no input files found")
+    return [items[k] for k in sorted(items)]
+
+
+# -- shards ------------------------------------------------------------------------------------------
+
+def shard_files(folder: str | os.PathLike) -> list[Path]:
+    """The shards of a Parquet corpus folder (or the file itself), in order."""
+    p = Path(folder)
+    if p.is_file():
+        return [p]
+    return sorted(p.glob(SHARD_GLOB))
+
+
+def _shard_ids(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [str(x) for x in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+
+
+def _shard_schema(codes_type: Any = None) -> Any:
+    import pyarrow as pa
+
+    inner = codes_type or pa.int16()
+    fields = [("id", pa.string()), ("path", pa.string()), ("duration_s", pa.float64()),
+              ("sample_rate", pa.int32()), ("channels", pa.int32()), ("num_samples", pa.int64()),
+              ("model", pa.string()), ("model_hash", pa.string()), ("n_codebooks", pa.int32()),
+              ("model_codebooks", pa.int32()), ("codebook_size", pa.int32()), ("model_sample_rate", pa.int32()),
+              ("hop_length", pa.int32()), ("num_frames", pa.int64()), ("chunk_frames", pa.int32()),
+              ("context_frames", pa.int32()), ("gain", pa.float64()), ("package_version", pa.string()),
+              ("codes", pa.list_(pa.list_(pa.list_(inner))))]
+    meta = {b"flowdec": json.dumps({"format": CODES_FORMAT, "codes": "[channels, n_codebooks, num_frames]"}).encode()}
+    return pa.schema(fields, metadata=meta)
+
+
+def _codes_array(codes_list: list[np.ndarray]) -> Any:
+    """list<list<list<int16>>> of [C,K,T] arrays, built from offsets (no Python loop over values)."""
+    import pyarrow as pa
+
+    values = np.concatenate([c.astype(np.int16, copy=False).ravel() for c in codes_list]) if codes_list \
+        else np.zeros(0, np.int16)
+    inner_len, mid_len, outer_len = [], [], []
+    for c in codes_list:
+        ch, k, t = c.shape
+        inner_len.extend([t] * (ch * k))
+        mid_len.extend([k] * ch)
+        outer_len.append(ch)
+
+    def offsets(lengths: list[int]) -> Any:
+        return pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32))
+
+    inner = pa.ListArray.from_arrays(offsets(inner_len), pa.array(values, pa.int16()))
+    mid = pa.ListArray.from_arrays(offsets(mid_len), inner)
+    return pa.ListArray.from_arrays(offsets(outer_len), mid)
+
+
+def _row_batch(rows: list[tuple[Item, Any, np.ndarray]]) -> Any:
+    import pyarrow as pa
+
+    schema = _shard_schema()
+    cols: dict[str, list] = {name: [] for name in SHARD_COLUMNS if name != "codes"}
+    for item, h, _ in rows:
+        vals = dict(id=item.id, path=item.path, duration_s=h.num_samples / h.sample_rate, sample_rate=h.sample_rate,
+                    channels=h.channels, num_samples=h.num_samples, model=h.model_name, model_hash=h.model_hash,
+                    n_codebooks=h.n_codebooks, model_codebooks=h.model_codebooks, codebook_size=h.codebook_size,
+                    model_sample_rate=h.model_sample_rate, hop_length=h.hop_length, num_frames=h.num_frames,
+                    chunk_frames=h.chunk_frames, context_frames=h.context_frames, gain=h.gain,
+                    package_version=h.package_version)
+        for k, v in vals.items():
+            cols[k].append(v)
+    arrays = [pa.array(cols[f.name], f.type) for f in schema if f.name != "codes"]
+    arrays.append(_codes_array([c for _, _, c in rows]))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+@dataclass
+class CodeRow:
+    """One file of a shard: its id, source path, the .fdc header it would have, and codes [C, K, T] (int64)."""
+
+    id: str
+    path: str
+    header: Any
+    codes: np.ndarray
+
+    @property
+    def duration(self) -> float:
+        return self.header.num_samples / self.header.sample_rate
+
+
+def _header_of(rec: dict[str, Any]) -> Any:
+    from .container import FdcHeader
+
+    return FdcHeader(model_name=rec["model"], model_hash=rec["model_hash"], sample_rate=int(rec["sample_rate"]),
+                     channels=int(rec["channels"]), num_samples=int(rec["num_samples"]),
+                     model_sample_rate=int(rec["model_sample_rate"]), hop_length=int(rec["hop_length"]),
+                     codebook_size=int(rec["codebook_size"]), n_codebooks=int(rec["n_codebooks"]),
+                     model_codebooks=int(rec["model_codebooks"]), num_frames=int(rec["num_frames"]),
+                     chunk_frames=int(rec["chunk_frames"]), context_frames=int(rec["context_frames"]),
+                     gain=float(rec["gain"]), package_version=str(rec["package_version"]))
+
+
+def iter_rows(source: str | os.PathLike, batch_rows: int = 16) -> Iterator[CodeRow]:
+    """Every file of a Parquet corpus (a folder of shards or one shard), in shard order, a few rows in
+    memory at a time. The header is checked as a .fdc reader checks it, so a row that claims more samples
+    than its codes describe is refused (:class:`CorpusError`)."""
+    import pyarrow.parquet as pq
+
+    from .container import FdcError
+
+    files = shard_files(source)
+    if not files:
+        raise CorpusError(f"{source}: no Parquet shards ({SHARD_GLOB}) found")
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+        except Exception as exc:
+            raise CorpusError(f"{f}: not a readable Parquet file ({exc})") from None
+        missing = [c for c in SHARD_COLUMNS if c not in pf.schema_arrow.names]
+        if missing:
+            raise CorpusError(f"{f}: not a flowdec shard (missing columns {', '.join(missing)})")
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            meta = batch.drop_columns(["codes"]).to_pylist() if hasattr(batch, "drop_columns") else \
+                [{k: v for k, v in r.items() if k != "codes"} for r in batch.to_pylist()]
+            flat = batch.column("codes").flatten().flatten().flatten().to_numpy(zero_copy_only=False)
+            pos = 0
+            for rec in meta:
+                header = _header_of(rec)
+                n = header.channels * header.n_codebooks * header.num_frames
+                if pos + n > len(flat):
+                    raise CorpusError(f"{f}: row '{rec['id']}': codes shorter than its header says")
+                codes = flat[pos:pos + n].astype(np.int64).reshape(header.codes_shape)
+                pos += n
+                try:
+                    header.validate(f"{f}: row '{rec['id']}'")
+                except FdcError as exc:
+                    raise CorpusError(str(exc)) from None
+                yield CodeRow(str(rec["id"]), str(rec["path"]), header, codes)
+
+
+# -- workers -----------------------------------------------------------------------------------------
+
+def _record(item: Item, status: str, duration: float = 0.0, error: str = "", output: str = "",
+            seconds: float = 0.0) -> dict[str, Any]:
+    return {"id": item.id, "path": item.path, "status": status, "duration_s": float(duration),
+            "error": error, "output": output, "seconds": float(seconds), "pid": os.getpid()}
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .audio import AudioError
+    from .container import FdcError
+    from .entropy import EntropyError
+    from .fileio import OutputExistsError
+    from .models import ModelError
+    from .pipeline import CodecError
+
+    return (AudioError, FdcError, EntropyError, OutputExistsError, ModelError, CodecError, CorpusError)
+
+
+def _error_text(exc: BaseException, item: Item) -> str:
+    text = str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, _known_errors()):
+        from .errors import describe_os_error
+
+        text = describe_os_error(exc)
+    elif not isinstance(exc, _known_errors()):
+        text = f"unexpected {type(exc).__name__}: {text}"
+    return text if item.path in text else f"{item.path}: {text}"
+
+
+def _columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    keys = ("id", "path", "status", "duration_s", "error", "output", "seconds", "pid")
+    return {k: np.array([r[k] for r in records], dtype=object if k in ("id", "path", "status", "error", "output")
+                        else None) for k in keys}
+
+
+class _Worker:
+    """The model, loaded once per process; one call per shard (a Ray Data batch of task rows)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        from .runtime import set_threads
+
+        self.settings = settings
+        if settings.get("threads"):
+            set_threads(int(settings["threads"]))
+        if settings.get("home"):
+            os.environ.setdefault("FLOWDEC_HOME", settings["home"])
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        records: list[dict[str, Any]] = []
+        for task in batch["task"]:
+            records.extend(self.run(json.loads(str(task))))
+        return _columns(records)
+
+    def run(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class EncodeWorker(_Worker):
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        from .pipeline import Codec
+
+        self.codec = Codec.load(settings["model"], settings.get("device") or "auto", with_postfilter=False)
+        if settings.get("model_hash") and self.codec.model.ndac_hash != settings["model_hash"]:
+            raise CorpusError(f"model '{settings['model']}' has weights {self.codec.model.ndac_hash} on this "
+                              f"worker but {settings['model_hash']} where the run started; every machine "
+                              "needs the same model")
+        self.k = int(settings["n_codebooks"])
+
+    def _maybe_die(self) -> None:
+        """Tests: SIGKILL this process once (the first worker to get here), as a lost node or the OOM killer would."""
+        marker = os.environ.get(_KILL_ONCE_ENV)
+        if not marker:
+            return
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def run(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        items = [Item(i, p) for i, p in task["items"]]
+        out = Path(task["out"])
+        if self.settings["to"] == "fdc":
+            return self._fdc(items, out)
+        return self._parquet(items, out / task["shard"])
+
+    def _fdc(self, items: list[Item], out: Path) -> list[dict[str, Any]]:
+        from .fileio import OutputExistsError
+
+        records = []
+        for n, item in enumerate(items):
+            dst = out / (item.id + ".fdc")
+            if dst.exists():
+                records.append(_record(item, "skipped", output=str(dst)))
+                continue
+            t0 = time.perf_counter()
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                res = self.codec.compress_file(item.path, dst, n_codebooks=self.k, overwrite=False,
+                                               entropy=self.settings.get("entropy", True))
+                records.append(_record(item, "ok", res.duration, output=str(dst),
+                                       seconds=time.perf_counter() - t0))
+            except OutputExistsError:
+                records.append(_record(item, "skipped", output=str(dst)))
+            except Exception as exc:
+                records.append(_record(item, "failed", error=_error_text(exc, item)))
+            if n == 0:
+                self._maybe_die()
+        return records
+
+    def _parquet(self, items: list[Item], shard: Path) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        from .fileio import OutputExistsError, publish, temporary_sibling
+
+        if shard.exists():  # a retry after the worker died between publishing and reporting
+            done = set(_shard_ids(shard))
+            return [_record(it, "skipped" if it.id in done else "failed", output=str(shard),
+                            error="" if it.id in done else f"{it.path}: not in {shard}, which exists")
+                    for it in items]
+        records: list[dict[str, Any]] = []
+        tmp = temporary_sibling(shard)
+        writer = None
+        pending: list[tuple[Item, Any, np.ndarray]] = []
+        pending_codes = 0
+        try:
+            writer = pq.ParquetWriter(str(tmp), _shard_schema(), compression="zstd")
+            for n, item in enumerate(items):
+                t0 = time.perf_counter()
+                try:
+                    header, codes = self.codec._code_file(Path(item.path), self.k, None, _no_bar)
+                    pending.append((item, header, codes))
+                    pending_codes += codes.size
+                    records.append(_record(item, "ok", header.num_samples / header.sample_rate, output=str(shard),
+                                           seconds=time.perf_counter() - t0))
+                except Exception as exc:
+                    records.append(_record(item, "failed", error=_error_text(exc, item)))
+                if pending and (pending_codes >= ROW_GROUP_CODES or n == len(items) - 1):
+                    writer.write_batch(_row_batch(pending))
+                    pending, pending_codes = [], 0
+                if n == 0:
+                    self._maybe_die()
+            writer.close()
+            writer = None
+            if any(r["status"] == "ok" for r in records):
+                try:
+                    publish(tmp, shard, overwrite=False)
+                except OutputExistsError as exc:
+                    raise CorpusError(f"{exc}; is another run writing into {shard.parent}?") from None
+            else:
+                tmp.unlink(missing_ok=True)
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return records
+
+
+def _no_bar(desc: str, total: int, unit: str) -> Any:
+    from .pipeline import _NoBar
+
+    return _NoBar()
+
+
+class DecodeWorker(_Worker):
+    """Decodes shards to audio files ``OUT/<id>.<format>``; models are loaded once per process, by name."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.codecs: dict[str, Any] = {}
+
+    def codec_for(self, name: str) -> Any:
+        from .pipeline import Codec
+
+        key = self.settings.get("model") or name
+        if key not in self.codecs:
+            self.codecs[key] = Codec.load(key, self.settings.get("device") or "auto",
+                                          with_postfilter=self.settings.get("nfe") != 0,
+                                          precision=self.settings.get("precision", "auto"))
+        return self.codecs[key]
+
+    def run(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        from .fileio import OutputExistsError
+
+        out, suffix = Path(task["out"]), task["suffix"]
+        want = set(task["ids"]) if task.get("ids") is not None else None
+        records: list[dict[str, Any]] = []
+        for row in iter_rows(task["shard"]):
+            if want is not None and row.id not in want:
+                continue
+            item = Item(row.id, row.path)
+            dst = out / (_check_id(row.id, task["shard"]) + suffix)
+            if dst.exists():
+                records.append(_record(item, "skipped", output=str(dst)))
+                continue
+            t0 = time.perf_counter()
+            try:
+                codec = self.codec_for(row.header.model_name)
+                codec.check_header(row.header, f"{task['shard']}: row '{row.id}'")
+                nfe = codec.resolve_nfe(self.settings.get("nfe"))
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                codec._decode_file(row.header, row.codes, dst, nfe, self.settings.get("solver", "midpoint"),
+                                   self.settings.get("seed"), self.settings.get("subtype"), _no_bar,
+                                   overwrite=False)
+                records.append(_record(item, "ok", row.duration, output=str(dst), seconds=time.perf_counter() - t0))
+            except OutputExistsError:
+                records.append(_record(item, "skipped", output=str(dst)))
+            except Exception as exc:
+                records.append(_record(item, "failed", error=f"{task['shard']}: row '{row.id}': "
+                                                            f"{_error_text(exc, item)}"))
+        return records
+
+
+# -- engines -----------------------------------------------------------------------------------------
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Engine:
+    """Where the shards run. ``kind``: ``local`` (this process), ``ray`` (Ray Data: a local Ray started here
+    and stopped at the end, or the cluster at ``address`` / ``$RAY_ADDRESS``), or ``auto`` (Ray when it is
+    installed, else local)."""
+
+    kind: str = "auto"
+    address: str | None = None
+    workers: int | None = None          # actors; default: what the CPUs (or GPUs) allow
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    object_store_memory: int | None = 300 << 20  # local Ray only: the store holds task rows and status rows
+    ray_init: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> str:
+        if self.kind == "auto":
+            if self.address or os.environ.get("RAY_ADDRESS"):
+                return "ray"
+            return "ray" if ray_available() else "local"
+        return self.kind
+
+
+def _run_local(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, Any]],
+               on_record: Callable[[dict[str, Any]], None]) -> None:
+    worker = worker_cls(settings)
+    for task in tasks:
+        for rec in worker.run(task):
+            on_record(rec)
+
+
+def _run_ray(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, Any]], engine: Engine,
+             on_record: Callable[[dict[str, Any]], None]) -> None:
+    import logging
+
+    if not ray_available():
+        raise CorpusError("the Ray engine needs Ray: pip install 'flowdec-cli[ray]'")
+    import ray
+    import ray.data
+
+    started = False
+    if not ray.is_initialized():
+        address = engine.address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        niceness = None
+        if address is None:  # a private local cluster, sized to the job
+            cpus = os.cpu_count() or 1
+            kwargs.update(num_cpus=cpus, object_store_memory=engine.object_store_memory)
+            # Ray runs workers at niceness 15; this cluster exists for this job alone, so its workers get the
+            # priority `flowdec compress` would have (on a machine shared with other work, niceness 15 made
+            # them 7x slower: docs/scaling.md). RAY_worker_niceness set by the user wins.
+            if "RAY_worker_niceness" not in os.environ:
+                niceness = os.environ["RAY_worker_niceness"] = "0"
+        kwargs.update(engine.ray_init)
+        try:
+            ray.init(address=address, **kwargs)
+        finally:
+            if niceness is not None:
+                os.environ.pop("RAY_worker_niceness", None)
+        started = True
+    try:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # our bar and messages replace Ray Data's
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        workers = engine.workers
+        if workers is None:
+            res = ray.cluster_resources()
+            if engine.gpus_per_worker:
+                workers = max(1, int(res.get("GPU", 0) // engine.gpus_per_worker))
+            else:
+                workers = max(1, int(res.get("CPU", 1) // max(engine.cpus_per_worker, 1e-9)))
+        workers = max(1, min(workers, len(tasks)))
+        ds = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+        out = ds.map_batches(worker_cls, fn_constructor_kwargs={"settings": settings}, batch_size=1,
+                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=engine.cpus_per_worker,
+                             num_gpus=engine.gpus_per_worker or None, batch_format="numpy")
+        try:
+            for rec in out.iter_rows():
+                on_record({k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()})
+        except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as exc:
+            # a worker that cannot start (no model, other weights) or a bug: Ray's text is a remote traceback;
+            # its last line names our error
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise CorpusError(f"a Ray worker failed: {lines[-1] if lines else type(exc).__name__}") from exc
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, Any]], engine: Engine,
+         on_record: Callable[[dict[str, Any]], None]) -> str:
+    kind = engine.resolved()
+    if not tasks:
+        return kind
+    if kind == "local":
+        _run_local(worker_cls, settings, tasks, on_record)
+    elif kind == "ray":
+        _run_ray(worker_cls, settings, tasks, engine, on_record)
+    else:
+        raise CorpusError(f"unknown engine '{engine.kind}' (auto, ray, local)")
+    return kind
+
+
+# -- runs --------------------------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    total: int = 0            # items in the input
+    done: int = 0             # coded (or decoded) in this run
+    skipped: int = 0          # already done before this run
+    failed: list[dict[str, Any]] = field(default_factory=list)  # records with status "failed"
+    audio_seconds: float = 0.0  # of the files done in this run
+    seconds: float = 0.0        # wall-clock time of the run
+    engine: str = ""
+    shards: int = 0             # shards (work units) run
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def speed(self) -> float:
+        """Seconds of audio coded per second of wall-clock time."""
+        return self.audio_seconds / self.seconds if self.seconds else 0.0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        if rec["status"] == "ok":
+            self.done += 1
+            self.audio_seconds += float(rec["duration_s"])
+        elif rec["status"] == "skipped":
+            self.skipped += 1
+        else:
+            self.failed.append(rec)
+
+
+def _write_failures(out: Path, failed: list[dict[str, Any]]) -> None:
+    """``OUT/_failures.csv`` (id, path, error) of this run; removed when nothing failed."""
+    from .fileio import atomic_write_bytes
+
+    target = out / FAILURES
+    if not failed:
+        target.unlink(missing_ok=True)
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "path", "error"])
+    for rec in sorted(failed, key=lambda r: r["id"]):
+        w.writerow([rec["id"], rec["path"], rec["error"]])
+    atomic_write_bytes(target, buf.getvalue().encode())
+
+
+def read_failures(out: str | os.PathLike) -> list[dict[str, str]]:
+    """The failures table of the last run into ``out`` (empty when nothing failed)."""
+    target = Path(out) / FAILURES
+    if not target.exists():
+        return []
+    with open(target, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """A corpus folder holds one model and codebook count: a rerun with others is refused, not mixed in."""
+    from .fileio import atomic_write_bytes
+
+    target = out / SETTINGS
+    mine = {k: settings[k] for k in ("to", "model_name", "model_hash", "n_codebooks")}
+    if target.exists():
+        try:
+            theirs = json.loads(target.read_text())
+        except (OSError, ValueError) as exc:
+            raise CorpusError(f"{target}: unreadable ({exc}); remove it to start again") from None
+        diff = [k for k in mine if theirs.get(k) != mine[k]]
+        if diff:
+            was = ", ".join(f"{k}={theirs.get(k)}" for k in diff)
+            now = ", ".join(f"{k}={mine[k]}" for k in diff)
+            raise CorpusError(f"{out}: coded earlier with {was}; this run asks for {now}. Use another output "
+                              "folder (or the same settings to resume)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, (json.dumps(mine, indent=2) + "\n").encode())
+
+
+_SHARD_NUM = re.compile(r"part-(\d+)\.parquet$")
+
+
+def plan_encode(items: list[Item], out: Path, to: str, shard_size: int) -> tuple[list[dict[str, Any]], int]:
+    """The tasks (shards) still to do, and how many items are done already."""
+    if to == "parquet":
+        done: set[str] = set()
+        last = -1
+        for f in shard_files(out) if out.is_dir() else []:
+            try:
+                done.update(_shard_ids(f))
+            except Exception as exc:
+                raise CorpusError(f"{f}: not a readable shard ({exc}); move it away to resume") from None
+            m = _SHARD_NUM.search(f.name)
+            if m:
+                last = max(last, int(m.group(1)))
+        todo = [it for it in items if it.id not in done]
+        tasks = []
+        for n, a in enumerate(range(0, len(todo), shard_size)):
+            chunk = todo[a:a + shard_size]
+            tasks.append({"out": str(out), "shard": f"part-{last + 1 + n:05d}.parquet",
+                          "items": [[it.id, it.path] for it in chunk]})
+        return tasks, len(items) - len(todo)
+    todo = [it for it in items if not (out / (it.id + ".fdc")).exists()]
+    tasks = [{"out": str(out), "items": [[it.id, it.path] for it in todo[a:a + shard_size]]}
+             for a in range(0, len(todo), shard_size)]
+    return tasks, len(items) - len(todo)
+
+
+def _need_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise CorpusError("Parquet needs pyarrow: pip install 'flowdec-cli[ray]' (or pyarrow)") from None
+
+
+def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.PathLike, *, to: str = "parquet",
+                  model: str | None = None, n_codebooks: int | None = None, bitrate_kbps: float | None = None,
+                  entropy: bool = True, device: str = "auto", threads: int | None = None,
+                  pattern: str | None = None, shard_size: int = 100, engine: Engine | None = None,
+                  on_start: Callable[[dict[str, Any]], None] | None = None,
+                  on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
+    """Code every input into ``out`` (Parquet shards, or a .fdc tree with ``to="fdc"``); resumes what an
+    earlier run left. ``on_start`` gets the plan (items, to do, model, codebooks, engine) before the work,
+    ``on_record`` each file's status record as it is done. Failures do not stop the run: they are in the
+    summary and ``out/_failures.csv``."""
+    from .pipeline import Codec
+    from .registry import default_model_name
+
+    if to not in ("parquet", "fdc"):
+        raise CorpusError(f"unknown output type '{to}' (parquet, fdc)")
+    if to == "parquet":
+        _need_pyarrow()
+    if shard_size < 1:
+        raise CorpusError("the shard size must be at least 1")
+    engine = engine or Engine()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"{out}: is a file; the output is a folder")
+    items = list(source) if not isinstance(source, (str, os.PathLike)) else list_inputs(source, pattern, out)
+    ref = model or default_model_name()
+    probe = Codec.load(ref, "cpu", with_postfilter=False)  # the codebook choice and the weights, checked once
+    k = probe.choose_codebooks(bitrate_kbps, n_codebooks)
+    if to == "parquet" and probe.ndac.codebook_size > 1 << 15:
+        raise CorpusError(f"model '{probe.model.name}' has {probe.ndac.codebook_size}-entry codebooks; Parquet "
+                          "shards hold int16 codes (up to 32768 entries); use --to fdc")
+    settings = {"to": to, "model": str(ref), "model_name": probe.model.name, "model_hash": probe.model.ndac_hash,
+                "n_codebooks": k, "entropy": entropy, "device": device,
+                "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
+                "home": os.environ.get("FLOWDEC_HOME")}
+    _check_settings(out, settings)
+    tasks, already = plan_encode(items, out, to, shard_size)
+    summary = RunSummary(total=len(items), skipped=already, shards=len(tasks), engine=engine.resolved())
+    if on_start:
+        on_start({"items": len(items), "todo": len(items) - already, "done_before": already, "shards": len(tasks),
+                  "model": probe.model.name, "n_codebooks": k, "kbps": probe.ndac.bitrate(k) / 1000,
+                  "engine": summary.engine})
+    del probe
+    t0 = time.perf_counter()
+
+    def record(rec: dict[str, Any]) -> None:
+        summary.add(rec)
+        if on_record:
+            on_record(rec)
+
+    worker_settings = dict(settings)
+    if engine.resolved() == "local":
+        worker_settings["threads"] = threads
+    _run(EncodeWorker, worker_settings, tasks, engine, record)
+    summary.seconds = time.perf_counter() - t0
+    _write_failures(out, summary.failed)
+    return summary
+
+
+def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_format: str = "wav",
+                  model: str | None = None, nfe: int | None = None, solver: str = "midpoint", seed: int | None = None,
+                  subtype: str | None = None, precision: str = "auto", device: str = "auto",
+                  threads: int | None = None, engine: Engine | None = None,
+                  on_start: Callable[[dict[str, Any]], None] | None = None,
+                  on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
+    """Decode every row of Parquet shards into ``out/<id>.<out_format>``; outputs that exist are skipped
+    (resume); failures are in the summary and ``out/_failures.csv``."""
+    from .audio import AudioError, check_output_format
+
+    _need_pyarrow()
+    engine = engine or Engine()
+    files = shard_files(source)
+    if not files:
+        raise CorpusError(f"{source}: no Parquet shards ({SHARD_GLOB}) found")
+    suffix = "." + out_format.lstrip(".").lower()
+    try:
+        check_output_format(Path("out" + suffix), subtype)
+    except AudioError as exc:
+        raise CorpusError(str(exc)) from None
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"{out}: is a file; the output is a folder")
+    total = 0
+    tasks = []
+    already = 0
+    for f in files:
+        ids = _shard_ids(f)
+        total += len(ids)
+        todo = [i for i in ids if not (out / (_check_id(i, str(f)) + suffix)).exists()]
+        already += len(ids) - len(todo)
+        if todo:
+            tasks.append({"shard": str(f.resolve()), "out": str(out.resolve()), "suffix": suffix,
+                          "ids": todo if len(todo) < len(ids) else None})
+    settings = {"model": model, "nfe": nfe, "solver": solver, "seed": seed, "subtype": subtype,
+                "precision": precision, "device": device,
+                "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
+                "home": os.environ.get("FLOWDEC_HOME")}
+    summary = RunSummary(total=total, skipped=already, shards=len(tasks), engine=engine.resolved())
+    if on_start:
+        on_start({"items": total, "todo": total - already, "done_before": already, "shards": len(tasks),
+                  "engine": summary.engine})
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    def record(rec: dict[str, Any]) -> None:
+        summary.add(rec)
+        if on_record:
+            on_record(rec)
+
+    _run(DecodeWorker, settings, tasks, engine, record)
+    summary.seconds = time.perf_counter() - t0
+    _write_failures(out, summary.failed)
+    return summary

@@ -1,0 +1,220 @@
+"""``flowdec corpus``: code whole corpora with many workers (Ray Data, or this process), and decode them back.
+
+Parsing and reporting only; the work is :mod:`flowdec_cli.corpus`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import one_line_errors
+
+__all__ = ["corpus_group"]
+
+
+def _corpus_errors() -> tuple[type[BaseException], ...]:
+    from .audio import AudioError
+    from .container import FdcError
+    from .corpus import CorpusError
+    from .entropy import EntropyError
+    from .fileio import OutputExistsError
+    from .models import ModelError
+    from .pipeline import CodecError
+
+    return (CorpusError, AudioError, FdcError, EntropyError, ModelError, CodecError, OutputExistsError)
+
+
+_one_line_errors = one_line_errors(_corpus_errors)
+
+
+def _engine_options(f: Callable) -> Callable:
+    f = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary (failures are still shown).")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout.")(f)
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="torch CPU threads per worker (default: --cpus-per-worker with Ray, torch's choice locally).")(f)
+    f = click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when the worker has one), cpu, or cuda[:N].")(f)
+    f = click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="GPUs each Ray worker reserves (e.g. 1, or 0.5 to put two on a GPU).")(f)
+    f = click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+                     help="CPUs each Ray worker reserves.")(f)
+    f = click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Ray workers (actors; each loads the model once). Default: as many as the cluster's "
+                          "CPUs (or GPUs, with --gpus-per-worker) allow.")(f)
+    f = click.option("--address", default=None,
+                     help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this run).")(f)
+    f = click.option("--engine", type=click.Choice(["auto", "ray", "local"]), default="auto", show_default=True,
+                     help="ray: Ray Data; local: this process only; auto: Ray when installed.")(f)
+    return f
+
+
+def _engine(engine: str, address: str | None, workers: int | None, cpus: float, gpus: float) -> Any:
+    from .corpus import Engine, ray_available
+
+    if engine == "local" and address:
+        raise click.UsageError("--address needs the Ray engine, not --engine local")
+    eng = Engine(engine, address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
+    if eng.resolved() == "ray" and not ray_available():
+        raise click.UsageError("Ray is not installed: pip install 'flowdec-cli[ray]' (or --engine local)")
+    return eng
+
+
+def _human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+class _Report:
+    """A bar over files with audio hours, speed (seconds of audio per second) and failures beside tqdm's ETA;
+    every failure on its own line as it happens."""
+
+    def __init__(self, quiet: bool, verb: str) -> None:
+        self.quiet, self.verb = quiet, verb
+        self.todo_verb = verb[:-1] if verb.endswith("ed") else verb  # coded -> code, decoded -> decode
+        self.bar: Any = None
+        self.audio = 0.0
+        self.failed = 0
+        self.t0 = time.perf_counter()
+
+    def start(self, plan: dict[str, Any]) -> None:
+        if not self.quiet:
+            what = (f"model {plan['model']}, {plan['n_codebooks']} codebooks = {plan['kbps']:g} kbit/s per "
+                    f"channel, " if "model" in plan else "")
+            click.echo(f"flowdec: {plan['items']} files, {plan['done_before']} done before, {plan['todo']} to "
+                       f"{self.todo_verb} in {plan['shards']} shards; {what}engine {plan['engine']}", err=True)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=plan["todo"], desc=self.verb, unit="file", disable=True if self.quiet else None,
+                        dynamic_ncols=True, file=sys.stderr)
+        self.t0 = time.perf_counter()
+
+    def record(self, rec: dict[str, Any]) -> None:
+        if rec["status"] == "failed":
+            self.failed += 1
+            (self.bar.write if self.bar is not None else print)(f"flowdec: error: {rec['error']}", file=sys.stderr)
+        if rec["status"] == "ok":
+            self.audio += float(rec["duration_s"])
+        if self.bar is not None:
+            wall = time.perf_counter() - self.t0
+            self.bar.set_postfix_str(f"{self.audio / 3600:.3f} h audio, {self.audio / wall if wall else 0:.1f} s/s"
+                                     + (f", {self.failed} failed" if self.failed else ""), refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _finish(summary: Any, out: Path, quiet: bool, as_json: bool, verb: str) -> None:
+    from .corpus import FAILURES
+
+    if as_json:
+        click.echo(json.dumps({"files": summary.total, "done": summary.done, "done_before": summary.skipped,
+                               "failed": len(summary.failed), "audio_seconds": summary.audio_seconds,
+                               "seconds": summary.seconds, "audio_seconds_per_second": summary.speed,
+                               "engine": summary.engine, "shards": summary.shards, "output": str(out),
+                               "failures": str(out / FAILURES) if summary.failed else None}))
+    if not quiet or summary.failed:
+        parts = [f"{summary.done} {verb}", f"{summary.skipped} done before", f"{len(summary.failed)} failed"]
+        speed = (f"; {_human(summary.audio_seconds)} of audio in {_human(summary.seconds)} "
+                 f"({summary.speed:.1f} s of audio per second)" if summary.done else "")
+        where = f"; failures listed in {out / FAILURES}" if summary.failed else ""
+        click.echo(f"flowdec: {', '.join(parts)} of {summary.total} files{speed}{where}", err=True)
+    if summary.failed:
+        raise click.exceptions.Exit(1)
+
+
+@click.group("corpus")
+def corpus_group() -> None:
+    """Code whole corpora with many workers (Ray Data; one process without Ray), as Parquet shards of codes
+    or a .fdc tree; decode shards back to audio.
+
+    \b
+      flowdec corpus encode ./audio ./codes                 Parquet shards, local Ray or this process
+      flowdec corpus encode list.csv ./codes -b 6           a manifest (path[,id]) at 6 kbit/s
+      flowdec corpus encode 'data/**/*.flac' ./tree --to fdc
+      RAY_ADDRESS=auto flowdec corpus encode /shared/audio /shared/codes --gpus-per-worker 1
+      flowdec corpus decode ./codes ./decoded --format flac
+    """
+
+
+@corpus_group.command("encode")
+@click.argument("src", metavar="IN")
+@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(["parquet", "fdc"]), default="parquet", show_default=True,
+              help="parquet: shards OUT/part-NNNNN.parquet, one row per file; fdc: the tree OUT/<id>.fdc.")
+@click.option("-b", "--bitrate", type=float, default=None, help="Target kbit/s per channel (as compress).")
+@click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
+@click.option("-m", "--model", default=None, help="Model name, hf://OWNER/REPO[@REV], or path (as compress); "
+                                                  "every worker must be able to load it.")
+@click.option("--no-entropy", is_flag=True, help="--to fdc: bit-packed files (format 1.0).")
+@click.option("--glob", "pattern", default=None, help="Folder IN: only files whose relative path matches.")
+@click.option("--shard-files", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Files per shard (the unit of work, of resuming and of retrying).")
+@_engine_options
+@_one_line_errors
+def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebooks: int | None, model: str | None,
+                   no_entropy: bool, pattern: str | None, shard_files: int, engine: str, address: str | None,
+                   workers: int | None, cpus_per_worker: float, gpus_per_worker: float, device: str,
+                   threads: int | None, as_json: bool, quiet: bool) -> None:
+    """Code every audio file of IN (a folder, a quoted glob, or a CSV/JSONL manifest of paths with optional
+    ids) into OUT. A rerun skips what is done; bad files go to OUT/_failures.csv and the run goes on (exit 1)."""
+    from .corpus import encode_corpus
+
+    if bitrate is not None and n_codebooks is not None:
+        raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
+    eng = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker)
+    report = _Report(quiet, "coded")
+    try:
+        summary = encode_corpus(src, dst, to=to, model=model, n_codebooks=n_codebooks, bitrate_kbps=bitrate,
+                                entropy=not no_entropy, device=device, threads=threads, pattern=pattern,
+                                shard_size=shard_files, engine=eng, on_start=report.start, on_record=report.record)
+    finally:
+        report.close()
+    _finish(summary, dst, quiet, as_json, "coded")
+
+
+@corpus_group.command("decode")
+@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--format", "out_format", default="wav", show_default=True, help="Output type (wav, flac, ...).")
+@click.option("--nfe", type=click.IntRange(min=0), default=None,
+              help="Postfilter network passes (default: the model's; 0: the codec alone).")
+@click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for the postfilter's noise.")
+@click.option("--subtype", default=None, help="Output sample format, e.g. PCM_16 (default), PCM_24, FLOAT.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True)
+@click.option("-m", "--model", default=None, help="Decode with this model instead of the one named in the rows.")
+@_engine_options
+@_one_line_errors
+def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solver: str, seed: int | None,
+                   subtype: str | None, precision: str, model: str | None, engine: str, address: str | None,
+                   workers: int | None, cpus_per_worker: float, gpus_per_worker: float, device: str,
+                   threads: int | None, as_json: bool, quiet: bool) -> None:
+    """Decode Parquet shards (a folder of part-*.parquet, or one shard) into OUT/<id>.<format>, resuming."""
+    from .corpus import decode_corpus
+
+    if nfe is not None and nfe > 0 and solver == "midpoint" and nfe % 2:
+        raise click.UsageError(f"--nfe {nfe}: the midpoint solver takes 2 passes per step; use an even NFE "
+                               "or --solver euler")
+    eng = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker)
+    report = _Report(quiet, "decoded")
+    try:
+        summary = decode_corpus(src, dst, out_format=out_format, model=model, nfe=nfe, solver=solver, seed=seed,
+                                subtype=subtype, precision=precision, device=device, threads=threads, engine=eng,
+                                on_start=report.start, on_record=report.record)
+    finally:
+        report.close()
+    _finish(summary, dst, quiet, as_json, "decoded")
+

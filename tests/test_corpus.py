@@ -1,0 +1,248 @@
+"""flowdec corpus: inputs, shards, resume, failures, the .fdc tree, decoding; on Ray (slow) and in-process."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from flowdec_cli import corpus
+from flowdec_cli.cli import main
+from tests.conftest import tone
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _audio_folder(root: Path, bad: bool = True) -> Path:
+    """Three short files (mono 48 kHz, stereo 44.1 kHz in a subfolder, mono 16 kHz) and a corrupt one."""
+    src = root / "audio"
+    (src / "sub").mkdir(parents=True)
+    sf.write(src / "a.wav", tone(1.3, 48000, seed=1), 48000)
+    sf.write(src / "sub" / "b.flac", tone(1.0, 44100, channels=2, seed=2), 44100)
+    sf.write(src / "c.wav", 1.5 * tone(0.6, 16000, seed=3), 16000, subtype="FLOAT")  # peak > 1: a gain
+    if bad:
+        (src / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunk")
+    return src
+
+
+GOOD = ["a", "c", "sub/b"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The corpus, and what single-process `flowdec compress` makes of it (folder mode)."""
+    root = tmp_path_factory.mktemp("corpus")
+    src = _audio_folder(root)
+    r = CliRunner().invoke(main, ["compress", str(src), str(root / "ref"), "-q"], catch_exceptions=False)
+    assert r.exit_code == 1  # the corrupt file
+    return root, src, root / "ref"
+
+
+def _ref_codes(ref: Path, item_id: str):
+    from flowdec_cli.container import read_fdc
+    from flowdec_cli.pipeline import Codec
+
+    codec = Codec.load("flowdec-small", "cpu", with_postfilter=False)
+    path = ref / f"{item_id}.fdc"
+    return read_fdc(path, tables=lambda h: codec.tables_for(h, str(path)))
+
+
+def _check_rows_equal_compress(out: Path, ref: Path) -> None:
+    rows = {row.id: row for row in corpus.iter_rows(out)}
+    assert sorted(rows) == GOOD
+    for item_id, row in rows.items():
+        header, codes = _ref_codes(ref, item_id)
+        assert row.codes.dtype == np.int64 and row.codes.shape == codes.shape
+        np.testing.assert_array_equal(row.codes, codes)
+        for f in ("num_samples", "sample_rate", "channels", "gain", "num_frames", "n_codebooks", "model_hash",
+                  "model_name", "chunk_frames", "context_frames"):
+            assert getattr(row.header, f) == getattr(header, f), f
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+def test_inputs_folder_glob_manifests(tmp_path):
+    src = _audio_folder(tmp_path, bad=False)
+    (src / "notes.txt").write_text("not audio")
+    assert [i.id for i in corpus.list_inputs(src)] == GOOD
+    assert [i.id for i in corpus.list_inputs(src, pattern="*.wav")] == ["a", "c"]
+    assert [i.id for i in corpus.list_inputs(f"{src}/**/*.flac")] == ["sub/b"]
+    (tmp_path / "m.csv").write_text("path,id\naudio/a.wav,spk1/utt1\naudio/sub/b.flac,\n")
+    items = corpus.list_inputs(tmp_path / "m.csv")
+    assert [(i.id, Path(i.path).name) for i in items] == [("spk1/utt1", "a.wav"), ("sub/b", "b.flac")]
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": str(src / "c.wav")}) + "\n\n"
+                                      + json.dumps({"path": "audio/a.wav", "id": 7}) + "\n")
+    assert [i.id for i in corpus.list_inputs(tmp_path / "m.jsonl")] == ["7", "c"]
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ("path,id\naudio/a.wav,x\naudio/c.wav,x\n", "names two inputs"),
+    ("path,id\naudio/a.wav,../escape\n", "without '..'"),
+    ("path,id\naudio/a.wav,/abs\n", "without '..'"),
+    ("file\naudio/a.wav\n", "'path' column"),
+])
+def test_bad_manifests_refused(tmp_path, manifest, message):
+    _audio_folder(tmp_path, bad=False)
+    (tmp_path / "m.csv").write_text(manifest)
+    with pytest.raises(corpus.CorpusError, match=message):
+        corpus.list_inputs(tmp_path / "m.csv")
+
+
+# -- in this process (the fallback without Ray) --------------------------------------------------------
+
+def test_local_fdc_tree_is_byte_identical_to_compress(reference, tmp_path):
+    root, src, ref = reference
+    out = tmp_path / "tree"
+    r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "--shard-files", "2")
+    assert r.exit_code == 1 and "broken.wav" in r.output and "2 shards" in r.output
+    for item_id in GOOD:
+        assert filecmp.cmp(ref / f"{item_id}.fdc", out / f"{item_id}.fdc", shallow=False), item_id
+    assert [f["id"] for f in corpus.read_failures(out)] == ["broken"]
+    r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "--json")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["done_before"], summary["failed"]) == (0, 3, 1)
+
+
+def test_local_parquet_codes_resume_failures_and_decode(reference, tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")
+    root, src, ref = reference
+    out = tmp_path / "codes"
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)  # auto falls back to this process
+    r = run("corpus", "encode", src, out, "--shard-files", "3")
+    assert r.exit_code == 1, r.output
+    assert "engine local" in r.output and "3 coded, 0 done before, 1 failed of 4 files" in r.output
+    assert [p.name for p in corpus.shard_files(out)] == ["part-00000.parquet", "part-00001.parquet"]
+    _check_rows_equal_compress(out, ref)
+    fails = corpus.read_failures(out)
+    assert [f["id"] for f in fails] == ["broken"] and "broken.wav" in fails[0]["error"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+    # a rerun codes nothing but the failure, and a new file goes into a new shard
+    sf.write(src / "d.wav", tone(0.5, 48000, seed=4), 48000)
+    try:
+        summary = corpus.encode_corpus(src, out, engine=corpus.Engine("local"), shard_size=3)
+    finally:
+        (src / "d.wav").unlink()
+    assert (summary.done, summary.skipped, len(summary.failed), summary.shards) == (1, 3, 1, 1)
+    assert [p.name for p in corpus.shard_files(out)][-1] == "part-00002.parquet"
+    # another codebook count into the same folder is refused, not mixed in
+    r = run("corpus", "encode", src, out, "-n", "4", "--engine", "local")
+    assert r.exit_code == 1 and "coded earlier with n_codebooks=10" in r.output
+
+    # decoding the shards gives exactly what `flowdec decompress` gives for the .fdc files
+    dec, ref_dec = tmp_path / "decoded", tmp_path / "ref_decoded"
+    assert run("decompress", ref, ref_dec, "-q").exit_code == 0
+    r = run("corpus", "decode", out, dec, "--engine", "local")
+    assert r.exit_code == 0, r.output
+    for item_id in GOOD:
+        a, ra = sf.read(dec / f"{item_id}.wav")
+        b, rb = sf.read(ref_dec / f"{item_id}.wav")
+        assert ra == rb
+        np.testing.assert_array_equal(a, b)
+    assert (dec / "d.wav").exists()
+    r = run("corpus", "decode", out, dec, "--engine", "local", "--json")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["done_before"] == 4
+
+
+def test_iter_rows_refuses_a_lying_row(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    src = _audio_folder(tmp_path, bad=False)
+    out = tmp_path / "codes"
+    corpus.encode_corpus(src, out, engine=corpus.Engine("local"))
+    shard = corpus.shard_files(out)[0]
+    table = pq.read_table(shard)
+    i = table.schema.get_field_index("num_samples")
+    table = table.set_column(i, "num_samples", pa.array([10**9] * table.num_rows, pa.int64()))
+    pq.write_table(table, shard)
+    with pytest.raises(corpus.CorpusError, match="cannot come from|samples"):
+        list(corpus.iter_rows(out))
+
+
+# -- on Ray ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_run(reference, tmp_path_factory):
+    """One run on a private local Ray (2 CPUs, 2 workers, 2 files a shard) in which the first worker to
+    finish a file is SIGKILLed: the engine has to restart it and redo its shard."""
+    pytest.importorskip("ray")
+    pytest.importorskip("pyarrow")
+    root, src, ref = reference
+    out = tmp_path_factory.mktemp("ray") / "codes"
+    marker = out.parent / "killed"
+    old = os.environ.get(corpus._KILL_ONCE_ENV)
+    os.environ[corpus._KILL_ONCE_ENV] = str(marker)
+    records = []
+    try:
+        summary = corpus.encode_corpus(
+            src, out, shard_size=2, on_record=records.append,
+            engine=corpus.Engine("ray", workers=2, cpus_per_worker=1,
+                                 ray_init={"num_cpus": 2, "object_store_memory": 200 << 20}))
+    finally:
+        if old is None:
+            os.environ.pop(corpus._KILL_ONCE_ENV, None)
+        else:
+            os.environ[corpus._KILL_ONCE_ENV] = old
+    return summary, records, out, ref, marker
+
+
+@pytest.mark.slow
+def test_ray_codes_equal_single_process_compress(ray_run):
+    summary, records, out, ref, _ = ray_run
+    assert summary.engine == "ray" and summary.done == 3
+    _check_rows_equal_compress(out, ref)
+
+
+@pytest.mark.slow
+def test_ray_killed_worker_still_ends_with_every_file_done(ray_run):
+    summary, records, out, ref, marker = ray_run
+    killed = int(marker.read_text())
+    assert killed not in {r["pid"] for r in records}  # the dead worker reported nothing; a restarted one did
+    assert sorted(r["id"] for r in records if r["status"] == "ok") == GOOD
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # its temporary shard was swept
+
+
+@pytest.mark.slow
+def test_ray_corrupt_file_in_failures_table(ray_run):
+    summary, records, out, ref, _ = ray_run
+    assert [f["id"] for f in summary.failed] == ["broken"]
+    fails = corpus.read_failures(out)
+    assert [f["id"] for f in fails] == ["broken"] and "not a readable audio file" in fails[0]["error"]
+
+
+@pytest.mark.slow
+def test_ray_shards_load_with_pyarrow_and_datasets(ray_run):
+    import pyarrow.parquet as pq
+
+    summary, records, out, ref, _ = ray_run
+    table = pq.read_table(out)  # the folder, as a dataset: _corpus.json and _failures.csv are ignored
+    assert sorted(table.column("id").to_pylist()) == GOOD
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset("parquet", data_files=str(out / "part-*.parquet"), split="train",
+                               cache_dir=str(out.parent / "hf-cache"))
+    rows = {r["id"]: r for r in ds}
+    header, codes = _ref_codes(ref, "sub/b")
+    np.testing.assert_array_equal(np.array(rows["sub/b"]["codes"]), codes)
+    assert rows["sub/b"]["channels"] == 2 and rows["sub/b"]["sample_rate"] == 44100
+
+
+@pytest.mark.slow
+def test_ray_worker_that_cannot_start_is_one_line(tmp_path):
+    """A worker whose model differs from the driver's (another machine's cache) stops the run with one line."""
+    pytest.importorskip("ray")
+    settings = {"to": "fdc", "model": "flowdec-small", "model_hash": "0123456789abcdef", "n_codebooks": 10,
+                "threads": 1}
+    task = {"out": str(tmp_path / "out"), "items": [["x", str(tmp_path / "x.wav")]]}
+    with pytest.raises(corpus.CorpusError, match=r"^a Ray worker failed: .*weights .* on this worker but "
+                                                 r"0123456789abcdef where the run started"):
+        corpus._run_ray(corpus.EncodeWorker, settings, [task], corpus.Engine("ray", workers=1,
+                        ray_init={"num_cpus": 1, "object_store_memory": 100 << 20}), lambda rec: None)
