@@ -55,28 +55,27 @@ class Model:
         return self
 
 
+def _build_ndac(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> NDAC:
+    try:
+        model = NDAC(NDACConfig.from_kwargs(config))
+        model.load_official_state_dict(state, source=str(source))
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{source}: {exc}") from None
+    return model
+
+
 def ndac_from_folder(folder: Path) -> NDAC:
     """An NDAC (not yet folded) from a component folder."""
     config, state = load_model_folder(folder)
     if config.get("type") != "ndac":
         raise ModelError(f"{folder}: config type is {config.get('type')!r}, expected 'ndac'")
-    try:
-        model = NDAC(NDACConfig.from_kwargs(config))
-        model.load_official_state_dict(state, source=str(folder))
-    except (ValueError, TypeError) as exc:
-        raise ModelError(f"{folder}: {exc}") from None
-    return model
+    return _build_ndac(config, state, folder)
 
 
 def ndac_from_official(path: Path) -> NDAC:
     """An NDAC (not yet folded) from a released ``weights.pth``."""
     state, kwargs = load_dac_weights(path)
-    try:
-        model = NDAC(NDACConfig.from_kwargs(kwargs))
-        model.load_official_state_dict(state, source=str(path))
-    except (ValueError, TypeError) as exc:
-        raise ModelError(f"{path}: {exc}") from None
-    return model
+    return _build_ndac(kwargs, state, path)
 
 
 def _ndac_at(path: Path, device: Device) -> NDAC:
