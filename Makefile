@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test test-fast demo bench clean
+.PHONY: install install-test install-lint lint test test-fast demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,18 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+$(VENV)/.installed-lint: $(VENV)/.installed-test
+	$(PY) -m pip install -q "ruff>=0.15" "mypy>=1.10"
+	touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+## ruff and mypy (rules and settings in pyproject.toml), with torch installed so mypy sees its types.
+lint: $(VENV)/.installed-lint
+	$(PY) -m ruff check src
+	$(PY) -m mypy
 
 ## Everything, including the full-size network and long-file tests (about 2-3 min on 2 cores); what CI runs.
 test: install-test

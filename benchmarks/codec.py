@@ -44,7 +44,7 @@ def main() -> None:
     from flowdec_cli.demo import demo_clip
     from flowdec_cli.evaluation.codec_eval import opus_available, opus_roundtrip
     from flowdec_cli.pipeline import Codec
-    from flowdec_cli.registry import default_model_name
+    from flowdec_cli.models.catalogue import default_model_name
 
     torch.set_num_threads(args.threads)
     name = args.model or default_model_name()

@@ -112,7 +112,7 @@ def main() -> None:
 
     from flowdec_cli.container import decode_fdc, encode_fdc
     from flowdec_cli.pipeline import Codec
-    from flowdec_cli.registry import default_model_name
+    from flowdec_cli.models.catalogue import default_model_name
 
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model or default_model_name(), "cpu", with_postfilter=False)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import flowdec_cli
 from flowdec_cli.cli import main
-from flowdec_cli.registry import default_model_name
+from flowdec_cli.models.catalogue import default_model_name
 
 from .conftest import tone
 

@@ -315,7 +315,7 @@ def test_decoding_an_entropy_coded_file_with_a_model_without_its_tables(tiny_wit
 
 def test_builtin_model_ships_tables_for_its_weights():
     from flowdec_cli.pipeline import Codec
-    from flowdec_cli.registry import default_model_name
+    from flowdec_cli.models.catalogue import default_model_name
 
     codec = Codec.load(default_model_name(), "cpu", with_postfilter=False)
     tables = codec.entropy_tables

@@ -107,7 +107,7 @@ def test_output_appearing_during_the_run_is_kept(tmp_path, tiny_codec_dir, monke
 
     wav = tmp_path / "in.wav"
     sf.write(wav, tone(0.5, 48000), 48000)
-    real = Codec._code_file
+    real = Codec.code_file
 
     def code_then_race(self, src, *args, **kwargs):
         result = real(self, src, *args, **kwargs)
@@ -115,7 +115,7 @@ def test_output_appearing_during_the_run_is_kept(tmp_path, tiny_codec_dir, monke
             out.write_bytes(b"theirs")
         return result
 
-    monkeypatch.setattr(Codec, "_code_file", code_then_race)
+    monkeypatch.setattr(Codec, "code_file", code_then_race)
     r = run("compress", wav, tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q")
     assert r.exit_code == 1 and "a.fdc: appeared while this run was writing it" in one_line(r)
     assert (tmp_path / "a.fdc").read_bytes() == b"theirs"

@@ -202,7 +202,7 @@ def test_disk_array_reads_back_what_was_written():
 
 def test_end_to_end_reproduces_official_pipeline(reference_dir, tmp_path):
     """pipeline_small: NDAC-75 (small) codes, D0 and the FlowDec postfilter (EMA) with the same noise draw."""
-    from flowdec_cli.models import _ndac_from_official, save_ndac
+    from flowdec_cli.models import ndac_from_official as _ndac_from_official, save_ndac
     from flowdec_cli.postfilter import Postfilter
 
     io = np.load(reference_dir / "pipeline_small" / "io.npz")

@@ -15,21 +15,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from flowdec_cli import registry
+from flowdec_cli.models import cards, catalogue, release, resolve
 from flowdec_cli.models import ModelError, load_model, load_ndac, load_postfilter
-from flowdec_cli.models_cli import models_group
+from flowdec_cli.models.cli import models_group
 
 from .conftest import REFERENCE
 
-_RELEASED_KEYS = registry._released_postfilter_keys
+_RELEASED_KEYS = release._released_postfilter_keys
 
 def _fixture_files(ref: Path) -> dict[str, Path]:
     ckpt = ref / "flowdec_small" / "step=800000.ckpt"
     return {
-        registry.MEMBER_NDAC_75: ref / "ndac75_small" / "weights.pth",
-        registry.MEMBER_NDAC_25: ref / "ndac25_small" / "weights.pth",
-        registry.MEMBER_FLOWDEC_75M: ckpt,
-        registry.MEMBER_FLOWDEC_25S: ckpt,
+        catalogue.MEMBER_NDAC_75: ref / "ndac75_small" / "weights.pth",
+        catalogue.MEMBER_NDAC_25: ref / "ndac25_small" / "weights.pth",
+        catalogue.MEMBER_FLOWDEC_75M: ckpt,
+        catalogue.MEMBER_FLOWDEC_25S: ckpt,
     }
 
 
@@ -57,7 +57,7 @@ def _fixture_keys(ref: Path) -> dict:
 @pytest.fixture(autouse=True)
 def _fixture_architecture(monkeypatch):
     if REFERENCE is not None:
-        monkeypatch.setattr(registry, "_released_postfilter_keys", lambda: _fixture_keys(REFERENCE))
+        monkeypatch.setattr(release, "_released_postfilter_keys", lambda: _fixture_keys(REFERENCE))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def converted(release_zip, tmp_path_factory, reference_dir) -> Path:
     home = tmp_path_factory.mktemp("fetched")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLOWDEC_HOME", str(tmp_path_factory.getbasetemp() / "unused_home"))
-        mp.setattr(registry, "_released_postfilter_keys", lambda: _fixture_keys(reference_dir))
+        mp.setattr(release, "_released_postfilter_keys", lambda: _fixture_keys(reference_dir))
         res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
                                                 "--no-hash-check",
                                                 "--cache-dir", str(home), "-q"])
@@ -103,7 +103,7 @@ def test_fetch_official_converts_the_four_models(home, reference_dir):
         ["flowdec-25s", "flowdec-75m", "ndac-25", "ndac-75"]
     assert not [p for p in mdir.iterdir() if p.name.startswith(".")], "temporary build folders left behind"
     x = _audio(0.1)
-    for name, member in [("ndac-75", registry.MEMBER_NDAC_75), ("ndac-25", registry.MEMBER_NDAC_25)]:
+    for name, member in [("ndac-75", catalogue.MEMBER_NDAC_75), ("ndac-25", catalogue.MEMBER_NDAC_25)]:
         card = json.loads((mdir / name / "flowdec.json").read_text())
         assert card["name"] == name and card["licence"] == "CC-BY-NC-4.0" and "non-commercial" in card["licence_note"]
         assert card["converted_from"]["ndac"]["member"] == member
@@ -112,8 +112,8 @@ def test_fetch_official_converts_the_four_models(home, reference_dir):
         ours, orig = load_ndac(name), load_ndac(files[member])
         assert torch.equal(ours.encode(x), orig.encode(x))  # same codes as the released file
         assert card["weights"]["ndac"] == ndac_state_hash(ours) == ndac_state_hash(orig)
-    released_pf = load_postfilter(files[registry.MEMBER_FLOWDEC_75M]).state_dict()  # both are the same fixture
-    for name, member in [("flowdec-75m", registry.MEMBER_FLOWDEC_75M), ("flowdec-25s", registry.MEMBER_FLOWDEC_25S)]:
+    released_pf = load_postfilter(files[catalogue.MEMBER_FLOWDEC_75M]).state_dict()  # both are the same fixture
+    for name, member in [("flowdec-75m", catalogue.MEMBER_FLOWDEC_75M), ("flowdec-25s", catalogue.MEMBER_FLOWDEC_25S)]:
         card = json.loads((mdir / name / "flowdec.json").read_text())
         assert card["converted_from"]["postfilter"]["member"] == member
         assert card["converted_from"]["postfilter"]["weights"] == "EMA"
@@ -130,13 +130,13 @@ def test_fetch_official_converts_the_four_models(home, reference_dir):
 
 def test_fetch_official_skips_when_present_unless_forced(home, release_zip):
     before = (home / "models" / "ndac-75" / "flowdec.json").stat().st_mtime_ns
-    registry.fetch_official(release_zip, expected_size=None, expected_sha256=None, progress=False)
+    release.fetch_official(release_zip, expected_size=None, expected_sha256=None, progress=False)
     assert (home / "models" / "ndac-75" / "flowdec.json").stat().st_mtime_ns == before
 
 
 def test_size_check_failure(release_zip, tmp_path):
     with pytest.raises(ModelError, match=r"bytes, but the FlowDec release checkpoints.zip has 1205002207"):
-        registry.fetch_official(release_zip, cache_dir=tmp_path, progress=False)
+        release.fetch_official(release_zip, cache_dir=tmp_path, progress=False)
     assert not (tmp_path / "models").exists()
     res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--cache-dir",
                                             str(tmp_path), "-q"])
@@ -145,12 +145,12 @@ def test_size_check_failure(release_zip, tmp_path):
 
 
 def test_missing_members_are_named(reference_dir, tmp_path):
-    z = _make_zip(tmp_path / "partial.zip", reference_dir, skip=(registry.MEMBER_NDAC_25, registry.MEMBER_FLOWDEC_25S))
+    z = _make_zip(tmp_path / "partial.zip", reference_dir, skip=(catalogue.MEMBER_NDAC_25, catalogue.MEMBER_FLOWDEC_25S))
     with pytest.raises(ModelError) as err:
-        registry.fetch_official(z, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
+        release.fetch_official(z, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
     msg = str(err.value)
-    assert registry.MEMBER_NDAC_25 in msg and registry.MEMBER_FLOWDEC_25S in msg
-    assert registry.MEMBER_NDAC_75 not in msg
+    assert catalogue.MEMBER_NDAC_25 in msg and catalogue.MEMBER_FLOWDEC_25S in msg
+    assert catalogue.MEMBER_NDAC_75 not in msg
     assert not [p for p in (tmp_path / "c" / "models").iterdir()]  # nothing half-built left
 
 
@@ -158,19 +158,19 @@ def test_not_a_zip(tmp_path):
     bad = tmp_path / "checkpoints.zip"
     bad.write_bytes(b"not a zip at all")
     with pytest.raises(ModelError, match="not a readable zip"):
-        registry.fetch_official(bad, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
+        release.fetch_official(bad, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
 
 
 def test_corrupt_member_is_a_clear_error(release_zip, tmp_path):
     data = bytearray(release_zip.read_bytes())
     with zipfile.ZipFile(release_zip) as zf:
-        info = zf.getinfo(registry.MEMBER_NDAC_75)
+        info = zf.getinfo(catalogue.MEMBER_NDAC_75)
     start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
     data[start + info.compress_size // 2] ^= 0xFF
     bad = tmp_path / "checkpoints.zip"
     bad.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="corrupt archive .*download it again"):
-        registry.fetch_official(bad, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
+        release.fetch_official(bad, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
     assert not list((tmp_path / "c" / "models").iterdir())
 
 
@@ -180,13 +180,13 @@ def test_path_traversal_members_are_never_extracted(reference_dir, tmp_path, mon
     monkeypatch.chdir(work)
     evil = {"../../evil.txt": b"x", "checkpoints/../../../evil2.txt": b"x", "/tmp/flowdec-evil-abs.txt": b"x",
             # a look-alike of a wanted member outside checkpoints/ must not stand in for it
-            "../" + registry.MEMBER_NDAC_25: b"x"}
-    z = _make_zip(tmp_path / "evil.zip", reference_dir, skip=(registry.MEMBER_NDAC_25,), extra=evil)
-    with pytest.raises(ModelError, match="missing " + registry.MEMBER_NDAC_25):
-        registry.fetch_official(z, expected_size=None, expected_sha256=None, cache_dir=work / "cache", progress=False)
+            "../" + catalogue.MEMBER_NDAC_25: b"x"}
+    z = _make_zip(tmp_path / "evil.zip", reference_dir, skip=(catalogue.MEMBER_NDAC_25,), extra=evil)
+    with pytest.raises(ModelError, match="missing " + catalogue.MEMBER_NDAC_25):
+        release.fetch_official(z, expected_size=None, expected_sha256=None, cache_dir=work / "cache", progress=False)
     z2 = _make_zip(tmp_path / "evil2.zip", reference_dir, extra=evil)
     cache = work / "cache2"
-    done = registry.fetch_official(z2, expected_size=None, expected_sha256=None, cache_dir=cache, progress=False)
+    done = release.fetch_official(z2, expected_size=None, expected_sha256=None, cache_dir=cache, progress=False)
     assert set(done) == {"flowdec-75m", "flowdec-25s", "ndac-75", "ndac-25"}
     written = {p.name for p in tmp_path.rglob("*")}
     assert not written & {"evil.txt", "evil2.txt", "flowdec-evil-abs.txt"}
@@ -233,14 +233,14 @@ def test_download_resumes_a_partial_file(local_server, tmp_path):
     url = f"http://127.0.0.1:{local_server.server_port}/checkpoints.zip"
     dest = tmp_path / "checkpoints.zip"
     (tmp_path / "checkpoints.zip.part").write_bytes(data[:123_456])
-    registry.download(url, dest, expected_size=len(data), progress=False)
+    release.download(url, dest, expected_size=len(data), progress=False)
     assert dest.read_bytes() == data and not (tmp_path / "checkpoints.zip.part").exists()
     assert _RangeHandler.ranges == ["bytes=123456-"]
     # a finished download is not fetched again; a wrong size is an error
-    registry.download(url, dest, expected_size=len(data), progress=False)
+    release.download(url, dest, expected_size=len(data), progress=False)
     assert len(_RangeHandler.ranges) == 1
     with pytest.raises(ModelError, match="expected 5"):
-        registry.download(url, tmp_path / "other.zip", expected_size=5, progress=False)
+        release.download(url, tmp_path / "other.zip", expected_size=5, progress=False)
 
 
 def test_fetch_official_from_url(local_server, release_zip, tmp_path):
@@ -249,7 +249,7 @@ def test_fetch_official_from_url(local_server, release_zip, tmp_path):
     part = tmp_path / "downloads" / "checkpoints.zip.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(_RangeHandler.data[:1000])
-    done = registry.fetch_official(url, expected_size=len(_RangeHandler.data),
+    done = release.fetch_official(url, expected_size=len(_RangeHandler.data),
                                    expected_sha256=None, cache_dir=tmp_path, progress=False)
     assert _RangeHandler.ranges == ["bytes=1000-"]
     assert (done["ndac-75"] / "flowdec.json").is_file()
@@ -259,7 +259,7 @@ def test_fetch_official_from_url(local_server, release_zip, tmp_path):
 
 def test_unreachable_url_is_one_clear_error(tmp_path):
     with pytest.raises(ModelError, match="cannot download .*--from PATH"):
-        registry.fetch_official("http://127.0.0.1:9/checkpoints.zip", cache_dir=tmp_path, progress=False)
+        release.fetch_official("http://127.0.0.1:9/checkpoints.zip", cache_dir=tmp_path, progress=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_unreachable_url_is_one_clear_error(tmp_path):
 
 def test_unknown_and_unfetched_names(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
-    monkeypatch.setattr(registry, "embedded_root", lambda: tmp_path / "no-embedded-models")
+    monkeypatch.setattr(catalogue, "embedded_root", lambda: tmp_path / "no-embedded-models")
     with pytest.raises(ModelError, match=r"unknown model 'nope'; known: flowdec-75m, flowdec-25s, ndac-75, "
                                          r"ndac-25; or give a path"):
         load_ndac("nope")
@@ -279,8 +279,8 @@ def test_unknown_and_unfetched_names(tmp_path, monkeypatch):
 
 
 def test_release_spellings_resolve(home):
-    assert registry.resolve("flowdec_75m") == home / "models" / "flowdec-75m"
-    assert registry.resolve("NDAC-25") == home / "models" / "ndac-25"
+    assert resolve.resolve("flowdec_75m") == home / "models" / "flowdec-75m"
+    assert resolve.resolve("NDAC-25") == home / "models" / "ndac-25"
 
 
 def test_models_list(home):
@@ -306,7 +306,7 @@ def test_models_list(home):
 
 def test_models_list_when_nothing_is_local(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
-    monkeypatch.setattr(registry, "embedded_root", lambda: tmp_path / "no-embedded-models")
+    monkeypatch.setattr(catalogue, "embedded_root", lambda: tmp_path / "no-embedded-models")
     res = CliRunner().invoke(models_group, ["list"])
     assert res.exit_code == 0
     assert all(line.endswith("not local") for line in res.stdout.splitlines()[1:])
@@ -314,23 +314,23 @@ def test_models_list_when_nothing_is_local(tmp_path, monkeypatch):
 
 
 def test_embedded_models_and_default(home, tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "embedded_root", lambda: tmp_path / "no-embedded-models")
+    monkeypatch.setattr(catalogue, "embedded_root", lambda: tmp_path / "no-embedded-models")
     with pytest.raises(ModelError, match="no default model is bundled"):
-        registry.default_model_name()
+        catalogue.default_model_name()
     assets = tmp_path / "assets" / "models"
     shutil.copytree(home / "models" / "ndac-75", assets / "ours-75")
     card = json.loads((assets / "ours-75" / "flowdec.json").read_text())
     (assets / "ours-75" / "flowdec.json").write_text(json.dumps({"name": "ours-75", "licence": "MIT",
                                                                  "description": "ours"}))
-    monkeypatch.setattr(registry, "embedded_root", lambda: assets)
+    monkeypatch.setattr(catalogue, "embedded_root", lambda: assets)
     (assets / "DEFAULT").write_text("missing\n")
     with pytest.raises(ModelError, match="'missing' is missing from the package"):
-        registry.default_model_name()
+        catalogue.default_model_name()
     (assets / "DEFAULT").write_text("ours-75\n")
-    assert registry.default_model_name() == "ours-75"
-    assert registry.resolve("ours-75") == assets / "ours-75"
+    assert catalogue.default_model_name() == "ours-75"
+    assert resolve.resolve("ours-75") == assets / "ours-75"
     assert load_model("ours-75").ndac_hash == card["weights"]["ndac"]
-    by = {m["name"]: m for m in registry.list_models()}
+    by = {m["name"]: m for m in catalogue.list_models()}
     assert by["ours-75"]["available"] == "embedded" and by["ours-75"]["default"]
     assert by["ours-75"]["frame_rate"] == 75.0 and by["ours-75"]["bitrates_kbps"][-1] == 7.5
     assert by["ours-75"]["licence"] == "MIT"
@@ -352,7 +352,7 @@ def _hub_snapshot(cache: Path, repo: str, folder: Path, commit: str = "a" * 40) 
 
 def test_export_round_trip_and_hub_offline(home, tmp_path, monkeypatch):
     dest = tmp_path / "export"
-    registry.export_model("flowdec-75m", dest, repo_id="owner/flowdec-test")
+    cards.export_model("flowdec-75m", dest, repo_id="owner/flowdec-test")
     assert sorted(p.name for p in dest.iterdir()) == ["README.md", "flowdec.json", "ndac", "postfilter"]
     card = json.loads((dest / "flowdec.json").read_text())
     assert card["name"] == "hf://owner/flowdec-test" and card["exported_from"] == "flowdec-75m"
@@ -380,10 +380,10 @@ def test_export_round_trip_and_hub_offline(home, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    registry.export_model("flowdec-75m", tmp_path / "export75", repo_id="owner/flowdec-test")
+    cards.export_model("flowdec-75m", tmp_path / "export75", repo_id="owner/flowdec-test")
     snap = _hub_snapshot(cache, "owner/flowdec-test", tmp_path / "export75")
-    assert registry.resolve("hf://owner/flowdec-test") == snap
-    assert registry.resolve("hf://owner/flowdec-test@" + "a" * 40) == snap
+    assert resolve.resolve("hf://owner/flowdec-test") == snap
+    assert resolve.resolve("hf://owner/flowdec-test@" + "a" * 40) == snap
     model = load_model("hf://owner/flowdec-test")
     assert model.name == "hf://owner/flowdec-test" and model.postfilter is not None
     assert model.ndac_hash == original.ndac_hash
@@ -400,7 +400,7 @@ def test_hub_unknown_model_offline(tmp_path, monkeypatch):
     assert msg.startswith("hf://owner/not-there: not in the local Hugging Face cache") and "HF_HUB_OFFLINE" in msg
     assert "\n" not in msg
     with pytest.raises(ModelError, match="not a hub reference"):
-        registry.resolve("hf://just-one-part")
+        resolve.resolve("hf://just-one-part")
 
 
 def test_hub_repo_without_a_model(tmp_path, monkeypatch):
@@ -411,7 +411,7 @@ def test_hub_repo_without_a_model(tmp_path, monkeypatch):
     (junk / "README.md").write_text("hello")
     _hub_snapshot(tmp_path / "hub", "owner/junk", junk)
     with pytest.raises(ModelError, match="holds no flowdec model"):
-        registry.resolve("hf://owner/junk")
+        resolve.resolve("hf://owner/junk")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_hub_repo_without_a_model(tmp_path, monkeypatch):
 
 def test_a_small_random_postfilter_is_not_installed_as_flowdec_75m(release_zip, tmp_path, monkeypatch):
     """--no-size-check let a 3 MB nf-8 checkpoint become flowdec-75m; the released key shapes refuse it."""
-    monkeypatch.setattr(registry, "_released_postfilter_keys", _RELEASED_KEYS)  # the real listing
+    monkeypatch.setattr(release, "_released_postfilter_keys", _RELEASED_KEYS)  # the real listing
     res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
                                             "--no-hash-check", "--cache-dir", str(tmp_path), "-q"])
     assert res.exit_code == 1, res.output
@@ -438,7 +438,7 @@ def test_released_key_listing_is_the_reference(reference_dir):
 
 def test_archive_sha256_is_checked_by_default(release_zip, tmp_path):
     with pytest.raises(ModelError, match=r"sha256 [0-9a-f]{64}, expected 4f8c72ae.*--no-hash-check"):
-        registry.fetch_official(release_zip, expected_size=None, cache_dir=tmp_path, progress=False)
+        release.fetch_official(release_zip, expected_size=None, cache_dir=tmp_path, progress=False)
     assert not (tmp_path / "models" / "flowdec-75m").exists()
     res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
                                             "--cache-dir", str(tmp_path), "-q"])
@@ -447,7 +447,7 @@ def test_archive_sha256_is_checked_by_default(release_zip, tmp_path):
 
 def test_install_never_replaces_a_model_that_appeared_meanwhile(release_zip, tmp_path, monkeypatch):
     """A model folder that appears while converting (another fetch) stays; the run says so on one line."""
-    real = registry._convert_official
+    real = release._convert_official
 
     def convert_then_race(*args, **kwargs):
         folders = real(*args, **kwargs)
@@ -456,7 +456,7 @@ def test_install_never_replaces_a_model_that_appeared_meanwhile(release_zip, tmp
         (other / "marker").write_text("theirs")
         return folders
 
-    monkeypatch.setattr(registry, "_convert_official", convert_then_race)
+    monkeypatch.setattr(release, "_convert_official", convert_then_race)
     res = CliRunner().invoke(models_group, ["fetch-official", "--from", str(release_zip), "--no-size-check",
                                             "--no-hash-check", "--cache-dir", str(tmp_path), "-q"])
     assert res.exit_code == 1 and "appeared while this run was writing it" in res.output, res.output

@@ -188,7 +188,7 @@ def test_default_model_setting_and_environment(wav, tmp_path, tiny_codec_dir, mo
 def test_installed_release_is_suggested_as_default(tiny_codec_dir, wav, tmp_path):
     import shutil
 
-    from flowdec_cli import registry
+    from flowdec_cli.models import catalogue as registry
 
     line = registry.builtin_notice("flowdec-small")
     assert "fetch-official" in line
@@ -205,7 +205,7 @@ def test_installed_release_is_suggested_as_default(tiny_codec_dir, wav, tmp_path
 
 
 def test_exported_card_licence(tmp_path):
-    from flowdec_cli.registry import model_card_markdown
+    from flowdec_cli.models.cards import model_card_markdown
 
     assert "license: mit" in model_card_markdown({"licence": "MIT (weights); training data: see docs/corpus.md"})
     assert "license: cc-by-nc-4.0" in model_card_markdown({"licence": "CC-BY-NC-4.0"})

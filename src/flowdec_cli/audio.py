@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .exceptions import FlowdecError
 from .fileio import no_space_left, publish, temporary_sibling
 
 __all__ = [
@@ -36,7 +37,7 @@ MAX_CHANNELS = 1024  # libsndfile's limit (SF_MAX_CHANNELS); beyond it it says o
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
 
 
-class AudioError(Exception):
+class AudioError(FlowdecError):
     """An audio file that cannot be read or written; the message names the file and the problem."""
 
 
@@ -149,6 +150,11 @@ class Resampler:
     def expected_length(self) -> int:
         return int(round(self.n_in * self.out_rate / self.in_rate))
 
+    def count_delivered(self, n: int) -> None:
+        """Record that ``n`` output samples were delivered in all (the caller trimmed the rest), so that
+        :meth:`finish` pads up to its length from there."""
+        self.n_out = int(n)
+
     def finish(self, length: int | None = None) -> np.ndarray:
         """Flush; returns the remaining samples so that the total equals ``length`` (default: exact ratio)."""
         tail = self.process(np.zeros((0, self.channels), np.float32), last=True) if self._stream is not None \
@@ -241,6 +247,11 @@ class AtomicAudioWriter:
                 raise
             raise AudioError(f"{self.path}: cannot write ({_describe(exc)})") from None
 
+    @property
+    def subtype(self) -> str:
+        """The sample format being written (``PCM_16``, ``FLOAT``, ...)."""
+        return str(self._file.subtype)
+
     def _failed(self, exc: Exception, wanted: int = 0) -> AudioError:
         if isinstance(exc, OSError) and exc.errno is not None:
             reason = exc.strerror or str(exc)
@@ -269,7 +280,7 @@ class AtomicAudioWriter:
         finally:
             self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "AtomicAudioWriter":
+    def __enter__(self) -> AtomicAudioWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .exceptions import FlowdecError
 from .fileio import atomic_write_bytes
 
 __all__ = [
@@ -43,7 +44,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(Exception):
+class CheckpointError(FlowdecError):
     """A weights file that cannot be used; the message names the file and the problem."""
 
 
@@ -98,7 +99,7 @@ del _builtin
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+    def find_class(self, module: str, name: str) -> Any:
         found = _ALLOWED_GLOBALS.get((module, name))
         if found is not None:
             return found

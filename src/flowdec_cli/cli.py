@@ -10,80 +10,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
-from .errors import Failure, termination_signals
+from .errors import EXIT_FAILURE, Failure, FlowdecGroup, one_line_message
+from .exceptions import FlowdecError
+from .options import check_nfe_option, check_rate_request_option
 from .streams import is_stdio
 
-# Exit codes: click uses 2 for usage errors; failures are 1.
-EXIT_FAILURE = 1
+if TYPE_CHECKING:
+    from .container import FdcHeader
+    from .pipeline import Codec, DecompressResult
 
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from .audio import AudioError
-    from .checkpoints import CheckpointError
-    from .container import FdcError
-    from .entropy import EntropyError
-    from .fileio import OutputExistsError
-    from .models import ModelError
-    from .pipeline import CodecError
-    from .streams import StreamError
-
-    return (AudioError, CheckpointError, FdcError, ModelError, CodecError, OutputExistsError, StreamError,
-            EntropyError)
-
-
-class _Group(click.Group):
-    """Turns our own errors into one line and anything unexpected into one line plus a --debug hint; usage
-    errors too are one line with the ``flowdec:`` prefix, like every message."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `flowdec` alone: the help, as click shows it
-                exc.show()
-                sys.exit(exc.exit_code)
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            click.echo(f"flowdec: error: {exc.format_message()}{hint}", err=True)
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("flowdec: aborted", err=True)
-            sys.exit(EXIT_FAILURE)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            with termination_signals():
-                return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except BrokenPipeError:  # `flowdec models | head -1`: the reader has what it wanted
-            from .streams import exit_on_broken_pipe
-
-            exit_on_broken_pipe()
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (errors.Terminated): temp files are gone
-            name = getattr(exc, "name", "")
-            click.echo(f"flowdec: {'terminated by ' + name if name else 'interrupted'}", err=True)
-            sys.exit(getattr(exc, "exit_code", 130))
-        except Exception as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            if isinstance(exc, _known_errors()):
-                raise Failure(str(exc)) from None
-            raise Failure(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)") from None
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=FlowdecGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="flowdec")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
@@ -147,11 +88,9 @@ def _decode_options(f: Callable) -> Callable:
     return f
 
 
-def _setup(cache_dir: Path | None, threads: int | None) -> None:
+def _setup(threads: int | None) -> None:
     from .runtime import set_threads
 
-    if cache_dir is not None:
-        os.environ["FLOWDEC_HOME"] = str(cache_dir)
     try:
         set_threads(threads)
     except ValueError as exc:
@@ -169,9 +108,9 @@ class _Bars:
 
     def __call__(self, desc: str, total: int, unit: str) -> Any:
         if self.quiet:
-            from .pipeline import _NoBar
+            from .pipeline import no_progress
 
-            return _NoBar()
+            return no_progress(desc, total, unit)
         from tqdm import tqdm
 
         def make(initial: int = 0) -> Any:
@@ -311,7 +250,7 @@ def _stdio(job: _Job, out_suffix: str) -> Iterator[_Job]:
                 dst = stack.enter_context(stdout_file(out_suffix))
                 temps.append(str(dst))
             yield _Job(src, dst)
-    except _known_errors() as exc:
+    except FlowdecError as exc:
         text = str(exc)
         for t in temps:
             text = text.replace(t, "-")
@@ -367,10 +306,7 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
             failed.append(str(exc))
             tqdm.write(f"flowdec: error: {failed[-1]}", file=sys.stderr)
         except Exception as exc:
-            known = isinstance(exc, (_known_errors() + (click.ClickException,)))
-            text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-            if not known:
-                text = f"{job.src}: unexpected {type(exc).__name__}: {text}"
+            text = one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}"
             failed.append(text)
             tqdm.write(f"flowdec: error: {text}", file=sys.stderr)
     if not quiet or failed:
@@ -393,30 +329,33 @@ def _is_fdc(path: Path) -> bool:
     return path.suffix.lower() == ".fdc"
 
 
-def _load_codec(model: str | None, device: str, with_postfilter: bool, precision: str = "auto") -> Any:
+def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int | None = 0,
+                precision: str = "auto") -> Codec:
+    """The codec for a command (the default model when none is named), set up for the passes it runs."""
     from .pipeline import Codec
-    from .registry import default_model_name
     from .runtime import resolve_device
 
     try:
         dev = resolve_device(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    return Codec.load(model or default_model_name(), dev, with_postfilter=with_postfilter, precision=precision)
+    codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir)
+    codec.tune_process()  # the CLI owns its process: glibc keeps large CPU buffers mapped (see the method)
+    return codec
 
 
-def _model_notice(codec: Any, model: str | None, quiet: bool) -> None:
+def _model_notice(codec: Codec, model: str | None, quiet: bool, cache_dir: Path | None) -> None:
     """One line when the small built-in model is used without being asked for: what it is for."""
-    from .registry import builtin_notice
+    from .models.catalogue import builtin_notice
 
     if quiet or model:
         return
-    line = builtin_notice(codec.model.name)
+    line = builtin_notice(codec.model.name, cache_dir)
     if line:
         click.echo(f"flowdec: {line}", err=True)
 
 
-def _bitrate_choice(codec: Any, bitrate: float | None, n_codebooks: int | None) -> int:
+def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None) -> int:
     from .pipeline import CodecError
 
     try:
@@ -482,18 +421,17 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
 
     IN - reads audio from standard input, OUT - writes the .fdc to standard output.
     """
-    if bitrate is not None and n_codebooks is not None:
-        raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
+    check_rate_request_option(bitrate, n_codebooks)
     _check_json(as_json, dst)
     plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
-    _setup(cache_dir, threads)
-    codec = _load_codec(model, device, with_postfilter=False)
+    _setup(threads)
+    codec = _load_codec(model, device, cache_dir, nfe=0)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet)
     if not quiet:
         click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {k} codebooks = "
                    f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel", err=True)
-        _model_notice(codec, model, quiet)
+        _model_notice(codec, model, quiet, cache_dir)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
         t0 = time.perf_counter()
@@ -519,54 +457,36 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
 @_model_options
 @_overwrite_options
 def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, subtype: str | None,
-               precision: str, model: str | None, out_format: str, device: str, cache_dir: Path | None, threads: int | None,
+               precision: str, model: str | None, out_format: str, device: str, cache_dir: Path | None,
+               threads: int | None,
                force: bool, skip_existing: bool, pattern: str | None, quiet: bool, as_json: bool) -> None:
     """Decode .fdc files with D0, then refine them with the flow postfilter (--nfe 0: D0 only).
 
     IN - reads the .fdc from standard input, OUT - writes audio (--format, WAV by default) to standard output.
     """
     if nfe is not None:
-        _check_nfe(nfe, solver)
+        check_nfe_option(nfe, solver)
     _check_json(as_json, dst)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_fdc, suffix, force, pattern)
-    _setup(cache_dir, threads)
+    _setup(threads)
+    from .pipeline import Decompressor
 
-    codecs: dict[str, Any] = {}
-    bars = _Bars(quiet)
-
-    def codec_for(name: str, source: Path) -> Any:
-        from .models import ModelError
-
-        key = model or name
-        if key not in codecs:
-            try:
-                codecs[key] = _load_codec(key, device, with_postfilter=nfe != 0, precision=precision)
-            except ModelError as exc:
-                if model:
-                    raise
-                raise Failure(f"{source}: coded with model '{name}', which cannot be loaded here ({exc}); "
-                              "pass --model NAME_OR_PATH") from None
-            bars.device = codecs[key].device
-        return codecs[key]
-
-    from .container import read_fdc
+    try:
+        decoder = Decompressor(model, device, nfe=nfe, precision=precision, cache_dir=cache_dir, tune_process=True)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    bars = _Bars(quiet, decoder.device)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
-        header, codes = read_fdc(
-            job.src, tables=lambda h: codec_for(h.model_name, job.src).tables_for(h, str(job.src)))
-        nbytes = job.src.stat().st_size
-        codec = codec_for(header.model_name, job.src)
-        for w in codec.check_header(header, str(job.src)):
-            click.echo(f"flowdec: warning: {w}", err=True)
-        passes = _model_nfe(codec, nfe, solver)
-        res = codec._decode_file(header, codes, job.dst, passes, solver, seed, subtype, bars, overwrite=force)
-        return _decoded(res, header, nbytes, res.seconds, "decompress", codec.model.name)
+        res = decoder.decompress_file(job.src, job.dst, solver, seed, subtype, bars, overwrite=force,
+                                      warn=lambda w: click.echo(f"flowdec: warning: {w}", err=True))
+        return _decoded(res, res.header, res.file_bytes, res.seconds, "decompress", res.model)
 
     _execute(plan, one, force, skip_existing, quiet, as_json, suffix)
 
 
-def _decoded(res: Any, header: Any, nbytes: int, seconds: float, command: str,
+def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: float, command: str,
              model: str) -> tuple[dict[str, Any], str]:
     """The record and the text line of a decoded file."""
     record = {"command": command, **_rates(header, nbytes, seconds), "nfe": res.nfe, "model": model,
@@ -600,22 +520,21 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
 
     IN - reads audio from standard input, OUT - writes audio (--format, WAV by default) to standard output.
     """
-    if bitrate is not None and n_codebooks is not None:
-        raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
+    check_rate_request_option(bitrate, n_codebooks)
     if nfe is not None:
-        _check_nfe(nfe, solver)
+        check_nfe_option(nfe, solver)
     _check_json(as_json, dst)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_audio, suffix, force, pattern)
-    _setup(cache_dir, threads)
-    codec = _load_codec(model, device, with_postfilter=nfe != 0, precision=precision)
+    _setup(threads)
+    codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision)
     nfe = _model_nfe(codec, nfe, solver)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
     if not quiet:
         click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {k} codebooks = "
                    f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel, NFE {nfe}", err=True)
-        _model_notice(codec, model, quiet)
+        _model_notice(codec, model, quiet, cache_dir)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
         t0 = time.perf_counter()
@@ -627,18 +546,14 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     _execute(plan, one, force, skip_existing, quiet, as_json, suffix)
 
 
-def _model_nfe(codec: Any, nfe: int | None, solver: str) -> int:
-    """The NFE asked for, or the model's default (its card's ``default_nfe``; 6; 0 without a postfilter)."""
-    if nfe is None:
-        nfe = codec.resolve_nfe(None)
-        _check_nfe(nfe, solver)
-    return nfe
+def _model_nfe(codec: Codec, nfe: int | None, solver: str) -> int:
+    """The NFE asked for, or the model's default, checked against the solver (the pipeline's rule)."""
+    from .pipeline import CodecError
 
-
-def _check_nfe(nfe: int, solver: str) -> None:
-    if nfe > 0 and solver == "midpoint" and nfe % 2:
-        raise click.UsageError(f"--nfe {nfe}: the midpoint solver takes 2 passes per step; use an even NFE "
-                               "or --solver euler")
+    try:
+        return codec.resolve_nfe(nfe, solver)
+    except CodecError as exc:
+        raise click.UsageError(f"--nfe {codec.resolve_nfe(nfe)}: {exc}") from None
 
 
 @main.command()
@@ -681,7 +596,7 @@ def _attach_optional_commands() -> None:
     """Commands that live beside their own API (evaluation, models, training)."""
     from .corpus_cli import corpus_group
     from .evaluation.cli import eval_command, plot_command
-    from .models_cli import models_group
+    from .models.cli import models_group
     from .training.cli import train_group
 
     main.add_command(eval_command, "eval")

@@ -22,10 +22,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .entropy import CODING_BITPACK, KNOWN_CODINGS, EntropyError, max_codes_for_payload
-from .fileio import atomic_write_bytes
-
 from . import __version__
+from .bitrate import bits_for_codebook_size, nominal_bitrate
+from .entropy import CODING_BITPACK, KNOWN_CODINGS, EntropyError, max_codes_for_payload
+from .exceptions import FlowdecError
+from .fileio import atomic_write_bytes
 
 __all__ = [
     "FDC_MAGIC",
@@ -67,7 +68,7 @@ _BITRATE_RTOL = 1e-9
 _BLOCK = 1 << 18
 
 
-class FdcError(Exception):
+class FdcError(FlowdecError):
     """A .fdc file (or the data given to write one) is not valid; the message names the file and the problem."""
 
 
@@ -169,7 +170,7 @@ class FdcHeader:
         """All fields and derived values under readable names (for ``flowdec info --json``)."""
         d = {name: getattr(self, name) for name, _k, _t, _lo, _hi in _FIELDS}
         d["gain"] = self.gain
-        d["format_version"] = "%d.%d" % tuple(self.format_version)
+        d["format_version"] = "{}.{}".format(*self.format_version)
         d["coding"] = self.coding
         d["entropy_tables"] = self.entropy_tables
         d["payload_bytes"] = self.payload_size
@@ -267,18 +268,6 @@ def frames_for_samples(num_samples: int, sample_rate: int, model_sample_rate: in
     return -(-low // hop), -(-high // hop)
 
 
-def bits_for_codebook_size(codebook_size: int) -> int:
-    """ceil(log2(codebook_size)): 1024 -> 10, 1000 -> 10, 1025 -> 11, 2 -> 1."""
-    if codebook_size < 2:
-        raise ValueError(f"codebook size must be at least 2, got {codebook_size}")
-    return (int(codebook_size) - 1).bit_length()
-
-
-def nominal_bitrate(sample_rate: float, hop: int, n_codebooks: int, codebook_size: int) -> float:
-    """Nominal bitrate of one channel in bit/s: frames per second x codebooks x bits per code."""
-    return sample_rate / hop * n_codebooks * bits_for_codebook_size(codebook_size)
-
-
 def actual_bitrate(file_size_bytes: int, duration_s: float, channels: int = 1) -> float:
     """Bitrate per channel in bit/s that a file of this size achieves (0.0 for a zero duration)."""
     if duration_s <= 0 or channels <= 0:
@@ -331,7 +320,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> bytes:
     return b"".join(out)
 
 
-def unpack_codes(data: bytes, bits: int, shape: tuple[int, int, int]) -> np.ndarray:
+def unpack_codes(data: bytes | memoryview, bits: int, shape: tuple[int, int, int]) -> np.ndarray:
     """Inverse of :func:`pack_codes`: int64 codes of ``shape`` [C, K, T].
 
     ``data`` must be exactly ceil(C*K*T*bits/8) bytes with zero padding bits, else :class:`FdcError`.
@@ -410,7 +399,7 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
         if lo < 0 or hi >= plain.codebook_size:
             raise FdcError(f"{source_name}: code {lo if lo < 0 else hi} is outside the codebook "
                            f"(valid: 0 to {plain.codebook_size - 1})")
-    candidates = [(plain, BITPACK_VERSION, None)]
+    candidates: list[tuple[FdcHeader, tuple[int, int], bytes | None]] = [(plain, BITPACK_VERSION, None)]
     if tables is not None and arr.size:
         from .entropy import encode_codes
 

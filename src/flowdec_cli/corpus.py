@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from .exceptions import FlowdecError
+
 __all__ = ["CorpusError", "Item", "CodeRow", "RunSummary", "list_inputs", "encode_corpus", "decode_corpus",
            "iter_rows", "shard_files", "ray_available", "SHARD_COLUMNS"]
 
@@ -57,7 +59,7 @@ SHARD_COLUMNS = ("id", "path", "duration_s", "sample_rate", "channels", "num_sam
 _KILL_ONCE_ENV = "FLOWDEC_CORPUS_KILL_ONCE"  # fault injection for the tests: see EncodeWorker._maybe_die
 
 
-class CorpusError(Exception):
+class CorpusError(FlowdecError):
     """A corpus request that cannot be carried out; the message names the file and the problem."""
 
 
@@ -120,7 +122,8 @@ def _default_id(path: Path, base: Path) -> str:
     return rel.with_suffix("").as_posix()
 
 
-def list_inputs(source: str | os.PathLike, pattern: str | None = None, exclude: str | os.PathLike | None = None) -> list[Item]:
+def list_inputs(source: str | os.PathLike, pattern: str | None = None,
+                exclude: str | os.PathLike | None = None) -> list[Item]:
     """The items of a folder (its audio files, recursively; ``pattern`` filters relative paths), a glob
     (``'data/**/*.flac'``; every file it matches), a manifest (``.csv`` with a ``path`` column, or ``.jsonl``
     of ``{"path": ..., "id": ...}``; relative paths are relative to the manifest; ids optional) or one
@@ -315,25 +318,12 @@ def _record(item: Item, status: str, duration: float = 0.0, error: str = "", out
             "error": error, "output": output, "seconds": float(seconds), "pid": os.getpid()}
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from .audio import AudioError
-    from .container import FdcError
-    from .entropy import EntropyError
-    from .fileio import OutputExistsError
-    from .models import ModelError
-    from .pipeline import CodecError
-
-    return (AudioError, FdcError, EntropyError, OutputExistsError, ModelError, CodecError, CorpusError)
-
-
 def _error_text(exc: BaseException, item: Item) -> str:
-    text = str(exc)
-    if isinstance(exc, OSError) and not isinstance(exc, _known_errors()):
-        from .errors import describe_os_error
+    """The failures table's line: the CLI's one-line wording (:func:`flowdec_cli.errors.one_line_message`),
+    naming the input."""
+    from .errors import one_line_message
 
-        text = describe_os_error(exc)
-    elif not isinstance(exc, _known_errors()):
-        text = f"unexpected {type(exc).__name__}: {text}"
+    text = one_line_message(exc) or f"unexpected {type(exc).__name__}: {exc}"
     return text if item.path in text else f"{item.path}: {text}"
 
 
@@ -352,8 +342,6 @@ class _Worker:
         self.settings = settings
         if settings.get("threads"):
             set_threads(int(settings["threads"]))
-        if settings.get("home"):
-            os.environ.setdefault("FLOWDEC_HOME", settings["home"])
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         records: list[dict[str, Any]] = []
@@ -370,7 +358,8 @@ class EncodeWorker(_Worker):
         super().__init__(settings)
         from .pipeline import Codec
 
-        self.codec = Codec.load(settings["model"], settings.get("device") or "auto", with_postfilter=False)
+        self.codec = Codec.load(settings["model"], settings.get("device") or "auto", with_postfilter=False,
+                                cache_dir=settings.get("cache_dir"))
         if settings.get("model_hash") and self.codec.model.ndac_hash != settings["model_hash"]:
             raise CorpusError(f"model '{settings['model']}' has weights {self.codec.model.ndac_hash} on this "
                               f"worker but {settings['model_hash']} where the run started; every machine "
@@ -441,7 +430,7 @@ class EncodeWorker(_Worker):
             for n, item in enumerate(items):
                 t0 = time.perf_counter()
                 try:
-                    header, codes = self.codec._code_file(Path(item.path), self.k, None, _no_bar)
+                    header, codes = self.codec.code_file(item.path, self.k)
                     pending.append((item, header, codes))
                     pending_codes += codes.size
                     records.append(_record(item, "ok", header.num_samples / header.sample_rate, output=str(shard),
@@ -470,12 +459,6 @@ class EncodeWorker(_Worker):
         return records
 
 
-def _no_bar(desc: str, total: int, unit: str) -> Any:
-    from .pipeline import _NoBar
-
-    return _NoBar()
-
-
 class DecodeWorker(_Worker):
     """Decodes shards to audio files ``OUT/<id>.<format>``; models are loaded once per process, by name."""
 
@@ -488,9 +471,12 @@ class DecodeWorker(_Worker):
 
         key = self.settings.get("model") or name
         if key not in self.codecs:
-            self.codecs[key] = Codec.load(key, self.settings.get("device") or "auto",
-                                          with_postfilter=self.settings.get("nfe") != 0,
-                                          precision=self.settings.get("precision", "auto"))
+            codec = Codec.load(key, self.settings.get("device") or "auto", with_postfilter=None,
+                               nfe=self.settings.get("nfe"), precision=self.settings.get("precision", "auto"),
+                               cache_dir=self.settings.get("cache_dir"))
+            if self.settings.get("tune_process"):
+                codec.tune_process()
+            self.codecs[key] = codec
         return self.codecs[key]
 
     def run(self, task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -513,9 +499,9 @@ class DecodeWorker(_Worker):
                 codec.check_header(row.header, f"{task['shard']}: row '{row.id}'")
                 nfe = codec.resolve_nfe(self.settings.get("nfe"))
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                codec._decode_file(row.header, row.codes, dst, nfe, self.settings.get("solver", "midpoint"),
-                                   self.settings.get("seed"), self.settings.get("subtype"), _no_bar,
-                                   overwrite=False)
+                codec.decompress_codes_to_file(row.header, row.codes, dst, nfe,
+                                               self.settings.get("solver", "midpoint"), self.settings.get("seed"),
+                                               self.settings.get("subtype"), overwrite=False)
                 records.append(_record(item, "ok", row.duration, output=str(dst), seconds=time.perf_counter() - t0))
             except OutputExistsError:
                 records.append(_record(item, "skipped", output=str(dst)))
@@ -529,7 +515,7 @@ class DecodeWorker(_Worker):
 
 def ray_available() -> bool:
     try:
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError:
         return False
@@ -587,7 +573,7 @@ def _run_ray(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, A
             # priority `flowdec compress` would have (on a machine shared with other work, niceness 15 made
             # them 7x slower: docs/scaling.md). RAY_worker_niceness set by the user wins.
             if "RAY_worker_niceness" not in os.environ:
-                niceness = os.environ["RAY_worker_niceness"] = "0"
+                niceness = os.environ["RAY_worker_niceness"] = "0"  # noqa: SIM112 (Ray's own name)
         kwargs.update(engine.ray_init)
         try:
             ray.init(address=address, **kwargs)
@@ -748,7 +734,7 @@ def plan_encode(items: list[Item], out: Path, to: str, shard_size: int) -> tuple
 
 def _need_pyarrow() -> None:
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow
         import pyarrow.parquet  # noqa: F401
     except ImportError:
         raise CorpusError("Parquet needs pyarrow: pip install 'flowdec-cli[ray]' (or pyarrow)") from None
@@ -758,14 +744,15 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
                   model: str | None = None, n_codebooks: int | None = None, bitrate_kbps: float | None = None,
                   entropy: bool = True, device: str = "auto", threads: int | None = None,
                   pattern: str | None = None, shard_size: int = 100, engine: Engine | None = None,
+                  cache_dir: str | os.PathLike | None = None,
                   on_start: Callable[[dict[str, Any]], None] | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
     """Code every input into ``out`` (Parquet shards, or a .fdc tree with ``to="fdc"``); resumes what an
     earlier run left. ``on_start`` gets the plan (items, to do, model, codebooks, engine) before the work,
     ``on_record`` each file's status record as it is done. Failures do not stop the run: they are in the
     summary and ``out/_failures.csv``."""
+    from .models.catalogue import default_model_name
     from .pipeline import Codec
-    from .registry import default_model_name
 
     if to not in ("parquet", "fdc"):
         raise CorpusError(f"unknown output type '{to}' (parquet, fdc)")
@@ -778,8 +765,9 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     if out.exists() and not out.is_dir():
         raise CorpusError(f"{out}: is a file; the output is a folder")
     items = list(source) if not isinstance(source, (str, os.PathLike)) else list_inputs(source, pattern, out)
-    ref = model or default_model_name()
-    probe = Codec.load(ref, "cpu", with_postfilter=False)  # the codebook choice and the weights, checked once
+    ref = model or default_model_name(cache_dir)
+    # the codebook choice and the weights, checked once
+    probe = Codec.load(ref, "cpu", with_postfilter=False, cache_dir=cache_dir)
     k = probe.choose_codebooks(bitrate_kbps, n_codebooks)
     if to == "parquet" and probe.ndac.codebook_size > 1 << 15:
         raise CorpusError(f"model '{probe.model.name}' has {probe.ndac.codebook_size}-entry codebooks; Parquet "
@@ -787,7 +775,7 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     settings = {"to": to, "model": str(ref), "model_name": probe.model.name, "model_hash": probe.model.ndac_hash,
                 "n_codebooks": k, "entropy": entropy, "device": device,
                 "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
-                "home": os.environ.get("FLOWDEC_HOME")}
+                "cache_dir": str(cache_dir) if cache_dir is not None else None}
     _check_settings(out, settings)
     tasks, already = plan_encode(items, out, to, shard_size)
     summary = RunSummary(total=len(items), skipped=already, shards=len(tasks), engine=engine.resolved())
@@ -816,10 +804,12 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
                   model: str | None = None, nfe: int | None = None, solver: str = "midpoint", seed: int | None = None,
                   subtype: str | None = None, precision: str = "auto", device: str = "auto",
                   threads: int | None = None, engine: Engine | None = None,
+                  cache_dir: str | os.PathLike | None = None, tune_process: bool = False,
                   on_start: Callable[[dict[str, Any]], None] | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
     """Decode every row of Parquet shards into ``out/<id>.<out_format>``; outputs that exist are skipped
-    (resume); failures are in the summary and ``out/_failures.csv``."""
+    (resume); failures are in the summary and ``out/_failures.csv``. ``tune_process``: let each worker tune
+    its process for the postfilter on a CPU (:meth:`flowdec_cli.pipeline.Codec.tune_process`)."""
     from .audio import AudioError, check_output_format
 
     _need_pyarrow()
@@ -846,10 +836,11 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
         if todo:
             tasks.append({"shard": str(f.resolve()), "out": str(out.resolve()), "suffix": suffix,
                           "ids": todo if len(todo) < len(ids) else None})
-    settings = {"model": model, "nfe": nfe, "solver": solver, "seed": seed, "subtype": subtype,
+    settings = {"model": model, "nfe": nfe, "tune_process": tune_process, "solver": solver, "seed": seed,
+                "subtype": subtype,
                 "precision": precision, "device": device,
                 "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
-                "home": os.environ.get("FLOWDEC_HOME")}
+                "cache_dir": str(cache_dir) if cache_dir is not None else None}
     summary = RunSummary(total=total, skipped=already, shards=len(tasks), engine=engine.resolved())
     if on_start:
         on_start({"items": total, "todo": total - already, "done_before": already, "shards": len(tasks),

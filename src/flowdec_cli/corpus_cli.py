@@ -14,31 +14,17 @@ from typing import Any
 
 import click
 
-from .errors import one_line_errors
+from .options import check_nfe_option, check_rate_request_option
 
 __all__ = ["corpus_group"]
-
-
-def _corpus_errors() -> tuple[type[BaseException], ...]:
-    from .audio import AudioError
-    from .container import FdcError
-    from .corpus import CorpusError
-    from .entropy import EntropyError
-    from .fileio import OutputExistsError
-    from .models import ModelError
-    from .pipeline import CodecError
-
-    return (CorpusError, AudioError, FdcError, EntropyError, ModelError, CodecError, OutputExistsError)
-
-
-_one_line_errors = one_line_errors(_corpus_errors)
 
 
 def _engine_options(f: Callable) -> Callable:
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary (failures are still shown).")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout.")(f)
     f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="torch CPU threads per worker (default: --cpus-per-worker with Ray, torch's choice locally).")(f)
+                     help="torch CPU threads per worker (default: --cpus-per-worker with Ray, torch's choice "
+                          "locally).")(f)
     f = click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when the worker has one), cpu, or cuda[:N].")(f)
     f = click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -48,6 +34,9 @@ def _engine_options(f: Callable) -> Callable:
     f = click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Ray workers (actors; each loads the model once). Default: as many as the cluster's "
                           "CPUs (or GPUs, with --gpus-per-worker) allow.")(f)
+    f = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Where models are cached on every worker (default: $FLOWDEC_HOME or "
+                          "~/.cache/flowdec).")(f)
     f = click.option("--address", default=None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this run).")(f)
     f = click.option("--engine", type=click.Choice(["auto", "ray", "local"]), default="auto", show_default=True,
@@ -162,22 +151,21 @@ def corpus_group() -> None:
 @click.option("--shard-files", type=click.IntRange(min=1), default=100, show_default=True,
               help="Files per shard (the unit of work, of resuming and of retrying).")
 @_engine_options
-@_one_line_errors
 def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebooks: int | None, model: str | None,
                    no_entropy: bool, pattern: str | None, shard_files: int, engine: str, address: str | None,
-                   workers: int | None, cpus_per_worker: float, gpus_per_worker: float, device: str,
-                   threads: int | None, as_json: bool, quiet: bool) -> None:
+                   workers: int | None, cache_dir: Path | None, cpus_per_worker: float, gpus_per_worker: float,
+                   device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
     """Code every audio file of IN (a folder, a quoted glob, or a CSV/JSONL manifest of paths with optional
     ids) into OUT. A rerun skips what is done; bad files go to OUT/_failures.csv and the run goes on (exit 1)."""
     from .corpus import encode_corpus
 
-    if bitrate is not None and n_codebooks is not None:
-        raise click.UsageError("give either -b/--bitrate or --n-codebooks, not both")
+    check_rate_request_option(bitrate, n_codebooks)
     eng = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker)
     report = _Report(quiet, "coded")
     try:
         summary = encode_corpus(src, dst, to=to, model=model, n_codebooks=n_codebooks, bitrate_kbps=bitrate,
                                 entropy=not no_entropy, device=device, threads=threads, pattern=pattern,
+                                cache_dir=cache_dir,
                                 shard_size=shard_files, engine=eng, on_start=report.start, on_record=report.record)
     finally:
         report.close()
@@ -197,22 +185,21 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
               show_default=True)
 @click.option("-m", "--model", default=None, help="Decode with this model instead of the one named in the rows.")
 @_engine_options
-@_one_line_errors
 def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solver: str, seed: int | None,
                    subtype: str | None, precision: str, model: str | None, engine: str, address: str | None,
-                   workers: int | None, cpus_per_worker: float, gpus_per_worker: float, device: str,
-                   threads: int | None, as_json: bool, quiet: bool) -> None:
+                   workers: int | None, cache_dir: Path | None, cpus_per_worker: float, gpus_per_worker: float,
+                   device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
     """Decode Parquet shards (a folder of part-*.parquet, or one shard) into OUT/<id>.<format>, resuming."""
     from .corpus import decode_corpus
 
-    if nfe is not None and nfe > 0 and solver == "midpoint" and nfe % 2:
-        raise click.UsageError(f"--nfe {nfe}: the midpoint solver takes 2 passes per step; use an even NFE "
-                               "or --solver euler")
+    if nfe is not None:
+        check_nfe_option(nfe, solver)
     eng = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker)
     report = _Report(quiet, "decoded")
     try:
         summary = decode_corpus(src, dst, out_format=out_format, model=model, nfe=nfe, solver=solver, seed=seed,
                                 subtype=subtype, precision=precision, device=device, threads=threads, engine=eng,
+                                cache_dir=cache_dir, tune_process=True,
                                 on_start=report.start, on_record=report.record)
     finally:
         report.close()

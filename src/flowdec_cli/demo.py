@@ -23,7 +23,8 @@ def demo_clip(seconds: float = 5.0, sr: int = 48000) -> np.ndarray:
     f0 = 120 * (1 + 0.08 * np.sin(2 * np.pi * 0.7 * t)) * (1 + 0.03 * np.sin(2 * np.pi * 5.5 * t))
     phase = 2 * np.pi * np.cumsum(f0) / sr
     envelope = 0.5 * (1 + np.sign(np.sin(2 * np.pi * 1.6 * t))) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.3 * t) ** 2)
-    voice = envelope * sum((0.25 / k) * np.sin(k * phase) * np.exp(-((k * 120 - 700) / 1800) ** 2) for k in range(1, 40))
+    voice = envelope * sum((0.25 / k) * np.sin(k * phase) * np.exp(-((k * 120 - 700) / 1800) ** 2)
+                           for k in range(1, 40))
     notes = 440 * 2 ** (np.array([0, 3, 7, 12, 7, 3, 0, -5]) / 12)
     melody_f = notes[(t * 1.6).astype(int) % len(notes)]
     melody = 0.08 * np.sin(2 * np.pi * np.cumsum(melody_f) / sr) * (1 - (t * 1.6) % 1) ** 2
@@ -46,8 +47,8 @@ def run_demo(out_dir: Path, seconds: float = 5.0, kbps: float = 6.0, device: str
 
     from .evaluation.codec_eval import opus_available, opus_roundtrip
     from .evaluation.metrics import mel_distance
+    from .models.catalogue import builtin_notice, default_model_name
     from .pipeline import Codec
-    from .registry import builtin_notice, default_model_name
 
     out_dir.mkdir(parents=True, exist_ok=True)
     clip = demo_clip(seconds)

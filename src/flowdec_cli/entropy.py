@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .exceptions import FlowdecError
+
 __all__ = [
     "CODING_BITPACK",
     "CODING_CTX1",
@@ -59,7 +61,7 @@ TABLES_FILE = "entropy.safetensors"
 CONTEXT_KINDS = ("prev", "up")
 
 
-class EntropyError(Exception):
+class EntropyError(FlowdecError):
     """Tables that are invalid, or a payload that cannot be decoded with them."""
 
 
@@ -210,7 +212,7 @@ def save_tables(tables: EntropyTables, path: str | os.PathLike) -> Path:
     """Write the tables as ``entropy.safetensors`` (or ``path`` itself when it ends in .safetensors)."""
     from safetensors.numpy import save_file
 
-    from .fileio import temporary_sibling, publish
+    from .fileio import publish, temporary_sibling
 
     tables.validate()
     path = Path(path)
@@ -238,7 +240,7 @@ def load_tables(path: str | os.PathLike) -> EntropyTables:
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = dict(f.metadata() or {})
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safetensors handles have keys(), not __iter__
     except Exception as exc:  # safetensors raises its own error types
         raise EntropyError(f"{path}: unreadable entropy tables ({exc})") from None
     if meta.get("coding") != CODING_CTX1:
@@ -328,7 +330,7 @@ def encode_codes(codes: np.ndarray, tables: EntropyTables) -> bytes:
     return np.asarray(words, dtype="<u4").tobytes()
 
 
-def decode_codes(payload: bytes, shape: Sequence[int], tables: EntropyTables) -> np.ndarray:
+def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: EntropyTables) -> np.ndarray:
     """Inverse of :func:`encode_codes`: int64 codes of ``shape`` [C, K, T]. :class:`EntropyError` when the
     payload is not a valid stream for these tables (it never reads past the payload, and the work is
     bounded by the code count, itself bounded by :func:`max_codes_for_payload`)."""

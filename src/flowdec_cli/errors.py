@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import signal
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-__all__ = ["Failure", "Terminated", "one_line_errors", "describe_os_error", "termination_signals"]
+__all__ = ["EXIT_FAILURE", "Failure", "FlowdecGroup", "Terminated", "describe_os_error", "one_line_message",
+           "termination_signals"]
+
+EXIT_FAILURE = 1  # click uses 2 for usage errors
 
 
 class Failure(click.ClickException):
@@ -28,26 +31,77 @@ def describe_os_error(exc: OSError) -> str:
     return f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}"
 
 
-def one_line_errors(errors: Callable[[], tuple[type[BaseException], ...]],
-                    clean: Callable[[str], str] = str) -> Callable[[Callable], Callable]:
-    """Decorate a command so the package's own errors (``errors()``, imported lazily so ``--help`` stays
-    fast) and OS errors become a :class:`Failure`; ``clean`` shortens a message first."""
+def _last_line(message: str) -> str:
+    """An error re-raised from a DataLoader worker carries the worker's traceback: keep its last line,
+    without the exception's module and class name."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "Error" in head else last
 
-    def decorate(f: Callable) -> Callable:
-        @functools.wraps(f)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return f(*args, **kwargs)
-            except errors() as exc:
-                raise Failure(clean(str(exc))) from None
-            except BrokenPipeError:
-                raise  # a closed pipe is no error: the main command ends quietly
-            except OSError as exc:
-                raise Failure(describe_os_error(exc)) from None
 
-        return wrapper
+def one_line_message(exc: BaseException) -> str | None:
+    """The one line that reports ``exc``: the package's own errors (:class:`FlowdecError`) and OS errors
+    (disk full, permissions) by their message; None for anything unexpected (a bug: the caller says so)."""
+    from .exceptions import FlowdecError
 
-    return decorate
+    if isinstance(exc, FlowdecError):
+        return _last_line(str(exc))
+    if isinstance(exc, click.ClickException):
+        return exc.format_message()
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        return describe_os_error(exc)
+    return None
+
+
+class FlowdecGroup(click.Group):
+    """Every ``flowdec`` command group: our own errors become one line (:func:`one_line_message`), anything
+    unexpected one line plus a --debug hint; usage errors too are one line with the ``flowdec:`` prefix."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `flowdec` alone: the help, as click shows it
+                exc.show()
+                sys.exit(exc.exit_code)
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"flowdec: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("flowdec: aborted", err=True)
+            sys.exit(EXIT_FAILURE)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            with termination_signals():
+                return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BrokenPipeError:  # `flowdec models | head -1`: the reader has what it wanted
+            from .streams import exit_on_broken_pipe
+
+            exit_on_broken_pipe()
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Terminated): temp files are gone
+            name = getattr(exc, "name", "")
+            click.echo(f"flowdec: {'terminated by ' + name if name else 'interrupted'}", err=True)
+            sys.exit(getattr(exc, "exit_code", 130))
+        except Exception as exc:
+            root = ctx.find_root()
+            if isinstance(root.obj, dict) and root.obj.get("debug"):
+                raise
+            message = one_line_message(exc)
+            if message is not None:
+                raise Failure(message) from None
+            raise Failure(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)") from None
 
 
 class Terminated(KeyboardInterrupt):

@@ -24,11 +24,13 @@ import socket
 import tempfile
 from pathlib import Path
 
+from .exceptions import FlowdecError
+
 __all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temporary_folder", "publish",
            "publish_folder", "remove_stale_temporaries", "no_space_left", "owner_alive"]
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(FlowdecError, FileExistsError):
     """A no-clobber publish found the output already there (another process made it meanwhile)."""
 
     def __init__(self, path: str | os.PathLike) -> None:

@@ -23,7 +23,7 @@ FlowDec's unchanged; this is only a different function ``v(x_t, Y, t)``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -112,15 +112,15 @@ class FramewiseBackbone(nn.Module):
     fused = False
     downsampling_factor = 1
 
-    def use_channels_last(self, enabled: bool = True) -> "FramewiseBackbone":
+    def use_channels_last(self, enabled: bool = True) -> FramewiseBackbone:
         """No 2-D activations here: nothing to convert (kept for the common backbone interface)."""
         return self
 
-    def set_fused(self, enabled: bool = True) -> "FramewiseBackbone":
+    def set_fused(self, enabled: bool = True) -> FramewiseBackbone:
         """Nothing to fuse (kept for the common backbone interface)."""
         return self
 
-    def set_compute_dtype(self, dtype: torch.dtype) -> "FramewiseBackbone":
+    def set_compute_dtype(self, dtype: torch.dtype) -> FramewiseBackbone:
         """Run the body in ``dtype``; the time embedding and the velocity formula stay float32."""
         self.embed.to(dtype)
         self.blocks.to(dtype)

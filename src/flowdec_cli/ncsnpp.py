@@ -19,7 +19,7 @@ The default arguments build the released size (nf 64, ch_mult [4,4,4,2], one res
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -322,7 +322,7 @@ class NCSNpp(nn.Module):
         assert not skip_channels
         self.all_modules = nn.ModuleList(modules)
 
-    def use_channels_last(self, enabled: bool = True) -> "NCSNpp":
+    def use_channels_last(self, enabled: bool = True) -> NCSNpp:
         """Store conv weights (and feed activations) as NHWC, which oneDNN and cuDNN run faster."""
         self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
         self.channels_last = enabled
@@ -332,7 +332,7 @@ class NCSNpp(nn.Module):
     def downsampling_factor(self) -> int:
         return 2 ** (self.num_resolutions - 1)
 
-    def set_fused(self, enabled: bool = True) -> "NCSNpp":
+    def set_fused(self, enabled: bool = True) -> NCSNpp:
         """Use the residual blocks' fused tails (fewer memory passes, rounding-level differences)."""
         for module in self.all_modules:
             if isinstance(module, ResnetBlockBigGANpp):
@@ -340,7 +340,7 @@ class NCSNpp(nn.Module):
         self.fused = enabled
         return self
 
-    def set_compute_dtype(self, dtype: torch.dtype) -> "NCSNpp":
+    def set_compute_dtype(self, dtype: torch.dtype) -> NCSNpp:
         """Run the U-Net body in ``dtype`` (weights cast in place). The time embedding stays in its own
         dtype: t * W reaches a few hundred radians, which bfloat16 cannot resolve."""
         for i, module in enumerate(self.all_modules):

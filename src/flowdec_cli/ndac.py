@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bitrate import nominal_bitrate
+
 __all__ = ["NDACConfig", "NDAC"]
 
 
@@ -100,7 +102,7 @@ class NDACConfig:
         return n
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> "NDACConfig":
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> NDACConfig:
         """Build from a DAC kwargs dict, ignoring keys DAC's constructor does not take (as ``DAC.load`` does)."""
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in kwargs.items() if k in names})
@@ -392,8 +394,16 @@ class NDAC(nn.Module):
                                                 config.codebook_size, config.codebook_dim, config.quantizer_dropout)
         self.decoder = Decoder(int(config.latent_dim), config.decoder_dim, config.decoder_rates)  # type: ignore[arg-type]
         self._folded = False
+        #: content hash of the unfolded weights (``checkpoints.weights_hash``), recorded by whoever loaded them
+        #: before folding (:func:`flowdec_cli.models.load_ndac`); None until known
+        self.weights_hash: str | None = None
 
     # -- attributes users read ------------------------------------------------------------------
+    @property
+    def folded(self) -> bool:
+        """Whether :meth:`fold_weight_norm` has run (the weights are then inference-only)."""
+        return self._folded
+
     @property
     def sample_rate(self) -> int:
         return int(self.config.sample_rate)
@@ -416,7 +426,7 @@ class NDAC(nn.Module):
 
     def bitrate(self, n_codebooks: int) -> float:
         """Nominal bit/s with the first ``n_codebooks`` codebooks."""
-        return n_codebooks * math.ceil(math.log2(self.codebook_size)) * self.frame_rate
+        return nominal_bitrate(self.sample_rate, self.hop_length, n_codebooks, self.codebook_size)
 
     def decoded_length(self, n_frames: int) -> int:
         """D0's output length for ``n_frames`` frames: per stage L <- L*s - (s mod 2), as in dac 1.0.0."""
@@ -426,7 +436,7 @@ class NDAC(nn.Module):
         return max(length, 0)
 
     # -- inference preparation -----------------------------------------------------------------
-    def fold_weight_norm(self) -> "NDAC":
+    def fold_weight_norm(self) -> NDAC:
         """Replace every weight-norm pair by its plain weight (inference only; irreversible)."""
         for m in self.modules():
             if isinstance(m, _WeightNormConv) and m.folded is None:

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,17 +26,19 @@ import torch
 from . import __version__
 from .audio import AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
 from .container import FdcHeader, bitpacked_file_size, frames_for_samples, read_fdc, write_fdc
+from .exceptions import FlowdecError
 from .fileio import OutputExistsError
-from .models import Model, load_model
+from .models.loading import Model, load_model
 from .runtime import resolve_device
 
-__all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Progress", "from_pretrained"]
+__all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Decompressor", "Progress",
+           "check_rate_request", "from_pretrained", "no_progress"]
 
 IN_MEMORY_SAMPLES = 48000 * 60 * 4  # model-rate samples (all channels) kept in RAM; beyond, a disk buffer
 READ_BLOCK_FRAMES = 1 << 18
 
 
-class CodecError(Exception):
+class CodecError(FlowdecError):
     """A coding request that cannot be carried out; the message names the file and the problem."""
 
 
@@ -58,8 +60,18 @@ class _NoBar:
         pass
 
 
-def _no_progress(desc: str, total: int, unit: str) -> ProgressBar:
+def no_progress(desc: str, total: int, unit: str) -> ProgressBar:
+    """The default :data:`Progress`: shows nothing."""
     return _NoBar()
+
+
+_no_progress = no_progress
+
+
+def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None) -> None:
+    """A rate is asked for by bitrate or by codebook count, not both."""
+    if n_codebooks is not None and bitrate_kbps is not None:
+        raise CodecError("give either a bitrate (-b/--bitrate) or a codebook count (--n-codebooks), not both")
 
 
 @dataclass
@@ -98,6 +110,9 @@ class DecompressResult:
     peak_scaled: float  # factor the clip guard divided by (1.0 when it did nothing)
     sample_rate: int = 0  # rate of the written output: the original's, or 48 kHz for Opus from other rates
     seconds: float = 0.0  # wall-clock time of the decode
+    file_bytes: int = 0  # size of the .fdc file decoded (decompress_file)
+    model: str = ""  # name of the model that decoded it
+    warnings: list[str] = field(default_factory=list)  # e.g. weights that differ from the coder's
 
     @property
     def resampled(self) -> bool:
@@ -118,7 +133,7 @@ class DiskArray:
 
     def __init__(self, rows: int, length: int) -> None:
         self.shape = (int(rows), int(length))
-        self._file = tempfile.TemporaryFile(prefix="flowdec-")
+        self._file = tempfile.TemporaryFile(prefix="flowdec-")  # noqa: SIM115 - closed by close()
         self._file.truncate(self.shape[0] * self.shape[1] * 4)  # sparse: reads of unwritten parts give zeros
         self._fd = self._file.fileno()
 
@@ -182,28 +197,41 @@ class Codec:
             self._configure_postfilter(precision)
 
     def _configure_postfilter(self, precision: str) -> None:
-        from .postfilter import Postfilter, tune_cpu_allocator
+        from .postfilter import Postfilter
 
-        if precision not in ("auto", "float32", "bfloat16", "float16"):
-            raise CodecError(f"unknown precision '{precision}' (auto, float32, bfloat16, float16)")
-        settings = Postfilter.recommended_settings(self.device, exact=precision != "auto")
-        if precision != "auto":
-            if precision != "float32" and self.device.type != "cuda":
-                raise CodecError(f"--precision {precision} needs a CUDA device")
-            settings["precision"] = precision
+        try:
+            settings = Postfilter.settings_for(self.device, precision)
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
+        assert self.postfilter is not None
         self.postfilter.configure(**settings)
-        if self.device.type == "cpu":
+
+    def tune_process(self) -> None:
+        """Process-wide tuning for a postfilter on the CPU: glibc keeps large buffers mapped rather than
+        unmapping them after every pass (:func:`flowdec_cli.postfilter.tune_cpu_allocator`). It changes the
+        whole process, so the library never does it by itself; the ``flowdec`` command opts in."""
+        if self.postfilter is not None and self.device.type == "cpu":
+            from .postfilter import tune_cpu_allocator
+
             tune_cpu_allocator()
 
     @classmethod
-    def load(cls, ref: str | os.PathLike, device: str | torch.device = "auto", with_postfilter: bool = True,
-             **kwargs: Any) -> "Codec":
+    def load(cls, ref: str | os.PathLike[str] | None, device: str | torch.device = "auto",
+             with_postfilter: bool | None = True, *, nfe: int | None = None,
+             cache_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Codec:
+        """A codec for ``ref`` (None: the default model). ``with_postfilter=None`` loads the postfilter only
+        when runs of ``nfe`` passes (None: the model's default) need it; ``cache_dir`` is the model cache
+        (default ``$FLOWDEC_HOME`` or ``~/.cache/flowdec``)."""
+        from .models.catalogue import default_model_name
+
         dev = resolve_device(device) if isinstance(device, str) else device
-        return cls(load_model(ref, with_postfilter=with_postfilter), dev, **kwargs)
+        if ref is None:
+            ref = default_model_name(cache_dir)
+        return cls(load_model(ref, with_postfilter=with_postfilter, cache_dir=cache_dir, nfe=nfe), dev, **kwargs)
 
     @classmethod
     def from_pretrained(cls, ref: str | os.PathLike, device: str | torch.device = "auto",
-                        with_postfilter: bool = True, **kwargs: Any) -> "Codec":
+                        with_postfilter: bool = True, **kwargs: Any) -> Codec:
         """A ready codec (and its postfilter) by name (``flowdec-small``, ``flowdec-75m``), local path, or
         Hugging Face hub id (``OWNER/REPO``, ``hf://OWNER/REPO[@REV]``), as ``from_pretrained`` elsewhere."""
         from .models import pretrained_ref
@@ -256,8 +284,7 @@ class Codec:
 
     def choose_codebooks(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> int:
         """The codebook count for a request: the largest whose bitrate does not exceed ``bitrate_kbps``."""
-        if n_codebooks is not None and bitrate_kbps is not None:
-            raise CodecError("give either a bitrate or a codebook count, not both")
+        check_rate_request(bitrate_kbps, n_codebooks)
         valid = ", ".join(f"{kbps:g}" for _, kbps in self.bitrates())
         if n_codebooks is not None:
             if not 1 <= n_codebooks <= self.ndac.n_codebooks:
@@ -326,9 +353,10 @@ class Codec:
             bar.close()
         return self._header(sample_rate, audio.shape[1], len(audio), k, codes.shape[-1], gain), codes
 
-    def _code_file(self, src: Path, n_codebooks: int | None, bitrate_kbps: float | None,
-                   progress: Progress) -> tuple[FdcHeader, np.ndarray]:
+    def code_file(self, src: str | os.PathLike, n_codebooks: int | None = None, bitrate_kbps: float | None = None,
+                  progress: Progress = _no_progress) -> tuple[FdcHeader, np.ndarray]:
         """Header and codes of an audio file, read twice in blocks (the peak first, for the input gain)."""
+        src = Path(src)
         info = probe(src)
         k = self.choose_codebooks(bitrate_kbps, n_codebooks)
         peak = 0.0
@@ -356,7 +384,7 @@ class Codec:
         """Code an audio file into the bytes of a .fdc file (for a pipe, a socket or a database)."""
         from .container import encode_fdc_written
 
-        header, codes = self._code_file(Path(src), n_codebooks, bitrate_kbps, progress)
+        header, codes = self.code_file(Path(src), n_codebooks, bitrate_kbps, progress)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables if entropy else None)
         return CompressResult(header, codes, len(data)), data
 
@@ -368,7 +396,7 @@ class Codec:
         the codes with the model's tables when it has them and it saves bytes; False writes a bit-packed
         file."""
         src, dst = Path(src), Path(dst)
-        header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
+        header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             header = write_fdc(dst, header, codes, tables=self.entropy_tables if entropy else None,
@@ -396,10 +424,19 @@ class Codec:
                             f"with weights {self.model.ndac_hash} of '{self.model.name}'; the sound may differ")
         return warnings
 
-    def resolve_nfe(self, nfe: int | None) -> int:
+    def resolve_nfe(self, nfe: int | None, solver: str | None = None) -> int:
         """``nfe``, or for ``None`` the model's default (:attr:`Model.default_nfe`: 6 as in the paper unless
-        its card says otherwise; 0 without a postfilter)."""
-        return self.model.default_nfe if nfe is None else nfe
+        its card says otherwise; 0 without a postfilter). With ``solver``, checked to suit it
+        (:func:`flowdec_cli.sampler.nfe_to_steps`: midpoint takes an even NFE)."""
+        nfe = self.model.default_nfe if nfe is None else nfe
+        if solver is not None:
+            from .sampler import nfe_to_steps
+
+            try:
+                nfe_to_steps(nfe, solver)
+            except ValueError as exc:
+                raise CodecError(str(exc)) from None
+        return nfe
 
     def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int, solver: str,
                               seed: int | None, progress: Progress) -> tuple[_ModelRateBuffer, float]:
@@ -463,7 +500,7 @@ class Codec:
             if len(out):
                 sink(out)
                 written += len(out)
-        resampler.n_out = written  # trimmed output counts as delivered
+        resampler.count_delivered(written)  # trimmed output counts as delivered
         if written < n_out:
             sink(resampler.finish(n_out))
         return guard
@@ -487,14 +524,21 @@ class Codec:
                         warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
         src, dst = Path(src), Path(dst)
         header, codes = read_fdc(src, tables=lambda h: self.tables_for(h, str(src)))
-        for w in self.check_header(header, str(src)):
+        warnings = self.check_header(header, str(src))
+        for w in warnings:
             if warn is not None:
                 warn(w)
-        return self._decode_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite)
+        res = self.decompress_codes_to_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite)
+        res.file_bytes, res.warnings = src.stat().st_size, warnings
+        return res
 
-    def _decode_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int | None, solver: str,
-                     seed: int | None, subtype: str | None, progress: Progress,
-                     overwrite: bool = True) -> DecompressResult:
+    def decompress_codes_to_file(self, header: FdcHeader, codes: np.ndarray, dst: str | os.PathLike,
+                                 nfe: int | None = None, solver: str = "midpoint", seed: int | None = None,
+                                 subtype: str | None = None, progress: Progress = _no_progress,
+                                 overwrite: bool = True) -> DecompressResult:
+        """Decode codes already in memory (a .fdc read elsewhere, a row of a Parquet shard) into an audio file,
+        written atomically as :meth:`decompress_file` does."""
+        dst = Path(dst)
         t0 = time.perf_counter()
         nfe = self.resolve_nfe(nfe)
         rate = output_rate_for(dst, subtype, header.sample_rate)
@@ -510,7 +554,7 @@ class Codec:
             writer.abort()
             raise
         writer.commit()
-        return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0)
+        return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0, model=self.model.name)
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
@@ -520,10 +564,59 @@ class Codec:
         from .container import encode_fdc
 
         src, dst = Path(src), Path(dst)
-        header, codes = self._code_file(src, n_codebooks, bitrate_kbps, progress)
+        header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress)
         comp = CompressResult(header, codes, len(encode_fdc(header, codes, tables=self.entropy_tables)))
-        dec = self._decode_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress, overwrite)
+        dec = self.decompress_codes_to_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress,
+                                            overwrite)
         return comp, dec
+
+
+class Decompressor:
+    """Decodes .fdc files with the model each file names (or one given instead), loading each model once:
+    what ``flowdec decompress`` runs for a file or a folder."""
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, device: str | torch.device = "auto",
+                 nfe: int | None = None, precision: str = "auto", cache_dir: str | os.PathLike[str] | None = None,
+                 tune_process: bool = False) -> None:
+        self.override = model
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.nfe, self.precision, self.cache_dir, self.tune = nfe, precision, cache_dir, tune_process
+        self._codecs: dict[str, Codec] = {}
+
+    def codec_for(self, model_name: str, source: str | os.PathLike[str]) -> Codec:
+        """The codec for a file coded with ``model_name`` (the override when there is one)."""
+        from .models.folder import ModelError
+
+        key = str(self.override or model_name)
+        if key not in self._codecs:
+            try:
+                codec = Codec.load(key, self.device, with_postfilter=None, nfe=self.nfe, precision=self.precision,
+                                   cache_dir=self.cache_dir)
+            except ModelError as exc:
+                if self.override:
+                    raise
+                raise ModelError(f"{source}: coded with model '{model_name}', which cannot be loaded here ({exc}); "
+                                 "pass --model NAME_OR_PATH") from None
+            if self.tune:
+                codec.tune_process()
+            self._codecs[key] = codec
+        return self._codecs[key]
+
+    def decompress_file(self, src: str | os.PathLike[str], dst: str | os.PathLike[str], solver: str = "midpoint",
+                        seed: int | None = None, subtype: str | None = None, progress: Progress = no_progress,
+                        warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
+        """Decode ``src`` into ``dst`` at this decompressor's NFE (None: each model's default)."""
+        src = Path(src)
+        header, codes = read_fdc(src, tables=lambda h: self.codec_for(h.model_name, src).tables_for(h, str(src)))
+        codec = self.codec_for(header.model_name, src)
+        warnings = codec.check_header(header, str(src))
+        for w in warnings:
+            if warn is not None:
+                warn(w)
+        nfe = codec.resolve_nfe(self.nfe, solver)
+        res = codec.decompress_codes_to_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite)
+        res.file_bytes, res.warnings = src.stat().st_size, warnings
+        return res
 
 
 def _check_codes_fit(header: FdcHeader, codes: np.ndarray) -> None:
@@ -553,7 +646,7 @@ def _model_rate_length(n: int, rate: int, model_rate: int) -> int:
 
 def _clip_for(writer: AtomicAudioWriter) -> Callable[[np.ndarray], np.ndarray]:
     """Integer PCM wraps or saturates unpredictably beyond full scale: clip explicitly there."""
-    subtype = writer._file.subtype
+    subtype = writer.subtype
     if subtype in ("FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_III"):
         return lambda b: b
     return lambda b: np.clip(b, -1.0, 1.0)

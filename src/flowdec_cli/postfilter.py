@@ -28,17 +28,17 @@ import ctypes
 import math
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from .checkpoints import CheckpointError, load_lightning_state_dict, load_model_folder, save_model_folder
-from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap, num_frames, padded_frames, \
-    peak_normfac
+from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap, num_frames, padded_frames, peak_normfac
 from .framewise import FramewiseBackbone
 from .ncsnpp import NCSNpp
 from .sampler import draw_noise, nfe_to_steps, solve, start_point
@@ -55,6 +55,7 @@ BACKBONES = ("ncsnpp", "framewise")  # the released models' U-Net; our frame-wis
 FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "kernel_size": 7, "fourier_size": 64}
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}
+PRECISION_CHOICES = ("float32", "bfloat16", "float16")  # what a user picks (the CLI's --precision, besides auto)
 
 
 class ProgressBar(Protocol):
@@ -384,7 +385,7 @@ class Postfilter(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Postfilter":
+    def from_config(cls, config: dict[str, Any]) -> Postfilter:
         """An uninitialised-weights model of the architecture a config (ours) describes."""
         if config.get("type") != CONFIG_TYPE:
             raise ValueError(f"config type is {config.get('type')!r}, expected {CONFIG_TYPE!r}")
@@ -421,7 +422,7 @@ class Postfilter(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], source: str = "state dict",
-                        alpha: float = ALPHA, beta: float = BETA) -> "Postfilter":
+                        alpha: float = ALPHA, beta: float = BETA) -> Postfilter:
         """Infer the architecture from tensor shapes, build, and load strictly (every mismatch named).
 
         alpha and beta are not recorded in the weights; the released models use the defaults.
@@ -435,13 +436,13 @@ class Postfilter(nn.Module):
 
     @classmethod
     def from_lightning_checkpoint(cls, path: str | os.PathLike, ema: bool = True, alpha: float = ALPHA,
-                                  beta: float = BETA) -> "Postfilter":
+                                  beta: float = BETA) -> Postfilter:
         """A released FlowDec ``.ckpt``: the EMA weights (as the official demo) unless ``ema=False``."""
         state = load_lightning_state_dict(path, ema=ema)
         return cls.from_state_dict(state, f"{path} ({'EMA' if ema else 'raw'} weights)", alpha, beta)
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike) -> "Postfilter":
+    def from_folder(cls, folder: str | os.PathLike) -> Postfilter:
         config, state = load_model_folder(folder)
         try:
             model = cls.from_config(config)
@@ -453,7 +454,7 @@ class Postfilter(nn.Module):
         return model
 
     @classmethod
-    def load(cls, path: str | os.PathLike, ema: bool = True) -> "Postfilter":
+    def load(cls, path: str | os.PathLike, ema: bool = True) -> Postfilter:
         """A released ``.ckpt`` file or one of our component folders."""
         path = Path(path)
         return cls.from_lightning_checkpoint(path, ema=ema) if path.is_file() else cls.from_folder(path)
@@ -478,7 +479,7 @@ class Postfilter(nn.Module):
             self.sigma_y = torch.zeros_like(self.sigma_y, dtype=state["sigma_y"].dtype)
         self.load_state_dict(state, strict=True)
 
-    def _apply(self, fn: Callable, recurse: bool = True) -> "Postfilter":
+    def _apply(self, fn: Callable, recurse: bool = True) -> Postfilter:
         # sigma_y keeps its dtype (float64 for the released curves) through .float(), .half(), .to(dtype):
         # the start point's noise product is formed at that precision. Devices follow the module.
         original = self.sigma_y
@@ -494,7 +495,7 @@ class Postfilter(nn.Module):
     # -- performance options ----------------------------------------------------------------------------
 
     def configure(self, precision: str = "float32", channels_last: bool | None = None, fuse: bool | None = None,
-                  compile: bool = False, compile_mode: str | None = None) -> "Postfilter":
+                  compile: bool = False, compile_mode: str | None = None) -> Postfilter:
         """Choose how the U-Net runs; call after moving the model to its device.
 
         * ``precision``: ``float32`` (reference; TF32 off on CUDA), ``tf32`` (CUDA TF32 convolutions),
@@ -539,6 +540,20 @@ class Postfilter(nn.Module):
         if torch.device(device).type == "cuda":
             return {"precision": "float32" if exact else "bfloat16", "channels_last": True, "fuse": True}
         return {"precision": "float32", "channels_last": True, "fuse": True}
+
+    @staticmethod
+    def settings_for(device: torch.device | str, precision: str = "auto") -> dict[str, Any]:
+        """:meth:`configure` arguments for a device and a requested precision (the one check of precision
+        names): ``auto`` is :meth:`recommended_settings` (bfloat16 on CUDA, float32 on CPU); ``float32``
+        exact everywhere; ``bfloat16``/``float16`` need CUDA. ValueError for anything else."""
+        if precision not in ("auto", *PRECISION_CHOICES):
+            raise ValueError(f"unknown precision '{precision}' (auto, {', '.join(PRECISION_CHOICES)})")
+        settings = Postfilter.recommended_settings(device, exact=precision != "auto")
+        if precision != "auto":
+            if precision != "float32" and torch.device(device).type != "cuda":
+                raise ValueError(f"--precision {precision} needs a CUDA device")
+            settings["precision"] = precision
+        return settings
 
     @contextlib.contextmanager
     def _backend_flags(self) -> Iterator[None]:
@@ -721,7 +736,7 @@ class Postfilter(nn.Module):
 
     def _enhance_chunked(self, signal: _Signal, plan: ChunkPlan, steps: int, solver: str, nf: torch.Tensor,
                          generator: torch.Generator | None, noise: Any, batch_size: int,
-                         write: "_Writer", progress: Progress | None, nfe: int) -> Any:
+                         write: _Writer, progress: Progress | None, nfe: int) -> Any:
         fe = self.feature_extractor
         hop, n, B = plan.hop, plan.chunk_frames, signal.batch
         stream = None if noise is not None else _NoiseStream(B, fe.n_freqs, generator, self.device)
@@ -745,7 +760,7 @@ class Postfilter(nn.Module):
                     x = start_point(Y, self.sigma_y, torch.cat(noises, dim=0))
                     del Ys, noises
                     x = solve(lambda t, s, Y=Y: self._field(s, Y, t), x, steps, solver,
-                              on_evaluation=(lambda: bar.update(len(ks))) if bar is not None else None)
+                              on_evaluation=(lambda: bar.update(len(ks))) if bar is not None else None)  # noqa: B023
                     waves = []
                     for i, k in enumerate(ks):
                         a = plan.starts[k] * hop

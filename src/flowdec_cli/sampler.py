@@ -17,7 +17,7 @@ The details below are what makes the result bit-identical to an official run giv
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

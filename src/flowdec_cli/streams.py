@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .exceptions import FlowdecError
+
 __all__ = ["STDIO", "is_stdio", "spooled_stdin", "stdout_file", "read_stdin_bytes", "write_stdout_bytes",
            "StreamError", "exit_on_broken_pipe", "check_stdout_not_terminal"]
 
@@ -28,7 +30,7 @@ COPY_BLOCK = 1 << 20
 BROKEN_PIPE_EXIT = 141
 
 
-class StreamError(Exception):
+class StreamError(FlowdecError):
     """Standard input or output cannot be used as asked; the message says why."""
 
 

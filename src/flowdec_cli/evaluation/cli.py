@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import Failure
 from .metrics import (
     DEFAULT_METRICS,
     METRICS,
@@ -23,7 +24,6 @@ from .metrics import (
 )
 from .pairing import AudioReadError, PairingError, _read, pair_paths
 from .report import Report
-from ..errors import Failure
 
 __all__ = ["eval_command", "plot_command", "select_metrics"]
 
@@ -59,7 +59,7 @@ def select_metrics(spec: str | None, all_metrics: bool) -> tuple[list[str], list
                 f"not installed, skipped: {', '.join(missing)} (pip install flowdec-cli[metrics])"
             )
         return names, notes
-    names: list[str] = []
+    names = []
     for raw in spec.split(","):
         key = raw.strip().lower()
         if not key:
@@ -120,7 +120,7 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
     try:
         return [kind(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise click.UsageError(f"--{what}: expected a comma-separated list of numbers, got '{text}'")
+        raise click.UsageError(f"--{what}: expected a comma-separated list of numbers, got '{text}'") from None
 
 
 @click.command("eval")

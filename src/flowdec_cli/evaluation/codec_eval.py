@@ -36,12 +36,14 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..exceptions import FlowdecError
 from .metrics import DEFAULT_METRICS, METRICS, compute_metrics, resample
 from .pairing import _read, find_audio, is_audio
 from .report import Report
@@ -49,11 +51,11 @@ from .report import Report
 __all__ = ["OpusUnavailable", "opus_available", "opus_roundtrip", "run_codec_eval"]
 
 
-class OpusUnavailable(RuntimeError):
+class OpusUnavailable(FlowdecError, RuntimeError):
     """opusenc/opusdec are not on PATH."""
 
 
-class OpusError(RuntimeError):
+class OpusError(FlowdecError, RuntimeError):
     """opusenc/opusdec failed."""
 
 
@@ -258,7 +260,7 @@ def run_codec_eval(
             nbytes = codec.coded_bytes(header, codes) if hasattr(codec, "coded_bytes") else 0
             for nfe in nfes:
                 timer = _StageTimer()
-                extra = {"progress": timer} if staged else {}
+                extra: dict[str, Any] = {"progress": timer} if staged else {}
                 t0 = time.perf_counter()
                 decoded = codec.decompress_codes(header, codes, nfe=nfe, seed=seed, **extra)
                 dec_s = time.perf_counter() - t0
@@ -304,16 +306,18 @@ def run_codec_eval(
         notes=notes,
         extra={"model": model, "device": device, "seed": seed, "n_files": len(files)},
     )
-    for (system, kbps, nfe), a in sorted(
+    for (system, kbps, row_nfe), a in sorted(
         accs.items(), key=lambda kv: (kv[0][0] != "flowdec", kv[0][1], kv[0][2] or 0)
     ):
-        row = {"system": system, "kbps": f"{kbps:g}", "nfe": "-" if nfe is None else str(nfe),
+        row: dict[str, Any] = {"system": system, "kbps": f"{kbps:g}", "nfe": "-" if row_nfe is None else str(row_nfe),
                "files": str(a.n)}
         for m in metrics:
             vals = [v for v in a.values.get(m, []) if np.isfinite(v)]
             row[m] = float(np.mean(vals)) if vals else float("nan")
         nan = float("nan")
-        per_s = (lambda x: x / a.audio_s) if a.audio_s else (lambda x: nan)
+
+        def per_s(x: float, audio_s: float = a.audio_s) -> float:
+            return x / audio_s if audio_s else float("nan")
         row["rtf_enc"] = per_s(a.enc_s)
         row["rtf_d0"] = per_s(a.d0_s) if a.staged else nan
         row["rtf_pf"] = per_s(max(a.dec_s - a.d0_s, 0.0)) if a.staged else nan

@@ -32,10 +32,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
+
+from ..exceptions import FlowdecError
 
 __all__ = [
     "MetricError",
@@ -63,11 +65,11 @@ __all__ = [
 METRICS_EXTRA_HINT = "pip install flowdec-cli[metrics]"
 
 
-class MetricError(ValueError):
+class MetricError(FlowdecError, ValueError):
     """A metric cannot score these signals (silence, too short, mismatched channels...)."""
 
 
-class MetricUnavailable(RuntimeError):
+class MetricUnavailable(FlowdecError, RuntimeError):
     """An optional metric's package is not installed."""
 
     def __init__(self, metric: str, package: str):

@@ -23,6 +23,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..exceptions import FlowdecError
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioReadError",
@@ -36,11 +38,11 @@ __all__ = [
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 
 
-class PairingError(ValueError):
+class PairingError(FlowdecError, ValueError):
     """The two paths cannot be paired (missing, file against folder, ...)."""
 
 
-class AudioReadError(OSError):
+class AudioReadError(FlowdecError, OSError):
     """An audio file cannot be read; the message names the file and the reason."""
 
 

@@ -9,11 +9,12 @@ panels share one colour scale, so levels can be compared across panels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from ..exceptions import FlowdecError
 from .pairing import _read
 
 __all__ = ["PlotUnavailable", "plot_spectrograms", "N_FFT", "HOP", "DYNAMIC_RANGE_DB"]
@@ -24,7 +25,7 @@ HOP = 512
 DYNAMIC_RANGE_DB = 100.0
 
 
-class PlotUnavailable(RuntimeError):
+class PlotUnavailable(FlowdecError, RuntimeError):
     """matplotlib is not installed."""
 
     def __init__(self) -> None:
@@ -107,6 +108,7 @@ def plot_spectrograms(
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("time (s)")
     axes[0].set_ylabel("frequency (kHz)")
+    assert image is not None  # at least one panel: paths is never empty here
     fig.colorbar(image, ax=list(axes), label="dB re. reference peak")
     png_path = Path(png_path)
     fig.savefig(png_path)

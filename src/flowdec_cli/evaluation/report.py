@@ -58,7 +58,7 @@ class Report:
     labels: list[str]
     values: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
-    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    higher_is_better: dict[str, bool | None] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     mean_label: str = "mean"
@@ -71,8 +71,7 @@ class Report:
         """``{value column: mean over finite entries or NaN}`` plus ``n`` (number of rows)."""
         out: dict[str, Any] = {}
         for col in self.values:
-            vals = [r.get(col) for r in self.rows]
-            vals = [float(v) for v in vals if _finite(v)]
+            vals = [float(v) for v in (r.get(col) for r in self.rows) if v is not None and _finite(v)]
             out[col] = sum(vals) / len(vals) if vals else float("nan")
         out["n"] = len(self.rows)
         return out

@@ -22,8 +22,19 @@ from typing import Any
 
 import torch
 
-from .common import (DistEnv, RunLogger, TrainingError, amp_settings, cleanup_distributed, load_checkpoint,
-                     make_grad_scaler, progress_bar, save_checkpoint, setup_distributed, write_json)
+from .common import (
+    DistEnv,
+    RunLogger,
+    TrainingError,
+    amp_settings,
+    cleanup_distributed,
+    load_checkpoint,
+    make_grad_scaler,
+    progress_bar,
+    save_checkpoint,
+    setup_distributed,
+    write_json,
+)
 from .config import config_to_dict
 from .data import EpochSampler, mix_seed
 
@@ -140,7 +151,7 @@ class Trainer:
                 self.sampler.set_epoch(epoch, skip=in_epoch * self.local_batch)
                 for batch in self.loader:
                     torch.manual_seed(mix_seed(tc.seed, self.step, env.rank))
-                    log_now = bool(tc.log_every) and (self.step + 1) % tc.log_every == 0 \
+                    log_now = (bool(tc.log_every) and (self.step + 1) % tc.log_every == 0) \
                         or self.step + 1 == tc.max_steps
                     values = self.train_step(batch, log_now)
                     self.step += 1

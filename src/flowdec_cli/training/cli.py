@@ -9,39 +9,9 @@ from typing import Any
 
 import click
 
-from ..errors import Failure, one_line_errors
+from ..errors import Failure, FlowdecGroup
 
 __all__ = ["train_group"]
-
-
-def _training_errors() -> tuple[type[BaseException], ...]:
-    from ..audio import AudioError
-    from ..checkpoints import CheckpointError
-    from ..entropy import EntropyError
-    from ..models import ModelError
-    from .common import TrainingError
-    from .config import ConfigError
-    from .data import DataError
-    from .presets import PresetError
-
-    return (TrainingError, ConfigError, DataError, AudioError, ModelError, CheckpointError, PresetError,
-            EntropyError)
-
-
-def _one_line_errors(f: Callable) -> Callable:
-    return one_line_errors(_training_errors, clean=_last_line)(f)
-
-
-
-
-def _last_line(message: str) -> str:
-    """An error re-raised from a DataLoader worker carries the worker's traceback: keep its last line,
-    without the exception's module and class name."""
-    if "Original Traceback" not in message:
-        return message
-    last = message.strip().splitlines()[-1]
-    head, sep, rest = last.partition(": ")
-    return rest if sep and "Error" in head else last
 
 
 def _bar(quiet: bool) -> Callable[[str, int], Any] | None:
@@ -52,7 +22,7 @@ def _bar(quiet: bool) -> Callable[[str, int], Any] | None:
     return lambda desc, total: tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True, disable=None)
 
 
-@click.group("train")
+@click.group("train", cls=FlowdecGroup)
 def train_group() -> None:
     """Train FlowDec: the NDAC codec, then the flow postfilter on its outputs.
 
@@ -117,7 +87,6 @@ def _run_stage(kind: str, config: Path, device: str, threads: int | None, resume
               help="Where to write it (default: configs/NAME.toml, as the docs' commands expect).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing file.")
 @click.option("--list", "list_only", is_flag=True, help="Only list the names.")
-@_one_line_errors
 def init_config_command(name: str | None, output: Path | None, force: bool, list_only: bool) -> None:
     """Write the example training config NAME (ndac-tiny, postfilter-tiny, the official sizes, the built-in
     model's) to edit and pass to `flowdec train ndac|postfilter`. Without NAME: list them.
@@ -141,7 +110,6 @@ def init_config_command(name: str | None, output: Path | None, force: bool, list
 
 @train_group.command("ndac")
 @_train_options
-@_one_line_errors
 def ndac_command(config: Path, device: str, threads: int | None, resume: bool, resume_from: Path | None,
                  out_dir: Path | None, max_steps: int | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Train the NDAC codec (stage 1) with the settings in CONFIG.
@@ -154,7 +122,6 @@ def ndac_command(config: Path, device: str, threads: int | None, resume: bool, r
 
 @train_group.command("postfilter")
 @_train_options
-@_one_line_errors
 def postfilter_command(config: Path, device: str, threads: int | None, resume: bool, resume_from: Path | None,
                        out_dir: Path | None, max_steps: int | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Train the flow postfilter (stage 2) on the pair lists named in CONFIG.
@@ -192,7 +159,6 @@ def _codebook_list(values: tuple[str, ...]) -> list[int]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("-f", "--force", is_flag=True, help="Re-code files whose coded output exists.")
 @click.option("-q", "--quiet", is_flag=True)
-@_one_line_errors
 def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Path, n_codebooks: tuple[str, ...],
                           validation_fraction: float, test_fraction: float, salt: str, device: str, force: bool,
                           quiet: bool) -> None:
@@ -235,7 +201,6 @@ def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Pat
 @click.option("--device", default="auto", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing estimate.")
 @click.option("-q", "--quiet", is_flag=True)
-@_one_line_errors
 def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], out_file: Path | None,
                            alpha: float | None, n_fft: int | None, hop: int | None, n_samples: int, seed: int,
                            qx: float, qrmse: float, delimiter: str | None, device: str, force: bool,
@@ -294,7 +259,6 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
               help="Postfilter passes flowdec uses with this model when --nfe is not given (default 6).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
 @click.option("-q", "--quiet", is_flag=True)
-@_one_line_errors
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
                    description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
                    force: bool, quiet: bool) -> None:
@@ -316,7 +280,8 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
 
 @train_group.command("entropy-tables")
 @click.argument("model_ref", metavar="MODEL")
-@click.argument("sources", metavar="LIST_OR_FOLDER", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("sources", metavar="LIST_OR_FOLDER", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), default=None,
               help="Where to write entropy.safetensors (default: into the MODEL folder).")
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
@@ -331,7 +296,6 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing tables.")
 @click.option("-q", "--quiet", is_flag=True)
-@_one_line_errors
 def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: Path | None, every: int,
                            prev_classes: int | None, up_classes: int | None, smoothing: float | None,
                            device: str, threads: int | None, force: bool, quiet: bool) -> None:
@@ -341,13 +305,13 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
     audio. The tables go to MODEL/entropy.safetensors; 'flowdec compress' then entropy-codes with them.
     """
     from ..entropy import TABLES_FILE
-    from ..models import _resolve
+    from ..models.resolve import resolve
     from ..runtime import set_threads
     from .common import TrainingError
     from .entropy_tables import TableSettings, build_tables_for_model
 
     set_threads(threads)
-    target = out_path or (_resolve(model_ref) / TABLES_FILE)
+    target = out_path or (resolve(model_ref) / TABLES_FILE)
     if target.suffix != ".safetensors":
         target = target / TABLES_FILE
     if target.exists() and not force:

@@ -22,14 +22,16 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from ..checkpoints import CheckpointError, atomic_write_bytes, load_model_folder, save_model_folder
+from ..exceptions import FlowdecError
 
 __all__ = [
     "TrainingError",
@@ -49,7 +51,7 @@ __all__ = [
 CHECKPOINT_VERSION = 1
 
 
-class TrainingError(Exception):
+class TrainingError(FlowdecError):
     """A training run that cannot start or continue; the message says why."""
 
 
@@ -62,7 +64,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 - immutable, shared safely
     owns_group: bool = False
 
     @property
@@ -229,7 +231,7 @@ def _step_name(step: int) -> str:
 def first_problem(exc: BaseException) -> str:
     """The first item of a strict-load error (which lists every mismatched key), for one-line messages."""
     text = str(exc)
-    head, sep, rest = text.partition("): ")
+    _, sep, rest = text.partition("): ")
     items = rest.split("; ") if sep else [text]
     more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
     return items[0][:200] + more
@@ -328,7 +330,7 @@ class RunLogger:
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerows(keep)
         new = not self.path.is_file() or self.path.stat().st_size == 0
-        self._file = open(self.path, "a", newline="")
+        self._file = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the run, closed by close()
         self._csv = csv.writer(self._file)
         if new:
             self._csv.writerow(["step", "time", "split", "name", "value"])
@@ -337,7 +339,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except Exception:  # tensorboard not installed (or broken): the CSV is enough
-                SummaryWriter = None  # noqa: N806
+                SummaryWriter = None
             if SummaryWriter is not None:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
 

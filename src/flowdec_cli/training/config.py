@@ -16,11 +16,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
+    import tomli as tomllib
+
+from ..exceptions import FlowdecError
 
 __all__ = [
     "ConfigError",
@@ -43,7 +50,7 @@ __all__ = [
 ]
 
 
-class ConfigError(Exception):
+class ConfigError(FlowdecError):
     """A config file that cannot be read or holds an invalid value; the message names the key."""
 
 

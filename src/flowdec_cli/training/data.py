@@ -20,9 +20,10 @@ import hashlib
 import math
 import os
 import signal
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -30,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..audio import AUDIO_EXTENSIONS, AudioError, probe, read_audio, resample
+from ..exceptions import FlowdecError
 
 __all__ = [
     "DataError",
@@ -50,7 +52,7 @@ __all__ = [
 ]
 
 
-class DataError(Exception):
+class DataError(FlowdecError):
     """A data source that cannot be used; the message names the file."""
 
 
@@ -411,8 +413,8 @@ class EpochSampler(Sampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = True) -> None:
-        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                        seed=seed, drop_last=drop_last)
+        self.inner: DistributedSampler[int] = DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.epoch = 0
         self.skip = 0
 

@@ -59,7 +59,7 @@ def _cluster(src: np.ndarray, dst: np.ndarray, size: int, n_classes: int, iterat
             break
         assign = new
     # renumber classes by first use so that empty classes vanish and the numbering is canonical
-    used, inverse = np.unique(assign, return_inverse=True)
+    _, inverse = np.unique(assign, return_inverse=True)
     return inverse.astype(np.int64).reshape(-1)
 
 
@@ -151,7 +151,7 @@ def code_files(codec: Any, files: Iterable[Path], progress: Callable[[int], None
     """The codes [K, T] of every channel of every file, at the model's full codebook count."""
     from ..audio import read_audio
 
-    out = []
+    out: list[np.ndarray] = []
     for path in files:
         audio, sr = read_audio(path)
         _header, codes = codec.compress_array(audio, sr, n_codebooks=codec.ndac.n_codebooks)
@@ -167,10 +167,11 @@ def build_tables_for_model(model_ref: str | os.PathLike, sources: Sequence[Path]
     """Code ``sources`` (list files or folders) with the model, learn its tables, write them into the model
     folder (or ``out``). Returns (path written, tables, stats with the training cross-entropy)."""
     from ..entropy import save_tables
-    from ..models import ModelError, _resolve
+    from ..models import ModelError
+    from ..models.resolve import resolve
     from ..pipeline import Codec
 
-    folder = _resolve(model_ref)
+    folder = resolve(model_ref)
     if out is None:
         if not folder.is_dir():
             raise ModelError(f"{model_ref}: not a model folder; give --out for the tables")

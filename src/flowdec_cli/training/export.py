@@ -7,13 +7,12 @@ The result loads everywhere a model folder does (``flowdec roundtrip --model DIR
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ..checkpoints import CheckpointError, atomic_write_bytes
+from ..checkpoints import CheckpointError
 from .common import TrainingError, find_checkpoint
 
 __all__ = ["ndac_component", "postfilter_component", "export_model"]
@@ -68,7 +67,9 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
     (6, the paper's setting, when not recorded); 0 for a model whose postfilter does not (yet) help.
     """
-    from ..models import ModelError, ndac_from_folder, save_ndac
+    from ..bitrate import bitrate_table, nominal_bitrate
+    from ..models.folder import ModelError, ModelFolderBuilder
+    from ..models.loading import ndac_from_folder
     from ..postfilter import Postfilter
 
     out = Path(out_dir).expanduser()
@@ -90,13 +91,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
             raise TrainingError(str(exc)) from None
         if pf.sample_rate != codec.sample_rate:
             raise TrainingError(f"the NDAC runs at {codec.sample_rate} Hz but the postfilter at {pf.sample_rate} Hz")
-    for sub in ("ndac", "postfilter"):
-        if (out / sub).exists():
-            shutil.rmtree(out / sub)
-    save_ndac(codec, out / "ndac")
-    if pf is not None:
-        pf.save(out / "postfilter")
-    bits = math.ceil(math.log2(codec.codebook_size))
+    rates = bitrate_table(codec.sample_rate, codec.hop_length, codec.n_codebooks, codec.codebook_size)
     card: dict[str, Any] = {
         "name": name or out.name,
         "licence": licence,
@@ -107,14 +102,20 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         "frame_rate": codec.frame_rate,
         "n_codebooks": codec.n_codebooks,
         "codebook_size": codec.codebook_size,
-        "bitrates_kbps": [round(k * bits * codec.frame_rate / 1000, 6) for k in range(1, codec.n_codebooks + 1)],
+        "bitrates_kbps": rates,
     }
     if pf is not None and trained_codebooks:
-        card["trained_bitrates_kbps"] = [round(int(k) * bits * codec.frame_rate / 1000, 6)
-                                         for k in sorted(set(trained_codebooks))]
+        card["trained_bitrates_kbps"] = [
+            round(nominal_bitrate(codec.sample_rate, codec.hop_length, int(k), codec.codebook_size) / 1000, 6)
+            for k in sorted(set(trained_codebooks))]
     if default_nfe is not None:
         if default_nfe < 0 or (pf is None and default_nfe > 0):
             raise TrainingError(f"default NFE {default_nfe}: must be 0, or positive for a model with a postfilter")
         card["default_nfe"] = int(default_nfe)
-    atomic_write_bytes(out / "flowdec.json", (json.dumps(card, indent=2) + "\n").encode())
+    with ModelFolderBuilder(out, "export") as build:
+        build.add_ndac(codec)
+        if pf is not None:
+            build.add_postfilter(pf)
+        build.write_card(card)
+        build.publish_into()
     return out

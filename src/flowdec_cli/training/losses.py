@@ -24,7 +24,7 @@ matching objective (section 5 of the research note).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -30,8 +30,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -278,7 +279,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
             skipped += len(targets) - len(todo)
             if bar is not None and len(targets) > len(todo):
                 bar.update(len(targets) - len(todo))
-            for k, p in targets:
+            for _, p in targets:
                 lists[which[it.path]].append((it.path, str(p.resolve())))
     finally:
         if bar is not None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
+from ..exceptions import FlowdecError
+
 __all__ = ["PresetError", "preset_names", "preset_text"]
 
 
-class PresetError(Exception):
+class PresetError(FlowdecError):
     """An unknown preset, or none shipped with this installation."""
 
 

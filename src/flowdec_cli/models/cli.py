@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import one_line_errors
+from ..errors import FlowdecGroup
 
 __all__ = ["models_group"]
-
-
-def _model_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoints import CheckpointError
-    from .fileio import OutputExistsError
-    from .models import ModelError
-
-    return (ModelError, CheckpointError, OutputExistsError)
-
-
-_one_line_errors = one_line_errors(_model_errors)
 
 
 def _cache_option(f: Callable) -> Callable:
     return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                         help="Model cache (default: $FLOWDEC_HOME or ~/.cache/flowdec).")(f)
-
-
-def _use_cache_dir(cache_dir: Path | None) -> None:
-    if cache_dir is not None:
-        os.environ["FLOWDEC_HOME"] = str(cache_dir)
 
 
 def _size(n: int | None, approx: int | None) -> str:
@@ -59,7 +42,7 @@ def _rate_range(rates: list[float]) -> str:
     return f"{min(rates):g}" if len(rates) == 1 else f"{min(rates):g}-{max(rates):g}"
 
 
-def _print_table(models: list[dict[str, Any]]) -> None:
+def _print_table(models: list[dict[str, Any]], cache_dir: Path | None) -> None:
     header = ("NAME", "RATE", "KBIT/S", "TRAINED AT", "NFE", "SIZE", "LICENCE", "LOCAL")
     rows = []
     for m in models:
@@ -77,10 +60,10 @@ def _print_table(models: list[dict[str, Any]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    from .registry import DEFAULT_MODEL_ENV, RELEASED_DEFAULT, chosen_default_model
+    from .catalogue import DEFAULT_MODEL_ENV, RELEASED_DEFAULT, chosen_default_model
 
     notes = []
-    chosen = chosen_default_model()
+    chosen = chosen_default_model(cache_dir)
     default = next((m for m in models if m.get("default")), None)
     if chosen is not None:
         notes.append(f"default model: {chosen[0]} (from {chosen[1]}); `flowdec models default --reset` "
@@ -102,7 +85,7 @@ def _print_table(models: list[dict[str, Any]]) -> None:
         click.echo(f"flowdec: {n}", err=True)
 
 
-@click.group("models", invoke_without_command=True, short_help="List, fetch and export models.",
+@click.group("models", cls=FlowdecGroup, invoke_without_command=True, short_help="List, fetch and export models.",
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.pass_context
 def models_group(ctx: click.Context) -> None:
@@ -121,36 +104,32 @@ def models_group(ctx: click.Context) -> None:
 @models_group.command("list", short_help="The known models and whether they are local.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_cache_option
-@_one_line_errors
 def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
     """Known models: frame rate, bitrates, size, licence, and whether they are available locally."""
-    from .registry import list_models
+    from .catalogue import list_models
 
-    _use_cache_dir(cache_dir)
-    models = list_models()
+    models = list_models(cache_dir)
     if as_json:
         click.echo(json.dumps(models, indent=2))
     else:
-        _print_table(models)
+        _print_table(models, cache_dir)
 
 
 @models_group.command("default", short_help="Show or set the model used when no --model is given.")
 @click.argument("name", metavar="[NAME_OR_PATH]", required=False)
 @click.option("--reset", is_flag=True, help="Go back to the built-in model.")
 @_cache_option
-@_one_line_errors
 def default_command(name: str | None, reset: bool, cache_dir: Path | None) -> None:
     """Show the default model, or make NAME_OR_PATH (a model name, a folder or hf://OWNER/REPO) the default.
 
     The setting lives in $FLOWDEC_HOME/settings.json; the environment variable FLOWDEC_MODEL overrides it.
     """
-    from .registry import DEFAULT_MODEL_ENV, builtin_model_name, chosen_default_model, set_default_model
+    from .catalogue import DEFAULT_MODEL_ENV, builtin_model_name, chosen_default_model, set_default_model
 
-    _use_cache_dir(cache_dir)
     if name is not None and reset:
         raise click.UsageError("give either NAME_OR_PATH or --reset, not both")
     if name is None and not reset:
-        chosen = chosen_default_model()
+        chosen = chosen_default_model(cache_dir)
         if chosen is None:
             click.echo(builtin_model_name())
             click.echo("flowdec: the built-in model (no default chosen)", err=True)
@@ -158,8 +137,8 @@ def default_command(name: str | None, reset: bool, cache_dir: Path | None) -> No
             click.echo(chosen[0])
             click.echo(f"flowdec: from {chosen[1]}", err=True)
         return
-    path = set_default_model(None if reset else name)
-    chosen = chosen_default_model()
+    path = set_default_model(None if reset else name, cache_dir)
+    chosen = chosen_default_model(cache_dir)
     now = chosen[0] if chosen else builtin_model_name()
     click.echo(f"flowdec: default model is now {now} (saved in {path})", err=True)
     if chosen and chosen[1] == f"${DEFAULT_MODEL_ENV}":
@@ -177,7 +156,6 @@ def default_command(name: str | None, reset: bool, cache_dir: Path | None) -> No
 @click.option("-f", "--force", is_flag=True, help="Convert again even if all four models are in the cache.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_cache_option
-@_one_line_errors
 def fetch_official_command(source: str | None, no_size_check: bool, no_hash_check: bool, keep_zip: bool, force: bool,
                            quiet: bool, cache_dir: Path | None) -> None:
     """Download the released FlowDec weights (checkpoints.zip, 1.2 GB; resumes), convert them into the cache.
@@ -185,16 +163,15 @@ def fetch_official_command(source: str | None, no_size_check: bool, no_hash_chec
     Only the four weight files are taken from the archive. They become the models flowdec-75m, flowdec-25s,
     ndac-75 and ndac-25, licensed CC-BY-NC-4.0 (non-commercial use only).
     """
-    from .registry import (OFFICIAL_MODELS, OFFICIAL_ZIP_SHA256, OFFICIAL_ZIP_SIZE, OFFICIAL_ZIP_URL,
-                           fetch_official, models_dir)
+    from .catalogue import OFFICIAL_MODELS, OFFICIAL_ZIP_SHA256, OFFICIAL_ZIP_SIZE, OFFICIAL_ZIP_URL, models_dir
+    from .release import fetch_official
 
-    _use_cache_dir(cache_dir)
     if not quiet:
-        click.echo(f"flowdec: fetching the released models from {source or OFFICIAL_ZIP_URL} into {models_dir()}",
-                   err=True)
+        click.echo(f"flowdec: fetching the released models from {source or OFFICIAL_ZIP_URL} into "
+                   f"{models_dir(cache_dir)}", err=True)
     done = fetch_official(source, expected_size=None if no_size_check else OFFICIAL_ZIP_SIZE,
                           expected_sha256=None if no_hash_check else OFFICIAL_ZIP_SHA256,
-                          progress=not quiet, keep_download=keep_zip, force=force)
+                          progress=not quiet, keep_download=keep_zip, force=force, cache_dir=cache_dir)
     if not quiet:
         for name, path in done.items():
             click.echo(f"flowdec: {name}: {path}", err=True)
@@ -210,12 +187,10 @@ def fetch_official_command(source: str | None, no_size_check: bool, no_hash_chec
 @click.option("--repo", "repo_id", metavar="OWNER/REPO", default=None,
               help="The hub repo it is for: names the model hf://OWNER/REPO and fills in the model card.")
 @_cache_option
-@_one_line_errors
 def export_command(name: str, dest: Path, force: bool, repo_id: str | None, cache_dir: Path | None) -> None:
     """Write a model as a folder ready to upload to the Hugging Face hub (then: hf upload OWNER/REPO DIR)."""
-    from .registry import export_model
+    from .cards import export_model
 
-    _use_cache_dir(cache_dir)
-    out = export_model(name, dest, force=force, repo_id=repo_id)
+    out = export_model(name, dest, force=force, repo_id=repo_id, cache_dir=cache_dir)
     click.echo(f"flowdec: wrote {out}; upload with `hf upload {repo_id or 'OWNER/REPO'} {out}`, "
                f"then use --model hf://{repo_id or 'OWNER/REPO'}", err=True)

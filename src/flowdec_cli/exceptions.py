@@ -1,0 +1,14 @@
+"""The one base class of every error this package raises on purpose.
+
+Each module keeps its own exception class (``ModelError``, ``FdcError``, ...), and every one derives from
+:class:`FlowdecError`, so an embedding program catches them all with one ``except`` and the CLI turns them
+into one-line messages in one place (:func:`flowdec_cli.errors.one_line_message`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FlowdecError"]
+
+
+class FlowdecError(Exception):
+    """A failure the package expects and explains: the message names the file or model and the problem."""

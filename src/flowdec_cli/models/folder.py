@@ -1,0 +1,226 @@
+"""The model folder: its layout, its card, the default NFE, the bitrate table, and the one writer.
+
+A *model* is an NDAC codec, optionally paired with a postfilter. On disk it is a folder:
+
+    MODEL/flowdec.json                  the card: name, licence, description, rates, weights hashes
+    MODEL/ndac/config.json              {"type": "ndac", ...DAC constructor settings}
+    MODEL/ndac/model.safetensors
+    MODEL/postfilter/config.json        {"type": "flowdec_postfilter", ...}   (absent for a codec alone)
+    MODEL/postfilter/model.safetensors
+    MODEL/entropy.safetensors           entropy tables (optional)
+    MODEL/README.md                     model card (hub repos)
+
+A component folder (``config.json`` + ``model.safetensors``) also loads on its own. Every model folder this
+package writes is staged by :class:`ModelFolderBuilder` and published whole, so a crash never leaves half a
+model where a model is looked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ..bitrate import bitrate_table
+from ..exceptions import FlowdecError
+from ..fileio import atomic_write_bytes, publish_folder, temporary_folder
+
+if TYPE_CHECKING:
+    from ..ndac import NDAC
+    from ..postfilter import Postfilter
+
+__all__ = ["MODEL_CARD_NAME", "DEFAULT_NFE", "ModelError", "ModelFolderBuilder", "default_nfe_for",
+           "wants_postfilter", "save_ndac", "read_model_card", "read_json", "is_model_folder", "folder_type",
+           "card_rates"]
+
+MODEL_CARD_NAME = "flowdec.json"
+DEFAULT_NFE = 6  # the paper's setting: midpoint, 3 steps
+COMPONENTS = ("ndac", "postfilter")
+ENTROPY_TABLES_NAME = "entropy.safetensors"
+
+
+class ModelError(FlowdecError):
+    """A model that cannot be found or loaded; the message says which and why."""
+
+
+def default_nfe_for(card: dict[str, Any], has_postfilter: bool) -> int:
+    """The NFE a model runs at when none is asked for: its card's ``default_nfe``, else :data:`DEFAULT_NFE`;
+    0 for a codec without a postfilter (the catalogue's listing and :class:`~.loading.Model` both use this)."""
+    if not has_postfilter:
+        return 0
+    try:
+        return max(0, int(card.get("default_nfe", DEFAULT_NFE)))
+    except (TypeError, ValueError):
+        return DEFAULT_NFE
+
+
+def wants_postfilter(nfe: int | None, card: dict[str, Any], has_postfilter: bool) -> bool:
+    """Whether a run asking for ``nfe`` passes (None: the model's default) needs the postfilter loaded."""
+    if not has_postfilter:
+        return False
+    return (default_nfe_for(card, has_postfilter) if nfe is None else nfe) > 0
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or {} when it is missing, unreadable or not an object (lenient: listings)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_model_card(folder: Path) -> dict[str, Any]:
+    """A model folder's card ({} when it has none); :class:`ModelError` when it is there but unreadable."""
+    card = folder / MODEL_CARD_NAME
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{card}: unreadable ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def is_model_folder(folder: Path) -> bool:
+    return folder.is_dir() and (folder / MODEL_CARD_NAME).is_file() and (folder / "ndac").is_dir()
+
+
+def folder_type(folder: Path) -> str | None:
+    """The ``type`` of a component folder's config.json (``ndac``, ``flowdec_postfilter``), else None."""
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        kind = json.loads(cfg.read_text()).get("type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def card_rates(card: dict[str, Any], ndac_config: dict[str, Any]) -> dict[str, Any]:
+    """Sample rate, hop, frame rate, codebooks and the bitrate table of a model, from its card where it says
+    them and from its codec's config.json otherwise (missing values: 0, codebook size 1024)."""
+    sr = int(card.get("sample_rate") or ndac_config.get("sample_rate") or 48000)
+    hop = card.get("hop_length")
+    if not hop and isinstance(ndac_config.get("encoder_rates"), list):
+        with contextlib.suppress(TypeError, ValueError):
+            hop = math.prod(int(r) for r in ndac_config["encoder_rates"])
+    hop = int(hop or 0)
+    n_cb = int(card.get("n_codebooks") or ndac_config.get("n_codebooks") or 0)
+    cb_size = int(card.get("codebook_size") or ndac_config.get("codebook_size") or 1024)
+    frame_rate = float(card.get("frame_rate") or (sr / hop if hop else 0.0))
+    rates = card.get("bitrates_kbps")
+    if not isinstance(rates, list):
+        rates = bitrate_table(sr, hop, n_cb, cb_size) if hop and n_cb else []
+    return {"sample_rate": sr, "hop_length": hop, "frame_rate": frame_rate, "n_codebooks": n_cb,
+            "codebook_size": cb_size, "bitrates_kbps": [float(r) for r in rates]}
+
+
+def save_ndac(model: NDAC, folder: str | os.PathLike[str]) -> Path:
+    """Write an (unfolded) NDAC as a component folder; the keys stay those of the released weights."""
+    from ..checkpoints import save_model_folder
+
+    if model.folded:
+        raise ModelError("cannot save an NDAC whose weight norm was folded; save before folding")
+    return save_model_folder(folder, {"type": "ndac", **model.config.to_dict()}, model.state_dict())
+
+
+class ModelFolderBuilder:
+    """Builds a model folder in a temporary sibling of its destination, then publishes it whole: the only
+    code that writes model folders (the release conversion, ``flowdec models export`` and ``flowdec train
+    export`` all go through it).
+
+    ``with ModelFolderBuilder(dest) as b: b.add_ndac(...); b.write_card(card); b.publish()``; leaving the
+    block without :meth:`publish` removes the staged files.
+    """
+
+    #: what a published model owns in its folder; :meth:`publish_into` replaces these and keeps the rest (.git)
+    OWNED = (MODEL_CARD_NAME, "README.md", *COMPONENTS, "config.json", "model.safetensors", ENTROPY_TABLES_NAME)
+
+    def __init__(self, dest: str | os.PathLike, label: str = "model", staging: str | os.PathLike | None = None) -> None:
+        self.dest = Path(dest).expanduser()
+        parent = Path(staging) if staging is not None else self.dest.parent
+        self.path = temporary_folder(parent, f"{self.dest.name}.{label}")
+
+    def __enter__(self) -> ModelFolderBuilder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # -- contents ------------------------------------------------------------------------------------
+    def add_ndac(self, model: NDAC) -> Path:
+        """Write an (unfolded) NDAC as the ``ndac/`` component."""
+        return save_ndac(model, self.path / "ndac")
+
+    def add_postfilter(self, postfilter: Postfilter) -> Path:
+        return postfilter.save(self.path / "postfilter")
+
+    def copy_component(self, src: Path, component: str) -> None:
+        """Copy a component folder's config.json and weights (following the hub cache's links)."""
+        from ..checkpoints import CONFIG_NAME, WEIGHTS_NAME
+
+        dst = self.path / component
+        dst.mkdir(parents=True, exist_ok=True)
+        for fname in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (src / fname).is_file():
+                raise ModelError(f"{src}: not a model folder (missing {fname})")
+            shutil.copyfile(src / fname, dst / fname)
+
+    def link_component(self, src: Path, component: str) -> None:
+        """Share identical files by hard links where the file system allows it (the NDAC of two models)."""
+        _link_or_copy_tree(src, self.path / component)
+
+    def copy_file(self, src: Path, name: str) -> None:
+        shutil.copyfile(src, self.path / name)
+
+    def write_card(self, card: dict[str, Any], readme: str | None = None) -> None:
+        """The card (and a README.md), fsynced like the weights beside them, so a published folder is whole."""
+        atomic_write_bytes(self.path / MODEL_CARD_NAME, (json.dumps(card, indent=2) + "\n").encode("utf-8"),
+                           make_parents=True)
+        if readme is not None:
+            atomic_write_bytes(self.path / "README.md", readme.encode("utf-8"), make_parents=True)
+
+    # -- publishing ----------------------------------------------------------------------------------
+    def publish(self, overwrite: bool = False) -> Path:
+        """Move the staged folder to ``dest`` in one rename; an existing ``dest`` is replaced only with
+        ``overwrite`` (else ``OutputExistsError``)."""
+        publish_folder(self.path, self.dest, overwrite=overwrite)
+        return self.dest
+
+    def publish_into(self) -> Path:
+        """Move the staged files into the folder ``dest``, replacing only what a model owns (:data:`OWNED`),
+        so a hub repo's .git or other files stay."""
+        dest = self.dest
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in self.OWNED:
+            old = dest / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.exists() or old.is_symlink():
+                old.unlink()
+        for item in sorted(self.path.iterdir()):
+            os.replace(item, dest / item.name)
+        self.discard()
+        return dest
+
+
+def _link_or_copy_tree(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in src.iterdir():
+        if p.is_dir():
+            _link_or_copy_tree(p, dst / p.name)
+            continue
+        try:
+            os.link(p, dst / p.name)
+        except OSError:
+            shutil.copy2(p, dst / p.name)

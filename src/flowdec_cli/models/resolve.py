@@ -1,0 +1,151 @@
+"""Resolving a model reference to a local folder: an existing path as it is, a hub repo through the Hugging
+Face cache, a name of the catalogue through the package or the model cache.
+
+In that order: an existing path; ``hf://OWNER/REPO[@REVISION]`` (downloaded through huggingface_hub and its
+cache; ``HF_HUB_OFFLINE=1`` works from the cache alone); an embedded model; a model in ``CACHE/models/``.
+Every command resolves its model once, here, and loads from the folder it gets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .. import __version__
+from .catalogue import (
+    HUB_MODELS,
+    OFFICIAL_BY_NAME,
+    CacheDir,
+    canonical_name,
+    embedded_by_any_name,
+    is_hub_ref,
+    models_dir,
+    parse_hub_ref,
+    unknown_model,
+)
+from .folder import ModelError, is_model_folder
+
+__all__ = ["resolve", "resolve_name", "resolve_hub", "pretrained_ref", "hub_offline", "hub_cache_dir"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^\s/]+)?$")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.md"]
+
+
+def pretrained_ref(ref: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """Hugging Face habits for the Python API: ``OWNER/REPO[@REV]`` that is not an existing path means the
+    hub repo (``hf://OWNER/REPO[@REV]``); names, paths and ``hf://`` references pass unchanged."""
+    if isinstance(ref, str) and _HUB_ID.match(ref) and not Path(ref).expanduser().exists():
+        return "hf://" + ref
+    return ref
+
+
+def resolve(ref: str | os.PathLike[str], cache_dir: CacheDir = None) -> Path:
+    """A local path for ``ref``: an existing path as is, else a hub reference or a catalogue name."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    return resolve_name(str(ref), cache_dir)
+
+
+def _env_true(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as it is now (huggingface_hub reads it only once, at import)."""
+    env = os.environ.get("HF_HUB_OFFLINE")
+    if env is not None:
+        return _env_true(env)
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:
+        return False
+
+
+def hub_cache_dir() -> Path:
+    """The hub cache huggingface_hub would use, from the environment as it is now."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.path.expandvars(os.environ[var])).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "huggingface" / "hub"
+
+
+def _hub_error(ref: str, repo: str, revision: str | None, exc: BaseException, offline: bool, cache: Path) -> str:
+    names = {c.__name__ for c in type(exc).__mro__}
+    where = f"{ref}:"
+    if "RevisionNotFoundError" in names:
+        return f"{where} the hub repo {repo} has no revision '{revision}'"
+    if "GatedRepoError" in names:
+        return (f"{where} the hub repo {repo} is gated; accept its terms on huggingface.co and log in "
+                "(`hf auth login` or HF_TOKEN)")
+    if "RepositoryNotFoundError" in names:
+        return (f"{where} no such model on the Hugging Face hub (or it is private: log in with `hf auth login` "
+                "or set HF_TOKEN)")
+    if "IncompleteSnapshotError" in names:
+        return (f"{where} the cached copy in {cache} is incomplete and the hub cannot be reached; run once with "
+                "network access (HF_HUB_OFFLINE unset) to complete it")
+    if "HFValidationError" in names:
+        return f"{where} not a valid hub repo name"
+    if offline:
+        return (f"{where} not in the local Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids "
+                "downloading; unset HF_HUB_OFFLINE with network access, or give the model's local folder")
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "LocalEntryNotFoundError" in names or isinstance(exc, OSError):
+        return (f"{where} cannot reach the Hugging Face hub and the model is not in the local cache ({cache}); "
+                "check the network (or HF_ENDPOINT), or download the repo elsewhere and give its folder")
+    return f"{where} hub download failed ({type(exc).__name__}: {reason})"
+
+
+def resolve_hub(ref: str) -> Path:
+    """The local snapshot folder of ``hf://OWNER/REPO[@REVISION]``, downloading it when allowed."""
+    repo, revision = parse_hub_ref(ref)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ModelError(f"{ref}: huggingface_hub is not installed (pip install huggingface_hub)") from None
+    offline = hub_offline()
+    cache = hub_cache_dir()
+    try:
+        folder = snapshot_download(repo, revision=revision, cache_dir=str(cache), local_files_only=offline,
+                                   allow_patterns=_HUB_PATTERNS, library_name="flowdec-cli",
+                                   library_version=__version__)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        raise ModelError(_hub_error(ref, repo, revision, exc, offline, cache)) from None
+    path = Path(folder)
+    if not ((path / "ndac").is_dir() or (path / "config.json").is_file()):
+        raise ModelError(f"{ref}: the hub repo {repo} holds no flowdec model (no ndac/ folder or config.json)")
+    return path
+
+
+def resolve_name(ref: str, cache_dir: CacheDir = None) -> Path:
+    """A local model folder for a hub reference or a catalogue name (not a path)."""
+    ref = str(ref)
+    if is_hub_ref(ref):
+        return resolve_hub(ref)
+    name = canonical_name(ref)
+    embedded = embedded_by_any_name()
+    if name in embedded:
+        return embedded[name]
+    cached = models_dir(cache_dir) / name
+    if name and "/" not in name and "\\" not in name and not name.startswith(".") and is_model_folder(cached):
+        return cached
+    if name in OFFICIAL_BY_NAME:
+        raise ModelError(f"model '{name}' is one of the released FlowDec models but is not in the cache "
+                         f"({models_dir(cache_dir)}) yet; run `flowdec models fetch-official` to download and "
+                         "convert them (1.2 GB), or set FLOWDEC_HOME / --cache-dir to where they are")
+    for e in HUB_MODELS:
+        if e.name == name and e.hub_repo:
+            return resolve_hub(f"hf://{e.hub_repo}")
+    looks_like_path = any(s in ref for s in ("/", "\\")) or ref.startswith(("~", ".")) or \
+        ref.endswith((".pth", ".ckpt", ".safetensors", ".json"))
+    if looks_like_path:
+        raise ModelError(f"{ref}: no such file or folder")
+    raise unknown_model(ref, cache_dir)

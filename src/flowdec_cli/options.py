@@ -1,0 +1,32 @@
+"""Checks of command-line options that several commands share (``flowdec compress``, ``flowdec corpus``...).
+
+The rules themselves live with the code they protect (:func:`flowdec_cli.pipeline.check_rate_request`,
+:func:`flowdec_cli.sampler.nfe_to_steps`); this module only turns a refusal into a usage error (exit 2)
+before any file is read, so every command words it the same way.
+"""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["check_nfe_option", "check_rate_request_option"]
+
+
+def check_rate_request_option(bitrate: float | None, n_codebooks: int | None) -> None:
+    """-b/--bitrate or --n-codebooks, not both."""
+    from .pipeline import CodecError, check_rate_request
+
+    try:
+        check_rate_request(bitrate, n_codebooks)
+    except CodecError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def check_nfe_option(nfe: int, solver: str) -> None:
+    """An NFE the solver cannot run (midpoint takes two passes a step)."""
+    from .sampler import nfe_to_steps
+
+    try:
+        nfe_to_steps(nfe, solver)
+    except ValueError as exc:
+        raise click.UsageError(f"--nfe {nfe}: {exc}") from None
