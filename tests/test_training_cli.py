@@ -126,6 +126,27 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     r = _run("train", "export", model, "--ndac", run)
     assert "not empty" in _one_error_line(r)
 
+    # entropy tables learned for this codec follow it into a re-export with a new postfilter, and only then
+    from flowdec_cli.entropy import load_tables
+    from flowdec_cli.training.entropy_tables import build_tables_for_model
+
+    _, tables, _ = build_tables_for_model(model, [tmp_path / "clips"])
+    r = _run("train", "export", model, "--ndac", model, "--postfilter", pf_run, "--name", "tiny-trained", "-f")
+    assert r.exit_code == 0, r.output
+    assert load_tables(model / "entropy.safetensors").id == tables.id
+    r = _run("train", "export", tmp_path / "other", "--ndac", model, "--postfilter", pf_run)
+    assert r.exit_code == 0 and (tmp_path / "other" / "entropy.safetensors").is_file()
+    r = _run("train", "export", tmp_path / "raw", "--ndac", run)
+    assert r.exit_code == 0 and not (tmp_path / "raw" / "entropy.safetensors").exists()
+    import dataclasses
+
+    from flowdec_cli.entropy import save_tables
+
+    save_tables(dataclasses.replace(tables, ndac_hash="0" * 16), model)  # tables of some other codec's weights
+    r = _run("train", "export", tmp_path / "stale", "--ndac", model)
+    assert r.exit_code == 0 and not (tmp_path / "stale" / "entropy.safetensors").exists()
+    save_tables(tables, model)
+
     wav = tmp_path / "in.wav"
     sf.write(wav, tone(0.4, 44100, 2), 44100)
     out = tmp_path / "out.wav"

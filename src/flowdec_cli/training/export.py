@@ -59,6 +59,19 @@ def postfilter_component(ref: str | os.PathLike, ema: bool = True) -> Path:
                         "with postfilter/ or a config.json of type 'flowdec_postfilter')")
 
 
+def _entropy_tables_for(path: Path, ndac_hash: str) -> Path | None:
+    """``path`` if it holds entropy tables learned for the NDAC weights ``ndac_hash``, else None."""
+    from ..entropy import EntropyError, load_tables
+
+    if not path.is_file():
+        return None
+    try:
+        tables = load_tables(path)
+    except EntropyError:
+        return None
+    return path if tables.ndac_hash == ndac_hash else None
+
+
 def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter: str | os.PathLike | None = None,
                  name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
                  trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None) -> Path:
@@ -66,10 +79,13 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
 
     ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
     (6, the paper's setting, when not recorded); 0 for a model whose postfilter does not (yet) help.
+
+    When ``ndac`` is a model folder with entropy tables learned for these very weights, the tables come
+    along: a new postfilter on the same codec leaves the codes, and so the tables, valid.
     """
     from ..bitrate import bitrate_table, nominal_bitrate
-    from ..models.folder import ModelError, ModelFolderBuilder
-    from ..models.loading import ndac_from_folder
+    from ..models.folder import ENTROPY_TABLES_NAME, ModelError, ModelFolderBuilder
+    from ..models.loading import ndac_from_folder, ndac_state_hash
     from ..postfilter import Postfilter
 
     out = Path(out_dir).expanduser()
@@ -112,10 +128,13 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         if default_nfe < 0 or (pf is None and default_nfe > 0):
             raise TrainingError(f"default NFE {default_nfe}: must be 0, or positive for a model with a postfilter")
         card["default_nfe"] = int(default_nfe)
+    tables_src = _entropy_tables_for(ndac_dir.parent / ENTROPY_TABLES_NAME, ndac_state_hash(codec))
     with ModelFolderBuilder(out, "export") as build:
         build.add_ndac(codec)
         if pf is not None:
             build.add_postfilter(pf)
+        if tables_src is not None:
+            build.copy_file(tables_src, ENTROPY_TABLES_NAME)
         build.write_card(card)
         build.publish_into()
     return out
