@@ -460,10 +460,12 @@ class Codec:
         if self.postfilter is None:
             d0.close()
             raise CodecError(f"model '{self.model.name}' has no postfilter; use --nfe 0")
+        from .longaudio import enhance_long
+
         out = _ModelRateBuffer(channels, d0.data.shape[1])
         try:
-            self.postfilter.enhance_long(d0.data, out.data, nfe=nfe, solver=solver, seed=seed,
-                                         device=self.device, progress=progress)
+            enhance_long(self.postfilter, d0.data, out.data, nfe=nfe, solver=solver, seed=seed,
+                         device=self.device, progress=progress)
         except BaseException:
             out.close()
             raise
