@@ -8,7 +8,7 @@ prints the largest output difference between the two:
 * real-time factor of a whole enhance at ``--nfe`` (default 6 = midpoint, 3 steps);
 * peak memory during the enhance (CPU: peak RSS above the level before the call, sampled every 5 ms;
   CUDA: ``torch.cuda.max_memory_allocated``);
-* optionally (``--chunked``) the long-audio path ``enhance_long`` with batched chunks;
+* optionally (``--chunked``) the long-audio path ``longaudio.enhance_long`` with batched chunks;
 * optionally (``--breakdown``) how much of a pass is convolution, at what rate, next to the rate of one
   large 3x3 convolution alone: the roofline that bounds any float32 speed-up on this machine.
 
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from flowdec_cli.longaudio import enhance_long  # noqa: E402
 from flowdec_cli.postfilter import Postfilter, tune_cpu_allocator  # noqa: E402
 from flowdec_cli.sampler import draw_noise, start_point  # noqa: E402
 
@@ -291,8 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.chunked:
             prepare("optimised")
             with PeakMemory(device) as mem:
-                w, c, out = timed(device, lambda: fast.enhance_long(
-                    y, nfe=args.nfe, solver=args.solver, noise=noise, chunk_seconds=args.chunk_seconds,
+                w, c, out = timed(device, lambda: enhance_long(
+                    fast, y, nfe=args.nfe, solver=args.solver, noise=noise, chunk_seconds=args.chunk_seconds,
                     batch_size=args.batch_size))
             results["optimised_chunked"] = {"enhance_s": w, "enhance_cpu_s": c, "rtf": w / duration,
                                             "peak_mem_mb": mem.peak_mb,

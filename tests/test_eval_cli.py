@@ -324,13 +324,13 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
         def coded_bytes(self, header, codes):
             return 60 * header["n"]
 
-        def decompress_codes(self, header, codes, nfe=6, seed=0, progress=None):
-            if progress is not None:
-                bar = progress("decode D0", 1, "chunk")
-                time.sleep(0.001)
-                bar.close()
+        def decompress_codes_timed(self, header, codes, nfe=6, seed=0):
+            t0 = time.perf_counter()
+            time.sleep(0.001)  # "D0"
+            d0_seconds = time.perf_counter() - t0
             noise = np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
-            return codes + noise * 0.1 / header["n"] / nfe
+            stages = types.SimpleNamespace(d0_seconds=d0_seconds, postfilter_seconds=0.0)
+            return codes + noise * 0.1 / header["n"] / nfe, stages
 
     monkeypatch.setitem(sys.modules, "flowdec_cli.pipeline",
                         types.SimpleNamespace(Codec=FakeCodec))

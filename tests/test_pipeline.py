@@ -55,6 +55,27 @@ def test_file_and_array_paths_agree(codec, tmp_path):
     np.testing.assert_allclose(y_file, y_arr, atol=1e-6)
 
 
+def test_decodes_report_the_seconds_of_d0_and_the_postfilter(tmp_path):
+    """What ``eval --codec`` reads for its D0 and postfilter columns: measured by the pipeline itself."""
+    from flowdec_cli.postfilter import Postfilter
+
+    from .conftest import make_tiny_ndac, write_model_folder
+
+    torch.manual_seed(0)
+    folder = write_model_folder(tmp_path / "m", "tiny-pf", make_tiny_ndac(), Postfilter(nf=4, ch_mult=(1, 1)))
+    codec = Codec.load(folder, "cpu")
+    header, codes = codec.compress_array(tone(0.5, 44100), 44100, n_codebooks=4)
+    y, d0_only = codec.decompress_codes_timed(header, codes, nfe=0)
+    np.testing.assert_array_equal(y, codec.decompress_codes(header, codes, nfe=0))
+    assert d0_only.nfe == 0 and d0_only.d0_seconds > 0 and d0_only.postfilter_seconds == 0.0
+    assert d0_only.seconds >= d0_only.d0_seconds and d0_only.sample_rate == 44100
+    y, both = codec.decompress_codes_timed(header, codes, nfe=2, seed=1)
+    np.testing.assert_array_equal(y, codec.decompress_codes(header, codes, nfe=2, seed=1))
+    for res in (both, codec.decompress_codes_to_file(header, codes, tmp_path / "o.wav", nfe=2, seed=1)):
+        assert res.nfe == 2 and res.d0_seconds > 0 and res.postfilter_seconds > 0
+        assert res.seconds >= res.d0_seconds + res.postfilter_seconds
+
+
 @pytest.mark.parametrize("kbps,expected_k", [(0.75, 1), (3, 4), (4.5, 6), (6.1, 8), (7.5, 10), (100, 10)])
 def test_bitrate_maps_to_largest_fitting_codebook_count(codec, kbps, expected_k):
     assert codec.choose_codebooks(kbps) == expected_k

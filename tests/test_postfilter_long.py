@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from flowdec_cli.postfilter import Postfilter, _NoiseStream, plan_chunks
+from flowdec_cli.longaudio import _NoiseStream, auto_batch_size, enhance_long, plan_chunks
+from flowdec_cli.postfilter import Postfilter
 
 SR = 48000
 HOP = 384
@@ -106,12 +107,12 @@ def test_short_input_is_bit_identical_to_enhance():
     model = _tiny()
     y = _stationary(0.9, channels=2)
     a = model.enhance(y, 2, "euler", generator=torch.Generator().manual_seed(9))
-    b = model.enhance_long(y, nfe=2, solver="euler", seed=9, chunk_seconds=1.0)
+    b = enhance_long(model, y, nfe=2, solver="euler", seed=9, chunk_seconds=1.0)
     assert torch.equal(a, b)
     noise = _global_noise(2, 1 + y.shape[-1] // HOP)
     assert torch.equal(model.enhance(y, 2, "euler", noise=noise),
-                       model.enhance_long(y, nfe=2, solver="euler", noise=noise, chunk_seconds=1.0))
-    assert torch.equal(model.enhance_long(y[0, 0], nfe=0), y[0, 0])
+                       enhance_long(model, y, nfe=2, solver="euler", noise=noise, chunk_seconds=1.0))
+    assert torch.equal(enhance_long(model, y[0, 0], nfe=0), y[0, 0])
 
 
 # -- the chunk machinery is exact for a frame-local field -------------------------------------------------
@@ -126,8 +127,8 @@ def test_chunking_is_exact_for_a_frame_local_field():
     noise = _global_noise(2, frames)
     whole = model.enhance(y, 4, "midpoint", noise=noise)
     for chunk_s, overlap_s, batch in [(0.512, 0.16, 1), (1.0, 0.3, 3), (0.6, 0.05, 2)]:
-        chunked = model.enhance_long(y, nfe=4, solver="midpoint", noise=noise, chunk_seconds=chunk_s,
-                                     overlap_seconds=overlap_s, batch_size=batch)
+        chunked = enhance_long(model, y, nfe=4, solver="midpoint", noise=noise, chunk_seconds=chunk_s,
+                               overlap_seconds=overlap_s, batch_size=batch)
         err = (chunked - whole).abs().max().item()
         assert err < 2e-5 * whole.abs().max().item(), (chunk_s, overlap_s, err)
 
@@ -147,17 +148,17 @@ def test_memmap_source_out_and_bounded_reads(tmp_path):
             reads.append(index[-1].stop - index[-1].start)
             return src[index]
 
-    got = model.enhance_long(Recording(), out, nfe=2, solver="euler", seed=3, chunk_seconds=0.512,
-                             overlap_seconds=0.16)
+    got = enhance_long(model, Recording(), out, nfe=2, solver="euler", seed=3, chunk_seconds=0.512,
+                       overlap_seconds=0.16)
     assert got is out
-    ref = model.enhance_long(torch.from_numpy(y), nfe=2, solver="euler", seed=3, chunk_seconds=0.512,
-                             overlap_seconds=0.16)
+    ref = enhance_long(model, torch.from_numpy(y), nfe=2, solver="euler", seed=3, chunk_seconds=0.512,
+                       overlap_seconds=0.16)
     assert ref.shape == y.shape and np.array_equal(np.asarray(out), ref.numpy())
     chunk_span = (64 - 1) * HOP + 1534
     assert max(reads[1:]) <= chunk_span  # after the peak pass (1 MiB blocks), reads are chunk-sized
     blocks = []
-    model.enhance_long(torch.from_numpy(y), nfe=2, solver="euler", seed=3, chunk_seconds=0.512,
-                       overlap_seconds=0.16, sink=lambda start, block: blocks.append((start, block)))
+    enhance_long(model, torch.from_numpy(y), nfe=2, solver="euler", seed=3, chunk_seconds=0.512,
+                 overlap_seconds=0.16, sink=lambda start, block: blocks.append((start, block)))
     assert blocks[0][0] == 0
     assert all(s2 == s1 + b1.shape[-1] for (s1, b1), (s2, _) in zip(blocks, blocks[1:]))  # in order
     assert max(b.shape[-1] for _, b in blocks) <= 64 * HOP
@@ -181,8 +182,8 @@ def test_progress_counts_network_passes():
 
     y = _stationary(2.0)
     plan = plan_chunks(y.shape[-1], 64, 20)
-    model.enhance_long(y, nfe=6, seed=0, chunk_seconds=0.512, overlap_seconds=0.16, batch_size=2,
-                       progress=progress)
+    enhance_long(model, y, nfe=6, seed=0, chunk_seconds=0.512, overlap_seconds=0.16, batch_size=2,
+                 progress=progress)
     assert totals == [(6 * len(plan.starts), "pass")] and sum(updates) == 6 * len(plan.starts)
 
 
@@ -205,8 +206,8 @@ def test_chunked_network_output_agrees_and_seams_are_cheap(capsys):
     noise = _global_noise(1, frames, seed=1)
     whole = model.enhance(y, 2, "euler", noise=noise)
     redraw = model.enhance(y, 2, "euler", noise=_global_noise(1, frames, seed=2))
-    chunked = model.enhance_long(y, nfe=2, solver="euler", noise=noise, chunk_seconds=0.512,
-                                 overlap_seconds=0.16, batch_size=3)
+    chunked = enhance_long(model, y, nfe=2, solver="euler", noise=noise, chunk_seconds=0.512,
+                           overlap_seconds=0.16, batch_size=3)
     plan = plan_chunks(length, 64, 20)
     assert len(plan.starts) >= 5
 
@@ -238,11 +239,11 @@ def test_chunked_network_output_agrees_and_seams_are_cheap(capsys):
 
 def test_defaults_and_cuda_long_path():
     model = _tiny()
-    assert model.auto_batch_size(640, 5) == 1  # CPU: batching gains nothing
+    assert auto_batch_size(model, 640, 5) == 1  # CPU: batching gains nothing
     assert model.activation_bytes(128) > model.activation_bytes(64) > 0
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     model.to("cuda").configure(precision="bfloat16")
     y = _stationary(3.0, channels=2)
-    out = model.enhance_long(y.cuda(), nfe=2, solver="euler", seed=0, chunk_seconds=0.512, overlap_seconds=0.16)
+    out = enhance_long(model, y.cuda(), nfe=2, solver="euler", seed=0, chunk_seconds=0.512, overlap_seconds=0.16)
     assert out.device.type == "cuda" and out.shape == y.shape and torch.isfinite(out).all()

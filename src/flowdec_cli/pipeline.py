@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -113,6 +113,8 @@ class DecompressResult:
     file_bytes: int = 0  # size of the .fdc file decoded (decompress_file)
     model: str = ""  # name of the model that decoded it
     warnings: list[str] = field(default_factory=list)  # e.g. weights that differ from the coder's
+    d0_seconds: float = 0.0  # of ``seconds``: decoding the codes to D0 (the NDAC decoder)
+    postfilter_seconds: float = 0.0  # of ``seconds``: the postfilter (0.0 at NFE 0); the rest is I/O and resampling
 
     @property
     def resampled(self) -> bool:
@@ -177,6 +179,15 @@ class _ModelRateBuffer:
         if isinstance(self.data, DiskArray):
             self.data.close()
         self.data = None  # type: ignore[assignment]
+
+
+class _Decoded(NamedTuple):
+    """The model-rate signal of a decode, the gain to restore, and the seconds each model stage took."""
+
+    buf: _ModelRateBuffer
+    gain: float
+    d0_seconds: float
+    postfilter_seconds: float
 
 
 class Codec:
@@ -439,9 +450,11 @@ class Codec:
         return nfe
 
     def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int, solver: str,
-                              seed: int | None, progress: Progress) -> tuple[_ModelRateBuffer, float]:
-        """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming."""
+                              seed: int | None, progress: Progress) -> _Decoded:
+        """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming;
+        each stage is timed (the output reaches the CPU inside it, so no device work is left pending)."""
         _check_codes_fit(header, codes)
+        t0 = time.perf_counter()
         channels = codes.shape[0]
         c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
         d0 = _ModelRateBuffer(channels, self.ndac.decoded_length(codes.shape[-1]))
@@ -455,21 +468,25 @@ class Codec:
                 bar.update(1)
         finally:
             bar.close()
+        d0_seconds = time.perf_counter() - t0
         if nfe == 0:
-            return d0, float(header.gain)
+            return _Decoded(d0, float(header.gain), d0_seconds, 0.0)
         if self.postfilter is None:
             d0.close()
             raise CodecError(f"model '{self.model.name}' has no postfilter; use --nfe 0")
+        from .longaudio import enhance_long
+
         out = _ModelRateBuffer(channels, d0.data.shape[1])
+        t1 = time.perf_counter()
         try:
-            self.postfilter.enhance_long(d0.data, out.data, nfe=nfe, solver=solver, seed=seed,
-                                         device=self.device, progress=progress)
+            enhance_long(self.postfilter, d0.data, out.data, nfe=nfe, solver=solver, seed=seed,
+                         device=self.device, progress=progress)
         except BaseException:
             out.close()
             raise
         finally:
             d0.close()
-        return out, float(header.gain)
+        return _Decoded(out, float(header.gain), d0_seconds, time.perf_counter() - t1)
 
     def _finish(self, buf: _ModelRateBuffer, header: FdcHeader, gain: float,
                 sink: Callable[[np.ndarray], None], out_rate: int | None = None) -> float:
@@ -508,15 +525,26 @@ class Codec:
     def decompress_codes(self, header: FdcHeader, codes: np.ndarray, nfe: int | None = None, solver: str = "midpoint",
                          seed: int | None = None, progress: Progress = _no_progress) -> np.ndarray:
         """Float audio [frames, channels] at the original rate and length."""
-        buf, gain = self._decode_to_model_rate(codes, header, self.resolve_nfe(nfe), solver, seed, progress)
+        return self.decompress_codes_timed(header, codes, nfe, solver, seed, progress)[0]
+
+    def decompress_codes_timed(self, header: FdcHeader, codes: np.ndarray, nfe: int | None = None,
+                               solver: str = "midpoint", seed: int | None = None,
+                               progress: Progress = _no_progress) -> tuple[np.ndarray, DecompressResult]:
+        """:meth:`decompress_codes` and its :class:`DecompressResult`: the seconds of the whole decode, of D0
+        and of the postfilter (what ``flowdec eval --codec`` reports), and the clip guard's factor."""
+        t0 = time.perf_counter()
+        nfe = self.resolve_nfe(nfe)
+        dec = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
         pieces: list[np.ndarray] = []
         try:
-            self._finish(buf, header, gain, pieces.append)
+            guard = self._finish(dec.buf, header, dec.gain, pieces.append)
         finally:
-            buf.close()
-        if not pieces:
-            return np.zeros((0, header.channels), np.float32)
-        return np.concatenate(pieces).astype(np.float32, copy=False)
+            dec.buf.close()
+        audio = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else \
+            np.zeros((0, header.channels), np.float32)
+        return audio, DecompressResult(header, nfe, guard, header.sample_rate, time.perf_counter() - t0,
+                                       model=self.model.name, d0_seconds=dec.d0_seconds,
+                                       postfilter_seconds=dec.postfilter_seconds)
 
     def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int | None = None,
                         solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
@@ -545,16 +573,17 @@ class Codec:
         writer = AtomicAudioWriter(dst, rate, header.channels, subtype, overwrite=overwrite)
         clip = _clip_for(writer)
         try:
-            buf, gain = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
+            dec = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
             try:
-                guard = self._finish(buf, header, gain, lambda b: writer.write(clip(b)), rate)
+                guard = self._finish(dec.buf, header, dec.gain, lambda b: writer.write(clip(b)), rate)
             finally:
-                buf.close()
+                dec.buf.close()
         except BaseException:
             writer.abort()
             raise
         writer.commit()
-        return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0, model=self.model.name)
+        return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0, model=self.model.name,
+                                d0_seconds=dec.d0_seconds, postfilter_seconds=dec.postfilter_seconds)
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",

@@ -3,15 +3,14 @@
 For every audio file under ``DIR`` (found as in :mod:`.pairing`) and every selected bitrate:
 
 1. encode once: ``Codec.compress_array(audio, sr, n_codebooks=...)`` (timed: *encode*),
-2. for every NFE: ``Codec.decompress_codes(header, codes, nfe=..., seed=...)`` (timed:
+2. for every NFE: ``Codec.decompress_codes_timed(header, codes, nfe=..., seed=...)`` (timed:
    *decode*; NFE 0 is the NDAC decoder alone, D0, and NFE > 0 adds the postfilter),
 3. score the decoded audio against the original with the chosen metrics.
 
-When ``decompress_codes`` accepts a ``progress`` callback (``progress(desc, total, unit)``
-returning a bar with ``update``/``close``), the bar named ``decode D0...`` is timed from its
-creation to its ``close``: that is the *D0* stage, and the rest of the decode time is the
-*postfilter* stage (including resampling back to the file's rate). Without the hook those
-two columns are NaN and only the total decode time is known.
+The pipeline measures its two model stages itself and returns them with the audio
+(``DecompressResult.d0_seconds`` and ``.postfilter_seconds``): those are the *D0* and
+*postfilter* columns. The whole decode also restores the gain, applies the clip guard and
+resamples back to the file's rate, so D0 + postfilter is a little less than the decode.
 
 With ``opus=True`` each selected bitrate is also coded with Opus through the ``opusenc`` /
 ``opusdec`` command-line tools (``opusenc --quiet --bitrate K``, ``opusdec --quiet --float
@@ -24,14 +23,13 @@ for Opus, so the two compare at what they really cost.
 One row per (system, kbps, nfe): metric means over the files (NaN entries skipped) and
 real-time factors ``rtf_enc``, ``rtf_d0``, ``rtf_pf``, ``rtf_dec`` = total processing seconds
 of that stage / total audio seconds (< 1 is faster than real time; ``rtf_dec`` is the whole
-decode, D0 + postfilter). A bitrate is encoded once per file and that encode time is shown
-in each of its NFE rows. Timings are wall-clock on the chosen device, after one untimed
-warm-up encode/decode of the first file.
+decode, D0 + postfilter + the rest; Opus has no stages: NaN). A bitrate is encoded once per
+file and that encode time is shown in each of its NFE rows. Timings are wall-clock on the
+chosen device, after one untimed warm-up encode/decode of the first file.
 """
 
 from __future__ import annotations
 
-import inspect
 import shutil
 import subprocess
 import tempfile
@@ -126,44 +124,12 @@ class _Acc:
     enc_s: float = 0.0
     dec_s: float = 0.0
     d0_s: float = 0.0
-    staged: bool = True  #: every decode of this row had its D0 stage timed
+    pf_s: float = 0.0
+    staged: bool = True  #: the decodes of this row report their stages (flowdec's; Opus has none)
     audio_s: float = 0.0
     chan_s: float = 0.0  #: audio seconds x channels (for per-channel bitrates)
     nbytes: int = 0
     n: int = 0
-
-
-class _StageTimer:
-    """A ``progress`` factory that times the bars it hands out, by description."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, desc: str, total: int, unit: str):
-        timer, start = self, time.perf_counter()
-
-        class _Bar:
-            closed = False
-
-            def update(self, n: int = 1) -> None:
-                pass
-
-            def close(self) -> None:
-                if not self.closed:
-                    self.closed = True
-                    timer.seconds[desc] = timer.seconds.get(desc, 0.0) + time.perf_counter() - start
-
-        return _Bar()
-
-    def total(self, prefix: str) -> float:
-        return sum(v for k, v in self.seconds.items() if k.startswith(prefix))
-
-
-def _accepts_progress(fn) -> bool:
-    try:
-        return "progress" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _collect_inputs(path: Path) -> list[Path]:
@@ -218,7 +184,6 @@ def run_codec_eval(
     codec = Codec.load(model, device=device)
     chosen = _select_bitrates(codec.bitrates(), bitrates)
     nfes = [int(n) for n in nfes]
-    staged = _accepts_progress(codec.decompress_codes)
     notes: list[str] = []
     use_opus = bool(opus)
     if opus and not opus_available():
@@ -251,7 +216,7 @@ def run_codec_eval(
         if not warmed:  # untimed warm-up (lazy init, kernel selection...)
             n_cb, kbps = chosen[0]
             h, c = codec.compress_array(audio, sr, n_codebooks=n_cb)
-            codec.decompress_codes(h, c, nfe=nfes[0], seed=seed)
+            codec.decompress_codes_timed(h, c, nfe=nfes[0], seed=seed)
             warmed = True
         for n_cb, kbps in chosen:
             t0 = time.perf_counter()
@@ -259,19 +224,15 @@ def run_codec_eval(
             enc_s = time.perf_counter() - t0
             nbytes = codec.coded_bytes(header, codes) if hasattr(codec, "coded_bytes") else 0
             for nfe in nfes:
-                timer = _StageTimer()
-                extra: dict[str, Any] = {"progress": timer} if staged else {}
                 t0 = time.perf_counter()
-                decoded = codec.decompress_codes(header, codes, nfe=nfe, seed=seed, **extra)
+                decoded, stages = codec.decompress_codes_timed(header, codes, nfe=nfe, seed=seed)
                 dec_s = time.perf_counter() - t0
                 scores = compute_metrics(audio, sr, decoded, sr, list(metrics))
                 a = acc(("flowdec", float(kbps), nfe))
                 a.enc_s += enc_s  # one encode serves every NFE row of this bitrate
                 a.dec_s += dec_s
-                if staged and any(k.startswith("decode D0") for k in timer.seconds):
-                    a.d0_s += timer.total("decode D0")
-                else:
-                    a.staged = False
+                a.d0_s += stages.d0_seconds
+                a.pf_s += stages.postfilter_seconds
                 a.audio_s += duration
                 a.chan_s += duration * channels
                 a.nbytes += nbytes
@@ -320,7 +281,7 @@ def run_codec_eval(
             return x / audio_s if audio_s else float("nan")
         row["rtf_enc"] = per_s(a.enc_s)
         row["rtf_d0"] = per_s(a.d0_s) if a.staged else nan
-        row["rtf_pf"] = per_s(max(a.dec_s - a.d0_s, 0.0)) if a.staged else nan
+        row["rtf_pf"] = per_s(a.pf_s) if a.staged else nan
         row["rtf_dec"] = per_s(a.dec_s)
         row["kbps_on_disk"] = a.nbytes * 8 / a.chan_s / 1000 if (a.nbytes and a.chan_s) else nan
         report.rows.append(row)
