@@ -80,6 +80,7 @@ def main() -> None:
                     "(default: the model's own default NFE).")
     ap.add_argument("--max-seconds", type=float, default=None, help="Crop each clip to its first N seconds.")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the RTF line is for this many).")
     args = ap.parse_args()
 
     import soundfile as sf
@@ -89,7 +90,7 @@ def main() -> None:
     from flowdec_cli.evaluation.metrics import compute_metrics
     from flowdec_cli.pipeline import Codec
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     codec = Codec.load(args.model, "cpu")
     nfes = [0] + ([int(n) for n in args.nfe.split(",")] if args.nfe else [codec.resolve_nfe(None)])
     nfes = sorted(set(nfes))
@@ -133,7 +134,7 @@ def main() -> None:
         vals = [f"{row[c]:.3f}" if c in row and not math.isnan(row[c]) else "" for c in cols]
         print(f"| {row['category']} | {row['system']} | {row['clips']} | " + " | ".join(vals) + " |")
     rtf = {k: float(np.mean(v)) for k, v in timing.items()}
-    print(f"\nCPU real-time factor (encode + decode, 2 threads): {json.dumps(rtf)}")
+    print(f"\nCPU real-time factor (encode + decode, {args.threads} threads): {json.dumps(rtf)}")
     checks = check_targets(table, max(nfes), [float(b) for b in args.bitrates.split(",")])
     print("\nTargets (issue 11):")
     for line in checks:
@@ -141,7 +142,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "clips": {k: [str(p) for p in v]
                                                                         for k, v in clips.items()},
-                                         "nfe": nfes, "table": table, "rtf": rtf, "targets": checks},
+                                         "nfe": nfes, "table": table, "rtf": rtf, "threads": args.threads,
+                                         "targets": checks},
                                         indent=2))
 
 
