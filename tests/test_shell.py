@@ -88,6 +88,7 @@ def test_json_records(wav, tmp_path, tiny_codec_dir):
     rec = json.loads(r.stdout)
     assert rec["command"] == "decompress" and rec["nfe"] == 0 and rec["bytes"] == fdc.stat().st_size
     assert {"kbps_on_disk", "kbps_nominal", "duration_s", "seconds", "rtf"} <= set(rec)
+    assert rec["peak_scaled"] == 1.0  # a quiet tone needs no clip guard
     r = invoke("roundtrip", wav, tmp_path / "rt.wav", "-n", "2", "--nfe", "0", "-m", tiny_codec_dir, "--json")
     rec = json.loads(r.stdout)
     assert rec["command"] == "roundtrip" and rec["n_codebooks"] == 2 and rec["output"] == str(tmp_path / "rt.wav")

@@ -490,7 +490,7 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
              model: str) -> tuple[dict[str, Any], str]:
     """The record and the text line of a decoded file."""
     record = {"command": command, **_rates(header, nbytes, seconds), "nfe": res.nfe, "model": model,
-              "output_sample_rate": res.sample_rate or header.sample_rate}
+              "output_sample_rate": res.sample_rate or header.sample_rate, "peak_scaled": res.peak_scaled}
     dur = record["duration_s"]
     guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
     rate = (f"{header.sample_rate} Hz resampled to {res.sample_rate} Hz (the most the format takes)"
