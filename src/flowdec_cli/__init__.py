@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "Codec", "from_pretrained", "load_ndac", "load_postfilter"]
@@ -19,14 +21,4 @@ if TYPE_CHECKING:
 _LAZY = {"load_ndac": "models", "load_postfilter": "models", "Codec": "pipeline", "from_pretrained": "pipeline"}
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flowdec_cli' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f".{module}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -13,8 +13,9 @@ Nothing imports upwards. The names below load on first use, so ``flowdec --help`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .folder import DEFAULT_NFE, MODEL_CARD_NAME, ModelError, default_nfe_for, read_model_card, save_ndac
@@ -40,12 +41,4 @@ _LAZY = {"DEFAULT_NFE": "folder", "MODEL_CARD_NAME": "folder", "ModelError": "fo
          "ndac_state_hash": "loading", "pretrained_ref": "resolve"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'flowdec_cli.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
