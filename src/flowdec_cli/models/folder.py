@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..bitrate import bitrate_table
+from ..entropy import TABLES_FILE
 from ..exceptions import FlowdecError
 from ..fileio import atomic_write_bytes, publish_folder, temporary_folder
 
@@ -41,7 +42,7 @@ __all__ = ["MODEL_CARD_NAME", "DEFAULT_NFE", "ModelError", "ModelFolderBuilder",
 MODEL_CARD_NAME = "flowdec.json"
 DEFAULT_NFE = 6  # the paper's setting: midpoint, 3 steps
 COMPONENTS = ("ndac", "postfilter")
-ENTROPY_TABLES_NAME = "entropy.safetensors"
+ENTROPY_TABLES_NAME = TABLES_FILE  # the entropy coder names its file; the folder layout lists it
 
 
 class ModelError(FlowdecError):

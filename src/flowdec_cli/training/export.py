@@ -59,17 +59,16 @@ def postfilter_component(ref: str | os.PathLike, ema: bool = True) -> Path:
                         "with postfilter/ or a config.json of type 'flowdec_postfilter')")
 
 
-def _entropy_tables_for(path: Path, ndac_hash: str) -> Path | None:
-    """``path`` if it holds entropy tables learned for the NDAC weights ``ndac_hash``, else None."""
-    from ..entropy import EntropyError, load_tables
+def _entropy_tables_for(folder: Path, ndac_hash: str) -> Path | None:
+    """The entropy tables file of model folder ``folder`` if they were learned for the NDAC weights
+    ``ndac_hash``, else None."""
+    from ..entropy import TABLES_FILE, EntropyError, tables_for_model_folder
 
-    if not path.is_file():
-        return None
     try:
-        tables = load_tables(path)
+        tables = tables_for_model_folder(folder)
     except EntropyError:
         return None
-    return path if tables.ndac_hash == ndac_hash else None
+    return folder / TABLES_FILE if tables is not None and tables.ndac_hash == ndac_hash else None
 
 
 def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter: str | os.PathLike | None = None,
@@ -128,7 +127,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         if default_nfe < 0 or (pf is None and default_nfe > 0):
             raise TrainingError(f"default NFE {default_nfe}: must be 0, or positive for a model with a postfilter")
         card["default_nfe"] = int(default_nfe)
-    tables_src = _entropy_tables_for(ndac_dir.parent / ENTROPY_TABLES_NAME, ndac_state_hash(codec))
+    tables_src = _entropy_tables_for(ndac_dir.parent, ndac_state_hash(codec))
     with ModelFolderBuilder(out, "export") as build:
         build.add_ndac(codec)
         if pf is not None:
