@@ -175,3 +175,37 @@ def test_framewise_postfilter_trains_resumes_and_warm_starts(pair_list, tmp_path
                                   quiet=True)
         other.build()
         other.init_weights(folder)
+
+
+def test_ndac_latent_loss_and_dead_code_revival(clips, tmp_path):
+    cfg = _ndac(clips, tmp_path / "run", loss=dict(latent_weight=2.0),
+                optim=dict(revive_dead_codes_every=2), train=dict(max_steps=4))
+    t = NDACTrainer(cfg, device="cpu", quiet=True)
+    t.run()
+    assert all("loss_latent" in h and h["loss_latent"] > 0 for h in t.history)
+    revived = [h["revived_codes"] for h in t.history if "revived_codes" in h]
+    # two revivals; 32-entry codebooks and a few dozen frames per window leave some entries unused
+    assert len(revived) == 2 and all(r > 0 for r in revived)
+    assert float(t.code_counts.sum()) == 0  # counts restart after each revival
+
+    # direct: entries counted as used stay, the others land on latents of the batch, moments zeroed
+    model = t.model
+    book = model.quantizer.quantizers[0].codebook.weight
+    before = book.detach().clone()
+    state = t.optimizer.state[book]
+    state["exp_avg"].fill_(1.0)
+    t.code_counts.zero_()
+    t.code_counts[:, :5] = 1  # entries 0-4 of every codebook were used
+    latents = torch.full((1, model.n_codebooks * model.config.codebook_dim, 7), 3.0)
+    assert t.revive_dead_codes(latents) == model.n_codebooks * (model.codebook_size - 5)
+    assert torch.equal(book[:5], before[:5]) and bool((book[5:] == 3.0).all())
+    assert bool((state["exp_avg"][:5] == 1).all()) and bool((state["exp_avg"][5:] == 0).all())
+
+
+def test_ndac_config_refuses_negative_latent_weight_and_revival_period():
+    from flowdec_cli.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="latent_weight"):
+        config_from_dict("ndac", ndac_dict(["x"], "out", loss=dict(latent_weight=-1.0)))
+    with pytest.raises(ConfigError, match="revive_dead_codes_every"):
+        config_from_dict("ndac", ndac_dict(["x"], "out", optim=dict(revive_dead_codes_every=-5)))

@@ -166,3 +166,31 @@ def test_codebook_usage_figures():
     assert u["used_cb0"] == 1 / 8 and abs(u["perplexity_cb0"] - 1.0) < 1e-9
     assert u["used_cb1"] == 1.0 and abs(u["perplexity_cb1"] - 8.0) < 1e-9
     assert u["used_cb2"] == 0.5 and abs(u["perplexity_cb2"] - 4.0) < 1e-9
+
+
+def test_latent_residual_is_relative_and_trains_the_codes_not_the_target():
+    from flowdec_cli.training.losses import latent_residual
+
+    z = torch.randn(2, 6, 10, requires_grad=True)
+    assert float(latent_residual(z, z.detach().clone()).detach()) == 0.0
+    z_q = torch.zeros(2, 6, 10, requires_grad=True)
+    assert float(latent_residual(z, z_q).detach()) == pytest.approx(1.0)  # nothing quantised: all of the latent is lost
+    scaled = latent_residual(10 * z, 10 * (z.detach() + 0.1))
+    assert float(scaled) == pytest.approx(float(latent_residual(z, z.detach() + 0.1)), rel=1e-5)
+    latent_residual(z, z_q).backward()
+    assert z.grad is None and z_q.grad is not None and float(z_q.grad.abs().sum()) > 0
+
+
+def test_ndac_loss_counts_the_latent_term_only_when_weighted():
+    from flowdec_cli.training.config import NDACLossConfig
+    from flowdec_cli.training.losses import NDACLoss
+
+    y, x = torch.randn(1, 1, 4800), torch.randn(1, 1, 4800)
+    zero, latent = torch.tensor(0.0), torch.tensor(0.5)
+    off = NDACLoss(NDACLossConfig(cqt_weight=0.0), 48000)
+    total_off, parts_off = off(y, x, zero, zero, latent)
+    assert "latent" not in parts_off
+    on = NDACLoss(NDACLossConfig(cqt_weight=0.0, latent_weight=4.0), 48000)
+    total_on, parts_on = on(y, x, zero, zero, latent)
+    assert float(parts_on["latent"]) == 0.5
+    assert float(total_on - total_off) == pytest.approx(2.0, rel=1e-5)

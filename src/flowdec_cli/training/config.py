@@ -139,6 +139,11 @@ class NDACLossConfig:
     waveform_weight: float = 50.0
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
+    # ours, not DAC's (0 = off): relative squared error between the encoder latent and the quantised latent
+    # each item decodes from. DAC's VQ losses live in each codebook's 8-dim projection, so nothing asks the
+    # sum of the up-projected codes to approach the latent; in small codecs the "residual" then grows with
+    # every codebook and the later codebooks add little (docs/models.md, "Codec").
+    latent_weight: float = 0.0
 
 
 @dataclass
@@ -151,6 +156,9 @@ class NDACOptimConfig:
     weight_decay: float = 0.01
     lr_gamma: float = 0.999996
     grad_clip: float | None = 1000.0
+    # every this many steps, codebook entries no batch chose since the last check are moved onto latents of
+    # the current batch (random picks), as EnCodec-style trainers revive dead codes; 0 = off (DAC's recipe)
+    revive_dead_codes_every: int = 0
 
 
 @dataclass
@@ -187,6 +195,10 @@ class NDACTrainConfig:
                 raise ConfigError(f"validation.n_codebooks: {k} is not in [1, {m.n_codebooks}]")
         if len(self.optim.betas) != 2:
             raise ConfigError("optim.betas must have two values")
+        if self.loss.latent_weight < 0:
+            raise ConfigError("loss.latent_weight must be at least 0")
+        if self.optim.revive_dead_codes_every < 0:
+            raise ConfigError("optim.revive_dead_codes_every must be at least 0 (0 = off)")
         _check_common(self.data.batch_size, self.data.gain_db, self.train, self.data.validation_fraction)
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "MultiScaleCQTLoss",
     "waveform_l1",
     "NDACLoss",
+    "latent_residual",
     "flow_matching_targets",
     "flow_matching_loss",
     "log_spectral_mse",
@@ -220,14 +221,17 @@ class NDACLoss(nn.Module):
         super().__init__()
         c = loss_config
         self.weights = {"mel": c.mel_weight, "cqt": c.cqt_weight, "waveform": c.waveform_weight,
-                        "commitment": c.commitment_weight, "codebook": c.codebook_weight}
+                        "commitment": c.commitment_weight, "codebook": c.codebook_weight,
+                        "latent": c.latent_weight}
         self.mel = MultiScaleMelLoss(sample_rate, c.mel_windows, c.mel_bins, c.mel_clamp, c.mel_mag_weight,
                                      c.mel_log_weight, c.mel_pow) if c.mel_weight else None
         self.cqt = MultiScaleCQTLoss(sample_rate, c.cqt_octaves, c.cqt_fmin, c.cqt_hop, c.cqt_bins_per_octave,
                                      c.cqt_clamp) if c.cqt_weight else None
 
     def forward(self, y_hat: torch.Tensor, x: torch.Tensor, commitment: torch.Tensor,
-                codebook: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                codebook: torch.Tensor, latent: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``latent``: :func:`latent_residual` of the batch, counted (and reported) when its weight is > 0."""
         y_hat = y_hat.float()
         x = x.float()
         parts: dict[str, torch.Tensor] = {}
@@ -238,8 +242,19 @@ class NDACLoss(nn.Module):
         parts["waveform"] = waveform_l1(y_hat, x)
         parts["commitment"] = commitment.float()
         parts["codebook"] = codebook.float()
+        if self.weights["latent"] and latent is not None:
+            parts["latent"] = latent.float()
         total = sum(self.weights[k] * v for k, v in parts.items())
         return total, parts  # type: ignore[return-value]
+
+
+def latent_residual(z: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+    """Squared error of the quantised latent ``z_q`` against the encoder latent ``z`` (both [B,D,T]),
+    relative to the latent's energy. The target is detached: the codebooks and their projections learn to
+    approximate the latent, while the encoder still gets the gradient through the straight-through path, so
+    the latent cannot shrink to make the error small."""
+    target = z.detach().float()
+    return (z_q.float() - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-8)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Stage 1: the NDAC generator, trained without any discriminator.
 
 Loss (weights from ``[loss]``): 15 x DAC multi-scale mel + cqt_weight x multi-scale CQT + 50 x L1 waveform
-+ 0.25 x commitment + 1 x codebook. Quantizer dropout (``model.quantizer_dropout``, DAC's 0.5) trains every
-prefix of the codebooks. AdamW (lr 1e-4, betas 0.8/0.99) with ExponentialLR (gamma 0.999996 per step),
-gradient-norm clipping at 1000 (DAC's generator setting), bf16/fp16 autocast on CUDA.
++ 0.25 x commitment + 1 x codebook, and optionally (ours, off by default) ``latent_weight`` x the latent
+residual and dead-code revival (``optim.revive_dead_codes_every``). Quantizer dropout
+(``model.quantizer_dropout``, DAC's 0.5) trains every prefix of the codebooks. AdamW (lr 1e-4, betas
+0.8/0.99) with ExponentialLR (gamma 0.999996 per step), gradient-norm clipping at 1000
+(DAC's generator setting), bf16/fp16 autocast on CUDA.
 
 The run folder ends up with ``model/`` (a model folder: ``flowdec.json`` + ``ndac/``), which
 ``flowdec roundtrip --model RUN/model --nfe 0`` and ``flowdec train prepare-pairs --ndac RUN`` accept.
@@ -22,12 +24,12 @@ from torch import nn
 
 from ..checkpoints import CheckpointError, load_model_folder
 from ..evaluation.metrics import si_sdr
-from ..ndac import NDAC, NDACConfig
+from ..ndac import NDAC, NDACConfig, VectorQuantize
 from .base import Trainer
 from .common import TrainingError, first_problem, param_list, wrap_ddp
 from .config import NDACTrainConfig, config_to_dict
 from .data import EvalDataset, SegmentDataset, list_audio, make_loader, split_items
-from .losses import NDACLoss
+from .losses import NDACLoss, latent_residual
 
 __all__ = ["NDACTrainer", "train_ndac", "ndac_config_from_train_config"]
 
@@ -43,12 +45,14 @@ class _Forward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(waveform, commitment, codebook, latent residual, codes [B,k,T], projected latents [B,k*d,T])."""
         z = self.model.encoder(x)
         with torch.autocast(x.device.type, enabled=False):
-            z_q, _codes, _latents, commitment, codebook = self.model.quantizer(z.float())
+            z_q, codes, latents, commitment, codebook = self.model.quantizer(z.float())
+            latent = latent_residual(z, z_q)
         y = self.model.decoder(z_q)
-        return y, commitment, codebook
+        return y, commitment, codebook, latent, codes, latents
 
 
 class _Repeat(torch.utils.data.Dataset):
@@ -105,20 +109,62 @@ class NDACTrainer(Trainer):
         self.val_set = EvalDataset(sr, items=val_items[:vc.max_files], max_samples=max_samples)
         self.val_codebooks = vc.n_codebooks or [self.model.n_codebooks]
         self.n_train_files, self.n_val_files = len(train_items), len(val_items)
+        self.code_counts = torch.zeros(self.model.n_codebooks, self.model.codebook_size, device=dev)
 
     def train_step(self, batch: torch.Tensor, log: bool) -> dict[str, torch.Tensor]:
         x = batch.to(self.env.device, non_blocking=True)
         with self.autocast():
-            y, commitment, codebook = self.net(x)
-        loss, parts = self.loss_fn(y, x[..., :y.shape[-1]], commitment, codebook)
+            y, commitment, codebook, latent, codes, latents = self.net(x)
+        loss, parts = self.loss_fn(y, x[..., :y.shape[-1]], commitment, codebook, latent)
         grad_norm = self.backward_and_step(loss, self.params, self.config.optim.grad_clip, log)
         self.scheduler.step()
         out = {"loss": loss.detach(), **{f"loss_{k}": v.detach() for k, v in parts.items()}}
+        every = self.config.optim.revive_dead_codes_every
+        if every:
+            self.count_codes(codes)
+            if (self.step + 1) % every == 0:
+                out["revived_codes"] = torch.tensor(float(self.revive_dead_codes(latents.detach())))
         if log:
             out["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])
             if grad_norm is not None:
                 out["grad_norm"] = grad_norm.detach()
         return out
+
+    @torch.no_grad()
+    def count_codes(self, codes: torch.Tensor) -> None:
+        """Add a batch's codes [B,k,T] to the per-codebook counts since the last revival."""
+        for c in range(codes.shape[1]):
+            self.code_counts[c] += torch.bincount(codes[:, c].reshape(-1), minlength=self.model.codebook_size)
+
+    @torch.no_grad()
+    def revive_dead_codes(self, latents: torch.Tensor) -> int:
+        """Move every entry that no batch chose since the last call onto a random projected latent of this
+        batch (``latents`` [B, k*d, T], the quantizer's ``z_e``), zero its optimiser moments, reset the counts,
+        and return how many entries moved. With several processes the counts are summed and the main
+        process's picks are used everywhere, so the replicas stay equal."""
+        env, model = self.env, self.model
+        counts = env.all_reduce_sum(self.code_counts.clone())
+        d = model.config.codebook_dim
+        revived = 0
+        quantizers: list[VectorQuantize] = list(model.quantizer.quantizers)  # type: ignore[arg-type]
+        for c, quantizer in enumerate(quantizers):
+            pool = latents[:, c * d:(c + 1) * d].transpose(1, 2).reshape(-1, d).float()
+            picks = pool[torch.randint(0, pool.shape[0], (model.codebook_size,), device=pool.device)]
+            if env.world_size > 1:
+                picks = env.all_reduce_sum(picks if env.is_main else torch.zeros_like(picks))
+            dead = counts[c] == 0
+            n_dead = int(dead.sum())
+            if not n_dead:
+                continue
+            weight = quantizer.codebook.weight
+            weight[dead] = picks[dead].to(weight.dtype)
+            state = self.optimizer.state.get(weight, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][dead] = 0
+            revived += n_dead
+        self.code_counts.zero_()
+        return revived
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
