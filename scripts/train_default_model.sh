@@ -30,7 +30,7 @@ train_for() {  # train_for STAGE CONFIG MINUTES STEPS: run for a wall-clock budg
   if [ -n "$steps" ]; then
     $FLOWDEC train "$stage" "$config" --threads 2 --max-steps "$steps" "${resume[@]}"
   else
-    timeout --signal=INT "$((minutes * 60))" $FLOWDEC train "$stage" "$config" --threads 2 "${resume[@]}" || true
+    timeout --signal=TERM "$((minutes * 60))" $FLOWDEC train "$stage" "$config" --threads 2 "${resume[@]}" || true
   fi
 }
 

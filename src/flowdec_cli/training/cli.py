@@ -331,3 +331,33 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
         mean = sum(bits) / len(bits) if bits else 0.0
         click.echo(f"flowdec: entropy tables {tables.id} from {stats['files']} files ({stats['frames']} frames): "
                    f"{mean:.2f} bits per code on them against {stats['nominal_bits']} -> {path}", err=True)
+
+
+@train_group.command("widen-ndac")
+@click.argument("source", metavar="NDAC")
+@click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--decoder-factor", type=click.IntRange(min=2), required=True,
+              help="How many times wider the decoder becomes (decoder_dim x factor).")
+@click.option("--noise", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="Symmetry-breaking noise on the copied weights, relative to each weight's RMS.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")
+@click.option("-q", "--quiet", is_flag=True)
+def widen_ndac_command(source: str, out_dir: Path, decoder_factor: int, noise: float, seed: int, force: bool,
+                       quiet: bool) -> None:
+    """Grow a trained NDAC's decoder without starting over (function-preserving widening).
+
+    The wider codec decodes what NDAC decodes (up to --noise) and keeps its codes. Continue training it
+    with train.init_from set to OUT and model.decoder_dim set to the new width:
+
+    \b
+      flowdec train widen-ndac runs/ndac runs/ndac-wide --decoder-factor 2
+      flowdec train ndac ndac.toml --set 'train.init_from="runs/ndac-wide"' --set model.decoder_dim=192
+    """
+    from .widen import widen_ndac_folder
+
+    out = widen_ndac_folder(source, out_dir, decoder_factor, noise=noise, seed=seed, overwrite=force)
+    if not quiet:
+        card = json.loads((out / "ndac" / "config.json").read_text())
+        click.echo(f"flowdec: wrote the widened codec to {out} (decoder_dim {card['decoder_dim']}); train it on "
+                   f"with --set 'train.init_from=\"{out}\"' --set model.decoder_dim={card['decoder_dim']}", err=True)

@@ -1,0 +1,105 @@
+"""Function-preserving widening of a trained NDAC's decoder (``flowdec train widen-ndac``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flowdec_cli.cli import main
+from flowdec_cli.models import save_ndac
+from flowdec_cli.ndac import NDAC, NDACConfig
+from flowdec_cli.training.common import TrainingError
+from flowdec_cli.training.widen import widen_decoder, widen_ndac_folder
+
+from .test_training_helpers import TINY_NDAC_MODEL
+
+
+def _trained_looking_ndac(seed: int = 0) -> NDAC:
+    """A tiny NDAC whose weights are not at their initial values (random weight-norm gains, Snake alphas
+    and biases), so the widening is checked on every kind of parameter."""
+    torch.manual_seed(seed)
+    model = NDAC(NDACConfig(**TINY_NDAC_MODEL))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("weight_g", "alpha")):
+                p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+            elif name.endswith("bias"):
+                p.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_widened_decoder_decodes_the_same_waveform_from_the_same_codes(factor):
+    model = _trained_looking_ndac()
+    wide = widen_decoder(model, factor, noise=0.0)
+    assert wide.config.decoder_dim == factor * model.config.decoder_dim
+    assert sum(p.numel() for p in wide.decoder.parameters()) > 1.5 * sum(p.numel() for p in model.decoder.parameters())
+    audio = torch.randn(1, 1, 3200) * 0.3
+    codes = model.encode(audio)
+    assert torch.equal(wide.encode(audio), codes)
+    narrow_out, wide_out = model.decode(codes), wide.decode(codes)
+    assert narrow_out.shape == wide_out.shape
+    torch.testing.assert_close(wide_out, narrow_out, rtol=0, atol=1e-5)
+
+
+def test_noise_breaks_the_symmetry_of_the_copies_but_keeps_the_output_close():
+    model = _trained_looking_ndac()
+    wide = widen_decoder(model, 2, noise=1e-3, seed=1)
+    conv = wide.decoder.model[0]
+    half = conv.weight_v.shape[0] // 2
+    assert not torch.equal(conv.weight_v[:half], conv.weight_v[half:])
+    codes = model.encode(torch.randn(1, 1, 3200) * 0.3)
+    a, b = model.decode(codes), wide.decode(codes)
+    assert 0 < float((a - b).abs().max()) < 0.05 * float(a.abs().max()) + 1e-3
+
+
+def test_widening_refuses_bad_factors_and_folded_models():
+    model = _trained_looking_ndac()
+    for factor in (0, -1, 1.5, True):
+        with pytest.raises(TrainingError, match="factor"):
+            widen_decoder(model, factor)  # type: ignore[arg-type]
+    with pytest.raises(TrainingError, match="folded"):
+        widen_decoder(_trained_looking_ndac().fold_weight_norm(), 2)
+
+
+def test_widen_ndac_command_writes_a_folder_training_can_start_from(tmp_path):
+    model = _trained_looking_ndac()
+    src = tmp_path / "narrow"
+    save_ndac(model, src / "ndac")
+    (src / "flowdec.json").write_text(json.dumps({"name": "narrow"}))
+    out = tmp_path / "wide"
+    result = CliRunner().invoke(main, ["train", "widen-ndac", str(src), str(out), "--decoder-factor", "2",
+                                       "--noise", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"decoder_dim {2 * TINY_NDAC_MODEL['decoder_dim']}" in result.output
+    config = json.loads((out / "ndac" / "config.json").read_text())
+    assert config["decoder_dim"] == 2 * TINY_NDAC_MODEL["decoder_dim"]
+    # no clobbering without --force, and a one-line error
+    again = CliRunner().invoke(main, ["train", "widen-ndac", str(src), str(out), "--decoder-factor", "2"])
+    assert again.exit_code != 0 and "Traceback" not in again.output and str(out) in again.output
+    assert widen_ndac_folder(src, out, 2, noise=0.0, overwrite=True) == out
+
+
+def test_training_continues_from_a_widened_codec(tmp_path):
+    from flowdec_cli.training.config import config_from_dict
+    from flowdec_cli.training.ndac_trainer import NDACTrainer
+
+    from .test_training_helpers import ndac_dict, write_clips
+
+    clips = tmp_path / "clips"
+    write_clips(clips, 2, seconds=0.3)
+    model = _trained_looking_ndac()
+    save_ndac(model, tmp_path / "narrow" / "ndac")
+    widen_ndac_folder(tmp_path / "narrow", tmp_path / "wide", 2)
+    wide_dim = 2 * TINY_NDAC_MODEL["decoder_dim"]
+    cfg = config_from_dict("ndac", ndac_dict([str(clips)], tmp_path / "run", model=dict(decoder_dim=wide_dim),
+                                             train=dict(max_steps=2, init_from=str(tmp_path / "wide"))))
+    trainer = NDACTrainer(cfg, device="cpu", quiet=True)
+    trainer.run()
+    assert trainer.step == 2 and trainer.model.config.decoder_dim == wide_dim
+    # the encoder started from the narrow codec's weights, not from a fresh initialisation
+    torch.testing.assert_close(trainer.model.encoder.block[0].weight_v, model.encoder.block[0].weight_v,
+                               rtol=0, atol=0.05)
