@@ -93,6 +93,16 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "pairs" / "prepare.json").read_text())
     assert summary["n_codebooks"] == [3, 1] and sum(summary["pairs"].values()) == 8
+    # resuming with the same codec keeps the files; another codec's weights must not pair with them
+    pair_args = ["-o", tmp_path / "pairs", "-n", "3,1", "--validation-fraction", "0.25", "--test-fraction", "0.25",
+                 "--device", "cpu", "-q"]
+    r = _run("train", "prepare-pairs", tmp_path / "clips", "--ndac", run, *pair_args)
+    assert r.exit_code == 0 and json.loads((tmp_path / "pairs" / "prepare.json").read_text())["written"] == 0
+    older = run / "checkpoints" / "step-00000002"
+    line = _one_error_line(_run("train", "prepare-pairs", tmp_path / "clips", "--ndac", older, *pair_args))
+    assert "another NDAC" in line and summary["ndac_hash"] in line and "--force" in line
+    r = _run("train", "prepare-pairs", tmp_path / "clips", "--ndac", older, *pair_args, "--force")
+    assert r.exit_code == 0 and json.loads((tmp_path / "pairs" / "prepare.json").read_text())["written"] == 8
     lines = (tmp_path / "pairs" / "train.txt").read_text().splitlines()
     clean, coded = lines[0].split(",")
     assert sf.info(coded).samplerate == 48000 and sf.info(coded).channels == 1

@@ -250,6 +250,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     if not items:
         raise TrainingError("no audio files found in " + ", ".join(str(s) for s in sources))
     out = Path(out_dir)
+    _check_same_codec(out, model.weights_hash, force)
     names = _output_names(items)
     splits = split_items(items, {"validation": validation_fraction, "test": test_fraction}, salt)
     which = {it.path: name for name, members in splits.items() for it in members}
@@ -291,6 +292,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
         raise TrainingError(str(exc)) from None
     summary = {
         "ndac": str(ndac_ref),
+        "ndac_hash": model.weights_hash,
         "n_codebooks": ks,
         "bitrates_kbps": [round(model.bitrate(k) / 1000, 4) for k in ks],
         "files": len(items),
@@ -303,6 +305,21 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     }
     (out / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_same_codec(out: Path, ndac_hash: str | None, force: bool) -> None:
+    """Refuse to resume into a folder another codec coded: kept files would silently pair the clean audio
+    with the old codec's output (what retraining a codec and re-running the pairs step used to do)."""
+    summary = out / "prepare.json"
+    if force or ndac_hash is None or not summary.is_file():
+        return
+    try:
+        before = json.loads(summary.read_text()).get("ndac_hash")
+    except (OSError, ValueError, AttributeError):
+        return
+    if before and before != ndac_hash:
+        raise TrainingError(f"{out}: its coded files come from another NDAC (weights {before}, this one is "
+                            f"{ndac_hash}); use --force to re-code them, or a new output folder")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
