@@ -56,7 +56,7 @@ cat "$PAIRS"/nq*/train.txt > "$PAIRS/train.txt"
 cat "$PAIRS"/nq*/validation.txt > "$PAIRS/validation.txt"
 
 # 3. beta and the per-band sigma_y curve (official heuristics), then the postfilter
-$FLOWDEC train estimate-sigma configs/default-postfilter.toml
+$FLOWDEC train estimate-sigma configs/default-postfilter.toml -f  # deterministic (seed 302); follows re-coded pairs
 train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_STEPS:-}"
 
 # 4. into the package, as the default
