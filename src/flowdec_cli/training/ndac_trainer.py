@@ -121,7 +121,7 @@ class NDACTrainer(Trainer):
         out = {"loss": loss.detach(), **{f"loss_{k}": v.detach() for k, v in parts.items()}}
         every = self.config.optim.revive_dead_codes_every
         if every:
-            self.count_codes(codes)
+            add_code_counts(self.code_counts, codes)
             if (self.step + 1) % every == 0:
                 out["revived_codes"] = torch.tensor(float(self.revive_dead_codes(latents.detach())))
         if log:
@@ -129,12 +129,6 @@ class NDACTrainer(Trainer):
             if grad_norm is not None:
                 out["grad_norm"] = grad_norm.detach()
         return out
-
-    @torch.no_grad()
-    def count_codes(self, codes: torch.Tensor) -> None:
-        """Add a batch's codes [B,k,T] to the per-codebook counts since the last revival."""
-        for c in range(codes.shape[1]):
-            self.code_counts[c] += torch.bincount(codes[:, c].reshape(-1), minlength=self.model.codebook_size)
 
     @torch.no_grad()
     def revive_dead_codes(self, latents: torch.Tensor) -> int:
@@ -149,13 +143,13 @@ class NDACTrainer(Trainer):
         quantizers: list[VectorQuantize] = list(model.quantizer.quantizers)  # type: ignore[arg-type]
         for c, quantizer in enumerate(quantizers):
             pool = latents[:, c * d:(c + 1) * d].transpose(1, 2).reshape(-1, d).float()
+            dead = counts[c] == 0
+            n_dead = int(dead.sum())  # equal on every process: the counts were summed
+            if not n_dead:
+                continue
             picks = pool[torch.randint(0, pool.shape[0], (model.codebook_size,), device=pool.device)]
             if env.world_size > 1:
                 picks = env.all_reduce_sum(picks if env.is_main else torch.zeros_like(picks))
-            dead = counts[c] == 0
-            n_dead = int(dead.sum())
-            if not n_dead:
-                continue
             weight = quantizer.codebook.weight
             weight[dead] = picks[dead].to(weight.dtype)
             state = self.optimizer.state.get(weight, {})
@@ -180,9 +174,7 @@ class NDACTrainer(Trainer):
                 x = x[None].to(env.device)
                 length = x.shape[-1]
                 z = model.encoder(model.pad_to_hop(x))
-                codes = model.quantizer(z, n_quantizers=model.n_codebooks)[1][0].cpu()
-                for c in range(model.n_codebooks):
-                    usage[c] += torch.bincount(codes[c], minlength=model.codebook_size).double()
+                add_code_counts(usage, model.quantizer(z, n_quantizers=model.n_codebooks)[1].cpu())
                 for j, k in enumerate(self.val_codebooks):
                     y = model.decoder(model.quantizer(z, n_quantizers=k)[0])
                     y = F.pad(y, (0, max(length - y.shape[-1], 0)))[..., :length]
@@ -239,6 +231,12 @@ class NDACTrainer(Trainer):
         card = {"name": self.run_dir.name, "licence": "unknown",
                 "description": f"NDAC trained with flowdec for {self.step} steps (codec only)"}
         (folder / "flowdec.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def add_code_counts(counts: torch.Tensor, codes: torch.Tensor) -> None:
+    """Add codes [B,k,T] to ``counts`` [n_codebooks, codebook_size] (how often each entry was chosen)."""
+    for c in range(codes.shape[1]):
+        counts[c] += torch.bincount(codes[:, c].reshape(-1), minlength=counts.shape[1]).to(counts.dtype)
 
 
 def codebook_usage(counts: torch.Tensor) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..ndac import NDAC, NDACConfig, Snake1d, WNConvTranspose1d, _WeightNormConv
-from .common import TrainingError, first_problem
+from .common import TrainingError
 
 __all__ = ["widen_decoder", "widen_ndac_folder"]
 
@@ -75,17 +75,17 @@ def widen_ndac_folder(source: str | os.PathLike, out_dir: str | os.PathLike, fac
     """Widen the NDAC of ``source`` (a run, checkpoint, model or component folder) and publish it as a codec
     model folder at ``out_dir``, ready for ``train.init_from`` with ``model.decoder_dim`` set to the new
     width (printed in the folder's card)."""
-    from ..checkpoints import CheckpointError, load_model_folder
+    from ..checkpoints import CheckpointError
+    from ..models import ModelError
     from ..models.folder import ModelFolderBuilder
+    from ..models.loading import ndac_from_folder
     from .export import ndac_component
 
     folder = ndac_component(source)
     try:
-        settings, state = load_model_folder(folder)
-        model = NDAC(NDACConfig.from_kwargs(settings))
-        model.load_official_state_dict(state, str(folder))
-    except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
-        raise TrainingError(f"{folder}: {first_problem(exc)}") from None
+        model = ndac_from_folder(folder)
+    except (ModelError, CheckpointError) as exc:
+        raise TrainingError(str(exc)) from None
     wide = widen_decoder(model, factor, noise=noise, seed=seed)
     with ModelFolderBuilder(out_dir, "widen") as builder:
         builder.add_ndac(wide)
