@@ -32,6 +32,7 @@ def train_group() -> None:
       flowdec train estimate-sigma postfilter.toml      sigma_y and beta from the pairs
       flowdec train postfilter postfilter.toml          stage 2: the postfilter
       flowdec train export my-model --ndac runs/ndac --postfilter runs/postfilter
+      flowdec train widen-ndac runs/ndac runs/ndac-wide --decoder-factor 2   (grow a trained codec)
       torchrun --nproc-per-node 8 -m flowdec_cli train postfilter postfilter.toml   (several GPUs)
 
     Configs are TOML or YAML; see docs/training.md for every key and its default. The examples of the
