@@ -148,6 +148,16 @@ def test_postfilter_steps_lower_the_loss_and_keep_an_ema(pair_list, tmp_path):
         for k in a:
             assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
 
+    # the config's learning rate applies to a resumed run (the checkpoint's would otherwise win)
+    slower = PostfilterTrainer(_pf(pair_list, tmp_path / "c", data=dict(batch_size=4), optim=dict(lr=1e-3),
+                                   train=dict(max_steps=4)),
+                               device="cpu", resume=str(tmp_path / "run" / "checkpoints" / "step-00000004"),
+                               quiet=True)
+    slower.build()
+    slower.restore(load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000004"))
+    assert [g["lr"] for g in slower.optimizer.param_groups] == [1e-3]
+    assert slower.optimizer.state_dict()["state"]  # Adam's moments came with it
+
 
 def test_framewise_postfilter_trains_resumes_and_warm_starts(pair_list, tmp_path):
     """The frame-wise backbone goes through the same loop: the loss falls, the exported folder names its

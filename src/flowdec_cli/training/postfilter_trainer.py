@@ -179,6 +179,10 @@ class PostfilterTrainer(Trainer):
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise TrainingError(f"{ckpt['dir']}: does not fit this config ({exc})") from None
+        # There is no schedule, so the config's rate is the rate: a resumed run can lower it
+        # (``--set optim.lr=...``) while Adam keeps its moments. load_state_dict would restore the old one.
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.optim.lr
         for p in self.pf.backbone.parameters():
             p.requires_grad_(True)
 
