@@ -194,3 +194,39 @@ def test_ndac_loss_counts_the_latent_term_only_when_weighted():
     total_on, parts_on = on(y, x, zero, zero, latent)
     assert float(parts_on["latent"]) == 0.5
     assert float(total_on - total_off) == pytest.approx(2.0, rel=1e-5)
+
+
+def test_compressed_complex_stft_loss_hears_phase():
+    """A tone and the same tone a quarter period later have the same magnitudes, but in quadrature they are
+    further apart than the tone is from silence; identical signals score 0, and silence has a finite
+    gradient."""
+    from flowdec_cli.training.losses import CompressedComplexSTFTLoss
+
+    n = np.arange(9600) / 48000
+    tone = torch.tensor(0.3 * np.sin(2 * np.pi * 3000 * n), dtype=torch.float32)[None, None]
+    shifted = torch.tensor(0.3 * np.cos(2 * np.pi * 3000 * n), dtype=torch.float32)[None, None]
+    complex_loss = CompressedComplexSTFTLoss((256, 1024), alpha=0.3)
+    assert float(complex_loss(tone, tone)) == 0.0
+    same_magnitude = float(complex_loss(shifted, tone))
+    assert same_magnitude > 20 * float(complex_loss(1.02 * tone, tone))  # a level change of 2 % costs little
+    assert same_magnitude > float(complex_loss(torch.zeros_like(tone), tone))  # (2x for a pure quadrature)
+    silent = torch.zeros(1, 1, 4800, requires_grad=True)
+    complex_loss(silent, torch.randn(1, 1, 4800)).backward()
+    assert silent.grad is not None and bool(torch.isfinite(silent.grad).all())
+
+
+def test_ndac_loss_counts_the_complex_stft_term_only_when_weighted():
+    from flowdec_cli.training.config import ConfigError, NDACLossConfig
+    from flowdec_cli.training.losses import NDACLoss
+
+    y, x, zero = torch.randn(1, 1, 4800), torch.randn(1, 1, 4800), torch.tensor(0.0)
+    total_off, parts_off = NDACLoss(NDACLossConfig(cqt_weight=0.0), 48000)(y, x, zero, zero)
+    total_on, parts_on = NDACLoss(NDACLossConfig(cqt_weight=0.0, complex_stft_weight=2.0), 48000)(y, x, zero, zero)
+    assert "complex_stft" not in parts_off and float(parts_on["complex_stft"]) > 0
+    assert float(total_on - total_off) == pytest.approx(2.0 * float(parts_on["complex_stft"]), rel=1e-4)
+    from flowdec_cli.training.config import config_from_dict
+
+    from .test_training_helpers import ndac_dict
+    for bad in (dict(complex_stft_weight=-1.0), dict(complex_stft_alpha=0.0), dict(complex_stft_windows=[300])):
+        with pytest.raises(ConfigError, match="complex_stft"):
+            config_from_dict("ndac", ndac_dict(["x"], "out", loss=bad))

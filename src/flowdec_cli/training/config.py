@@ -144,6 +144,13 @@ class NDACLossConfig:
     # sum of the up-projected codes to approach the latent; in small codecs the "residual" then grows with
     # every codebook and the later codebooks add little (docs/models.md, "Codec").
     latent_weight: float = 0.0
+    # ours, not DAC's (0 = off): squared error of amplitude-compressed complex STFTs (|S|^alpha e^{i angle S},
+    # the postfilter's own feature map), per window length. The waveform L1 is dominated by the loudest, lowest
+    # partials; this loss weighs every band alike, so it asks for the right phase above a few hundred hertz,
+    # where a small codec trained on magnitudes and waveform L1 alone keeps none (docs/models.md, "Codec").
+    complex_stft_weight: float = 0.0
+    complex_stft_windows: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    complex_stft_alpha: float = 0.3
 
 
 @dataclass
@@ -197,6 +204,12 @@ class NDACTrainConfig:
             raise ConfigError("optim.betas must have two values")
         if self.loss.latent_weight < 0:
             raise ConfigError("loss.latent_weight must be at least 0")
+        if self.loss.complex_stft_weight < 0:
+            raise ConfigError("loss.complex_stft_weight must be at least 0")
+        if not 0 < self.loss.complex_stft_alpha <= 1:
+            raise ConfigError("loss.complex_stft_alpha must be in (0, 1]")
+        if any(w < 4 or w & (w - 1) for w in self.loss.complex_stft_windows) or not self.loss.complex_stft_windows:
+            raise ConfigError("loss.complex_stft_windows must be powers of two of at least 4")
         if self.optim.revive_dead_codes_every < 0:
             raise ConfigError("optim.revive_dead_codes_every must be at least 0 (0 = off)")
         _check_common(self.data.batch_size, self.data.gain_db, self.train, self.data.validation_fraction)

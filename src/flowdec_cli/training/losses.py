@@ -16,6 +16,8 @@ NDAC (no discriminators; see ``docs/training.md``):
   distance of log10 magnitudes clamped at 1e-5, summed over the resolutions.
 * :func:`waveform_l1` (weight 50) and the RVQ's commitment and codebook losses (DAC's definitions, returned
   by the quantizer).
+* :class:`CompressedComplexSTFTLoss` (ours, off by default): a phase-sensitive loss on the postfilter's
+  feature map, ``|S|^alpha e^{i angle S}``, at several window lengths.
 
 Postfilter: :func:`flow_matching_targets` and :func:`flow_matching_loss`, the official joint conditional flow
 matching objective (section 5 of the research note).
@@ -36,6 +38,7 @@ __all__ = [
     "MultiScaleMelLoss",
     "MultiScaleCQTLoss",
     "waveform_l1",
+    "CompressedComplexSTFTLoss",
     "NDACLoss",
     "latent_residual",
     "flow_matching_targets",
@@ -211,6 +214,36 @@ def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(x.float(), y.float())
 
 
+class CompressedComplexSTFTLoss(nn.Module):
+    """Mean squared distance of amplitude-compressed complex STFTs, summed over window lengths.
+
+    ``S_c = |S|^alpha * S / |S|`` (periodic Hann, hop w/4, centred, reflect padding). With alpha < 1 quiet
+    bands count nearly as much as loud ones, so unlike the waveform L1 it asks for the right phase across the
+    spectrum; where the phase cannot be known it is minimised by a smaller magnitude, which the mel loss
+    resists. ``eps`` keeps the gradient of the compression finite at silent bins.
+    """
+
+    def __init__(self, windows: Sequence[int] = (256, 512, 1024), alpha: float = 0.3, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.windows, self.alpha, self.eps = [int(w) for w in windows], float(alpha), float(eps)
+        for w in self.windows:
+            self.register_buffer(f"window_{w}", torch.hann_window(w, periodic=True), persistent=False)
+
+    def compressed(self, x: torch.Tensor, w: int) -> torch.Tensor:
+        spec = torch.stft(x.reshape(-1, x.shape[-1]), w, w // 4, window=getattr(self, f"window_{w}"),
+                          center=True, pad_mode="reflect", return_complex=True)
+        spec = torch.view_as_real(spec)  # [..., 2]: the compression as a real gain keeps autograd simple
+        mag2 = spec.pow(2).sum(-1, keepdim=True)
+        return spec * (mag2 + self.eps).pow(0.5 * (self.alpha - 1.0))
+
+    def forward(self, y_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        loss = y_hat.new_zeros((), dtype=torch.float32)
+        for w in self.windows:
+            d = self.compressed(y_hat.float(), w) - self.compressed(x.float(), w)
+            loss = loss + d.pow(2).sum(-1).mean()
+        return loss
+
+
 class NDACLoss(nn.Module):
     """Weighted sum of the NDAC losses; returns ``(total, {name: value})``.
 
@@ -222,11 +255,13 @@ class NDACLoss(nn.Module):
         c = loss_config
         self.weights = {"mel": c.mel_weight, "cqt": c.cqt_weight, "waveform": c.waveform_weight,
                         "commitment": c.commitment_weight, "codebook": c.codebook_weight,
-                        "latent": c.latent_weight}
+                        "latent": c.latent_weight, "complex_stft": c.complex_stft_weight}
         self.mel = MultiScaleMelLoss(sample_rate, c.mel_windows, c.mel_bins, c.mel_clamp, c.mel_mag_weight,
                                      c.mel_log_weight, c.mel_pow) if c.mel_weight else None
         self.cqt = MultiScaleCQTLoss(sample_rate, c.cqt_octaves, c.cqt_fmin, c.cqt_hop, c.cqt_bins_per_octave,
                                      c.cqt_clamp) if c.cqt_weight else None
+        self.complex_stft = CompressedComplexSTFTLoss(c.complex_stft_windows, c.complex_stft_alpha) \
+            if c.complex_stft_weight else None
 
     def forward(self, y_hat: torch.Tensor, x: torch.Tensor, commitment: torch.Tensor,
                 codebook: torch.Tensor, latent: torch.Tensor | None = None
@@ -240,6 +275,8 @@ class NDACLoss(nn.Module):
         if self.cqt is not None:
             parts["cqt"] = self.cqt(y_hat, x)
         parts["waveform"] = waveform_l1(y_hat, x)
+        if self.complex_stft is not None:
+            parts["complex_stft"] = self.complex_stft(y_hat, x)
         parts["commitment"] = commitment.float()
         parts["codebook"] = codebook.float()
         if self.weights["latent"] and latent is not None:
