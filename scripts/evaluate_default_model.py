@@ -98,7 +98,7 @@ def main() -> None:
     results: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     timing: dict[str, list[float]] = defaultdict(list)
     for category, paths in clips.items():
-        names = ["visqol", "mel", "si_sdr", "hf_ratio"] + (["pesq", "stoi"] if category == "speech" else [])
+        names = ["visqol", "mel", "si_sdr", "hf_ratio", "coherence"] + (["pesq", "stoi"] if category == "speech" else [])
         for path in paths:
             ref, sr = sf.read(path, dtype="float32", always_2d=True)
             if args.max_seconds:
@@ -127,9 +127,9 @@ def main() -> None:
         keys = sorted({k for r in rows for k in r})
         mean = {k: float(np.nanmean([r.get(k, math.nan) for r in rows])) for k in keys}
         table.append({"category": category, "system": system, "clips": len(rows), **mean})
-    cols = ["visqol", "mel", "si_sdr", "hf_ratio", "pesq", "stoi"]
-    print("\n| category | system | clips | ViSQOL | mel dist. | SI-SDR (dB) | >8 kHz energy | PESQ-WB | STOI |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cols = ["visqol", "mel", "si_sdr", "hf_ratio", "coherence", "pesq", "stoi"]
+    print("\n| category | system | clips | ViSQOL | mel dist. | SI-SDR (dB) | >8 kHz energy | coherence | PESQ-WB | STOI |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in table:
         vals = [f"{row[c]:.3f}" if c in row and not math.isnan(row[c]) else "" for c in cols]
         print(f"| {row['category']} | {row['system']} | {row['clips']} | " + " | ".join(vals) + " |")

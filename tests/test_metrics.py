@@ -169,6 +169,35 @@ def test_lsd_floor_ignores_content_far_below_reference_peak():
     assert M.log_spectral_distance(x, y, SR, floor_db=300.0) > 20.0  # no effective floor
 
 
+# ------------------------------------------------------------------ phase coherence
+
+
+def test_phase_coherence_tells_a_copy_from_the_same_spectrum_with_new_phase():
+    x = noise(SR)
+    assert M.phase_coherence(x, -0.3 * x, SR) == pytest.approx(1.0, abs=1e-9)  # one gain, even negative
+    spectrum = np.fft.rfft(x)
+    rng = np.random.default_rng(5)
+    new_phase = np.fft.irfft(np.abs(spectrum) * np.exp(2j * np.pi * rng.random(len(spectrum))), len(x))
+    assert M.phase_coherence(x, new_phase, SR) < 0.05
+    # a noise of equal power, orthogonal to the signal: the coherence is 1/sqrt(2)
+    assert M.phase_coherence(x, with_snr(x, 0.0), SR) == pytest.approx(1 / math.sqrt(2), abs=0.02)
+
+
+def test_phase_coherence_counts_only_its_band():
+    t = np.arange(SR) / SR
+    low = np.sin(2 * np.pi * 200 * t)
+    mid = 0.5 * np.sin(2 * np.pi * 1500 * t)
+    # the band's content is identical; what differs lies below 500 Hz
+    assert M.phase_coherence(low + mid, -low + mid, SR) == pytest.approx(1.0, abs=1e-3)
+    assert M.phase_coherence(low + mid, low - mid, SR) == pytest.approx(1.0, abs=1e-3)  # one gain: -1
+    # one complex gain over the whole band (a tone shifted by a quarter period) still counts as locked;
+    # a tone 10 Hz off lands in the same bins but its phase drifts through ten turns
+    assert M.phase_coherence(low + mid, low + 0.5 * np.cos(2 * np.pi * 1500 * t), SR) == pytest.approx(1.0, abs=1e-3)
+    assert M.phase_coherence(low + mid, low + 0.5 * np.sin(2 * np.pi * 1510 * t), SR) < 0.05
+    with pytest.raises(M.MetricError, match="silent"):
+        M.phase_coherence(low + mid, np.zeros_like(low), SR)
+
+
 # ------------------------------------------------------------------ resampling / registry
 
 

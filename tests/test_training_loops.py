@@ -64,7 +64,9 @@ def test_ndac_steps_lower_the_loss(clips, tmp_path):
     assert {"loss_mel", "loss_cqt", "loss_waveform", "loss_commitment", "loss_codebook", "lr", "grad_norm"} <= \
         set(t.history[-1])
     usage = {f"{m}_cb{k}" for k in range(3) for m in ("used", "perplexity")}
-    assert set(t.last_validation) == {"mel_loss_nq1", "si_sdr_nq1", "mel_loss_nq3", "si_sdr_nq3"} | usage
+    scores = {f"{m}_nq{k}" for k in (1, 3) for m in ("mel_loss", "si_sdr", "coherence")}
+    assert set(t.last_validation) == scores | usage
+    assert all(0 <= t.last_validation[f"coherence_nq{k}"] <= 1 for k in (1, 3))
     assert all(0 < t.last_validation[f"used_cb{k}"] <= 1 for k in range(3))
     assert t.last_validation["mel_loss_nq3"] < t.last_validation["mel_loss_nq1"] * 1.5
     run = tmp_path / "run"

@@ -127,7 +127,8 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
 @click.argument("ref", type=click.Path(exists=True, path_type=Path))
 @click.argument("deg", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("-m", "--metrics", "metrics_spec", metavar="LIST",
-              help="Comma-separated metrics: si_sdr, mel, lsd, visqol, pesq, stoi, estoi, or all. "
+              help="Comma-separated metrics: si_sdr, mel, lsd, hf_ratio, coherence, visqol, pesq, stoi, "
+                   "estoi, or all. "
                    "Default: si_sdr,mel,lsd.")
 @click.option("--all", "all_metrics", is_flag=True,
               help="Default metrics plus every optional one that is installed.")
@@ -161,9 +162,11 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
 
     \b
     Metrics: si_sdr (dB, higher is better), mel (multi-resolution log-mel L1,
-    lower is better), lsd (log-spectral distance in dB, lower is better); with
-    the metrics extra also visqol (ViSQOL v3 audio mode, 48 kHz), pesq
-    (wide-band, 16 kHz), stoi and estoi.
+    lower is better), lsd (log-spectral distance in dB, lower is better),
+    hf_ratio (energy above 8 kHz relative to the reference), coherence (phase
+    agreement with the reference, 500 Hz-4 kHz, 0-1); with the metrics extra
+    also visqol (ViSQOL v3 audio mode, 48 kHz), pesq (wide-band, 16 kHz),
+    stoi and estoi.
     """
     fmt = _output_format(json_out, csv_out, output)
     names, notes = select_metrics(metrics_spec, all_metrics)

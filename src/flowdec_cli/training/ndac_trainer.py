@@ -2,10 +2,10 @@
 
 Loss (weights from ``[loss]``): 15 x DAC multi-scale mel + cqt_weight x multi-scale CQT + 50 x L1 waveform
 + 0.25 x commitment + 1 x codebook, and optionally (ours, off by default) ``latent_weight`` x the latent
-residual and dead-code revival (``optim.revive_dead_codes_every``). Quantizer dropout
-(``model.quantizer_dropout``, DAC's 0.5) trains every prefix of the codebooks. AdamW (lr 1e-4, betas
-0.8/0.99) with ExponentialLR (gamma 0.999996 per step), gradient-norm clipping at 1000
-(DAC's generator setting), bf16/fp16 autocast on CUDA.
+residual, ``complex_stft_weight`` x the compressed complex STFT loss, and dead-code revival
+(``optim.revive_dead_codes_every``). Quantizer dropout (``model.quantizer_dropout``, DAC's 0.5) trains every
+prefix of the codebooks. AdamW (lr 1e-4, betas 0.8/0.99) with ExponentialLR (gamma 0.999996 per step),
+gradient-norm clipping at 1000 (DAC's generator setting), bf16/fp16 autocast on CUDA.
 
 The run folder ends up with ``model/`` (a model folder: ``flowdec.json`` + ``ndac/``), which
 ``flowdec roundtrip --model RUN/model --nfe 0`` and ``flowdec train prepare-pairs --ndac RUN`` accept.
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import CheckpointError, load_model_folder
-from ..evaluation.metrics import si_sdr
+from ..evaluation.metrics import MetricError, phase_coherence, si_sdr
 from ..ndac import NDAC, NDACConfig, VectorQuantize
 from .base import Trainer
 from .common import TrainingError, first_problem, param_list, wrap_ddp
@@ -165,7 +165,8 @@ class NDACTrainer(Trainer):
         env = self.env
         model = self.model
         model.eval()
-        keys = [f"{m}_nq{k}" for k in self.val_codebooks for m in ("mel_loss", "si_sdr")]
+        names = ("mel_loss", "si_sdr", "coherence")
+        keys = [f"{m}_nq{k}" for k in self.val_codebooks for m in names]
         sums = torch.zeros(len(keys) * 2, dtype=torch.float64)
         usage = torch.zeros(model.n_codebooks, model.codebook_size, dtype=torch.float64)
         try:
@@ -179,8 +180,13 @@ class NDACTrainer(Trainer):
                     y = model.decoder(model.quantizer(z, n_quantizers=k)[0])
                     y = F.pad(y, (0, max(length - y.shape[-1], 0)))[..., :length]
                     mel = float(self.loss_fn.mel(y, x)) if self.loss_fn.mel is not None else float("nan")
-                    sdr = si_sdr(x[0, 0].cpu().numpy(), y[0, 0].float().cpu().numpy())
-                    for n, v in ((2 * j, mel), (2 * j + 1, sdr)):
+                    ref, decoded = x[0, 0].cpu().numpy(), y[0, 0].float().cpu().numpy()
+                    try:
+                        coherence = phase_coherence(ref, decoded, model.sample_rate)
+                    except MetricError:  # silent in the band: no phase to compare
+                        coherence = float("nan")
+                    for i, v in enumerate((mel, si_sdr(ref, decoded), coherence)):
+                        n = len(names) * j + i
                         if math.isfinite(v):
                             sums[2 * n] += v
                             sums[2 * n + 1] += 1
