@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -187,6 +188,25 @@ def test_framewise_postfilter_trains_resumes_and_warm_starts(pair_list, tmp_path
                                   quiet=True)
         other.build()
         other.init_weights(folder)
+
+
+def test_postfilter_objective_with_coded_phase(pair_list, tmp_path):
+    """``objective.target_phase = "coded"`` changes what the flow is trained on (same seed, another loss)
+    and nothing else; an unknown value is refused."""
+    from flowdec_cli.training.config import ConfigError
+
+    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
+    losses = {}
+    for phase in ("clean", "coded"):
+        t = PostfilterTrainer(_pf(pair_list, tmp_path / phase, model=model, data=dict(batch_size=4),
+                                  objective=dict(target_phase=phase),
+                                  train=dict(max_steps=2, log_every=1, val_every=0, checkpoint_every=0)),
+                              device="cpu", quiet=True)
+        t.run()
+        losses[phase] = [h["loss"] for h in t.history]
+    assert all(math.isfinite(v) for v in losses["coded"]) and losses["coded"][0] != losses["clean"][0]
+    with pytest.raises(ConfigError, match="target_phase"):
+        _pf(pair_list, tmp_path / "bad", objective=dict(target_phase="mixed"))
 
 
 def test_ndac_latent_loss_and_dead_code_revival(clips, tmp_path):

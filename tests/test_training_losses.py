@@ -230,3 +230,18 @@ def test_ndac_loss_counts_the_complex_stft_term_only_when_weighted():
     for bad in (dict(complex_stft_weight=-1.0), dict(complex_stft_alpha=0.0), dict(complex_stft_windows=[300])):
         with pytest.raises(ConfigError, match="complex_stft"):
             config_from_dict("ndac", ndac_dict(["x"], "out", loss=bad))
+
+
+def test_with_coded_phase_keeps_clean_magnitudes_and_coded_phase():
+    from flowdec_cli.training.losses import with_coded_phase
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(2, 1, 9, 5, dtype=torch.complex64, generator=g)
+    Y = torch.randn(2, 1, 9, 5, dtype=torch.complex64, generator=g)
+    Y[0, 0, 4, 2] = 0  # a silent coded bin lends no phase: the clean value stays
+    out = with_coded_phase(X, Y)
+    torch.testing.assert_close(out.abs(), X.abs())
+    lit = Y.abs() > 0
+    torch.testing.assert_close((out * Y.conj())[lit].imag, torch.zeros(int(lit.sum())), atol=1e-5, rtol=0)
+    assert bool(((out * Y.conj())[lit].real > 0).all())
+    assert out[0, 0, 4, 2] == X[0, 0, 4, 2]

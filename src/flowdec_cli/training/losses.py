@@ -42,6 +42,7 @@ __all__ = [
     "NDACLoss",
     "latent_residual",
     "flow_matching_targets",
+    "with_coded_phase",
     "flow_matching_loss",
     "log_spectral_mse",
 ]
@@ -309,6 +310,17 @@ def flow_matching_targets(X: torch.Tensor, Y: torch.Tensor, sigma_y: torch.Tenso
     x0 = Y + (sigma_y.to(Y.device) * eps).to(Y.dtype)
     tb = t.to(X.real.dtype).reshape(-1, 1, 1, 1)
     return tb * X + (1 - tb) * x0, X - x0
+
+
+def with_coded_phase(X: torch.Tensor, Y: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """``|X| Y / |Y|``: the clean magnitudes with the coded phase (``objective.target_phase = "coded"``).
+
+    Bins where ``|Y| <= floor`` have no phase to lend and keep X.
+    """
+    mag_y = Y.abs()
+    has_phase = mag_y > floor
+    unit = torch.where(has_phase, Y / mag_y.clamp(min=floor), torch.zeros_like(Y))
+    return torch.where(has_phase, X.abs() * unit, X)
 
 
 def flow_matching_loss(v: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

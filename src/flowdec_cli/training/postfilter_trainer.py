@@ -30,7 +30,7 @@ from .base import Trainer
 from .common import TrainingError, first_problem, param_list, wrap_ddp
 from .config import PostfilterTrainConfig
 from .data import EvalDataset, PairDataset, make_loader, mix_seed, read_pairs
-from .losses import flow_matching_loss, flow_matching_targets, log_spectral_mse
+from .losses import flow_matching_loss, flow_matching_targets, log_spectral_mse, with_coded_phase
 from .prepare import gaussian_smooth, read_sigma_file
 
 __all__ = ["PostfilterTrainer", "train_postfilter", "sigma_y_from_config", "build_postfilter"]
@@ -124,6 +124,8 @@ class PostfilterTrainer(Trainer):
         with torch.no_grad():
             Y, normfac, _ = fe(y)
             X, _, _ = fe(x, normfac)
+            if self.config.objective.target_phase == "coded":
+                X = with_coded_phase(X, Y)
             t, eps = self._noise(seeds, Y.shape)
             x_t, u = flow_matching_targets(X, Y, self.pf.sigma_y, t, eps)
         with self.autocast():
