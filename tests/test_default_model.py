@@ -66,3 +66,21 @@ def test_default_model_runs_without_its_postfilter_unless_asked(tmp_path):
     a, _ = sf.read(tmp_path / "a.wav")
     b, _ = sf.read(tmp_path / "b.wav")
     assert not np.allclose(a, b)
+
+
+def test_temperature_option_reaches_the_postfilter(tmp_path):
+    """At temperature 0 the postfilter's output no longer depends on the seed; out-of-range values are a
+    usage error."""
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(0.5, 48000, 1), 48000)
+    runner = CliRunner()
+    outs = []
+    for seed in ("0", "1"):
+        out = tmp_path / f"t{seed}.wav"
+        r = runner.invoke(main, ["roundtrip", str(src), str(out), "-b", "6", "--nfe", "2", "--seed", seed,
+                                 "--temperature", "0", "-q"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        outs.append(sf.read(out)[0])
+    assert np.array_equal(outs[0], outs[1])
+    r = runner.invoke(main, ["roundtrip", str(src), str(tmp_path / "x.wav"), "--nfe", "2", "--temperature", "2.5"])
+    assert r.exit_code == 2 and "temperature" in r.output.lower()

@@ -120,3 +120,33 @@ def test_reduced_precision_runs_and_stays_close():
     low = pf.velocity(x, Y, 0.5)
     assert low.dtype == torch.complex64
     assert float((low - ref).abs().max() / ref.abs().max()) < 0.05
+
+
+def test_temperature_scales_the_start_noise_and_travels_with_the_folder(tmp_path):
+    """Temperature t runs the flow from Y + t sigma_y eps: the same as t = 1 on noise scaled by t, for whole
+    inputs and chunked ones alike; 0 makes the output independent of the noise. It is saved only when it is
+    not FlowDec's 1, so other folders keep their configs byte for byte."""
+    pf = _tiny()
+    y = 0.1 * torch.randn(1, 1, 20_000)
+    noise = torch.randn(1, 1, 768, 56, dtype=torch.complex64, generator=torch.Generator().manual_seed(4))
+    assert "temperature" not in pf.config
+    reference = pf.enhance(y, nfe=2, noise=0.5 * noise)
+    pf.temperature = 0.5
+    torch.testing.assert_close(pf.enhance(y, nfe=2, noise=noise), reference, rtol=0, atol=1e-6)
+    long_noise = torch.randn(1, 1, 768, 376, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    y_long = 0.1 * torch.randn(1, 1, 48_000 * 3)
+    chunked = enhance_long(pf, y_long, nfe=2, noise=long_noise, chunk_seconds=1.0, overlap_seconds=0.3)
+    pf.temperature = 1.0
+    torch.testing.assert_close(
+        enhance_long(pf, y_long, nfe=2, noise=0.5 * long_noise, chunk_seconds=1.0, overlap_seconds=0.3), chunked,
+        rtol=0, atol=1e-6)
+    pf.temperature = 0.0
+    assert torch.equal(pf.enhance(y, nfe=2, noise=noise), pf.enhance(y, nfe=2, noise=2 * noise))
+    pf.temperature = 0.5
+    pf.save(tmp_path / "pf")
+    assert Postfilter.load(tmp_path / "pf").temperature == 0.5
+    for bad in (True, -0.1, 2.5, "1", float("nan")):
+        config = pf.config
+        config["temperature"] = bad
+        with pytest.raises(ValueError, match="temperature"):
+            Postfilter.from_config(config)

@@ -80,6 +80,9 @@ def _decode_options(f: Callable) -> Callable:
     f = click.option("--subtype", default=None,
                      help="Output sample format, e.g. PCM_16 (default), PCM_24, FLOAT.")(f)
     f = click.option("--seed", type=int, default=None, help="Seed for the postfilter's noise (repeatable output).")(f)
+    f = click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=None,
+                     help="Scale of the postfilter's start noise: 1 is FlowDec's, lower invents less. Default: "
+                          "the model's (1 for the FlowDec models).")(f)
     f = click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True,
                      help="ODE solver of the postfilter.")(f)
     f = click.option("--nfe", type=click.IntRange(min=0), default=None,
@@ -330,7 +333,7 @@ def _is_fdc(path: Path) -> bool:
 
 
 def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int | None = 0,
-                precision: str = "auto") -> Codec:
+                precision: str = "auto", temperature: float | None = None) -> Codec:
     """The codec for a command (the default model when none is named), set up for the passes it runs."""
     from .pipeline import Codec
     from .runtime import resolve_device
@@ -339,7 +342,8 @@ def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int
         dev = resolve_device(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir)
+    codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir,
+                       temperature=temperature)
     codec.tune_process()  # the CLI owns its process: glibc keeps large CPU buffers mapped (see the method)
     return codec
 
@@ -456,7 +460,8 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
               help="Output type for folders and OUT - (wav, flac, ogg, opus, ...).")
 @_model_options
 @_overwrite_options
-def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, subtype: str | None,
+def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, temperature: float | None,
+               subtype: str | None,
                precision: str, model: str | None, out_format: str, device: str, cache_dir: Path | None,
                threads: int | None,
                force: bool, skip_existing: bool, pattern: str | None, quiet: bool, as_json: bool) -> None:
@@ -473,7 +478,8 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, su
     from .pipeline import Decompressor
 
     try:
-        decoder = Decompressor(model, device, nfe=nfe, precision=precision, cache_dir=cache_dir, tune_process=True)
+        decoder = Decompressor(model, device, nfe=nfe, precision=precision, cache_dir=cache_dir, tune_process=True,
+                               temperature=temperature)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     bars = _Bars(quiet, decoder.device)
@@ -513,7 +519,8 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
 @_model_options
 @_overwrite_options
 def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None, nfe: int,
-              solver: str, seed: int | None, subtype: str | None, precision: str, out_format: str, device: str,
+              solver: str, seed: int | None, temperature: float | None, subtype: str | None, precision: str,
+              out_format: str, device: str,
               cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool, pattern: str | None,
               quiet: bool, as_json: bool) -> None:
     """Compress and decompress in one shot (no .fdc kept): hear what the codec does.
@@ -527,7 +534,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_audio, suffix, force, pattern)
     _setup(threads)
-    codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision)
+    codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision, temperature=temperature)
     nfe = _model_nfe(codec, nfe, solver)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)

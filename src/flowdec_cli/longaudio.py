@@ -24,7 +24,7 @@ import torch
 from .features import HOP_LENGTH, PAD_MULTIPLE, num_frames, padded_frames, peak_normfac
 from .ncsnpp import NCSNpp
 from .postfilter import Postfilter, Progress
-from .sampler import draw_noise, nfe_to_steps, solve, start_point
+from .sampler import draw_noise, nfe_to_steps, solve
 
 __all__ = ["enhance_long", "auto_batch_size", "ChunkPlan", "plan_chunks", "DEFAULT_CHUNK_SECONDS",
            "FRAMEWISE_CHUNK_SECONDS"]
@@ -297,7 +297,7 @@ def _enhance_chunked(model: Postfilter, signal: _Signal, plan: ChunkPlan, steps:
                     nz = stream.get(a, a + n) if stream is not None else torch.as_tensor(noise[..., a:a + n])
                     noises.append(nz.to(model.device))
                 Y = torch.cat(Ys, dim=0)
-                x = start_point(Y, model.sigma_y, torch.cat(noises, dim=0))
+                x = model.start(Y, torch.cat(noises, dim=0))
                 del Ys, noises
                 x = solve(lambda t, s, Y=Y: model._field(s, Y, t), x, steps, solver,  # type: ignore[misc]
                           on_evaluation=(lambda: bar.update(len(ks))) if bar is not None else None)  # noqa: B023

@@ -194,9 +194,10 @@ class Codec:
     """A loaded model plus the device it runs on."""
 
     def __init__(self, model: Model, device: torch.device | str = "cpu", chunk_seconds: float = 10.0,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", temperature: float | None = None) -> None:
         """``precision`` of the postfilter: ``auto`` is bfloat16 on CUDA (about 1e-2 relative difference, see
-        docs/performance.md) and float32 on the CPU; ``float32`` is exact to float rounding everywhere."""
+        docs/performance.md) and float32 on the CPU; ``float32`` is exact to float rounding everywhere.
+        ``temperature`` replaces the postfilter's start-noise temperature (its config's, else 1 = FlowDec)."""
         self.model = model
         self.device = torch.device(device)
         self.model.to(self.device)
@@ -206,6 +207,13 @@ class Codec:
         self._tables: Any = False  # not looked for yet
         if self.postfilter is not None:
             self._configure_postfilter(precision)
+            if temperature is not None:
+                from .postfilter import check_temperature
+
+                try:
+                    self.postfilter.temperature = check_temperature(temperature)
+                except ValueError as exc:
+                    raise CodecError(str(exc)) from None
 
     def _configure_postfilter(self, precision: str) -> None:
         from .postfilter import Postfilter
@@ -606,10 +614,11 @@ class Decompressor:
 
     def __init__(self, model: str | os.PathLike[str] | None = None, device: str | torch.device = "auto",
                  nfe: int | None = None, precision: str = "auto", cache_dir: str | os.PathLike[str] | None = None,
-                 tune_process: bool = False) -> None:
+                 tune_process: bool = False, temperature: float | None = None) -> None:
         self.override = model
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.nfe, self.precision, self.cache_dir, self.tune = nfe, precision, cache_dir, tune_process
+        self.temperature = temperature
         self._codecs: dict[str, Codec] = {}
 
     def codec_for(self, model_name: str, source: str | os.PathLike[str]) -> Codec:
@@ -620,7 +629,7 @@ class Decompressor:
         if key not in self._codecs:
             try:
                 codec = Codec.load(key, self.device, with_postfilter=None, nfe=self.nfe, precision=self.precision,
-                                   cache_dir=self.cache_dir)
+                                   cache_dir=self.cache_dir, temperature=self.temperature)
             except ModelError as exc:
                 if self.override:
                     raise

@@ -5,6 +5,7 @@
 dicts load strictly. Inference:
 
     X0 = Phi(y) + sigma_y * eps          (eps complex Gaussian, sigma_y per frequency, float64)
+                                          (ours: ``temperature`` * eps when a model sets it, see start)
     X1 = ODE solve of dX/dt = v(X, Phi(y), t) from t = 0 to 1     (midpoint, 3 steps = NFE 6 by default)
     x  = Phi^-1(X1)
 
@@ -101,6 +102,13 @@ def _bounded_int(name: str, value: Any, top: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
         raise ValueError(f"config {name} = {value!r} is out of range [1, {top}]")
     return value
+
+
+def check_temperature(value: Any) -> float:
+    """A start-noise temperature: a finite number in [0, 2] (1 = FlowDec's start distribution)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 2.0:
+        raise ValueError(f"postfilter temperature {value!r} must be a number from 0 to 2")
+    return float(value)
 
 
 def check_config_bounds(config: dict[str, Any]) -> None:
@@ -206,6 +214,7 @@ class Postfilter(nn.Module):
         self.feature_extractor = FeatureMap(n_fft, hop_length, alpha, beta, pad_multiple)
         self.precision = "float32"
         self._compiled: Callable[..., torch.Tensor] | None = None
+        self.temperature = 1.0
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -228,6 +237,7 @@ class Postfilter(nn.Module):
             "pad_multiple": fe.pad_multiple,
             "sigma_y_shape": list(self.sigma_y.shape),
             "sigma_y_dtype": str(self.sigma_y.dtype).removeprefix("torch."),
+            **({} if self.temperature == 1.0 else {"temperature": self.temperature}),
         }
 
     @classmethod
@@ -246,6 +256,12 @@ class Postfilter(nn.Module):
         if dtype is None:
             raise ValueError(f"sigma_y_dtype must be float64 or float32, got {config.get('sigma_y_dtype')!r}")
         sigma_y = torch.full(shape, DEFAULT_SIGMA_Y, dtype=dtype)
+        model = cls._architecture_from_config(config, n_fft, sigma_y)
+        model.temperature = check_temperature(config.get("temperature", 1.0))
+        return model
+
+    @classmethod
+    def _architecture_from_config(cls, config: dict[str, Any], n_fft: int, sigma_y: torch.Tensor) -> Postfilter:
         backbone = str(config.get("backbone", "ncsnpp"))
         if backbone == "framewise":
             framewise = config.get("framewise")
@@ -434,6 +450,18 @@ class Postfilter(nn.Module):
         and :func:`flowdec_cli.longaudio.enhance_long`); tests replace it per instance."""
         return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled)
 
+    def start(self, Y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The ODE's start point ``Y + sigma_y * temperature * noise``.
+
+        ``temperature`` (ours; 1 = FlowDec, the released models) scales the start noise, as diffusion and flow
+        samplers' temperatures do: below 1 the flow keeps more of what the coded signal says and invents less.
+        A model folder's postfilter config may set it (``"temperature"``); at 1 the start point is
+        bit-identical to the official one (no multiplication happens).
+        """
+        if self.temperature != 1.0:
+            noise = noise * self.temperature
+        return start_point(Y, self.sigma_y, noise)
+
     def activation_bytes(self, frames: int) -> int:
         """Rough peak memory of one network pass over ``frames`` STFT frames (batch rows x frames)."""
         return self.backbone.activation_bytes(frames)
@@ -484,7 +512,7 @@ class Postfilter(nn.Module):
                 elif tuple(noise.shape) != tuple(Y.shape):
                     raise ValueError(f"noise must be shaped like the padded features {tuple(Y.shape)}, got "
                                      f"{tuple(noise.shape)}")
-                x = start_point(Y, self.sigma_y, noise)
+                x = self.start(Y, noise)
                 x = solve(lambda t, s: self._field(s, Y, t), x, steps, solver,
                           on_evaluation=(lambda: bar.update(1)) if bar is not None else None)
                 out = self.feature_extractor.inverse(x, nf, y3.shape[-1], frames)

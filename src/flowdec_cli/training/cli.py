@@ -258,11 +258,13 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
               help="Codebook counts the postfilter was trained on (recorded as its trained bitrates).")
 @click.option("--default-nfe", type=click.IntRange(min=0), default=None,
               help="Postfilter passes flowdec uses with this model when --nfe is not given (default 6).")
+@click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=None,
+              help="Scale of the postfilter's start noise (1 = FlowDec's; below 1 it invents less).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
 @click.option("-q", "--quiet", is_flag=True)
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
                    description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
-                   force: bool, quiet: bool) -> None:
+                   temperature: float | None, force: bool, quiet: bool) -> None:
     """Write a model folder (flowdec.json, ndac/, postfilter/) from trained weights.
 
     The folder works with --model everywhere (flowdec roundtrip in.wav out.wav --model OUT), and
@@ -272,7 +274,7 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
 
     out = export_model(out_dir, ndac_ref, pf_ref, name=name, licence=licence, description=description,
                        ema=not raw, trained_codebooks=_codebook_list(trained_codebooks), force=force,
-                       default_nfe=default_nfe)
+                       default_nfe=default_nfe, temperature=temperature)
     if not quiet:
         card = json.loads((out / "flowdec.json").read_text())
         click.echo(f"flowdec: wrote model '{card['name']}' to {out}"

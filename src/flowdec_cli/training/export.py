@@ -73,11 +73,13 @@ def _entropy_tables_for(folder: Path, ndac_hash: str) -> Path | None:
 
 def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter: str | os.PathLike | None = None,
                  name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
-                 trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None) -> Path:
+                 trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None,
+                 temperature: float | None = None) -> Path:
     """Write a model folder at ``out_dir`` from trained components (checked by loading them).
 
     ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
     (6, the paper's setting, when not recorded); 0 for a model whose postfilter does not (yet) help.
+    ``temperature`` sets the postfilter's start-noise temperature (:meth:`Postfilter.start`; 1 = FlowDec).
 
     When ``ndac`` is a model folder with entropy tables learned for these very weights, the tables come
     along: a new postfilter on the same codec leaves the codes, and so the tables, valid.
@@ -85,7 +87,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     from ..bitrate import bitrate_table, nominal_bitrate
     from ..models.folder import ENTROPY_TABLES_NAME, ModelError, ModelFolderBuilder
     from ..models.loading import ndac_from_folder, ndac_state_hash
-    from ..postfilter import Postfilter
+    from ..postfilter import Postfilter, check_temperature
 
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
@@ -106,6 +108,13 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
             raise TrainingError(str(exc)) from None
         if pf.sample_rate != codec.sample_rate:
             raise TrainingError(f"the NDAC runs at {codec.sample_rate} Hz but the postfilter at {pf.sample_rate} Hz")
+    if temperature is not None:
+        if pf is None:
+            raise TrainingError("a temperature needs a postfilter")
+        try:
+            pf.temperature = check_temperature(temperature)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
     rates = bitrate_table(codec.sample_rate, codec.hop_length, codec.n_codebooks, codec.codebook_size)
     card: dict[str, Any] = {
         "name": name or out.name,
