@@ -208,10 +208,8 @@ class Codec:
         if self.postfilter is not None:
             self._configure_postfilter(precision)
             if temperature is not None:
-                from .postfilter import check_temperature
-
                 try:
-                    self.postfilter.temperature = check_temperature(temperature)
+                    self.postfilter.temperature = temperature
                 except ValueError as exc:
                     raise CodecError(str(exc)) from None
 

@@ -104,13 +104,6 @@ def _bounded_int(name: str, value: Any, top: int) -> int:
     return value
 
 
-def check_temperature(value: Any) -> float:
-    """A start-noise temperature: a finite number in [0, 2] (1 = FlowDec's start distribution)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 2.0:
-        raise ValueError(f"postfilter temperature {value!r} must be a number from 0 to 2")
-    return float(value)
-
-
 def check_config_bounds(config: dict[str, Any]) -> None:
     """Refuse sizes no postfilter has before anything is allocated: a model folder's config is data from a
     file, and a forged one must end in a one-line error, not a request for petabytes."""
@@ -214,7 +207,7 @@ class Postfilter(nn.Module):
         self.feature_extractor = FeatureMap(n_fft, hop_length, alpha, beta, pad_multiple)
         self.precision = "float32"
         self._compiled: Callable[..., torch.Tensor] | None = None
-        self.temperature = 1.0
+        self._temperature = 1.0
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -237,7 +230,7 @@ class Postfilter(nn.Module):
             "pad_multiple": fe.pad_multiple,
             "sigma_y_shape": list(self.sigma_y.shape),
             "sigma_y_dtype": str(self.sigma_y.dtype).removeprefix("torch."),
-            **({} if self.temperature == 1.0 else {"temperature": self.temperature}),
+            **({} if self._temperature == 1.0 else {"temperature": self._temperature}),
         }
 
     @classmethod
@@ -257,7 +250,7 @@ class Postfilter(nn.Module):
             raise ValueError(f"sigma_y_dtype must be float64 or float32, got {config.get('sigma_y_dtype')!r}")
         sigma_y = torch.full(shape, DEFAULT_SIGMA_Y, dtype=dtype)
         model = cls._architecture_from_config(config, n_fft, sigma_y)
-        model.temperature = check_temperature(config.get("temperature", 1.0))
+        model.temperature = config.get("temperature", 1.0)
         return model
 
     @classmethod
@@ -450,6 +443,18 @@ class Postfilter(nn.Module):
         and :func:`flowdec_cli.longaudio.enhance_long`); tests replace it per instance."""
         return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled)
 
+    @property
+    def temperature(self) -> float:
+        """The start-noise temperature (see :meth:`start`): a number from 0 to 2, checked on every assignment
+        (a model folder's config is data from a file)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 2.0:
+            raise ValueError(f"postfilter temperature {value!r} must be a number from 0 to 2")
+        self._temperature = float(value)
+
     def start(self, Y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The ODE's start point ``Y + sigma_y * temperature * noise``.
 
@@ -458,8 +463,8 @@ class Postfilter(nn.Module):
         A model folder's postfilter config may set it (``"temperature"``); at 1 the start point is
         bit-identical to the official one (no multiplication happens).
         """
-        if self.temperature != 1.0:
-            noise = noise * self.temperature
+        if self._temperature != 1.0:
+            noise = noise * self._temperature
         return start_point(Y, self.sigma_y, noise)
 
     def activation_bytes(self, frames: int) -> int:

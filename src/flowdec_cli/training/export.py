@@ -87,7 +87,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     from ..bitrate import bitrate_table, nominal_bitrate
     from ..models.folder import ENTROPY_TABLES_NAME, ModelError, ModelFolderBuilder
     from ..models.loading import ndac_from_folder, ndac_state_hash
-    from ..postfilter import Postfilter, check_temperature
+    from ..postfilter import Postfilter
 
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
@@ -112,7 +112,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         if pf is None:
             raise TrainingError("a temperature needs a postfilter")
         try:
-            pf.temperature = check_temperature(temperature)
+            pf.temperature = temperature
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
     rates = bitrate_table(codec.sample_rate, codec.hop_length, codec.n_codebooks, codec.codebook_size)

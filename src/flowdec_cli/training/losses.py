@@ -318,9 +318,7 @@ def with_coded_phase(X: torch.Tensor, Y: torch.Tensor, floor: float = 1e-6) -> t
     Bins where ``|Y| <= floor`` have no phase to lend and keep X.
     """
     mag_y = Y.abs()
-    has_phase = mag_y > floor
-    unit = torch.where(has_phase, Y / mag_y.clamp(min=floor), torch.zeros_like(Y))
-    return torch.where(has_phase, X.abs() * unit, X)
+    return torch.where(mag_y > floor, X.abs() * (Y / mag_y.clamp(min=floor)), X)
 
 
 def flow_matching_loss(v: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
