@@ -209,6 +209,26 @@ def test_postfilter_objective_with_coded_phase(pair_list, tmp_path):
         _pf(pair_list, tmp_path / "bad", objective=dict(target_phase="mixed"))
 
 
+def test_postfilter_validation_samples_at_the_configured_temperature(pair_list, tmp_path):
+    """``validation.temperature`` reaches the validation runs (at 0 the start noise, hence the seed, no longer
+    matters) and not training; the Postfilter's own range rule refuses bad values as a TrainingError."""
+    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
+    figures = {}
+    for temperature in (0.0, 1.0):
+        t = PostfilterTrainer(_pf(pair_list, tmp_path / f"t{temperature}", model=model,
+                                  validation=dict(temperature=temperature)), device="cpu", quiet=True)
+        t.build()
+        assert t.ema.temperature == temperature and t.pf.temperature == 1.0
+        figures[temperature] = [t.validate()]
+        t.config.validation.seed = 5
+        figures[temperature].append(t.validate())
+    assert figures[0.0][0] == figures[0.0][1]
+    assert figures[1.0][0]["si_sdr_nfe2"] != figures[1.0][1]["si_sdr_nfe2"]
+    with pytest.raises(TrainingError, match="validation.temperature: .*from 0 to 2"):
+        PostfilterTrainer(_pf(pair_list, tmp_path / "bad", model=model, validation=dict(temperature=3.0)),
+                          device="cpu", quiet=True).build()
+
+
 def test_ndac_latent_loss_and_dead_code_revival(clips, tmp_path):
     cfg = _ndac(clips, tmp_path / "run", loss=dict(latent_weight=2.0),
                 optim=dict(revive_dead_codes_every=2), train=dict(max_steps=4))

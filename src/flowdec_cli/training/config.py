@@ -314,6 +314,9 @@ class PostfilterValidationConfig:
     nfe: list[int] = field(default_factory=lambda: [6])
     solver: str = "midpoint"
     max_seconds: float | None = None  # None = whole files, as officially
+    # ours: the start-noise temperature of the validation runs (Postfilter.start), so that a model meant to
+    # ship at a lower temperature is judged as it will run; 1 = FlowDec
+    temperature: float = 1.0
 
 
 @dataclass

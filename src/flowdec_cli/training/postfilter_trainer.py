@@ -81,6 +81,10 @@ class PostfilterTrainer(Trainer):
         self.ema = copy.deepcopy(pf).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
+        try:  # only validation samples from the EMA copy; the range rule is the Postfilter's own
+            self.ema.temperature = cfg.validation.temperature
+        except ValueError as exc:
+            raise TrainingError(f"validation.temperature: {exc}") from None
         self.params = param_list(pf.backbone)
         self.ema_params = [p for p in self.ema.backbone.parameters()]
         self.net = wrap_ddp(pf.backbone, env)
