@@ -211,17 +211,18 @@ def test_postfilter_objective_with_coded_phase(pair_list, tmp_path):
 
 def test_postfilter_validation_samples_at_the_configured_temperature(pair_list, tmp_path):
     """``validation.temperature`` reaches the validation runs (at 0 the start noise, hence the seed, no longer
-    matters) and not training; the Postfilter's own range rule refuses bad values as a TrainingError."""
+    matters) and nothing else: training and the folders the EMA is saved to keep FlowDec's 1. The Postfilter's
+    own range rule refuses bad values as a TrainingError before any step."""
     model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
     figures = {}
     for temperature in (0.0, 1.0):
         t = PostfilterTrainer(_pf(pair_list, tmp_path / f"t{temperature}", model=model,
                                   validation=dict(temperature=temperature)), device="cpu", quiet=True)
         t.build()
-        assert t.ema.temperature == temperature and t.pf.temperature == 1.0
         figures[temperature] = [t.validate()]
         t.config.validation.seed = 5
         figures[temperature].append(t.validate())
+        assert t.ema.temperature == 1.0 and t.pf.temperature == 1.0 and "temperature" not in t.ema.config
     assert figures[0.0][0] == figures[0.0][1]
     assert figures[1.0][0]["si_sdr_nfe2"] != figures[1.0][1]["si_sdr_nfe2"]
     with pytest.raises(TrainingError, match="validation.temperature: .*from 0 to 2"):

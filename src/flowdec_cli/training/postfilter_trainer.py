@@ -81,10 +81,11 @@ class PostfilterTrainer(Trainer):
         self.ema = copy.deepcopy(pf).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        try:  # only validation samples from the EMA copy; the range rule is the Postfilter's own
+        try:  # the Postfilter's own range rule, applied before the first step rather than at the first validation
             self.ema.temperature = cfg.validation.temperature
         except ValueError as exc:
             raise TrainingError(f"validation.temperature: {exc}") from None
+        self.ema.temperature = 1.0  # set only while validating: the folders the EMA is saved to keep FlowDec's 1
         self.params = param_list(pf.backbone)
         self.ema_params = [p for p in self.ema.backbone.parameters()]
         self.net = wrap_ddp(pf.backbone, env)
@@ -153,20 +154,25 @@ class PostfilterTrainer(Trainer):
             keys += [f"si_sdr_nfe{n}", f"log_spec_mse_nfe{n}"]
         sums = torch.zeros(2 * len(keys), dtype=torch.float64)
         hop = self.ema.feature_extractor.hop_length
-        for i in range(env.rank, len(self.val_set), env.world_size):
-            x, y = self.val_set[i]
-            assert y is not None
-            ref = x[0].numpy()
-            values = [si_sdr(ref, y[0].numpy()), log_spectral_mse(x, y, self.ema.feature_extractor.n_fft, hop)]
-            for n in vc.nfe:
-                g = torch.Generator(env.device).manual_seed(mix_seed(vc.seed, i, n))
-                out = self.ema.enhance(y.to(env.device)[None], nfe=n, solver=vc.solver, generator=g)
-                out = out[0].float().cpu()
-                values += [si_sdr(ref, out[0].numpy()), log_spectral_mse(x, out, self.ema.feature_extractor.n_fft, hop)]
-            for k, v in enumerate(values):
-                if math.isfinite(v):
-                    sums[2 * k] += v
-                    sums[2 * k + 1] += 1
+        self.ema.temperature = vc.temperature  # only while validating (see build)
+        try:
+            for i in range(env.rank, len(self.val_set), env.world_size):
+                x, y = self.val_set[i]
+                assert y is not None
+                ref = x[0].numpy()
+                values = [si_sdr(ref, y[0].numpy()), log_spectral_mse(x, y, self.ema.feature_extractor.n_fft, hop)]
+                for n in vc.nfe:
+                    g = torch.Generator(env.device).manual_seed(mix_seed(vc.seed, i, n))
+                    out = self.ema.enhance(y.to(env.device)[None], nfe=n, solver=vc.solver, generator=g)
+                    out = out[0].float().cpu()
+                    values += [si_sdr(ref, out[0].numpy()),
+                               log_spectral_mse(x, out, self.ema.feature_extractor.n_fft, hop)]
+                for k, v in enumerate(values):
+                    if math.isfinite(v):
+                        sums[2 * k] += v
+                        sums[2 * k + 1] += 1
+        finally:
+            self.ema.temperature = 1.0
         sums = env.all_reduce_sum(sums.to(env.device)).cpu()
         return {key: float(sums[2 * k] / sums[2 * k + 1]) for k, key in enumerate(keys) if sums[2 * k + 1] > 0}
 
