@@ -40,7 +40,7 @@ def main() -> None:
 
     import torch
 
-    from flowdec_cli.container import encode_fdc, max_file_size
+    from flowdec_cli.container import encode_fdc_written, max_file_size
     from flowdec_cli.demo import demo_clip
     from flowdec_cli.evaluation.codec_eval import opus_available, opus_roundtrip
     from flowdec_cli.pipeline import Codec
@@ -72,6 +72,9 @@ def main() -> None:
         codec.postfilter.enhance(d0, nfe=2, generator=torch.Generator().manual_seed(0))
         sync()
         rows.append(("postfilter, per network pass", (time.perf_counter() - t0) / 2 / dur))
+    if header.envelope is not None:  # encode above includes measuring it; decoding measures and filters
+        _, res = codec.decompress_codes_timed(header, codes, nfe=0, seed=0)
+        rows.append(("side channel, decode (measure + filter)", res.envelope_seconds / dur))
     print("| stage | seconds per second of audio |\n| --- | --- |")
     for stage, v in rows:
         print(f"| {stage} | {v:.4f} |")
@@ -85,12 +88,13 @@ def main() -> None:
         sync()
         print(f"| {nfe} | {(time.perf_counter() - t0) / dur:.4f} |")
 
-    print("\n| codebooks | nominal kbit/s | .fdc bytes | actual kbit/s | budget bytes | Opus bytes | Opus kbit/s "
-          "| Opus enc+dec RTF |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| codebooks | nominal kbit/s | .fdc bytes (bit-packed) | actual kbit/s | budget bytes | side channel "
+          "bytes | Opus bytes | Opus kbit/s | Opus enc+dec RTF |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for k, kbps in codec.bitrates():
             h, c = codec.compress_array(clip, 48000, n_codebooks=k)
-            size = len(encode_fdc(h, c))
+            written, data = encode_fdc_written(h, c)
+            size = len(data)
             opus = ""
             if opus_available() and kbps >= 6:
                 res = opus_roundtrip(clip, 48000, kbps, Path(tmp))
@@ -98,7 +102,7 @@ def main() -> None:
             else:
                 opus = " | | "
             print(f"| {k} | {kbps:g} | {size} | {size * 8 / dur / 1000:.3f} | "
-                  f"{max_file_size(kbps * 1000, dur):.0f} | {opus} |")
+                  f"{max_file_size(kbps * 1000, dur):.0f} | {written.envelope_bytes} | {opus} |")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model, "cpu")
+    # the codec alone without its side channel, to show what the side channel adds (when the model sends one)
+    bare = Codec(codec.model, "cpu", envelope=False) if codec.envelope_layout else None
     nfes = [0] + ([int(n) for n in args.nfe.split(",")] if args.nfe else [codec.resolve_nfe(None)])
     nfes = sorted(set(nfes))
     clips = pick_clips(args.corpus, args.per_category)
@@ -108,13 +110,21 @@ def main() -> None:
                 t0 = time.perf_counter()
                 header, codes = codec.compress_array(ref, sr, bitrate_kbps=kbps)
                 t1 = time.perf_counter()
+                on_disk = codec.coded_bytes(header, codes) * 8 / dur / ref.shape[1] / 1000
                 for nfe in nfes:
                     t2 = time.perf_counter()
                     out = codec.decompress_codes(header, codes, nfe=nfe, seed=0)
                     t3 = time.perf_counter()
                     timing[f"nfe{nfe}"].append((t1 - t0 + t3 - t2) / dur)
                     scores = compute_metrics(ref, sr, out, sr, names, errors={})
+                    scores["kbps_actual"] = on_disk
                     results[(category, f"flowdec {kbps:g} kbit/s, NFE {nfe}")].append(scores)
+                if bare is not None:
+                    header, codes = bare.compress_array(ref, sr, bitrate_kbps=kbps)
+                    out = bare.decompress_codes(header, codes, nfe=0, seed=0)
+                    scores = compute_metrics(ref, sr, out, sr, names, errors={})
+                    scores["kbps_actual"] = bare.coded_bytes(header, codes) * 8 / dur / ref.shape[1] / 1000
+                    results[(category, f"flowdec {kbps:g} kbit/s, NFE 0, no side channel")].append(scores)
             for kbps in (float(b) for b in args.opus.split(",")):
                 res = opus_roundtrip(ref, sr, kbps)
                 scores = compute_metrics(ref, sr, res.audio, sr, names, errors={})
@@ -127,9 +137,10 @@ def main() -> None:
         keys = sorted({k for r in rows for k in r})
         mean = {k: float(np.nanmean([r.get(k, math.nan) for r in rows])) for k in keys}
         table.append({"category": category, "system": system, "clips": len(rows), **mean})
-    cols = ["visqol", "mel", "si_sdr", "hf_ratio", "coherence", "pesq", "stoi"]
-    print("\n| category | system | clips | ViSQOL | mel dist. | SI-SDR (dB) | >8 kHz energy | coherence | PESQ-WB | STOI |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cols = ["visqol", "mel", "si_sdr", "hf_ratio", "coherence", "pesq", "stoi", "kbps_actual"]
+    print("\n| category | system | clips | ViSQOL | mel dist. | SI-SDR (dB) | >8 kHz energy | coherence | PESQ-WB | STOI "
+          "| kbit/s on disk |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in table:
         vals = [f"{row[c]:.3f}" if c in row and not math.isnan(row[c]) else "" for c in cols]
         print(f"| {row['category']} | {row['system']} | {row['clips']} | " + " | ".join(vals) + " |")

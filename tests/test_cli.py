@@ -55,6 +55,25 @@ def test_compress_info_decompress(run, wav, tmp_path, tiny_codec_dir):
     assert sr == 44100 and y.shape == (sf.info(str(wav)).frames, 2)
 
 
+def test_envelope_option_adds_the_side_channel(run, wav, tmp_path, tiny_codec_dir):
+    plain, rich = tmp_path / "plain.fdc", tmp_path / "rich.fdc"
+    assert run("compress", wav, plain, "-n", "4", "--model", tiny_codec_dir, "-q").exit_code == 0
+    r = run("compress", wav, rich, "-n", "4", "--model", tiny_codec_dir, "--envelope", "--json")
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.output.strip().splitlines()[-1])
+    assert record["envelope_bytes"] > 0
+    info = json.loads(run("info", rich, "--json").output)
+    assert info["format_version"] == [1, 2] and info["envelope_layout"] == "bands15"
+    assert info["envelope_windows"] == 4 and 0 < info["envelope_kbps"] < 1.0  # 1.2 s, two channels
+    assert "envelope" not in info
+    assert json.loads(run("info", plain, "--json").output)["envelope_layout"] == ""
+    r = run("decompress", rich, tmp_path / "out.wav", "--nfe", "0", "--model", tiny_codec_dir)
+    assert r.exit_code == 0 and "side channel" in r.output
+    r = run("roundtrip", wav, tmp_path / "rt.wav", "-n", "4", "--model", tiny_codec_dir, "--nfe", "0", "--envelope",
+            "--json")
+    assert r.exit_code == 0 and json.loads(r.output.strip().splitlines()[-1])["envelope"] is True
+
+
 def test_chosen_bitrate_is_printed(run, wav, tmp_path, tiny_codec_dir):
     r = run("compress", wav, tmp_path / "a.fdc", "-b", "5", "--model", tiny_codec_dir)
     assert r.exit_code == 0

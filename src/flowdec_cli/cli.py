@@ -333,7 +333,7 @@ def _is_fdc(path: Path) -> bool:
 
 
 def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int | None = 0,
-                precision: str = "auto", temperature: float | None = None) -> Codec:
+                precision: str = "auto", temperature: float | None = None, envelope: bool | None = None) -> Codec:
     """The codec for a command (the default model when none is named), set up for the passes it runs."""
     from .pipeline import Codec
     from .runtime import resolve_device
@@ -343,7 +343,7 @@ def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir,
-                       temperature=temperature)
+                       temperature=temperature, envelope=envelope)
     codec.tune_process()  # the CLI owns its process: glibc keeps large CPU buffers mapped (see the method)
     return codec
 
@@ -366,6 +366,18 @@ def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None
         return codec.choose_codebooks(bitrate, n_codebooks)
     except CodecError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _envelope_option(f: Callable) -> Callable:
+    return click.option(
+        "--envelope/--no-envelope", default=None,
+        help="Send the band-level side channel (15 band levels a second, about 50 bit/s per channel), with "
+             "which the decoder puts back the original's balance across frequency. Default: as the model "
+             "says (on for the built-in model; off for the released FlowDec models, which stay exact).")(f)
+
+
+def _envelope_note(header: Any) -> str:
+    return f", side channel {header.envelope_bytes} bytes" if header.envelope_layout else ""
 
 
 def _kbps(header: Any) -> str:
@@ -416,11 +428,12 @@ def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
                    "default`, else the built-in model).")
 @click.option("--no-entropy", is_flag=True,
               help="Bit-pack the codes (format 1.0, exactly the nominal rate) instead of entropy-coding them.")
+@_envelope_option
 @_model_options
 @_overwrite_options
 def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None,
-             no_entropy: bool, device: str, cache_dir: Path | None, threads: int | None, force: bool,
-             skip_existing: bool, pattern: str | None, quiet: bool, as_json: bool) -> None:
+             no_entropy: bool, envelope: bool | None, device: str, cache_dir: Path | None, threads: int | None,
+             force: bool, skip_existing: bool, pattern: str | None, quiet: bool, as_json: bool) -> None:
     """Code audio (any format, rate, channels) into a compact .fdc file, or a folder into a folder.
 
     IN - reads audio from standard input, OUT - writes the .fdc to standard output.
@@ -429,7 +442,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     _check_json(as_json, dst)
     plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
     _setup(threads)
-    codec = _load_codec(model, device, cache_dir, nfe=0)
+    codec = _load_codec(model, device, cache_dir, nfe=0, envelope=envelope)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet)
     if not quiet:
@@ -442,11 +455,12 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
         res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars, overwrite=force,
                                   entropy=not no_entropy)
         record = {"command": "compress", **_rates(res.header, res.file_bytes, time.perf_counter() - t0),
-                  "nfe": None, "model": codec.model.name, "entropy_saving": res.saving}
+                  "nfe": None, "model": codec.model.name, "entropy_saving": res.saving,
+                  "envelope_bytes": res.header.envelope_bytes}
         saved = f", entropy coding saved {100 * res.saving:.1f} %" if res.header.entropy_coded else ""
         return record, (f"{res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
                         f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} "
-                        f"nominal{saved})")
+                        f"nominal{saved}{_envelope_note(res.header)})")
 
     _execute(plan, one, force, skip_existing, quiet, as_json, ".fdc")
 
@@ -496,13 +510,14 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
              model: str) -> tuple[dict[str, Any], str]:
     """The record and the text line of a decoded file."""
     record = {"command": command, **_rates(header, nbytes, seconds), "nfe": res.nfe, "model": model,
-              "output_sample_rate": res.sample_rate or header.sample_rate, "peak_scaled": res.peak_scaled}
+              "output_sample_rate": res.sample_rate or header.sample_rate, "peak_scaled": res.peak_scaled,
+              "envelope": bool(header.envelope_layout)}
     dur = record["duration_s"]
     guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
     rate = (f"{header.sample_rate} Hz resampled to {res.sample_rate} Hz (the most the format takes)"
             if res.resampled else f"{header.sample_rate} Hz")
     return record, (f"{dur:.2f} s, {header.channels} ch, {rate}, {nbytes} bytes coded "
-                    f"({record['kbps_on_disk']:.3f} kbit/s per channel), NFE {res.nfe}, "
+                    f"({record['kbps_on_disk']:.3f} kbit/s per channel{_envelope_note(header)}), NFE {res.nfe}, "
                     f"{seconds:.1f} s (RTF {record['rtf']:.3f}){guard}")
 
 
@@ -516,11 +531,12 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
 @_decode_options
 @click.option("--format", "out_format", default="wav", show_default=True,
               help="Output type for folders and OUT - (wav, flac, ogg, opus, ...).")
+@_envelope_option
 @_model_options
 @_overwrite_options
 def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None, nfe: int,
               solver: str, seed: int | None, temperature: float | None, subtype: str | None, precision: str,
-              out_format: str, device: str,
+              out_format: str, envelope: bool | None, device: str,
               cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool, pattern: str | None,
               quiet: bool, as_json: bool) -> None:
     """Compress and decompress in one shot (no .fdc kept): hear what the codec does.
@@ -534,7 +550,8 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_audio, suffix, force, pattern)
     _setup(threads)
-    codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision, temperature=temperature)
+    codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision, temperature=temperature,
+                        envelope=envelope)
     nfe = _model_nfe(codec, nfe, solver)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
@@ -581,6 +598,7 @@ def info(src: Path, as_json: bool) -> None:
     duration = header.num_samples / header.sample_rate if header.sample_rate else 0.0
     packed = bitpacked_file_size(header)
     fields = asdict(header)
+    fields.pop("envelope", None)  # the levels themselves are not shown (nor decoded: info needs no model)
     fields.update({
         "file": str(src), "file_bytes": size, "duration_s": duration,
         "frame_rate_hz": header.model_sample_rate / header.hop_length,
@@ -588,6 +606,8 @@ def info(src: Path, as_json: bool) -> None:
         "actual_bitrate_kbps": (size * 8 / duration / header.channels / 1000) if duration else 0.0,
         "bitpacked_bytes": packed,
         "entropy_saving_percent": 100.0 * (1 - size / packed) if header.entropy_coded and packed else 0.0,
+        "envelope_windows": header.envelope_windows,
+        "envelope_kbps": (header.envelope_bytes * 8 / duration / header.channels / 1000) if duration else 0.0,
     })
     if as_json:
         click.echo(json.dumps(fields, indent=2, default=str))

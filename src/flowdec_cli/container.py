@@ -3,7 +3,8 @@
 Layout: magic ``89 'F' 'D' 'C'``, major and minor version bytes, a uint16 LE header length, a MessagePack
 header map with small integer keys, the codes bit-packed at ceil(log2(codebook_size)) bits each (channel,
 then frame, then codebook; most significant bit first) or, from format 1.1, entropy-coded with the model's
-tables (coding ``range-ctx1``, see :mod:`flowdec_cli.entropy`), and a CRC-32 (LE) over everything before it.
+tables (coding ``range-ctx1``, see :mod:`flowdec_cli.entropy`), from format 1.2 optionally the band-energy
+side channel (:mod:`flowdec_cli.envelope`), and a CRC-32 (LE) over everything before it.
 
 Reading never executes code and never trusts a length before comparing it with the real size of the data.
 Every problem with a file is reported as :class:`FdcError`, whose message names the file.
@@ -25,6 +26,7 @@ import numpy as np
 from . import __version__
 from .bitrate import bits_for_codebook_size, nominal_bitrate
 from .entropy import CODING_BITPACK, KNOWN_CODINGS, EntropyError, max_codes_for_payload
+from .envelope import DEFAULT_LAYOUT, EnvelopeError, decode_levels, encode_levels, envelope_layout, level_count_fits
 from .exceptions import FlowdecError
 from .fileio import atomic_write_bytes
 
@@ -51,8 +53,10 @@ __all__ = [
 ]
 
 FDC_MAGIC = b"\x89FDC"
-FORMAT_VERSION = (1, 1)  # newest (major, minor) this module writes; it reads every minor version of major 1
+FORMAT_VERSION = (1, 2)  # newest (major, minor) this module writes; it reads every minor version of major 1
 BITPACK_VERSION = (1, 0)  # bit-packed files stay 1.0 files, readable by every 1.x reader
+ENTROPY_VERSION = (1, 1)  # entropy-coded files without an envelope stay 1.1 files
+ENVELOPE_VERSION = (1, 2)  # any file with an envelope
 _PREAMBLE = struct.Struct("<4sBBH")  # magic, major, minor, header length
 _CRC = struct.Struct("<I")
 FIXED_OVERHEAD = _PREAMBLE.size + _CRC.size  # 12 bytes besides header and payload
@@ -97,6 +101,11 @@ class FdcHeader:
     coding: str = CODING_BITPACK  # 1.1: how the payload holds the codes (bitpack or range-ctx1)
     entropy_tables: str = ""    # 1.1: identifier of the entropy tables (entropy-coded files only)
     payload_bytes: int = 0      # 1.1: payload size of an entropy-coded file (0 for bit-packed files)
+    envelope_layout: str = ""   # 1.2: layout of the band-energy side channel ("" when the file has none)
+    envelope_bytes: int = 0     # 1.2: its size in bytes, after the codes
+    # 1.2: the side channel's quantised levels [channels, windows, bands] (int16). They are stored after the
+    # codes, not in the header map; they ride on the header so that every (header, codes) API carries them.
+    envelope: np.ndarray | None = field(default=None, compare=False, repr=False)
     extra: dict = field(default_factory=dict)  # unknown / application keys, kept as read
     format_version: tuple = field(default=BITPACK_VERSION, compare=False)  # as read or written
 
@@ -138,6 +147,13 @@ class FdcHeader:
         return _payload_size(self.n_codes, self.bits_per_code)
 
     @property
+    def envelope_windows(self) -> int:
+        """Level windows of the side channel (0 without one): over the codes' whole model-rate span."""
+        if not self.envelope_layout:
+            return 0
+        return envelope_layout(self.envelope_layout).windows(self.num_frames * self.hop_length)
+
+    @property
     def bitpacked_payload_size(self) -> int:
         """Payload bytes of the same codes bit-packed (the nominal rate's size)."""
         return _payload_size(self.n_codes, self.bits_per_code)
@@ -157,6 +173,7 @@ class FdcHeader:
                            f"take {need} frames of {self.hop_length} at {self.model_sample_rate} Hz, but the "
                            f"header says {self.num_frames}")
         _check_coding(self.coding, self.entropy_tables, self.payload_bytes, self.n_codes, source_name)
+        _check_envelope(self, source_name)
         if not isinstance(self.extra, dict):
             raise FdcError(f"{source_name}: invalid header: extra must be a dict")
         for key in self.extra:
@@ -175,6 +192,9 @@ class FdcHeader:
         d["entropy_tables"] = self.entropy_tables
         d["payload_bytes"] = self.payload_size
         d["bitpacked_payload_bytes"] = self.bitpacked_payload_size
+        d["envelope_layout"] = self.envelope_layout
+        d["envelope_bytes"] = self.envelope_bytes
+        d["envelope"] = None if self.envelope is None else np.asarray(self.envelope).tolist()
         d["bits_per_code"] = self.bits_per_code
         d["frame_rate"] = self.frame_rate
         d["nominal_bitrate"] = self.nominal_bitrate
@@ -207,12 +227,16 @@ _KEY_GAIN = 16
 _KEY_CODING = 17          # format 1.1
 _KEY_TABLES = 18          # format 1.1
 _KEY_PAYLOAD_BYTES = 19   # format 1.1
+_KEY_ENVELOPE = 20        # format 1.2
+_KEY_ENVELOPE_BYTES = 21  # format 1.2
 _KNOWN_KEYS = {key: name for name, key, _t, _lo, _hi in _FIELDS}
 _KNOWN_KEYS[_KEY_BITRATE] = "nominal_bitrate"
 _KNOWN_KEYS[_KEY_GAIN] = "gain"
 _KNOWN_KEYS[_KEY_CODING] = "coding"
 _KNOWN_KEYS[_KEY_TABLES] = "entropy_tables"
 _KNOWN_KEYS[_KEY_PAYLOAD_BYTES] = "payload_bytes"
+_KNOWN_KEYS[_KEY_ENVELOPE] = "envelope_layout"
+_KNOWN_KEYS[_KEY_ENVELOPE_BYTES] = "envelope_bytes"
 _MAX_CODING_STR = 64
 
 
@@ -237,6 +261,33 @@ def _check_coding(coding: Any, tables: Any, payload_bytes: Any, n_codes: int, sr
     if n_codes > max_codes_for_payload(int(payload_bytes)):
         raise FdcError(f"{src}: invalid header: {n_codes} codes cannot be coded in {int(payload_bytes)} "
                        "payload bytes")
+
+
+def _check_envelope(header: FdcHeader, src: str) -> None:
+    """The 1.2 envelope fields: a layout this flowdec knows, defined at the model's rate, and a size that
+    can hold its levels (the same bound as entropy-coded codes: a forged header cannot make a reader
+    decode more than a fixed multiple of the file's size)."""
+    name, size = header.envelope_layout, header.envelope_bytes
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 <= int(size) <= _MAX_COUNT:
+        raise FdcError(f"{src}: invalid header: envelope_bytes (key {_KEY_ENVELOPE_BYTES}) must be an integer "
+                       f"in [0, {_MAX_COUNT}]")
+    if not isinstance(name, str) or len(name) > _MAX_CODING_STR:
+        raise FdcError(f"{src}: invalid header: envelope_layout (key {_KEY_ENVELOPE}) must be a string of at most "
+                       f"{_MAX_CODING_STR} characters")
+    if not name:
+        if size:
+            raise FdcError(f"{src}: invalid header: envelope_bytes without an envelope layout")
+        return
+    try:
+        layout = envelope_layout(name)
+    except EnvelopeError as exc:
+        raise FdcError(f"{src}: {exc}") from None
+    if layout.sample_rate != header.model_sample_rate:
+        raise FdcError(f"{src}: invalid header: envelope layout {name} is defined at {layout.sample_rate} Hz, "
+                       f"the model works at {header.model_sample_rate} Hz")
+    n_levels = header.channels * header.envelope_windows * layout.n_bands
+    if not level_count_fits(n_levels, int(size)):
+        raise FdcError(f"{src}: invalid header: {n_levels} envelope levels cannot be coded in {int(size)} bytes")
 
 
 def _check_fields(values: dict[str, Any], src: str) -> None:
@@ -378,6 +429,9 @@ def _header_map(header: FdcHeader) -> dict:
         m[_KEY_CODING] = header.coding
         m[_KEY_TABLES] = header.entropy_tables
         m[_KEY_PAYLOAD_BYTES] = int(header.payload_bytes)
+    if header.envelope_layout:
+        m[_KEY_ENVELOPE] = header.envelope_layout
+        m[_KEY_ENVELOPE_BYTES] = int(header.envelope_bytes)
     for key, value in header.extra.items():
         m[key] = value
     return m
@@ -386,8 +440,15 @@ def _header_map(header: FdcHeader) -> dict:
 def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any) -> tuple[FdcHeader, bytes]:
     import dataclasses
 
-    plain = dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0)
-    plain.validate(source_name)
+    plain = dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0,
+                                envelope_layout="", envelope_bytes=0)
+    plain.validate(source_name)  # every field but the side channel's, whose size follows from its coding
+    side = b""
+    if header.envelope is not None:
+        plain.envelope_layout = header.envelope_layout or DEFAULT_LAYOUT
+        side = _encode_envelope(plain, source_name)
+        plain.envelope_bytes = len(side)
+        plain.validate(source_name)
     arr = np.asarray(codes)
     if arr.shape != plain.codes_shape:
         raise FdcError(f"{source_name}: codes have shape {arr.shape}, the header says "
@@ -399,7 +460,8 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
         if lo < 0 or hi >= plain.codebook_size:
             raise FdcError(f"{source_name}: code {lo if lo < 0 else hi} is outside the codebook "
                            f"(valid: 0 to {plain.codebook_size - 1})")
-    candidates: list[tuple[FdcHeader, tuple[int, int], bytes | None]] = [(plain, BITPACK_VERSION, None)]
+    candidates: list[tuple[FdcHeader, tuple[int, int], bytes | None]] = [
+        (plain, ENVELOPE_VERSION if side else BITPACK_VERSION, None)]
     if tables is not None and arr.size:
         from .entropy import encode_codes
 
@@ -412,7 +474,7 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
             raise FdcError(f"{source_name}: {e}") from None
         rich = dataclasses.replace(plain, coding=tables.coding, entropy_tables=tables.id,
                                    payload_bytes=len(coded))
-        candidates.insert(0, (rich, FORMAT_VERSION, coded))
+        candidates.insert(0, (rich, ENVELOPE_VERSION if side else ENTROPY_VERSION, coded))
     best: tuple[FdcHeader, bytes] | None = None
     for head_obj, version, payload in candidates:
         try:
@@ -424,7 +486,7 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
         _parse_header(head, source_name)  # never write what a reader would refuse (e.g. ext types in extra)
         if payload is None:
             payload = pack_codes(arr, plain.bits_per_code)
-        body = _PREAMBLE.pack(FDC_MAGIC, version[0], version[1], len(head)) + head + payload
+        body = _PREAMBLE.pack(FDC_MAGIC, version[0], version[1], len(head)) + head + payload + side
         data = body + _CRC.pack(zlib.crc32(body))
         # entropy coding only where it makes the file smaller (then a 1.0 reader's size check refuses it)
         if best is None or len(data) < len(best[1]):
@@ -432,6 +494,22 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
             best = (head_obj, data)
     assert best is not None
     return best
+
+
+def _encode_envelope(header: FdcHeader, src: str) -> bytes:
+    """The side channel's bytes for ``header.envelope``, checked against the header's layout and shape."""
+    try:
+        layout = envelope_layout(header.envelope_layout)
+    except EnvelopeError as exc:
+        raise FdcError(f"{src}: {exc}") from None
+    levels = np.asarray(header.envelope)
+    expect = (header.channels, header.envelope_windows, layout.n_bands)
+    if levels.shape != expect:
+        raise FdcError(f"{src}: envelope levels have shape {levels.shape}, the header needs {expect}")
+    try:
+        return encode_levels(layout, levels)
+    except EnvelopeError as exc:
+        raise FdcError(f"{src}: {exc}") from None
 
 
 def encode_fdc(header: FdcHeader, codes: np.ndarray, source_name: str = "<bytes>", tables: Any = None) -> bytes:
@@ -469,7 +547,7 @@ def bitpacked_file_size(header: FdcHeader) -> int:
     import dataclasses
 
     plain = dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0)
-    return FIXED_OVERHEAD + header_size(plain) + plain.bitpacked_payload_size
+    return FIXED_OVERHEAD + header_size(plain) + plain.bitpacked_payload_size + int(header.envelope_bytes)
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -526,7 +604,8 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
     try:
         header = FdcHeader(**values, gain=gain, extra=extra, coding=coding,
                            entropy_tables=obj.get(_KEY_TABLES, "") if coded else "",
-                           payload_bytes=int(obj.get(_KEY_PAYLOAD_BYTES, 0)) if coded else 0)
+                           payload_bytes=int(obj.get(_KEY_PAYLOAD_BYTES, 0)) if coded else 0,
+                           envelope_layout=obj.get(_KEY_ENVELOPE, ""), envelope_bytes=obj.get(_KEY_ENVELOPE_BYTES, 0))
         header.validate(src)
     except FdcError:
         raise
@@ -572,7 +651,7 @@ def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
             raise FdcError(f"{src}: CRC mismatch: file is corrupt") from None
         raise
     header.format_version = (major, minor)
-    payload_size = header.payload_size
+    payload_size = header.payload_size + int(header.envelope_bytes)
     end = header_end + payload_size
     got = size - header_end - _CRC.size
     if got < payload_size:
@@ -601,7 +680,10 @@ def decode_fdc(data: bytes, source_name: str = "<bytes>", tables: Any = None) ->
     :class:`FdcError` with a message that starts with ``source_name``.
     """
     src = source_name
-    header, payload = _checked(bytes(data), src)
+    header, body = _checked(bytes(data), src)
+    payload = body[:header.payload_size]
+    if header.envelope_layout:
+        header.envelope = _decode_envelope(header, body[header.payload_size:], src)
     if header.entropy_coded:
         return header, _decode_entropy(header, payload, src, tables)
     try:
@@ -612,6 +694,14 @@ def decode_fdc(data: bytes, source_name: str = "<bytes>", tables: Any = None) ->
         raise FdcError(f"{src}: invalid payload: code {int(codes.max())} is outside the codebook "
                        f"(size {header.codebook_size})")
     return header, codes
+
+
+def _decode_envelope(header: FdcHeader, data: memoryview, src: str) -> np.ndarray:
+    try:
+        return decode_levels(envelope_layout(header.envelope_layout), data, header.channels,
+                             header.envelope_windows)
+    except EnvelopeError as exc:
+        raise FdcError(f"{src}: invalid envelope: {exc}") from None
 
 
 def _decode_entropy(header: FdcHeader, payload: memoryview, src: str, tables: Any) -> np.ndarray:

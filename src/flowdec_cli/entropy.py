@@ -39,6 +39,7 @@ __all__ = [
     "TABLE_TOTAL",
     "TABLES_FILE",
     "EntropyError",
+    "categorical_model",
     "EntropyTables",
     "decode_codes",
     "encode_codes",
@@ -163,14 +164,20 @@ class EntropyTables:
         key = (k, ctx)
         m = self._models.get(key)
         if m is None:
-            import constriction
-
-            # F - 1 (F = f * 2**8) are exact integers summing to 2**24 - S: the quantiser's scale is
-            # exactly 1.0 and it gives back F unchanged (module docstring).
-            row = self.codebooks[k].freq[ctx].astype(np.float64) * float(TOTAL // TABLE_TOTAL) - 1.0
-            m = constriction.stream.model.Categorical(row, perfect=False)
+            m = categorical_model(self.codebooks[k].freq[ctx])
             self._models[key] = m
         return m
+
+
+def categorical_model(freq: np.ndarray) -> Any:
+    """constriction's model for one row of integer frequencies (``1 ... MAX_FREQ``, summing to
+    ``2**TABLE_PRECISION``), reproduced exactly on every machine: ``F - 1`` (``F = f * 2**8``) are exact
+    integers summing to ``2**24 - S``, so the quantiser's scale is exactly 1.0 and it gives back ``F``
+    unchanged (module docstring)."""
+    import constriction
+
+    row = np.asarray(freq).astype(np.float64) * float(TOTAL // TABLE_TOTAL) - 1.0
+    return constriction.stream.model.Categorical(row, perfect=False)
 
 
 def freqs_from_counts(counts: np.ndarray) -> np.ndarray:

@@ -3,8 +3,12 @@
 Compress: read blocks of the input, divide by the peak if it exceeds full scale (the gain is stored),
 resample to the model rate, code each channel separately (channels ride as the batch), pack the codes.
 
+Compress also measures the model-rate input's band levels for the side channel, when the model (or the
+caller) asks for one (:mod:`flowdec_cli.envelope`).
+
 Decompress: D0 decodes chunk by chunk into a model-rate buffer; the postfilter (``nfe > 0``) reads it in
-overlapping chunks into a second buffer; the result gets the stored gain back, is divided by its peak if it
+overlapping chunks into a second buffer; a file's side channel, when it has one, brings that buffer's band
+levels to the original's; the result gets the stored gain back, is divided by its peak if it
 exceeds full scale (the official demo's clip guard), is resampled to the original rate and trimmed or padded
 to the exact original length, then written atomically. Buffers longer than a few minutes live in temporary
 files on disk (``numpy.memmap``), so memory stays flat however long the file is.
@@ -115,6 +119,7 @@ class DecompressResult:
     warnings: list[str] = field(default_factory=list)  # e.g. weights that differ from the coder's
     d0_seconds: float = 0.0  # of ``seconds``: decoding the codes to D0 (the NDAC decoder)
     postfilter_seconds: float = 0.0  # of ``seconds``: the postfilter (0.0 at NFE 0); the rest is I/O and resampling
+    envelope_seconds: float = 0.0  # of ``seconds``: applying the file's side channel (0.0 when it has none)
 
     @property
     def resampled(self) -> bool:
@@ -188,17 +193,22 @@ class _Decoded(NamedTuple):
     gain: float
     d0_seconds: float
     postfilter_seconds: float
+    envelope_seconds: float = 0.0
 
 
 class Codec:
     """A loaded model plus the device it runs on."""
 
     def __init__(self, model: Model, device: torch.device | str = "cpu", chunk_seconds: float = 10.0,
-                 precision: str = "auto", temperature: float | None = None) -> None:
+                 precision: str = "auto", temperature: float | None = None, envelope: bool | None = None) -> None:
         """``precision`` of the postfilter: ``auto`` is bfloat16 on CUDA (about 1e-2 relative difference, see
         docs/performance.md) and float32 on the CPU; ``float32`` is exact to float rounding everywhere.
-        ``temperature`` replaces the postfilter's start-noise temperature (its config's, else 1 = FlowDec)."""
+        ``temperature`` replaces the postfilter's start-noise temperature (its config's, else 1 = FlowDec).
+        ``envelope``: whether the files this codec writes carry the band-level side channel (None: as the
+        model's card says; the released models have none, so their files decode exactly as the official
+        code's). Decoding always follows a file's side channel when it has one."""
         self.model = model
+        self.envelope_layout = _envelope_layout_for(model, envelope)
         self.device = torch.device(device)
         self.model.to(self.device)
         self.ndac = model.ndac
@@ -318,26 +328,44 @@ class Codec:
 
     # -- compress ----------------------------------------------------------------------------------
     def _header(self, sample_rate: int, channels: int, num_samples: int, k: int, n_frames: int,
-                gain: float) -> FdcHeader:
+                gain: float, meter: Any = None) -> FdcHeader:
+        levels = None
+        if meter is not None:
+            from .envelope import envelope_layout, quantise
+
+            levels = quantise(envelope_layout(self.envelope_layout), meter.finish(n_frames * self.ndac.hop_length))
         return FdcHeader(
             model_name=self.model.name, model_hash=self.model.ndac_hash, package_version=__version__,
             created_by="flowdec", sample_rate=int(sample_rate), channels=int(channels),
             num_samples=int(num_samples), model_sample_rate=self.ndac.sample_rate,
             hop_length=self.ndac.hop_length, codebook_size=self.ndac.codebook_size, n_codebooks=int(k),
             model_codebooks=self.ndac.n_codebooks, num_frames=int(n_frames), chunk_frames=self.chunk_frames,
-            context_frames=self.ndac.encoder_context_frames, gain=float(gain))
+            context_frames=self.ndac.encoder_context_frames, gain=float(gain),
+            envelope_layout=self.envelope_layout if levels is not None else "", envelope=levels)
+
+    def _meter(self, channels: int) -> Any:
+        """A band meter for the side channel, or None when this codec writes none."""
+        if not self.envelope_layout:
+            return None
+        from .envelope import BandMeter, envelope_layout
+
+        return BandMeter(envelope_layout(self.envelope_layout), channels)
 
     def _encode_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
-                       k: int, bar: ProgressBar) -> np.ndarray:
+                       k: int, bar: ProgressBar, meter: Any = None) -> np.ndarray:
         resampler = Resampler(sample_rate, self.ndac.sample_rate, channels)
 
         def model_rate_blocks() -> Iterator[torch.Tensor]:
             for block in blocks:
                 out = resampler.process(block * scale if scale != 1.0 else block)
                 if len(out):
+                    if meter is not None:
+                        meter.push(out.T)
                     yield torch.from_numpy(np.ascontiguousarray(out.T)).unsqueeze(1).to(self.device)
             tail = resampler.finish()
             if len(tail):
+                if meter is not None:
+                    meter.push(tail.T)
                 yield torch.from_numpy(np.ascontiguousarray(tail.T)).unsqueeze(1).to(self.device)
 
         pieces = []
@@ -364,11 +392,12 @@ class Codec:
         gain = peak if peak > 1.0 else 1.0
         n_model = _model_rate_length(len(audio), sample_rate, self.ndac.sample_rate)
         bar = progress("encode", -(-n_model // self.ndac.hop_length), "frame")
+        meter = self._meter(audio.shape[1])
         try:
-            codes = self._encode_blocks(iter([audio]), sample_rate, audio.shape[1], 1.0 / gain, k, bar)
+            codes = self._encode_blocks(iter([audio]), sample_rate, audio.shape[1], 1.0 / gain, k, bar, meter)
         finally:
             bar.close()
-        return self._header(sample_rate, audio.shape[1], len(audio), k, codes.shape[-1], gain), codes
+        return self._header(sample_rate, audio.shape[1], len(audio), k, codes.shape[-1], gain, meter), codes
 
     def code_file(self, src: str | os.PathLike, n_codebooks: int | None = None, bitrate_kbps: float | None = None,
                   progress: Progress = _no_progress) -> tuple[FdcHeader, np.ndarray]:
@@ -382,12 +411,13 @@ class Codec:
         gain = peak if peak > 1.0 else 1.0
         n_model = _model_rate_length(info.frames, info.sample_rate, self.ndac.sample_rate)
         bar = progress(f"encode {src.name}", -(-n_model // self.ndac.hop_length), "frame")
+        meter = self._meter(info.channels)
         try:
             codes = self._encode_blocks(read_blocks(src, READ_BLOCK_FRAMES), info.sample_rate, info.channels,
-                                        1.0 / gain, k, bar)
+                                        1.0 / gain, k, bar, meter)
         finally:
             bar.close()
-        return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain), codes
+        return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain, meter), codes
 
     def coded_bytes(self, header: FdcHeader, codes: np.ndarray) -> int:
         """The size of the .fdc file these codes make (entropy-coded with the model's tables if it has them)."""
@@ -476,7 +506,7 @@ class Codec:
             bar.close()
         d0_seconds = time.perf_counter() - t0
         if nfe == 0:
-            return _Decoded(d0, float(header.gain), d0_seconds, 0.0)
+            return self._apply_envelope(_Decoded(d0, float(header.gain), d0_seconds, 0.0), header, codes)
         if self.postfilter is None:
             d0.close()
             raise CodecError(f"model '{self.model.name}' has no postfilter; use --nfe 0")
@@ -492,7 +522,26 @@ class Codec:
             raise
         finally:
             d0.close()
-        return _Decoded(out, float(header.gain), d0_seconds, time.perf_counter() - t1)
+        return self._apply_envelope(_Decoded(out, float(header.gain), d0_seconds, time.perf_counter() - t1),
+                                    header, codes)
+
+    def _apply_envelope(self, dec: _Decoded, header: FdcHeader, codes: np.ndarray) -> _Decoded:
+        """The decoded buffer with the file's side channel applied (unchanged when it has none)."""
+        if header.envelope is None:
+            return dec
+        from .envelope import EnvelopeError, apply_envelope, envelope_layout
+
+        t0 = time.perf_counter()
+        try:
+            apply_envelope(envelope_layout(header.envelope_layout), dec.buf.data,
+                           codes.shape[-1] * header.hop_length, np.asarray(header.envelope))
+        except EnvelopeError as exc:
+            dec.buf.close()
+            raise CodecError(f"the file's envelope cannot be applied: {exc}") from None
+        except BaseException:
+            dec.buf.close()
+            raise
+        return dec._replace(envelope_seconds=time.perf_counter() - t0)
 
     def _finish(self, buf: _ModelRateBuffer, header: FdcHeader, gain: float,
                 sink: Callable[[np.ndarray], None], out_rate: int | None = None) -> float:
@@ -550,7 +599,8 @@ class Codec:
             np.zeros((0, header.channels), np.float32)
         return audio, DecompressResult(header, nfe, guard, header.sample_rate, time.perf_counter() - t0,
                                        model=self.model.name, d0_seconds=dec.d0_seconds,
-                                       postfilter_seconds=dec.postfilter_seconds)
+                                       postfilter_seconds=dec.postfilter_seconds,
+                                       envelope_seconds=dec.envelope_seconds)
 
     def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int | None = None,
                         solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
@@ -589,18 +639,20 @@ class Codec:
             raise
         writer.commit()
         return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0, model=self.model.name,
-                                d0_seconds=dec.d0_seconds, postfilter_seconds=dec.postfilter_seconds)
+                                d0_seconds=dec.d0_seconds, postfilter_seconds=dec.postfilter_seconds,
+                                envelope_seconds=dec.envelope_seconds)
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
                        seed: int | None = None, subtype: str | None = None, progress: Progress = _no_progress,
                        overwrite: bool = True) -> tuple[CompressResult, DecompressResult]:
         """Compress and decompress in one go; the .fdc is built in memory and its size reported."""
-        from .container import encode_fdc
+        from .container import encode_fdc_written
 
         src, dst = Path(src), Path(dst)
         header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress)
-        comp = CompressResult(header, codes, len(encode_fdc(header, codes, tables=self.entropy_tables)))
+        header, data = encode_fdc_written(header, codes, tables=self.entropy_tables)
+        comp = CompressResult(header, codes, len(data))
         dec = self.decompress_codes_to_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress,
                                             overwrite)
         return comp, dec
@@ -674,6 +726,25 @@ def from_pretrained(ref: str | os.PathLike, device: str | torch.device = "auto",
     """:meth:`Codec.from_pretrained`: ``flowdec_cli.from_pretrained("flowdec-small")``; the codec is
     ``.ndac``, the postfilter ``.postfilter`` (None for a codec alone)."""
     return Codec.from_pretrained(ref, device, with_postfilter=with_postfilter, **kwargs)
+
+
+def _envelope_layout_for(model: Model, wanted: bool | None) -> str:
+    """The side-channel layout a codec writes: the model card's ``envelope`` (a layout name) unless
+    ``wanted`` says otherwise; "" for none. A layout must be defined at the model's rate."""
+    from .envelope import DEFAULT_LAYOUT, EnvelopeError, envelope_layout
+
+    card = model.info.get("envelope") or ""
+    name = "" if wanted is False else (card or (DEFAULT_LAYOUT if wanted else ""))
+    if not name:
+        return ""
+    try:
+        layout = envelope_layout(str(name))
+    except EnvelopeError as exc:
+        raise CodecError(f"model '{model.name}': {exc}") from None
+    if layout.sample_rate != model.ndac.sample_rate:
+        raise CodecError(f"model '{model.name}' works at {model.ndac.sample_rate} Hz; the band-level side "
+                         f"channel ({layout.name}) is defined at {layout.sample_rate} Hz only")
+    return layout.name
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:

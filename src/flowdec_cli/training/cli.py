@@ -260,11 +260,14 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
               help="Postfilter passes flowdec uses with this model when --nfe is not given (default 6).")
 @click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=None,
               help="Scale of the postfilter's start noise (1 = FlowDec's; below 1 it invents less).")
+@click.option("--envelope", default=None, metavar="LAYOUT",
+              help="Files of this model carry the band-level side channel of this layout by default "
+                   "(bands15; see docs/fdc-format.md 3.3).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
 @click.option("-q", "--quiet", is_flag=True)
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
                    description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
-                   temperature: float | None, force: bool, quiet: bool) -> None:
+                   temperature: float | None, envelope: str | None, force: bool, quiet: bool) -> None:
     """Write a model folder (flowdec.json, ndac/, postfilter/) from trained weights.
 
     The folder works with --model everywhere (flowdec roundtrip in.wav out.wav --model OUT), and
@@ -274,7 +277,7 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
 
     out = export_model(out_dir, ndac_ref, pf_ref, name=name, licence=licence, description=description,
                        ema=not raw, trained_codebooks=_codebook_list(trained_codebooks), force=force,
-                       default_nfe=default_nfe, temperature=temperature)
+                       default_nfe=default_nfe, temperature=temperature, envelope=envelope)
     if not quiet:
         card = json.loads((out / "flowdec.json").read_text())
         click.echo(f"flowdec: wrote model '{card['name']}' to {out}"

@@ -74,12 +74,14 @@ def _entropy_tables_for(folder: Path, ndac_hash: str) -> Path | None:
 def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter: str | os.PathLike | None = None,
                  name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
                  trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None,
-                 temperature: float | None = None) -> Path:
+                 temperature: float | None = None, envelope: str | None = None) -> Path:
     """Write a model folder at ``out_dir`` from trained components (checked by loading them).
 
     ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
     (6, the paper's setting, when not recorded); 0 for a model whose postfilter does not (yet) help.
     ``temperature`` sets the postfilter's start-noise temperature (:meth:`Postfilter.start`; 1 = FlowDec).
+    ``envelope`` names the band-level side channel layout the model's files carry by default
+    (:mod:`flowdec_cli.envelope`; None: none).
 
     When ``ndac`` is a model folder with entropy tables learned for these very weights, the tables come
     along: a new postfilter on the same codec leaves the codes, and so the tables, valid.
@@ -136,6 +138,17 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         if default_nfe < 0 or (pf is None and default_nfe > 0):
             raise TrainingError(f"default NFE {default_nfe}: must be 0, or positive for a model with a postfilter")
         card["default_nfe"] = int(default_nfe)
+    if envelope:
+        from ..envelope import EnvelopeError, envelope_layout
+
+        try:
+            layout = envelope_layout(envelope)
+        except EnvelopeError as exc:
+            raise TrainingError(str(exc)) from None
+        if layout.sample_rate != codec.sample_rate:
+            raise TrainingError(f"the envelope layout {layout.name} is defined at {layout.sample_rate} Hz, the "
+                                f"NDAC runs at {codec.sample_rate} Hz")
+        card["envelope"] = layout.name
     tables_src = _entropy_tables_for(ndac_dir.parent, ndac_state_hash(codec))
     with ModelFolderBuilder(out, "export") as build:
         build.add_ndac(codec)
