@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "decode_codes",
     "encode_codes",
     "freqs_from_counts",
+    "range_decoder",
     "load_tables",
     "max_codes_for_payload",
     "save_tables",
@@ -337,23 +339,39 @@ def encode_codes(codes: np.ndarray, tables: EntropyTables) -> bytes:
     return np.asarray(words, dtype="<u4").tobytes()
 
 
+@contextmanager
+def range_decoder(payload: bytes | memoryview, error: type[FlowdecError], what: str) -> Iterator[Any]:
+    """constriction's range decoder over a payload of 32-bit little-endian words, for the body of a
+    ``with`` block that decodes every symbol the payload should hold. After it, the stream must be used up
+    (the coder reads one word ahead, so one word of slack goes unnoticed); a payload that is not whole
+    words, words left over, and constriction's own exceptions all become ``error`` naming ``what``."""
+    import constriction
+
+    if len(payload) % 4:
+        raise error(f"{what} of {len(payload)} bytes is not a whole number of 32-bit words")
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    try:
+        dec = constriction.stream.queue.RangeDecoder(words)
+        yield dec
+        if not dec.maybe_exhausted():
+            raise error(f"{what} has data left over after the last symbol")
+    except error:
+        raise
+    except Exception as exc:  # constriction reports invalid data with its own exception types
+        raise error(f"{what} is not a valid range-coded stream ({type(exc).__name__}: {exc})") from None
+
+
 def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: EntropyTables) -> np.ndarray:
     """Inverse of :func:`encode_codes`: int64 codes of ``shape`` [C, K, T]. :class:`EntropyError` when the
     payload is not a valid stream for these tables (it never reads past the payload, and the work is
     bounded by the code count, itself bounded by :func:`max_codes_for_payload`)."""
-    import constriction
-
     c_n, k_n, t_n = (int(v) for v in shape)
     if k_n > tables.n_codebooks:
         raise EntropyError(f"the file uses {k_n} codebooks; the entropy tables cover {tables.n_codebooks}")
-    if len(payload) % 4:
-        raise EntropyError(f"payload of {len(payload)} bytes is not a whole number of 32-bit words")
-    if c_n * k_n * t_n > max_codes_for_payload(len(payload)):
-        raise EntropyError(f"{c_n * k_n * t_n} codes cannot fit in {len(payload)} bytes")
-    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    out = np.zeros((c_n, k_n, t_n), np.int64)
-    try:
-        dec = constriction.stream.queue.RangeDecoder(words)
+    with range_decoder(payload, EntropyError, "range-ctx1 payload") as dec:
+        if c_n * k_n * t_n > max_codes_for_payload(len(payload)):  # before allocating anything for them
+            raise EntropyError(f"{c_n * k_n * t_n} codes cannot fit in {len(payload)} bytes")
+        out = np.zeros((c_n, k_n, t_n), np.int64)
         for c in range(c_n):
             for k in range(k_n):
                 cb = tables.codebooks[k]
@@ -377,12 +395,6 @@ def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: Entr
                     decoded.append(x)
                     pclass = pmap[x]
                 out[c, k] = decoded
-        if not dec.maybe_exhausted():
-            raise EntropyError("payload has data left over after the last code")
-    except EntropyError:
-        raise
-    except Exception as exc:  # constriction reports invalid data with its own exception types
-        raise EntropyError(f"payload is not a valid range-ctx1 stream ({type(exc).__name__}: {exc})") from None
     if out.size and (int(out.min()) < 0 or int(out.max()) >= tables.codebook_size):
         raise EntropyError("payload decodes to codes outside the codebook")
     return out

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .entropy import categorical_model, freqs_from_counts, max_codes_for_payload
+from .entropy import categorical_model, freqs_from_counts, max_codes_for_payload, range_decoder
 from .exceptions import FlowdecError
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
@@ -280,20 +280,14 @@ def level_count_fits(n_levels: int, n_bytes: int) -> bool:
 def decode_levels(layout: EnvelopeLayout, data: bytes | memoryview, channels: int, windows: int) -> np.ndarray:
     """Inverse of :func:`encode_levels`: int16 levels [channels, windows, bands]; :class:`EnvelopeError`
     for bytes that are not exactly such a stream."""
-    import constriction
-
     bands = layout.n_bands
     n = channels * windows * bands
-    if len(data) % 4:
-        raise EnvelopeError(f"{len(data)} bytes are not a whole number of 32-bit words")
-    if not level_count_fits(n, len(data)):
-        raise EnvelopeError(f"{n} levels cannot fit in {len(data)} bytes")
     wide, narrow, span = layout.tables()
     lo, hi = layout.level_range
-    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
-    out = np.zeros((channels, windows, bands), np.int16)
-    try:
-        dec = constriction.stream.queue.RangeDecoder(words)
+    with range_decoder(data, EnvelopeError, "envelope") as dec:
+        if not level_count_fits(n, len(data)):  # before allocating anything for them
+            raise EnvelopeError(f"{n} levels cannot fit in {len(data)} bytes")
+        out = np.zeros((channels, windows, bands), np.int16)
         for c in range(channels):
             if not windows:
                 continue
@@ -313,12 +307,6 @@ def decode_levels(layout: EnvelopeLayout, data: bytes | memoryview, channels: in
                     q.append(_predict(lo, hi, prev[b], q[b - 1], prev[b - 1]) + r[b - 1])
                 _check_range(q, lo, hi)
                 out[c, w] = q
-        if not dec.maybe_exhausted():
-            raise EnvelopeError("data left over after the last level")
-    except EnvelopeError:
-        raise
-    except Exception as exc:  # constriction reports invalid data with its own exception types
-        raise EnvelopeError(f"not a valid envelope stream ({type(exc).__name__}: {exc})") from None
     return out
 
 
