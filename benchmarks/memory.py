@@ -6,6 +6,7 @@ property of the streaming pipeline, not of the model size, and a small model kee
 
     python benchmarks/memory.py                       # 1, 10 and 60 minutes, NFE 0
     python benchmarks/memory.py --minutes 1 10 --nfe 2
+    python benchmarks/memory.py --envelope            # with the band-level side channel
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 torch.set_num_threads(2)
 from flowdec_cli.pipeline import Codec
 mode, model, src, dst, nfe = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-codec = Codec.load(model, "cpu", with_postfilter=nfe > 0)
+codec = Codec.load(model, "cpu", with_postfilter=nfe > 0, envelope=sys.argv[6] == "1")
 t0 = time.perf_counter()
 if mode == "compress":
     codec.compress_file(src, dst, bitrate_kbps=6)
@@ -76,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
     ap.add_argument("--nfe", type=int, default=0)
+    ap.add_argument("--envelope", action="store_true", help="Write and apply the band-level side channel.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = ap.parse_args()
     rows = []
@@ -85,9 +87,11 @@ def main() -> None:
         for minutes in args.minutes:
             wav = tmp / f"in_{minutes:g}min.wav"
             write_long_wav(wav, minutes)
-            enc = run_child("compress", str(model), str(wav), str(tmp / "a.fdc"), "0")
-            dec = run_child("decompress", str(model), str(tmp / "a.fdc"), str(tmp / "out.wav"), str(args.nfe))
+            env = "1" if args.envelope else "0"
+            enc = run_child("compress", str(model), str(wav), str(tmp / "a.fdc"), "0", env)
+            dec = run_child("decompress", str(model), str(tmp / "a.fdc"), str(tmp / "out.wav"), str(args.nfe), env)
             rows.append({"minutes": minutes, "channels": 2, "input_rate": 44100, "nfe": args.nfe,
+                         "envelope": args.envelope,
                          "compress_s": round(enc["seconds"], 1), "compress_peak_mb": round(enc["peak_rss_mb"]),
                          "decompress_s": round(dec["seconds"], 1), "decompress_peak_mb": round(dec["peak_rss_mb"])})
             print(json.dumps(rows[-1]), flush=True)
