@@ -63,8 +63,10 @@ def _check_rows_equal_compress(out: Path, ref: Path) -> None:
         assert row.codes.dtype == np.int64 and row.codes.shape == codes.shape
         np.testing.assert_array_equal(row.codes, codes)
         for f in ("num_samples", "sample_rate", "channels", "gain", "num_frames", "n_codebooks", "model_hash",
-                  "model_name", "chunk_frames", "context_frames"):
+                  "model_name", "chunk_frames", "context_frames", "envelope_layout"):
             assert getattr(row.header, f) == getattr(header, f), f
+        assert header.envelope is not None  # the built-in model sends the side channel
+        np.testing.assert_array_equal(row.header.envelope, header.envelope)
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -165,6 +167,30 @@ def test_iter_rows_refuses_a_lying_row(tmp_path):
     table = table.set_column(i, "num_samples", pa.array([10**9] * table.num_rows, pa.int64()))
     pq.write_table(table, shard)
     with pytest.raises(corpus.CorpusError, match="cannot come from|samples"):
+        list(corpus.iter_rows(out))
+
+
+def test_shards_keep_the_side_channel_and_read_shards_without_it(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    src = _audio_folder(tmp_path, bad=False)
+    out, bare = tmp_path / "codes", tmp_path / "bare"
+    corpus.encode_corpus(src, out, engine=corpus.Engine("local"))
+    corpus.encode_corpus(src, bare, engine=corpus.Engine("local"), envelope=False)
+    assert all(row.header.envelope is not None for row in corpus.iter_rows(out))
+    assert all(row.header.envelope is None for row in corpus.iter_rows(bare))
+    # a shard from before the side channel (no such columns) still reads
+    shard = corpus.shard_files(bare)[0]
+    pq.write_table(pq.read_table(shard).drop_columns(["envelope_layout", "envelope"]), shard)
+    assert sorted(row.id for row in corpus.iter_rows(bare)) == GOOD
+    # levels that do not fit the codes are refused, as a .fdc reader refuses them
+    shard = corpus.shard_files(out)[0]
+    table = pq.read_table(shard)
+    i = table.schema.get_field_index("envelope")
+    table = table.set_column(i, "envelope", pa.array([[[[0] * 15]]] * table.num_rows, table.schema.field(i).type))
+    pq.write_table(table, shard)
+    with pytest.raises(corpus.CorpusError, match="envelope does not fit"):
         list(corpus.iter_rows(out))
 
 

@@ -53,8 +53,12 @@ ROW_GROUP_CODES = 8 << 20  # codes (values) buffered before a Parquet row group 
 
 SHARD_COLUMNS = ("id", "path", "duration_s", "sample_rate", "channels", "num_samples", "model", "model_hash",
                  "n_codebooks", "model_codebooks", "codebook_size", "model_sample_rate", "hop_length",
-                 "num_frames", "chunk_frames", "context_frames", "gain", "package_version", "codes")
-"""The columns of a shard, one row per file; ``codes`` is [channels, n_codebooks, num_frames] of int16."""
+                 "num_frames", "chunk_frames", "context_frames", "gain", "package_version", "envelope_layout",
+                 "envelope", "codes")
+"""The columns of a shard, one row per file; ``codes`` is [channels, n_codebooks, num_frames] of int16;
+``envelope`` the band-level side channel's levels [channels, windows, bands] of int8 (empty, with an empty
+``envelope_layout``, when the file has none; shards written before it lack both columns)."""
+_OPTIONAL_COLUMNS = ("envelope_layout", "envelope")
 
 _KILL_ONCE_ENV = "FLOWDEC_CORPUS_KILL_ONCE"  # fault injection for the tests: see EncodeWorker._maybe_die
 
@@ -201,6 +205,7 @@ def _shard_schema(codes_type: Any = None) -> Any:
               ("model_codebooks", pa.int32()), ("codebook_size", pa.int32()), ("model_sample_rate", pa.int32()),
               ("hop_length", pa.int32()), ("num_frames", pa.int64()), ("chunk_frames", pa.int32()),
               ("context_frames", pa.int32()), ("gain", pa.float64()), ("package_version", pa.string()),
+              ("envelope_layout", pa.string()), ("envelope", pa.list_(pa.list_(pa.list_(pa.int8())))),
               ("codes", pa.list_(pa.list_(pa.list_(inner))))]
     meta = {b"flowdec": json.dumps({"format": CODES_FORMAT, "codes": "[channels, n_codebooks, num_frames]"}).encode()}
     return pa.schema(fields, metadata=meta)
@@ -238,7 +243,9 @@ def _row_batch(rows: list[tuple[Item, Any, np.ndarray]]) -> Any:
                     n_codebooks=h.n_codebooks, model_codebooks=h.model_codebooks, codebook_size=h.codebook_size,
                     model_sample_rate=h.model_sample_rate, hop_length=h.hop_length, num_frames=h.num_frames,
                     chunk_frames=h.chunk_frames, context_frames=h.context_frames, gain=h.gain,
-                    package_version=h.package_version)
+                    package_version=h.package_version,
+                    envelope_layout=h.envelope_layout if h.envelope is not None else "",
+                    envelope=np.asarray(h.envelope).tolist() if h.envelope is not None else [])
         for k, v in vals.items():
             cols[k].append(v)
     arrays = [pa.array(cols[f.name], f.type) for f in schema if f.name != "codes"]
@@ -272,6 +279,28 @@ def _header_of(rec: dict[str, Any]) -> Any:
                      gain=float(rec["gain"]), package_version=str(rec["package_version"]))
 
 
+def _attach_envelope(header: Any, rec: dict[str, Any], where: str) -> None:
+    """The row's side-channel levels onto its header, checked as a .fdc reader checks them: a known layout
+    at the model's rate, exactly the windows its codes span, levels in range."""
+    from .envelope import EnvelopeError, envelope_layout
+
+    name = rec.get("envelope_layout") or ""
+    if not name:
+        return
+    try:
+        layout = envelope_layout(str(name))
+    except EnvelopeError as exc:
+        raise CorpusError(f"{where}: {exc}") from None
+    expect = (header.channels, layout.windows(header.num_frames * header.hop_length), layout.n_bands)
+    levels = np.asarray(rec.get("envelope") or [], np.int16)
+    lo, hi = layout.level_range
+    if layout.sample_rate != header.model_sample_rate or levels.shape != expect \
+            or (levels.size and (int(levels.min()) < lo or int(levels.max()) > hi)):
+        raise CorpusError(f"{where}: its envelope does not fit its codes (levels {list(levels.shape)}, expected "
+                          f"{list(expect)} in {lo} ... {hi} at {layout.sample_rate} Hz)")
+    header.envelope_layout, header.envelope = layout.name, levels
+
+
 def iter_rows(source: str | os.PathLike, batch_rows: int = 16) -> Iterator[CodeRow]:
     """Every file of a Parquet corpus (a folder of shards or one shard), in shard order, a few rows in
     memory at a time. The header is checked as a .fdc reader checks it, so a row that claims more samples
@@ -288,7 +317,7 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16) -> Iterator[CodeR
             pf = pq.ParquetFile(f)
         except Exception as exc:
             raise CorpusError(f"{f}: not a readable Parquet file ({exc})") from None
-        missing = [c for c in SHARD_COLUMNS if c not in pf.schema_arrow.names]
+        missing = [c for c in SHARD_COLUMNS if c not in pf.schema_arrow.names and c not in _OPTIONAL_COLUMNS]
         if missing:
             raise CorpusError(f"{f}: not a flowdec shard (missing columns {', '.join(missing)})")
         for batch in pf.iter_batches(batch_size=batch_rows):
@@ -307,6 +336,7 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16) -> Iterator[CodeR
                     header.validate(f"{f}: row '{rec['id']}'")
                 except FdcError as exc:
                     raise CorpusError(str(exc)) from None
+                _attach_envelope(header, rec, f"{f}: row '{rec['id']}'")
                 yield CodeRow(str(rec["id"]), str(rec["path"]), header, codes)
 
 
@@ -359,6 +389,7 @@ class EncodeWorker(_Worker):
         from .pipeline import Codec
 
         self.codec = Codec.load(settings["model"], settings.get("device") or "auto", with_postfilter=False,
+                                envelope=settings.get("envelope"),
                                 cache_dir=settings.get("cache_dir"))
         if settings.get("model_hash") and self.codec.model.ndac_hash != settings["model_hash"]:
             raise CorpusError(f"model '{settings['model']}' has weights {self.codec.model.ndac_hash} on this "
@@ -742,15 +773,16 @@ def _need_pyarrow() -> None:
 
 def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.PathLike, *, to: str = "parquet",
                   model: str | None = None, n_codebooks: int | None = None, bitrate_kbps: float | None = None,
-                  entropy: bool = True, device: str = "auto", threads: int | None = None,
-                  pattern: str | None = None, shard_size: int = 100, engine: Engine | None = None,
+                  entropy: bool = True, envelope: bool | None = None, device: str = "auto",
+                  threads: int | None = None, pattern: str | None = None, shard_size: int = 100, engine: Engine | None = None,
                   cache_dir: str | os.PathLike | None = None,
                   on_start: Callable[[dict[str, Any]], None] | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
     """Code every input into ``out`` (Parquet shards, or a .fdc tree with ``to="fdc"``); resumes what an
     earlier run left. ``on_start`` gets the plan (items, to do, model, codebooks, engine) before the work,
     ``on_record`` each file's status record as it is done. Failures do not stop the run: they are in the
-    summary and ``out/_failures.csv``."""
+    summary and ``out/_failures.csv``. ``envelope``: write the band-level side channel (None: as the model
+    says; see :class:`flowdec_cli.pipeline.Codec`)."""
     from .models.catalogue import default_model_name
     from .pipeline import Codec
 
@@ -767,13 +799,13 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     items = list(source) if not isinstance(source, (str, os.PathLike)) else list_inputs(source, pattern, out)
     ref = model or default_model_name(cache_dir)
     # the codebook choice and the weights, checked once
-    probe = Codec.load(ref, "cpu", with_postfilter=False, cache_dir=cache_dir)
+    probe = Codec.load(ref, "cpu", with_postfilter=False, cache_dir=cache_dir, envelope=envelope)
     k = probe.choose_codebooks(bitrate_kbps, n_codebooks)
     if to == "parquet" and probe.ndac.codebook_size > 1 << 15:
         raise CorpusError(f"model '{probe.model.name}' has {probe.ndac.codebook_size}-entry codebooks; Parquet "
                           "shards hold int16 codes (up to 32768 entries); use --to fdc")
     settings = {"to": to, "model": str(ref), "model_name": probe.model.name, "model_hash": probe.model.ndac_hash,
-                "n_codebooks": k, "entropy": entropy, "device": device,
+                "n_codebooks": k, "entropy": entropy, "envelope": envelope, "device": device,
                 "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}
     _check_settings(out, settings)
