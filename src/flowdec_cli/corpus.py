@@ -774,7 +774,8 @@ def _need_pyarrow() -> None:
 def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.PathLike, *, to: str = "parquet",
                   model: str | None = None, n_codebooks: int | None = None, bitrate_kbps: float | None = None,
                   entropy: bool = True, envelope: bool | None = None, device: str = "auto",
-                  threads: int | None = None, pattern: str | None = None, shard_size: int = 100, engine: Engine | None = None,
+                  threads: int | None = None, pattern: str | None = None, shard_size: int = 100,
+                  engine: Engine | None = None,
                   cache_dir: str | os.PathLike | None = None,
                   on_start: Callable[[dict[str, Any]], None] | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:

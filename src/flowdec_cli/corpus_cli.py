@@ -154,7 +154,8 @@ def corpus_group() -> None:
               help="Files per shard (the unit of work, of resuming and of retrying).")
 @_engine_options
 def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebooks: int | None, model: str | None,
-                   no_entropy: bool, envelope: bool | None, pattern: str | None, shard_files: int, engine: str, address: str | None,
+                   no_entropy: bool, envelope: bool | None, pattern: str | None, shard_files: int, engine: str,
+                   address: str | None,
                    workers: int | None, cache_dir: Path | None, cpus_per_worker: float, gpus_per_worker: float,
                    device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
     """Code every audio file of IN (a folder, a quoted glob, or a CSV/JSONL manifest of paths with optional
@@ -166,8 +167,8 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
     report = _Report(quiet, "coded")
     try:
         summary = encode_corpus(src, dst, to=to, model=model, n_codebooks=n_codebooks, bitrate_kbps=bitrate,
-                                entropy=not no_entropy, envelope=envelope, device=device, threads=threads, pattern=pattern,
-                                cache_dir=cache_dir,
+                                entropy=not no_entropy, envelope=envelope, device=device, threads=threads,
+                                pattern=pattern, cache_dir=cache_dir,
                                 shard_size=shard_files, engine=eng, on_start=report.start, on_record=report.record)
     finally:
         report.close()
