@@ -224,6 +224,14 @@ def test_file_without_envelope_keeps_its_old_version():
     assert decode_fdc(data)[0].envelope is None
 
 
+def test_empty_audio_sends_no_side_channel():
+    h = header_with_envelope(seconds=0.0)
+    assert h.envelope.shape == (2, 0, 15)
+    written, data = encode_fdc_written(h, codes_for(h))
+    assert written.format_version == (1, 0) and written.envelope_layout == "" and written.envelope_bytes == 0
+    assert decode_fdc(data)[0].envelope is None
+
+
 def test_envelope_of_the_wrong_shape_is_refused():
     h = header_with_envelope()
     h.envelope = h.envelope[:, :-1]

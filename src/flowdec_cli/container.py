@@ -444,7 +444,7 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
                                 envelope_layout="", envelope_bytes=0)
     plain.validate(source_name)  # every field but the side channel's, whose size follows from its coding
     side = b""
-    if header.envelope is not None:
+    if header.envelope is not None and np.asarray(header.envelope).size:  # an empty file has nothing to send
         plain.envelope_layout = header.envelope_layout or DEFAULT_LAYOUT
         side = _encode_envelope(plain, source_name)
         plain.envelope_bytes = len(side)
