@@ -173,6 +173,35 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert r.exit_code == 0 and json.loads((tmp_path / "nfe2" / "flowdec.json").read_text())["default_nfe"] == 2
     r = _run("roundtrip", wav, tmp_path / "d.wav", "--model", tmp_path / "nfe2", "--device", "cpu", "--seed", "1")
     assert r.exit_code == 0 and "NFE 2" in r.output, r.output
+
+    # the side channel in training: pairs whose coded side has it applied, and a model that applies it to D0
+    # before its postfilter as well
+    from flowdec_cli import envelope as env
+
+    env_args = ["-o", tmp_path / "pairs-env", "-n", "3", "--device", "cpu", "-q"]
+    r = _run("train", "prepare-pairs", tmp_path / "clips", "--ndac", run, *env_args, "--envelope", "bands15")
+    assert r.exit_code == 0 and json.loads((tmp_path / "pairs-env" / "prepare.json").read_text())["envelope"] == "bands15"
+    assert "made with envelope 'bands15'" in _one_error_line(_run("train", "prepare-pairs", tmp_path / "clips",
+                                                                  "--ndac", run, *env_args))
+    clean_p, coded_p = (tmp_path / "pairs-env" / "train.txt").read_text().splitlines()[0].split(",")
+    plain_p = coded_p.replace("pairs-env", "pairs")
+    n = sf.info(coded_p).frames
+    levels = [env.measure(env.BANDS15, sf.read(p, dtype="float32", always_2d=True)[0].T[:, :n], n)
+              for p in (clean_p, coded_p, plain_p)]
+    assert np.abs(levels[1] - levels[0]).mean() < np.abs(levels[2] - levels[0]).mean()
+    flags = ["--ndac", run, "--postfilter", pf_run, "--envelope", "bands15"]
+    assert _run("train", "export", tmp_path / "env-after", *flags).exit_code == 0
+    assert _run("train", "export", tmp_path / "env-both", *flags, "--envelope-before-postfilter").exit_code == 0
+    assert json.loads((tmp_path / "env-both" / "flowdec.json").read_text())["envelope_before_postfilter"] is True
+    assert "needs --envelope" in _one_error_line(_run("train", "export", tmp_path / "bad", "--ndac", run,
+                                                      "--postfilter", pf_run, "--envelope-before-postfilter"))
+    outs = []
+    for name in ("env-after", "env-both"):
+        r = _run("roundtrip", wav, tmp_path / f"{name}.wav", "--model", tmp_path / name, "--nfe", "2", "--device",
+                 "cpu", "--seed", "1", "-q")
+        assert r.exit_code == 0, r.output
+        outs.append(sf.read(tmp_path / f"{name}.wav")[0])
+    assert outs[0].shape == outs[1].shape and np.abs(outs[0] - outs[1]).max() > 1e-4
     r = _run("train", "export", tmp_path / "codec", "--ndac", run)
     assert r.exit_code == 0 and load_model(tmp_path / "codec").default_nfe == 0
     r = _run("roundtrip", wav, tmp_path / "e.wav", "--model", tmp_path / "codec", "--device", "cpu")

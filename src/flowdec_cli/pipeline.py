@@ -512,6 +512,10 @@ class Codec:
             raise CodecError(f"model '{self.model.name}' has no postfilter; use --nfe 0")
         from .longaudio import enhance_long
 
+        envelope_first = 0.0
+        if header.envelope is not None and self.model.info.get("envelope_before_postfilter"):
+            # a postfilter trained on corrected pairs (train prepare-pairs --envelope) refines a balanced D0
+            envelope_first = self._apply_envelope(_Decoded(d0, 0.0, 0.0, 0.0), header, codes).envelope_seconds
         out = _ModelRateBuffer(channels, d0.data.shape[1])
         t1 = time.perf_counter()
         try:
@@ -522,8 +526,9 @@ class Codec:
             raise
         finally:
             d0.close()
-        return self._apply_envelope(_Decoded(out, float(header.gain), d0_seconds, time.perf_counter() - t1),
-                                    header, codes)
+        dec = self._apply_envelope(_Decoded(out, float(header.gain), d0_seconds, time.perf_counter() - t1),
+                                   header, codes)
+        return dec._replace(envelope_seconds=dec.envelope_seconds + envelope_first)
 
     def _apply_envelope(self, dec: _Decoded, header: FdcHeader, codes: np.ndarray) -> _Decoded:
         """The decoded buffer with the file's side channel applied (unchanged when it has none)."""

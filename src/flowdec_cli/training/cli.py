@@ -158,11 +158,14 @@ def _codebook_list(values: tuple[str, ...]) -> list[int]:
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
 @click.option("--salt", default="flowdec", show_default=True, help="Salt of the hash split.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--envelope", default=None, metavar="LAYOUT",
+              help="Apply the band-level side channel of this layout (bands15) to the coded side, for a postfilter "
+                   "that runs after it (a model card's envelope_before_postfilter).")
 @click.option("-f", "--force", is_flag=True, help="Re-code files whose coded output exists.")
 @click.option("-q", "--quiet", is_flag=True)
 def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Path, n_codebooks: tuple[str, ...],
-                          validation_fraction: float, test_fraction: float, salt: str, device: str, force: bool,
-                          quiet: bool) -> None:
+                          validation_fraction: float, test_fraction: float, salt: str, device: str,
+                          envelope: str | None, force: bool, quiet: bool) -> None:
     """Code the audio in SOURCES (folders or path lists) with a trained NDAC and write pair lists.
 
     Each line of train.txt / validation.txt / test.txt is "clean_path,coded_path" (the official format),
@@ -178,7 +181,8 @@ def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Pat
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     summary = prepare_pairs(ndac_ref, [str(s) for s in sources], out_dir, _codebook_list(n_codebooks),
-                            validation_fraction, test_fraction, salt, dev, force, progress=_bar(quiet))
+                            validation_fraction, test_fraction, salt, dev, force, progress=_bar(quiet),
+                            envelope=envelope)
     if not quiet:
         p = summary["pairs"]
         click.echo(f"flowdec: {summary['files']} files at n_codebooks {summary['n_codebooks']}: "
@@ -263,11 +267,15 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
 @click.option("--envelope", default=None, metavar="LAYOUT",
               help="Files of this model carry the band-level side channel of this layout by default "
                    "(bands15; see docs/fdc-format.md 3.3).")
+@click.option("--envelope-before-postfilter", is_flag=True,
+              help="Apply a file's side channel before the postfilter too (a postfilter trained on pairs made "
+                   "with prepare-pairs --envelope).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
 @click.option("-q", "--quiet", is_flag=True)
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
                    description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
-                   temperature: float | None, envelope: str | None, force: bool, quiet: bool) -> None:
+                   temperature: float | None, envelope: str | None, envelope_before_postfilter: bool, force: bool,
+                   quiet: bool) -> None:
     """Write a model folder (flowdec.json, ndac/, postfilter/) from trained weights.
 
     The folder works with --model everywhere (flowdec roundtrip in.wav out.wav --model OUT), and
@@ -277,7 +285,8 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
 
     out = export_model(out_dir, ndac_ref, pf_ref, name=name, licence=licence, description=description,
                        ema=not raw, trained_codebooks=_codebook_list(trained_codebooks), force=force,
-                       default_nfe=default_nfe, temperature=temperature, envelope=envelope)
+                       default_nfe=default_nfe, temperature=temperature, envelope=envelope,
+                       envelope_before_postfilter=envelope_before_postfilter)
     if not quiet:
         card = json.loads((out / "flowdec.json").read_text())
         click.echo(f"flowdec: wrote model '{card['name']}' to {out}"

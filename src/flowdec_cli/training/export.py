@@ -74,14 +74,17 @@ def _entropy_tables_for(folder: Path, ndac_hash: str) -> Path | None:
 def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter: str | os.PathLike | None = None,
                  name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
                  trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None,
-                 temperature: float | None = None, envelope: str | None = None) -> Path:
+                 temperature: float | None = None, envelope: str | None = None,
+                 envelope_before_postfilter: bool = False) -> Path:
     """Write a model folder at ``out_dir`` from trained components (checked by loading them).
 
     ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
     (6, the paper's setting, when not recorded); 0 for a model whose postfilter does not (yet) help.
     ``temperature`` sets the postfilter's start-noise temperature (:meth:`Postfilter.start`; 1 = FlowDec).
     ``envelope`` names the band-level side channel layout the model's files carry by default
-    (:mod:`flowdec_cli.envelope`; None: none).
+    (:mod:`flowdec_cli.envelope`; None: none). ``envelope_before_postfilter``: decoders apply a file's side
+    channel to D0 before the postfilter as well as after it, for a postfilter trained on pairs made with
+    ``train prepare-pairs --envelope``.
 
     When ``ndac`` is a model folder with entropy tables learned for these very weights, the tables come
     along: a new postfilter on the same codec leaves the codes, and so the tables, valid.
@@ -149,6 +152,10 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
             raise TrainingError(f"the envelope layout {layout.name} is defined at {layout.sample_rate} Hz, the "
                                 f"NDAC runs at {codec.sample_rate} Hz")
         card["envelope"] = layout.name
+    if envelope_before_postfilter:
+        if not envelope or pf is None:
+            raise TrainingError("--envelope-before-postfilter needs --envelope and a postfilter")
+        card["envelope_before_postfilter"] = True
     tables_src = _entropy_tables_for(ndac_dir.parent, ndac_state_hash(codec))
     with ModelFolderBuilder(out, "export") as build:
         build.add_ndac(codec)

@@ -234,11 +234,25 @@ def _output_names(items: Sequence[AudioItem]) -> dict[str, str]:
 def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                   n_codebooks: Sequence[int] = (), validation_fraction: float = 0.01, test_fraction: float = 0.01,
                   salt: str = "flowdec", device: str | torch.device = "cpu", force: bool = False,
-                  chunk_seconds: float = 30.0, progress: Progress | None = None) -> dict[str, Any]:
+                  chunk_seconds: float = 30.0, progress: Progress | None = None,
+                  envelope: str | None = None) -> dict[str, Any]:
     """Code every audio file of ``sources`` at each count in ``n_codebooks`` (default: all codebooks) and
     write the coded audio and the three pair lists under ``out_dir``. Existing coded files are kept
-    (the command resumes) unless ``force``. Returns a summary (also written to ``OUT/prepare.json``)."""
+    (the command resumes) unless ``force``. Returns a summary (also written to ``OUT/prepare.json``).
+
+    ``envelope`` (a layout name): the coded side gets the band-level side channel applied, its levels
+    measured on the clean side, as a decoder does for a model whose postfilter runs after the side channel
+    (the card's ``envelope_before_postfilter``)."""
+    from ..envelope import EnvelopeError, apply_envelope, envelope_layout, measure, quantise
+
     model = load_trained_ndac(ndac_ref, device)
+    try:
+        layout = envelope_layout(envelope) if envelope else None
+    except EnvelopeError as exc:
+        raise TrainingError(str(exc)) from None
+    if layout is not None and layout.sample_rate != model.sample_rate:
+        raise TrainingError(f"the envelope layout {layout.name} is defined at {layout.sample_rate} Hz, the NDAC "
+                            f"runs at {model.sample_rate} Hz")
     ks = sorted({int(k) for k in n_codebooks} or {model.n_codebooks}, reverse=True)
     for k in ks:
         if not 1 <= k <= model.n_codebooks:
@@ -250,7 +264,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     if not items:
         raise TrainingError("no audio files found in " + ", ".join(str(s) for s in sources))
     out = Path(out_dir)
-    _check_same_codec(out, model.weights_hash, force)
+    _check_same_codec(out, model.weights_hash, force, layout.name if layout is not None else "")
     names = _output_names(items)
     splits = split_items(items, {"validation": validation_fraction, "test": test_fraction}, salt)
     which = {it.path: name for name, members in splits.items() for it in members}
@@ -273,6 +287,10 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
                 for k, p in todo:
                     y = model.decode_chunked(codes[:, :k], chunk_frames)[0, 0].float().cpu().numpy()
                     y = np.pad(y, (0, max(len(x) - len(y), 0)))[:len(x)]
+                    if layout is not None:
+                        y = np.ascontiguousarray(y[None], dtype=np.float32)
+                        apply_envelope(layout, y, y.shape[1], quantise(layout, measure(layout, x[None], len(x))))
+                        y = y[0]
                     write_audio(p, y[:, None], sr, subtype="FLOAT")
                     written += 1
                     if bar is not None:
@@ -293,6 +311,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     summary = {
         "ndac": str(ndac_ref),
         "ndac_hash": model.weights_hash,
+        "envelope": layout.name if layout is not None else "",
         "n_codebooks": ks,
         "bitrates_kbps": [round(model.bitrate(k) / 1000, 4) for k in ks],
         "files": len(items),
@@ -307,19 +326,24 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     return summary
 
 
-def _check_same_codec(out: Path, ndac_hash: str | None, force: bool) -> None:
-    """Refuse to resume into a folder another codec coded: kept files would silently pair the clean audio
-    with the old codec's output (what retraining a codec and re-running the pairs step used to do)."""
+def _check_same_codec(out: Path, ndac_hash: str | None, force: bool, envelope: str = "") -> None:
+    """Refuse to resume into a folder another codec coded, or coded with another side-channel setting: kept
+    files would silently pair the clean audio with other coded audio (what retraining a codec and re-running
+    the pairs step used to do)."""
     summary = out / "prepare.json"
     if force or ndac_hash is None or not summary.is_file():
         return
     try:
-        before = json.loads(summary.read_text()).get("ndac_hash")
+        recorded = json.loads(summary.read_text())
+        before = recorded.get("ndac_hash")
     except (OSError, ValueError, AttributeError):
         return
     if before and before != ndac_hash:
         raise TrainingError(f"{out}: its coded files come from another NDAC (weights {before}, this one is "
                             f"{ndac_hash}); use --force to re-code them, or a new output folder")
+    if recorded.get("envelope", "") != envelope:
+        raise TrainingError(f"{out}: its coded files were made with envelope {recorded.get('envelope', '')!r}, "
+                            f"this run asks for {envelope!r}; use --force to re-code them, or a new output folder")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
