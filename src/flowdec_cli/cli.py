@@ -371,9 +371,9 @@ def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None
 def _envelope_option(f: Callable) -> Callable:
     return click.option(
         "--envelope/--no-envelope", default=None,
-        help="Send the band-level side channel (15 band levels a second, about 50 bit/s per channel), with "
-             "which the decoder puts back the original's balance across frequency. Default: as the model "
-             "says (on for the built-in model; off for the released FlowDec models, which stay exact).")(f)
+        help="Send the band-level side channel (15 band levels three times a second, about 140 bit/s per "
+             "channel), with which the decoder puts back the original's balance across frequency. Default: as "
+             "the model says (on for the built-in model; off for the released FlowDec models, which stay exact).")(f)
 
 
 def _envelope_note(header: Any) -> str:

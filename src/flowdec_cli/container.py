@@ -26,7 +26,15 @@ import numpy as np
 from . import __version__
 from .bitrate import bits_for_codebook_size, nominal_bitrate
 from .entropy import CODING_BITPACK, KNOWN_CODINGS, EntropyError, max_codes_for_payload
-from .envelope import DEFAULT_LAYOUT, EnvelopeError, decode_levels, encode_levels, envelope_layout, level_count_fits
+from .envelope import (
+    DEFAULT_LAYOUT,
+    EnvelopeError,
+    check_shape,
+    decode_levels,
+    encode_levels,
+    envelope_layout,
+    level_count_fits,
+)
 from .exceptions import FlowdecError
 from .fileio import atomic_write_bytes
 
@@ -147,11 +155,16 @@ class FdcHeader:
         return _payload_size(self.n_codes, self.bits_per_code)
 
     @property
+    def coded_length(self) -> int:
+        """Model-rate samples per channel the codes span (what the side channel measures)."""
+        return self.num_frames * self.hop_length
+
+    @property
     def envelope_windows(self) -> int:
         """Level windows of the side channel (0 without one): over the codes' whole model-rate span."""
         if not self.envelope_layout:
             return 0
-        return envelope_layout(self.envelope_layout).windows(self.num_frames * self.hop_length)
+        return envelope_layout(self.envelope_layout).windows(self.coded_length)
 
     @property
     def bitpacked_payload_size(self) -> int:
@@ -279,12 +292,9 @@ def _check_envelope(header: FdcHeader, src: str) -> None:
             raise FdcError(f"{src}: invalid header: envelope_bytes without an envelope layout")
         return
     try:
-        layout = envelope_layout(name)
+        layout = envelope_layout(name, header.model_sample_rate)
     except EnvelopeError as exc:
         raise FdcError(f"{src}: {exc}") from None
-    if layout.sample_rate != header.model_sample_rate:
-        raise FdcError(f"{src}: invalid header: envelope layout {name} is defined at {layout.sample_rate} Hz, "
-                       f"the model works at {header.model_sample_rate} Hz")
     n_levels = header.channels * header.envelope_windows * layout.n_bands
     if not level_count_fits(n_levels, int(size)):
         raise FdcError(f"{src}: invalid header: {n_levels} envelope levels cannot be coded in {int(size)} bytes")
@@ -499,15 +509,9 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
 def _encode_envelope(header: FdcHeader, src: str) -> bytes:
     """The side channel's bytes for ``header.envelope``, checked against the header's layout and shape."""
     try:
-        layout = envelope_layout(header.envelope_layout)
-    except EnvelopeError as exc:
-        raise FdcError(f"{src}: {exc}") from None
-    levels = np.asarray(header.envelope)
-    expect = (header.channels, header.envelope_windows, layout.n_bands)
-    if levels.shape != expect:
-        raise FdcError(f"{src}: envelope levels have shape {levels.shape}, the header needs {expect}")
-    try:
-        return encode_levels(layout, levels)
+        layout = envelope_layout(header.envelope_layout, header.model_sample_rate)
+        check_shape(layout, header.envelope, header.channels, header.coded_length)
+        return encode_levels(layout, np.asarray(header.envelope))
     except EnvelopeError as exc:
         raise FdcError(f"{src}: {exc}") from None
 

@@ -282,22 +282,18 @@ def _header_of(rec: dict[str, Any]) -> Any:
 def _attach_envelope(header: Any, rec: dict[str, Any], where: str) -> None:
     """The row's side-channel levels onto its header, checked as a .fdc reader checks them: a known layout
     at the model's rate, exactly the windows its codes span, levels in range."""
-    from .envelope import EnvelopeError, envelope_layout
+    from .envelope import EnvelopeError, check_range, check_shape, envelope_layout
 
     name = rec.get("envelope_layout") or ""
     if not name:
         return
-    try:
-        layout = envelope_layout(str(name))
-    except EnvelopeError as exc:
-        raise CorpusError(f"{where}: {exc}") from None
-    expect = (header.channels, layout.windows(header.num_frames * header.hop_length), layout.n_bands)
     levels = np.asarray(rec.get("envelope") or [], np.int16)
-    lo, hi = layout.level_range
-    if layout.sample_rate != header.model_sample_rate or levels.shape != expect \
-            or (levels.size and (int(levels.min()) < lo or int(levels.max()) > hi)):
-        raise CorpusError(f"{where}: its envelope does not fit its codes (levels {list(levels.shape)}, expected "
-                          f"{list(expect)} in {lo} ... {hi} at {layout.sample_rate} Hz)")
+    try:
+        layout = envelope_layout(str(name), header.model_sample_rate)
+        check_shape(layout, levels, header.channels, header.coded_length)
+        check_range(layout, levels)
+    except EnvelopeError as exc:
+        raise CorpusError(f"{where}: its envelope does not fit its codes ({exc})") from None
     header.envelope_layout, header.envelope = layout.name, levels
 
 

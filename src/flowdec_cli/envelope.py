@@ -28,8 +28,8 @@ from .entropy import categorical_model, freqs_from_counts, max_codes_for_payload
 from .exceptions import FlowdecError
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
-           "decode_levels", "encode_levels", "envelope_layout", "filter_bands", "level_count_fits",
-           "levels_of_signal", "measure", "quantise"]
+           "check_range", "check_shape", "decode_levels", "encode_levels", "envelope_layout", "filter_bands",
+           "level_count_fits", "levels_of_signal", "measure", "quantise"]
 
 _FLOOR_DB = -96.0  # levels below this are silence; it keeps log10 finite and bounds the level range
 _BLOCK = 1 << 18  # model-rate samples per block when reading a buffer
@@ -134,13 +134,33 @@ LAYOUTS = {BANDS15.name: BANDS15}
 DEFAULT_LAYOUT = BANDS15.name
 
 
-def envelope_layout(name: str) -> EnvelopeLayout:
-    """The layout of this name; :class:`EnvelopeError` for one this flowdec does not know."""
+def envelope_layout(name: str, sample_rate: int | None = None) -> EnvelopeLayout:
+    """The layout of this name; :class:`EnvelopeError` for one this flowdec does not know, or, given the
+    ``sample_rate`` a model works at, for one defined at another rate (a layout fixes its bands in Hz)."""
     try:
-        return LAYOUTS[name]
+        layout = LAYOUTS[name]
     except (KeyError, TypeError):
         raise EnvelopeError(f"envelope layout {name!r} is not known to this flowdec (it knows "
                             f"{', '.join(LAYOUTS)}); upgrade flowdec") from None
+    if sample_rate is not None and layout.sample_rate != sample_rate:
+        raise EnvelopeError(f"envelope layout {layout.name} is defined at {layout.sample_rate} Hz only; the model "
+                            f"works at {sample_rate} Hz")
+    return layout
+
+
+def check_shape(layout: EnvelopeLayout, levels: Any, channels: int, length: int) -> None:
+    """Levels [channels, windows, bands] that fit a signal of ``length`` model-rate samples per channel."""
+    expect = (int(channels), layout.windows(length), layout.n_bands)
+    if tuple(np.shape(levels)) != expect:
+        raise EnvelopeError(f"envelope levels have shape {tuple(np.shape(levels))}, which do not fit this signal "
+                            f"(expected {expect})")
+
+
+def check_range(layout: EnvelopeLayout, levels: Any) -> None:
+    """Levels inside the layout's range (an array or a list of ints)."""
+    lo, hi = layout.level_range
+    if np.size(levels) and (int(np.min(levels)) < lo or int(np.max(levels)) > hi):
+        raise EnvelopeError(f"levels must lie in {lo} ... {hi}")
 
 
 # -- analysis --------------------------------------------------------------------------------------
@@ -253,11 +273,9 @@ def encode_levels(layout: EnvelopeLayout, q: np.ndarray) -> bytes:
     import constriction
 
     q = np.asarray(q, np.int64)
-    lo, hi = layout.level_range
     if q.ndim != 3 or q.shape[2] != layout.n_bands:
         raise EnvelopeError(f"levels must have shape [channels, windows, {layout.n_bands}], got {q.shape}")
-    if q.size and (int(q.min()) < lo or int(q.max()) > hi):
-        raise EnvelopeError(f"levels must lie in {lo} ... {hi}")
+    check_range(layout, q)
     wide, narrow, span = layout.tables()
     res = _residuals(layout, q) + span
     enc = constriction.stream.queue.RangeEncoder()
@@ -297,7 +315,7 @@ def decode_levels(layout: EnvelopeLayout, data: bytes | memoryview, channels: in
             q = [lo + first[0]]
             for b in range(1, bands):
                 q.append(q[-1] + first[b])
-            _check_range(q, lo, hi)
+            check_range(layout, q)
             out[c, 0] = q
             for w in range(1, windows):
                 prev = q
@@ -305,14 +323,9 @@ def decode_levels(layout: EnvelopeLayout, data: bytes | memoryview, channels: in
                 r = rest[(w - 1) * (bands - 1):w * (bands - 1)]
                 for b in range(1, bands):
                     q.append(_predict(lo, hi, prev[b], q[b - 1], prev[b - 1]) + r[b - 1])
-                _check_range(q, lo, hi)
+                check_range(layout, q)
                 out[c, w] = q
     return out
-
-
-def _check_range(q: list[int], lo: int, hi: int) -> None:
-    if min(q) < lo or max(q) > hi:
-        raise EnvelopeError(f"levels decode outside {lo} ... {hi}")
 
 
 # -- application -----------------------------------------------------------------------------------
@@ -339,9 +352,7 @@ def apply_envelope(layout: EnvelopeLayout, data: Any, length: int, levels: np.nd
     (STFT, a gain per band and frame, inverse STFT with overlap-add). Every sample is covered by four
     frames whose squared windows sum to 1.5, so a gain of 0 dB gives the signal back exactly.
     """
-    expect = (data.shape[0], layout.windows(length), layout.n_bands)
-    if tuple(levels.shape) != expect:
-        raise EnvelopeError(f"levels of shape {tuple(levels.shape)} do not fit this signal (expected {expect})")
+    check_shape(layout, levels, data.shape[0], length)
     if min(int(data.shape[1]), int(length)) <= 0 or not levels.size:
         return
     have = measure(layout, data, length)

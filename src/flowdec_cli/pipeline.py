@@ -30,6 +30,15 @@ import torch
 from . import __version__
 from .audio import AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
 from .container import FdcHeader, bitpacked_file_size, frames_for_samples, read_fdc, write_fdc
+from .envelope import (
+    DEFAULT_LAYOUT,
+    BandMeter,
+    EnvelopeError,
+    EnvelopeLayout,
+    apply_envelope,
+    envelope_layout,
+    quantise,
+)
 from .exceptions import FlowdecError
 from .fileio import OutputExistsError
 from .models.loading import Model, load_model
@@ -208,7 +217,7 @@ class Codec:
         model's card says; the released models have none, so their files decode exactly as the official
         code's). Decoding always follows a file's side channel when it has one."""
         self.model = model
-        self.envelope_layout = _envelope_layout_for(model, envelope)
+        self._envelope = _envelope_layout_for(model, envelope)
         self.device = torch.device(device)
         self.model.to(self.device)
         self.ndac = model.ndac
@@ -232,6 +241,11 @@ class Codec:
             raise CodecError(str(exc)) from None
         assert self.postfilter is not None
         self.postfilter.configure(**settings)
+
+    @property
+    def envelope_layout(self) -> str:
+        """The name of the side-channel layout the files this codec writes carry ("" for none)."""
+        return self._envelope.name if self._envelope is not None else ""
 
     def tune_process(self) -> None:
         """Process-wide tuning for a postfilter on the CPU: glibc keeps large buffers mapped rather than
@@ -328,12 +342,10 @@ class Codec:
 
     # -- compress ----------------------------------------------------------------------------------
     def _header(self, sample_rate: int, channels: int, num_samples: int, k: int, n_frames: int,
-                gain: float, meter: Any = None) -> FdcHeader:
+                gain: float, meter: BandMeter | None = None) -> FdcHeader:
         levels = None
         if meter is not None:
-            from .envelope import envelope_layout, quantise
-
-            levels = quantise(envelope_layout(self.envelope_layout), meter.finish(n_frames * self.ndac.hop_length))
+            levels = quantise(meter.layout, meter.finish(n_frames * self.ndac.hop_length))
         return FdcHeader(
             model_name=self.model.name, model_hash=self.model.ndac_hash, package_version=__version__,
             created_by="flowdec", sample_rate=int(sample_rate), channels=int(channels),
@@ -341,18 +353,14 @@ class Codec:
             hop_length=self.ndac.hop_length, codebook_size=self.ndac.codebook_size, n_codebooks=int(k),
             model_codebooks=self.ndac.n_codebooks, num_frames=int(n_frames), chunk_frames=self.chunk_frames,
             context_frames=self.ndac.encoder_context_frames, gain=float(gain),
-            envelope_layout=self.envelope_layout if levels is not None else "", envelope=levels)
+            envelope_layout=meter.layout.name if meter is not None else "", envelope=levels)
 
-    def _meter(self, channels: int) -> Any:
+    def _meter(self, channels: int) -> BandMeter | None:
         """A band meter for the side channel, or None when this codec writes none."""
-        if not self.envelope_layout:
-            return None
-        from .envelope import BandMeter, envelope_layout
-
-        return BandMeter(envelope_layout(self.envelope_layout), channels)
+        return BandMeter(self._envelope, channels) if self._envelope is not None else None
 
     def _encode_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
-                       k: int, bar: ProgressBar, meter: Any = None) -> np.ndarray:
+                       k: int, bar: ProgressBar, meter: BandMeter | None = None) -> np.ndarray:
         resampler = Resampler(sample_rate, self.ndac.sample_rate, channels)
 
         def model_rate_blocks() -> Iterator[torch.Tensor]:
@@ -506,16 +514,16 @@ class Codec:
             bar.close()
         d0_seconds = time.perf_counter() - t0
         if nfe == 0:
-            return self._apply_envelope(_Decoded(d0, float(header.gain), d0_seconds, 0.0), header, codes)
+            return _Decoded(d0, float(header.gain), d0_seconds, 0.0, self._apply_envelope(d0, header, codes))
         if self.postfilter is None:
             d0.close()
             raise CodecError(f"model '{self.model.name}' has no postfilter; use --nfe 0")
         from .longaudio import enhance_long
 
         envelope_first = 0.0
-        if header.envelope is not None and self.model.info.get("envelope_before_postfilter"):
+        if self.model.info.get("envelope_before_postfilter"):
             # a postfilter trained on corrected pairs (train prepare-pairs --envelope) refines a balanced D0
-            envelope_first = self._apply_envelope(_Decoded(d0, 0.0, 0.0, 0.0), header, codes).envelope_seconds
+            envelope_first = self._apply_envelope(d0, header, codes)
         out = _ModelRateBuffer(channels, d0.data.shape[1])
         t1 = time.perf_counter()
         try:
@@ -526,27 +534,26 @@ class Codec:
             raise
         finally:
             d0.close()
-        dec = self._apply_envelope(_Decoded(out, float(header.gain), d0_seconds, time.perf_counter() - t1),
-                                   header, codes)
-        return dec._replace(envelope_seconds=dec.envelope_seconds + envelope_first)
+        postfilter_seconds = time.perf_counter() - t1
+        return _Decoded(out, float(header.gain), d0_seconds, postfilter_seconds,
+                        envelope_first + self._apply_envelope(out, header, codes))
 
-    def _apply_envelope(self, dec: _Decoded, header: FdcHeader, codes: np.ndarray) -> _Decoded:
-        """The decoded buffer with the file's side channel applied (unchanged when it has none)."""
+    def _apply_envelope(self, buf: _ModelRateBuffer, header: FdcHeader, codes: np.ndarray) -> float:
+        """Apply the file's side channel to ``buf`` in place (nothing when it has none); the seconds it took.
+        On failure ``buf`` is closed, as every decode stage leaves no buffer behind."""
         if header.envelope is None:
-            return dec
-        from .envelope import EnvelopeError, apply_envelope, envelope_layout
-
+            return 0.0
         t0 = time.perf_counter()
         try:
-            apply_envelope(envelope_layout(header.envelope_layout), dec.buf.data,
-                           codes.shape[-1] * header.hop_length, np.asarray(header.envelope))
+            apply_envelope(envelope_layout(header.envelope_layout), buf.data, codes.shape[-1] * header.hop_length,
+                           np.asarray(header.envelope))
         except EnvelopeError as exc:
-            dec.buf.close()
+            buf.close()
             raise CodecError(f"the file's envelope cannot be applied: {exc}") from None
         except BaseException:
-            dec.buf.close()
+            buf.close()
             raise
-        return dec._replace(envelope_seconds=time.perf_counter() - t0)
+        return time.perf_counter() - t0
 
     def _finish(self, buf: _ModelRateBuffer, header: FdcHeader, gain: float,
                 sink: Callable[[np.ndarray], None], out_rate: int | None = None) -> float:
@@ -733,23 +740,17 @@ def from_pretrained(ref: str | os.PathLike, device: str | torch.device = "auto",
     return Codec.from_pretrained(ref, device, with_postfilter=with_postfilter, **kwargs)
 
 
-def _envelope_layout_for(model: Model, wanted: bool | None) -> str:
+def _envelope_layout_for(model: Model, wanted: bool | None) -> EnvelopeLayout | None:
     """The side-channel layout a codec writes: the model card's ``envelope`` (a layout name) unless
-    ``wanted`` says otherwise; "" for none. A layout must be defined at the model's rate."""
-    from .envelope import DEFAULT_LAYOUT, EnvelopeError, envelope_layout
-
+    ``wanted`` says otherwise; None for none. A layout must be defined at the model's rate."""
     card = model.info.get("envelope") or ""
     name = "" if wanted is False else (card or (DEFAULT_LAYOUT if wanted else ""))
     if not name:
-        return ""
+        return None
     try:
-        layout = envelope_layout(str(name))
+        return envelope_layout(str(name), model.ndac.sample_rate)
     except EnvelopeError as exc:
         raise CodecError(f"model '{model.name}': {exc}") from None
-    if layout.sample_rate != model.ndac.sample_rate:
-        raise CodecError(f"model '{model.name}' works at {model.ndac.sample_rate} Hz; the band-level side "
-                         f"channel ({layout.name}) is defined at {layout.sample_rate} Hz only")
-    return layout.name
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:

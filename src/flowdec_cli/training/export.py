@@ -145,13 +145,9 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         from ..envelope import EnvelopeError, envelope_layout
 
         try:
-            layout = envelope_layout(envelope)
+            card["envelope"] = envelope_layout(envelope, codec.sample_rate).name
         except EnvelopeError as exc:
             raise TrainingError(str(exc)) from None
-        if layout.sample_rate != codec.sample_rate:
-            raise TrainingError(f"the envelope layout {layout.name} is defined at {layout.sample_rate} Hz, the "
-                                f"NDAC runs at {codec.sample_rate} Hz")
-        card["envelope"] = layout.name
     if envelope_before_postfilter:
         if not envelope or pf is None:
             raise TrainingError("--envelope-before-postfilter needs --envelope and a postfilter")

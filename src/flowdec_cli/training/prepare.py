@@ -247,12 +247,9 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
 
     model = load_trained_ndac(ndac_ref, device)
     try:
-        layout = envelope_layout(envelope) if envelope else None
+        layout = envelope_layout(envelope, model.sample_rate) if envelope else None
     except EnvelopeError as exc:
         raise TrainingError(str(exc)) from None
-    if layout is not None and layout.sample_rate != model.sample_rate:
-        raise TrainingError(f"the envelope layout {layout.name} is defined at {layout.sample_rate} Hz, the NDAC "
-                            f"runs at {model.sample_rate} Hz")
     ks = sorted({int(k) for k in n_codebooks} or {model.n_codebooks}, reverse=True)
     for k in ks:
         if not 1 <= k <= model.n_codebooks:
@@ -284,12 +281,13 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
                     raise TrainingError(str(exc)) from None
                 audio = torch.from_numpy(x)[None, None].to(model_device(model))
                 codes = model.encode_chunked(audio, max(ks), chunk_frames)
+                levels = quantise(layout, measure(layout, x[None], len(x))) if layout is not None else None
                 for k, p in todo:
                     y = model.decode_chunked(codes[:, :k], chunk_frames)[0, 0].float().cpu().numpy()
                     y = np.pad(y, (0, max(len(x) - len(y), 0)))[:len(x)]
                     if layout is not None:
                         y = np.ascontiguousarray(y[None], dtype=np.float32)
-                        apply_envelope(layout, y, y.shape[1], quantise(layout, measure(layout, x[None], len(x))))
+                        apply_envelope(layout, y, y.shape[1], levels)
                         y = y[0]
                     write_audio(p, y[:, None], sr, subtype="FLOAT")
                     written += 1
