@@ -84,3 +84,27 @@ def test_temperature_option_reaches_the_postfilter(tmp_path):
     assert np.array_equal(outs[0], outs[1])
     r = runner.invoke(main, ["roundtrip", str(src), str(tmp_path / "x.wav"), "--nfe", "2", "--temperature", "2.5"])
     assert r.exit_code == 2 and "temperature" in r.output.lower()
+    r = runner.invoke(main, ["roundtrip", str(src), str(tmp_path / "x.wav"), "--temperature", "nan"])
+    assert r.exit_code == 2 and "from 0 to 2" in r.output
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_temperature_without_the_postfilter_is_reported(tmp_path):
+    """--temperature at NFE 0 (given, or the built-in model's default) changes nothing, and says so once."""
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(0.5, 48000, 1), 48000)
+    runner = CliRunner()
+    r = runner.invoke(main, ["roundtrip", str(src), str(tmp_path / "a.wav"), "-b", "6", "--temperature", "0.3", "-q"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0 and r.output.count("--temperature has no effect at NFE 0") == 1, r.output
+    (tmp_path / "codes").mkdir()
+    r = runner.invoke(main, ["compress", str(src), str(tmp_path / "codes" / "a.fdc"), "-b", "6", "-q"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    (tmp_path / "codes" / "b.fdc").write_bytes((tmp_path / "codes" / "a.fdc").read_bytes())
+    r = runner.invoke(main, ["decompress", str(tmp_path / "codes"), str(tmp_path / "out"), "--temperature", "0.3",
+                             "-q"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.output.count("--temperature has no effect at NFE 0") == 1, r.output
+    r = runner.invoke(main, ["decompress", str(tmp_path / "codes"), str(tmp_path / "out2"), "--nfe", "2",
+                             "--temperature", "0.3", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0 and "no effect" not in r.output, r.output

@@ -17,7 +17,7 @@ import click
 from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, one_line_message
 from .exceptions import FlowdecError
-from .options import check_nfe_option, check_rate_request_option
+from .options import check_nfe_option, check_rate_request_option, temperature_option
 from .streams import is_stdio
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def _decode_options(f: Callable) -> Callable:
     f = click.option("--subtype", default=None,
                      help="Output sample format, e.g. PCM_16 (default), PCM_24, FLOAT.")(f)
     f = click.option("--seed", type=int, default=None, help="Seed for the postfilter's noise (repeatable output).")(f)
-    f = click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=None,
+    f = click.option("--temperature", type=float, default=None, callback=temperature_option,
                      help="Scale of the postfilter's start noise: 1 is FlowDec's, lower invents less. Default: "
                           "the model's (1 for the FlowDec models).")(f)
     f = click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True,
@@ -497,10 +497,14 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     bars = _Bars(quiet, decoder.device)
+    idle_temperature_told = False
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
+        nonlocal idle_temperature_told
         res = decoder.decompress_file(job.src, job.dst, solver, seed, subtype, bars, overwrite=force,
                                       warn=lambda w: click.echo(f"flowdec: warning: {w}", err=True))
+        if res.nfe == 0 and not idle_temperature_told:  # the NFE is known per file: its model's default
+            idle_temperature_told = _warn_idle_temperature(temperature, res.nfe)
         return _decoded(res, res.header, res.file_bytes, res.seconds, "decompress", res.model)
 
     _execute(plan, one, force, skip_existing, quiet, as_json, suffix)
@@ -553,6 +557,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision, temperature=temperature,
                         envelope=envelope)
     nfe = _model_nfe(codec, nfe, solver)
+    _warn_idle_temperature(temperature, nfe)
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
     if not quiet:
@@ -568,6 +573,15 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
                         codec.model.name)
 
     _execute(plan, one, force, skip_existing, quiet, as_json, suffix)
+
+
+def _warn_idle_temperature(temperature: float | None, nfe: int) -> bool:
+    """Say so when --temperature was given but the postfilter does not run; True when it was said."""
+    if temperature is None or nfe > 0:
+        return False
+    click.echo("flowdec: warning: --temperature has no effect at NFE 0 (the postfilter does not run; "
+               "give --nfe 6 to use it)", err=True)
+    return True
 
 
 def _model_nfe(codec: Codec, nfe: int | None, solver: str) -> int:

@@ -1,15 +1,15 @@
 """Checks of command-line options that several commands share (``flowdec compress``, ``flowdec corpus``...).
 
 The rules themselves live with the code they protect (:func:`flowdec_cli.pipeline.check_rate_request`,
-:func:`flowdec_cli.sampler.nfe_to_steps`); this module only turns a refusal into a usage error (exit 2)
-before any file is read, so every command words it the same way.
+:func:`flowdec_cli.sampler.nfe_to_steps`, :func:`flowdec_cli.sampler.check_temperature`); this module only
+turns a refusal into a usage error (exit 2) before any file is read, so every command words it the same way.
 """
 
 from __future__ import annotations
 
 import click
 
-__all__ = ["check_nfe_option", "check_rate_request_option"]
+__all__ = ["check_nfe_option", "check_rate_request_option", "temperature_option"]
 
 
 def check_rate_request_option(bitrate: float | None, n_codebooks: int | None) -> None:
@@ -30,3 +30,15 @@ def check_nfe_option(nfe: int, solver: str) -> None:
         nfe_to_steps(nfe, solver)
     except ValueError as exc:
         raise click.UsageError(f"--nfe {nfe}: {exc}") from None
+
+
+def temperature_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback of ``--temperature``: the sampler's range, as a usage error."""
+    if value is None:
+        return None
+    from .sampler import check_temperature
+
+    try:
+        return check_temperature(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None

@@ -37,7 +37,7 @@ from .checkpoints import CheckpointError, load_lightning_state_dict, load_model_
 from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap
 from .framewise import FramewiseBackbone
 from .ncsnpp import NCSNpp
-from .sampler import draw_noise, nfe_to_steps, solve, start_point
+from .sampler import check_temperature, draw_noise, nfe_to_steps, solve, start_point
 
 __all__ = ["Postfilter", "tune_cpu_allocator", "CONFIG_TYPE", "DEFAULT_SIGMA_Y"]
 
@@ -445,15 +445,13 @@ class Postfilter(nn.Module):
 
     @property
     def temperature(self) -> float:
-        """The start-noise temperature (see :meth:`start`): a number from 0 to 2, checked on every assignment
-        (a model folder's config is data from a file)."""
+        """The start-noise temperature (see :meth:`start`), checked on every assignment by
+        :func:`~flowdec_cli.sampler.check_temperature` (a model folder's config is data from a file)."""
         return self._temperature
 
     @temperature.setter
     def temperature(self, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 2.0:
-            raise ValueError(f"postfilter temperature {value!r} must be a number from 0 to 2")
-        self._temperature = float(value)
+        self._temperature = check_temperature(value)
 
     def start(self, Y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The ODE's start point ``Y + sigma_y * temperature * noise``.

@@ -21,11 +21,24 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SOLVERS", "nfe_plan", "nfe_to_steps", "steps_to_nfe", "draw_noise", "start_point", "time_grid", "solve"]
+__all__ = ["SOLVERS", "MAX_TEMPERATURE", "check_temperature", "nfe_plan", "nfe_to_steps", "steps_to_nfe", "draw_noise",
+           "start_point", "time_grid", "solve"]
 
 SOLVERS = {"midpoint": 2, "euler": 1}  # network evaluations per step
 
 VectorField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (t 0-dim float32, x) -> dx/dt
+
+# ours: the start-noise temperature scales eps (1 = FlowDec). Above 2 the start point is mostly noise and the
+# sampler has nothing left of the coded signal to refine; the bound also keeps a forged model card sane.
+MAX_TEMPERATURE = 2.0
+
+
+def check_temperature(value: object) -> float:
+    """A start-noise temperature as a float, or ValueError: the one rule for the command line, the model
+    card and the training config (a card's value is data from a file, so a bool or a string is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= MAX_TEMPERATURE:
+        raise ValueError(f"postfilter temperature {value!r} must be a number from 0 to {MAX_TEMPERATURE:g}")
+    return float(value)
 
 
 def nfe_to_steps(nfe: int, solver: str = "midpoint") -> int:

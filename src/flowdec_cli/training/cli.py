@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import Failure, FlowdecGroup
+from ..options import temperature_option
 
 __all__ = ["train_group"]
 
@@ -262,7 +263,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
               help="Codebook counts the postfilter was trained on (recorded as its trained bitrates).")
 @click.option("--default-nfe", type=click.IntRange(min=0), default=None,
               help="Postfilter passes flowdec uses with this model when --nfe is not given (default 6).")
-@click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=None,
+@click.option("--temperature", type=float, default=None, callback=temperature_option,
               help="Scale of the postfilter's start noise (1 = FlowDec's; below 1 it invents less).")
 @click.option("--envelope", default=None, metavar="LAYOUT",
               help="Files of this model carry the band-level side channel of this layout by default "
