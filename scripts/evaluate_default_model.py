@@ -36,10 +36,16 @@ def pick_clips(corpus: Path, per_category: int) -> dict[str, list[Path]]:
     return dict(chosen)
 
 
-def check_targets(table: list[dict], nfe: int, bitrates: list[float]) -> list[str]:
-    """One line per target and category: PASS or FAIL with the figures it was judged on."""
+def system_name(kbps: float, nfe: int, temperature: float | None = None) -> str:
+    """A flowdec row's label; the temperature is named only when several were asked for."""
+    return f"flowdec {kbps:g} kbit/s, NFE {nfe}" + ("" if temperature is None or nfe == 0 else f", T {temperature:g}")
+
+
+def check_targets(table: list[dict], nfe: int, bitrates: list[float], temperature: float | None = None) -> list[str]:
+    """One line per target and category: PASS or FAIL with the figures it was judged on (the postfilter at
+    ``nfe`` and ``temperature``, the first of ``--temperatures`` when several were scored)."""
     rows = {(r["category"], r["system"]): r for r in table}
-    lo, hi = f"{min(bitrates):g}", f"{max(bitrates):g}"
+    lo, hi = min(bitrates), max(bitrates)
     lines = []
 
     def get(category: str, system: str, key: str) -> float:
@@ -49,16 +55,15 @@ def check_targets(table: list[dict], nfe: int, bitrates: list[float]) -> list[st
         return "PASS" if ok else "FAIL"
 
     for category in sorted({c for c, _ in rows}):
-        post, plain = f"flowdec {hi} kbit/s, NFE {nfe}", f"flowdec {hi} kbit/s, NFE 0"
+        post, plain = system_name(hi, nfe, temperature), system_name(hi, 0)
         gain = get(category, post, "visqol") - get(category, plain, "visqol")
         mel_post, mel_plain = get(category, post, "mel"), get(category, plain, "mel")
         hf = get(category, post, "hf_ratio")
         lines.append(f"{category}: postfilter ViSQOL gain {gain:+.3f} (>= +0.15) {verdict(gain >= 0.15)}; "
                      f"mel {mel_post:.3f} vs {mel_plain:.3f} {verdict(mel_post <= mel_plain)}; "
                      f">8 kHz energy x{hf:.2f} (0.7-1.3) {verdict(0.7 <= hf <= 1.3)}")
-        best = f"flowdec {{}} kbit/s, NFE {nfe}"
-        bits = get(category, best.format(hi), "visqol") - get(category, best.format(lo), "visqol")
-        lines.append(f"{category}: ViSQOL {hi} minus {lo} kbit/s {bits:+.3f} (>= +0.3) {verdict(bits >= 0.3)}")
+        bits = get(category, post, "visqol") - get(category, system_name(lo, nfe, temperature), "visqol")
+        lines.append(f"{category}: ViSQOL {hi:g} minus {lo:g} kbit/s {bits:+.3f} (>= +0.3) {verdict(bits >= 0.3)}")
         if category == "speech":
             for key in ("pesq", "stoi"):
                 mine, opus = get(category, post, key), get(category, "Opus 6 kbit/s", key)
@@ -78,6 +83,9 @@ def main() -> None:
     ap.add_argument("--opus", default="6,8,12")
     ap.add_argument("--nfe", default=None, help="Postfilter NFEs to score beside NFE 0, comma-separated "
                     "(default: the model's own default NFE).")
+    ap.add_argument("--temperatures", default=None,
+                    help="Postfilter start-noise temperatures to score at each NFE > 0, comma-separated "
+                         "(default: the model's own); the targets are judged on the first.")
     ap.add_argument("--max-seconds", type=float, default=None, help="Crop each clip to its first N seconds.")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the RTF line is for this many).")
@@ -96,6 +104,8 @@ def main() -> None:
     bare = Codec(codec.model, "cpu", envelope=False) if codec.envelope_layout else None
     nfes = [0] + ([int(n) for n in args.nfe.split(",")] if args.nfe else [codec.resolve_nfe(None)])
     nfes = sorted(set(nfes))
+    temperatures: list[float | None] = ([float(t) for t in args.temperatures.split(",")] if args.temperatures
+                                        else [None])
     clips = pick_clips(args.corpus, args.per_category)
     results: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     timing: dict[str, list[float]] = defaultdict(list)
@@ -111,14 +121,16 @@ def main() -> None:
                 header, codes = codec.compress_array(ref, sr, bitrate_kbps=kbps)
                 t1 = time.perf_counter()
                 on_disk = codec.coded_bytes(header, codes) * 8 / dur / ref.shape[1] / 1000
-                for nfe in nfes:
+                for nfe, temperature in [(0, None)] + [(n, t) for n in nfes if n > 0 for t in temperatures]:
+                    if temperature is not None:
+                        codec.postfilter.temperature = temperature
                     t2 = time.perf_counter()
                     out = codec.decompress_codes(header, codes, nfe=nfe, seed=0)
                     t3 = time.perf_counter()
                     timing[f"nfe{nfe}"].append((t1 - t0 + t3 - t2) / dur)
                     scores = compute_metrics(ref, sr, out, sr, names, errors={})
                     scores["kbps_actual"] = on_disk
-                    results[(category, f"flowdec {kbps:g} kbit/s, NFE {nfe}")].append(scores)
+                    results[(category, system_name(kbps, nfe, temperature))].append(scores)
                 if bare is not None:
                     header, codes = bare.compress_array(ref, sr, bitrate_kbps=kbps)
                     out = bare.decompress_codes(header, codes, nfe=0, seed=0)
@@ -146,14 +158,15 @@ def main() -> None:
         print(f"| {row['category']} | {row['system']} | {row['clips']} | " + " | ".join(vals) + " |")
     rtf = {k: float(np.mean(v)) for k, v in timing.items()}
     print(f"\nCPU real-time factor (encode + decode, {args.threads} threads): {json.dumps(rtf)}")
-    checks = check_targets(table, max(nfes), [float(b) for b in args.bitrates.split(",")])
+    checks = check_targets(table, max(nfes), [float(b) for b in args.bitrates.split(",")], temperatures[0])
     print("\nTargets (issue 11):")
     for line in checks:
         print("  " + line)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "clips": {k: [str(p) for p in v]
                                                                         for k, v in clips.items()},
-                                         "nfe": nfes, "table": table, "rtf": rtf, "threads": args.threads,
+                                         "nfe": nfes, "temperatures": temperatures, "table": table, "rtf": rtf,
+                                         "threads": args.threads,
                                          "targets": checks},
                                         indent=2))
 
