@@ -50,7 +50,7 @@ for i in 0 1 2 3; do
   k=$((4 + 2 * i))
   awk -v i=$i -v root="$CORPUS" 'NR % 4 == i { print root "/" $0 }' "$CORPUS/train.txt" > "$PAIRS/clean-nq$k.txt"
   $FLOWDEC train prepare-pairs "$PAIRS/clean-nq$k.txt" --ndac "$NDAC_CKPT" -o "$PAIRS/nq$k" -n $k \
-    --validation-fraction 0.05 --test-fraction 0 --device cpu -q
+    --validation-fraction 0.05 --test-fraction 0 --device cpu -q --envelope "${ENVELOPE:-bands15}"
 done
 cat "$PAIRS"/nq*/train.txt > "$PAIRS/train.txt"
 cat "$PAIRS"/nq*/validation.txt > "$PAIRS/validation.txt"
@@ -63,8 +63,8 @@ train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_S
 $FLOWDEC train export "$DEST" --ndac "$NDAC_CKPT" --postfilter "$RUNS/default-postfilter" --name "$NAME" \
   --licence "MIT (weights); training data: see docs/corpus.md" \
   --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on a CPU on 93 min of Debian-packaged audio" \
-  --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-0}" --temperature "${TEMPERATURE:-0.5}" \
-  --envelope "${ENVELOPE:-bands15}" -f
+  --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-0}" --temperature "${TEMPERATURE:-0.25}" \
+  --envelope "${ENVELOPE:-bands15}" --envelope-before-postfilter -f
 # the entropy tables follow the codec when it is unchanged (export keeps tables of the same NDAC weights);
 # a retrained codec needs new ones, learned from training audio only
 [ -f "$DEST/entropy.safetensors" ] || $FLOWDEC train entropy-tables "$DEST" "$CORPUS/train.txt" --every 4
