@@ -503,7 +503,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
         nonlocal idle_temperature_told
         res = decoder.decompress_file(job.src, job.dst, solver, seed, subtype, bars, overwrite=force,
                                       warn=lambda w: click.echo(f"flowdec: warning: {w}", err=True))
-        if res.nfe == 0 and not idle_temperature_told:  # the NFE is known per file: its model's default
+        if not idle_temperature_told:  # the NFE is known per file (its model's default), so checked here
             idle_temperature_told = _warn_idle_temperature(temperature, res.nfe)
         return _decoded(res, res.header, res.file_bytes, res.seconds, "decompress", res.model)
 
