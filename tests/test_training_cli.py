@@ -191,6 +191,17 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert np.abs(levels[1] - levels[0]).mean() < np.abs(levels[2] - levels[0]).mean()
     flags = ["--ndac", run, "--postfilter", pf_run, "--envelope", "bands15"]
     assert _run("train", "export", tmp_path / "env-after", *flags).exit_code == 0
+    # a pair's coded side is what decoding a .fdc file gives the postfilter: the side channel measured and
+    # applied over the codes' span, not the clip's (clip00: 48 kHz mono, 0.3 s, not a whole number of frames)
+    pair_lines = [line.split(",") for name in ("train", "validation", "test")
+                  if (tmp_path / "pairs-env" / f"{name}.txt").is_file()
+                  for line in (tmp_path / "pairs-env" / f"{name}.txt").read_text().splitlines()]
+    coded00 = next(c for k, c in pair_lines if k.endswith("clip00.wav"))
+    r = _run("roundtrip", tmp_path / "clips" / "clip00.wav", tmp_path / "d0-env.wav", "--model", tmp_path / "env-after",
+             "-n", "3", "--nfe", "0", "--subtype", "FLOAT", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    decoded, paired = (sf.read(p, dtype="float32")[0] for p in (tmp_path / "d0-env.wav", coded00))
+    assert decoded.shape == paired.shape and np.abs(decoded - paired).max() < 1e-4
     assert _run("train", "export", tmp_path / "env-both", *flags, "--envelope-before-postfilter").exit_code == 0
     assert json.loads((tmp_path / "env-both" / "flowdec.json").read_text())["envelope_before_postfilter"] is True
     assert "needs --envelope" in _one_error_line(_run("train", "export", tmp_path / "bad", "--ndac", run,

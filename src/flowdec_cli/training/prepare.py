@@ -281,14 +281,18 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
                     raise TrainingError(str(exc)) from None
                 audio = torch.from_numpy(x)[None, None].to(model_device(model))
                 codes = model.encode_chunked(audio, max(ks), chunk_frames)
-                levels = quantise(layout, measure(layout, x[None], len(x))) if layout is not None else None
+                # The side channel spans the codes, as in Codec.encode/decode: the input zero-padded to
+                # whole frames is measured and D0 is corrected over that span, so that the last window's
+                # levels and gains are the ones a .fdc file would carry and apply.
+                span = codes.shape[-1] * model.hop_length
+                levels = quantise(layout, measure(layout, x[None], span)) if layout is not None else None
                 for k, p in todo:
                     y = model.decode_chunked(codes[:, :k], chunk_frames)[0, 0].float().cpu().numpy()
-                    y = np.pad(y, (0, max(len(x) - len(y), 0)))[:len(x)]
                     if layout is not None:
-                        y = np.ascontiguousarray(y[None], dtype=np.float32)
-                        apply_envelope(layout, y, y.shape[1], levels)
+                        y = np.ascontiguousarray(y[None], np.float32)
+                        apply_envelope(layout, y, span, levels)
                         y = y[0]
+                    y = np.pad(y, (0, max(len(x) - len(y), 0)))[:len(x)]
                     write_audio(p, y[:, None], sr, subtype="FLOAT")
                     written += 1
                     if bar is not None:
