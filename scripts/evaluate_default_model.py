@@ -62,8 +62,9 @@ def check_targets(table: list[dict], nfe: int, bitrates: list[float], temperatur
         lines.append(f"{category}: postfilter ViSQOL gain {gain:+.3f} (>= +0.15) {verdict(gain >= 0.15)}; "
                      f"mel {mel_post:.3f} vs {mel_plain:.3f} {verdict(mel_post <= mel_plain)}; "
                      f">8 kHz energy x{hf:.2f} (0.7-1.3) {verdict(0.7 <= hf <= 1.3)}")
-        bits = get(category, post, "visqol") - get(category, system_name(lo, nfe, temperature), "visqol")
-        lines.append(f"{category}: ViSQOL {hi:g} minus {lo:g} kbit/s {bits:+.3f} (>= +0.3) {verdict(bits >= 0.3)}")
+        if lo < hi:  # with one bitrate there is nothing to judge the bits on
+            bits = get(category, post, "visqol") - get(category, system_name(lo, nfe, temperature), "visqol")
+            lines.append(f"{category}: ViSQOL {hi:g} minus {lo:g} kbit/s {bits:+.3f} (>= +0.3) {verdict(bits >= 0.3)}")
         if category == "speech":
             for key in ("pesq", "stoi"):
                 mine, opus = get(category, post, key), get(category, "Opus 6 kbit/s", key)
