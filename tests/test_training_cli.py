@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
+import flowdec_cli
 from flowdec_cli.cli import main
 from flowdec_cli.training.cli import train_group
 
@@ -180,7 +187,8 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
 
     env_args = ["-o", tmp_path / "pairs-env", "-n", "3", "--device", "cpu", "-q"]
     r = _run("train", "prepare-pairs", tmp_path / "clips", "--ndac", run, *env_args, "--envelope", "bands15")
-    assert r.exit_code == 0 and json.loads((tmp_path / "pairs-env" / "prepare.json").read_text())["envelope"] == "bands15"
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "pairs-env" / "prepare.json").read_text())["envelope"] == "bands15"
     assert "made with envelope 'bands15'" in _one_error_line(_run("train", "prepare-pairs", tmp_path / "clips",
                                                                   "--ndac", run, *env_args))
     clean_p, coded_p = (tmp_path / "pairs-env" / "train.txt").read_text().splitlines()[0].split(",")
@@ -236,3 +244,28 @@ def test_train_errors_are_one_line(tmp_path):
     assert "no such pair list" in _one_error_line(r)
     r = _run("train", "export", tmp_path / "m", "--ndac", tmp_path)
     assert "holds no NDAC" in _one_error_line(r)
+
+
+def test_a_run_ended_by_timeout_saves_its_steps_although_its_loader_workers_get_the_signal_too(tmp_path):
+    """GNU ``timeout`` and batch schedulers send SIGTERM to the whole process group, DataLoader workers
+    included; a worker killed by it used to turn the clean stop into 'DataLoader worker ... killed by signal:
+    Terminated', losing the steps since the last checkpoint."""
+    write_clips(tmp_path / "clips", 4, seconds=0.3)
+    config = NDAC_TOML.replace("num_workers = 0", "num_workers = 1").replace("max_steps = 100", "max_steps = 100000")
+    (tmp_path / "ndac.toml").write_text(config)
+    src = str(Path(flowdec_cli.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "flowdec_cli", "train", "ndac", "ndac.toml", "--device", "cpu",
+                          "--threads", "1", "-q"], cwd=tmp_path, env=env, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "ndac" / "metrics.csv"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count(",train,loss,") >= 3):
+        assert p.poll() is None and time.time() < deadline, p.communicate()[1] if p.poll() is not None else "slow"
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGTERM)  # what `timeout` does: the signal reaches the workers too
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "DataLoader" not in err and "unexpected" not in err, err
+    latest = (tmp_path / "runs" / "ndac" / "checkpoints" / "latest").read_text().strip()
+    assert int(latest.split("-")[1]) >= 3

@@ -433,9 +433,12 @@ class EpochSampler(Sampler):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers only read and resample; leave the cores to the main process
-    # Ctrl-C reaches the whole process group; only the main process handles it (saves a checkpoint and
-    # shuts the workers down). A worker killed by it would turn the interrupt into a DataLoader error.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, `timeout` and batch schedulers signal the whole process group; only the main process handles
+    # it (saves a checkpoint and shuts the workers down). A worker killed by it would turn the clean stop
+    # into a DataLoader error raised in the middle of a step or of the save.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
