@@ -63,7 +63,7 @@ train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_S
 $FLOWDEC train export "$DEST" --ndac "$NDAC_CKPT" --postfilter "$RUNS/default-postfilter" --name "$NAME" \
   --licence "MIT (weights); training data: see docs/corpus.md" \
   --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on a CPU on 93 min of Debian-packaged audio" \
-  --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-0}" --temperature "${TEMPERATURE:-0.25}" \
+  --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-6}" --temperature "${TEMPERATURE:-0.25}" \
   --envelope "${ENVELOPE:-bands15}" --envelope-before-postfilter -f
 # the entropy tables follow the codec when it is unchanged (export keeps tables of the same NDAC weights);
 # a retrained codec needs new ones, learned from training audio only

@@ -301,7 +301,7 @@ def test_models_list(home):
     assert by["flowdec-75m"]["trained_bitrates_kbps"] == [3.0, 4.5, 6.0, 7.5]
     # postfilter passes used without --nfe: the paper's 6, 0 for codecs alone and for the built-in model
     assert by["flowdec-75m"]["default_nfe"] == 6 and by["ndac-25"]["default_nfe"] == 0
-    assert by["flowdec-small"]["default_nfe"] == 0
+    assert by["flowdec-small"]["default_nfe"] == 6
 
 
 def test_models_list_when_nothing_is_local(tmp_path, monkeypatch):

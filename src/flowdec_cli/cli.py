@@ -87,7 +87,7 @@ def _decode_options(f: Callable) -> Callable:
                      help="ODE solver of the postfilter.")(f)
     f = click.option("--nfe", type=click.IntRange(min=0), default=None,
                      help="Postfilter network passes; 0 skips the postfilter (codec alone, fast). Default: the "
-                          "model's (6 for the FlowDec models, 0 for the built-in flowdec-small).")(f)
+                          "model's own ('flowdec models' lists it; 6, as the paper, for the FlowDec models).")(f)
     return f
 
 
