@@ -13,6 +13,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -42,12 +43,14 @@ def one_line(result) -> str:
     return lines[0]
 
 
-def spawn(*args: str | os.PathLike) -> subprocess.Popen:
+def spawn(*args: str | os.PathLike, **popen: Any) -> subprocess.Popen:
+    """``python -m flowdec_cli ARGS`` on the package under test, as a shell would start it (``popen``: more
+    Popen arguments, e.g. ``cwd`` or ``start_new_session``)."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "flowdec_cli", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_signals)
+                            preexec_fn=_default_signals, **popen)
 
 
 def _default_signals() -> None:

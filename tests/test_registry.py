@@ -299,7 +299,7 @@ def test_models_list(home):
     assert by["ndac-25"]["available"] == "cached" and by["ndac-25"]["size_bytes"] > 0
     assert by["ndac-25"]["n_codebooks"] == 16 and by["ndac-25"]["frame_rate"] == 25.0
     assert by["flowdec-75m"]["trained_bitrates_kbps"] == [3.0, 4.5, 6.0, 7.5]
-    # postfilter passes used without --nfe: the paper's 6, 0 for codecs alone and for the built-in model
+    # postfilter passes used without --nfe: the paper's 6 (the built-in model's too), 0 for codecs alone
     assert by["flowdec-75m"]["default_nfe"] == 6 and by["ndac-25"]["default_nfe"] == 0
     assert by["flowdec-small"]["default_nfe"] == 6
 

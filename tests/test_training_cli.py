@@ -5,21 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-import flowdec_cli
 from flowdec_cli.cli import main
 from flowdec_cli.training.cli import train_group
 
 from .conftest import tone
+from .test_faults import spawn
 from .test_training_helpers import fast_cpu, write_clips  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("fast_cpu")
@@ -253,11 +250,8 @@ def test_a_run_ended_by_timeout_saves_its_steps_although_its_loader_workers_get_
     write_clips(tmp_path / "clips", 4, seconds=0.3)
     config = NDAC_TOML.replace("num_workers = 0", "num_workers = 1").replace("max_steps = 100", "max_steps = 100000")
     (tmp_path / "ndac.toml").write_text(config)
-    src = str(Path(flowdec_cli.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "flowdec_cli", "train", "ndac", "ndac.toml", "--device", "cpu",
-                          "--threads", "1", "-q"], cwd=tmp_path, env=env, start_new_session=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = spawn("train", "ndac", "ndac.toml", "--device", "cpu", "--threads", "1", "-q", cwd=tmp_path,
+              start_new_session=True)
     metrics = tmp_path / "runs" / "ndac" / "metrics.csv"
     deadline = time.time() + 120
     while not (metrics.is_file() and metrics.read_text().count(",train,loss,") >= 3):
