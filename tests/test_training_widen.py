@@ -1,4 +1,4 @@
-"""Function-preserving widening of a trained NDAC's decoder (``flowdec train widen-ndac``)."""
+"""Function-preserving widening of a trained NDAC's encoder and decoder (``flowdec train widen-ndac``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from flowdec_cli.cli import main
 from flowdec_cli.models import save_ndac
 from flowdec_cli.ndac import NDAC, NDACConfig
 from flowdec_cli.training.common import TrainingError
-from flowdec_cli.training.widen import widen_decoder, widen_ndac_folder
+from flowdec_cli.training.widen import widen_ndac, widen_ndac_folder
 
 from .test_training_helpers import TINY_NDAC_MODEL
 
@@ -34,7 +34,8 @@ def _trained_looking_ndac(seed: int = 0) -> NDAC:
 @pytest.mark.parametrize("factor", [2, 3])
 def test_widened_decoder_decodes_the_same_waveform_from_the_same_codes(factor):
     model = _trained_looking_ndac()
-    wide = widen_decoder(model, factor, noise=0.0)
+    wide = widen_ndac(model, decoder_factor=factor, noise=0.0)
+    assert wide.config.encoder_dim == model.config.encoder_dim
     assert wide.config.decoder_dim == factor * model.config.decoder_dim
     assert sum(p.numel() for p in wide.decoder.parameters()) > 1.5 * sum(p.numel() for p in model.decoder.parameters())
     audio = torch.randn(1, 1, 3200) * 0.3
@@ -45,9 +46,35 @@ def test_widened_decoder_decodes_the_same_waveform_from_the_same_codes(factor):
     torch.testing.assert_close(wide_out, narrow_out, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("factor", [2, 3])
+def test_widened_encoder_computes_the_same_latent_and_codes(factor):
+    model = _trained_looking_ndac()
+    wide = widen_ndac(model, encoder_factor=factor, noise=0.0)
+    assert wide.config.encoder_dim == factor * model.config.encoder_dim
+    assert wide.config.decoder_dim == model.config.decoder_dim
+    assert sum(p.numel() for p in wide.encoder.parameters()) > 1.5 * sum(p.numel() for p in model.encoder.parameters())
+    audio = torch.randn(1, 1, 3200) * 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(wide.encoder(audio), model.encoder(audio), rtol=0, atol=1e-5)
+    codes = model.encode(audio)
+    assert torch.equal(wide.encode(audio), codes)
+    torch.testing.assert_close(wide.decode(codes), model.decode(codes), rtol=0, atol=0)
+
+
+def test_both_halves_widen_together():
+    model = _trained_looking_ndac()
+    wide = widen_ndac(model, encoder_factor=2, decoder_factor=2, noise=0.0)
+    assert (wide.config.encoder_dim, wide.config.decoder_dim) == (2 * model.config.encoder_dim,
+                                                                 2 * model.config.decoder_dim)
+    audio = torch.randn(1, 1, 3200) * 0.3
+    codes = model.encode(audio)
+    assert torch.equal(wide.encode(audio), codes)
+    torch.testing.assert_close(wide.decode(codes), model.decode(codes), rtol=0, atol=1e-5)
+
+
 def test_noise_breaks_the_symmetry_of_the_copies_but_keeps_the_output_close():
     model = _trained_looking_ndac()
-    wide = widen_decoder(model, 2, noise=1e-3, seed=1)
+    wide = widen_ndac(model, decoder_factor=2, noise=1e-3, seed=1)
     conv = wide.decoder.model[0]
     half = conv.weight_v.shape[0] // 2
     assert not torch.equal(conv.weight_v[:half], conv.weight_v[half:])
@@ -59,10 +86,14 @@ def test_noise_breaks_the_symmetry_of_the_copies_but_keeps_the_output_close():
 def test_widening_refuses_bad_factors_and_folded_models():
     model = _trained_looking_ndac()
     for factor in (0, -1, 1.5, True):
-        with pytest.raises(TrainingError, match="factor"):
-            widen_decoder(model, factor)  # type: ignore[arg-type]
+        with pytest.raises(TrainingError, match="decoder widening factor"):
+            widen_ndac(model, decoder_factor=factor)  # type: ignore[arg-type]
+        with pytest.raises(TrainingError, match="encoder widening factor"):
+            widen_ndac(model, encoder_factor=factor)  # type: ignore[arg-type]
+    with pytest.raises(TrainingError, match="nothing to widen"):
+        widen_ndac(model)
     with pytest.raises(TrainingError, match="folded"):
-        widen_decoder(_trained_looking_ndac().fold_weight_norm(), 2)
+        widen_ndac(_trained_looking_ndac().fold_weight_norm(), decoder_factor=2)
 
 
 def test_widen_ndac_command_writes_a_folder_training_can_start_from(tmp_path):
@@ -80,7 +111,17 @@ def test_widen_ndac_command_writes_a_folder_training_can_start_from(tmp_path):
     # no clobbering without --force, and a one-line error
     again = CliRunner().invoke(main, ["train", "widen-ndac", str(src), str(out), "--decoder-factor", "2"])
     assert again.exit_code != 0 and "Traceback" not in again.output and str(out) in again.output
-    assert widen_ndac_folder(src, out, 2, noise=0.0, overwrite=True) == out
+    assert widen_ndac_folder(src, out, decoder_factor=2, noise=0.0, overwrite=True) == out
+    # the encoder too, and a one-line error when there is nothing to widen
+    enc = CliRunner().invoke(main, ["train", "widen-ndac", str(src), str(tmp_path / "wide-enc"),
+                                    "--encoder-factor", "2"])
+    assert enc.exit_code == 0, enc.output
+    assert f"model.encoder_dim={2 * TINY_NDAC_MODEL['encoder_dim']}" in enc.output
+    assert json.loads((tmp_path / "wide-enc" / "ndac" / "config.json").read_text())["encoder_dim"] == \
+        2 * TINY_NDAC_MODEL["encoder_dim"]
+    none = CliRunner().invoke(main, ["train", "widen-ndac", str(src), str(tmp_path / "wide-none")])
+    assert none.exit_code != 0 and "Traceback" not in none.output and "nothing to widen" in none.output
+    assert not (tmp_path / "wide-none").exists()
 
 
 def test_training_continues_from_a_widened_codec(tmp_path):
@@ -93,7 +134,7 @@ def test_training_continues_from_a_widened_codec(tmp_path):
     write_clips(clips, 2, seconds=0.3)
     model = _trained_looking_ndac()
     save_ndac(model, tmp_path / "narrow" / "ndac")
-    widen_ndac_folder(tmp_path / "narrow", tmp_path / "wide", 2)
+    widen_ndac_folder(tmp_path / "narrow", tmp_path / "wide", decoder_factor=2)
     wide_dim = 2 * TINY_NDAC_MODEL["decoder_dim"]
     cfg = config_from_dict("ndac", ndac_dict([str(clips)], tmp_path / "run", model=dict(decoder_dim=wide_dim),
                                              train=dict(max_steps=2, init_from=str(tmp_path / "wide"))))

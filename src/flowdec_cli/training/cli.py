@@ -352,19 +352,21 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
 @train_group.command("widen-ndac")
 @click.argument("source", metavar="NDAC")
 @click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--decoder-factor", type=click.IntRange(min=2), required=True,
+@click.option("--encoder-factor", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many times wider the encoder becomes (encoder_dim x factor).")
+@click.option("--decoder-factor", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many times wider the decoder becomes (decoder_dim x factor).")
 @click.option("--noise", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="Symmetry-breaking noise on the copied weights, relative to each weight's RMS.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")
 @click.option("-q", "--quiet", is_flag=True)
-def widen_ndac_command(source: str, out_dir: Path, decoder_factor: int, noise: float, seed: int, force: bool,
-                       quiet: bool) -> None:
-    """Grow a trained NDAC's decoder without starting over (function-preserving widening).
+def widen_ndac_command(source: str, out_dir: Path, encoder_factor: int, decoder_factor: int, noise: float,
+                       seed: int, force: bool, quiet: bool) -> None:
+    """Grow a trained NDAC's encoder or decoder without starting over (function-preserving widening).
 
-    The wider codec decodes what NDAC decodes (up to --noise) and keeps its codes. Continue training it
-    with train.init_from set to OUT and model.decoder_dim set to the new width:
+    The wider codec computes what NDAC computes (up to --noise) and keeps its codes. Continue training it
+    with train.init_from set to OUT and model.encoder_dim / model.decoder_dim set to the new widths:
 
     \b
       flowdec train widen-ndac runs/ndac runs/ndac-wide --decoder-factor 2
@@ -372,8 +374,11 @@ def widen_ndac_command(source: str, out_dir: Path, decoder_factor: int, noise: f
     """
     from .widen import widen_ndac_folder
 
-    out = widen_ndac_folder(source, out_dir, decoder_factor, noise=noise, seed=seed, overwrite=force)
+    out = widen_ndac_folder(source, out_dir, encoder_factor=encoder_factor, decoder_factor=decoder_factor,
+                            noise=noise, seed=seed, overwrite=force)
     if not quiet:
         card = json.loads((out / "ndac" / "config.json").read_text())
-        click.echo(f"flowdec: wrote the widened codec to {out} (decoder_dim {card['decoder_dim']}); train it on "
-                   f"with --set 'train.init_from=\"{out}\"' --set model.decoder_dim={card['decoder_dim']}", err=True)
+        dims = f"encoder_dim {card['encoder_dim']}, decoder_dim {card['decoder_dim']}"
+        click.echo(f"flowdec: wrote the widened codec to {out} ({dims}); train it on with "
+                   f"--set 'train.init_from=\"{out}\"' --set model.encoder_dim={card['encoder_dim']} "
+                   f"--set model.decoder_dim={card['decoder_dim']}", err=True)

@@ -1,12 +1,12 @@
-"""Grow a trained NDAC's decoder without starting over: function-preserving widening (Net2Net).
+"""Grow a trained NDAC without starting over: function-preserving widening (Net2Net).
 
-The built-in codec's decoder is 96 channels wide at 75 Hz and 6 at 48 kHz (DAC's: 1536 and 96). Its codes
-carry more than it renders: after training with the latent-residual loss the quantised latent keeps
-approaching the encoder's as codebooks are added, while the decoded audio barely changes (docs/models.md,
-"Codec"). Retraining a wider codec from scratch costs the hours already spent; widening copies each channel
-``factor`` times and divides the weights that read the copies by ``factor``, so the wider decoder computes
-the same waveform and training continues from the narrow one's quality with more room. A little noise on
-the copies breaks their symmetry (identical copies would receive identical gradients forever).
+The built-in codec was trained narrow (encoder 8 channels at 48 kHz, decoder 96 at 75 Hz; DAC's: 64 and
+1536). Retraining a wider codec from scratch costs the hours already spent; widening copies each channel
+``factor`` times and divides the weights that read the copies by ``factor``, so the wider network computes
+the same function and training continues from the narrow one's quality with more room. A little noise on
+the copies breaks their symmetry (identical copies would receive identical gradients forever). The encoder
+and the decoder widen independently: the latent between them keeps its size, so the quantizer and its codes
+are untouched.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..ndac import NDAC, NDACConfig, Snake1d, WNConvTranspose1d, _WeightNormConv
 from .common import TrainingError
 
-__all__ = ["widen_decoder", "widen_ndac_folder"]
+__all__ = ["widen_ndac", "widen_ndac_folder"]
 
 
 def _tile(old: torch.Tensor, shape: torch.Size, read_dim: int | None) -> torch.Tensor:
@@ -36,45 +37,63 @@ def _tile(old: torch.Tensor, shape: torch.Size, read_dim: int | None) -> torch.T
     return out
 
 
-@torch.no_grad()
-def widen_decoder(model: NDAC, factor: int, noise: float = 1e-3, seed: int = 0) -> NDAC:
-    """A new NDAC whose decoder is ``factor`` times wider (``decoder_dim`` x factor) and, with ``noise`` 0,
-    decodes exactly what ``model`` decodes. Encoder and quantizer are copied unchanged, so the codes are the
-    same. ``noise`` is the standard deviation of the perturbation added to each widened weight, relative to
-    that weight's root mean square."""
-    if model.folded:
-        raise TrainingError("cannot widen an NDAC whose weight norm was folded")
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise TrainingError(f"the widening factor must be a whole number >= 1, got {factor!r}")
-    settings = model.config.to_dict()
-    settings["decoder_dim"] = int(settings["decoder_dim"]) * factor
-    wide = NDAC(NDACConfig.from_kwargs(settings))
-    wide.encoder.load_state_dict(model.encoder.state_dict())
-    wide.quantizer.load_state_dict(model.quantizer.state_dict())
-    generator = torch.Generator().manual_seed(seed)
-    pairs = zip(model.decoder.modules(), wide.decoder.modules(), strict=True)
-    for old, new in pairs:
-        if isinstance(old, _WeightNormConv) and isinstance(new, _WeightNormConv):
-            weight = old.effective_weight()
-            read_dim = 0 if isinstance(old, WNConvTranspose1d) else 1
-            widened = _tile(weight, new.weight_v.shape, read_dim)
+def _copy_widened(old: nn.Module, new: nn.Module, noise: float, generator: torch.Generator) -> None:
+    """Fill ``new`` (a wider twin of ``old``, module for module) with ``old``'s tiled weights."""
+    for old_mod, new_mod in zip(old.modules(), new.modules(), strict=True):
+        if isinstance(old_mod, _WeightNormConv) and isinstance(new_mod, _WeightNormConv):
+            weight = old_mod.effective_weight()
+            read_dim = 0 if isinstance(old_mod, WNConvTranspose1d) else 1
+            widened = _tile(weight, new_mod.weight_v.shape, read_dim)
             if noise and widened.shape != weight.shape:
                 scale = noise * float(weight.pow(2).mean().sqrt())  # RMS: defined for 1-element weights too
                 widened = widened + scale * torch.randn(widened.shape, generator=generator)
-            new.weight_v.copy_(widened)
-            new.weight_g.copy_(torch.linalg.vector_norm(widened, dim=(1, 2), keepdim=True))
-            if old.bias is not None and new.bias is not None:
-                new.bias.copy_(_tile(old.bias, new.bias.shape, None))
-        elif isinstance(old, Snake1d) and isinstance(new, Snake1d):
-            new.alpha.copy_(_tile(old.alpha, new.alpha.shape, None))
+            new_mod.weight_v.copy_(widened)
+            new_mod.weight_g.copy_(torch.linalg.vector_norm(widened, dim=(1, 2), keepdim=True))
+            if old_mod.bias is not None and new_mod.bias is not None:
+                new_mod.bias.copy_(_tile(old_mod.bias, new_mod.bias.shape, None))
+        elif isinstance(old_mod, Snake1d) and isinstance(new_mod, Snake1d):
+            new_mod.alpha.copy_(_tile(old_mod.alpha, new_mod.alpha.shape, None))
+
+
+def _check_factor(name: str, factor: object) -> int:
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise TrainingError(f"the {name} widening factor must be a whole number >= 1, got {factor!r}")
+    return factor
+
+
+@torch.no_grad()
+def widen_ndac(model: NDAC, *, encoder_factor: int = 1, decoder_factor: int = 1, noise: float = 1e-3,
+               seed: int = 0) -> NDAC:
+    """A new NDAC whose encoder is ``encoder_factor`` and whose decoder is ``decoder_factor`` times wider
+    (``encoder_dim``, ``decoder_dim`` multiplied) and which, with ``noise`` 0, computes what ``model``
+    computes: the same latent, codes and waveform. ``noise`` is the standard deviation of the perturbation
+    added to each widened weight, relative to that weight's root mean square."""
+    if model.folded:
+        raise TrainingError("cannot widen an NDAC whose weight norm was folded")
+    encoder_factor = _check_factor("encoder", encoder_factor)
+    decoder_factor = _check_factor("decoder", decoder_factor)
+    if encoder_factor == decoder_factor == 1:
+        raise TrainingError("nothing to widen: both widening factors are 1")
+    settings = model.config.to_dict()
+    settings["encoder_dim"] = int(settings["encoder_dim"]) * encoder_factor
+    settings["decoder_dim"] = int(settings["decoder_dim"]) * decoder_factor
+    wide = NDAC(NDACConfig.from_kwargs(settings))
+    wide.quantizer.load_state_dict(model.quantizer.state_dict())
+    generator = torch.Generator().manual_seed(seed)
+    for old, new, factor in ((model.encoder, wide.encoder, encoder_factor),
+                             (model.decoder, wide.decoder, decoder_factor)):
+        if factor == 1:
+            new.load_state_dict(old.state_dict())
+        else:
+            _copy_widened(old, new, noise, generator)
     return wide
 
 
-def widen_ndac_folder(source: str | os.PathLike, out_dir: str | os.PathLike, factor: int, noise: float = 1e-3,
-                      seed: int = 0, overwrite: bool = False) -> Path:
+def widen_ndac_folder(source: str | os.PathLike, out_dir: str | os.PathLike, *, encoder_factor: int = 1,
+                      decoder_factor: int = 1, noise: float = 1e-3, seed: int = 0, overwrite: bool = False) -> Path:
     """Widen the NDAC of ``source`` (a run, checkpoint, model or component folder) and publish it as a codec
-    model folder at ``out_dir``, ready for ``train.init_from`` with ``model.decoder_dim`` set to the new
-    width (printed in the folder's card)."""
+    model folder at ``out_dir``, ready for ``train.init_from`` with ``model.encoder_dim`` and
+    ``model.decoder_dim`` set to the new widths (written in the folder's card)."""
     from ..checkpoints import CheckpointError
     from ..models import ModelError
     from ..models.folder import ModelFolderBuilder
@@ -86,10 +105,10 @@ def widen_ndac_folder(source: str | os.PathLike, out_dir: str | os.PathLike, fac
         model = ndac_from_folder(folder)
     except (ModelError, CheckpointError) as exc:
         raise TrainingError(str(exc)) from None
-    wide = widen_decoder(model, factor, noise=noise, seed=seed)
+    wide = widen_ndac(model, encoder_factor=encoder_factor, decoder_factor=decoder_factor, noise=noise, seed=seed)
     with ModelFolderBuilder(out_dir, "widen") as builder:
         builder.add_ndac(wide)
         builder.write_card({"name": Path(out_dir).name, "licence": "unknown",
-                            "description": f"NDAC of {folder} with its decoder widened {factor}x "
-                                           f"(decoder_dim {wide.config.decoder_dim}); not trained further yet"})
+                            "description": f"NDAC of {folder} widened to encoder_dim {wide.config.encoder_dim}, "
+                                           f"decoder_dim {wide.config.decoder_dim}; not trained further yet"})
         return builder.publish(overwrite=overwrite)
