@@ -33,7 +33,7 @@ install-test: $(VENV)/.installed-test
 
 ## ruff and mypy (rules and settings in pyproject.toml), with torch installed so mypy sees its types.
 lint: $(VENV)/.installed-lint
-	$(PY) -m ruff check src
+	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m mypy
 
 ## Everything, including the full-size network and long-file tests (about 2-3 min on 2 cores); what CI runs.

@@ -43,8 +43,8 @@ def main() -> None:
     from flowdec_cli.container import encode_fdc_written, max_file_size
     from flowdec_cli.demo import demo_clip
     from flowdec_cli.evaluation.codec_eval import opus_available, opus_roundtrip
-    from flowdec_cli.pipeline import Codec
     from flowdec_cli.models.catalogue import default_model_name
+    from flowdec_cli.pipeline import Codec
 
     torch.set_num_threads(args.threads)
     name = args.model or default_model_name()
@@ -89,7 +89,8 @@ def main() -> None:
         print(f"| {nfe} | {(time.perf_counter() - t0) / dur:.4f} |")
 
     print("\n| codebooks | nominal kbit/s | .fdc bytes (bit-packed) | actual kbit/s | budget bytes | side channel "
-          "bytes | Opus bytes | Opus kbit/s | Opus enc+dec RTF |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "bytes | Opus bytes | Opus kbit/s | Opus enc+dec RTF |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for k, kbps in codec.bitrates():
             h, c = codec.compress_array(clip, 48000, n_codebooks=k)

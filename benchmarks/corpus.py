@@ -128,8 +128,8 @@ def main() -> None:
         print(f"\n{args.files} clips of {args.seconds:g} s ({audio:.0f} s of audio), model {args.model}, "
               f"device {args.device}; CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; "
               f"1-min load average {min(load):.1f} to {max(load):.1f} during the run\n")
-        print("| configuration | wall s | audio s per s (whole command) | wall s for one clip | audio s per s once running "
-              "| load after |")
+        print("| configuration | wall s | audio s per s (whole command) | wall s for one clip "
+              "| audio s per s once running | load after |")
         print("|---|---:|---:|---:|---:|---:|")
         for r in rows:
             running = f"{r['rate_running']:.1f}" if r["rate_running"] is not None else "n/a"

@@ -82,7 +82,8 @@ def eval_clips(root: Path, per_category: int) -> list[tuple[str, str, np.ndarray
     music += sorted((share / "games" / "fretsonfire").rglob("song.ogg"))[:2]
     for p in music:
         x = _mono48(p)
-        out.append(("eval-packages", "music", x[30 * 48000: 50 * 48000] if len(x) > 50 * 48000 else x[:20 * 48000], 48000))
+        clip = x[30 * 48000: 50 * 48000] if len(x) > 50 * 48000 else x[:20 * 48000]
+        out.append(("eval-packages", "music", clip, 48000))
     letters = sorted((share / "klettres").rglob("*.ogg"))
     rng = np.random.default_rng(0)  # a fixed mix of languages
     picks = [letters[i] for i in rng.choice(len(letters), size=min(len(letters), 6 * per_category), replace=False)]
@@ -111,8 +112,8 @@ def main() -> None:
     import torch
 
     from flowdec_cli.container import decode_fdc, encode_fdc
-    from flowdec_cli.pipeline import Codec
     from flowdec_cli.models.catalogue import default_model_name
+    from flowdec_cli.pipeline import Codec
 
     torch.set_num_threads(args.threads)
     codec = Codec.load(args.model or default_model_name(), "cpu", with_postfilter=False)
@@ -132,7 +133,7 @@ def main() -> None:
         if i < args.timed:
             t_comp += time.perf_counter() - t0
         if not checked_prefix:
-            h4, c4 = codec.compress_array(audio, sr, n_codebooks=4)
+            _h4, c4 = codec.compress_array(audio, sr, n_codebooks=4)
             assert np.array_equal(c4, codes[:, :4]), "codes at 4 codebooks are not a prefix of those at 10"
             checked_prefix = True
         for kbps, k in RATES.items():
@@ -169,10 +170,11 @@ def main() -> None:
 
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     print(f"\nmodel {codec.model.name}, tables {tables.id}; {cpu}, {os.cpu_count()} cores, "
@@ -186,7 +188,7 @@ def main() -> None:
                 continue
             cells = []
             for kbps in RATES:
-                packed, coded, n = sizes[(source, cat, kbps)]
+                packed, coded, _n = sizes[(source, cat, kbps)]
                 saving = 100 * (1 - coded / packed)
                 table[f"{source}/{cat}/{kbps:g}"] = {"bitpacked": packed, "entropy": coded, "saving": saving}
                 cells.append(f"{saving:.1f} %")

@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import zlib
 import statistics
 import sys
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,9 +41,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flowdec_cli.longaudio import enhance_long  # noqa: E402
-from flowdec_cli.postfilter import Postfilter, tune_cpu_allocator  # noqa: E402
-from flowdec_cli.sampler import draw_noise, start_point  # noqa: E402
+from flowdec_cli.longaudio import enhance_long
+from flowdec_cli.postfilter import Postfilter, tune_cpu_allocator
+from flowdec_cli.sampler import draw_noise, start_point
 
 SR = 48000
 
@@ -86,7 +87,7 @@ class PeakMemory:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -144,7 +145,7 @@ class ConvolutionTimer:
             return out
         return timed_conv
 
-    def __enter__(self) -> "ConvolutionTimer":
+    def __enter__(self) -> ConvolutionTimer:
         self._saved = (F.conv2d, F.conv_transpose2d)
         F.conv2d, F.conv_transpose2d = self._wrap(F.conv2d, False), self._wrap(F.conv_transpose2d, True)
         return self
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               fuse=not args.no_fuse, compile=args.compile)
 
     y = test_signal(duration).to(device)
-    Y, normfac, frames = ref.features(y)
+    Y, _normfac, _frames = ref.features(y)
     noise = draw_noise(Y.shape, torch.Generator(device).manual_seed(0), device)
     x0 = start_point(Y, ref.sigma_y, noise)
     info = {

@@ -360,7 +360,7 @@ def build_source(args: tuple[str, Source]) -> tuple[list[dict], dict]:
             if len(starts) > k:  # spread the windows over the whole file
                 idx = np.round(np.linspace(0, len(starts) - 1, k)).astype(int)
                 starts = [starts[i] for i in sorted(set(idx.tolist()))]
-            for j, s in enumerate(starts):
+            for _j, s in enumerate(starts):
                 if got[split] >= cap[split]:
                     break
                 seg = x[s: s + win]
@@ -434,11 +434,13 @@ def cmd_build(root: Path, jobs: int) -> None:
     V = sum(v for (c, s), v in tot.items() if s == "valid")
     lines.append(f"{'all':<8} {T:>10.2f} {V:>10.2f} {T + V:>10.2f} {len(rows):>9}")
     lines.append("")
-    lines.append(f"{'source':<26} {'cat':<7} {'train':>7} {'valid':>7} {'files used/total':>17} {'silent':>7} {'<rate':>6} {'dup':>5}")
+    lines.append(f"{'source':<26} {'cat':<7} {'train':>7} {'valid':>7} {'files used/total':>17} "
+                 f"{'silent':>7} {'<rate':>6} {'dup':>5}")
     for s in SOURCES:
         i = results[s.name][1]
         lines.append(f"{s.name:<26} {s.category:<7} {i['train_min']:>7.2f} {i['valid_min']:>7.2f} "
-                     f"{i['files_used']:>8}/{i['files_total']:<8} {i['silent']:>7} {i['skipped_rate']:>6} {i['skipped_dup']:>5}")
+                     f"{i['files_used']:>8}/{i['files_total']:<8} {i['silent']:>7} {i['skipped_rate']:>6} "
+                     f"{i['skipped_dup']:>5}")
     lines.append("")
     lines.append(f"debs: {sum(deb_size(root, p) for p in PACKAGES) / 1e6:.1f} MB in {len(PACKAGES)} packages")
     text = "\n".join(lines) + "\n"

@@ -45,9 +45,9 @@ def make_tiny_ndac(seed: int = 0, encoder_rates=(4, 4, 5, 8), n_codebooks: int =
     from flowdec_cli.ndac import NDAC, NDACConfig
 
     torch.manual_seed(seed)
-    cfg = NDACConfig(encoder_dim=4, encoder_rates=list(encoder_rates), latent_dim=16, decoder_dim=2 ** (len(encoder_rates) + 1),
-                     decoder_rates=list(reversed(encoder_rates)), n_codebooks=n_codebooks, codebook_size=1024,
-                     codebook_dim=4, sample_rate=48000)
+    cfg = NDACConfig(encoder_dim=4, encoder_rates=list(encoder_rates), latent_dim=16,
+                     decoder_dim=2 ** (len(encoder_rates) + 1), decoder_rates=list(reversed(encoder_rates)),
+                     n_codebooks=n_codebooks, codebook_size=1024, codebook_dim=4, sample_rate=48000)
     model = NDAC(cfg)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # no trivial values: perturb gains, Snake alphas and biases

@@ -227,7 +227,7 @@ def test_long_file_packs_fast():
     t0 = time.perf_counter()
     data = encode_fdc(h, codes)
     t1 = time.perf_counter()
-    h2, c2 = decode_fdc(data)
+    _h2, c2 = decode_fdc(data)
     t2 = time.perf_counter()
     np.testing.assert_array_equal(c2, codes)
     assert len(data) == 12 + header_size(h) + 5_400_000 * 10 // 8

@@ -101,7 +101,7 @@ def test_bad_manifests_refused(tmp_path, manifest, message):
 # -- in this process (the fallback without Ray) --------------------------------------------------------
 
 def test_local_fdc_tree_is_byte_identical_to_compress(reference, tmp_path):
-    root, src, ref = reference
+    _root, src, ref = reference
     out = tmp_path / "tree"
     r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "--shard-files", "2")
     assert r.exit_code == 1 and "broken.wav" in r.output and "2 shards" in r.output
@@ -115,7 +115,7 @@ def test_local_fdc_tree_is_byte_identical_to_compress(reference, tmp_path):
 
 def test_local_parquet_codes_resume_failures_and_decode(reference, tmp_path, monkeypatch):
     pytest.importorskip("pyarrow")
-    root, src, ref = reference
+    _root, src, ref = reference
     out = tmp_path / "codes"
     monkeypatch.setattr(corpus, "ray_available", lambda: False)  # auto falls back to this process
     r = run("corpus", "encode", src, out, "--shard-files", "3")
@@ -166,7 +166,7 @@ def test_iter_rows_refuses_a_lying_row(tmp_path):
     i = table.schema.get_field_index("num_samples")
     table = table.set_column(i, "num_samples", pa.array([10**9] * table.num_rows, pa.int64()))
     pq.write_table(table, shard)
-    with pytest.raises(corpus.CorpusError, match="cannot come from|samples"):
+    with pytest.raises(corpus.CorpusError, match=r"cannot come from|samples"):
         list(corpus.iter_rows(out))
 
 
@@ -202,7 +202,7 @@ def ray_run(reference, tmp_path_factory):
     finish a file is SIGKILLed: the engine has to restart it and redo its shard."""
     pytest.importorskip("ray")
     pytest.importorskip("pyarrow")
-    root, src, ref = reference
+    _root, src, ref = reference
     out = tmp_path_factory.mktemp("ray") / "codes"
     marker = out.parent / "killed"
     old = os.environ.get(corpus._KILL_ONCE_ENV)
@@ -223,14 +223,14 @@ def ray_run(reference, tmp_path_factory):
 
 @pytest.mark.slow
 def test_ray_codes_equal_single_process_compress(ray_run):
-    summary, records, out, ref, _ = ray_run
+    summary, _records, out, ref, _ = ray_run
     assert summary.engine == "ray" and summary.done == 3
     _check_rows_equal_compress(out, ref)
 
 
 @pytest.mark.slow
 def test_ray_killed_worker_still_ends_with_every_file_done(ray_run):
-    summary, records, out, ref, marker = ray_run
+    _summary, records, out, _ref, marker = ray_run
     killed = int(marker.read_text())
     assert killed not in {r["pid"] for r in records}  # the dead worker reported nothing; a restarted one did
     assert sorted(r["id"] for r in records if r["status"] == "ok") == GOOD
@@ -239,7 +239,7 @@ def test_ray_killed_worker_still_ends_with_every_file_done(ray_run):
 
 @pytest.mark.slow
 def test_ray_corrupt_file_in_failures_table(ray_run):
-    summary, records, out, ref, _ = ray_run
+    summary, _records, out, _ref, _ = ray_run
     assert [f["id"] for f in summary.failed] == ["broken"]
     fails = corpus.read_failures(out)
     assert [f["id"] for f in fails] == ["broken"] and "not a readable audio file" in fails[0]["error"]
@@ -249,14 +249,14 @@ def test_ray_corrupt_file_in_failures_table(ray_run):
 def test_ray_shards_load_with_pyarrow_and_datasets(ray_run):
     import pyarrow.parquet as pq
 
-    summary, records, out, ref, _ = ray_run
+    _summary, _records, out, ref, _ = ray_run
     table = pq.read_table(out)  # the folder, as a dataset: _corpus.json and _failures.csv are ignored
     assert sorted(table.column("id").to_pylist()) == GOOD
     datasets = pytest.importorskip("datasets")
     ds = datasets.load_dataset("parquet", data_files=str(out / "part-*.parquet"), split="train",
                                cache_dir=str(out.parent / "hf-cache"))
     rows = {r["id"]: r for r in ds}
-    header, codes = _ref_codes(ref, "sub/b")
+    _header, codes = _ref_codes(ref, "sub/b")
     np.testing.assert_array_equal(np.array(rows["sub/b"]["codes"]), codes)
     assert rows["sub/b"]["channels"] == 2 and rows["sub/b"]["sample_rate"] == 44100
 

@@ -25,8 +25,8 @@ def test_demo_runs_the_model_at_its_own_setting(tmp_path, tiny_codec_dir, monkey
 
 @pytest.mark.slow
 def test_demo_with_the_built_in_model_says_what_it_is_for(tmp_path):
-    from flowdec_cli.pipeline import Codec
     from flowdec_cli.models.catalogue import builtin_model_name
+    from flowdec_cli.pipeline import Codec
 
     lines: list[str] = []
     res = run_demo(tmp_path, seconds=1.0, device="cpu", say=lines.append)

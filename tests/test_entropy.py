@@ -177,7 +177,7 @@ def test_incompressible_codes_fall_back_to_a_bitpacked_1_0_file(tables):
 def test_missing_or_other_tables_are_refused_clearly(tables):
     h = make_header()
     coded = encode_fdc(h, markov_codes(10, 750), tables=tables)
-    with pytest.raises(FdcError, match="entropy-coded .*needs the entropy tables"):
+    with pytest.raises(FdcError, match=r"entropy-coded .*needs the entropy tables"):
         decode_fdc(coded, source_name="x.fdc")
     other = learn_tables(list(markov_codes(10, 500, seed=42)), S, TableSettings(4, 4, 32, iterations=2))
     with pytest.raises(FdcError, match=f"x.fdc: coded with entropy tables {tables.id}, but .* {other.id}"):
@@ -219,7 +219,7 @@ def test_any_payload_bytes_decode_or_fail_cleanly(tables, payload, frames):
     """Fuzz over the entropy-coded payload with a valid CRC: codes of the declared shape or an FdcError."""
     data = _forged_coded(tables, payload, num_frames=frames)
     try:
-        h, codes = decode_fdc(data, tables=tables)
+        _h, codes = decode_fdc(data, tables=tables)
     except FdcError as e:
         assert str(e).startswith("<bytes>: ") and "\n" not in str(e)
     else:
@@ -269,7 +269,7 @@ def tiny_with_tables(tmp_path_factory, tiny_codec_dir):
 def test_compress_entropy_codes_by_default_and_no_entropy_bitpacks(tiny_with_tables, tmp_path):
     from flowdec_cli.cli import main
 
-    run = lambda *a: CliRunner().invoke(main, [str(x) for x in a], catch_exceptions=False)  # noqa: E731
+    run = lambda *a: CliRunner().invoke(main, [str(x) for x in a], catch_exceptions=False)
     wav = tmp_path / "in.wav"
     sf.write(wav, tone(3.0, 48000, 1, seed=5), 48000)
     r = run("compress", wav, tmp_path / "e.fdc", "-b", "6", "--model", tiny_with_tables, "--device", "cpu")
@@ -314,8 +314,8 @@ def test_decoding_an_entropy_coded_file_with_a_model_without_its_tables(tiny_wit
 
 
 def test_builtin_model_ships_tables_for_its_weights():
-    from flowdec_cli.pipeline import Codec
     from flowdec_cli.models.catalogue import default_model_name
+    from flowdec_cli.pipeline import Codec
 
     codec = Codec.load(default_model_name(), "cpu", with_postfilter=False)
     tables = codec.entropy_tables

@@ -87,7 +87,8 @@ def test_levels_that_move_together_cost_less_than_levels_that_do_not():
     """The prediction follows the band below: a spectrum that rises and falls as a whole is cheap."""
     rng = np.random.default_rng(9)
     loudness = np.cumsum(rng.integers(-4, 5, size=60))
-    together = np.clip(-30 + loudness[None, :, None] + np.arange(15)[None, None, :] * -1, *LAYOUT.level_range).astype(np.int16)
+    together = np.clip(-30 + loudness[None, :, None] + np.arange(15)[None, None, :] * -1,
+                       *LAYOUT.level_range).astype(np.int16)
     apart = levels_walk(1, 60, seed=9)
     cost = [len(env.encode_levels(LAYOUT, q)) * 8 / q.size for q in (together, apart)]
     assert cost[0] < 2.5 < cost[1]
@@ -115,7 +116,7 @@ def test_damaged_streams_are_refused(cut):
 
 
 def test_unknown_layout_is_named():
-    with pytest.raises(env.EnvelopeError, match="'bands99'.*upgrade"):
+    with pytest.raises(env.EnvelopeError, match=r"'bands99'.*upgrade"):
         env.envelope_layout("bands99")
 
 
@@ -280,7 +281,7 @@ def test_codec_writes_the_envelope_only_when_asked(tiny_codec_dir):
     assert plain.envelope_layout == ""
     assert plain.compress_array(audio, 44100, n_codebooks=4)[0].envelope is None
     with_env = Codec.load(tiny_codec_dir, "cpu", envelope=True)
-    header, codes = with_env.compress_array(audio, 44100, n_codebooks=4)
+    header, _codes = with_env.compress_array(audio, 44100, n_codebooks=4)
     assert header.envelope is not None and header.envelope.shape == (2, header.envelope_windows, 15)
 
 

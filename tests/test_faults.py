@@ -256,7 +256,8 @@ def _lies(h: container.FdcHeader) -> list[tuple[str, int, object]]:
 def test_header_lies_over_the_whole_decompress_path(tmp_path, tiny_codec_dir):
     """Every lie ends in one clean line (exit 1) or in an output no bigger than its codes describe."""
     sf.write(tmp_path / "in.wav", tone(0.3, 44100, 2), 44100)
-    assert run("compress", tmp_path / "in.wav", tmp_path / "a.fdc", "-m", tiny_codec_dir, "-n", "3", "-q").exit_code == 0
+    assert run("compress", tmp_path / "in.wav", tmp_path / "a.fdc", "-m", tiny_codec_dir, "-n", "3",
+               "-q").exit_code == 0
     data = (tmp_path / "a.fdc").read_bytes()
     h, codes = read_fdc(tmp_path / "a.fdc")
     hlen = struct.unpack_from("<H", data, 6)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -145,7 +146,7 @@ def test_mel_distance_is_monotonic_in_noise_level():
     rng = np.random.default_rng(5)
     n = rng.standard_normal(SR)
     dists = [M.mel_distance(x, x + a * n, SR) for a in (1e-4, 1e-3, 1e-2, 1e-1)]
-    assert all(a < b for a, b in zip(dists, dists[1:])), dists
+    assert all(a < b for a, b in pairwise(dists)), dists
     assert dists[0] > 0
 
 

@@ -125,7 +125,7 @@ def test_incompatible_model_is_refused(codec, tmp_path, reference_dir):
     codec.compress_file(tmp_path / "in.wav", tmp_path / "a.fdc")
     other = Codec.load(reference_dir / "ndac25_small" / "weights.pth", "cpu")
     header, _ = read_fdc(tmp_path / "a.fdc")
-    with pytest.raises(CodecError, match="hop 640.*hop 1920|cannot decode"):
+    with pytest.raises(CodecError, match=r"hop 640.*hop 1920|cannot decode"):
         other.check_header(header, "a.fdc")
 
 
@@ -223,13 +223,15 @@ def test_disk_array_reads_back_what_was_written():
 
 def test_end_to_end_reproduces_official_pipeline(reference_dir, tmp_path):
     """pipeline_small: NDAC-75 (small) codes, D0 and the FlowDec postfilter (EMA) with the same noise draw."""
-    from flowdec_cli.models import ndac_from_official as _ndac_from_official, save_ndac
+    from flowdec_cli.models import ndac_from_official as _ndac_from_official
+    from flowdec_cli.models import save_ndac
     from flowdec_cli.postfilter import Postfilter
 
     io = np.load(reference_dir / "pipeline_small" / "io.npz")
     model = tmp_path / "official-small"
     save_ndac(_ndac_from_official(reference_dir / "ndac75_small" / "weights.pth"), model / "ndac")
-    Postfilter.from_lightning_checkpoint(reference_dir / "flowdec_small" / "step=800000.ckpt").save(model / "postfilter")
+    Postfilter.from_lightning_checkpoint(reference_dir / "flowdec_small" / "step=800000.ckpt").save(
+        model / "postfilter")
     codec = Codec.load(model, "cpu", precision="float32")
     audio = io["audio_in"][0].T  # [frames, 1]
     header, codes = codec.compress_array(audio, 48000)

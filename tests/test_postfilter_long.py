@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_plan_invariants(length, chunk, overlap):
     assert n == max(3 * overlap + 2, 3 * overlap + 2 + (-(3 * overlap + 2)) % 8) or \
         count * (n - 8) < frames + (count - 1) * overlap
     assert starts[0] == 0 and starts[-1] == frames - n  # equal chunks, the last ends the file
-    assert all(b - a <= n - overlap for a, b in zip(starts, starts[1:]))  # overlap >= requested
+    assert all(b - a <= n - overlap for a, b in pairwise(starts))  # overlap >= requested
     assert plan.ends[-1] == length
     assert plan.fade_length == (overlap - 1) * HOP
     for k, f in enumerate(plan.fades):
@@ -160,7 +161,7 @@ def test_memmap_source_out_and_bounded_reads(tmp_path):
     enhance_long(model, torch.from_numpy(y), nfe=2, solver="euler", seed=3, chunk_seconds=0.512,
                  overlap_seconds=0.16, sink=lambda start, block: blocks.append((start, block)))
     assert blocks[0][0] == 0
-    assert all(s2 == s1 + b1.shape[-1] for (s1, b1), (s2, _) in zip(blocks, blocks[1:]))  # in order
+    assert all(s2 == s1 + b1.shape[-1] for (s1, b1), (s2, _) in pairwise(blocks))  # in order
     assert max(b.shape[-1] for _, b in blocks) <= 64 * HOP
     assert np.array_equal(torch.cat([b for _, b in blocks], -1)[:, 0].numpy(), ref.numpy())
 

@@ -10,13 +10,13 @@ import shutil
 import threading
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from flowdec_cli.models import cards, catalogue, release, resolve
-from flowdec_cli.models import ModelError, load_model, load_ndac, load_postfilter
+from flowdec_cli.models import ModelError, cards, catalogue, load_model, load_ndac, load_postfilter, release, resolve
 from flowdec_cli.models.cli import models_group
 
 from .conftest import REFERENCE
@@ -145,7 +145,8 @@ def test_size_check_failure(release_zip, tmp_path):
 
 
 def test_missing_members_are_named(reference_dir, tmp_path):
-    z = _make_zip(tmp_path / "partial.zip", reference_dir, skip=(catalogue.MEMBER_NDAC_25, catalogue.MEMBER_FLOWDEC_25S))
+    z = _make_zip(tmp_path / "partial.zip", reference_dir,
+                  skip=(catalogue.MEMBER_NDAC_25, catalogue.MEMBER_FLOWDEC_25S))
     with pytest.raises(ModelError) as err:
         release.fetch_official(z, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
     msg = str(err.value)
@@ -169,7 +170,7 @@ def test_corrupt_member_is_a_clear_error(release_zip, tmp_path):
     data[start + info.compress_size // 2] ^= 0xFF
     bad = tmp_path / "checkpoints.zip"
     bad.write_bytes(bytes(data))
-    with pytest.raises(ModelError, match="corrupt archive .*download it again"):
+    with pytest.raises(ModelError, match=r"corrupt archive .*download it again"):
         release.fetch_official(bad, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
     assert not list((tmp_path / "c" / "models").iterdir())
 
@@ -196,9 +197,9 @@ def test_path_traversal_members_are_never_extracted(reference_dir, tmp_path, mon
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     data = b""
-    ranges: list = []
+    ranges: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         start = 0
         rng = self.headers.get("Range")
         type(self).ranges.append(rng)
@@ -258,7 +259,7 @@ def test_fetch_official_from_url(local_server, release_zip, tmp_path):
 
 
 def test_unreachable_url_is_one_clear_error(tmp_path):
-    with pytest.raises(ModelError, match="cannot download .*--from PATH"):
+    with pytest.raises(ModelError, match=r"cannot download .*--from PATH"):
         release.fetch_official("http://127.0.0.1:9/checkpoints.zip", cache_dir=tmp_path, progress=False)
 
 

@@ -16,8 +16,7 @@ from flowdec_cli.training.config import config_from_dict
 from flowdec_cli.training.ndac_trainer import NDACTrainer
 from flowdec_cli.training.postfilter_trainer import PostfilterTrainer
 
-from .test_training_helpers import (fast_cpu_settings, ndac_dict, postfilter_dict, write_clips,
-                                    write_pairs_files)
+from .test_training_helpers import fast_cpu_settings, ndac_dict, postfilter_dict, write_clips, write_pairs_files
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

@@ -82,7 +82,7 @@ def write_pairs_files(folder: Path, n: int, seconds: float = 0.3, noise: float =
     return lst, pairs
 
 
-class fast_cpu_settings:  # noqa: N801 - used as a context manager
+class fast_cpu_settings:
     """One thread and no oneDNN: for the tiny test models, thread synchronisation and oneDNN's per-shape
     setup cost far more than the arithmetic (a training step drops from ~0.3 s to ~0.05 s)."""
 

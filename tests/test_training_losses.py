@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from flowdec_cli.training.losses import (MultiScaleCQTLoss, MultiScaleMelLoss, flow_matching_loss,
-                                         flow_matching_targets, log_spectral_mse, slaney_mel_filterbank,
-                                         waveform_l1)
+from flowdec_cli.training.losses import (
+    MultiScaleCQTLoss,
+    MultiScaleMelLoss,
+    flow_matching_loss,
+    flow_matching_targets,
+    log_spectral_mse,
+    slaney_mel_filterbank,
+    waveform_l1,
+)
 from flowdec_cli.training.prepare import estimate_sigma, gaussian_kernel, gaussian_smooth
 
 from .test_training_helpers import fast_cpu, write_pairs_files  # noqa: F401
