@@ -485,3 +485,24 @@ def test_a_postfilter_checkpoint_is_not_called_dac_weights(tmp_path, wav48, refe
     r = run("compress", wav48, tmp_path / "a.fdc", "-m", ckpt, "-q")
     line = one_line(r)
     assert r.exit_code == 1 and "postfilter checkpoint" in line and "DAC weights" not in line
+
+
+def _signal_self_then_exit() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)  # the handler, if it raised, would have done so by now
+    os._exit(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_leaves_sigterm_to_its_parent():
+    """`timeout` signals the whole process group: a DataLoader worker forked while flowdec's handler is
+    installed must not die of it (the trainer's clean stop would become a 'worker exited' error)."""
+    import multiprocessing
+
+    from flowdec_cli.errors import termination_signals
+
+    with termination_signals():
+        child = multiprocessing.get_context("fork").Process(target=_signal_self_then_exit)
+        child.start()
+        child.join(10)
+    assert child.exitcode == 0

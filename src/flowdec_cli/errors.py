@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -116,7 +117,13 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(signum)
+    # A forked child (a DataLoader worker before its init has run) inherits this handler; the signal that
+    # `timeout` or Ctrl-C sends to the whole process group is the parent's to handle, not the child's.
+    if os.getpid() == _handler_owner:
+        raise Terminated(signum)
+
+
+_handler_owner = os.getpid()
 
 
 @contextlib.contextmanager
@@ -126,6 +133,8 @@ def termination_signals() -> Iterator[None]:
         yield
         return
     wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    global _handler_owner
+    _handler_owner = os.getpid()
     previous = {}
     for s in wanted:
         try:
