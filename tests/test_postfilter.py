@@ -264,9 +264,9 @@ def test_bfloat16_precision_is_close(small_io):
         half.save("unused")
 
 
-def test_gpu_paths_skip_without_cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_float32_matches_the_cpu():
     torch.manual_seed(0)
     model = Postfilter(nf=4, ch_mult=(1, 1))
     y = torch.randn(1, 1, 8000) * 0.1

@@ -238,12 +238,16 @@ def test_chunked_network_output_agrees_and_seams_are_cheap(capsys):
     assert seam_lsd < 2.0 * other_lsd + 0.05
 
 
-def test_defaults_and_cuda_long_path():
+def test_cpu_batch_default_and_activation_estimate():
     model = _tiny()
     assert auto_batch_size(model, 640, 5) == 1  # CPU: batching gains nothing
     assert model.activation_bytes(128) > model.activation_bytes(64) > 0
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_long_path_in_bfloat16():
+    model = _tiny()
     model.to("cuda").configure(precision="bfloat16")
     y = _stationary(3.0, channels=2)
     out = enhance_long(model, y.cuda(), nfe=2, solver="euler", seed=0, chunk_seconds=0.512, overlap_seconds=0.16)
