@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Continue training the built-in model on a borrowed GPU machine that has torch but no internet and no
+# copy of the corpus, in two calls that each fit a short lease (docs/models.md records what was run):
+#
+#   scripts/train_on_gpu.sh codec       # GPU tests + benchmarks, then the codec from the shipped weights
+#   scripts/train_on_gpu.sh postfilter  # coded pairs from that codec, sigma_y, the postfilter, export
+#
+# Before: `python scripts/carry_corpus.py pack /work/corpus .gpudata/corpus` here (about 30 MB), and the
+# wheels the machine lacks in .whl/; both travel with the repository. Outputs go to $OUT (the files that
+# come back): logs, benchmark JSON, metrics, and the exported model folder as a split tar.
+# Environment: CODEC_SECONDS (default 200) or CODEC_UNTIL (seconds after the start), PF_SECONDS (default 170), CODEC_BATCH and PF_BATCH (default 32), SKIP_CHECKS=1, DEVICE (default cuda),
+# WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a warm machine).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/flowdec-gpu-out}
+WORK=${WORK:-/tmp/flowdec-gpu}
+DEVICE=${DEVICE:-cuda}
+SHIPPED=$PWD/src/flowdec_cli/assets/models/flowdec-small
+FLOWDEC="$PY -m flowdec_cli"
+mkdir -p "$OUT" "$WORK"
+stamp() { echo "== $(date +%T) $*"; }
+
+if [ -d .whl ] && ! $PY -c "import soundfile, soxr, constriction" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+[ -d /tmp/site ] && export PYTHONPATH=$PYTHONPATH:/tmp/site
+CORPUS=$WORK/corpus
+if [ ! -f "$CORPUS/train.txt" ]; then
+  stamp unpack; $PY scripts/carry_corpus.py unpack .gpudata/corpus "$CORPUS" --jobs "$(nproc)" || exit 1
+fi
+
+case "${1:-}" in
+codec)
+  if [ "${SKIP_CHECKS:-0}" != 1 ]; then
+    stamp gpu tests
+    $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_postfilter.py \
+      tests/test_postfilter_long.py 2>&1 | tee "$OUT/gpu-tests.log"
+    stamp postfilter benchmark, official size
+    $PY benchmarks/postfilter.py --device "$DEVICE" --duration 10 --chunked --json "$OUT/bench-postfilter.json" 2>&1 \
+      | tee "$OUT/bench.log"
+    $PY benchmarks/postfilter.py --device "$DEVICE" --duration 10 --chunked --compile \
+      --json "$OUT/bench-postfilter-compile.json" 2>&1 | tee -a "$OUT/bench.log"
+    stamp codec benchmark, built-in model
+    $PY benchmarks/codec.py --device "$DEVICE" --seconds 10 2>&1 | tee -a "$OUT/bench.log"
+  fi
+  # CODEC_UNTIL: train until this many seconds after the script started (whatever the checks took)
+  [ -n "${CODEC_UNTIL:-}" ] && CODEC_SECONDS=$(( CODEC_UNTIL - SECONDS > 60 ? CODEC_UNTIL - SECONDS : 60 ))
+  stamp codec training for "${CODEC_SECONDS:-200}" s
+  timeout --signal=TERM "${CODEC_SECONDS:-200}" $FLOWDEC train ndac configs/default-ndac.toml --device "$DEVICE" -q \
+    --out "$WORK/ndac" --set "train.init_from=\"$SHIPPED\"" \
+    --set "data.train=[\"$CORPUS/train.txt\"]" --set "data.validation=[\"$CORPUS/valid.txt\"]" \
+    --set data.batch_size=${CODEC_BATCH:-32} --set data.segment_seconds=0.75 --set data.num_workers=12 \
+    --set optim.lr=2e-4 --set optim.lr_gamma=0.9997 --set train.val_every=0 --set train.checkpoint_every=500 \
+    --set train.tf32=true --set train.amp=\"none\" --set train.tensorboard=false --set train.log_every=50 \
+    2>&1 | tail -n 20 | tee "$OUT/codec-train.log"
+  cp "$WORK/ndac/metrics.csv" "$OUT/codec-metrics.csv"
+  ls "$WORK/ndac/checkpoints"
+  ;;
+postfilter)
+  NDAC_CKPT=$WORK/ndac  # its latest checkpoint
+  PAIRS=$WORK/pairs
+  stamp pairs from "$NDAC_CKPT"
+  for i in 0 1 2 3; do
+    k=$((4 + 2 * i))
+    awk -v i=$i -v root="$CORPUS" 'NR % 4 == i { print root "/" $0 }' "$CORPUS/train.txt" > "$WORK/clean-nq$k.txt"
+    $FLOWDEC train prepare-pairs "$WORK/clean-nq$k.txt" --ndac "$NDAC_CKPT" -o "$PAIRS/nq$k" -n $k \
+      --validation-fraction 0.05 --test-fraction 0 --device "$DEVICE" -q --envelope bands15 &
+  done
+  wait
+  cat "$PAIRS"/nq*/train.txt > "$PAIRS/train.txt"
+  cat "$PAIRS"/nq*/validation.txt > "$PAIRS/validation.txt"
+  stamp sigma
+  $FLOWDEC train estimate-sigma configs/default-postfilter.toml --pairs "$PAIRS/train.txt" -o "$PAIRS/sigma.json" \
+    -f -q --device "$DEVICE"
+  stamp postfilter training for "${PF_SECONDS:-170}" s
+  timeout --signal=TERM "${PF_SECONDS:-170}" $FLOWDEC train postfilter configs/default-postfilter.toml \
+    --device "$DEVICE" -q --out "$WORK/postfilter" --set "train.init_from=\"$SHIPPED\"" \
+    --set "data.train=[\"$PAIRS/train.txt\"]" --set "data.validation=[\"$PAIRS/validation.txt\"]" \
+    --set "sigma.file=\"$PAIRS/sigma.json\"" --set data.batch_size=${PF_BATCH:-32} --set data.num_workers=12 \
+    --set optim.lr=2e-4 --set optim.ema_decay=0.999 --set train.val_every=0 --set train.checkpoint_every=500 \
+    --set train.tensorboard=false --set train.log_every=50 \
+    2>&1 | tail -n 20 | tee "$OUT/pf-train.log"
+  cp "$WORK/postfilter/metrics.csv" "$OUT/pf-metrics.csv"
+  cp "$PAIRS/sigma.json" "$OUT/sigma.json"
+  stamp export
+  $FLOWDEC train export "$WORK/model" --ndac "$NDAC_CKPT" --postfilter "$WORK/postfilter" --name flowdec-small \
+    --licence "MIT (weights); training data: see docs/corpus.md" \
+    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on 93 min of Debian-packaged audio" \
+    --trained-codebooks 4,6,8,10 --default-nfe 6 --temperature 0.25 \
+    --envelope bands15 --envelope-before-postfilter -f
+  tar -C "$WORK" -cf - model | split -b 15M - "$OUT/model.tar.part-"
+  ;;
+*)
+  echo "usage: $0 codec|postfilter" >&2; exit 2;;
+esac
+stamp done
