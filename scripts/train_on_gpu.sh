@@ -8,7 +8,8 @@
 # Before: `python scripts/carry_corpus.py pack /work/corpus .gpudata/corpus` here (about 30 MB), and the
 # wheels the machine lacks in .whl/; both travel with the repository. Outputs go to $OUT (the files that
 # come back): logs, benchmark JSON, metrics, and the exported model folder as a split tar.
-# Environment: CODEC_SECONDS (default 200) or CODEC_UNTIL (seconds after the start), PF_SECONDS (default 170), CODEC_BATCH and PF_BATCH (default 32), SKIP_CHECKS=1, DEVICE (default cuda),
+# Environment: CODEC_SECONDS (default 200) or CODEC_UNTIL (seconds after the start), PF_SECONDS (default
+# 170), CODEC_BATCH and PF_BATCH (default 32), SKIP_CHECKS=1, DEVICE (default cuda),
 # WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a warm machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
