@@ -89,3 +89,13 @@ def tone(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarra
         x = x + 0.005 * rng.standard_normal(len(t))
         out.append(x)
     return np.stack(out, 1).astype(np.float32)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``gpu`` marker means what pyproject.toml says: needs a CUDA device, skipped where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,14 +1,13 @@
 """The CUDA paths: the built-in model and both training stages on a GPU, against the CPU.
 
-Every test here is marked ``gpu`` (``pytest -m gpu`` runs them alone) and skips where torch sees no CUDA
-device, so the CPU-only CI passes through them quickly.
+Every test here is marked ``gpu`` (``pytest -m gpu`` runs them alone); conftest.py skips them where torch
+sees no CUDA device, so the CPU-only CI passes through them quickly.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from flowdec_cli.models.catalogue import default_model_name
 from flowdec_cli.pipeline import Codec
@@ -19,10 +18,7 @@ from flowdec_cli.training.postfilter_trainer import PostfilterTrainer
 from .conftest import tone
 from .test_training_helpers import ndac_dict, postfilter_dict, write_clips, write_pairs_files
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-]
+pytestmark = pytest.mark.gpu
 
 
 def _snr_db(ref: np.ndarray, test: np.ndarray) -> float:

@@ -265,7 +265,6 @@ def test_bfloat16_precision_is_close(small_io):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_float32_matches_the_cpu():
     torch.manual_seed(0)
     model = Postfilter(nf=4, ch_mult=(1, 1))

@@ -245,7 +245,6 @@ def test_cpu_batch_default_and_activation_estimate():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_long_path_in_bfloat16():
     model = _tiny()
     model.to("cuda").configure(precision="bfloat16")
