@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -116,14 +117,11 @@ class Terminated(KeyboardInterrupt):
         self.name = signal.Signals(self.signum).name
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
+def _raise_terminated(owner: int, signum: int, frame: Any) -> None:
     # A forked child (a DataLoader worker before its init has run) inherits this handler; the signal that
     # `timeout` or Ctrl-C sends to the whole process group is the parent's to handle, not the child's.
-    if os.getpid() == _handler_owner:
+    if os.getpid() == owner:
         raise Terminated(signum)
-
-
-_handler_owner = os.getpid()
 
 
 @contextlib.contextmanager
@@ -133,12 +131,11 @@ def termination_signals() -> Iterator[None]:
         yield
         return
     wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
-    global _handler_owner
-    _handler_owner = os.getpid()
+    raise_here = functools.partial(_raise_terminated, os.getpid())
     previous = {}
     for s in wanted:
         try:
-            previous[s] = signal.signal(s, _raise_terminated)
+            previous[s] = signal.signal(s, raise_here)
         except (ValueError, OSError):
             pass
     try:
