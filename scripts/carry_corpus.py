@@ -10,7 +10,8 @@ on the training machine, in parallel, so the trainer reads them as it reads the 
     python scripts/carry_corpus.py pack /work/corpus .gpudata/corpus --lists train.txt valid.txt --kbps 48
     python scripts/carry_corpus.py unpack .gpudata/corpus /tmp/corpus --jobs 16
 
-Only soundfile is needed (its bundled libsndfile reads and writes Ogg Opus).
+Needs flowdec importable (its file-list reader) and soundfile, whose bundled libsndfile reads and writes
+Ogg Opus.
 """
 
 from __future__ import annotations
@@ -22,16 +23,14 @@ from pathlib import Path
 
 import soundfile as sf
 
+from flowdec_cli.training.data import read_file_list  # the trainer's list format, read by the trainer's rule
+
 SAMPLE_RATE = 48000
 
 
 def opus_level(kbps: float) -> float:
     """libsndfile's Opus encoder maps compression level 0..1 linearly onto about 256..6 kbit/s."""
     return min(1.0, max(0.0, (256.0 - kbps) / 250.0))
-
-
-def read_list(path: Path) -> list[str]:
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 
 def _pack_one(job: tuple[Path, Path, float]) -> int:
@@ -56,7 +55,7 @@ def pack(root: Path, dest: Path, lists: list[str], kbps: float, jobs: int) -> No
     dest.mkdir(parents=True, exist_ok=True)
     jobs_: list[tuple[Path, Path, float]] = []
     for name in lists:
-        rels = read_list(root / name)
+        rels = read_file_list(root / name)
         (dest / name).write_text("".join(f"{r}\n" for r in rels))
         jobs_ += [(root / r, dest / Path(r).with_suffix(".opus"), opus_level(kbps)) for r in rels]
     with ProcessPoolExecutor(jobs) as pool:
@@ -69,7 +68,7 @@ def unpack(packed: Path, root: Path, jobs: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     jobs_: list[tuple[Path, Path]] = []
     for lst in sorted(packed.glob("*.txt")):
-        rels = read_list(lst)
+        rels = read_file_list(lst)
         (root / lst.name).write_text("".join(f"{r}\n" for r in rels))
         jobs_ += [(packed / Path(r).with_suffix(".opus"), root / r) for r in rels]
     unique = sorted(set(jobs_))

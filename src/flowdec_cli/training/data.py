@@ -36,6 +36,7 @@ from ..exceptions import FlowdecError
 __all__ = [
     "DataError",
     "AudioItem",
+    "read_file_list",
     "list_audio",
     "split_items",
     "read_pairs",
@@ -78,7 +79,8 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 # Listing files
 
 
-def _read_list(path: Path) -> list[str]:
+def read_file_list(path: Path) -> list[str]:
+    """The entries of a file list, as written (``#`` starts a comment; blank lines are skipped)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -99,7 +101,7 @@ def list_audio(sources: Sequence[str | os.PathLike]) -> list[AudioItem]:
             if src.suffix.lower() in AUDIO_EXTENSIONS:
                 items.setdefault(str(src.resolve()), AudioItem(str(src.resolve()), src.name))
                 continue
-            for line in _read_list(src):
+            for line in read_file_list(src):
                 p = Path(line).expanduser()
                 p = p if p.is_absolute() else src.parent / p
                 items.setdefault(str(p.resolve()), AudioItem(str(p.resolve()), line))
@@ -142,7 +144,7 @@ def read_pairs(paths: Sequence[str | os.PathLike], delimiter: str = ",") -> list
         lst = Path(lst)
         if not lst.is_file():
             raise DataError(f"{lst}: no such pair list")
-        for n, line in enumerate(_read_list(lst), 1):
+        for n, line in enumerate(read_file_list(lst), 1):
             parts = line.split(delimiter)
             if len(parts) != 2:
                 raise DataError(f"{lst}:{n}: expected 'clean{delimiter}coded', got {line!r}")
