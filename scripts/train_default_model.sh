@@ -16,6 +16,7 @@ RUNS=${RUNS:-/work/runs}
 NAME=flowdec-small
 DEST=src/flowdec_cli/assets/models/$NAME
 FLOWDEC="$PY -m flowdec_cli"
+source scripts/default_model_steps.sh
 
 [ -f "$CORPUS/manifest.csv" ] || scripts/build_corpus.sh "$CORPUS"
 
@@ -42,29 +43,16 @@ else
   NDAC_CKPT="$DEST"  # FROM_SHIPPED with no codec training: the codec in the package
 fi
 
-# 2. coded pairs: each training file coded at one of 4/6/8/10 codebooks (3, 4.5, 6, 7.5 kbit/s), chosen by
-#    its position in the list, so the four rates share the corpus without coding it four times
+# 2. coded pairs (scripts/default_model_steps.sh)
 PAIRS=$RUNS/default-pairs
-mkdir -p "$PAIRS"
-for i in 0 1 2 3; do
-  k=$((4 + 2 * i))
-  awk -v i=$i -v root="$CORPUS" 'NR % 4 == i { print root "/" $0 }' "$CORPUS/train.txt" > "$PAIRS/clean-nq$k.txt"
-  $FLOWDEC train prepare-pairs "$PAIRS/clean-nq$k.txt" --ndac "$NDAC_CKPT" -o "$PAIRS/nq$k" -n $k \
-    --validation-fraction 0.05 --test-fraction 0 --device cpu -q --envelope "${ENVELOPE:-bands15}"
-done
-cat "$PAIRS"/nq*/train.txt > "$PAIRS/train.txt"
-cat "$PAIRS"/nq*/validation.txt > "$PAIRS/validation.txt"
+code_pairs "$CORPUS" "$NDAC_CKPT" "$PAIRS" cpu
 
 # 3. beta and the per-band sigma_y curve (official heuristics), then the postfilter
 $FLOWDEC train estimate-sigma configs/default-postfilter.toml -f  # deterministic (seed 302); follows re-coded pairs
 train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_STEPS:-}"
 
 # 4. into the package, as the default
-$FLOWDEC train export "$DEST" --ndac "$NDAC_CKPT" --postfilter "$RUNS/default-postfilter" --name "$NAME" \
-  --licence "MIT (weights); training data: see docs/corpus.md" \
-  --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on a CPU on 93 min of Debian-packaged audio" \
-  --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-6}" --temperature "${TEMPERATURE:-0.25}" \
-  --envelope "${ENVELOPE:-bands15}" --envelope-before-postfilter -f
+export_default_model "$DEST" "$NDAC_CKPT" "$RUNS/default-postfilter"
 # the entropy tables follow the codec when it is unchanged (export keeps tables of the same NDAC weights);
 # a retrained codec needs new ones, learned from training audio only
 [ -f "$DEST/entropy.safetensors" ] || $FLOWDEC train entropy-tables "$DEST" "$CORPUS/train.txt" --every 4

@@ -20,6 +20,7 @@ WORK=${WORK:-/tmp/flowdec-gpu}
 DEVICE=${DEVICE:-cuda}
 SHIPPED=$PWD/src/flowdec_cli/assets/models/flowdec-small
 FLOWDEC="$PY -m flowdec_cli"
+source scripts/default_model_steps.sh
 mkdir -p "$OUT" "$WORK"
 stamp() { echo "== $(date +%T) $*"; }
 
@@ -63,15 +64,7 @@ postfilter)
   NDAC_CKPT=$WORK/ndac  # its latest checkpoint
   PAIRS=$WORK/pairs
   stamp pairs from "$NDAC_CKPT"
-  for i in 0 1 2 3; do
-    k=$((4 + 2 * i))
-    awk -v i=$i -v root="$CORPUS" 'NR % 4 == i { print root "/" $0 }' "$CORPUS/train.txt" > "$WORK/clean-nq$k.txt"
-    $FLOWDEC train prepare-pairs "$WORK/clean-nq$k.txt" --ndac "$NDAC_CKPT" -o "$PAIRS/nq$k" -n $k \
-      --validation-fraction 0.05 --test-fraction 0 --device "$DEVICE" -q --envelope bands15 &
-  done
-  wait
-  cat "$PAIRS"/nq*/train.txt > "$PAIRS/train.txt"
-  cat "$PAIRS"/nq*/validation.txt > "$PAIRS/validation.txt"
+  code_pairs "$CORPUS" "$NDAC_CKPT" "$PAIRS" "$DEVICE"
   stamp sigma
   $FLOWDEC train estimate-sigma configs/default-postfilter.toml --pairs "$PAIRS/train.txt" -o "$PAIRS/sigma.json" \
     -f -q --device "$DEVICE"
@@ -86,11 +79,7 @@ postfilter)
   cp "$WORK/postfilter/metrics.csv" "$OUT/pf-metrics.csv"
   cp "$PAIRS/sigma.json" "$OUT/sigma.json"
   stamp export
-  $FLOWDEC train export "$WORK/model" --ndac "$NDAC_CKPT" --postfilter "$WORK/postfilter" --name flowdec-small \
-    --licence "MIT (weights); training data: see docs/corpus.md" \
-    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on 93 min of Debian-packaged audio" \
-    --trained-codebooks 4,6,8,10 --default-nfe 6 --temperature 0.25 \
-    --envelope bands15 --envelope-before-postfilter -f
+  export_default_model "$WORK/model" "$NDAC_CKPT" "$WORK/postfilter"
   tar -C "$WORK" -cf - model | split -b 15M - "$OUT/model.tar.part-"
   ;;
 *)
