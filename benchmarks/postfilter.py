@@ -10,7 +10,10 @@ prints the largest output difference between the two:
   CUDA: ``torch.cuda.max_memory_allocated``);
 * optionally (``--chunked``) the long-audio path ``longaudio.enhance_long`` with batched chunks;
 * optionally (``--breakdown``) how much of a pass is convolution, at what rate, next to the rate of one
-  large 3x3 convolution alone: the roofline that bounds any float32 speed-up on this machine.
+  large 3x3 convolution alone: the roofline that bounds any float32 speed-up on this machine;
+* optionally (``--profile N``) the N ops that take most device time in one optimised pass, and how much of
+  the pass's wall time the device was busy at all (on CUDA: whether a pass is launch-bound, which CUDA
+  graphs would fix, or kernel-bound, which they would not).
 
 Optimised settings: CPU = channels-last + fused block tails + ``tune_cpu_allocator`` (glibc keeps large
 blocks instead of unmapping and page-faulting them again), float32: the same math, differences are float
@@ -19,6 +22,7 @@ printed difference. ``--fast-precision`` / ``--no-channels-last`` / ``--no-fuse`
 
     python benchmarks/postfilter.py                           # CPU, 1 s of audio
     python benchmarks/postfilter.py --device cuda --duration 10 --chunked --compile
+    python benchmarks/postfilter.py --device cuda --duration 10 --compile --compile-mode reduce-overhead
 """
 
 from __future__ import annotations
@@ -166,6 +170,29 @@ def conv_peak(device: torch.device, seconds: float) -> float:
     return 2 * 256 * 9 * 256 * 768 * frames / best / 1e9
 
 
+def profile_pass(device: torch.device, fn: Callable[[], Any], top: int) -> dict[str, Any]:
+    """Device time per op over one call of ``fn`` (after warm-up), and the share of the call's wall time
+    that the device spent in kernels at all: far below 1 means the pass waits on launches."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        wall, _, _ = timed(device, fn)
+    on_cuda = device.type == "cuda"
+    # On CUDA an aten op is charged its kernels' time too; count the kernels (and memsets/copies) only.
+    events = [e for e in prof.key_averages() if not on_cuda or e.device_type == DeviceType.CUDA]
+    key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+    rows = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)
+    busy_s = sum(getattr(e, key, 0) for e in events) / 1e6
+    table = [{"op": e.key, "device_s": getattr(e, key, 0) / 1e6, "calls": e.count} for e in rows[:top]]
+    print(f"\nprofile of one optimised pass: wall {wall:.4f} s, device busy {busy_s:.4f} s "
+          f"({busy_s / wall:.0%}), {sum(e.count for e in events)} {'kernels' if on_cuda else 'op calls'}")
+    for r in table:
+        print(f"  {r['device_s'] * 1e3:9.2f} ms  {r['calls']:5d}x  {r['op'][:90]}")
+    return {"wall_s": wall, "device_busy_s": busy_s, "top": table}
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().cpu().to(torch.complex128 if a.is_complex() else torch.float64)
             - b.detach().cpu().to(torch.complex128 if b.is_complex() else torch.float64)).abs().max().item()
@@ -195,6 +222,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-allocator-tuning", action="store_true",
                     help="CPU: leave glibc's malloc alone for the optimised runs (see tune_cpu_allocator)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the optimised U-Net")
+    ap.add_argument("--compile-mode", default=None,
+                    help="torch.compile mode with --compile (e.g. reduce-overhead = CUDA graphs, max-autotune)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="list the N ops with most device time in one optimised pass")
     ap.add_argument("--chunked", action="store_true", help="also time enhance_long (chunks, batched)")
     ap.add_argument("--chunk-seconds", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -218,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fast = Postfilter(nf=args.nf)
     fast.load_state_dict(ref.state_dict())
     fast.to(device).configure(precision=precision, channels_last=not args.no_channels_last,
-                              fuse=not args.no_fuse, compile=args.compile)
+                              fuse=not args.no_fuse, compile=args.compile,
+                              compile_mode=args.compile_mode)
 
     y = test_signal(duration).to(device)
     Y, _normfac, _frames = ref.features(y)
@@ -231,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "nfe": args.nfe, "solver": args.solver,
         "fast_settings": {"precision": precision, "channels_last": not args.no_channels_last,
                           "fuse": not args.no_fuse, "compile": args.compile,
+                          "compile_mode": args.compile_mode,
                           "cpu_allocator_tuning": device.type == "cpu" and not args.no_allocator_tuning},
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
@@ -250,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     outs: dict[str, torch.Tensor] = {}
     for name, model in variants.items():  # warm-up (oneDNN/cuDNN kernel selection, compilation)
         prepare(name)
-        w, c, outs[name] = timed(device, lambda m=model: m.velocity(x0, Y, 0.37))
+        w, c, out = timed(device, lambda m=model: m.velocity(x0, Y, 0.37))
+        outs[name] = out.clone()  # a CUDA-graph output buffer is overwritten by the next replay
         print(f"warm-up {name}: {w:.2f} s wall", flush=True)
     for _ in range(args.passes):
         for name, model in variants.items():
@@ -278,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                           "conv_gflop_per_s": timer.flops / 1e9 / timer.seconds,
                                           "other_s": wall - timer.seconds}
         results["single_conv_gflop_per_s"] = conv_peak(device, duration)
+
+    if args.profile:
+        results["profile"] = profile_pass(device, lambda: fast.velocity(x0, Y, 0.37), args.profile)
 
     # -- whole enhance at the chosen NFE --------------------------------------------------------------
     if not args.skip_enhance:
