@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from flowdec_cli.checkpoints import load_lightning_state_dict
-from flowdec_cli.ncsnpp import NCSNpp, fir_downsample, fir_kernel_2d, fir_upsample, group_norm_silu
+from flowdec_cli.ncsnpp import (
+    NCSNpp,
+    fir_downsample,
+    fir_kernel_2d,
+    fir_upsample,
+    fir_upsample_polyphase,
+    group_norm_silu,
+)
 
 FULL_PARAMS = 23_703_704  # backbone parameters of the released size, the Fourier W included
 
@@ -62,6 +69,28 @@ def test_fir_matches_upfirdn2d_semantics(dtype):
     tol = 1e-6 if dtype == torch.float32 else 1e-14
     assert (down - _upfirdn2d_reference(x, k, 1, 2, 1, 1)).abs().max() < tol
     assert (up - _upfirdn2d_reference(x, k * 4, 2, 1, 2, 1)).abs().max() < tol
+
+
+def test_polyphase_upsample_is_the_same_filter(monkeypatch):
+    """The compiled path's element-wise form of the upsampler: same sums as upfirdn2d, same layout."""
+    g = torch.Generator().manual_seed(1)
+    k = fir_kernel_2d()
+    x64 = torch.randn(2, 3, 9, 7, generator=g, dtype=torch.float64)
+    reference = _upfirdn2d_reference(x64, k * 4, 2, 1, 2, 1)
+    assert (fir_upsample_polyphase(x64, k) - reference).abs().max() < 1e-14
+    x = x64.float().contiguous(memory_format=torch.channels_last)
+    up = fir_upsample_polyphase(x, k)
+    assert up.dtype == torch.float32 and up.is_contiguous(memory_format=torch.channels_last)
+    assert (up.double() - reference).abs().max() < 1e-6
+    # bfloat16 in: computed in float32 and rounded once, so within half a bfloat16 ulp of the exact sums
+    xb = x64.bfloat16()
+    exact = _upfirdn2d_reference(xb.double(), k * 4, 2, 1, 2, 1)
+    upb = fir_upsample_polyphase(xb, k)
+    assert upb.dtype == torch.bfloat16
+    assert ((upb.double() - exact).abs() <= exact.abs() * 2.0 ** -8 * 1.01 + 1e-6).all()
+    # eager runs keep the convolution; traced (compiled) runs take the element-wise form
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(fir_upsample(x, k), up)
 
 
 # -- official outputs ---------------------------------------------------------------------------------

@@ -69,9 +69,35 @@ def fir_upsample(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     The transposed depthwise convolution with stride 2 is the polyphase form of "insert zeros, then
     filter": it skips the products with the inserted zeros. padding 1 aligns it with upfirdn2d's (2, 1).
     """
+    if torch.compiler.is_compiling() and kernel.shape == (4, 4):
+        return fir_upsample_polyphase(x, kernel)
     channels = x.shape[1]
     weight = (kernel * 4).to(dtype=x.dtype, device=x.device).expand(channels, 1, *kernel.shape)
     return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=channels)
+
+
+def fir_upsample_polyphase(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """:func:`fir_upsample` for a separable 4-tap kernel as shifted multiply-adds, one axis at a time.
+
+    Used where the network is compiled: cuDNN runs the depthwise transposed convolution as a slow
+    "dgrad" kernel plus layout transforms (a third of a compiled official-size pass on an H200), while
+    these element-wise ops fuse into the neighbouring Inductor kernels. Kernels from :func:`fir_kernel_2d`
+    are outer products, so ``2 * kernel.sum(1)`` is the 1-D filter of each axis (gain 2 each, 4 in all).
+    Output ``2j`` takes ``w1 * x[j] + w3 * x[j-1]`` and ``2j+1`` takes ``w2 * x[j] + w0 * x[j+1]``, zero
+    beyond the edges: exactly the transposed convolution's sums, rounded in a different order, in float32
+    at least (no extra bfloat16 rounding between the two axes).
+    """
+    w = (2 * kernel.sum(1)).to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    y = x.to(w.dtype)
+    for dim in (-2, -1):
+        padded = F.pad(y, (1, 1) if dim == -1 else (0, 0, 1, 1))
+        n = y.shape[dim]
+        prev, mid, nxt = (padded.narrow(dim, i, n) for i in range(3))
+        even, odd = w[1] * mid + w[3] * prev, w[2] * mid + w[0] * nxt
+        y = torch.stack((even, odd), dim=dim).flatten(dim - 1, dim)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        y = y.contiguous(memory_format=torch.channels_last)  # keep the layout the next convolution expects
+    return y.to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
