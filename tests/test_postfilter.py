@@ -274,3 +274,21 @@ def test_cuda_float32_matches_the_cpu():
     model.to("cuda").configure()  # channels-last on CUDA, float32 with TF32 off
     out = model.enhance(y.cuda(), 2, "euler", noise=noise.cuda())
     assert out.device.type == "cuda" and (out.cpu() - ref).abs().max() < 1e-4
+
+
+def test_compiled_backbone_is_not_recompiled_by_enhance_after_velocity(monkeypatch):
+    """One compilation serves single passes and whole enhances alike (the GPU benchmark's first enhance
+    used to compile the U-Net a second time: ``t`` was made outside inference mode)."""
+    import functools
+
+    import torch._dynamo
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # trace only
+    torch._dynamo.reset()
+    pf = Postfilter(nf=4).configure(compile=True)
+    y = torch.randn(1, 1, 3000) * 0.1
+    Y, _, _ = pf.features(y)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        pf.velocity(torch.randn_like(Y), Y, 0.5)
+        pf.enhance(y, 2, "euler", generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()

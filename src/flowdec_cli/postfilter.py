@@ -434,8 +434,10 @@ class Postfilter(nn.Module):
         """
         if x_t.shape != Y.shape:
             raise ValueError(f"x_t {tuple(x_t.shape)} and Y {tuple(Y.shape)} must have the same shape")
-        t = torch.as_tensor(t, dtype=torch.float32, device=self.device).reshape(-1)
         with torch.inference_mode(), self._backend_flags():
+            # t made inside inference mode, as enhance makes it: a compiled backbone guards on the tensor's
+            # dispatch keys, and a t from outside would make the first enhance compile it all over again
+            t = torch.as_tensor(t, dtype=torch.float32, device=self.device).reshape(-1)
             return self._field(x_t.to(self.device), Y.to(self.device), t)
 
     def _field(self, x: torch.Tensor, Y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
