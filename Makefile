@@ -31,6 +31,8 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+install-lint: $(VENV)/.installed-lint
+
 ## ruff and mypy (rules and settings in pyproject.toml), with torch installed so mypy sees its types.
 lint: $(VENV)/.installed-lint
 	$(PY) -m ruff check src tests scripts benchmarks
