@@ -14,6 +14,7 @@ from flowdec_cli.checkpoints import load_lightning_state_dict
 from flowdec_cli.ncsnpp import (
     NCSNpp,
     fir_downsample,
+    fir_downsample_polyphase,
     fir_kernel_2d,
     fir_upsample,
     fir_upsample_polyphase,
@@ -91,6 +92,30 @@ def test_polyphase_upsample_is_the_same_filter(monkeypatch):
     # eager runs keep the convolution; traced (compiled) runs take the element-wise form
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert torch.equal(fir_upsample(x, k), up)
+
+
+@pytest.mark.parametrize("shape", [(16, 12), (9, 7)])
+def test_polyphase_downsample_is_the_same_filter(monkeypatch, shape):
+    """The compiled path's element-wise form of the downsampler: same sums as upfirdn2d, same layout,
+    odd sizes included (the strided convolution's output length)."""
+    g = torch.Generator().manual_seed(2)
+    k = fir_kernel_2d()
+    x64 = torch.randn(2, 3, *shape, generator=g, dtype=torch.float64)
+    reference = _upfirdn2d_reference(x64, k, 1, 2, 1, 1)
+    down64 = fir_downsample_polyphase(x64, k)
+    assert down64.shape == reference.shape == fir_downsample(x64, k).shape
+    assert (down64 - reference).abs().max() < 1e-14
+    x = x64.float().contiguous(memory_format=torch.channels_last)
+    down = fir_downsample_polyphase(x, k)
+    assert down.dtype == torch.float32 and down.is_contiguous(memory_format=torch.channels_last)
+    assert (down.double() - reference).abs().max() < 1e-6
+    xb = x64.bfloat16()
+    exact = _upfirdn2d_reference(xb.double(), k, 1, 2, 1, 1)
+    downb = fir_downsample_polyphase(xb, k)
+    assert downb.dtype == torch.bfloat16
+    assert ((downb.double() - exact).abs() <= exact.abs() * 2.0 ** -8 * 1.01 + 1e-6).all()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(fir_downsample(x, k), down)
 
 
 # -- official outputs ---------------------------------------------------------------------------------
@@ -236,3 +261,20 @@ def test_full_size_forward_matches_official(reference_dir, full_recipe):
         v = net(io["x_t"], io["Y"], io["t"])
     err = (v - io["v"]).abs().max().item()
     assert err < 5e-5, err
+
+
+def test_traced_network_matches_the_official_field(small_backbone, small_io):
+    """Under torch.compile the FIR resamplers take their element-wise forms; the traced official network
+    (eager backend: the graph dynamo captures, without code generation) still gives the official field."""
+    import torch._dynamo
+
+    net = NCSNpp(nf=8)
+    net.load_state_dict(small_backbone.state_dict())
+    net.use_channels_last().set_fused()
+    traced = torch.compile(net, backend="eager", fullgraph=False)
+    try:
+        with torch.inference_mode():
+            v = traced(small_io["x0"], small_io["Y_feat"], small_io["t_v"])
+    finally:
+        torch._dynamo.reset()
+    assert (v - small_io["v_t05"]).abs().max() < 5e-5
