@@ -9,7 +9,7 @@
 # wheels the machine lacks in .whl/; both travel with the repository. Outputs go to $OUT (the files that
 # come back): logs, benchmark JSON, metrics, and the exported model folder as a split tar.
 # Environment: CODEC_SECONDS (default 200) or CODEC_UNTIL (seconds after the start), PF_SECONDS (default
-# 170), CODEC_BATCH (default 128) and PF_BATCH (default 64), SKIP_CHECKS=1, DEVICE (default cuda),
+# 170), CODEC_BATCH (default 128) and PF_BATCH (default 32), SKIP_CHECKS=1, DEVICE (default cuda),
 # WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a warm machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ codec)
   # CODEC_UNTIL: train until this many seconds after the script started (whatever the checks took)
   [ -n "${CODEC_UNTIL:-}" ] && CODEC_SECONDS=$(( CODEC_UNTIL - SECONDS > 60 ? CODEC_UNTIL - SECONDS : 60 ))
   # Batch 128: at 32 an H200 ran 13-15 steps/s, about what launching a step's ~14,000 small ops allows
-  # (counted on the CPU), so a larger batch buys audio per step at little cost in steps per second.
+  # (counted on the CPU); at 128 it ran 4.7-5.2 steps/s, 1.3-1.5x the audio per second.
   stamp codec training for "${CODEC_SECONDS:-200}" s
   timeout --signal=TERM "${CODEC_SECONDS:-200}" $FLOWDEC train ndac configs/default-ndac.toml --device "$DEVICE" -q \
     --out "$WORK/ndac" --set "train.init_from=\"$SHIPPED\"" \
@@ -68,11 +68,13 @@ postfilter)
   stamp sigma
   $FLOWDEC train estimate-sigma configs/default-postfilter.toml --pairs "$PAIRS/train.txt" -o "$PAIRS/sigma.json" \
     -f -q --device "$DEVICE"
+  # Batch 32: at 64 an H200 ran 17-20 steps/s (about 1,180 items/s) against 34-44 at 32 (up to 1,400):
+  # no more audio per second, and half the updates.
   stamp postfilter training for "${PF_SECONDS:-170}" s
   timeout --signal=TERM "${PF_SECONDS:-170}" $FLOWDEC train postfilter configs/default-postfilter.toml \
     --device "$DEVICE" -q --out "$WORK/postfilter" --set "train.init_from=\"$SHIPPED\"" \
     --set "data.train=[\"$PAIRS/train.txt\"]" --set "data.validation=[\"$PAIRS/validation.txt\"]" \
-    --set "sigma.file=\"$PAIRS/sigma.json\"" --set data.batch_size=${PF_BATCH:-64} --set data.num_workers=12 \
+    --set "sigma.file=\"$PAIRS/sigma.json\"" --set data.batch_size=${PF_BATCH:-32} --set data.num_workers=12 \
     --set optim.lr=2e-4 --set optim.ema_decay=0.999 --set train.val_every=0 --set train.checkpoint_every=500 \
     --set train.tensorboard=false --set train.log_every=50 \
     2>&1 | tail -n 20 | tee "$OUT/pf-train.log"
