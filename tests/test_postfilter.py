@@ -288,7 +288,9 @@ def test_compiled_backbone_is_not_recompiled_by_enhance_after_velocity(monkeypat
     pf = Postfilter(nf=4).configure(compile=True)
     y = torch.randn(1, 1, 3000) * 0.1
     Y, _, _ = pf.features(y)
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        pf.velocity(torch.randn_like(Y), Y, 0.5)
-        pf.enhance(y, 2, "euler", generator=torch.Generator().manual_seed(0))
-    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            pf.velocity(torch.randn_like(Y), Y, 0.5)
+            pf.enhance(y, 2, "euler", generator=torch.Generator().manual_seed(0))
+    finally:
+        torch._dynamo.reset()  # a failure must not leave compiled code behind for later tests
