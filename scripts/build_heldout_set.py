@@ -1,8 +1,9 @@
-"""Build the held-out evaluation set: real audio from the Debian packages reserved for evaluation.
+"""Build the evaluation sets that nothing is trained on, from Debian packages outside the training corpus.
 
-No model is trained or tuned on these packages (docs/corpus.md); they score the built-in model
-independently of the validation split that chose its checkpoints. Twelve clips, picked deterministically
-(sorted file names, fixed offsets), at their native rates:
+``reserved`` (the held-out set): real audio from the packages reserved for evaluation. No model is trained
+or tuned on them (docs/corpus.md); they score the built-in model independently of the validation split
+that chose its checkpoints. Twelve clips, picked deterministically (sorted file names, fixed offsets), at
+their native rates:
 
     speech  4   alsa-utils' channel announcements (48 kHz, 1.4-1.5 s) and two chains of klettres-data
                 syllables (44.1 kHz, German and Spanish, about 6.5 s)
@@ -15,6 +16,21 @@ independently of the validation split that chose its checkpoints. Twelve clips, 
     python scripts/build_heldout_set.py ext /work/heldout
     python scripts/evaluate_default_model.py flowdec-small /work/heldout --per-category 0
 
+``unseen`` (a development set): whole packages that are neither in the corpus nor reserved, so that how
+well a model carries over to audio from packages it never saw can be measured, and used for choices,
+without spending the reserved set on them. The validation split cannot tell this: its files come from the
+corpus's own packages. Fourteen clips:
+
+    speech  4   two chains of warmux voice lines (44.1 kHz) and two of fillets-ng-data-cs dialogue
+                (22.05 kHz, Czech; the corpus has the Dutch recordings of the same game)
+    music   6   three nexuiz-music tracks (44.1 kHz, read from the game's music.pk3) and three warmux
+                in-game tracks, 8 s from the 60th second, downmixed to mono
+    sounds  4   chains of short effects: frozen-bubble-data's, and warmux-data's game sounds and (two) weapons
+
+    apt-get download nexuiz-music fillets-ng-data-cs frozen-bubble-data warmux-data
+    for d in *.deb; do dpkg-deb -x "$d" ext; done
+    python scripts/build_heldout_set.py ext /work/unseen --set unseen
+
 The output has a ``manifest.csv`` (every clip in split ``valid``), so the evaluation script reads it as it
 reads the training corpus.
 """
@@ -23,7 +39,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
+import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +73,27 @@ def _chain(paths: list[Path]) -> tuple[np.ndarray, int]:
     return np.concatenate(pieces[:-1]), rate
 
 
-def _excerpt(path: Path) -> tuple[np.ndarray, int]:
+def _excerpt(path: Path | io.BytesIO) -> tuple[np.ndarray, int]:
     info = sf.info(path)
+    if isinstance(path, io.BytesIO):
+        path.seek(0)
     start = int(min(MUSIC_START_S, max(0.0, info.duration - MUSIC_SECONDS)) * info.samplerate)
     audio, rate = sf.read(path, start=start, frames=int(MUSIC_SECONDS * info.samplerate), dtype="float32",
                           always_2d=True)
     return audio.mean(axis=1), rate
+
+
+def _effects(paths: list[Path], seconds: float = 6.0) -> tuple[list[Path], str]:
+    """Short files (under 4 s) at the most common rate among them, in order, until about ``seconds``."""
+    short = [(p, sf.info(p)) for p in paths]
+    short = [(p, i) for p, i in short if i.duration < 4.0]
+    rate = Counter(i.samplerate for _, i in short).most_common(1)[0][0]
+    chosen, total = [], 0.0
+    for p, i in short:
+        if i.samplerate == rate and total < seconds:
+            chosen.append(p)
+            total += i.duration + GAP_S
+    return chosen, f"{chosen[0].parent} ({len(chosen)} chained)"
 
 
 def _pattern(kit: Path) -> tuple[np.ndarray, int]:
@@ -81,8 +115,37 @@ def _pattern(kit: Path) -> tuple[np.ndarray, int]:
     return (out / peak * 0.7 if peak > 0.7 else out), rate
 
 
+def unseen_clips(root: Path) -> list[tuple[str, str, np.ndarray, int, str]]:
+    """The ``unseen`` set: (category, name, audio, rate, source) for every clip, in a fixed order."""
+    games = root / "usr" / "share" / "games"
+    out = []
+    voices = sorted((games / "warmux" / "sound" / "default" / "voices").glob("*.ogg"))
+    for name, part in (("warmux-voices-a", voices[::2]), ("warmux-voices-b", voices[1::2])):
+        files, source = _effects(part)
+        out.append(("speech", name, *_chain(files), str(Path(source).relative_to(root))))
+    for level in ("gods", "linux"):
+        files, source = _effects(sorted((games / "fillets-ng" / "sound" / level / "cs").glob("*.ogg")))
+        out.append(("speech", f"fillets-cs-{level}", *_chain(files), str(Path(source).relative_to(root))))
+    pk3 = games / "nexuiz" / "data" / "music.pk3"
+    with zipfile.ZipFile(pk3) as z:
+        tracks = sorted(n for n in z.namelist() if n.endswith(".ogg") and z.getinfo(n).file_size > 1_000_000)
+        for name in tracks[::len(tracks) // 3][:3]:
+            out.append(("music", f"nexuiz-{Path(name).stem}", *_excerpt(io.BytesIO(z.read(name))),
+                        f"{pk3.relative_to(root)}:{name}"))
+    ingame = sorted((games / "warmux" / "music" / "ingame").glob("*.ogg"))
+    for p in ingame[::2][:3]:
+        out.append(("music", f"warmux-{p.stem.replace('.', '')}", *_excerpt(p), str(p.relative_to(root))))
+    weapons = sorted((games / "warmux" / "sound" / "default" / "weapons").glob("*.ogg"))
+    for name, paths in (("frozen-bubble", sorted((games / "frozen-bubble" / "snd").glob("*.ogg"))),
+                        ("warmux-misc", sorted((games / "warmux" / "sound" / "default" / "misc").glob("*.ogg"))),
+                        ("warmux-weapons-a", weapons[::2]), ("warmux-weapons-b", weapons[1::2])):
+        files, source = _effects(paths)
+        out.append(("sounds", name, *_chain(files), str(Path(source).relative_to(root))))
+    return out
+
+
 def clips(root: Path) -> list[tuple[str, str, np.ndarray, int, str]]:
-    """(category, name, audio, rate, source) for every clip, in a fixed order."""
+    """The ``reserved`` set: (category, name, audio, rate, source) for every clip, in a fixed order."""
     share = root / "usr" / "share"
     out = []
     for name in ("Front_Center", "Rear_Right"):
@@ -102,12 +165,14 @@ def clips(root: Path) -> list[tuple[str, str, np.ndarray, int, str]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", type=Path, help="Folder the reserved packages were extracted into (dpkg-deb -x).")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path, help="Folder the set's packages were extracted into (dpkg-deb -x).")
     ap.add_argument("out", type=Path)
+    ap.add_argument("--set", choices=("reserved", "unseen"), default="reserved",
+                    help="Which set to build (see the module's description).")
     args = ap.parse_args()
     rows = []
-    for category, name, audio, rate, source in clips(args.root):
+    for category, name, audio, rate, source in (clips if args.set == "reserved" else unseen_clips)(args.root):
         rel = Path("audio") / category / (name.replace(" ", "_") + ".flac")
         (args.out / rel).parent.mkdir(parents=True, exist_ok=True)
         sf.write(args.out / rel, audio, rate, subtype="PCM_24")
