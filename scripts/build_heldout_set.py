@@ -83,17 +83,17 @@ def _excerpt(path: Path | io.BytesIO) -> tuple[np.ndarray, int]:
     return audio.mean(axis=1), rate
 
 
-def _effects(paths: list[Path], seconds: float = 6.0) -> tuple[list[Path], str]:
+def _effects(paths: list[Path], seconds: float = 6.0) -> list[Path]:
     """Short files (under 4 s) at the most common rate among them, in order, until about ``seconds``."""
-    short = [(p, sf.info(p)) for p in paths]
-    short = [(p, i) for p, i in short if i.duration < 4.0]
+    infos = [(p, sf.info(p)) for p in paths]
+    short = [(p, i) for p, i in infos if i.duration < 4.0]
     rate = Counter(i.samplerate for _, i in short).most_common(1)[0][0]
     chosen, total = [], 0.0
     for p, i in short:
         if i.samplerate == rate and total < seconds:
             chosen.append(p)
             total += i.duration + GAP_S
-    return chosen, f"{chosen[0].parent} ({len(chosen)} chained)"
+    return chosen
 
 
 def _pattern(kit: Path) -> tuple[np.ndarray, int]:
@@ -119,13 +119,17 @@ def unseen_clips(root: Path) -> list[tuple[str, str, np.ndarray, int, str]]:
     """The ``unseen`` set: (category, name, audio, rate, source) for every clip, in a fixed order."""
     games = root / "usr" / "share" / "games"
     out = []
+
+    def effects_clip(category: str, name: str, paths: list[Path]) -> None:
+        files = _effects(paths)
+        out.append((category, name, *_chain(files), f"{files[0].parent.relative_to(root)} ({len(files)} chained)"))
+
     voices = sorted((games / "warmux" / "sound" / "default" / "voices").glob("*.ogg"))
-    for name, part in (("warmux-voices-a", voices[::2]), ("warmux-voices-b", voices[1::2])):
-        files, source = _effects(part)
-        out.append(("speech", name, *_chain(files), str(Path(source).relative_to(root))))
+    effects_clip("speech", "warmux-voices-a", voices[::2])
+    effects_clip("speech", "warmux-voices-b", voices[1::2])
     for level in ("gods", "linux"):
-        files, source = _effects(sorted((games / "fillets-ng" / "sound" / level / "cs").glob("*.ogg")))
-        out.append(("speech", f"fillets-cs-{level}", *_chain(files), str(Path(source).relative_to(root))))
+        dialogue = sorted((games / "fillets-ng" / "sound" / level / "cs").glob("*.ogg"))
+        effects_clip("speech", f"fillets-cs-{level}", dialogue)
     pk3 = games / "nexuiz" / "data" / "music.pk3"
     with zipfile.ZipFile(pk3) as z:
         tracks = sorted(n for n in z.namelist() if n.endswith(".ogg") and z.getinfo(n).file_size > 1_000_000)
@@ -139,8 +143,7 @@ def unseen_clips(root: Path) -> list[tuple[str, str, np.ndarray, int, str]]:
     for name, paths in (("frozen-bubble", sorted((games / "frozen-bubble" / "snd").glob("*.ogg"))),
                         ("warmux-misc", sorted((games / "warmux" / "sound" / "default" / "misc").glob("*.ogg"))),
                         ("warmux-weapons-a", weapons[::2]), ("warmux-weapons-b", weapons[1::2])):
-        files, source = _effects(paths)
-        out.append(("sounds", name, *_chain(files), str(Path(source).relative_to(root))))
+        effects_clip("sounds", name, paths)
     return out
 
 
