@@ -34,13 +34,18 @@ def default_nfe(run: dict[str, Any]) -> int:
     return max(run["nfe"])
 
 
+def is_default(system: str, nfe: int) -> bool:
+    """Whether a row is flowdec at the run's default NFE (> 0): the rows the docs print in bold."""
+    scored = _NFE.match(system)
+    return scored is not None and nfe > 0 and int(scored.group(1)) == nfe
+
+
 def label(system: str, nfe: int, temperature: float | None) -> str:
     """A system's name as the docs print it."""
     bare = _BARE.match(system)
     if bare:
         return f"*codec alone, {bare.group(1)} kbit/s, NFE 0, no side channel*"
-    scored = _NFE.match(system)
-    if scored and nfe > 0 and int(scored.group(1)) == nfe:
+    if is_default(system, nfe):
         return f"**{system}" + ("" if temperature is None else f", T {temperature:g}") + "**"
     return system
 
@@ -77,7 +82,7 @@ def comparison(new: dict[str, Any], old: dict[str, Any]) -> str:
         cells = [f"{_cell(before[key], k, d)} -> {_cell(row, k, d)}" if row.get(k) is not None else ""
                  for k, _, d in COLUMNS[:-1]]
         moved = ""
-        if label(row["system"], nfe, None).startswith("**"):
+        if is_default(row["system"], nfe):
             now = next(r["scores"] for r in new["per_clip"] if (r["category"], r["system"]) == key)
             deltas = [a["visqol"] - b["visqol"] for a, b in zip(now, clips_before[key])]
             moved = f"{sum(d > 0 for d in deltas)} up, {sum(d < 0 for d in deltas)} down"
