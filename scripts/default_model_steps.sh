@@ -5,13 +5,14 @@
 # code_pairs CORPUS NDAC PAIRS DEVICE: each training file coded at one of 4/6/8/10 codebooks (3, 4.5, 6,
 # 7.5 kbit/s), chosen by its position in the list, so the four rates share the corpus without coding it
 # four times; the side channel (ENVELOPE, default bands15) applied to the coded side. On CUDA the four
-# rates run at once.
+# rates run at once. PAIRS_EVERY=N codes only every Nth training file (a large corpus on a short lease).
 code_pairs() {
   local corpus=$1 ndac=$2 pairs=$3 device=$4 i k
   mkdir -p "$pairs"
   for i in 0 1 2 3; do
     k=$((4 + 2 * i))
-    awk -v i=$i -v root="$corpus" 'NR % 4 == i { print root "/" $0 }' "$corpus/train.txt" > "$pairs/clean-nq$k.txt"
+    awk -v e="${PAIRS_EVERY:-1}" 'NR % e == 0' "$corpus/train.txt" |
+      awk -v i=$i -v root="$corpus" 'NR % 4 == i { print root "/" $0 }' > "$pairs/clean-nq$k.txt"
     if [[ $device == cuda* ]]; then _code_rate "$pairs" "$ndac" $k "$device" & else _code_rate "$pairs" "$ndac" $k "$device"; fi
   done
   wait
@@ -29,7 +30,7 @@ _code_rate() {  # PAIRS NDAC K DEVICE
 export_default_model() {
   $FLOWDEC train export "$1" --ndac "$2" --postfilter "$3" --name flowdec-small \
     --licence "MIT (weights); training data: see docs/corpus.md" \
-    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on 93 min of Debian-packaged audio (docs/models.md)" \
+    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on Debian-packaged audio (docs/corpus.md, docs/models.md)" \
     --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-6}" --temperature "${TEMPERATURE:-0.25}" \
     --envelope "${ENVELOPE:-bands15}" --envelope-before-postfilter -f
 }

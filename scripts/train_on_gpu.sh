@@ -2,14 +2,18 @@
 # Continue training the built-in model on a borrowed GPU machine that has torch but no internet and no
 # copy of the corpus, in two calls that each fit a short lease (docs/models.md records what was run):
 #
+#   scripts/train_on_gpu.sh carry       # only unpack the corpus shard this call carried (a sharded pack)
 #   scripts/train_on_gpu.sh codec       # GPU tests + benchmarks, then the codec from the shipped weights
 #   scripts/train_on_gpu.sh postfilter  # coded pairs from that codec, sigma_y, the postfilter, export
 #
 # Before: `python scripts/carry_corpus.py pack /work/corpus .gpudata/corpus` here (about 30 MB), and the
 # wheels the machine lacks in .whl/; both travel with the repository. Outputs go to $OUT (the files that
-# come back): logs, benchmark JSON, metrics, and the exported model folder as a split tar.
+# come back): logs, benchmark JSON, metrics, and the exported model folder as a split tar. A corpus packed
+# in shards (carry_corpus.py pack --shards N) comes one shard per call, `carry` for all but the last;
+# training refuses to start until every shard is unpacked on this (warm) machine.
 # Environment: CODEC_SECONDS (default 200) or CODEC_UNTIL (seconds after the start), PF_SECONDS (default
-# 170), CODEC_BATCH (default 128) and PF_BATCH (default 32), SKIP_CHECKS=1, DEVICE (default cuda),
+# 170), CODEC_BATCH (default 128) and PF_BATCH (default 32), PAIRS_EVERY (default 1: code every Nth training
+# file for the postfilter's pairs), SKIP_CHECKS=1, DEVICE (default cuda),
 # WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a warm machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +33,13 @@ if [ -d .whl ] && ! $PY -c "import soundfile, soxr, constriction" 2>/dev/null; t
 fi
 [ -d /tmp/site ] && export PYTHONPATH=$PYTHONPATH:/tmp/site
 CORPUS=$WORK/corpus
-if [ ! -f "$CORPUS/train.txt" ]; then
+if [ -d .gpudata/corpus ]; then  # the shard(s) this call carried; earlier calls' shards are already in
   stamp unpack; $PY scripts/carry_corpus.py unpack .gpudata/corpus "$CORPUS" --jobs "$(nproc)" || exit 1
 fi
+if [ "${1:-}" = carry ]; then
+  $PY scripts/carry_corpus.py complete "$CORPUS"; stamp done; exit 0
+fi
+$PY scripts/carry_corpus.py complete "$CORPUS" || exit 1
 
 case "${1:-}" in
 codec)
@@ -85,6 +93,6 @@ postfilter)
   tar -C "$WORK" -cf - model | split -b 15M - "$OUT/model.tar.part-"
   ;;
 *)
-  echo "usage: $0 codec|postfilter" >&2; exit 2;;
+  echo "usage: $0 carry|codec|postfilter" >&2; exit 2;;
 esac
 stamp done

@@ -1,0 +1,97 @@
+"""scripts/carry_corpus.py: the corpus packed as Opus for a training machine, whole or in shards."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import tone
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "carry_corpus.py"
+
+
+@pytest.fixture(scope="module")
+def carry():
+    spec = importlib.util.spec_from_file_location("carry_corpus", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Nine short 48 kHz clips in the corpus layout, listed by train.txt (7) and valid.txt (2)."""
+    root = tmp_path_factory.mktemp("corpus")
+    rels = [f"audio/{split}/music/src/clip{i}.flac" for i, split in enumerate(["train"] * 7 + ["valid"] * 2)]
+    for i, rel in enumerate(rels):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, tone(0.25 + 0.05 * i, 48000, seed=i), 48000, subtype="PCM_16")
+    (root / "train.txt").write_text("".join(f"{r}\n" for r in rels[:7]))
+    (root / "valid.txt").write_text("".join(f"{r}\n" for r in rels[7:]))
+    return root
+
+
+def _listed(folder: Path, name: str) -> list[str]:
+    return (folder / name).read_text().split()
+
+
+def test_shards_split_every_file_once_and_merge_back(carry, corpus, tmp_path):
+    packed, out = tmp_path / "packed", tmp_path / "out"
+    carry.pack(corpus, packed, ["train.txt", "valid.txt"], kbps=48, jobs=1, shards=3)
+    shards = [packed / str(k) for k in (1, 2, 3)]
+    assert [json.loads((d / "shard.json").read_text()) for d in shards] == [
+        {"shard": k, "of": 3} for k in (1, 2, 3)]
+    per_shard = [set(_listed(d, "train.txt")) | set(_listed(d, "valid.txt")) for d in shards]
+    assert sum(len(s) for s in per_shard) == 9 and set().union(*per_shard) == set(
+        _listed(corpus, "train.txt") + _listed(corpus, "valid.txt"))
+    assert all(per_shard), "nine files in three shards by a hash: none left empty here"
+
+    carry.unpack(shards[1], out, jobs=1)
+    assert carry.missing_shards(out) == ["1-of-3", "3-of-3"]
+    assert sorted(_listed(out, "train.txt")) == sorted(_listed(shards[1], "train.txt"))
+    carry.unpack(packed, out, jobs=1)  # the parent folder: every shard not yet merged
+    assert carry.missing_shards(out) == []
+    for name in ("train.txt", "valid.txt"):
+        assert sorted(_listed(out, name)) == sorted(_listed(corpus, name))
+    for rel in _listed(corpus, "train.txt") + _listed(corpus, "valid.txt"):
+        ref, _ = sf.read(corpus / rel)
+        got, sr = sf.read(out / rel)
+        assert sr == 48000 and len(got) == len(ref)
+        assert np.corrcoef(ref, got)[0, 1] > 0.9  # Opus at 48 kbit/s keeps a tone
+
+
+def test_unsharded_pack_is_one_of_one(carry, corpus, tmp_path):
+    packed, out = tmp_path / "packed", tmp_path / "out"
+    carry.pack(corpus, packed, ["train.txt"], kbps=48, jobs=1)
+    assert carry.missing_shards(out) == ["any"]
+    carry.unpack(packed, out, jobs=1)
+    carry.unpack(packed, out, jobs=1)  # a second call finds the shard there and adds nothing
+    assert carry.missing_shards(out) == []
+    assert _listed(out, "train.txt") == _listed(corpus, "train.txt")
+
+
+def test_refusals(carry, corpus, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.txt").write_text("x\n")
+    with pytest.raises(SystemExit, match="not empty"):
+        carry.pack(corpus, tmp_path / "full", ["train.txt"], kbps=48, jobs=1, shards=2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no packed corpus lists"):
+        carry.unpack(tmp_path / "empty", tmp_path / "out", jobs=1)
+    with pytest.raises(SystemExit, match="not a folder"):
+        carry.unpack(tmp_path / "absent", tmp_path / "out", jobs=1)
+
+
+def test_shards_of_two_packs_do_not_mix(carry, corpus, tmp_path):
+    out = tmp_path / "out"
+    carry.pack(corpus, tmp_path / "p2", ["train.txt"], kbps=48, jobs=1, shards=2)
+    carry.pack(corpus, tmp_path / "p3", ["train.txt"], kbps=48, jobs=1, shards=3)
+    carry.unpack(tmp_path / "p2" / "1", out, jobs=1)
+    carry.unpack(tmp_path / "p3" / "2", out, jobs=1)
+    with pytest.raises(SystemExit, match="different packs"):
+        carry.missing_shards(out)
