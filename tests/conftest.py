@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -89,6 +93,21 @@ def tone(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarra
         x = x + 0.005 * rng.standard_normal(len(t))
         out.append(x)
     return np.stack(out, 1).astype(np.float32)
+
+
+def load_script(name: str) -> Iterator[ModuleType]:
+    """scripts/NAME.py as a module, for a fixture to yield: the scripts are not a package. It is in
+    sys.modules while in use, because dataclasses resolve their annotations through their module."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
 
 
 def pytest_collection_modifyitems(config, items):

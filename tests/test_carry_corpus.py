@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,17 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import tone
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "carry_corpus.py"
+from tests.conftest import load_script, tone
 
 
 @pytest.fixture(scope="module")
 def carry():
-    spec = importlib.util.spec_from_file_location("carry_corpus", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    yield from load_script("carry_corpus")
 
 
 @pytest.fixture(scope="module")

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-from tests.conftest import tone
+from tests.conftest import load_script, tone
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "corpus_tools.py"
 PACKAGE = "abe-data"  # any package the script knows a licence for; the files below are made up
 
 
 @pytest.fixture(scope="module")
 def tools():
-    spec = importlib.util.spec_from_file_location("corpus_tools", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["corpus_tools"] = module  # its dataclasses resolve their annotations through it
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules["corpus_tools"]
+    yield from load_script("corpus_tools")
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "eval_tables.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def eval_tables():
-    spec = importlib.util.spec_from_file_location("eval_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    yield from load_script("eval_tables")
 
 
 def _run(visqol_nfe6: list[float], clips: list[str]) -> dict:
