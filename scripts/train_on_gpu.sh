@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Continue training the built-in model on a borrowed GPU machine that has torch but no internet and no
-# copy of the corpus, in two calls that each fit a short lease (docs/models.md records what was run):
+# copy of the corpus, in calls that each fit a short lease (docs/models.md records what was run):
 #
 #   scripts/train_on_gpu.sh carry       # only unpack the corpus shard this call carried (a sharded pack)
 #   scripts/train_on_gpu.sh codec       # GPU tests + benchmarks, then the codec from the shipped weights
@@ -16,6 +16,7 @@
 # file for the postfilter's pairs), SKIP_CHECKS=1, DEVICE (default cuda),
 # WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a warm machine).
 set -uo pipefail
+case "${1:-}" in carry|codec|postfilter) ;; *) echo "usage: $0 carry|codec|postfilter" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -92,7 +93,5 @@ postfilter)
   export_default_model "$WORK/model" "$NDAC_CKPT" "$WORK/postfilter"
   tar -C "$WORK" -cf - model | split -b 15M - "$OUT/model.tar.part-"
   ;;
-*)
-  echo "usage: $0 carry|codec|postfilter" >&2; exit 2;;
 esac
 stamp done
