@@ -26,6 +26,7 @@ Ogg Opus.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import zlib
@@ -66,7 +67,7 @@ def _unpack_one(job: tuple[Path, Path]) -> int:
 
 
 SHARD_FILE = "shard.json"  # in each packed folder: which shard of how many it is
-MARKERS = ".carried"  # in an unpacked corpus: one empty file per shard merged into it, named K-of-N
+MARKERS = ".carried"  # in an unpacked corpus: one file per shard merged into it, named K-of-N, holding its pack id
 
 
 def shard_of(rel: str, shards: int) -> int:
@@ -91,26 +92,28 @@ def pack(root: Path, dest: Path, lists: list[str], kbps: float, jobs: int, shard
     jobs_: list[tuple[Path, Path, float]] = []
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    for name in lists:
-        rels = read_file_list(root / name)
+    listed = {name: read_file_list(root / name) for name in lists}
+    # what the shards of one pack share, so that shards of two packs are never merged into one corpus
+    pack_id = hashlib.sha1(json.dumps(listed, sort_keys=True).encode()).hexdigest()[:12]
+    for name, rels in listed.items():
         for k, d in dirs.items():
             mine = [r for r in rels if shard_of(r, shards) == k]
             (d / name).write_text("".join(f"{r}\n" for r in mine))
             jobs_ += [(root / r, d / Path(r).with_suffix(".opus"), opus_level(kbps)) for r in mine]
     for k, d in dirs.items():
-        (d / SHARD_FILE).write_text(json.dumps({"shard": k, "of": shards}) + "\n")
+        (d / SHARD_FILE).write_text(json.dumps({"shard": k, "of": shards, "pack": pack_id}) + "\n")
     total = sum(_map(_pack_one, sorted(set(jobs_)), jobs))
     where = f"{shards} shards under {dest}" if shards > 1 else str(dest)
     print(f"packed {len(set(jobs_))} files into {where}: {total / 1e6:.1f} MB at about {kbps:g} kbit/s")
 
 
-def _shard_id(packed: Path) -> tuple[int, int]:
-    """(k, n) of a packed folder; a folder packed before shards existed is the only one of one."""
+def _shard_id(packed: Path) -> tuple[int, int, str]:
+    """(k, n, pack id) of a packed folder; a folder packed before shards existed is the only one of one."""
     info = packed / SHARD_FILE
     if not info.is_file():
-        return 1, 1
+        return 1, 1, ""
     d = json.loads(info.read_text())
-    return int(d["shard"]), int(d["of"])
+    return int(d["shard"]), int(d["of"]), str(d.get("pack", ""))
 
 
 def _merge_list(path: Path, rels: list[str]) -> None:
@@ -131,7 +134,7 @@ def unpack(packed: Path, root: Path, jobs: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKERS).mkdir(exist_ok=True)
     for folder in folders:
-        k, n = _shard_id(folder)
+        k, n, pack_id = _shard_id(folder)
         marker = root / MARKERS / f"{k}-of-{n}"
         if marker.exists():
             print(f"shard {k} of {n} is already in {root}")
@@ -144,18 +147,20 @@ def unpack(packed: Path, root: Path, jobs: int) -> None:
         frames = sum(_map(_unpack_one, unique, jobs))
         for lst in sorted(folder.glob("*.txt")):  # the lists only once their audio is all there
             _merge_list(root / lst.name, read_file_list(lst))
-        marker.touch()
+        marker.write_text(pack_id)
         print(f"unpacked shard {k} of {n}: {len(unique)} files into {root}: {frames / SAMPLE_RATE / 60:.1f} min")
 
 
 def missing_shards(root: Path) -> list[str]:
     """Shards still to carry, as "K-of-N"; an error when shards of different packs were mixed."""
-    got = [m.name for m in (root / MARKERS).glob("*-of-*")] if (root / MARKERS).is_dir() else []
-    if not got:
+    markers = sorted((root / MARKERS).glob("*-of-*")) if (root / MARKERS).is_dir() else []
+    if not markers:
         return ["any"]
+    got = [m.name for m in markers]
     counts = {int(name.split("-of-")[1]) for name in got}
-    if len(counts) != 1:
-        raise SystemExit(f"{root}: shards of different packs were merged ({', '.join(sorted(got))})")
+    packs = {m.read_text() for m in markers}
+    if len(counts) != 1 or len(packs) != 1:
+        raise SystemExit(f"{root}: shards of different packs were merged ({', '.join(got)})")
     n = counts.pop()
     return [f"{k}-of-{n}" for k in range(1, n + 1) if f"{k}-of-{n}" not in got]
 

@@ -38,8 +38,9 @@ def test_shards_split_every_file_once_and_merge_back(carry, corpus, tmp_path):
     packed, out = tmp_path / "packed", tmp_path / "out"
     carry.pack(corpus, packed, ["train.txt", "valid.txt"], kbps=48, jobs=1, shards=3)
     shards = [packed / str(k) for k in (1, 2, 3)]
-    assert [json.loads((d / "shard.json").read_text()) for d in shards] == [
-        {"shard": k, "of": 3} for k in (1, 2, 3)]
+    infos = [json.loads((d / "shard.json").read_text()) for d in shards]
+    assert [(i["shard"], i["of"]) for i in infos] == [(1, 3), (2, 3), (3, 3)]
+    assert len({i["pack"] for i in infos}) == 1
     per_shard = [set(_listed(d, "train.txt")) | set(_listed(d, "valid.txt")) for d in shards]
     assert sum(len(s) for s in per_shard) == 9 and set().union(*per_shard) == set(
         _listed(corpus, "train.txt") + _listed(corpus, "valid.txt"))
@@ -81,11 +82,13 @@ def test_refusals(carry, corpus, tmp_path):
         carry.unpack(tmp_path / "absent", tmp_path / "out", jobs=1)
 
 
-def test_shards_of_two_packs_do_not_mix(carry, corpus, tmp_path):
+@pytest.mark.parametrize("other_lists, other_shards", [(["train.txt"], 3), (["train.txt", "valid.txt"], 2)])
+def test_shards_of_two_packs_do_not_mix(carry, corpus, tmp_path, other_lists, other_shards):
+    """Another shard count, or the same count over other lists (another corpus)."""
     out = tmp_path / "out"
-    carry.pack(corpus, tmp_path / "p2", ["train.txt"], kbps=48, jobs=1, shards=2)
-    carry.pack(corpus, tmp_path / "p3", ["train.txt"], kbps=48, jobs=1, shards=3)
-    carry.unpack(tmp_path / "p2" / "1", out, jobs=1)
-    carry.unpack(tmp_path / "p3" / "2", out, jobs=1)
+    carry.pack(corpus, tmp_path / "a", ["train.txt"], kbps=48, jobs=1, shards=2)
+    carry.pack(corpus, tmp_path / "b", other_lists, kbps=48, jobs=1, shards=other_shards)
+    carry.unpack(tmp_path / "a" / "1", out, jobs=1)
+    carry.unpack(tmp_path / "b" / "2", out, jobs=1)
     with pytest.raises(SystemExit, match="different packs"):
         carry.missing_shards(out)
