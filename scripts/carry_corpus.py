@@ -102,9 +102,10 @@ def pack(root: Path, dest: Path, lists: list[str], kbps: float, jobs: int, shard
             jobs_ += [(root / r, d / Path(r).with_suffix(".opus"), opus_level(kbps)) for r in mine]
     for k, d in dirs.items():
         (d / SHARD_FILE).write_text(json.dumps({"shard": k, "of": shards, "pack": pack_id}) + "\n")
-    total = sum(_map(_pack_one, sorted(set(jobs_)), jobs))
+    unique = sorted(set(jobs_))
+    total = sum(_map(_pack_one, unique, jobs))
     where = f"{shards} shards under {dest}" if shards > 1 else str(dest)
-    print(f"packed {len(set(jobs_))} files into {where}: {total / 1e6:.1f} MB at about {kbps:g} kbit/s")
+    print(f"packed {len(unique)} files into {where}: {total / 1e6:.1f} MB at about {kbps:g} kbit/s")
 
 
 def _shard_id(packed: Path) -> tuple[int, int, str]:
@@ -139,14 +140,11 @@ def unpack(packed: Path, root: Path, jobs: int) -> None:
         if marker.exists():
             print(f"shard {k} of {n} is already in {root}")
             continue
-        jobs_: list[tuple[Path, Path]] = []
-        for lst in sorted(folder.glob("*.txt")):
-            rels = read_file_list(lst)
-            jobs_ += [(folder / Path(r).with_suffix(".opus"), root / r) for r in rels]
-        unique = sorted(set(jobs_))
+        lists = {lst.name: read_file_list(lst) for lst in sorted(folder.glob("*.txt"))}
+        unique = sorted({(folder / Path(r).with_suffix(".opus"), root / r) for rels in lists.values() for r in rels})
         frames = sum(_map(_unpack_one, unique, jobs))
-        for lst in sorted(folder.glob("*.txt")):  # the lists only once their audio is all there
-            _merge_list(root / lst.name, read_file_list(lst))
+        for name, rels in lists.items():  # the lists only once their audio is all there
+            _merge_list(root / name, rels)
         marker.write_text(pack_id)
         print(f"unpacked shard {k} of {n}: {len(unique)} files into {root}: {frames / SAMPLE_RATE / 60:.1f} min")
 

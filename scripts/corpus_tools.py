@@ -119,7 +119,8 @@ class Source:
                 "valid": self.cap_min * 60 * VALID_PERMILLE / 1000}
 
 
-# Caps are chosen so each category has ~30-40 min and no package dominates.
+# Caps are chosen so music and speech have ~100-110 min each (sounds what the packages hold, ~60) and no
+# package dominates (docs/corpus.md); v1's caps alone gave ~30-40 min a category.
 SOURCES = [
     # ---------------- music ----------------
     Source("warzone2100-music", "warzone2100-music", "music", r"music/.*\.opus$", 8, more_train_min=8),
