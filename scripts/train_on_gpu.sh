@@ -13,8 +13,9 @@
 # training refuses to start until every shard is unpacked on this (warm) machine.
 # Environment: CODEC_SECONDS (default 200) or CODEC_UNTIL (seconds after the start), PF_SECONDS (default
 # 170), CODEC_BATCH (default 128) and PF_BATCH (default 32), PAIRS_EVERY (default 1: code every Nth training
-# file for the postfilter's pairs), SKIP_CHECKS=1, DEVICE (default cuda),
-# WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a warm machine).
+# file for the postfilter's pairs), CODEC_LR_FINAL (default 2e-5; empty: x0.9997 a step), SKIP_CHECKS=1,
+# DEVICE (default cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a
+# warm machine).
 set -uo pipefail
 case "${1:-}" in carry|codec|postfilter) ;; *) echo "usage: $0 carry|codec|postfilter" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
@@ -58,12 +59,18 @@ codec)
   [ -n "${CODEC_UNTIL:-}" ] && CODEC_SECONDS=$(( CODEC_UNTIL - SECONDS > 60 ? CODEC_UNTIL - SECONDS : 60 ))
   # Batch 128: at 32 an H200 ran 13-15 steps/s, about what launching a step's ~14,000 small ops allows
   # (counted on the CPU); at 128 it ran 4.7-5.2 steps/s, 1.3-1.5x the audio per second.
-  stamp codec training for "${CODEC_SECONDS:-200}" s
-  timeout --signal=TERM "${CODEC_SECONDS:-200}" $FLOWDEC train ndac configs/default-ndac.toml --device "$DEVICE" -q \
-    --out "$WORK/ndac" --set "train.init_from=\"$SHIPPED\"" \
+  # The rate falls from 2e-4 to CODEC_LR_FINAL over the time budget, so the lease ends annealed however
+  # many steps the GPU runs: the leases that ended at 1.0-1.4e-4 fell on unseen packages, the one that
+  # ended at 6e-5 did not (docs/models.md). CODEC_LR_FINAL= (empty) keeps the old x0.9997 per step.
+  secs=${CODEC_SECONDS:-200}; lr_final=${CODEC_LR_FINAL-2e-5}
+  if [ -n "$lr_final" ]; then schedule=(--set "optim.lr_final=$lr_final"); else schedule=(--set optim.lr_gamma=0.9997); fi
+  stamp codec training for "$secs" s
+  # the trainer ends itself at train.max_seconds (the loop's own clock); timeout only guards a hang
+  timeout --signal=TERM "$((secs + 120))" $FLOWDEC train ndac configs/default-ndac.toml --device "$DEVICE" -q \
+    --out "$WORK/ndac" --set "train.init_from=\"$SHIPPED\"" --set train.max_seconds="$secs" \
     --set "data.train=[\"$CORPUS/train.txt\"]" --set "data.validation=[\"$CORPUS/valid.txt\"]" \
     --set data.batch_size=${CODEC_BATCH:-128} --set data.segment_seconds=0.75 --set data.num_workers=12 \
-    --set optim.lr=2e-4 --set optim.lr_gamma=0.9997 --set train.val_every=0 --set train.checkpoint_every=500 \
+    --set optim.lr=2e-4 "${schedule[@]}" --set train.val_every=0 --set train.checkpoint_every=500 \
     --set train.tf32=true --set train.amp=\"none\" --set train.tensorboard=false --set train.log_every=50 \
     2>&1 | tail -n 20 | tee "$OUT/codec-train.log"
   cp "$WORK/ndac/metrics.csv" "$OUT/codec-metrics.csv"
@@ -80,8 +87,9 @@ postfilter)
   # Batch 32: at 64 an H200 ran 17-20 steps/s (about 1,180 items/s) against 34-44 at 32 (up to 1,400):
   # no more audio per second, and half the updates.
   stamp postfilter training for "${PF_SECONDS:-170}" s
-  timeout --signal=TERM "${PF_SECONDS:-170}" $FLOWDEC train postfilter configs/default-postfilter.toml \
+  timeout --signal=TERM "$((${PF_SECONDS:-170} + 120))" $FLOWDEC train postfilter configs/default-postfilter.toml \
     --device "$DEVICE" -q --out "$WORK/postfilter" --set "train.init_from=\"$SHIPPED\"" \
+    --set train.max_seconds="${PF_SECONDS:-170}" \
     --set "data.train=[\"$PAIRS/train.txt\"]" --set "data.validation=[\"$PAIRS/validation.txt\"]" \
     --set "sigma.file=\"$PAIRS/sigma.json\"" --set data.batch_size=${PF_BATCH:-32} --set data.num_workers=12 \
     --set optim.lr=2e-4 --set optim.ema_decay=0.999 --set train.val_every=0 --set train.checkpoint_every=500 \

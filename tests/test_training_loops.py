@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -269,3 +270,48 @@ def test_ndac_config_refuses_negative_latent_weight_and_revival_period():
         config_from_dict("ndac", ndac_dict(["x"], "out", loss=dict(latent_weight=-1.0)))
     with pytest.raises(ConfigError, match="revive_dead_codes_every"):
         config_from_dict("ndac", ndac_dict(["x"], "out", optim=dict(revive_dead_codes_every=-5)))
+
+
+def test_annealed_lr_runs_log_linearly_between_its_end_points():
+    from flowdec_cli.training.ndac_trainer import annealed_lr
+
+    assert annealed_lr(1e-3, 1e-5, 0.0) == pytest.approx(1e-3)
+    assert annealed_lr(1e-3, 1e-5, 0.5) == pytest.approx(1e-4)
+    assert annealed_lr(1e-3, 1e-5, 1.0) == pytest.approx(1e-5)
+    assert annealed_lr(1e-3, 1e-5, 7.0) == pytest.approx(1e-5)  # a budget overrun stays at the end
+
+
+def test_ndac_lr_final_anneals_over_the_steps(clips, tmp_path):
+    cfg = _ndac(clips, tmp_path / "run", optim=dict(lr=1e-3, lr_final=1e-5), train=dict(max_steps=4, log_every=1))
+    t = NDACTrainer(cfg, device="cpu", quiet=True)
+    t.run()
+    lrs = [h["lr"] for h in t.history]
+    # the rate of each step is set from the share of the run done before it: 0, 1/4, 2/4, 3/4
+    assert lrs == pytest.approx([1e-3 * 1e-2 ** (k / 4) for k in range(4)], rel=1e-5)
+
+
+def test_time_budget_ends_the_run_with_a_checkpoint_and_an_annealed_rate(clips, tmp_path, capsys):
+    cfg = _ndac(clips, tmp_path / "run", optim=dict(lr=1e-3, lr_final=1e-5),
+                train=dict(max_steps=10**6, max_seconds=1.0, log_every=1, checkpoint_every=10**6))
+    t = NDACTrainer(cfg, device="cpu")
+    t.run()
+    assert 1 <= t.step < 10**6
+    assert find_checkpoint(tmp_path / "run").name == f"step-{t.step:08d}"
+    assert (tmp_path / "run" / "model" / "ndac" / "model.safetensors").is_file()
+    assert f"time budget of 1 s reached at step {t.step}" in capsys.readouterr().err
+    lrs = [h["lr"] for h in t.history]
+    # by the clock: each step's rate is below the one before, between the two end points (a tiny model
+    # takes well under the budget per step, so there are several)
+    assert len(lrs) >= 2, lrs
+    assert all(a > b for a, b in itertools.pairwise(lrs)) and 1e-5 <= lrs[-1] < lrs[0] <= 1e-3
+
+
+def test_training_config_refuses_a_non_positive_budget_or_final_rate():
+    from flowdec_cli.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="max_seconds"):
+        config_from_dict("ndac", ndac_dict(["x"], "out", train=dict(max_seconds=0)))
+    with pytest.raises(ConfigError, match="max_seconds"):
+        config_from_dict("postfilter", postfilter_dict(["x"], "out", ["x"], train=dict(max_seconds=-1.0)))
+    with pytest.raises(ConfigError, match="lr_final"):
+        config_from_dict("ndac", ndac_dict(["x"], "out", optim=dict(lr_final=0.0)))

@@ -56,6 +56,7 @@ class Trainer:
         self.resume = resume
         self.quiet = quiet
         self.step = 0
+        self.progress = 0.0  # the share of the run's budget used before the current step (see _budget_used)
         self.env = DistEnv()
         self.history: list[dict[str, float]] = []  # logged training values (main process), for callers/tests
         self.last_validation: dict[str, float] = {}
@@ -146,10 +147,14 @@ class Trainer:
         saved_at = self.step if self.resume else -1
         logged: list[dict[str, torch.Tensor]] = []
         t_log, steps_since = time.perf_counter(), 0
+        t_start, out_of_time = t_log, False
         try:
-            while self.step < tc.max_steps:
+            while self.step < tc.max_steps and not out_of_time:
                 self.sampler.set_epoch(epoch, skip=in_epoch * self.local_batch)
                 for batch in self.loader:
+                    self.progress, out_of_time = self._budget_used(t_start)
+                    if out_of_time:
+                        break
                     torch.manual_seed(mix_seed(tc.seed, self.step, env.rank))
                     log_now = (bool(tc.log_every) and (self.step + 1) % tc.log_every == 0) \
                         or self.step + 1 == tc.max_steps
@@ -191,11 +196,26 @@ class Trainer:
             raise
         finally:
             bar.close()
+        if out_of_time and env.is_main and not self.quiet:
+            print(f"{self.name}: time budget of {tc.max_seconds:g} s reached at step {self.step}", file=sys.stderr)
         if saved_at != self.step:
             self._save()
         if env.is_main:
             self.finish()
         env.barrier()
+
+    def _budget_used(self, t_start: float) -> tuple[float, bool]:
+        """How much of the run's budget is used before the next step, from 0 to 1 (the steps of
+        ``train.max_steps``, or this process's seconds of ``train.max_seconds``, whichever is further), and
+        whether the time is up. Under torchrun the processes' clocks are averaged, so that every replica
+        takes the same learning rate and stops at the same step."""
+        tc = self.config.train
+        used = self.step / tc.max_steps if tc.max_steps else 1.0
+        if tc.max_seconds is None:
+            return min(used, 1.0), False
+        elapsed = torch.tensor([time.perf_counter() - t_start], dtype=torch.float64)
+        elapsed_s = float(self.env.all_reduce_sum(elapsed).cpu()[0]) / self.env.world_size
+        return min(max(used, elapsed_s / tc.max_seconds), 1.0), elapsed_s >= tc.max_seconds
 
     def _reduce(self, logged: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         keys = sorted(logged[-1])  # the last step logs everything; earlier ones at least the losses

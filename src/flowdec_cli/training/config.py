@@ -64,6 +64,10 @@ class TrainLoopConfig:
     """[train]: the loop itself (steps, precision, logging and checkpoint cadence)."""
 
     max_steps: int = 800_000
+    # a wall-clock budget for this process's loop (seconds; None = none): the run stops after the step that
+    # reaches it and saves a checkpoint and its outputs as at max_steps, which a `timeout` kill cannot
+    # promise. A schedule that anneals (the codec's optim.lr_final) counts it as the run's length.
+    max_seconds: float | None = None
     seed: int = 0
     amp: str = "auto"  # auto (bf16 on CUDA if supported, else fp16), bf16, fp16, none; CPU always runs fp32
     tf32: bool = True  # float32_matmul_precision "high" on CUDA (the official postfilter setting)
@@ -163,6 +167,11 @@ class NDACOptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.01
     lr_gamma: float = 0.999996
+    # ours: when set, the rate falls log-linearly from lr to lr_final over the run (train.max_steps, or
+    # train.max_seconds when that ends it first) instead of by lr_gamma per step, so a run of unknown length
+    # (a time budget on a lent GPU) still ends annealed; a codec left at a high rate generalises worse
+    # (docs/models.md, "A fourth GPU session's model").
+    lr_final: float | None = None
     grad_clip: float | None = 1000.0
     # every this many steps, codebook entries no batch chose since the last check are moved onto latents of
     # the current batch (random picks), as EnCodec-style trainers revive dead codes; 0 = off (DAC's recipe)
@@ -211,6 +220,8 @@ class NDACTrainConfig:
             raise ConfigError("loss.complex_stft_alpha must be in (0, 1]")
         if any(w < 4 or w & (w - 1) for w in self.loss.complex_stft_windows) or not self.loss.complex_stft_windows:
             raise ConfigError("loss.complex_stft_windows must be powers of two of at least 4")
+        if self.optim.lr_final is not None and not self.optim.lr_final > 0:
+            raise ConfigError("optim.lr_final must be positive (or absent: the lr_gamma schedule)")
         if self.optim.revive_dead_codes_every < 0:
             raise ConfigError("optim.revive_dead_codes_every must be at least 0 (0 = off)")
         _check_common(self.data.batch_size, self.data.gain_db, self.train, self.data.validation_fraction)
@@ -375,6 +386,8 @@ def _check_common(batch_size: int, gain_db: list[float], train: TrainLoopConfig,
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or none, got {train.amp!r}")
     if train.max_steps < 0:
         raise ConfigError("train.max_steps must not be negative")
+    if train.max_seconds is not None and not train.max_seconds > 0:
+        raise ConfigError("train.max_seconds must be positive (or absent: no time budget)")
     for name in ("log_every", "val_every", "checkpoint_every"):
         if getattr(train, name) < 0:
             raise ConfigError(f"train.{name} must not be negative (0 disables)")

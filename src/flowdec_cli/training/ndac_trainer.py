@@ -71,6 +71,12 @@ class _Repeat(torch.utils.data.Dataset):
         return self.inner[(epoch * (self.length // n + 1) + index // n, index % n)]
 
 
+def annealed_lr(lr: float, lr_final: float, progress: float) -> float:
+    """The rate at ``progress`` (0 to 1) of a run that falls log-linearly from ``lr`` to ``lr_final``: the
+    shape of an exponential decay per step, fixed by its end points rather than by the run's step count."""
+    return lr * (lr_final / lr) ** min(max(progress, 0.0), 1.0)
+
+
 class NDACTrainer(Trainer):
     name = "ndac"
 
@@ -116,8 +122,13 @@ class NDACTrainer(Trainer):
         with self.autocast():
             y, commitment, codebook, latent, codes, latents = self.net(x)
         loss, parts = self.loss_fn(y, x[..., :y.shape[-1]], commitment, codebook, latent)
-        grad_norm = self.backward_and_step(loss, self.params, self.config.optim.grad_clip, log)
-        self.scheduler.step()
+        oc = self.config.optim
+        if oc.lr_final is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = annealed_lr(oc.lr, oc.lr_final, self.progress)
+        grad_norm = self.backward_and_step(loss, self.params, oc.grad_clip, log)
+        if oc.lr_final is None:
+            self.scheduler.step()
         out = {"loss": loss.detach(), **{f"loss_{k}": v.detach() for k, v in parts.items()}}
         every = self.config.optim.revive_dead_codes_every
         if every:
@@ -125,7 +136,7 @@ class NDACTrainer(Trainer):
             if (self.step + 1) % every == 0:
                 out["revived_codes"] = torch.tensor(float(self.revive_dead_codes(latents.detach())))
         if log:
-            out["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])
+            out["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
             if grad_norm is not None:
                 out["grad_norm"] = grad_norm.detach()
         return out
