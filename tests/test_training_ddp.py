@@ -120,3 +120,33 @@ def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
         assert set(single[kind]) == set(ddp[kind]) and single[kind]
         for name, value in single[kind].items():
             assert ddp[kind][name] == pytest.approx(value, rel=1e-3, abs=1e-3), (kind, name)
+
+
+def _budget_worker(rank: int, world: int, port: int, ndac: dict, result_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        with fast_cpu_settings():
+            t = NDACTrainer(config_from_dict("ndac", ndac), device="cpu", quiet=True)
+            t.run()
+    finally:
+        dist.destroy_process_group()
+    lr = t.optimizer.param_groups[0]["lr"]
+    (Path(result_dir) / f"rank{rank}.txt").write_text(f"{t.step} {lr!r}")
+
+
+@pytest.mark.timeout(300)
+def test_a_time_budget_stops_every_process_at_the_same_step_and_rate(tmp_path):
+    """Each process's clock differs; if they decided alone, one would wait forever in the next all-reduce
+    and their rates would part."""
+    clips = tmp_path / "clips"
+    write_clips(clips, 4, seconds=0.3)
+    ndac = ndac_dict([str(clips)], tmp_path / "ndac", data=dict(batch_size=4),
+                     optim=dict(lr=1e-3, lr_final=1e-5),
+                     train=dict(max_steps=10**6, max_seconds=1.0, log_every=0, checkpoint_every=0, val_every=0))
+    mp.spawn(_budget_worker, args=(2, _free_port(), ndac, str(tmp_path)), nprocs=2, join=True)
+    (step0, lr0), (step1, lr1) = ((int(a), float(b)) for a, b in
+                                  (p.read_text().split() for p in (tmp_path / "rank0.txt", tmp_path / "rank1.txt")))
+    assert step0 == step1 >= 1 and lr0 == lr1 and 1e-5 <= lr0 < 1e-3
+    assert load_checkpoint(tmp_path / "ndac")["trainer"]["step"] == step0
