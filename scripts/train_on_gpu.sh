@@ -61,7 +61,8 @@ codec)
   # (counted on the CPU); at 128 it ran 4.7-5.2 steps/s, 1.3-1.5x the audio per second.
   # The rate falls from 2e-4 to CODEC_LR_FINAL over the time budget, so the lease ends annealed however
   # many steps the GPU runs: the leases that ended at 1.0-1.4e-4 fell on unseen packages, the one that
-  # ended at 6e-5 did not (docs/models.md). CODEC_LR_FINAL= (empty) keeps the old x0.9997 per step.
+  # ended at 6e-5 did not, and annealing one of them on the CPU undid its fall on speech and sounds
+  # (docs/models.md, "Annealing the codec"). CODEC_LR_FINAL= (empty) keeps the old x0.9997 per step.
   secs=${CODEC_SECONDS:-200}; lr_final=${CODEC_LR_FINAL-2e-5}
   if [ -n "$lr_final" ]; then schedule=(--set "optim.lr_final=$lr_final"); else schedule=(--set optim.lr_gamma=0.9997); fi
   stamp codec training for "$secs" s

@@ -169,8 +169,8 @@ class NDACOptimConfig:
     lr_gamma: float = 0.999996
     # ours: when set, the rate falls log-linearly from lr to lr_final over the run (train.max_steps, or
     # train.max_seconds when that ends it first) instead of by lr_gamma per step, so a run of unknown length
-    # (a time budget on a lent GPU) still ends annealed; a codec left at a high rate generalises worse
-    # (docs/models.md, "A fourth GPU session's model").
+    # (a time budget on a lent GPU) still ends annealed: codecs cut off at a high rate did worse on unseen
+    # audio, and annealing one undid most of it (docs/models.md, "Annealing the codec").
     lr_final: float | None = None
     grad_clip: float | None = 1000.0
     # every this many steps, codebook entries no batch chose since the last check are moved onto latents of
