@@ -230,7 +230,21 @@ def test_empty_audio_sends_no_side_channel():
     assert h.envelope.shape == (2, 0, 15)
     written, data = encode_fdc_written(h, codes_for(h))
     assert written.format_version == (1, 0) and written.envelope_layout == "" and written.envelope_bytes == 0
+    assert written.envelope is None  # the header as written carries no levels it did not write
     assert decode_fdc(data)[0].envelope is None
+
+
+def test_empty_file_round_trips_with_the_side_channel_on(tiny_codec_dir, tmp_path):
+    """``roundtrip`` decodes the header as written, without reading the file back: an empty input
+    once failed there with "envelope layout '' is not known"."""
+    import soundfile as sf
+
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 2), np.float32), 44100)
+    codec = Codec.load(tiny_codec_dir, "cpu", envelope=True)
+    comp, _dec = codec.roundtrip_file(tmp_path / "empty.wav", tmp_path / "out.wav", nfe=0)
+    assert comp.header.envelope is None and comp.header.envelope_layout == ""
+    y, sr = sf.read(tmp_path / "out.wav", always_2d=True)
+    assert y.shape == (0, 2) and sr == 44100
 
 
 def test_envelope_of_the_wrong_shape_is_refused():

@@ -450,11 +450,14 @@ def _header_map(header: FdcHeader) -> dict:
 def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any) -> tuple[FdcHeader, bytes]:
     import dataclasses
 
+    # the header as written carries levels only when it writes them: an empty file sends none, and a
+    # decoder handed the written header must not try to apply levels that have no layout
     plain = dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0,
-                                envelope_layout="", envelope_bytes=0)
+                                envelope_layout="", envelope_bytes=0, envelope=None)
     plain.validate(source_name)  # every field but the side channel's, whose size follows from its coding
     side = b""
     if header.envelope is not None and np.asarray(header.envelope).size:  # an empty file has nothing to send
+        plain.envelope = header.envelope
         plain.envelope_layout = header.envelope_layout or DEFAULT_LAYOUT
         side = _encode_envelope(plain, source_name)
         plain.envelope_bytes = len(side)
