@@ -86,6 +86,12 @@ def test_unreachable_bitrate_lists_valid_ones(codec):
         codec.choose_codebooks(0.5)
 
 
+@pytest.mark.parametrize("kbps", [float("nan"), float("inf"), 0.0, -3.0])
+def test_a_bitrate_that_is_no_rate_is_refused_as_such(codec, kbps):
+    with pytest.raises(CodecError, match=r"must be a positive number of kbit/s .* valid rates"):
+        codec.choose_codebooks(kbps)
+
+
 @pytest.mark.parametrize("kbps", [3.0, 7.5])
 def test_size_on_disk_within_budget(codec, tmp_path, kbps):
     sr = 48000

@@ -16,6 +16,7 @@ files on disk (``numpy.memmap``), so memory stays flat however long the file is.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -334,6 +335,9 @@ class Codec:
             return int(n_codebooks)
         if bitrate_kbps is None:
             return self.ndac.n_codebooks
+        if not math.isfinite(bitrate_kbps) or bitrate_kbps <= 0:
+            raise CodecError(f"a bitrate must be a positive number of kbit/s per channel, got {bitrate_kbps:g}; "
+                             f"valid rates of model '{self.model.name}': {valid}")
         fitting = [k for k, kbps in self.bitrates() if kbps <= bitrate_kbps * (1 + 1e-9)]
         if not fitting:
             raise CodecError(f"{bitrate_kbps:g} kbit/s is below the lowest rate of model '{self.model.name}'; "
