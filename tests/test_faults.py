@@ -284,6 +284,27 @@ def test_header_lies_over_the_whole_decompress_path(tmp_path, tiny_codec_dir):
     assert outcomes["refused"] > 40 and not temporaries(tmp_path)
 
 
+@pytest.mark.parametrize("field,key", [("model_name", 0), ("coding", container._KEY_CODING)])
+def test_control_characters_in_a_header_reach_the_terminal_escaped(tmp_path, tiny_codec_dir, field, key):
+    """A forged string field must not retitle the terminal (OSC), colour it or add a line of its own."""
+    sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
+    assert run("compress", tmp_path / "in.wav", tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q").exit_code == 0
+    data = (tmp_path / "a.fdc").read_bytes()
+    hlen = struct.unpack_from("<H", data, 6)[0]
+    original = msgpack.unpackb(data[8:8 + hlen], strict_map_key=False)
+    evil = "\x1b]0;pwned\x07x\nflowdec: all fine\u202e"
+    (tmp_path / "evil.fdc").write_bytes(forge({**original, key: evil}, data[8 + hlen:-4]))
+    r = run("decompress", tmp_path / "evil.fdc", tmp_path / "o.wav", "--nfe", "0", "-q")
+    assert r.exit_code == 1 and "evil.fdc: " in one_line(r)
+    assert "\\x1b]0;pwned\\x07x\\nflowdec: all fine\\u202e" in r.output
+    for ch in "\x1b\x07\u202e":
+        assert ch not in r.output
+    if field == "model_name":  # readable, so `flowdec info` shows it, escaped
+        r = run("info", tmp_path / "evil.fdc")
+        assert r.exit_code == 0 and "\\x1b]0;pwned" in r.output and "\x1b" not in r.output
+        assert sum("all fine" in line for line in r.output.splitlines()) == 1
+
+
 def test_more_codebooks_than_the_model_has_are_refused(tmp_path, tiny_codec_dir):
     h = container.FdcHeader(model_name="tiny-75", model_hash="", sample_rate=48000, channels=1,
                             num_samples=6400, model_sample_rate=48000, hop_length=640, codebook_size=1024,

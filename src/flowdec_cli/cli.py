@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from .errors import EXIT_FAILURE, Failure, FlowdecGroup, one_line_message
+from .errors import EXIT_FAILURE, Failure, FlowdecGroup, one_line_message, terminal_text
 from .exceptions import FlowdecError
 from .options import check_nfe_option, check_rate_request_option, temperature_option
 from .streams import is_stdio
@@ -291,7 +291,7 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
                 skipped += 1
                 continue
             failed.append(f"{job.dst}: exists; use -f/--force to overwrite or --skip-existing")
-            tqdm.write(f"flowdec: error: {failed[-1]}", file=sys.stderr)
+            tqdm.write(f"flowdec: error: {terminal_text(failed[-1])}", file=sys.stderr)
             continue
         try:
             record, text = one(job)
@@ -307,11 +307,11 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
                 skipped += 1
                 continue
             failed.append(str(exc))
-            tqdm.write(f"flowdec: error: {failed[-1]}", file=sys.stderr)
+            tqdm.write(f"flowdec: error: {terminal_text(failed[-1])}", file=sys.stderr)
         except Exception as exc:
             text = one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}"
             failed.append(text)
-            tqdm.write(f"flowdec: error: {text}", file=sys.stderr)
+            tqdm.write(f"flowdec: error: {terminal_text(text)}", file=sys.stderr)
     if not quiet or failed:
         parts = [f"{done} converted"]
         if skipped:
@@ -502,7 +502,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     def one(job: _Job) -> tuple[dict[str, Any], str]:
         nonlocal idle_temperature_told
         res = decoder.decompress_file(job.src, job.dst, solver, seed, subtype, bars, overwrite=force,
-                                      warn=lambda w: click.echo(f"flowdec: warning: {w}", err=True))
+                                      warn=lambda w: click.echo(f"flowdec: warning: {terminal_text(w)}", err=True))
         if not idle_temperature_told:  # the NFE is known per file (its model's default), so checked here
             idle_temperature_told = _warn_idle_temperature(temperature, res.nfe)
         return _decoded(res, res.header, res.file_bytes, res.seconds, "decompress", res.model)
@@ -630,7 +630,7 @@ def info(src: Path, as_json: bool) -> None:
     for k, v in fields.items():
         if isinstance(v, float):
             v = f"{v:.6g}"
-        click.echo(f"{k:<{width}}  {v}")
+        click.echo(f"{k:<{width}}  {terminal_text(str(v))}")
 
 
 def _attach_optional_commands() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from .errors import terminal_text
 from .options import check_nfe_option, check_rate_request_option
 
 __all__ = ["corpus_group"]
@@ -90,7 +91,8 @@ class _Report:
     def record(self, rec: dict[str, Any]) -> None:
         if rec["status"] == "failed":
             self.failed += 1
-            (self.bar.write if self.bar is not None else print)(f"flowdec: error: {rec['error']}", file=sys.stderr)
+            write = self.bar.write if self.bar is not None else print
+            write(f"flowdec: error: {terminal_text(rec['error'])}", file=sys.stderr)
         if rec["status"] == "ok":
             self.audio += float(rec["duration_s"])
         if self.bar is not None:

@@ -14,9 +14,20 @@ from typing import Any
 import click
 
 __all__ = ["EXIT_FAILURE", "Failure", "FlowdecGroup", "Terminated", "describe_os_error", "one_line_message",
-           "termination_signals"]
+           "terminal_text", "termination_signals"]
 
 EXIT_FAILURE = 1  # click uses 2 for usage errors
+
+
+def terminal_text(text: str) -> str:
+    """``text`` with its control characters written out as escapes (``\\x1b``, ``\\n``).
+
+    Messages quote what files say (a .fdc header's model name, a folder's file names): a forged file must
+    not be able to move the cursor, retitle the terminal or split one error into several lines.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class Failure(click.ClickException):
@@ -25,7 +36,7 @@ class Failure(click.ClickException):
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"flowdec: error: {self.format_message()}", err=True)
+        click.echo(f"flowdec: error: {terminal_text(self.format_message())}", err=True)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -72,7 +83,7 @@ class FlowdecGroup(click.Group):
                 exc.show()
                 sys.exit(exc.exit_code)
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            click.echo(f"flowdec: error: {exc.format_message()}{hint}", err=True)
+            click.echo(f"flowdec: error: {terminal_text(exc.format_message())}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             exc.show()

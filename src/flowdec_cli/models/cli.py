@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import FlowdecGroup
+from ..errors import FlowdecGroup, terminal_text
 
 __all__ = ["models_group"]
 
@@ -57,8 +57,9 @@ def _print_table(models: list[dict[str, Any]], cache_dir: Path | None) -> None:
             m.get("licence") or "unknown",
             m["available"],
         ))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
+    cells = [tuple(terminal_text(str(c)) for c in r) for r in rows]  # cards come from model folders
+    widths = [max(len(str(r[i])) for r in [header, *cells]) for i in range(len(header))]
+    for r in [header, *cells]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
     from .catalogue import DEFAULT_MODEL_ENV, RELEASED_DEFAULT, chosen_default_model
 
