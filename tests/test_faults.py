@@ -235,6 +235,12 @@ def forge(header_map: dict, payload: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def split_fdc(data: bytes) -> tuple[dict, bytes]:
+    """A written file's header map and payload, the parts :func:`forge` puts back together."""
+    hlen = struct.unpack_from("<H", data, 6)[0]
+    return msgpack.unpackb(data[8:8 + hlen], strict_map_key=False), data[8 + hlen:-4]
+
+
 def _lies(h: container.FdcHeader) -> list[tuple[str, int, object]]:
     """Each numeric field at 0, 1, its maximum, one past it, and one off its true value either way."""
     out = []
@@ -258,11 +264,8 @@ def test_header_lies_over_the_whole_decompress_path(tmp_path, tiny_codec_dir):
     sf.write(tmp_path / "in.wav", tone(0.3, 44100, 2), 44100)
     assert run("compress", tmp_path / "in.wav", tmp_path / "a.fdc", "-m", tiny_codec_dir, "-n", "3",
                "-q").exit_code == 0
-    data = (tmp_path / "a.fdc").read_bytes()
     h, codes = read_fdc(tmp_path / "a.fdc")
-    hlen = struct.unpack_from("<H", data, 6)[0]
-    payload = data[8 + hlen:-4]
-    original = msgpack.unpackb(data[8:8 + hlen], strict_map_key=False)
+    original, payload = split_fdc((tmp_path / "a.fdc").read_bytes())
     outcomes = {"refused": 0, "decoded": 0}
     for name, key, value in _lies(h):
         lie = tmp_path / "lie.fdc"
@@ -289,11 +292,9 @@ def test_control_characters_in_a_header_reach_the_terminal_escaped(tmp_path, tin
     """A forged string field must not retitle the terminal (OSC), colour it or add a line of its own."""
     sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
     assert run("compress", tmp_path / "in.wav", tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q").exit_code == 0
-    data = (tmp_path / "a.fdc").read_bytes()
-    hlen = struct.unpack_from("<H", data, 6)[0]
-    original = msgpack.unpackb(data[8:8 + hlen], strict_map_key=False)
+    original, payload = split_fdc((tmp_path / "a.fdc").read_bytes())
     evil = "\x1b]0;pwned\x07x\nflowdec: all fine\u202e"
-    (tmp_path / "evil.fdc").write_bytes(forge({**original, key: evil}, data[8 + hlen:-4]))
+    (tmp_path / "evil.fdc").write_bytes(forge({**original, key: evil}, payload))
     r = run("decompress", tmp_path / "evil.fdc", tmp_path / "o.wav", "--nfe", "0", "-q")
     assert r.exit_code == 1 and "evil.fdc: " in one_line(r)
     assert "\\x1b]0;pwned\\x07x\\nflowdec: all fine\\u202e" in r.output

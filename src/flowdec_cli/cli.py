@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from .errors import EXIT_FAILURE, Failure, FlowdecGroup, one_line_message, terminal_text
+from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
 from .options import check_nfe_option, check_rate_request_option, temperature_option
 from .streams import is_stdio
@@ -291,7 +291,7 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
                 skipped += 1
                 continue
             failed.append(f"{job.dst}: exists; use -f/--force to overwrite or --skip-existing")
-            tqdm.write(f"flowdec: error: {terminal_text(failed[-1])}", file=sys.stderr)
+            tqdm.write(error_line(failed[-1]), file=sys.stderr)
             continue
         try:
             record, text = one(job)
@@ -307,11 +307,11 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
                 skipped += 1
                 continue
             failed.append(str(exc))
-            tqdm.write(f"flowdec: error: {terminal_text(failed[-1])}", file=sys.stderr)
+            tqdm.write(error_line(failed[-1]), file=sys.stderr)
         except Exception as exc:
             text = one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}"
             failed.append(text)
-            tqdm.write(f"flowdec: error: {terminal_text(text)}", file=sys.stderr)
+            tqdm.write(error_line(text), file=sys.stderr)
     if not quiet or failed:
         parts = [f"{done} converted"]
         if skipped:

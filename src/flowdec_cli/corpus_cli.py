@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .errors import terminal_text
+from .errors import error_line
 from .options import check_nfe_option, check_rate_request_option
 
 __all__ = ["corpus_group"]
@@ -92,7 +92,7 @@ class _Report:
         if rec["status"] == "failed":
             self.failed += 1
             write = self.bar.write if self.bar is not None else print
-            write(f"flowdec: error: {terminal_text(rec['error'])}", file=sys.stderr)
+            write(error_line(rec["error"]), file=sys.stderr)
         if rec["status"] == "ok":
             self.audio += float(rec["duration_s"])
         if self.bar is not None:

@@ -89,12 +89,13 @@ def run_demo(out_dir: Path, seconds: float = 5.0, kbps: float = 6.0, device: str
 
 
 def main() -> int:
+    from .errors import error_line
     from .models import ModelError
 
     try:
         run_demo(Path(tempfile.gettempdir()) / "flowdec-demo")
     except ModelError as exc:  # no model bundled in this build, or a default that cannot load
-        print(f"flowdec: error: {exc}", file=sys.stderr)
+        print(error_line(str(exc)), file=sys.stderr)
         return 1
     return 0
 

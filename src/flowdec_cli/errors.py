@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-__all__ = ["EXIT_FAILURE", "Failure", "FlowdecGroup", "Terminated", "describe_os_error", "one_line_message",
-           "terminal_text", "termination_signals"]
+__all__ = ["EXIT_FAILURE", "Failure", "FlowdecGroup", "Terminated", "describe_os_error", "error_line",
+           "one_line_message", "terminal_text", "termination_signals"]
 
 EXIT_FAILURE = 1  # click uses 2 for usage errors
 
@@ -30,13 +30,18 @@ def terminal_text(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
+def error_line(text: str) -> str:
+    """The line that reports a failure: ``flowdec: error:`` and ``text``, escaped by :func:`terminal_text`."""
+    return f"flowdec: error: {terminal_text(text)}"
+
+
 class Failure(click.ClickException):
     """A one-line failure (exit 1); usage errors stay click's (exit 2)."""
 
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"flowdec: error: {terminal_text(self.format_message())}", err=True)
+        click.echo(error_line(self.format_message()), err=True)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -83,7 +88,7 @@ class FlowdecGroup(click.Group):
                 exc.show()
                 sys.exit(exc.exit_code)
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            click.echo(f"flowdec: error: {terminal_text(exc.format_message())}{hint}", err=True)
+            click.echo(error_line(exc.format_message()) + hint, err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             exc.show()

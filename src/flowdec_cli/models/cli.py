@@ -58,9 +58,9 @@ def _print_table(models: list[dict[str, Any]], cache_dir: Path | None) -> None:
             m["available"],
         ))
     cells = [tuple(terminal_text(str(c)) for c in r) for r in rows]  # cards come from model folders
-    widths = [max(len(str(r[i])) for r in [header, *cells]) for i in range(len(header))]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
     for r in [header, *cells]:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     from .catalogue import DEFAULT_MODEL_ENV, RELEASED_DEFAULT, chosen_default_model
 
     notes = []
