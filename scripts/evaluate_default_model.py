@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=None, help="Crop each clip to its first N seconds.")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the RTF line is for this many).")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="Seed of the postfilter's start noise; runs with other seeds show how far a score "
+                         "moves with the noise alone.")
     args = ap.parse_args()
 
     import soundfile as sf
@@ -127,7 +130,7 @@ def main() -> None:
                     if temperature is not None:
                         codec.postfilter.temperature = temperature
                     t2 = time.perf_counter()
-                    out = codec.decompress_codes(header, codes, nfe=nfe, seed=0)
+                    out = codec.decompress_codes(header, codes, nfe=nfe, seed=args.seed)
                     t3 = time.perf_counter()
                     timing[f"nfe{nfe}"].append((t1 - t0 + t3 - t2) / dur)
                     scores = compute_metrics(ref, sr, out, sr, names, errors={})
@@ -135,7 +138,7 @@ def main() -> None:
                     results[(category, system_name(kbps, nfe, temperature))].append(scores)
                 if bare is not None:
                     header, codes = bare.compress_array(ref, sr, bitrate_kbps=kbps)
-                    out = bare.decompress_codes(header, codes, nfe=0, seed=0)
+                    out = bare.decompress_codes(header, codes, nfe=0, seed=args.seed)
                     scores = compute_metrics(ref, sr, out, sr, names, errors={})
                     scores["kbps_actual"] = bare.coded_bytes(header, codes) * 8 / dur / ref.shape[1] / 1000
                     results[(category, f"flowdec {kbps:g} kbit/s, NFE 0, no side channel")].append(scores)
@@ -168,7 +171,7 @@ def main() -> None:
         args.json.write_text(json.dumps({"model": args.model, "clips": {k: [str(p) for p in v]
                                                                         for k, v in clips.items()},
                                          "nfe": nfes, "temperatures": temperatures, "table": table, "rtf": rtf,
-                                         "threads": args.threads, "targets": checks,
+                                         "threads": args.threads, "seed": args.seed, "targets": checks,
                                          # every clip's scores, in the order of "clips": to see which clips
                                          # a system helps or hurts, not only the means
                                          "per_clip": [{"category": c, "system": s, "scores": rows}
