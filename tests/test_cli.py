@@ -80,6 +80,20 @@ def test_chosen_bitrate_is_printed(run, wav, tmp_path, tiny_codec_dir):
     assert "6 codebooks = 4.5 kbit/s" in r.output
 
 
+def test_fit_holds_a_file_to_the_bitrate_on_disk(run, wav, tmp_path, tiny_codec_dir):
+    r = run("compress", wav, tmp_path / "a.fdc", "-b", "3", "--fit", "--envelope", "--model", tiny_codec_dir,
+            "--json")
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.output.strip().splitlines()[-1])
+    assert record["kbps_on_disk"] <= 3.0 and record["kbps_nominal"] < 3.0
+    r = run("compress", wav, tmp_path / "b.fdc", "--fit", "--model", tiny_codec_dir)
+    assert r.exit_code == 2 and "--fit holds each file to the rate -b/--bitrate gives" in r.output
+    r = run("roundtrip", wav, tmp_path / "c.wav", "-b", "0.75", "--fit", "--nfe", "0", "--envelope",
+            "--model", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and "cannot hold its 1.2 s" in _one_error_line(r)
+    assert not (tmp_path / "c.wav").exists()
+
+
 def test_roundtrip(run, wav, tmp_path, tiny_codec_dir):
     r = run("roundtrip", wav, tmp_path / "rt.wav", "--model", tiny_codec_dir, "--nfe", "0", "-n", "2")
     assert r.exit_code == 0, r.output

@@ -103,6 +103,38 @@ def test_size_on_disk_within_budget(codec, tmp_path, kbps):
     assert comp.actual_bitrate <= kbps * 1000 * 1.005 + 128 * 8 / 10
 
 
+def test_a_cap_holds_the_whole_file_on_disk(tiny_codec_dir, tmp_path):
+    # with the side channel, a bit-packed file is over its nominal rate by the header and the side channel
+    rich = Codec.load(tiny_codec_dir, "cpu", envelope=True)
+    sf.write(tmp_path / "in.wav", tone(2.0, 48000, 2), 48000)
+    budget = 3000 * 2.0 * 2 / 8  # bytes: 3 kbit/s per channel, 2 s, two channels
+    plain = rich.compress_file(tmp_path / "in.wav", tmp_path / "a.fdc", bitrate_kbps=3)
+    assert plain.header.n_codebooks == 4 and plain.file_bytes > budget
+    capped = rich.compress_file(tmp_path / "in.wav", tmp_path / "b.fdc", bitrate_kbps=3, cap_kbps=3)
+    k = capped.header.n_codebooks
+    assert capped.file_bytes == (tmp_path / "b.fdc").stat().st_size <= budget
+    assert 1 <= k < 4 and capped.header.envelope_bytes > 0
+    header, codes = read_fdc(tmp_path / "b.fdc")
+    assert np.array_equal(codes, plain.codes[:, :k])  # residual codes: the cap keeps a prefix
+    one_more = header.__class__(**{**header.__dict__, "n_codebooks": k + 1})
+    assert rich.coded_bytes(one_more, plain.codes[:, :k + 1]) > budget  # and the largest one that fits
+    # roundtrip and pipes take the same cap
+    comp, _ = rich.roundtrip_file(tmp_path / "in.wav", tmp_path / "o.wav", bitrate_kbps=3, nfe=0, cap_kbps=3)
+    assert comp.header.n_codebooks == k
+    res, data = rich.compress_bytes(tmp_path / "in.wav", bitrate_kbps=3, cap_kbps=3)
+    assert res.header.n_codebooks == k and len(data) <= budget
+
+
+def test_a_cap_one_codebook_cannot_meet_is_refused_naming_the_file(codec, tmp_path):
+    sf.write(tmp_path / "short.wav", tone(0.1, 48000), 48000)
+    with pytest.raises(CodecError, match=r"short\.wav: 0\.75 kbit/s per channel on disk cannot hold its 0\.1 s"):
+        codec.compress_file(tmp_path / "short.wav", tmp_path / "a.fdc", bitrate_kbps=0.75, cap_kbps=0.75)
+    assert not (tmp_path / "a.fdc").exists()
+    for cap in (float("nan"), 0.0, -1.0):
+        with pytest.raises(CodecError, match="positive number"):
+            codec.compress_file(tmp_path / "short.wav", tmp_path / "a.fdc", cap_kbps=cap)
+
+
 def test_loud_float_input_is_scaled_and_gain_restored(codec, tmp_path):
     x = tone(1.0, 48000) * 3.0  # float file with peaks above full scale
     sf.write(tmp_path / "loud.wav", x, 48000, subtype="FLOAT")

@@ -368,10 +368,22 @@ def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None
         raise click.UsageError(str(exc)) from None
 
 
+def _fit_option(f: Callable) -> Callable:
+    return click.option(
+        "--fit", is_flag=True,
+        help="Hold the whole file on disk (header and side channel included) to -b: a file that would come out "
+             "above it keeps fewer codebooks. Without it -b picks the codes' rate, and the header and side channel "
+             "come on top.")(f)
+
+
+def _fit_note(fit: bool) -> str:
+    return " (fewer where a file would not fit on disk)" if fit else ""
+
+
 def _envelope_option(f: Callable) -> Callable:
     return click.option(
         "--envelope/--no-envelope", default=None,
-        help="Send the band-level side channel (15 band levels three times a second, about 140 bit/s per "
+        help="Send the band-level side channel (15 band levels three times a second, 100-200 bit/s per "
              "channel), with which the decoder puts back the original's balance across frequency. Default: as "
              "the model says (on for the built-in model; off for the released FlowDec models, which stay exact).")(f)
 
@@ -428,17 +440,19 @@ def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
                    "default`, else the built-in model).")
 @click.option("--no-entropy", is_flag=True,
               help="Bit-pack the codes (format 1.0, exactly the nominal rate) instead of entropy-coding them.")
+@_fit_option
 @_envelope_option
 @_model_options
 @_overwrite_options
 def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None,
-             no_entropy: bool, envelope: bool | None, device: str, cache_dir: Path | None, threads: int | None,
-             force: bool, skip_existing: bool, pattern: str | None, quiet: bool, as_json: bool) -> None:
+             no_entropy: bool, fit: bool, envelope: bool | None, device: str, cache_dir: Path | None,
+             threads: int | None, force: bool, skip_existing: bool, pattern: str | None, quiet: bool,
+             as_json: bool) -> None:
     """Code audio (any format, rate, channels) into a compact .fdc file, or a folder into a folder.
 
     IN - reads audio from standard input, OUT - writes the .fdc to standard output.
     """
-    check_rate_request_option(bitrate, n_codebooks)
+    check_rate_request_option(bitrate, n_codebooks, fit)
     _check_json(as_json, dst)
     plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
     _setup(threads)
@@ -447,13 +461,13 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     bars = _Bars(quiet)
     if not quiet:
         click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {k} codebooks = "
-                   f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel", err=True)
+                   f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel{_fit_note(fit)}", err=True)
         _model_notice(codec, model, quiet, cache_dir)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
         t0 = time.perf_counter()
         res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars, overwrite=force,
-                                  entropy=not no_entropy)
+                                  entropy=not no_entropy, cap_kbps=bitrate if fit else None)
         record = {"command": "compress", **_rates(res.header, res.file_bytes, time.perf_counter() - t0),
                   "nfe": None, "model": codec.model.name, "entropy_saving": res.saving,
                   "envelope_bytes": res.header.envelope_bytes}
@@ -535,19 +549,20 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
 @_decode_options
 @click.option("--format", "out_format", default="wav", show_default=True,
               help="Output type for folders and OUT - (wav, flac, ogg, opus, ...).")
+@_fit_option
 @_envelope_option
 @_model_options
 @_overwrite_options
 def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None, nfe: int,
               solver: str, seed: int | None, temperature: float | None, subtype: str | None, precision: str,
-              out_format: str, envelope: bool | None, device: str,
+              out_format: str, fit: bool, envelope: bool | None, device: str,
               cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool, pattern: str | None,
               quiet: bool, as_json: bool) -> None:
     """Compress and decompress in one shot (no .fdc kept): hear what the codec does.
 
     IN - reads audio from standard input, OUT - writes audio (--format, WAV by default) to standard output.
     """
-    check_rate_request_option(bitrate, n_codebooks)
+    check_rate_request_option(bitrate, n_codebooks, fit)
     if nfe is not None:
         check_nfe_option(nfe, solver)
     _check_json(as_json, dst)
@@ -562,13 +577,14 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     bars = _Bars(quiet, codec.device)
     if not quiet:
         click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {k} codebooks = "
-                   f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel, NFE {nfe}", err=True)
+                   f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel{_fit_note(fit)}, NFE {nfe}", err=True)
         _model_notice(codec, model, quiet, cache_dir)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
         t0 = time.perf_counter()
         comp, dec = codec.roundtrip_file(job.src, job.dst, n_codebooks=k, nfe=nfe, solver=solver, seed=seed,
-                                         subtype=subtype, progress=bars, overwrite=force)
+                                         subtype=subtype, progress=bars, overwrite=force,
+                                         cap_kbps=bitrate if fit else None)
         return _decoded(dec, comp.header, comp.file_bytes, time.perf_counter() - t0, "roundtrip",
                         codec.model.name)
 

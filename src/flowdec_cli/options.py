@@ -12,14 +12,16 @@ import click
 __all__ = ["check_nfe_option", "check_rate_request_option", "temperature_option"]
 
 
-def check_rate_request_option(bitrate: float | None, n_codebooks: int | None) -> None:
-    """-b/--bitrate or --n-codebooks, not both."""
+def check_rate_request_option(bitrate: float | None, n_codebooks: int | None, fit: bool = False) -> None:
+    """-b/--bitrate or --n-codebooks, not both; --fit holds a file to -b, so it needs one."""
     from .pipeline import CodecError, check_rate_request
 
     try:
         check_rate_request(bitrate, n_codebooks)
     except CodecError as exc:
         raise click.UsageError(str(exc)) from None
+    if fit and bitrate is None:
+        raise click.UsageError("--fit holds each file to the rate -b/--bitrate gives; give one")
 
 
 def check_nfe_option(nfe: int, solver: str) -> None:

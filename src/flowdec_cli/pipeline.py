@@ -431,31 +431,71 @@ class Codec:
             bar.close()
         return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain, meter), codes
 
-    def coded_bytes(self, header: FdcHeader, codes: np.ndarray) -> int:
+    def _coded_file(self, src: Path, n_codebooks: int | None, bitrate_kbps: float | None, progress: Progress,
+                    cap_kbps: float | None, entropy: bool = True) -> tuple[FdcHeader, np.ndarray]:
+        """:meth:`code_file`, then :meth:`fit_on_disk` when there is a cap."""
+        header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress)
+        if cap_kbps is None:
+            return header, codes
+        return self.fit_on_disk(header, codes, cap_kbps, entropy, source=str(src))
+
+    def coded_bytes(self, header: FdcHeader, codes: np.ndarray, entropy: bool = True) -> int:
         """The size of the .fdc file these codes make (entropy-coded with the model's tables if it has them)."""
         from .container import encode_fdc
 
-        return len(encode_fdc(header, codes, tables=self.entropy_tables))
+        return len(encode_fdc(header, codes, tables=self.entropy_tables if entropy else None))
+
+    def fit_on_disk(self, header: FdcHeader, codes: np.ndarray, cap_kbps: float, entropy: bool = True,
+                    source: str = "audio") -> tuple[FdcHeader, np.ndarray]:
+        """The most codebooks of ``codes`` whose whole file (header, side channel and CRC included) takes at
+        most ``cap_kbps`` per channel on disk: a hard size budget. ``-b`` alone picks the codes' nominal rate,
+        and the header and side channel come on top of it; music's codes barely entropy-code, so its files
+        land a few per cent above the request (docs/performance.md). The codes of residual quantisation are
+        prefixes of each other, so fewer codebooks need no second encode."""
+        import dataclasses
+
+        from .container import encode_fdc_written
+
+        if not math.isfinite(cap_kbps) or cap_kbps <= 0:
+            raise CodecError(f"a cap on disk must be a positive number of kbit/s per channel, got {cap_kbps:g}")
+        seconds = header.num_samples / header.sample_rate if header.sample_rate else 0.0
+        if not seconds:  # an empty input: a header-only file, which no rate describes
+            return header, codes
+        budget = cap_kbps * 1000 * seconds * header.channels / 8
+        tables = self.entropy_tables if entropy else None
+        for k in range(header.n_codebooks, 0, -1):
+            fitted = dataclasses.replace(header, n_codebooks=k)
+            kept = np.ascontiguousarray(codes[:, :k])
+            written, data = encode_fdc_written(fitted, kept, tables=tables)
+            if len(data) <= budget:
+                return fitted, kept
+        side = f", {written.envelope_bytes} of them side channel" if written.envelope_bytes else ""
+        raise CodecError(f"{source}: {cap_kbps:g} kbit/s per channel on disk cannot hold its {seconds:.3g} s: with "
+                         f"one codebook it takes {len(data) * 8 / seconds / header.channels / 1000:.3f} kbit/s "
+                         f"({len(data)} bytes{side}); ask for more"
+                         + (", or leave out the side channel (--no-envelope)" if side else ""))
 
     def compress_bytes(self, src: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None,
-                       progress: Progress = _no_progress, entropy: bool = True) -> tuple[CompressResult, bytes]:
-        """Code an audio file into the bytes of a .fdc file (for a pipe, a socket or a database)."""
+                       progress: Progress = _no_progress, entropy: bool = True,
+                       cap_kbps: float | None = None) -> tuple[CompressResult, bytes]:
+        """Code an audio file into the bytes of a .fdc file (for a pipe, a socket or a database);
+        ``cap_kbps``: see :meth:`fit_on_disk`."""
         from .container import encode_fdc_written
 
-        header, codes = self.code_file(Path(src), n_codebooks, bitrate_kbps, progress)
+        header, codes = self._coded_file(Path(src), n_codebooks, bitrate_kbps, progress, cap_kbps, entropy)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables if entropy else None)
         return CompressResult(header, codes, len(data)), data
 
     def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                       bitrate_kbps: float | None = None, progress: Progress = _no_progress,
-                      overwrite: bool = True, entropy: bool = True) -> CompressResult:
+                      overwrite: bool = True, entropy: bool = True, cap_kbps: float | None = None) -> CompressResult:
         """Code an audio file into a .fdc file (written atomically; with ``overwrite=False`` a file that
         exists when it is published stays and ``OutputExistsError`` is raised). ``entropy``: entropy-code
         the codes with the model's tables when it has them and it saves bytes; False writes a bit-packed
-        file."""
+        file. ``cap_kbps``: drop codebooks until the whole file fits this rate (:meth:`fit_on_disk`)."""
         src, dst = Path(src), Path(dst)
-        header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress)
+        header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps, entropy)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             header = write_fdc(dst, header, codes, tables=self.entropy_tables if entropy else None,
@@ -661,12 +701,14 @@ class Codec:
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
                        seed: int | None = None, subtype: str | None = None, progress: Progress = _no_progress,
-                       overwrite: bool = True) -> tuple[CompressResult, DecompressResult]:
-        """Compress and decompress in one go; the .fdc is built in memory and its size reported."""
+                       overwrite: bool = True,
+                       cap_kbps: float | None = None) -> tuple[CompressResult, DecompressResult]:
+        """Compress and decompress in one go; the .fdc is built in memory and its size reported
+        (``cap_kbps``: see :meth:`fit_on_disk`)."""
         from .container import encode_fdc_written
 
         src, dst = Path(src), Path(dst)
-        header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress)
+        header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables)
         comp = CompressResult(header, codes, len(data))
         dec = self.decompress_codes_to_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress,
