@@ -32,7 +32,9 @@ import os
 import platform
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +103,19 @@ def eval_clips(root: Path, per_category: int) -> list[tuple[str, str, np.ndarray
         drums += _joined(files)[:1]
     out += [("eval-packages", "sounds", x, 48000) for x in drums[:per_category]]
     return out
+
+
+def _print_table(keys: Iterable[tuple[str, str, float]], files: Callable[[str, str], int],
+                 cell: Callable[[str, tuple[str, str, float]], str]) -> None:
+    """A markdown table, a row per clip source and category, a column per rate; ``cell(json_key, key)``."""
+    keys = set(keys)
+    print("| clips | category | files | 3 kbit/s | 6 kbit/s | 7.5 kbit/s |")
+    print("|---|---|---|---|---|---|")
+    for source in sorted({k[0] for k in keys}):
+        for cat in ("music", "speech", "sounds", "all"):
+            if (source, cat, 6.0) in keys:
+                cells = [cell(f"{source}/{cat}/{kbps:g}", (source, cat, kbps)) for kbps in RATES]
+                print(f"| {source} | {cat} | {files(source, cat)} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -187,36 +202,28 @@ def main() -> None:
         pass
     print(f"\nmodel {codec.model.name}, tables {tables.id}; {cpu}, {os.cpu_count()} cores, "
           f"{args.threads} torch threads\n")
-    print("| clips | category | files | 3 kbit/s | 6 kbit/s | 7.5 kbit/s |")
-    print("|---|---|---|---|---|---|")
-    table = {}
-    for source in sorted({k[0] for k in sizes}):
-        for cat in ("music", "speech", "sounds", "all"):
-            if (source, cat, 6.0) not in sizes:
-                continue
-            cells = []
-            for kbps in RATES:
-                packed, coded, _n = sizes[(source, cat, kbps)]
-                saving = 100 * (1 - coded / packed)
-                table[f"{source}/{cat}/{kbps:g}"] = {"bitpacked": packed, "entropy": coded, "saving": saving}
-                cells.append(f"{saving:.1f} %")
-            print(f"| {source} | {cat} | {sizes[(source, cat, 6.0)][2]} | " + " | ".join(cells) + " |")
+    table: dict[str, dict[str, Any]] = {}
+
+    def saving_cell(key: str, cell: tuple[str, str, float]) -> str:
+        packed, coded, _n = sizes[cell]
+        saving = 100 * (1 - coded / packed)
+        table[key] = {"bitpacked": packed, "entropy": coded, "saving": saving}
+        return f"{saving:.1f} %"
+
+    def on_disk_cell(key: str, cell: tuple[str, str, float]) -> str:
+        rates = on_disk[cell]
+        above = sum(r > cell[2] for r in rates)
+        table[key].update(kbps_on_disk=rates, above_request=above)
+        return f"{float(np.median(rates)):.2f} ({above})"
+
+    def files(source: str, cat: str) -> int:
+        return len(on_disk[(source, cat, 6.0)])
+
+    _print_table(sizes.keys(), files, saving_cell)
     side = f"side channel {codec.envelope_layout}" if codec.envelope_layout else "no side channel"
     print(f"\non disk as flowdec compress writes them ({side}, header and CRC included): kbit/s per channel, "
           "median (files above the rate asked for)\n")
-    print("| clips | category | files | 3 kbit/s | 6 kbit/s | 7.5 kbit/s |")
-    print("|---|---|---|---|---|---|")
-    for source in sorted({k[0] for k in on_disk}):
-        for cat in ("music", "speech", "sounds", "all"):
-            if (source, cat, 6.0) not in on_disk:
-                continue
-            cells = []
-            for kbps in RATES:
-                rates = on_disk[(source, cat, kbps)]
-                above = sum(r > kbps for r in rates)
-                table[f"{source}/{cat}/{kbps:g}"].update(kbps_on_disk=rates, above_request=above)
-                cells.append(f"{float(np.median(rates)):.2f} ({above})")
-            print(f"| {source} | {cat} | {len(on_disk[(source, cat, 6.0)])} | " + " | ".join(cells) + " |")
+    _print_table(on_disk.keys(), files, on_disk_cell)
     enc_over = (t_ecode - t_pack) / t_comp * 100
     dec_over = (t_edec - t_unpack) / t_dec * 100
     print(f"\ntime at 6 kbit/s over all clips: compress {t_comp:.1f} s, entropy coding {t_ecode:.3f} s "
