@@ -131,7 +131,7 @@ def main() -> None:
 
     import torch
 
-    from flowdec_cli.container import decode_fdc, encode_fdc
+    from flowdec_cli.container import actual_bitrate, decode_fdc, encode_fdc
     from flowdec_cli.models.catalogue import default_model_name
     from flowdec_cli.pipeline import Codec
 
@@ -172,7 +172,7 @@ def main() -> None:
             decode_fdc(packed)
             t4 = time.perf_counter()
             assert np.array_equal(c_back, c), "entropy decoding changed the codes"
-            kbps_on_disk = len(coded) * 8 / (len(audio) / sr) / audio.shape[1] / 1000
+            kbps_on_disk = actual_bitrate(len(coded), len(audio) / sr, audio.shape[1]) / 1000
             for key in ((source, cat, kbps), (source, "all", kbps)):
                 sizes[key][0] += len(packed)
                 sizes[key][1] += len(coded)

@@ -98,6 +98,7 @@ def main() -> None:
     import soundfile as sf
     import torch
 
+    from flowdec_cli.container import actual_bitrate
     from flowdec_cli.evaluation.codec_eval import opus_roundtrip
     from flowdec_cli.evaluation.metrics import compute_metrics
     from flowdec_cli.pipeline import Codec
@@ -125,7 +126,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 header, codes = codec.compress_array(ref, sr, bitrate_kbps=kbps)
                 t1 = time.perf_counter()
-                on_disk = codec.coded_bytes(header, codes) * 8 / dur / ref.shape[1] / 1000
+                on_disk = actual_bitrate(codec.coded_bytes(header, codes), dur, ref.shape[1]) / 1000
                 for nfe, temperature in [(0, None)] + [(n, t) for n in nfes if n > 0 for t in temperatures]:
                     if temperature is not None:
                         codec.postfilter.temperature = temperature
@@ -140,7 +141,7 @@ def main() -> None:
                     header, codes = bare.compress_array(ref, sr, bitrate_kbps=kbps)
                     out = bare.decompress_codes(header, codes, nfe=0, seed=args.seed)
                     scores = compute_metrics(ref, sr, out, sr, names, errors={})
-                    scores["kbps_actual"] = bare.coded_bytes(header, codes) * 8 / dur / ref.shape[1] / 1000
+                    scores["kbps_actual"] = actual_bitrate(bare.coded_bytes(header, codes), dur, ref.shape[1]) / 1000
                     results[(category, f"flowdec {kbps:g} kbit/s, NFE 0, no side channel")].append(scores)
             for kbps in (float(b) for b in args.opus.split(",") if b.strip()):
                 res = opus_roundtrip(ref, sr, kbps)

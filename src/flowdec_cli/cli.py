@@ -417,8 +417,10 @@ def _check_json(as_json: bool, dst: Path) -> None:
 
 def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
     """The figures every per-file JSON record shares."""
+    from .container import actual_bitrate
+
     duration = header.num_samples / header.sample_rate if header.sample_rate else 0.0
-    on_disk = nbytes * 8 / duration / header.channels / 1000 if duration else 0.0
+    on_disk = actual_bitrate(nbytes, duration, header.channels) / 1000
     return {"bytes": int(nbytes), "duration_s": duration, "channels": header.channels,
             "sample_rate": header.sample_rate, "n_codebooks": header.n_codebooks,
             "kbps_nominal": header.nominal_bitrate / 1000, "kbps_on_disk": on_disk, "seconds": seconds,
@@ -617,7 +619,7 @@ def info(src: Path, as_json: bool) -> None:
     """Show every header field of a .fdc file, its duration and its bitrates."""
     from dataclasses import asdict
 
-    from .container import bitpacked_file_size, inspect_fdc
+    from .container import actual_bitrate, bitpacked_file_size, inspect_fdc
 
     if src.is_dir():
         raise Failure(f"{src}: is a folder; give a .fdc file")
@@ -633,11 +635,11 @@ def info(src: Path, as_json: bool) -> None:
         "file": str(src), "file_bytes": size, "duration_s": duration,
         "frame_rate_hz": header.model_sample_rate / header.hop_length,
         "nominal_bitrate_kbps": header.nominal_bitrate / 1000,
-        "actual_bitrate_kbps": (size * 8 / duration / header.channels / 1000) if duration else 0.0,
+        "actual_bitrate_kbps": actual_bitrate(size, duration, header.channels) / 1000,
         "bitpacked_bytes": packed,
         "entropy_saving_percent": 100.0 * (1 - size / packed) if header.entropy_coded and packed else 0.0,
         "envelope_windows": header.envelope_windows,
-        "envelope_kbps": (header.envelope_bytes * 8 / duration / header.channels / 1000) if duration else 0.0,
+        "envelope_kbps": actual_bitrate(header.envelope_bytes, duration, header.channels) / 1000,
     })
     if as_json:
         click.echo(json.dumps(fields, indent=2, default=str))

@@ -30,7 +30,7 @@ import torch
 
 from . import __version__
 from .audio import AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
-from .container import FdcHeader, bitpacked_file_size, frames_for_samples, read_fdc, write_fdc
+from .container import FdcHeader, actual_bitrate, bitpacked_file_size, frames_for_samples, read_fdc, write_fdc
 from .envelope import (
     DEFAULT_LAYOUT,
     BandMeter,
@@ -112,9 +112,7 @@ class CompressResult:
     @property
     def actual_bitrate(self) -> float:
         """bit/s per channel on disk."""
-        if not self.duration:
-            return 0.0
-        return self.file_bytes * 8 / self.duration / self.header.channels
+        return actual_bitrate(self.file_bytes, self.duration, self.header.channels)
 
 
 @dataclass
@@ -461,17 +459,17 @@ class Codec:
         seconds = header.num_samples / header.sample_rate if header.sample_rate else 0.0
         if not seconds:  # an empty input: a header-only file, which no rate describes
             return header, codes
-        budget = cap_kbps * 1000 * seconds * header.channels / 8
         tables = self.entropy_tables if entropy else None
         for k in range(header.n_codebooks, 0, -1):
             fitted = dataclasses.replace(header, n_codebooks=k)
             kept = np.ascontiguousarray(codes[:, :k])
             written, data = encode_fdc_written(fitted, kept, tables=tables)
-            if len(data) <= budget:
+            on_disk = actual_bitrate(len(data), seconds, header.channels)  # as every report computes it
+            if on_disk <= cap_kbps * 1000:
                 return fitted, kept
         side = f", {written.envelope_bytes} of them side channel" if written.envelope_bytes else ""
         raise CodecError(f"{source}: {cap_kbps:g} kbit/s per channel on disk cannot hold its {seconds:.3g} s: with "
-                         f"one codebook it takes {len(data) * 8 / seconds / header.channels / 1000:.3f} kbit/s "
+                         f"one codebook it takes {on_disk / 1000:.3f} kbit/s "
                          f"({len(data)} bytes{side}); ask for more"
                          + (", or leave out the side channel (--no-envelope)" if side else ""))
 
