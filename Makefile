@@ -1,11 +1,13 @@
 # flowdec: fresh-machine entry points. `make demo` installs and round-trips a clip with the built-in model;
-# `make test` installs and runs the test suite. Both create ./.venv and install the CPU build of torch
-# first (a plain `torch` requirement would pull the multi-GB CUDA build).
+# `make test` installs and runs the test suite. Both create ./.venv and install torch first, pinned by TORCH,
+# as pip resolves it (the CPU build where pip is set up for it, as on the project's CI machines); on a machine
+# where pip would pull the multi-GB CUDA build, `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
 .PHONY: install install-test install-lint lint test test-fast demo bench clean
@@ -15,7 +17,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e .
 	touch $@
 

@@ -441,7 +441,8 @@ def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
               help="Model name, hf://OWNER/REPO[@REV], or path (default: $FLOWDEC_MODEL, `flowdec models "
                    "default`, else the built-in model).")
 @click.option("--no-entropy", is_flag=True,
-              help="Bit-pack the codes (format 1.0, exactly the nominal rate) instead of entropy-coding them.")
+              help="Bit-pack the codes (exactly the nominal rate) instead of entropy-coding them: format 1.0, "
+                   "or 1.2 with the side channel.")
 @_fit_option
 @_envelope_option
 @_model_options

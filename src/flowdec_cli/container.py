@@ -523,8 +523,9 @@ def encode_fdc(header: FdcHeader, codes: np.ndarray, source_name: str = "<bytes>
     """The bytes of a .fdc file for ``header`` and ``codes`` [channels, n_codebooks, num_frames].
 
     With entropy ``tables`` (:class:`flowdec_cli.entropy.EntropyTables`) the codes are entropy-coded
-    (format 1.1) when that makes the file smaller, else bit-packed (format 1.0). The coding fields of
-    ``header`` are ignored: they follow from the choice.
+    (format 1.1) when that makes the file smaller, else bit-packed (format 1.0); a header with a side
+    channel makes either a 1.2 file. The coding fields of ``header`` are ignored: they follow from the
+    choice.
     """
     return _encode(header, codes, source_name, tables)[1]
 

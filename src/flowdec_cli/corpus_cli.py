@@ -148,7 +148,8 @@ def corpus_group() -> None:
 @click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
 @click.option("-m", "--model", default=None, help="Model name, hf://OWNER/REPO[@REV], or path (as compress); "
                                                   "every worker must be able to load it.")
-@click.option("--no-entropy", is_flag=True, help="--to fdc: bit-packed files (format 1.0).")
+@click.option("--no-entropy", is_flag=True,
+              help="--to fdc: bit-packed codes (format 1.0, or 1.2 with the side channel).")
 @click.option("--envelope/--no-envelope", default=None,
               help="Write the band-level side channel (default: as the model says; as compress).")
 @click.option("--glob", "pattern", default=None, help="Folder IN: only files whose relative path matches.")
