@@ -20,8 +20,10 @@ source scripts/default_model_steps.sh
 
 [ -f "$CORPUS/manifest.csv" ] || scripts/build_corpus.sh "$CORPUS"
 
-train_for() {  # train_for STAGE CONFIG MINUTES STEPS: run for a wall-clock budget (or a step budget)
+# The configs name /work/corpus and /work/runs; every path is passed here, so CORPUS and RUNS decide.
+train_for() {  # train_for STAGE CONFIG MINUTES STEPS [ARGS...]: a wall-clock budget (or a step budget)
   local stage=$1 config=$2 minutes=$3 steps=$4 resume=()
+  shift 4
   if [ -f "$RUNS/default-$stage/checkpoints/latest" ]; then
     resume=(--resume)
   elif [ "${FROM_SHIPPED:-0}" = 1 ]; then
@@ -29,14 +31,16 @@ train_for() {  # train_for STAGE CONFIG MINUTES STEPS: run for a wall-clock budg
   fi
   [ -z "$steps" ] && [ "$minutes" = 0 ] && return 0
   if [ -n "$steps" ]; then
-    $FLOWDEC train "$stage" "$config" --threads 2 --max-steps "$steps" "${resume[@]}"
+    $FLOWDEC train "$stage" "$config" --threads 2 --out "$RUNS/default-$stage" --max-steps "$steps" "$@" "${resume[@]}"
   else
-    timeout --signal=TERM "$((minutes * 60))" $FLOWDEC train "$stage" "$config" --threads 2 "${resume[@]}" || true
+    timeout --signal=TERM "$((minutes * 60))" \
+      $FLOWDEC train "$stage" "$config" --threads 2 --out "$RUNS/default-$stage" "$@" "${resume[@]}" || true
   fi
 }
 
 # 1. the codec
-train_for ndac configs/default-ndac.toml "${NDAC_MINUTES:-30}" "${NDAC_STEPS:-}"
+train_for ndac configs/default-ndac.toml "${NDAC_MINUTES:-30}" "${NDAC_STEPS:-}" \
+  --set "data.train=[\"$CORPUS/train.txt\"]" --set "data.validation=[\"$CORPUS/valid.txt\"]"
 if [ -f "$RUNS/default-ndac/checkpoints/latest" ]; then
   NDAC_CKPT="$RUNS/default-ndac/checkpoints/$(cat "$RUNS/default-ndac/checkpoints/latest")"
 else
@@ -48,8 +52,11 @@ PAIRS=$RUNS/default-pairs
 code_pairs "$CORPUS" "$NDAC_CKPT" "$PAIRS" cpu
 
 # 3. beta and the per-band sigma_y curve (official heuristics), then the postfilter
-$FLOWDEC train estimate-sigma configs/default-postfilter.toml -f  # deterministic (seed 302); follows re-coded pairs
-train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_STEPS:-}"
+# deterministic (seed 302); follows re-coded pairs
+$FLOWDEC train estimate-sigma configs/default-postfilter.toml --pairs "$PAIRS/train.txt" -o "$PAIRS/sigma.json" -f
+train_for postfilter configs/default-postfilter.toml "${PF_MINUTES:-25}" "${PF_STEPS:-}" \
+  --set "data.train=[\"$PAIRS/train.txt\"]" --set "data.validation=[\"$PAIRS/validation.txt\"]" \
+  --set "sigma.file=\"$PAIRS/sigma.json\""
 
 # 4. into the package, as the default
 export_default_model "$DEST" "$NDAC_CKPT" "$RUNS/default-postfilter"

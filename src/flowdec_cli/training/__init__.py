@@ -1,10 +1,13 @@
 """Training FlowDec: the NDAC codec (stage 1) and the flow-matching postfilter (stage 2).
 
-    from flowdec_cli.training import load_config, train_ndac, prepare_pairs, estimate_sigma, train_postfilter
+    from flowdec_cli.training import (load_config, train_ndac, prepare_pairs, pairs_from, estimate_sigma,
+                                      write_sigma_file, train_postfilter, export_model)
 
     cfg = load_config("configs/ndac-tiny.toml", "ndac")
     trainer = train_ndac(cfg, device="auto")               # RUN/checkpoints, RUN/metrics.csv, RUN/model/
-    prepare_pairs("runs/ndac-tiny", ["data/"], "pairs/", n_codebooks=[4, 2])
+    prepare_pairs("runs/ndac-tiny", ["data/"], "pairs-tiny/", n_codebooks=[4, 2])  # where the config reads them
+    estimate = estimate_sigma(pairs_from(["pairs-tiny/train.txt"]))  # as `flowdec train estimate-sigma`
+    write_sigma_file("pairs-tiny/sigma.json", estimate)    # the config's sigma.file
     pf_cfg = load_config("configs/postfilter-tiny.toml", "postfilter")
     train_postfilter(pf_cfg)                               # RUN/postfilter/ (EMA weights)
     export_model("my-model", ndac="runs/ndac-tiny", postfilter="runs/postfilter-tiny")
@@ -29,6 +32,7 @@ __all__ = [
     "train_ndac",
     "train_postfilter",
     "prepare_pairs",
+    "pairs_from",
     "estimate_sigma",
     "write_sigma_file",
     "gaussian_smooth",
@@ -46,6 +50,7 @@ _WHERE = {
     "PostfilterTrainer": "postfilter_trainer",
     "train_postfilter": "postfilter_trainer",
     "prepare_pairs": "prepare",
+    "pairs_from": "prepare",
     "estimate_sigma": "prepare",
     "write_sigma_file": "prepare",
     "gaussian_smooth": "prepare",

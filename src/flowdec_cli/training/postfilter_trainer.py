@@ -49,7 +49,7 @@ def sigma_y_from_config(config: PostfilterTrainConfig) -> tuple[torch.Tensor, fl
         curve = np.asarray(estimate.get("sigma_y_perband") or [], dtype=np.float64)
         if curve.shape != (freqs,):
             raise TrainingError(f"{sc.file}: holds no per-band sigma_y of {freqs} bands (got shape "
-                                f"{curve.shape}); run estimate-sigma with --per-band and this n_fft")
+                                f"{curve.shape}); run estimate-sigma again with this config's n_fft")
         smooth = gaussian_smooth(curve, sc.smoothing_bins) if sc.smoothing_bins > 0 else curve
         return torch.from_numpy(smooth * sc.factor).reshape(freqs, 1), beta
     value = float(estimate["sigma_y"]) if estimate is not None else sc.value
