@@ -73,6 +73,40 @@ def test_frames_outside_the_receptive_field_do_not_matter():
     assert not torch.equal(v[..., 30 - reach:30], v2[..., 30 - reach:30])
 
 
+def test_context_branch_reaches_further_and_travels_with_the_folder(tmp_path):
+    """A dilated context branch (zero at first, so the model is unchanged) widens what each frame sees by
+    the dilation; the folder records it, and a forged setting is refused before anything is built."""
+    plain = _tiny()
+    torch.manual_seed(0)
+    pf = Postfilter(backbone="framewise", framewise={**TINY, "context_dilation": 4}, pad_multiple=8,
+                    sigma_y=0.4)
+    pf.load_state_dict({**pf.state_dict(), **plain.state_dict()})
+    T = 60
+    Y = torch.randn(1, 1, 768, T, dtype=torch.complex64)
+    x = torch.randn(1, 1, 768, T, dtype=torch.complex64)
+    assert torch.equal(pf.velocity(x, Y, 0.3), plain.velocity(x, Y, 0.3))
+    bb = pf.backbone
+    assert bb.receptive_field == 2 * (3 - 1) * 4 + 1 and plain.backbone.receptive_field == 2 * (3 - 1) + 1
+    with torch.no_grad():
+        for block in bb.blocks:
+            block.context.weight.normal_(0, 0.2)
+    reach = bb.receptive_field // 2
+    Y2 = Y.clone()
+    Y2[..., 45:] = 0
+    v, v2 = pf.velocity(x, Y, 0.3), pf.velocity(x, Y2, 0.3)
+    assert torch.equal(v[..., :45 - reach], v2[..., :45 - reach])
+    beyond_plain = 45 - plain.backbone.receptive_field  # frames the model without the branch cannot tell apart
+    assert not torch.equal(v[..., 45 - reach:beyond_plain], v2[..., 45 - reach:beyond_plain])
+    pf.save(tmp_path / "pf")
+    back = Postfilter.load(tmp_path / "pf")
+    assert back.config["framewise"]["context_dilation"] == 4 and "context_dilation" not in plain.config["framewise"]
+    assert torch.equal(back.velocity(x, Y, 0.3), v)
+    config = pf.config
+    config["framewise"]["context_dilation"] = -2
+    with pytest.raises(ValueError, match=r"framewise.context_dilation = -2 is out of range \[0, 64\]"):
+        Postfilter.from_config(config)
+
+
 def test_enhance_shapes_seeds_and_folder_round_trip(tmp_path):
     pf = _tiny(sigma_y=torch.linspace(0.2, 0.5, 768, dtype=torch.float64).reshape(768, 1))
     y = 0.1 * torch.randn(2, 1, 20_000)

@@ -198,6 +198,38 @@ def test_framewise_postfilter_trains_resumes_and_warm_starts(pair_list, tmp_path
         other.init_weights(folder)
 
 
+def test_framewise_postfilter_grows_a_context_branch_from_weights_without_one(pair_list, tmp_path):
+    """``model.context_dilation`` on top of weights trained without it: the new branches start at zero (the
+    grown model computes what the source did), they train, and the exported folder records the setting."""
+    from flowdec_cli.training.config import ConfigError
+
+    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
+    plain = PostfilterTrainer(_pf(pair_list, tmp_path / "plain", model=model, data=dict(batch_size=4),
+                                  train=dict(max_steps=2, val_every=0, checkpoint_every=0)),
+                              device="cpu", quiet=True)
+    plain.run()
+    source = tmp_path / "plain" / "postfilter"
+    assert "context_dilation" not in json.loads((source / "config.json").read_text())["framewise"]
+    grown_model = {**model, "context_dilation": 3}
+    grown = PostfilterTrainer(_pf(pair_list, tmp_path / "grown", model=grown_model, data=dict(batch_size=4),
+                                  optim=dict(lr=3e-3),
+                                  train=dict(max_steps=3, val_every=0, checkpoint_every=0,
+                                             init_from=str(source))),
+                              device="cpu", quiet=True)
+    grown.build()
+    grown.init_weights(source)
+    Y = torch.randn(1, 1, 768, 30, dtype=torch.complex64)
+    x = torch.randn(1, 1, 768, 30, dtype=torch.complex64)
+    assert torch.equal(grown.pf.velocity(x, Y, 0.4), plain.ema.velocity(x, Y, 0.4))
+    grown.run()
+    branch = grown.ema.backbone.blocks[0].context
+    assert branch is not None and branch.dilation == (3,) and bool(branch.weight.any())
+    config = json.loads((tmp_path / "grown" / "postfilter" / "config.json").read_text())
+    assert config["framewise"]["context_dilation"] == 3
+    with pytest.raises(ConfigError, match="context_dilation must be 0"):
+        _pf(pair_list, tmp_path / "bad", model={**model, "context_dilation": -1})
+
+
 def test_postfilter_objective_with_coded_phase(pair_list, tmp_path):
     """``objective.target_phase = "coded"`` changes what the flow is trained on (same seed, another loss)
     and nothing else; an unknown value is refused."""

@@ -46,7 +46,8 @@ CONFIG_VERSION = 2  # 1: NCSN++ only; 2: adds "backbone" (absent = "ncsnpp")
 SAMPLE_RATE = 48000
 DEFAULT_SIGMA_Y = 0.66  # the official global sigma_y (flow_model_final default); released models store a curve
 BACKBONES = ("ncsnpp", "framewise")  # the released models' U-Net; our frame-wise ConvNeXt (docs/framewise.md)
-FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "kernel_size": 7, "fourier_size": 64}
+FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "kernel_size": 7, "fourier_size": 64,
+                      "context_dilation": 0}
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}
 PRECISION_CHOICES = ("float32", "bfloat16", "float16")  # what a user picks (the CLI's --precision, besides auto)
@@ -95,12 +96,13 @@ MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the released postfilter has a
 _CONFIG_BOUNDS = {"n_fft": 16384, "hop_length": 16384, "pad_multiple": 4096, "nf": 1024, "num_res_blocks": 16,
                   "fourier_size": 4096}
 _FRAMEWISE_BOUNDS = {"dim": 4096, "intermediate_dim": 16384, "num_blocks": 64, "kernel_size": 63,
-                     "fourier_size": 4096}
+                     "fourier_size": 4096, "context_dilation": 64}
+_FRAMEWISE_MAY_BE_ZERO = ("context_dilation",)  # 0 = the setting is off
 
 
-def _bounded_int(name: str, value: Any, top: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-        raise ValueError(f"config {name} = {value!r} is out of range [1, {top}]")
+def _bounded_int(name: str, value: Any, top: int, bottom: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not bottom <= value <= top:
+        raise ValueError(f"config {name} = {value!r} is out of range [{bottom}, {top}]")
     return value
 
 
@@ -129,10 +131,12 @@ def check_config_bounds(config: dict[str, Any]) -> None:
         unknown = set(fw) - set(_FRAMEWISE_BOUNDS)
         if unknown:
             raise ValueError(f"unknown framewise backbone settings: {', '.join(sorted(map(str, unknown)))}")
-        args = {**FRAMEWISE_DEFAULTS, **{k: _bounded_int(f"framewise.{k}", v, _FRAMEWISE_BOUNDS[k])
+        args = {**FRAMEWISE_DEFAULTS, **{k: _bounded_int(f"framewise.{k}", v, _FRAMEWISE_BOUNDS[k],
+                                                         0 if k in _FRAMEWISE_MAY_BE_ZERO else 1)
                                         for k, v in fw.items()}}
         d, h = args["dim"], args["intermediate_dim"]
-        n = 8 * freqs * d + args["num_blocks"] * (d * args["kernel_size"] + 2 * d * h + 8 * d * args["fourier_size"])
+        per_block = 2 * d * args["kernel_size"] + 2 * d * h + 8 * d * args["fourier_size"]
+        n = 8 * freqs * d + args["num_blocks"] * per_block
     else:
         mult = config.get("ch_mult", [])
         if (not isinstance(mult, list | tuple) or not 1 <= len(mult) <= 8
@@ -203,7 +207,9 @@ class Postfilter(nn.Module):
             if unknown:
                 raise ValueError(f"unknown framewise backbone settings: {', '.join(sorted(unknown))}")
             self.backbone = FramewiseBackbone(n_freqs=freqs, fourier_scale=fourier_scale, **args)
-            self._arch = {"backbone": "framewise", "framewise": dict(args), "fourier_scale": fourier_scale}
+            # an off setting is not written, so folders without it stay readable by flowdec that predates it
+            written = {k: v for k, v in args.items() if not (k in _FRAMEWISE_MAY_BE_ZERO and v == 0)}
+            self._arch = {"backbone": "framewise", "framewise": written, "fourier_scale": fourier_scale}
         self.feature_extractor = FeatureMap(n_fft, hop_length, alpha, beta, pad_multiple)
         self.precision = "float32"
         self._compiled: Callable[..., torch.Tensor] | None = None

@@ -237,7 +237,7 @@ class PostfilterModelConfig:
 
     ``backbone = "ncsnpp"`` (official ``ncsnpp_final_no_attn``: nf, ch_mult, num_res_blocks) or
     ``"framewise"`` (our 1-D ConvNeXt over frames: dim, intermediate_dim, num_blocks, kernel_size,
-    fourier_size; see docs/framewise.md). The other backbone's keys are ignored.
+    fourier_size, context_dilation (0 = off); see docs/framewise.md). The other backbone's keys are ignored.
     """
 
     backbone: str = "ncsnpp"
@@ -246,6 +246,7 @@ class PostfilterModelConfig:
     num_blocks: int = 6
     kernel_size: int = 7
     fourier_size: int = 64
+    context_dilation: int = 0
     nf: int = 64
     ch_mult: list[int] = field(default_factory=lambda: [4, 4, 4, 2])
     num_res_blocks: int = 1
@@ -370,6 +371,8 @@ class PostfilterTrainConfig:
                     raise ConfigError(f"model.{key} must be at least 1")
             if m.kernel_size % 2 == 0:
                 raise ConfigError(f"model.kernel_size must be odd, got {m.kernel_size}")
+            if m.context_dilation < 0:
+                raise ConfigError(f"model.context_dilation must be 0 (off) or more, got {m.context_dilation}")
         factor = 2 ** (len(m.ch_mult) - 1) if m.backbone == "ncsnpp" else 1
         if (m.n_fft // 2 + 1) % factor or m.pad_multiple % factor:
             raise ConfigError(f"model: n_fft // 2 + 1 and pad_multiple must be divisible by {factor} "
