@@ -55,6 +55,30 @@ def test_compress_info_decompress(run, wav, tmp_path, tiny_codec_dir):
     assert sr == 44100 and y.shape == (sf.info(str(wav)).frames, 2)
 
 
+def test_info_json_is_strict_json_whatever_the_header_holds(run, tmp_path):
+    """A header's own keys may hold NaN or Infinity (msgpack floats); --json must still parse as JSON."""
+    import math
+
+    import numpy as np
+
+    from flowdec_cli.container import write_fdc
+
+    from .test_container import make_header
+
+    header = make_header(extra={99: float("nan"), "app.gain": float("inf"), "app.ok": 1.5})
+    fdc = tmp_path / "odd.fdc"
+    write_fdc(fdc, header, np.zeros(header.codes_shape, dtype=np.int64))
+    r = run("info", fdc, "--json")
+    assert r.exit_code == 0, r.output
+
+    def refuse(name: str) -> float:
+        raise ValueError(f"not JSON: {name}")
+
+    info = json.loads(r.output, parse_constant=refuse)
+    assert info["extra"] == {"99": None, "app.gain": None, "app.ok": 1.5}
+    assert not any(isinstance(v, float) and not math.isfinite(v) for v in info.values())
+
+
 def test_envelope_option_adds_the_side_channel(run, wav, tmp_path, tiny_codec_dir):
     plain, rich = tmp_path / "plain.fdc", tmp_path / "rich.fdc"
     assert run("compress", wav, plain, "-n", "4", "--model", tiny_codec_dir, "-q").exit_code == 0

@@ -332,6 +332,46 @@ def test_truncated_files():
     expect_error(data[:20], "truncated file")
 
 
+def _through_fifo(tmp_path: Path, data: bytes, then: bytes = b"") -> tuple[str, list]:
+    """A named pipe that serves ``data`` and then ``then`` (or, if ``then`` is None, endless zeros)."""
+    import threading
+
+    fifo = tmp_path / "pipe.fdc"
+    os.mkfifo(fifo)
+    done: list = []
+
+    def writer() -> None:
+        try:
+            with open(fifo, "wb") as f:
+                f.write(data + then)
+                done.append(True)
+        except BrokenPipeError:  # the reader stopped reading: what a bounded read must do
+            done.append(False)
+
+    threading.Thread(target=writer, daemon=True).start()
+    return str(fifo), done
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_reading_stops_at_what_the_file_can_be(tmp_path):
+    """A wrong magic costs 4 bytes however long the input; a pipe is read as far as its header declares."""
+    big = tmp_path / "big.fdc"
+    with open(big, "wb") as f:
+        f.truncate(200 << 20)  # sparse: 200 MB of zeros on disk in no time
+    with pytest.raises(FdcError, match="bad magic"):
+        container.inspect_fdc(big)
+    data = small_file()
+    name, _ = _through_fifo(tmp_path, data)
+    assert container.inspect_fdc(name) == decode_fdc(data)[0]
+    os.unlink(name)
+    name, _ = _through_fifo(tmp_path, data, b"x" * (1 << 20))
+    with pytest.raises(FdcError, match="unexpected bytes after the end of the file"):
+        container.inspect_fdc(name)
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(FdcError, match="bad magic"):
+            container.inspect_fdc("/dev/zero")
+
+
 def test_every_single_bit_flip_is_detected():
     data = small_file()
     assert len(data) < 200

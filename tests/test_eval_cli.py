@@ -165,6 +165,30 @@ def test_eval_csv_and_output_file(audio_dirs, tmp_path):
     assert json.loads(out.read_text())["columns"] == ["file", "si_sdr", "mel", "lsd"]
 
 
+def test_eval_and_plot_never_clobber(audio_dirs, tmp_path):
+    """An existing -o FILE is kept unless --force, and an input is never an output, even with --force."""
+    ref, deg = audio_dirs
+    out = tmp_path / "report.txt"
+    out.write_text("keep me")
+    res = run(eval_command, ref, deg, "-o", out)
+    assert res.exit_code == 1 and f"{out}: exists; use -f/--force to overwrite" in res.stderr
+    assert out.read_text() == "keep me"
+    res = run(eval_command, ref, deg, "-o", out, "--force")
+    assert res.exit_code == 0 and "si_sdr" in out.read_text()
+    audio = (ref / "a.wav").read_bytes()
+    for extra in ([], ["--force"]):
+        res = run(eval_command, ref / "a.wav", deg / "a.flac", "-o", ref / "a.wav", *extra)
+        assert res.exit_code == 1 and "is also an input" in res.stderr
+        assert (ref / "a.wav").read_bytes() == audio
+    res = run(plot_command, ref / "a.wav", deg / "a.flac", "-o", tmp_path / "p.txt")
+    assert res.exit_code == 2 and "give -o a .png name" in res.output
+    png = tmp_path / "keep.png"
+    png.write_bytes(b"old")
+    res = run(plot_command, ref / "a.wav", deg / "a.flac", "-o", png)
+    assert res.exit_code == 1 and "exists; use -f/--force" in res.stderr and png.read_bytes() == b"old"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
 def test_eval_resamples_deg_rate(tmp_path):
     x = 0.3 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)
     sf.write(tmp_path / "r.wav", x, SR, subtype="FLOAT")

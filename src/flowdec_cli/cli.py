@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
 from .options import check_nfe_option, check_rate_request_option, temperature_option
-from .streams import is_stdio
+from .streams import is_stdio, strict_json
 
 if TYPE_CHECKING:
     from .container import FdcHeader
@@ -268,7 +267,7 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
 
     def report(record: dict[str, Any], text: str, folder: bool) -> None:
         if as_json:
-            click.echo(json.dumps(record))
+            click.echo(strict_json(record))
         elif text and not quiet and not folder:
             click.echo(text, err=True)
 
@@ -643,7 +642,7 @@ def info(src: Path, as_json: bool) -> None:
         "envelope_kbps": actual_bitrate(header.envelope_bytes, duration, header.channels) / 1000,
     })
     if as_json:
-        click.echo(json.dumps(fields, indent=2, default=str))
+        click.echo(strict_json(fields, indent=2))
         return
     width = max(len(k) for k in fields)
     for k, v in fields.items():

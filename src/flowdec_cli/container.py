@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -747,11 +748,35 @@ def inspect_fdc(path: str | os.PathLike) -> FdcHeader:
 
 
 def _read_bytes(name: Any) -> bytes:
+    """The bytes of a file to check, never more than it can be: reading stops after the magic when that is
+    wrong (a multi-gigabyte file that is not a .fdc costs 4 bytes), and a stream or device (a pipe,
+    /dev/zero) is read only as far as its own header declares."""
     try:
         with open(name, "rb") as f:
-            return f.read()
+            head = f.read(len(FDC_MAGIC))
+            if head != FDC_MAGIC:
+                return head  # empty, or not a .fdc file: the checks say which
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return head + f.read()
+            return head + _read_declared(f, head)
     except OSError as e:
         raise FdcError(f"{name}: cannot read: {e.strerror or e}") from None
+
+
+def _read_declared(f: Any, head: bytes) -> bytes:
+    """After the magic of a stream: the fixed fields, the header, and as many bytes as the header declares
+    (one more, so that trailing bytes are still reported). A header that does not parse ends the read."""
+    data = head + f.read(_PREAMBLE.size - len(head))
+    if len(data) < _PREAMBLE.size:
+        return data[len(head):]
+    hlen = _PREAMBLE.unpack_from(data)[3]
+    data += f.read(hlen)
+    try:
+        header = _parse_header(data[_PREAMBLE.size:], "<stream>")
+    except FdcError:
+        return data[len(head):] + f.read(_CRC.size)
+    wanted = header.payload_size + int(header.envelope_bytes) + _CRC.size + 1
+    return data[len(head):] + f.read(wanted)
 
 
 def header_size(header: FdcHeader) -> int:

@@ -5,7 +5,6 @@ Parsing and reporting only; the work is :mod:`flowdec_cli.corpus`.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import click
 
 from .errors import error_line
 from .options import check_nfe_option, check_rate_request_option
+from .streams import strict_json
 
 __all__ = ["corpus_group"]
 
@@ -110,7 +110,7 @@ def _finish(summary: Any, out: Path, quiet: bool, as_json: bool, verb: str) -> N
     from .corpus import FAILURES
 
     if as_json:
-        click.echo(json.dumps({"files": summary.total, "done": summary.done, "done_before": summary.skipped,
+        click.echo(strict_json({"files": summary.total, "done": summary.done, "done_before": summary.skipped,
                                "failed": len(summary.failed), "audio_seconds": summary.audio_seconds,
                                "seconds": summary.seconds, "audio_seconds_per_second": summary.speed,
                                "engine": summary.engine, "shards": summary.shards, "output": str(out),

@@ -11,18 +11,20 @@ A closed pipe (``flowdec models | head -1``) ends the program quietly, as :func:
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .exceptions import FlowdecError
 
 __all__ = ["STDIO", "is_stdio", "spooled_stdin", "stdout_file", "read_stdin_bytes", "write_stdout_bytes",
-           "StreamError", "exit_on_broken_pipe", "check_stdout_not_terminal"]
+           "StreamError", "exit_on_broken_pipe", "check_stdout_not_terminal", "strict_json"]
 
 STDIO = "-"
 COPY_BLOCK = 1 << 20
@@ -106,3 +108,24 @@ def exit_on_broken_pipe() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     raise SystemExit(BROKEN_PIPE_EXIT)
+
+
+def strict_json(value: Any, indent: int | None = None) -> str:
+    """``value`` as standard JSON, for ``--json`` outputs that other programs parse.
+
+    Python's ``json`` writes NaN and Infinity, which JSON does not have and strict parsers reject (a
+    metric that could not be computed, a forged file's header): they become ``null``. Anything else that
+    JSON cannot hold (a path, a tuple's odd member) is written as its ``str``.
+    """
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if v is None or isinstance(v, bool | int | float | str):
+            return v
+        return str(v)
+
+    return json.dumps(clean(value), indent=indent, allow_nan=False)

@@ -6,12 +6,14 @@ bad arguments, :class:`click.ClickException` (exit 1) for everything found while
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import click
 
 from ..errors import Failure
+from ..fileio import OutputExistsError, atomic_write_bytes
 from .metrics import (
     DEFAULT_METRICS,
     METRICS,
@@ -103,12 +105,27 @@ def _output_format(json_out: bool, csv_out: bool, output: Path | None) -> str:
     return "table"
 
 
-def _emit(text: str, output: Path | None) -> None:
+def _check_output(output: Path | None, inputs: list[Path], force: bool) -> None:
+    """Refuse, before any work, an output that is one of the inputs (even with --force) or that exists."""
+    if output is None:
+        return
+    for path in inputs:
+        with contextlib.suppress(OSError):
+            if path.is_file() and output.exists() and output.samefile(path):
+                raise Failure(f"{output}: is also an input; choose another output")
+    if not force and (output.exists() or output.is_symlink()):
+        raise Failure(f"{output}: exists; use -f/--force to overwrite")
+
+
+def _emit(text: str, output: Path | None, force: bool = False) -> None:
+    """The report to standard output, or to ``output`` in one atomic step (no-clobber without --force)."""
     if output is None:
         click.echo(text, nl=False)
         return
     try:
-        output.write_text(text, encoding="utf-8")
+        atomic_write_bytes(output, text.encode("utf-8"), make_parents=False, overwrite=force)
+    except OutputExistsError:
+        raise Failure(f"{output}: exists; use -f/--force to overwrite") from None
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
     click.echo(f"flowdec: wrote {output}", err=True)
@@ -137,6 +154,7 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE (format from --json/--csv, else from a .json/.csv "
                    "suffix, else a table).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing -o FILE.")
 @click.option("--allow-mismatch", is_flag=True,
               help="Score pairs whose sample rates or lengths differ (resampled, trimmed to the shorter) with a "
                    "warning, instead of refusing them.")
@@ -150,8 +168,8 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
 @click.option("--seed", default=0, show_default=True, type=int, help="--codec: postfilter seed.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
               help="--codec: also write the decoded files under this folder.")
-def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output, allow_mismatch, codec_model,
-                 bitrates, nfe_spec, opus, device, seed, save_dir):
+def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output, force, allow_mismatch,
+                 codec_model, bitrates, nfe_spec, opus, device, seed, save_dir):
     """Score decoded audio DEG against reference REF: two files, or two folders
     paired by relative path (the extension may differ). One row per file, and
     the mean.
@@ -169,6 +187,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
     stoi and estoi.
     """
     fmt = _output_format(json_out, csv_out, output)
+    _check_output(output, [ref] + ([deg] if deg is not None else []), force)
     names, notes = select_metrics(metrics_spec, all_metrics)
     for n in notes:
         _warn(n)
@@ -178,7 +197,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
             raise click.UsageError("with --codec give one file or folder to code, not REF and DEG")
         report = _codec_mode(codec_model, ref, names, bitrates, nfe_spec, opus, device, seed,
                              save_dir)
-        _emit(report.render(fmt), output)
+        _emit(report.render(fmt), output, force)
         return
     codec_only = {"--bitrates": bitrates, "--opus": opus or None, "--save": save_dir,
                   "--nfe": nfe_spec}
@@ -240,7 +259,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
         for m, msg in errors.items():
             _warn(f"{pair.name}: {m} not computed: {msg}")
         report.add(file=pair.name, ref=str(pair.ref), deg=str(pair.deg), **scores)
-    _emit(report.render(fmt), output)
+    _emit(report.render(fmt), output, force)
     if fmt == "csv" and len(report.rows) > 1:
         mean = report.mean()
         click.echo(f"flowdec: mean over {mean['n']} files (not in the CSV): "
@@ -274,10 +293,11 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="PNG file to write.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing -o FILE.")
 @click.option("-t", "--title", "titles", multiple=True,
               help="Panel title; repeat once per OUT (reference titled 'reference') or once "
                    "per panel including REF. Default: file names.")
-def plot_command(ref, outs, output, titles):
+def plot_command(ref, outs, output, force, titles):
     """Draw log spectrograms of REF and each OUT side by side into a PNG (-o).
 
     Needs matplotlib (pip install flowdec-cli[plot]). Multi-channel files are mixed down to
@@ -291,10 +311,15 @@ def plot_command(ref, outs, output, titles):
             f"got {len(titles)} --title for {n_panels} panels; give {n_panels - 1} "
             f"(one per OUT) or {n_panels} (REF first)"
         )
+    if output.suffix.lower() != ".png":
+        raise click.UsageError(f"{output}: the plot is a PNG image; give -o a .png name")
+    _check_output(output, [ref, *outs], force)
     try:
-        path = plot_spectrograms(ref, list(outs), list(titles) or None, output)
+        path = plot_spectrograms(ref, list(outs), list(titles) or None, output, overwrite=force)
     except (PlotUnavailable, AudioReadError) as exc:
         raise Failure(str(exc)) from exc
+    except OutputExistsError:
+        raise Failure(f"{output}: exists; use -f/--force to overwrite") from None
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
     click.echo(f"flowdec: wrote {path}", err=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import FlowdecError
+from ..fileio import publish, temporary_sibling
 from .pairing import _read
 
 __all__ = ["PlotUnavailable", "plot_spectrograms", "N_FFT", "HOP", "DYNAMIC_RANGE_DB"]
@@ -52,13 +53,16 @@ def plot_spectrograms(
     titles: Sequence[str] | None,
     png_path: str | Path,
     dpi: int = 120,
+    overwrite: bool = True,
 ) -> Path:
     """Draw the reference and each output as log spectrograms in one row; save to ``png_path``.
 
     ``titles``: one per panel (reference first, ``1 + len(out_paths)`` of them), or one per
     output (the reference is then titled ``reference``), or None (file names). Raises
     :class:`PlotUnavailable` without matplotlib, ``ValueError`` for a wrong number of titles,
-    and soundfile's errors for unreadable files. Returns ``Path(png_path)``.
+    and soundfile's errors for unreadable files. The image is written in full to a temporary sibling and
+    then moved into place; with ``overwrite=False`` an existing ``png_path`` stays as it is
+    (:class:`~flowdec_cli.fileio.OutputExistsError`). Returns ``Path(png_path)``.
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -111,5 +115,11 @@ def plot_spectrograms(
     assert image is not None  # at least one panel: paths is never empty here
     fig.colorbar(image, ax=list(axes), label="dB re. reference peak")
     png_path = Path(png_path)
-    fig.savefig(png_path)
+    tmp = temporary_sibling(png_path)
+    try:
+        fig.savefig(tmp, format="png")
+        publish(tmp, png_path, overwrite)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return png_path

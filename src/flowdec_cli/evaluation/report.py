@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..streams import strict_json
 
 __all__ = ["Report", "format_value"]
 
@@ -113,26 +114,17 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def to_json(self, indent: int | None = 2) -> str:
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, (list, tuple)):
-                return [clean(x) for x in v]
-            return v
-
         doc: dict[str, Any] = {
             "columns": self.labels + self.values,
-            "rows": [clean(r) for r in self.rows],
+            "rows": list(self.rows),
         }
         if self.with_mean:
-            doc["mean"] = clean(self.mean())
+            doc["mean"] = self.mean()
         doc["n"] = len(self.rows)
         if self.notes:
             doc["notes"] = list(self.notes)
-        doc.update(clean(self.extra))
-        return json.dumps(doc, indent=indent, allow_nan=False) + "\n"
+        doc.update(self.extra)
+        return strict_json(doc, indent=indent) + "\n"
 
     def to_csv(self) -> str:
         buf = io.StringIO()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import FlowdecGroup, terminal_text
+from ..streams import strict_json
 
 __all__ = ["models_group"]
 
@@ -111,7 +111,7 @@ def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
 
     models = list_models(cache_dir)
     if as_json:
-        click.echo(json.dumps(models, indent=2))
+        click.echo(strict_json(models, indent=2))
     else:
         _print_table(models, cache_dir)
 
