@@ -89,6 +89,32 @@ def test_strict_load_names_every_bad_key(reference_dir):
     assert "encoder.block.0.weight_g" in msg and "encoder.extra" in msg and "shape mismatches" in msg
 
 
+def test_a_pickle_cannot_make_us_allocate_what_it_does_not_hold(tmp_path):
+    """``bytearray(n)`` is allowed by torch's weights_only loader: a 400-byte file asked for 3 GB. Both our
+    loaders refuse it before anything is allocated."""
+    import builtins
+    import io
+    import pickle
+
+    from flowdec_cli.checkpoints import _RestrictedUnpickler
+
+    class Bomb:
+        def __reduce__(self):
+            return (builtins.bytearray, (3_000_000_000,))
+
+    evil = tmp_path / "weights.pth"
+    torch.save({"state_dict": {}, "metadata": {"kwargs": {}}, "x": Bomb()}, evil)
+    with pytest.raises(CheckpointError, match="asks for bytes or bytearray"):
+        load_dac_weights(evil)
+    with pytest.raises(pickle.UnpicklingError, match="allocates memory the file does not hold"):
+        _RestrictedUnpickler(io.BytesIO(pickle.dumps({"a": Bomb()}, protocol=4))).load()
+    # protocol 2 names it __builtin__.bytearray, which is not on the allowlist: an inert stub, nothing built
+    stub = _RestrictedUnpickler(io.BytesIO(pickle.dumps({"a": Bomb()}, protocol=2))).load()["a"]
+    assert not isinstance(stub, bytearray | bytes)
+    data = pickle.dumps({"a": bytearray(b"abc"), "b": b"xy"}, protocol=4)  # built from data: fine
+    assert _RestrictedUnpickler(io.BytesIO(data)).load() == {"a": bytearray(b"abc"), "b": b"xy"}
+
+
 def test_weights_file_is_never_unpickled_unsafely(tmp_path):
     evil = tmp_path / "weights.pth"
 

@@ -3,12 +3,14 @@
 Three formats reach us:
 
 * the released NDAC ``weights.pth`` (audiotools ``BaseModel.save``): a zip-format ``torch.save`` whose
-  pickle names only tensors and plain containers, so torch's ``weights_only`` loader reads it;
+  pickle names only tensors and plain containers, so torch's ``weights_only`` loader reads it (after we
+  refuse a pickle that names ``bytes`` or ``bytearray``, which that loader allows and which let a tiny file
+  allocate gigabytes);
 * the released FlowDec Lightning ``.ckpt``: its pickle also holds OmegaConf objects and callback state.
   ``weights_only`` refuses those, and a plain ``torch.load`` would import (and could execute) whatever the
   pickle names. We unpickle it with an allowlist instead: tensor rebuilders and plain containers resolve
-  to the real thing, every other global resolves to an inert stub, so nothing outside the allowlist is
-  ever imported or called;
+  to the real thing (``bytes`` and ``bytearray`` only from data the file holds), every other global
+  resolves to an inert stub, so nothing outside the allowlist is ever imported or called;
 * our own model folders: ``config.json`` + ``model.safetensors``, the layout a Hugging Face hub repo holds.
 """
 
@@ -93,9 +95,26 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch", "device"): torch.device,
 }
 for _builtin in ("dict", "list", "set", "frozenset", "tuple", "int", "float", "complex", "bool", "str",
-                 "bytes", "bytearray", "slice"):
+                 "slice"):
     _ALLOWED_GLOBALS[("builtins", _builtin)] = getattr(builtins, _builtin)
 del _builtin
+
+
+def _from_data_only(kind: type) -> Any:
+    """``bytes`` / ``bytearray`` for the unpickler, built only from data the pickle carries: ``kind(n)``
+    would make a 400-byte file allocate n bytes (a forged checkpoint asking for gigabytes)."""
+    def build(*args: Any) -> Any:
+        if args and isinstance(args[0], int):
+            raise pickle.UnpicklingError(f"{kind.__name__}({args[0]}) allocates memory the file does not hold; "
+                                         "refused")
+        return kind(*args)
+
+    return build
+
+
+for _kind in (bytes, bytearray):
+    _ALLOWED_GLOBALS[("builtins", _kind.__name__)] = _from_data_only(_kind)
+del _kind
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -158,17 +177,43 @@ def _tensor_dict(state: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _is_lightning_checkpoint(path: Path) -> bool:
-    """Does the torch zip's pickle carry Lightning's top-level keys? (Read as bytes; nothing is unpickled.)"""
+def _pickle_bytes(path: Path) -> bytes | None:
+    """The pickle of a torch zip, as bytes (nothing is unpickled); None if there is none or it is huge."""
     try:
         with zipfile.ZipFile(path) as zf:
             pkl = next((i for i in zf.infolist() if i.filename.endswith("/data.pkl")), None)
             if pkl is None or pkl.file_size > (64 << 20):
-                return False
-            data = zf.read(pkl)
+                return None
+            return zf.read(pkl)
     except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return None
+
+
+def _is_lightning_checkpoint(path: Path) -> bool:
+    """Does the torch zip's pickle carry Lightning's top-level keys?"""
+    data = _pickle_bytes(path)
+    return data is not None and (b"pytorch-lightning_version" in data or b"_pl_ema_state_dict" in data)
+
+
+_SIZED_BUILDERS = {"bytes", "bytearray"}  # builtins whose call with a number allocates that many bytes
+
+
+def _asks_for_sized_builder(data: bytes) -> bool:
+    """Does a pickle name ``bytes`` or ``bytearray``? torch's ``weights_only`` loader allows both, and
+    ``bytearray(3_000_000_000)`` in a 400-byte file makes it allocate 3 GB. NDAC weights never need them
+    (bytes have their own opcodes), so naming them at all, as a GLOBAL or as the strings a STACK_GLOBAL
+    takes, is refused. Read with ``pickletools``: nothing is unpickled."""
+    import pickletools
+
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name == "GLOBAL" and isinstance(arg, str) and arg.split(" ")[-1] in _SIZED_BUILDERS:
+                return True
+            if "UNICODE" in op.name and arg in _SIZED_BUILDERS:
+                return True
+    except (ValueError, EOFError):  # a malformed pickle: torch's own loader reports it
         return False
-    return b"pytorch-lightning_version" in data or b"_pl_ema_state_dict" in data
+    return False
 
 
 def _refusal(exc: Exception) -> str:
@@ -192,6 +237,10 @@ def load_dac_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(f"{path}: a FlowDec postfilter checkpoint (Lightning .ckpt), not codec weights "
                               "(weights.pth); it cannot code audio alone: give a model folder or name "
                               "(e.g. flowdec-75m after `flowdec models fetch-official`)")
+    data = _pickle_bytes(path)
+    if data is not None and _asks_for_sized_builder(data):
+        raise CheckpointError(f"{path}: refused: not plain NDAC weights; its pickle asks for bytes or bytearray "
+                              "objects, which a weights file never needs (nothing in it was run)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
