@@ -337,6 +337,22 @@ def test_embedded_models_and_default(home, tmp_path, monkeypatch):
     assert by["ours-75"]["licence"] == "MIT"
 
 
+def test_a_broken_folder_in_the_cache_never_hides_the_other_models(tmp_path, monkeypatch):
+    """A hand-placed model whose card does not parse is listed as broken, naming its card; the rest stay."""
+    from click.testing import CliRunner
+
+    from flowdec_cli.cli import main
+
+    monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
+    bad = tmp_path / "models" / "mywrong"
+    (bad / "ndac").mkdir(parents=True)
+    (bad / "flowdec.json").write_text(json.dumps({"name": "mywrong", "n_codebooks": "ten\x1b]0;x\x07"}))
+    by = {m["name"]: m for m in catalogue.list_models()}
+    assert "flowdec.json" in by["mywrong"]["problem"] and "ten" in by["mywrong"]["problem"]
+    assert by["flowdec-small"]["problem"] == "" and by["flowdec-small"]["available"] == "embedded"
+    r = CliRunner().invoke(main, ["models"])
+    assert r.exit_code == 0 and "flowdec-small" in r.output
+    assert "mywrong is broken:" in r.output and "\x1b" not in r.output
 # --------------------------------------------------------------------------------------------------
 # export and the hub
 

@@ -91,6 +91,13 @@ def test_config_errors_name_the_key(tmp_path, text, message):
         load_config(path, "ndac")
 
 
+def test_a_binary_file_as_config_is_one_clear_error(tmp_path):
+    path = tmp_path / "audio.toml"
+    path.write_bytes(b"RIFF\x80\xff\x00WAVE")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: not a text file")):
+        load_config(path, "ndac")
+
+
 def test_perband_sigma_needs_a_file():
     with pytest.raises(ConfigError, match=re.escape("sigma.file")):
         config_from_dict("postfilter", {"sigma": {"mode": "perband"}})

@@ -80,6 +80,7 @@ class RegistryEntry:
     members: dict[str, str] = field(default_factory=dict)  # kind "official": component -> archive member
     path: Path | None = None  # kind "embedded": its folder
     default_nfe: int | None = None  # NFE when none is asked for; None: folder.default_nfe_for without a card
+    problem: str = ""  # a cached folder whose card does not parse: why (the folder cannot be used)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -218,8 +219,19 @@ def _cached_extra_entries(cache_dir: CacheDir) -> list[RegistryEntry]:
     if not mdir.is_dir():
         return []
     skip = set(OFFICIAL_BY_NAME) | set(embedded_folders())
-    return [_entry_from_folder(folder, CACHED) for folder in sorted(mdir.iterdir())
+    return [_entry_or_broken(folder) for folder in sorted(mdir.iterdir())
             if not folder.name.startswith(".") and folder.name not in skip and is_model_folder(folder)]
+
+
+def _entry_or_broken(folder: Path) -> RegistryEntry:
+    """A folder someone put in the cache; one whose card does not parse is listed as broken, naming the
+    card and the cause, so that one bad folder never hides the other models."""
+    try:
+        return _entry_from_folder(folder, CACHED)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return RegistryEntry(name=folder.name, description="", frame_rate=0.0, hop_length=0, n_codebooks=0,
+                             bitrates_kbps=(), licence="unknown", kind=CACHED, source="",
+                             problem=f"{folder / MODEL_CARD_NAME}: {exc}")
 
 
 def entries(cache_dir: CacheDir = None) -> list[RegistryEntry]:

@@ -82,6 +82,7 @@ def _print_table(models: list[dict[str, Any]], cache_dir: Path | None) -> None:
     if any(str(m.get("licence", "")).upper().startswith("CC-BY-NC") for m in models):
         notes.append("CC-BY-NC-4.0: attribution required, non-commercial use only")
     notes.append("any model: --model NAME, --model PATH or --model hf://OWNER/REPO[@REVISION]")
+    notes += [f"{m['name']} is broken: {terminal_text(m['problem'])}" for m in models if m.get("problem")]
     for n in notes:
         click.echo(f"flowdec: {n}", err=True)
 
