@@ -165,6 +165,20 @@ def test_eval_csv_and_output_file(audio_dirs, tmp_path):
     assert json.loads(out.read_text())["columns"] == ["file", "si_sdr", "mel", "lsd"]
 
 
+def test_one_bad_pair_in_a_folder_is_reported_and_the_rest_are_scored(audio_dirs):
+    ref, deg = audio_dirs
+    sf.write(ref / "short.wav", np.zeros(SR), SR)
+    sf.write(deg / "short.wav", np.zeros(SR // 2), SR)  # half as long: not a decoding of it
+    (ref / "junk.wav").write_bytes(b"not audio")
+    (deg / "junk.wav").write_bytes(b"not audio")
+    res = run(eval_command, ref, deg, "--json", "-m", "si_sdr")
+    assert res.exit_code == 1
+    assert [r["file"] for r in json.loads(res.stdout)["rows"]] == ["a.wav", "sub/b.wav"]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("flowdec: error:")]
+    assert len(errors) == 3 and "short.wav: lengths differ" in errors[1] and "junk.wav" in errors[0]
+    assert "2 of 4 pairs could not be scored" in errors[2] and "Traceback" not in res.stderr
+
+
 def test_eval_and_plot_never_clobber(audio_dirs, tmp_path):
     """An existing -o FILE is kept unless --force, and an input is never an output, even with --force."""
     ref, deg = audio_dirs

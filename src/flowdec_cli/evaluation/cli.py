@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import Failure
+from ..errors import Failure, error_line
 from ..fileio import OutputExistsError, atomic_write_bytes
 from .metrics import (
     DEFAULT_METRICS,
@@ -235,35 +235,55 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
         },
     )
     show_progress = len(pairing.pairs) > 1 and sys.stderr.isatty()
+    failed: list[str] = []
     for i, pair in enumerate(pairing.pairs, 1):
         if show_progress:
             click.echo(f"flowdec: [{i}/{len(pairing.pairs)}] {pair.name}", err=True)
         try:
-            ref_audio, ref_sr = _read(pair.ref)
-            deg_audio, deg_sr = _read(pair.deg)
-        except AudioReadError as exc:
-            raise Failure(str(exc)) from exc
-        problems = comparability_problems(len(ref_audio), ref_sr, len(deg_audio), deg_sr)
-        if problems and not allow_mismatch:
-            raise Failure(f"{pair.deg}: {'; '.join(problems)}: not a decoding of {pair.ref}? "
-                          "(--allow-mismatch scores it anyway)")
-        for p in problems:
-            _warn(f"{pair.name}: {p}; resampled and trimmed to the shorter")
-        errors: dict[str, str] = {}
-        try:
-            scores = compute_metrics(ref_audio, ref_sr, deg_audio, deg_sr, names, errors=errors)
-        except MetricError as exc:
-            raise Failure(f"{pair.deg}: {exc}") from exc
+            report.add(file=pair.name, ref=str(pair.ref), deg=str(pair.deg),
+                       **_score_pair(pair, names, allow_mismatch))
         except MetricUnavailable as exc:
             raise Failure(str(exc)) from exc
-        for m, msg in errors.items():
-            _warn(f"{pair.name}: {m} not computed: {msg}")
-        report.add(file=pair.name, ref=str(pair.ref), deg=str(pair.deg), **scores)
+        except Failure as exc:
+            if len(pairing.pairs) == 1:
+                raise
+            click.echo(error_line(exc.format_message()), err=True)  # one bad pair; the others go on
+            failed.append(pair.name)
+    if failed and not report.rows:
+        raise Failure(f"none of the {len(failed)} pairs could be scored")
     _emit(report.render(fmt), output, force)
     if fmt == "csv" and len(report.rows) > 1:
         mean = report.mean()
         click.echo(f"flowdec: mean over {mean['n']} files (not in the CSV): "
                    + ", ".join(f"{m} {mean[m]:.3f}" for m in names), err=True)
+    if failed:
+        raise Failure(f"{len(failed)} of {len(pairing.pairs)} pairs could not be scored and are not in the "
+                      f"report: {_list_some(failed)}")
+
+
+def _score_pair(pair, names: list[str], allow_mismatch: bool) -> dict:
+    """The metrics of one (reference, decoded) pair; :class:`Failure` naming the file when it cannot be
+    scored. A metric that is not installed (:class:`MetricUnavailable`) is not a problem of the pair: it
+    is raised as it is, and stops the run."""
+    try:
+        ref_audio, ref_sr = _read(pair.ref)
+        deg_audio, deg_sr = _read(pair.deg)
+    except AudioReadError as exc:
+        raise Failure(str(exc)) from exc
+    problems = comparability_problems(len(ref_audio), ref_sr, len(deg_audio), deg_sr)
+    if problems and not allow_mismatch:
+        raise Failure(f"{pair.deg}: {'; '.join(problems)}: not a decoding of {pair.ref}? "
+                      "(--allow-mismatch scores it anyway)")
+    for p in problems:
+        _warn(f"{pair.name}: {p}; resampled and trimmed to the shorter")
+    errors: dict[str, str] = {}
+    try:
+        scores = compute_metrics(ref_audio, ref_sr, deg_audio, deg_sr, names, errors=errors)
+    except MetricError as exc:
+        raise Failure(f"{pair.deg}: {exc}") from exc
+    for m, msg in errors.items():
+        _warn(f"{pair.name}: {m} not computed: {msg}")
+    return scores
 
 
 def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir) -> Report:
