@@ -66,6 +66,7 @@ codec)
   secs=${CODEC_SECONDS:-200}; lr_final=${CODEC_LR_FINAL-2e-5}
   if [ -n "$lr_final" ]; then schedule=(--set "optim.lr_final=$lr_final"); else schedule=(--set optim.lr_gamma=0.9997); fi
   stamp codec training for "$secs" s
+  rm -rf "$WORK/ndac"  # a retried stage starts again from the shipped weights (the trainer refuses a used folder)
   # the trainer ends itself at train.max_seconds (the loop's own clock); timeout only guards a hang
   timeout --signal=TERM "$((secs + 120))" $FLOWDEC train ndac configs/default-ndac.toml --device "$DEVICE" -q \
     --out "$WORK/ndac" --set "train.init_from=\"$SHIPPED\"" --set train.max_seconds="$secs" \
@@ -88,6 +89,7 @@ postfilter)
   # Batch 32: at 64 an H200 ran 17-20 steps/s (about 1,180 items/s) against 34-44 at 32 (up to 1,400):
   # no more audio per second, and half the updates.
   stamp postfilter training for "${PF_SECONDS:-170}" s
+  rm -rf "$WORK/postfilter"  # as for the codec: a retry starts from the shipped weights
   timeout --signal=TERM "$((${PF_SECONDS:-170} + 120))" $FLOWDEC train postfilter configs/default-postfilter.toml \
     --device "$DEVICE" -q --out "$WORK/postfilter" --set "train.init_from=\"$SHIPPED\"" \
     --set train.max_seconds="${PF_SECONDS:-170}" \

@@ -210,6 +210,13 @@ def test_framewise_postfilter_grows_a_context_branch_from_weights_without_one(pa
     plain.run()
     source = tmp_path / "plain" / "postfilter"
     assert "context_dilation" not in json.loads((source / "config.json").read_text())["framewise"]
+    again = PostfilterTrainer(_pf(pair_list, tmp_path / "plain", model=model, data=dict(batch_size=4),
+                                  train=dict(max_steps=1, val_every=0, checkpoint_every=0)),
+                              device="cpu", quiet=True)
+    latest = (tmp_path / "plain" / "checkpoints" / "latest").read_text()
+    with pytest.raises(TrainingError, match="holds the checkpoints of an earlier run; --resume continues it"):
+        again.run()  # a fresh run into a finished run's folder would overwrite and prune its checkpoints
+    assert (tmp_path / "plain" / "checkpoints" / "latest").read_text() == latest
     grown_model = {**model, "context_dilation": 3}
     grown = PostfilterTrainer(_pf(pair_list, tmp_path / "grown", model=grown_model, data=dict(batch_size=4),
                                   optim=dict(lr=3e-3),

@@ -108,6 +108,10 @@ class Trainer:
 
     def _run(self) -> dict[str, float]:
         env, cfg = self.env, self.config
+        if not self.resume and (self.run_dir / "checkpoints" / "latest").is_file():
+            # a fresh run here would overwrite that run's checkpoints, append to its metrics and prune it
+            raise TrainingError(f"{self.run_dir}: holds the checkpoints of an earlier run; --resume continues "
+                                "it, or give another --out (or remove the folder)")
         if cfg.train.tf32 and env.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
