@@ -121,6 +121,12 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert (tmp_path / "pairs" / "sigma_perband.npy").is_file()
     r = _run("train", "estimate-sigma", tmp_path / "pf.yaml", "-q")
     assert "exists; use --force" in _one_error_line(r)
+    npy = (tmp_path / "pairs" / "sigma_perband.npy").read_bytes()
+    r = _run("train", "estimate-sigma", "--pairs", tmp_path / "pairs" / "train.txt", "-o",
+             tmp_path / "pairs" / "sigma.txt", "-q")  # a new JSON, but its curve's .npy name is taken
+    assert "sigma_perband.npy: exists; use --force" in _one_error_line(r)
+    assert (tmp_path / "pairs" / "sigma_perband.npy").read_bytes() == npy
+    assert not (tmp_path / "pairs" / "sigma.txt").exists()
 
     r = _run("train", "postfilter", tmp_path / "pf.yaml", "--device", "cpu")
     assert r.exit_code == 0, r.output

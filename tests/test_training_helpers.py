@@ -100,3 +100,19 @@ class fast_cpu_settings:
 def fast_cpu():
     with fast_cpu_settings():
         yield
+
+
+def test_a_sigma_file_is_a_file_and_is_not_clobbered(tmp_path):
+    from flowdec_cli.training import write_sigma_file
+    from flowdec_cli.training.common import TrainingError
+
+    est = {"sigma_y_perband": [0.5] * 768, "sigma_y": 0.5, "beta": 0.3}
+    with pytest.raises(TrainingError, match="not a folder"):
+        write_sigma_file(tmp_path, est)
+    write_sigma_file(tmp_path / "s.json", est)
+    (tmp_path / "s.json").unlink()  # the JSON is free, the curve's name beside it is not
+    (tmp_path / "s_perband.npy").write_bytes(b"keep")
+    with pytest.raises(TrainingError, match=r"s_perband\.npy: exists"):
+        write_sigma_file(tmp_path / "s.json", est, overwrite=False)
+    assert (tmp_path / "s_perband.npy").read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s_perband.npy"]  # nothing else, no temporary

@@ -219,7 +219,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     from ..runtime import resolve_device
     from .common import TrainingError
     from .config import load_config
-    from .prepare import estimate_sigma, pairs_from, write_sigma_file
+    from .prepare import estimate_sigma, pairs_from, sigma_file_outputs, write_sigma_file
 
     cfg = load_config(config, "postfilter") if config is not None else None
     lists = [str(p) for p in pair_lists] or (cfg.data.train if cfg is not None else [])
@@ -228,8 +228,9 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     target = out_file or (Path(cfg.sigma.file) if cfg is not None and cfg.sigma.file else None)
     if target is None:
         raise click.UsageError("give --out FILE, or set sigma.file in the config")
-    if target.exists() and not force:
-        raise TrainingError(f"{target}: exists; use --force to overwrite")
+    for p in sigma_file_outputs(target):  # both outputs, checked before the estimate's minutes of work
+        if p.exists() and not force:
+            raise TrainingError(f"{p}: exists; use --force to overwrite")
     m = cfg.model if cfg is not None else None
     delim = delimiter or (cfg.data.delimiter if cfg is not None else ",")
     try:
@@ -239,7 +240,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     est = estimate_sigma(pairs_from(lists, delim), alpha=alpha if alpha is not None else (m.alpha if m else 0.3),
                          n_fft=n_fft or (m.n_fft if m else 1534), hop=hop or (m.hop_length if m else 384),
                          n_samples=n_samples, seed=seed, qx=qx, qrmse=qrmse, device=dev, progress=_bar(quiet))
-    write_sigma_file(target, est)
+    write_sigma_file(target, est, overwrite=force)
     if not quiet:
         import numpy as np
 

@@ -27,6 +27,7 @@ official ``sigma_models.from_file`` does with scipy.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from ..audio import write_audio
+from ..fileio import atomic_write_bytes
 from .common import TrainingError, find_checkpoint
 from .data import AudioItem, DataError, list_audio, load_mono, read_pairs, split_items, write_pairs
 
@@ -165,16 +167,28 @@ def estimate_sigma(pairs: Sequence[tuple[str, str]], alpha: float = 0.3, n_fft: 
     }
 
 
-def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any]) -> Path:
-    """``path`` (JSON, what the postfilter config's ``sigma.file`` names) and, beside it, the per-band
-    curve as ``<stem>_perband.npy`` (768 float64, the official file's layout)."""
+def sigma_file_outputs(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The two files :func:`write_sigma_file` writes for ``path``: the JSON and the per-band ``.npy``."""
     path = Path(path)
+    if not path.name or path.is_dir():
+        raise TrainingError(f"{path}: a sigma file must be a file name (e.g. pairs/sigma.json), not a folder")
+    return path, path.with_name(path.stem + "_perband.npy")
+
+
+def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any], overwrite: bool = True) -> Path:
+    """``path`` (JSON, what the postfilter config's ``sigma.file`` names) and, beside it, the per-band
+    curve as ``<stem>_perband.npy`` (768 float64, the official file's layout), each written atomically.
+    With ``overwrite=False`` neither may exist yet (:class:`TrainingError`, both left as they are)."""
+    path, npy = sigma_file_outputs(path)
+    if not overwrite:
+        for p in (path, npy):
+            if p.exists():
+                raise TrainingError(f"{p}: exists; use --force to overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    npy = path.with_name(path.stem + "_perband.npy")
-    np.save(npy, np.asarray(estimate["sigma_y_perband"], dtype=np.float64))
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps({**estimate, "perband_npy": npy.name}, indent=1) + "\n")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(estimate["sigma_y_perband"], dtype=np.float64))
+    atomic_write_bytes(npy, buf.getvalue())
+    atomic_write_bytes(path, (json.dumps({**estimate, "perband_npy": npy.name}, indent=1) + "\n").encode())
     return path
 
 
