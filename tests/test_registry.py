@@ -478,3 +478,14 @@ def test_install_never_replaces_a_model_that_appeared_meanwhile(release_zip, tmp
                                             "--no-hash-check", "--cache-dir", str(tmp_path), "-q"])
     assert res.exit_code == 1 and "appeared while this run was writing it" in res.output, res.output
     assert (tmp_path / "models" / "ndac-75" / "marker").read_text() == "theirs"
+
+
+@pytest.mark.parametrize("nfe", [1_000_000, -3, 5, "6", True])
+def test_a_card_cannot_ask_for_an_impossible_default_nfe(tmp_path, nfe):
+    from flowdec_cli.models.folder import read_model_card
+
+    (tmp_path / "flowdec.json").write_text(json.dumps({"name": "x", "default_nfe": nfe}))
+    with pytest.raises(ModelError, match=r"flowdec\.json: default_nfe .* is not an even number of passes"):
+        read_model_card(tmp_path)
+    (tmp_path / "flowdec.json").write_text(json.dumps({"name": "x", "default_nfe": 0}))
+    assert read_model_card(tmp_path)["default_nfe"] == 0

@@ -116,3 +116,11 @@ def test_a_sigma_file_is_a_file_and_is_not_clobbered(tmp_path):
         write_sigma_file(tmp_path / "s.json", est, overwrite=False)
     assert (tmp_path / "s_perband.npy").read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s_perband.npy"]  # nothing else, no temporary
+
+
+def test_a_mistyped_run_folder_is_not_taken_for_a_hub_repo(tmp_path):
+    from flowdec_cli.training.common import TrainingError
+    from flowdec_cli.training.prepare import load_trained_ndac
+
+    with pytest.raises(TrainingError, match="no such file or folder"):
+        load_trained_ndac(str(tmp_path / "runs" / "ndac-tiyn"))

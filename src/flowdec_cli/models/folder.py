@@ -41,6 +41,7 @@ __all__ = ["MODEL_CARD_NAME", "DEFAULT_NFE", "ModelError", "ModelFolderBuilder",
 
 MODEL_CARD_NAME = "flowdec.json"
 DEFAULT_NFE = 6  # the paper's setting: midpoint, 3 steps
+MAX_DEFAULT_NFE = 64  # what a model card may ask for (the midpoint solver takes even numbers)
 COMPONENTS = ("ndac", "postfilter")
 ENTROPY_TABLES_NAME = TABLES_FILE  # the entropy coder names its file; the folder layout lists it
 
@@ -85,7 +86,15 @@ def read_model_card(folder: Path) -> dict[str, Any]:
         data = json.loads(card.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{card}: unreadable ({exc})") from None
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    nfe = data.get("default_nfe")
+    if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or not 0 <= nfe <= MAX_DEFAULT_NFE
+                            or nfe % 2):
+        # a forged card must not make every run take hours (or quietly run the codec alone)
+        raise ModelError(f"{card}: default_nfe {nfe!r} is not an even number of passes from 0 to "
+                         f"{MAX_DEFAULT_NFE}")
+    return data
 
 
 def is_model_folder(folder: Path) -> bool:

@@ -225,6 +225,9 @@ def load_trained_ndac(ref: str | os.PathLike, device: str | torch.device | None 
             return load_ndac(ckpt / "model", device)
         except ModelError as exc:
             raise TrainingError(str(exc)) from None
+    if not path.exists() and os.sep in str(ref) and "://" not in str(ref):
+        # a run folder mistyped, not a hub repo: load_ndac would read OWNER/REPO as one and go online
+        raise TrainingError(f"{ref}: no such file or folder (a hub repo is written hf://OWNER/REPO)")
     try:
         return load_ndac(ref, device)
     except ModelError as exc:
