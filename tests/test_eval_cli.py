@@ -391,3 +391,6 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
 
     res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "3")
     assert res.exit_code == 1 and "not offered" in res.output
+    for bad in ("-1", "3"):  # midpoint takes an even number of passes
+        res = run(eval_command, "--codec", "fake-model", ref, "--nfe", bad)
+        assert res.exit_code == 2 and f"--nfe {bad}" in res.output

@@ -78,6 +78,8 @@ def test_widening_refuses_bad_factors_and_folded_models():
             widen_ndac(model, encoder_factor=factor)  # type: ignore[arg-type]
     with pytest.raises(TrainingError, match="nothing to widen"):
         widen_ndac(model)
+    with pytest.raises(TrainingError, match=r"and 100000 \(decoder\): config decoder_dim"):
+        widen_ndac(model, decoder_factor=100_000)  # beyond the config's bounds: one clear error
     with pytest.raises(TrainingError, match="folded"):
         widen_ndac(_trained_looking_ndac().fold_weight_norm(), decoder_factor=2)
 

@@ -14,6 +14,7 @@ import click
 
 from ..errors import Failure, error_line
 from ..fileio import OutputExistsError, atomic_write_bytes
+from ..options import check_nfe_option
 from .metrics import (
     DEFAULT_METRICS,
     METRICS,
@@ -291,6 +292,8 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
 
     kbps = _parse_list(bitrates, float, "bitrates")
     nfes = _parse_list(nfe_spec, int, "nfe") or [0, 6]
+    for n in nfes:
+        check_nfe_option(n, "midpoint")  # a usage error (exit 2) before any model is loaded
     log = (lambda m: click.echo(f"flowdec: {m}", err=True)) if sys.stderr.isatty() else None
     try:
         report = run_codec_eval(model, path, bitrates=kbps, nfes=nfes, metrics=names,

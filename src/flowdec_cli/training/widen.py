@@ -77,7 +77,11 @@ def widen_ndac(model: NDAC, *, encoder_factor: int = 1, decoder_factor: int = 1,
     settings = model.config.to_dict()
     settings["encoder_dim"] = int(settings["encoder_dim"]) * encoder_factor
     settings["decoder_dim"] = int(settings["decoder_dim"]) * decoder_factor
-    wide = NDAC(NDACConfig.from_kwargs(settings))
+    try:
+        wide = NDAC(NDACConfig.from_kwargs(settings))
+    except ValueError as exc:  # the config's own bounds (e.g. a factor that asks for 70 billion weights)
+        raise TrainingError(f"cannot widen by {encoder_factor} (encoder) and {decoder_factor} (decoder): "
+                            f"{exc}") from None
     wide.quantizer.load_state_dict(model.quantizer.state_dict())
     generator = torch.Generator().manual_seed(seed)
     for old, new, factor in ((model.encoder, wide.encoder, encoder_factor),
