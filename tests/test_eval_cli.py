@@ -388,6 +388,13 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
     assert all(r["kbps_on_disk"] > 0 for r in doc["rows"])  # flowdec's bitrate on disk, beside Opus's
     assert "opus: skipped" in res.stderr
     assert (tmp_path / "dec" / "sub" / "b.flowdec_6k_nfe2.wav").exists()
+    saved = (tmp_path / "dec" / "sub" / "b.flowdec_6k_nfe2.wav").read_bytes()
+    res = run(eval_command, "--codec", "fake-model", ref, "--nfe", "2", "-m", "si_sdr", "--save", tmp_path / "dec")
+    assert res.exit_code == 1 and "exists; use -f/--force to overwrite" in res.output
+    assert (tmp_path / "dec" / "sub" / "b.flowdec_6k_nfe2.wav").read_bytes() == saved
+    res = run(eval_command, "--codec", "fake-model", ref, "--nfe", "2", "-m", "si_sdr", "--save", tmp_path / "dec",
+              "--force")
+    assert res.exit_code == 0, res.output
 
     res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "3")
     assert res.exit_code == 1 and "not offered" in res.output

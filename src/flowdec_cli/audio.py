@@ -290,9 +290,12 @@ class AtomicAudioWriter:
             self.abort()
 
 
-def write_audio(path: str | os.PathLike, data: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
+def write_audio(path: str | os.PathLike, data: np.ndarray, sample_rate: int, subtype: str | None = None,
+                overwrite: bool = True) -> None:
+    """``data`` [samples] or [samples, channels] to ``path`` in one atomic step (see :class:`AtomicAudioWriter`;
+    with ``overwrite=False`` an existing file stays and ``OutputExistsError`` is raised)."""
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 1:
         data = data[:, None]
-    with AtomicAudioWriter(path, sample_rate, data.shape[1], subtype) as w:
+    with AtomicAudioWriter(path, sample_rate, data.shape[1], subtype, overwrite=overwrite) as w:
         w.write(data)

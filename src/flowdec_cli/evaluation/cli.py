@@ -155,7 +155,7 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to FILE (format from --json/--csv, else from a .json/.csv "
                    "suffix, else a table).")
-@click.option("-f", "--force", is_flag=True, help="Overwrite an existing -o FILE.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing -o FILE (and --codec --save files).")
 @click.option("--allow-mismatch", is_flag=True,
               help="Score pairs whose sample rates or lengths differ (resampled, trimmed to the shorter) with a "
                    "warning, instead of refusing them.")
@@ -197,7 +197,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
         if deg is not None:
             raise click.UsageError("with --codec give one file or folder to code, not REF and DEG")
         report = _codec_mode(codec_model, ref, names, bitrates, nfe_spec, opus, device, seed,
-                             save_dir)
+                             save_dir, force)
         _emit(report.render(fmt), output, force)
         return
     codec_only = {"--bitrates": bitrates, "--opus": opus or None, "--save": save_dir,
@@ -287,7 +287,7 @@ def _score_pair(pair, names: list[str], allow_mismatch: bool) -> dict:
     return scores
 
 
-def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir) -> Report:
+def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir, force) -> Report:
     from .codec_eval import run_codec_eval
 
     kbps = _parse_list(bitrates, float, "bitrates")
@@ -297,9 +297,12 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
     log = (lambda m: click.echo(f"flowdec: {m}", err=True)) if sys.stderr.isatty() else None
     try:
         report = run_codec_eval(model, path, bitrates=kbps, nfes=nfes, metrics=names,
-                                device=device, seed=seed, opus=opus, save_dir=save_dir, log=log)
+                                device=device, seed=seed, opus=opus, save_dir=save_dir, overwrite=force,
+                                log=log)
     except click.ClickException:
         raise
+    except OutputExistsError as exc:
+        raise Failure(f"{exc.path}: exists; use -f/--force to overwrite") from exc
     except (AudioReadError, ValueError, MetricError) as exc:
         raise Failure(str(exc)) from exc
     except Exception as exc:  # model loading, the pipeline, opus tools: one line, no traceback

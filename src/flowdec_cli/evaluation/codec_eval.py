@@ -169,12 +169,14 @@ def run_codec_eval(
     seed: int = 0,
     opus: bool = False,
     save_dir: str | Path | None = None,
+    overwrite: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> Report:
     """Code every audio file under ``path`` and return a :class:`Report` with one row per
     (system, kbps, nfe). ``bitrates``: kbps values from ``Codec.bitrates()`` (None: all).
     ``save_dir``: also write each decoded file there as
-    ``<relative stem>.<system>_<kbps>k[_nfe<N>].wav``. ``log``: receives progress/notes lines.
+    ``<relative stem>.<system>_<kbps>k[_nfe<N>].wav`` (``overwrite=False``: an existing one is kept and
+    ``OutputExistsError`` raised). ``log``: receives progress/notes lines.
     """
     from flowdec_cli.pipeline import Codec  # lazy: heavy, and only needed here
 
@@ -200,11 +202,11 @@ def run_codec_eval(
     def save(rel: Path, tag: str, audio: np.ndarray, sr: int) -> None:
         if save_dir is None:
             return
-        import soundfile as sf
+        from ..audio import write_audio
 
         dest = Path(save_dir) / rel.parent / f"{rel.stem}.{tag}.wav"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(dest), audio, sr, subtype="FLOAT")
+        write_audio(dest, audio, sr, "FLOAT", overwrite=overwrite)
 
     warmed = False
     for i, f in enumerate(files, 1):
