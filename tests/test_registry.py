@@ -489,3 +489,25 @@ def test_a_card_cannot_ask_for_an_impossible_default_nfe(tmp_path, nfe):
         read_model_card(tmp_path)
     (tmp_path / "flowdec.json").write_text(json.dumps({"name": "x", "default_nfe": 0}))
     assert read_model_card(tmp_path)["default_nfe"] == 0
+
+
+def test_export_errors_name_the_users_files_not_our_staging_folder(tmp_path, monkeypatch):
+    """A broken source names the source's file; an unwritable destination names the destination."""
+    from flowdec_cli.models import folder
+    from flowdec_cli.models.cards import export_model
+
+    src = tmp_path / "trunc"
+    shutil.copytree(catalogue.embedded_folders()["flowdec-small"], src)
+    weights = src / "ndac" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelError) as err:
+        export_model(src, tmp_path / "out")
+    assert str(err.value).startswith(f"{weights}: ") and ".export." not in str(err.value)
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    def read_only(parent, label):  # what a folder without write permission does (tests may run as root)
+        raise PermissionError(13, "Permission denied", str(parent / f".{label}.x"))
+
+    monkeypatch.setattr(folder, "temporary_folder", read_only)
+    with pytest.raises(ModelError, match=f"{tmp_path / 'ro'}: cannot write a model folder there .Permission"):
+        export_model(src, tmp_path / "ro")

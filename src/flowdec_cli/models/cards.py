@@ -10,6 +10,7 @@ from typing import Any
 
 from ..bitrate import bitrate_table
 from ..checkpoints import CheckpointError, load_model_folder, weights_hash
+from ..exceptions import FlowdecError
 from .catalogue import CacheDir, parse_hub_ref
 from .folder import ENTROPY_TABLES_NAME, MODEL_CARD_NAME, ModelError, ModelFolderBuilder, folder_type, read_json
 from .loading import ndac_from_official
@@ -139,7 +140,10 @@ def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLi
                 card = {"name": src.name}
             else:
                 raise ModelError(f"{src}: not a model folder (needs ndac/ or a config.json of type 'ndac')")
-            _complete_card(card, build.path)
+            try:
+                _complete_card(card, build.path)
+            except FlowdecError as exc:  # it reads the staged copies: the files at fault are the source's
+                raise ModelError(str(exc).replace(str(build.path), str(src))) from None
             base = str(card.get("name") or src.name)
             if repo_id is not None:
                 card["name"] = f"hf://{repo_id}"

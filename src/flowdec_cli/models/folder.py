@@ -156,13 +156,22 @@ class ModelFolderBuilder:
     def __init__(self, dest: str | os.PathLike, label: str = "model", staging: str | os.PathLike | None = None) -> None:
         self.dest = Path(dest).expanduser()
         parent = Path(staging) if staging is not None else self.dest.parent
-        self.path = temporary_folder(parent, f"{self.dest.name}.{label}")
+        try:
+            self.path = temporary_folder(parent, f"{self.dest.name}.{label}")
+        except OSError as exc:  # name what the user asked for, not our staging folder
+            raise ModelError(f"{self.dest}: cannot write a model folder there ({exc.strerror or exc})") from None
 
     def __enter__(self) -> ModelFolderBuilder:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.discard()
+        # an error met while staging names the staging folder; the user knows the destination
+        staged, dest = str(self.path), str(self.dest)
+        if isinstance(exc, OSError) and isinstance(exc.filename, str):
+            exc.filename = exc.filename.replace(staged, dest)
+        elif isinstance(exc, FlowdecError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+            exc.args = (exc.args[0].replace(staged, dest),)
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
