@@ -511,3 +511,20 @@ def test_export_errors_name_the_users_files_not_our_staging_folder(tmp_path, mon
     monkeypatch.setattr(folder, "temporary_folder", read_only)
     with pytest.raises(ModelError, match=f"{tmp_path / 'ro'}: cannot write a model folder there .Permission"):
         export_model(src, tmp_path / "ro")
+
+
+def test_the_default_model_setting_is_a_model_and_a_broken_one_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(catalogue.DEFAULT_MODEL_ENV, raising=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="empty: not a model"):
+        catalogue.set_default_model(str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match="nowhere: no such file or folder"):
+        catalogue.set_default_model(str(tmp_path / "nowhere"))
+    settings = catalogue.settings_path()
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text("{broken")
+    with pytest.raises(ModelError, match=r"settings\.json: unreadable settings .*--reset"):
+        catalogue.default_model_name()  # not silently the built-in model instead of the user's choice
+    catalogue.set_default_model(None)  # --reset repairs it
+    assert catalogue.default_model_name() == catalogue.builtin_model_name()

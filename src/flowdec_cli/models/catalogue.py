@@ -19,7 +19,7 @@ from typing import Any
 
 from ..bitrate import bitrate_table
 from ..fileio import atomic_write_bytes
-from .folder import MODEL_CARD_NAME, ModelError, card_rates, default_nfe_for, is_model_folder, read_json
+from .folder import MODEL_CARD_NAME, ModelError, card_rates, default_nfe_for, folder_type, is_model_folder, read_json
 
 __all__ = [
     "OFFICIAL_ZIP_URL", "OFFICIAL_ZIP_SIZE", "OFFICIAL_ZIP_SHA256", "OFFICIAL_LICENCE", "OFFICIAL_MODELS",
@@ -321,10 +321,26 @@ def chosen_default_model(cache_dir: CacheDir = None) -> tuple[str, str] | None:
     if env:
         return env, f"${DEFAULT_MODEL_ENV}"
     path = settings_path(cache_dir)
-    saved = str(read_json(path).get("default_model") or "").strip()
+    saved = str(_read_settings(path).get("default_model") or "").strip()
     if saved:
         return saved, str(path)
     return None
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """The settings file ({} when there is none). One that is there but unreadable is an error naming it:
+    silently running another model than the one the user chose is worse than stopping."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable settings ({exc}); fix it, or `flowdec models default --reset`") \
+            from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: unreadable settings (not a JSON object); fix it, or "
+                         "`flowdec models default --reset`")
+    return data
 
 
 def default_model_name(cache_dir: CacheDir = None) -> str:
@@ -338,15 +354,21 @@ def set_default_model(ref: str | None, cache_dir: CacheDir = None) -> Path:
     """Make ``ref`` (a name, a path or ``hf://OWNER/REPO``) the default model in the settings file, or with
     None go back to the built-in model. A name must be available locally; a path is stored absolute."""
     path = settings_path(cache_dir)
-    settings = read_json(path)
+    settings = read_json(path)  # lenient here: --reset must be able to repair a broken file
     if ref is None:
         settings.pop("default_model", None)
     else:
         ref = ref.strip()
+        local = Path(ref).expanduser()
         if is_hub_ref(ref):
             parse_hub_ref(ref)
-        elif Path(ref).expanduser().exists():
-            ref = str(Path(ref).expanduser().resolve())
+        elif local.exists():
+            if not (is_model_folder(local) or folder_type(local) == "ndac"
+                    or (local.is_file() and local.suffix == ".pth")):
+                raise ModelError(f"{local}: not a model (a model folder has {MODEL_CARD_NAME} and ndac/)")
+            ref = str(local.resolve())
+        elif os.sep in ref:
+            raise ModelError(f"{local}: no such file or folder")
         else:
             entry = get_entry(ref, cache_dir)
             if entry is None:
