@@ -214,3 +214,22 @@ def test_python_module_entry_point(wav):
 
     r = subprocess.run([sys.executable, "-m", "flowdec_cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "compress" in r.stdout and "decompress" in r.stdout
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_written(run, tmp_path, tiny_codec_dir):
+    """Linux allows any bytes in a name; Python holds the invalid ones as surrogates, soundfile did not."""
+    import os
+
+    src = os.fsdecode(os.fsencode(str(tmp_path)) + b"/in\xff.wav")
+    try:
+        with open(src, "wb") as f:
+            sf.write(f, tone(0.5, 48000, 1), 48000, format="WAV")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    fdc = os.fsdecode(os.fsencode(str(tmp_path)) + b"/c\xfe.fdc")
+    assert run("compress", src, fdc, "-n", "4", "--model", tiny_codec_dir, "-q").exit_code == 0
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/out\xfe.flac")
+    r = run("decompress", fdc, out, "--nfe", "0", "--model", tiny_codec_dir, "-q")
+    assert r.exit_code == 0, r.output
+    with open(out, "rb") as f:
+        assert sf.info(f).frames == 24000

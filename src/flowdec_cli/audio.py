@@ -73,6 +73,12 @@ def _check_readable(path: Path) -> None:
     os.close(fd)
 
 
+def _native(path: str | os.PathLike) -> bytes:
+    """The path as the file system has it: soundfile encodes a str path as strict UTF-8, so a file name
+    that is not valid UTF-8 (Python holds its bytes as surrogates) could not be opened at all."""
+    return os.fsencode(path)
+
+
 def probe(path: str | os.PathLike) -> AudioInfo:
     path = Path(path)
     if not path.exists():
@@ -81,7 +87,7 @@ def probe(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(f"{path}: is a folder, not an audio file")
     _check_readable(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(_native(path))
     except Exception as exc:
         raise AudioError(f"{path}: not a readable audio file ({_describe(exc)})") from None
     frames = int(info.frames)
@@ -97,7 +103,7 @@ def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterato
     path = Path(path)
     _check_readable(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(_native(path)) as f:
             while True:
                 block = f.read(block_frames, dtype="float32", always_2d=True)
                 if not len(block):
@@ -239,7 +245,7 @@ class AtomicAudioWriter:
         except OSError as exc:
             raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         try:
-            self._file = sf.SoundFile(str(self.tmp), "w", samplerate=int(sample_rate), channels=int(channels),
+            self._file = sf.SoundFile(_native(self.tmp), "w", samplerate=int(sample_rate), channels=int(channels),
                                       format=fmt, subtype=sub)
         except BaseException as exc:  # a signal may land here too: never leave the temporary file
             self.tmp.unlink(missing_ok=True)
