@@ -272,3 +272,11 @@ def test_ray_worker_that_cannot_start_is_one_line(tmp_path):
                                                  r"0123456789abcdef where the run started"):
         corpus._run_ray(corpus.EncodeWorker, settings, [task], corpus.Engine("ray", workers=1,
                         ray_init={"num_cpus": 1, "object_store_memory": 100 << 20}), lambda rec: None)
+
+
+def test_an_output_that_is_the_input_is_named_as_the_problem(tmp_path):
+    sf.write(tmp_path / "a.wav", np.zeros(480), 48000)
+    with pytest.raises(corpus.CorpusError, match="no input files outside the output folder"):
+        corpus.list_inputs(tmp_path, exclude=tmp_path)
+    with pytest.raises(corpus.CorpusError, match="no input files found"):
+        corpus.list_inputs(tmp_path, pattern="*.flac")

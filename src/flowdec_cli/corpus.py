@@ -175,6 +175,8 @@ def list_inputs(source: str | os.PathLike, pattern: str | None = None,
                               "give ids in a manifest")
         items[item_id] = Item(item_id, path)
     if not items:
+        if skip is not None and rows:  # everything found lies in the output folder
+            raise CorpusError(f"{text}: no input files outside the output folder (is the output the input?)")
         raise CorpusError(f"{text}: no input files found")
     return [items[k] for k in sorted(items)]
 

@@ -242,6 +242,8 @@ def fetch_official(source: str | os.PathLike[str] | None = None, expected_size: 
         downloaded = True
     else:
         zip_path = (local or Path(src)).expanduser()
+        if zip_path.is_dir():
+            raise ModelError(f"{zip_path}: is a folder; give the release archive (checkpoints.zip)")
         if not zip_path.is_file():
             raise ModelError(f"{zip_path}: no such file")
     size = zip_path.stat().st_size

@@ -112,6 +112,8 @@ class PostfilterTrainer(Trainer):
         if not dc.train:
             raise TrainingError("data.train names no pair list (run 'flowdec train prepare-pairs' first)")
         pairs = read_pairs(dc.train, dc.delimiter)
+        if not pairs:
+            raise TrainingError(f"{', '.join(map(str, dc.train))}: no (clean, coded) pairs in it")
         self.segment = int(round(dc.segment_seconds * sr))
         dataset = PairDataset(pairs, sr, self.segment, seed=cfg.train.seed, train=True, gain_db=dc.gain_db)
         self.sampler = self.make_sampler(dataset)
