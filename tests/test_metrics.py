@@ -264,3 +264,17 @@ def test_visqol_identical_audio_mode():
     x = speechlike(2.0)
     # ViSQOL v3 audio mode maps identical 48 kHz signals to about 4.73
     assert M.visqol(x, x, SR) == pytest.approx(4.73, abs=0.05)
+
+
+def test_pesq_on_silence_is_one_plain_error_and_no_warnings():
+    import warnings
+
+    pytest.importorskip("pesq")
+    from flowdec_cli.evaluation.metrics import MetricError, pesq_wb
+
+    silence = np.zeros((48000, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(MetricError, match=r"^pesq failed: No utterances detected$"):
+            pesq_wb(silence, silence, 48000)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]

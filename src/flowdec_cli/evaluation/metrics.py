@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -419,6 +420,13 @@ def visqol(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     return _channel_mean(out)
 
 
+def _plain(exc: Exception) -> str:
+    """An exception's message as text (the pesq package raises with bytes: b'No utterances detected')."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], bytes):
+        return exc.args[0].decode("utf-8", "replace")
+    return str(exc)
+
+
 def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     """Wide-band PESQ (ITU-T P.862.2) MOS-LQO (about 1 to 4.64, higher is better).
 
@@ -432,9 +440,11 @@ def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     out = []
     for c in range(r.shape[1]):
         try:
-            out.append(float(mod.pesq(16000, r[:, c], d[:, c], "wb")))
+            with warnings.catch_warnings():  # silence divides by a zero peak; its own error says why
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out.append(float(mod.pesq(16000, r[:, c], d[:, c], "wb")))
         except Exception as exc:
-            raise MetricError(f"pesq failed: {exc}") from exc
+            raise MetricError(f"pesq failed: {_plain(exc)}") from exc
     return _channel_mean(out)
 
 
