@@ -98,7 +98,9 @@ def test_widen_ndac_command_writes_a_folder_training_can_start_from(tmp_path):
     assert config["decoder_dim"] == 2 * TINY_NDAC_MODEL["decoder_dim"]
     # no clobbering without --force, and a one-line error
     again = CliRunner().invoke(main, ["train", "widen-ndac", str(src), str(out), "--decoder-factor", "2"])
-    assert again.exit_code != 0 and "Traceback" not in again.output and str(out) in again.output
+    assert again.exit_code != 0 and "Traceback" not in again.output and f"{out}: exists; use -f" in again.output
+    with pytest.raises(TrainingError, match="is the codec being widened"):
+        widen_ndac_folder(out, out, decoder_factor=2, overwrite=True)  # even --force: never over its source
     assert widen_ndac_folder(src, out, decoder_factor=2, noise=0.0, overwrite=True) == out
     # the encoder too, and a one-line error when there is nothing to widen
     enc = CliRunner().invoke(main, ["train", "widen-ndac", str(src), str(tmp_path / "wide-enc"),

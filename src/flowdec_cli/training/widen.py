@@ -104,6 +104,12 @@ def widen_ndac_folder(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
     from ..models.loading import ndac_from_folder
     from .export import ndac_component
 
+    out = Path(out_dir).expanduser()
+    src = Path(source).expanduser()
+    if out.exists() and src.exists() and (out.resolve() == src.resolve() or out.resolve() in src.resolve().parents):
+        raise TrainingError(f"{out}: is the codec being widened (or holds it); choose another OUT")
+    if out.exists() and not overwrite:  # before the work, not after it
+        raise TrainingError(f"{out}: exists; use -f/--force to replace it")
     folder = ndac_component(source)
     try:
         model = ndac_from_folder(folder)
