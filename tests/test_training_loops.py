@@ -354,3 +354,12 @@ def test_training_config_refuses_a_non_positive_budget_or_final_rate():
         config_from_dict("postfilter", postfilter_dict(["x"], "out", ["x"], train=dict(max_seconds=-1.0)))
     with pytest.raises(ConfigError, match="lr_final"):
         config_from_dict("ndac", ndac_dict(["x"], "out", optim=dict(lr_final=0.0)))
+
+
+def test_a_run_that_cannot_start_leaves_no_run_folder(pair_list, tmp_path):
+    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
+    t = PostfilterTrainer(_pf(pair_list, tmp_path / "run", model=model, data=dict(batch_size=4096),
+                              train=dict(max_steps=1)), device="cpu", quiet=True)
+    with pytest.raises(TrainingError, match="yields no full batch of 4096"):
+        t.run()
+    assert not (tmp_path / "run").exists()  # no config.json or metrics.csv of a run that never ran

@@ -129,6 +129,7 @@ class Trainer:
                 self.scaler.load_state_dict(ckpt["trainer"]["scaler"])
         elif cfg.train.init_from:
             self.init_weights(Path(cfg.train.init_from))
+        self._check_batches()  # before the run folder is made: a run that cannot start leaves nothing
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", {"kind": cfg.kind, **config_to_dict(cfg)})
@@ -140,12 +141,14 @@ class Trainer:
             self.logger.close()
         return self.last_validation
 
+    def _check_batches(self) -> None:
+        if len(self.sampler.inner) // self.local_batch < 1:
+            raise TrainingError(f"the training set yields no full batch of {self.config.data.batch_size} "
+                                f"({len(self.sampler.inner) * self.env.world_size} items)")
+
     def _loop(self) -> None:
         env, tc = self.env, self.config.train
         per_epoch = len(self.sampler.inner) // self.local_batch
-        if per_epoch < 1:
-            raise TrainingError(f"the training set yields no full batch of {self.config.data.batch_size} "
-                                f"({len(self.sampler.inner) * env.world_size} items)")
         epoch, in_epoch = divmod(self.step, per_epoch)
         bar = progress_bar(env.is_main and tc.progress and not self.quiet, tc.max_steps, self.step, self.name)
         saved_at = self.step if self.resume else -1
