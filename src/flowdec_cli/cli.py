@@ -418,7 +418,7 @@ def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
     """The figures every per-file JSON record shares."""
     from .container import actual_bitrate
 
-    duration = header.num_samples / header.sample_rate if header.sample_rate else 0.0
+    duration = header.duration
     on_disk = actual_bitrate(nbytes, duration, header.channels) / 1000
     return {"bytes": int(nbytes), "duration_s": duration, "channels": header.channels,
             "sample_rate": header.sample_rate, "n_codebooks": header.n_codebooks,
@@ -627,7 +627,7 @@ def info(src: Path, as_json: bool) -> None:
         raise Failure(f"{src}: no such file")
     header = inspect_fdc(src)  # every check, the CRC included; the payload is not decoded
     size = src.stat().st_size
-    duration = header.num_samples / header.sample_rate if header.sample_rate else 0.0
+    duration = header.duration
     packed = bitpacked_file_size(header)
     fields = asdict(header)
     fields.pop("envelope", None)  # the levels themselves are not shown (nor decoded: info needs no model)

@@ -240,7 +240,7 @@ def _row_batch(rows: list[tuple[Item, Any, np.ndarray]]) -> Any:
     schema = _shard_schema()
     cols: dict[str, list] = {name: [] for name in SHARD_COLUMNS if name != "codes"}
     for item, h, _ in rows:
-        vals = dict(id=item.id, path=item.path, duration_s=h.num_samples / h.sample_rate, sample_rate=h.sample_rate,
+        vals = dict(id=item.id, path=item.path, duration_s=h.duration, sample_rate=h.sample_rate,
                     channels=h.channels, num_samples=h.num_samples, model=h.model_name, model_hash=h.model_hash,
                     n_codebooks=h.n_codebooks, model_codebooks=h.model_codebooks, codebook_size=h.codebook_size,
                     model_sample_rate=h.model_sample_rate, hop_length=h.hop_length, num_frames=h.num_frames,
@@ -266,7 +266,7 @@ class CodeRow:
 
     @property
     def duration(self) -> float:
-        return self.header.num_samples / self.header.sample_rate
+        return self.header.duration
 
 
 def _header_of(rec: dict[str, Any]) -> Any:
@@ -462,7 +462,7 @@ class EncodeWorker(_Worker):
                     header, codes = self.codec.code_file(item.path, self.k)
                     pending.append((item, header, codes))
                     pending_codes += codes.size
-                    records.append(_record(item, "ok", header.num_samples / header.sample_rate, output=str(shard),
+                    records.append(_record(item, "ok", header.duration, output=str(shard),
                                            seconds=time.perf_counter() - t0))
                 except Exception as exc:
                     records.append(_record(item, "failed", error=_error_text(exc, item)))

@@ -107,7 +107,7 @@ class CompressResult:
 
     @property
     def duration(self) -> float:
-        return self.header.num_samples / self.header.sample_rate
+        return self.header.duration
 
     @property
     def actual_bitrate(self) -> float:
@@ -437,11 +437,11 @@ class Codec:
             return header, codes
         return self.fit_on_disk(header, codes, cap_kbps, entropy, source=str(src))
 
-    def coded_bytes(self, header: FdcHeader, codes: np.ndarray, entropy: bool = True) -> int:
+    def coded_bytes(self, header: FdcHeader, codes: np.ndarray) -> int:
         """The size of the .fdc file these codes make (entropy-coded with the model's tables if it has them)."""
         from .container import encode_fdc
 
-        return len(encode_fdc(header, codes, tables=self.entropy_tables if entropy else None))
+        return len(encode_fdc(header, codes, tables=self.entropy_tables))
 
     def fit_on_disk(self, header: FdcHeader, codes: np.ndarray, cap_kbps: float, entropy: bool = True,
                     source: str = "audio") -> tuple[FdcHeader, np.ndarray]:
@@ -456,7 +456,7 @@ class Codec:
 
         if not math.isfinite(cap_kbps) or cap_kbps <= 0:
             raise CodecError(f"a cap on disk must be a positive number of kbit/s per channel, got {cap_kbps:g}")
-        seconds = header.num_samples / header.sample_rate if header.sample_rate else 0.0
+        seconds = header.duration
         if not seconds:  # an empty input: a header-only file, which no rate describes
             return header, codes
         tables = self.entropy_tables if entropy else None

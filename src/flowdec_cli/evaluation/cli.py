@@ -106,6 +106,10 @@ def _output_format(json_out: bool, csv_out: bool, output: Path | None) -> str:
     return "table"
 
 
+def _exists(output: Path) -> Failure:
+    return Failure(f"{output}: exists; use -f/--force to overwrite")
+
+
 def _check_output(output: Path | None, inputs: list[Path], force: bool) -> None:
     """Refuse, before any work, an output that is one of the inputs (even with --force) or that exists."""
     if output is None:
@@ -115,7 +119,7 @@ def _check_output(output: Path | None, inputs: list[Path], force: bool) -> None:
             if path.is_file() and output.exists() and output.samefile(path):
                 raise Failure(f"{output}: is also an input; choose another output")
     if not force and (output.exists() or output.is_symlink()):
-        raise Failure(f"{output}: exists; use -f/--force to overwrite")
+        raise _exists(output)
 
 
 def _emit(text: str, output: Path | None, force: bool = False) -> None:
@@ -126,7 +130,7 @@ def _emit(text: str, output: Path | None, force: bool = False) -> None:
     try:
         atomic_write_bytes(output, text.encode("utf-8"), make_parents=False, overwrite=force)
     except OutputExistsError:
-        raise Failure(f"{output}: exists; use -f/--force to overwrite") from None
+        raise _exists(output) from None
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
     click.echo(f"flowdec: wrote {output}", err=True)
@@ -302,7 +306,7 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
     except click.ClickException:
         raise
     except OutputExistsError as exc:
-        raise Failure(f"{exc.path}: exists; use -f/--force to overwrite") from exc
+        raise _exists(exc.path) from exc
     except (AudioReadError, ValueError, MetricError) as exc:
         raise Failure(str(exc)) from exc
     except Exception as exc:  # model loading, the pipeline, opus tools: one line, no traceback
@@ -345,7 +349,7 @@ def plot_command(ref, outs, output, force, titles):
     except (PlotUnavailable, AudioReadError) as exc:
         raise Failure(str(exc)) from exc
     except OutputExistsError:
-        raise Failure(f"{output}: exists; use -f/--force to overwrite") from None
+        raise _exists(output) from None
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
     click.echo(f"flowdec: wrote {path}", err=True)

@@ -204,9 +204,7 @@ def run_codec_eval(
             return
         from ..audio import write_audio
 
-        dest = Path(save_dir) / rel.parent / f"{rel.stem}.{tag}.wav"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        write_audio(dest, audio, sr, "FLOAT", overwrite=overwrite)
+        write_audio(Path(save_dir) / rel.parent / f"{rel.stem}.{tag}.wav", audio, sr, "FLOAT", overwrite=overwrite)
 
     warmed = False
     for i, f in enumerate(files, 1):

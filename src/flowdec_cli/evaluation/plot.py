@@ -9,13 +9,14 @@ panels share one colour scale, so levels can be compared across panels.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..exceptions import FlowdecError
-from ..fileio import publish, temporary_sibling
+from ..fileio import atomic_write_bytes
 from .pairing import _read
 
 __all__ = ["PlotUnavailable", "plot_spectrograms", "N_FFT", "HOP", "DYNAMIC_RANGE_DB"]
@@ -115,11 +116,7 @@ def plot_spectrograms(
     assert image is not None  # at least one panel: paths is never empty here
     fig.colorbar(image, ax=list(axes), label="dB re. reference peak")
     png_path = Path(png_path)
-    tmp = temporary_sibling(png_path)
-    try:
-        fig.savefig(tmp, format="png")
-        publish(tmp, png_path, overwrite)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
+    atomic_write_bytes(png_path, image.getvalue(), make_parents=False, overwrite=overwrite)
     return png_path

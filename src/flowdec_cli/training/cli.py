@@ -217,7 +217,6 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     estimate to its sigma.file, where the trainer reads it (set sigma.mode = "perband" to use the curve).
     """
     from ..runtime import resolve_device
-    from .common import TrainingError
     from .config import load_config
     from .prepare import estimate_sigma, pairs_from, sigma_file_outputs, write_sigma_file
 
@@ -228,9 +227,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     target = out_file or (Path(cfg.sigma.file) if cfg is not None and cfg.sigma.file else None)
     if target is None:
         raise click.UsageError("give --out FILE, or set sigma.file in the config")
-    for p in sigma_file_outputs(target):  # both outputs, checked before the estimate's minutes of work
-        if p.exists() and not force:
-            raise TrainingError(f"{p}: exists; use --force to overwrite")
+    sigma_file_outputs(target, overwrite=force)  # both outputs, checked before the estimate's minutes of work
     m = cfg.model if cfg is not None else None
     delim = delimiter or (cfg.data.delimiter if cfg is not None else ",")
     try:

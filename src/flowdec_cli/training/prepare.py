@@ -167,23 +167,24 @@ def estimate_sigma(pairs: Sequence[tuple[str, str]], alpha: float = 0.3, n_fft: 
     }
 
 
-def sigma_file_outputs(path: str | os.PathLike) -> tuple[Path, Path]:
-    """The two files :func:`write_sigma_file` writes for ``path``: the JSON and the per-band ``.npy``."""
+def sigma_file_outputs(path: str | os.PathLike, overwrite: bool = True) -> tuple[Path, Path]:
+    """The two files :func:`write_sigma_file` writes for ``path``: the JSON and the per-band ``.npy``.
+    With ``overwrite=False`` neither may exist yet (:class:`TrainingError` naming the one that does)."""
     path = Path(path)
     if not path.name or path.is_dir():
         raise TrainingError(f"{path}: a sigma file must be a file name (e.g. pairs/sigma.json), not a folder")
-    return path, path.with_name(path.stem + "_perband.npy")
+    outputs = path, path.with_name(path.stem + "_perband.npy")
+    for p in outputs:
+        if not overwrite and p.exists():
+            raise TrainingError(f"{p}: exists; use --force to overwrite")
+    return outputs
 
 
 def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any], overwrite: bool = True) -> Path:
     """``path`` (JSON, what the postfilter config's ``sigma.file`` names) and, beside it, the per-band
     curve as ``<stem>_perband.npy`` (768 float64, the official file's layout), each written atomically.
     With ``overwrite=False`` neither may exist yet (:class:`TrainingError`, both left as they are)."""
-    path, npy = sigma_file_outputs(path)
-    if not overwrite:
-        for p in (path, npy):
-            if p.exists():
-                raise TrainingError(f"{p}: exists; use --force to overwrite")
+    path, npy = sigma_file_outputs(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, np.asarray(estimate["sigma_y_perband"], dtype=np.float64))
