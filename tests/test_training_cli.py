@@ -13,6 +13,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from flowdec_cli.cli import main
+from flowdec_cli.container import inspect_fdc
 from flowdec_cli.training.cli import train_group
 
 from .conftest import tone
@@ -217,6 +218,23 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert json.loads((tmp_path / "env-both" / "flowdec.json").read_text())["envelope_before_postfilter"] is True
     assert "needs --envelope" in _one_error_line(_run("train", "export", tmp_path / "bad", "--ndac", run,
                                                       "--postfilter", pf_run, "--envelope-before-postfilter"))
+    # a rate plan: each codebook count with its own layout, recorded in the card and followed by -b
+    rates = json.loads((tmp_path / "env-both" / "flowdec.json").read_text())["bitrates_kbps"]
+    layouts = ["bands15-85ms"] * (len(rates) - 1) + ["bands30-21ms"]
+    plan = [{"codebooks": k, "kbps": r + 0.5 + k, "envelope": lay} for k, (r, lay) in enumerate(zip(rates, layouts), 1)]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    r = _run("train", "export", tmp_path / "planned", *flags, "--rate-plan", tmp_path / "plan.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "planned" / "flowdec.json").read_text())["rate_plan"] == plan
+    r = _run("compress", wav, tmp_path / "p.fdc", "--model", tmp_path / "planned", "-b", str(plan[-1]["kbps"]),
+             "--device", "cpu", "-q")
+    assert r.exit_code == 0 and inspect_fdc(tmp_path / "p.fdc").envelope_layout == "bands30-21ms", r.output
+    (tmp_path / "bad-plan.json").write_text(json.dumps(plan[:-1]))
+    assert "one entry per codebook count" in _one_error_line(_run(
+        "train", "export", tmp_path / "bad", *flags, "--rate-plan", tmp_path / "bad-plan.json"))
+    (tmp_path / "bad-plan.json").write_text("{not json")
+    assert "not a readable JSON file" in _run("train", "export", tmp_path / "bad", *flags,
+                                              "--rate-plan", tmp_path / "bad-plan.json").output
     outs = []
     for name in ("env-after", "env-both"):
         r = _run("roundtrip", wav, tmp_path / f"{name}.wav", "--model", tmp_path / name, "--nfe", "2", "--device",

@@ -391,6 +391,15 @@ def _envelope_note(header: Any) -> str:
     return f", side channel {header.envelope_bytes} bytes" if header.envelope_layout else ""
 
 
+def _rate_note(codec: Codec, k: int) -> str:
+    """What ``-b``/``-n`` chose: the codebooks, and under a rate plan the side channel that goes with them."""
+    codes = f"{k} codebooks = {codec.ndac.bitrate(k) / 1000:g} kbit/s per channel"
+    layout = codec.layout_for(k)
+    if layout is None or codec.rate_of(k) == codec.ndac.bitrate(k) / 1000:
+        return codes
+    return f"{codes} + side channel {layout.name} = {codec.rate_of(k):g} kbit/s nominal"
+
+
 def _kbps(header: Any) -> str:
     return f"{header.nominal_bitrate / 1000:g} kbit/s"
 
@@ -462,8 +471,8 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet)
     if not quiet:
-        click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {k} codebooks = "
-                   f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel{_fit_note(fit)}", err=True)
+        click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {_rate_note(codec, k)}{_fit_note(fit)}",
+                   err=True)
         _model_notice(codec, model, quiet, cache_dir)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
@@ -578,8 +587,8 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     k = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
     if not quiet:
-        click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {k} codebooks = "
-                   f"{codec.ndac.bitrate(k) / 1000:g} kbit/s per channel{_fit_note(fit)}, NFE {nfe}", err=True)
+        click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {_rate_note(codec, k)}{_fit_note(fit)}, "
+                   f"NFE {nfe}", err=True)
         _model_notice(codec, model, quiet, cache_dir)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:

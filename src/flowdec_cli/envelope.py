@@ -19,8 +19,9 @@ changes how an older file decodes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from .exceptions import FlowdecError
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
            "check_range", "check_shape", "decode_levels", "encode_levels", "envelope_layout", "filter_bands",
-           "level_count_fits", "levels_of_signal", "measure", "quantise"]
+           "level_count_fits", "levels_of_signal", "measure", "quantise", "rate_plan", "RatePoint"]
 
 _FLOOR_DB = -96.0  # levels below this are silence; it keeps log10 finite and bounds the level range
 _BLOCK = 1 << 18  # model-rate samples per block when reading a buffer
@@ -130,7 +131,17 @@ BANDS15 = EnvelopeLayout(
     name="bands15", sample_rate=48000, n_fft=1024, hop=256, window_frames=63,
     edges_hz=(0.0, 500.0, *(float(f) for f in np.geomspace(1000.0, 24000.0, 14))),
     step_db=3.0, max_boost_db=6.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
-LAYOUTS = {BANDS15.name: BANDS15}
+_EDGES30 = (0.0, 250.0, 500.0, 750.0, *(float(f) for f in np.geomspace(1000.0, 24000.0, 27)))
+BANDS15_85MS = EnvelopeLayout(
+    name="bands15-85ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=16, edges_hz=BANDS15.edges_hz,
+    step_db=3.0, max_boost_db=6.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
+BANDS30_43MS = EnvelopeLayout(
+    name="bands30-43ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=8, edges_hz=_EDGES30,
+    step_db=3.0, max_boost_db=12.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
+BANDS30_21MS = EnvelopeLayout(
+    name="bands30-21ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=4, edges_hz=_EDGES30,
+    step_db=3.0, max_boost_db=12.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
+LAYOUTS = {lay.name: lay for lay in (BANDS15, BANDS15_85MS, BANDS30_43MS, BANDS30_21MS)}
 DEFAULT_LAYOUT = BANDS15.name
 
 
@@ -146,6 +157,39 @@ def envelope_layout(name: str, sample_rate: int | None = None) -> EnvelopeLayout
         raise EnvelopeError(f"envelope layout {layout.name} is defined at {layout.sample_rate} Hz only; the model "
                             f"works at {sample_rate} Hz")
     return layout
+
+
+class RatePoint(NamedTuple):
+    """One entry of a model card's ``rate_plan``: what ``-b`` or ``-n`` chooses together."""
+
+    codebooks: int
+    kbps: float  # nominal kbit/s per channel: the codes plus the side channel's typical cost
+    layout: EnvelopeLayout
+
+
+def rate_plan(raw: Any, codes_kbps: list[float], sample_rate: int) -> list[RatePoint]:
+    """A model card's ``rate_plan``: one ``{"codebooks": k, "kbps": r, "envelope": layout}`` per codebook
+    count in order, ``codes_kbps[k - 1]`` being the codes' own rate with k codebooks. A plan spends each
+    rate's bits where they pay: on the built-in model a denser side channel is worth more than the codec's
+    upper codebooks (docs/models.md, "A side channel by rate"). :class:`EnvelopeError` names what is wrong."""
+    n = len(codes_kbps)
+    if not isinstance(raw, list) or len(raw) != n:
+        raise EnvelopeError(f"rate_plan must list one entry per codebook count (1 ... {n})")
+    plan: list[RatePoint] = []
+    for i, entry in enumerate(raw, 1):
+        if not isinstance(entry, dict) or entry.get("codebooks") != i:
+            raise EnvelopeError(f'rate_plan entry {i} must be an object with "codebooks": {i}')
+        kbps = entry.get("kbps")
+        if isinstance(kbps, bool) or not isinstance(kbps, (int, float)) or not math.isfinite(kbps) \
+                or kbps < codes_kbps[i - 1] or (plan and kbps <= plan[-1].kbps):
+            raise EnvelopeError(f"rate_plan entry {i}: kbps must be a number that rises with the codebooks "
+                                f"and is at least the codes' own {codes_kbps[i - 1]:g}")
+        try:
+            layout = envelope_layout(str(entry.get("envelope")), sample_rate)
+        except EnvelopeError as exc:
+            raise EnvelopeError(f"rate_plan entry {i}: {exc}") from None
+        plan.append(RatePoint(i, float(kbps), layout))
+    return plan
 
 
 def check_shape(layout: EnvelopeLayout, levels: Any, channels: int, length: int) -> None:

@@ -36,9 +36,11 @@ from .envelope import (
     BandMeter,
     EnvelopeError,
     EnvelopeLayout,
+    RatePoint,
     apply_envelope,
     envelope_layout,
     quantise,
+    rate_plan,
 )
 from .exceptions import FlowdecError
 from .fileio import OutputExistsError
@@ -217,6 +219,7 @@ class Codec:
         code's). Decoding always follows a file's side channel when it has one."""
         self.model = model
         self._envelope = _envelope_layout_for(model, envelope)
+        self._plan = _rate_plan_for(model, self._envelope)
         self.device = torch.device(device)
         self.model.to(self.device)
         self.ndac = model.ndac
@@ -243,8 +246,16 @@ class Codec:
 
     @property
     def envelope_layout(self) -> str:
-        """The name of the side-channel layout the files this codec writes carry ("" for none)."""
+        """The name of the side-channel layout the files this codec writes carry ("" for none); under a rate
+        plan, the layout of each codebook count is :meth:`layout_for`'s."""
         return self._envelope.name if self._envelope is not None else ""
+
+    def layout_for(self, n_codebooks: int) -> EnvelopeLayout | None:
+        """The side-channel layout of files with ``n_codebooks`` codebooks: the model's rate plan's, else the
+        one layout this codec writes (None: no side channel)."""
+        if self._plan is not None:
+            return self._plan[int(n_codebooks) - 1].layout
+        return self._envelope
 
     def tune_process(self) -> None:
         """Process-wide tuning for a postfilter on the CPU: glibc keeps large buffers mapped rather than
@@ -319,8 +330,15 @@ class Codec:
 
     # -- bitrates --------------------------------------------------------------------------------
     def bitrates(self) -> list[tuple[int, float]]:
-        """(codebooks, kbit/s per channel) for every codebook count."""
+        """(codebooks, kbit/s per channel) for every codebook count: the codes' own rate, or, under a rate
+        plan, the plan's nominal rate of the codes and their side channel together."""
+        if self._plan is not None:
+            return [(p.codebooks, p.kbps) for p in self._plan]
         return [(k, self.ndac.bitrate(k) / 1000) for k in range(1, self.ndac.n_codebooks + 1)]
+
+    def rate_of(self, n_codebooks: int) -> float:
+        """The nominal kbit/s per channel of files with ``n_codebooks`` codebooks (see :meth:`bitrates`)."""
+        return dict(self.bitrates())[int(n_codebooks)]
 
     def choose_codebooks(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> int:
         """The codebook count for a request: the largest whose bitrate does not exceed ``bitrate_kbps``."""
@@ -357,9 +375,10 @@ class Codec:
             context_frames=self.ndac.encoder_context_frames, gain=float(gain),
             envelope_layout=meter.layout.name if meter is not None else "", envelope=levels)
 
-    def _meter(self, channels: int) -> BandMeter | None:
-        """A band meter for the side channel, or None when this codec writes none."""
-        return BandMeter(self._envelope, channels) if self._envelope is not None else None
+    def _meter(self, channels: int, n_codebooks: int) -> BandMeter | None:
+        """A band meter for the side channel of files with ``n_codebooks`` codebooks, or None for none."""
+        layout = self.layout_for(n_codebooks)
+        return BandMeter(layout, channels) if layout is not None else None
 
     def _encode_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
                        k: int, bar: ProgressBar, meter: BandMeter | None = None) -> np.ndarray:
@@ -402,7 +421,7 @@ class Codec:
         gain = peak if peak > 1.0 else 1.0
         n_model = _model_rate_length(len(audio), sample_rate, self.ndac.sample_rate)
         bar = progress("encode", -(-n_model // self.ndac.hop_length), "frame")
-        meter = self._meter(audio.shape[1])
+        meter = self._meter(audio.shape[1], k)
         try:
             codes = self._encode_blocks(iter([audio]), sample_rate, audio.shape[1], 1.0 / gain, k, bar, meter)
         finally:
@@ -421,7 +440,7 @@ class Codec:
         gain = peak if peak > 1.0 else 1.0
         n_model = _model_rate_length(info.frames, info.sample_rate, self.ndac.sample_rate)
         bar = progress(f"encode {src.name}", -(-n_model // self.ndac.hop_length), "frame")
-        meter = self._meter(info.channels)
+        meter = self._meter(info.channels, k)
         try:
             codes = self._encode_blocks(read_blocks(src, READ_BLOCK_FRAMES), info.sample_rate, info.channels,
                                         1.0 / gain, k, bar, meter)
@@ -795,6 +814,20 @@ def _envelope_layout_for(model: Model, wanted: bool | None) -> EnvelopeLayout | 
         return envelope_layout(str(name), model.ndac.sample_rate)
     except EnvelopeError as exc:
         raise CodecError(f"model '{model.name}': {exc}") from None
+
+
+def _rate_plan_for(model: Model, layout: EnvelopeLayout | None) -> list[RatePoint] | None:
+    """The card's ``rate_plan`` when the codec writes a side channel at all; None otherwise (without the
+    side channel the codes keep their own rates)."""
+    raw = model.info.get("rate_plan")
+    if layout is None or raw is None:
+        return None
+    ndac = model.ndac
+    codes_kbps = [ndac.bitrate(k) / 1000 for k in range(1, ndac.n_codebooks + 1)]
+    try:
+        return rate_plan(raw, codes_kbps, ndac.sample_rate)
+    except EnvelopeError as exc:
+        raise CodecError(f"model '{model.name}': its card's {exc}") from None
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:

@@ -133,6 +133,14 @@ def postfilter_command(config: Path, device: str, threads: int | None, resume: b
     _run_stage("postfilter", config, device, threads, resume, resume_from, out_dir, max_steps, overrides, quiet)
 
 
+def _json_file(path: Path) -> Any:
+    """A JSON option file's value; a file that is not JSON is a usage error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise click.BadParameter(f"{path}: not a readable JSON file ({exc})") from None
+
+
 def _codebook_list(values: tuple[str, ...]) -> list[int]:
     out: list[int] = []
     for v in values:
@@ -269,12 +277,15 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
 @click.option("--envelope-before-postfilter", is_flag=True,
               help="Apply a file's side channel before the postfilter too (a postfilter trained on pairs made "
                    "with prepare-pairs --envelope).")
+@click.option("--rate-plan", "rate_plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="JSON file: the codebooks and side-channel layout of each rate "
+                                 "(configs/default-rate-plan.json; docs/models.md).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
 @click.option("-q", "--quiet", is_flag=True)
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
                    description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
-                   temperature: float | None, envelope: str | None, envelope_before_postfilter: bool, force: bool,
-                   quiet: bool) -> None:
+                   temperature: float | None, envelope: str | None, envelope_before_postfilter: bool,
+                   rate_plan_file: Path | None, force: bool, quiet: bool) -> None:
     """Write a model folder (flowdec.json, ndac/, postfilter/) from trained weights.
 
     The folder works with --model everywhere (flowdec roundtrip in.wav out.wav --model OUT), and
@@ -285,7 +296,8 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
     out = export_model(out_dir, ndac_ref, pf_ref, name=name, licence=licence, description=description,
                        ema=not raw, trained_codebooks=_codebook_list(trained_codebooks), force=force,
                        default_nfe=default_nfe, temperature=temperature, envelope=envelope,
-                       envelope_before_postfilter=envelope_before_postfilter)
+                       envelope_before_postfilter=envelope_before_postfilter,
+                       rate_plan=_json_file(rate_plan_file) if rate_plan_file else None)
     if not quiet:
         card = json.loads((out / "flowdec.json").read_text())
         click.echo(f"flowdec: wrote model '{card['name']}' to {out}"

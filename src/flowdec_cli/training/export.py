@@ -75,7 +75,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
                  name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
                  trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None,
                  temperature: float | None = None, envelope: str | None = None,
-                 envelope_before_postfilter: bool = False) -> Path:
+                 envelope_before_postfilter: bool = False, rate_plan: Any = None) -> Path:
     """Write a model folder at ``out_dir`` from trained components (checked by loading them).
 
     ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
@@ -84,7 +84,9 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     ``envelope`` names the band-level side channel layout the model's files carry by default
     (:mod:`flowdec_cli.envelope`; None: none). ``envelope_before_postfilter``: decoders apply a file's side
     channel to D0 before the postfilter as well as after it, for a postfilter trained on pairs made with
-    ``train prepare-pairs --envelope``.
+    ``train prepare-pairs --envelope``. ``rate_plan``: the codebooks and side-channel layout of each rate
+    (:func:`flowdec_cli.envelope.rate_plan`; needs ``envelope``, which stays the layout of files written
+    without a plan's rate, e.g. with the side channel asked for on another model).
 
     When ``ndac`` is a model folder with entropy tables learned for these very weights, the tables come
     along: a new postfilter on the same codec leaves the codes, and so the tables, valid.
@@ -133,6 +135,8 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         "codebook_size": codec.codebook_size,
         "bitrates_kbps": rates,
     }
+    if any(not 1 <= int(k) <= codec.n_codebooks for k in trained_codebooks):
+        raise TrainingError(f"--trained-codebooks must lie in 1 ... {codec.n_codebooks}, the codec's codebooks")
     if pf is not None and trained_codebooks:
         card["trained_bitrates_kbps"] = [
             round(nominal_bitrate(codec.sample_rate, codec.hop_length, int(k), codec.codebook_size) / 1000, 6)
@@ -148,6 +152,20 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
             card["envelope"] = envelope_layout(envelope, codec.sample_rate).name
         except EnvelopeError as exc:
             raise TrainingError(str(exc)) from None
+    if rate_plan is not None:
+        from ..envelope import EnvelopeError
+        from ..envelope import rate_plan as parse_rate_plan
+
+        if not envelope:
+            raise TrainingError("a rate plan needs --envelope (the side channel it plans)")
+        try:
+            points = parse_rate_plan(rate_plan, rates, codec.sample_rate)
+        except EnvelopeError as exc:
+            raise TrainingError(str(exc)) from None
+        card["rate_plan"] = [{"codebooks": p.codebooks, "kbps": p.kbps, "envelope": p.layout.name} for p in points]
+        card["bitrates_kbps"] = [p.kbps for p in points]  # the rates -b offers: codes and side channel
+        if "trained_bitrates_kbps" in card:
+            card["trained_bitrates_kbps"] = [points[int(k) - 1].kbps for k in sorted(set(trained_codebooks))]
     if envelope_before_postfilter:
         if not envelope or pf is None:
             raise TrainingError("--envelope-before-postfilter needs --envelope and a postfilter")

@@ -1,0 +1,119 @@
+"""A model card's rate plan: which codebooks and which side-channel layout a requested rate gets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from flowdec_cli import envelope as env
+from flowdec_cli.cli import main
+from flowdec_cli.container import decode_fdc, encode_fdc
+from flowdec_cli.pipeline import Codec, CodecError
+
+from .conftest import tone
+
+PLAN_LAYOUTS = ["bands15", "bands15", "bands15-85ms", "bands30-43ms", "bands30-21ms"] + ["bands30-21ms"] * 5
+PLAN_KBPS = [0.9, 1.65, 2.75, 4.8, 7.25, 8.0, 8.75, 9.5, 10.25, 11.0]
+
+
+def plan(layouts=PLAN_LAYOUTS, kbps=PLAN_KBPS) -> list[dict]:
+    return [{"codebooks": i, "kbps": r, "envelope": lay} for i, (lay, r) in enumerate(zip(layouts, kbps), 1)]
+
+
+def folder_with_card(tiny_codec_dir, tmp_path, **card):
+    folder = tmp_path / "planned"
+    shutil.copytree(tiny_codec_dir, folder)
+    (folder / "flowdec.json").write_text(json.dumps({"name": "planned", "licence": "test-only", **card}))
+    return folder
+
+
+@pytest.fixture()
+def planned_dir(tiny_codec_dir, tmp_path):
+    return folder_with_card(tiny_codec_dir, tmp_path, envelope="bands15", rate_plan=plan())
+
+
+def test_every_layout_round_trips_and_filters_exactly():
+    x = (np.random.default_rng(1).standard_normal((2, 30000)) * 0.1).astype(np.float32)
+    for layout in env.LAYOUTS.values():
+        q = env.levels_of_signal(layout, x)
+        assert q.shape == (2, layout.windows(30000), layout.n_bands)
+        back = env.decode_levels(layout, env.encode_levels(layout, q), 2, q.shape[1])
+        assert np.array_equal(back, q), layout.name
+        y = x.copy()
+        env.filter_bands(layout, y, y.shape[1], np.zeros(q.shape), block=5000)
+        assert np.abs(y - x).max() < 1e-5, layout.name
+
+
+def test_denser_layouts_follow_faster_level_changes():
+    """A level that changes every 40 ms: the 21 ms layout tracks it, the 0.34 s one averages it away."""
+    rng = np.random.default_rng(2)
+    n = 48000 * 2
+    loud = np.repeat(rng.choice([0.02, 0.3], size=n // 1920 + 1), 1920)[:n]
+    ref = (rng.standard_normal(n) * loud)[None].astype(np.float32)
+    flat = (rng.standard_normal(n) * 0.1)[None].astype(np.float32)
+    errors = {}
+    for name in ("bands15", "bands30-21ms"):
+        layout = env.LAYOUTS[name]
+        out = flat.copy()
+        env.apply_envelope(layout, out, n, env.levels_of_signal(layout, ref))
+        frames = 960  # 20 ms
+        e_ref = np.log10((ref[0, :n // frames * frames].reshape(-1, frames) ** 2).mean(1) + 1e-9)
+        e_out = np.log10((out[0, :n // frames * frames].reshape(-1, frames) ** 2).mean(1) + 1e-9)
+        errors[name] = float(np.abs(e_ref - e_out).mean() * 10)
+    assert errors["bands30-21ms"] < 0.5 * errors["bands15"]
+
+
+def test_a_rate_picks_the_plans_codebooks_and_layout(planned_dir):
+    codec = Codec.load(planned_dir, "cpu")
+    assert codec.bitrates() == list(enumerate(PLAN_KBPS, 1))
+    audio = tone(1.5, 48000)
+    for kbps, k, layout in [(7.5, 5, "bands30-21ms"), (3.0, 3, "bands15-85ms"), (6.0, 4, "bands30-43ms"),
+                            (1.0, 1, "bands15")]:
+        header, codes = codec.compress_array(audio, 48000, bitrate_kbps=kbps)
+        assert (header.n_codebooks, header.envelope_layout, codes.shape[1]) == (k, layout, k)
+        assert header.envelope.shape[2] == env.LAYOUTS[layout].n_bands
+        back, back_codes = decode_fdc(encode_fdc(header, codes))
+        assert back.envelope_layout == layout and np.array_equal(back.envelope, header.envelope)
+        out = codec.decompress_codes(back, back_codes, nfe=0)
+        assert out.shape == audio.shape and np.isfinite(out).all()
+    header, _ = codec.compress_array(audio, 48000, n_codebooks=4)
+    assert header.envelope_layout == "bands30-43ms"
+    with pytest.raises(CodecError, match="below the lowest rate"):
+        codec.choose_codebooks(0.8)
+
+
+def test_without_the_side_channel_the_codes_keep_their_own_rates(planned_dir):
+    codec = Codec.load(planned_dir, "cpu", envelope=False)
+    assert codec.bitrates()[-1] == (10, 7.5) and codec.choose_codebooks(7.5) == 10
+    header, _ = codec.compress_array(tone(1.0, 48000), 48000, bitrate_kbps=7.5)
+    assert header.envelope is None and header.n_codebooks == 10
+
+
+@pytest.mark.parametrize("bad, why", [
+    (plan()[:4], "one entry per codebook count"),
+    (plan(kbps=[0.9, 1.65, 1.6] + PLAN_KBPS[3:]), "rises with the codebooks"),
+    (plan(kbps=[0.5] + PLAN_KBPS[1:]), "at least the codes' own 0.75"),
+    (plan(layouts=["bands15", "bands99"] + PLAN_LAYOUTS[2:]), "'bands99' is not known"),
+    ([{"codebooks": 2, "kbps": 1, "envelope": "bands15"}] + plan()[1:], "entry 1 must be an object"),
+    ("bands15", "one entry per codebook count"),
+])
+def test_a_broken_plan_is_named(tiny_codec_dir, tmp_path, bad, why):
+    folder = folder_with_card(tiny_codec_dir, tmp_path, envelope="bands15", rate_plan=bad)
+    with pytest.raises(CodecError, match=f"model 'planned': its card's rate_plan.*{why}"):
+        Codec.load(folder, "cpu")
+    assert Codec.load(folder, "cpu", envelope=False).bitrates()[-1] == (10, 7.5)  # no side channel, no plan
+
+
+def test_compress_says_what_the_rate_bought(planned_dir, tmp_path):
+    import soundfile as sf
+
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, 48000), 48000)
+    res = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "o.fdc"), "-m", str(planned_dir),
+                                    "-b", "7.5"])
+    assert res.exit_code == 0, res.output
+    assert "5 codebooks = 3.75 kbit/s per channel + side channel bands30-21ms = 7.25 kbit/s nominal" in res.output
