@@ -140,6 +140,19 @@ def test_output_equal_to_input_is_refused(run, wav, tiny_codec_dir):
     assert r.exit_code == 1 and "output is the input" in _one_error_line(r)
 
 
+@pytest.mark.parametrize("verb", ["compress", "decompress"])
+def test_a_missing_gpu_is_a_usage_error_on_one_line(run, wav, tmp_path, tiny_codec_dir, monkeypatch, verb):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    src = wav if verb == "compress" else tmp_path / "a.fdc"
+    if verb == "decompress":
+        assert run("compress", wav, src, "--model", tiny_codec_dir, "-q").exit_code == 0
+    out = tmp_path / ("out.fdc" if verb == "compress" else "out.wav")
+    r = run(verb, src, out, "--model", tiny_codec_dir, "--device", "cuda")
+    assert r.exit_code == 2 and "no CUDA device is available" in _one_error_line(r)
+
+
 @pytest.mark.parametrize("case", ["missing", "not_audio", "corrupt_fdc", "bad_model", "bad_bitrate", "odd_nfe",
                                   "unwritable"])
 def test_errors_are_one_line(run, wav, tmp_path, tiny_codec_dir, case):

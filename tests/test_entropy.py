@@ -184,6 +184,14 @@ def test_missing_or_other_tables_are_refused_clearly(tables):
         decode_fdc(coded, source_name="x.fdc", tables=other)
 
 
+def test_reading_without_tables_says_how_to_pass_them(tables, tmp_path):
+    written = write_fdc(tmp_path / "x.fdc", make_header(), markov_codes(10, 750), tables=tables)
+    assert written.entropy_coded
+    with pytest.raises(FdcError, match=r"needs the entropy tables .*\(tables=Codec\.entropy_tables\)"):
+        container.read_fdc(tmp_path / "x.fdc")
+    assert container.read_fdc(tmp_path / "x.fdc", tables=tables)[0] == written
+
+
 def _forged_coded(tables, payload: bytes, num_frames: int = 750, coding: str = "range-ctx1", **extra) -> bytes:
     m = container._header_map(make_header(num_frames=num_frames))
     m.update({17: coding, 18: tables.id, 19: len(payload)})

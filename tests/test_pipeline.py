@@ -295,3 +295,137 @@ def test_outputs_get_the_usual_file_mode(codec, tmp_path):
     os.umask(umask)
     for name in ("a.fdc", "o.wav"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- bad input to the Python API: one CodecError naming the cause, before any work -----------------------
+
+def test_channels_first_audio_is_refused_naming_the_layout(codec):
+    with pytest.raises(CodecError, match=r"\[frames, channels\], got shape \(2, 48000\).*48000 channels"):
+        codec.compress_array(tone(1.0, 48000, 2).T, 48000)
+
+
+@pytest.mark.parametrize("dtype", ["int16", "int32", "uint8", "bool", "complex64"])
+def test_audio_that_is_not_float_samples_is_refused(codec, dtype):
+    with pytest.raises(CodecError, match=f"float samples in \\[-1, 1\\], got dtype {dtype}"):
+        codec.compress_array(np.zeros((4800, 1), dtype), 48000)
+
+
+@pytest.mark.parametrize("rate", [0, -1, "44100", None, 1e9, 44100.5, True, float("nan")])
+def test_a_sample_rate_that_is_no_rate_is_refused(codec, rate):
+    with pytest.raises(CodecError, match=r"sample rate must be a whole number of Hz in \[1, 10000000\]"):
+        codec.compress_array(tone(0.1, 48000), rate)
+
+
+def test_a_whole_float_or_numpy_sample_rate_is_taken(codec):
+    assert codec.compress_array(tone(0.1, 44100), 44100.0)[0].sample_rate == 44100
+    assert type(codec.compress_array(tone(0.1, 44100), np.int64(44100))[0].sample_rate) is int
+
+
+@pytest.mark.parametrize("call", ["compress_file", "roundtrip_file", "decompress_file", "decompressor"])
+def test_the_library_never_writes_over_its_input(codec, tmp_path, tiny_codec_dir, monkeypatch, call):
+    from flowdec_cli.pipeline import Decompressor
+
+    monkeypatch.chdir(tmp_path)
+    sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
+    codec.compress_file(tmp_path / "in.wav", tmp_path / "in.fdc")
+    src = tmp_path / ("in.fdc" if call in ("decompress_file", "decompressor") else "in.wav")
+    before = src.read_bytes()
+    run = {"compress_file": codec.compress_file, "roundtrip_file": codec.roundtrip_file,
+           "decompress_file": codec.decompress_file,
+           "decompressor": Decompressor(tiny_codec_dir, "cpu", nfe=0).decompress_file}[call]
+    with pytest.raises(CodecError, match="output is the input file"):
+        run(src, f"./sub/../{src.name}")
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"gain": float("nan")}, "gain must be a number"), ({"gain": 0.0}, "gain must be a number"),
+    ({"gain": -1.0}, "gain must be a number"), ({"sample_rate": 0}, r"sample_rate = 0 is out of range"),
+    ({"codebook_size": 4096}, "cannot decode")])
+def test_decoding_refuses_a_header_a_file_could_not_have(codec, change, match):
+    header, codes = codec.compress_array(tone(0.5, 48000), 48000, n_codebooks=4)
+    with pytest.raises(CodecError, match=match):
+        codec.decompress_codes(dataclasses.replace(header, **change), codes, nfe=0)
+
+
+def _bad_codes(codes: np.ndarray, case: str):
+    if case == "above":
+        return np.where(np.arange(codes.size).reshape(codes.shape) == 0, 1024, codes)
+    if case == "negative":
+        return np.where(np.arange(codes.size).reshape(codes.shape) == 0, -1, codes)
+    if case == "float":
+        return codes.astype(np.float64)
+    if case == "bool":
+        return codes.astype(bool)
+    return codes[:, :0]  # no codebooks
+
+
+@pytest.mark.parametrize("case, match", [
+    ("above", "code 1024 is outside the codebook"), ("negative", "code -1 is outside the codebook"),
+    ("float", "codes must be integers, got dtype float64"), ("bool", "codes must be integers, got dtype bool"),
+    ("none", r"codes of shape \[1, 0, \d+\] do not match")])
+def test_decoding_refuses_codes_a_file_could_not_hold(codec, case, match):
+    header, codes = codec.compress_array(tone(0.5, 48000), 48000, n_codebooks=4)
+    with pytest.raises(CodecError, match=match):
+        codec.decompress_codes(header, _bad_codes(codes, case), nfe=0)
+
+
+@pytest.mark.parametrize("form", [np.int16, np.uint16, np.int32, list])
+def test_codes_of_any_integer_form_decode_alike(codec, form):
+    header, codes = codec.compress_array(tone(0.5, 48000), 48000, n_codebooks=4)
+    same = codes.tolist() if form is list else codes.astype(form)
+    np.testing.assert_array_equal(codec.decompress_codes(header, same, nfe=0),
+                                  codec.decompress_codes(header, codes, nfe=0))
+
+
+@pytest.mark.parametrize("nfe, solver", [(3, "midpoint"), (-1, "midpoint"), (2.0, "midpoint"), (2, "rk4")])
+def test_an_nfe_or_solver_that_cannot_run_is_refused_before_decoding(codec, tmp_path, monkeypatch, nfe, solver):
+    header, codes = codec.compress_array(tone(0.5, 48000), 48000, n_codebooks=4)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the NFE was checked")
+
+    monkeypatch.setattr(codec.ndac, "decode_chunks", no_decoding)
+    with pytest.raises(CodecError, match=r"NFE|solver"):
+        codec.decompress_codes(header, codes, nfe=nfe, solver=solver)
+    with pytest.raises(CodecError, match=r"NFE|solver"):
+        codec.decompress_codes_to_file(header, codes, tmp_path / "o.wav", nfe=nfe, solver=solver)
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_a_numpy_integer_nfe_is_an_integer(codec):
+    header, codes = codec.compress_array(tone(0.5, 48000), 48000, n_codebooks=4)
+    audio, res = codec.decompress_codes_timed(header, codes, nfe=np.int64(0))
+    assert res.nfe == 0 and type(res.nfe) is int and audio.shape == (24000, 1)
+
+
+@pytest.mark.parametrize("device", ["cuda", torch.device("cuda"), "mps", "cuda:99", "nonsense", 3])
+def test_a_device_that_is_not_there_is_refused_before_loading(tiny_codec_dir, monkeypatch, device):
+    from flowdec_cli import pipeline
+    from flowdec_cli.exceptions import FlowdecError
+    from flowdec_cli.runtime import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    with pytest.raises(DeviceError) as info:
+        Codec.load(tiny_codec_dir, device)
+    assert isinstance(info.value, FlowdecError) and "--device" not in str(info.value)
+    with pytest.raises(DeviceError):
+        pipeline.from_pretrained(str(tiny_codec_dir), device)
+    with pytest.raises(DeviceError):
+        pipeline.Decompressor(tiny_codec_dir, device)
+
+
+def test_a_cuda_device_beyond_the_last_is_refused(monkeypatch):
+    from flowdec_cli.runtime import DeviceError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DeviceError, match=r"'cuda:2' was asked for, but the CUDA devices here are cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+
+
+def test_no_device_means_the_automatic_choice(tiny_codec_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Codec.load(tiny_codec_dir, None).device == torch.device("cpu")

@@ -174,7 +174,9 @@ def _shown(path: Path) -> str:
 def _check_pair(src: Path, dst: Path, force: bool) -> None:
     if is_stdio(dst):
         return
-    if not is_stdio(src) and src.resolve() == dst.resolve():
+    from .fileio import same_file
+
+    if not is_stdio(src) and same_file(src, dst):
         raise Failure(f"{dst}: output is the input file; choose another output path")
     if dst.exists() and not force:
         if dst.is_dir():
@@ -335,11 +337,11 @@ def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int
                 precision: str = "auto", temperature: float | None = None, envelope: bool | None = None) -> Codec:
     """The codec for a command (the default model when none is named), set up for the passes it runs."""
     from .pipeline import Codec
-    from .runtime import resolve_device
+    from .runtime import DeviceError, resolve_device
 
     try:
         dev = resolve_device(device)
-    except ValueError as exc:
+    except DeviceError as exc:
         raise click.UsageError(str(exc)) from None
     codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir,
                        temperature=temperature, envelope=envelope)
@@ -515,11 +517,12 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     plan = _plan(src, dst, _is_fdc, suffix, force, pattern)
     _setup(threads)
     from .pipeline import Decompressor
+    from .runtime import DeviceError
 
     try:
         decoder = Decompressor(model, device, nfe=nfe, precision=precision, cache_dir=cache_dir, tune_process=True,
                                temperature=temperature)
-    except ValueError as exc:
+    except DeviceError as exc:
         raise click.UsageError(str(exc)) from None
     bars = _Bars(quiet, decoder.device)
     idle_temperature_told = False

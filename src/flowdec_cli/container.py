@@ -47,6 +47,9 @@ __all__ = [
     "actual_bitrate",
     "bits_for_codebook_size",
     "bitpacked_file_size",
+    "check_codes",
+    "check_header",
+    "check_sample_rate",
     "decode_fdc",
     "encode_fdc",
     "encode_fdc_written",
@@ -244,6 +247,7 @@ _KEY_PAYLOAD_BYTES = 19   # format 1.1
 _KEY_ENVELOPE = 20        # format 1.2
 _KEY_ENVELOPE_BYTES = 21  # format 1.2
 _KNOWN_KEYS = {key: name for name, key, _t, _lo, _hi in _FIELDS}
+_INT_RANGES = {name: (lo, hi) for name, _k, kind, lo, hi in _FIELDS if kind == "int" and not isinstance(hi, str)}
 _KNOWN_KEYS[_KEY_BITRATE] = "nominal_bitrate"
 _KNOWN_KEYS[_KEY_GAIN] = "gain"
 _KNOWN_KEYS[_KEY_CODING] = "coding"
@@ -318,6 +322,44 @@ def _check_fields(values: dict[str, Any], src: str) -> None:
             top = values[hi] if isinstance(hi, str) else hi
             if not lo <= v <= top:
                 raise FdcError(f"{src}: invalid header: {name} = {v} is out of range [{lo}, {top}]")
+
+
+def check_sample_rate(value: Any) -> int:
+    """A sample rate given in code as the int a header stores: a whole number (an int, or a float such as
+    44100.0) in the header's range. A fraction would be truncated and a bool taken as 1 Hz, so both are
+    refused; the message names no source, for the caller to add its own."""
+    lo, hi = _INT_RANGES["sample_rate"]
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating))
+                                                     and math.isfinite(value) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or not lo <= int(value) <= hi:
+        raise FdcError(f"sample rate must be a whole number of Hz in [{lo}, {hi}], got {value!r}")
+    return int(value)
+
+
+def check_header(header: FdcHeader, source_name: str = "<header>") -> None:
+    """:meth:`FdcHeader.validate` for a header that has not been written (one made in memory): its payload
+    and side-channel sizes follow from coding it, so they are not checked, but its side channel's levels
+    are, against its layout."""
+    _without_sizes(header).validate(source_name)
+    if header.envelope is not None and np.asarray(header.envelope).size:
+        try:
+            layout = envelope_layout(header.envelope_layout or DEFAULT_LAYOUT, header.model_sample_rate)
+            check_shape(layout, header.envelope, header.channels, header.coded_length)
+        except EnvelopeError as exc:
+            raise FdcError(f"{source_name}: {exc}") from None
+
+
+def check_codes(codes: np.ndarray, codebook_size: int) -> None:
+    """Codes are integers in [0, codebook_size): the check of every writer and decoder of codes held in
+    memory. The message names no source, for the caller to add its own."""
+    arr = np.asarray(codes)
+    if not arr.size:
+        return
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise FdcError(f"codes must be integers, got dtype {arr.dtype}")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= codebook_size:
+        raise FdcError(f"code {lo if lo < 0 else hi} is outside the codebook (valid: 0 to {codebook_size - 1})")
 
 
 def frames_for_samples(num_samples: int, sample_rate: int, model_sample_rate: int, hop: int) -> tuple[int, int]:
@@ -448,13 +490,20 @@ def _header_map(header: FdcHeader) -> dict:
     return m
 
 
+def _without_sizes(header: FdcHeader) -> FdcHeader:
+    """``header`` bit-packed and without a side channel: the fields that coding the codes does not decide."""
+    import dataclasses
+
+    return dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0,
+                               envelope_layout="", envelope_bytes=0, envelope=None)
+
+
 def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any) -> tuple[FdcHeader, bytes]:
     import dataclasses
 
     # the header as written carries levels only when it writes them: an empty file sends none, and a
     # decoder handed the written header must not try to apply levels that have no layout
-    plain = dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0,
-                                envelope_layout="", envelope_bytes=0, envelope=None)
+    plain = _without_sizes(header)
     plain.validate(source_name)  # every field but the side channel's, whose size follows from its coding
     side = b""
     if header.envelope is not None and np.asarray(header.envelope).size:  # an empty file has nothing to send
@@ -467,13 +516,10 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
     if arr.shape != plain.codes_shape:
         raise FdcError(f"{source_name}: codes have shape {arr.shape}, the header says "
                        f"[channels, n_codebooks, num_frames] = {list(plain.codes_shape)}")
-    if arr.size:
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise FdcError(f"{source_name}: codes must be integers, got dtype {arr.dtype}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi >= plain.codebook_size:
-            raise FdcError(f"{source_name}: code {lo if lo < 0 else hi} is outside the codebook "
-                           f"(valid: 0 to {plain.codebook_size - 1})")
+    try:
+        check_codes(arr, plain.codebook_size)
+    except FdcError as e:
+        raise FdcError(f"{source_name}: {e}") from None
     candidates: list[tuple[FdcHeader, tuple[int, int], bytes | None]] = [
         (plain, ENVELOPE_VERSION if side else BITPACK_VERSION, None)]
     if tables is not None and arr.size:
@@ -720,7 +766,8 @@ def _decode_entropy(header: FdcHeader, payload: memoryview, src: str, tables: An
         tables = tables(header)
     if tables is None:
         raise FdcError(f"{src}: the codes are entropy-coded ({header.coding}, tables {header.entropy_tables}); "
-                       "decoding them needs the entropy tables of the model that wrote the file")
+                       "decoding them needs the entropy tables of the model that wrote the file; pass "
+                       "that model's tables (tables=Codec.entropy_tables)")
     if tables.id != header.entropy_tables:
         raise FdcError(f"{src}: coded with entropy tables {header.entropy_tables}, but the model's tables are "
                        f"{tables.id}; decode with the model that wrote the file")

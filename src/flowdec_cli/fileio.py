@@ -27,7 +27,7 @@ from pathlib import Path
 from .exceptions import FlowdecError
 
 __all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temporary_folder", "publish",
-           "publish_folder", "remove_stale_temporaries", "no_space_left", "owner_alive"]
+           "publish_folder", "remove_stale_temporaries", "no_space_left", "owner_alive", "same_file"]
 
 
 class OutputExistsError(FlowdecError, FileExistsError):
@@ -40,6 +40,12 @@ class OutputExistsError(FlowdecError, FileExistsError):
     def __str__(self) -> str:
         return (f"{self.path}: appeared while this run was writing it; left as it is, our result discarded "
                 "(use -f/--force to overwrite)")
+
+
+def same_file(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """Whether writing ``dst`` would replace ``src``: the same path once links and ``..`` are resolved. The
+    one rule for the library and the command line, which both refuse such an output."""
+    return Path(src).resolve() == Path(dst).resolve()
 
 
 def _default_mode() -> int:

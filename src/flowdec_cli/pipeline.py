@@ -29,8 +29,19 @@ import numpy as np
 import torch
 
 from . import __version__
-from .audio import AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
-from .container import FdcHeader, actual_bitrate, bitpacked_file_size, frames_for_samples, read_fdc, write_fdc
+from .audio import MAX_CHANNELS, AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
+from .container import (
+    FdcError,
+    FdcHeader,
+    actual_bitrate,
+    bitpacked_file_size,
+    check_codes,
+    check_sample_rate,
+    frames_for_samples,
+    read_fdc,
+    write_fdc,
+)
+from .container import check_header as check_fdc_header
 from .envelope import (
     DEFAULT_LAYOUT,
     BandMeter,
@@ -43,7 +54,7 @@ from .envelope import (
     rate_plan,
 )
 from .exceptions import FlowdecError
-from .fileio import OutputExistsError
+from .fileio import OutputExistsError, same_file
 from .models.loading import Model, load_model
 from .runtime import resolve_device
 
@@ -220,7 +231,7 @@ class Codec:
         self.model = model
         self._envelope = _envelope_layout_for(model, envelope)
         self._plan = _rate_plan_for(model, self._envelope)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model.to(self.device)
         self.ndac = model.ndac
         self.postfilter = model.postfilter
@@ -275,7 +286,7 @@ class Codec:
         (default ``$FLOWDEC_HOME`` or ``~/.cache/flowdec``)."""
         from .models.catalogue import default_model_name
 
-        dev = resolve_device(device) if isinstance(device, str) else device
+        dev = resolve_device(device)  # before the weights load: a missing GPU is refused at once
         if ref is None:
             ref = default_model_name(cache_dir)
         return cls(load_model(ref, with_postfilter=with_postfilter, cache_dir=cache_dir, nfe=nfe), dev, **kwargs)
@@ -408,12 +419,25 @@ class Codec:
     def compress_array(self, audio: np.ndarray, sample_rate: int, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None,
                        progress: Progress = _no_progress) -> tuple[FdcHeader, np.ndarray]:
-        """Header and codes [C,K,T] for float audio [frames, channels] at ``sample_rate``."""
-        audio = np.asarray(audio, dtype=np.float32)
+        """Header and codes [C,K,T] for float audio [frames, channels] at ``sample_rate`` (a whole number of
+        Hz). Integer PCM is refused rather than scaled: its full scale depends on where it came from (int16
+        from a WAV file is ``x / 32768``, but int32 may hold 24-bit samples), and unscaled it would be coded
+        thousands of times too loud. More than ``audio.MAX_CHANNELS`` channels is refused too: it is almost
+        always [channels, frames] audio, which would be coded as thousands of channels for minutes."""
+        sample_rate = _checked_sample_rate(sample_rate)
+        audio = np.asarray(audio)
+        if audio.dtype.kind != "f":
+            raise CodecError(f"audio must be float samples in [-1, 1], got dtype {audio.dtype} (scale integer "
+                             f"PCM first, e.g. int16 / 32768)")
+        audio = audio.astype(np.float32, copy=False)
         if audio.ndim == 1:
             audio = audio[:, None]
         if audio.ndim != 2 or audio.shape[1] < 1:
             raise CodecError(f"audio must be [frames, channels], got shape {audio.shape}")
+        if audio.shape[1] > MAX_CHANNELS:
+            raise CodecError(f"audio must be [frames, channels], got shape {audio.shape}: {audio.shape[1]} "
+                             f"channels is more than the {MAX_CHANNELS} an audio file holds (transpose "
+                             f"[channels, frames] audio)")
         if not np.isfinite(audio).all():
             raise CodecError("audio contains NaN or infinite samples")
         k = self.choose_codebooks(bitrate_kbps, n_codebooks)
@@ -512,6 +536,7 @@ class Codec:
         the codes with the model's tables when it has them and it saves bytes; False writes a bit-packed
         file. ``cap_kbps``: drop codebooks until the whole file fits this rate (:meth:`fit_on_disk`)."""
         src, dst = Path(src), Path(dst)
+        _check_not_input(src, dst)
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps, entropy)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -540,6 +565,28 @@ class Codec:
                             f"with weights {self.model.ndac_hash} of '{self.model.name}'; the sound may differ")
         return warnings
 
+    def _checked_input(self, header: FdcHeader, codes: Any) -> tuple[np.ndarray, list[str]]:
+        """Codes and a header handed over in code, checked as a file's are when it is read, and before any
+        decoding: a bad gain would come out as NaN audio or silence, a bad code as an error deep inside the
+        decoder. The codes as int64, and the warnings of :meth:`check_header`."""
+        if not isinstance(header, FdcHeader):
+            raise CodecError(f"header must be an FdcHeader, got {type(header).__name__}")
+        try:
+            check_fdc_header(header)
+        except FdcError as exc:
+            raise CodecError(str(exc)) from None
+        warnings = self.check_header(header, "<header>")
+        try:
+            arr = np.asarray(codes)
+        except (TypeError, ValueError):
+            raise CodecError("codes must be an integer array [channels, n_codebooks, frames]") from None
+        _check_codes_fit(header, arr)
+        try:
+            check_codes(arr, header.codebook_size)
+        except FdcError as exc:
+            raise CodecError(str(exc)) from None
+        return arr.astype(np.int64, copy=False), warnings
+
     def resolve_nfe(self, nfe: int | None, solver: str | None = None) -> int:
         """``nfe``, or for ``None`` the model's default (:attr:`Model.default_nfe`: 6 as in the paper unless
         its card says otherwise; 0 without a postfilter). With ``solver``, checked to suit it
@@ -552,13 +599,13 @@ class Codec:
                 nfe_to_steps(nfe, solver)
             except ValueError as exc:
                 raise CodecError(str(exc)) from None
+            return int(nfe)
         return nfe
 
     def _decode_to_model_rate(self, codes: np.ndarray, header: FdcHeader, nfe: int, solver: str,
                               seed: int | None, progress: Progress) -> _Decoded:
         """D0's whole, untrimmed output (then the postfilter's), as the official pipeline has it before trimming;
         each stage is timed (the output reaches the CPU inside it, so no device work is left pending)."""
-        _check_codes_fit(header, codes)
         t0 = time.perf_counter()
         channels = codes.shape[0]
         c = torch.from_numpy(np.ascontiguousarray(codes)).to(self.device)
@@ -661,7 +708,8 @@ class Codec:
         """:meth:`decompress_codes` and its :class:`DecompressResult`: the seconds of the whole decode, of D0
         and of the postfilter (what ``flowdec eval --codec`` reports), and the clip guard's factor."""
         t0 = time.perf_counter()
-        nfe = self.resolve_nfe(nfe)
+        nfe = self.resolve_nfe(nfe, solver)
+        codes, warnings = self._checked_input(header, codes)
         dec = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
         pieces: list[np.ndarray] = []
         try:
@@ -673,13 +721,14 @@ class Codec:
         return audio, DecompressResult(header, nfe, guard, header.sample_rate, time.perf_counter() - t0,
                                        model=self.model.name, d0_seconds=dec.d0_seconds,
                                        postfilter_seconds=dec.postfilter_seconds,
-                                       envelope_seconds=dec.envelope_seconds)
+                                       envelope_seconds=dec.envelope_seconds, warnings=warnings)
 
     def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int | None = None,
                         solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
                         progress: Progress = _no_progress,
                         warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
         src, dst = Path(src), Path(dst)
+        _check_not_input(src, dst)
         header, codes = read_fdc(src, tables=lambda h: self.tables_for(h, str(src)))
         warnings = self.check_header(header, str(src))
         for w in warnings:
@@ -697,7 +746,8 @@ class Codec:
         written atomically as :meth:`decompress_file` does."""
         dst = Path(dst)
         t0 = time.perf_counter()
-        nfe = self.resolve_nfe(nfe)
+        nfe = self.resolve_nfe(nfe, solver)
+        codes, warnings = self._checked_input(header, codes)
         rate = output_rate_for(dst, subtype, header.sample_rate)
         writer = AtomicAudioWriter(dst, rate, header.channels, subtype, overwrite=overwrite)
         clip = _clip_for(writer)
@@ -713,7 +763,7 @@ class Codec:
         writer.commit()
         return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0, model=self.model.name,
                                 d0_seconds=dec.d0_seconds, postfilter_seconds=dec.postfilter_seconds,
-                                envelope_seconds=dec.envelope_seconds)
+                                envelope_seconds=dec.envelope_seconds, warnings=warnings)
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
@@ -725,6 +775,7 @@ class Codec:
         from .container import encode_fdc_written
 
         src, dst = Path(src), Path(dst)
+        _check_not_input(src, dst)
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables)
         comp = CompressResult(header, codes, len(data))
@@ -741,7 +792,7 @@ class Decompressor:
                  nfe: int | None = None, precision: str = "auto", cache_dir: str | os.PathLike[str] | None = None,
                  tune_process: bool = False, temperature: float | None = None) -> None:
         self.override = model
-        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.device = resolve_device(device)
         self.nfe, self.precision, self.cache_dir, self.tune = nfe, precision, cache_dir, tune_process
         self.temperature = temperature
         self._codecs: dict[str, Codec] = {}
@@ -770,6 +821,7 @@ class Decompressor:
                         warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
         """Decode ``src`` into ``dst`` at this decompressor's NFE (None: each model's default)."""
         src = Path(src)
+        _check_not_input(src, Path(dst))
         header, codes = read_fdc(src, tables=lambda h: self.codec_for(h.model_name, src).tables_for(h, str(src)))
         codec = self.codec_for(header.model_name, src)
         warnings = codec.check_header(header, str(src))
@@ -782,11 +834,25 @@ class Decompressor:
         return res
 
 
+def _check_not_input(src: Path, dst: Path) -> None:
+    """The output is published by a rename once it is complete, which would replace the input it was made from."""
+    if same_file(src, dst):
+        raise CodecError(f"{dst}: output is the input file; choose another output path")
+
+
+def _checked_sample_rate(sample_rate: Any) -> int:
+    """The rate as the int a header stores; the container's rule, refused as a coding request."""
+    try:
+        return check_sample_rate(sample_rate)
+    except FdcError as exc:
+        raise CodecError(str(exc)) from None
+
+
 def _check_codes_fit(header: FdcHeader, codes: np.ndarray) -> None:
     """Never write more than the codes describe: the header's length must be one the codec makes from
     this many frames (container.frames_for_samples), so padding stays under a frame."""
     codes = np.asarray(codes)
-    if codes.ndim != 3 or codes.shape[0] != header.channels or codes.shape[1] > header.n_codebooks:
+    if codes.ndim != 3 or codes.shape[0] != header.channels or not 1 <= codes.shape[1] <= header.n_codebooks:
         raise CodecError(f"codes of shape {list(codes.shape)} do not match the header "
                          f"([channels, n_codebooks, frames] = {list(header.codes_shape)})")
     lo, hi = frames_for_samples(header.num_samples, header.sample_rate, header.model_sample_rate,

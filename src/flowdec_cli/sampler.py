@@ -17,6 +17,7 @@ The details below are what makes the result bit-identical to an official run giv
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -49,8 +50,9 @@ def nfe_to_steps(nfe: int, solver: str = "midpoint") -> int:
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 0:
+    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe < 0:  # numpy's ints too
         raise ValueError(f"NFE must be a non-negative integer, got {nfe!r}")
+    nfe = int(nfe)
     per_step = SOLVERS[solver]
     if nfe % per_step:
         raise ValueError(f"NFE {nfe} is odd, but the {solver} solver evaluates the network {per_step} times "
