@@ -6,7 +6,8 @@
 Prints markdown tables:
 * encode, D0 and postfilter seconds per second of audio (postfilter per network pass), on the device;
 * real-time factor of a whole decode against NFE (0, 2, 4, 6, 8);
-* .fdc file size against the nominal bitrate (and the budget nominal x duration / 8 x 1.005 + 128 B);
+* .fdc file size against the nominal bitrate (and the budget of the codes, their nominal x duration / 8 x 1.005
+  + 128 B, which the side channel's bytes come on top of; under a rate plan the nominal rate counts both);
 * Opus (opusenc/opusdec, when installed) at the same bitrates: size and encode+decode time.
 The clip is the demo's synthesised signal (voice-like harmonics, melody, clicks, a chirp to 20 kHz).
 """
@@ -88,8 +89,8 @@ def main() -> None:
         sync()
         print(f"| {nfe} | {(time.perf_counter() - t0) / dur:.4f} |")
 
-    print("\n| codebooks | nominal kbit/s | .fdc bytes (bit-packed) | actual kbit/s | budget bytes | side channel "
-          "bytes | Opus bytes | Opus kbit/s | Opus enc+dec RTF |\n"
+    print("\n| codebooks | nominal kbit/s | .fdc bytes (bit-packed) | actual kbit/s | codes budget bytes | side "
+          "channel bytes | Opus bytes | Opus kbit/s | Opus enc+dec RTF |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for k, kbps in codec.bitrates():
@@ -103,7 +104,7 @@ def main() -> None:
             else:
                 opus = " | | "
             print(f"| {k} | {kbps:g} | {size} | {size * 8 / dur / 1000:.3f} | "
-                  f"{max_file_size(kbps * 1000, dur):.0f} | {written.envelope_bytes} | {opus} |")
+                  f"{max_file_size(h.nominal_bitrate, dur):.0f} | {written.envelope_bytes} | {opus} |")
 
 
 if __name__ == "__main__":

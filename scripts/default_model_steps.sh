@@ -2,35 +2,46 @@
 # script (train_default_model.sh) and the GPU one (train_on_gpu.sh) code the pairs and export alike.
 # Needs FLOWDEC (the flowdec command line) set by the sourcing script.
 
-# code_pairs CORPUS NDAC PAIRS DEVICE: each training file coded at one of 4/6/8/10 codebooks (3, 4.5, 6,
-# 7.5 kbit/s), chosen by its position in the list, so the four rates share the corpus without coding it
-# four times; the side channel (ENVELOPE, default bands15) applied to the coded side. On CUDA the four
-# rates run at once. PAIRS_EVERY=N codes only every Nth training file (a large corpus on a short lease).
+# code_pairs CORPUS NDAC PAIRS DEVICE: each training file coded at one of the PAIR_CODEBOOKS counts
+# (default 2 3 4 5: the rate plan's 2.0, 2.75, 4.8 and 7.3 kbit/s, where -b 2.25 ... 7.5 lands), chosen by
+# its position in the list, so the rates share the corpus without coding it once per rate; the coded side
+# gets the side channel of its rate (the layout configs/default-rate-plan.json gives that count; ENVELOPE
+# forces one layout for all). On CUDA the rates run at once. PAIRS_EVERY=N codes only every Nth training
+# file (a large corpus on a short lease).
+RATE_PLAN=${RATE_PLAN:-configs/default-rate-plan.json}
+PAIR_CODEBOOKS=${PAIR_CODEBOOKS:-2 3 4 5}
+
 code_pairs() {
-  local corpus=$1 ndac=$2 pairs=$3 device=$4 i k
+  local corpus=$1 ndac=$2 pairs=$3 device=$4 i=0 k
+  local -a counts=($PAIR_CODEBOOKS)
   mkdir -p "$pairs"
-  for i in 0 1 2 3; do
-    k=$((4 + 2 * i))
+  for k in "${counts[@]}"; do
     awk -v e="${PAIRS_EVERY:-1}" 'NR % e == 0' "$corpus/train.txt" |
-      awk -v i=$i -v root="$corpus" 'NR % 4 == i { print root "/" $0 }' > "$pairs/clean-nq$k.txt"
+      awk -v i=$i -v n=${#counts[@]} -v root="$corpus" 'NR % n == i { print root "/" $0 }' > "$pairs/clean-nq$k.txt"
     if [[ $device == cuda* ]]; then _code_rate "$pairs" "$ndac" $k "$device" & else _code_rate "$pairs" "$ndac" $k "$device"; fi
+    i=$((i + 1))
   done
   wait
   cat "$pairs"/nq*/train.txt > "$pairs/train.txt"
   cat "$pairs"/nq*/validation.txt > "$pairs/validation.txt"
 }
 
-_code_rate() {  # PAIRS NDAC K DEVICE
-  $FLOWDEC train prepare-pairs "$1/clean-nq$3.txt" --ndac "$2" -o "$1/nq$3" -n "$3" \
-    --validation-fraction 0.05 --test-fraction 0 --device "$4" -q --envelope "${ENVELOPE:-bands15}"
+_plan_layout() {  # K: the side-channel layout the rate plan gives K codebooks
+  $PY -c 'import json, sys; print(json.load(open(sys.argv[1]))[int(sys.argv[2]) - 1]["envelope"])' "$RATE_PLAN" "$1"
 }
 
-# export_default_model DEST NDAC POSTFILTER: the model folder as the package ships it (default NFE,
-# temperature and side channel as DEFAULT_NFE, TEMPERATURE, ENVELOPE say; 6, 0.25, bands15).
+_code_rate() {  # PAIRS NDAC K DEVICE
+  $FLOWDEC train prepare-pairs "$1/clean-nq$3.txt" --ndac "$2" -o "$1/nq$3" -n "$3" \
+    --validation-fraction 0.05 --test-fraction 0 --device "$4" -q --envelope "${ENVELOPE:-$(_plan_layout "$3")}"
+}
+
+# export_default_model DEST NDAC POSTFILTER: the model folder as the package ships it (default NFE and
+# temperature as DEFAULT_NFE and TEMPERATURE say, 6 and 0.25; the side channel by the rate plan).
 export_default_model() {
   $FLOWDEC train export "$1" --ndac "$2" --postfilter "$3" --name flowdec-small \
     --licence "MIT (weights); training data: see docs/corpus.md" \
-    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s) + a frame-wise flow postfilter; trained on Debian-packaged audio (docs/corpus.md, docs/models.md)" \
-    --trained-codebooks 4,6,8,10 --default-nfe "${DEFAULT_NFE:-6}" --temperature "${TEMPERATURE:-0.25}" \
-    --envelope "${ENVELOPE:-bands15}" --envelope-before-postfilter -f
+    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s of codes; 0.9-11 kbit/s with the side channel of each rate) + a frame-wise flow postfilter; trained on Debian-packaged audio (docs/corpus.md, docs/models.md)" \
+    --trained-codebooks "$(echo $PAIR_CODEBOOKS | tr ' ' ',')" --default-nfe "${DEFAULT_NFE:-6}" \
+    --temperature "${TEMPERATURE:-0.25}" --envelope bands15 --rate-plan "$RATE_PLAN" \
+    --envelope-before-postfilter -f
 }

@@ -31,12 +31,18 @@ def test_default_model_is_bundled_and_small():
         assert (folder / part / "model.safetensors").is_file()
 
 
-def test_default_model_has_the_ndac75_ladder():
+def test_default_model_has_the_ndac75_ladder_and_its_rate_plan():
+    """The codes keep NDAC-75's ladder; with the side channel on, the card's rate plan adds each rate's
+    layout (docs/models.md, "A side channel by rate"), and -b 3 / 7.5 land at or below the rate asked for."""
     from flowdec_cli.pipeline import Codec
 
     codec = Codec.load(default_model_name(), "cpu")
     assert codec.ndac.sample_rate == 48000 and codec.ndac.hop_length == 640
-    assert [kbps for _, kbps in codec.bitrates()] == pytest.approx([0.75 * k for k in range(1, 11)])
+    bare = Codec(codec.model, "cpu", envelope=False)
+    assert [kbps for _, kbps in bare.bitrates()] == pytest.approx([0.75 * k for k in range(1, 11)])
+    assert codec.choose_codebooks(3.0) == 3 and codec.layout_for(3).name == "bands15-85ms"
+    assert codec.choose_codebooks(7.5) == 5 and codec.layout_for(5).name == "bands30-21ms"
+    assert all(kbps >= 0.75 * k for k, kbps in codec.bitrates())
     assert codec.postfilter is not None
 
 
