@@ -246,3 +246,31 @@ def test_a_file_name_that_is_not_utf8_is_read_and_written(run, tmp_path, tiny_co
     assert r.exit_code == 0, r.output
     with open(out, "rb") as f:
         assert sf.info(f).frames == 24000
+
+
+@pytest.mark.parametrize("verb", ["compress", "decompress", "roundtrip"])
+def test_folder_inputs_sharing_an_output_are_refused_and_the_rest_converted(run, tmp_path, tiny_codec_dir, verb):
+    """a.wav and a.flac both make a.fdc: the second used to replace the first (-f) or be called "exists"."""
+    src = tmp_path / "in"
+    src.mkdir()
+    if verb == "decompress":
+        for name in ("a.fdc", "a.FDC", "b.fdc"):
+            sf.write(tmp_path / "x.wav", tone(0.3, 48000), 48000)
+            assert run("compress", tmp_path / "x.wav", src / name, "-m", tiny_codec_dir, "-q", "-f").exit_code == 0
+        first, second, other, shared = src / "a.FDC", src / "a.fdc", "b.wav", "a.wav"
+    else:
+        sf.write(src / "a.wav", tone(0.3, 48000), 48000)
+        sf.write(src / "a.flac", tone(0.2, 48000), 48000)
+        sf.write(src / "b.wav", tone(0.3, 48000), 48000)
+        first, second = src / "a.flac", src / "a.wav"
+        other, shared = ("b.fdc", "a.fdc") if verb == "compress" else ("b.wav", "a.wav")
+    out = tmp_path / "out"
+    r = run(verb, src, out, "-m", tiny_codec_dir, "-f", *([] if verb == "compress" else ["--nfe", "0"]))
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("flowdec: error:")]
+    assert errors == [f"flowdec: error: {first}: same output {out / shared} as {second}; neither converted "
+                      "(rename one, or choose with --glob)",
+                      f"flowdec: error: {second}: same output {out / shared} as {first}; neither converted "
+                      "(rename one, or choose with --glob)"], r.output
+    assert "1 converted, 2 failed of 3 files" in r.output
+    assert (out / other).is_file() and not (out / shared).exists()

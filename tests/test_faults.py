@@ -7,9 +7,12 @@ import argparse
 import json
 import os
 import signal
+import socket
+import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -161,6 +164,77 @@ def test_link_fallback_is_no_clobber_too(tmp_path, monkeypatch):
     assert dst.read_bytes() == b"one" and not temporaries(tmp_path)
 
 
+def _char_device(path: Path) -> Path | None:
+    """A null device of our own (a test must never risk /dev/null), where this process may make one."""
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except OSError:
+        return None
+    return path
+
+
+def test_a_device_or_fifo_output_is_written_into_never_replaced(tmp_path, tiny_codec_dir):
+    """-f renamed a regular file over a device node (as root) or a FIFO; now they are written into (with or
+    without -f: nothing is clobbered), and sockets are refused."""
+    sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
+    fdc = tmp_path / "a.fdc"
+    assert run("compress", tmp_path / "in.wav", fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
+    null = _char_device(tmp_path / "null")  # no extension: the format is --format's, as for -
+    if null is not None:
+        for force in ([], ["-f"]):
+            r = run("decompress", fdc, null, "-m", tiny_codec_dir, "--nfe", "0", "-q", *force)
+            assert r.exit_code == 0, r.output
+            assert stat.S_ISCHR(null.lstat().st_mode)
+        assert run("compress", tmp_path / "in.wav", null, "-m", tiny_codec_dir, "-q", "-f").exit_code == 0
+        fileio.atomic_write_bytes(null, b"library callers too")
+        assert stat.S_ISCHR(null.lstat().st_mode) and not temporaries(tmp_path)
+    fifo = tmp_path / "o.flac"
+    os.mkfifo(fifo)
+    got: dict[str, bytes] = {}
+    reader = threading.Thread(target=lambda: got.update(data=fifo.read_bytes()), daemon=True)
+    reader.start()
+    r = run("decompress", fdc, fifo, "-m", tiny_codec_dir, "--nfe", "0", "-q", "-f")
+    reader.join(timeout=60)
+    assert r.exit_code == 0, r.output
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and got["data"][:4] == b"fLaC"  # its own extension's format
+    sock = tmp_path / "s.wav"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+        r = run("decompress", fdc, sock, "-m", tiny_codec_dir, "--nfe", "0", "-q", "-f")
+        assert r.exit_code == 1 and one_line(r).endswith("s.wav: is a socket, not a file; choose another output path")
+        assert stat.S_ISSOCK(sock.lstat().st_mode)
+    assert not temporaries(tmp_path)
+
+
+def test_force_keeps_the_replaced_files_mode(tmp_path, tiny_codec_dir):
+    sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
+    fdc = tmp_path / "a.fdc"
+    assert run("compress", tmp_path / "in.wav", fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
+    fdc.chmod(0o640)
+    assert run("compress", tmp_path / "in.wav", fdc, "-m", tiny_codec_dir, "-q", "-f", "-n", "2").exit_code == 0
+    assert stat.S_IMODE(fdc.stat().st_mode) == 0o640
+    fileio.atomic_write_bytes(tmp_path / "new", b"x")
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == fileio._default_mode()
+
+
+def test_an_output_name_at_the_length_limit_is_written(tmp_path, tiny_codec_dir):
+    """A 249-character name failed with "File name too long": the temporary name added ~40 bytes."""
+    name = "x" * 251 + ".fdc"  # 255 bytes, the usual NAME_MAX
+    sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
+    r = run("compress", tmp_path / "in.wav", tmp_path / name, "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / name).is_file() and not temporaries(tmp_path)
+    for long in (name, "é" * 125 + ".wav"):  # cut on a character, not inside one
+        tmp = fileio.temporary_sibling(tmp_path / long)
+        try:
+            assert len(os.fsencode(tmp.name)) <= 255 and tmp.name.encode("utf-8")
+            owned = fileio._OWNED.match(tmp.name)  # what the stale sweep looks for
+            assert owned and owned["host"] == fileio._HOST and int(owned["pid"]) == os.getpid()
+            assert tmp.name.startswith("." + long[:100])
+        finally:
+            tmp.unlink()
+
+
 @pytest.mark.slow
 def test_soak_eight_processes_one_folder_skip_existing(tmp_path, tiny_codec_dir):
     """8 processes convert the same folder into the same folder at once: all succeed, every output is
@@ -307,6 +381,19 @@ def test_control_characters_in_a_header_reach_the_terminal_escaped(tmp_path, tin
         r = run("info", tmp_path / "evil.fdc")
         assert r.exit_code == 0 and "\\x1b]0;pwned" in r.output and "\x1b" not in r.output
         assert sum("all fine" in line for line in r.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize("verb", ["compress", "decompress", "roundtrip"])
+def test_control_characters_in_an_output_name_reach_the_terminal_escaped(tmp_path, tiny_codec_dir, verb):
+    """Error lines were escaped, the success line printed the name raw (an OSC could retitle the terminal)."""
+    sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
+    assert run("compress", tmp_path / "in.wav", tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q").exit_code == 0
+    src = tmp_path / ("a.fdc" if verb == "decompress" else "in.wav")
+    out = tmp_path / ("e\x1b]0;X\x07\nflowdec: fine" + (".fdc" if verb == "compress" else ".wav"))
+    r = run(verb, src, out, "-m", tiny_codec_dir, *([] if verb == "compress" else ["--nfe", "0"]))
+    assert r.exit_code == 0, r.output
+    assert "e\\x1b]0;X\\x07\\nflowdec: fine" in r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output and out.is_file()
 
 
 def test_more_codebooks_than_the_model_has_are_refused(tmp_path, tiny_codec_dir):

@@ -224,3 +224,96 @@ def test_shell_completion_works_and_is_documented():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "_FLOWDEC_COMPLETE=bash_source flowdec" in readme
     assert "_FLOWDEC_COMPLETE=bash_source flowdec" in invoke("--help").output
+
+
+def _flowdec(*args, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
+    """``python -m flowdec_cli ARGS`` in a child process, for what a shell does to its standard streams."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **(env or {})}
+    popen.setdefault("capture_output", "stdout" not in popen and "stderr" not in popen)
+    return subprocess.run([sys.executable, "-m", "flowdec_cli", *map(str, args)], env=env, text=True,
+                          timeout=180, **popen)
+
+
+def test_a_reader_leaving_mid_output_ends_the_run_as_a_closed_pipe(wav, tmp_path, tiny_codec_dir):
+    """`flowdec decompress x.fdc - | head -c 100`: an unbuffered standard output (python -u) took part of a
+    write, the rest was dropped, and the run reported success with exit 0."""
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
+    env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "flowdec_cli", "decompress", str(fdc), "-", "-m",
+                          str(tiny_codec_dir), "--nfe", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=env)
+    assert os.read(p.stdout.fileno(), 100)  # 176 kB of WAV: more than the pipe holds
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=180) == 141, err
+    assert "Traceback" not in err and "-: 1.00 s" not in err, err
+
+
+@pytest.mark.parametrize("verb,stream", [("compress", "stdin"), ("decompress", "stdout")])
+def test_a_terminal_for_binary_data_is_refused_before_the_model_loads(tmp_path, verb, stream):
+    """`flowdec compress - y.fdc` typed at a terminal waited silently for audio that never ends."""
+    pty = pytest.importorskip("pty")
+    (tmp_path / "a.fdc").write_bytes(b"the model would be loaded before this is read")
+    master, terminal = pty.openpty()
+    try:
+        args = ["-", tmp_path / "y.fdc"] if stream == "stdin" else [tmp_path / "a.fdc", "-"]
+        r = _flowdec(verb, *args, "-m", tmp_path / "no-such-model", **{stream: terminal},
+                     stderr=subprocess.PIPE)
+    finally:
+        os.close(master)
+        os.close(terminal)
+    assert r.returncode == 1, r.stderr
+    if stream == "stdin":
+        assert r.stderr == ("flowdec: error: refusing to read audio from a terminal; redirect standard input "
+                            "(< FILE or ... |)\n")
+    else:
+        assert r.stderr.startswith("flowdec: error: refusing to write audio to a terminal;"), r.stderr
+
+
+@pytest.mark.parametrize("fd,args,name", [(0, ["compress", "-", "OUT", "-q"], "input"),
+                                          (1, ["decompress", "FDC", "-", "--nfe", "0"], "output")])
+def test_a_closed_standard_stream_is_named(wav, tmp_path, tiny_codec_dir, fd, args, name):
+    """`<&-` and `>&-` gave "unexpected AttributeError: 'NoneType' object has no attribute 'buffer'"."""
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
+    args = [fdc if a == "FDC" else tmp_path / "o.fdc" if a == "OUT" else a for a in args]
+    r = _flowdec(*args, "-m", tiny_codec_dir, preexec_fn=lambda: os.close(fd), stderr=subprocess.PIPE)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith(f"flowdec: error: standard {name} is closed; give an {name} file"), r.stderr
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_a_closed_standard_error_does_not_stop_the_work(wav, tmp_path, tiny_codec_dir):
+    """`flowdec compress in.wav x.fdc 2>&-` exited 1 with no file: the progress bar wrote to nowhere."""
+    folder = tmp_path / "album"
+    folder.mkdir()
+    sf.write(folder / "b.wav", tone(0.5, 48000), 48000)
+    for src, dst in ((wav, tmp_path / "a.fdc"), (folder, tmp_path / "codes")):
+        r = _flowdec("compress", src, dst, "-m", tiny_codec_dir, preexec_fn=lambda: os.close(2),
+                     stdout=subprocess.PIPE)
+        assert r.returncode == 0 and r.stdout == ""
+    assert (tmp_path / "a.fdc").is_file() and (tmp_path / "codes" / "b.fdc").is_file()
+
+
+def _bash(script: str, *args) -> subprocess.CompletedProcess:
+    """``script`` run by bash (process substitution, FIFOs), with ``$0`` this Python and ``$1``... ``args``."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(["bash", "-c", script, sys.executable, *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_a_fifo_input_is_spooled_like_standard_input(wav, tmp_path, tiny_codec_dir):
+    """`flowdec compress <(cat a.wav) x.fdc` opened the pipe twice: "Format not recognised", or a hang."""
+    fdc = tmp_path / "x.fdc"
+    r = _bash('"$0" -m flowdec_cli compress <(cat "$1") "$2" -m "$3" -q', wav, fdc, tiny_codec_dir)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "y.wav"
+    assert invoke("decompress", fdc, out, "--nfe", "0", "-m", tiny_codec_dir, "-q").exit_code == 0
+    assert sf.info(out).frames == 44100
+    fifo = tmp_path / "empty.wav"
+    os.mkfifo(fifo)
+    r = _bash('"$0" -m flowdec_cli compress "$1" "$2" -m "$3" -q & exec 3>"$1"; exec 3>&-; wait $!',
+              fifo, tmp_path / "e.fdc", tiny_codec_dir)
+    assert r.returncode == 1 and r.stderr == f"flowdec: error: {fifo}: is empty\n"

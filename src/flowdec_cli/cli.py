@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +109,7 @@ class _Bars:
         self.told = False
 
     def __call__(self, desc: str, total: int, unit: str) -> Any:
-        if self.quiet:
+        if self.quiet or sys.stderr is None:  # `2>&-`: nowhere to draw, and tqdm would fail writing
             from .pipeline import no_progress
 
             return no_progress(desc, total, unit)
@@ -171,6 +171,14 @@ def _shown(path: Path) -> str:
     return "-" if is_stdio(path) else str(path)
 
 
+def _taken(dst: Path) -> bool:
+    """Whether writing ``dst`` would replace something, which needs -f/--force: a device or FIFO
+    (``/dev/null``) is written into, not replaced; a socket or block device raises (never an output)."""
+    from .fileio import output_is_sink
+
+    return dst.exists() and not output_is_sink(dst)
+
+
 def _check_pair(src: Path, dst: Path, force: bool) -> None:
     if is_stdio(dst):
         return
@@ -178,7 +186,7 @@ def _check_pair(src: Path, dst: Path, force: bool) -> None:
 
     if not is_stdio(src) and same_file(src, dst):
         raise Failure(f"{dst}: output is the input file; choose another output path")
-    if dst.exists() and not force:
+    if _taken(dst) and not force:
         if dst.is_dir():
             raise Failure(f"{dst}: is a folder; give an output file path")
         raise Failure(f"{dst}: exists; use -f/--force to overwrite")
@@ -203,12 +211,44 @@ def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
 class _Plan:
     jobs: list[_Job]
     folder: bool
+    #: a folder's inputs refused before any work, one message each (counted as failed)
+    refused: list[str] = field(default_factory=list)
+
+
+def _collisions(jobs: list[_Job]) -> tuple[list[_Job], list[str]]:
+    """The jobs whose output no other job writes, and a message for each input that shares its output with
+    another (a.wav and a.flac both make a.fdc): none of them is converted, since whichever came last would
+    replace the other's output, or fail as if the output had been there before the run."""
+    sharing: dict[Path, list[_Job]] = {}
+    for job in jobs:
+        sharing.setdefault(job.dst, []).append(job)
+    kept: list[_Job] = []
+    refused: list[str] = []
+    for job in jobs:
+        others = [str(j.src) for j in sharing[job.dst] if j is not job]
+        if not others:
+            kept.append(job)
+            continue
+        refused.append(f"{job.src}: same output {job.dst} as {', '.join(others)}; neither converted "
+                       "(rename one, or choose with --glob)")
+    return kept, refused
+
+
+def _check_stdio(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str) -> None:
+    """A closed or terminal standard stream, refused before the model loads rather than after."""
+    from .streams import check_stdin, check_stdout
+
+    if is_stdio(src):
+        check_stdin(".fdc data" if wanted is _is_fdc else "audio")
+    if is_stdio(dst):
+        check_stdout(".fdc data" if out_suffix == ".fdc" else "audio")
 
 
 def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str, force: bool,
           pattern: str | None) -> _Plan:
     """Check paths before any model is loaded: a single file (``-``: standard input or output), or every
     matching file below a folder."""
+    _check_stdio(src, dst, wanted, out_suffix)
     if is_stdio(src):
         if not is_stdio(dst) and dst.is_dir():
             raise Failure(f"{dst}: is a folder; with IN - give an output file or -")
@@ -228,36 +268,40 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     jobs = list(_jobs(src, dst, wanted, out_suffix, pattern))
     if not jobs:
         raise Failure(f"{src}: no matching input files found")
-    return _Plan(jobs, folder=True)
+    jobs, refused = _collisions(jobs)
+    return _Plan(jobs, folder=True, refused=refused)
 
 
 @contextlib.contextmanager
 def _stdio(job: _Job, out_suffix: str) -> Iterator[_Job]:
-    """The job with files in place of ``-``: standard input spooled to a temporary file, standard output
-    written to one and copied out on success (bounded memory, see :mod:`flowdec_cli.streams`). Messages name
-    ``-`` rather than the temporary files."""
-    from .streams import check_stdout_not_terminal, spooled_stdin, stdout_file
+    """The job with files in place of ``-``: standard input (or an input FIFO, ``<(cmd)``) spooled to a
+    temporary file, standard output (or an output device or FIFO, ``/dev/null``) written to one and copied
+    out on success (bounded memory, see :mod:`flowdec_cli.streams`). The output's format is its own
+    extension, else ``out_suffix`` (``--format``). Messages name ``-``, the FIFO or the device rather than
+    the temporary files."""
+    from .fileio import output_is_sink
+    from .streams import read_once, spooled_input, stdout_file
 
-    if not (is_stdio(job.src) or is_stdio(job.dst)):
+    spool = read_once(job.src)
+    sink = is_stdio(job.dst) or output_is_sink(job.dst)
+    if not (spool or sink):
         yield job
         return
-    if is_stdio(job.dst):
-        check_stdout_not_terminal(".fdc data" if out_suffix == ".fdc" else "audio")
-    temps: list[str] = []
+    temps: dict[str, str] = {}
     try:
         with contextlib.ExitStack() as stack:
             src, dst = job.src, job.dst
-            if is_stdio(src):
-                src = stack.enter_context(spooled_stdin())
-                temps.append(str(src))
-            if is_stdio(dst):
-                dst = stack.enter_context(stdout_file(out_suffix))
-                temps.append(str(dst))
+            if spool:
+                src = stack.enter_context(spooled_input(src, "" if is_stdio(src) else src.suffix))
+                temps[str(src)] = _shown(job.src)
+            if sink:
+                dst = stack.enter_context(stdout_file(dst.suffix or out_suffix, dst))
+                temps[str(dst)] = _shown(job.dst)
             yield _Job(src, dst)
     except FlowdecError as exc:
         text = str(exc)
-        for t in temps:
-            text = text.replace(t, "-")
+        for temp, shown in temps.items():
+            text = text.replace(temp, shown)
         raise Failure(text) from None
 
 
@@ -271,7 +315,7 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
         if as_json:
             click.echo(strict_json(record))
         elif text and not quiet and not folder:
-            click.echo(text, err=True)
+            click.echo(terminal_text(text), err=True)  # the output's name is the user's, or a folder's
 
     if not plan.folder:
         with _stdio(plan.jobs[0], out_suffix) as job:
@@ -286,13 +330,25 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
     jobs = plan.jobs
     done = skipped = 0
     failed: list[str] = []
-    for job in tqdm(jobs, desc="files", unit="file", disable=True if quiet else None):
-        if job.dst.exists() and (skip_existing or not force):
+
+    def fail(text: str) -> None:
+        failed.append(text)
+        if sys.stderr is not None:  # tqdm.write would fall back to standard output, which --json owns
+            tqdm.write(error_line(text), file=sys.stderr)
+
+    for text in plan.refused:
+        fail(text)
+    for job in tqdm(jobs, desc="files", unit="file", disable=True if quiet or sys.stderr is None else None):
+        try:
+            taken = _taken(job.dst)
+        except FlowdecError as exc:
+            fail(str(exc))
+            continue
+        if taken and (skip_existing or not force):
             if skip_existing:
                 skipped += 1
                 continue
-            failed.append(f"{job.dst}: exists; use -f/--force to overwrite or --skip-existing")
-            tqdm.write(error_line(failed[-1]), file=sys.stderr)
+            fail(f"{job.dst}: exists; use -f/--force to overwrite or --skip-existing")
             continue
         try:
             record, text = one(job)
@@ -307,18 +363,15 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
                 skipped += 1
                 continue
-            failed.append(str(exc))
-            tqdm.write(error_line(failed[-1]), file=sys.stderr)
+            fail(str(exc))
         except Exception as exc:
-            text = one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}"
-            failed.append(text)
-            tqdm.write(error_line(text), file=sys.stderr)
+            fail(one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}")
     if not quiet or failed:
         parts = [f"{done} converted"]
         if skipped:
             parts.append(f"{skipped} skipped (exist)")
         parts.append(f"{len(failed)} failed")
-        click.echo(f"flowdec: {', '.join(parts)} of {len(jobs)} files", err=True)
+        click.echo(f"flowdec: {', '.join(parts)} of {len(jobs) + len(plan.refused)} files", err=True)
     if failed:
         raise click.exceptions.Exit(EXIT_FAILURE)
 
@@ -445,7 +498,8 @@ def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("-b", "--bitrate", type=float, default=None,
-              help="Target kbit/s per channel: the largest codebook count not above it. Default: the model's top rate.")
+              help="Target kbit/s per channel: the model's highest rate not above it (codebooks, and the side "
+                   "channel its rate plan gives them). Default: the model's top rate.")
 @click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default: $FLOWDEC_MODEL, `flowdec models "

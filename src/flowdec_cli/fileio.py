@@ -5,29 +5,40 @@
 * Without ``overwrite`` the publish is *no-clobber*: it refuses to replace a file that appeared while we
   were writing (``renameat2(RENAME_NOREPLACE)`` where the kernel and file system have it, else a hard link
   then an unlink, both atomic) and raises :class:`OutputExistsError`.
+* ``overwrite`` keeps the replaced file's permission bits: ``-f`` changes what a file holds, not who may
+  read it.
 * Temporary names carry the host and the owner's pid: ``.NAME.flowdec-HOST-PID.RANDOM.part``. A SIGKILL
   cannot be caught, so the first temporary file a process makes in a folder removes that folder's
-  leftovers whose owner (on this host) is gone; a live process's files are never touched.
+  leftovers whose owner (on this host) is gone; a live process's files are never touched. NAME is cut
+  short where the whole would not fit the file system's name limit, so any name that fits can be written.
+* An output that is a character device or a FIFO (``/dev/null``, ``/dev/stdout``, ``mkfifo``) is what the
+  user wants written, not a file to replace: the finished result is copied into it (there is nothing to
+  clobber, so no ``overwrite`` is needed). Sockets and block devices are refused.
 
 docs/faults.md states what this promises.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
 import os
 import re
+import select
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from .exceptions import FlowdecError
 
 __all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temporary_folder", "publish",
-           "publish_folder", "remove_stale_temporaries", "no_space_left", "owner_alive", "same_file"]
+           "publish_folder", "remove_stale_temporaries", "no_space_left", "owner_alive", "same_file",
+           "output_is_sink", "open_sink", "write_all", "copy_all"]
 
 
 class OutputExistsError(FlowdecError, FileExistsError):
@@ -48,6 +59,54 @@ def same_file(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
     return Path(src).resolve() == Path(dst).resolve()
 
 
+_SINKS = {stat.S_IFCHR: "a character device", stat.S_IFIFO: "a FIFO"}
+_REFUSED = {stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def output_is_sink(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a character device or a FIFO, written into in place: renaming a file over
+    ``/dev/null`` or a FIFO would destroy what the user pointed at. A socket or a block device (a disk) is
+    never an output, so it raises :class:`FlowdecError` rather than answer."""
+    try:
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False  # nothing there yet (or unreachable: writing it says why)
+    if kind in _REFUSED:
+        raise FlowdecError(f"{path}: is {_REFUSED[kind]}, not a file; choose another output path")
+    return kind in _SINKS
+
+
+def write_all(out: BinaryIO, data: bytes | memoryview) -> None:
+    """Write every byte: an unbuffered stream (``python -u``, a pipe) may take only part of a write, and a
+    reader that has gone away must surface as ``BrokenPipeError`` on the next write, not as success."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = out.write(view)
+        if n is None:  # a non-blocking descriptor that is full: wait until it takes more
+            select.select([], [out.fileno()], [])
+            continue
+        view = view[n:]
+
+
+def copy_all(src: BinaryIO, out: BinaryIO, block: int = 1 << 20) -> None:
+    """``src`` to its end into ``out`` in blocks (memory stays flat), every byte written, then flushed."""
+    while chunk := src.read(block):
+        write_all(out, chunk)
+    out.flush()
+
+
+def open_sink(path: str | os.PathLike) -> BinaryIO:
+    """A device or FIFO opened for writing, without ``O_CREAT``: one removed meanwhile is an error, never a
+    regular file made in its place."""
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0))
+    return open(fd, "wb", buffering=0)
+
+
+def _copy_into_sink(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    with open_sink(path) as out, open(tmp, "rb") as src:
+        copy_all(src, out)
+
+
 def _default_mode() -> int:
     """The mode a plain ``open()`` would give: mkstemp's 0600 would hide outputs from other users."""
     mask = os.umask(0o022)
@@ -64,6 +123,27 @@ _swept: set[str] = set()
 
 def _tag() -> str:
     return f"flowdec-{_HOST}-{os.getpid()}."
+
+
+#: what ``mkstemp``/``mkdtemp`` add between prefix and suffix
+_RANDOM_CHARS = 8
+
+
+def _name_max(folder: str | os.PathLike) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def _owned_prefix(folder: str | os.PathLike, name: str, suffix: str) -> str:
+    """``.NAME.flowdec-HOST-PID.``, with NAME cut short where the temporary name would pass the folder's
+    name limit (an output name of 240 bytes is fine, its temporary name would not be). The owner tag stays
+    whole: it is what :func:`remove_stale_temporaries` matches, and the random part keeps names unique."""
+    room = _name_max(folder) - len(os.fsencode(f"..{_tag()}{suffix}")) - _RANDOM_CHARS
+    while len(os.fsencode(name)) > max(room, 0):
+        name = name[:-1]
+    return f".{name}.{_tag()}"
 
 
 def owner_alive(pid: int) -> bool:
@@ -114,8 +194,10 @@ def temporary_sibling(path: str | os.PathLike, suffix: str = ".part") -> Path:
     """An empty temporary file in ``path``'s folder (same file system, so the final rename is atomic),
     named ``.NAME.flowdec-HOST-PID.RANDOM.part`` so that a later run can tell whether its owner lives."""
     path = Path(path)
-    _sweep_once(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_tag()}", suffix=suffix, dir=path.parent)
+    # a device's folder (/dev) is not ours to write in, nor on the same file system as anything we make
+    folder = Path(tempfile.gettempdir()) if output_is_sink(path) else path.parent
+    _sweep_once(folder)
+    fd, tmp = tempfile.mkstemp(prefix=_owned_prefix(folder, path.name, suffix), suffix=suffix, dir=folder)
     try:
         os.close(fd)
     except BaseException:
@@ -129,7 +211,7 @@ def temporary_folder(folder: str | os.PathLike, label: str) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _sweep_once(folder)
-    return Path(tempfile.mkdtemp(prefix=f".{label}.{_tag()}", dir=folder))
+    return Path(tempfile.mkdtemp(prefix=_owned_prefix(folder, label, ""), dir=folder))
 
 
 # -- publishing --------------------------------------------------------------------------------------
@@ -175,9 +257,26 @@ def _link_noreplace(src: str, dst: str) -> None:
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = True) -> None:
-    """Give a finished temporary file the usual mode and move it into place. With ``overwrite=False``
-    an existing ``path`` is left alone: the temporary file is removed and :class:`OutputExistsError` raised."""
-    os.chmod(tmp, _default_mode())
+    """Give a finished temporary file the usual mode (or, replacing a file, that file's) and move it into
+    place. With ``overwrite=False`` an existing ``path`` is left alone: the temporary file is removed and
+    :class:`OutputExistsError` raised. A device or FIFO is written into instead (:func:`output_is_sink`)."""
+    try:
+        sink = output_is_sink(path)  # a socket that appeared while we wrote raises
+        if sink:
+            _copy_into_sink(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if sink:
+        Path(tmp).unlink(missing_ok=True)
+        return
+    mode = _default_mode()
+    if overwrite:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            if stat.S_ISREG(st.st_mode):
+                mode = stat.S_IMODE(st.st_mode)
+    os.chmod(tmp, mode)
     if overwrite:
         os.replace(tmp, path)
         return
@@ -196,7 +295,7 @@ def publish_folder(build: str | os.PathLike, final: str | os.PathLike, overwrite
     build, final = Path(build), Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     if overwrite and (final.exists() or final.is_symlink()):
-        old = final.with_name(f".{final.name}.{_tag()}old")
+        old = final.with_name(f"{_owned_prefix(final.parent, final.name, 'old')}old")
         os.replace(final, old)
         try:
             os.replace(build, final)

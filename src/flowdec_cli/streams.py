@@ -2,8 +2,12 @@
 
 Audio readers need to seek (the compressor reads its input twice: the peak first, for the input gain) and
 most audio writers seek back to finish their header, so a pipe is spooled through a temporary file on disk,
-copied in blocks: memory stays flat however long the stream is. A ``.fdc`` is small and is read or written
-whole.
+copied in blocks: memory stays flat however long the stream is. A named input that is a FIFO or a device
+(``<(cmd)``, ``mkfifo``) can be read only once too, so it is spooled the same way. A ``.fdc`` is small and
+is read or written whole.
+
+A terminal is refused on either side, before any work: binary data typed in never ends, and written out
+garbles the screen. A closed standard stream (``<&-``, ``>&-``) is refused by name.
 
 A closed pipe (``flowdec models | head -1``) ends the program quietly, as :func:`exit_on_broken_pipe` does.
 """
@@ -15,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,9 +27,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .exceptions import FlowdecError
+from .fileio import copy_all, open_sink, write_all
 
-__all__ = ["STDIO", "is_stdio", "spooled_stdin", "stdout_file", "read_stdin_bytes", "write_stdout_bytes",
-           "StreamError", "exit_on_broken_pipe", "check_stdout_not_terminal", "strict_json"]
+__all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "read_stdin_bytes",
+           "write_stdout_bytes", "StreamError", "exit_on_broken_pipe", "check_stdin", "check_stdout",
+           "strict_json"]
 
 STDIO = "-"
 COPY_BLOCK = 1 << 20
@@ -41,47 +48,79 @@ def is_stdio(path: str | os.PathLike | None) -> bool:
 
 
 def _stdin() -> BinaryIO:
+    if sys.stdin is None:  # Python's stand-in for a descriptor 0 that was closed (`<&-`)
+        raise StreamError("standard input is closed; give an input file, or redirect it (< FILE or ... |)")
     return sys.stdin.buffer
 
 
 def _stdout() -> BinaryIO:
+    if sys.stdout is None:
+        raise StreamError("standard output is closed; give an output file, or redirect it (> FILE or | ...)")
     return sys.stdout.buffer
 
 
-def check_stdout_not_terminal(what: str) -> None:
-    """Refuse to write binary data to a terminal (as zstd and gzip do)."""
-    stream = sys.stdout
-    if stream is not None and hasattr(stream, "isatty") and stream.isatty():
+def _is_terminal(stream: BinaryIO) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def check_stdin(what: str) -> None:
+    """Refuse a closed standard input, or a terminal: binary data typed in never ends, so the command would
+    wait silently."""
+    if _is_terminal(_stdin()):
+        raise StreamError(f"refusing to read {what} from a terminal; redirect standard input (< FILE or ... |)")
+
+
+def check_stdout(what: str) -> None:
+    """Refuse a closed standard output, or a terminal for binary data (as zstd and gzip do)."""
+    if _is_terminal(_stdout()):
         raise StreamError(f"refusing to write {what} to a terminal; redirect standard output (> FILE or | ...)")
 
 
-@contextlib.contextmanager
-def spooled_stdin(suffix: str = "") -> Iterator[Path]:
-    """Standard input copied to a temporary file (deleted afterwards), block by block."""
-    fd, name = tempfile.mkstemp(prefix="flowdec-stdin-", suffix=suffix)
-    path = Path(name)
+def read_once(path: str | os.PathLike) -> bool:
+    """Whether an input can be read only once (``-``, a FIFO, ``<(cmd)``), so that readers which seek or read
+    twice must get a spooled copy. Devices are not spooled: ``/dev/zero`` would fill the disk, and no device
+    holds an audio file."""
+    if is_stdio(path):
+        return True
     try:
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(_stdin(), f, COPY_BLOCK)
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False  # missing or unreadable: the reader says why
+    return stat.S_ISFIFO(mode)
+
+
+@contextlib.contextmanager
+def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterator[Path]:
+    """Standard input (``-``) or a FIFO, copied to a temporary file (deleted afterwards) block by
+    block."""
+    name = "standard input" if is_stdio(source) else f"{source}:"
+    fd, tmp = tempfile.mkstemp(prefix="flowdec-stdin-", suffix=suffix)
+    path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f, (contextlib.nullcontext(_stdin()) if is_stdio(source)
+                                        else open(source, "rb")) as src:
+            if _is_terminal(src):  # /dev/tty, or /dev/stdin at a terminal
+                raise StreamError(f"{source}: is a terminal; refusing to read audio or .fdc data from it")
+            copy_all(src, f, COPY_BLOCK)
         if path.stat().st_size == 0:
-            raise StreamError("standard input is empty")
+            raise StreamError(f"{name} is empty")
         yield path
     finally:
         path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def stdout_file(suffix: str) -> Iterator[Path]:
+def stdout_file(suffix: str, sink: str | os.PathLike = STDIO) -> Iterator[Path]:
     """A temporary path to write a file into; once the block ends without error, the file is copied to
-    standard output block by block and deleted (on error it is only deleted)."""
+    standard output (or into ``sink``, a device or FIFO: ``/dev/null`` has no extension to pick the format
+    from, so it is written as ``-`` is) block by block and deleted (on error it is only deleted)."""
     folder = Path(tempfile.mkdtemp(prefix="flowdec-stdout-"))
     path = folder / f"out{suffix}"
     try:
         yield path
-        with open(path, "rb") as f:
-            out = _stdout()
-            shutil.copyfileobj(f, out, COPY_BLOCK)
-            out.flush()
+        with open(path, "rb") as f, (contextlib.nullcontext(_stdout()) if is_stdio(sink)
+                                     else open_sink(sink)) as out:
+            copy_all(f, out, COPY_BLOCK)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -97,7 +136,7 @@ def read_stdin_bytes(limit: int = 1 << 31) -> bytes:
 
 def write_stdout_bytes(data: bytes) -> None:
     out = _stdout()
-    out.write(data)
+    write_all(out, data)
     out.flush()
 
 
