@@ -13,7 +13,7 @@ def test_demo_runs_the_model_at_its_own_setting(tmp_path, tiny_codec_dir, monkey
     lines: list[str] = []
     res = run_demo(tmp_path, seconds=1.0, device="cpu", say=lines.append)
     assert res["model"] == "tiny-75" and res["nfe"] == 0  # a codec alone: its own default, nothing forced
-    assert res["kbps_nominal"] == 6.0 and 6.0 < res["kbps_on_disk"] < 7.5
+    assert res["kbps_nominal"] == 7.5 and 7.5 < res["kbps_on_disk"] < 9.0
     text = "\n".join(lines)
     assert "kbit/s on disk" in text and "mel distance" in text and "NFE 0" in text
     assert "SI-SDR" not in text

@@ -38,7 +38,7 @@ def demo_clip(seconds: float = 5.0, sr: int = 48000) -> np.ndarray:
     return (0.8 * x / np.abs(x).max()).astype(np.float32)
 
 
-def run_demo(out_dir: Path, seconds: float = 5.0, kbps: float = 6.0, device: str = "auto",
+def run_demo(out_dir: Path, seconds: float = 5.0, kbps: float = 7.5, device: str = "auto",
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Round-trip the clip with the default model at its own NFE and, when opusenc is present, with Opus at
     the same rate; report bitrate on disk, time and a quality figure (mel distance, lower is better; SI-SDR
@@ -59,13 +59,14 @@ def run_demo(out_dir: Path, seconds: float = 5.0, kbps: float = 6.0, device: str
     nfe = codec.resolve_nfe(None)  # the model's own setting, as `flowdec roundtrip` without --nfe
     k = max(codec.choose_codebooks(max(kbps, codec.bitrates()[0][1])), 1)
     say(f"model {codec.model.name} on {codec.device}; {seconds:g} s synthesised clip: {src}")
-    dst = out_dir / f"demo_out_{codec.ndac.bitrate(k) / 1000:g}kbps.wav"
+    nominal = codec.rate_of(k)  # the codes and, under a rate plan, their side channel
+    dst = out_dir / f"demo_out_{nominal:g}kbps.wav"
     t0 = time.perf_counter()
     comp, _ = codec.roundtrip_file(src, dst, n_codebooks=k, seed=0)
     took = time.perf_counter() - t0
     out, _ = sf.read(dst, dtype="float32")
     result: dict[str, Any] = {
-        "model": codec.model.name, "nfe": nfe, "kbps_nominal": comp.header.nominal_bitrate / 1000,
+        "model": codec.model.name, "nfe": nfe, "kbps_nominal": nominal,
         "kbps_on_disk": comp.actual_bitrate / 1000, "seconds": took, "mel": mel_distance(ref, out, 48000),
         "output": str(dst)}
     say(f"flowdec  {result['kbps_on_disk']:6.2f} kbit/s on disk ({result['kbps_nominal']:g} nominal), NFE {nfe}, "
