@@ -812,7 +812,7 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     summary = RunSummary(total=len(items), skipped=already, shards=len(tasks), engine=engine.resolved())
     if on_start:
         on_start({"items": len(items), "todo": len(items) - already, "done_before": already, "shards": len(tasks),
-                  "model": probe.model.name, "n_codebooks": k, "kbps": probe.ndac.bitrate(k) / 1000,
+                  "model": probe.model.name, "n_codebooks": k, "kbps": probe.rate_of(k),
                   "engine": summary.engine})
     del probe
     t0 = time.perf_counter()

@@ -78,8 +78,8 @@ class _Report:
 
     def start(self, plan: dict[str, Any]) -> None:
         if not self.quiet:
-            what = (f"model {plan['model']}, {plan['n_codebooks']} codebooks = {plan['kbps']:g} kbit/s per "
-                    f"channel, " if "model" in plan else "")
+            what = (f"model {plan['model']}, {plan['n_codebooks']} codebooks ({plan['kbps']:g} kbit/s per "
+                    f"channel nominal), " if "model" in plan else "")
             click.echo(f"flowdec: {plan['items']} files, {plan['done_before']} done before, {plan['todo']} to "
                        f"{self.todo_verb} in {plan['shards']} shards; {what}engine {plan['engine']}", err=True)
         from tqdm import tqdm
