@@ -74,6 +74,9 @@ def _check_rows_equal_compress(out: Path, ref: Path) -> None:
 def test_inputs_folder_glob_manifests(tmp_path):
     src = _audio_folder(tmp_path, bad=False)
     (src / "notes.txt").write_text("not audio")
+    (src / "._a.wav").write_bytes(b"\0\5\26\7 AppleDouble, not audio")  # hidden: left out, as the CLI does
+    (src / ".cache").mkdir()
+    (src / ".cache" / "x.wav").write_bytes((src / "a.wav").read_bytes())
     assert [i.id for i in corpus.list_inputs(src)] == GOOD
     assert [i.id for i in corpus.list_inputs(src, pattern="*.wav")] == ["a", "c"]
     assert [i.id for i in corpus.list_inputs(f"{src}/**/*.flac")] == ["sub/b"]

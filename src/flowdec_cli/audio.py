@@ -37,6 +37,13 @@ MAX_CHANNELS = 1024  # libsndfile's limit (SF_MAX_CHANNELS); beyond it it says o
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
 
 
+def hidden_below(rel: Path) -> bool:
+    """Whether a path below a folder being converted is hidden (a part starting with ``.``: ``.git``, macOS's
+    ``._song.wav`` AppleDouble files, which are not audio): folder modes leave such files out, as most tools
+    do; a hidden file named directly is still taken."""
+    return any(part.startswith(".") for part in rel.parts)
+
+
 class AudioError(FlowdecError):
     """An audio file that cannot be read or written; the message names the file and the problem."""
 

@@ -196,12 +196,17 @@ def _check_pair(src: Path, dst: Path, force: bool) -> None:
 
 def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
           pattern: str | None) -> Iterator[_Job]:
-    """Every input below ``src`` that ``wanted`` accepts, mirrored under ``dst`` with ``out_suffix``."""
+    """Every input below ``src`` that ``wanted`` accepts, mirrored under ``dst`` with ``out_suffix``; hidden
+    files and folders are left out (:func:`flowdec_cli.audio.hidden_below`)."""
+    from .audio import hidden_below
+
     dst_resolved = dst.resolve()
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src)
+        if hidden_below(rel):
+            continue
         if dst_resolved in path.resolve().parents:
             continue  # never feed our own outputs back in when OUT lies inside IN
-        rel = path.relative_to(src)
         if not wanted(path) or (pattern and not rel.match(pattern) and not path.match(pattern)):
             continue
         yield _Job(path, dst / rel.with_suffix(out_suffix))
@@ -211,11 +216,11 @@ def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
 class _Plan:
     jobs: list[_Job]
     folder: bool
-    #: a folder's inputs refused before any work, one message each (counted as failed)
-    refused: list[str] = field(default_factory=list)
+    #: a folder's inputs refused before any work, each with its message (counted as failed)
+    refused: list[tuple[_Job, str]] = field(default_factory=list)
 
 
-def _collisions(jobs: list[_Job]) -> tuple[list[_Job], list[str]]:
+def _collisions(jobs: list[_Job]) -> tuple[list[_Job], list[tuple[_Job, str]]]:
     """The jobs whose output no other job writes, and a message for each input that shares its output with
     another (a.wav and a.flac both make a.fdc): none of them is converted, since whichever came last would
     replace the other's output, or fail as if the output had been there before the run."""
@@ -223,14 +228,14 @@ def _collisions(jobs: list[_Job]) -> tuple[list[_Job], list[str]]:
     for job in jobs:
         sharing.setdefault(job.dst, []).append(job)
     kept: list[_Job] = []
-    refused: list[str] = []
+    refused: list[tuple[_Job, str]] = []
     for job in jobs:
         others = [str(j.src) for j in sharing[job.dst] if j is not job]
         if not others:
             kept.append(job)
             continue
-        refused.append(f"{job.src}: same output {job.dst} as {', '.join(others)}; neither converted "
-                       "(rename one, or choose with --glob)")
+        refused.append((job, f"{job.src}: same output {job.dst} as {', '.join(others)}; neither converted "
+                                "(rename one, or choose with --glob)"))
     return kept, refused
 
 
@@ -305,11 +310,13 @@ def _stdio(job: _Job, out_suffix: str) -> Iterator[_Job]:
         raise Failure(text) from None
 
 
-def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], force: bool, skip_existing: bool,
-             quiet: bool, as_json: bool, out_suffix: str) -> None:
+def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], force: bool,
+             skip_existing: bool, quiet: bool, as_json: bool, out_suffix: str) -> None:
     """Run the jobs; in a folder, a bar over files, per-file errors, a summary and exit 1 if any failed.
     Each finished file is reported: a text line on stderr, or with ``--json`` one JSON object per line on
-    stdout."""
+    stdout (``"ok": true``). In a folder with ``--json`` a file that failed or was refused gets one too:
+    ``command``, ``input``, ``output``, ``"ok": false`` and ``error``, the message of its error line on
+    stderr."""
 
     def report(record: dict[str, Any], text: str, folder: bool) -> None:
         if as_json:
@@ -320,7 +327,7 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
     if not plan.folder:
         with _stdio(plan.jobs[0], out_suffix) as job:
             record, text = one(job)
-        record.update(input=_shown(plan.jobs[0].src), output=_shown(plan.jobs[0].dst))
+        record.update(input=_shown(plan.jobs[0].src), output=_shown(plan.jobs[0].dst), ok=True)
         report(record, f"flowdec: {_shown(plan.jobs[0].dst)}: {text}", folder=False)
         return
     from tqdm import tqdm
@@ -331,28 +338,31 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
     done = skipped = 0
     failed: list[str] = []
 
-    def fail(text: str) -> None:
+    def fail(job: _Job, text: str) -> None:
         failed.append(text)
         if sys.stderr is not None:  # tqdm.write would fall back to standard output, which --json owns
             tqdm.write(error_line(text), file=sys.stderr)
+        if as_json:  # a script reading the records sees every file, not only those that worked
+            click.echo(strict_json({"command": command, "input": str(job.src), "output": str(job.dst),
+                                    "ok": False, "error": text}))
 
-    for text in plan.refused:
-        fail(text)
+    for job, text in plan.refused:
+        fail(job, text)
     for job in tqdm(jobs, desc="files", unit="file", disable=True if quiet or sys.stderr is None else None):
         try:
             taken = _taken(job.dst)
         except FlowdecError as exc:
-            fail(str(exc))
+            fail(job, str(exc))
             continue
         if taken and (skip_existing or not force):
             if skip_existing:
                 skipped += 1
                 continue
-            fail(f"{job.dst}: exists; use -f/--force to overwrite or --skip-existing")
+            fail(job, f"{job.dst}: exists; use -f/--force to overwrite or --skip-existing")
             continue
         try:
             record, text = one(job)
-            record.update(input=str(job.src), output=str(job.dst))
+            record.update(input=str(job.src), output=str(job.dst), ok=True)
             report(record, text, folder=True)
             done += 1
         except KeyboardInterrupt:
@@ -363,9 +373,9 @@ def _execute(plan: _Plan, one: Callable[[_Job], tuple[dict[str, Any], str]], for
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
                 skipped += 1
                 continue
-            fail(str(exc))
+            fail(job, str(exc))
         except Exception as exc:
-            fail(one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}")
+            fail(job, one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}")
     if not quiet or failed:
         parts = [f"{done} converted"]
         if skipped:
@@ -543,7 +553,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
                         f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} "
                         f"nominal{saved}{_envelope_note(res.header)})")
 
-    _execute(plan, one, force, skip_existing, quiet, as_json, ".fdc")
+    _execute("compress", plan, one, force, skip_existing, quiet, as_json, ".fdc")
 
 
 @main.command()
@@ -589,7 +599,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
             idle_temperature_told = _warn_idle_temperature(temperature, res.nfe)
         return _decoded(res, res.header, res.file_bytes, res.seconds, "decompress", res.model)
 
-    _execute(plan, one, force, skip_existing, quiet, as_json, suffix)
+    _execute("decompress", plan, one, force, skip_existing, quiet, as_json, suffix)
 
 
 def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: float, command: str,
@@ -656,7 +666,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
         return _decoded(dec, comp.header, comp.file_bytes, time.perf_counter() - t0, "roundtrip",
                         codec.model.name)
 
-    _execute(plan, one, force, skip_existing, quiet, as_json, suffix)
+    _execute("roundtrip", plan, one, force, skip_existing, quiet, as_json, suffix)
 
 
 def _warn_idle_temperature(temperature: float | None, nfe: int) -> bool:
