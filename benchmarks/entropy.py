@@ -223,7 +223,7 @@ def main() -> None:
         return len(on_disk[(source, cat, 6.0)])
 
     _print_table(sizes.keys(), files, saving_cell)
-    side = ("side channel by the rate plan" if codec.bitrates() != bare.bitrates() else
+    side = ("side channel by the rate plan" if codec.rate_plan is not None else
             f"side channel {codec.envelope_layout}" if codec.envelope_layout else "no side channel")
     print(f"\non disk as flowdec compress writes them ({side}, header and CRC included): kbit/s per channel, "
           "median (files above the rate asked for)\n")

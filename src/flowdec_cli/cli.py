@@ -447,9 +447,10 @@ def _fit_note(fit: bool) -> str:
 def _envelope_option(f: Callable) -> Callable:
     return click.option(
         "--envelope/--no-envelope", default=None,
-        help="Send the band-level side channel (15 band levels three times a second, 100-200 bit/s per "
-             "channel), with which the decoder puts back the original's balance across frequency. Default: as "
-             "the model says (on for the built-in model; off for the released FlowDec models, which stay exact).")(f)
+        help="Send the band-level side channel (the original's band levels, with which the decoder puts back "
+             "its balance across frequency and time; 15 bands three times a second, 100-200 bit/s per channel, "
+             "unless the model's rate plan gives -b a denser one). Default: as the model says (on for the "
+             "built-in model; off for the released FlowDec models, which stay exact).")(f)
 
 
 def _envelope_note(header: Any) -> str:
@@ -459,10 +460,10 @@ def _envelope_note(header: Any) -> str:
 def _rate_note(codec: Codec, k: int) -> str:
     """What ``-b``/``-n`` chose: the codebooks, and under a rate plan the side channel that goes with them."""
     codes = f"{k} codebooks = {codec.ndac.bitrate(k) / 1000:g} kbit/s per channel"
-    layout = codec.layout_for(k)
-    if layout is None or codec.rate_of(k) == codec.ndac.bitrate(k) / 1000:
+    if codec.rate_plan is None:
         return codes
-    return f"{codes} + side channel {layout.name} = {codec.rate_of(k):g} kbit/s nominal"
+    point = codec.rate_plan[k - 1]
+    return f"{codes} + side channel {point.layout.name} = {point.kbps:g} kbit/s nominal"
 
 
 def _kbps(header: Any) -> str:

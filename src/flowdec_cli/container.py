@@ -30,6 +30,7 @@ from .entropy import CODING_BITPACK, KNOWN_CODINGS, EntropyError, max_codes_for_
 from .envelope import (
     DEFAULT_LAYOUT,
     EnvelopeError,
+    EnvelopeLayout,
     check_shape,
     decode_levels,
     encode_levels,
@@ -342,11 +343,7 @@ def check_header(header: FdcHeader, source_name: str = "<header>") -> None:
     are, against its layout."""
     _without_sizes(header).validate(source_name)
     if header.envelope is not None and np.asarray(header.envelope).size:
-        try:
-            layout = envelope_layout(header.envelope_layout or DEFAULT_LAYOUT, header.model_sample_rate)
-            check_shape(layout, header.envelope, header.channels, header.coded_length)
-        except EnvelopeError as exc:
-            raise FdcError(f"{source_name}: {exc}") from None
+        _envelope_layout_of(header, header.envelope_layout or DEFAULT_LAYOUT, source_name)
 
 
 def check_codes(codes: np.ndarray, codebook_size: int) -> None:
@@ -556,11 +553,20 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
     return best
 
 
+def _envelope_layout_of(header: FdcHeader, name: str, src: str) -> EnvelopeLayout:
+    """The layout ``name`` at the header's model rate, with ``header.envelope`` checked to have its shape."""
+    try:
+        layout = envelope_layout(name, header.model_sample_rate)
+        check_shape(layout, header.envelope, header.channels, header.coded_length)
+    except EnvelopeError as exc:
+        raise FdcError(f"{src}: {exc}") from None
+    return layout
+
+
 def _encode_envelope(header: FdcHeader, src: str) -> bytes:
     """The side channel's bytes for ``header.envelope``, checked against the header's layout and shape."""
+    layout = _envelope_layout_of(header, header.envelope_layout, src)
     try:
-        layout = envelope_layout(header.envelope_layout, header.model_sample_rate)
-        check_shape(layout, header.envelope, header.channels, header.coded_length)
         return encode_levels(layout, np.asarray(header.envelope))
     except EnvelopeError as exc:
         raise FdcError(f"{src}: {exc}") from None

@@ -261,6 +261,12 @@ class Codec:
         plan, the layout of each codebook count is :meth:`layout_for`'s."""
         return self._envelope.name if self._envelope is not None else ""
 
+    @property
+    def rate_plan(self) -> list[RatePoint] | None:
+        """The model card's rate plan this codec follows (None: the codes keep their own rates, as without
+        the side channel)."""
+        return self._plan
+
     def layout_for(self, n_codebooks: int) -> EnvelopeLayout | None:
         """The side-channel layout of files with ``n_codebooks`` codebooks: the model's rate plan's, else the
         one layout this codec writes (None: no side channel)."""

@@ -2,8 +2,8 @@
 
 Audio readers need to seek (the compressor reads its input twice: the peak first, for the input gain) and
 most audio writers seek back to finish their header, so a pipe is spooled through a temporary file on disk,
-copied in blocks: memory stays flat however long the stream is. A named input that is a FIFO or a device
-(``<(cmd)``, ``mkfifo``) can be read only once too, so it is spooled the same way. A ``.fdc`` is small and
+copied in blocks: memory stays flat however long the stream is. A named input that is a FIFO (``<(cmd)``,
+``mkfifo``) can be read only once too, so it is spooled the same way. A ``.fdc`` is small and
 is read or written whole.
 
 A terminal is refused on either side, before any work: binary data typed in never ends, and written out
