@@ -94,7 +94,7 @@ def main() -> None:
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for k, kbps in codec.bitrates():
-            h, c = codec.compress_array(clip, 48000, n_codebooks=k)
+            h, c = codec.compress_array(clip, 48000, bitrate_kbps=kbps)
             written, data = encode_fdc_written(h, c)
             size = len(data)
             opus = ""

@@ -26,8 +26,9 @@ code_pairs() {
   cat "$pairs"/nq*/validation.txt > "$pairs/validation.txt"
 }
 
-_plan_layout() {  # K: the side-channel layout the rate plan gives K codebooks
-  $PY -c 'import json, sys; print(json.load(open(sys.argv[1]))[int(sys.argv[2]) - 1]["envelope"])' "$RATE_PLAN" "$1"
+_plan_layout() {  # K: the side-channel layout the rate plan gives K codebooks asked for by count (its cheapest)
+  $PY -c 'import json, sys; print(next(e["envelope"] for e in json.load(open(sys.argv[1]))
+                                       if e["codebooks"] == int(sys.argv[2])))' "$RATE_PLAN" "$1"
 }
 
 _code_rate() {  # PAIRS NDAC K DEVICE

@@ -33,15 +33,18 @@ def test_default_model_is_bundled_and_small():
 
 def test_default_model_has_the_ndac75_ladder_and_its_rate_plan():
     """The codes keep NDAC-75's ladder; with the side channel on, the card's rate plan adds each rate's
-    layout (docs/models.md, "A side channel by rate"), and -b 3 / 7.5 land at or below the rate asked for."""
+    layout (docs/models.md, "A side channel by rate"), and a rate between two codebook counts' rates buys
+    fewer codebooks with a denser side channel."""
     from flowdec_cli.pipeline import Codec
 
     codec = Codec.load(default_model_name(), "cpu")
     assert codec.ndac.sample_rate == 48000 and codec.ndac.hop_length == 640
     bare = Codec(codec.model, "cpu", envelope=False)
     assert [kbps for _, kbps in bare.bitrates()] == pytest.approx([0.75 * k for k in range(1, 11)])
-    assert codec.choose_codebooks(3.0) == 3 and codec.layout_for(3).name == "bands15-85ms"
-    assert codec.choose_codebooks(7.5) == 5 and codec.layout_for(5).name == "bands30-21ms"
+    chosen = {kbps: (r.codebooks, r.layout.name) for kbps in (3.0, 4.5, 6.0, 7.5) for r in [codec.choose_rate(kbps)]}
+    assert chosen == {3.0: (3, "bands15-85ms"), 4.5: (3, "bands30-43ms"), 6.0: (3, "bands30-21ms"),
+                      7.5: (5, "bands30-21ms")}
+    assert codec.layout_for(3).name == "bands15-85ms" and codec.layout_for(4).name == "bands30-43ms"
     assert all(kbps >= 0.75 * k for k, kbps in codec.bitrates())
     assert codec.postfilter is not None
 

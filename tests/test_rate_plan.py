@@ -94,12 +94,16 @@ def test_without_the_side_channel_the_codes_keep_their_own_rates(planned_dir):
 
 
 @pytest.mark.parametrize("bad, why", [
-    (plan()[:4], "one entry per codebook count"),
-    (plan(kbps=[0.9, 1.65, 1.6] + PLAN_KBPS[3:]), "rises with the codebooks"),
+    (plan()[:4], "no entry for 5, 6, 7, 8, 9, 10 codebooks"),
+    (plan(kbps=[0.9, 1.65, 1.6] + PLAN_KBPS[3:]), "entry 3: kbps must be a number above the entry before it"),
     (plan(kbps=[0.5] + PLAN_KBPS[1:]), "at least the codes' own 0.75"),
     (plan(layouts=["bands15", "bands99"] + PLAN_LAYOUTS[2:]), "'bands99' is not known"),
-    ([{"codebooks": 2, "kbps": 1, "envelope": "bands15"}] + plan()[1:], "entry 1 must be an object"),
-    ("bands15", "one entry per codebook count"),
+    ([{"codebooks": 11, "kbps": 9, "envelope": "bands15"}] + plan(), 'entry 1 must be an object with "codebooks" '
+                                                                    "from 1 to 10"),
+    (plan()[:2] + [{"codebooks": True, "kbps": 2.0, "envelope": "bands15"}] + plan()[2:], "entry 3 must be"),
+    (plan()[:3] + [{"codebooks": 2, "kbps": 2.7, "envelope": "bands30-21ms"}] + plan()[3:], "entry 4: kbps"),
+    ("bands15", "must be a list"),
+    ([], "must be a list"),
 ])
 def test_a_broken_plan_is_named(tiny_codec_dir, tmp_path, bad, why):
     folder = folder_with_card(tiny_codec_dir, tmp_path, envelope="bands15", rate_plan=bad)
@@ -117,3 +121,52 @@ def test_compress_says_what_the_rate_bought(planned_dir, tmp_path):
                                     "-b", "7.5"])
     assert res.exit_code == 0, res.output
     assert "5 codebooks = 3.75 kbit/s per channel + side channel bands30-21ms = 7.25 kbit/s nominal" in res.output
+
+
+SPLIT_PLAN = (plan()[:3]  # 1-3 codebooks as PLAN, then the denser layouts with fewer codebooks between them
+              + [{"codebooks": 3, "kbps": 4.0, "envelope": "bands30-43ms"}, plan()[3],
+                 {"codebooks": 3, "kbps": 5.8, "envelope": "bands30-21ms"},
+                 {"codebooks": 4, "kbps": 6.5, "envelope": "bands30-21ms"}] + plan()[4:])
+
+
+def test_a_count_may_have_several_rates(tiny_codec_dir, tmp_path):
+    """Between two counts' rates, fewer codebooks with a denser side channel: -b picks the entry by rate, -n K
+    the cheapest entry with K codebooks (what -n K gave when a count had one entry)."""
+    codec = Codec.load(folder_with_card(tiny_codec_dir, tmp_path, envelope="bands15", rate_plan=SPLIT_PLAN), "cpu")
+    assert codec.bitrates() == [(p["codebooks"], p["kbps"]) for p in SPLIT_PLAN]
+    audio = tone(1.0, 48000)
+    for kbps, k, layout, nominal in [(6.0, 3, "bands30-21ms", 5.8), (4.5, 3, "bands30-43ms", 4.0),
+                                     (4.8, 4, "bands30-43ms", 4.8), (7.0, 4, "bands30-21ms", 6.5),
+                                     (7.25, 5, "bands30-21ms", 7.25), (3.9, 3, "bands15-85ms", 2.75)]:
+        rate = codec.choose_rate(kbps)
+        assert (rate.codebooks, rate.layout.name, rate.kbps) == (k, layout, nominal), kbps
+        header, codes = codec.compress_array(audio, 48000, bitrate_kbps=kbps)
+        assert (header.n_codebooks, header.envelope_layout, codes.shape[1]) == (k, layout, k), kbps
+    for k, layout, nominal in [(3, "bands15-85ms", 2.75), (4, "bands30-43ms", 4.8), (10, "bands30-21ms", 11.0)]:
+        assert (codec.layout_for(k).name, codec.rate_of(k)) == (layout, nominal)
+        header, _ = codec.compress_array(audio, 48000, n_codebooks=k)
+        assert header.envelope_layout == layout
+    assert codec.choose_rate().codebooks == 10
+
+
+def test_the_cli_and_corpus_follow_the_entry_a_rate_gets(tiny_codec_dir, tmp_path):
+    import soundfile as sf
+
+    from flowdec_cli.container import inspect_fdc
+    from flowdec_cli.corpus import encode_corpus
+
+    folder = folder_with_card(tiny_codec_dir, tmp_path, envelope="bands15", rate_plan=SPLIT_PLAN)
+    src = tmp_path / "in" / "a.wav"
+    src.parent.mkdir()
+    sf.write(src, tone(1.0, 48000), 48000)
+    res = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "o.fdc"), "-m", str(folder), "-b", "6"])
+    assert res.exit_code == 0, res.output
+    assert "3 codebooks = 2.25 kbit/s per channel + side channel bands30-21ms = 5.8 kbit/s nominal" in res.output
+    header = inspect_fdc(tmp_path / "o.fdc")
+    assert (header.n_codebooks, header.envelope_layout) == (3, "bands30-21ms")
+    res = CliRunner().invoke(main, ["roundtrip", str(src), str(tmp_path / "o.wav"), "-m", str(folder), "-b", "4.5",
+                                    "--nfe", "0"])
+    assert res.exit_code == 0 and "side channel bands30-43ms = 4 kbit/s nominal" in res.output, res.output
+    encode_corpus(tmp_path / "in", tmp_path / "codes", to="fdc", model=str(folder), bitrate_kbps=6.0)
+    header = inspect_fdc(tmp_path / "codes" / "a.fdc")
+    assert (header.n_codebooks, header.envelope_layout) == (3, "bands30-21ms")

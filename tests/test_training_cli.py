@@ -230,7 +230,7 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
              "--device", "cpu", "-q")
     assert r.exit_code == 0 and inspect_fdc(tmp_path / "p.fdc").envelope_layout == "bands30-21ms", r.output
     (tmp_path / "bad-plan.json").write_text(json.dumps(plan[:-1]))
-    assert "one entry per codebook count" in _one_error_line(_run(
+    assert f"no entry for {len(rates)} codebooks" in _one_error_line(_run(
         "train", "export", tmp_path / "bad", *flags, "--rate-plan", tmp_path / "bad-plan.json"))
     (tmp_path / "bad-plan.json").write_text("{not json")
     assert "not a readable JSON file" in _run("train", "export", tmp_path / "bad", *flags,

@@ -21,6 +21,7 @@ from .streams import is_stdio, strict_json
 
 if TYPE_CHECKING:
     from .container import FdcHeader
+    from .envelope import RatePoint
     from .pipeline import Codec, DecompressResult
 
 @click.group(cls=FlowdecGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -423,11 +424,11 @@ def _model_notice(codec: Codec, model: str | None, quiet: bool, cache_dir: Path 
         click.echo(f"flowdec: {line}", err=True)
 
 
-def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None) -> int:
+def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None) -> RatePoint:
     from .pipeline import CodecError
 
     try:
-        return codec.choose_codebooks(bitrate, n_codebooks)
+        return codec.choose_rate(bitrate, n_codebooks)
     except CodecError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -457,12 +458,11 @@ def _envelope_note(header: Any) -> str:
     return f", side channel {header.envelope_bytes} bytes" if header.envelope_layout else ""
 
 
-def _rate_note(codec: Codec, k: int) -> str:
+def _rate_note(codec: Codec, point: RatePoint) -> str:
     """What ``-b``/``-n`` chose: the codebooks, and under a rate plan the side channel that goes with them."""
-    codes = f"{k} codebooks = {codec.ndac.bitrate(k) / 1000:g} kbit/s per channel"
-    if codec.rate_plan is None:
+    codes = f"{point.codebooks} codebooks = {codec.ndac.bitrate(point.codebooks) / 1000:g} kbit/s per channel"
+    if codec.rate_plan is None or point.layout is None:
         return codes
-    point = codec.rate_plan[k - 1]
     return f"{codes} + side channel {point.layout.name} = {point.kbps:g} kbit/s nominal"
 
 
@@ -535,16 +535,16 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
     _setup(threads)
     codec = _load_codec(model, device, cache_dir, nfe=0, envelope=envelope)
-    k = _bitrate_choice(codec, bitrate, n_codebooks)
+    rate = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet)
     if not quiet:
-        click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {_rate_note(codec, k)}{_fit_note(fit)}",
+        click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {_rate_note(codec, rate)}{_fit_note(fit)}",
                    err=True)
         _model_notice(codec, model, quiet, cache_dir)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
         t0 = time.perf_counter()
-        res = codec.compress_file(job.src, job.dst, n_codebooks=k, progress=bars, overwrite=force,
+        res = codec.compress_file(job.src, job.dst, bitrate_kbps=rate.kbps, progress=bars, overwrite=force,
                                   entropy=not no_entropy, cap_kbps=bitrate if fit else None)
         record = {"command": "compress", **_rates(res.header, res.file_bytes, time.perf_counter() - t0),
                   "nfe": None, "model": codec.model.name, "entropy_saving": res.saving,
@@ -652,16 +652,16 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
                         envelope=envelope)
     nfe = _model_nfe(codec, nfe, solver)
     _warn_idle_temperature(temperature, nfe)
-    k = _bitrate_choice(codec, bitrate, n_codebooks)
+    rate = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
     if not quiet:
-        click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {_rate_note(codec, k)}{_fit_note(fit)}, "
+        click.echo(f"flowdec: model {codec.model.name} on {codec.device}, {_rate_note(codec, rate)}{_fit_note(fit)}, "
                    f"NFE {nfe}", err=True)
         _model_notice(codec, model, quiet, cache_dir)
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
         t0 = time.perf_counter()
-        comp, dec = codec.roundtrip_file(job.src, job.dst, n_codebooks=k, nfe=nfe, solver=solver, seed=seed,
+        comp, dec = codec.roundtrip_file(job.src, job.dst, bitrate_kbps=rate.kbps, nfe=nfe, solver=solver, seed=seed,
                                          subtype=subtype, progress=bars, overwrite=force,
                                          cap_kbps=bitrate if fit else None)
         return _decoded(dec, comp.header, comp.file_bytes, time.perf_counter() - t0, "roundtrip",

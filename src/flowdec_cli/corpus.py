@@ -393,7 +393,7 @@ class EncodeWorker(_Worker):
             raise CorpusError(f"model '{settings['model']}' has weights {self.codec.model.ndac_hash} on this "
                               f"worker but {settings['model_hash']} where the run started; every machine "
                               "needs the same model")
-        self.k = int(settings["n_codebooks"])
+        self.kbps = float(settings["kbps"])  # the rate chosen where the run started: its codebooks and side channel
 
     def _maybe_die(self) -> None:
         """Tests: SIGKILL this process once (the first worker to get here), as a lost node or the OOM killer would."""
@@ -427,7 +427,7 @@ class EncodeWorker(_Worker):
             t0 = time.perf_counter()
             try:
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                res = self.codec.compress_file(item.path, dst, n_codebooks=self.k, overwrite=False,
+                res = self.codec.compress_file(item.path, dst, bitrate_kbps=self.kbps, overwrite=False,
                                                entropy=self.settings.get("entropy", True))
                 records.append(_record(item, "ok", res.duration, output=str(dst),
                                        seconds=time.perf_counter() - t0))
@@ -459,7 +459,7 @@ class EncodeWorker(_Worker):
             for n, item in enumerate(items):
                 t0 = time.perf_counter()
                 try:
-                    header, codes = self.codec.code_file(item.path, self.k)
+                    header, codes = self.codec.code_file(item.path, bitrate_kbps=self.kbps)
                     pending.append((item, header, codes))
                     pending_codes += codes.size
                     records.append(_record(item, "ok", header.duration, output=str(shard),
@@ -715,13 +715,14 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     from .fileio import atomic_write_bytes
 
     target = out / SETTINGS
-    mine = {k: settings[k] for k in ("to", "model_name", "model_hash", "n_codebooks")}
+    mine = {k: settings[k] for k in ("to", "model_name", "model_hash", "n_codebooks", "kbps")}
     if target.exists():
         try:
             theirs = json.loads(target.read_text())
         except (OSError, ValueError) as exc:
             raise CorpusError(f"{target}: unreadable ({exc}); remove it to start again") from None
-        diff = [k for k in mine if theirs.get(k) != mine[k]]
+        # "kbps" is absent from folders started before a rate plan could give a count several side channels
+        diff = [k for k in mine if theirs.get(k, mine[k] if k == "kbps" else None) != mine[k]]
         if diff:
             was = ", ".join(f"{k}={theirs.get(k)}" for k in diff)
             now = ", ".join(f"{k}={mine[k]}" for k in diff)
@@ -797,14 +798,15 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
         raise CorpusError(f"{out}: is a file; the output is a folder")
     items = list(source) if not isinstance(source, (str, os.PathLike)) else list_inputs(source, pattern, out)
     ref = model or default_model_name(cache_dir)
-    # the codebook choice and the weights, checked once
+    # the rate's choice (codebooks and side channel) and the weights, checked once
     probe = Codec.load(ref, "cpu", with_postfilter=False, cache_dir=cache_dir, envelope=envelope)
-    k = probe.choose_codebooks(bitrate_kbps, n_codebooks)
+    rate = probe.choose_rate(bitrate_kbps, n_codebooks)
     if to == "parquet" and probe.ndac.codebook_size > 1 << 15:
         raise CorpusError(f"model '{probe.model.name}' has {probe.ndac.codebook_size}-entry codebooks; Parquet "
                           "shards hold int16 codes (up to 32768 entries); use --to fdc")
     settings = {"to": to, "model": str(ref), "model_name": probe.model.name, "model_hash": probe.model.ndac_hash,
-                "n_codebooks": k, "entropy": entropy, "envelope": envelope, "device": device,
+                "n_codebooks": rate.codebooks, "kbps": rate.kbps, "entropy": entropy, "envelope": envelope,
+                "device": device,
                 "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}
     _check_settings(out, settings)
@@ -812,7 +814,7 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     summary = RunSummary(total=len(items), skipped=already, shards=len(tasks), engine=engine.resolved())
     if on_start:
         on_start({"items": len(items), "todo": len(items) - already, "done_before": already, "shards": len(tasks),
-                  "model": probe.model.name, "n_codebooks": k, "kbps": probe.rate_of(k),
+                  "model": probe.model.name, "n_codebooks": rate.codebooks, "kbps": rate.kbps,
                   "engine": summary.engine})
     del probe
     t0 = time.perf_counter()

@@ -57,12 +57,12 @@ def run_demo(out_dir: Path, seconds: float = 5.0, kbps: float = 7.5, device: str
     ref, _ = sf.read(src, dtype="float32")
     codec = Codec.load(default_model_name(), device)
     nfe = codec.resolve_nfe(None)  # the model's own setting, as `flowdec roundtrip` without --nfe
-    k = max(codec.choose_codebooks(max(kbps, codec.bitrates()[0][1])), 1)
+    rate = codec.choose_rate(max(kbps, codec.bitrates()[0][1]))
     say(f"model {codec.model.name} on {codec.device}; {seconds:g} s synthesised clip: {src}")
-    nominal = codec.rate_of(k)  # the codes and, under a rate plan, their side channel
+    nominal = rate.kbps  # the codes and, under a rate plan, their side channel
     dst = out_dir / f"demo_out_{nominal:g}kbps.wav"
     t0 = time.perf_counter()
-    comp, _ = codec.roundtrip_file(src, dst, n_codebooks=k, seed=0)
+    comp, _ = codec.roundtrip_file(src, dst, bitrate_kbps=nominal, seed=0)
     took = time.perf_counter() - t0
     out, _ = sf.read(dst, dtype="float32")
     result: dict[str, Any] = {

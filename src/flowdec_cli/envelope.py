@@ -30,7 +30,7 @@ from .exceptions import FlowdecError
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
            "check_range", "check_shape", "decode_levels", "encode_levels", "envelope_layout", "filter_bands",
-           "level_count_fits", "levels_of_signal", "measure", "quantise", "rate_plan", "RatePoint"]
+           "level_count_fits", "levels_of_signal", "measure", "plan_point", "quantise", "rate_plan", "RatePoint"]
 
 _FLOOR_DB = -96.0  # levels below this are silence; it keeps log10 finite and bounds the level range
 _BLOCK = 1 << 18  # model-rate samples per block when reading a buffer
@@ -164,32 +164,52 @@ class RatePoint(NamedTuple):
 
     codebooks: int
     kbps: float  # nominal kbit/s per channel: the codes plus the side channel's typical cost
-    layout: EnvelopeLayout
+    layout: EnvelopeLayout | None  # None: no side channel (a codec without a plan that writes none)
 
 
 def rate_plan(raw: Any, codes_kbps: list[float], sample_rate: int) -> list[RatePoint]:
-    """A model card's ``rate_plan``: one ``{"codebooks": k, "kbps": r, "envelope": layout}`` per codebook
-    count in order, ``codes_kbps[k - 1]`` being the codes' own rate with k codebooks. A plan spends each
-    rate's bits where they pay: on the built-in model a denser side channel is worth more than the codec's
-    upper codebooks (docs/models.md, "A side channel by rate"). :class:`EnvelopeError` names what is wrong."""
+    """A model card's ``rate_plan``: entries ``{"codebooks": k, "kbps": r, "envelope": layout}`` in order of
+    rising ``kbps``, ``codes_kbps[k - 1]`` being the codes' own rate with k codebooks. Every codebook count
+    has at least one entry, and a count may have several: on the built-in model a denser side channel is
+    worth more than the codec's upper codebooks (docs/models.md, "A side channel by rate"), so a rate between
+    two counts is better spent on fewer codebooks with a denser layout. :class:`EnvelopeError` names what is
+    wrong."""
     n = len(codes_kbps)
-    if not isinstance(raw, list) or len(raw) != n:
-        raise EnvelopeError(f"rate_plan must list one entry per codebook count (1 ... {n})")
+    if not isinstance(raw, list) or not raw:
+        raise EnvelopeError(f"rate_plan must be a list of entries covering every codebook count (1 ... {n})")
     plan: list[RatePoint] = []
     for i, entry in enumerate(raw, 1):
-        if not isinstance(entry, dict) or entry.get("codebooks") != i:
-            raise EnvelopeError(f'rate_plan entry {i} must be an object with "codebooks": {i}')
+        k = entry.get("codebooks") if isinstance(entry, dict) else None
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            raise EnvelopeError(f'rate_plan entry {i} must be an object with "codebooks" from 1 to {n}')
         kbps = entry.get("kbps")
         if isinstance(kbps, bool) or not isinstance(kbps, (int, float)) or not math.isfinite(kbps) \
-                or kbps < codes_kbps[i - 1] or (plan and kbps <= plan[-1].kbps):
-            raise EnvelopeError(f"rate_plan entry {i}: kbps must be a number that rises with the codebooks "
-                                f"and is at least the codes' own {codes_kbps[i - 1]:g}")
+                or kbps < codes_kbps[k - 1] or (plan and kbps <= plan[-1].kbps):
+            raise EnvelopeError(f"rate_plan entry {i}: kbps must be a number above the entry before it and at "
+                                f"least the codes' own {codes_kbps[k - 1]:g}")
         try:
             layout = envelope_layout(str(entry.get("envelope")), sample_rate)
         except EnvelopeError as exc:
             raise EnvelopeError(f"rate_plan entry {i}: {exc}") from None
-        plan.append(RatePoint(i, float(kbps), layout))
+        plan.append(RatePoint(k, float(kbps), layout))
+    missing = sorted(set(range(1, n + 1)) - {p.codebooks for p in plan})
+    if missing:
+        raise EnvelopeError(f"rate_plan has no entry for {', '.join(map(str, missing))} codebooks "
+                            f"(every count from 1 to {n} needs one)")
     return plan
+
+
+def plan_point(plan: list[RatePoint], bitrate_kbps: float | None = None,
+               n_codebooks: int | None = None) -> RatePoint | None:
+    """The entry of ``plan`` a request gets: for a rate, the highest whose nominal rate does not exceed it;
+    for a codebook count, the cheapest entry with that many codebooks (so ``-n K`` costs what it did before
+    a count had several entries). None when no entry fits."""
+    if n_codebooks is not None:
+        return next((p for p in plan if p.codebooks == int(n_codebooks)), None)
+    if bitrate_kbps is None:
+        return plan[-1]
+    fitting = [p for p in plan if p.kbps <= bitrate_kbps * (1 + 1e-9)]
+    return fitting[-1] if fitting else None
 
 
 def check_shape(layout: EnvelopeLayout, levels: Any, channels: int, length: int) -> None:

@@ -50,6 +50,7 @@ from .envelope import (
     RatePoint,
     apply_envelope,
     envelope_layout,
+    plan_point,
     quantise,
     rate_plan,
 )
@@ -231,6 +232,8 @@ class Codec:
         self.model = model
         self._envelope = _envelope_layout_for(model, envelope)
         self._plan = _rate_plan_for(model, self._envelope)
+        self._points = self._plan or [RatePoint(k, model.ndac.bitrate(k) / 1000, self._envelope)
+                                      for k in range(1, model.ndac.n_codebooks + 1)]
         self.device = resolve_device(device)
         self.model.to(self.device)
         self.ndac = model.ndac
@@ -268,11 +271,9 @@ class Codec:
         return self._plan
 
     def layout_for(self, n_codebooks: int) -> EnvelopeLayout | None:
-        """The side-channel layout of files with ``n_codebooks`` codebooks: the model's rate plan's, else the
-        one layout this codec writes (None: no side channel)."""
-        if self._plan is not None:
-            return self._plan[int(n_codebooks) - 1].layout
-        return self._envelope
+        """The side-channel layout of files with ``n_codebooks`` codebooks asked for by count (``-n``): the
+        cheapest rate-plan entry with that count, else the one layout this codec writes (None: none)."""
+        return self.choose_rate(n_codebooks=n_codebooks).layout
 
     def tune_process(self) -> None:
         """Process-wide tuning for a postfilter on the CPU: glibc keeps large buffers mapped rather than
@@ -347,35 +348,37 @@ class Codec:
 
     # -- bitrates --------------------------------------------------------------------------------
     def bitrates(self) -> list[tuple[int, float]]:
-        """(codebooks, kbit/s per channel) for every codebook count: the codes' own rate, or, under a rate
-        plan, the plan's nominal rate of the codes and their side channel together."""
-        if self._plan is not None:
-            return [(p.codebooks, p.kbps) for p in self._plan]
-        return [(k, self.ndac.bitrate(k) / 1000) for k in range(1, self.ndac.n_codebooks + 1)]
+        """(codebooks, kbit/s per channel) for every rate ``-b`` offers, in rising order: the codes' own
+        rates, or, under a rate plan, each entry's nominal rate of the codes and their side channel together
+        (a codebook count may then appear more than once, with different side channels)."""
+        return [(p.codebooks, p.kbps) for p in self._points]
 
     def rate_of(self, n_codebooks: int) -> float:
-        """The nominal kbit/s per channel of files with ``n_codebooks`` codebooks (see :meth:`bitrates`)."""
-        return dict(self.bitrates())[int(n_codebooks)]
+        """The nominal kbit/s per channel of ``n_codebooks`` codebooks asked for by count (see
+        :meth:`choose_rate`)."""
+        return self.choose_rate(n_codebooks=n_codebooks).kbps
 
-    def choose_codebooks(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> int:
-        """The codebook count for a request: the largest whose bitrate does not exceed ``bitrate_kbps``."""
+    def choose_rate(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> RatePoint:
+        """What a request gets: the codebooks, their nominal rate and the side-channel layout. A rate gets the
+        highest offered rate that does not exceed it; a codebook count gets the cheapest entry with that
+        count (:func:`flowdec_cli.envelope.plan_point`); neither gets the most codebooks."""
         check_rate_request(bitrate_kbps, n_codebooks)
-        valid = ", ".join(f"{kbps:g}" for _, kbps in self.bitrates())
-        if n_codebooks is not None:
-            if not 1 <= n_codebooks <= self.ndac.n_codebooks:
-                raise CodecError(f"model '{self.model.name}' has {self.ndac.n_codebooks} codebooks; "
-                                 f"--n-codebooks {n_codebooks} is out of range")
-            return int(n_codebooks)
-        if bitrate_kbps is None:
-            return self.ndac.n_codebooks
-        if not math.isfinite(bitrate_kbps) or bitrate_kbps <= 0:
+        valid = ", ".join(f"{p.kbps:g}" for p in self._points)
+        if n_codebooks is not None and not 1 <= n_codebooks <= self.ndac.n_codebooks:
+            raise CodecError(f"model '{self.model.name}' has {self.ndac.n_codebooks} codebooks; "
+                             f"--n-codebooks {n_codebooks} is out of range")
+        if bitrate_kbps is not None and (not math.isfinite(bitrate_kbps) or bitrate_kbps <= 0):
             raise CodecError(f"a bitrate must be a positive number of kbit/s per channel, got {bitrate_kbps:g}; "
                              f"valid rates of model '{self.model.name}': {valid}")
-        fitting = [k for k, kbps in self.bitrates() if kbps <= bitrate_kbps * (1 + 1e-9)]
-        if not fitting:
+        point = plan_point(self._points, bitrate_kbps, n_codebooks)
+        if point is None:
             raise CodecError(f"{bitrate_kbps:g} kbit/s is below the lowest rate of model '{self.model.name}'; "
                              f"valid rates (kbit/s per channel): {valid}")
-        return max(fitting)
+        return point
+
+    def choose_codebooks(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> int:
+        """The codebook count for a request (:meth:`choose_rate`, whose side channel goes with it)."""
+        return self.choose_rate(bitrate_kbps, n_codebooks).codebooks
 
     # -- compress ----------------------------------------------------------------------------------
     def _header(self, sample_rate: int, channels: int, num_samples: int, k: int, n_frames: int,
@@ -392,10 +395,10 @@ class Codec:
             context_frames=self.ndac.encoder_context_frames, gain=float(gain),
             envelope_layout=meter.layout.name if meter is not None else "", envelope=levels)
 
-    def _meter(self, channels: int, n_codebooks: int) -> BandMeter | None:
-        """A band meter for the side channel of files with ``n_codebooks`` codebooks, or None for none."""
-        layout = self.layout_for(n_codebooks)
-        return BandMeter(layout, channels) if layout is not None else None
+    @staticmethod
+    def _meter(channels: int, point: RatePoint) -> BandMeter | None:
+        """A band meter for the side channel of the chosen rate, or None when it has none."""
+        return BandMeter(point.layout, channels) if point.layout is not None else None
 
     def _encode_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
                        k: int, bar: ProgressBar, meter: BandMeter | None = None) -> np.ndarray:
@@ -446,12 +449,13 @@ class Codec:
                              f"[channels, frames] audio)")
         if not np.isfinite(audio).all():
             raise CodecError("audio contains NaN or infinite samples")
-        k = self.choose_codebooks(bitrate_kbps, n_codebooks)
+        point = self.choose_rate(bitrate_kbps, n_codebooks)
+        k = point.codebooks
         peak = float(np.abs(audio).max()) if audio.size else 0.0
         gain = peak if peak > 1.0 else 1.0
         n_model = _model_rate_length(len(audio), sample_rate, self.ndac.sample_rate)
         bar = progress("encode", -(-n_model // self.ndac.hop_length), "frame")
-        meter = self._meter(audio.shape[1], k)
+        meter = self._meter(audio.shape[1], point)
         try:
             codes = self._encode_blocks(iter([audio]), sample_rate, audio.shape[1], 1.0 / gain, k, bar, meter)
         finally:
@@ -463,14 +467,15 @@ class Codec:
         """Header and codes of an audio file, read twice in blocks (the peak first, for the input gain)."""
         src = Path(src)
         info = probe(src)
-        k = self.choose_codebooks(bitrate_kbps, n_codebooks)
+        point = self.choose_rate(bitrate_kbps, n_codebooks)
+        k = point.codebooks
         peak = 0.0
         for block in read_blocks(src, READ_BLOCK_FRAMES):  # first pass: the peak decides the input gain
             peak = max(peak, float(np.abs(block).max()))
         gain = peak if peak > 1.0 else 1.0
         n_model = _model_rate_length(info.frames, info.sample_rate, self.ndac.sample_rate)
         bar = progress(f"encode {src.name}", -(-n_model // self.ndac.hop_length), "frame")
-        meter = self._meter(info.channels, k)
+        meter = self._meter(info.channels, point)
         try:
             codes = self._encode_blocks(read_blocks(src, READ_BLOCK_FRAMES), info.sample_rate, info.channels,
                                         1.0 / gain, k, bar, meter)

@@ -214,13 +214,12 @@ def run_codec_eval(
         channels = audio.shape[1]
         say(f"[{i}/{len(files)}] {rel}")
         if not warmed:  # untimed warm-up (lazy init, kernel selection...)
-            n_cb, kbps = chosen[0]
-            h, c = codec.compress_array(audio, sr, n_codebooks=n_cb)
+            h, c = codec.compress_array(audio, sr, bitrate_kbps=chosen[0][1])
             codec.decompress_codes_timed(h, c, nfe=nfes[0], seed=seed)
             warmed = True
-        for n_cb, kbps in chosen:
+        for _, kbps in chosen:
             t0 = time.perf_counter()
-            header, codes = codec.compress_array(audio, sr, n_codebooks=n_cb)
+            header, codes = codec.compress_array(audio, sr, bitrate_kbps=kbps)
             enc_s = time.perf_counter() - t0
             nbytes = codec.coded_bytes(header, codes) if hasattr(codec, "coded_bytes") else 0
             for nfe in nfes:

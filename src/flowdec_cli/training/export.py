@@ -153,7 +153,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         except EnvelopeError as exc:
             raise TrainingError(str(exc)) from None
     if rate_plan is not None:
-        from ..envelope import EnvelopeError
+        from ..envelope import EnvelopeError, plan_point
         from ..envelope import rate_plan as parse_rate_plan
 
         if not envelope:
@@ -162,10 +162,12 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
             points = parse_rate_plan(rate_plan, rates, codec.sample_rate)
         except EnvelopeError as exc:
             raise TrainingError(str(exc)) from None
-        card["rate_plan"] = [{"codebooks": p.codebooks, "kbps": p.kbps, "envelope": p.layout.name} for p in points]
+        card["rate_plan"] = [{"codebooks": p.codebooks, "kbps": p.kbps, "envelope": getattr(p.layout, "name", "")}
+                             for p in points]
         card["bitrates_kbps"] = [p.kbps for p in points]  # the rates -b offers: codes and side channel
         if "trained_bitrates_kbps" in card:
-            card["trained_bitrates_kbps"] = [points[int(k) - 1].kbps for k in sorted(set(trained_codebooks))]
+            trained = [plan_point(points, n_codebooks=k) for k in sorted(set(trained_codebooks))]
+            card["trained_bitrates_kbps"] = [p.kbps for p in trained if p is not None]
     if envelope_before_postfilter:
         if not envelope or pf is None:
             raise TrainingError("--envelope-before-postfilter needs --envelope and a postfilter")
