@@ -358,7 +358,7 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
 
         def compress_array(self, audio, sample_rate, n_codebooks=None, bitrate_kbps=None):
             assert n_codebooks is None  # by rate: a rate plan may give one count several side channels
-            return {"n": dict((r, k) for k, r in self.bitrates())[bitrate_kbps]}, audio.copy()
+            return {"n": {r: k for k, r in self.bitrates()}[bitrate_kbps]}, audio.copy()
 
         def coded_bytes(self, header, codes):
             return 60 * header["n"]

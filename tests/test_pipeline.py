@@ -321,6 +321,37 @@ def test_a_whole_float_or_numpy_sample_rate_is_taken(codec):
     assert type(codec.compress_array(tone(0.1, 44100), np.int64(44100))[0].sample_rate) is int
 
 
+@pytest.mark.parametrize("request_, why", [
+    ({"n_codebooks": 2.5}, "codebook count must be a whole number, got 2.5"),
+    ({"n_codebooks": True}, "codebook count must be a whole number, got True"),
+    ({"n_codebooks": "3"}, "codebook count must be a whole number, got '3'"),
+    ({"bitrate_kbps": "6"}, "bitrate must be a number of kbit/s per channel, got '6'"),
+    ({"bitrate_kbps": True}, "bitrate must be a number"),
+])
+def test_a_rate_request_that_is_no_number_is_refused(codec, request_, why):
+    with pytest.raises(CodecError, match=why):
+        codec.compress_array(tone(0.1, 48000), 48000, **request_)
+
+
+def test_numpy_numbers_are_rate_requests(codec):
+    assert codec.compress_array(tone(0.1, 48000), 48000, n_codebooks=np.int64(2))[0].n_codebooks == 2
+    assert codec.compress_array(tone(0.1, 48000), 48000, bitrate_kbps=np.float32(1.5))[0].n_codebooks == 2
+
+
+@pytest.mark.parametrize("seed", ["0", 1.5, True])
+def test_a_seed_that_is_no_whole_number_is_refused(codec, seed):
+    header, codes = codec.compress_array(tone(0.1, 48000), 48000)
+    with pytest.raises(CodecError, match="seed must be a whole number or None"):
+        codec.decompress_codes(header, codes, nfe=0, seed=seed)
+    assert codec.decompress_codes(header, codes, nfe=0, seed=np.int64(3)).shape == (4800, 1)
+
+
+def test_a_compress_result_prints_without_its_codes(codec, tmp_path):
+    sf.write(tmp_path / "in.wav", tone(0.3, 48000), 48000)
+    res = codec.compress_file(tmp_path / "in.wav", tmp_path / "in.fdc")
+    assert "codes" not in repr(res) and "n_codebooks" in repr(res)
+
+
 @pytest.mark.parametrize("call", ["compress_file", "roundtrip_file", "decompress_file", "decompressor"])
 def test_the_library_never_writes_over_its_input(codec, tmp_path, tiny_codec_dir, monkeypatch, call):
     from flowdec_cli.pipeline import Decompressor

@@ -97,15 +97,28 @@ _no_progress = no_progress
 
 
 def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None) -> None:
-    """A rate is asked for by bitrate or by codebook count, not both."""
+    """A rate is asked for by bitrate or by codebook count, not both; a count is a whole number and a rate a
+    number (2.5 codebooks would be truncated to 2, a string or True taken for something else)."""
     if n_codebooks is not None and bitrate_kbps is not None:
         raise CodecError("give either a bitrate (-b/--bitrate) or a codebook count (--n-codebooks), not both")
+    if n_codebooks is not None and (isinstance(n_codebooks, bool) or not isinstance(n_codebooks, (int, np.integer))):
+        raise CodecError(f"a codebook count must be a whole number, got {n_codebooks!r}")
+    if bitrate_kbps is not None and (isinstance(bitrate_kbps, bool)
+                                     or not isinstance(bitrate_kbps, (int, float, np.integer, np.floating))):
+        raise CodecError(f"a bitrate must be a number of kbit/s per channel, got {bitrate_kbps!r}")
+
+
+def _check_seed(seed: Any) -> None:
+    """The postfilter's start-noise seed: None or a whole number (a string would be parsed, a float
+    truncated, so two different requests could give the same noise)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise CodecError(f"a seed must be a whole number or None, got {seed!r}")
 
 
 @dataclass
 class CompressResult:
     header: FdcHeader
-    codes: np.ndarray
+    codes: np.ndarray = field(repr=False)  # millions of numbers for a song; its shape is in the header
     file_bytes: int = 0
 
     @property
@@ -720,6 +733,7 @@ class Codec:
         and of the postfilter (what ``flowdec eval --codec`` reports), and the clip guard's factor."""
         t0 = time.perf_counter()
         nfe = self.resolve_nfe(nfe, solver)
+        _check_seed(seed)
         codes, warnings = self._checked_input(header, codes)
         dec = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
         pieces: list[np.ndarray] = []
@@ -758,6 +772,7 @@ class Codec:
         dst = Path(dst)
         t0 = time.perf_counter()
         nfe = self.resolve_nfe(nfe, solver)
+        _check_seed(seed)
         codes, warnings = self._checked_input(header, codes)
         rate = output_rate_for(dst, subtype, header.sample_rate)
         writer = AtomicAudioWriter(dst, rate, header.channels, subtype, overwrite=overwrite)
