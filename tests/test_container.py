@@ -365,7 +365,7 @@ def test_reading_stops_at_what_the_file_can_be(tmp_path):
     assert container.inspect_fdc(name) == decode_fdc(data)[0]
     os.unlink(name)
     name, _ = _through_fifo(tmp_path, data, b"x" * (1 << 20))
-    with pytest.raises(FdcError, match="unexpected bytes after the end of the file"):
+    with pytest.raises(FdcError, match="unexpected data after the end of the file"):
         container.inspect_fdc(name)
     if os.path.exists("/dev/zero"):
         with pytest.raises(FdcError, match="bad magic"):
@@ -393,7 +393,7 @@ def test_bit_flip_in_payload_reports_crc():
 
 
 def test_trailing_bytes():
-    expect_error(small_file() + b"\x00", "unexpected bytes after the end of the file")
+    expect_error(small_file() + b"\x00", "unexpected data after the end of the file")
 
 
 def test_crc_field_itself_corrupt():

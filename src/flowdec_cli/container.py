@@ -722,7 +722,8 @@ def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
         raise FdcError(f"{src}: truncated file (expected {payload_size} payload bytes, got {got})")
     if got > payload_size:
         if crc_ok(end):
-            raise FdcError(f"{src}: {got - payload_size} unexpected bytes after the end of the file")
+            # no count: a pipe is read only one byte past the declared end
+            raise FdcError(f"{src}: unexpected data after the end of the file")
         if crc_at_end:
             raise FdcError(f"{src}: invalid file: the header declares {payload_size} payload bytes "
                            f"but the file holds {got}")
