@@ -48,6 +48,24 @@ def test_compress_and_decompress_through_pipes(wav, tiny_codec_dir):
     assert sf.read(io.BytesIO(r.stdout_bytes))[0].shape == (44100, 2)
 
 
+def test_info_reads_a_pipe_as_far_as_the_header_declares(wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    r = invoke("info", "-", "--json", input=fdc.read_bytes())
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == {**json.loads(invoke("info", fdc, "--json").stdout), "file": "-"}
+    for data, why in [(fdc.read_bytes() * 2, "-: unexpected data after the end of the file"),
+                      (fdc.read_bytes()[:-9], "-: truncated file"), (b"not an fdc", "-: bad magic"),
+                      (b"", "-: empty file")]:
+        r = invoke("info", "-", input=data)
+        assert r.exit_code == 1 and r.stderr.startswith(f"flowdec: error: {why}"), r.stderr
+    with open(fdc, "rb") as f:
+        for stdin in ({"stdin": f}, {"input": fdc.read_bytes()}):  # a redirected file, a real pipe
+            p = subprocess.run([sys.executable, "-m", "flowdec_cli", "info", "-"], capture_output=True,
+                               env={**os.environ, "PYTHONPATH": SRC}, timeout=120, **stdin)
+            assert p.returncode == 0 and b"n_codebooks" in p.stdout, p.stderr
+
+
 def test_pipe_errors_name_the_stream(tmp_path, tiny_codec_dir):
     r = invoke("decompress", "-", tmp_path / "o.wav", "--nfe", "0", "-m", tiny_codec_dir, input=b"not an fdc")
     assert r.exit_code == 1

@@ -693,17 +693,24 @@ def _model_nfe(codec: Codec, nfe: int | None, solver: str) -> int:
 @click.argument("src", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(src: Path, as_json: bool) -> None:
-    """Show every header field of a .fdc file, its duration and its bitrates."""
+    """Show every header field of a .fdc file, its duration and its bitrates.
+
+    FILE - reads the .fdc file from standard input.
+    """
     from dataclasses import asdict
 
-    from .container import actual_bitrate, bitpacked_file_size, inspect_fdc
+    from .container import actual_bitrate, bitpacked_file_size, inspect_fdc, inspect_fdc_stream
+    from .streams import stdin_stream
 
-    if src.is_dir():
-        raise Failure(f"{src}: is a folder; give a .fdc file")
-    if not src.exists():
-        raise Failure(f"{src}: no such file")
-    header = inspect_fdc(src)  # every check, the CRC included; the payload is not decoded
-    size = src.stat().st_size
+    if is_stdio(src):  # read as far as the header declares, so `cat a.fdc b.fdc | flowdec info -` is refused
+        header, size = inspect_fdc_stream(stdin_stream(".fdc data"), "-")  # named as decompress names it
+    else:
+        if src.is_dir():
+            raise Failure(f"{src}: is a folder; give a .fdc file")
+        if not src.exists():
+            raise Failure(f"{src}: no such file")
+        header = inspect_fdc(src)  # every check, the CRC included; the payload is not decoded
+        size = src.stat().st_size
     duration = header.duration
     packed = bitpacked_file_size(header)
     fields = asdict(header)

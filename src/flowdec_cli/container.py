@@ -19,7 +19,7 @@ import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 import numpy as np
@@ -56,6 +56,7 @@ __all__ = [
     "encode_fdc_written",
     "frames_for_samples",
     "inspect_fdc",
+    "inspect_fdc_stream",
     "header_size",
     "max_file_size",
     "nominal_bitrate",
@@ -791,30 +792,46 @@ def read_fdc(path: str | os.PathLike, tables: Any = None) -> tuple[FdcHeader, np
     """Read a .fdc file: (header, int64 codes [channels, n_codebooks, num_frames]); FdcError on any problem.
     ``tables``: see :func:`decode_fdc` (needed for entropy-coded files only)."""
     name = os.fspath(path)
-    return decode_fdc(_read_bytes(name), source_name=str(name), tables=tables)
+    return decode_fdc(_read_file(name), source_name=str(name), tables=tables)
 
 
 def inspect_fdc(path: str | os.PathLike) -> FdcHeader:
     """The header of a .fdc file whose every check but the payload's decoding passes (CRC included):
     what ``flowdec info`` shows, without the model an entropy-coded payload needs."""
     name = os.fspath(path)
-    return _checked(_read_bytes(name), str(name))[0]
+    return _checked(_read_file(name), str(name))[0]
 
 
-def _read_bytes(name: Any) -> bytes:
+def inspect_fdc_stream(stream: BinaryIO, name: str) -> tuple[FdcHeader, int]:
+    """:func:`inspect_fdc` of a .fdc file read from an open stream (standard input), read no further than
+    its header declares; also the file's size in bytes."""
+    try:
+        data = _read_bytes(stream)
+    except OSError as e:
+        raise FdcError(f"{name}: cannot read: {e.strerror or e}") from None
+    return _checked(data, name)[0], len(data)
+
+
+def _read_file(name: Any) -> bytes:
+    try:
+        with open(name, "rb") as f:
+            return _read_bytes(f)
+    except OSError as e:
+        raise FdcError(f"{name}: cannot read: {e.strerror or e}") from None
+
+
+def _read_bytes(f: BinaryIO) -> bytes:
     """The bytes of a file to check, never more than it can be: reading stops after the magic when that is
     wrong (a multi-gigabyte file that is not a .fdc costs 4 bytes), and a stream or device (a pipe,
     /dev/zero) is read only as far as its own header declares."""
+    head = f.read(len(FDC_MAGIC))
+    if head != FDC_MAGIC:
+        return head  # empty, or not a .fdc file: the checks say which
     try:
-        with open(name, "rb") as f:
-            head = f.read(len(FDC_MAGIC))
-            if head != FDC_MAGIC:
-                return head  # empty, or not a .fdc file: the checks say which
-            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return head + f.read()
-            return head + _read_declared(f, head)
-    except OSError as e:
-        raise FdcError(f"{name}: cannot read: {e.strerror or e}") from None
+        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, ValueError):  # no descriptor (an in-memory stream): read it as a pipe
+        regular = False
+    return head + (f.read() if regular else _read_declared(f, head))
 
 
 def _read_declared(f: Any, head: bytes) -> bytes:

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .exceptions import FlowdecError
-from .fileio import copy_all, open_sink, write_all
+from .fileio import copy_all, open_sink
 
-__all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "read_stdin_bytes",
-           "write_stdout_bytes", "StreamError", "exit_on_broken_pipe", "check_stdin", "check_stdout",
-           "strict_json"]
+__all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "stdin_stream", "StreamError",
+           "exit_on_broken_pipe", "check_stdin", "check_stdout", "strict_json"]
 
 STDIO = "-"
 COPY_BLOCK = 1 << 20
@@ -125,19 +124,11 @@ def stdout_file(suffix: str, sink: str | os.PathLike = STDIO) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def read_stdin_bytes(limit: int = 1 << 31) -> bytes:
-    data = _stdin().read(limit + 1)
-    if not data:
-        raise StreamError("standard input is empty")
-    if len(data) > limit:
-        raise StreamError(f"standard input is larger than {limit} bytes; not a .fdc file")
-    return data
-
-
-def write_stdout_bytes(data: bytes) -> None:
-    out = _stdout()
-    write_all(out, data)
-    out.flush()
+def stdin_stream(what: str) -> BinaryIO:
+    """Standard input as a binary stream, for a reader that stops where its data says (``flowdec info -``);
+    refused when closed or a terminal (:func:`check_stdin`)."""
+    check_stdin(what)
+    return _stdin()
 
 
 def exit_on_broken_pipe() -> None:
