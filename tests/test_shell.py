@@ -66,6 +66,24 @@ def test_info_reads_a_pipe_as_far_as_the_header_declares(wav, tmp_path, tiny_cod
             assert p.returncode == 0 and b"n_codebooks" in p.stdout, p.stderr
 
 
+def test_a_wav_piped_in_with_its_sizes_left_zero_is_read_whole(wav, tmp_path, tiny_codec_dir):
+    """Writers to a pipe cannot seek back to fill in a WAV's sizes; some leave them 0, which libsndfile
+    reads as an empty file. flowdec mends its spooled copy of standard input; a file is refused, named."""
+    import struct
+
+    data = bytearray(wav.read_bytes())
+    at = data.find(b"data")
+    data[4:8] = data[at + 4:at + 8] = struct.pack("<I", 0)
+    r = invoke("compress", "-", tmp_path / "a.fdc", "-b", "3", "-m", tiny_codec_dir, "-q", input=bytes(data))
+    assert r.exit_code == 0, r.stderr
+    r = invoke("info", tmp_path / "a.fdc", "--json")
+    assert json.loads(r.stdout)["num_samples"] == 44100
+    (tmp_path / "unsized.wav").write_bytes(data)
+    r = invoke("compress", tmp_path / "unsized.wav", tmp_path / "b.fdc", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and "its WAV header says no samples, but 176400 bytes of audio follow" in r.stderr
+    assert not (tmp_path / "b.fdc").exists()
+
+
 def test_pipe_errors_name_the_stream(tmp_path, tiny_codec_dir):
     r = invoke("decompress", "-", tmp_path / "o.wav", "--nfe", "0", "-m", tiny_codec_dir, input=b"not an fdc")
     assert r.exit_code == 1

@@ -22,6 +22,7 @@ __all__ = [
     "AudioInfo",
     "AUDIO_EXTENSIONS",
     "probe",
+    "repair_streamed_wav",
     "read_blocks",
     "read_audio",
     "Resampler",
@@ -100,9 +101,55 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     frames = int(info.frames)
     if frames < 0 or frames > 2**62:  # some streams (mp3/ogg) report unknown lengths; count them
         frames = sum(len(b) for b in read_blocks(path, 1 << 18))
+    unsized = _unsized_wav_data(path) if frames == 0 and info.format == "WAV" else None
+    if unsized is not None:
+        raise AudioError(f"{path}: its WAV header says no samples, but {unsized[1]} bytes of audio follow it (a "
+                         "WAV written to a pipe, whose writer could not go back to fill in its sizes); pipe it "
+                         "into flowdec as - (which repairs its copy), or rewrite the file (e.g. sox IN OUT.wav)")
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioError(f"{path}: invalid header (rate {info.samplerate}, channels {info.channels})")
     return AudioInfo(path, int(info.samplerate), int(info.channels), frames, info.format, info.subtype)
+
+
+def _unsized_wav_data(path: Path) -> tuple[int, int] | None:
+    """For a RIFF WAV whose data chunk declares 0 bytes but is followed by some: (the offset of that size
+    field, the bytes that follow). A writer to a pipe cannot seek back to fill in the sizes, and some leave
+    them 0, which libsndfile reads as an empty file. None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            end = os.fstat(f.fileno()).st_size
+            pos = 12
+            while pos + 8 <= end:
+                f.seek(pos)
+                chunk = f.read(8)
+                size = int.from_bytes(chunk[4:8], "little")
+                if chunk[:4] == b"data":
+                    follow = end - (pos + 8)
+                    return (pos + 4, follow) if size == 0 and follow > 0 else None
+                pos += 8 + size + (size & 1)
+    except OSError:
+        return None
+    return None
+
+
+def repair_streamed_wav(path: str | os.PathLike) -> bool:
+    """Fill in the sizes of a WAV written to a pipe with its data size left 0 (:func:`_unsized_wav_data`), in
+    place: for flowdec's own spooled copy of standard input, never for a user's file. True when repaired."""
+    path = Path(path)
+    unsized = _unsized_wav_data(path)
+    if unsized is None:
+        return False
+    offset, follow = unsized
+    follow = min(follow, 0xFFFFFFFF - offset)  # RIFF sizes are 32-bit
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(follow.to_bytes(4, "little"))
+        f.seek(4)
+        f.write(min(offset + 4 + follow - 8, 0xFFFFFFFF).to_bytes(4, "little"))
+    return True
 
 
 def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterator[np.ndarray]:

@@ -103,6 +103,9 @@ def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterat
             copy_all(src, f, COPY_BLOCK)
         if path.stat().st_size == 0:
             raise StreamError(f"{name} is empty")
+        from .audio import repair_streamed_wav
+
+        repair_streamed_wav(path)  # a WAV piped in with its sizes left 0; the copy is ours to mend
         yield path
     finally:
         path.unlink(missing_ok=True)
