@@ -84,6 +84,23 @@ def test_a_wav_piped_in_with_its_sizes_left_zero_is_read_whole(wav, tmp_path, ti
     assert not (tmp_path / "b.fdc").exists()
 
 
+def test_spools_of_a_killed_run_are_swept_by_the_next(wav, tmp_path, tiny_codec_dir, monkeypatch):
+    import tempfile
+
+    from flowdec_cli import fileio
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(fileio, "_swept", set())
+    (tmp_path / "tmp").mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / "tmp" / f".stdin.flowdec-{fileio._HOST}-{int(dead.stdout)}.abcd1234"
+    left.mkdir()
+    (left / "in").write_bytes(b"x" * 1000)  # what a SIGKILLed `compress -` leaves
+    r = invoke("compress", "-", "-", "-b", "3", "-m", tiny_codec_dir, "-q", input=wav.read_bytes())
+    assert r.exit_code == 0, r.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []  # the dead run's spool and this run's own are gone
+
+
 def test_pipe_errors_name_the_stream(tmp_path, tiny_codec_dir):
     r = invoke("decompress", "-", tmp_path / "o.wav", "--nfe", "0", "-m", tiny_codec_dir, input=b"not an fdc")
     assert r.exit_code == 1

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .exceptions import FlowdecError
-from .fileio import copy_all, open_sink
+from .fileio import copy_all, open_sink, temporary_folder
 
 __all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "stdin_stream", "StreamError",
            "exit_on_broken_pipe", "check_stdin", "check_stdout", "strict_json"]
@@ -88,15 +88,21 @@ def read_once(path: str | os.PathLike) -> bool:
     return stat.S_ISFIFO(mode)
 
 
+def _owned_temporary_folder(label: str) -> Path:
+    """A folder in the system's temporary directory tagged with this process (:func:`fileio.temporary_folder`),
+    so that what a killed run leaves there is swept by the next one."""
+    return temporary_folder(tempfile.gettempdir(), label)
+
+
 @contextlib.contextmanager
 def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterator[Path]:
-    """Standard input (``-``) or a FIFO, copied to a temporary file (deleted afterwards) block by
-    block."""
+    """Standard input (``-``) or a FIFO, copied to a temporary file (deleted afterwards, and by the next run
+    if this one is killed) block by block."""
     name = "standard input" if is_stdio(source) else f"{source}:"
-    fd, tmp = tempfile.mkstemp(prefix="flowdec-stdin-", suffix=suffix)
-    path = Path(tmp)
+    folder = _owned_temporary_folder("stdin")
+    path = folder / f"in{suffix}"
     try:
-        with os.fdopen(fd, "wb") as f, (contextlib.nullcontext(_stdin()) if is_stdio(source)
+        with open(path, "xb") as f, (contextlib.nullcontext(_stdin()) if is_stdio(source)
                                         else open(source, "rb")) as src:
             if _is_terminal(src):  # /dev/tty, or /dev/stdin at a terminal
                 raise StreamError(f"{source}: is a terminal; refusing to read audio or .fdc data from it")
@@ -108,7 +114,7 @@ def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterat
         repair_streamed_wav(path)  # a WAV piped in with its sizes left 0; the copy is ours to mend
         yield path
     finally:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -116,7 +122,7 @@ def stdout_file(suffix: str, sink: str | os.PathLike = STDIO) -> Iterator[Path]:
     """A temporary path to write a file into; once the block ends without error, the file is copied to
     standard output (or into ``sink``, a device or FIFO: ``/dev/null`` has no extension to pick the format
     from, so it is written as ``-`` is) block by block and deleted (on error it is only deleted)."""
-    folder = Path(tempfile.mkdtemp(prefix="flowdec-stdout-"))
+    folder = _owned_temporary_folder("stdout")
     path = folder / f"out{suffix}"
     try:
         yield path
