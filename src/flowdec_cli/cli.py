@@ -511,7 +511,8 @@ def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
 @click.option("-b", "--bitrate", type=float, default=None,
               help="Target kbit/s per channel: the model's highest rate not above it (codebooks, and the side "
                    "channel its rate plan gives them). Default: the model's top rate.")
-@click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
+@click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None,
+              help="Codebooks to use (under a rate plan with the cheapest side channel it gives them).")
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default: $FLOWDEC_MODEL, `flowdec models "
                    "default`, else the built-in model).")
@@ -622,7 +623,8 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("-b", "--bitrate", type=float, default=None, help="Target kbit/s per channel.")
-@click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
+@click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None,
+              help="Codebooks to use (under a rate plan with the cheapest side channel it gives them).")
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default as for compress).")
 @_decode_options
