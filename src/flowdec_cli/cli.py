@@ -433,6 +433,12 @@ def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None
         raise click.UsageError(str(exc)) from None
 
 
+def _codebooks_option(f: Callable) -> Callable:
+    return click.option(
+        "-n", "--n-codebooks", type=click.IntRange(min=1), default=None,
+        help="Codebooks to use (under a rate plan with the cheapest side channel it gives them).")(f)
+
+
 def _fit_option(f: Callable) -> Callable:
     return click.option(
         "--fit", is_flag=True,
@@ -511,8 +517,7 @@ def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
 @click.option("-b", "--bitrate", type=float, default=None,
               help="Target kbit/s per channel: the model's highest rate not above it (codebooks, and the side "
                    "channel its rate plan gives them). Default: the model's top rate.")
-@click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None,
-              help="Codebooks to use (under a rate plan with the cheapest side channel it gives them).")
+@_codebooks_option
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default: $FLOWDEC_MODEL, `flowdec models "
                    "default`, else the built-in model).")
@@ -623,8 +628,7 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("-b", "--bitrate", type=float, default=None, help="Target kbit/s per channel.")
-@click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None,
-              help="Codebooks to use (under a rate plan with the cheapest side channel it gives them).")
+@_codebooks_option
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default as for compress).")
 @_decode_options
