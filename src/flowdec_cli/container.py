@@ -39,6 +39,7 @@ from .envelope import (
 )
 from .exceptions import FlowdecError
 from .fileio import atomic_write_bytes
+from .numeric import is_integer, is_real
 
 __all__ = [
     "FDC_MAGIC",
@@ -181,8 +182,7 @@ class FdcHeader:
         """Raise :class:`FdcError` if a field has the wrong type or is out of bounds."""
         _check_fields({name: getattr(self, name) for name, _k, _t, _lo, _hi in _FIELDS}, source_name)
         gain = self.gain
-        if (isinstance(gain, bool) or not isinstance(gain, (int, float, np.floating, np.integer))
-                or not 0 < gain <= _MAX_GAIN):
+        if not is_real(gain) or not 0 < gain <= _MAX_GAIN:
             raise FdcError(f"{source_name}: invalid header: gain must be a number in (0, {_MAX_GAIN:g}], "
                            f"got {gain!r}")
         lo, hi = frames_for_samples(self.num_samples, self.sample_rate, self.model_sample_rate, self.hop_length)
@@ -196,7 +196,7 @@ class FdcHeader:
         if not isinstance(self.extra, dict):
             raise FdcError(f"{source_name}: invalid header: extra must be a dict")
         for key in self.extra:
-            if isinstance(key, bool) or not isinstance(key, (int, str)):
+            if not (isinstance(key, str) or is_integer(key)):
                 raise FdcError(f"{source_name}: invalid header: extra key {key!r} is neither int nor str")
             if key in _KNOWN_KEYS:
                 raise FdcError(f"{source_name}: invalid header: extra key {key!r} is reserved for "
@@ -274,8 +274,7 @@ def _check_coding(coding: Any, tables: Any, payload_bytes: Any, n_codes: int, sr
     if not isinstance(tables, str) or not 1 <= len(tables) <= _MAX_CODING_STR:
         raise FdcError(f"{src}: invalid header: coding {coding} needs entropy_tables (key {_KEY_TABLES}), a "
                        f"string of 1 to {_MAX_CODING_STR} characters")
-    if isinstance(payload_bytes, bool) or not isinstance(payload_bytes, (int, np.integer)) \
-            or not 0 <= int(payload_bytes) <= _MAX_COUNT:
+    if not is_integer(payload_bytes) or not 0 <= int(payload_bytes) <= _MAX_COUNT:
         raise FdcError(f"{src}: invalid header: coding {coding} needs payload_bytes (key {_KEY_PAYLOAD_BYTES}), "
                        f"an integer in [0, {_MAX_COUNT}]")
     if n_codes > max_codes_for_payload(int(payload_bytes)):
@@ -288,7 +287,7 @@ def _check_envelope(header: FdcHeader, src: str) -> None:
     can hold its levels (the same bound as entropy-coded codes: a forged header cannot make a reader
     decode more than a fixed multiple of the file's size)."""
     name, size = header.envelope_layout, header.envelope_bytes
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 <= int(size) <= _MAX_COUNT:
+    if not is_integer(size) or not 0 <= int(size) <= _MAX_COUNT:
         raise FdcError(f"{src}: invalid header: envelope_bytes (key {_KEY_ENVELOPE_BYTES}) must be an integer "
                        f"in [0, {_MAX_COUNT}]")
     if not isinstance(name, str) or len(name) > _MAX_CODING_STR:
@@ -318,7 +317,7 @@ def _check_fields(values: dict[str, Any], src: str) -> None:
                 raise FdcError(f"{src}: invalid header: {name} must be {lo} to {hi} characters long, "
                                f"got {len(v)}")
         else:
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            if not is_integer(v):
                 raise FdcError(f"{src}: invalid header: {name} must be an integer, got {type(v).__name__}")
             v = int(v)
             top = values[hi] if isinstance(hi, str) else hi
@@ -331,9 +330,8 @@ def check_sample_rate(value: Any) -> int:
     44100.0) in the header's range. A fraction would be truncated and a bool taken as 1 Hz, so both are
     refused; the message names no source, for the caller to add its own."""
     lo, hi = _INT_RANGES["sample_rate"]
-    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating))
-                                                     and math.isfinite(value) and float(value).is_integer())
-    if isinstance(value, bool) or not whole or not lo <= int(value) <= hi:
+    whole = is_integer(value) or (is_real(value) and math.isfinite(value) and float(value).is_integer())
+    if not whole or not lo <= int(value) <= hi:
         raise FdcError(f"sample rate must be a whole number of Hz in [{lo}, {hi}], got {value!r}")
     return int(value)
 
@@ -621,7 +619,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
 def _pairs_hook(pairs: list) -> dict:
     d: dict = {}
     for key, value in pairs:
-        if isinstance(key, bool) or not isinstance(key, (int, str)):
+        if not (isinstance(key, str) or is_integer(key)):
             raise ValueError(f"map key {key!r} is neither an integer nor a string")
         if key in d:
             raise ValueError(f"duplicate map key {key!r}")
@@ -674,7 +672,7 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
     except Exception as e:
         raise FdcError(f"{src}: invalid header: {e}") from None
     expected = header.nominal_bitrate
-    if (isinstance(br, bool) or not isinstance(br, (int, float)) or not math.isfinite(br)
+    if (not is_real(br) or not math.isfinite(br)
             or abs(br - expected) > _BITRATE_RTOL * max(1.0, expected)):
         raise FdcError(f"{src}: invalid header: nominal_bitrate {br!r} does not match the model layout "
                        f"({expected!r} bit/s)")

@@ -27,6 +27,7 @@ import numpy as np
 
 from .entropy import categorical_model, freqs_from_counts, max_codes_for_payload, range_decoder
 from .exceptions import FlowdecError
+from .numeric import is_integer, is_real
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
            "check_range", "check_shape", "decode_levels", "encode_levels", "envelope_layout", "filter_bands",
@@ -180,10 +181,10 @@ def rate_plan(raw: Any, codes_kbps: list[float], sample_rate: int) -> list[RateP
     plan: list[RatePoint] = []
     for i, entry in enumerate(raw, 1):
         k = entry.get("codebooks") if isinstance(entry, dict) else None
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        if not is_integer(k) or not 1 <= k <= n:
             raise EnvelopeError(f'rate_plan entry {i} must be an object with "codebooks" from 1 to {n}')
         kbps = entry.get("kbps")
-        if isinstance(kbps, bool) or not isinstance(kbps, (int, float)) or not math.isfinite(kbps) \
+        if not is_real(kbps) or not math.isfinite(kbps) \
                 or kbps < codes_kbps[k - 1] or (plan and kbps <= plan[-1].kbps):
             raise EnvelopeError(f"rate_plan entry {i}: kbps must be a number above the entry before it and at "
                                 f"least the codes' own {codes_kbps[k - 1]:g}")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bitrate import nominal_bitrate
+from .numeric import is_integer
 
 __all__ = ["NDACConfig", "NDAC"]
 
@@ -68,7 +69,7 @@ class NDACConfig:
         """Refuse sizes no codec has before anything is allocated (a config is data from a file)."""
         for name, top in _BOUNDS.items():
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            if not is_integer(v) or not 1 <= v <= top:
                 raise ValueError(f"config {name} = {v!r} is out of range [1, {top}]")
         for name in ("encoder_rates", "decoder_rates"):
             rates = getattr(self, name)

@@ -57,6 +57,7 @@ from .envelope import (
 from .exceptions import FlowdecError
 from .fileio import OutputExistsError, same_file
 from .models.loading import Model, load_model
+from .numeric import is_integer, is_real
 from .runtime import resolve_device
 
 __all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Decompressor", "Progress",
@@ -101,27 +102,17 @@ def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None) -> N
     number (2.5 codebooks would be truncated to 2, a string or True taken for something else)."""
     if n_codebooks is not None and bitrate_kbps is not None:
         raise CodecError("give either a bitrate (-b/--bitrate) or a codebook count (--n-codebooks), not both")
-    if n_codebooks is not None and not _is_whole(n_codebooks):
+    if n_codebooks is not None and not is_integer(n_codebooks):
         raise CodecError(f"a codebook count must be a whole number, got {n_codebooks!r}")
-    if bitrate_kbps is not None and not _is_number(bitrate_kbps):
+    if bitrate_kbps is not None and not is_real(bitrate_kbps):
         raise CodecError(f"a bitrate must be a number of kbit/s per channel, got {bitrate_kbps!r}")
 
 
 def _check_seed(seed: Any) -> None:
     """The postfilter's start-noise seed: None or a whole number (a string would be parsed, a float
     truncated, so two different requests could give the same noise)."""
-    if seed is not None and not _is_whole(seed):
+    if seed is not None and not is_integer(seed):
         raise CodecError(f"a seed must be a whole number or None, got {seed!r}")
-
-
-def _is_whole(value: Any) -> bool:
-    """An int or numpy integer; not a bool, which Python counts as an int."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """A Python or numpy int or float; not a bool."""
-    return _is_whole(value) or isinstance(value, (float, np.floating))
 
 
 @dataclass

@@ -37,6 +37,7 @@ from .checkpoints import CheckpointError, load_lightning_state_dict, load_model_
 from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap
 from .framewise import FramewiseBackbone
 from .ncsnpp import NCSNpp
+from .numeric import is_integer
 from .sampler import check_temperature, draw_noise, nfe_to_steps, solve, start_point
 
 __all__ = ["Postfilter", "tune_cpu_allocator", "CONFIG_TYPE", "DEFAULT_SIGMA_Y"]
@@ -101,9 +102,9 @@ _FRAMEWISE_MAY_BE_ZERO = ("context_dilation",)  # 0 = the setting is off
 
 
 def _bounded_int(name: str, value: Any, top: int, bottom: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not bottom <= value <= top:
+    if not is_integer(value) or not bottom <= value <= top:
         raise ValueError(f"config {name} = {value!r} is out of range [{bottom}, {top}]")
-    return value
+    return int(value)
 
 
 def check_config_bounds(config: dict[str, Any]) -> None:
@@ -118,7 +119,7 @@ def check_config_bounds(config: dict[str, Any]) -> None:
         raise ValueError(f"config hop_length {sizes['hop_length']} is longer than n_fft {n_fft}")
     shape = config.get("sigma_y_shape", [n_fft // 2 + 1, 1])
     if (not isinstance(shape, list | tuple) or len(shape) > 2
-            or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= n_fft // 2 + 1 for s in shape)):
+            or any(not is_integer(s) or not 0 <= s <= n_fft // 2 + 1 for s in shape)):
         raise ValueError(f"config sigma_y_shape = {shape!r} does not fit {n_fft // 2 + 1} frequency bins")
     freqs = n_fft // 2
     backbone = str(config.get("backbone", "ncsnpp"))
@@ -140,7 +141,7 @@ def check_config_bounds(config: dict[str, Any]) -> None:
     else:
         mult = config.get("ch_mult", [])
         if (not isinstance(mult, list | tuple) or not 1 <= len(mult) <= 8
-                or any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 16 for m in mult)):
+                or any(not is_integer(m) or not 1 <= m <= 16 for m in mult)):
             raise ValueError(f"config ch_mult = {mult!r} must be 1 to 8 multipliers of 1 to 16")
         widest = sizes.get("nf", 128) * max(mult)
         n = 9 * widest * widest * 4 * (sizes.get("num_res_blocks", 2) + 2) * len(mult)

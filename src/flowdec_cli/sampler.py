@@ -17,10 +17,11 @@ The details below are what makes the result bit-identical to an official run giv
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
 import torch
+
+from .numeric import is_integer, is_real
 
 __all__ = ["SOLVERS", "MAX_TEMPERATURE", "check_temperature", "nfe_plan", "nfe_to_steps", "steps_to_nfe", "draw_noise",
            "start_point", "time_grid", "solve"]
@@ -37,7 +38,7 @@ MAX_TEMPERATURE = 2.0
 def check_temperature(value: object) -> float:
     """A start-noise temperature as a float, or ValueError: the one rule for the command line, the model
     card and the training config (a card's value is data from a file, so a bool or a string is refused)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= MAX_TEMPERATURE:
+    if not is_real(value) or not 0.0 <= float(value) <= MAX_TEMPERATURE:
         raise ValueError(f"postfilter temperature {value!r} must be a number from 0 to {MAX_TEMPERATURE:g}")
     return float(value)
 
@@ -50,7 +51,7 @@ def nfe_to_steps(nfe: int, solver: str = "midpoint") -> int:
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe < 0:  # numpy's ints too
+    if not is_integer(nfe) or nfe < 0:
         raise ValueError(f"NFE must be a non-negative integer, got {nfe!r}")
     nfe = int(nfe)
     per_step = SOLVERS[solver]

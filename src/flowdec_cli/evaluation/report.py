@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..numeric import is_real
 from ..streams import strict_json
 
 __all__ = ["Report", "format_value"]
@@ -42,7 +43,7 @@ def format_value(v: Any, decimals: int = 3) -> str:
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return is_real(v) and math.isfinite(v)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from ..bitrate import bitrate_table
 from ..entropy import TABLES_FILE
 from ..exceptions import FlowdecError
 from ..fileio import atomic_write_bytes, publish_folder, temporary_folder
+from ..numeric import is_integer
 
 if TYPE_CHECKING:
     from ..ndac import NDAC
@@ -89,7 +90,7 @@ def read_model_card(folder: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         return {}
     nfe = data.get("default_nfe")
-    if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or not 0 <= nfe <= MAX_DEFAULT_NFE
+    if nfe is not None and (not is_integer(nfe) or not 0 <= nfe <= MAX_DEFAULT_NFE
                             or nfe % 2):
         # a forged card must not make every run take hours (or quietly run the codec alone)
         raise ModelError(f"{card}: default_nfe {nfe!r} is not an even number of passes from 0 to "

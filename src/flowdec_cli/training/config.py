@@ -28,6 +28,7 @@ else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
     import tomli as tomllib
 
 from ..exceptions import FlowdecError
+from ..numeric import is_integer, is_real
 
 __all__ = [
     "ConfigError",
@@ -482,13 +483,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_integer(value):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
+        return int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_real(value):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if hint is str:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..ndac import NDAC, NDACConfig, Snake1d, WNConvTranspose1d, _WeightNormConv
+from ..numeric import is_integer
 from .common import TrainingError
 
 __all__ = ["widen_ndac", "widen_ndac_folder"]
@@ -56,9 +57,9 @@ def _copy_widened(old: nn.Module, new: nn.Module, noise: float, generator: torch
 
 
 def _check_factor(name: str, factor: object) -> int:
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+    if not is_integer(factor) or factor < 1:
         raise TrainingError(f"the {name} widening factor must be a whole number >= 1, got {factor!r}")
-    return factor
+    return int(factor)
 
 
 @torch.no_grad()

@@ -1,0 +1,25 @@
+"""What counts as a number where flowdec takes one from outside: an API argument, a header field, a model
+card or a config value.
+
+Python counts a bool as an int (``True == 1``), so a plain ``isinstance(value, int)`` lets ``True`` through
+as one codebook, one hertz or one pass. Every such check in flowdec goes through these two predicates, so
+that they refuse the same things everywhere; numpy's scalars count, as they come from arrays (and behave
+as the int or float the type checker is told they are).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import TypeGuard
+
+__all__ = ["is_integer", "is_real"]
+
+
+def is_integer(value: object) -> TypeGuard[int]:
+    """A Python or numpy integer; not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> TypeGuard[float]:
+    """A Python or numpy integer or float (NaN and infinities included: the caller bounds it); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
