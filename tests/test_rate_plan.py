@@ -67,6 +67,19 @@ def test_denser_layouts_follow_faster_level_changes():
     assert errors["bands30-21ms"] < 0.5 * errors["bands15"]
 
 
+def test_the_34_band_layout_splits_what_30_bands_hold_below_1khz():
+    """Its 8 bands below 1 kHz tell a 200 Hz tone from silence at 0-125 Hz, which bands30 lump together;
+    above 1 kHz its bands are bands30's (a file's levels there mean the same in both)."""
+    b30, b34 = env.LAYOUTS["bands30-21ms"], env.LAYOUTS["bands34-21ms"]
+    assert b34.n_bands == 34 and b34.edges_hz[:9] == tuple(125.0 * i for i in range(9))
+    assert b34.edges_hz[8:] == b30.edges_hz[4:]
+    t = np.arange(48000) / 48000
+    x = (0.3 * np.sin(2 * np.pi * 200 * t))[None].astype(np.float32)
+    q30, q34 = env.levels_of_signal(b30, x)[0, 5:-5], env.levels_of_signal(b34, x)[0, 5:-5]
+    assert (q34[:, 1] - q34[:, 0] >= 8).all()  # 3 dB steps: 24 dB or more between the two lowest bands
+    assert (np.abs(q30[:, 0] - q34[:, 1]) <= 2).all()  # 0-250 Hz carries the tone, spread over 6 bins, not 3
+
+
 def test_a_rate_picks_the_plans_codebooks_and_layout(planned_dir):
     codec = Codec.load(planned_dir, "cpu")
     assert codec.bitrates() == list(enumerate(PLAN_KBPS, 1))

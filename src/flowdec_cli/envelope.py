@@ -142,7 +142,13 @@ BANDS30_43MS = EnvelopeLayout(
 BANDS30_21MS = EnvelopeLayout(
     name="bands30-21ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=4, edges_hz=_EDGES30,
     step_db=3.0, max_boost_db=12.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
-LAYOUTS = {lay.name: lay for lay in (BANDS15, BANDS15_85MS, BANDS30_43MS, BANDS30_21MS)}
+# bands30's 4 bands below 1 kHz split in 8 (125 Hz each), where speech's harmonics and STOI's lowest bands
+# lie (docs/models.md, "More bands below 1 kHz")
+_EDGES34 = (0.0, 125.0, 250.0, 375.0, 500.0, 625.0, 750.0, 875.0, *_EDGES30[4:])
+BANDS34_21MS = EnvelopeLayout(
+    name="bands34-21ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=4, edges_hz=_EDGES34,
+    step_db=3.0, max_boost_db=12.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
+LAYOUTS = {lay.name: lay for lay in (BANDS15, BANDS15_85MS, BANDS30_43MS, BANDS30_21MS, BANDS34_21MS)}
 DEFAULT_LAYOUT = BANDS15.name
 
 
