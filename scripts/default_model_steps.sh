@@ -3,7 +3,7 @@
 # Needs FLOWDEC (the flowdec command line) set by the sourcing script.
 
 # code_pairs CORPUS NDAC PAIRS DEVICE: each training file coded at one of the PAIR_CODEBOOKS counts
-# (default 2 3 4 5: the rate plan's 2.0, 2.75, 4.8 and 7.3 kbit/s, where -b 2.25 ... 7.5 lands), chosen by
+# (default 2 3 4 5: the rate plan's cheapest entries for them, 2.0, 2.75, 4.8 and 7.85 kbit/s), chosen by
 # its position in the list, so the rates share the corpus without coding it once per rate; the coded side
 # gets the side channel of its rate (the layout configs/default-rate-plan.json gives that count; ENVELOPE
 # forces one layout for all). On CUDA the rates run at once. PAIRS_EVERY=N codes only every Nth training
@@ -41,7 +41,7 @@ _code_rate() {  # PAIRS NDAC K DEVICE
 export_default_model() {
   $FLOWDEC train export "$1" --ndac "$2" --postfilter "$3" --name flowdec-small \
     --licence "MIT (weights); training data: see docs/corpus.md" \
-    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s of codes; 0.9-11 kbit/s with the side channel of each rate) + a frame-wise flow postfilter; trained on Debian-packaged audio (docs/corpus.md, docs/models.md)" \
+    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s of codes; 0.9-11.6 kbit/s with the side channel of each rate) + a frame-wise flow postfilter; trained on Debian-packaged audio (docs/corpus.md, docs/models.md)" \
     --trained-codebooks "$(echo $PAIR_CODEBOOKS | tr ' ' ',')" --default-nfe "${DEFAULT_NFE:-6}" \
     --temperature "${TEMPERATURE:-0.25}" --envelope bands15 --rate-plan "$RATE_PLAN" \
     --envelope-before-postfilter -f
