@@ -128,26 +128,23 @@ class EnvelopeLayout:
         return self._memo("tables", make)
 
 
-BANDS15 = EnvelopeLayout(
-    name="bands15", sample_rate=48000, n_fft=1024, hop=256, window_frames=63,
-    edges_hz=(0.0, 500.0, *(float(f) for f in np.geomspace(1000.0, 24000.0, 14))),
-    step_db=3.0, max_boost_db=6.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
+def _layout(name: str, window_frames: int, edges_hz: tuple[float, ...], max_boost_db: float) -> EnvelopeLayout:
+    """The layouts differ only in their bands, window and largest lift (docs/fdc-format.md, section 3.3)."""
+    return EnvelopeLayout(name=name, sample_rate=48000, n_fft=1024, hop=256, window_frames=window_frames,
+                          edges_hz=edges_hz, step_db=3.0, max_boost_db=max_boost_db, max_cut_db=30.0,
+                          narrow_decay=(1, 2), wide_decay=(3, 4))
+
+
+_EDGES15 = (0.0, 500.0, *(float(f) for f in np.geomspace(1000.0, 24000.0, 14)))
 _EDGES30 = (0.0, 250.0, 500.0, 750.0, *(float(f) for f in np.geomspace(1000.0, 24000.0, 27)))
-BANDS15_85MS = EnvelopeLayout(
-    name="bands15-85ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=16, edges_hz=BANDS15.edges_hz,
-    step_db=3.0, max_boost_db=6.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
-BANDS30_43MS = EnvelopeLayout(
-    name="bands30-43ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=8, edges_hz=_EDGES30,
-    step_db=3.0, max_boost_db=12.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
-BANDS30_21MS = EnvelopeLayout(
-    name="bands30-21ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=4, edges_hz=_EDGES30,
-    step_db=3.0, max_boost_db=12.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
 # bands30's 4 bands below 1 kHz split in 8 (125 Hz each), where speech's harmonics and STOI's lowest bands
 # lie (docs/models.md, "More bands below 1 kHz")
 _EDGES34 = (0.0, 125.0, 250.0, 375.0, 500.0, 625.0, 750.0, 875.0, *_EDGES30[4:])
-BANDS34_21MS = EnvelopeLayout(
-    name="bands34-21ms", sample_rate=48000, n_fft=1024, hop=256, window_frames=4, edges_hz=_EDGES34,
-    step_db=3.0, max_boost_db=12.0, max_cut_db=30.0, narrow_decay=(1, 2), wide_decay=(3, 4))
+BANDS15 = _layout("bands15", 63, _EDGES15, 6.0)
+BANDS15_85MS = _layout("bands15-85ms", 16, _EDGES15, 6.0)
+BANDS30_43MS = _layout("bands30-43ms", 8, _EDGES30, 12.0)
+BANDS30_21MS = _layout("bands30-21ms", 4, _EDGES30, 12.0)
+BANDS34_21MS = _layout("bands34-21ms", 4, _EDGES34, 12.0)
 LAYOUTS = {lay.name: lay for lay in (BANDS15, BANDS15_85MS, BANDS30_43MS, BANDS30_21MS, BANDS34_21MS)}
 DEFAULT_LAYOUT = BANDS15.name
 
