@@ -18,10 +18,10 @@ either way). Time, on the first ``--timed`` clips at 6 kbit/s: entropy coding
 and decoding of the codes (less bit-packing and unpacking) against the compress (at 10 codebooks) and
 decompress (NFE 0) time of the same clips, on this machine with ``--threads`` torch threads.
 
-A second table gives what a user sees on disk: the files as ``flowdec compress -b`` writes them (the
-codebooks and side channel the model's rate plan gives that rate, or its one side channel; entropy coding
-when it saves bytes; header and CRC) in kbit/s per channel against the rate asked for: the median over a
-category's files, and how many came out above it.
+A second table gives what a user sees on disk: the files as ``flowdec compress -b`` writes them at the rates
+of ``--on-disk`` (3, 6 and 7.5 by default; the codebooks and side channel the model's rate plan gives that
+rate, or its one side channel; entropy coding when it saves bytes; header and CRC) in kbit/s per channel
+against the rate asked for: the median over a category's files, and how many came out above it.
 """
 
 from __future__ import annotations
@@ -106,16 +106,16 @@ def eval_clips(root: Path, per_category: int) -> list[tuple[str, str, np.ndarray
     return out
 
 
-def _print_table(keys: Iterable[tuple[str, str, float]], files: Callable[[str, str], int],
+def _print_table(keys: Iterable[tuple[str, str, float]], rates: Iterable[float], files: Callable[[str, str], int],
                  cell: Callable[[str, tuple[str, str, float]], str]) -> None:
     """A markdown table, a row per clip source and category, a column per rate; ``cell(json_key, key)``."""
-    keys = set(keys)
-    print("| clips | category | files | 3 kbit/s | 6 kbit/s | 7.5 kbit/s |")
-    print("|---|---|---|---|---|---|")
+    keys, rates = set(keys), list(rates)
+    print("| clips | category | files | " + " | ".join(f"{kbps:g} kbit/s" for kbps in rates) + " |")
+    print("|---|---|---|" + "---|" * len(rates))
     for source in sorted({k[0] for k in keys}):
         for cat in ("music", "speech", "sounds", "all"):
-            if (source, cat, 6.0) in keys:
-                cells = [cell(f"{source}/{cat}/{kbps:g}", (source, cat, kbps)) for kbps in RATES]
+            if (source, cat, rates[0]) in keys:
+                cells = [cell(f"{source}/{cat}/{kbps:g}", (source, cat, kbps)) for kbps in rates]
                 print(f"| {source} | {cat} | {files(source, cat)} | " + " | ".join(cells) + " |")
 
 
@@ -128,7 +128,10 @@ def main() -> None:
     ap.add_argument("--timed", type=int, default=6, help="Clips whose decompress is timed (the first N).")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--on-disk", default="3,6,7.5",
+                    help="Rates (kbit/s, comma-separated) asked of flowdec compress -b for the on-disk table.")
     args = ap.parse_args()
+    on_disk_rates = [float(r) for r in args.on_disk.split(",") if r.strip()]
 
     import torch
 
@@ -174,13 +177,10 @@ def main() -> None:
             decode_fdc(packed)
             t4 = time.perf_counter()
             assert np.array_equal(c_back, c), "entropy decoding changed the codes"
-            as_written = encode_fdc(*codec.compress_array(audio, sr, bitrate_kbps=kbps), tables=tables)
-            kbps_on_disk = actual_bitrate(len(as_written), len(audio) / sr, audio.shape[1]) / 1000
             for key in ((source, cat, kbps), (source, "all", kbps)):
                 sizes[key][0] += len(packed)
                 sizes[key][1] += len(coded)
                 sizes[key][2] += 1
-                on_disk[key].append(kbps_on_disk)
             if k == 8 and i < args.timed:  # time the 6 kbit/s case against a real decompress
                 t_ecode += t2 - t1
                 t_pack += t1 - t0
@@ -192,6 +192,11 @@ def main() -> None:
                 if i < 3:
                     y_plain = bare.decompress_codes(h, c, nfe=0)
                     assert np.array_equal(y_coded, y_plain), "decoded audio differs"
+        for kbps in on_disk_rates:
+            as_written = encode_fdc(*codec.compress_array(audio, sr, bitrate_kbps=kbps), tables=tables)
+            kbps_on_disk = actual_bitrate(len(as_written), len(audio) / sr, audio.shape[1]) / 1000
+            for key in ((source, cat, kbps), (source, "all", kbps)):
+                on_disk[key].append(kbps_on_disk)
         print(f"{i + 1}/{len(clips)} {source} {cat} {len(audio) / sr:.1f} s", flush=True)
 
     cpu = platform.processor() or platform.machine()
@@ -216,18 +221,18 @@ def main() -> None:
     def on_disk_cell(key: str, cell: tuple[str, str, float]) -> str:
         rates = on_disk[cell]
         above = sum(r > cell[2] for r in rates)
-        table[key].update(kbps_on_disk=rates, above_request=above)
+        table.setdefault(key, {}).update(kbps_on_disk=rates, above_request=above)
         return f"{float(np.median(rates)):.2f} ({above})"
 
     def files(source: str, cat: str) -> int:
-        return len(on_disk[(source, cat, 6.0)])
+        return sizes[(source, cat, 6.0)][2]
 
-    _print_table(sizes.keys(), files, saving_cell)
+    _print_table(sizes.keys(), RATES, files, saving_cell)
     side = ("side channel by the rate plan" if codec.rate_plan is not None else
             f"side channel {codec.envelope_layout}" if codec.envelope_layout else "no side channel")
     print(f"\non disk as flowdec compress writes them ({side}, header and CRC included): kbit/s per channel, "
           "median (files above the rate asked for)\n")
-    _print_table(on_disk.keys(), files, on_disk_cell)
+    _print_table(on_disk.keys(), on_disk_rates, files, on_disk_cell)
     enc_over = (t_ecode - t_pack) / t_comp * 100
     dec_over = (t_edec - t_unpack) / t_dec * 100
     print(f"\ntime at 6 kbit/s over all clips: compress {t_comp:.1f} s, entropy coding {t_ecode:.3f} s "
