@@ -42,9 +42,9 @@ def test_default_model_has_the_ndac75_ladder_and_its_rate_plan():
     bare = Codec(codec.model, "cpu", envelope=False)
     assert [kbps for _, kbps in bare.bitrates()] == pytest.approx([0.75 * k for k in range(1, 11)])
     chosen = {kbps: (r.codebooks, r.layout.name) for kbps in (3.0, 4.5, 6.0, 7.5) for r in [codec.choose_rate(kbps)]}
-    assert chosen == {3.0: (3, "bands15-85ms"), 4.5: (3, "bands30-43ms"), 6.0: (3, "bands30-21ms"),
+    assert chosen == {3.0: (3, "bands15-85ms"), 4.5: (3, "bands34-43ms"), 6.0: (3, "bands30-21ms"),
                       7.5: (4, "bands34-21ms")}
-    assert codec.layout_for(3).name == "bands15-85ms" and codec.layout_for(4).name == "bands30-43ms"
+    assert codec.layout_for(3).name == "bands15-85ms" and codec.layout_for(4).name == "bands34-43ms"
     assert codec.layout_for(5).name == "bands34-21ms"
     assert all(kbps >= 0.75 * k for k, kbps in codec.bitrates())
     assert codec.postfilter is not None
