@@ -55,6 +55,34 @@ def test_compress_info_decompress(run, wav, tmp_path, tiny_codec_dir):
     assert sr == 44100 and y.shape == (sf.info(str(wav)).frames, 2)
 
 
+
+def test_a_file_names_a_model_never_where_to_read_one(run, wav, tmp_path, tiny_codec_dir, monkeypatch):
+    """A .fdc from elsewhere must not choose what is read from this disk: a header naming a path (here a real
+    model folder) is refused, and a plain name that is also a folder in the working directory is looked up
+    as a name, not loaded from there. --model still decodes it."""
+    import dataclasses
+    import shutil
+
+    from flowdec_cli import container
+
+    fdc = tmp_path / "a.fdc"
+    assert run("compress", wav, fdc, "-b", "3", "--model", tiny_codec_dir, "-q").exit_code == 0
+    header, codes = container.read_fdc(fdc)
+    out = tmp_path / "out.wav"
+    for named in (str(tiny_codec_dir), "../" + tiny_codec_dir.name, "tiny-75"):
+        forged = tmp_path / "forged.fdc"
+        container.write_fdc(forged, dataclasses.replace(header, model_name=named), codes)
+        shutil.copytree(tiny_codec_dir, tmp_path / "tiny-75", dirs_exist_ok=True)
+        monkeypatch.chdir(tmp_path)
+        r = run("decompress", forged, out, "--nfe", "0", "-q")
+        line = _one_error_line(r)
+        assert r.exit_code == 1 and "forged.fdc: coded with model" in line and not out.exists(), line
+        if named != "tiny-75":
+            assert "named by a path" in line, line
+        r = run("decompress", forged, out, "--nfe", "0", "-q", "--model", tiny_codec_dir)
+        assert r.exit_code == 0, r.output
+        out.unlink()
+
 def test_info_json_is_strict_json_whatever_the_header_holds(run, tmp_path):
     """A header's own keys may hold NaN or Infinity (msgpack floats); --json must still parse as JSON."""
     import math

@@ -496,11 +496,13 @@ class DecodeWorker(_Worker):
         self.codecs: dict[str, Any] = {}
 
     def codec_for(self, name: str) -> Any:
+        from .models.resolve import resolve_named_by_data
         from .pipeline import Codec
 
         key = self.settings.get("model") or name
         if key not in self.codecs:
-            codec = Codec.load(key, self.settings.get("device") or "auto", with_postfilter=None,
+            ref = self.settings.get("model") or resolve_named_by_data(name, self.settings.get("cache_dir"))
+            codec = Codec.load(ref, self.settings.get("device") or "auto", with_postfilter=None,
                                nfe=self.settings.get("nfe"), precision=self.settings.get("precision", "auto"),
                                cache_dir=self.settings.get("cache_dir"))
             if self.settings.get("tune_process"):

@@ -57,6 +57,7 @@ from .envelope import (
 from .exceptions import FlowdecError
 from .fileio import OutputExistsError, same_file
 from .models.loading import Model, load_model
+from .models.resolve import resolve_named_by_data
 from .numeric import is_integer, is_real
 from .runtime import resolve_device
 
@@ -830,7 +831,8 @@ class Decompressor:
         key = str(self.override or model_name)
         if key not in self._codecs:
             try:
-                codec = Codec.load(key, self.device, with_postfilter=None, nfe=self.nfe, precision=self.precision,
+                ref = self.override or resolve_named_by_data(model_name, self.cache_dir)
+                codec = Codec.load(ref, self.device, with_postfilter=None, nfe=self.nfe, precision=self.precision,
                                    cache_dir=self.cache_dir, temperature=self.temperature)
             except ModelError as exc:
                 if self.override:

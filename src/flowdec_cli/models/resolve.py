@@ -26,7 +26,8 @@ from .catalogue import (
 )
 from .folder import ModelError, is_model_folder
 
-__all__ = ["resolve", "resolve_name", "resolve_hub", "pretrained_ref", "hub_offline", "hub_cache_dir"]
+__all__ = ["resolve", "resolve_name", "resolve_named_by_data", "resolve_hub", "pretrained_ref", "hub_offline",
+           "hub_cache_dir"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^\s/]+)?$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.md"]
@@ -144,8 +145,23 @@ def resolve_name(ref: str, cache_dir: CacheDir = None) -> Path:
     for e in HUB_MODELS:
         if e.name == name and e.hub_repo:
             return resolve_hub(f"hf://{e.hub_repo}")
-    looks_like_path = any(s in ref for s in ("/", "\\")) or ref.startswith(("~", ".")) or \
-        ref.endswith((".pth", ".ckpt", ".safetensors", ".json"))
-    if looks_like_path:
+    if _looks_like_path(ref):
         raise ModelError(f"{ref}: no such file or folder")
     raise unknown_model(ref, cache_dir)
+
+
+def _looks_like_path(ref: str) -> bool:
+    return any(s in ref for s in ("/", "\\")) or ref.startswith(("~", ".")) or \
+        ref.endswith((".pth", ".ckpt", ".safetensors", ".json"))
+
+
+def resolve_named_by_data(ref: str, cache_dir: CacheDir = None) -> Path:
+    """The folder of a model that a .fdc header or a shard's row names: a catalogue name or an ``hf://``
+    reference, never a path. A file from elsewhere must not choose what is read from this machine's disk,
+    and the same file must decode the same in any working folder (a plain name that is also a folder there
+    is still looked up as a name); a user's own model is given with ``--model``."""
+    ref = str(ref)
+    if not is_hub_ref(ref) and (_looks_like_path(ref) or not ref.strip()):
+        raise ModelError(f"the model is named by a path ({ref!r}); a file may name a model, not where to "
+                         "read one: give it with --model")
+    return resolve_name(ref, cache_dir)
