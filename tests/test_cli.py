@@ -329,6 +329,26 @@ def test_folder_json_has_a_record_for_every_file_failed_and_refused_too(run, tmp
     assert "same output" in records[str(src / "c.wav")]["error"]
 
 
+def test_an_output_folder_inside_the_input_folder(run, tmp_path, tiny_codec_dir):
+    """compress codes every audio file below IN, those under OUT too (its outputs are .fdc, never inputs),
+    and writes beside them when OUT is IN; roundtrip, whose outputs are audio, leaves out what lies under
+    OUT (an earlier run's outputs) and refuses an OUT that holds IN."""
+    src = tmp_path / "album"
+    (src / "codes").mkdir(parents=True)
+    for path in (src / "a.wav", src / "codes" / "b.wav"):
+        sf.write(path, tone(0.2, 48000), 48000)
+    r = run("compress", src, src / "codes", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*.fdc")) == ["codes/a.fdc", "codes/codes/b.fdc"]
+    r = run("compress", src / "codes", src / "codes", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 0 and (src / "codes" / "b.fdc").is_file(), r.output
+    r = run("roundtrip", src, src / "codes", "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    assert r.exit_code == 0 and (src / "codes" / "a.wav").is_file() and not (src / "codes" / "codes" / "b.wav").exists()
+    for out in (src, tmp_path):
+        r = run("roundtrip", src, out, "-m", tiny_codec_dir, "--nfe", "0", "-q")
+        assert r.exit_code == 1 and "holds the input folder" in _one_error_line(r)
+
+
 def test_folder_mode_skips_hidden_files_and_folders(run, tmp_path, tiny_codec_dir):
     """.hidden.wav, .hid/x.wav and macOS's ._a.wav (AppleDouble, not audio: the batch failed on it) are left
     out of a folder, --glob or not; a hidden file named directly is still converted."""

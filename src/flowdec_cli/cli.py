@@ -198,16 +198,18 @@ def _check_pair(src: Path, dst: Path, force: bool) -> None:
 def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
           pattern: str | None) -> Iterator[_Job]:
     """Every input below ``src`` that ``wanted`` accepts, mirrored under ``dst`` with ``out_suffix``; hidden
-    files and folders are left out (:func:`flowdec_cli.audio.hidden_below`)."""
+    files and folders are left out (:func:`flowdec_cli.audio.hidden_below`). Where the outputs are inputs of
+    the same kind (roundtrip's audio), what lies under ``dst`` is left out too: an earlier run's outputs."""
     from .audio import hidden_below
 
     dst_resolved = dst.resolve()
+    outputs_are_inputs = wanted(Path("output" + out_suffix))
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         rel = path.relative_to(src)
         if hidden_below(rel):
             continue
-        if dst_resolved in path.resolve().parents:
-            continue  # never feed our own outputs back in when OUT lies inside IN
+        if outputs_are_inputs and dst_resolved in path.resolve().parents:
+            continue
         if not wanted(path) or (pattern and not rel.match(pattern) and not path.match(pattern)):
             continue
         yield _Job(path, dst / rel.with_suffix(out_suffix))
@@ -271,6 +273,9 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
         raise click.UsageError("OUT - (standard output) takes a single input file, not a folder")
     if dst.exists() and not dst.is_dir():
         raise Failure(f"{dst}: is a file; a folder input needs an output folder")
+    if wanted(Path("output" + out_suffix)) and dst.resolve() in (src.resolve(), *src.resolve().parents):
+        raise Failure(f"{dst}: holds the input folder {src}, so the audio written there would be read as input "
+                      "by the next run; choose an output folder outside it")
     jobs = list(_jobs(src, dst, wanted, out_suffix, pattern))
     if not jobs:
         raise Failure(f"{src}: no matching input files found")
