@@ -181,6 +181,17 @@ def test_a_missing_gpu_is_a_usage_error_on_one_line(run, wav, tmp_path, tiny_cod
     assert r.exit_code == 2 and "no CUDA device is available" in _one_error_line(r)
 
 
+@pytest.mark.parametrize("option, words", [(["--threads", "100000"], "--threads must be from 1 to 1024"),
+                                           (["--nfe", "100000000000"], "more than 1000 network passes"),
+                                           (["--seed", str(2**80), "--nfe", "2"], "seed must be a whole number")])
+def test_absurd_option_values_are_usage_errors(run, wav, tmp_path, tiny_codec_dir, option, words):
+    """Beyond their range these crashed the thread pool, allocated a time grid of 100 billion steps or
+    overflowed the generator: refused before any work, naming the option."""
+    out = tmp_path / "out.wav"
+    r = run("roundtrip", wav, out, "--model", tiny_codec_dir, *option)
+    assert r.exit_code == 2 and words in _one_error_line(r) and not out.exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "not_audio", "corrupt_fdc", "bad_model", "bad_bitrate", "odd_nfe",
                                   "unwritable"])
 def test_errors_are_one_line(run, wav, tmp_path, tiny_codec_dir, case):

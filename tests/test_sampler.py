@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from flowdec_cli.sampler import draw_noise, nfe_plan, nfe_to_steps, solve, start_point, steps_to_nfe, time_grid
+from flowdec_cli.sampler import (
+    check_seed,
+    draw_noise,
+    nfe_plan,
+    nfe_to_steps,
+    solve,
+    start_point,
+    steps_to_nfe,
+    time_grid,
+)
 
 
 @pytest.mark.parametrize("nfe, solver, steps", [(6, "midpoint", 3), (2, "midpoint", 1), (0, "midpoint", 0),
@@ -19,10 +28,21 @@ def test_nfe_to_steps(nfe, solver, steps):
 
 @pytest.mark.parametrize("nfe, solver, words", [(3, "midpoint", "even"), (-2, "midpoint", "non-negative"),
                                                 (2.0, "euler", "integer"), (True, "euler", "integer"),
-                                                (4, "heun", "unknown solver")])
+                                                (4, "heun", "unknown solver"), (1002, "midpoint", "more than 1000"),
+                                                (10**11, "euler", "more than 1000")])
 def test_nfe_to_steps_errors(nfe, solver, words):
     with pytest.raises(ValueError, match=words):
         nfe_to_steps(nfe, solver)
+
+
+@pytest.mark.parametrize("seed", ["0", 1.5, True, -1, 2**64])
+def test_a_seed_is_a_whole_number_the_generator_takes(seed):
+    """A string would be parsed and a float truncated (two requests, one noise); beyond torch's range the
+    generator fails deep inside the sampler."""
+    with pytest.raises(ValueError, match="seed must be a whole number from 0 to 2"):
+        check_seed(seed)
+    assert check_seed(None) is None and check_seed(np.int64(3)) == 3
+    torch.Generator().manual_seed(check_seed(2**64 - 1))
 
 
 def _torchdyn_times(steps: int, solver: str) -> list[torch.Tensor]:

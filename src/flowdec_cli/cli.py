@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
-from .options import check_nfe_option, check_rate_request_option, temperature_option
+from .options import check_nfe_option, check_rate_request_option, seed_option, temperature_option
 from .streams import is_stdio, strict_json
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ def _decode_options(f: Callable) -> Callable:
                      help="Postfilter arithmetic: auto = bfloat16 on CUDA, float32 on CPU; float32 is exact.")(f)
     f = click.option("--subtype", default=None,
                      help="Output sample format, e.g. PCM_16 (default), PCM_24, FLOAT.")(f)
-    f = click.option("--seed", type=int, default=None, help="Seed for the postfilter's noise (repeatable output).")(f)
+    f = click.option("--seed", type=int, default=None, callback=seed_option,
+                     help="Seed for the postfilter's noise (repeatable output).")(f)
     f = click.option("--temperature", type=float, default=None, callback=temperature_option,
                      help="Scale of the postfilter's start noise: 1 is FlowDec's, lower invents less. Default: "
                           "the model's (1 for the FlowDec models).")(f)

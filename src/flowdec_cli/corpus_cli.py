@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .errors import error_line
-from .options import check_nfe_option, check_rate_request_option
+from .options import check_nfe_option, check_rate_request_option, seed_option
 from .streams import strict_json
 
 __all__ = ["corpus_group"]
@@ -185,7 +185,7 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
 @click.option("--nfe", type=click.IntRange(min=0), default=None,
               help="Postfilter network passes (default: the model's; 0: the codec alone).")
 @click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed for the postfilter's noise.")
+@click.option("--seed", type=int, default=None, callback=seed_option, help="Seed for the postfilter's noise.")
 @click.option("--subtype", default=None, help="Output sample format, e.g. PCM_16 (default), PCM_24, FLOAT.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True)

@@ -1,7 +1,8 @@
 """Checks of command-line options that several commands share (``flowdec compress``, ``flowdec corpus``...).
 
 The rules themselves live with the code they protect (:func:`flowdec_cli.pipeline.check_rate_request`,
-:func:`flowdec_cli.sampler.nfe_to_steps`, :func:`flowdec_cli.sampler.check_temperature`); this module only
+:func:`flowdec_cli.sampler.nfe_to_steps`, :func:`flowdec_cli.sampler.check_temperature`,
+:func:`flowdec_cli.sampler.check_seed`); this module only
 turns a refusal into a usage error (exit 2) before any file is read, so every command words it the same way.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["check_nfe_option", "check_rate_request_option", "temperature_option"]
+__all__ = ["check_nfe_option", "check_rate_request_option", "seed_option", "temperature_option"]
 
 
 def check_rate_request_option(bitrate: float | None, n_codebooks: int | None, fit: bool = False) -> None:
@@ -42,5 +43,15 @@ def temperature_option(ctx: click.Context, param: click.Parameter, value: float 
 
     try:
         return check_temperature(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def seed_option(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """Click callback of ``--seed``: the generator's range, as a usage error."""
+    from .sampler import check_seed
+
+    try:
+        return check_seed(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None

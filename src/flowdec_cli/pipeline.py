@@ -60,6 +60,7 @@ from .models.loading import Model, load_model
 from .models.resolve import resolve_named_by_data
 from .numeric import is_integer, is_real
 from .runtime import resolve_device
+from .sampler import check_seed
 
 __all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Decompressor", "Progress",
            "check_rate_request", "from_pretrained", "no_progress"]
@@ -110,10 +111,11 @@ def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None) -> N
 
 
 def _check_seed(seed: Any) -> None:
-    """The postfilter's start-noise seed: None or a whole number (a string would be parsed, a float
-    truncated, so two different requests could give the same noise)."""
-    if seed is not None and not is_integer(seed):
-        raise CodecError(f"a seed must be a whole number or None, got {seed!r}")
+    """:func:`flowdec_cli.sampler.check_seed`, refused as a decoding request."""
+    try:
+        check_seed(seed)
+    except ValueError as exc:
+        raise CodecError(str(exc)) from None
 
 
 @dataclass

@@ -54,8 +54,11 @@ def _check_available(device: torch.device) -> None:
         raise DeviceError(f"device '{device}' is not available here (use auto, cpu or cuda[:N])")
 
 
+MAX_THREADS = 1024  # more fails inside the thread pools (a crash, not an error) long before it could help
+
+
 def set_threads(n: int | None) -> None:
     if n is not None:
-        if n < 1:
-            raise ValueError("--threads must be at least 1")
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(f"--threads must be from 1 to {MAX_THREADS}, got {n}")
         torch.set_num_threads(n)

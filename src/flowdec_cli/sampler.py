@@ -23,8 +23,8 @@ import torch
 
 from .numeric import is_integer, is_real
 
-__all__ = ["SOLVERS", "MAX_TEMPERATURE", "check_temperature", "nfe_plan", "nfe_to_steps", "steps_to_nfe", "draw_noise",
-           "start_point", "time_grid", "solve"]
+__all__ = ["SOLVERS", "MAX_NFE", "MAX_TEMPERATURE", "check_seed", "check_temperature", "nfe_plan", "nfe_to_steps",
+           "steps_to_nfe", "draw_noise", "start_point", "time_grid", "solve"]
 
 SOLVERS = {"midpoint": 2, "euler": 1}  # network evaluations per step
 
@@ -33,6 +33,20 @@ VectorField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (t 0-dim f
 # ours: the start-noise temperature scales eps (1 = FlowDec). Above 2 the start point is mostly noise and the
 # sampler has nothing left of the coded signal to refine; the bound also keeps a forged model card sane.
 MAX_TEMPERATURE = 2.0
+# ours: far beyond any useful budget (the paper's largest is in the tens), and small enough that a mistyped
+# NFE is refused instead of allocating a time grid of that length
+MAX_NFE = 1000
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
+
+
+def check_seed(seed: object) -> int | None:
+    """The start noise's seed: None, or a whole number torch's generator takes (a string would be parsed and a
+    float truncated, so two different requests could give the same noise)."""
+    if seed is None:
+        return None
+    if not is_integer(seed) or not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"a seed must be a whole number from 0 to 2**64-1, got {seed!r}")
+    return int(seed)
 
 
 def check_temperature(value: object) -> float:
@@ -54,6 +68,8 @@ def nfe_to_steps(nfe: int, solver: str = "midpoint") -> int:
     if not is_integer(nfe) or nfe < 0:
         raise ValueError(f"NFE must be a non-negative integer, got {nfe!r}")
     nfe = int(nfe)
+    if nfe > MAX_NFE:
+        raise ValueError(f"NFE {nfe} is more than {MAX_NFE} network passes")
     per_step = SOLVERS[solver]
     if nfe % per_step:
         raise ValueError(f"NFE {nfe} is odd, but the {solver} solver evaluates the network {per_step} times "
