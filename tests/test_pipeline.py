@@ -150,6 +150,17 @@ def test_loud_float_input_is_scaled_and_gain_restored(codec, tmp_path):
     assert dec.peak_scaled >= 1.0
 
 
+
+def test_a_peak_beyond_what_a_header_restores_names_the_input(codec, tmp_path):
+    """Float audio may be as loud as it likes, a header's gain may not (section 2.2): refused before coding,
+    naming the input and its peak, not the output's header field."""
+    sf.write(tmp_path / "huge.wav", tone(0.2, 48000) * 3e12, 48000, subtype="FLOAT")
+    with pytest.raises(CodecError, match=r"huge.wav: its peak is [0-9.]+e\+12 times full scale"):
+        codec.compress_file(tmp_path / "huge.wav", tmp_path / "a.fdc")
+    assert not (tmp_path / "a.fdc").exists()
+    with pytest.raises(CodecError, match=r"audio: its peak is"):
+        codec.compress_array(tone(0.2, 48000) * 3e12, 48000)
+
 def test_empty_and_tiny_inputs(codec, tmp_path):
     for n in (0, 1, 17):
         sf.write(tmp_path / "in.wav", np.zeros((n, 2), np.float32), 44100)

@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FdcError",
     "FdcHeader",
+    "MAX_GAIN",
     "actual_bitrate",
     "bits_for_codebook_size",
     "bitpacked_file_size",
@@ -80,7 +81,7 @@ MAX_HEADER_BYTES = 0xFFFF
 _MAX_STR = 256
 _MAX_RATE = 10_000_000
 _MAX_COUNT = 2**62
-_MAX_GAIN = 1e9
+MAX_GAIN = 1e9  # the largest input peak (times full scale) a header restores
 _BITRATE_RTOL = 1e-9
 # Codes handled per numpy block while packing/unpacking (a multiple of 8, so every block but the last
 # fills whole bytes); bounds the temporary bit arrays to a few MB however long the file is.
@@ -182,8 +183,8 @@ class FdcHeader:
         """Raise :class:`FdcError` if a field has the wrong type or is out of bounds."""
         _check_fields({name: getattr(self, name) for name, _k, _t, _lo, _hi in _FIELDS}, source_name)
         gain = self.gain
-        if not is_real(gain) or not 0 < gain <= _MAX_GAIN:
-            raise FdcError(f"{source_name}: invalid header: gain must be a number in (0, {_MAX_GAIN:g}], "
+        if not is_real(gain) or not 0 < gain <= MAX_GAIN:
+            raise FdcError(f"{source_name}: invalid header: gain must be a number in (0, {MAX_GAIN:g}], "
                            f"got {gain!r}")
         lo, hi = frames_for_samples(self.num_samples, self.sample_rate, self.model_sample_rate, self.hop_length)
         if not lo <= self.num_frames <= hi:

@@ -31,6 +31,7 @@ import torch
 from . import __version__
 from .audio import MAX_CHANNELS, AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
 from .container import (
+    MAX_GAIN,
     FdcError,
     FdcHeader,
     actual_bitrate,
@@ -108,6 +109,16 @@ def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None) -> N
         raise CodecError(f"a codebook count must be a whole number, got {n_codebooks!r}")
     if bitrate_kbps is not None and not is_real(bitrate_kbps):
         raise CodecError(f"a bitrate must be a number of kbit/s per channel, got {bitrate_kbps!r}")
+
+
+def _input_gain(peak: float, source: str) -> float:
+    """The gain a header stores: the input's peak where it exceeds full scale (float audio may), so that
+    the codec sees at most full scale and the decoder restores the level; refused beyond what a header
+    holds."""
+    if peak > MAX_GAIN:
+        raise CodecError(f"{source}: its peak is {peak:.3g} times full scale, more than the {MAX_GAIN:g} a .fdc "
+                         "can restore; scale the audio down first")
+    return peak if peak > 1.0 else 1.0
 
 
 def _check_seed(seed: Any) -> None:
@@ -467,8 +478,7 @@ class Codec:
             raise CodecError("audio contains NaN or infinite samples")
         point = self.choose_rate(bitrate_kbps, n_codebooks)
         k = point.codebooks
-        peak = float(np.abs(audio).max()) if audio.size else 0.0
-        gain = peak if peak > 1.0 else 1.0
+        gain = _input_gain(float(np.abs(audio).max()) if audio.size else 0.0, "audio")
         n_model = _model_rate_length(len(audio), sample_rate, self.ndac.sample_rate)
         bar = progress("encode", -(-n_model // self.ndac.hop_length), "frame")
         meter = self._meter(audio.shape[1], point)
@@ -488,7 +498,7 @@ class Codec:
         peak = 0.0
         for block in read_blocks(src, READ_BLOCK_FRAMES):  # first pass: the peak decides the input gain
             peak = max(peak, float(np.abs(block).max()))
-        gain = peak if peak > 1.0 else 1.0
+        gain = _input_gain(peak, str(src))
         n_model = _model_rate_length(info.frames, info.sample_rate, self.ndac.sample_rate)
         bar = progress(f"encode {src.name}", -(-n_model // self.ndac.hop_length), "frame")
         meter = self._meter(info.channels, point)
