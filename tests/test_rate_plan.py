@@ -7,11 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 
 from flowdec_cli import envelope as env
 from flowdec_cli.cli import main
-from flowdec_cli.container import decode_fdc, encode_fdc
+from flowdec_cli.container import actual_bitrate, decode_fdc, encode_fdc
 from flowdec_cli.pipeline import Codec, CodecError
 
 from .conftest import tone
@@ -100,6 +101,26 @@ def test_a_rate_picks_the_plans_codebooks_and_layout(planned_dir):
     with pytest.raises(CodecError, match="below the lowest rate"):
         codec.choose_codebooks(0.8)
 
+
+
+def test_fit_falls_back_to_the_plans_cheaper_entries_with_their_own_side_channel(planned_dir, tmp_path):
+    """Under a plan, --fit tries the entries below the chosen one, each with its own side channel measured
+    on the input (the levels are those a direct request for that entry writes); a 1.2 s clip's header and
+    levels put the 4.8 entry over 4.8 kbit/s. Without the input (the public primitive on codes alone)
+    fewer codebooks keep the header's side channel."""
+    codec = Codec.load(planned_dir, "cpu")
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.2, 48000), 48000)
+    h, codes = codec.compress_array(tone(1.2, 48000), 48000, bitrate_kbps=4.8)
+    assert actual_bitrate(codec.coded_bytes(h, codes), 1.2, 1) > 4800
+    fitted = codec.compress_file(src, tmp_path / "fit.fdc", bitrate_kbps=4.8, cap_kbps=4.8)
+    direct = codec.compress_file(src, tmp_path / "direct.fdc", bitrate_kbps=2.75)
+    assert (fitted.header.n_codebooks, fitted.header.envelope_layout) == (3, "bands15-85ms")
+    assert np.array_equal(fitted.header.envelope, direct.header.envelope)
+    assert (tmp_path / "fit.fdc").read_bytes() == (tmp_path / "direct.fdc").read_bytes()
+    assert actual_bitrate(fitted.file_bytes, 1.2, 1) <= 4800
+    kept, _ = codec.fit_on_disk(h, codes, 4.8)
+    assert kept.envelope_layout == "bands30-43ms" and kept.n_codebooks < 4
 
 def test_without_the_side_channel_the_codes_keep_their_own_rates(planned_dir):
     codec = Codec.load(planned_dir, "cpu", envelope=False)

@@ -427,25 +427,28 @@ class Codec:
         """A band meter for the side channel of the chosen rate, or None when it has none."""
         return BandMeter(point.layout, channels) if point.layout is not None else None
 
+    def _model_rate_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
+                           meter: BandMeter | None = None) -> Iterator[np.ndarray]:
+        """The input scaled and resampled to the model's rate, [channels, n] blocks, each metered on the way."""
+        resampler = Resampler(sample_rate, self.ndac.sample_rate, channels)
+        for block in blocks:
+            out = resampler.process(block * scale if scale != 1.0 else block)
+            if len(out):
+                if meter is not None:
+                    meter.push(out.T)
+                yield out.T
+        tail = resampler.finish()
+        if len(tail):
+            if meter is not None:
+                meter.push(tail.T)
+            yield tail.T
+
     def _encode_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
                        k: int, bar: ProgressBar, meter: BandMeter | None = None) -> np.ndarray:
-        resampler = Resampler(sample_rate, self.ndac.sample_rate, channels)
-
-        def model_rate_blocks() -> Iterator[torch.Tensor]:
-            for block in blocks:
-                out = resampler.process(block * scale if scale != 1.0 else block)
-                if len(out):
-                    if meter is not None:
-                        meter.push(out.T)
-                    yield torch.from_numpy(np.ascontiguousarray(out.T)).unsqueeze(1).to(self.device)
-            tail = resampler.finish()
-            if len(tail):
-                if meter is not None:
-                    meter.push(tail.T)
-                yield torch.from_numpy(np.ascontiguousarray(tail.T)).unsqueeze(1).to(self.device)
-
+        tensors = (torch.from_numpy(np.ascontiguousarray(b)).unsqueeze(1).to(self.device)
+                   for b in self._model_rate_blocks(blocks, sample_rate, channels, scale, meter))
         pieces = []
-        for codes in self.ndac.encode_stream(model_rate_blocks(), k, self.chunk_frames):
+        for codes in self.ndac.encode_stream(tensors, k, self.chunk_frames):
             pieces.append(codes.cpu().numpy())
             bar.update(codes.shape[-1])
         if not pieces:
@@ -511,11 +514,20 @@ class Codec:
 
     def _coded_file(self, src: Path, n_codebooks: int | None, bitrate_kbps: float | None, progress: Progress,
                     cap_kbps: float | None, entropy: bool = True) -> tuple[FdcHeader, np.ndarray]:
-        """:meth:`code_file`, then :meth:`fit_on_disk` when there is a cap."""
+        """:meth:`code_file`, then :meth:`fit_on_disk` when there is a cap (the file is read again for the
+        side channel of a cheaper rate-plan entry, should one be needed)."""
         header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress)
         if cap_kbps is None:
             return header, codes
-        return self.fit_on_disk(header, codes, cap_kbps, entropy, source=str(src))
+
+        def levels_for(layout: EnvelopeLayout) -> np.ndarray:
+            meter = BandMeter(layout, header.channels)
+            for _ in self._model_rate_blocks(read_blocks(src, READ_BLOCK_FRAMES), header.sample_rate,
+                                             header.channels, 1.0 / header.gain, meter):
+                pass
+            return quantise(layout, meter.finish(header.num_frames * self.ndac.hop_length))
+
+        return self.fit_on_disk(header, codes, cap_kbps, entropy, source=str(src), levels_for=levels_for)
 
     def coded_bytes(self, header: FdcHeader, codes: np.ndarray) -> int:
         """The size of the .fdc file these codes make (entropy-coded with the model's tables if it has them)."""
@@ -524,12 +536,16 @@ class Codec:
         return len(encode_fdc(header, codes, tables=self.entropy_tables))
 
     def fit_on_disk(self, header: FdcHeader, codes: np.ndarray, cap_kbps: float, entropy: bool = True,
-                    source: str = "audio") -> tuple[FdcHeader, np.ndarray]:
-        """The most codebooks of ``codes`` whose whole file (header, side channel and CRC included) takes at
-        most ``cap_kbps`` per channel on disk: a hard size budget. ``-b`` alone picks the codes' nominal rate,
-        and the header and side channel come on top of it; music's codes barely entropy-code, so its files
-        land a few per cent above the request (docs/performance.md). The codes of residual quantisation are
-        prefixes of each other, so fewer codebooks need no second encode."""
+                    source: str = "audio",
+                    levels_for: Callable[[EnvelopeLayout], np.ndarray] | None = None) -> tuple[FdcHeader, np.ndarray]:
+        """The richest file of these codes whose whole (header, side channel and CRC included) takes at most
+        ``cap_kbps`` per channel on disk: a hard size budget. ``-b`` alone picks a nominal rate, and the
+        header and a side channel's busy passages come on top of it; music's codes barely entropy-code, so
+        its files land a few per cent above the request (docs/performance.md). The codes of residual
+        quantisation are prefixes of each other, so fewer codebooks need no second encode. Without
+        ``levels_for`` fewer codebooks keep the header's side channel; with it (the input's levels in a
+        given layout), the candidates are this codec's rates at or below the header's with no more
+        codebooks, each with its own side channel, so a rate plan's cheaper layouts are tried too."""
         import dataclasses
 
         from .container import encode_fdc_written
@@ -540,8 +556,13 @@ class Codec:
         if not seconds:  # an empty input: a header-only file, which no rate describes
             return header, codes
         tables = self.entropy_tables if entropy else None
-        for k in range(header.n_codebooks, 0, -1):
+        levels: dict[str, np.ndarray] = {}
+        for k, layout in self._fit_candidates(header, levels_for is not None):
             fitted = dataclasses.replace(header, n_codebooks=k)
+            if layout is not None and layout.name != header.envelope_layout and levels_for is not None:
+                if layout.name not in levels:
+                    levels[layout.name] = levels_for(layout)
+                fitted = dataclasses.replace(fitted, envelope_layout=layout.name, envelope=levels[layout.name])
             kept = np.ascontiguousarray(codes[:, :k])
             written, data = encode_fdc_written(fitted, kept, tables=tables)
             on_disk = actual_bitrate(len(data), seconds, header.channels)  # as every report computes it
@@ -552,6 +573,19 @@ class Codec:
                          f"one codebook it takes {on_disk / 1000:.3f} kbit/s "
                          f"({len(data)} bytes{side}); ask for more"
                          + (", or leave out the side channel (--no-envelope)" if side else ""))
+
+    def _fit_candidates(self, header: FdcHeader, other_layouts: bool) -> list[tuple[int, EnvelopeLayout | None]]:
+        """What :meth:`fit_on_disk` tries, richest first: the rates offered at or below the header's (its
+        codebook count with its side channel) with no more codebooks, each with its layout; or, without
+        ``other_layouts`` or when the header's rate is not one of them, fewer codebooks of the header's."""
+        layout_name = header.envelope_layout or ""
+        here = [p for p in self._points
+                if p.codebooks == header.n_codebooks and (p.layout.name if p.layout else "") == layout_name]
+        if other_layouts and here:
+            top = max(p.kbps for p in here)
+            below = [p for p in self._points if p.kbps <= top and p.codebooks <= header.n_codebooks]
+            return [(p.codebooks, p.layout) for p in sorted(below, key=lambda p: -p.kbps)]
+        return [(k, None) for k in range(header.n_codebooks, 0, -1)]
 
     def compress_bytes(self, src: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None,
