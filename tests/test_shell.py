@@ -174,6 +174,25 @@ def test_opus_output_from_44k1_is_resampled(wav, tmp_path, tiny_codec_dir):
     assert info.samplerate == 48000 and abs(info.duration - 1.0) < 0.01
 
 
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile writes no MP3")
+def test_mp3_output_takes_a_rate_and_channels_it_holds(tmp_path, tiny_codec_dir):
+    """MPEG Layer III takes 8-48 kHz at nine rates and 1-2 channels: a 7 kHz file goes to the next rate up,
+    a 96 kHz one to 48 kHz, six channels are refused by name (libsndfile says "Format not recognised")."""
+    for rate, channels, written in ((7000, 1, 8000), (96000, 1, 48000), (22050, 2, 22050)):
+        src = tmp_path / f"in{rate}.wav"
+        sf.write(src, tone(0.5, rate, channels), rate)
+        out = tmp_path / f"o{rate}.mp3"
+        r = invoke("roundtrip", src, out, "--nfe", "0", "-m", tiny_codec_dir, "-q")
+        assert r.exit_code == 0, r.stderr
+        assert sf.info(str(out)).samplerate == written and sf.info(str(out)).channels == channels
+    src = tmp_path / "six.wav"
+    sf.write(src, tone(0.3, 44100, 6), 44100)
+    r = invoke("roundtrip", src, tmp_path / "six.mp3", "--nfe", "0", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and "MP3 holds 1 or 2 channels, not 6" in r.stderr and not (tmp_path / "six.mp3").exists()
+    r = invoke("roundtrip", src, tmp_path / "o.opus", "--subtype", "VORBIS", "-m", tiny_codec_dir)
+    assert r.exit_code == 2 and "a .opus file holds OPUS" in r.stderr
+
+
 def test_bad_subtype_and_missing_folder_are_refused_before_any_work(wav, tmp_path, tiny_codec_dir):
     bad = tmp_path / "bad.fdc"
     bad.write_bytes(b"garbage")  # would fail on reading: the subtype is refused first

@@ -259,12 +259,16 @@ def output_format_for(path: str | os.PathLike, subtype: str | None = None) -> tu
 
 #: The rates Opus codes at; other rates are resampled to 48 kHz for an Opus output.
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+#: The rates MPEG-1/2/2.5 Layer III takes; others go to the next one up (48 kHz above it).
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
 def check_output_format(path: str | os.PathLike, subtype: str | None = None) -> tuple[str, str]:
     """The (format, subtype) an output path and ``--subtype`` give, refused before any work when soundfile
     cannot write that combination."""
     fmt, sub = output_format_for(path, subtype.upper() if subtype else None)
+    if Path(path).suffix.lower() == ".opus" and sub != "OPUS":  # an Ogg file all the same, named wrongly
+        raise AudioError(f"--subtype {subtype}: a .opus file holds OPUS (use .ogg for {sub})")
     if not sf.check_format(fmt, sub):
         valid = ", ".join(sorted(sf.available_subtypes(fmt)))
         raise AudioError(f"--subtype {subtype}: not available for {Path(path).suffix or fmt} output "
@@ -274,11 +278,15 @@ def check_output_format(path: str | os.PathLike, subtype: str | None = None) -> 
 
 def output_rate_for(path: str | os.PathLike, subtype: str | None, sample_rate: int) -> int:
     """The rate an output is written at: the original one, except where the format cannot hold it (Opus
-    takes 8, 12, 16, 24 or 48 kHz: other rates become 48 kHz)."""
+    takes 8, 12, 16, 24 or 48 kHz: other rates become 48 kHz; MP3 takes :data:`MP3_RATES`: another rate
+    becomes the next one up, or 48 kHz)."""
     _, sub = output_format_for(path, subtype.upper() if subtype else None)
-    if sub == "OPUS" and int(sample_rate) not in OPUS_RATES:
+    rate = int(sample_rate)
+    if sub == "OPUS" and rate not in OPUS_RATES:
         return 48000
-    return int(sample_rate)
+    if sub == "MPEG_LAYER_III" and rate not in MP3_RATES:
+        return min((r for r in MP3_RATES if r >= rate), default=48000)
+    return rate
 
 
 class AtomicAudioWriter:
@@ -293,6 +301,8 @@ class AtomicAudioWriter:
         if not 1 <= int(channels) <= MAX_CHANNELS:
             raise AudioError(f"{self.path}: cannot write {channels} channels; audio files here hold 1 to "
                              f"{MAX_CHANNELS}")
+        if fmt == "MP3" and int(channels) > 2:  # libsndfile says only "Format not recognised."
+            raise AudioError(f"{self.path}: MP3 holds 1 or 2 channels, not {channels}; write .flac, .wav or .opus")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = temporary_sibling(self.path)

@@ -623,7 +623,7 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
               "envelope": bool(header.envelope_layout)}
     dur = record["duration_s"]
     guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
-    rate = (f"{header.sample_rate} Hz resampled to {res.sample_rate} Hz (the most the format takes)"
+    rate = (f"{header.sample_rate} Hz resampled to {res.sample_rate} Hz (a rate the format takes)"
             if res.resampled else f"{header.sample_rate} Hz")
     return record, (f"{dur:.2f} s, {header.channels} ch, {rate}, {nbytes} bytes coded "
                     f"({record['kbps_on_disk']:.3f} kbit/s per channel{_envelope_note(header)}), NFE {res.nfe}, "
