@@ -181,6 +181,17 @@ def test_a_missing_gpu_is_a_usage_error_on_one_line(run, wav, tmp_path, tiny_cod
     assert r.exit_code == 2 and "no CUDA device is available" in _one_error_line(r)
 
 
+def test_compress_refuses_an_audio_name_for_its_output(run, wav, tmp_path, tiny_codec_dir):
+    """`compress in.wav out.wav` (roundtrip meant) would leave .fdc data under a name players try to open; and
+    an output below a file is named as such, not as a missing folder."""
+    r = run("compress", wav, tmp_path / "out.wav", "--model", tiny_codec_dir)
+    assert r.exit_code == 2 and "compress writes .fdc data, not .wav audio" in _one_error_line(r)
+    assert not (tmp_path / "out.wav").exists()
+    (tmp_path / "t.fdc").write_bytes(b"")
+    r = run("compress", wav, tmp_path / "t.fdc" / "x.fdc", "--model", tiny_codec_dir)
+    assert r.exit_code == 1 and "t.fdc is a file, not a folder" in _one_error_line(r)
+
+
 @pytest.mark.parametrize("option, words", [(["--threads", "100000"], "--threads must be from 1 to 1024"),
                                            (["--nfe", "100000000000"], "more than 1000 network passes"),
                                            (["--seed", str(2**80), "--nfe", "2"], "seed must be a whole number")])

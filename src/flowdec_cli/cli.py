@@ -193,6 +193,8 @@ def _check_pair(src: Path, dst: Path, force: bool) -> None:
             raise Failure(f"{dst}: is a folder; give an output file path")
         raise Failure(f"{dst}: exists; use -f/--force to overwrite")
     if not dst.parent.is_dir():  # as ffmpeg: a typo in a folder name should not create a new tree
+        if dst.parent.exists():
+            raise Failure(f"{dst}: {dst.parent} is a file, not a folder")
         raise Failure(f"{dst}: folder {dst.parent} does not exist; create it first")
 
 
@@ -545,6 +547,13 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     check_rate_request_option(bitrate, n_codebooks, fit)
     _check_json(as_json, dst)
     plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
+    if not plan.folder and not is_stdio(plan.jobs[0].dst):
+        from .pipeline import CodecError, check_fdc_destination
+
+        try:
+            check_fdc_destination(plan.jobs[0].dst)
+        except CodecError as exc:
+            raise click.UsageError(str(exc)) from None
     _setup(threads)
     codec = _load_codec(model, device, cache_dir, nfe=0, envelope=envelope)
     rate = _bitrate_choice(codec, bitrate, n_codebooks)

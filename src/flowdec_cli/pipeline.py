@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .audio import MAX_CHANNELS, AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
+from .audio import AUDIO_EXTENSIONS, MAX_CHANNELS, AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
 from .container import (
     MAX_GAIN,
     FdcError,
@@ -64,7 +64,7 @@ from .runtime import resolve_device
 from .sampler import check_seed
 
 __all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Decompressor", "Progress",
-           "check_rate_request", "from_pretrained", "no_progress"]
+           "check_fdc_destination", "check_rate_request", "from_pretrained", "no_progress"]
 
 IN_MEMORY_SAMPLES = 48000 * 60 * 4  # model-rate samples (all channels) kept in RAM; beyond, a disk buffer
 READ_BLOCK_FRAMES = 1 << 18
@@ -109,6 +109,15 @@ def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None) -> N
         raise CodecError(f"a codebook count must be a whole number, got {n_codebooks!r}")
     if bitrate_kbps is not None and not is_real(bitrate_kbps):
         raise CodecError(f"a bitrate must be a number of kbit/s per channel, got {bitrate_kbps!r}")
+
+
+def check_fdc_destination(dst: str | os.PathLike) -> None:
+    """A .fdc written under an audio file's name (``compress in.wav out.wav``, where roundtrip was meant)
+    would be found later by players and tools that cannot read it: refused before any work."""
+    suffix = Path(dst).suffix.lower()
+    if suffix in AUDIO_EXTENSIONS:
+        raise CodecError(f"{dst}: compress writes .fdc data, not {suffix} audio; name it .fdc (roundtrip writes "
+                         "audio)")
 
 
 def _input_gain(peak: float, source: str) -> float:
@@ -608,6 +617,7 @@ class Codec:
         file. ``cap_kbps``: drop codebooks until the whole file fits this rate (:meth:`fit_on_disk`)."""
         src, dst = Path(src), Path(dst)
         _check_not_input(src, dst)
+        check_fdc_destination(dst)
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps, entropy)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
