@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import soundfile as sf
@@ -82,6 +83,28 @@ def test_a_file_names_a_model_never_where_to_read_one(run, wav, tmp_path, tiny_c
         r = run("decompress", forged, out, "--nfe", "0", "-q", "--model", tiny_codec_dir)
         assert r.exit_code == 0, r.output
         out.unlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_info_on_a_named_pipe_counts_the_bytes_it_read(run, wav, tmp_path, tiny_codec_dir):
+    """`flowdec info <(cat a.fdc)`: stat says 0 bytes for a pipe, which made the rate 0 and the saving 100 %."""
+    import threading
+
+    fdc = tmp_path / "a.fdc"
+    assert run("compress", wav, fdc, "--model", tiny_codec_dir, "-q").exit_code == 0
+    data = fdc.read_bytes()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def serve() -> None:
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    piped = json.loads(run("info", fifo, "--json").output)
+    plain = json.loads(run("info", fdc, "--json").output)
+    assert piped["file_bytes"] == plain["file_bytes"] == len(data)
+    assert piped["actual_bitrate_kbps"] == plain["actual_bitrate_kbps"] > 0
 
 def test_info_json_is_strict_json_whatever_the_header_holds(run, tmp_path):
     """A header's own keys may hold NaN or Infinity (msgpack floats); --json must still parse as JSON."""

@@ -721,7 +721,7 @@ def info(src: Path, as_json: bool) -> None:
     from dataclasses import asdict
 
     from .container import actual_bitrate, bitpacked_file_size, inspect_fdc, inspect_fdc_stream
-    from .streams import stdin_stream
+    from .streams import read_once, stdin_stream
 
     if is_stdio(src):  # read as far as the header declares, so `cat a.fdc b.fdc | flowdec info -` is refused
         header, size = inspect_fdc_stream(stdin_stream(".fdc data"), "-")  # named as decompress names it
@@ -730,8 +730,12 @@ def info(src: Path, as_json: bool) -> None:
             raise Failure(f"{src}: is a folder; give a .fdc file")
         if not src.exists():
             raise Failure(f"{src}: no such file")
-        header = inspect_fdc(src)  # every check, the CRC included; the payload is not decoded
-        size = src.stat().st_size
+        if read_once(src):  # a FIFO or <(cmd): its size is what it holds, not what stat says (0)
+            with open(src, "rb") as stream:
+                header, size = inspect_fdc_stream(stream, str(src))
+        else:
+            header = inspect_fdc(src)  # every check, the CRC included; the payload is not decoded
+            size = src.stat().st_size
     duration = header.duration
     packed = bitpacked_file_size(header)
     fields = asdict(header)
