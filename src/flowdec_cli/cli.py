@@ -69,7 +69,8 @@ def _overwrite_options(f: Callable) -> Callable:
     f = click.option("--json", "as_json", is_flag=True,
                      help="One JSON object per file on stdout: paths, bytes, kbit/s on disk and nominal, "
                           "duration, NFE, seconds, RTF.")(f)
-    f = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries.")(f)
+    f = click.option("-q", "--quiet", is_flag=True,
+                     help="No progress bars or notes; a folder's summary only when a file failed.")(f)
     return f
 
 
