@@ -79,7 +79,7 @@ def test_a_file_names_a_model_never_where_to_read_one(run, wav, tmp_path, tiny_c
         line = _one_error_line(r)
         assert r.exit_code == 1 and "forged.fdc: coded with model" in line and not out.exists(), line
         if named != "tiny-75":
-            assert "named by a path" in line, line
+            assert "is a path; a file may name a model, not where to read one" in line, line
         r = run("decompress", forged, out, "--nfe", "0", "-q", "--model", tiny_codec_dir)
         assert r.exit_code == 0, r.output
         out.unlink()

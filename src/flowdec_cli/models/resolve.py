@@ -162,6 +162,5 @@ def resolve_named_by_data(ref: str, cache_dir: CacheDir = None) -> Path:
     is still looked up as a name); a user's own model is given with ``--model``."""
     ref = str(ref)
     if not is_hub_ref(ref) and (_looks_like_path(ref) or not ref.strip()):
-        raise ModelError(f"the model is named by a path ({ref!r}); a file may name a model, not where to "
-                         "read one: give it with --model")
+        raise ModelError(f"{ref!r} is a path; a file may name a model, not where to read one")
     return resolve_name(ref, cache_dir)
