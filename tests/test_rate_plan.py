@@ -69,13 +69,16 @@ def test_denser_layouts_follow_faster_level_changes():
 
 
 def test_the_34_band_layout_splits_what_30_bands_hold_below_1khz():
-    """Its 8 bands below 1 kHz (in 21 and 43 ms windows) tell a 200 Hz tone from silence at 0-125 Hz, which
+    """Its 8 bands below 1 kHz (in 21, 43 and 85 ms windows) tell a 200 Hz tone from silence at 0-125 Hz, which
     bands30 lump together; above 1 kHz its bands are bands30's (a file's levels there mean the same in both)."""
     b30, b34 = env.LAYOUTS["bands30-21ms"], env.LAYOUTS["bands34-21ms"]
     assert b34.n_bands == 34 and b34.edges_hz[:9] == tuple(125.0 * i for i in range(9))
     assert b34.edges_hz[8:] == b30.edges_hz[4:]
     slow34, slow30 = env.LAYOUTS["bands34-43ms"], env.LAYOUTS["bands30-43ms"]  # the same bands, 43 ms windows
     assert slow34.edges_hz == b34.edges_hz and slow34.window_frames == slow30.window_frames == 2 * b34.window_frames
+    slowest = env.LAYOUTS["bands34-85ms"]  # and 85 ms ones, with the 34 bands' +12 dB lift, not bands15-85ms's 6
+    assert slowest.edges_hz == b34.edges_hz and slowest.window_frames == env.LAYOUTS["bands15-85ms"].window_frames
+    assert slowest.max_boost_db == b34.max_boost_db == 12.0
     t = np.arange(48000) / 48000
     x = (0.3 * np.sin(2 * np.pi * 200 * t))[None].astype(np.float32)
     q30, q34 = env.levels_of_signal(b30, x)[0, 5:-5], env.levels_of_signal(b34, x)[0, 5:-5]

@@ -144,10 +144,11 @@ BANDS15 = _layout("bands15", 63, _EDGES15, 6.0)
 BANDS15_85MS = _layout("bands15-85ms", 16, _EDGES15, 6.0)
 BANDS30_43MS = _layout("bands30-43ms", 8, _EDGES30, 12.0)
 BANDS30_21MS = _layout("bands30-21ms", 4, _EDGES30, 12.0)
+BANDS34_85MS = _layout("bands34-85ms", 16, _EDGES34, 12.0)
 BANDS34_43MS = _layout("bands34-43ms", 8, _EDGES34, 12.0)
 BANDS34_21MS = _layout("bands34-21ms", 4, _EDGES34, 12.0)
-LAYOUTS = {lay.name: lay for lay in (BANDS15, BANDS15_85MS, BANDS30_43MS, BANDS30_21MS, BANDS34_43MS,
-                                     BANDS34_21MS)}
+LAYOUTS = {lay.name: lay for lay in (BANDS15, BANDS15_85MS, BANDS30_43MS, BANDS30_21MS, BANDS34_85MS,
+                                     BANDS34_43MS, BANDS34_21MS)}
 DEFAULT_LAYOUT = BANDS15.name
 
 
