@@ -3,7 +3,7 @@
 # Needs FLOWDEC (the flowdec command line) set by the sourcing script.
 
 # code_pairs CORPUS NDAC PAIRS DEVICE: each training file coded at one of the PAIR_CODEBOOKS counts
-# (default 2 3 4 5: the rate plan's cheapest entries for them, 2.0, 2.75, 5.1 and 7.85 kbit/s), chosen by
+# (default 2 3 4 5: the rate plan's cheapest entries for them, 2.6, 4.35, 5.1 and 7.85 kbit/s), chosen by
 # its position in the list, so the rates share the corpus without coding it once per rate; the coded side
 # gets the side channel of its rate (the layout configs/default-rate-plan.json gives that count; ENVELOPE
 # forces one layout for all). On CUDA the rates run at once. PAIRS_EVERY=N codes only every Nth training

@@ -41,10 +41,12 @@ def test_default_model_has_the_ndac75_ladder_and_its_rate_plan():
     assert codec.ndac.sample_rate == 48000 and codec.ndac.hop_length == 640
     bare = Codec(codec.model, "cpu", envelope=False)
     assert [kbps for _, kbps in bare.bitrates()] == pytest.approx([0.75 * k for k in range(1, 11)])
-    chosen = {kbps: (r.codebooks, r.layout.name) for kbps in (3.0, 4.5, 6.0, 7.5) for r in [codec.choose_rate(kbps)]}
-    assert chosen == {3.0: (3, "bands15-85ms"), 4.5: (3, "bands34-43ms"), 6.0: (3, "bands30-21ms"),
-                      7.5: (4, "bands34-21ms")}
-    assert codec.layout_for(3).name == "bands15-85ms" and codec.layout_for(4).name == "bands34-43ms"
+    chosen = {kbps: (r.codebooks, r.layout.name)
+              for kbps in (2.0, 3.0, 4.5, 6.0, 7.5) for r in [codec.choose_rate(kbps)]}
+    assert chosen == {2.0: (1, "bands34-85ms"), 3.0: (2, "bands34-85ms"), 4.5: (3, "bands34-43ms"),
+                      6.0: (3, "bands30-21ms"), 7.5: (4, "bands34-21ms")}
+    assert codec.layout_for(1).name == "bands15" and codec.layout_for(2).name == "bands34-85ms"
+    assert codec.layout_for(3).name == codec.layout_for(4).name == "bands34-43ms"
     assert codec.layout_for(5).name == "bands34-21ms"
     assert all(kbps >= 0.75 * k for k, kbps in codec.bitrates())
     assert codec.postfilter is not None
