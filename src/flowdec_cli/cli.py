@@ -200,14 +200,13 @@ def _check_pair(src: Path, dst: Path, force: bool) -> None:
 
 
 def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
-          pattern: str | None) -> Iterator[_Job]:
+          pattern: str | None, outputs_are_inputs: bool) -> Iterator[_Job]:
     """Every input below ``src`` that ``wanted`` accepts, mirrored under ``dst`` with ``out_suffix``; hidden
     files and folders are left out (:func:`flowdec_cli.audio.hidden_below`). Where the outputs are inputs of
     the same kind (roundtrip's audio), what lies under ``dst`` is left out too: an earlier run's outputs."""
     from .audio import hidden_below
 
     dst_resolved = dst.resolve()
-    outputs_are_inputs = wanted(Path("output" + out_suffix))
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         rel = path.relative_to(src)
         if hidden_below(rel):
@@ -277,10 +276,11 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
         raise click.UsageError("OUT - (standard output) takes a single input file, not a folder")
     if dst.exists() and not dst.is_dir():
         raise Failure(f"{dst}: is a file; a folder input needs an output folder")
-    if wanted(Path("output" + out_suffix)) and dst.resolve() in (src.resolve(), *src.resolve().parents):
+    outputs_are_inputs = wanted(Path("output" + out_suffix))
+    if outputs_are_inputs and dst.resolve() in (src.resolve(), *src.resolve().parents):
         raise Failure(f"{dst}: holds the input folder {src}, so the audio written there would be read as input "
                       "by the next run; choose an output folder outside it")
-    jobs = list(_jobs(src, dst, wanted, out_suffix, pattern))
+    jobs = list(_jobs(src, dst, wanted, out_suffix, pattern, outputs_are_inputs))
     if not jobs:
         raise Failure(f"{src}: no matching input files found")
     jobs, refused = _collisions(jobs)

@@ -421,7 +421,7 @@ class Codec:
                 gain: float, meter: BandMeter | None = None) -> FdcHeader:
         levels = None
         if meter is not None:
-            levels = quantise(meter.layout, meter.finish(n_frames * self.ndac.hop_length))
+            levels = self._levels_of(meter, n_frames)
         return FdcHeader(
             model_name=self.model.name, model_hash=self.model.ndac_hash, package_version=__version__,
             created_by="flowdec", sample_rate=int(sample_rate), channels=int(channels),
@@ -430,6 +430,10 @@ class Codec:
             model_codebooks=self.ndac.n_codebooks, num_frames=int(n_frames), chunk_frames=self.chunk_frames,
             context_frames=self.ndac.encoder_context_frames, gain=float(gain),
             envelope_layout=meter.layout.name if meter is not None else "", envelope=levels)
+
+    def _levels_of(self, meter: BandMeter, n_frames: int) -> np.ndarray:
+        """The levels a file stores: those of the ``n_frames`` frames' samples the codes cover, quantised."""
+        return quantise(meter.layout, meter.finish(n_frames * self.ndac.hop_length))
 
     @staticmethod
     def _meter(channels: int, point: RatePoint) -> BandMeter | None:
@@ -534,7 +538,7 @@ class Codec:
             for _ in self._model_rate_blocks(read_blocks(src, READ_BLOCK_FRAMES), header.sample_rate,
                                              header.channels, 1.0 / header.gain, meter):
                 pass
-            return quantise(layout, meter.finish(header.num_frames * self.ndac.hop_length))
+            return self._levels_of(meter, header.num_frames)
 
         return self.fit_on_disk(header, codes, cap_kbps, entropy, source=str(src), levels_for=levels_for)
 
