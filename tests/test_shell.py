@@ -84,6 +84,41 @@ def test_a_wav_piped_in_with_its_sizes_left_zero_is_read_whole(wav, tmp_path, ti
     assert not (tmp_path / "b.fdc").exists()
 
 
+@pytest.mark.parametrize("fmt, ext, why", [
+    ("WAV", "wav", "truncated: its header promises 88200 bytes of audio, "),
+    ("AIFF", "aiff", "truncated: its header promises 88208 bytes of audio, "),
+    ("OGG", "ogg", "truncated: the Ogg stream ends without its end-of-stream mark"),
+])
+def test_a_file_cut_short_is_refused_not_coded_in_part(fmt, ext, why, tmp_path, tiny_codec_dir):
+    """libsndfile reads a cut WAV, AIFF or Ogg file up to where its bytes end, as if it were whole."""
+    whole = tmp_path / f"whole.{ext}"
+    sf.write(whole, tone(1.0, 44100), 44100, format=fmt)
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut.{ext}"
+    cut.write_bytes(data[: len(data) // 2])
+    r = invoke("compress", cut, tmp_path / "a.fdc", "-b", "3", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and r.stderr.startswith(f"flowdec: error: {cut}: {why}"), r.stderr
+    assert not (tmp_path / "a.fdc").exists()
+    r = invoke("compress", "-", tmp_path / "b.fdc", "-b", "3", "-m", tiny_codec_dir, "-q", input=cut.read_bytes())
+    assert r.exit_code == 1 and f"-: {why}" in r.stderr, r.stderr
+    r = invoke("compress", whole, tmp_path / "c.fdc", "-b", "3", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 0, r.stderr
+
+
+def test_a_wav_with_an_unknown_length_is_read_to_its_end(wav, tmp_path, tiny_codec_dir):
+    """ffmpeg writing to a pipe declares 0xFFFFFFFF bytes: not a promise, so not a truncation."""
+    import struct
+
+    data = bytearray(wav.read_bytes())
+    at = data.find(b"data")
+    data[4:8] = data[at + 4:at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    (tmp_path / "streamed.wav").write_bytes(data)
+    r = invoke("compress", tmp_path / "streamed.wav", tmp_path / "a.fdc", "-b", "3", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 0, r.stderr
+    r = invoke("info", tmp_path / "a.fdc", "--json")
+    assert json.loads(r.stdout)["num_samples"] == 44100
+
+
 def test_spools_of_a_killed_run_are_swept_by_the_next(wav, tmp_path, tiny_codec_dir, monkeypatch):
     import tempfile
 

@@ -108,30 +108,77 @@ def probe(path: str | os.PathLike) -> AudioInfo:
                          "into flowdec as - (which repairs its copy), or rewrite the file (e.g. sox IN OUT.wav)")
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioError(f"{path}: invalid header (rate {info.samplerate}, channels {info.channels})")
+    truncated = _truncation(path, info)
+    if truncated is not None:
+        raise AudioError(f"{path}: {truncated}")
     return AudioInfo(path, int(info.samplerate), int(info.channels), frames, info.format, info.subtype)
 
 
-def _unsized_wav_data(path: Path) -> tuple[int, int] | None:
-    """For a RIFF WAV whose data chunk declares 0 bytes but is followed by some: (the offset of that size
-    field, the bytes that follow). A writer to a pipe cannot seek back to fill in the sizes, and some leave
-    them 0, which libsndfile reads as an empty file. None for anything else."""
+# A declared size this large is a writer's "unknown length" (0xFFFFFFFF from ffmpeg, about 2 GB from sox and
+# others writing to a pipe), not a promise: such files are read to their end as they are.
+_UNKNOWN_LENGTH = 0x7F000000
+
+
+@dataclass(frozen=True)
+class _AudioChunk:
+    """Where a WAV's ``data`` or an AIFF's ``SSND`` chunk is: the offset of its size field, the size it
+    declares, and the bytes that really follow its header."""
+
+    size_offset: int
+    declared: int
+    present: int
+
+
+def _audio_chunk(path: Path) -> _AudioChunk | None:
+    """The sample chunk of a RIFF WAV or an AIFF/AIFC file, by walking its chunk list; None for any other
+    format or a chunk list that ends first."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            if len(head) < 12:
+                return None
+            if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                order, wanted = "little", b"data"
+            elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+                order, wanted = "big", b"SSND"
+            else:
                 return None
             end = os.fstat(f.fileno()).st_size
             pos = 12
             while pos + 8 <= end:
                 f.seek(pos)
                 chunk = f.read(8)
-                size = int.from_bytes(chunk[4:8], "little")
-                if chunk[:4] == b"data":
-                    follow = end - (pos + 8)
-                    return (pos + 4, follow) if size == 0 and follow > 0 else None
+                size = int.from_bytes(chunk[4:8], order)  # type: ignore[arg-type]
+                if chunk[:4] == wanted:
+                    return _AudioChunk(pos + 4, size, end - (pos + 8))
                 pos += 8 + size + (size & 1)
     except OSError:
         return None
+    return None
+
+
+def _unsized_wav_data(path: Path) -> tuple[int, int] | None:
+    """For a RIFF WAV whose data chunk declares 0 bytes but is followed by some: (the offset of that size
+    field, the bytes that follow). A writer to a pipe cannot seek back to fill in the sizes, and some leave
+    them 0, which libsndfile reads as an empty file. None for anything else."""
+    chunk = _audio_chunk(path)
+    with open(path, "rb") as f:
+        is_wav = f.read(4) == b"RIFF"
+    if chunk is None or not is_wav or chunk.declared != 0 or chunk.present <= 0:
+        return None
+    return chunk.size_offset, chunk.present
+
+
+def _truncation(path: Path, info: object) -> str | None:
+    """Why the file is cut short, or None. libsndfile reads a truncated WAV, AIFF or Ogg file up to where its
+    bytes end and says so only in its log, so a copy cut short would be coded as if it were whole."""
+    chunk = _audio_chunk(path)
+    if chunk is not None and chunk.present < chunk.declared < _UNKNOWN_LENGTH:
+        return (f"truncated: its header promises {chunk.declared} bytes of audio, {max(chunk.present, 0)} are "
+                "there (a copy cut short?)")
+    log = str(getattr(info, "extra_info", ""))
+    if "ended unexpectedly without an End-Of-Stream" in log:
+        return "truncated: the Ogg stream ends without its end-of-stream mark (a copy cut short?)"
     return None
 
 
