@@ -424,3 +424,18 @@ def test_a_fifo_input_is_spooled_like_standard_input(wav, tmp_path, tiny_codec_d
     r = _bash('"$0" -m flowdec_cli compress "$1" "$2" -m "$3" -q & exec 3>"$1"; exec 3>&-; wait $!',
               fifo, tmp_path / "e.fdc", tiny_codec_dir)
     assert r.returncode == 1 and r.stderr == f"flowdec: error: {fifo}: is empty\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [
+    ["info", "{fdc}"], ["info", "{fdc}", "--json"], ["decompress", "{fdc}", "-", "-q", "-m", "{model}"],
+])
+def test_a_full_standard_output_is_named(args, tmp_path, wav, tiny_codec_dir):
+    """A write to standard output fails with no file name; the one line says which output it was."""
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    argv = [a.format(fdc=fdc, model=tiny_codec_dir) for a in args]
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "flowdec_cli", *argv], stdout=full, stderr=subprocess.PIPE,
+                           env={**os.environ, "PYTHONPATH": SRC}, timeout=120, text=True)
+    assert p.returncode == 1 and p.stderr.strip() == "flowdec: error: standard output: No space left on device"

@@ -44,9 +44,28 @@ class Failure(click.ClickException):
         click.echo(error_line(self.format_message()), err=True)
 
 
+def _failed_on_stdout(exc: OSError) -> bool:
+    """Was ``exc`` raised by a write to file descriptor 1? A write to standard output (``> /dev/full``, a
+    full disk under a redirection) fails with no file name; the stream it wrote to is a local of the frame
+    that raised, whatever wraps it (click's echo, our block copy)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    for value in tb.tb_frame.f_locals.values():
+        fileno = getattr(value, "fileno", None)
+        if callable(fileno):
+            with contextlib.suppress(Exception):
+                if fileno() == 1:
+                    return True
+    return False
+
+
 def describe_os_error(exc: OSError) -> str:
     """Disk full, permissions, missing folders: the file and the reason, without the traceback."""
-    return f"{str(exc.filename) + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    name = exc.filename or ("standard output" if _failed_on_stdout(exc) else None)
+    return f"{str(name) + ': ' if name else ''}{exc.strerror or exc}"
 
 
 def _last_line(message: str) -> str:
