@@ -162,6 +162,29 @@ def test_compress_says_what_the_rate_bought(planned_dir, tmp_path):
     assert "5 codebooks = 3.75 kbit/s per channel + side channel bands30-21ms = 7.25 kbit/s nominal" in res.output
 
 
+def test_records_count_the_nominal_rate_as_the_banner_does(planned_dir, tmp_path):
+    """Under a rate plan ``kbps_nominal`` is the entry's rate (codes and side channel), not the codes' own."""
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, 48000), 48000)
+    fdc = tmp_path / "o.fdc"
+    model = ["-m", str(planned_dir)]
+    runs = {
+        "compress": ["compress", str(src), str(fdc), "-b", "7.5", *model, "--json"],
+        "decompress": ["decompress", str(fdc), str(tmp_path / "d.wav"), "--nfe", "0", *model, "--json"],
+        "roundtrip": ["roundtrip", str(src), str(tmp_path / "r.wav"), "-b", "7.5", "--nfe", "0", *model, "--json"],
+        "no side channel": ["compress", str(src), str(tmp_path / "n.fdc"), "-b", "7.5", "--no-envelope", *model,
+                            "--json"],
+    }
+    wanted = {"no side channel": (7.5, 7.5)}  # without the side channel -b 7.5 buys 10 codebooks
+    for what, args in runs.items():
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        rec = json.loads(res.stdout)
+        assert (rec["kbps_nominal"], rec["kbps_codes"]) == wanted.get(what, (7.25, 3.75)), what
+    res = CliRunner().invoke(main, ["compress", str(src), str(tmp_path / "t.fdc"), "-b", "7.5", *model])
+    assert "(7.25 kbit/s nominal" in res.output
+
+
 SPLIT_PLAN = (plan()[:3]  # 1-3 codebooks as PLAN, then the denser layouts with fewer codebooks between them
               + [{"codebooks": 3, "kbps": 4.0, "envelope": "bands30-43ms"}, plan()[3],
                  {"codebooks": 3, "kbps": 5.8, "envelope": "bands30-21ms"},

@@ -481,8 +481,6 @@ def _rate_note(codec: Codec, point: RatePoint) -> str:
     return f"{codes} + side channel {point.layout.name} = {point.kbps:g} kbit/s nominal"
 
 
-def _kbps(header: Any) -> str:
-    return f"{header.nominal_bitrate / 1000:g} kbit/s"
 
 
 def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
@@ -504,16 +502,18 @@ def _check_json(as_json: bool, dst: Path) -> None:
         raise click.UsageError("--json prints to standard output, which OUT - already takes; choose one")
 
 
-def _rates(header: Any, nbytes: int, seconds: float) -> dict[str, Any]:
-    """The figures every per-file JSON record shares."""
+def _rates(header: Any, nbytes: int, seconds: float, nominal_kbps: float) -> dict[str, Any]:
+    """The figures every per-file JSON record shares: ``kbps_nominal`` is the rate as ``-b`` counts it (under
+    a rate plan the codes and their side channel, as the banner says), ``kbps_codes`` the codes' own."""
     from .container import actual_bitrate
 
     duration = header.duration
     on_disk = actual_bitrate(nbytes, duration, header.channels) / 1000
+    codes = header.nominal_bitrate / 1000
     return {"bytes": int(nbytes), "duration_s": duration, "channels": header.channels,
             "sample_rate": header.sample_rate, "n_codebooks": header.n_codebooks,
-            "kbps_nominal": header.nominal_bitrate / 1000, "kbps_on_disk": on_disk, "seconds": seconds,
-            "rtf": seconds / duration if duration else 0.0}
+            "kbps_nominal": nominal_kbps or codes, "kbps_codes": codes, "kbps_on_disk": on_disk,
+            "seconds": seconds, "rtf": seconds / duration if duration else 0.0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -568,13 +568,14 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
         t0 = time.perf_counter()
         res = codec.compress_file(job.src, job.dst, bitrate_kbps=rate.kbps, progress=bars, overwrite=force,
                                   entropy=not no_entropy, cap_kbps=bitrate if fit else None)
-        record = {"command": "compress", **_rates(res.header, res.file_bytes, time.perf_counter() - t0),
+        record = {"command": "compress",
+                  **_rates(res.header, res.file_bytes, time.perf_counter() - t0, res.nominal_kbps),
                   "nfe": None, "model": codec.model.name, "entropy_saving": res.saving,
                   "envelope_bytes": res.header.envelope_bytes}
         saved = f", entropy coding saved {100 * res.saving:.1f} %" if res.header.entropy_coded else ""
         return record, (f"{res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
-                        f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({_kbps(res.header)} "
-                        f"nominal{saved}{_envelope_note(res.header)})")
+                        f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({record['kbps_nominal']:g} "
+                        f"kbit/s nominal{saved}{_envelope_note(res.header)})")
 
     _execute("compress", plan, one, force, skip_existing, quiet, as_json, ".fdc")
 
@@ -628,7 +629,8 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
 def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: float, command: str,
              model: str) -> tuple[dict[str, Any], str]:
     """The record and the text line of a decoded file."""
-    record = {"command": command, **_rates(header, nbytes, seconds), "nfe": res.nfe, "model": model,
+    record = {"command": command, **_rates(header, nbytes, seconds, res.nominal_kbps), "nfe": res.nfe,
+              "model": model,
               "output_sample_rate": res.sample_rate or header.sample_rate, "peak_scaled": res.peak_scaled,
               "envelope": bool(header.envelope_layout)}
     dur = record["duration_s"]

@@ -143,6 +143,7 @@ class CompressResult:
     header: FdcHeader
     codes: np.ndarray = field(repr=False)  # millions of numbers for a song; its shape is in the header
     file_bytes: int = 0
+    nominal_kbps: float = 0.0  # the rate -b counts (Codec.nominal_kbps); 0.0 where no codec said
 
     @property
     def bitpacked_bytes(self) -> int:
@@ -178,6 +179,7 @@ class DecompressResult:
     d0_seconds: float = 0.0  # of ``seconds``: decoding the codes to D0 (the NDAC decoder)
     postfilter_seconds: float = 0.0  # of ``seconds``: the postfilter (0.0 at NFE 0); the rest is I/O and resampling
     envelope_seconds: float = 0.0  # of ``seconds``: applying the file's side channel (0.0 when it has none)
+    nominal_kbps: float = 0.0  # the file's rate as -b counts it, by the decoding model (Codec.nominal_kbps)
 
     @property
     def resampled(self) -> bool:
@@ -412,6 +414,20 @@ class Codec:
                              f"valid rates (kbit/s per channel): {valid}")
         return point
 
+    def _points_of(self, header: FdcHeader) -> list[RatePoint]:
+        """The offered rates a file's header matches: its codebook count with its side channel (none when
+        this model did not code it so)."""
+        layout_name = header.envelope_layout or ""
+        return [p for p in self._points
+                if p.codebooks == header.n_codebooks and (p.layout.name if p.layout else "") == layout_name]
+
+    def nominal_kbps(self, header: FdcHeader) -> float:
+        """A file's nominal kbit/s per channel as ``-b`` counts it: under a rate plan the entry's rate (the
+        codes and their side channel's typical cost), else, or for a file this model's plan does not offer,
+        the codes' own rate that the header records."""
+        here = self._points_of(header)
+        return min(p.kbps for p in here) if here else header.nominal_bitrate / 1000
+
     def choose_codebooks(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> int:
         """The codebook count for a request (:meth:`choose_rate`, whose side channel goes with it)."""
         return self.choose_rate(bitrate_kbps, n_codebooks).codebooks
@@ -591,9 +607,7 @@ class Codec:
         """What :meth:`fit_on_disk` tries, richest first: the rates offered at or below the header's (its
         codebook count with its side channel) with no more codebooks, each with its layout; or, without
         ``other_layouts`` or when the header's rate is not one of them, fewer codebooks of the header's."""
-        layout_name = header.envelope_layout or ""
-        here = [p for p in self._points
-                if p.codebooks == header.n_codebooks and (p.layout.name if p.layout else "") == layout_name]
+        here = self._points_of(header)
         if other_layouts and here:
             top = max(p.kbps for p in here)
             below = [p for p in self._points if p.kbps <= top and p.codebooks <= header.n_codebooks]
@@ -610,7 +624,7 @@ class Codec:
 
         header, codes = self._coded_file(Path(src), n_codebooks, bitrate_kbps, progress, cap_kbps, entropy)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables if entropy else None)
-        return CompressResult(header, codes, len(data)), data
+        return CompressResult(header, codes, len(data), self.nominal_kbps(header)), data
 
     def compress_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                       bitrate_kbps: float | None = None, progress: Progress = _no_progress,
@@ -631,7 +645,7 @@ class Codec:
             raise
         except OSError as exc:
             raise CodecError(f"{dst}: cannot write ({exc.strerror or exc})") from None
-        return CompressResult(header, codes, dst.stat().st_size)
+        return CompressResult(header, codes, dst.stat().st_size, self.nominal_kbps(header))
 
     # -- decompress --------------------------------------------------------------------------------
     def check_header(self, header: FdcHeader, source: str) -> list[str]:
@@ -807,7 +821,8 @@ class Codec:
         return audio, DecompressResult(header, nfe, guard, header.sample_rate, time.perf_counter() - t0,
                                        model=self.model.name, d0_seconds=dec.d0_seconds,
                                        postfilter_seconds=dec.postfilter_seconds,
-                                       envelope_seconds=dec.envelope_seconds, warnings=warnings)
+                                       envelope_seconds=dec.envelope_seconds, warnings=warnings,
+                                       nominal_kbps=self.nominal_kbps(header))
 
     def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int | None = None,
                         solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
@@ -850,7 +865,8 @@ class Codec:
         writer.commit()
         return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0, model=self.model.name,
                                 d0_seconds=dec.d0_seconds, postfilter_seconds=dec.postfilter_seconds,
-                                envelope_seconds=dec.envelope_seconds, warnings=warnings)
+                                envelope_seconds=dec.envelope_seconds, warnings=warnings,
+                                nominal_kbps=self.nominal_kbps(header))
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
@@ -865,7 +881,7 @@ class Codec:
         _check_not_input(src, dst)
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables)
-        comp = CompressResult(header, codes, len(data))
+        comp = CompressResult(header, codes, len(data), self.nominal_kbps(header))
         dec = self.decompress_codes_to_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress,
                                             overwrite)
         return comp, dec
