@@ -439,3 +439,22 @@ def test_a_full_standard_output_is_named(args, tmp_path, wav, tiny_codec_dir):
         p = subprocess.run([sys.executable, "-m", "flowdec_cli", *argv], stdout=full, stderr=subprocess.PIPE,
                            env={**os.environ, "PYTHONPATH": SRC}, timeout=120, text=True)
     assert p.returncode == 1 and p.stderr.strip() == "flowdec: error: standard output: No space left on device"
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="needs a file system that takes any bytes")
+def test_a_name_that_is_not_utf8_comes_out_as_valid_json_with_its_bytes(wav, tmp_path, tiny_codec_dir):
+    """Lone surrogates would be written as escapes that UTF-8 JSON parsers reject."""
+    import base64
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = folder / os.fsdecode(b"caf\xe9.wav")
+    odd.write_bytes(wav.read_bytes())
+    r = invoke("compress", folder, tmp_path / "out", "-b", "3", "-m", tiny_codec_dir, "-q", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "\\ud" not in r.stdout
+    rec = json.loads(r.stdout)
+    assert rec["input"] == str(folder / "caf\ufffd.wav")
+    assert base64.b64decode(rec["input_base64"]) == os.fsencode(odd)
+    assert Path(os.fsdecode(base64.b64decode(rec["output_base64"]))).is_file()
+    assert "output_base64" in rec and "model_base64" not in rec

@@ -14,6 +14,7 @@ A closed pipe (``flowdec models | head -1``) ends the program quietly, as :func:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -23,7 +24,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
 from .exceptions import FlowdecError
@@ -155,16 +156,40 @@ def strict_json(value: Any, indent: int | None = None) -> str:
     Python's ``json`` writes NaN and Infinity, which JSON does not have and strict parsers reject (a
     metric that could not be computed, a forged file's header): they become ``null``. Anything else that
     JSON cannot hold (a path, a tuple's odd member) is written as its ``str``.
+
+    A file name that is not valid UTF-8 reaches Python with its odd bytes as lone surrogates, which JSON
+    can only write as escapes that UTF-8 parsers reject: such a text is written with U+FFFD in their place,
+    and, as a member of an object, with its exact bytes beside it in base64 (``"input"`` and
+    ``"input_base64"``), so a script can still find the file.
     """
+    def text(v: str) -> tuple[str, str | None]:
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(v)
+            return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+        return v, None
+
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return None
         if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
+            out: dict[str, Any] = {}
+            for k, x in v.items():
+                key = text(str(k))[0]
+                if isinstance(x, PurePath):
+                    x = str(x)
+                if isinstance(x, str):
+                    out[key], exact = text(x)
+                    if exact is not None:
+                        out[f"{key}_base64"] = exact
+                else:
+                    out[key] = clean(x)
+            return out
         if isinstance(v, list | tuple):
             return [clean(x) for x in v]
-        if v is None or isinstance(v, bool | int | float | str):
+        if v is None or isinstance(v, bool | int | float):
             return v
-        return str(v)
+        return text(str(v))[0]
 
     return json.dumps(clean(value), indent=indent, allow_nan=False)
