@@ -7,6 +7,7 @@ import os
 
 import pytest
 import soundfile as sf
+import torch
 from click.testing import CliRunner
 
 from flowdec_cli.cli import main
@@ -411,3 +412,28 @@ def test_folder_mode_skips_hidden_files_and_folders(run, tmp_path, tiny_codec_di
                                                                                               "sub/b.fdc"]
     r = run("compress", src / ".hidden.wav", tmp_path / "h.fdc", "-m", tiny_codec_dir, "-q")
     assert r.exit_code == 0 and (tmp_path / "h.fdc").is_file()
+
+
+def test_a_model_that_is_not_there_is_a_usage_error(run, wav, tmp_path, tiny_codec_dir):
+    """Named on the command line, an unknown model is refused once, before any file (exit 2, as click's own
+    bad values); one a file names stays that file's failure (exit 1)."""
+    fdc = tmp_path / "a.fdc"
+    assert run("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    for args in (("compress", wav, tmp_path / "b.fdc"), ("roundtrip", wav, tmp_path / "b.wav"),
+                 ("decompress", fdc, tmp_path / "c.wav")):
+        for ref, why in (("nosuch", "unknown model 'nosuch'"), (tmp_path / "gone", "no such file or folder")):
+            r = run(*args, "-m", ref, "-q")
+            assert r.exit_code == 2 and why in _one_error_line(r), (args, r.output)
+    r = run("decompress", fdc, tmp_path / "d.wav", "-q")  # the file names 'tiny-75', not known here
+    assert r.exit_code == 1 and "coded with model 'tiny-75'" in _one_error_line(r)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the half precisions run on CUDA")
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_a_precision_the_device_cannot_run_is_a_usage_error(precision, run, wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    assert run("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    for args in (("decompress", fdc, tmp_path / "b.wav"), ("roundtrip", wav, tmp_path / "c.wav")):
+        r = run(*args, "-m", tiny_codec_dir, "--precision", precision, "-q")
+        assert r.exit_code == 2 and f"--precision {precision} needs a CUDA device" in _one_error_line(r)
+        assert not (tmp_path / "b.wav").exists() and not (tmp_path / "c.wav").exists()

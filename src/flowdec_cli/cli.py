@@ -409,6 +409,7 @@ def _is_fdc(path: Path) -> bool:
 def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int | None = 0,
                 precision: str = "auto", temperature: float | None = None, envelope: bool | None = None) -> Codec:
     """The codec for a command (the default model when none is named), set up for the passes it runs."""
+    from .models import UnknownModelError
     from .pipeline import Codec
     from .runtime import DeviceError, resolve_device
 
@@ -416,8 +417,11 @@ def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int
         dev = resolve_device(device)
     except DeviceError as exc:
         raise click.UsageError(str(exc)) from None
-    codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir,
-                       temperature=temperature, envelope=envelope)
+    try:
+        codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir,
+                           temperature=temperature, envelope=envelope)
+    except UnknownModelError as exc:
+        raise click.UsageError(str(exc)) from None
     codec.tune_process()  # the CLI owns its process: glibc keeps large CPU buffers mapped (see the method)
     return codec
 
@@ -495,6 +499,17 @@ def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
     except AudioError as exc:
         raise click.UsageError(str(exc)) from None
     return suffix
+
+
+def _check_precision(device: str, precision: str) -> None:
+    """A precision the device cannot run is a usage error, found before any model loads."""
+    from .postfilter import Postfilter
+    from .runtime import DeviceError, resolve_device
+
+    try:
+        Postfilter.settings_for(resolve_device(device), precision)
+    except (DeviceError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _check_json(as_json: bool, dst: Path) -> None:
@@ -601,12 +616,20 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     if nfe is not None:
         check_nfe_option(nfe, solver)
     _check_json(as_json, dst)
+    _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_fdc, suffix, force, pattern)
     _setup(threads)
+    from .models import UnknownModelError
+    from .models.resolve import resolve
     from .pipeline import Decompressor
     from .runtime import DeviceError
 
+    if model is not None:  # found now, not once per file: a name that is no model is a usage error
+        try:
+            resolve(model, cache_dir)
+        except UnknownModelError as exc:
+            raise click.UsageError(str(exc)) from None
     try:
         decoder = Decompressor(model, device, nfe=nfe, precision=precision, cache_dir=cache_dir, tune_process=True,
                                temperature=temperature)
@@ -669,6 +692,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     if nfe is not None:
         check_nfe_option(nfe, solver)
     _check_json(as_json, dst)
+    _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_audio, suffix, force, pattern)
     _setup(threads)

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from .folder import DEFAULT_NFE, MODEL_CARD_NAME, ModelError, default_nfe_for, read_model_card, save_ndac
+    from .folder import (
+        DEFAULT_NFE,
+        MODEL_CARD_NAME,
+        ModelError,
+        UnknownModelError,
+        default_nfe_for,
+        read_model_card,
+        save_ndac,
+    )
     from .loading import (
         Model,
         load_model,
@@ -32,9 +40,10 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_NFE", "MODEL_CARD_NAME", "Model", "ModelError", "default_nfe_for", "load_model", "load_ndac",
            "load_postfilter", "ndac_from_folder", "ndac_from_official", "ndac_state_hash", "pretrained_ref",
-           "read_model_card", "save_ndac"]
+           "read_model_card", "save_ndac", "UnknownModelError"]
 
-_LAZY = {"DEFAULT_NFE": "folder", "MODEL_CARD_NAME": "folder", "ModelError": "folder", "default_nfe_for": "folder",
+_LAZY = {"DEFAULT_NFE": "folder", "MODEL_CARD_NAME": "folder", "ModelError": "folder", "UnknownModelError": "folder",
+         "default_nfe_for": "folder",
          "read_model_card": "folder", "save_ndac": "folder",
          "Model": "loading", "load_model": "loading", "load_ndac": "loading",
          "load_postfilter": "loading", "ndac_from_folder": "loading", "ndac_from_official": "loading",

@@ -19,7 +19,16 @@ from typing import Any
 
 from ..bitrate import bitrate_table
 from ..fileio import atomic_write_bytes
-from .folder import MODEL_CARD_NAME, ModelError, card_rates, default_nfe_for, folder_type, is_model_folder, read_json
+from .folder import (
+    MODEL_CARD_NAME,
+    ModelError,
+    UnknownModelError,
+    card_rates,
+    default_nfe_for,
+    folder_type,
+    is_model_folder,
+    read_json,
+)
 
 __all__ = [
     "OFFICIAL_ZIP_URL", "OFFICIAL_ZIP_SIZE", "OFFICIAL_ZIP_SHA256", "OFFICIAL_LICENCE", "OFFICIAL_MODELS",
@@ -253,9 +262,9 @@ def get_entry(name: str, cache_dir: CacheDir = None) -> RegistryEntry | None:
     return next((e for e in entries(cache_dir) if e.name == name), None)
 
 
-def unknown_model(ref: str, cache_dir: CacheDir = None) -> ModelError:
+def unknown_model(ref: str, cache_dir: CacheDir = None) -> UnknownModelError:
     known = ", ".join(e.name for e in entries(cache_dir))
-    return ModelError(f"unknown model '{ref}'; known: {known}; or give a path or hf://OWNER/REPO")
+    return UnknownModelError(f"unknown model '{ref}'; known: {known}; or give a path or hf://OWNER/REPO")
 
 
 def list_models(cache_dir: CacheDir = None) -> list[dict[str, Any]]:

@@ -51,6 +51,11 @@ class ModelError(FlowdecError):
     """A model that cannot be found or loaded; the message says which and why."""
 
 
+class UnknownModelError(ModelError):
+    """A reference that names no model: no known name, no path that exists. Given on the command line it is
+    a usage error (exit 2), like any other value the command cannot take."""
+
+
 def default_nfe_for(card: dict[str, Any], has_postfilter: bool) -> int:
     """The NFE a model runs at when none is asked for: its card's ``default_nfe``, else :data:`DEFAULT_NFE`;
     0 for a codec without a postfilter (the catalogue's listing and :class:`~.loading.Model` both use this)."""
