@@ -414,16 +414,23 @@ def test_folder_mode_skips_hidden_files_and_folders(run, tmp_path, tiny_codec_di
     assert r.exit_code == 0 and (tmp_path / "h.fdc").is_file()
 
 
-def test_a_model_that_is_not_there_is_a_usage_error(run, wav, tmp_path, tiny_codec_dir):
-    """Named on the command line, an unknown model is refused once, before any file (exit 2, as click's own
-    bad values); one a file names stays that file's failure (exit 1)."""
+def test_a_model_name_that_is_no_model_is_a_usage_error(run, wav, tmp_path, tiny_codec_dir):
+    """Named on the command line, an unknown model is refused once, before any file: a name that is no model
+    exits 2, as click's own bad values; a missing path 1, as a missing input; one a file names stays that
+    file's failure (exit 1)."""
     fdc = tmp_path / "a.fdc"
     assert run("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    folder = tmp_path / "fdcs"
+    folder.mkdir()
+    for name in ("x.fdc", "y.fdc"):
+        (folder / name).write_bytes(fdc.read_bytes())
     for args in (("compress", wav, tmp_path / "b.fdc"), ("roundtrip", wav, tmp_path / "b.wav"),
-                 ("decompress", fdc, tmp_path / "c.wav")):
-        for ref, why in (("nosuch", "unknown model 'nosuch'"), (tmp_path / "gone", "no such file or folder")):
+                 ("decompress", fdc, tmp_path / "c.wav"), ("decompress", folder, tmp_path / "out")):
+        for ref, code, why in (("nosuch", 2, "unknown model 'nosuch'"),
+                               (tmp_path / "gone", 1, "gone: no such file or folder")):
             r = run(*args, "-m", ref, "-q")
-            assert r.exit_code == 2 and why in _one_error_line(r), (args, r.output)
+            assert r.exit_code == code and why in _one_error_line(r), (args, r.output)
+    assert not (tmp_path / "out").exists()
     r = run("decompress", fdc, tmp_path / "d.wav", "-q")  # the file names 'tiny-75', not known here
     assert r.exit_code == 1 and "coded with model 'tiny-75'" in _one_error_line(r)
 

@@ -625,7 +625,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     from .pipeline import Decompressor
     from .runtime import DeviceError
 
-    if model is not None:  # found now, not once per file: a name that is no model is a usage error
+    if model is not None:  # found now, once, not for every file: a name that is no model is a usage error
         try:
             resolve(model, cache_dir)
         except UnknownModelError as exc:

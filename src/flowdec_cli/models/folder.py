@@ -52,8 +52,8 @@ class ModelError(FlowdecError):
 
 
 class UnknownModelError(ModelError):
-    """A reference that names no model: no known name, no path that exists. Given on the command line it is
-    a usage error (exit 2), like any other value the command cannot take."""
+    """A name that is no model flowdec knows (not a path: a missing path is a missing file, as for any input).
+    Given on the command line it is a usage error (exit 2), like any other value the command cannot take."""
 
 
 def default_nfe_for(card: dict[str, Any], has_postfilter: bool) -> int:

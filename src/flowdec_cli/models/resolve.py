@@ -24,7 +24,7 @@ from .catalogue import (
     parse_hub_ref,
     unknown_model,
 )
-from .folder import ModelError, UnknownModelError, is_model_folder
+from .folder import ModelError, is_model_folder
 
 __all__ = ["resolve", "resolve_name", "resolve_named_by_data", "resolve_hub", "pretrained_ref", "hub_offline",
            "hub_cache_dir"]
@@ -146,7 +146,7 @@ def resolve_name(ref: str, cache_dir: CacheDir = None) -> Path:
         if e.name == name and e.hub_repo:
             return resolve_hub(f"hf://{e.hub_repo}")
     if _looks_like_path(ref):
-        raise UnknownModelError(f"{ref}: no such file or folder")
+        raise ModelError(f"{ref}: no such file or folder")
     raise unknown_model(ref, cache_dir)
 
 
