@@ -288,6 +288,10 @@ def test_default_model_setting_and_environment(wav, tmp_path, tiny_codec_dir, mo
     assert invoke("models", "default").stdout.strip() == "flowdec-small"
     assert invoke("compress", wav, tmp_path / "b.fdc", "-q").exit_code == 0
     assert inspect_fdc(tmp_path / "b.fdc").model_name == "flowdec-small"
+    monkeypatch.setenv("FLOWDEC_MODEL", "no-such-model")  # not an option's fault: exit 1, naming the source
+    r = invoke("compress", wav, tmp_path / "c.fdc", "-q")
+    assert r.exit_code == 1 and r.stderr.startswith(
+        "flowdec: error: the default model set in $FLOWDEC_MODEL: unknown model 'no-such-model'"), r.stderr
     monkeypatch.delenv("FLOWDEC_MODEL")
     assert invoke("models", "default", "--reset").exit_code == 0
     assert invoke("models", "default").stdout.strip() == "flowdec-small"

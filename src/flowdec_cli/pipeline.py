@@ -329,12 +329,21 @@ class Codec:
         """A codec for ``ref`` (None: the default model). ``with_postfilter=None`` loads the postfilter only
         when runs of ``nfe`` passes (None: the model's default) need it; ``cache_dir`` is the model cache
         (default ``$FLOWDEC_HOME`` or ``~/.cache/flowdec``)."""
-        from .models.catalogue import default_model_name
+        from .models import ModelError
+        from .models.catalogue import builtin_model_name, chosen_default_model
 
         dev = resolve_device(device)  # before the weights load: a missing GPU is refused at once
+        chosen_in = None
         if ref is None:
-            ref = default_model_name(cache_dir)
-        return cls(load_model(ref, with_postfilter=with_postfilter, cache_dir=cache_dir, nfe=nfe), dev, **kwargs)
+            chosen = chosen_default_model(cache_dir)
+            ref, chosen_in = chosen if chosen else (builtin_model_name(), None)
+        try:
+            model = load_model(ref, with_postfilter=with_postfilter, cache_dir=cache_dir, nfe=nfe)
+        except ModelError as exc:
+            if chosen_in is None:
+                raise
+            raise ModelError(f"the default model set in {chosen_in}: {exc}") from None  # not an option's fault
+        return cls(model, dev, **kwargs)
 
     @classmethod
     def from_pretrained(cls, ref: str | os.PathLike, device: str | torch.device = "auto",
