@@ -118,6 +118,38 @@ def test_a_sigma_file_is_a_file_and_is_not_clobbered(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s_perband.npy"]  # nothing else, no temporary
 
 
+def test_sigma_estimates_are_finite_or_refused(tmp_path):
+    """A NaN beta or sigma_y trains a postfilter of NaN weights with loss 0; it is refused where it is written
+    and where it is read, and settings that make one are refused before any work."""
+    from flowdec_cli.training import estimate_sigma, write_sigma_file
+    from flowdec_cli.training.common import TrainingError
+    from flowdec_cli.training.config import config_from_dict
+    from flowdec_cli.training.postfilter_trainer import sigma_y_from_config
+
+    pairs = [("clean.wav", "coded.wav")]  # not read: the settings are refused first
+    for kwargs, why in (({"n_fft": 7}, "even n_fft"), ({"hop": 0}, "hop from 1"), ({"n_fft": 64, "hop": 100}, "hop"),
+                        ({"alpha": float("nan")}, "alpha nan"), ({"qx": 0.0}, "q_x 0.0")):
+        with pytest.raises(TrainingError, match=why):
+            estimate_sigma(pairs, **kwargs)
+    good = {"type": "flowdec_sigma_estimate", "sigma_y_perband": [0.5] * 768, "sigma_y": 0.5, "beta": 0.3}
+    for field, value in (("beta", float("nan")), ("sigma_y", float("inf"))):
+        with pytest.raises(TrainingError, match=f"{field} came out as NaN"):
+            write_sigma_file(tmp_path / "s.json", {**good, field: value})
+    assert not list(tmp_path.iterdir())
+    cfg = config_from_dict("postfilter", {"sigma": {"mode": "perband", "file": str(tmp_path / "s.json"),
+                                                     "beta_from_file": True}})
+    import json
+
+    for bad, why in (({"beta": None}, "beta is None"), ({"sigma_y_perband": [0.5] * 767 + [float("nan")]},
+                                                        r"sigma_y_perband\[767\] is nan")):
+        (tmp_path / "s.json").write_text(json.dumps({**good, **bad}))
+        with pytest.raises(TrainingError, match=why):
+            sigma_y_from_config(cfg)
+    (tmp_path / "s.json").write_text(json.dumps(good))
+    curve, beta = sigma_y_from_config(cfg)
+    assert beta == 0.3 and torch.isfinite(curve).all()
+
+
 def test_a_mistyped_run_folder_is_not_taken_for_a_hub_repo(tmp_path):
     from flowdec_cli.training.common import TrainingError
     from flowdec_cli.training.prepare import load_trained_ndac

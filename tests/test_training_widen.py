@@ -78,6 +78,9 @@ def test_widening_refuses_bad_factors_and_folded_models():
             widen_ndac(model, encoder_factor=factor)  # type: ignore[arg-type]
     with pytest.raises(TrainingError, match="nothing to widen"):
         widen_ndac(model)
+    for noise in (float("nan"), -1e-3, 2.0):  # NaN noise wrote NaN weights that decoded to noise, silently
+        with pytest.raises(TrainingError, match=r"noise .* is not in"):
+            widen_ndac(model, decoder_factor=2, noise=noise)
     with pytest.raises(TrainingError, match=r"and 100000 \(decoder\): config decoder_dim"):
         widen_ndac(model, decoder_factor=100_000)  # beyond the config's bounds: one clear error
     with pytest.raises(TrainingError, match="folded"):

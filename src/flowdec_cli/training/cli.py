@@ -204,13 +204,15 @@ def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Pat
               help="Pair lists to estimate from (default: data.train of CONFIG).")
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the estimate (default: sigma.file of CONFIG).")
-@click.option("--alpha", type=float, default=None, help="Compression exponent (default: CONFIG's, else 0.3).")
-@click.option("--n-fft", type=int, default=None, help="STFT size (default: CONFIG's, else 1534).")
-@click.option("--hop", type=int, default=None, help="STFT hop (default: CONFIG's, else 384).")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Compression exponent (default: CONFIG's, else 0.3).")
+@click.option("--n-fft", type=click.IntRange(min=16), default=None,
+              help="STFT size, even (default: CONFIG's, else 1534).")
+@click.option("--hop", type=click.IntRange(min=1), default=None, help="STFT hop (default: CONFIG's, else 384).")
 @click.option("--n-samples", type=click.IntRange(min=1), default=2500, show_default=True)
 @click.option("--seed", type=int, default=302, show_default=True)
-@click.option("--qx", type=click.FloatRange(0, 1), default=0.997, show_default=True)
-@click.option("--qrmse", type=click.FloatRange(0, 1), default=0.997, show_default=True)
+@click.option("--qx", type=click.FloatRange(0, 1, min_open=True), default=0.997, show_default=True)
+@click.option("--qrmse", type=click.FloatRange(0, 1, min_open=True), default=0.997, show_default=True)
 @click.option("--delimiter", default=None, help="Pair list delimiter (default: CONFIG's, else ',').")
 @click.option("--device", default="auto", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing estimate.")
@@ -228,6 +230,8 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     from .config import load_config
     from .prepare import estimate_sigma, pairs_from, sigma_file_outputs, write_sigma_file
 
+    if delimiter == "":
+        raise click.BadParameter("an empty delimiter cannot separate the columns", param_hint="--delimiter")
     cfg = load_config(config, "postfilter") if config is not None else None
     lists = [str(p) for p in pair_lists] or (cfg.data.train if cfg is not None else [])
     if not lists:
@@ -237,13 +241,14 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
         raise click.UsageError("give --out FILE, or set sigma.file in the config")
     sigma_file_outputs(target, overwrite=force)  # both outputs, checked before the estimate's minutes of work
     m = cfg.model if cfg is not None else None
-    delim = delimiter or (cfg.data.delimiter if cfg is not None else ",")
+    delim = delimiter if delimiter is not None else (cfg.data.delimiter if cfg is not None else ",")
     try:
         dev = resolve_device(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     est = estimate_sigma(pairs_from(lists, delim), alpha=alpha if alpha is not None else (m.alpha if m else 0.3),
-                         n_fft=n_fft or (m.n_fft if m else 1534), hop=hop or (m.hop_length if m else 384),
+                         n_fft=n_fft if n_fft is not None else (m.n_fft if m else 1534),
+                         hop=hop if hop is not None else (m.hop_length if m else 384),
                          n_samples=n_samples, seed=seed, qx=qx, qrmse=qrmse, device=dev, progress=_bar(quiet))
     write_sigma_file(target, est, overwrite=force)
     if not quiet:
@@ -366,7 +371,7 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
               help="How many times wider the encoder becomes (encoder_dim x factor).")
 @click.option("--decoder-factor", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many times wider the decoder becomes (decoder_dim x factor).")
-@click.option("--noise", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+@click.option("--noise", type=click.FloatRange(0, 1), default=1e-3, show_default=True,
               help="Symmetry-breaking noise on the copied weights, relative to each weight's RMS.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")

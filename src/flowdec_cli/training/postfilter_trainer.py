@@ -42,17 +42,35 @@ def sigma_y_from_config(config: PostfilterTrainConfig) -> tuple[torch.Tensor, fl
     freqs = mc.n_fft // 2 + 1
     beta = mc.beta
     estimate = read_sigma_file(sc.file) if sc.file else None
+
+    def positive(field: str, value: Any) -> float:
+        """A value of the sigma file that the model divides by: NaN there trains NaN weights."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise TrainingError(f"{sc.file}: {field} is {value!r}, not a positive number; run estimate-sigma "
+                                "again (on pairs that are not silent)")
+        return number
+
     if estimate is not None and sc.beta_from_file:
-        beta = float(estimate["beta"])
+        beta = positive("beta", estimate.get("beta"))
     if sc.mode == "perband":
         assert estimate is not None
-        curve = np.asarray(estimate.get("sigma_y_perband") or [], dtype=np.float64)
+        try:
+            curve = np.asarray(estimate.get("sigma_y_perband") or [], dtype=np.float64)
+        except (TypeError, ValueError):
+            curve = np.zeros(0)
         if curve.shape != (freqs,):
             raise TrainingError(f"{sc.file}: holds no per-band sigma_y of {freqs} bands (got shape "
                                 f"{curve.shape}); run estimate-sigma again with this config's n_fft")
+        bad = np.flatnonzero(~(np.isfinite(curve) & (curve > 0)))
+        if bad.size:
+            positive(f"sigma_y_perband[{bad[0]}]", float(curve[bad[0]]))
         smooth = gaussian_smooth(curve, sc.smoothing_bins) if sc.smoothing_bins > 0 else curve
         return torch.from_numpy(smooth * sc.factor).reshape(freqs, 1), beta
-    value = float(estimate["sigma_y"]) if estimate is not None else sc.value
+    value = positive("sigma_y", estimate.get("sigma_y")) if estimate is not None else sc.value
     return torch.full((freqs, 1), value * sc.factor, dtype=torch.float64), beta
 
 

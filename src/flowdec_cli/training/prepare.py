@@ -100,6 +100,11 @@ def estimate_sigma(pairs: Sequence[tuple[str, str]], alpha: float = 0.3, n_fft: 
     """
     if not pairs:
         raise TrainingError("no (clean, coded) pairs to estimate sigma_y from")
+    if n_fft < 16 or n_fft % 2 or not 1 <= hop <= n_fft:
+        raise TrainingError(f"n_fft {n_fft} and hop {hop}: the feature map's STFT needs an even n_fft of at least "
+                            "16 and a hop from 1 to n_fft")
+    if not (0 < alpha <= 1 and 0 < qx <= 1 and 0 < qrmse <= 1):
+        raise TrainingError(f"alpha {alpha}, q_x {qx}, q_rmse {qrmse}: each must be in (0, 1]")
     rng = np.random.default_rng(seed)
     count = min(int(n_samples), len(pairs))
     chosen = rng.choice(len(pairs), size=count, replace=False)
@@ -185,9 +190,14 @@ def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any], overwrit
     curve as ``<stem>_perband.npy`` (768 float64, the official file's layout), each written atomically.
     With ``overwrite=False`` neither may exist yet (:class:`TrainingError`, both left as they are)."""
     path, npy = sigma_file_outputs(path, overwrite)
+    curve = np.asarray(estimate["sigma_y_perband"], dtype=np.float64)
+    for field, value in (("beta", estimate["beta"]), ("sigma_y", estimate["sigma_y"]), ("the per-band curve", curve)):
+        if not np.all(np.isfinite(value)):  # JSON cannot hold it, and a trainer dividing by it learns NaN
+            raise TrainingError(f"{path}: not written: {field} came out as NaN or infinite (pairs that are "
+                                "silent, or settings such as --alpha or --qx outside their range?)")
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.save(buf, np.asarray(estimate["sigma_y_perband"], dtype=np.float64))
+    np.save(buf, curve)
     atomic_write_bytes(npy, buf.getvalue())
     atomic_write_bytes(path, (json.dumps({**estimate, "perband_npy": npy.name}, indent=1) + "\n").encode())
     return path

@@ -75,6 +75,8 @@ def widen_ndac(model: NDAC, *, encoder_factor: int = 1, decoder_factor: int = 1,
     decoder_factor = _check_factor("decoder", decoder_factor)
     if encoder_factor == decoder_factor == 1:
         raise TrainingError("nothing to widen: both widening factors are 1")
+    if not 0 <= noise <= 1:  # NaN fails this too: it would write NaN weights that decode to noise, silently
+        raise TrainingError(f"noise {noise} is not in [0, 1] (relative to each weight's RMS)")
     settings = model.config.to_dict()
     settings["encoder_dim"] = int(settings["encoder_dim"]) * encoder_factor
     settings["decoder_dim"] = int(settings["decoder_dim"]) * decoder_factor
