@@ -618,3 +618,19 @@ def test_a_forked_child_leaves_sigterm_to_its_parent():
         child.start()
         child.join(10)
     assert child.exitcode == 0
+
+
+def test_a_folder_that_refuses_the_temporary_names_the_output(tmp_path, monkeypatch):
+    """The temporary beside an output is ours; a read-only folder is reported as the output's failure."""
+    import errno
+    import tempfile
+
+    from flowdec_cli.fileio import atomic_write_bytes
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".x.toml.flowdec-h-1.abc.part"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(tmp_path / "x.toml", b"data")
+    assert info.value.filename == str(tmp_path / "x.toml") and info.value.errno == errno.EROFS

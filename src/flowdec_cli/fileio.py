@@ -197,7 +197,10 @@ def temporary_sibling(path: str | os.PathLike, suffix: str = ".part") -> Path:
     # a device's folder (/dev) is not ours to write in, nor on the same file system as anything we make
     folder = Path(tempfile.gettempdir()) if output_is_sink(path) else path.parent
     _sweep_once(folder)
-    fd, tmp = tempfile.mkstemp(prefix=_owned_prefix(folder, path.name, suffix), suffix=suffix, dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_owned_prefix(folder, path.name, suffix), suffix=suffix, dir=folder)
+    except OSError as exc:  # a read-only or full folder: the user's output is what cannot be written
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     try:
         os.close(fd)
     except BaseException:
