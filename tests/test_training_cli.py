@@ -287,3 +287,30 @@ def test_a_run_ended_by_timeout_saves_its_steps_although_its_loader_workers_get_
     assert "DataLoader" not in err and "unexpected" not in err, err
     latest = (tmp_path / "runs" / "ndac" / "checkpoints" / "latest").read_text().strip()
     assert int(latest.split("-")[1]) >= 3
+
+
+def test_one_bad_file_of_a_batch_is_reported_and_the_others_are_used(tmp_path, tiny_codec_dir):
+    """prepare-pairs and entropy-tables over a corpus with a file that is not audio and one with NaN."""
+    import shutil
+
+    clips = tmp_path / "clips"
+    write_clips(clips, 3, seconds=0.5)
+    (clips / "junk.wav").write_text("not audio")
+    nan = np.zeros(4800, np.float32)
+    nan[10] = np.nan
+    sf.write(clips / "nan.wav", nan, 48000, subtype="FLOAT")
+    r = _run("train", "prepare-pairs", clips, "--ndac", tiny_codec_dir, "-o", tmp_path / "pairs", "-n", "2",
+             "--device", "cpu", "-q")
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 3 and "Traceback" not in r.output, r.output
+    assert "junk.wav: not a readable audio file" in lines[0] and "nan.wav: contains NaN" in lines[1]
+    assert lines[2] == "flowdec: error: 2 file(s) could not be read; the other 3 were used"
+    summary = json.loads((tmp_path / "pairs" / "prepare.json").read_text())
+    assert summary["files"] == 3 and sum(summary["pairs"].values()) == 3 and len(summary["failed"]) == 2
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_codec_dir, folder)
+    r = _run("train", "entropy-tables", folder, clips, "--prev-classes", "4", "--up-classes", "4")
+    assert r.exit_code == 1 and "from 3 files" in r.output and "junk.wav: not a readable audio file" in r.output
+    assert (folder / "entropy.safetensors").is_file()
+    r = _run("train", "entropy-tables", folder, clips / "clip00.wav", "-f")
+    assert r.exit_code == 1 and "clip00.wav: not a file list" in _one_error_line(r)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import Failure, FlowdecGroup
+from ..errors import Failure, FlowdecGroup, error_line
 from ..options import temperature_option
 
 __all__ = ["train_group"]
@@ -196,6 +196,16 @@ def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Pat
         p = summary["pairs"]
         click.echo(f"flowdec: {summary['files']} files at n_codebooks {summary['n_codebooks']}: "
                    f"{p['train']} train, {p['validation']} validation, {p['test']} test pairs in {out_dir}", err=True)
+    _failed_files(summary["failed"], summary["files"])
+
+
+def _failed_files(failed: list[str], done: int) -> None:
+    """A batch's bad files, each on its error line, after the others were done; then exit 1."""
+    if not failed:
+        return
+    for line in failed:
+        click.echo(error_line(line), err=True)
+    raise Failure(f"{len(failed)} file(s) could not be read; the other {done} were used")
 
 
 @train_group.command("estimate-sigma")
@@ -362,6 +372,7 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
         mean = sum(bits) / len(bits) if bits else 0.0
         click.echo(f"flowdec: entropy tables {tables.id} from {stats['files']} files ({stats['frames']} frames): "
                    f"{mean:.2f} bits per code on them against {stats['nominal_bits']} -> {path}", err=True)
+    _failed_files(stats["failed"], stats["files"])
 
 
 @train_group.command("widen-ndac")

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..entropy import CodebookModel, EntropyTables, freqs_from_counts
+from ..exceptions import FlowdecError
+from .common import TrainingError
 
 __all__ = ["TableSettings", "code_files", "learn_tables", "cross_entropy_bits", "build_tables_for_model"]
 
@@ -143,19 +145,33 @@ def read_file_list(path: Path) -> list[Path]:
 
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no such file list or folder") from None
+    except UnicodeDecodeError:
+        raise TrainingError(f"{path}: not a file list (one audio path per line) or a folder") from None
     return [(path.parent / ln) for ln in lines if ln and not ln.startswith("#")]
 
 
-def code_files(codec: Any, files: Iterable[Path], progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """The codes [K, T] of every channel of every file, at the model's full codebook count."""
+def code_files(codec: Any, files: Iterable[Path], progress: Callable[[int], None] | None = None,
+               failed: list[str] | None = None) -> list[np.ndarray]:
+    """The codes [K, T] of every channel of every file, at the model's full codebook count. A file that
+    cannot be read or coded raises, or with a ``failed`` list is noted there (its one-line reason) and left
+    out, so that one bad file of a corpus does not lose the others."""
     from ..audio import read_audio
 
     out: list[np.ndarray] = []
     for path in files:
-        audio, sr = read_audio(path)
-        _header, codes = codec.compress_array(audio, sr, n_codebooks=codec.ndac.n_codebooks)
-        out.extend(np.asarray(c, dtype=np.int16) for c in codes)
+        try:
+            audio, sr = read_audio(path)
+            _header, codes = codec.compress_array(audio, sr, n_codebooks=codec.ndac.n_codebooks)
+        except FlowdecError as exc:
+            if failed is None:
+                raise
+            failed.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+        else:
+            out.extend(np.asarray(c, dtype=np.int16) for c in codes)
         if progress is not None:
             progress(1)
     return out
@@ -181,15 +197,18 @@ def build_tables_for_model(model_ref: str | os.PathLike, sources: Sequence[Path]
     if not files:
         raise ValueError("no audio files in the given sources")
     bar = progress("code files", len(files)) if progress else None
-    arrays = code_files(codec, files, (lambda n: bar.update(n)) if bar is not None else None)
+    failed: list[str] = []
+    arrays = code_files(codec, files, (lambda n: bar.update(n)) if bar is not None else None, failed)
     if bar is not None:
         bar.close()
+    if not arrays:
+        raise TrainingError(f"no file could be coded ({len(failed)} failed; the first: {failed[0]})")
     tables = learn_tables(arrays, codec.ndac.codebook_size, settings, ndac_hash=codec.model.ndac_hash,
                           info={"trained_on": ", ".join(str(Path(s).name) for s in sources),
                                 "files": str(len(files)), "every": str(every)})
     path = save_tables(tables, out)
     bits = [cross_entropy_bits(tables, arrays, k) for k in range(tables.n_codebooks)]
     nominal = max(1, (codec.ndac.codebook_size - 1).bit_length())
-    stats = {"files": len(files), "frames": int(sum(a.shape[1] for a in arrays)),
+    stats = {"files": len(files) - len(failed), "failed": failed, "frames": int(sum(a.shape[1] for a in arrays)),
              "bits_per_code": [b / n if n else 0.0 for b, n in bits], "nominal_bits": nominal}
     return path, tables, stats

@@ -297,6 +297,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     sr = model.sample_rate
     chunk_frames = max(1, int(chunk_seconds * model.frame_rate))
     written = skipped = 0
+    failed: list[str] = []  # one bad file of a corpus is reported, and the others are coded
     bar = progress("prepare-pairs", len(items) * len(ks)) if progress is not None else None
     try:
         for it in items:
@@ -306,7 +307,10 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
                 try:
                     x = load_mono(it.path, sr)
                 except DataError as exc:
-                    raise TrainingError(str(exc)) from None
+                    failed.append(str(exc))
+                    if bar is not None:
+                        bar.update(len(targets))
+                    continue
                 audio = torch.from_numpy(x)[None, None].to(model_device(model))
                 codes = model.encode_chunked(audio, max(ks), chunk_frames)
                 # The side channel spans the codes, as in Codec.encode/decode: the input zero-padded to
@@ -333,6 +337,8 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     finally:
         if bar is not None:
             bar.close()
+    if len(failed) == len(items):
+        raise TrainingError(f"no file could be read ({len(failed)} failed; the first: {failed[0]})")
     try:
         for name, pairs in lists.items():
             write_pairs(out / f"{name}.txt", pairs)
@@ -344,7 +350,8 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
         "envelope": layout.name if layout is not None else "",
         "n_codebooks": ks,
         "bitrates_kbps": [round(model.bitrate(k) / 1000, 4) for k in ks],
-        "files": len(items),
+        "files": len(items) - len(failed),
+        "failed": failed,
         "pairs": {name: len(pairs) for name, pairs in lists.items()},
         "written": written,
         "kept": skipped,
