@@ -513,6 +513,25 @@ def test_export_errors_name_the_users_files_not_our_staging_folder(tmp_path, mon
         export_model(src, tmp_path / "ro")
 
 
+@pytest.mark.parametrize("damage, why", [
+    (lambda src: (src / "flowdec.json").write_text("{bad"), "flowdec.json: unreadable"),
+    (lambda src: (src / "flowdec.json").write_text("[]"), "flowdec.json: not a model card"),
+    (lambda src: (src / "entropy.safetensors").write_bytes(b"\0" * 1000), "entropy.safetensors: unreadable"),
+    (lambda src: (src / "ndac" / "config.json").write_text('{"x": 1}'), "ndac: config type is None"),
+])
+def test_export_publishes_only_a_model_that_loads(tmp_path, damage, why):
+    """A broken card was rewritten from defaults (losing the rate plan), broken tables or configs copied:
+    the export looked fine and the model failed, or behaved as another, when used."""
+    from flowdec_cli.models.cards import export_model
+
+    src = tmp_path / "src"
+    shutil.copytree(catalogue.embedded_folders()["flowdec-small"], src)
+    damage(src)
+    with pytest.raises(ModelError, match=why):
+        export_model(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_default_model_setting_is_a_model_and_a_broken_one_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(catalogue.DEFAULT_MODEL_ENV, raising=False)

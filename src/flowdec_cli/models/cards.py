@@ -12,8 +12,14 @@ from ..bitrate import bitrate_table
 from ..checkpoints import CheckpointError, load_model_folder, weights_hash
 from ..exceptions import FlowdecError
 from .catalogue import CacheDir, parse_hub_ref
-from .folder import ENTROPY_TABLES_NAME, MODEL_CARD_NAME, ModelError, ModelFolderBuilder, folder_type, read_json
-from .loading import ndac_from_official
+from .folder import (
+    ENTROPY_TABLES_NAME,
+    ModelError,
+    ModelFolderBuilder,
+    folder_type,
+    read_model_card,
+)
+from .loading import load_model, ndac_from_official
 from .resolve import resolve
 
 __all__ = ["hub_licence", "model_card_markdown", "export_model"]
@@ -129,7 +135,7 @@ def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLi
                 card = {"name": src.parent.name or "ndac", "licence": "unknown",
                         "source": str(src), "weights": {"ndac": weights_hash(ndac.state_dict())}}
             elif (src / "ndac").is_dir():
-                card = read_json(src / MODEL_CARD_NAME)
+                card = read_model_card(src)  # strict: a broken card is the source's fault, never rewritten
                 for comp in ("ndac", "postfilter"):
                     if (src / comp).is_dir():
                         build.copy_component(src / comp, comp)
@@ -152,10 +158,23 @@ def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLi
             else:
                 card["name"] = base
             build.write_card(card, model_card_markdown(card, repo_id))
+            _check_loads(build.path, src)
             build.publish_into()
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
     return dest
+
+
+def _check_loads(staged: Path, src: Path) -> None:
+    """The exported folder loads as a model does when it is used (codec, postfilter, entropy tables), so an
+    export never publishes a model that fails only later; the files at fault are named in ``src``."""
+    from ..entropy import EntropyError, tables_for_model_folder
+
+    try:
+        load_model(staged, "cpu", with_postfilter=True)
+        tables_for_model_folder(staged)
+    except (FlowdecError, EntropyError) as exc:
+        raise ModelError(str(exc).replace(str(staged), str(src))) from None
 
 
 def _complete_card(card: dict[str, Any], folder: Path) -> None:

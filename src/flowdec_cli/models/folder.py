@@ -92,8 +92,8 @@ def read_model_card(folder: Path) -> dict[str, Any]:
         data = json.loads(card.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{card}: unreadable ({exc})") from None
-    if not isinstance(data, dict):
-        return {}
+    if not isinstance(data, dict):  # a model run without its card would behave as another model
+        raise ModelError(f"{card}: not a model card (a JSON object), but a JSON {type(data).__name__}")
     nfe = data.get("default_nfe")
     if nfe is not None and (not is_integer(nfe) or not 0 <= nfe <= MAX_DEFAULT_NFE
                             or nfe % 2):
