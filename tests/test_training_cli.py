@@ -314,3 +314,14 @@ def test_one_bad_file_of_a_batch_is_reported_and_the_others_are_used(tmp_path, t
     assert (folder / "entropy.safetensors").is_file()
     r = _run("train", "entropy-tables", folder, clips / "clip00.wav", "-f")
     assert r.exit_code == 1 and "clip00.wav: not a file list" in _one_error_line(r)
+
+
+@pytest.mark.parametrize("name", ["a/b", "../up", "~x", "model.safetensors"])
+def test_a_model_is_not_exported_under_a_name_its_files_could_not_name(tmp_path, tiny_codec_dir, name):
+    """A .fdc names its model and a path-like name there is refused, so such a model could never decode
+    its own files by name."""
+    r = _run("train", "export", tmp_path / "out", "--ndac", tiny_codec_dir, "--name", name, "-q")
+    assert r.exit_code == 1 and "looks like a path" in _one_error_line(r)
+    assert not (tmp_path / "out").exists()
+    r = _run("train", "export", tmp_path / "out", "--ndac", tiny_codec_dir, "--trained-codebooks", "x", "-q")
+    assert r.exit_code == 2 and "--trained-codebooks" in r.output

@@ -26,8 +26,8 @@ from .catalogue import (
 )
 from .folder import ModelError, is_model_folder
 
-__all__ = ["resolve", "resolve_name", "resolve_named_by_data", "resolve_hub", "pretrained_ref", "hub_offline",
-           "hub_cache_dir"]
+__all__ = ["resolve", "resolve_name", "resolve_named_by_data", "check_model_name", "resolve_hub", "pretrained_ref",
+           "hub_offline", "hub_cache_dir"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^\s/]+)?$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.md"]
@@ -153,6 +153,14 @@ def resolve_name(ref: str, cache_dir: CacheDir = None) -> Path:
 def _looks_like_path(ref: str) -> bool:
     return any(s in ref for s in ("/", "\\")) or ref.startswith(("~", ".")) or \
         ref.endswith((".pth", ".ckpt", ".safetensors", ".json"))
+
+
+def check_model_name(name: str) -> None:
+    """A name a model is saved under travels in every .fdc it codes, and :func:`resolve_named_by_data`
+    refuses path-like ones there: such a model could never decode its files by name. ModelError if so."""
+    if not is_hub_ref(name) and (_looks_like_path(name) or not name.strip()):
+        raise ModelError(f"model name {name!r} looks like a path; the .fdc files it codes would name it, and "
+                         "a file may name a model, not where to read one: choose a plain name")
 
 
 def resolve_named_by_data(ref: str, cache_dir: CacheDir = None) -> Path:

@@ -141,7 +141,7 @@ def _json_file(path: Path) -> Any:
         raise click.BadParameter(f"{path}: not a readable JSON file ({exc})") from None
 
 
-def _codebook_list(values: tuple[str, ...]) -> list[int]:
+def _codebook_list(values: tuple[str, ...], option: str = "--n-codebooks") -> list[int]:
     out: list[int] = []
     for v in values:
         for part in str(v).split(","):
@@ -151,7 +151,7 @@ def _codebook_list(values: tuple[str, ...]) -> list[int]:
             try:
                 out.append(int(part))
             except ValueError:
-                raise click.BadParameter(f"'{part}' is not a whole number", param_hint="--n-codebooks") from None
+                raise click.BadParameter(f"'{part}' is not a whole number", param_hint=option) from None
     return out
 
 
@@ -308,8 +308,9 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
     """
     from .export import export_model
 
+    trained = _codebook_list(trained_codebooks, "--trained-codebooks")
     out = export_model(out_dir, ndac_ref, pf_ref, name=name, licence=licence, description=description,
-                       ema=not raw, trained_codebooks=_codebook_list(trained_codebooks), force=force,
+                       ema=not raw, trained_codebooks=trained, force=force,
                        default_nfe=default_nfe, temperature=temperature, envelope=envelope,
                        envelope_before_postfilter=envelope_before_postfilter,
                        rate_plan=_json_file(rate_plan_file) if rate_plan_file else None)

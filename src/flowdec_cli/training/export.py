@@ -94,9 +94,14 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     from ..bitrate import bitrate_table, nominal_bitrate
     from ..models.folder import ENTROPY_TABLES_NAME, ModelError, ModelFolderBuilder
     from ..models.loading import ndac_from_folder, ndac_state_hash
+    from ..models.resolve import check_model_name
     from ..postfilter import Postfilter
 
     out = Path(out_dir).expanduser()
+    try:
+        check_model_name(name or out.name)
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
     if out.exists() and not out.is_dir():
         raise TrainingError(f"{out}: is a file; give a folder to export into")
     if out.exists() and any(out.iterdir()) and not force:
