@@ -114,6 +114,10 @@ def test_local_fdc_tree_is_byte_identical_to_compress(reference, tmp_path):
     r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "--json")
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert (summary["done"], summary["done_before"], summary["failed"]) == (0, 3, 1)
+    r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "-q")  # failures, no summary
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 2 and "broken.wav" in lines[0], r.output
+    assert lines[1] == f"flowdec: error: 1 of 4 files failed; listed in {out / '_failures.csv'}"
 
 
 def test_local_parquet_codes_resume_failures_and_decode(reference, tmp_path, monkeypatch):

@@ -115,7 +115,10 @@ def _finish(summary: Any, out: Path, quiet: bool, as_json: bool, verb: str) -> N
                                "seconds": summary.seconds, "audio_seconds_per_second": summary.speed,
                                "engine": summary.engine, "shards": summary.shards, "output": str(out),
                                "failures": str(out / FAILURES) if summary.failed else None}))
-    if not quiet or summary.failed:
+    if quiet and summary.failed:  # the failures, not the summary (as -q promises)
+        click.echo(error_line(f"{len(summary.failed)} of {summary.total} files failed; listed in "
+                              f"{out / FAILURES}"), err=True)
+    elif not quiet:
         parts = [f"{summary.done} {verb}", f"{summary.skipped} done before", f"{len(summary.failed)} failed"]
         speed = (f"; {_human(summary.audio_seconds)} of audio in {_human(summary.seconds)} "
                  f"({summary.speed:.1f} s of audio per second)" if summary.done else "")
