@@ -83,12 +83,25 @@ def test_toml_and_yaml_agree_and_overrides_apply(tmp_path):
     ("[model]\nencoder_rates = [2, 4]\ndecoder_rates = [8, 8]\n", "different products"),
     ("[train]\namp = 'fp8'\n", "train.amp"),
     ("[model\n", "invalid TOML"),
+    # values that trained on anyway, or failed later as "unexpected ValueError" naming no file or key
+    ("[data]\nsegment_seconds = 0\n", "data.segment_seconds must be a positive number"),
+    ("[optim]\nlr = nan\n", "optim.lr must be a positive number"),
+    ("[model]\ncodebook_size = 1\n", "model: codebook_size must be at least 2"),
+    ("[model]\nsample_rate = 0\n", "model: sample_rate must be positive"),
+    ("[model]\nn_codebooks = 0\n", "model: n_codebooks must be positive"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=f"{re.escape(str(path))}: .*{message}"):
         load_config(path, "ndac")
+
+
+def test_a_postfilter_config_without_channel_multipliers_is_named(tmp_path):
+    path = tmp_path / "pf.toml"
+    path.write_text("[model]\nbackbone = 'ncsnpp'\nch_mult = []\n")
+    with pytest.raises(ConfigError, match=r"model\.ch_mult must list at least one"):
+        load_config(path, "postfilter")
 
 
 def test_a_binary_file_as_config_is_one_clear_error(tmp_path):

@@ -63,6 +63,8 @@ class NDACConfig:
         for name in ("encoder_dim", "decoder_dim", "n_codebooks", "codebook_size", "codebook_dim", "sample_rate"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if int(self.codebook_size) < 2:  # one entry carries no bits: no .fdc could hold its codes
+            raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
         self._check_bounds()
 
     def _check_bounds(self) -> None:

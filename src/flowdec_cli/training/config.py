@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,13 @@ class NDACTrainConfig:
     kind = "ndac"
 
     def validate(self) -> None:
+        from ..ndac import NDACConfig
+
         m = self.model
+        try:  # the codec's own bounds, named by their section before anything is built on them
+            NDACConfig.from_kwargs(asdict(m))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model: {exc}") from None
         if math.prod(m.encoder_rates) != math.prod(m.decoder_rates):
             raise ConfigError(f"model.encoder_rates {m.encoder_rates} and model.decoder_rates {m.decoder_rates} "
                               "have different products")
@@ -225,7 +231,8 @@ class NDACTrainConfig:
             raise ConfigError("optim.lr_final must be positive (or absent: the lr_gamma schedule)")
         if self.optim.revive_dead_codes_every < 0:
             raise ConfigError("optim.revive_dead_codes_every must be at least 0 (0 = off)")
-        _check_common(self.data.batch_size, self.data.gain_db, self.train, self.data.validation_fraction)
+        _check_common(self.data.batch_size, self.data.gain_db, self.train, self.data.validation_fraction,
+                      self.optim.lr, self.data.segment_seconds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,6 +373,8 @@ class PostfilterTrainConfig:
         m = self.model
         if m.backbone not in ("ncsnpp", "framewise"):
             raise ConfigError(f"model.backbone must be 'ncsnpp' or 'framewise', got {m.backbone!r}")
+        if m.backbone == "ncsnpp" and not m.ch_mult:
+            raise ConfigError("model.ch_mult must list at least one channel multiplier")
         if m.backbone == "framewise":
             for key in ("dim", "intermediate_dim", "num_blocks", "kernel_size", "fourier_size"):
                 if getattr(m, key) < 1:
@@ -378,12 +387,18 @@ class PostfilterTrainConfig:
         if (m.n_fft // 2 + 1) % factor or m.pad_multiple % factor:
             raise ConfigError(f"model: n_fft // 2 + 1 and pad_multiple must be divisible by {factor} "
                               f"(2 ** (len(ch_mult) - 1))")
-        _check_common(self.data.batch_size, self.data.gain_db, self.train, 0.0)
+        _check_common(self.data.batch_size, self.data.gain_db, self.train, 0.0, self.optim.lr,
+                      self.data.segment_seconds)
 
 
-def _check_common(batch_size: int, gain_db: list[float], train: TrainLoopConfig, fraction: float) -> None:
+def _check_common(batch_size: int, gain_db: list[float], train: TrainLoopConfig, fraction: float, lr: float,
+                  segment_seconds: float) -> None:
     if batch_size < 1:
         raise ConfigError("data.batch_size must be at least 1")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"optim.lr must be a positive number, got {lr}")
+    if not (math.isfinite(segment_seconds) and segment_seconds > 0):
+        raise ConfigError(f"data.segment_seconds must be a positive number, got {segment_seconds}")
     if len(gain_db) != 2 or gain_db[0] > gain_db[1]:
         raise ConfigError("data.gain_db must be [low, high] with low <= high")
     if train.amp not in ("auto", "bf16", "fp16", "none"):
