@@ -356,6 +356,15 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
         def bitrates(self):
             return [(2, 1.5), (8, 6.0)]
 
+        def choose_rate(self, bitrate_kbps):  # as the real one: the highest offered rate not above it
+            from flowdec_cli.envelope import RatePoint, plan_point
+            from flowdec_cli.exceptions import FlowdecError
+
+            point = plan_point([RatePoint(k, r, None) for k, r in self.bitrates()], bitrate_kbps)
+            if point is None:
+                raise FlowdecError(f"{bitrate_kbps:g} kbit/s is below the lowest rate of model 'fake-model'")
+            return point
+
         def compress_array(self, audio, sample_rate, n_codebooks=None, bitrate_kbps=None):
             assert n_codebooks is None  # by rate: a rate plan may give one count several side channels
             return {"n": {r: k for k, r in self.bitrates()}[bitrate_kbps]}, audio.copy()
@@ -397,8 +406,12 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
               "--force")
     assert res.exit_code == 0, res.output
 
-    res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "3")
-    assert res.exit_code == 1 and "not offered" in res.output
+    res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "3,7.5", "--nfe", "2", "-m", "si_sdr",
+              "--json")  # what -b 3 and -b 7.5 give, as compress picks them
+    assert res.exit_code == 0, res.output
+    assert sorted({r["kbps"] for r in json.loads(res.stdout)["rows"]}) == ["1.5", "6"]
+    res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "1")  # as compress -b 1 would
+    assert res.exit_code == 1 and res.output.startswith("flowdec: error: 1 kbit/s is below the lowest rate")
     for bad in ("-1", "3"):  # midpoint takes an even number of passes
         res = run(eval_command, "--codec", "fake-model", ref, "--nfe", bad)
         assert res.exit_code == 2 and f"--nfe {bad}" in res.output

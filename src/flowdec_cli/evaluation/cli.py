@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..errors import Failure, error_line
+from ..exceptions import FlowdecError
 from ..fileio import OutputExistsError, atomic_write_bytes
 from ..options import check_nfe_option
 from .metrics import (
@@ -307,7 +308,7 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
         raise
     except OutputExistsError as exc:
         raise _exists(exc.path) from exc
-    except (AudioReadError, ValueError, MetricError) as exc:
+    except (AudioReadError, ValueError, MetricError, FlowdecError) as exc:  # ours say what and where
         raise Failure(str(exc)) from exc
     except Exception as exc:  # model loading, the pipeline, opus tools: one line, no traceback
         raise Failure(f"{type(exc).__name__}: {exc}") from exc

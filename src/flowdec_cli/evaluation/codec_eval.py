@@ -143,18 +143,16 @@ def _collect_inputs(path: Path) -> list[Path]:
     return files
 
 
-def _select_bitrates(
-    available: Sequence[tuple[int, float]], wanted: Sequence[float] | None
-) -> list[tuple[int, float]]:
+def _select_bitrates(codec: Any, wanted: Sequence[float] | None) -> list[tuple[int, float]]:
+    """The rates to score: every offered one, or what ``-b`` gives for each wanted rate (the highest offered
+    rate not above it, as compress picks; :meth:`Codec.choose_rate`), each once."""
     if not wanted:
-        return list(available)
-    out = []
+        return list(codec.bitrates())
+    out: list[tuple[int, float]] = []
     for k in wanted:
-        match = [b for b in available if abs(float(b[1]) - float(k)) < 1e-6]
-        if not match:
-            have = ", ".join(f"{b[1]:g}" for b in available)
-            raise ValueError(f"bitrate {k:g} kbps is not offered by this model (it has: {have})")
-        out.append(match[0])
+        point = codec.choose_rate(float(k))
+        if (point.codebooks, point.kbps) not in out:
+            out.append((point.codebooks, point.kbps))
     return out
 
 
@@ -184,7 +182,7 @@ def run_codec_eval(
     root = Path(path)
     files = _collect_inputs(root)
     codec = Codec.load(model, device=device)
-    chosen = _select_bitrates(codec.bitrates(), bitrates)
+    chosen = _select_bitrates(codec, bitrates)
     nfes = [int(n) for n in nfes]
     notes: list[str] = []
     use_opus = bool(opus)
