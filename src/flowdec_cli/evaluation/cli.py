@@ -45,8 +45,8 @@ def select_metrics(spec: str | None, all_metrics: bool) -> tuple[list[str], list
     """Metric names from ``--metrics`` / ``--all``; returns ``(names, notes)``.
 
     * neither: the always-available three (si_sdr, mel, lsd);
-    * ``--all``: those plus every optional metric whose package is installed (the others are
-      named in ``notes``);
+    * ``--all``: every metric that can run here, as ``--metrics all`` but for those whose package
+      is not installed (named in ``notes``);
     * ``--metrics a,b``: exactly those (``all`` in the list means every metric); an optional
       one that is not installed is an error.
     """
@@ -55,7 +55,7 @@ def select_metrics(spec: str | None, all_metrics: bool) -> tuple[list[str], list
     if spec is None:
         if not all_metrics:
             return list(DEFAULT_METRICS), []
-        names = list(DEFAULT_METRICS) + [m for m in OPTIONAL_METRICS if metric_available(m)]
+        names = [m for m in METRICS if metric_available(m)]
         missing = [m for m in OPTIONAL_METRICS if not metric_available(m)]
         notes = []
         if missing:
@@ -154,7 +154,7 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
                    "estoi, or all. "
                    "Default: si_sdr,mel,lsd.")
 @click.option("--all", "all_metrics", is_flag=True,
-              help="Default metrics plus every optional one that is installed.")
+              help="Every metric that can run here (-m all, less those whose package is not installed).")
 @click.option("--json", "json_out", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--csv", "csv_out", is_flag=True, help="Print CSV instead of a table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
