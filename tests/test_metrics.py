@@ -259,6 +259,28 @@ def test_stoi_and_estoi():
     assert M.estoi(x, y, SR) < M.estoi(x, x, SR)
 
 
+@pytest.mark.parametrize("metric", ["stoi", "estoi"])
+def test_stoi_says_when_it_cannot_score(metric):
+    """pystoi answered a silent reference with 0.000 (1e-5 and a warning) and a very short one with an
+    axis error: neither is a score."""
+    pytest.importorskip("pystoi")
+    fn = getattr(M, metric)
+    x = speechlike()
+    silence = np.zeros_like(x)
+    with pytest.raises(M.MetricError, match="the reference is silent"):
+        fn(silence, silence, SR)
+    with pytest.raises(M.MetricError, match="too short to score"):
+        fn(x[:5], x[:5], SR)
+
+
+@pytest.mark.parametrize("metric", ["pesq_wb", "visqol"])
+def test_a_silent_decode_is_named_not_scored(metric):
+    pytest.importorskip({"pesq_wb": "pesq", "visqol": "visqol"}[metric])
+    x = speechlike()
+    with pytest.raises(M.MetricError, match="the degraded signal is silent"):
+        getattr(M, metric)(x, np.zeros_like(x), SR)
+
+
 def test_visqol_identical_audio_mode():
     pytest.importorskip("visqol")
     x = speechlike(2.0)

@@ -410,6 +410,8 @@ def visqol(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     r, d = resample(r, sr, 48000), resample(d, sr, 48000)
     out = []
     for c in range(r.shape[1]):
+        if not np.any(d[:, c]):  # the package scales by a zero level: NaN and a RuntimeWarning
+            raise MetricError("the degraded signal is silent")
         try:
             res = _VISQOL_API.measure_from_arrays(
                 np.ascontiguousarray(r[:, c]), np.ascontiguousarray(d[:, c]), 48000
@@ -439,6 +441,8 @@ def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     r, d = resample(r, sr, 16000), resample(d, sr, 16000)
     out = []
     for c in range(r.shape[1]):
+        if np.any(r[:, c]) and not np.any(d[:, c]):  # the package: "cannot convert float NaN to integer"
+            raise MetricError("the degraded signal is silent")
         try:
             with warnings.catch_warnings():  # silence divides by a zero peak; its own error says why
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -448,15 +452,29 @@ def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     return _channel_mean(out)
 
 
+_STOI_MIN_SECONDS = 0.4  # pystoi's 30 frames of 256 samples at half overlap, at 10 kHz
+
+
 def _stoi(ref, deg, sr, extended: bool, name: str) -> float:
+    """pystoi scores a silent or too short reference 1e-5 with a warning, or fails deep inside (an axis
+    out of bounds): neither is a score, so both are named as what they are."""
     mod = _import(name, "pystoi", "pystoi")
     r, d = align(ref, deg)
+    if r.shape[0] < _STOI_MIN_SECONDS * sr:
+        raise MetricError(f"{r.shape[0] / sr:.3g} s is too short to score (at least {_STOI_MIN_SECONDS:g} s)")
     out = []
     for c in range(r.shape[1]):
+        if not np.any(r[:, c]):
+            raise MetricError("the reference is silent")
         try:
-            out.append(float(mod.stoi(r[:, c], d[:, c], int(sr), extended=extended)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = float(mod.stoi(r[:, c], d[:, c], int(sr), extended=extended))
         except Exception as exc:
             raise MetricError(f"{name} failed: {exc}") from exc
+        if value == 1e-5:  # pystoi's answer when too few frames are above its silence threshold
+            raise MetricError("too little of the reference is above silence to score")
+        out.append(value)
     return _channel_mean(out)
 
 
