@@ -718,3 +718,11 @@ def test_read_errors_name_the_file(tmp_path):
     p.write_bytes(b"")
     with pytest.raises(FdcError, match=f"^{re.escape(str(p))}: empty file"):
         read_fdc(p)
+
+
+def test_a_header_nested_too_deep_says_so():
+    """msgpack's StackError has no message: the cause read "(StackError: )"."""
+    from flowdec_cli.container import _parse_header
+
+    with pytest.raises(FdcError, match=r"not a valid MessagePack map \(nested too deep\)$"):
+        _parse_header(b"\x91" * 5000 + b"\xc0", "deep.fdc")

@@ -325,3 +325,14 @@ def test_a_model_is_not_exported_under_a_name_its_files_could_not_name(tmp_path,
     assert not (tmp_path / "out").exists()
     r = _run("train", "export", tmp_path / "out", "--ndac", tiny_codec_dir, "--trained-codebooks", "x", "-q")
     assert r.exit_code == 2 and "--trained-codebooks" in r.output
+
+
+def test_small_training_cli_habits(tmp_path, monkeypatch):
+    """init-config -o - prints the config; a folder given as CONFIG or a missing --ndac says what it is."""
+    monkeypatch.chdir(tmp_path)
+    r = _run("train", "init-config", "ndac-tiny", "-o", "-")
+    assert r.exit_code == 0 and r.stdout.startswith("# A tiny NDAC") and not (tmp_path / "-").exists()
+    r = _run("train", "ndac", tmp_path, "-q")
+    assert r.exit_code == 1 and f"{tmp_path}: is a folder, not a config file" in _one_error_line(r)
+    r = _run("train", "export", tmp_path / "out", "--ndac", tmp_path / "nosuch", "-q")
+    assert r.exit_code == 1 and f"{tmp_path / 'nosuch'}: no such file or folder" in _one_error_line(r)

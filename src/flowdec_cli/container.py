@@ -634,7 +634,11 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True, ext_hook=_ext_hook,
                               object_pairs_hook=_pairs_hook, timestamp=0)
     except Exception as e:  # msgpack raises many types (ValueError, ExtraData, StackError, UnicodeError...)
-        raise FdcError(f"{src}: invalid header: not a valid MessagePack map ({type(e).__name__}: {e})") from None
+        if isinstance(e, msgpack.exceptions.StackError):  # raised without a message
+            cause = "nested too deep"
+        else:
+            cause = f"{type(e).__name__}: {e}"
+        raise FdcError(f"{src}: invalid header: not a valid MessagePack map ({cause})") from None
     if not isinstance(obj, dict):
         raise FdcError(f"{src}: invalid header: expected a MessagePack map, got {type(obj).__name__}")
     # Timestamps (ext -1) do not go through ext_hook; look for them iteratively (no recursion limit).

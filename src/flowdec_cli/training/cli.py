@@ -86,7 +86,8 @@ def _run_stage(kind: str, config: Path, device: str, threads: int | None, resume
 @train_group.command("init-config", short_help="Write one of the example configs (configs/NAME.toml).")
 @click.argument("name", required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write it (default: configs/NAME.toml, as the docs' commands expect).")
+              help="Where to write it, - for standard output (default: configs/NAME.toml, as the docs' "
+                   "commands expect).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing file.")
 @click.option("--list", "list_only", is_flag=True, help="Only list the names.")
 def init_config_command(name: str | None, output: Path | None, force: bool, list_only: bool) -> None:
@@ -103,6 +104,9 @@ def init_config_command(name: str | None, output: Path | None, force: bool, list
             click.echo(n)
         return
     text = preset_text(name)
+    if output is not None and str(output) == "-":  # as everywhere else: standard output
+        click.echo(text, nl=not text.endswith("\n"))
+        return
     dest = output or Path("configs") / f"{name.removesuffix('.toml')}.toml"
     if dest.exists() and not force:
         raise Failure(f"{dest}: exists; use -f/--force to overwrite")

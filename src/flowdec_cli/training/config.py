@@ -572,6 +572,8 @@ def _absolute(value: str, base: Path) -> str:
 def load_config(path: str | os.PathLike, kind: str, overrides: list[str] | None = None) -> Any:
     """Read a TOML/YAML config of ``kind``, apply ``overrides``, resolve paths, validate."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     data = _read_file(path)

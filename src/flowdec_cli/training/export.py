@@ -38,6 +38,8 @@ def ndac_component(ref: str | os.PathLike) -> Path:
     for cand in (path / "ndac", path / "model" / "ndac", path):
         if _config_type(cand) == "ndac":
             return cand
+    if not path.exists():
+        raise TrainingError(f"{path}: no such file or folder")
     raise TrainingError(f"{path}: holds no NDAC (expected a training run, a checkpoint, or a folder with "
                         "ndac/ or a config.json of type 'ndac')")
 
@@ -55,6 +57,8 @@ def postfilter_component(ref: str | os.PathLike, ema: bool = True) -> Path:
     for cand in (path / "postfilter", path):
         if _config_type(cand) == "flowdec_postfilter":
             return cand
+    if not path.exists():
+        raise TrainingError(f"{path}: no such file or folder")
     raise TrainingError(f"{path}: holds no postfilter (expected a training run, a checkpoint, or a folder "
                         "with postfilter/ or a config.json of type 'flowdec_postfilter')")
 
