@@ -485,8 +485,6 @@ def _rate_note(codec: Codec, point: RatePoint) -> str:
     return f"{codes} + side channel {point.layout.name} = {point.kbps:g} kbit/s nominal"
 
 
-
-
 def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
     """The audio output's extension (``--format`` for folders and ``-``, else OUT's own), checked together
     with ``--subtype`` before anything is decoded."""
