@@ -127,6 +127,7 @@ class _AudioChunk:
     size_offset: int
     declared: int
     present: int
+    wav: bool  # RIFF WAVE (little-endian sizes), else AIFF/AIFC
 
 
 def _audio_chunk(path: Path) -> _AudioChunk | None:
@@ -150,7 +151,7 @@ def _audio_chunk(path: Path) -> _AudioChunk | None:
                 chunk = f.read(8)
                 size = int.from_bytes(chunk[4:8], order)  # type: ignore[arg-type]
                 if chunk[:4] == wanted:
-                    return _AudioChunk(pos + 4, size, end - (pos + 8))
+                    return _AudioChunk(pos + 4, size, end - (pos + 8), order == "little")
                 pos += 8 + size + (size & 1)
     except OSError:
         return None
@@ -162,9 +163,7 @@ def _unsized_wav_data(path: Path) -> tuple[int, int] | None:
     field, the bytes that follow). A writer to a pipe cannot seek back to fill in the sizes, and some leave
     them 0, which libsndfile reads as an empty file. None for anything else."""
     chunk = _audio_chunk(path)
-    with open(path, "rb") as f:
-        is_wav = f.read(4) == b"RIFF"
-    if chunk is None or not is_wav or chunk.declared != 0 or chunk.present <= 0:
+    if chunk is None or not chunk.wav or chunk.declared != 0 or chunk.present <= 0:
         return None
     return chunk.size_offset, chunk.present
 
