@@ -89,7 +89,7 @@ def test_inputs_folder_glob_manifests(tmp_path):
 
 
 @pytest.mark.parametrize("manifest, message", [
-    ("path,id\naudio/a.wav,x\naudio/c.wav,x\n", "names two inputs"),
+    ("path,id\naudio/a.wav,x\naudio/c.wav,x\n", "names two inputs .*; every id must be unique"),
     ("path,id\naudio/a.wav,../escape\n", "without '..'"),
     ("path,id\naudio/a.wav,/abs\n", "without '..'"),
     ("file\naudio/a.wav\n", "'path' column"),

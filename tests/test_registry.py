@@ -532,6 +532,15 @@ def test_export_publishes_only_a_model_that_loads(tmp_path, damage, why):
     assert not (tmp_path / "out").exists()
 
 
+def test_names_the_user_gave_are_quoted_as_given(tmp_path):
+    from flowdec_cli.models.cards import export_model
+
+    with pytest.raises(ModelError, match=r"^--repo 'bad': not a hub repository; expected OWNER/REPO$"):
+        export_model("flowdec-small", tmp_path / "out", repo_id="bad")
+    with pytest.raises(ModelError, match="an empty name is no model"):
+        catalogue.set_default_model("  ", tmp_path)
+
+
 def test_the_default_model_setting_is_a_model_and_a_broken_one_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(catalogue.DEFAULT_MODEL_ENV, raising=False)

@@ -172,7 +172,7 @@ def list_inputs(source: str | os.PathLike, pattern: str | None = None,
         path = str(p.resolve())
         if item_id in items:
             raise CorpusError(f"{text}: id '{item_id}' names two inputs ({items[item_id].path} and {path}); "
-                              "give ids in a manifest")
+                              + ("every id must be unique" if rid is not None else "give ids in a manifest"))
         items[item_id] = Item(item_id, path)
     if not items:
         if skip is not None and rows:  # everything found lies in the output folder

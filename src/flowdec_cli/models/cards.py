@@ -116,7 +116,10 @@ def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLi
     point back to the repo, and fills in the usage lines of the model card.
     """
     if repo_id is not None:
-        repo_id = parse_hub_ref(repo_id if repo_id.lower().startswith("hf://") else f"hf://{repo_id}")[0]
+        try:
+            repo_id = parse_hub_ref(repo_id if repo_id.lower().startswith("hf://") else f"hf://{repo_id}")[0]
+        except ModelError:  # named as the user gave it, not with the hf:// we put in front
+            raise ModelError(f"--repo '{repo_id}': not a hub repository; expected OWNER/REPO") from None
     src = resolve(name_or_path, cache_dir)
     dest = Path(dest_dir).expanduser()
     if dest.exists() and not dest.is_dir():

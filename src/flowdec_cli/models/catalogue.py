@@ -368,6 +368,8 @@ def set_default_model(ref: str | None, cache_dir: CacheDir = None) -> Path:
         settings.pop("default_model", None)
     else:
         ref = ref.strip()
+        if not ref:
+            raise ModelError("an empty name is no model; give a name, a path or hf://OWNER/REPO (or --reset)")
         local = Path(ref).expanduser()
         if is_hub_ref(ref):
             parse_hub_ref(ref)
