@@ -390,10 +390,10 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert [(r["system"], r["kbps"], r["nfe"]) for r in doc["rows"]] == [
-        ("flowdec", "1.5", "2"), ("flowdec", "1.5", "6"), ("flowdec", "6", "2"), ("flowdec", "6", "6")]
+        ("flowdec", 1.5, 2), ("flowdec", 1.5, 6), ("flowdec", 6.0, 2), ("flowdec", 6.0, 6)]  # numbers
     si = [r["si_sdr"] for r in doc["rows"]]
     assert si == sorted(si)  # less noise with more codebooks / NFE in the fake
-    assert all(r["rtf_enc"] >= 0 and r["files"] == "3" for r in doc["rows"])
+    assert all(r["rtf_enc"] >= 0 and r["files"] == 3 for r in doc["rows"])
     assert all(r["rtf_d0"] > 0 and r["rtf_pf"] >= 0 for r in doc["rows"])
     assert all(r["rtf_dec"] >= r["rtf_d0"] for r in doc["rows"])
     assert all(r["kbps_on_disk"] > 0 for r in doc["rows"])  # flowdec's bitrate on disk, beside Opus's
@@ -410,7 +410,7 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
     res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "3,7.5", "--nfe", "2", "-m", "si_sdr",
               "--json")  # what -b 3 and -b 7.5 give, as compress picks them
     assert res.exit_code == 0, res.output
-    assert sorted({r["kbps"] for r in json.loads(res.stdout)["rows"]}) == ["1.5", "6"]
+    assert sorted({r["kbps"] for r in json.loads(res.stdout)["rows"]}) == [1.5, 6.0]
     res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "1")  # as compress -b 1 would
     assert res.exit_code == 1 and res.output.startswith("flowdec: error: 1 kbit/s is below the lowest rate")
     for bad in ("-1", "3"):  # midpoint takes an even number of passes

@@ -267,8 +267,7 @@ def run_codec_eval(
     for (system, kbps, row_nfe), a in sorted(
         accs.items(), key=lambda kv: (kv[0][0] != "flowdec", kv[0][1], kv[0][2] or 0)
     ):
-        row: dict[str, Any] = {"system": system, "kbps": f"{kbps:g}", "nfe": "-" if row_nfe is None else str(row_nfe),
-               "files": str(a.n)}
+        row: dict[str, Any] = {"system": system, "kbps": float(kbps), "nfe": row_nfe, "files": a.n}
         for m in metrics:
             vals = [v for v in a.values.get(m, []) if np.isfinite(v)]
             row[m] = float(np.mean(vals)) if vals else float("nan")

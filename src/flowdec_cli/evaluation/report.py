@@ -42,6 +42,15 @@ def format_value(v: Any, decimals: int = 3) -> str:
     return str(v)
 
 
+def _label_text(v: Any) -> str:
+    """A label cell: a number as it was given (``2.6``, ``6``), not to three decimals; None as ``-``."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
 def _finite(v: Any) -> bool:
     return is_real(v) and math.isfinite(v)
 
@@ -50,7 +59,7 @@ def _finite(v: Any) -> bool:
 class Report:
     """Rows of label columns and value columns, with a computed mean row.
 
-    ``labels``: names of the leading string columns (e.g. ``["file"]``).
+    ``labels``: names of the leading label columns (e.g. ``["file"]``; numbers stay numbers in JSON).
     ``values``: names of the numeric columns (e.g. ``["si_sdr", "mel", "lsd"]``).
     ``higher_is_better``: optional direction per value column, used for the table legend.
     ``extra``: additional JSON fields (e.g. unpaired files), not shown in table/CSV.
@@ -82,7 +91,8 @@ class Report:
 
     def to_table(self) -> str:
         header = self.labels + self.values
-        body = [[format_value(r.get(c, "")) for c in header] for r in self.rows]
+        body = [[_label_text(r.get(c, "")) for c in self.labels] + [format_value(r.get(c, "")) for c in self.values]
+                for r in self.rows]
         mean = self.mean()
         mean_row = [self.mean_label + (f" ({mean['n']})" if len(self.rows) != 1 else "")]
         mean_row += [""] * (len(self.labels) - 1) + [format_value(mean[c]) for c in self.values]
