@@ -103,6 +103,10 @@ def test_a_file_cut_short_is_refused_not_coded_in_part(fmt, ext, why, tmp_path, 
     assert r.exit_code == 1 and f"-: {why}" in r.stderr, r.stderr
     r = invoke("compress", whole, tmp_path / "c.fdc", "-b", "3", "-m", tiny_codec_dir, "-q")
     assert r.exit_code == 0, r.stderr
+    if fmt != "OGG":  # a writer that miscounts by a few bytes is no cut copy
+        (tmp_path / f"short.{ext}").write_bytes(data[:-6])
+        r = invoke("compress", tmp_path / f"short.{ext}", tmp_path / "d.fdc", "-b", "3", "-m", tiny_codec_dir, "-q")
+        assert r.exit_code == 0, r.stderr
 
 
 def test_a_wav_with_an_unknown_length_is_read_to_its_end(wav, tmp_path, tiny_codec_dir):

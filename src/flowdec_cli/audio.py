@@ -117,6 +117,8 @@ def probe(path: str | os.PathLike) -> AudioInfo:
 # A declared size this large is a writer's "unknown length" (0xFFFFFFFF from ffmpeg, about 2 GB from sox and
 # others writing to a pipe), not a promise: such files are read to their end as they are.
 _UNKNOWN_LENGTH = 0x7F000000
+# Some writers miscount a chunk by a pad byte or a partial last frame; a copy cut short misses far more.
+_SIZE_SLACK = 64
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def _truncation(path: Path, info: object) -> str | None:
     """Why the file is cut short, or None. libsndfile reads a truncated WAV, AIFF or Ogg file up to where its
     bytes end and says so only in its log, so a copy cut short would be coded as if it were whole."""
     chunk = _audio_chunk(path)
-    if chunk is not None and chunk.present < chunk.declared < _UNKNOWN_LENGTH:
+    if chunk is not None and chunk.present + _SIZE_SLACK < chunk.declared < _UNKNOWN_LENGTH:
         return (f"truncated: its header promises {chunk.declared} bytes of audio, {max(chunk.present, 0)} are "
                 "there (a copy cut short?)")
     log = str(getattr(info, "extra_info", ""))
