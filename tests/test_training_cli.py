@@ -336,3 +336,16 @@ def test_small_training_cli_habits(tmp_path, monkeypatch):
     assert r.exit_code == 1 and f"{tmp_path}: is a folder, not a config file" in _one_error_line(r)
     r = _run("train", "export", tmp_path / "out", "--ndac", tmp_path / "nosuch", "-q")
     assert r.exit_code == 1 and f"{tmp_path / 'nosuch'}: no such file or folder" in _one_error_line(r)
+
+
+@pytest.mark.parametrize("args", [
+    ["estimate-sigma", "--pairs", "p.txt", "-o", "s.json", "--alpha", "nan"],
+    ["estimate-sigma", "--pairs", "p.txt", "-o", "s.json", "--qx", "nan"],
+    ["widen-ndac", "in", "out", "--decoder-factor", "2", "--noise", "nan"],
+    ["prepare-pairs", "clips", "--ndac", "x", "-o", "p", "--validation-fraction", "nan"],
+])
+def test_nan_is_a_usage_error_not_a_value(args, tmp_path, monkeypatch):
+    """click's FloatRange lets NaN through its bounds; these options refuse it before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    r = _run("train", *args)
+    assert r.exit_code == 2 and "'nan' is not a number" in r.output, r.output

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .errors import error_line
-from .options import check_nfe_option, check_rate_request_option, seed_option
+from .options import FiniteFloatRange, check_nfe_option, check_rate_request_option, seed_option
 from .streams import strict_json
 
 __all__ = ["corpus_group"]
@@ -28,9 +28,9 @@ def _engine_options(f: Callable) -> Callable:
                           "locally).")(f)
     f = click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when the worker has one), cpu, or cuda[:N].")(f)
-    f = click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    f = click.option("--gpus-per-worker", type=FiniteFloatRange(min=0), default=0.0, show_default=True,
                      help="GPUs each Ray worker reserves (e.g. 1, or 0.5 to put two on a GPU).")(f)
-    f = click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+    f = click.option("--cpus-per-worker", type=FiniteFloatRange(min=0.01), default=1.0, show_default=True,
                      help="CPUs each Ray worker reserves.")(f)
     f = click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Ray workers (actors; each loads the model once). Default: as many as the cluster's "

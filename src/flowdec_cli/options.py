@@ -8,9 +8,21 @@ turns a refusal into a usage error (exit 2) before any file is read, so every co
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-__all__ = ["check_nfe_option", "check_rate_request_option", "seed_option", "temperature_option"]
+__all__ = ["FiniteFloatRange", "check_nfe_option", "check_rate_request_option", "seed_option", "temperature_option"]
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, which lets NaN through (no comparison with it is false): a usage error here."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
 
 
 def check_rate_request_option(bitrate: float | None, n_codebooks: int | None, fit: bool = False) -> None:

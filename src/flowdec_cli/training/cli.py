@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import Failure, FlowdecGroup, error_line
-from ..options import temperature_option
+from ..options import FiniteFloatRange, temperature_option
 
 __all__ = ["train_group"]
 
@@ -167,8 +167,8 @@ def _codebook_list(values: tuple[str, ...], option: str = "--n-codebooks") -> li
               help="Output folder: coded/nq<k>/..., train.txt, validation.txt, test.txt.")
 @click.option("-n", "--n-codebooks", "n_codebooks", multiple=True,
               help="Codebook counts to code at (repeat or comma-separate; default: all codebooks).")
-@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True)
+@click.option("--validation-fraction", type=FiniteFloatRange(0, 1, max_open=True), default=0.01, show_default=True)
+@click.option("--test-fraction", type=FiniteFloatRange(0, 1, max_open=True), default=0.01, show_default=True)
 @click.option("--salt", default="flowdec", show_default=True, help="Salt of the hash split.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--envelope", default=None, metavar="LAYOUT",
@@ -218,15 +218,15 @@ def _failed_files(failed: list[str], done: int) -> None:
               help="Pair lists to estimate from (default: data.train of CONFIG).")
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the estimate (default: sigma.file of CONFIG).")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True), default=None,
+@click.option("--alpha", type=FiniteFloatRange(0, 1, min_open=True), default=None,
               help="Compression exponent (default: CONFIG's, else 0.3).")
 @click.option("--n-fft", type=click.IntRange(min=16), default=None,
               help="STFT size, even (default: CONFIG's, else 1534).")
 @click.option("--hop", type=click.IntRange(min=1), default=None, help="STFT hop (default: CONFIG's, else 384).")
 @click.option("--n-samples", type=click.IntRange(min=1), default=2500, show_default=True)
 @click.option("--seed", type=int, default=302, show_default=True)
-@click.option("--qx", type=click.FloatRange(0, 1, min_open=True), default=0.997, show_default=True)
-@click.option("--qrmse", type=click.FloatRange(0, 1, min_open=True), default=0.997, show_default=True)
+@click.option("--qx", type=FiniteFloatRange(0, 1, min_open=True), default=0.997, show_default=True)
+@click.option("--qrmse", type=FiniteFloatRange(0, 1, min_open=True), default=0.997, show_default=True)
 @click.option("--delimiter", default=None, help="Pair list delimiter (default: CONFIG's, else ',').")
 @click.option("--device", default="auto", show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing estimate.")
@@ -336,7 +336,7 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
               help="Context classes of the previous frame's code (0: none).")
 @click.option("--up-classes", type=click.IntRange(min=0, max=4095), default=None,
               help="Context classes of the coarser codebook's code (0: none).")
-@click.option("--smoothing", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--smoothing", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Weight, in codes, of the backed-off distribution added to each context's counts.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
@@ -387,7 +387,7 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
               help="How many times wider the encoder becomes (encoder_dim x factor).")
 @click.option("--decoder-factor", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many times wider the decoder becomes (decoder_dim x factor).")
-@click.option("--noise", type=click.FloatRange(0, 1), default=1e-3, show_default=True,
+@click.option("--noise", type=FiniteFloatRange(0, 1), default=1e-3, show_default=True,
               help="Symmetry-breaking noise on the copied weights, relative to each weight's RMS.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")
