@@ -185,6 +185,22 @@ def test_records_count_the_nominal_rate_as_the_banner_does(planned_dir, tmp_path
     assert "(7.25 kbit/s nominal" in res.output
 
 
+def test_info_shows_the_plans_rate_when_the_model_is_here(planned_dir, tmp_path):
+    """info loads no model; it reads the plan from the card of a model that is built in or cached."""
+    from flowdec_cli.models.catalogue import models_dir
+
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, 48000), 48000)
+    fdc = tmp_path / "o.fdc"
+    assert CliRunner().invoke(main, ["compress", str(src), str(fdc), "-m", str(planned_dir), "-b", "7.5",
+                                     "-q"]).exit_code == 0
+    info = json.loads(CliRunner().invoke(main, ["info", str(fdc), "--json"]).stdout)
+    assert "plan_bitrate_kbps" not in info and info["nominal_bitrate_kbps"] == 3.75  # the model is not here
+    shutil.copytree(planned_dir, models_dir() / "planned")
+    info = json.loads(CliRunner().invoke(main, ["info", str(fdc), "--json"]).stdout)
+    assert info["plan_bitrate_kbps"] == 7.25 and info["nominal_bitrate_kbps"] == 3.75
+
+
 SPLIT_PLAN = (plan()[:3]  # 1-3 codebooks as PLAN, then the denser layouts with fewer codebooks between them
               + [{"codebooks": 3, "kbps": 4.0, "envelope": "bands30-43ms"}, plan()[3],
                  {"codebooks": 3, "kbps": 5.8, "envelope": "bands30-21ms"},

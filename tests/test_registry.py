@@ -532,6 +532,16 @@ def test_export_publishes_only_a_model_that_loads(tmp_path, damage, why):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_local_card_is_never_read_from_a_path_a_file_names(tmp_path):
+    from flowdec_cli.models.resolve import local_card
+
+    folder = tmp_path / "m"
+    shutil.copytree(catalogue.embedded_folders()["flowdec-small"], folder)
+    assert local_card("flowdec-small")["name"] == "flowdec-small"
+    for name in (str(folder), "../m", "hf://owner/repo", "", "nosuch"):
+        assert local_card(name) is None, name
+
+
 def test_names_the_user_gave_are_quoted_as_given(tmp_path):
     from flowdec_cli.models.cards import export_model
 

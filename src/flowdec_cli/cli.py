@@ -775,6 +775,11 @@ def info(src: Path, as_json: bool) -> None:
         "envelope_windows": header.envelope_windows,
         "envelope_kbps": actual_bitrate(header.envelope_bytes, duration, header.channels) / 1000,
     })
+    from .pipeline import planned_kbps
+
+    planned = planned_kbps(header)
+    if planned is not None:  # the rate -b chose, codes and side channel, as compress's banner said
+        fields["plan_bitrate_kbps"] = planned
     if as_json:
         click.echo(strict_json(fields, indent=2))
         return

@@ -30,7 +30,8 @@ from .exceptions import FlowdecError
 from .numeric import is_integer, is_real
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
-           "check_range", "check_shape", "decode_levels", "encode_levels", "envelope_layout", "filter_bands",
+           "check_range", "check_shape", "decode_levels", "encode_levels", "entries_of", "envelope_layout",
+           "filter_bands",
            "level_count_fits", "levels_of_signal", "measure", "plan_point", "quantise", "rate_plan", "RatePoint"]
 
 _FLOOR_DB = -96.0  # levels below this are silence; it keeps log10 finite and bounds the level range
@@ -217,6 +218,12 @@ def plan_point(plan: list[RatePoint], bitrate_kbps: float | None = None,
         return plan[-1]
     fitting = [p for p in plan if p.kbps <= bitrate_kbps * (1 + 1e-9)]
     return fitting[-1] if fitting else None
+
+
+def entries_of(plan: list[RatePoint], n_codebooks: int, layout_name: str) -> list[RatePoint]:
+    """The entries of ``plan`` a file matches: its codebook count with its side-channel layout ("" for a
+    file without one)."""
+    return [p for p in plan if p.codebooks == n_codebooks and (p.layout.name if p.layout else "") == layout_name]
 
 
 def check_shape(layout: EnvelopeLayout, levels: Any, channels: int, length: int) -> None:

@@ -50,6 +50,7 @@ from .envelope import (
     EnvelopeLayout,
     RatePoint,
     apply_envelope,
+    entries_of,
     envelope_layout,
     plan_point,
     quantise,
@@ -426,9 +427,7 @@ class Codec:
     def _points_of(self, header: FdcHeader) -> list[RatePoint]:
         """The offered rates a file's header matches: its codebook count with its side channel (none when
         this model did not code it so)."""
-        layout_name = header.envelope_layout or ""
-        return [p for p in self._points
-                if p.codebooks == header.n_codebooks and (p.layout.name if p.layout else "") == layout_name]
+        return entries_of(self._points, header.n_codebooks, header.envelope_layout or "")
 
     def nominal_kbps(self, header: FdcHeader) -> float:
         """A file's nominal kbit/s per channel as ``-b`` counts it: under a rate plan the entry's rate (the
@@ -1007,6 +1006,28 @@ def _rate_plan_for(model: Model, layout: EnvelopeLayout | None) -> list[RatePoin
         return rate_plan(raw, codes_kbps, ndac.sample_rate)
     except EnvelopeError as exc:
         raise CodecError(f"model '{model.name}': its card's {exc}") from None
+
+
+def planned_kbps(header: FdcHeader, cache_dir: str | os.PathLike[str] | None = None) -> float | None:
+    """A file's nominal rate as its model's rate plan counts it (the codes and their side channel, what
+    ``-b`` chose), from the card of that model when it is here (built in or cached: nothing is fetched, no
+    weights load); None when it is not, has no plan, or the file is none of its entries. For ``flowdec
+    info``, which loads no model; :meth:`Codec.nominal_kbps` says the same with a model loaded."""
+    from .bitrate import nominal_bitrate
+    from .models.resolve import local_card
+
+    card = local_card(header.model_name, cache_dir)
+    raw = card.get("rate_plan") if card else None
+    if raw is None or not header.envelope_layout:
+        return None
+    codes = [nominal_bitrate(header.model_sample_rate, header.hop_length, k, header.codebook_size) / 1000
+             for k in range(1, header.model_codebooks + 1)]
+    try:
+        plan = rate_plan(raw, codes, header.model_sample_rate)
+    except EnvelopeError:
+        return None
+    here = entries_of(plan, header.n_codebooks, header.envelope_layout)
+    return min(p.kbps for p in here) if here else None
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from .catalogue import (
@@ -24,10 +25,10 @@ from .catalogue import (
     parse_hub_ref,
     unknown_model,
 )
-from .folder import ModelError, is_model_folder
+from .folder import ModelError, is_model_folder, read_model_card
 
-__all__ = ["resolve", "resolve_name", "resolve_named_by_data", "check_model_name", "resolve_hub", "pretrained_ref",
-           "hub_offline", "hub_cache_dir"]
+__all__ = ["resolve", "resolve_name", "resolve_named_by_data", "check_model_name", "local_card", "resolve_hub",
+           "pretrained_ref", "hub_offline", "hub_cache_dir"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^\s/]+)?$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.md"]
@@ -132,12 +133,9 @@ def resolve_name(ref: str, cache_dir: CacheDir = None) -> Path:
     if is_hub_ref(ref):
         return resolve_hub(ref)
     name = canonical_name(ref)
-    embedded = embedded_by_any_name()
-    if name in embedded:
-        return embedded[name]
-    cached = models_dir(cache_dir) / name
-    if name and "/" not in name and "\\" not in name and not name.startswith(".") and is_model_folder(cached):
-        return cached
+    here = _local_folder(name, cache_dir)
+    if here is not None:
+        return here
     if name in OFFICIAL_BY_NAME:
         raise ModelError(f"model '{name}' is one of the released FlowDec models but is not in the cache "
                          f"({models_dir(cache_dir)}) yet; run `flowdec models fetch-official` to download and "
@@ -148,6 +146,33 @@ def resolve_name(ref: str, cache_dir: CacheDir = None) -> Path:
     if _looks_like_path(ref):
         raise ModelError(f"{ref}: no such file or folder")
     raise unknown_model(ref, cache_dir)
+
+
+def _local_folder(name: str, cache_dir: CacheDir = None) -> Path | None:
+    """The folder of a model of this name that is here already: built in, or in the model cache."""
+    embedded = embedded_by_any_name()
+    if name in embedded:
+        return embedded[name]
+    cached = models_dir(cache_dir) / name
+    if name and "/" not in name and "\\" not in name and not name.startswith(".") and is_model_folder(cached):
+        return cached
+    return None
+
+
+def local_card(name: str, cache_dir: CacheDir = None) -> dict[str, Any] | None:
+    """The card of the model a file names when that model is here (built in or cached): nothing is fetched,
+    no weights load, and a path-like name is never read as a path. None when it is not here, or its card
+    cannot be read."""
+    name = str(name)
+    if is_hub_ref(name) or _looks_like_path(name) or not name.strip():
+        return None
+    folder = _local_folder(canonical_name(name), cache_dir)
+    if folder is None:
+        return None
+    try:
+        return read_model_card(folder)
+    except ModelError:
+        return None
 
 
 def _looks_like_path(ref: str) -> bool:
