@@ -349,3 +349,17 @@ def test_nan_is_a_usage_error_not_a_value(args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = _run("train", *args)
     assert r.exit_code == 2 and "'nan' is not a number" in r.output, r.output
+
+
+def test_help_texts_state_the_defaults_and_ranges_the_code_has():
+    """Help texts that repeat a number are checked against where it lives."""
+    from flowdec_cli.sampler import MAX_TEMPERATURE
+    from flowdec_cli.training.entropy_tables import TableSettings
+
+    defaults = TableSettings()
+    text = " ".join(_run("train", "entropy-tables", "--help").output.split())
+    assert f"previous frame's code (0: none; default {defaults.prev_classes})" in text
+    assert f"coarser codebook's code (0: none; default {defaults.up_classes})" in text
+    assert f"(default {defaults.smoothing:g})" in text
+    for args in (("train", "export", "--help"), ("decompress", "--help")):
+        assert f"0 to {MAX_TEMPERATURE:g}" in " ".join(_run(*args).output.split()), args

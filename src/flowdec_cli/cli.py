@@ -83,8 +83,8 @@ def _decode_options(f: Callable) -> Callable:
     f = click.option("--seed", type=int, default=None, callback=seed_option,
                      help="Seed for the postfilter's noise (repeatable output).")(f)
     f = click.option("--temperature", type=float, default=None, callback=temperature_option,
-                     help="Scale of the postfilter's start noise: 1 is FlowDec's, lower invents less. Default: "
-                          "the model's (1 for the FlowDec models).")(f)
+                     help="Scale of the postfilter's start noise, 0 to 2: 1 is FlowDec's, lower invents less. "
+                          "Default: the model's (1 for the FlowDec models).")(f)
     f = click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True,
                      help="ODE solver of the postfilter.")(f)
     f = click.option("--nfe", type=click.IntRange(min=0), default=None,

@@ -289,7 +289,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
 @click.option("--default-nfe", type=click.IntRange(min=0), default=None,
               help="Postfilter passes flowdec uses with this model when --nfe is not given (default 6).")
 @click.option("--temperature", type=float, default=None, callback=temperature_option,
-              help="Scale of the postfilter's start noise (1 = FlowDec's; below 1 it invents less).")
+              help="Scale of the postfilter's start noise, 0 to 2 (1 = FlowDec's; below 1 it invents less).")
 @click.option("--envelope", default=None, metavar="LAYOUT",
               help="Files of this model carry the band-level side channel of this layout by default "
                    "(bands15; see docs/fdc-format.md 3.3).")
@@ -333,11 +333,12 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
 @click.option("--every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Use every N-th file of the lists only (a deterministic subset, for a quicker build).")
 @click.option("--prev-classes", type=click.IntRange(min=0, max=4095), default=None,
-              help="Context classes of the previous frame's code (0: none).")
+              help="Context classes of the previous frame's code (0: none; default 8).")
 @click.option("--up-classes", type=click.IntRange(min=0, max=4095), default=None,
-              help="Context classes of the coarser codebook's code (0: none).")
+              help="Context classes of the coarser codebook's code (0: none; default 8).")
 @click.option("--smoothing", type=FiniteFloatRange(min=0, min_open=True), default=None,
-              help="Weight, in codes, of the backed-off distribution added to each context's counts.")
+              help="Weight, in codes, of the backed-off distribution added to each context's counts "
+                   "(default 1024).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing tables.")
