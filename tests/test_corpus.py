@@ -88,6 +88,19 @@ def test_inputs_folder_glob_manifests(tmp_path):
     assert [i.id for i in corpus.list_inputs(tmp_path / "m.jsonl")] == ["7", "c"]
 
 
+def test_glob_matches_the_path_relative_to_the_folder():
+    """pathlib's match anchors at the right: 'a.wav' took rt/a.wav too, 'sub/*' took rt/sub/b.wav and not
+    sub/deep/c.wav. The help says the path relative to IN."""
+    from flowdec_cli.audio import matches_glob
+
+    paths = ["a.wav", "rt/a.wav", "sub/b.wav", "rt/sub/b.wav", "sub/deep/c.wav", "x.flac", "sub/y.flac"]
+    take = lambda pattern: [p for p in paths if matches_glob(Path(p), pattern)]
+    assert take("a.wav") == ["a.wav"]
+    assert take("sub/*") == ["sub/b.wav", "sub/deep/c.wav"]
+    assert take("*.flac") == ["x.flac", "sub/y.flac"]
+    assert take(None) == paths
+
+
 @pytest.mark.parametrize("manifest, message", [
     ("path,id\naudio/a.wav,x\naudio/c.wav,x\n", "names two inputs .*; every id must be unique"),
     ("path,id\naudio/a.wav,../escape\n", "without '..'"),

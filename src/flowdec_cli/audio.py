@@ -6,6 +6,7 @@ hours-long files never have to sit in memory at once.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ __all__ = [
     "AudioError",
     "AudioInfo",
     "AUDIO_EXTENSIONS",
+    "matches_glob",
     "probe",
     "repair_streamed_wav",
     "read_blocks",
@@ -43,6 +45,13 @@ def hidden_below(rel: Path) -> bool:
     ``._song.wav`` AppleDouble files, which are not audio): folder modes leave such files out, as most tools
     do; a hidden file named directly is still taken."""
     return any(part.startswith(".") for part in rel.parts)
+
+
+def matches_glob(rel: Path, pattern: str | None) -> bool:
+    """Whether a path below a folder being converted is one ``--glob`` asks for: the pattern matched against
+    the whole path relative to the folder (``*`` also crosses ``/``, so ``*.flac`` takes every FLAC and
+    ``sub/*`` everything under ``sub``). No pattern takes everything."""
+    return pattern is None or fnmatch.fnmatchcase(rel.as_posix(), pattern)
 
 
 class AudioError(FlowdecError):

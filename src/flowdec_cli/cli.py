@@ -204,7 +204,7 @@ def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     """Every input below ``src`` that ``wanted`` accepts, mirrored under ``dst`` with ``out_suffix``; hidden
     files and folders are left out (:func:`flowdec_cli.audio.hidden_below`). Where the outputs are inputs of
     the same kind (roundtrip's audio), what lies under ``dst`` is left out too: an earlier run's outputs."""
-    from .audio import hidden_below
+    from .audio import hidden_below, matches_glob
 
     dst_resolved = dst.resolve()
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
@@ -213,7 +213,7 @@ def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
             continue
         if outputs_are_inputs and dst_resolved in path.resolve().parents:
             continue
-        if not wanted(path) or (pattern and not rel.match(pattern) and not path.match(pattern)):
+        if not wanted(path) or not matches_glob(rel, pattern):
             continue
         yield _Job(path, dst / rel.with_suffix(out_suffix))
 

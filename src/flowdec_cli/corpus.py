@@ -134,7 +134,7 @@ def list_inputs(source: str | os.PathLike, pattern: str | None = None,
     audio file. Default ids: the path relative to the folder, the glob's fixed prefix or the manifest's
     paths' common folder, without extension. Sorted by id; duplicate ids are refused. Files below
     ``exclude`` (the output folder) are left out."""
-    from .audio import AUDIO_EXTENSIONS, hidden_below
+    from .audio import AUDIO_EXTENSIONS, hidden_below, matches_glob
 
     text = os.fspath(source)
     src = Path(text)
@@ -146,7 +146,7 @@ def list_inputs(source: str | os.PathLike, pattern: str | None = None,
             rel = p.relative_to(src)
             if p.suffix.lower() not in AUDIO_EXTENSIONS or hidden_below(rel):
                 continue
-            if pattern and not rel.match(pattern) and not p.match(pattern):
+            if not matches_glob(rel, pattern):
                 continue
             rows.append((None, p))
     elif src.is_file() and src.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
