@@ -96,7 +96,7 @@ def test_glob_matches_the_path_relative_to_the_folder():
     paths = ["a.wav", "rt/a.wav", "sub/b.wav", "rt/sub/b.wav", "sub/deep/c.wav", "x.flac", "sub/y.flac"]
     take = lambda pattern: [p for p in paths if matches_glob(Path(p), pattern)]
     assert take("a.wav") == ["a.wav"]
-    assert take("sub/*") == ["sub/b.wav", "sub/deep/c.wav"]
+    assert take("sub/*") == ["sub/b.wav", "sub/deep/c.wav", "sub/y.flac"]
     assert take("*.flac") == ["x.flac", "sub/y.flac"]
     assert take(None) == paths
 
