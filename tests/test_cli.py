@@ -444,3 +444,19 @@ def test_a_precision_the_device_cannot_run_is_a_usage_error(precision, run, wav,
         r = run(*args, "-m", tiny_codec_dir, "--precision", precision, "-q")
         assert r.exit_code == 2 and f"--precision {precision} needs a CUDA device" in _one_error_line(r)
         assert not (tmp_path / "b.wav").exists() and not (tmp_path / "c.wav").exists()
+
+
+def test_output_types_are_usage_errors_named_as_the_user_gave_them(run, wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    assert run("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    cases = [
+        (("decompress", fdc, tmp_path / "noext"), "noext: unsupported output extension '(none)'"),
+        (("roundtrip", wav, tmp_path / "noext"), "noext: unsupported output extension '(none)'"),
+        (("decompress", fdc, "-", "--format", "xyz"), "--format xyz: unsupported output type '.xyz'"),
+        (("decompress", fdc, tmp_path / "x.opus", "--subtype", "PCM_16"),
+         "a .opus file holds OPUS only (PCM_16 goes in .aif, .aiff, .au, .caf, .flac, .w64, .wav)"),
+    ]
+    for args, why in cases:
+        r = run(*args, "--nfe", "0", "-m", tiny_codec_dir, "-q")
+        assert r.exit_code == 2 and why in _one_error_line(r), (args, r.output)
+    assert not (tmp_path / "noext").exists()

@@ -305,11 +305,14 @@ _FORMATS = {
 }
 
 
-def output_format_for(path: str | os.PathLike, subtype: str | None = None) -> tuple[str, str]:
+def output_format_for(path: str | os.PathLike, subtype: str | None = None,
+                      named: str | None = None) -> tuple[str, str]:
+    """The (format, subtype) an output's extension gives; ``named`` is what an error calls the output where
+    the path is not the user's (``--format flac`` for a folder or ``-``)."""
     ext = Path(path).suffix.lower()
     if ext not in _FORMATS:
-        raise AudioError(f"{path}: unsupported output extension '{ext or '(none)'}' "
-                         f"(use one of {', '.join(sorted(_FORMATS))})")
+        what = f"{named}: unsupported output type" if named else f"{path}: unsupported output extension"
+        raise AudioError(f"{what} '{ext or '(none)'}' (use one of {', '.join(sorted(_FORMATS))})")
     fmt, default_subtype = _FORMATS[ext]
     return fmt, subtype or default_subtype
 
@@ -320,12 +323,15 @@ OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
-def check_output_format(path: str | os.PathLike, subtype: str | None = None) -> tuple[str, str]:
+def check_output_format(path: str | os.PathLike, subtype: str | None = None,
+                        named: str | None = None) -> tuple[str, str]:
     """The (format, subtype) an output path and ``--subtype`` give, refused before any work when soundfile
-    cannot write that combination."""
-    fmt, sub = output_format_for(path, subtype.upper() if subtype else None)
+    cannot write that combination (``named``: as for :func:`output_format_for`)."""
+    fmt, sub = output_format_for(path, subtype.upper() if subtype else None, named)
     if Path(path).suffix.lower() == ".opus" and sub != "OPUS":  # an Ogg file all the same, named wrongly
-        raise AudioError(f"--subtype {subtype}: a .opus file holds OPUS (use .ogg for {sub})")
+        holders = [e for e, (f, _) in sorted(_FORMATS.items()) if e != ".opus" and sf.check_format(f, sub)]
+        where = f"{sub} goes in {', '.join(holders)}" if holders else f"no output type here holds {sub}"
+        raise AudioError(f"--subtype {subtype}: a .opus file holds OPUS only ({where})")
     if not sf.check_format(fmt, sub):
         valid = ", ".join(sorted(sf.available_subtypes(fmt)))
         raise AudioError(f"--subtype {subtype}: not available for {Path(path).suffix or fmt} output "

@@ -491,12 +491,30 @@ def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
     from .audio import AudioError, check_output_format
 
     suffix = "." + out_format.lstrip(".").lower()
-    probe = dst if not is_stdio(dst) and dst.suffix and not dst.is_dir() else Path("out" + suffix)
+    named = not is_stdio(dst) and bool(dst.suffix) and not dst.is_dir()
     try:
-        check_output_format(probe, subtype)
+        check_output_format(dst if named else Path("out" + suffix), subtype,
+                            None if named else f"--format {out_format}")
     except AudioError as exc:
         raise click.UsageError(str(exc)) from None
     return suffix
+
+
+def _check_named_output(plan: _Plan, subtype: str | None) -> None:
+    """A single output file's own extension (``noext``, ``out.xyz``) is a usage error before any work, as
+    ``--format``'s is; a device or FIFO (``/dev/null``) takes ``--format``'s type instead."""
+    from .audio import AudioError, check_output_format
+    from .fileio import output_is_sink
+
+    if plan.folder or not plan.jobs:
+        return
+    dst = plan.jobs[0].dst
+    if is_stdio(dst) or output_is_sink(dst):
+        return
+    try:
+        check_output_format(dst, subtype)
+    except AudioError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _check_precision(device: str, precision: str) -> None:
@@ -617,6 +635,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_fdc, suffix, force, pattern)
+    _check_named_output(plan, subtype)
     _setup(threads)
     from .models import UnknownModelError
     from .models.resolve import resolve
@@ -693,6 +712,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_audio, suffix, force, pattern)
+    _check_named_output(plan, subtype)
     _setup(threads)
     codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision, temperature=temperature,
                         envelope=envelope)
