@@ -166,7 +166,9 @@ def test_fit_holds_a_file_to_the_bitrate_on_disk(run, wav, tmp_path, tiny_codec_
     assert r.exit_code == 2 and "--fit holds each file to the rate -b/--bitrate gives" in r.output
     r = run("roundtrip", wav, tmp_path / "c.wav", "-b", "0.75", "--fit", "--nfe", "0", "--envelope",
             "--model", tiny_codec_dir, "-q")
-    assert r.exit_code == 1 and "cannot hold its 1.2 s" in _one_error_line(r)
+    line = _one_error_line(r)
+    assert r.exit_code == 1 and "cannot hold its 1.2 s" in line
+    assert "--no-envelope" not in line  # the codes alone would not fit either: no advice that cannot help
     assert not (tmp_path / "c.wav").exists()
 
 

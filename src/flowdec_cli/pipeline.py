@@ -606,10 +606,14 @@ class Codec:
             if on_disk <= cap_kbps * 1000:
                 return fitted, kept
         side = f", {written.envelope_bytes} of them side channel" if written.envelope_bytes else ""
+        # without it the file is the side channel's bytes (and a few header bytes) smaller: suggested only
+        # where that alone would be enough
+        bare = actual_bitrate(len(data) - written.envelope_bytes, seconds, header.channels)
+        helps = bool(side) and bare <= cap_kbps * 1000
         raise CodecError(f"{source}: {cap_kbps:g} kbit/s per channel on disk cannot hold its {seconds:.3g} s: with "
                          f"one codebook it takes {on_disk / 1000:.3f} kbit/s "
                          f"({len(data)} bytes{side}); ask for more"
-                         + (", or leave out the side channel (--no-envelope)" if side else ""))
+                         + (", or leave out the side channel (--no-envelope)" if helps else ""))
 
     def _fit_candidates(self, header: FdcHeader, other_layouts: bool) -> list[tuple[int, EnvelopeLayout | None]]:
         """What :meth:`fit_on_disk` tries, richest first: the rates offered at or below the header's (its
