@@ -220,7 +220,8 @@ def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterato
                 if not len(block):
                     break
                 if not np.isfinite(block).all():
-                    raise AudioError(f"{path}: contains NaN or infinite samples")
+                    raise AudioError(f"{path}: contains NaN or infinite samples (or values beyond float32's "
+                                     "+-3.4e38, which flowdec reads them as)")
                 yield block
     except AudioError:
         raise
