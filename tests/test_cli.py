@@ -462,3 +462,14 @@ def test_output_types_are_usage_errors_named_as_the_user_gave_them(run, wav, tmp
         r = run(*args, "--nfe", "0", "-m", tiny_codec_dir, "-q")
         assert r.exit_code == 2 and why in _one_error_line(r), (args, r.output)
     assert not (tmp_path / "noext").exists()
+
+
+@pytest.mark.parametrize("verb", ["compress", "decompress", "roundtrip"])
+def test_force_and_skip_existing_together_are_refused(run, wav, tmp_path, tiny_codec_dir, verb):
+    """On a single file -f won, in a folder --skip-existing did: neither may win silently."""
+    src = wav if verb != "decompress" else tmp_path / "a.fdc"
+    if verb == "decompress":
+        assert run("compress", wav, src, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    r = run(verb, src, tmp_path / ("o.fdc" if verb == "compress" else "o.wav"), "-f", "--skip-existing",
+            "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 2 and "choose one" in _one_error_line(r)

@@ -528,6 +528,11 @@ def _check_precision(device: str, precision: str) -> None:
         raise click.UsageError(str(exc)) from None
 
 
+def _check_overwrite(force: bool, skip_existing: bool) -> None:
+    if force and skip_existing:  # one replaces what exists, the other leaves it: neither may win silently
+        raise click.UsageError("-f/--force replaces outputs that exist and --skip-existing leaves them; choose one")
+
+
 def _check_json(as_json: bool, dst: Path) -> None:
     if as_json and is_stdio(dst):
         raise click.UsageError("--json prints to standard output, which OUT - already takes; choose one")
@@ -578,6 +583,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     """
     check_rate_request_option(bitrate, n_codebooks, fit)
     _check_json(as_json, dst)
+    _check_overwrite(force, skip_existing)
     plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
     if not plan.folder and not is_stdio(plan.jobs[0].dst):
         from .pipeline import CodecError, check_fdc_destination
@@ -632,6 +638,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     if nfe is not None:
         check_nfe_option(nfe, solver)
     _check_json(as_json, dst)
+    _check_overwrite(force, skip_existing)
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_fdc, suffix, force, pattern)
@@ -709,6 +716,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     if nfe is not None:
         check_nfe_option(nfe, solver)
     _check_json(as_json, dst)
+    _check_overwrite(force, skip_existing)
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_audio, suffix, force, pattern)
