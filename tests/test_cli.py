@@ -457,6 +457,7 @@ def test_output_types_are_usage_errors_named_as_the_user_gave_them(run, wav, tmp
         (("decompress", fdc, "-", "--format", "xyz"), "--format xyz: unsupported output type '.xyz'"),
         (("decompress", fdc, tmp_path / "x.opus", "--subtype", "PCM_16"),
          "a .opus file holds OPUS only (PCM_16 goes in .aif, .aiff, .au, .caf, .flac, .w64, .wav)"),
+        (("decompress", fdc, tmp_path / "f.wav", "--format", "flac"), "--format flac is for folders and -"),
     ]
     for args, why in cases:
         r = run(*args, "--nfe", "0", "-m", tiny_codec_dir, "-q")

@@ -492,6 +492,11 @@ def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
 
     suffix = "." + out_format.lstrip(".").lower()
     named = not is_stdio(dst) and bool(dst.suffix) and not dst.is_dir()
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("out_format") == click.core.ParameterSource.COMMANDLINE
+    if named and given and dst.suffix.lower() != suffix:  # one of the two would be ignored
+        raise click.UsageError(f"--format {out_format} is for folders and -; {dst} names its own type "
+                               f"({dst.suffix}): give one or the other")
     try:
         check_output_format(dst if named else Path("out" + suffix), subtype,
                             None if named else f"--format {out_format}")
