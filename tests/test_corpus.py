@@ -174,6 +174,37 @@ def test_local_parquet_codes_resume_failures_and_decode(reference, tmp_path, mon
     assert json.loads(r.stdout.strip().splitlines()[-1])["done_before"] == 4
 
 
+def test_decode_reports_a_bad_shard_or_row_and_decodes_the_rest(tmp_path, monkeypatch):
+    """A damaged shard stopped the whole decode (or failed in planning as 'unexpected ArrowInvalid'), a row
+    one frame short borrowed codes from the next row, and a file of no samples wrote an envelope that no
+    reader took back. Each is now one failure, and every other row is decoded."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    src = _audio_folder(tmp_path, bad=False)
+    sf.write(src / "empty.wav", np.zeros((0, 1), np.float32), 48000)
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)
+    out = tmp_path / "codes"
+    assert run("corpus", "encode", src, out, "--shard-files", "1", "-b", "3").exit_code == 0
+    shards = {corpus._shard_ids(p)[0]: p for p in corpus.shard_files(out)}
+    assert set(shards) == {"a", "c", "empty", "sub/b"}
+    shards["c"].write_bytes(shards["c"].read_bytes()[:300])  # cut short
+    table = pq.read_table(shards["a"])
+    rows = table.to_pylist()
+    rows[0]["codes"] = [[cb[:-1] for cb in ch] for ch in rows[0]["codes"]]  # one frame short
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shards["a"])
+    dec = tmp_path / "decoded"
+    r = run("corpus", "decode", out, dec, "--engine", "local", "--nfe", "0")
+    assert r.exit_code == 1 and "Traceback" not in r.output and "unexpected" not in r.output, r.output
+    assert (dec / "sub" / "b.wav").is_file() and sf.info(str(dec / "empty.wav")).frames == 0
+    failures = {f["id"]: f["error"] for f in corpus.read_failures(dec)}
+    assert set(failures) == {"a", "part-00001.parquet"}, failures
+    assert "codes of another shape than its header says" in failures["a"]
+    assert "not a readable shard" in failures["part-00001.parquet"]
+    r = run("corpus", "decode", tmp_path / "nowhere", dec, "--engine", "local")
+    assert r.exit_code == 1 and "nowhere: no such file or folder" in r.output
+
+
 def test_iter_rows_refuses_a_lying_row(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -188,13 +188,20 @@ def shard_files(folder: str | os.PathLike) -> list[Path]:
     p = Path(folder)
     if p.is_file():
         return [p]
+    if not p.exists():
+        raise CorpusError(f"{p}: no such file or folder")
     return sorted(p.glob(SHARD_GLOB))
 
 
 def _shard_ids(path: Path) -> list[str]:
+    """The ids of a shard's rows; :class:`CorpusError` naming the shard when it cannot be read as one."""
     import pyarrow.parquet as pq
 
-    return [str(x) for x in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    try:
+        return [str(x) for x in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError... for what is not a shard
+        raise CorpusError(f"{path}: not a readable shard ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+            from None
 
 
 def _shard_schema(codes_type: Any = None) -> Any:
@@ -292,6 +299,8 @@ def _attach_envelope(header: Any, rec: dict[str, Any], where: str) -> None:
     levels = np.asarray(rec.get("envelope") or [], np.int16)
     try:
         layout = envelope_layout(str(name), header.model_sample_rate)
+        if levels.size == 0:  # a file of no windows: its nested lists keep no band axis ([[]] for one channel)
+            levels = np.zeros((header.channels, 0, layout.n_bands), np.int16)
         check_shape(layout, levels, header.channels, header.coded_length)
         check_range(layout, levels)
     except EnvelopeError as exc:
@@ -299,10 +308,22 @@ def _attach_envelope(header: Any, rec: dict[str, Any], where: str) -> None:
     header.envelope_layout, header.envelope = layout.name, levels
 
 
-def iter_rows(source: str | os.PathLike, batch_rows: int = 16) -> Iterator[CodeRow]:
+def _nested_lengths(codes: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The list lengths of a batch's ``codes`` column at each level: channels per row, codebooks per
+    channel, frames per codebook (a row is checked against its header with them, not by position)."""
+    def lengths(arr: Any) -> np.ndarray:
+        return np.asarray(arr.value_lengths().fill_null(-1).to_numpy(zero_copy_only=False), np.int64)
+
+    return lengths(codes), lengths(codes.flatten()), lengths(codes.flatten().flatten())
+
+
+def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
+              errors: list[tuple[str, str]] | None = None) -> Iterator[CodeRow]:
     """Every file of a Parquet corpus (a folder of shards or one shard), in shard order, a few rows in
-    memory at a time. The header is checked as a .fdc reader checks it, so a row that claims more samples
-    than its codes describe is refused (:class:`CorpusError`)."""
+    memory at a time. The header is checked as a .fdc reader checks it and each row's codes against their
+    own header, so a row that claims more samples than its codes describe is refused (:class:`CorpusError`).
+    With an ``errors`` list a bad row is noted there as (id, reason) and the others still come; a shard
+    that cannot be read any further always raises."""
     import pyarrow.parquet as pq
 
     from .container import FdcError
@@ -318,23 +339,50 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16) -> Iterator[CodeR
         missing = [c for c in SHARD_COLUMNS if c not in pf.schema_arrow.names and c not in _OPTIONAL_COLUMNS]
         if missing:
             raise CorpusError(f"{f}: not a flowdec shard (missing columns {', '.join(missing)})")
-        for batch in pf.iter_batches(batch_size=batch_rows):
-            meta = batch.drop_columns(["codes"]).to_pylist() if hasattr(batch, "drop_columns") else \
-                [{k: v for k, v in r.items() if k != "codes"} for r in batch.to_pylist()]
-            flat = batch.column("codes").flatten().flatten().flatten().to_numpy(zero_copy_only=False)
-            pos = 0
-            for rec in meta:
-                header = _header_of(rec)
-                n = header.channels * header.n_codebooks * header.num_frames
-                if pos + n > len(flat):
-                    raise CorpusError(f"{f}: row '{rec['id']}': codes shorter than its header says")
-                codes = flat[pos:pos + n].astype(np.int64).reshape(header.codes_shape)
-                pos += n
+        batches = pf.iter_batches(batch_size=batch_rows)
+        while True:
+            try:
+                batch = next(batches)
+                column = batch.column("codes")
+                meta = batch.drop_columns(["codes"]).to_pylist() if hasattr(batch, "drop_columns") else \
+                    [{k: v for k, v in row.items() if k != "codes"} for row in batch.to_pylist()]
+                per_row, per_channel, per_codebook = _nested_lengths(column)
+                flat = column.flatten().flatten().flatten().to_numpy(zero_copy_only=False)
+            except StopIteration:
+                break
+            except Exception as exc:  # a damaged page: pyarrow's OSError or ArrowInvalid, naming no file
+                raise CorpusError(f"{f}: unreadable after its first rows ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+            pos = ch = cb = 0
+            for r, rec in enumerate(meta):
+                where = f"{f}: row '{rec['id']}'"
+                n_ch = int(per_row[r])
+                n_cb = per_channel[ch:ch + max(n_ch, 0)]
+                n_fr = per_codebook[cb:cb + int(n_cb.sum())] if n_ch > 0 else per_codebook[:0]
+                size = int(n_fr.sum())
+                start, ch, cb, pos = pos, ch + max(n_ch, 0), cb + len(n_fr), pos + size
                 try:
-                    header.validate(f"{f}: row '{rec['id']}'")
-                except FdcError as exc:
-                    raise CorpusError(str(exc)) from None
-                _attach_envelope(header, rec, f"{f}: row '{rec['id']}'")
+                    header = _header_of(rec)
+                    if (n_ch != header.channels or np.any(n_cb != header.n_codebooks)
+                            or np.any(n_fr != header.num_frames)):
+                        raise CorpusError(f"{where}: codes of another shape than its header says "
+                                          f"({header.channels} x {header.n_codebooks} x {header.num_frames})")
+                    codes = flat[start:start + size].astype(np.int64).reshape(header.codes_shape)
+                    try:
+                        header.validate(where)
+                    except FdcError as exc:
+                        raise CorpusError(str(exc)) from None
+                    _attach_envelope(header, rec, where)
+                except (KeyError, TypeError, ValueError) as exc:  # a row whose fields are not what a shard has
+                    if errors is None:
+                        raise CorpusError(f"{where}: malformed ({exc})") from None
+                    errors.append((str(rec.get("id")), f"{where}: malformed ({exc})"))
+                    continue
+                except CorpusError as exc:
+                    if errors is None:
+                        raise
+                    errors.append((str(rec.get("id")), str(exc)))
+                    continue
                 yield CodeRow(str(rec["id"]), str(rec["path"]), header, codes)
 
 
@@ -516,12 +564,30 @@ class DecodeWorker(_Worker):
         out, suffix = Path(task["out"]), task["suffix"]
         want = set(task["ids"]) if task.get("ids") is not None else None
         records: list[dict[str, Any]] = []
-        for row in iter_rows(task["shard"]):
+        bad_rows: list[tuple[str, str]] = []  # rows that do not decode as they are: failures, the rest goes on
+        rows = iter_rows(task["shard"], errors=bad_rows)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except CorpusError as exc:  # the shard cannot be read further: its remaining rows fail with it
+                records.append(_record(Item(f"{Path(task['shard']).name} (the rest)", task["shard"]), "failed",
+                                       error=str(exc)))
+                break
+            finally:
+                for rid, why in bad_rows:
+                    if want is None or rid in want:
+                        records.append(_record(Item(rid, task["shard"]), "failed", error=why))
+                bad_rows.clear()
             if want is not None and row.id not in want:
                 continue
             item = Item(row.id, row.path)
             dst = out / (_check_id(row.id, task["shard"]) + suffix)
-            if dst.exists():
+            if dst.exists() and not dst.is_file():  # not an earlier run's output: nothing to skip, nor replace
+                records.append(_record(item, "failed", error=f"{dst}: is a folder, not an output file"))
+                continue
+            if dst.is_file():
                 records.append(_record(item, "skipped", output=str(dst)))
                 continue
             t0 = time.perf_counter()
@@ -854,7 +920,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
         raise CorpusError(f"{source}: no Parquet shards ({SHARD_GLOB}) found")
     suffix = "." + out_format.lstrip(".").lower()
     try:
-        check_output_format(Path("out" + suffix), subtype)
+        check_output_format(Path("out" + suffix), subtype, f"--format {out_format}")
     except AudioError as exc:
         raise CorpusError(str(exc)) from None
     out = Path(out)
@@ -863,10 +929,15 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
     total = 0
     tasks = []
     already = 0
+    unreadable: list[dict[str, Any]] = []  # shards that are not shards: failures, the others are decoded
     for f in files:
-        ids = _shard_ids(f)
+        try:
+            ids = _shard_ids(f)
+        except CorpusError as exc:
+            unreadable.append(_record(Item(f.name, str(f)), "failed", error=str(exc)))
+            continue
         total += len(ids)
-        todo = [i for i in ids if not (out / (_check_id(i, str(f)) + suffix)).exists()]
+        todo = [i for i in ids if not (out / (_check_id(i, str(f)) + suffix)).is_file()]
         already += len(ids) - len(todo)
         if todo:
             tasks.append({"shard": str(f.resolve()), "out": str(out.resolve()), "suffix": suffix,
@@ -888,6 +959,9 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
         if on_record:
             on_record(rec)
 
+    for rec in unreadable:
+        summary.total += 1
+        record(rec)
     _run(DecodeWorker, settings, tasks, engine, record)
     summary.seconds = time.perf_counter() - t0
     _write_failures(out, summary.failed)

@@ -10,6 +10,7 @@ panels share one colour scale, so levels can be compared across panels.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,6 +118,8 @@ def plot_spectrograms(
     fig.colorbar(image, ax=list(axes), label="dB re. reference peak")
     png_path = Path(png_path)
     image = io.BytesIO()
-    fig.savefig(image, format="png")
+    with warnings.catch_warnings():  # a title in a script the font lacks is drawn as boxes, not reported
+        warnings.simplefilter("ignore", UserWarning)
+        fig.savefig(image, format="png")
     atomic_write_bytes(png_path, image.getvalue(), make_parents=False, overwrite=overwrite)
     return png_path
