@@ -200,8 +200,8 @@ def _shard_ids(path: Path) -> list[str]:
     try:
         return [str(x) for x in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError... for what is not a shard
-        raise CorpusError(f"{path}: not a readable shard ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
-            from None
+        first = (str(exc).splitlines() or ["no detail"])[0]
+        raise CorpusError(f"{path}: not a readable shard ({type(exc).__name__}: {first})") from None
 
 
 def _shard_schema(codes_type: Any = None) -> Any:
@@ -351,8 +351,8 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
             except StopIteration:
                 break
             except Exception as exc:  # a damaged page: pyarrow's OSError or ArrowInvalid, naming no file
-                raise CorpusError(f"{f}: unreadable after its first rows ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+                first = (str(exc).splitlines() or ["no detail"])[0]
+                raise CorpusError(f"{f}: unreadable after its first rows ({type(exc).__name__}: {first})") from None
             pos = ch = cb = 0
             for r, rec in enumerate(meta):
                 where = f"{f}: row '{rec['id']}'"
