@@ -30,7 +30,7 @@ from .exceptions import FlowdecError
 from .numeric import is_integer, is_real
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
-           "check_range", "check_shape", "decode_levels", "encode_levels", "entries_of", "envelope_layout",
+           "check_range", "check_shape", "decode_levels", "encode_levels", "entries_of", "envelope_layout", "plan_rate",
            "filter_bands",
            "level_count_fits", "levels_of_signal", "measure", "plan_point", "quantise", "rate_plan", "RatePoint"]
 
@@ -224,6 +224,13 @@ def entries_of(plan: list[RatePoint], n_codebooks: int, layout_name: str) -> lis
     """The entries of ``plan`` a file matches: its codebook count with its side-channel layout ("" for a
     file without one)."""
     return [p for p in plan if p.codebooks == n_codebooks and (p.layout.name if p.layout else "") == layout_name]
+
+
+def plan_rate(plan: list[RatePoint], n_codebooks: int, layout_name: str) -> float | None:
+    """A file's nominal rate by ``plan``: its cheapest matching entry's (what ``-n`` would have charged), or
+    None when the plan offers no such entry."""
+    here = entries_of(plan, n_codebooks, layout_name)
+    return min(p.kbps for p in here) if here else None
 
 
 def check_shape(layout: EnvelopeLayout, levels: Any, channels: int, length: int) -> None:

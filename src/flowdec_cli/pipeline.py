@@ -53,6 +53,7 @@ from .envelope import (
     entries_of,
     envelope_layout,
     plan_point,
+    plan_rate,
     quantise,
     rate_plan,
 )
@@ -433,8 +434,8 @@ class Codec:
         """A file's nominal kbit/s per channel as ``-b`` counts it: under a rate plan the entry's rate (the
         codes and their side channel's typical cost), else, or for a file this model's plan does not offer,
         the codes' own rate that the header records."""
-        here = self._points_of(header)
-        return min(p.kbps for p in here) if here else header.nominal_bitrate / 1000
+        rate = plan_rate(self._points, header.n_codebooks, header.envelope_layout or "")
+        return rate if rate is not None else header.nominal_bitrate / 1000
 
     def choose_codebooks(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> int:
         """The codebook count for a request (:meth:`choose_rate`, whose side channel goes with it)."""
@@ -1030,8 +1031,7 @@ def planned_kbps(header: FdcHeader, cache_dir: str | os.PathLike[str] | None = N
         plan = rate_plan(raw, codes, header.model_sample_rate)
     except EnvelopeError:
         return None
-    here = entries_of(plan, header.n_codebooks, header.envelope_layout)
-    return min(p.kbps for p in here) if here else None
+    return plan_rate(plan, header.n_codebooks, header.envelope_layout)
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:

@@ -164,7 +164,7 @@ def local_card(name: str, cache_dir: CacheDir = None) -> dict[str, Any] | None:
     no weights load, and a path-like name is never read as a path. None when it is not here, or its card
     cannot be read."""
     name = str(name)
-    if is_hub_ref(name) or _looks_like_path(name) or not name.strip():
+    if not _names_a_model(name) or is_hub_ref(name):
         return None
     folder = _local_folder(canonical_name(name), cache_dir)
     if folder is None:
@@ -180,10 +180,15 @@ def _looks_like_path(ref: str) -> bool:
         ref.endswith((".pth", ".ckpt", ".safetensors", ".json"))
 
 
+def _names_a_model(ref: str) -> bool:
+    """What a file may call its model: a plain name or an ``hf://`` reference, never a path or nothing."""
+    return is_hub_ref(ref) or not (_looks_like_path(ref) or not ref.strip())
+
+
 def check_model_name(name: str) -> None:
     """A name a model is saved under travels in every .fdc it codes, and :func:`resolve_named_by_data`
     refuses path-like ones there: such a model could never decode its files by name. ModelError if so."""
-    if not is_hub_ref(name) and (_looks_like_path(name) or not name.strip()):
+    if not _names_a_model(name):
         raise ModelError(f"model name {name!r} looks like a path; the .fdc files it codes would name it, and "
                          "a file may name a model, not where to read one: choose a plain name")
 
@@ -194,6 +199,6 @@ def resolve_named_by_data(ref: str, cache_dir: CacheDir = None) -> Path:
     and the same file must decode the same in any working folder (a plain name that is also a folder there
     is still looked up as a name); a user's own model is given with ``--model``."""
     ref = str(ref)
-    if not is_hub_ref(ref) and (_looks_like_path(ref) or not ref.strip()):
+    if not _names_a_model(ref):
         raise ModelError(f"{ref!r} is a path; a file may name a model, not where to read one")
     return resolve_name(ref, cache_dir)
