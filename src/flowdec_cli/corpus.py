@@ -317,6 +317,27 @@ def _nested_lengths(codes: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lengths(codes), lengths(codes.flatten()), lengths(codes.flatten().flatten())
 
 
+def _checked_header(rec: dict[str, Any], where: str, lengths: tuple[int, np.ndarray, np.ndarray]) -> Any:
+    """A row's header, checked as a .fdc reader checks one and against the row's own code lists (channels,
+    codebooks per channel, frames per codebook: ``lengths``), with its side channel attached; every problem
+    is a :class:`CorpusError` naming ``where``."""
+    from .container import FdcError
+
+    n_ch, n_cb, n_fr = lengths
+    try:
+        header = _header_of(rec)
+        if n_ch != header.channels or np.any(n_cb != header.n_codebooks) or np.any(n_fr != header.num_frames):
+            raise CorpusError(f"{where}: codes of another shape than its header says "
+                              f"({header.channels} x {header.n_codebooks} x {header.num_frames})")
+        header.validate(where)
+        _attach_envelope(header, rec, where)
+    except FdcError as exc:
+        raise CorpusError(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:  # a row whose fields are not what a shard has
+        raise CorpusError(f"{where}: malformed ({exc})") from None
+    return header
+
+
 def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
               errors: list[tuple[str, str]] | None = None) -> Iterator[CodeRow]:
     """Every file of a Parquet corpus (a folder of shards or one shard), in shard order, a few rows in
@@ -326,7 +347,6 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
     that cannot be read any further always raises."""
     import pyarrow.parquet as pq
 
-    from .container import FdcError
 
     files = shard_files(source)
     if not files:
@@ -362,27 +382,13 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
                 size = int(n_fr.sum())
                 start, ch, cb, pos = pos, ch + max(n_ch, 0), cb + len(n_fr), pos + size
                 try:
-                    header = _header_of(rec)
-                    if (n_ch != header.channels or np.any(n_cb != header.n_codebooks)
-                            or np.any(n_fr != header.num_frames)):
-                        raise CorpusError(f"{where}: codes of another shape than its header says "
-                                          f"({header.channels} x {header.n_codebooks} x {header.num_frames})")
-                    codes = flat[start:start + size].astype(np.int64).reshape(header.codes_shape)
-                    try:
-                        header.validate(where)
-                    except FdcError as exc:
-                        raise CorpusError(str(exc)) from None
-                    _attach_envelope(header, rec, where)
-                except (KeyError, TypeError, ValueError) as exc:  # a row whose fields are not what a shard has
-                    if errors is None:
-                        raise CorpusError(f"{where}: malformed ({exc})") from None
-                    errors.append((str(rec.get("id")), f"{where}: malformed ({exc})"))
-                    continue
+                    header = _checked_header(rec, where, (n_ch, n_cb, n_fr))
                 except CorpusError as exc:
                     if errors is None:
                         raise
                     errors.append((str(rec.get("id")), str(exc)))
                     continue
+                codes = flat[start:start + size].astype(np.int64).reshape(header.codes_shape)
                 yield CodeRow(str(rec["id"]), str(rec["path"]), header, codes)
 
 
