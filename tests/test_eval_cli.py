@@ -292,6 +292,34 @@ def test_plot_writes_png(audio_dirs, tmp_path):
     assert res.exit_code == 2 and "--title" in res.output
 
 
+def test_plot_says_what_the_picture_cannot(audio_dirs, tmp_path):
+    """A silent reference is scaled to the loudest panel and an empty file marked, each with a warning;
+    a long title is shortened in the middle, keeping both ends."""
+    pytest.importorskip("matplotlib")
+    from flowdec_cli.evaluation.plot import TITLE_CHARS, _fit_title
+
+    ref, deg = audio_dirs
+    silent, empty = tmp_path / "silent.wav", tmp_path / "empty.wav"
+    sf.write(silent, np.zeros(SR // 2), SR)
+    sf.write(empty, np.zeros(0), SR)
+    png = tmp_path / "p.png"
+    res = run(plot_command, silent, deg / "a.flac", empty, "-o", png, "-t", "x" * 200, "-t", "e")
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"{silent}: the reference is silent" in res.output
+    assert f"{empty}: no samples" in res.output
+
+    res = run(plot_command, silent, silent, "-o", png, "-f")
+    assert res.exit_code == 0 and "every file is silent" in res.output
+    res = run(plot_command, ref / "a.wav", deg / "a.flac", "-o", png, "-f")
+    assert res.exit_code == 0 and "warning" not in res.output
+
+    long = "start-" + "m" * 100 + "-end.wav"
+    short = _fit_title(long)
+    assert len(short) == TITLE_CHARS and short.startswith("start-") and short.endswith("-end.wav")
+    assert _fit_title("short.wav") == "short.wav"
+
+
 def test_plot_without_matplotlib_is_a_clear_error(audio_dirs, tmp_path, monkeypatch):
     ref, deg = audio_dirs
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)

@@ -332,7 +332,8 @@ def plot_command(ref, outs, output, force, titles):
     """Draw log spectrograms of REF and each OUT side by side into a PNG (-o).
 
     Needs matplotlib (pip install flowdec-cli[plot]). Multi-channel files are mixed down to
-    mono; all panels share one dB scale relative to the reference's peak.
+    mono; all panels share one dB scale relative to the reference's peak (the loudest panel's
+    when the reference is silent, with a warning). Long titles are shortened in the middle.
     """
     from .plot import PlotUnavailable, plot_spectrograms
 
@@ -345,12 +346,15 @@ def plot_command(ref, outs, output, force, titles):
     if output.suffix.lower() != ".png":
         raise click.UsageError(f"{output}: the plot is a PNG image; give -o a .png name")
     _check_output(output, [ref, *outs], force)
+    notices: list[str] = []
     try:
-        path = plot_spectrograms(ref, list(outs), list(titles) or None, output, overwrite=force)
+        path = plot_spectrograms(ref, list(outs), list(titles) or None, output, overwrite=force, notices=notices)
     except (PlotUnavailable, AudioReadError) as exc:
         raise Failure(str(exc)) from exc
     except OutputExistsError:
         raise _exists(output) from None
     except OSError as exc:
         raise Failure(f"{output}: cannot write ({exc.strerror or exc})") from exc
+    for note in notices:
+        _warn(note)
     click.echo(f"flowdec: wrote {path}", err=True)

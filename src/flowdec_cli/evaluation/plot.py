@@ -4,7 +4,9 @@ Each file is mixed down to mono (mean over channels), analysed with a 2048-sampl
 Hann window and a hop of 512, and shown as power in dB relative to the loudest bin of the
 *reference*, over a fixed 100 dB range (-100 to 0 dB), on a linear frequency axis from 0 to
 half the sample rate (the axis of each panel follows that file's own sample rate). All
-panels share one colour scale, so levels can be compared across panels.
+panels share one colour scale, so levels can be compared across panels. A silent reference
+has no peak to be relative to: the panels are then scaled to the loudest one's peak, and the
+colour bar and a notice say so.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ PLOT_EXTRA_HINT = "pip install flowdec-cli[plot]"
 N_FFT = 2048
 HOP = 512
 DYNAMIC_RANGE_DB = 100.0
+TITLE_CHARS = 44  # about what a 4-inch panel holds at 10 pt before titles run into each other
 
 
 class PlotUnavailable(FlowdecError, RuntimeError):
@@ -49,6 +52,14 @@ def _power_spectrogram(x: np.ndarray) -> np.ndarray:
     return (np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2).T
 
 
+def _fit_title(title: str, limit: int = TITLE_CHARS) -> str:
+    """``title`` cut in the middle to ``limit`` characters: both ends of a path or name say the most."""
+    if len(title) <= limit:
+        return title
+    head = (limit - 1) // 2
+    return title[:head] + "\u2026" + title[len(title) - (limit - 1 - head):]
+
+
 def plot_spectrograms(
     ref_path: str | Path,
     out_paths: Sequence[str | Path],
@@ -56,6 +67,7 @@ def plot_spectrograms(
     png_path: str | Path,
     dpi: int = 120,
     overwrite: bool = True,
+    notices: list[str] | None = None,
 ) -> Path:
     """Draw the reference and each output as log spectrograms in one row; save to ``png_path``.
 
@@ -64,7 +76,9 @@ def plot_spectrograms(
     :class:`PlotUnavailable` without matplotlib, ``ValueError`` for a wrong number of titles,
     and soundfile's errors for unreadable files. The image is written in full to a temporary sibling and
     then moved into place; with ``overwrite=False`` an existing ``png_path`` stays as it is
-    (:class:`~flowdec_cli.fileio.OutputExistsError`). Returns ``Path(png_path)``.
+    (:class:`~flowdec_cli.fileio.OutputExistsError`). Titles longer than a panel holds are shortened
+    in the middle. What the picture cannot show by itself (a silent reference, a file without
+    samples) is appended to ``notices`` when given. Returns ``Path(png_path)``.
     """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -89,8 +103,20 @@ def plot_spectrograms(
     for p in paths:
         audio, sr = _read(p)
         specs.append((_power_spectrogram(audio.mean(axis=1)), sr, len(audio)))
-    peak = float(specs[0][0].max())
-    ref_level = peak if peak > 0 else 1.0
+    notes = notices if notices is not None else []
+    for p, (_spec, _sr, length) in zip(paths, specs):
+        if length == 0:
+            notes.append(f"{p}: no samples; its panel is empty")
+    ref_level = float(specs[0][0].max())
+    scale_label = "dB re. reference peak"
+    if ref_level <= 0:
+        ref_level = max(float(spec.max()) for spec, _sr, _n in specs)
+        if ref_level > 0:
+            scale_label = "dB re. loudest panel's peak (reference silent)"
+            notes.append(f"{paths[0]}: the reference is silent; the panels are scaled to the loudest one's peak")
+        else:
+            ref_level, scale_label = 1.0, "dB (every panel silent)"
+            notes.append("every file is silent: the panels show only the floor")
     floor = ref_level * 10.0 ** (-DYNAMIC_RANGE_DB / 10.0)
 
     n = len(paths)
@@ -105,17 +131,20 @@ def plot_spectrograms(
             db,
             origin="lower",
             aspect="auto",
-            extent=(0.0, max(duration, 1.0 / sr), 0.0, sr / 2000.0),
+            extent=(0.0, duration if length else 1.0, 0.0, sr / 2000.0),
             vmin=-DYNAMIC_RANGE_DB,
             vmax=0.0,
             cmap="magma",
             interpolation="nearest",
         )
-        ax.set_title(name, fontsize=10)
+        ax.set_title(_fit_title(name), fontsize=10)
         ax.set_xlabel("time (s)")
+        if length == 0:
+            ax.text(0.5, 0.5, "no samples", transform=ax.transAxes, ha="center", va="center", color="white")
+            ax.set_xticks([])
     axes[0].set_ylabel("frequency (kHz)")
     assert image is not None  # at least one panel: paths is never empty here
-    fig.colorbar(image, ax=list(axes), label="dB re. reference peak")
+    fig.colorbar(image, ax=list(axes), label=scale_label)
     png_path = Path(png_path)
     image = io.BytesIO()
     with warnings.catch_warnings():  # a title in a script the font lacks is drawn as boxes, not reported
