@@ -119,8 +119,8 @@ def test_a_sigma_file_is_a_file_and_is_not_clobbered(tmp_path):
 
 
 def test_sigma_estimates_are_finite_or_refused(tmp_path):
-    """A NaN beta or sigma_y trains a postfilter of NaN weights with loss 0; it is refused where it is written
-    and where it is read, and settings that make one are refused before any work."""
+    """A NaN beta or sigma_y trains a postfilter of NaN weights with loss 0; it, or a value the trainer cannot
+    divide by, is refused where it is written and where it is read, and settings that make one are refused before any work."""
     from flowdec_cli.training import estimate_sigma, write_sigma_file
     from flowdec_cli.training.common import TrainingError
     from flowdec_cli.training.config import config_from_dict
@@ -132,8 +132,8 @@ def test_sigma_estimates_are_finite_or_refused(tmp_path):
         with pytest.raises(TrainingError, match=why):
             estimate_sigma(pairs, **kwargs)
     good = {"type": "flowdec_sigma_estimate", "sigma_y_perband": [0.5] * 768, "sigma_y": 0.5, "beta": 0.3}
-    for field, value in (("beta", float("nan")), ("sigma_y", float("inf"))):
-        with pytest.raises(TrainingError, match=f"{field} came out as NaN"):
+    for field, value in (("beta", float("nan")), ("sigma_y", float("inf")), ("sigma_y", 0.0), ("beta", -0.3)):
+        with pytest.raises(TrainingError, match=f"{field} came out as NaN, infinite, zero or negative"):
             write_sigma_file(tmp_path / "s.json", {**good, field: value})
     assert not list(tmp_path.iterdir())
     cfg = config_from_dict("postfilter", {"sigma": {"mode": "perband", "file": str(tmp_path / "s.json"),

@@ -192,9 +192,10 @@ def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any], overwrit
     path, npy = sigma_file_outputs(path, overwrite)
     curve = np.asarray(estimate["sigma_y_perband"], dtype=np.float64)
     for field, value in (("beta", estimate["beta"]), ("sigma_y", estimate["sigma_y"]), ("the per-band curve", curve)):
-        if not np.all(np.isfinite(value)):  # JSON cannot hold it, and a trainer dividing by it learns NaN
-            raise TrainingError(f"{path}: not written: {field} came out as NaN or infinite (pairs that are "
-                                "silent, or settings such as --alpha or --qx outside their range?)")
+        if not np.all(np.isfinite(value) & (np.asarray(value) > 0)):  # the trainer divides by each; it refuses
+            raise TrainingError(f"{path}: not written: {field} came out as NaN, infinite, zero or negative "
+                                "(pairs that are silent or identical to their references, or settings such as "
+                                "--alpha or --qx outside their range?)")
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, curve)
