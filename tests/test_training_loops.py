@@ -83,6 +83,33 @@ def test_ndac_steps_lower_the_loss(clips, tmp_path):
     assert ",validation,si_sdr_nq3," in (run / "metrics.csv").read_text()
 
 
+def test_ndac_trains_only_the_parts_named(clips, tmp_path):
+    """optim.train_parts = ["encoder"]: the decoder and the codebooks keep their weights, so every code an
+    existing file holds decodes as before; the encoder learns."""
+    first = str(sorted(clips.iterdir())[0])
+    cfg = _ndac(clips, tmp_path / "run", data=dict(batch_size=1, train=[first], validation=[first]),
+                optim=dict(lr=3e-3, train_parts=["encoder"]), train=dict(max_steps=2, val_every=0),
+                validation=dict(max_seconds=0.1, n_codebooks=[1]))
+    t = NDACTrainer(cfg, device="cpu", quiet=True)
+    before: dict[str, torch.Tensor] = {}
+    build = t.build
+
+    def build_and_remember() -> None:
+        build()
+        before.update({k: v.clone() for k, v in t.model.state_dict().items()})
+
+    t.build = build_and_remember  # type: ignore[method-assign]
+    t.run()
+    after = t.model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("encoder.") for k in moved), sorted(moved)[:5]
+    for bad, why in ((["encoder", "encoder"], "distinct"), (["vocoder"], "distinct parts")):
+        with pytest.raises(Exception, match=why):
+            _ndac(clips, tmp_path / "x", optim=dict(train_parts=bad))
+    with pytest.raises(Exception, match="needs 'quantizer'"):
+        _ndac(clips, tmp_path / "x", optim=dict(train_parts=["encoder"], revive_dead_codes_every=10))
+
+
 def test_ndac_resume_continues_where_it_stopped(ndac_run, clips, tmp_path):
     src = ndac_run.run_dir / "checkpoints" / "step-00000002"
     resumed = NDACTrainer(_ndac(clips, tmp_path / "b"), device="cpu", resume=str(src), quiet=True)

@@ -177,6 +177,14 @@ class NDACOptimConfig:
     # every this many steps, codebook entries no batch chose since the last check are moved onto latents of
     # the current batch (random picks), as EnCodec-style trainers revive dead codes; 0 = off (DAC's recipe)
     revive_dead_codes_every: int = 0
+    # ours: the parts of the codec that learn ("encoder", "quantizer", "decoder"; empty = all). Codes searched
+    # for through a frozen decoder decode far better than the encoder's own (docs/models.md, "Searching for
+    # codes"), so training the encoder alone against a fixed decoder is a cheap way to close that gap without
+    # changing what any existing file decodes to.
+    train_parts: list[str] = field(default_factory=list)
+
+
+NDAC_PARTS = ("encoder", "quantizer", "decoder")
 
 
 @dataclass
@@ -231,6 +239,13 @@ class NDACTrainConfig:
             raise ConfigError("optim.lr_final must be positive (or absent: the lr_gamma schedule)")
         if self.optim.revive_dead_codes_every < 0:
             raise ConfigError("optim.revive_dead_codes_every must be at least 0 (0 = off)")
+        parts = self.optim.train_parts
+        if not isinstance(parts, list) or any(p not in NDAC_PARTS for p in parts) or len(set(parts)) != len(parts):
+            raise ConfigError(f"optim.train_parts must list distinct parts of {list(NDAC_PARTS)} (empty = all), "
+                              f"got {parts!r}")
+        if parts and "quantizer" not in parts and self.optim.revive_dead_codes_every:
+            raise ConfigError("optim.revive_dead_codes_every moves codebook entries; it needs 'quantizer' in "
+                              "optim.train_parts (or set it to 0)")
         _check_common(self.data.batch_size, self.data.gain_db, self.train, self.data.validation_fraction,
                       self.optim.lr, self.data.segment_seconds)
 

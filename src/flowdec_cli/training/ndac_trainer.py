@@ -27,7 +27,7 @@ from ..evaluation.metrics import MetricError, phase_coherence, si_sdr
 from ..ndac import NDAC, NDACConfig, VectorQuantize
 from .base import Trainer
 from .common import TrainingError, first_problem, param_list, wrap_ddp
-from .config import NDACTrainConfig, config_to_dict
+from .config import NDAC_PARTS, NDACTrainConfig, config_to_dict
 from .data import EvalDataset, SegmentDataset, list_audio, make_loader, split_items
 from .losses import NDACLoss, latent_residual
 
@@ -84,6 +84,8 @@ class NDACTrainer(Trainer):
         cfg, env = self.config, self.env
         dev = env.device
         self.model = NDAC(ndac_config_from_train_config(cfg)).to(dev).train()
+        for part in set(NDAC_PARTS) - set(cfg.optim.train_parts or NDAC_PARTS):
+            getattr(self.model, part).requires_grad_(False)
         self.params = param_list(self.model)
         net = _Forward(self.model)
         self.net = wrap_ddp(net, env)
