@@ -120,7 +120,8 @@ def test_a_sigma_file_is_a_file_and_is_not_clobbered(tmp_path):
 
 def test_sigma_estimates_are_finite_or_refused(tmp_path):
     """A NaN beta or sigma_y trains a postfilter of NaN weights with loss 0; it, or a value the trainer cannot
-    divide by, is refused where it is written and where it is read, and settings that make one are refused before any work."""
+    divide by, is refused where it is written and where it is read, and settings that make one are refused
+    before any work."""
     from flowdec_cli.training import estimate_sigma, write_sigma_file
     from flowdec_cli.training.common import TrainingError
     from flowdec_cli.training.config import config_from_dict
