@@ -356,24 +356,6 @@ def test_ndac_lr_final_anneals_over_the_steps(clips, tmp_path):
     assert lrs == pytest.approx([1e-3 * 1e-2 ** (k / 4) for k in range(4)], rel=1e-5)
 
 
-def test_ndac_warmup_ramps_the_rate_and_leaves_the_schedule_alone(clips, tmp_path):
-    cfg = _ndac(clips, tmp_path / "run", optim=dict(lr=1e-3, lr_final=1e-5, warmup_steps=2),
-                train=dict(max_steps=4, log_every=1))
-    t = NDACTrainer(cfg, device="cpu", quiet=True)
-    t.run()
-    lrs = [h["lr"] for h in t.history]
-    scheduled = [1e-3 * 1e-2 ** (k / 4) for k in range(4)]
-    assert lrs == pytest.approx([scheduled[0] / 2, scheduled[1], scheduled[2], scheduled[3]], rel=1e-5)
-    gamma = _ndac(clips, tmp_path / "g", optim=dict(lr=1e-3, lr_gamma=0.5, warmup_steps=4),
-                  train=dict(max_steps=3, log_every=1))
-    t = NDACTrainer(gamma, device="cpu", quiet=True)
-    t.run()
-    assert [h["lr"] for h in t.history] == pytest.approx([1e-3 / 4, 0.5e-3 * 2 / 4, 0.25e-3 * 3 / 4])
-    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 3)  # the schedule, unscaled
-    with pytest.raises(Exception, match="warmup_steps"):
-        _ndac(clips, tmp_path / "x", optim=dict(warmup_steps=-1))
-
-
 def test_time_budget_ends_the_run_with_a_checkpoint_and_an_annealed_rate(clips, tmp_path, capsys):
     cfg = _ndac(clips, tmp_path / "run", optim=dict(lr=1e-3, lr_final=1e-5),
                 train=dict(max_steps=10**6, max_seconds=1.0, log_every=1, checkpoint_every=10**6))

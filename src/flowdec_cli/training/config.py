@@ -173,10 +173,6 @@ class NDACOptimConfig:
     # (a time budget on a lent GPU) still ends annealed: codecs cut off at a high rate did worse on unseen
     # audio, and annealing one undid most of it (docs/models.md, "Annealing the codec").
     lr_final: float | None = None
-    # ours: the first this many steps of a run whose optimizer starts afresh (train.init_from) ramp the rate
-    # linearly up from lr / warmup_steps. A fresh AdamW's first steps at full rate knocked the shipped codec's
-    # validation mel loss up by 0.07-0.15, which took about 1,500 steps to win back (docs/models.md).
-    warmup_steps: int = 0
     grad_clip: float | None = 1000.0
     # every this many steps, codebook entries no batch chose since the last check are moved onto latents of
     # the current batch (random picks), as EnCodec-style trainers revive dead codes; 0 = off (DAC's recipe)
@@ -243,8 +239,6 @@ class NDACTrainConfig:
             raise ConfigError("optim.lr_final must be positive (or absent: the lr_gamma schedule)")
         if self.optim.revive_dead_codes_every < 0:
             raise ConfigError("optim.revive_dead_codes_every must be at least 0 (0 = off)")
-        if self.optim.warmup_steps < 0:
-            raise ConfigError("optim.warmup_steps must be at least 0 (0 = off)")
         parts = self.optim.train_parts
         if not isinstance(parts, list) or any(p not in NDAC_PARTS for p in parts) or len(set(parts)) != len(parts):
             raise ConfigError(f"optim.train_parts must list distinct parts of {list(NDAC_PARTS)} (empty = all), "

@@ -128,14 +128,7 @@ class NDACTrainer(Trainer):
         if oc.lr_final is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = annealed_lr(oc.lr, oc.lr_final, self.progress)
-        scheduled = [group["lr"] for group in self.optimizer.param_groups]
-        if oc.warmup_steps and self.step < oc.warmup_steps:  # this step only: the schedule runs on unscaled
-            for group in self.optimizer.param_groups:
-                group["lr"] *= (self.step + 1) / oc.warmup_steps
         grad_norm = self.backward_and_step(loss, self.params, oc.grad_clip, log)
-        step_lr = self.optimizer.param_groups[0]["lr"]
-        for group, lr in zip(self.optimizer.param_groups, scheduled):
-            group["lr"] = lr
         if oc.lr_final is None:
             self.scheduler.step()
         out = {"loss": loss.detach(), **{f"loss_{k}": v.detach() for k, v in parts.items()}}
@@ -145,7 +138,7 @@ class NDACTrainer(Trainer):
             if (self.step + 1) % every == 0:
                 out["revived_codes"] = torch.tensor(float(self.revive_dead_codes(latents.detach())))
         if log:
-            out["lr"] = torch.tensor(step_lr)
+            out["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
             if grad_norm is not None:
                 out["grad_norm"] = grad_norm.detach()
         return out
