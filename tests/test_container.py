@@ -372,6 +372,47 @@ def test_reading_stops_at_what_the_file_can_be(tmp_path):
             container.inspect_fdc("/dev/zero")
 
 
+class _CountingReader:
+    """A stream without a descriptor that records the largest single read asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        self.inner, self.largest, self.total = io.BytesIO(data), 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        self.largest = max(self.largest, n if n >= 0 else 1 << 62)
+        out = self.inner.read(n)
+        self.total += len(out)
+        return out
+
+
+def test_memory_follows_the_bytes_there_not_the_bytes_declared(tmp_path):
+    """A header declaring 100 GB of payload on a stream, or a regular file with gigabytes behind a small
+    valid one, cost what is there (read in blocks) and one byte past the declared end, not the declared
+    size or the whole file."""
+    data = small_file()
+    h = decode_fdc(data)[0]
+    hmap = header_map(h)
+    hmap[19] = 10 ** 11  # payload_bytes
+    forged = forge(hmap, data[-8:-4])
+    reader = _CountingReader(forged)
+    with pytest.raises(FdcError, match="payload"):
+        container.inspect_fdc_stream(reader, "<stdin>")  # type: ignore[arg-type]
+    assert reader.largest <= container._READ_BLOCK and reader.total == len(forged)
+
+    big = tmp_path / "big.fdc"
+    with open(big, "wb") as f:
+        f.write(data)
+        f.truncate(len(data) + (64 << 20))  # sparse: 64 MB of zeros behind the file
+    with pytest.raises(FdcError, match="unexpected data after the end of the file"):
+        container.inspect_fdc(big)
+    reader = _CountingReader(data + bytes(64 << 20))
+    with pytest.raises(FdcError, match="unexpected data after the end of the file"):
+        container.inspect_fdc_stream(reader, "<stdin>")  # type: ignore[arg-type]
+    assert reader.total == len(data) + 1
+
+
 def test_every_single_bit_flip_is_detected():
     data = small_file()
     assert len(data) < 200

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import operator
 import os
-import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -823,34 +822,46 @@ def _read_file(name: Any) -> bytes:
         raise FdcError(f"{name}: cannot read: {e.strerror or e}") from None
 
 
+_READ_BLOCK = 1 << 20
+
+
 def _read_bytes(f: BinaryIO) -> bytes:
     """The bytes of a file to check, never more than it can be: reading stops after the magic when that is
-    wrong (a multi-gigabyte file that is not a .fdc costs 4 bytes), and a stream or device (a pipe,
-    /dev/zero) is read only as far as its own header declares."""
+    wrong (a multi-gigabyte file that is not a .fdc costs 4 bytes), and any file, pipe or device
+    (/dev/zero) is read only as far as its own header declares, one byte more so that trailing data is still
+    reported; a header that declares more than is there costs only what is there."""
     head = f.read(len(FDC_MAGIC))
     if head != FDC_MAGIC:
         return head  # empty, or not a .fdc file: the checks say which
-    try:
-        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-    except (OSError, ValueError):  # no descriptor (an in-memory stream): read it as a pipe
-        regular = False
-    return head + (f.read() if regular else _read_declared(f, head))
+    return head + _read_declared(f, head)
+
+
+def _read_up_to(f: Any, n: int) -> bytes:
+    """At most ``n`` bytes, in blocks, so that memory follows what arrives rather than what was declared."""
+    parts, left = [], n
+    while left > 0:
+        block = f.read(min(left, _READ_BLOCK))
+        if not block:
+            break
+        parts.append(block)
+        left -= len(block)
+    return b"".join(parts)
 
 
 def _read_declared(f: Any, head: bytes) -> bytes:
-    """After the magic of a stream: the fixed fields, the header, and as many bytes as the header declares
-    (one more, so that trailing bytes are still reported). A header that does not parse ends the read."""
-    data = head + f.read(_PREAMBLE.size - len(head))
+    """After the magic: the fixed fields, the header, and as many bytes as the header declares (one more,
+    so that trailing bytes are still reported). A header that does not parse ends the read."""
+    data = head + _read_up_to(f, _PREAMBLE.size - len(head))
     if len(data) < _PREAMBLE.size:
         return data[len(head):]
     hlen = _PREAMBLE.unpack_from(data)[3]
-    data += f.read(hlen)
+    data += _read_up_to(f, hlen)
     try:
         header = _parse_header(data[_PREAMBLE.size:], "<stream>")
     except FdcError:
-        return data[len(head):] + f.read(_CRC.size)
+        return data[len(head):] + _read_up_to(f, _CRC.size)
     wanted = header.payload_size + int(header.envelope_bytes) + _CRC.size + 1
-    return data[len(head):] + f.read(wanted)
+    return data[len(head):] + _read_up_to(f, wanted)
 
 
 def header_size(header: FdcHeader) -> int:
