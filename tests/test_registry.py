@@ -491,6 +491,22 @@ def test_a_card_cannot_ask_for_an_impossible_default_nfe(tmp_path, nfe):
     assert read_model_card(tmp_path)["default_nfe"] == 0
 
 
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/tmp/evil", "sub/model"])
+def test_a_card_whose_name_is_a_path_is_refused_before_it_codes_anything(tiny_codec_dir, tmp_path, name):
+    """Every .fdc a model codes carries its card's name, and a file may name a model, not a path: such a
+    card would write files that nothing decodes by name."""
+    from flowdec_cli.models import load_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_codec_dir, folder)
+    card = json.loads((folder / "flowdec.json").read_text())
+    (folder / "flowdec.json").write_text(json.dumps({**card, "name": name}))
+    with pytest.raises(ModelError, match=r"m/flowdec\.json: model name .* looks like a path"):
+        load_model(folder, with_postfilter=False)
+    (folder / "flowdec.json").write_text(json.dumps({**card, "name": "plain"}))
+    assert load_model(folder, with_postfilter=False).name == "plain"
+
+
 def test_export_errors_name_the_users_files_not_our_staging_folder(tmp_path, monkeypatch):
     """A broken source names the source's file; an unwritable destination names the destination."""
     from flowdec_cli.models import folder

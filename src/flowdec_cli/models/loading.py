@@ -13,7 +13,7 @@ from ..checkpoints import CheckpointError, load_dac_weights, load_model_folder, 
 from ..ndac import NDAC, NDACConfig
 from .catalogue import CacheDir
 from .folder import ModelError, default_nfe_for, folder_type, read_model_card, wants_postfilter
-from .resolve import pretrained_ref, resolve
+from .resolve import check_model_name, pretrained_ref, resolve
 
 if TYPE_CHECKING:
     from ..postfilter import Postfilter
@@ -157,6 +157,11 @@ def load_model(ref: str | os.PathLike[str], device: Device = None, with_postfilt
         name = str(ref)  # so .fdc files made with a hub model point back to the hub
     else:
         name = str(card.get("name") or (ref if not Path(str(ref)).exists() else path.name))
+        if card.get("name"):
+            try:
+                check_model_name(name)  # it would go into every file coded, which then could not be decoded
+            except ModelError as exc:
+                raise ModelError(f"{path / 'flowdec.json'}: {exc}") from None
     return Model(name=name, ndac=ndac, postfilter=pf, licence=str(card.get("licence", "unknown")),
                  source=str(path), info=card, ndac_hash=ndac_state_hash(ndac))
 
