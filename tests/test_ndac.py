@@ -159,6 +159,25 @@ def test_chunked_decode_matches_whole(chunk):
     assert (chunked - whole).abs().max().item() < 1e-5  # float rounding only
 
 
+def test_chunked_forms_put_a_few_channels_through_at_a_time(monkeypatch):
+    """Working memory must not grow with the channel count a file declares: the chunked forms run at most
+    ITEMS_AT_ONCE channels through the network together, with the same results."""
+    from flowdec_cli import ndac as ndac_module
+
+    monkeypatch.setattr(ndac_module, "ITEMS_AT_ONCE", 2)
+    model = make_tiny_ndac().eval().fold_weight_norm()
+    seen: list[int] = []
+    for part in (model.encoder, model.decoder):
+        part.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    audio = torch.randn(5, 1, 640 * 12 + 7, generator=torch.Generator().manual_seed(5)) * 0.3
+    codes = torch.cat(list(model.encode_stream([audio], chunk_frames=4)), -1)
+    decoded = model.decode_chunked(codes, chunk_frames=4)
+    assert seen and max(seen) == 2
+    for i in range(5):
+        assert torch.equal(codes[i:i + 1], model.encode(audio[i:i + 1]))
+        assert (decoded[i:i + 1] - model.decode(codes[i:i + 1])).abs().max().item() < 1e-5
+
+
 def test_bad_requests():
     model = make_tiny_ndac().eval()
     with pytest.raises(ValueError, match="between 1 and 10"):

@@ -17,7 +17,7 @@ frame borders, so frame *i* always starts at sample *i x hop* and the codes do n
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -518,7 +518,8 @@ class NDAC(nn.Module):
 
         A chunk [a, b) is encoded from samples [(a-c)*hop, (b+c)*hop) with c = ``encoder_context_frames``
         (clipped to the file, the end zero-padded to the hop as :meth:`encode` does), so every code equals the
-        whole-file code while memory holds one window.
+        whole-file code while memory holds one window (and the network at most :data:`ITEMS_AT_ONCE` of its
+        channels at a time).
         """
         k = self._check_n_codebooks(n_codebooks)
         if chunk_frames <= 0:
@@ -532,7 +533,7 @@ class NDAC(nn.Module):
             while buf_start + buf.shape[-1] >= (a + chunk_frames + ctx) * hop:
                 lo = max(a - ctx, 0)
                 window = buf[..., lo * hop - buf_start: (a + chunk_frames + ctx) * hop - buf_start]
-                yield self.encode(window, k)[..., a - lo: a - lo + chunk_frames]
+                yield _in_groups(lambda w: self.encode(w, k), window)[..., a - lo: a - lo + chunk_frames]
                 a += chunk_frames
                 drop = max(a - ctx, 0) * hop - buf_start
                 buf, buf_start = buf[..., drop:], buf_start + drop
@@ -544,7 +545,8 @@ class NDAC(nn.Module):
         while a < n_frames:
             b = min(a + chunk_frames, n_frames)
             lo, hi = max(a - ctx, 0), min(b + ctx, n_frames)
-            yield self.encode(buf[..., lo * hop - buf_start: hi * hop - buf_start], k)[..., a - lo: b - lo]
+            window = buf[..., lo * hop - buf_start: hi * hop - buf_start]
+            yield _in_groups(lambda w: self.encode(w, k), window)[..., a - lo: b - lo]
             a = b
             drop = max(a - ctx, 0) * hop - buf_start
             buf, buf_start = buf[..., drop:], buf_start + drop
@@ -559,7 +561,8 @@ class NDAC(nn.Module):
         return torch.cat(pieces, dim=-1)
 
     def decode_chunks(self, codes: torch.Tensor, chunk_frames: int = 750) -> Iterator[torch.Tensor]:
-        """D0's output, piece by piece; the pieces concatenate to :meth:`decode`'s output (within float rounding)."""
+        """D0's output, piece by piece; the pieces concatenate to :meth:`decode`'s output (within float rounding).
+        At most :data:`ITEMS_AT_ONCE` batch items (channels) go through the network together."""
         self._check_codes(codes)
         hop = self.hop_length
         n_frames = codes.shape[-1]
@@ -567,7 +570,7 @@ class NDAC(nn.Module):
         ctx = self.decoder_context_frames
         for a, b in _spans(n_frames, chunk_frames):
             lo, hi = max(a - ctx, 0), min(b + ctx, n_frames)
-            y = self.decode(codes[..., lo:hi])
+            y = _in_groups(self.decode, codes[..., lo:hi])
             start = (a - lo) * hop
             stop = min((b - lo) * hop, total - lo * hop)
             yield y[..., start:stop]
@@ -592,6 +595,19 @@ class NDAC(nn.Module):
         self._check_n_codebooks(codes.shape[1])
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size})")
+
+
+#: Batch items (channels) that the chunked forms put through the network together: a file's channels arrive
+#: as its batch, and the network's working memory grows with it (about 11 MB per channel-second decoded), so
+#: a 256-channel file of a few kB took 3 GB to decode before this bound.
+ITEMS_AT_ONCE = 4
+
+
+def _in_groups(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``run(x)`` on at most :data:`ITEMS_AT_ONCE` items of the batch at a time, concatenated."""
+    if x.shape[0] <= ITEMS_AT_ONCE:
+        return run(x)
+    return torch.cat([run(x[i:i + ITEMS_AT_ONCE]) for i in range(0, x.shape[0], ITEMS_AT_ONCE)], dim=0)
 
 
 def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
