@@ -471,3 +471,24 @@ def test_a_cuda_device_beyond_the_last_is_refused(monkeypatch):
 def test_no_device_means_the_automatic_choice(tiny_codec_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert Codec.load(tiny_codec_dir, None).device == torch.device("cpu")
+
+
+def test_a_wav_past_4_gib_is_written_as_rf64(tmp_path, monkeypatch):
+    """A RIFF size field is 32 bits: a longer .wav is written as RF64, which readers take whole (a plain WAV
+    past 4 GiB carries a size they read as truncated). The limit is lowered here to test without 4 GiB."""
+    from flowdec_cli import audio
+
+    assert audio.wav_container_for(None, 2, "PCM_16") == "WAV"
+    assert audio.wav_container_for(3 * 3600 * 44100, 2, "PCM_16") == "WAV"  # 3 h of CD audio: 1.9 GB
+    assert audio.wav_container_for(7 * 3600 * 44100, 2, "PCM_16") == "RF64"  # 7 h: 4.4 GB
+    assert audio.wav_container_for(4 * 3600 * 48000, 2, "FLOAT") == "RF64"
+    monkeypatch.setattr(audio, "_RIFF_LIMIT", 1000)
+    x = np.linspace(-0.5, 0.5, 2000, dtype=np.float32)[:, None]
+    with audio.AtomicAudioWriter(tmp_path / "long.wav", 48000, 1, "FLOAT", frames=len(x)) as w:
+        w.write(x)
+    with audio.AtomicAudioWriter(tmp_path / "short.wav", 48000, 1, "FLOAT", frames=100) as w:
+        w.write(x[:100])
+    assert sf.info(str(tmp_path / "long.wav")).format == "RF64"
+    assert sf.info(str(tmp_path / "short.wav")).format == "WAV"
+    back, rate = sf.read(str(tmp_path / "long.wav"), dtype="float32")
+    assert rate == 48000 and np.array_equal(back, x[:, 0])

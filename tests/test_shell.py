@@ -87,10 +87,11 @@ def test_a_wav_piped_in_with_its_sizes_left_zero_is_read_whole(wav, tmp_path, ti
 @pytest.mark.parametrize("fmt, ext, why", [
     ("WAV", "wav", "truncated: its header promises 88200 bytes of audio, "),
     ("AIFF", "aiff", "truncated: its header promises 88208 bytes of audio, "),
+    ("RF64", "wav", "truncated: its header promises 88200 bytes of audio, "),  # WAV past 4 GiB, 64-bit sizes
     ("OGG", "ogg", "truncated: the Ogg stream ends without its end-of-stream mark"),
 ])
 def test_a_file_cut_short_is_refused_not_coded_in_part(fmt, ext, why, tmp_path, tiny_codec_dir):
-    """libsndfile reads a cut WAV, AIFF or Ogg file up to where its bytes end, as if it were whole."""
+    """libsndfile reads a cut WAV, RF64, AIFF or Ogg file up to where its bytes end, as if it were whole."""
     whole = tmp_path / f"whole.{ext}"
     sf.write(whole, tone(1.0, 44100), 44100, format=fmt)
     data = whole.read_bytes()

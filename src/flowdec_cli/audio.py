@@ -139,17 +139,19 @@ class _AudioChunk:
     declared: int
     present: int
     wav: bool  # RIFF WAVE (little-endian sizes), else AIFF/AIFC
+    sized64: bool = False  # RF64: the size is ds64's 64-bit one, never a writer's unknown-length placeholder
 
 
 def _audio_chunk(path: Path) -> _AudioChunk | None:
-    """The sample chunk of a RIFF WAV or an AIFF/AIFC file, by walking its chunk list; None for any other
-    format or a chunk list that ends first."""
+    """The sample chunk of a RIFF WAV, RF64 or AIFF/AIFC file, by walking its chunk list; None for any other
+    format, a chunk list that ends first, or an RF64 whose ds64 chunk gives no data size."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
             if len(head) < 12:
                 return None
-            if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            rf64 = head[:4] == b"RF64" and head[8:12] == b"WAVE"
+            if (head[:4] == b"RIFF" and head[8:12] == b"WAVE") or rf64:
                 order, wanted = "little", b"data"
             elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
                 order, wanted = "big", b"SSND"
@@ -157,12 +159,19 @@ def _audio_chunk(path: Path) -> _AudioChunk | None:
                 return None
             end = os.fstat(f.fileno()).st_size
             pos = 12
+            data64 = None
             while pos + 8 <= end:
                 f.seek(pos)
                 chunk = f.read(8)
                 size = int.from_bytes(chunk[4:8], order)  # type: ignore[arg-type]
+                if rf64 and chunk[:4] == b"ds64" and size >= 16:
+                    data64 = int.from_bytes(f.read(16)[8:16], "little")  # after the RIFF size
                 if chunk[:4] == wanted:
-                    return _AudioChunk(pos + 4, size, end - (pos + 8), order == "little")
+                    if rf64:
+                        if size == 0xFFFFFFFF and not data64:
+                            return None  # no size to check against
+                        size = data64 if size == 0xFFFFFFFF else size
+                    return _AudioChunk(pos + 4, size, end - (pos + 8), order == "little", rf64)
                 pos += 8 + size + (size & 1)
     except OSError:
         return None
@@ -174,7 +183,7 @@ def _unsized_wav_data(path: Path) -> tuple[int, int] | None:
     field, the bytes that follow). A writer to a pipe cannot seek back to fill in the sizes, and some leave
     them 0, which libsndfile reads as an empty file. None for anything else."""
     chunk = _audio_chunk(path)
-    if chunk is None or not chunk.wav or chunk.declared != 0 or chunk.present <= 0:
+    if chunk is None or not chunk.wav or chunk.sized64 or chunk.declared != 0 or chunk.present <= 0:
         return None
     return chunk.size_offset, chunk.present
 
@@ -183,7 +192,8 @@ def _truncation(path: Path, info: object) -> str | None:
     """Why the file is cut short, or None. libsndfile reads a truncated WAV, AIFF or Ogg file up to where its
     bytes end and says so only in its log, so a copy cut short would be coded as if it were whole."""
     chunk = _audio_chunk(path)
-    if chunk is not None and chunk.present + _SIZE_SLACK < chunk.declared < _UNKNOWN_LENGTH:
+    if chunk is not None and chunk.present + _SIZE_SLACK < chunk.declared and \
+            (chunk.sized64 or chunk.declared < _UNKNOWN_LENGTH):
         return (f"truncated: its header promises {chunk.declared} bytes of audio, {max(chunk.present, 0)} are "
                 "there (a copy cut short?)")
     log = str(getattr(info, "extra_info", ""))
@@ -353,15 +363,32 @@ def output_rate_for(path: str | os.PathLike, subtype: str | None, sample_rate: i
     return rate
 
 
+_RIFF_LIMIT = 0xFFFFFFFF - (1 << 16)  # a RIFF chunk's size is 32 bits; the headers take a little of it
+_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
+                 "FLOAT": 4, "DOUBLE": 8}
+
+
+def wav_container_for(frames: int | None, channels: int, subtype: str) -> str:
+    """``WAV``, or ``RF64`` (EBU Tech 3306, the 64-bit WAV that libsndfile, ffmpeg and sox read) when
+    ``frames`` would not fit a RIFF file's 4 GiB: a plain WAV past it carries a size field that readers
+    take as truncated or refuse."""
+    if frames is None or int(frames) * int(channels) * _SAMPLE_BYTES.get(subtype, 8) <= _RIFF_LIMIT:
+        return "WAV"
+    return "RF64"
+
+
 class AtomicAudioWriter:
     """Writes blocks to a temporary file beside ``path`` and renames it into place only on success; with
-    ``overwrite=False`` a file that appeared at ``path`` meanwhile is left alone (``OutputExistsError``)."""
+    ``overwrite=False`` a file that appeared at ``path`` meanwhile is left alone (``OutputExistsError``).
+    ``frames``, when known, lets a .wav that would pass 4 GiB be written as RF64 (:func:`wav_container_for`)."""
 
     def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str | None = None,
-                 overwrite: bool = True) -> None:
+                 overwrite: bool = True, frames: int | None = None) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
         fmt, sub = output_format_for(self.path, subtype.upper() if subtype else None)
+        if fmt == "WAV":
+            fmt = wav_container_for(frames, channels, sub)
         if not 1 <= int(channels) <= MAX_CHANNELS:
             raise AudioError(f"{self.path}: cannot write {channels} channels; audio files here hold 1 to "
                              f"{MAX_CHANNELS}")
@@ -431,5 +458,5 @@ def write_audio(path: str | os.PathLike, data: np.ndarray, sample_rate: int, sub
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 1:
         data = data[:, None]
-    with AtomicAudioWriter(path, sample_rate, data.shape[1], subtype, overwrite=overwrite) as w:
+    with AtomicAudioWriter(path, sample_rate, data.shape[1], subtype, overwrite=overwrite, frames=len(data)) as w:
         w.write(data)

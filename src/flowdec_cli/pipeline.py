@@ -782,8 +782,7 @@ class Codec:
         given and different from the original rate: the same duration, ``round(num_samples * out_rate /
         sample_rate)`` frames)."""
         out_rate = int(out_rate or header.sample_rate)
-        n_out = header.num_samples if out_rate == header.sample_rate else \
-            _model_rate_length(header.num_samples, header.sample_rate, out_rate)
+        n_out = _output_frames(header, out_rate)
         data = buf.data
         target = _model_rate_length(header.num_samples, header.sample_rate, header.model_sample_rate)
         have = min(data.shape[1], target)
@@ -864,7 +863,8 @@ class Codec:
         _check_seed(seed)
         codes, warnings = self._checked_input(header, codes)
         rate = output_rate_for(dst, subtype, header.sample_rate)
-        writer = AtomicAudioWriter(dst, rate, header.channels, subtype, overwrite=overwrite)
+        writer = AtomicAudioWriter(dst, rate, header.channels, subtype, overwrite=overwrite,
+                                   frames=_output_frames(header, rate))
         clip = _clip_for(writer)
         try:
             dec = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
@@ -1032,6 +1032,13 @@ def planned_kbps(header: FdcHeader, cache_dir: str | os.PathLike[str] | None = N
     except EnvelopeError:
         return None
     return plan_rate(plan, header.n_codebooks, header.envelope_layout)
+
+
+def _output_frames(header: FdcHeader, out_rate: int) -> int:
+    """Frames a decode delivers at ``out_rate``: the original's count, or the same duration at another rate."""
+    if out_rate == header.sample_rate:
+        return header.num_samples
+    return _model_rate_length(header.num_samples, header.sample_rate, out_rate)
 
 
 def _model_rate_length(n: int, rate: int, model_rate: int) -> int:
