@@ -174,6 +174,23 @@ def test_incompressible_codes_fall_back_to_a_bitpacked_1_0_file(tables):
     assert data == encode_fdc(h, codes) and (data[4], data[5]) == (1, 0)
 
 
+def test_a_tie_goes_to_bit_packing(tables, monkeypatch):
+    """The spec: entropy coding only when the file comes out smaller; at the same size a 1.0 reader can
+    still read the bit-packed file."""
+    from flowdec_cli import container, entropy
+
+    h = make_header()
+    codes = markov_codes(10, 750)
+    packed = len(encode_fdc(h, codes))
+    sizes = {}
+    for n in range(packed - 200, packed):
+        monkeypatch.setattr(entropy, "encode_codes", lambda _arr, _t, n=n: bytes(n))
+        written, data = container.encode_fdc_written(h, codes, tables=tables)
+        sizes[n] = (written.coding, len(data))
+    flips = [n for n in sizes if sizes[n][0] == "bitpack" and sizes.get(n - 1, ("",))[0] != "bitpack"]
+    assert len(flips) == 1 and sizes[flips[0] - 1][1] == packed - 1, sizes  # one byte smaller: entropy
+
+
 def test_missing_or_other_tables_are_refused_clearly(tables):
     h = make_header()
     coded = encode_fdc(h, markov_codes(10, 750), tables=tables)

@@ -544,8 +544,10 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
             payload = pack_codes(arr, plain.bits_per_code)
         body = _PREAMBLE.pack(FDC_MAGIC, version[0], version[1], len(head)) + head + payload + side
         data = body + _CRC.pack(zlib.crc32(body))
-        # entropy coding only where it makes the file smaller (then a 1.0 reader's size check refuses it)
-        if best is None or len(data) < len(best[1]):
+        # entropy coding only where it makes the file smaller (then a 1.0 reader's size check refuses it):
+        # bit-packing wins a tie
+        if best is None or len(data) < len(best[1]) or (len(data) == len(best[1])
+                                                         and head_obj.coding == CODING_BITPACK):
             head_obj = dataclasses.replace(head_obj, format_version=version)
             best = (head_obj, data)
     assert best is not None
