@@ -450,6 +450,15 @@ def test_a_full_standard_output_is_named(args, tmp_path, wav, tiny_codec_dir):
     assert p.returncode == 1 and p.stderr.strip() == "flowdec: error: standard output: No space left on device"
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_output_device_is_named(tmp_path, wav, tiny_codec_dir):
+    """/dev/full given as OUT is written into, as /dev/null is; its failure names it."""
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    r = invoke("decompress", fdc, "/dev/full", "-q", "-m", tiny_codec_dir)
+    assert r.exit_code == 1 and r.stderr.strip() == "flowdec: error: /dev/full: No space left on device", r.stderr
+
+
 @pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="needs a file system that takes any bytes")
 def test_a_name_that_is_not_utf8_comes_out_as_valid_json_with_its_bytes(wav, tmp_path, tiny_codec_dir):
     """Lone surrogates would be written as escapes that UTF-8 JSON parsers reject."""

@@ -127,9 +127,14 @@ def stdout_file(suffix: str, sink: str | os.PathLike = STDIO) -> Iterator[Path]:
     path = folder / f"out{suffix}"
     try:
         yield path
-        with open(path, "rb") as f, (contextlib.nullcontext(_stdout()) if is_stdio(sink)
-                                     else open_sink(sink)) as out:
-            copy_all(f, out, COPY_BLOCK)
+        try:
+            with open(path, "rb") as f, (contextlib.nullcontext(_stdout()) if is_stdio(sink)
+                                         else open_sink(sink)) as out:
+                copy_all(f, out, COPY_BLOCK)
+        except OSError as exc:
+            if not is_stdio(sink) and exc.filename is None:  # a write to a device names no file: say which
+                exc.filename = os.fspath(sink)
+            raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
