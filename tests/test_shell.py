@@ -450,6 +450,21 @@ def test_a_full_standard_output_is_named(args, tmp_path, wav, tiny_codec_dir):
     assert p.returncode == 1 and p.stderr.strip() == "flowdec: error: standard output: No space left on device"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="needs symbolic links")
+def test_a_dangling_link_as_output_is_taken_before_any_work(tmp_path, wav, tiny_codec_dir):
+    """A link to nothing is still something -f would replace: refused up front, not after the decode as
+    an output that 'appeared while this run was writing it'."""
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    link = tmp_path / "out.wav"
+    link.symlink_to(tmp_path / "nowhere.wav")
+    r = invoke("decompress", fdc, link, "-q", "-m", tiny_codec_dir)
+    assert r.exit_code == 1 and f"{link}: exists; use -f/--force to overwrite" in r.stderr, r.stderr
+    assert link.is_symlink() and not link.exists()
+    r = invoke("decompress", fdc, link, "-q", "-f", "-m", tiny_codec_dir)
+    assert r.exit_code == 0 and not link.is_symlink() and sf.info(str(link)).frames > 0
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_output_device_is_named(tmp_path, wav, tiny_codec_dir):
     """/dev/full given as OUT is written into, as /dev/null is; its failure names it."""

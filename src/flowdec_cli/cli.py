@@ -176,10 +176,11 @@ def _shown(path: Path) -> str:
 
 def _taken(dst: Path) -> bool:
     """Whether writing ``dst`` would replace something, which needs -f/--force: a device or FIFO
-    (``/dev/null``) is written into, not replaced; a socket or block device raises (never an output)."""
+    (``/dev/null``) is written into, not replaced; a socket or block device raises (never an output). A
+    symbolic link counts even when what it points at does not exist: publishing would replace the link."""
     from .fileio import output_is_sink
 
-    return dst.exists() and not output_is_sink(dst)
+    return os.path.lexists(dst) and not output_is_sink(dst)
 
 
 def _check_pair(src: Path, dst: Path, force: bool) -> None:
