@@ -186,6 +186,9 @@ def test_bad_requests():
         model.decode(torch.full((1, 2, 3), 1024))
     with pytest.raises(ValueError, match="different products"):
         NDACConfig(encoder_rates=[2, 4], decoder_rates=[4, 4])
+    for rates in ("abc", [4, "a"], 5, [True, 2]):  # a config file's mistakes, named by field
+        with pytest.raises(ValueError, match=r"encoder_rates must be a list of whole numbers"):
+            NDACConfig(encoder_rates=rates, decoder_rates=[4, 4])
 
 
 def test_fresh_model_spreads_over_its_codebooks():

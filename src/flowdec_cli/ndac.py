@@ -36,6 +36,17 @@ _BOUNDS = {"encoder_dim": 4096, "latent_dim": 65_536, "decoder_dim": 65_536, "n_
            "codebook_size": 1 << 20, "codebook_dim": 4096, "sample_rate": 1_000_000}
 
 
+def _whole_numbers(name: str, value: Any) -> list[int]:
+    """``value`` as a list of ints, or ValueError naming the field (a config's ``"abc"`` said only "invalid
+    literal for int()")."""
+    def whole(r: Any) -> bool:
+        return (isinstance(r, int) and not isinstance(r, bool)) or (isinstance(r, float) and r.is_integer())
+
+    if not isinstance(value, (list, tuple)) or not all(whole(r) for r in value):
+        raise ValueError(f"{name} must be a list of whole numbers, got {value!r}")
+    return [int(r) for r in value]
+
+
 @dataclass
 class NDACConfig:
     """Constructor settings of descript-audio-codec 1.0.0 ``DAC`` (``metadata["kwargs"]`` of a weights.pth)."""
@@ -52,8 +63,8 @@ class NDACConfig:
     sample_rate: int = 44100
 
     def __post_init__(self) -> None:
-        self.encoder_rates = [int(r) for r in self.encoder_rates]
-        self.decoder_rates = [int(r) for r in self.decoder_rates]
+        self.encoder_rates = _whole_numbers("encoder_rates", self.encoder_rates)
+        self.decoder_rates = _whole_numbers("decoder_rates", self.decoder_rates)
         if self.latent_dim is None:
             self.latent_dim = self.encoder_dim * (2 ** len(self.encoder_rates))
         self.quantizer_dropout = float(self.quantizer_dropout or 0.0)
