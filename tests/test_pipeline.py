@@ -492,3 +492,18 @@ def test_a_wav_past_4_gib_is_written_as_rf64(tmp_path, monkeypatch):
     assert sf.info(str(tmp_path / "short.wav")).format == "WAV"
     back, rate = sf.read(str(tmp_path / "long.wav"), dtype="float32")
     assert rate == 48000 and np.array_equal(back, x[:, 0])
+
+
+def test_an_uncompressed_output_larger_than_the_free_space_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A .fdc of a few kB may rightly describe hours at a high rate; a .wav that cannot fit is refused up
+    front, naming its size, instead of after the decode has filled the disk."""
+    from flowdec_cli import audio
+
+    monkeypatch.setattr(audio, "no_space_left", lambda folder, wanted=0: wanted > 10_000)
+    with pytest.raises(audio.AudioError, match=r"big\.wav: cannot write \(0\.02 MB of audio; its file system"):
+        audio.AtomicAudioWriter(tmp_path / "big.wav", 48000, 2, "PCM_16", frames=5_000)
+    assert list(tmp_path.iterdir()) == []
+    with audio.AtomicAudioWriter(tmp_path / "small.wav", 48000, 2, "PCM_16", frames=2_000) as w:
+        w.write(np.zeros((2_000, 2), np.float32))
+    with audio.AtomicAudioWriter(tmp_path / "c.flac", 48000, 2, frames=5_000) as w:  # compressed: unknown
+        w.write(np.zeros((5_000, 2), np.float32))

@@ -396,6 +396,15 @@ class AtomicAudioWriter:
             raise AudioError(f"{self.path}: MP3 holds 1 or 2 channels, not {channels}; write .flac, .wav or .opus")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+        if frames is not None and fmt in ("WAV", "RF64", "AIFF") and sub in _SAMPLE_BYTES:
+            wanted = int(frames) * int(channels) * _SAMPLE_BYTES[sub]  # uncompressed: known before any work
+            if no_space_left(self.path.parent, wanted):
+                size = f"{wanted / 1e9:.1f} GB" if wanted >= 1e8 else f"{wanted / 1e6:.2f} MB"
+                raise AudioError(f"{self.path}: cannot write ({size} of audio; its file system has less room "
+                                 "left)")
+        try:
             self.tmp = temporary_sibling(self.path)
         except OSError as exc:
             raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
