@@ -146,13 +146,6 @@ def load_model(ref: str | os.PathLike[str], device: Device = None, with_postfilt
     """
     path = resolve(ref, cache_dir)
     card = read_model_card(path) if path.is_dir() else {}
-    ndac = _ndac_at(path, device)
-    has_pf = path.is_dir() and (path / "postfilter").is_dir()
-    if with_postfilter is None:
-        wanted = wants_postfilter(nfe, card, has_pf)
-    else:
-        wanted = has_pf and with_postfilter
-    pf = _postfilter_at(path, device) if wanted else None
     if str(ref).startswith("hf://"):
         name = str(ref)  # so .fdc files made with a hub model point back to the hub
     else:
@@ -162,6 +155,13 @@ def load_model(ref: str | os.PathLike[str], device: Device = None, with_postfilt
                 check_model_name(name)  # it would go into every file coded, which then could not be decoded
             except ModelError as exc:
                 raise ModelError(f"{path / 'flowdec.json'}: {exc}") from None
+    ndac = _ndac_at(path, device)
+    has_pf = path.is_dir() and (path / "postfilter").is_dir()
+    if with_postfilter is None:
+        wanted = wants_postfilter(nfe, card, has_pf)
+    else:
+        wanted = has_pf and with_postfilter
+    pf = _postfilter_at(path, device) if wanted else None
     return Model(name=name, ndac=ndac, postfilter=pf, licence=str(card.get("licence", "unknown")),
                  source=str(path), info=card, ndac_hash=ndac_state_hash(ndac))
 
