@@ -37,8 +37,7 @@ _BOUNDS = {"encoder_dim": 4096, "latent_dim": 65_536, "decoder_dim": 65_536, "n_
 
 
 def _whole_numbers(name: str, value: Any) -> list[int]:
-    """``value`` as a list of ints, or ValueError naming the field (a config's ``"abc"`` said only "invalid
-    literal for int()")."""
+    """``value`` as a list of ints, or a ValueError that names the field, as every config error does."""
     def whole(r: Any) -> bool:
         return (isinstance(r, int) and not isinstance(r, bool)) or (isinstance(r, float) and r.is_integer())
 
@@ -610,7 +609,7 @@ class NDAC(nn.Module):
 
 #: Batch items (channels) that the chunked forms put through the network together: a file's channels arrive
 #: as its batch, and the network's working memory grows with it (about 11 MB per channel-second decoded), so
-#: a 256-channel file of a few kB took 3 GB to decode before this bound.
+#: without a bound a few kB declaring hundreds of channels would take gigabytes.
 ITEMS_AT_ONCE = 4
 
 

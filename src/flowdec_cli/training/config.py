@@ -179,8 +179,8 @@ class NDACOptimConfig:
     revive_dead_codes_every: int = 0
     # ours: the parts of the codec that learn ("encoder", "quantizer", "decoder"; empty = all). Codes searched
     # for through a frozen decoder decode far better than the encoder's own (docs/models.md, "Searching for
-    # codes"), so training the encoder alone against a fixed decoder is a cheap way to close that gap without
-    # changing what any existing file decodes to.
+    # codes"): an encoder trained alone against a fixed decoder can chase that without changing what any
+    # existing file decodes to (short CPU runs did not; a GPU lease may).
     train_parts: list[str] = field(default_factory=list)
 
 
