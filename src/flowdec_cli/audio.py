@@ -167,10 +167,10 @@ def _audio_chunk(path: Path) -> _AudioChunk | None:
                 if rf64 and chunk[:4] == b"ds64" and size >= 16:
                     data64 = int.from_bytes(f.read(16)[8:16], "little")  # after the RIFF size
                 if chunk[:4] == wanted:
-                    if rf64:
-                        if size == 0xFFFFFFFF and not data64:
+                    if rf64 and size == 0xFFFFFFFF:
+                        if not data64:
                             return None  # no size to check against
-                        size = data64 if size == 0xFFFFFFFF else size
+                        size = data64
                     return _AudioChunk(pos + 4, size, end - (pos + 8), order == "little", rf64)
                 pos += 8 + size + (size & 1)
     except OSError:
