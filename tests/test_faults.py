@@ -503,7 +503,8 @@ def wav48(tmp_path):
     return path
 
 
-def test_disk_full_while_writing_audio_says_so(tmp_path, tiny_codec_dir, monkeypatch, wav48):
+@pytest.mark.parametrize("name", ["o.wav", "o.flac"])  # a .wav is sized before writing; a .flac is not
+def test_disk_full_while_writing_audio_says_so(tmp_path, tiny_codec_dir, monkeypatch, wav48, name):
     def full(self, *args, **kwargs):
         raise sf.LibsndfileError(0, "System error.")  # what libsndfile reports for ENOSPC
 
@@ -512,10 +513,10 @@ def test_disk_full_while_writing_audio_says_so(tmp_path, tiny_codec_dir, monkeyp
     from flowdec_cli import audio
 
     monkeypatch.setattr(audio, "no_space_left", lambda folder, wanted=0: True)
-    r = run("roundtrip", wav48, tmp_path / "o.wav", "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    r = run("roundtrip", wav48, tmp_path / name, "-m", tiny_codec_dir, "--nfe", "0", "-q")
     line = one_line(r)
-    assert r.exit_code == 1 and "o.wav: cannot write (no space left on device)" in line
-    assert not temporaries(tmp_path) and not (tmp_path / "o.wav").exists()
+    assert r.exit_code == 1 and f"{name}: cannot write (no space left on device" in line, line
+    assert not temporaries(tmp_path) and not (tmp_path / name).exists()
 
 
 def test_disk_full_while_writing_codes_names_the_file(tmp_path, tiny_codec_dir, monkeypatch, wav48):

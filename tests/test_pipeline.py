@@ -500,7 +500,8 @@ def test_an_uncompressed_output_larger_than_the_free_space_is_refused_before_any
     from flowdec_cli import audio
 
     monkeypatch.setattr(audio, "no_space_left", lambda folder, wanted=0: wanted > 10_000)
-    with pytest.raises(audio.AudioError, match=r"big\.wav: cannot write \(0\.02 MB of audio; its file system"):
+    why = r"big\.wav: cannot write \(no space left on device for its 0\.02 MB of audio\)"
+    with pytest.raises(audio.AudioError, match=why):
         audio.AtomicAudioWriter(tmp_path / "big.wav", 48000, 2, "PCM_16", frames=5_000)
     assert list(tmp_path.iterdir()) == []
     with audio.AtomicAudioWriter(tmp_path / "small.wav", 48000, 2, "PCM_16", frames=2_000) as w:

@@ -402,8 +402,8 @@ class AtomicAudioWriter:
             wanted = int(frames) * int(channels) * _SAMPLE_BYTES[sub]  # uncompressed: known before any work
             if no_space_left(self.path.parent, wanted):
                 size = f"{wanted / 1e9:.1f} GB" if wanted >= 1e8 else f"{wanted / 1e6:.2f} MB"
-                raise AudioError(f"{self.path}: cannot write ({size} of audio; its file system has less room "
-                                 "left)")
+                raise AudioError(f"{self.path}: cannot write (no space left on device for its {size} of "
+                                 "audio)")
         try:
             self.tmp = temporary_sibling(self.path)
         except OSError as exc:

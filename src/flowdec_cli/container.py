@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -835,7 +836,11 @@ def _read_bytes(f: BinaryIO) -> bytes:
     head = f.read(len(FDC_MAGIC))
     if head != FDC_MAGIC:
         return head  # empty, or not a .fdc file: the checks say which
-    return head + _read_declared(f, head)
+    try:
+        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):  # no descriptor (an in-memory stream): read it as a pipe
+        regular = False
+    return head + _read_declared(f, head, regular)
 
 
 def _read_up_to(f: Any, n: int) -> bytes:
@@ -850,9 +855,10 @@ def _read_up_to(f: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _read_declared(f: Any, head: bytes) -> bytes:
+def _read_declared(f: Any, head: bytes, regular: bool) -> bytes:
     """After the magic: the fixed fields, the header, and as many bytes as the header declares (one more,
-    so that trailing bytes are still reported). A header that does not parse ends the read."""
+    so that trailing bytes are still reported). A header that does not parse declares nothing: the rest of a
+    regular file is read (the CRC over it tells a forged header from a corrupt file), a stream's ends there."""
     data = head + _read_up_to(f, _PREAMBLE.size - len(head))
     if len(data) < _PREAMBLE.size:
         return data[len(head):]
@@ -861,7 +867,8 @@ def _read_declared(f: Any, head: bytes) -> bytes:
     try:
         header = _parse_header(data[_PREAMBLE.size:], "<stream>")
     except FdcError:
-        return data[len(head):] + _read_up_to(f, _CRC.size)
+        rest = _read_up_to(f, os.fstat(f.fileno()).st_size) if regular else _read_up_to(f, _CRC.size)
+        return data[len(head):] + rest
     wanted = header.payload_size + int(header.envelope_bytes) + _CRC.size + 1
     return data[len(head):] + _read_up_to(f, wanted)
 
