@@ -327,7 +327,8 @@ def test_truncated_files():
     for n in range(len(data)):
         with pytest.raises(FdcError):
             decode_fdc(data[:n])
-    expect_error(data[:12 + hlen + 4000], "truncated file (expected 9375 payload bytes, got 4000)")
+    expect_error(data[:12 + hlen + 4000],
+                 "truncated file (expected 9375 payload bytes + a 4-byte checksum after the header, got 4004 bytes)")
     expect_error(data[:3], "truncated file")
     expect_error(data[:20], "truncated file")
 
@@ -507,7 +508,8 @@ def test_forged_huge_lengths_do_not_allocate():
         m = {**header_map(h), 4: 1, 6: samples, 12: 75 * samples, 5: channels}
         t0 = time.perf_counter()
         expect_error(forge(m, b"\x00" * 100), "payload bytes but the file holds 100")  # CRC fits: bad writer
-        expect_error(forge(m, b"\x00" * 100, crc=False), "truncated file (expected", "payload bytes, got 100)")
+        expect_error(forge(m, b"\x00" * 100, crc=False), "truncated file (expected",
+                     "payload bytes + a 4-byte checksum after the header, got 104 bytes)")
         assert time.perf_counter() - t0 < 0.5
     m = {**header_map(h), 12: 2 ** 63}
     expect_error(forge(m), "num_frames", "out of range")
@@ -755,7 +757,8 @@ def test_read_errors_name_the_file(tmp_path):
     p.write_bytes(p.read_bytes()[:12 + header_size(h) + 4000])
     with pytest.raises(FdcError) as info:
         read_fdc(p)
-    assert str(info.value) == f"{p}: truncated file (expected 9375 payload bytes, got 4000)"
+    assert str(info.value) == (f"{p}: truncated file (expected 9375 payload bytes + a 4-byte checksum after the "
+                               "header, got 4004 bytes)")
     p.write_bytes(b"")
     with pytest.raises(FdcError, match=f"^{re.escape(str(p))}: empty file"):
         read_fdc(p)

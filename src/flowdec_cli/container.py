@@ -725,7 +725,8 @@ def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
         if crc_at_end:
             raise FdcError(f"{src}: invalid file: the header declares {payload_size} payload bytes "
                            f"but the file holds {got}")
-        raise FdcError(f"{src}: truncated file (expected {payload_size} payload bytes, got {got})")
+        raise FdcError(f"{src}: truncated file (expected {payload_size} payload bytes + a 4-byte checksum after "
+                       f"the header, got {got + _CRC.size} bytes)")
     if got > payload_size:
         if crc_ok(end):
             # no count: a pipe is read only one byte past the declared end
