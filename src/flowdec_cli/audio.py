@@ -368,11 +368,17 @@ _SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "P
                  "FLOAT": 4, "DOUBLE": 8}
 
 
+def _pcm_bytes(frames: int, channels: int, subtype: str) -> int:
+    """The sample bytes of ``frames`` frames in ``subtype``; one of no fixed size counts 8 a sample, to be
+    safe."""
+    return int(frames) * int(channels) * _SAMPLE_BYTES.get(subtype, 8)
+
+
 def wav_container_for(frames: int | None, channels: int, subtype: str) -> str:
     """``WAV``, or ``RF64`` (EBU Tech 3306, the 64-bit WAV that libsndfile, ffmpeg and sox read) when
     ``frames`` would not fit a RIFF file's 4 GiB: a plain WAV past it carries a size field that readers
     take as truncated or refuse."""
-    if frames is None or int(frames) * int(channels) * _SAMPLE_BYTES.get(subtype, 8) <= _RIFF_LIMIT:
+    if frames is None or _pcm_bytes(frames, channels, subtype) <= _RIFF_LIMIT:
         return "WAV"
     return "RF64"
 
@@ -399,7 +405,7 @@ class AtomicAudioWriter:
         except OSError as exc:
             raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         if frames is not None and fmt in ("WAV", "RF64", "AIFF") and sub in _SAMPLE_BYTES:
-            wanted = int(frames) * int(channels) * _SAMPLE_BYTES[sub]  # uncompressed: known before any work
+            wanted = _pcm_bytes(frames, channels, sub)  # uncompressed: known before any work
             if no_space_left(self.path.parent, wanted):
                 size = f"{wanted / 1e9:.1f} GB" if wanted >= 1e8 else f"{wanted / 1e6:.2f} MB"
                 raise AudioError(f"{self.path}: cannot write (no space left on device for its {size} of "
