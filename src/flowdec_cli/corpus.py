@@ -200,8 +200,13 @@ def _shard_ids(path: Path) -> list[str]:
     try:
         return [str(x) for x in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError... for what is not a shard
-        first = (str(exc).splitlines() or ["no detail"])[0]
-        raise CorpusError(f"{path}: not a readable shard ({type(exc).__name__}: {first})") from None
+        raise CorpusError(f"{path}: not a readable shard ({_arrow_cause(exc)})") from None
+
+
+def _arrow_cause(exc: Exception) -> str:
+    """A pyarrow error in one line: its class and the first line of its message (some have none)."""
+    first = (str(exc).splitlines() or ["no detail"])[0]
+    return f"{type(exc).__name__}: {first}"
 
 
 def _shard_schema(codes_type: Any = None) -> Any:
@@ -371,8 +376,7 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
             except StopIteration:
                 break
             except Exception as exc:  # a damaged page: pyarrow's OSError or ArrowInvalid, naming no file
-                first = (str(exc).splitlines() or ["no detail"])[0]
-                raise CorpusError(f"{f}: unreadable after its first rows ({type(exc).__name__}: {first})") from None
+                raise CorpusError(f"{f}: unreadable after its first rows ({_arrow_cause(exc)})") from None
             pos = ch = cb = 0
             for r, rec in enumerate(meta):
                 where = f"{f}: row '{rec['id']}'"

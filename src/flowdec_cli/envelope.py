@@ -30,9 +30,9 @@ from .exceptions import FlowdecError
 from .numeric import is_integer, is_real
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
-           "check_range", "check_shape", "decode_levels", "encode_levels", "entries_of", "envelope_layout", "plan_rate",
-           "filter_bands",
-           "level_count_fits", "levels_of_signal", "measure", "plan_point", "quantise", "rate_plan", "RatePoint"]
+           "check_range", "check_shape", "decode_levels", "encode_levels", "entries_of", "envelope_layout",
+           "filter_bands", "level_count_fits", "levels_of_signal", "measure", "plan_point", "plan_rate", "quantise",
+           "rate_plan", "RatePoint"]
 
 _FLOOR_DB = -96.0  # levels below this are silence; it keeps log10 finite and bounds the level range
 _BLOCK = 1 << 18  # model-rate samples per block when reading a buffer
