@@ -414,6 +414,28 @@ def test_memory_follows_the_bytes_there_not_the_bytes_declared(tmp_path):
     assert reader.total == len(data) + 1
 
 
+@pytest.mark.parametrize("intact", [True, False])
+def test_a_long_file_whose_header_does_not_parse_is_checked_in_blocks(tmp_path, intact):
+    """The checksum over the whole file tells a forged header (its own error) from a corrupt file (CRC
+    mismatch); on a regular file it is computed block by block, not over the file read whole."""
+    import tracemalloc
+
+    data = forge(None, payload=bytes(24 << 20), raw_header=b"\xc1", crc=intact)
+    path = tmp_path / "long.fdc"
+    path.write_bytes(data)
+    in_memory = expect_error(data, "CRC mismatch" if not intact else "invalid header", name=str(path))
+    del data
+    tracemalloc.start()
+    try:
+        with pytest.raises(FdcError) as info:
+            container.inspect_fdc(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == str(in_memory)
+    assert peak < 4 * container._READ_BLOCK, peak
+
+
 def test_every_single_bit_flip_is_detected():
     data = small_file()
     assert len(data) < 200

@@ -686,6 +686,21 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
     return header
 
 
+def _check_major(major: int, src: str) -> None:
+    supported = FORMAT_VERSION[0]
+    if major != supported:
+        relation = "newer than" if major > supported else "older than"
+        advice = "; upgrade flowdec" if major > supported else ""
+        raise FdcError(f"{src}: format version {major}.x is {relation} this flowdec supports "
+                       f"({supported}.x){advice}")
+
+
+def _unparsed_header_error(exc: FdcError, crc_at_end: bool, src: str) -> FdcError:
+    """What a header that does not parse is reported as: the header's own error when the checksum over the
+    whole file matches (a file written so, or forged with care), else corruption (a flipped bit)."""
+    return exc if crc_at_end else FdcError(f"{src}: CRC mismatch: file is corrupt")
+
+
 def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
     """Steps 1-6 of the spec's reading order: (header, payload bytes) of a file whose CRC matches."""
     size = len(data)
@@ -696,12 +711,7 @@ def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
     if size < _PREAMBLE.size:
         raise FdcError(f"{src}: truncated file ({size} bytes, a .fdc file has at least {FIXED_OVERHEAD})")
     _magic, major, minor, hlen = _PREAMBLE.unpack_from(data)
-    supported = FORMAT_VERSION[0]
-    if major != supported:
-        relation = "newer than" if major > supported else "older than"
-        advice = "; upgrade flowdec" if major > supported else ""
-        raise FdcError(f"{src}: format version {major}.x is {relation} this flowdec supports "
-                       f"({supported}.x){advice}")
+    _check_major(major, src)
     header_end = _PREAMBLE.size + hlen
     if size < header_end + _CRC.size:
         raise FdcError(f"{src}: truncated file (expected a {hlen}-byte header and a checksum, "
@@ -713,10 +723,8 @@ def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
     crc_at_end = crc_ok(size - _CRC.size)
     try:
         header = _parse_header(data[_PREAMBLE.size:header_end], src)
-    except FdcError:
-        if not crc_at_end:
-            raise FdcError(f"{src}: CRC mismatch: file is corrupt") from None
-        raise
+    except FdcError as exc:
+        raise _unparsed_header_error(exc, crc_at_end, src) from None
     header.format_version = (major, minor)
     payload_size = header.payload_size + int(header.envelope_bytes)
     end = header_end + payload_size
@@ -812,7 +820,7 @@ def inspect_fdc_stream(stream: BinaryIO, name: str) -> tuple[FdcHeader, int]:
     """:func:`inspect_fdc` of a .fdc file read from an open stream (standard input), read no further than
     its header declares; also the file's size in bytes."""
     try:
-        data = _read_bytes(stream)
+        data = _read_bytes(stream, name)
     except OSError as e:
         raise FdcError(f"{name}: cannot read: {e.strerror or e}") from None
     return _checked(data, name)[0], len(data)
@@ -821,7 +829,7 @@ def inspect_fdc_stream(stream: BinaryIO, name: str) -> tuple[FdcHeader, int]:
 def _read_file(name: Any) -> bytes:
     try:
         with open(name, "rb") as f:
-            return _read_bytes(f)
+            return _read_bytes(f, str(name))
     except OSError as e:
         raise FdcError(f"{name}: cannot read: {e.strerror or e}") from None
 
@@ -829,7 +837,7 @@ def _read_file(name: Any) -> bytes:
 _READ_BLOCK = 1 << 20
 
 
-def _read_bytes(f: BinaryIO) -> bytes:
+def _read_bytes(f: BinaryIO, src: str) -> bytes:
     """The bytes of a file to check, never more than it can be: reading stops after the magic when that is
     wrong (a multi-gigabyte file that is not a .fdc costs 4 bytes), and any file, pipe or device
     (/dev/zero) is read only as far as its own header declares, one byte more so that trailing data is still
@@ -841,7 +849,7 @@ def _read_bytes(f: BinaryIO) -> bytes:
         regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
     except (OSError, ValueError, AttributeError):  # no descriptor (an in-memory stream): read it as a pipe
         regular = False
-    return head + _read_declared(f, head, regular)
+    return head + _read_declared(f, head, regular, src)
 
 
 def _read_up_to(f: Any, n: int) -> bytes:
@@ -856,22 +864,40 @@ def _read_up_to(f: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _read_declared(f: Any, head: bytes, regular: bool) -> bytes:
+def _read_declared(f: Any, head: bytes, regular: bool, src: str) -> bytes:
     """After the magic: the fixed fields, the header, and as many bytes as the header declares (one more,
-    so that trailing bytes are still reported). A header that does not parse declares nothing: the rest of a
-    regular file is read (the CRC over it tells a forged header from a corrupt file), a stream's ends there."""
+    so that trailing bytes are still reported). A header that does not parse declares nothing: a stream
+    ends there; a regular file is checked to its end (:func:`_verdict_on_unparsed_header`)."""
     data = head + _read_up_to(f, _PREAMBLE.size - len(head))
     if len(data) < _PREAMBLE.size:
         return data[len(head):]
     hlen = _PREAMBLE.unpack_from(data)[3]
     data += _read_up_to(f, hlen)
     try:
-        header = _parse_header(data[_PREAMBLE.size:], "<stream>")
-    except FdcError:
-        rest = _read_up_to(f, os.fstat(f.fileno()).st_size) if regular else _read_up_to(f, _CRC.size)
-        return data[len(head):] + rest
+        header = _parse_header(data[_PREAMBLE.size:], src)
+    except FdcError as exc:
+        if not regular:
+            return data[len(head):] + _read_up_to(f, _CRC.size)
+        return data[len(head):] + _verdict_on_unparsed_header(f, data, exc, src)
     wanted = header.payload_size + int(header.envelope_bytes) + _CRC.size + 1
     return data[len(head):] + _read_up_to(f, wanted)
+
+
+def _verdict_on_unparsed_header(f: Any, data: bytes, exc: FdcError, src: str) -> bytes:
+    """A regular file whose header does not parse: the checksum over the whole file tells a forged header
+    from a corrupt file, so it is computed here block by block, and memory stays at one block however long
+    the file. Raises the file's error; returns the few bytes left only when the file is too short to hold a
+    checksum after its header, or of a format version the checks refuse first."""
+    _magic, major, _minor, hlen = _PREAMBLE.unpack_from(data)
+    if major != FORMAT_VERSION[0] or len(data) < _PREAMBLE.size + hlen:
+        return _read_up_to(f, _CRC.size)
+    crc, tail = zlib.crc32(data), b""
+    while block := f.read(_READ_BLOCK):
+        joined = tail + block
+        crc, tail = zlib.crc32(joined[:-_CRC.size], crc), joined[-_CRC.size:]
+    if len(tail) < _CRC.size:
+        return tail  # too short for a checksum: the checks say so
+    raise _unparsed_header_error(exc, _CRC.unpack(tail)[0] == crc, src)
 
 
 def header_size(header: FdcHeader) -> int:
