@@ -255,7 +255,7 @@ def test_envelope_of_the_wrong_shape_is_refused():
 
 
 def forge(data: bytes, **changes) -> bytes:
-    """The file with header fields changed and a valid CRC (as a forger would make it)."""
+    """The file with header fields changed (``...``: removed) and a valid CRC (as a forger would make it)."""
     import struct
     import zlib
 
@@ -264,7 +264,10 @@ def forge(data: bytes, **changes) -> bytes:
     hlen = struct.unpack_from("<H", data, 6)[0]
     head = msgpack.unpackb(data[8:8 + hlen], strict_map_key=False)
     for key, value in changes.items():
-        head[int(key[1:])] = value
+        if value is ...:
+            del head[int(key[1:])]
+        else:
+            head[int(key[1:])] = value
     raw = msgpack.packb(head, use_bin_type=True)
     body = data[:6] + struct.pack("<H", len(raw)) + raw + data[8 + hlen:-4]
     return body + struct.pack("<I", zlib.crc32(body))
@@ -277,6 +280,8 @@ def test_forged_envelope_fields_give_clear_errors():
         decode_fdc(forge(data, k20="bands99"))
     with pytest.raises(FdcError, match="envelope_bytes"):
         decode_fdc(forge(data, k21=-1))
+    with pytest.raises(FdcError, match=r"envelope_layout \(key 20\) is given without envelope_bytes \(key 21\)"):
+        decode_fdc(forge(data, k21=...))
     with pytest.raises(FdcError, match="payload bytes"):
         decode_fdc(forge(data, k21=10 ** 9))  # more than the file holds: nothing is allocated for it
     with pytest.raises(FdcError, match="envelope levels cannot be coded"):

@@ -667,6 +667,9 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
     n_codes = int(values["channels"]) * int(values["n_codebooks"]) * int(values["num_frames"])
     _check_coding(coding, obj.get(_KEY_TABLES), obj.get(_KEY_PAYLOAD_BYTES), n_codes, src)
     coded = coding != CODING_BITPACK
+    if obj.get(_KEY_ENVELOPE) and _KEY_ENVELOPE_BYTES not in obj:
+        raise FdcError(f"{src}: invalid header: envelope_layout (key {_KEY_ENVELOPE}) is given without "
+                       f"envelope_bytes (key {_KEY_ENVELOPE_BYTES}), the size of its levels")
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
     try:
         header = FdcHeader(**values, gain=gain, extra=extra, coding=coding,
