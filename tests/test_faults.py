@@ -584,6 +584,24 @@ def test_info_on_a_folder(tmp_path):
     assert r.exit_code == 1 and "is a folder" in one_line(r)
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists() or sys.platform == "win32", reason="needs /dev/zero")
+def test_weights_that_are_a_device_are_named_as_such(tmp_path, wav48, tiny_codec_dir):
+    """A model folder whose weights link to /dev/zero: the file is there but is no file to read (it would
+    never end), which is not what 'missing' says."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_codec_dir, folder)
+    weights = next(folder.rglob("model.safetensors"))
+    weights.unlink()
+    weights.symlink_to("/dev/zero")
+    r = run("compress", wav48, tmp_path / "a.fdc", "-m", folder, "-q")
+    assert r.exit_code == 1 and one_line(r).endswith(f"{weights}: not a regular file"), one_line(r)
+    weights.unlink()
+    r = run("compress", wav48, tmp_path / "a.fdc", "-m", folder, "-q")
+    assert r.exit_code == 1 and "missing model.safetensors" in one_line(r), one_line(r)
+
+
 def test_refused_pth_never_advises_weights_only_false(tmp_path, wav48):
     bad = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "metadata": {"kwargs": argparse.Namespace(a=1)}}, bad)

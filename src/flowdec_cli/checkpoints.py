@@ -138,9 +138,19 @@ class _RestrictedPickleModule:
         return _RestrictedUnpickler(file, **kwargs).load()
 
 
-def _require_zip_torch_file(path: Path) -> None:
+def _not_a_plain_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a weights or config file, or None: missing (a dangling link too), or there but
+    not a regular file (a folder, FIFO or device such as a link to /dev/zero, which would be read forever)."""
+    if not path.exists():
+        return "no such file"
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        return "not a regular file"
+    return None
+
+
+def _require_zip_torch_file(path: Path) -> None:
+    if (problem := _not_a_plain_file(path)) is not None:
+        raise CheckpointError(f"{path}: {problem}")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a zip-format torch checkpoint (legacy or corrupt file)")
 
@@ -277,8 +287,10 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for p in (cfg_path, w_path):
-        if not p.is_file():
+        if (problem := _not_a_plain_file(p)) == "no such file":
             raise CheckpointError(f"{folder}: not a model folder (missing {p.name})")
+        if problem is not None:
+            raise CheckpointError(f"{p}: {problem}")
     try:
         config = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as exc:
