@@ -31,7 +31,7 @@ from .common import TrainingError, first_problem, param_list, wrap_ddp
 from .config import PostfilterTrainConfig
 from .data import EvalDataset, PairDataset, make_loader, mix_seed, read_pairs
 from .losses import flow_matching_loss, flow_matching_targets, log_spectral_mse, with_coded_phase
-from .prepare import gaussian_smooth, read_sigma_file
+from .prepare import gaussian_smooth, read_sigma_file, unusable_sigma
 
 __all__ = ["PostfilterTrainer", "train_postfilter", "sigma_y_from_config", "build_postfilter"]
 
@@ -49,7 +49,7 @@ def sigma_y_from_config(config: PostfilterTrainConfig) -> tuple[torch.Tensor, fl
             number = float(value)
         except (TypeError, ValueError):
             number = math.nan
-        if not (math.isfinite(number) and number > 0):
+        if unusable_sigma(number).size:
             raise TrainingError(f"{sc.file}: {field} is {value!r}, not a positive number; run estimate-sigma "
                                 "again (on pairs that are not silent)")
         return number
@@ -65,7 +65,7 @@ def sigma_y_from_config(config: PostfilterTrainConfig) -> tuple[torch.Tensor, fl
         if curve.shape != (freqs,):
             raise TrainingError(f"{sc.file}: holds no per-band sigma_y of {freqs} bands (got shape "
                                 f"{curve.shape}); run estimate-sigma again with this config's n_fft")
-        bad = np.flatnonzero(~(np.isfinite(curve) & (curve > 0)))
+        bad = unusable_sigma(curve)
         if bad.size:
             positive(f"sigma_y_perband[{bad[0]}]", float(curve[bad[0]]))
         smooth = gaussian_smooth(curve, sc.smoothing_bins) if sc.smoothing_bins > 0 else curve

@@ -49,6 +49,7 @@ __all__ = [
     "estimate_sigma",
     "write_sigma_file",
     "read_sigma_file",
+    "unusable_sigma",
     "load_trained_ndac",
     "prepare_pairs",
 ]
@@ -185,6 +186,13 @@ def sigma_file_outputs(path: str | os.PathLike, overwrite: bool = True) -> tuple
     return outputs
 
 
+def unusable_sigma(value: Any) -> np.ndarray:
+    """The flat indices where a sigma file's value (beta, sigma_y or the per-band curve) is NaN, infinite,
+    zero or negative: the model divides by each, so such a file is neither written nor trained with."""
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    return np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))
+
+
 def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any], overwrite: bool = True) -> Path:
     """``path`` (JSON, what the postfilter config's ``sigma.file`` names) and, beside it, the per-band
     curve as ``<stem>_perband.npy`` (768 float64, the official file's layout), each written atomically.
@@ -192,7 +200,7 @@ def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any], overwrit
     path, npy = sigma_file_outputs(path, overwrite)
     curve = np.asarray(estimate["sigma_y_perband"], dtype=np.float64)
     for field, value in (("beta", estimate["beta"]), ("sigma_y", estimate["sigma_y"]), ("the per-band curve", curve)):
-        if not np.all(np.isfinite(value) & (np.asarray(value) > 0)):  # the trainer divides by each; it refuses
+        if unusable_sigma(value).size:
             raise TrainingError(f"{path}: not written: {field} came out as NaN, infinite, zero or negative "
                                 "(pairs that are silent or identical to their references, or settings such as "
                                 "--alpha or --qx outside their range?)")
