@@ -25,20 +25,22 @@ N_FFT, HOP, RATE, LIFTER = 512, 128, 16000, 30
 
 
 def stft(x: np.ndarray) -> np.ndarray:
-    window = np.hanning(N_FFT)
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP]
-    return np.fft.rfft(frames * window, axis=1)
+    """[frames, bins] of a centred Hann STFT (the signal padded by reflection, as the postfilter's features)."""
+    import torch
+
+    spec = torch.stft(torch.from_numpy(x), N_FFT, HOP, window=torch.hann_window(N_FFT, dtype=torch.float64),
+                      center=True, return_complex=True)
+    return spec.T.numpy()
 
 
 def istft(spec: np.ndarray, length: int) -> np.ndarray:
-    """Weighted overlap-add: the least-squares signal for a (possibly inconsistent) STFT."""
-    window = np.hanning(N_FFT)
-    frames = np.fft.irfft(spec, n=N_FFT, axis=1) * window
-    out, weight = np.zeros(length), np.zeros(length)
-    for i, frame in enumerate(frames):
-        out[i * HOP:i * HOP + N_FFT] += frame
-        weight[i * HOP:i * HOP + N_FFT] += window ** 2
-    return out / np.maximum(weight, 1e-8)
+    """The least-squares signal for a (possibly inconsistent) STFT. Centring keeps every output sample under
+    full overlap: a plain overlap-add divided by the window sum blows up in the first and last samples, where
+    that sum is near zero, and those few spikes alone wreck a score."""
+    import torch
+
+    return torch.istft(torch.from_numpy(np.ascontiguousarray(spec.T)), N_FFT, HOP,
+                       window=torch.hann_window(N_FFT, dtype=torch.float64), center=True, length=length).numpy()
 
 
 def envelope(mag: np.ndarray) -> np.ndarray:
