@@ -892,12 +892,19 @@ def _verdict_on_unparsed_header(f: Any, data: bytes, exc: FdcError, src: str) ->
     the file. Raises the file's error; returns the few bytes left only when the file is too short to hold a
     checksum after its header, or of a format version the checks refuse first."""
     _magic, major, _minor, hlen = _PREAMBLE.unpack_from(data)
-    if major != FORMAT_VERSION[0] or len(data) < _PREAMBLE.size + hlen:
+    try:
+        _check_major(major, src)
+    except FdcError:
         return _read_up_to(f, _CRC.size)
-    crc, tail = zlib.crc32(data), b""
+    if len(data) < _PREAMBLE.size + hlen:
+        return _read_up_to(f, _CRC.size)
+    crc, tail = zlib.crc32(data), b""  # tail: the last bytes read, held back in case they are the checksum
     while block := f.read(_READ_BLOCK):
-        joined = tail + block
-        crc, tail = zlib.crc32(joined[:-_CRC.size], crc), joined[-_CRC.size:]
+        if len(block) < _CRC.size:
+            block, tail = tail + block, b""
+        view = memoryview(block)
+        crc = zlib.crc32(view[:-_CRC.size], zlib.crc32(tail, crc))
+        tail = bytes(view[-_CRC.size:])
     if len(tail) < _CRC.size:
         return tail  # too short for a checksum: the checks say so
     raise _unparsed_header_error(exc, _CRC.unpack(tail)[0] == crc, src)
