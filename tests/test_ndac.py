@@ -189,6 +189,8 @@ def test_bad_requests():
     for rates in ("abc", [4, "a"], 5, [True, 2]):  # a config file's mistakes, named by field
         with pytest.raises(ValueError, match=r"encoder_rates must be a list of whole numbers"):
             NDACConfig(encoder_rates=rates, decoder_rates=[4, 4])
+    # whole numbers as numpy or JSON hands them over still count, as they did before rates were checked
+    assert NDACConfig(encoder_rates=[np.int64(4), 4.0], decoder_rates=[4, 4]).encoder_rates == [4, 4]
 
 
 def test_fresh_model_spreads_over_its_codebooks():

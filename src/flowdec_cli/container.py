@@ -39,7 +39,7 @@ from .envelope import (
 )
 from .exceptions import FlowdecError
 from .fileio import atomic_write_bytes
-from .numeric import is_integer, is_real
+from .numeric import is_integer, is_real, is_whole
 
 __all__ = [
     "FDC_MAGIC",
@@ -331,8 +331,7 @@ def check_sample_rate(value: Any) -> int:
     44100.0) in the header's range. A fraction would be truncated and a bool taken as 1 Hz, so both are
     refused; the message names no source, for the caller to add its own."""
     lo, hi = _INT_RANGES["sample_rate"]
-    whole = is_integer(value) or (is_real(value) and math.isfinite(value) and float(value).is_integer())
-    if not whole or not lo <= int(value) <= hi:
+    if not is_whole(value) or not lo <= int(value) <= hi:
         raise FdcError(f"sample rate must be a whole number of Hz in [{lo}, {hi}], got {value!r}")
     return int(value)
 

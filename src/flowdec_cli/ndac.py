@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bitrate import nominal_bitrate
-from .numeric import is_integer
+from .numeric import is_integer, is_whole
 
 __all__ = ["NDACConfig", "NDAC"]
 
@@ -38,10 +38,7 @@ _BOUNDS = {"encoder_dim": 4096, "latent_dim": 65_536, "decoder_dim": 65_536, "n_
 
 def _whole_numbers(name: str, value: Any) -> list[int]:
     """``value`` as a list of ints, or a ValueError that names the field, as every config error does."""
-    def whole(r: Any) -> bool:
-        return (isinstance(r, int) and not isinstance(r, bool)) or (isinstance(r, float) and r.is_integer())
-
-    if not isinstance(value, (list, tuple)) or not all(whole(r) for r in value):
+    if not isinstance(value, (list, tuple)) or not all(is_whole(r) for r in value):
         raise ValueError(f"{name} must be a list of whole numbers, got {value!r}")
     return [int(r) for r in value]
 
