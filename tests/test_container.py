@@ -440,7 +440,8 @@ def test_a_file_whose_header_does_not_parse_reads_alike_from_disk_and_memory(tmp
     """Cut anywhere, with its checksum right or wrong: a regular file (checked block by block) is reported
     as the same bytes decoded in memory are."""
     for data in (forge(None, payload=bytes(range(10)), raw_header=b"\xc1"),
-                 forge(None, payload=bytes(range(10)), raw_header=b"\xc1", crc=False)):
+                 forge(None, payload=bytes(range(10)), raw_header=b"\xc1", crc=False),
+                 forge(None, payload=bytes(range(10)), raw_header=b"\xc1", major=2)):
         for cut in range(len(data) + 1):
             path = tmp_path / "f.fdc"
             path.write_bytes(data[:cut])

@@ -888,13 +888,10 @@ def _read_declared(f: Any, head: bytes, regular: bool, src: str) -> bytes:
 def _verdict_on_unparsed_header(f: Any, data: bytes, exc: FdcError, src: str) -> bytes:
     """A regular file whose header does not parse: the checksum over the whole file tells a forged header
     from a corrupt file, so it is computed here block by block, and memory stays at one block however long
-    the file. Raises the file's error; returns the few bytes left only when the file is too short to hold a
-    checksum after its header, or of a format version the checks refuse first."""
+    the file. Raises the file's error (a version this flowdec does not read first, as the checks order
+    them); returns the few bytes left only when the file is too short to hold a checksum after its header."""
     _magic, major, _minor, hlen = _PREAMBLE.unpack_from(data)
-    try:
-        _check_major(major, src)
-    except FdcError:
-        return _read_up_to(f, _CRC.size)
+    _check_major(major, src)
     if len(data) < _PREAMBLE.size + hlen:
         return _read_up_to(f, _CRC.size)
     crc, tail = zlib.crc32(data), b""  # tail: the last bytes read, held back in case they are the checksum
