@@ -287,9 +287,9 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for p in (cfg_path, w_path):
-        if (problem := _not_a_plain_file(p)) == "no such file":
+        if not p.exists():
             raise CheckpointError(f"{folder}: not a model folder (missing {p.name})")
-        if problem is not None:
+        if (problem := _not_a_plain_file(p)) is not None:
             raise CheckpointError(f"{p}: {problem}")
     try:
         config = json.loads(cfg_path.read_text())
