@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from evaluate_default_model import pick_clips  # the same validation clips as the Quality tables
 
 N_FFT, HOP, RATE, LIFTER = 512, 128, 16000, 30
 
@@ -89,8 +90,7 @@ def main() -> None:
     torch.set_num_threads(1)
     codec = Codec.load(args.model, "cpu")
     nfes = sorted({0, codec.resolve_nfe(None)})
-    clips = [args.corpus / line.strip() for line in (args.corpus / "valid_speech.txt").read_text().splitlines()
-             if line.strip()]
+    clips = pick_clips(args.corpus, 0)["speech"]
     scores: dict[str, list[float]] = {}
     for path in clips:
         ref, sr = sf.read(path, dtype="float32", always_2d=True)

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from evaluate_default_model import pick_clips  # the same validation clips as the Quality tables
 
 
 def main() -> None:
@@ -36,9 +37,7 @@ def main() -> None:
     codec = Codec.load(args.model, "cpu")
     nfe = codec.resolve_nfe(None)
     features = codec.postfilter.feature_extractor
-    for category in ("music", "sounds", "speech"):
-        lines = (args.corpus / f"valid_{category}.txt").read_text().split()
-        clips = [args.corpus / line for line in lines[: args.per_category or None]]
+    for category, clips in pick_clips(args.corpus, args.per_category).items():
         scores: dict[str, list[tuple[float, float]]] = {}
         for path in clips:
             ref, sr = sf.read(path, dtype="float32", always_2d=True)
