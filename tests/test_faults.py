@@ -602,6 +602,24 @@ def test_weights_that_are_a_device_are_named_as_such(tmp_path, wav48, tiny_codec
     assert r.exit_code == 1 and "missing model.safetensors" in one_line(r), one_line(r)
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists() or sys.platform == "win32", reason="needs /dev/zero")
+def test_entropy_tables_that_are_a_device_are_named_as_such(tmp_path, wav48, tiny_codec_dir):
+    """Tables that link to /dev/zero are not 'a model without tables' (which would silently code without
+    them): the file is named, as weights are."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_codec_dir, folder)
+    tables = folder / "entropy.safetensors"
+    tables.symlink_to("/dev/zero")
+    r = run("compress", wav48, tmp_path / "a.fdc", "-m", folder, "-q")
+    assert r.exit_code == 1 and one_line(r).endswith(f"{tables}: not a regular file"), one_line(r)
+    assert not (tmp_path / "a.fdc").exists()
+    tables.unlink()
+    tables.symlink_to(tmp_path / "nowhere")  # a link to nothing: no tables, as when the file is absent
+    assert run("compress", wav48, tmp_path / "a.fdc", "-m", folder, "-q").exit_code == 0
+
+
 def test_refused_pth_never_advises_weights_only_false(tmp_path, wav48):
     bad = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "metadata": {"kwargs": argparse.Namespace(a=1)}}, bad)

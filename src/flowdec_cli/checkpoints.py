@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .exceptions import FlowdecError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, why_not_a_regular_file
 
 __all__ = [
     "CheckpointError",
@@ -138,18 +138,8 @@ class _RestrictedPickleModule:
         return _RestrictedUnpickler(file, **kwargs).load()
 
 
-def _not_a_plain_file(path: Path) -> str | None:
-    """Why ``path`` cannot be a weights or config file, or None: missing (a dangling link too), or there but
-    not a regular file (a folder, FIFO or device such as a link to /dev/zero, which would be read forever)."""
-    if not path.exists():
-        return "no such file"
-    if not path.is_file():
-        return "not a regular file"
-    return None
-
-
 def _require_zip_torch_file(path: Path) -> None:
-    if (problem := _not_a_plain_file(path)) is not None:
+    if (problem := why_not_a_regular_file(path)) is not None:
         raise CheckpointError(f"{path}: {problem}")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a zip-format torch checkpoint (legacy or corrupt file)")
@@ -289,7 +279,7 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     for p in (cfg_path, w_path):
         if not p.exists():
             raise CheckpointError(f"{folder}: not a model folder (missing {p.name})")
-        if (problem := _not_a_plain_file(p)) is not None:
+        if (problem := why_not_a_regular_file(p)) is not None:
             raise CheckpointError(f"{p}: {problem}")
     try:
         config = json.loads(cfg_path.read_text())

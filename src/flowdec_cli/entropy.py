@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import FlowdecError
+from .fileio import why_not_a_regular_file
 
 __all__ = [
     "CODING_BITPACK",
@@ -276,9 +277,16 @@ def load_tables(path: str | os.PathLike) -> EntropyTables:
 
 
 def tables_for_model_folder(folder: str | os.PathLike) -> EntropyTables | None:
-    """The tables shipped in a model folder, or None when it has none."""
+    """The tables shipped in a model folder, or None when it has none (a link to nowhere is none either);
+    a tables file that is there but cannot be read as one (a folder, a FIFO, a link to a device) is an error,
+    not a model without tables."""
     path = Path(folder) / TABLES_FILE
-    return load_tables(path) if path.is_file() else None
+    problem = why_not_a_regular_file(path)
+    if problem == "no such file":
+        return None
+    if problem is not None:
+        raise EntropyError(f"{path}: {problem}")
+    return load_tables(path)
 
 
 # -- coding ----------------------------------------------------------------------------------------

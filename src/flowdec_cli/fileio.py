@@ -63,6 +63,18 @@ _SINKS = {stat.S_IFCHR: "a character device", stat.S_IFIFO: "a FIFO"}
 _REFUSED = {stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
+def why_not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a file of ours (weights, config, tables), or None: missing (a dangling
+    link too), or there but not a regular file (a folder, FIFO or device such as a link to /dev/zero, which
+    would be read forever)."""
+    path = Path(path)
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a regular file"
+    return None
+
+
 def output_is_sink(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a character device or a FIFO, written into in place: renaming a file over
     ``/dev/null`` or a FIFO would destroy what the user pointed at. A socket or a block device (a disk) is
