@@ -1,4 +1,5 @@
-"""Function-preserving widening of a trained NDAC's encoder and decoder (``flowdec train widen-ndac``)."""
+"""Function-preserving widening of a trained NDAC's encoder and decoder (``flowdec train widen-ndac``) and of a
+frame-wise postfilter's residual stream (``flowdec train widen-postfilter``)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from click.testing import CliRunner
 from flowdec_cli.cli import main
 from flowdec_cli.models import save_ndac
 from flowdec_cli.ndac import NDAC, NDACConfig
+from flowdec_cli.postfilter import Postfilter
 from flowdec_cli.training.common import TrainingError
-from flowdec_cli.training.widen import widen_ndac, widen_ndac_folder
+from flowdec_cli.training.widen import widen_ndac, widen_ndac_folder, widen_postfilter, widen_postfilter_folder
 
-from .test_training_helpers import TINY_NDAC_MODEL
+from .test_training_helpers import (  # noqa: F401  (fast_cpu: a fixture)
+    TINY_NDAC_MODEL,
+    fast_cpu,
+    postfilter_dict,
+    write_pairs_files,
+)
 
 
 def _trained_looking_ndac(seed: int = 0) -> NDAC:
@@ -137,3 +144,96 @@ def test_training_continues_from_a_widened_codec(tmp_path):
     # the encoder started from the narrow codec's weights, not from a fresh initialisation
     torch.testing.assert_close(trainer.model.encoder.block[0].weight_v, model.encoder.block[0].weight_v,
                                rtol=0, atol=0.05)
+
+
+TINY_FRAMEWISE = dict(dim=8, intermediate_dim=16, num_blocks=2, kernel_size=3, fourier_size=4)
+
+
+def _trained_looking_postfilter(seed: int = 0, **framewise: int) -> Postfilter:
+    """A tiny frame-wise postfilter with every parameter away from its initial value (the zero-initialised
+    head and time modulation included), so the widening is checked on every kind of parameter."""
+    torch.manual_seed(seed)
+    pf = Postfilter(backbone="framewise", framewise={**TINY_FRAMEWISE, **framewise}, pad_multiple=8,
+                    sigma_y=torch.rand(768, 1, dtype=torch.float64) + 0.2)
+    with torch.no_grad():
+        for p in pf.backbone.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return pf
+
+
+@pytest.mark.parametrize(("factor", "spread", "context"), [(2, 0.25, 0), (3, 0.0, 0), (2, 0.5, 2)])
+def test_widened_postfilter_computes_the_same_velocity(factor, spread, context):
+    pf = _trained_looking_postfilter(context_dilation=context)
+    wide = widen_postfilter(pf, dim_factor=factor, spread=spread, seed=1)
+    dim = TINY_FRAMEWISE["dim"]
+    assert wide.backbone.dim == factor * dim and wide.config["framewise"]["dim"] == factor * dim
+    assert torch.equal(wide.sigma_y, pf.sigma_y) and wide.temperature == pf.temperature
+    torch.manual_seed(2)
+    Y = torch.randn(2, 1, 768, 24, dtype=torch.complex64)
+    x = Y + 0.3 * torch.randn(2, 1, 768, 24, dtype=torch.complex64)
+    for t in (0.1, 0.7):
+        torch.testing.assert_close(wide.velocity(x, Y, t), pf.velocity(x, Y, t), rtol=1e-4, atol=1e-5)
+    # the readers' shares sum to the old weight; unequal shares (spread > 0) make the copies differ
+    old, new = pf.backbone.head.weight, wide.backbone.head.weight
+    torch.testing.assert_close(sum(new[:, i * dim:(i + 1) * dim] for i in range(factor)), old)
+    assert torch.equal(new[:, :dim], new[:, dim:2 * dim]) == (spread == 0)
+
+
+def test_widening_a_postfilter_refuses_what_it_cannot_widen():
+    pf = _trained_looking_postfilter()
+    for factor in (0, 1.5, "2"):
+        with pytest.raises(TrainingError, match="dim widening factor"):
+            widen_postfilter(pf, dim_factor=factor)  # type: ignore[arg-type]
+    with pytest.raises(TrainingError, match="nothing to widen"):
+        widen_postfilter(pf, dim_factor=1)
+    for spread in (float("nan"), -0.1, 1.0):
+        with pytest.raises(TrainingError, match="spread"):
+            widen_postfilter(pf, dim_factor=2, spread=spread)
+    with pytest.raises(TrainingError, match="cannot widen by 1000"):
+        widen_postfilter(pf, dim_factor=1000)  # beyond the config's bounds: one clear error
+    with pytest.raises(TrainingError, match="only a frame-wise postfilter"):
+        widen_postfilter(Postfilter(nf=4, ch_mult=(1, 1), pad_multiple=8), dim_factor=2)
+
+
+def test_widen_postfilter_command_writes_a_folder_training_can_start_from(tmp_path):
+    pf = _trained_looking_postfilter()
+    src = tmp_path / "narrow"
+    pf.save(src / "postfilter")
+    out = tmp_path / "wide"
+    result = CliRunner().invoke(main, ["train", "widen-postfilter", str(src), str(out), "--dim-factor", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"model.dim={2 * TINY_FRAMEWISE['dim']}" in result.output
+    wide = Postfilter.load(out / "postfilter")
+    Y = torch.randn(1, 1, 768, 16, dtype=torch.complex64)
+    torch.testing.assert_close(wide.velocity(Y * 0.5, Y, 0.3), pf.velocity(Y * 0.5, Y, 0.3), rtol=1e-4, atol=1e-5)
+    again = CliRunner().invoke(main, ["train", "widen-postfilter", str(src), str(out), "--dim-factor", "2"])
+    assert again.exit_code != 0 and "Traceback" not in again.output and f"{out}: exists; use -f" in again.output
+    with pytest.raises(TrainingError, match="is the postfilter being widened"):
+        widen_postfilter_folder(out, out, dim_factor=2, overwrite=True)
+    bad = CliRunner().invoke(main, ["train", "widen-postfilter", str(src), str(tmp_path / "w1"), "--dim-factor", "1"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output and not (tmp_path / "w1").exists()
+    nan = CliRunner().invoke(main, ["train", "widen-postfilter", str(src), str(tmp_path / "w2"), "--dim-factor", "2",
+                                    "--spread", "nan"])
+    assert nan.exit_code != 0 and "Traceback" not in nan.output and not (tmp_path / "w2").exists()
+
+
+@pytest.mark.usefixtures("fast_cpu")
+def test_training_continues_from_a_widened_postfilter(tmp_path):
+    from flowdec_cli.training.config import config_from_dict
+    from flowdec_cli.training.postfilter_trainer import PostfilterTrainer
+
+    pairs, _ = write_pairs_files(tmp_path / "pairs", 3)
+    pf = _trained_looking_postfilter()
+    pf.save(tmp_path / "narrow" / "postfilter")
+    widen_postfilter_folder(tmp_path / "narrow", tmp_path / "wide", dim_factor=2)
+    model = dict(backbone="framewise", **{**TINY_FRAMEWISE, "dim": 2 * TINY_FRAMEWISE["dim"]})
+    cfg = config_from_dict("postfilter", postfilter_dict([str(pairs)], tmp_path / "run", model=model,
+                                                         train=dict(max_steps=2, init_from=str(tmp_path / "wide"))))
+    trainer = PostfilterTrainer(cfg, device="cpu", quiet=True)
+    trainer.build()
+    trainer.init_weights(tmp_path / "wide")
+    Y = torch.randn(1, 1, 768, 16, dtype=torch.complex64)
+    torch.testing.assert_close(trainer.pf.velocity(Y * 0.5, Y, 0.3), pf.velocity(Y * 0.5, Y, 0.3),
+                               rtol=1e-4, atol=1e-5)
+    trainer.run()
+    assert trainer.step == 2

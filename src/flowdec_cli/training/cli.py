@@ -34,6 +34,7 @@ def train_group() -> None:
       flowdec train postfilter postfilter.toml          stage 2: the postfilter
       flowdec train export my-model --ndac runs/ndac --postfilter runs/postfilter
       flowdec train widen-ndac runs/ndac runs/ndac-wide --decoder-factor 2   (grow a trained codec)
+      flowdec train widen-postfilter runs/pf runs/pf-wide --dim-factor 2    (grow a frame-wise postfilter)
       torchrun --nproc-per-node 8 -m flowdec_cli train postfilter postfilter.toml   (several GPUs)
 
     Configs are TOML or YAML; see docs/training.md for every key and its default. The examples of the
@@ -414,3 +415,35 @@ def widen_ndac_command(source: str, out_dir: Path, encoder_factor: int, decoder_
         click.echo(f"flowdec: wrote the widened codec to {out} ({dims}); train it on with "
                    f"--set 'train.init_from=\"{out}\"' --set model.encoder_dim={card['encoder_dim']} "
                    f"--set model.decoder_dim={card['decoder_dim']}", err=True)
+
+
+@train_group.command("widen-postfilter")
+@click.argument("source", metavar="POSTFILTER")
+@click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dim-factor", type=click.IntRange(min=2), required=True,
+              help="How many times wider the frame-wise backbone's residual stream becomes (model.dim x factor).")
+@click.option("--spread", type=FiniteFloatRange(0, 1, max_open=True), default=0.25, show_default=True,
+              help="How unequally the copies of a channel share the weights that read them (0 = equally; "
+                   "unequal shares break the copies' symmetry).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")
+@click.option("-q", "--quiet", is_flag=True)
+def widen_postfilter_command(source: str, out_dir: Path, dim_factor: int, spread: float, seed: int, force: bool,
+                             quiet: bool) -> None:
+    """Grow a trained frame-wise postfilter without starting over (function-preserving widening).
+
+    The wider postfilter computes what POSTFILTER computes (a run's EMA weights, a model or a component
+    folder). Continue training it with train.init_from set to OUT and model.dim set to the new width:
+
+    \b
+      flowdec train widen-postfilter runs/postfilter runs/pf-wide --dim-factor 2
+      flowdec train postfilter pf.toml --set 'train.init_from="runs/pf-wide"' --set model.dim=512
+    """
+    from .widen import widen_postfilter_folder
+
+    out = widen_postfilter_folder(source, out_dir, dim_factor=dim_factor, spread=spread, seed=seed,
+                                  overwrite=force)
+    if not quiet:
+        dim = json.loads((out / "postfilter" / "config.json").read_text())["framewise"]["dim"]
+        click.echo(f"flowdec: wrote the widened postfilter to {out} (dim {dim}); train it on with "
+                   f"--set 'train.init_from=\"{out}\"' --set model.dim={dim}", err=True)
