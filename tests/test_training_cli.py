@@ -184,6 +184,23 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert r.exit_code == 0 and json.loads((tmp_path / "nfe2" / "flowdec.json").read_text())["default_nfe"] == 2
     r = _run("roundtrip", wav, tmp_path / "d.wav", "--model", tmp_path / "nfe2", "--device", "cpu", "--seed", "1")
     assert r.exit_code == 0 and "NFE 2" in r.output, r.output
+    # the postfilter's weights stored at half size: the folder is smaller and decodes as before, nearly
+    r = _run("train", "export", tmp_path / "half", "--ndac", run, "--postfilter", pf_run, "--postfilter-dtype",
+             "float16")
+    assert r.exit_code == 0, r.output
+    half_pf, full_pf = (tmp_path / n / "postfilter" / "model.safetensors" for n in ("half", "nfe2"))
+    assert half_pf.stat().st_size < full_pf.stat().st_size  # the tiny net's window and sigma_y weigh as much
+    from safetensors import safe_open
+
+    with safe_open(str(half_pf), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys() if k.startswith("backbone.")} == {"F16"}  # noqa: SIM118
+    r = _run("roundtrip", wav, tmp_path / "h.wav", "--model", tmp_path / "half", "--nfe", "2", "--device", "cpu",
+             "-q", "--seed", "1")
+    assert r.exit_code == 0, r.output
+    h, _ = sf.read(tmp_path / "h.wav", always_2d=True)
+    assert np.abs(h - y).max() < 0.05 * np.abs(y).max()
+    r = _run("train", "export", tmp_path / "bf", "--ndac", run, "--postfilter", pf_run, "--postfilter-dtype", "bf16")
+    assert r.exit_code == 2 and "'--postfilter-dtype'" in r.output and not (tmp_path / "bf").exists()
 
     # the side channel in training: pairs whose coded side has it applied, and a model that applies it to D0
     # before its postfilter as well

@@ -51,6 +51,8 @@ FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "ker
                       "context_dilation": 0}
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}
+WEIGHT_DTYPES = ("float32", "float16")  # how a folder may store the network's weights (Postfilter.save)
+_FLOAT16_MAX = 65504.0
 PRECISION_CHOICES = ("float32", "bfloat16", "float16")  # what a user picks (the CLI's --precision, besides auto)
 
 
@@ -321,11 +323,25 @@ class Postfilter(nn.Module):
         path = Path(path)
         return cls.from_lightning_checkpoint(path, ema=ema) if path.is_file() else cls.from_folder(path)
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """``config.json`` + ``model.safetensors`` (official key names, float32 weights, float64 sigma_y)."""
+    def save(self, folder: str | os.PathLike, weights_dtype: str = "float32") -> Path:
+        """``config.json`` + ``model.safetensors`` (official key names, float64 sigma_y).
+
+        ``weights_dtype`` "float16" stores the network's weights at half size (a built-in model's weight
+        budget); they load back into float32 and run as before, rounded to 11 significant bits. The
+        feature map's window and sigma_y are stored as they are: they are exact constants, not weights.
+        """
         if self.precision not in ("float32", "tf32"):
             raise ValueError(f"this postfilter runs in {self.precision}; save a float32 model instead")
-        return save_model_folder(folder, self.config, self.state_dict())
+        if weights_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}")
+        state = self.state_dict()
+        if weights_dtype == "float16":
+            big = [k for k, v in state.items() if k.startswith("backbone.") and v.abs().max() > _FLOAT16_MAX]
+            if big:
+                raise ValueError(f"weights too large for float16 ({', '.join(big[:3])}); save them as float32")
+            state = {k: v.half() if k.startswith("backbone.") and v.dtype == torch.float32 else v
+                     for k, v in state.items()}
+        return save_model_folder(folder, self.config, state)
 
     def load_official_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Strict load that names every missing, unexpected or mis-shaped key."""

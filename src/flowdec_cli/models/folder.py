@@ -187,8 +187,8 @@ class ModelFolderBuilder:
         """Write an (unfolded) NDAC as the ``ndac/`` component."""
         return save_ndac(model, self.path / "ndac")
 
-    def add_postfilter(self, postfilter: Postfilter) -> Path:
-        return postfilter.save(self.path / "postfilter")
+    def add_postfilter(self, postfilter: Postfilter, weights_dtype: str = "float32") -> Path:
+        return postfilter.save(self.path / "postfilter", weights_dtype)
 
     def copy_component(self, src: Path, component: str) -> None:
         """Copy a component folder's config.json and weights (following the hub cache's links)."""

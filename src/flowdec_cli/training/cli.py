@@ -300,12 +300,14 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
 @click.option("--rate-plan", "rate_plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="JSON file: the codebooks and side-channel layout of each rate "
                                  "(configs/default-rate-plan.json; docs/models.md).")
+@click.option("--postfilter-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="How the postfilter's network weights are stored: float16 halves them (they run in float32).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
 @click.option("-q", "--quiet", is_flag=True)
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
                    description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
                    temperature: float | None, envelope: str | None, envelope_before_postfilter: bool,
-                   rate_plan_file: Path | None, force: bool, quiet: bool) -> None:
+                   rate_plan_file: Path | None, postfilter_dtype: str, force: bool, quiet: bool) -> None:
     """Write a model folder (flowdec.json, ndac/, postfilter/) from trained weights.
 
     The folder works with --model everywhere (flowdec roundtrip in.wav out.wav --model OUT), and
@@ -318,7 +320,8 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
                        ema=not raw, trained_codebooks=trained, force=force,
                        default_nfe=default_nfe, temperature=temperature, envelope=envelope,
                        envelope_before_postfilter=envelope_before_postfilter,
-                       rate_plan=_json_file(rate_plan_file) if rate_plan_file else None)
+                       rate_plan=_json_file(rate_plan_file) if rate_plan_file else None,
+                       postfilter_dtype=postfilter_dtype)
     if not quiet:
         card = json.loads((out / "flowdec.json").read_text())
         click.echo(f"flowdec: wrote model '{card['name']}' to {out}"

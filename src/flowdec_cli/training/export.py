@@ -79,7 +79,8 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
                  name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
                  trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None,
                  temperature: float | None = None, envelope: str | None = None,
-                 envelope_before_postfilter: bool = False, rate_plan: Any = None) -> Path:
+                 envelope_before_postfilter: bool = False, rate_plan: Any = None,
+                 postfilter_dtype: str = "float32") -> Path:
     """Write a model folder at ``out_dir`` from trained components (checked by loading them).
 
     ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
@@ -90,7 +91,8 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     channel to D0 before the postfilter as well as after it, for a postfilter trained on pairs made with
     ``train prepare-pairs --envelope``. ``rate_plan``: the codebooks and side-channel layout of each rate
     (:func:`flowdec_cli.envelope.rate_plan`; needs ``envelope``, which stays the layout of files written
-    without a plan's rate, e.g. with the side channel asked for on another model).
+    without a plan's rate, e.g. with the side channel asked for on another model). ``postfilter_dtype``
+    "float16" stores the postfilter's network weights at half size (:meth:`Postfilter.save`).
 
     When ``ndac`` is a model folder with entropy tables learned for these very weights, the tables come
     along: a new postfilter on the same codec leaves the codes, and so the tables, valid.
@@ -185,7 +187,10 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     with ModelFolderBuilder(out, "export") as build:
         build.add_ndac(codec)
         if pf is not None:
-            build.add_postfilter(pf)
+            try:
+                build.add_postfilter(pf, postfilter_dtype)
+            except ValueError as exc:
+                raise TrainingError(str(exc)) from None
         if tables_src is not None:
             build.copy_file(tables_src, ENTROPY_TABLES_NAME)
         build.write_card(card)
