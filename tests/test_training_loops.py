@@ -264,6 +264,28 @@ def test_framewise_postfilter_grows_a_context_branch_from_weights_without_one(pa
         _pf(pair_list, tmp_path / "bad", model={**model, "context_dilation": -1})
 
 
+def test_a_postfilter_started_from_weights_keeps_their_sigma_y_and_says_so(pair_list, tmp_path, capsys):
+    """sigma_y is part of what a trained network means (it reads its inputs in sigma_y units), so
+    ``train.init_from`` brings it along; a config that asks for another one is told it is not used."""
+    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
+    steps = dict(max_steps=1, val_every=0, checkpoint_every=0)
+    PostfilterTrainer(_pf(pair_list, tmp_path / "first", model=model, sigma=dict(value=0.3), train=steps),
+                      device="cpu", quiet=True).run()
+    source = tmp_path / "first" / "postfilter"
+    capsys.readouterr()
+    for value, told in ((0.3, False), (0.5, True)):
+        t = PostfilterTrainer(_pf(pair_list, tmp_path / f"from-{value}", model=model, sigma=dict(value=value),
+                                  train={**steps, "init_from": str(source)}), device="cpu")
+        t.build()
+        t.init_weights(source)
+        assert torch.allclose(t.pf.sigma_y, torch.full_like(t.pf.sigma_y, 0.3))
+        assert torch.equal(t.ema.sigma_y, t.pf.sigma_y)
+        err = capsys.readouterr().err
+        assert ("sigma_y comes with the weights" in err) == told, err
+        if told:
+            assert "(mean 0.300)" in err and "[sigma] (mean 0.500) is not used" in err
+
+
 def test_postfilter_objective_with_coded_phase(pair_list, tmp_path):
     """``objective.target_phase = "coded"`` changes what the flow is trained on (same seed, another loss)
     and nothing else; an unknown value is refused."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -237,12 +238,20 @@ class PostfilterTrainer(Trainer):
         folder = postfilter_component(source)
         _, state = load_model_folder(folder)
         state = with_new_context_branches(state, self.pf.state_dict())
+        configured = self.pf.sigma_y.clone()
         try:  # the shipped (EMA) weights start both the raw and the EMA copy
             self.pf.load_official_state_dict(state, str(folder))
             self.ema.load_official_state_dict(state, str(folder))
         except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
             raise TrainingError(f"{folder}: its weights do not fit this config (another backbone or size): "
                                 f"{first_problem(exc)}") from None
+        # sigma_y travels with the weights: the network reads its inputs in sigma_y units and was trained
+        # with that noise scale, so the config's [sigma] does not replace it. Say so where they differ.
+        kept = self.pf.sigma_y
+        if not self.quiet and self.env.is_main and (
+                kept.shape != configured.shape or not torch.allclose(kept, configured.to(kept.dtype), rtol=1e-3)):
+            print(f"{self.name}: sigma_y comes with the weights of {folder} (mean {float(kept.mean()):.3f}); "
+                  f"the config's [sigma] (mean {float(configured.mean()):.3f}) is not used", file=sys.stderr)
         for p in self.pf.backbone.parameters():
             p.requires_grad_(True)
 
