@@ -173,7 +173,6 @@ def widen_postfilter(postfilter: Postfilter, *, dim_factor: int, spread: float =
         wide = Postfilter.from_config(config)
     except ValueError as exc:  # the config's own bounds
         raise TrainingError(f"cannot widen by {factor}: {exc}") from None
-    wide.sigma_y = postfilter.sigma_y.detach().clone()
     generator = torch.Generator().manual_seed(seed)
     old_state = postfilter.state_dict()
     state = {}
@@ -202,8 +201,7 @@ def widen_postfilter_folder(source: str | os.PathLike, out_dir: str | os.PathLik
     from ..models.loading import load_postfilter
     from .export import postfilter_component
 
-    out = Path(out_dir).expanduser()
-    _check_out(Path(source).expanduser(), out, "postfilter", overwrite)
+    _check_out(Path(source).expanduser(), Path(out_dir).expanduser(), "postfilter", overwrite)
     folder = postfilter_component(source)
     try:
         postfilter = load_postfilter(folder)
