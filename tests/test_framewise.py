@@ -122,8 +122,9 @@ def test_enhance_shapes_seeds_and_folder_round_trip(tmp_path):
 
 
 def test_weights_stored_as_float16_load_back_and_run_as_float32(tmp_path):
-    """A folder may store the network at half size; the window and sigma_y stay exact, the weights load
-    back into float32 rounded to float16, and the output barely moves."""
+    """A folder may store the network at half size; its buffers (window, sigma_y, the time embedding's
+    frequencies) stay exact, the weights load back into float32 rounded to float16, and the output barely
+    moves."""
     from safetensors import safe_open
 
     pf = _tiny(sigma_y=torch.linspace(0.2, 0.5, 768, dtype=torch.float64).reshape(768, 1))
@@ -133,12 +134,13 @@ def test_weights_stored_as_float16_load_back_and_run_as_float32(tmp_path):
     with safe_open(str(half), framework="pt") as f:
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 - safetensors handles
     assert dtypes["backbone.head.weight"] == "F16" and dtypes["sigma_y"] == "F64"
-    assert dtypes["feature_extractor.complex_stft.window"] == "F32"
+    assert dtypes["feature_extractor.complex_stft.window"] == dtypes["backbone.time_projection.W"] == "F32"
     assert half.stat().st_size < 0.6 * full.stat().st_size
     back = Postfilter.load(tmp_path / "half")
     assert back.backbone.head.weight.dtype == torch.float32 and torch.equal(back.sigma_y, pf.sigma_y)
+    learned = dict(pf.named_parameters())
     for k, v in pf.state_dict().items():
-        expected = v.half().float() if k.startswith("backbone.") and v.dtype == torch.float32 else v
+        expected = v.half().float() if k in learned else v
         assert torch.equal(back.state_dict()[k], expected), k
     y = 0.1 * torch.randn(1, 1, 20_000)
     a = pf.enhance(y, nfe=4, generator=torch.Generator().manual_seed(3))

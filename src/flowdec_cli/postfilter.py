@@ -326,9 +326,11 @@ class Postfilter(nn.Module):
     def save(self, folder: str | os.PathLike, weights_dtype: str = "float32") -> Path:
         """``config.json`` + ``model.safetensors`` (official key names, float64 sigma_y).
 
-        ``weights_dtype`` "float16" stores the network's weights at half size (a built-in model's weight
-        budget); they load back into float32 and run as before, rounded to 11 significant bits. The
-        feature map's window and sigma_y are stored as they are: they are exact constants, not weights.
+        ``weights_dtype`` "float16" stores the learned weights (the parameters) at half size (a built-in
+        model's weight budget); they load back into float32 and run as before, rounded to 11 significant
+        bits. The buffers are stored as they are: the window, sigma_y and the time embedding's random
+        frequencies are exact constants (the frequencies scale t by up to ~60 radians, where rounding
+        would move every time embedding).
         """
         if self.precision not in ("float32", "tf32"):
             raise ValueError(f"this postfilter runs in {self.precision}; save a float32 model instead")
@@ -336,11 +338,11 @@ class Postfilter(nn.Module):
             raise ValueError(f"weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}")
         state = self.state_dict()
         if weights_dtype == "float16":
-            big = [k for k, v in state.items() if k.startswith("backbone.") and v.abs().max() > _FLOAT16_MAX]
+            learned = {k for k, v in self.named_parameters() if v.dtype == torch.float32}
+            big = [k for k in sorted(learned) if state[k].abs().max() > _FLOAT16_MAX]
             if big:
                 raise ValueError(f"weights too large for float16 ({', '.join(big[:3])}); save them as float32")
-            state = {k: v.half() if k.startswith("backbone.") and v.dtype == torch.float32 else v
-                     for k, v in state.items()}
+            state = {k: v.half() if k in learned else v for k, v in state.items()}
         return save_model_folder(folder, self.config, state)
 
     def load_official_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
