@@ -281,10 +281,9 @@ def tables_for_model_folder(folder: str | os.PathLike) -> EntropyTables | None:
     a tables file that is there but cannot be read as one (a folder, a FIFO, a link to a device) is an error,
     not a model without tables."""
     path = Path(folder) / TABLES_FILE
-    problem = why_not_a_regular_file(path)
-    if problem == "no such file":
+    if not path.exists():
         return None
-    if problem is not None:
+    if (problem := why_not_a_regular_file(path)) is not None:
         raise EntropyError(f"{path}: {problem}")
     return load_tables(path)
 
