@@ -52,7 +52,6 @@ FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "ker
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}
 WEIGHT_DTYPES = ("float32", "float16")  # how a folder may store the network's weights (Postfilter.save)
-_FLOAT16_MAX = 65504.0
 PRECISION_CHOICES = ("float32", "bfloat16", "float16")  # what a user picks (the CLI's --precision, besides auto)
 
 
@@ -339,7 +338,7 @@ class Postfilter(nn.Module):
         state = self.state_dict()
         if weights_dtype == "float16":
             learned = {k for k, v in self.named_parameters() if v.dtype == torch.float32}
-            big = [k for k in sorted(learned) if state[k].abs().max() > _FLOAT16_MAX]
+            big = [k for k in sorted(learned) if state[k].abs().max() > torch.finfo(torch.float16).max]
             if big:
                 raise ValueError(f"weights too large for float16 ({', '.join(big[:3])}); save them as float32")
             state = {k: v.half() if k in learned else v for k, v in state.items()}
