@@ -107,6 +107,58 @@ def test_context_branch_reaches_further_and_travels_with_the_folder(tmp_path):
         Postfilter.from_config(config)
 
 
+def test_spectral_branch_starts_silent_and_travels_with_the_folder(tmp_path):
+    """A spectral branch (its output layer zero at first, so the model is unchanged) adds a correction
+    computed from the coded features alone: it changes the velocity once trained, not with the flow's
+    state, and the folder records it; a forged setting is refused before anything is built."""
+    plain = _tiny()
+    torch.manual_seed(0)
+    pf = Postfilter(backbone="framewise", framewise={**TINY, "spectral_channels": 4}, pad_multiple=8,
+                    sigma_y=0.4)
+    pf.load_state_dict({**pf.state_dict(), **plain.state_dict()})
+    Y = torch.randn(1, 1, 768, 24, dtype=torch.complex64)
+    x = torch.randn(1, 1, 768, 24, dtype=torch.complex64)
+    assert torch.equal(pf.velocity(x, Y, 0.3), plain.velocity(x, Y, 0.3))
+    branch = pf.backbone.spectral
+    assert branch is not None and plain.backbone.spectral is None
+    with torch.no_grad():
+        branch.out.weight.normal_(0, 0.2)
+    v = pf.velocity(x, Y, 0.3)
+    assert not torch.equal(v, plain.velocity(x, Y, 0.3))
+    assert pf.backbone.flops_per_frame() > plain.backbone.flops_per_frame()
+    pf.save(tmp_path / "pf")
+    back = Postfilter.load(tmp_path / "pf")
+    assert back.config["framewise"]["spectral_channels"] == 4
+    assert "spectral_channels" not in plain.config["framewise"]
+    assert torch.equal(back.velocity(x, Y, 0.3), v)
+    back.configure(precision="float32")  # as every pipeline loads a model: a module-wide cast
+    assert torch.equal(back.velocity(x, Y, 0.3), v)
+    config = pf.config
+    config["framewise"]["spectral_channels"] = 1000
+    with pytest.raises(ValueError, match=r"framewise.spectral_channels = 1000 is out of range \[0, 256\]"):
+        Postfilter.from_config(config)
+
+
+def test_spectral_cues_mark_a_steady_sinusoid_and_an_impulse():
+    """The branch's phase cues: a sinusoid at a bin's centre frequency advances its phase by exactly that
+    bin's own step (cue 1), and an impulse in the middle of a frame steps the phase by pi from bin to bin."""
+    pf = Postfilter(backbone="framewise", framewise={**TINY, "spectral_channels": 2}, pad_multiple=8)
+    fe, branch = pf.feature_extractor, pf.backbone.spectral
+    k = 100
+    n = torch.arange(48000, dtype=torch.float64)
+    tone = (0.5 * torch.cos(2 * math.pi * k / fe.n_fft * n)).float()
+    Y = fe.complex_stft(tone[None, None])[:, 0]
+    cues = branch.cues(Y, Y.abs())
+    advance = torch.complex(cues[0, 1], cues[0, 2])[k, 4:-4]
+    assert float((advance - 1).abs().max()) < 1e-3
+    click = torch.zeros(48000)
+    click[40 * fe.hop_length] = 1.0
+    Y = fe.complex_stft(click[None, None])[:, 0]
+    cues = branch.cues(Y, Y.abs())
+    delay = torch.complex(cues[0, 3], cues[0, 4])[1:600, 40]
+    assert float((delay + 1).abs().max()) < 1e-3
+
+
 def test_enhance_shapes_seeds_and_folder_round_trip(tmp_path):
     pf = _tiny(sigma_y=torch.linspace(0.2, 0.5, 768, dtype=torch.float64).reshape(768, 1))
     y = 0.1 * torch.randn(2, 1, 20_000)

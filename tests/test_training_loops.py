@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from flowdec_cli.training.common import TrainingError, find_checkpoint, load_checkpoint
-from flowdec_cli.training.config import config_from_dict
+from flowdec_cli.training.config import ConfigError, config_from_dict
 from flowdec_cli.training.ndac_trainer import NDACTrainer
 from flowdec_cli.training.postfilter_trainer import PostfilterTrainer
 
@@ -228,8 +228,6 @@ def test_framewise_postfilter_trains_resumes_and_warm_starts(pair_list, tmp_path
 def test_framewise_postfilter_grows_a_context_branch_from_weights_without_one(pair_list, tmp_path):
     """``model.context_dilation`` on top of weights trained without it: the new branches start at zero (the
     grown model computes what the source did), they train, and the exported folder records the setting."""
-    from flowdec_cli.training.config import ConfigError
-
     model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
     plain = PostfilterTrainer(_pf(pair_list, tmp_path / "plain", model=model, data=dict(batch_size=4),
                                   train=dict(max_steps=2, val_every=0, checkpoint_every=0)),
@@ -264,6 +262,33 @@ def test_framewise_postfilter_grows_a_context_branch_from_weights_without_one(pa
         _pf(pair_list, tmp_path / "bad", model={**model, "context_dilation": -1})
 
 
+def test_framewise_postfilter_grows_a_spectral_branch_from_weights_without_one(pair_list, tmp_path):
+    """``model.spectral_channels`` on top of weights trained without it: the branch's output starts at zero
+    (the grown model computes what the source did), it trains, and the exported folder records it."""
+    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
+    plain = PostfilterTrainer(_pf(pair_list, tmp_path / "plain", model=model, data=dict(batch_size=4),
+                                  train=dict(max_steps=1, val_every=0, checkpoint_every=0)),
+                              device="cpu", quiet=True)
+    plain.run()
+    source = tmp_path / "plain" / "postfilter"
+    grown = PostfilterTrainer(_pf(pair_list, tmp_path / "grown", model={**model, "spectral_channels": 4},
+                                  data=dict(batch_size=4), optim=dict(lr=3e-3),
+                                  train=dict(max_steps=3, val_every=0, checkpoint_every=0,
+                                             init_from=str(source))),
+                              device="cpu", quiet=True)
+    grown.build()
+    grown.init_weights(source)
+    Y = torch.randn(1, 1, 768, 30, dtype=torch.complex64)
+    x = torch.randn(1, 1, 768, 30, dtype=torch.complex64)
+    assert torch.equal(grown.pf.velocity(x, Y, 0.4), plain.ema.velocity(x, Y, 0.4))
+    grown.run()
+    assert bool(grown.ema.backbone.spectral.out.weight.any())
+    config = json.loads((tmp_path / "grown" / "postfilter" / "config.json").read_text())
+    assert config["framewise"]["spectral_channels"] == 4
+    with pytest.raises(ConfigError, match="spectral_channels must be 0"):
+        _pf(pair_list, tmp_path / "bad", model={**model, "spectral_channels": -1})
+
+
 def test_a_postfilter_started_from_weights_keeps_their_sigma_y_and_says_so(pair_list, tmp_path, capsys):
     """sigma_y is part of what a trained network means (it reads its inputs in sigma_y units), so
     ``train.init_from`` brings it along; a config that asks for another one is told it is not used."""
@@ -289,8 +314,6 @@ def test_a_postfilter_started_from_weights_keeps_their_sigma_y_and_says_so(pair_
 def test_postfilter_objective_with_coded_phase(pair_list, tmp_path):
     """``objective.target_phase = "coded"`` changes what the flow is trained on (same seed, another loss)
     and nothing else; an unknown value is refused."""
-    from flowdec_cli.training.config import ConfigError
-
     model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
     losses = {}
     for phase in ("clean", "coded"):
@@ -352,7 +375,6 @@ def test_ndac_latent_loss_and_dead_code_revival(clips, tmp_path):
 
 
 def test_ndac_config_refuses_negative_latent_weight_and_revival_period():
-    from flowdec_cli.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="latent_weight"):
         config_from_dict("ndac", ndac_dict(["x"], "out", loss=dict(latent_weight=-1.0)))
@@ -395,7 +417,6 @@ def test_time_budget_ends_the_run_with_a_checkpoint_and_an_annealed_rate(clips, 
 
 
 def test_training_config_refuses_a_non_positive_budget_or_final_rate():
-    from flowdec_cli.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="max_seconds"):
         config_from_dict("ndac", ndac_dict(["x"], "out", train=dict(max_seconds=0)))

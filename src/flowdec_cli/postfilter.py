@@ -48,7 +48,7 @@ SAMPLE_RATE = 48000
 DEFAULT_SIGMA_Y = 0.66  # the official global sigma_y (flow_model_final default); released models store a curve
 BACKBONES = ("ncsnpp", "framewise")  # the released models' U-Net; our frame-wise ConvNeXt (docs/framewise.md)
 FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "kernel_size": 7, "fourier_size": 64,
-                      "context_dilation": 0}
+                      "context_dilation": 0, "spectral_channels": 0}
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}
 WEIGHT_DTYPES = ("float32", "float16")  # how a folder may store the network's weights (Postfilter.save)
@@ -98,8 +98,8 @@ MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the released postfilter has a
 _CONFIG_BOUNDS = {"n_fft": 16384, "hop_length": 16384, "pad_multiple": 4096, "nf": 1024, "num_res_blocks": 16,
                   "fourier_size": 4096}
 _FRAMEWISE_BOUNDS = {"dim": 4096, "intermediate_dim": 16384, "num_blocks": 64, "kernel_size": 63,
-                     "fourier_size": 4096, "context_dilation": 64}
-_FRAMEWISE_MAY_BE_ZERO = ("context_dilation",)  # 0 = the setting is off
+                     "fourier_size": 4096, "context_dilation": 64, "spectral_channels": 256}
+_FRAMEWISE_MAY_BE_ZERO = ("context_dilation", "spectral_channels")  # 0 = the setting is off
 
 
 def _bounded_int(name: str, value: Any, top: int, bottom: int = 1) -> int:
@@ -138,7 +138,7 @@ def check_config_bounds(config: dict[str, Any]) -> None:
                                         for k, v in fw.items()}}
         d, h = args["dim"], args["intermediate_dim"]
         per_block = 2 * d * args["kernel_size"] + 2 * d * h + 8 * d * args["fourier_size"]
-        n = 8 * freqs * d + args["num_blocks"] * per_block
+        n = 8 * freqs * d + args["num_blocks"] * per_block + 32 * args["spectral_channels"] ** 2
     else:
         mult = config.get("ch_mult", [])
         if (not isinstance(mult, list | tuple) or not 1 <= len(mult) <= 8
@@ -208,7 +208,8 @@ class Postfilter(nn.Module):
             unknown = set(args) - set(FRAMEWISE_DEFAULTS)
             if unknown:
                 raise ValueError(f"unknown framewise backbone settings: {', '.join(sorted(unknown))}")
-            self.backbone = FramewiseBackbone(n_freqs=freqs, fourier_scale=fourier_scale, **args)
+            self.backbone = FramewiseBackbone(n_freqs=freqs, fourier_scale=fourier_scale, hop_length=hop_length,
+                                              **args)
             # an off setting is not written, so folders without it stay readable by flowdec that predates it
             written = {k: v for k, v in args.items() if not (k in _FRAMEWISE_MAY_BE_ZERO and v == 0)}
             self._arch = {"backbone": "framewise", "framewise": written, "fourier_scale": fourier_scale}

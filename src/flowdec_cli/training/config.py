@@ -260,7 +260,8 @@ class PostfilterModelConfig:
 
     ``backbone = "ncsnpp"`` (official ``ncsnpp_final_no_attn``: nf, ch_mult, num_res_blocks) or
     ``"framewise"`` (our 1-D ConvNeXt over frames: dim, intermediate_dim, num_blocks, kernel_size,
-    fourier_size, context_dilation (0 = off); see docs/framewise.md). The other backbone's keys are ignored.
+    fourier_size, context_dilation and spectral_channels (0 = off); see docs/framewise.md). The other
+    backbone's keys are ignored.
     """
 
     backbone: str = "ncsnpp"
@@ -270,6 +271,7 @@ class PostfilterModelConfig:
     kernel_size: int = 7
     fourier_size: int = 64
     context_dilation: int = 0
+    spectral_channels: int = 0
     nf: int = 64
     ch_mult: list[int] = field(default_factory=lambda: [4, 4, 4, 2])
     num_res_blocks: int = 1
@@ -398,6 +400,8 @@ class PostfilterTrainConfig:
                 raise ConfigError(f"model.kernel_size must be odd, got {m.kernel_size}")
             if m.context_dilation < 0:
                 raise ConfigError(f"model.context_dilation must be 0 (off) or more, got {m.context_dilation}")
+            if m.spectral_channels < 0:
+                raise ConfigError(f"model.spectral_channels must be 0 (off) or more, got {m.spectral_channels}")
         factor = 2 ** (len(m.ch_mult) - 1) if m.backbone == "ncsnpp" else 1
         if (m.n_fft // 2 + 1) % factor or m.pad_multiple % factor:
             raise ConfigError(f"model: n_fft // 2 + 1 and pad_multiple must be divisible by {factor} "

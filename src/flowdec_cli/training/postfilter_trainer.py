@@ -80,22 +80,25 @@ def build_postfilter(config: PostfilterTrainConfig) -> Postfilter:
     sigma_y, beta = sigma_y_from_config(config)
     framewise = {"dim": mc.dim, "intermediate_dim": mc.intermediate_dim, "num_blocks": mc.num_blocks,
                  "kernel_size": mc.kernel_size, "fourier_size": mc.fourier_size,
-                 "context_dilation": mc.context_dilation}
+                 "context_dilation": mc.context_dilation, "spectral_channels": mc.spectral_channels}
     return Postfilter(nf=mc.nf, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
                       fourier_scale=mc.fourier_scale, n_fft=mc.n_fft, hop_length=mc.hop_length, alpha=mc.alpha,
                       beta=beta, pad_multiple=mc.pad_multiple, sigma_y=sigma_y, backbone=mc.backbone,
                       framewise=framewise if mc.backbone == "framewise" else None)
 
 
-def with_new_context_branches(state: dict[str, torch.Tensor],
-                               own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` completed by the zero-initialised context branches ``own`` has and ``state`` lacks.
+def with_new_branches(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` completed by the branches ``own`` has and ``state`` lacks, where they start at zero.
 
-    This is how a frame-wise postfilter grows a dilated context branch (``model.context_dilation``) from
-    weights trained without one: the branches start at zero, so training starts from exactly the model it
-    was given. Nothing else is filled in; any other mismatch still fails the strict load.
+    This is how a frame-wise postfilter grows a dilated context branch (``model.context_dilation``, all
+    zero) or a spectral branch (``model.spectral_channels``, whose output layer is zero) from weights
+    trained without one: training starts from exactly the model it was given. Nothing else is filled in;
+    any other mismatch still fails the strict load.
     """
     grown = {k: v for k, v in own.items() if k not in state and ".context." in k and not v.any()}
+    spectral = {k: v for k, v in own.items() if k not in state and k.startswith("backbone.spectral.")}
+    if all(not v.any() for k, v in spectral.items() if k.startswith("backbone.spectral.out.")):
+        grown.update(spectral)
     return {**state, **grown}
 
 
@@ -237,7 +240,7 @@ class PostfilterTrainer(Trainer):
 
         folder = postfilter_component(source)
         _, state = load_model_folder(folder)
-        state = with_new_context_branches(state, self.pf.state_dict())
+        state = with_new_branches(state, self.pf.state_dict())
         configured = self.pf.sigma_y.clone()
         try:  # the shipped (EMA) weights start both the raw and the EMA copy
             self.pf.load_official_state_dict(state, str(folder))
