@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -137,6 +138,39 @@ def test_spectral_branch_starts_silent_and_travels_with_the_folder(tmp_path):
     config["framewise"]["spectral_channels"] = 1000
     with pytest.raises(ValueError, match=r"framewise.spectral_channels = 1000 is out of range \[0, 256\]"):
         Postfilter.from_config(config)
+
+
+def test_spectral_branch_runs_once_per_solve_and_gives_what_every_pass_would(monkeypatch):
+    """The branch reads the coded features alone, so a solve computes it once (whole input or chunked),
+    and the result is what computing it at every pass gives, to the bit."""
+    torch.manual_seed(0)
+    pf = Postfilter(backbone="framewise", framewise={**TINY, "spectral_channels": 4}, pad_multiple=8,
+                    sigma_y=0.4)
+    with torch.no_grad():
+        pf.backbone.head.weight.normal_(0, 0.05)
+        pf.backbone.spectral.out.weight.normal_(0, 0.2)
+    branch = pf.backbone.spectral
+    calls = []
+    forward = branch.forward
+    monkeypatch.setattr(branch, "forward", lambda *a: calls.append(1) or forward(*a))
+    y = 0.1 * torch.randn(1, 1, 30_000)
+    once = pf.enhance(y, nfe=6, generator=torch.Generator().manual_seed(1))
+    assert len(calls) == 1
+    passes = []
+
+    class Bar:
+        def update(self, n=1):
+            passes.append(n)
+
+        def close(self):
+            pass
+
+    chunked = enhance_long(pf, y, nfe=4, seed=2, chunk_seconds=0.25, overlap_seconds=0.05,
+                           progress=lambda *a: Bar())
+    assert len(calls) - 1 == sum(passes) // 4 > 1  # once per chunk, not per pass
+    monkeypatch.setattr(pf, "_solving", lambda Y: contextlib.nullcontext())
+    assert torch.equal(pf.enhance(y, nfe=6, generator=torch.Generator().manual_seed(1)), once)
+    assert torch.equal(enhance_long(pf, y, nfe=4, seed=2, chunk_seconds=0.25, overlap_seconds=0.05), chunked)
 
 
 def test_spectral_cues_mark_a_steady_sinusoid_and_an_impulse():

@@ -224,19 +224,32 @@ class FramewiseBackbone(nn.Module):
             macs += self.n_freqs * sum(m.weight[0].numel() * m.out_channels for m in convs)
         return 2 * macs
 
+    def prepare(self, cond: torch.Tensor, sigma_y: torch.Tensor) -> torch.Tensor | None:
+        """What the velocity takes from the coded ``cond`` alone, the same at every pass of a solve: the
+        spectral branch's head offsets (None without one). Pass it to :meth:`forward` as ``prepared``."""
+        if self.spectral is None:
+            return None
+        scale = sigma_y.to(device=cond.device, dtype=torch.float32).reshape(-1, 1)
+        inv = 1.0 / scale
+        y_re, y_im = cond.real[:, 0].float() * inv, cond.imag[:, 0].float() * inv
+        return self.spectral(torch.complex(y_re, y_im), torch.sqrt(y_re * y_re + y_im * y_im)).float()
+
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, sigma_y: torch.Tensor,
-                real_fn: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+                real_fn: Callable[..., torch.Tensor] | None = None,
+                prepared: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity (complex ``[B, 1, F, T]``) at flow time ``t`` for state ``x_t`` given the coded ``cond``.
 
         ``sigma_y`` is the postfilter's per-band (``[F, 1]``) or global noise scale. ``real_fn`` replaces
-        :meth:`forward_real` (e.g. its ``torch.compile`` version).
+        :meth:`forward_real` (e.g. its ``torch.compile`` version). ``prepared`` is :meth:`prepare`'s result
+        for this ``cond`` (computed here when None).
         """
         x = torch.cat([x_t.real, x_t.imag, cond.real, cond.imag], dim=1)
         t = torch.as_tensor(t, device=x.device).to(torch.float32).reshape(-1)
         scale = sigma_y.to(device=x.device, dtype=torch.float32).reshape(-1, 1)
-        return (real_fn or self.forward_real)(x, t, scale)
+        return (real_fn or self.forward_real)(x, t, scale, prepared)
 
-    def forward_real(self, x: torch.Tensor, t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward_real(self, x: torch.Tensor, t: torch.Tensor, scale: torch.Tensor,
+                     prepared: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` = [Re x_t, Im x_t, Re Y, Im Y] as ``[B, 4, F, T]`` float, ``t`` [B], ``scale`` [F or 1, 1]."""
         inv = 1.0 / scale
         x = x.float()
@@ -256,7 +269,7 @@ class FramewiseBackbone(nn.Module):
         r = torch.complex(r_re, r_im)
         Y = torch.complex(y_re, y_im)
         if self.spectral is not None:
-            out = out + self.spectral(Y, y_abs).float()
+            out = out + (self.spectral(Y, y_abs).float() if prepared is None else prepared)
         n = self.n_freqs
         log_q, c_re, c_im = out[:, :n], out[:, n:2 * n], out[:, 2 * n:]
         v = wiener_velocity(r, Y, t, log_q, torch.complex(c_re, c_im))

@@ -299,8 +299,9 @@ def _enhance_chunked(model: Postfilter, signal: _Signal, plan: ChunkPlan, steps:
                 Y = torch.cat(Ys, dim=0)
                 x = model.start(Y, torch.cat(noises, dim=0))
                 del Ys, noises
-                x = solve(lambda t, s, Y=Y: model._field(s, Y, t), x, steps, solver,  # type: ignore[misc]
-                          on_evaluation=(lambda: bar.update(len(ks))) if bar is not None else None)  # noqa: B023
+                with model._solving(Y):
+                    x = solve(lambda t, s, Y=Y: model._field(s, Y, t), x, steps, solver,  # type: ignore[misc]
+                              on_evaluation=(lambda: bar.update(len(ks))) if bar is not None else None)  # noqa: B023
                 waves = []
                 for i, k in enumerate(ks):
                     a = plan.starts[k] * hop

@@ -216,6 +216,7 @@ class Postfilter(nn.Module):
         self.feature_extractor = FeatureMap(n_fft, hop_length, alpha, beta, pad_multiple)
         self.precision = "float32"
         self._compiled: Callable[..., torch.Tensor] | None = None
+        self._held: tuple[torch.Tensor, torch.Tensor] | None = None  # (Y, prepared) of the solve under way
         self._temperature = 1.0
         self.eval()
         for p in self.parameters():
@@ -468,7 +469,22 @@ class Postfilter(nn.Module):
     def _field(self, x: torch.Tensor, Y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v(x, Y, t) as the solvers call it, inside ``inference_mode`` and :meth:`_backend_flags` (``enhance``
         and :func:`flowdec_cli.longaudio.enhance_long`); tests replace it per instance."""
+        held = self._held
+        if held is not None and held[0] is Y and isinstance(self.backbone, FramewiseBackbone):
+            return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled,
+                                 prepared=held[1])
         return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled)
+
+    @contextlib.contextmanager
+    def _solving(self, Y: torch.Tensor) -> Iterator[None]:
+        """Around one solve on the coded features ``Y``, which nothing changes meanwhile: what the backbone
+        takes from ``Y`` alone (the frame-wise spectral branch) is computed once, not at every pass."""
+        prepared = self.backbone.prepare(Y, self.sigma_y) if isinstance(self.backbone, FramewiseBackbone) else None
+        self._held = None if prepared is None else (Y, prepared)
+        try:
+            yield
+        finally:
+            self._held = None
 
     @property
     def temperature(self) -> float:
@@ -543,8 +559,9 @@ class Postfilter(nn.Module):
                     raise ValueError(f"noise must be shaped like the padded features {tuple(Y.shape)}, got "
                                      f"{tuple(noise.shape)}")
                 x = self.start(Y, noise)
-                x = solve(lambda t, s: self._field(s, Y, t), x, steps, solver,
-                          on_evaluation=(lambda: bar.update(1)) if bar is not None else None)
+                with self._solving(Y):
+                    x = solve(lambda t, s: self._field(s, Y, t), x, steps, solver,
+                              on_evaluation=(lambda: bar.update(1)) if bar is not None else None)
                 out = self.feature_extractor.inverse(x, nf, y3.shape[-1], frames)
         finally:
             if bar is not None:
