@@ -229,9 +229,12 @@ class FramewiseBackbone(nn.Module):
         spectral branch's head offsets (None without one). Pass it to :meth:`forward` as ``prepared``."""
         if self.spectral is None:
             return None
-        scale = sigma_y.to(device=cond.device, dtype=torch.float32).reshape(-1, 1)
-        inv = 1.0 / scale
-        y_re, y_im = cond.real[:, 0].float() * inv, cond.imag[:, 0].float() * inv
+        inv = 1.0 / sigma_y.to(device=cond.device, dtype=torch.float32).reshape(-1, 1)
+        return self._spectral_offsets(cond.real[:, 0].float() * inv, cond.imag[:, 0].float() * inv)
+
+    def _spectral_offsets(self, y_re: torch.Tensor, y_im: torch.Tensor) -> torch.Tensor:
+        """The spectral branch's head offsets for the coded features in sigma_y units (``[B, F, T]`` parts)."""
+        assert self.spectral is not None
         return self.spectral(torch.complex(y_re, y_im), torch.sqrt(y_re * y_re + y_im * y_im)).float()
 
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, sigma_y: torch.Tensor,
@@ -266,11 +269,11 @@ class FramewiseBackbone(nn.Module):
         for block in self.blocks:
             h = block(h, temb)
         out = self.head(self.final_norm(h.transpose(1, 2))).float().transpose(1, 2)  # [B, 3F, T]
-        r = torch.complex(r_re, r_im)
-        Y = torch.complex(y_re, y_im)
         if self.spectral is not None:
-            out = out + (self.spectral(Y, y_abs).float() if prepared is None else prepared)
+            out = out + (self._spectral_offsets(y_re, y_im) if prepared is None else prepared)
         n = self.n_freqs
         log_q, c_re, c_im = out[:, :n], out[:, n:2 * n], out[:, 2 * n:]
+        r = torch.complex(r_re, r_im)
+        Y = torch.complex(y_re, y_im)
         v = wiener_velocity(r, Y, t, log_q, torch.complex(c_re, c_im))
         return (v * scale)[:, None]
