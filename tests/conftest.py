@@ -87,6 +87,25 @@ def tiny_codec_dir(tmp_path_factory) -> Path:
     return write_model_folder(folder, "tiny-75", make_tiny_ndac())
 
 
+class PassCounter:
+    """A ``progress`` callback of the pipeline's protocol that records what it is told: each bar's
+    ``(total, unit)`` in ``totals`` and each update's count in ``updates``."""
+
+    def __init__(self) -> None:
+        self.totals: list[tuple[int, str]] = []
+        self.updates: list[int] = []
+
+    def __call__(self, desc: str, total: int, unit: str) -> PassCounter:
+        self.totals.append((total, unit))
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.updates.append(n)
+
+    def close(self) -> None:
+        pass
+
+
 def tone(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
     """A speech-like test signal: harmonic series with a vibrato, a chirp and a little noise, per channel."""
     rng = np.random.default_rng(seed)

@@ -12,6 +12,8 @@ from flowdec_cli.framewise import LOG_Q_RANGE, FramewiseBackbone, wiener_velocit
 from flowdec_cli.longaudio import enhance_long
 from flowdec_cli.postfilter import Postfilter
 
+from .conftest import PassCounter
+
 TINY = dict(dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
 
 
@@ -156,18 +158,9 @@ def test_spectral_branch_runs_once_per_solve_and_gives_what_every_pass_would(mon
     y = 0.1 * torch.randn(1, 1, 30_000)
     once = pf.enhance(y, nfe=6, generator=torch.Generator().manual_seed(1))
     assert len(calls) == 1
-    passes = []
-
-    class Bar:
-        def update(self, n=1):
-            passes.append(n)
-
-        def close(self):
-            pass
-
-    chunked = enhance_long(pf, y, nfe=4, seed=2, chunk_seconds=0.25, overlap_seconds=0.05,
-                           progress=lambda *a: Bar())
-    assert len(calls) - 1 == sum(passes) // 4 > 1  # once per chunk, not per pass
+    passes = PassCounter()
+    chunked = enhance_long(pf, y, nfe=4, seed=2, chunk_seconds=0.25, overlap_seconds=0.05, progress=passes)
+    assert len(calls) - 1 == sum(passes.updates) // 4 > 1  # once per chunk, not per pass
     monkeypatch.setattr(pf, "_solving", lambda Y: contextlib.nullcontext())
     assert torch.equal(pf.enhance(y, nfe=6, generator=torch.Generator().manual_seed(1)), once)
     assert torch.equal(enhance_long(pf, y, nfe=4, seed=2, chunk_seconds=0.25, overlap_seconds=0.05), chunked)

@@ -11,6 +11,8 @@ import torch
 from flowdec_cli.checkpoints import CheckpointError, load_lightning_state_dict
 from flowdec_cli.postfilter import Postfilter, infer_architecture
 
+from .conftest import PassCounter
+
 ATOL_WAVE = 5e-5  # README section 5: postfilter waveforms
 ATOL_FIELD = 5e-5  # velocity
 ATOL_FEAT = 5e-4  # ODE states (feature domain; tiny bins are poorly conditioned)
@@ -176,19 +178,10 @@ def test_enhance_midpoint_n3_matches_official(small, small_io, monkeypatch):
         return inverse(feats, *args, **kwargs)
 
     monkeypatch.setattr(small.feature_extractor, "inverse", capture)
-    passes = []
-
-    class Bar:
-        def update(self, n=1):
-            passes.append(n)
-
-        def close(self):
-            pass
-
-    out = small.enhance(small_io["y"], nfe=6, solver="midpoint", noise=small_io["noise"],
-                        progress=lambda desc, total, unit: Bar())
+    passes = PassCounter()
+    out = small.enhance(small_io["y"], nfe=6, solver="midpoint", noise=small_io["noise"], progress=passes)
     assert out.shape == small_io["y"].shape and out.dtype == torch.float32
-    assert sum(passes) == 6
+    assert sum(passes.updates) == 6
     assert (finals[0] - small_io["X_final_midpoint_N3"]).abs().max() < ATOL_FEAT
     assert (out - small_io["enhanced_midpoint_N3"]).abs().max() < ATOL_WAVE
 

@@ -12,6 +12,8 @@ import torch
 from flowdec_cli.longaudio import _NoiseStream, auto_batch_size, enhance_long, plan_chunks
 from flowdec_cli.postfilter import Postfilter
 
+from .conftest import PassCounter
+
 SR = 48000
 HOP = 384
 
@@ -168,24 +170,12 @@ def test_memmap_source_out_and_bounded_reads(tmp_path):
 
 def test_progress_counts_network_passes():
     model = _local_field(_tiny())
-    totals, updates = [], []
-
-    class Bar:
-        def update(self, n=1):
-            updates.append(n)
-
-        def close(self):
-            pass
-
-    def progress(desc, total, unit):
-        totals.append((total, unit))
-        return Bar()
-
+    progress = PassCounter()
     y = _stationary(2.0)
     plan = plan_chunks(y.shape[-1], 64, 20)
     enhance_long(model, y, nfe=6, seed=0, chunk_seconds=0.512, overlap_seconds=0.16, batch_size=2,
                  progress=progress)
-    assert totals == [(6 * len(plan.starts), "pass")] and sum(updates) == 6 * len(plan.starts)
+    assert progress.totals == [(6 * len(plan.starts), "pass")] and sum(progress.updates) == 6 * len(plan.starts)
 
 
 # -- with the real network: close to whole-file output, seams cost little -----------------------------------

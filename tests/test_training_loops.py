@@ -225,16 +225,29 @@ def test_framewise_postfilter_trains_resumes_and_warm_starts(pair_list, tmp_path
         other.init_weights(folder)
 
 
-def test_framewise_postfilter_grows_a_context_branch_from_weights_without_one(pair_list, tmp_path):
-    """``model.context_dilation`` on top of weights trained without it: the new branches start at zero (the
-    grown model computes what the source did), they train, and the exported folder records the setting."""
+def _context_branch_trained(backbone) -> bool:
+    branch = backbone.blocks[0].context
+    return branch is not None and branch.dilation == (3,) and bool(branch.weight.any())
+
+
+def _spectral_branch_trained(backbone) -> bool:
+    return backbone.spectral is not None and bool(backbone.spectral.out.weight.any())
+
+
+@pytest.mark.parametrize("setting, value, trained", [("context_dilation", 3, _context_branch_trained),
+                                                     ("spectral_channels", 4, _spectral_branch_trained)])
+def test_framewise_postfilter_grows_a_branch_from_weights_without_one(pair_list, tmp_path, setting, value,
+                                                                      trained):
+    """``model.context_dilation`` or ``model.spectral_channels`` on top of weights trained without it: what
+    the branch adds starts at zero (the grown model computes what the source did), it trains, and the
+    exported folder records the setting."""
     model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
     plain = PostfilterTrainer(_pf(pair_list, tmp_path / "plain", model=model, data=dict(batch_size=4),
                                   train=dict(max_steps=2, val_every=0, checkpoint_every=0)),
                               device="cpu", quiet=True)
     plain.run()
     source = tmp_path / "plain" / "postfilter"
-    assert "context_dilation" not in json.loads((source / "config.json").read_text())["framewise"]
+    assert setting not in json.loads((source / "config.json").read_text())["framewise"]
     again = PostfilterTrainer(_pf(pair_list, tmp_path / "plain", model=model, data=dict(batch_size=4),
                                   train=dict(max_steps=1, val_every=0, checkpoint_every=0)),
                               device="cpu", quiet=True)
@@ -242,36 +255,7 @@ def test_framewise_postfilter_grows_a_context_branch_from_weights_without_one(pa
     with pytest.raises(TrainingError, match="holds the checkpoints of an earlier run; --resume continues it"):
         again.run()  # a fresh run into a finished run's folder would overwrite and prune its checkpoints
     assert (tmp_path / "plain" / "checkpoints" / "latest").read_text() == latest
-    grown_model = {**model, "context_dilation": 3}
-    grown = PostfilterTrainer(_pf(pair_list, tmp_path / "grown", model=grown_model, data=dict(batch_size=4),
-                                  optim=dict(lr=3e-3),
-                                  train=dict(max_steps=3, val_every=0, checkpoint_every=0,
-                                             init_from=str(source))),
-                              device="cpu", quiet=True)
-    grown.build()
-    grown.init_weights(source)
-    Y = torch.randn(1, 1, 768, 30, dtype=torch.complex64)
-    x = torch.randn(1, 1, 768, 30, dtype=torch.complex64)
-    assert torch.equal(grown.pf.velocity(x, Y, 0.4), plain.ema.velocity(x, Y, 0.4))
-    grown.run()
-    branch = grown.ema.backbone.blocks[0].context
-    assert branch is not None and branch.dilation == (3,) and bool(branch.weight.any())
-    config = json.loads((tmp_path / "grown" / "postfilter" / "config.json").read_text())
-    assert config["framewise"]["context_dilation"] == 3
-    with pytest.raises(ConfigError, match="context_dilation must be 0"):
-        _pf(pair_list, tmp_path / "bad", model={**model, "context_dilation": -1})
-
-
-def test_framewise_postfilter_grows_a_spectral_branch_from_weights_without_one(pair_list, tmp_path):
-    """``model.spectral_channels`` on top of weights trained without it: the branch's output starts at zero
-    (the grown model computes what the source did), it trains, and the exported folder records it."""
-    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
-    plain = PostfilterTrainer(_pf(pair_list, tmp_path / "plain", model=model, data=dict(batch_size=4),
-                                  train=dict(max_steps=1, val_every=0, checkpoint_every=0)),
-                              device="cpu", quiet=True)
-    plain.run()
-    source = tmp_path / "plain" / "postfilter"
-    grown = PostfilterTrainer(_pf(pair_list, tmp_path / "grown", model={**model, "spectral_channels": 4},
+    grown = PostfilterTrainer(_pf(pair_list, tmp_path / "grown", model={**model, setting: value},
                                   data=dict(batch_size=4), optim=dict(lr=3e-3),
                                   train=dict(max_steps=3, val_every=0, checkpoint_every=0,
                                              init_from=str(source))),
@@ -282,11 +266,11 @@ def test_framewise_postfilter_grows_a_spectral_branch_from_weights_without_one(p
     x = torch.randn(1, 1, 768, 30, dtype=torch.complex64)
     assert torch.equal(grown.pf.velocity(x, Y, 0.4), plain.ema.velocity(x, Y, 0.4))
     grown.run()
-    assert bool(grown.ema.backbone.spectral.out.weight.any())
+    assert trained(grown.ema.backbone)
     config = json.loads((tmp_path / "grown" / "postfilter" / "config.json").read_text())
-    assert config["framewise"]["spectral_channels"] == 4
-    with pytest.raises(ConfigError, match="spectral_channels must be 0"):
-        _pf(pair_list, tmp_path / "bad", model={**model, "spectral_channels": -1})
+    assert config["framewise"][setting] == value
+    with pytest.raises(ConfigError, match=f"{setting} must be 0"):
+        _pf(pair_list, tmp_path / "bad", model={**model, setting: -1})
 
 
 def test_a_postfilter_started_from_weights_keeps_their_sigma_y_and_says_so(pair_list, tmp_path, capsys):
