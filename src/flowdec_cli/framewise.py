@@ -105,7 +105,7 @@ class SpectralBranch(nn.Module):
 
     inputs = 5
 
-    def __init__(self, n_freqs: int, hop_length: int, n_fft: int, channels: int, kernel_size: int = 5,
+    def __init__(self, hop_length: int, n_fft: int, channels: int, kernel_size: int = 5,
                  dilations: tuple[int, ...] = (1, 2, 4)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -174,7 +174,7 @@ class FramewiseBackbone(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.spectral: SpectralBranch | None = None
         if spectral_channels > 0:
-            self.spectral = SpectralBranch(n_freqs, hop_length, 2 * (n_freqs - 1), spectral_channels)
+            self.spectral = SpectralBranch(hop_length, 2 * (n_freqs - 1), spectral_channels)
         self.receptive_field = num_blocks * (kernel_size - 1) * max(1, context_dilation) + 1
 
     # The interface Postfilter drives (shared with NCSNpp) ------------------------------------------------
