@@ -213,12 +213,14 @@ class FramewiseBackbone(nn.Module):
             widest = max(widest, 2 * self.spectral.out.in_channels * self.n_freqs)
         return int(frames * (8 * self.n_freqs * 4 + 3 * widest * elem))
 
-    def flops_per_frame(self) -> int:
-        """Floating-point operations of one pass per frame (2 per multiply-add), for speed estimates."""
+    def flops_per_frame(self, passes: int = 1) -> int:
+        """Floating-point operations per frame (2 per multiply-add) of a solve with ``passes`` network passes,
+        for speed estimates: the body runs at every pass, the spectral branch once (:meth:`prepare`)."""
         macs = self.embed.in_channels * self.dim + self.head.in_features * self.head.out_features
         for b in self.blocks:
             taps = b.dwconv.kernel_size[0] * (1 if b.context is None else 2)
             macs += taps * b.dwconv.in_channels + 2 * b.pwconv1.in_features * b.pwconv1.out_features
+        macs *= passes
         if self.spectral is not None:
             convs = [m for m in self.spectral.modules() if isinstance(m, nn.Conv2d)]
             macs += self.n_freqs * sum(m.weight[0].numel() * m.out_channels for m in convs)
