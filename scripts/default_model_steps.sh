@@ -7,7 +7,8 @@
 # its position in the list, so the rates share the corpus without coding it once per rate; the coded side
 # gets the side channel of its rate (the layout configs/default-rate-plan.json gives that count; ENVELOPE
 # forces one layout for all). On CUDA the rates run at once. PAIRS_EVERY=N codes only every Nth training
-# file (a large corpus on a short lease).
+# file (a large corpus on a short lease); PAIRS_OFFSET=J (0 ... N-1, default 0) picks which of each N, so a
+# later run can train on files an earlier one did not code.
 RATE_PLAN=${RATE_PLAN:-configs/default-rate-plan.json}
 PAIR_CODEBOOKS=${PAIR_CODEBOOKS:-2 3 4 5}
 
@@ -16,7 +17,7 @@ code_pairs() {
   local -a counts=($PAIR_CODEBOOKS)
   mkdir -p "$pairs"
   for k in "${counts[@]}"; do
-    awk -v e="${PAIRS_EVERY:-1}" 'NR % e == 0' "$corpus/train.txt" |
+    awk -v e="${PAIRS_EVERY:-1}" -v o="${PAIRS_OFFSET:-0}" 'NR % e == o % e' "$corpus/train.txt" |
       awk -v i=$i -v n=${#counts[@]} -v root="$corpus" 'NR % n == i { print root "/" $0 }' > "$pairs/clean-nq$k.txt"
     if [[ $device == cuda* ]]; then _code_rate "$pairs" "$ndac" $k "$device" & else _code_rate "$pairs" "$ndac" $k "$device"; fi
     i=$((i + 1))
