@@ -470,16 +470,14 @@ class Postfilter(nn.Module):
         """v(x, Y, t) as the solvers call it, inside ``inference_mode`` and :meth:`_backend_flags` (``enhance``
         and :func:`flowdec_cli.longaudio.enhance_long`); tests replace it per instance."""
         held = self._held
-        if held is not None and held[0] is Y and isinstance(self.backbone, FramewiseBackbone):
-            return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled,
-                                 prepared=held[1])
-        return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled)
+        prepared = held[1] if held is not None and held[0] is Y else None
+        return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled, prepared=prepared)
 
     @contextlib.contextmanager
     def _solving(self, Y: torch.Tensor) -> Iterator[None]:
         """Around one solve on the coded features ``Y``, which nothing changes meanwhile: what the backbone
         takes from ``Y`` alone (the frame-wise spectral branch) is computed once, not at every pass."""
-        prepared = self.backbone.prepare(Y, self.sigma_y) if isinstance(self.backbone, FramewiseBackbone) else None
+        prepared = self.backbone.prepare(Y, self.sigma_y)
         self._held = None if prepared is None else (Y, prepared)
         try:
             yield
