@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -106,6 +108,39 @@ def test_info_on_a_named_pipe_counts_the_bytes_it_read(run, wav, tmp_path, tiny_
     plain = json.loads(run("info", fdc, "--json").output)
     assert piped["file_bytes"] == plain["file_bytes"] == len(data)
     assert piped["actual_bitrate_kbps"] == plain["actual_bitrate_kbps"] > 0
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_piped_fdc_is_spooled_only_as_far_as_its_header_declares(tmp_path):
+    """`(cat a.fdc; cat /dev/zero) | flowdec decompress - x.wav` copied everything to a temporary file
+    before reading it (7 GB in 6 s): a .fdc is now spooled to one byte past its end, then refused; audio is
+    still copied whole."""
+    import threading
+
+    from flowdec_cli.streams import spooled_input
+
+    from .test_container import small_file
+
+    data = small_file()
+    for tail, tail_name in ((b"", "nothing"), (None, "endless zeros")):
+        fifo = tmp_path / f"pipe-{len(tail_name)}"
+        os.mkfifo(fifo)
+
+        def serve(tail: bytes | None = tail, fifo: Path = fifo) -> None:
+            with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as f:
+                f.write(data)
+                while tail is None:  # until the reader goes away
+                    f.write(bytes(1 << 20))
+
+        threading.Thread(target=serve, daemon=True).start()
+        with spooled_input(fifo) as spooled:
+            got = spooled.read_bytes()
+        assert got == (data if tail == b"" else data + b"\0"), tail_name
+    audio = tmp_path / "audio-pipe"
+    os.mkfifo(audio)
+    threading.Thread(target=lambda: audio.write_bytes(b"fLaC" + bytes(3 << 20)), daemon=True).start()
+    with spooled_input(audio) as spooled:
+        assert spooled.stat().st_size == 4 + (3 << 20)
+
 
 def test_info_json_is_strict_json_whatever_the_header_holds(run, tmp_path):
     """A header's own keys may hold NaN or Infinity (msgpack floats); --json must still parse as JSON."""

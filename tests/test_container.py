@@ -800,6 +800,21 @@ def test_read_errors_name_the_file(tmp_path):
         read_fdc(p)
 
 
+def test_a_header_nests_at_most_32_levels():
+    """msgpack itself allows 1,023 levels; showing such a header (``flowdec info``, repr, JSON) recursed
+    past Python's limit. 32 levels read (the header map is the first), 33 are refused by name."""
+    h = make_header(num_frames=0)
+
+    def nested(levels: int) -> dict:  # the header map and levels - 1 containers inside it
+        value: object = 1
+        for i in range(levels - 1):
+            value = [value] if i % 2 else {"k": value}
+        return {**header_map(h), "deep": value}
+
+    assert decode_fdc(forge(nested(32)))[0].extra["deep"]
+    expect_error(forge(nested(33)), "invalid header: nested deeper than 32 levels")
+
+
 def test_a_header_nested_too_deep_says_so():
     """msgpack's StackError has no message: the cause read "(StackError: )"."""
     from flowdec_cli.container import _parse_header

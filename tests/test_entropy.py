@@ -264,6 +264,18 @@ def test_mutated_valid_payloads_never_escape_as_other_errors(tables, seed, flips
         pass
 
 
+def test_a_payload_that_ends_before_its_codes_is_refused(tables):
+    """The range decoder reads zeros past its data without noticing, so zero bytes decoded into as many
+    codes as a header declared (a 4 KB payload into half a million): the reader re-encodes and compares."""
+    with pytest.raises(EntropyError, match=r"payload of 4096 bytes does not hold the symbols its header declares"):
+        decode_codes(bytes(4096), (1, 4, 4096 * 32), tables)
+    whole = encode_codes(markov_codes(10, 120), tables)
+    for cut in (4, 8):  # the stream's last words missing, as a truncating forger would leave it
+        with pytest.raises(FdcError, match="invalid payload"):
+            decode_fdc(_forged_coded(tables, whole[:-cut], num_frames=120), tables=tables)
+    assert (decode_codes(whole, (1, 10, 120), tables) == markov_codes(10, 120)).all()
+
+
 def test_odd_payload_size_is_refused(tables):
     with pytest.raises(FdcError, match="whole number of 32-bit words"):
         decode_fdc(_forged_coded(tables, b"\0" * 9, num_frames=1), tables=tables)

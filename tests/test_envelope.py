@@ -292,6 +292,18 @@ def test_forged_envelope_fields_give_clear_errors():
         decode_fdc(forge(data, k7=24000, k4=24000, k15=24000 / 640 * 40))
 
 
+def test_levels_are_read_only_from_the_stream_they_encode_to(monkeypatch):
+    """The range decoder cannot see a stream that ends early (it reads zeros past its data), so the reader
+    re-encodes the levels it decoded and compares: here the encoder is made to disagree."""
+    q = np.zeros((1, 3, LAYOUT.n_bands), np.int16)
+    data = env.encode_levels(LAYOUT, q)
+    assert np.array_equal(env.decode_levels(LAYOUT, data, 1, 3), q)
+    real = env.encode_levels
+    monkeypatch.setattr(env, "encode_levels", lambda layout, levels: real(layout, levels) + bytes(4))
+    with pytest.raises(env.EnvelopeError, match=f"envelope of {len(data)} bytes does not hold the symbols"):
+        env.decode_levels(LAYOUT, data, 1, 3)
+
+
 # -- in the pipeline ---------------------------------------------------------------------------------
 
 def test_codec_writes_the_envelope_only_when_asked(tiny_codec_dir):

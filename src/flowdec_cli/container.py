@@ -43,6 +43,7 @@ from .numeric import is_integer, is_real, is_whole
 
 __all__ = [
     "FDC_MAGIC",
+    "read_fdc_rest",
     "FORMAT_VERSION",
     "FdcError",
     "FdcHeader",
@@ -78,6 +79,7 @@ _CRC = struct.Struct("<I")
 FIXED_OVERHEAD = _PREAMBLE.size + _CRC.size  # 12 bytes besides header and payload
 
 MAX_HEADER_BYTES = 0xFFFF
+MAX_HEADER_DEPTH = 32  # maps and arrays inside one another, the header map counting as the first
 _MAX_STR = 256
 _MAX_RATE = 10_000_000
 _MAX_COUNT = 2**62
@@ -642,14 +644,15 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
         raise FdcError(f"{src}: invalid header: not a valid MessagePack map ({cause})") from None
     if not isinstance(obj, dict):
         raise FdcError(f"{src}: invalid header: expected a MessagePack map, got {type(obj).__name__}")
-    # Timestamps (ext -1) do not go through ext_hook; look for them iteratively (no recursion limit).
-    stack = [obj]
+    # Timestamps (ext -1) do not go through ext_hook; look for them iteratively (no recursion limit), and
+    # bound the depth: whatever shows or copies a header (``flowdec info``, repr, JSON) may then recurse.
+    stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_HEADER_DEPTH:
+                raise FdcError(f"{src}: invalid header: nested deeper than {MAX_HEADER_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
         elif isinstance(item, (msgpack.Timestamp, msgpack.ExtType)):
             raise FdcError(f"{src}: invalid header: MessagePack extension types are not allowed")
     values = {}
@@ -852,6 +855,13 @@ def _read_bytes(f: BinaryIO, src: str) -> bytes:
     except (OSError, ValueError, AttributeError):  # no descriptor (an in-memory stream): read it as a pipe
         regular = False
     return head + _read_declared(f, head, regular, src)
+
+
+def read_fdc_rest(f: BinaryIO, head: bytes, src: str) -> bytes:
+    """What follows a .fdc's magic ``head`` in a stream (standard input, a FIFO), read no further than its
+    header declares (one byte more, so that trailing data is still reported): a spool of ``-`` holds the
+    file, not whatever endless data comes after it."""
+    return _read_declared(f, head, False, src)
 
 
 def _read_up_to(f: Any, n: int) -> bytes:

@@ -49,6 +49,7 @@ __all__ = [
     "range_decoder",
     "load_tables",
     "max_codes_for_payload",
+    "require_canonical",
     "save_tables",
     "tables_for_model_folder",
 ]
@@ -350,7 +351,8 @@ def encode_codes(codes: np.ndarray, tables: EntropyTables) -> bytes:
 def range_decoder(payload: bytes | memoryview, error: type[FlowdecError], what: str) -> Iterator[Any]:
     """constriction's range decoder over a payload of 32-bit little-endian words, for the body of a
     ``with`` block that decodes every symbol the payload should hold. After it, the stream must be used up
-    (the coder reads one word ahead, so one word of slack goes unnoticed); a payload that is not whole
+    (the coder reads one word ahead, so one word of slack goes unnoticed here, and a stream that ended too
+    soon is not seen at all: callers re-encode, :func:`require_canonical`); a payload that is not whole
     words, words left over, and constriction's own exceptions all become ``error`` naming ``what``."""
     import constriction
 
@@ -370,8 +372,8 @@ def range_decoder(payload: bytes | memoryview, error: type[FlowdecError], what: 
 
 def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: EntropyTables) -> np.ndarray:
     """Inverse of :func:`encode_codes`: int64 codes of ``shape`` [C, K, T]. :class:`EntropyError` when the
-    payload is not a valid stream for these tables (it never reads past the payload, and the work is
-    bounded by the code count, itself bounded by :func:`max_codes_for_payload`)."""
+    payload is not exactly the stream these tables give for the codes it decodes to (the work is bounded
+    by the code count, itself bounded by :func:`max_codes_for_payload`)."""
     c_n, k_n, t_n = (int(v) for v in shape)
     if k_n > tables.n_codebooks:
         raise EntropyError(f"the file uses {k_n} codebooks; the entropy tables cover {tables.n_codebooks}")
@@ -404,4 +406,16 @@ def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: Entr
                 out[c, k] = decoded
     if out.size and (int(out.min()) < 0 or int(out.max()) >= tables.codebook_size):
         raise EntropyError("payload decodes to codes outside the codebook")
+    require_canonical(encode_codes(out, tables), payload, EntropyError, "range-ctx1 payload")
     return out
+
+
+def require_canonical(encoded: bytes, payload: bytes | memoryview, error: type[FlowdecError], what: str) -> None:
+    """A payload must be exactly what encoding its decoded symbols gives. constriction's decoder reads zeros
+    past the end of its data without noticing (``maybe_exhausted`` cannot tell), so a forged header could
+    make a few zero bytes decode into as many symbols as it declares; re-encoding (a small fraction of the
+    decoding time) catches that, and any other stream our encoder would not have written."""
+    if encoded != bytes(payload):
+        raise error(f"{what} of {len(payload)} bytes does not hold the symbols its header declares (coded, "
+                    f"they take {len(encoded)} bytes)" if len(encoded) != len(payload) else
+                    f"{what} is not the stream its symbols encode to")

@@ -25,7 +25,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .entropy import categorical_model, freqs_from_counts, max_codes_for_payload, range_decoder
+from .entropy import (
+    categorical_model,
+    freqs_from_counts,
+    max_codes_for_payload,
+    range_decoder,
+    require_canonical,
+)
 from .exceptions import FlowdecError
 from .numeric import is_integer, is_real
 
@@ -410,6 +416,7 @@ def decode_levels(layout: EnvelopeLayout, data: bytes | memoryview, channels: in
                     q.append(_predict(lo, hi, prev[b], q[b - 1], prev[b - 1]) + r[b - 1])
                 check_range(layout, q)
                 out[c, w] = q
+    require_canonical(encode_levels(layout, out), data, EnvelopeError, "envelope")
     return out
 
 

@@ -28,7 +28,7 @@ from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
 from .exceptions import FlowdecError
-from .fileio import copy_all, open_sink, temporary_folder
+from .fileio import copy_all, open_sink, temporary_folder, write_all
 
 __all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "stdin_stream", "StreamError",
            "exit_on_broken_pipe", "check_stdin", "check_stdout", "strict_json"]
@@ -95,6 +95,21 @@ def _owned_temporary_folder(label: str) -> Path:
     return temporary_folder(tempfile.gettempdir(), label)
 
 
+def _spool(src: BinaryIO, out: BinaryIO, name: str) -> None:
+    """Copy a stream: audio to its end, a .fdc only as far as its header declares (one byte more), so that
+    ``(cat a.fdc; cat /dev/zero) | flowdec decompress - x.wav`` is refused at once instead of filling
+    the disk first."""
+    from .container import FDC_MAGIC, read_fdc_rest
+
+    head = src.read(len(FDC_MAGIC))
+    write_all(out, head)
+    if head == FDC_MAGIC:
+        write_all(out, read_fdc_rest(src, head, name))
+        out.flush()
+    else:
+        copy_all(src, out, COPY_BLOCK)
+
+
 @contextlib.contextmanager
 def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterator[Path]:
     """Standard input (``-``) or a FIFO, copied to a temporary file (deleted afterwards, and by the next run
@@ -107,7 +122,7 @@ def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterat
                                         else open(source, "rb")) as src:
             if _is_terminal(src):  # /dev/tty, or /dev/stdin at a terminal
                 raise StreamError(f"{source}: is a terminal; refusing to read audio or .fdc data from it")
-            copy_all(src, f, COPY_BLOCK)
+            _spool(src, f, "-" if is_stdio(source) else os.fspath(source))
         if path.stat().st_size == 0:
             raise StreamError(f"{name} is empty")
         from .audio import repair_streamed_wav
