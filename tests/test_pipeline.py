@@ -35,6 +35,29 @@ def test_roundtrip_restores_rate_channels_length(codec, tmp_path, sr, channels, 
     assert dec.peak_scaled == 1.0
 
 
+def test_resampling_back_runs_in_blocks_sized_by_the_output(codec, monkeypatch):
+    """A header may pair 48 kHz codes with a 10 MHz rate and 1,024 channels: resampling 2^18 model-rate
+    samples at a time then held 208x that per channel (2 GB for a 1 KB file). Blocks are now sized by what
+    they become; the audio does not depend on the block size."""
+    import flowdec_cli.pipeline as pl
+
+    header, codes = codec.compress_array(tone(0.8, 96000, 2), 96000, n_codebooks=4)
+    whole = codec.decompress_codes(header, codes, nfe=0)
+    sizes: list[int] = []
+    real = pl.Resampler.process
+
+    def process(self, block, *args, **kwargs):
+        sizes.append(block.size)
+        return real(self, block, *args, **kwargs)
+
+    monkeypatch.setattr(pl, "_OUT_BLOCK_VALUES", 4096)
+    monkeypatch.setattr(pl.Resampler, "process", process)
+    blocked = codec.decompress_codes(header, codes, nfe=0)
+    assert len(sizes) > 10 and max(sizes) <= 1024 * 2  # 1,024 model-rate frames of 2 channels at most
+    assert blocked.shape == whole.shape == (header.num_samples, 2)
+    np.testing.assert_allclose(blocked, whole, atol=1e-6)
+
+
 def test_codes_do_not_depend_on_chunk_size(tiny_codec_dir, tmp_path):
     x = tone(3.0, 44100, 2)
     headers_codes = []

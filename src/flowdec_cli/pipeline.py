@@ -70,6 +70,7 @@ __all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Decompr
 
 IN_MEMORY_SAMPLES = 48000 * 60 * 4  # model-rate samples (all channels) kept in RAM; beyond, a disk buffer
 READ_BLOCK_FRAMES = 1 << 18
+_OUT_BLOCK_VALUES = 1 << 22  # samples x channels of one resampled output block (16 MB of float32)
 
 
 class CodecError(FlowdecError):
@@ -786,7 +787,10 @@ class Codec:
         data = buf.data
         target = _model_rate_length(header.num_samples, header.sample_rate, header.model_sample_rate)
         have = min(data.shape[1], target)
-        block = 1 << 18
+        # model-rate samples per block, so that each resampled block holds about _OUT_BLOCK_VALUES values
+        # however high the output rate and however many the channels (a header may say 10 MHz, 1,024 ch)
+        block = max(1024, min(READ_BLOCK_FRAMES,
+                              _OUT_BLOCK_VALUES * header.model_sample_rate // (out_rate * header.channels)))
         peak = 0.0
         for a in range(0, have, block):
             peak = max(peak, float(np.abs(data[:, a:min(a + block, have)]).max()) * gain)
