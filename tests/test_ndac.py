@@ -115,6 +115,41 @@ def test_a_pickle_cannot_make_us_allocate_what_it_does_not_hold(tmp_path):
     assert _RestrictedUnpickler(io.BytesIO(data)).load() == {"a": bytearray(b"abc"), "b": b"xy"}
 
 
+def test_a_pickle_too_large_to_scan_is_refused(tmp_path, monkeypatch):
+    """The scan for ``bytearray`` read pickles up to 64 MB and let a larger one through unscanned, padding
+    and all, to torch's loader, which allows ``bytearray(n)``."""
+    import flowdec_cli.checkpoints as ck
+
+    evil = tmp_path / "weights.pth"
+    torch.save({"state_dict": {}, "metadata": {"kwargs": {}, "pad": "A" * 4096}}, evil)
+    monkeypatch.setattr(ck, "_MAX_PICKLE_BYTES", 1024)  # the real limit, without writing 64 MB
+    with pytest.raises(CheckpointError, match=r"weights.pth: refused: its pickle is .* MB"):
+        load_dac_weights(evil)
+
+
+def test_the_lightning_unpickler_calls_no_str_on_shared_structures():
+    """``str`` of a list holding itself twice at every level (through the memo) doubles its work per level:
+    a 1.5 KB pickle could run for ever. ``str``, ``int``, ``float`` and ``complex`` are stubs now."""
+    import builtins
+    import io
+    import pickle
+
+    from flowdec_cli.checkpoints import _RestrictedUnpickler
+
+    nested: list = [0]
+    for _ in range(22):  # about 2 s and 150 MB when str was called
+        nested = [nested, nested]
+
+    class AsText:
+        def __reduce__(self):
+            return (builtins.str, (nested,))
+
+    data = pickle.dumps({"hparams": AsText()}, protocol=4)
+    assert len(data) < 4096
+    loaded = _RestrictedUnpickler(io.BytesIO(data)).load()["hparams"]
+    assert not isinstance(loaded, str)
+
+
 def test_weights_file_is_never_unpickled_unsafely(tmp_path):
     evil = tmp_path / "weights.pth"
 

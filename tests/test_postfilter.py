@@ -155,6 +155,23 @@ def test_invalid_folder_configs_are_rejected(tmp_path):
             Postfilter.from_folder(folder)
 
 
+def test_a_folder_config_cannot_ask_for_more_than_its_weights_hold(tmp_path):
+    """The model is built from its config before the weights are checked: a 12,000-tap fir_kernel (built
+    as its outer product) took 2.5 GB, and any config far larger than its weights file is refused first."""
+    model = Postfilter(nf=4, ch_mult=(1, 1))
+    folder = model.save(tmp_path / "pf")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(cfg, fir_kernel=[1] * 12000)))
+    with pytest.raises(CheckpointError, match=r"fir_kernel = .* must be 1 to 16 finite numbers"):
+        Postfilter.from_folder(folder)
+    (folder / "config.json").write_text(json.dumps(dict(cfg, nf=512, ch_mult=[4, 4, 4, 2])))
+    with pytest.raises(CheckpointError, match=r"pf: its config describes about .* weights, but its weights "
+                                              r"file holds \d+; the two do not belong together"):
+        Postfilter.from_folder(folder)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert isinstance(Postfilter.from_folder(folder), Postfilter)
+
+
 # -- official outputs ------------------------------------------------------------------------------------
 
 

@@ -337,6 +337,18 @@ def test_embedded_models_and_default(home, tmp_path, monkeypatch):
     assert by["ours-75"]["licence"] == "MIT"
 
 
+def test_a_codec_config_far_larger_than_its_weights_is_refused_before_building(tmp_path, tiny_codec_dir):
+    """A 268-byte config (decoder_dim 6144) beside small weights built a 3 GB codec before the weights were
+    checked against it; the config's size is now compared with the file's first."""
+    folder = tmp_path / "forged"
+    shutil.copytree(tiny_codec_dir, folder)
+    cfg_path = next(folder.rglob("config.json"))
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(dict(cfg, decoder_dim=6144)))
+    with pytest.raises(ModelError, match=r"its config describes about .* weights, but its weights file holds"):
+        load_ndac(folder)
+
+
 def test_a_broken_folder_in_the_cache_never_hides_the_other_models(tmp_path, monkeypatch):
     """A hand-placed model whose card does not parse is listed as broken, naming its card; the rest stay."""
     from click.testing import CliRunner

@@ -38,6 +38,7 @@ __all__ = [
     "load_lightning_state_dict",
     "save_model_folder",
     "load_model_folder",
+    "require_weights_for",
     "weights_hash",
     "atomic_write_bytes",
 ]
@@ -94,8 +95,10 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch", "Size"): torch.Size,
     ("torch", "device"): torch.device,
 }
-for _builtin in ("dict", "list", "set", "frozenset", "tuple", "int", "float", "complex", "bool", "str",
-                 "slice"):
+# Containers only. ``str``, ``int``, ``float`` and ``complex`` are left to the stubs: pickles carry such
+# values as data, and a call of ``str`` on a list that holds itself twice at every level (memo references)
+# takes time and memory doubling with each level of a 1.5 KB file.
+for _builtin in ("dict", "list", "set", "frozenset", "tuple", "bool", "slice"):
     _ALLOWED_GLOBALS[("builtins", _builtin)] = getattr(builtins, _builtin)
 del _builtin
 
@@ -177,13 +180,21 @@ def _tensor_dict(state: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
     return out
 
 
+_MAX_PICKLE_BYTES = 64 << 20  # a weights pickle names its tensors; their data lies beside it in the zip
+
+
 def _pickle_bytes(path: Path) -> bytes | None:
-    """The pickle of a torch zip, as bytes (nothing is unpickled); None if there is none or it is huge."""
+    """The pickle of a torch zip, as bytes (nothing is unpickled); None if there is none or the zip cannot
+    be read (torch's loader then says why). A pickle too large to scan is refused: unscanned, it could ask
+    for what the scan refuses."""
     try:
         with zipfile.ZipFile(path) as zf:
             pkl = next((i for i in zf.infolist() if i.filename.endswith("/data.pkl")), None)
-            if pkl is None or pkl.file_size > (64 << 20):
+            if pkl is None:
                 return None
+            if pkl.file_size > _MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{path}: refused: its pickle is {pkl.file_size / 2**20:.0f} MB; a weights "
+                                      f"file's is far smaller (at most {_MAX_PICKLE_BYTES >> 20} MB read)")
             return zf.read(pkl)
     except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
         return None
@@ -292,6 +303,16 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{w_path}: unreadable safetensors ({exc})") from None
     return config, state
+
+
+def require_weights_for(parameters: int, state: dict[str, torch.Tensor], source: str) -> None:
+    """A model is built from its config before its weights are checked against it, so a config must not
+    describe far more weights than the file beside it holds: a few hundred forged bytes of config next to
+    an empty weights file asked for gigabytes. ``parameters``: the config's own estimate (the big layers)."""
+    held = sum(int(t.numel()) for t in state.values())
+    if parameters > 4 * held + (1 << 20):
+        raise CheckpointError(f"{source}: its config describes about {parameters:.3g} weights, but its weights "
+                              f"file holds {held}; the two do not belong together")
 
 
 def weights_hash(state_dict: dict[str, torch.Tensor], length: int = 16) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -33,11 +34,17 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, load_lightning_state_dict, load_model_folder, save_model_folder
+from .checkpoints import (
+    CheckpointError,
+    load_lightning_state_dict,
+    load_model_folder,
+    require_weights_for,
+    save_model_folder,
+)
 from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap
 from .framewise import FramewiseBackbone
 from .ncsnpp import NCSNpp
-from .numeric import is_integer
+from .numeric import is_integer, is_real
 from .sampler import check_temperature, draw_noise, nfe_to_steps, solve, start_point
 
 __all__ = ["Postfilter", "tune_cpu_allocator", "CONFIG_TYPE", "DEFAULT_SIGMA_Y"]
@@ -100,6 +107,7 @@ _CONFIG_BOUNDS = {"n_fft": 16384, "hop_length": 16384, "pad_multiple": 4096, "nf
 _FRAMEWISE_BOUNDS = {"dim": 4096, "intermediate_dim": 16384, "num_blocks": 64, "kernel_size": 63,
                      "fourier_size": 4096, "context_dilation": 64, "spectral_channels": 256}
 _FRAMEWISE_MAY_BE_ZERO = ("context_dilation", "spectral_channels")  # 0 = the setting is off
+_MAX_FIR_TAPS = 16  # the released models' resampling filter has 4
 
 
 def _bounded_int(name: str, value: Any, top: int, bottom: int = 1) -> int:
@@ -111,6 +119,12 @@ def _bounded_int(name: str, value: Any, top: int, bottom: int = 1) -> int:
 def check_config_bounds(config: dict[str, Any]) -> None:
     """Refuse sizes no postfilter has before anything is allocated: a model folder's config is data from a
     file, and a forged one must end in a one-line error, not a request for petabytes."""
+    config_parameter_count(config)
+
+
+def config_parameter_count(config: dict[str, Any]) -> int:
+    """About how many weights a config's postfilter has (the big layers; nothing is allocated), after
+    :func:`check_config_bounds`' checks: what a folder's weights file must roughly hold."""
     sizes = {k: _bounded_int(k, config[k], top) for k, top in _CONFIG_BOUNDS.items()
              if k in config and config[k] is not None}
     n_fft = sizes.get("n_fft", N_FFT)
@@ -144,11 +158,16 @@ def check_config_bounds(config: dict[str, Any]) -> None:
         if (not isinstance(mult, list | tuple) or not 1 <= len(mult) <= 8
                 or any(not is_integer(m) or not 1 <= m <= 16 for m in mult)):
             raise ValueError(f"config ch_mult = {mult!r} must be 1 to 8 multipliers of 1 to 16")
-        widest = sizes.get("nf", 128) * max(mult)
-        n = 9 * widest * widest * 4 * (sizes.get("num_res_blocks", 2) + 2) * len(mult)
+        taps = config.get("fir_kernel", [1, 3, 3, 1])  # its outer product is built: memory grows as taps^2
+        if (not isinstance(taps, list | tuple) or not 1 <= len(taps) <= _MAX_FIR_TAPS
+                or any(not is_real(v) or not math.isfinite(v) for v in taps)):
+            raise ValueError(f"config fir_kernel = {taps!r} must be 1 to {_MAX_FIR_TAPS} finite numbers")
+        nf, blocks = (_bounded_int(k, config.get(k), _CONFIG_BOUNDS[k]) for k in ("nf", "num_res_blocks"))
+        n = 9 * (nf * max(mult)) ** 2 * 4 * (blocks + 2) * len(mult)
     if n > MAX_PARAMETERS:
         raise ValueError(f"config describes about {n:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
                          "not a postfilter this package can build")
+    return n
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,6 +329,7 @@ class Postfilter(nn.Module):
     def from_folder(cls, folder: str | os.PathLike) -> Postfilter:
         config, state = load_model_folder(folder)
         try:
+            require_weights_for(config_parameter_count(config), state, str(folder))
             model = cls.from_config(config)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{folder}: invalid postfilter config ({exc})") from None

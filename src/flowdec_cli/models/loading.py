@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checkpoints import CheckpointError, load_dac_weights, load_model_folder, weights_hash
+from ..checkpoints import CheckpointError, load_dac_weights, load_model_folder, require_weights_for, weights_hash
 from ..ndac import NDAC, NDACConfig
 from .catalogue import CacheDir
 from .folder import ModelError, default_nfe_for, folder_type, read_model_card, wants_postfilter
@@ -57,7 +57,9 @@ class Model:
 
 def _build_ndac(config: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> NDAC:
     try:
-        model = NDAC(NDACConfig.from_kwargs(config))
+        settings = NDACConfig.from_kwargs(config)
+        require_weights_for(settings.parameter_count(), state, str(source))
+        model = NDAC(settings)
         model.load_official_state_dict(state, source=str(source))
     except (ValueError, TypeError) as exc:
         raise ModelError(f"{source}: {exc}") from None
