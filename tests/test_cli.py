@@ -376,7 +376,8 @@ def test_folder_inputs_sharing_an_output_are_refused_and_the_rest_converted(run,
         first, second = src / "a.flac", src / "a.wav"
         other, shared = ("b.fdc", "a.fdc") if verb == "compress" else ("b.wav", "a.wav")
     out = tmp_path / "out"
-    r = run(verb, src, out, "-m", tiny_codec_dir, "-f", *([] if verb == "compress" else ["--nfe", "0"]))
+    extra = {"compress": [], "decompress": ["--nfe", "0"], "roundtrip": ["--nfe", "0", "--format", "wav"]}[verb]
+    r = run(verb, src, out, "-m", tiny_codec_dir, "-f", *extra)  # roundtrip keeps each type unless --format
     assert r.exit_code == 1, r.output
     errors = [ln for ln in r.output.splitlines() if ln.startswith("flowdec: error:")]
     assert errors == [f"flowdec: error: {first}: same output {out / shared} as {second}; neither converted "
@@ -509,3 +510,93 @@ def test_force_and_skip_existing_together_are_refused(run, wav, tmp_path, tiny_c
     r = run(verb, src, tmp_path / ("o.fdc" if verb == "compress" else "o.wav"), "-f", "--skip-existing",
             "-m", tiny_codec_dir, "-q")
     assert r.exit_code == 2 and "choose one" in _one_error_line(r)
+
+
+@pytest.mark.parametrize("args", [["compress", "", "{tmp}/x.fdc"], ["decompress", "", "{tmp}/x.wav"],
+                                  ["compress", "{wav}", ""], ["info", ""]])
+def test_an_empty_path_is_a_usage_error(run, wav, tmp_path, args, monkeypatch):
+    """Path("") is the current folder: `flowdec compress "$UNSET" out.fdc` coded everything below it."""
+    monkeypatch.chdir(wav.parent)
+    r = run(*[a.format(tmp=tmp_path, wav=wav) for a in args])
+    assert r.exit_code == 2 and "an empty path; give a file or folder name, or - for standard input or output" \
+        in _one_error_line(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_an_output_spelled_as_a_folder_must_be_one(run, wav, tmp_path, tiny_codec_dir):
+    """`flowdec compress a.wav newdir/` wrote a file named newdir (Path drops the slash); as cp, a folder
+    named with a trailing separator must exist, and then the output goes inside it."""
+    r = run("compress", wav, f"{tmp_path / 'newdir'}{os.sep}", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and _one_error_line(r).endswith("newdir/: no such folder; create it first")
+    (tmp_path / "afile").write_bytes(b"x")
+    r = run("compress", wav, f"{tmp_path / 'afile'}{os.sep}", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and _one_error_line(r).endswith("afile/: is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in.wav"]
+    (tmp_path / "newdir").mkdir()
+    assert run("compress", wav, f"{tmp_path / 'newdir'}{os.sep}", "-m", tiny_codec_dir, "-q").exit_code == 0
+    assert (tmp_path / "newdir" / "in.fdc").is_file()
+
+
+def test_a_folder_input_refuses_an_output_named_like_a_file(run, wav, tmp_path, tiny_codec_dir):
+    """`flowdec compress ./album out.fdc` made a folder out.fdc; a trailing separator says it is meant."""
+    r = run("compress", wav.parent, tmp_path / "out.fdc", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and "out.fdc: named like a file, but the input" in _one_error_line(r)
+    assert not (tmp_path / "out.fdc").exists()
+    r = run("compress", wav.parent, f"{tmp_path / 'out.fdc'}{os.sep}", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out.fdc" / "in.fdc").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_a_link_to_nothing_in_a_folder_is_reported_not_skipped(run, tmp_path, tiny_codec_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(0.3, 48000), 48000)
+    (src / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir)
+    assert r.exit_code == 1
+    assert f"flowdec: error: {src / 'gone.wav'}: a link to nothing ({tmp_path / 'nowhere.wav'})" in r.output
+    assert "flowdec: 1 converted, 1 failed of 2 files" in r.output
+    assert (tmp_path / "out" / "a.fdc").is_file()
+
+
+def test_roundtrip_keeps_each_inputs_type_and_sample_format(run, tmp_path, tiny_codec_dir):
+    """A 24-bit FLAC came back as 16-bit, and a folder's FLAC and Ogg files came back as WAV."""
+    src = tmp_path / "in"
+    src.mkdir()
+    x = tone(0.5, 44100)
+    sf.write(src / "a.flac", x, 44100, subtype="PCM_24")
+    sf.write(src / "b.wav", x, 44100, subtype="FLOAT")
+    sf.write(src / "c.ogg", x, 44100)
+    assert run("roundtrip", src, tmp_path / "out", "-m", tiny_codec_dir, "--nfe", "0", "-q").exit_code == 0
+    got = {p.name: (sf.info(str(p)).format, sf.info(str(p)).subtype) for p in (tmp_path / "out").iterdir()}
+    assert got == {"a.flac": ("FLAC", "PCM_24"), "b.wav": ("WAV", "FLOAT"), "c.ogg": ("OGG", "VORBIS")}
+    assert run("roundtrip", src / "a.flac", tmp_path / "a.wav", "-m", tiny_codec_dir, "--nfe", "0",
+               "-q").exit_code == 0
+    assert sf.info(str(tmp_path / "a.wav")).subtype == "PCM_24"  # a WAV holds it too
+    assert run("roundtrip", src / "a.flac", tmp_path / "b.flac", "-m", tiny_codec_dir, "--nfe", "0", "-q",
+               "--subtype", "PCM_16").exit_code == 0
+    assert sf.info(str(tmp_path / "b.flac")).subtype == "PCM_16"  # what --subtype says wins
+    assert run("roundtrip", src, tmp_path / "wavs", "-m", tiny_codec_dir, "--nfe", "0", "-q",
+               "--format", "wav").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["a.wav", "b.wav", "c.wav"]
+
+
+def test_skip_existing_skips_a_single_file_too(run, wav, tmp_path, tiny_codec_dir):
+    fdc = tmp_path / "a.fdc"
+    fdc.write_bytes(b"mine")
+    r = run("compress", wav, fdc, "-m", tiny_codec_dir, "--skip-existing")
+    assert r.exit_code == 0 and r.output == f"flowdec: {fdc}: exists; skipped (--skip-existing)\n"
+    assert fdc.read_bytes() == b"mine"
+    assert run("compress", wav, fdc, "-m", tiny_codec_dir, "--skip-existing", "-q").output == ""
+
+
+def test_a_file_without_audio_has_no_rate_on_disk(run, tmp_path, tiny_codec_dir):
+    """0 samples: 0.000 kbit/s and RTF 0 were printed; JSON says null, the text says there is no audio."""
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, tone(0.0, 48000), 48000)
+    r = run("compress", empty, tmp_path / "e.fdc", "-m", tiny_codec_dir, "--json", "-q", "-b", "3")
+    record = json.loads(r.output)
+    assert record["kbps_on_disk"] is None and record["rtf"] is None and record["kbps_nominal"] == 3.0
+    r = run("decompress", tmp_path / "e.fdc", tmp_path / "e.wav", "-m", tiny_codec_dir, "--nfe", "0")
+    assert r.exit_code == 0 and "(no audio)" in r.output and "RTF" not in r.output

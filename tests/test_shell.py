@@ -389,16 +389,27 @@ def test_a_terminal_for_binary_data_is_refused_before_the_model_loads(tmp_path, 
 
 
 @pytest.mark.parametrize("fd,args,name", [(0, ["compress", "-", "OUT", "-q"], "input"),
-                                          (1, ["decompress", "FDC", "-", "--nfe", "0"], "output")])
+                                          (1, ["decompress", "FDC", "-", "--nfe", "0"], "output"),
+                                          (1, ["compress", "WAV", "OUT", "--json", "-q"], "output")])
 def test_a_closed_standard_stream_is_named(wav, tmp_path, tiny_codec_dir, fd, args, name):
     """`<&-` and `>&-` gave "unexpected AttributeError: 'NoneType' object has no attribute 'buffer'"."""
     fdc = tmp_path / "a.fdc"
     assert invoke("compress", wav, fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
-    args = [fdc if a == "FDC" else tmp_path / "o.fdc" if a == "OUT" else a for a in args]
+    args = [fdc if a == "FDC" else wav if a == "WAV" else tmp_path / "o.fdc" if a == "OUT" else a for a in args]
     r = _flowdec(*args, "-m", tiny_codec_dir, preexec_fn=lambda: os.close(fd), stderr=subprocess.PIPE)
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith(f"flowdec: error: standard {name} is closed; give an {name} file"), r.stderr
     assert len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "o.fdc").exists()
+
+
+@pytest.mark.parametrize("args", [["info", "FDC"], ["info", "FDC", "--json"], ["models", "list"]])
+def test_what_a_command_prints_is_not_lost_to_a_closed_standard_output(wav, tmp_path, tiny_codec_dir, args):
+    """`flowdec info x.fdc >&-` exited 0 with its whole output dropped."""
+    fdc = tmp_path / "a.fdc"
+    assert invoke("compress", wav, fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
+    r = _flowdec(*[fdc if a == "FDC" else a for a in args], preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE)
+    assert r.returncode == 1 and r.stderr.startswith("flowdec: error: standard output is closed"), r.stderr
 
 
 def test_a_closed_standard_error_does_not_stop_the_work(wav, tmp_path, tiny_codec_dir):

@@ -328,6 +328,13 @@ def output_format_for(path: str | os.PathLike, subtype: str | None = None,
     return fmt, subtype or default_subtype
 
 
+def kept_subtype(input_subtype: str, path: str | os.PathLike) -> str | None:
+    """The input's sample format for an output of ``path``'s type where that type holds it (a 24-bit FLAC
+    comes back as a 24-bit FLAC or WAV), else None, the type's default (an MP3's samples in a WAV)."""
+    fmt, _ = output_format_for(path)
+    return input_subtype if input_subtype and sf.check_format(fmt, input_subtype) else None
+
+
 #: The rates Opus codes at; other rates are resampled to 48 kHz for an Opus output.
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 #: The rates MPEG-1/2/2.5 Layer III takes; others go to the next one up (48 kHz above it).

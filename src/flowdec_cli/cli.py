@@ -16,8 +16,15 @@ import click
 from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
-from .options import check_nfe_option, check_rate_request_option, seed_option, temperature_option
-from .streams import is_stdio, strict_json
+from .options import (
+    PathArgument,
+    check_nfe_option,
+    check_rate_request_option,
+    seed_option,
+    spelled_as_folder,
+    temperature_option,
+)
+from .streams import is_stdio, require_stdout, strict_json
 
 if TYPE_CHECKING:
     from .container import FdcHeader
@@ -79,7 +86,8 @@ def _decode_options(f: Callable) -> Callable:
                      show_default=True,
                      help="Postfilter arithmetic: auto = bfloat16 on CUDA, float32 on CPU; float32 is exact.")(f)
     f = click.option("--subtype", default=None,
-                     help="Output sample format, e.g. PCM_16 (default), PCM_24, FLOAT.")(f)
+                     help="Output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the output type's own, "
+                          "PCM_16 for WAV and FLAC; roundtrip keeps the input's where the type holds it).")(f)
     f = click.option("--seed", type=int, default=None, callback=seed_option,
                      help="Seed for the postfilter's noise (repeatable output).")(f)
     f = click.option("--temperature", type=float, default=None, callback=temperature_option,
@@ -200,15 +208,16 @@ def _check_pair(src: Path, dst: Path, force: bool) -> None:
         raise Failure(f"{dst}: folder {dst.parent} does not exist; create it first")
 
 
-def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
+def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str | None,
           pattern: str | None, outputs_are_inputs: bool) -> Iterator[_Job]:
-    """Every input below ``src`` that ``wanted`` accepts, mirrored under ``dst`` with ``out_suffix``; hidden
-    files and folders are left out (:func:`flowdec_cli.audio.hidden_below`). Where the outputs are inputs of
-    the same kind (roundtrip's audio), what lies under ``dst`` is left out too: an earlier run's outputs."""
+    """Every input below ``src`` that ``wanted`` accepts, mirrored under ``dst`` with ``out_suffix`` (None:
+    its own); hidden files and folders are left out (:func:`flowdec_cli.audio.hidden_below`). Where the
+    outputs are inputs of the same kind (roundtrip's audio), what lies under ``dst`` is left out too: an
+    earlier run's outputs. A link to nothing is listed, for the run to report rather than skip in silence."""
     from .audio import hidden_below, matches_glob
 
     dst_resolved = dst.resolve()
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+    for path in sorted(p for p in src.rglob("*") if p.is_file() or (p.is_symlink() and not p.exists())):
         rel = path.relative_to(src)
         if hidden_below(rel):
             continue
@@ -216,7 +225,7 @@ def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
             continue
         if not wanted(path) or not matches_glob(rel, pattern):
             continue
-        yield _Job(path, dst / rel.with_suffix(out_suffix))
+        yield _Job(path, dst / (rel if out_suffix is None else rel.with_suffix(out_suffix)))
 
 
 @dataclass
@@ -225,6 +234,16 @@ class _Plan:
     folder: bool
     #: a folder's inputs refused before any work, each with its message (counted as failed)
     refused: list[tuple[_Job, str]] = field(default_factory=list)
+    #: a single input whose output exists, left as it is (--skip-existing)
+    skipped: _Job | None = None
+
+
+def _done_before(plan: _Plan, quiet: bool) -> bool:
+    """Whether a single file's output already exists under --skip-existing: said, and nothing more to do
+    (exit 0, as a folder's skipped files), before any model loads."""
+    if plan.skipped is not None and not quiet:
+        click.echo(f"flowdec: {plan.skipped.dst}: exists; skipped (--skip-existing)", err=True)
+    return plan.skipped is not None
 
 
 def _collisions(jobs: list[_Job]) -> tuple[list[_Job], list[tuple[_Job, str]]]:
@@ -257,35 +276,50 @@ def _check_stdio(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffi
 
 
 def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str, force: bool,
-          pattern: str | None) -> _Plan:
+          pattern: str | None, keep_suffix: bool = False, skip_existing: bool = False) -> _Plan:
     """Check paths before any model is loaded: a single file (``-``: standard input or output), or every
-    matching file below a folder."""
+    matching file below a folder. ``keep_suffix``: each output keeps its input's type (roundtrip without
+    ``--format``), else it gets ``out_suffix``."""
     _check_stdio(src, dst, wanted, out_suffix)
     if is_stdio(src):
-        if not is_stdio(dst) and dst.is_dir():
+        if not is_stdio(dst) and (dst.is_dir() or spelled_as_folder("dst")):
             raise Failure(f"{dst}: is a folder; with IN - give an output file or -")
         _check_pair(src, dst, force)
         return _Plan([_Job(src, dst)], folder=False)
     if not src.exists():
-        raise Failure(f"{src}: no such file or folder")
+        what = "link to nothing" if src.is_symlink() else "file or folder"
+        raise Failure(f"{src}: no such {what}")
     if not src.is_dir():
-        if not is_stdio(dst) and (dst.is_dir() or str(dst).endswith(os.sep)):
-            dst = dst / src.with_suffix(out_suffix).name
+        if not is_stdio(dst) and (dst.is_dir() or spelled_as_folder("dst")):
+            if not dst.is_dir():  # OUT/ names a folder: as cp, it must be there
+                raise Failure(f"{dst}{os.sep}: " + ("is a file, not a folder" if dst.exists()
+                                                    else "no such folder; create it first"))
+            dst = dst / (src.name if keep_suffix else src.with_suffix(out_suffix).name)
+        if skip_existing and not is_stdio(dst) and _taken(dst) and not dst.is_dir():
+            from .fileio import same_file
+
+            if not same_file(src, dst):
+                return _Plan([], folder=False, skipped=_Job(src, dst))
         _check_pair(src, dst, force)
         return _Plan([_Job(src, dst)], folder=False)
     if is_stdio(dst):
         raise click.UsageError("OUT - (standard output) takes a single input file, not a folder")
     if dst.exists() and not dst.is_dir():
         raise Failure(f"{dst}: is a file; a folder input needs an output folder")
-    outputs_are_inputs = wanted(Path("output" + out_suffix))
+    if not dst.exists() and not spelled_as_folder("dst") and (_is_audio(dst) or _is_fdc(dst)):
+        raise Failure(f"{dst}: named like a file, but the input {src} is a folder and needs an output folder "
+                      f"(to make a folder of that name, give it as {dst}{os.sep})")
+    outputs_are_inputs = keep_suffix or wanted(Path("output" + out_suffix))
     if outputs_are_inputs and dst.resolve() in (src.resolve(), *src.resolve().parents):
         raise Failure(f"{dst}: holds the input folder {src}, so the audio written there would be read as input "
                       "by the next run; choose an output folder outside it")
-    jobs = list(_jobs(src, dst, wanted, out_suffix, pattern, outputs_are_inputs))
-    if not jobs:
+    found = list(_jobs(src, dst, wanted, None if keep_suffix else out_suffix, pattern, outputs_are_inputs))
+    if not found:
         raise Failure(f"{src}: no matching input files found")
-    jobs, refused = _collisions(jobs)
-    return _Plan(jobs, folder=True, refused=refused)
+    jobs, refused = _collisions([job for job in found if job.src.exists()])
+    dangling = [(job, f"{job.src}: a link to nothing ({os.readlink(job.src)})") for job in found
+                if not job.src.exists()]
+    return _Plan(jobs, folder=True, refused=dangling + refused)
 
 
 @contextlib.contextmanager
@@ -392,7 +426,8 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
         if skipped:
             parts.append(f"{skipped} skipped (exist)")
         parts.append(f"{len(failed)} failed")
-        click.echo(f"flowdec: {', '.join(parts)} of {len(jobs) + len(plan.refused)} files", err=True)
+        total = len(jobs) + len(plan.refused)
+        click.echo(f"flowdec: {', '.join(parts)} of {total} file{'' if total == 1 else 's'}", err=True)
     if failed:
         raise click.exceptions.Exit(EXIT_FAILURE)
 
@@ -486,6 +521,12 @@ def _rate_note(codec: Codec, point: RatePoint) -> str:
     return f"{codes} + side channel {point.layout.name} = {point.kbps:g} kbit/s nominal"
 
 
+def _given(name: str) -> bool:
+    """Whether the running command's option ``name`` was given on the command line (not its default)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
 def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
     """The audio output's extension (``--format`` for folders and ``-``, else OUT's own), checked together
     with ``--subtype`` before anything is decoded."""
@@ -493,9 +534,7 @@ def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
 
     suffix = "." + out_format.lstrip(".").lower()
     named = not is_stdio(dst) and bool(dst.suffix) and not dst.is_dir()
-    ctx = click.get_current_context(silent=True)
-    given = ctx is not None and ctx.get_parameter_source("out_format") == click.core.ParameterSource.COMMANDLINE
-    if named and given and dst.suffix.lower() != suffix:  # one of the two would be ignored
+    if named and _given("out_format") and dst.suffix.lower() != suffix:  # one of the two would be ignored
         raise click.UsageError(f"--format {out_format} is for folders and -; {dst} names its own type "
                                f"({dst.suffix}): give one or the other")
     try:
@@ -542,20 +581,30 @@ def _check_overwrite(force: bool, skip_existing: bool) -> None:
 def _check_json(as_json: bool, dst: Path) -> None:
     if as_json and is_stdio(dst):
         raise click.UsageError("--json prints to standard output, which OUT - already takes; choose one")
+    if as_json:
+        require_stdout()
 
 
 def _rates(header: Any, nbytes: int, seconds: float, nominal_kbps: float) -> dict[str, Any]:
     """The figures every per-file JSON record shares: ``kbps_nominal`` is the rate as ``-b`` counts it (under
-    a rate plan the codes and their side channel, as the banner says), ``kbps_codes`` the codes' own."""
+    a rate plan the codes and their side channel, as the banner says), ``kbps_codes`` the codes' own. A file
+    without audio has no rate on disk and no real-time factor: null, not 0."""
     from .container import actual_bitrate
 
     duration = header.duration
-    on_disk = actual_bitrate(nbytes, duration, header.channels) / 1000
     codes = header.nominal_bitrate / 1000
     return {"bytes": int(nbytes), "duration_s": duration, "channels": header.channels,
             "sample_rate": header.sample_rate, "n_codebooks": header.n_codebooks,
-            "kbps_nominal": nominal_kbps or codes, "kbps_codes": codes, "kbps_on_disk": on_disk,
-            "seconds": seconds, "rtf": seconds / duration if duration else 0.0}
+            "kbps_nominal": nominal_kbps or codes, "kbps_codes": codes,
+            "kbps_on_disk": actual_bitrate(nbytes, duration, header.channels) / 1000 if duration else None,
+            "seconds": seconds, "rtf": seconds / duration if duration else None}
+
+
+def _rate_text(record: dict[str, Any], nominal: str = "") -> str:
+    """A record's rate on disk for its text line (a file without audio has none)."""
+    if record["kbps_on_disk"] is None:
+        return f"no audio{nominal}"
+    return f"{record['kbps_on_disk']:.3f} kbit/s per channel{' on disk' if nominal else ''}{nominal}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -563,8 +612,8 @@ def _rates(header: Any, nbytes: int, seconds: float, nominal_kbps: float) -> dic
 
 
 @main.command()
-@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
-@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("src", metavar="IN", type=PathArgument())
+@click.argument("dst", metavar="OUT", type=PathArgument())
 @click.option("-b", "--bitrate", type=float, default=None,
               help="Target kbit/s per channel: the model's highest rate not above it (codebooks, and the side "
                    "channel its rate plan gives them). Default: the model's top rate.")
@@ -590,7 +639,9 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     check_rate_request_option(bitrate, n_codebooks, fit)
     _check_json(as_json, dst)
     _check_overwrite(force, skip_existing)
-    plan = _plan(src, dst, _is_audio, ".fdc", force, pattern)
+    plan = _plan(src, dst, _is_audio, ".fdc", force, pattern, skip_existing=skip_existing)
+    if _done_before(plan, quiet):
+        return
     if not plan.folder and not is_stdio(plan.jobs[0].dst):
         from .pipeline import CodecError, check_fdc_destination
 
@@ -611,21 +662,22 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
         t0 = time.perf_counter()
         res = codec.compress_file(job.src, job.dst, bitrate_kbps=rate.kbps, progress=bars, overwrite=force,
                                   entropy=not no_entropy, cap_kbps=bitrate if fit else None)
-        record = {"command": "compress",
-                  **_rates(res.header, res.file_bytes, time.perf_counter() - t0, res.nominal_kbps),
+        # a file without audio has no side channel, so its entry is the codes'; -b chose the rate all the same
+        nominal = res.nominal_kbps if res.header.num_samples else rate.kbps
+        record = {"command": "compress", **_rates(res.header, res.file_bytes, time.perf_counter() - t0, nominal),
                   "nfe": None, "model": codec.model.name, "entropy_saving": res.saving,
                   "envelope_bytes": res.header.envelope_bytes}
         saved = f", entropy coding saved {100 * res.saving:.1f} %" if res.header.entropy_coded else ""
         return record, (f"{res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
-                        f"{res.actual_bitrate / 1000:.3f} kbit/s per channel on disk ({record['kbps_nominal']:g} "
-                        f"kbit/s nominal{saved}{_envelope_note(res.header)})")
+                        + _rate_text(record, f" ({record['kbps_nominal']:g} kbit/s nominal{saved}"
+                                             f"{_envelope_note(res.header)})"))
 
     _execute("compress", plan, one, force, skip_existing, quiet, as_json, ".fdc")
 
 
 @main.command()
-@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
-@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("src", metavar="IN", type=PathArgument())
+@click.argument("dst", metavar="OUT", type=PathArgument())
 @_decode_options
 @click.option("-m", "--model", default=None, help="Decode with this model instead of the one named in the file.")
 @click.option("--format", "out_format", default="wav", show_default=True,
@@ -647,7 +699,9 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     _check_overwrite(force, skip_existing)
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
-    plan = _plan(src, dst, _is_fdc, suffix, force, pattern)
+    plan = _plan(src, dst, _is_fdc, suffix, force, pattern, skip_existing=skip_existing)
+    if _done_before(plan, quiet):
+        return
     _check_named_output(plan, subtype)
     _setup(threads)
     from .models import UnknownModelError
@@ -690,21 +744,22 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
     guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
     rate = (f"{header.sample_rate} Hz resampled to {res.sample_rate} Hz (a rate the format takes)"
             if res.resampled else f"{header.sample_rate} Hz")
+    rtf = f" (RTF {record['rtf']:.3f})" if record["rtf"] is not None else ""
     return record, (f"{dur:.2f} s, {header.channels} ch, {rate}, {nbytes} bytes coded "
-                    f"({record['kbps_on_disk']:.3f} kbit/s per channel{_envelope_note(header)}), NFE {res.nfe}, "
-                    f"{seconds:.1f} s (RTF {record['rtf']:.3f}){guard}")
+                    f"({_rate_text(record)}{_envelope_note(header)}), NFE {res.nfe}, {seconds:.1f} s{rtf}{guard}")
 
 
 @main.command()
-@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
-@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("src", metavar="IN", type=PathArgument())
+@click.argument("dst", metavar="OUT", type=PathArgument())
 @click.option("-b", "--bitrate", type=float, default=None, help="Target kbit/s per channel.")
 @_codebooks_option
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default as for compress).")
 @_decode_options
 @click.option("--format", "out_format", default="wav", show_default=True,
-              help="Output type for folders and OUT - (wav, flac, ogg, opus, ...).")
+              help="Output type for OUT - (wav, flac, ogg, opus, ...) and, when given, for a folder's outputs, "
+                   "which otherwise keep each input's type.")
 @_fit_option
 @_envelope_option
 @_model_options
@@ -716,7 +771,9 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
               quiet: bool, as_json: bool) -> None:
     """Compress and decompress in one shot (no .fdc kept): hear what the codec does.
 
-    IN - reads audio from standard input, OUT - writes audio (--format, WAV by default) to standard output.
+    Each output keeps its input's type (in a folder) and sample format (24-bit stays 24-bit) unless --format
+    or --subtype say otherwise. IN - reads audio from standard input, OUT - writes audio (--format, WAV by
+    default) to standard output.
     """
     check_rate_request_option(bitrate, n_codebooks, fit)
     if nfe is not None:
@@ -725,7 +782,10 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     _check_overwrite(force, skip_existing)
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
-    plan = _plan(src, dst, _is_audio, suffix, force, pattern)
+    plan = _plan(src, dst, _is_audio, suffix, force, pattern, keep_suffix=not _given("out_format"),
+                 skip_existing=skip_existing)
+    if _done_before(plan, quiet):
+        return
     _check_named_output(plan, subtype)
     _setup(threads)
     codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision, temperature=temperature,
@@ -770,7 +830,7 @@ def _model_nfe(codec: Codec, nfe: int | None, solver: str) -> int:
 
 
 @main.command()
-@click.argument("src", metavar="FILE", type=click.Path(path_type=Path))
+@click.argument("src", metavar="FILE", type=PathArgument())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(src: Path, as_json: bool) -> None:
     """Show every header field of a .fdc file, its duration and its bitrates.
@@ -782,6 +842,7 @@ def info(src: Path, as_json: bool) -> None:
     from .container import actual_bitrate, bitpacked_file_size, inspect_fdc, inspect_fdc_stream
     from .streams import read_once, stdin_stream
 
+    require_stdout()
     if is_stdio(src):  # read as far as the header declares, so `cat a.fdc b.fdc | flowdec info -` is refused
         header, size = inspect_fdc_stream(stdin_stream(".fdc data"), "-")  # named as decompress names it
     else:
@@ -821,6 +882,8 @@ def info(src: Path, as_json: bool) -> None:
     for k, v in fields.items():
         if isinstance(v, float):
             v = f"{v:.6g}"
+        elif k == "format_version":  # (1, 2) in JSON as [1, 2]; as a version here
+            v = ".".join(map(str, v))
         click.echo(f"{k:<{width}}  {terminal_text(str(v))}")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .errors import error_line
-from .options import FiniteFloatRange, check_nfe_option, check_rate_request_option, seed_option
+from .options import FiniteFloatRange, PathArgument, check_nfe_option, check_rate_request_option, seed_option
 from .streams import strict_json
 
 __all__ = ["corpus_group"]
@@ -144,7 +144,7 @@ def corpus_group() -> None:
 
 @corpus_group.command("encode")
 @click.argument("src", metavar="IN")
-@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("dst", metavar="OUT", type=PathArgument())
 @click.option("--to", "to", type=click.Choice(["parquet", "fdc"]), default="parquet", show_default=True,
               help="parquet: shards OUT/part-NNNNN.parquet, one row per file; fdc: the tree OUT/<id>.fdc.")
 @click.option("-b", "--bitrate", type=float, default=None, help="Target kbit/s per channel (as compress).")
@@ -182,8 +182,8 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
 
 
 @corpus_group.command("decode")
-@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
-@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("src", metavar="IN", type=PathArgument())
+@click.argument("dst", metavar="OUT", type=PathArgument())
 @click.option("--format", "out_format", default="wav", show_default=True, help="Output type (wav, flac, ...).")
 @click.option("--nfe", type=click.IntRange(min=0), default=None,
               help="Postfilter network passes (default: the model's; 0: the codec alone).")

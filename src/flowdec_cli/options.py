@@ -8,11 +8,14 @@ turns a refusal into a usage error (exit 2) before any file is read, so every co
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import click
 
-__all__ = ["FiniteFloatRange", "check_nfe_option", "check_rate_request_option", "seed_option", "temperature_option"]
+__all__ = ["FiniteFloatRange", "PathArgument", "check_nfe_option", "check_rate_request_option", "seed_option",
+           "spelled_as_folder", "temperature_option"]
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -23,6 +26,34 @@ class FiniteFloatRange(click.FloatRange):
         if number != number:
             self.fail(f"{value!r} is not a number", param, ctx)
         return number
+
+
+class PathArgument(click.Path):
+    """A file or folder argument (``IN``, ``OUT``) as a Path. An empty one (an unset ``"$VAR"``) is a usage
+    error: ``Path("")`` is the current folder, so ``flowdec compress "" out`` coded everything below it.
+    A trailing separator (``OUT/``) says the user means a folder, which Path forgets: it is recorded for
+    :func:`spelled_as_folder`."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            if not value:
+                self.fail("an empty path; give a file or folder name, or - for standard input or output",
+                          param, ctx)
+            if value.endswith(("/", os.sep)) and ctx is not None and param is not None and param.name:
+                ctx.meta.setdefault(_FOLDER_SPELLED, set()).add(param.name)
+        return super().convert(value, param, ctx)
+
+
+_FOLDER_SPELLED = "flowdec.folder_spelled"
+
+
+def spelled_as_folder(name: str) -> bool:
+    """Whether the argument ``name`` of the running command was given with a trailing separator."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and name in ctx.meta.get(_FOLDER_SPELLED, set())
 
 
 def check_rate_request_option(bitrate: float | None, n_codebooks: int | None, fit: bool = False) -> None:

@@ -29,7 +29,16 @@ import numpy as np
 import torch
 
 from . import __version__
-from .audio import AUDIO_EXTENSIONS, MAX_CHANNELS, AtomicAudioWriter, Resampler, output_rate_for, probe, read_blocks
+from .audio import (
+    AUDIO_EXTENSIONS,
+    MAX_CHANNELS,
+    AtomicAudioWriter,
+    Resampler,
+    kept_subtype,
+    output_rate_for,
+    probe,
+    read_blocks,
+)
 from .container import (
     MAX_GAIN,
     FdcError,
@@ -891,11 +900,14 @@ class Codec:
                        overwrite: bool = True,
                        cap_kbps: float | None = None) -> tuple[CompressResult, DecompressResult]:
         """Compress and decompress in one go; the .fdc is built in memory and its size reported
-        (``cap_kbps``: see :meth:`fit_on_disk`)."""
+        (``cap_kbps``: see :meth:`fit_on_disk`). Without a ``subtype`` the output keeps the input's sample
+        format where its type holds it (:func:`~flowdec_cli.audio.kept_subtype`)."""
         from .container import encode_fdc_written
 
         src, dst = Path(src), Path(dst)
         _check_not_input(src, dst)
+        if subtype is None:
+            subtype = kept_subtype(probe(src).subtype, dst)
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables)
         comp = CompressResult(header, codes, len(data), self.nominal_kbps(header))

@@ -31,7 +31,7 @@ from .exceptions import FlowdecError
 from .fileio import copy_all, open_sink, temporary_folder, write_all
 
 __all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "stdin_stream", "StreamError",
-           "exit_on_broken_pipe", "check_stdin", "check_stdout", "strict_json"]
+           "exit_on_broken_pipe", "check_stdin", "check_stdout", "require_stdout", "strict_json"]
 
 STDIO = "-"
 COPY_BLOCK = 1 << 20
@@ -74,6 +74,12 @@ def check_stdout(what: str) -> None:
     """Refuse a closed standard output, or a terminal for binary data (as zstd and gzip do)."""
     if _is_terminal(_stdout()):
         raise StreamError(f"refusing to write {what} to a terminal; redirect standard output (> FILE or | ...)")
+
+
+def require_stdout() -> None:
+    """Refuse a closed standard output for what a command prints there (``flowdec info x.fdc >&-``): click
+    drops what it echoes to a closed one, and the command would end as if it had said it."""
+    _stdout()
 
 
 def read_once(path: str | os.PathLike) -> bool:

@@ -108,8 +108,10 @@ def models_group(ctx: click.Context) -> None:
 @_cache_option
 def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
     """Known models: frame rate, bitrates, size, licence, and whether they are available locally."""
+    from ..streams import require_stdout
     from .catalogue import list_models
 
+    require_stdout()
     models = list_models(cache_dir)
     if as_json:
         click.echo(strict_json(models, indent=2))
