@@ -600,3 +600,14 @@ def test_a_file_without_audio_has_no_rate_on_disk(run, tmp_path, tiny_codec_dir)
     assert record["kbps_on_disk"] is None and record["rtf"] is None and record["kbps_nominal"] == 3.0
     r = run("decompress", tmp_path / "e.fdc", tmp_path / "e.wav", "-m", tiny_codec_dir, "--nfe", "0")
     assert r.exit_code == 0 and "(no audio)" in r.output and "RTF" not in r.output
+
+
+@pytest.mark.parametrize("ext", [".flac", ".opus", ".mp3"])
+def test_no_unreadable_file_is_written_for_audio_without_samples(run, tmp_path, tiny_codec_dir, ext):
+    """libsndfile writes an empty FLAC as 0 bytes (and an empty MP3 or Opus unreadably): refused, named."""
+    sf.write(tmp_path / "empty.wav", tone(0.0, 48000), 48000)
+    assert run("compress", tmp_path / "empty.wav", tmp_path / "e.fdc", "-m", tiny_codec_dir, "-q").exit_code == 0
+    r = run("decompress", tmp_path / "e.fdc", tmp_path / f"e{ext}", "-m", tiny_codec_dir, "--nfe", "0")
+    assert r.exit_code == 1 and "cannot hold audio of 0 samples" in _one_error_line(r)
+    assert not (tmp_path / f"e{ext}").exists()
+    assert run("decompress", tmp_path / "e.fdc", tmp_path / "e.wav", "-m", tiny_codec_dir, "--nfe", "0").exit_code == 0

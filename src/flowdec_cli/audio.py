@@ -390,6 +390,10 @@ def wav_container_for(frames: int | None, channels: int, subtype: str) -> str:
     return "RF64"
 
 
+#: Formats (or subtypes) of which libsndfile writes no readable file without samples (0 bytes, a bad header)
+_NO_EMPTY_FILE = ("FLAC", "MP3", "OPUS")
+
+
 class AtomicAudioWriter:
     """Writes blocks to a temporary file beside ``path`` and renames it into place only on success; with
     ``overwrite=False`` a file that appeared at ``path`` meanwhile is left alone (``OutputExistsError``).
@@ -407,6 +411,9 @@ class AtomicAudioWriter:
                              f"{MAX_CHANNELS}")
         if fmt == "MP3" and int(channels) > 2:  # libsndfile says only "Format not recognised."
             raise AudioError(f"{self.path}: MP3 holds 1 or 2 channels, not {channels}; write .flac, .wav or .opus")
+        if frames == 0 and (fmt in _NO_EMPTY_FILE or sub in _NO_EMPTY_FILE):  # one that nothing reads back
+            raise AudioError(f"{self.path}: {sub if sub == 'OPUS' else fmt} cannot hold audio of 0 samples "
+                             "(libsndfile writes no file that can be read back); write .wav")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

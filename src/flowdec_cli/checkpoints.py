@@ -145,7 +145,8 @@ def _require_zip_torch_file(path: Path) -> None:
     if (problem := why_not_a_regular_file(path)) is not None:
         raise CheckpointError(f"{path}: {problem}")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a zip-format torch checkpoint (legacy or corrupt file)")
+        raise CheckpointError(f"{path}: not a model: neither a model folder nor a zip-format torch checkpoint "
+                              "(a released weights.pth or .ckpt); a legacy or corrupt one, or another kind of file")
 
 
 def load_lightning_state_dict(path: str | os.PathLike, ema: bool = True) -> dict[str, torch.Tensor]:

@@ -379,7 +379,7 @@ def set_default_model(ref: str | None, cache_dir: CacheDir = None) -> Path:
                 raise ModelError(f"{local}: not a model (a model folder has {MODEL_CARD_NAME} and ndac/)")
             ref = str(local.resolve())
         elif os.sep in ref:
-            raise ModelError(f"{local}: no such file or folder")
+            raise ModelError(f"model {local}: no such file or folder")
         else:
             entry = get_entry(ref, cache_dir)
             if entry is None:

@@ -144,7 +144,7 @@ def resolve_name(ref: str, cache_dir: CacheDir = None) -> Path:
         if e.name == name and e.hub_repo:
             return resolve_hub(f"hf://{e.hub_repo}")
     if _looks_like_path(ref):
-        raise ModelError(f"{ref}: no such file or folder")
+        raise ModelError(f"model {ref}: no such file or folder")
     raise unknown_model(ref, cache_dir)
 
 
