@@ -480,7 +480,8 @@ def test_a_precision_the_device_cannot_run_is_a_usage_error(precision, run, wav,
     assert run("compress", wav, fdc, "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
     for args in (("decompress", fdc, tmp_path / "b.wav"), ("roundtrip", wav, tmp_path / "c.wav")):
         r = run(*args, "-m", tiny_codec_dir, "--precision", precision, "-q")
-        assert r.exit_code == 2 and f"--precision {precision} needs a CUDA device" in _one_error_line(r)
+        expected = f"--precision {precision}: {precision} arithmetic needs a CUDA device"
+        assert r.exit_code == 2 and expected in _one_error_line(r)
         assert not (tmp_path / "b.wav").exists() and not (tmp_path / "c.wav").exists()
 
 

@@ -274,8 +274,8 @@ def test_folder_mode_counts_a_file_made_meanwhile_as_skipped(tmp_path, tiny_code
     assert r.exit_code == 0 and "1 skipped" in r.output
     assert (tmp_path / "out" / "a.fdc").read_bytes() == b"theirs"
     (tmp_path / "out" / "a.fdc").unlink()
-    r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir)
-    assert r.exit_code == 1 and "a.fdc: appeared while this run was writing it" in r.output
+    r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir)  # made before the library's own check
+    assert r.exit_code == 1 and "a.fdc: exists; not replaced (overwrite=True, or -f/--force" in r.output
 
 
 # -- 2. header lies -------------------------------------------------------------------------------

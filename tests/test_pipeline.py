@@ -531,3 +531,56 @@ def test_an_uncompressed_output_larger_than_the_free_space_is_refused_before_any
         w.write(np.zeros((2_000, 2), np.float32))
     with audio.AtomicAudioWriter(tmp_path / "c.flac", 48000, 2, frames=5_000) as w:  # compressed: unknown
         w.write(np.zeros((5_000, 2), np.float32))
+
+
+def test_overwrite_false_refuses_an_existing_output_before_any_work(codec, tmp_path, monkeypatch):
+    """The decode ran to its end (40-80 s for 20 minutes) before the no-clobber rename refused, and the
+    message said the file had appeared meanwhile and named a command-line flag."""
+    from flowdec_cli.fileio import OutputExistsError
+
+    wav = tmp_path / "in.wav"
+    sf.write(wav, tone(0.5, 48000), 48000)
+    codec.compress_file(wav, tmp_path / "a.fdc", n_codebooks=4)
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"mine")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("decoded before refusing")
+
+    monkeypatch.setattr(Codec, "_decode_to_model_rate", no_work)
+    monkeypatch.setattr(Codec, "_coded_file", no_work)
+    calls = [lambda: codec.decompress_file(tmp_path / "a.fdc", out, nfe=0, overwrite=False),
+             lambda: codec.roundtrip_file(wav, out, nfe=0, overwrite=False),
+             lambda: codec.compress_file(wav, out.with_suffix(".fdc"), overwrite=False)]
+    out.with_suffix(".fdc").write_bytes(b"mine")
+    for call in calls:
+        with pytest.raises(OutputExistsError, match=r"exists; not replaced \(overwrite=True"):
+            call()
+    assert out.read_bytes() == out.with_suffix(".fdc").read_bytes() == b"mine"
+
+
+def test_the_nfe_a_codec_is_loaded_with_is_its_default(tiny_codec_dir):
+    """`from_pretrained(..., nfe=2)` was taken and dropped: decodes still ran the model's default."""
+    assert Codec.load(tiny_codec_dir, "cpu").resolve_nfe(None) == 0  # a codec alone: the model says 0
+    assert Codec.load(tiny_codec_dir, "cpu", nfe=0).resolve_nfe(None) == 0
+    with pytest.raises(CodecError, match=r"loaded without a postfilter, so it cannot decode at NFE 2"):
+        Codec.load(tiny_codec_dir, "cpu", nfe=2)
+
+
+def test_stage_errors_are_the_packages_own_and_still_value_errors(codec):
+    """load_ndac(...).encode/decode and the sampler raised plain ValueError (and a 1-D tensor failed inside
+    torch's convolution): they are InvalidValue now, a FlowdecError and a ValueError."""
+    from flowdec_cli.exceptions import FlowdecError, InvalidValue
+    from flowdec_cli.sampler import nfe_to_steps
+
+    nd = codec.model.ndac
+    bad = [lambda: nd.encode(torch.zeros(1, 1, 640), n_codebooks=11),
+           lambda: nd.encode(torch.zeros(48000), n_codebooks=4),
+           lambda: nd.decode(torch.full((1, 4, 3), 5000)),
+           lambda: nfe_to_steps(3, "midpoint")]
+    for call in bad:
+        with pytest.raises(InvalidValue) as info:
+            call()
+        assert isinstance(info.value, FlowdecError) and isinstance(info.value, ValueError)
+    with pytest.raises(InvalidValue, match=r"audio must be shaped \[batch, 1, samples\], got \(48000,\)"):
+        nd.encode(torch.zeros(48000))

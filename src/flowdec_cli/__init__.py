@@ -12,13 +12,20 @@ from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Codec", "from_pretrained", "load_ndac", "load_postfilter"]
+__all__ = ["__version__", "Codec", "from_pretrained", "load_ndac", "load_postfilter", "FlowdecError", "CodecError",
+           "FdcError", "ModelError", "AudioError"]
 
 if TYPE_CHECKING:
-    from .models import load_ndac, load_postfilter
-    from .pipeline import Codec, from_pretrained
+    from .audio import AudioError
+    from .container import FdcError
+    from .exceptions import FlowdecError
+    from .models import ModelError, load_ndac, load_postfilter
+    from .pipeline import Codec, CodecError, from_pretrained
 
-_LAZY = {"load_ndac": "models", "load_postfilter": "models", "Codec": "pipeline", "from_pretrained": "pipeline"}
+# FlowdecError is the base of every error the package raises on purpose: one ``except`` catches them all.
+_LAZY = {"load_ndac": "models", "load_postfilter": "models", "Codec": "pipeline", "from_pretrained": "pipeline",
+         "FlowdecError": "exceptions", "CodecError": "pipeline", "FdcError": "container", "ModelError": "models",
+         "AudioError": "audio"}
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -569,8 +569,10 @@ def _check_precision(device: str, precision: str) -> None:
 
     try:
         Postfilter.settings_for(resolve_device(device), precision)
-    except (DeviceError, ValueError) as exc:
+    except DeviceError as exc:
         raise click.UsageError(str(exc)) from None
+    except ValueError as exc:
+        raise click.UsageError(f"--precision {precision}: {exc}") from None
 
 
 def _check_overwrite(force: bool, skip_existing: bool) -> None:

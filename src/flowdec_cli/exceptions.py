@@ -7,8 +7,14 @@ into one-line messages in one place (:func:`flowdec_cli.errors.one_line_message`
 
 from __future__ import annotations
 
-__all__ = ["FlowdecError"]
+__all__ = ["FlowdecError", "InvalidValue"]
 
 
 class FlowdecError(Exception):
     """A failure the package expects and explains: the message names the file or model and the problem."""
+
+
+class InvalidValue(FlowdecError, ValueError):
+    """An argument or setting a function cannot use (a codebook count out of range, codes of the wrong
+    shape, an odd NFE for the midpoint solver). Also a ``ValueError``, as Python's own such errors are, so
+    that callers catching either see it."""

@@ -42,15 +42,19 @@ __all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temp
 
 
 class OutputExistsError(FlowdecError, FileExistsError):
-    """A no-clobber publish found the output already there (another process made it meanwhile)."""
+    """An output that is already there, where nothing may be replaced: found ``before`` any work, or by a
+    no-clobber publish (another process made it meanwhile)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, before: bool = False) -> None:
         super().__init__(errno.EEXIST, "exists", str(path))
         self.path = Path(path)
+        self.before = before
 
     def __str__(self) -> str:
+        if self.before:
+            return f"{self.path}: exists; not replaced (overwrite=True, or -f/--force, replaces it)"
         return (f"{self.path}: appeared while this run was writing it; left as it is, our result discarded "
-                "(use -f/--force to overwrite)")
+                "(overwrite=True, or -f/--force, replaces it)")
 
 
 def same_file(src: str | os.PathLike, dst: str | os.PathLike) -> bool:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .exceptions import InvalidValue
 from .ncsnpp import GaussianFourierProjection
 
 __all__ = ["FramewiseBackbone", "ConvNeXtBlock", "SpectralBranch", "wiener_velocity", "LOG_Q_RANGE"]
@@ -158,7 +159,7 @@ class FramewiseBackbone(nn.Module):
                  context_dilation: int = 0, spectral_channels: int = 0, hop_length: int = 384) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+            raise InvalidValue(f"kernel_size must be odd, got {kernel_size}")
         self.n_freqs, self.dim = n_freqs, dim
         temb_dim = 4 * fourier_size
         self.time_projection = GaussianFourierProjection(fourier_size, fourier_scale)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .exceptions import InvalidValue
 from .features import HOP_LENGTH, PAD_MULTIPLE, num_frames, padded_frames, peak_normfac
 from .ncsnpp import NCSNpp
 from .postfilter import Postfilter, Progress
@@ -75,9 +76,9 @@ def plan_chunks(length: int, chunk_frames: int, overlap_frames: int, hop: int = 
     edges, where the network sees no context.
     """
     if chunk_frames <= 0 or chunk_frames % multiple:
-        raise ValueError(f"chunk_frames must be a positive multiple of {multiple}, got {chunk_frames}")
+        raise InvalidValue(f"chunk_frames must be a positive multiple of {multiple}, got {chunk_frames}")
     if not 2 <= overlap_frames <= (chunk_frames - 2) // 3:
-        raise ValueError(f"overlap of {overlap_frames} frames must lie in [2, {(chunk_frames - 2) // 3}] for "
+        raise InvalidValue(f"overlap of {overlap_frames} frames must lie in [2, {(chunk_frames - 2) // 3}] for "
                          f"chunks of {chunk_frames} frames (at most a third of a chunk)")
     total = num_frames(length, hop)
     if total <= chunk_frames:
@@ -115,7 +116,7 @@ class _Signal:
         self.data = data
         self.ndim = len(data.shape)
         if self.ndim not in (1, 2, 3) or (self.ndim == 3 and data.shape[1] != 1):
-            raise ValueError(f"audio must be shaped [L], [B, L] or [B, 1, L], got {tuple(data.shape)}")
+            raise InvalidValue(f"audio must be shaped [L], [B, L] or [B, 1, L], got {tuple(data.shape)}")
         self.batch = 1 if self.ndim == 1 else int(data.shape[0])
         self.length = int(data.shape[-1])
 
@@ -229,7 +230,7 @@ def enhance_long(model: Postfilter, source: Any, out: Any = None, *, nfe: int = 
         # a CPU generator: the same seed gives the same noise on every device
         generator = torch.Generator().manual_seed(int(seed))
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InvalidValue(f"batch_size must be at least 1, got {batch_size}")
     if chunk_seconds is None:
         defaults = DEFAULT_CHUNK_SECONDS if isinstance(model.backbone, NCSNpp) else FRAMEWISE_CHUNK_SECONDS
         chunk_seconds = defaults.get(model.device.type, defaults["cpu"])
@@ -333,9 +334,9 @@ class _Writer:
 
     def __init__(self, signal: _Signal, out: Any, sink: Callable[[int, torch.Tensor], None] | None) -> None:
         if out is not None and sink is not None:
-            raise ValueError("give either out or sink, not both")
+            raise InvalidValue("give either out or sink, not both")
         if out is not None and tuple(out.shape) != tuple(signal.data.shape):
-            raise ValueError(f"out must be shaped like the input {tuple(signal.data.shape)}, got {tuple(out.shape)}")
+            raise InvalidValue(f"out must be shaped like the input {tuple(signal.data.shape)}, got {tuple(out.shape)}")
         self.signal, self.out, self.sink = signal, out, sink
         self.buffer = None
         if out is None and sink is None:

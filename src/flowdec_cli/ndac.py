@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bitrate import nominal_bitrate
+from .exceptions import InvalidValue
 from .numeric import is_integer, is_whole
 
 __all__ = ["NDACConfig", "NDAC"]
@@ -39,7 +40,7 @@ _BOUNDS = {"encoder_dim": 4096, "latent_dim": 65_536, "decoder_dim": 65_536, "n_
 def _whole_numbers(name: str, value: Any) -> list[int]:
     """``value`` as a list of ints, or a ValueError that names the field, as every config error does."""
     if not isinstance(value, (list, tuple)) or not all(is_whole(r) for r in value):
-        raise ValueError(f"{name} must be a list of whole numbers, got {value!r}")
+        raise InvalidValue(f"{name} must be a list of whole numbers, got {value!r}")
     return [int(r) for r in value]
 
 
@@ -65,13 +66,13 @@ class NDACConfig:
             self.latent_dim = self.encoder_dim * (2 ** len(self.encoder_rates))
         self.quantizer_dropout = float(self.quantizer_dropout or 0.0)
         if math.prod(self.encoder_rates) != math.prod(self.decoder_rates):
-            raise ValueError(f"encoder rates {self.encoder_rates} and decoder rates {self.decoder_rates} "
+            raise InvalidValue(f"encoder rates {self.encoder_rates} and decoder rates {self.decoder_rates} "
                              "have different products")
         for name in ("encoder_dim", "decoder_dim", "n_codebooks", "codebook_size", "codebook_dim", "sample_rate"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise InvalidValue(f"{name} must be positive, got {getattr(self, name)}")
         if int(self.codebook_size) < 2:  # one entry carries no bits: no .fdc could hold its codes
-            raise ValueError(f"codebook_size must be at least 2, got {self.codebook_size}")
+            raise InvalidValue(f"codebook_size must be at least 2, got {self.codebook_size}")
         self._check_bounds()
 
     def _check_bounds(self) -> None:
@@ -79,20 +80,20 @@ class NDACConfig:
         for name, top in _BOUNDS.items():
             v = getattr(self, name)
             if not is_integer(v) or not 1 <= v <= top:
-                raise ValueError(f"config {name} = {v!r} is out of range [1, {top}]")
+                raise InvalidValue(f"config {name} = {v!r} is out of range [1, {top}]")
         for name in ("encoder_rates", "decoder_rates"):
             rates = getattr(self, name)
             if not 1 <= len(rates) <= 12 or not all(1 <= r <= 64 for r in rates):
-                raise ValueError(f"config {name} = {rates} must be 1 to 12 strides of 1 to 64")
+                raise InvalidValue(f"config {name} = {rates} must be 1 to 12 strides of 1 to 64")
         if self.encoder_dim * 2 ** len(self.encoder_rates) > 65_536:
-            raise ValueError(f"config encoder_dim {self.encoder_dim} doubles past 65536 over "
+            raise InvalidValue(f"config encoder_dim {self.encoder_dim} doubles past 65536 over "
                              f"{len(self.encoder_rates)} stages")
         if self.decoder_dim < 2 ** len(self.decoder_rates):
-            raise ValueError(f"config decoder_dim {self.decoder_dim} is halved {len(self.decoder_rates)} times "
+            raise InvalidValue(f"config decoder_dim {self.decoder_dim} is halved {len(self.decoder_rates)} times "
                              "and must stay at least 1")
         n = self.parameter_count()
         if n > MAX_PARAMETERS:
-            raise ValueError(f"config describes {n:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
+            raise InvalidValue(f"config describes {n:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
                              "not a codec this package can build")
 
     def parameter_count(self) -> int:
@@ -469,12 +470,15 @@ class NDAC(nn.Module):
                 parts.append(f"unexpected keys: {', '.join(unexpected)}")
             if shapes:
                 parts.append(f"shape mismatches: {'; '.join(shapes)}")
-            raise ValueError(f"{source} does not match NDAC({self.config.to_dict()}): " + " | ".join(parts))
+            raise InvalidValue(f"{source} does not match NDAC({self.config.to_dict()}): " + " | ".join(parts))
         self.load_state_dict(state, strict=True)
 
     # -- the official operations ---------------------------------------------------------------
     def pad_to_hop(self, audio: torch.Tensor) -> torch.Tensor:
-        """Right zero-pad to a multiple of the hop, as DAC's ``preprocess``."""
+        """Right zero-pad to a multiple of the hop, as DAC's ``preprocess``; audio must be [B,1,L] (a 1-D
+        tensor failed deep inside the first convolution)."""
+        if audio.dim() != 3 or audio.shape[1] != 1:
+            raise InvalidValue(f"audio must be shaped [batch, 1, samples], got {tuple(audio.shape)}")
         right = (-audio.shape[-1]) % self.hop_length
         return F.pad(audio, (0, right)) if right else audio
 
@@ -530,7 +534,7 @@ class NDAC(nn.Module):
         """
         k = self._check_n_codebooks(n_codebooks)
         if chunk_frames <= 0:
-            raise ValueError("chunk_frames must be positive")
+            raise InvalidValue("chunk_frames must be positive")
         hop, ctx = self.hop_length, self.encoder_context_frames
         buf: torch.Tensor | None = None
         buf_start = 0  # sample index of buf[..., 0]
@@ -593,15 +597,15 @@ class NDAC(nn.Module):
     def _check_n_codebooks(self, n_codebooks: int | None) -> int:
         k = self.n_codebooks if n_codebooks is None else int(n_codebooks)
         if not 1 <= k <= self.n_codebooks:
-            raise ValueError(f"n_codebooks must be between 1 and {self.n_codebooks}, got {k}")
+            raise InvalidValue(f"n_codebooks must be between 1 and {self.n_codebooks}, got {k}")
         return k
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         if codes.dim() != 3:
-            raise ValueError(f"codes must be [batch, codebooks, frames], got shape {tuple(codes.shape)}")
+            raise InvalidValue(f"codes must be [batch, codebooks, frames], got shape {tuple(codes.shape)}")
         self._check_n_codebooks(codes.shape[1])
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
+            raise InvalidValue(f"codes must lie in [0, {self.codebook_size})")
 
 
 #: Batch items (channels) that the chunked forms put through the network together: a file's channels arrive
@@ -619,6 +623,6 @@ def _in_groups(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
 
 def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
     if size <= 0:
-        raise ValueError("chunk size must be positive")
+        raise InvalidValue("chunk size must be positive")
     for a in range(0, n, size):
         yield a, min(a + size, n)

@@ -67,7 +67,7 @@ from .envelope import (
     rate_plan,
 )
 from .exceptions import FlowdecError
-from .fileio import OutputExistsError, same_file
+from .fileio import OutputExistsError, output_is_sink, same_file
 from .models.loading import Model, load_model
 from .models.resolve import resolve_named_by_data
 from .numeric import is_integer, is_real
@@ -116,7 +116,7 @@ def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None) -> N
     """A rate is asked for by bitrate or by codebook count, not both; a count is a whole number and a rate a
     number (2.5 codebooks would be truncated to 2, a string or True taken for something else)."""
     if n_codebooks is not None and bitrate_kbps is not None:
-        raise CodecError("give either a bitrate (-b/--bitrate) or a codebook count (--n-codebooks), not both")
+        raise CodecError("give either a bitrate or a codebook count, not both")
     if n_codebooks is not None and not is_integer(n_codebooks):
         raise CodecError(f"a codebook count must be a whole number, got {n_codebooks!r}")
     if bitrate_kbps is not None and not is_real(bitrate_kbps):
@@ -272,14 +272,20 @@ class Codec:
     """A loaded model plus the device it runs on."""
 
     def __init__(self, model: Model, device: torch.device | str = "cpu", chunk_seconds: float = 10.0,
-                 precision: str = "auto", temperature: float | None = None, envelope: bool | None = None) -> None:
-        """``precision`` of the postfilter: ``auto`` is bfloat16 on CUDA (about 1e-2 relative difference, see
-        docs/performance.md) and float32 on the CPU; ``float32`` is exact to float rounding everywhere.
-        ``temperature`` replaces the postfilter's start-noise temperature (its config's, else 1 = FlowDec).
-        ``envelope``: whether the files this codec writes carry the band-level side channel (None: as the
-        model's card says; the released models have none, so their files decode exactly as the official
-        code's). Decoding always follows a file's side channel when it has one."""
+                 precision: str = "auto", temperature: float | None = None, envelope: bool | None = None,
+                 nfe: int | None = None) -> None:
+        """``nfe``: the postfilter passes a decode runs when none is given (None: the model's default,
+        :meth:`resolve_nfe`). ``precision`` of the postfilter: ``auto`` is bfloat16 on CUDA (about 1e-2
+        relative difference, see docs/performance.md) and float32 on the CPU; ``float32`` is exact to float
+        rounding everywhere. ``temperature`` replaces the postfilter's start-noise temperature (its config's,
+        else 1 = FlowDec). ``envelope``: whether the files this codec writes carry the band-level side
+        channel (None: as the model's card says; the released models have none, so their files decode exactly
+        as the official code's). Decoding always follows a file's side channel when it has one."""
         self.model = model
+        if nfe is not None and nfe > 0 and model.postfilter is None:
+            raise CodecError(f"model '{model.name}' was loaded without a postfilter, so it cannot decode at NFE "
+                             f"{nfe}; load it with its postfilter, or decode at NFE 0")
+        self.default_nfe = nfe
         self._envelope = _envelope_layout_for(model, envelope)
         self._plan = _rate_plan_for(model, self._envelope)
         self._points = self._plan or [RatePoint(k, model.ndac.bitrate(k) / 1000, self._envelope)
@@ -355,7 +361,7 @@ class Codec:
             if chosen_in is None:
                 raise
             raise ModelError(f"the default model set in {chosen_in}: {exc}") from None  # not an option's fault
-        return cls(model, dev, **kwargs)
+        return cls(model, dev, nfe=nfe, **kwargs)
 
     @classmethod
     def from_pretrained(cls, ref: str | os.PathLike, device: str | torch.device = "auto",
@@ -657,7 +663,7 @@ class Codec:
         the codes with the model's tables when it has them and it saves bytes; False writes a bit-packed
         file. ``cap_kbps``: drop codebooks until the whole file fits this rate (:meth:`fit_on_disk`)."""
         src, dst = Path(src), Path(dst)
-        _check_not_input(src, dst)
+        _check_output(dst, overwrite, src)
         check_fdc_destination(dst)
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps, entropy)
         try:
@@ -710,10 +716,12 @@ class Codec:
         return arr.astype(np.int64, copy=False), warnings
 
     def resolve_nfe(self, nfe: int | None, solver: str | None = None) -> int:
-        """``nfe``, or for ``None`` the model's default (:attr:`Model.default_nfe`: 6 as in the paper unless
-        its card says otherwise; 0 without a postfilter). With ``solver``, checked to suit it
-        (:func:`flowdec_cli.sampler.nfe_to_steps`: midpoint takes an even NFE)."""
-        nfe = self.model.default_nfe if nfe is None else nfe
+        """``nfe``, or for ``None`` the codec's (``nfe`` when it was loaded), else the model's default
+        (:attr:`Model.default_nfe`: 6 as in the paper unless its card says otherwise; 0 without a
+        postfilter). With ``solver``, checked to suit it (:func:`flowdec_cli.sampler.nfe_to_steps`: midpoint
+        takes an even NFE)."""
+        if nfe is None:
+            nfe = self.model.default_nfe if self.default_nfe is None else self.default_nfe
         if solver is not None:
             from .sampler import nfe_to_steps
 
@@ -747,7 +755,7 @@ class Codec:
             return _Decoded(d0, float(header.gain), d0_seconds, 0.0, self._apply_envelope(d0, header, codes))
         if self.postfilter is None:
             d0.close()
-            raise CodecError(f"model '{self.model.name}' has no postfilter; use --nfe 0")
+            raise CodecError(f"model '{self.model.name}' has no postfilter; decode at NFE 0")
         from .longaudio import enhance_long
 
         envelope_first = 0.0
@@ -854,13 +862,13 @@ class Codec:
                         progress: Progress = _no_progress,
                         warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
         src, dst = Path(src), Path(dst)
-        _check_not_input(src, dst)
+        _check_output(dst, overwrite, src)
         header, codes = read_fdc(src, tables=lambda h: self.tables_for(h, str(src)))
         warnings = self.check_header(header, str(src))
         for w in warnings:
             if warn is not None:
                 warn(w)
-        res = self.decompress_codes_to_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite)
+        res = self._decode_to_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite)
         res.file_bytes, res.warnings = src.stat().st_size, warnings
         return res
 
@@ -870,7 +878,13 @@ class Codec:
                                  overwrite: bool = True) -> DecompressResult:
         """Decode codes already in memory (a .fdc read elsewhere, a row of a Parquet shard) into an audio file,
         written atomically as :meth:`decompress_file` does."""
-        dst = Path(dst)
+        _check_output(Path(dst), overwrite)
+        return self._decode_to_file(header, codes, Path(dst), nfe, solver, seed, subtype, progress, overwrite)
+
+    def _decode_to_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int | None, solver: str,
+                        seed: int | None, subtype: str | None, progress: Progress,
+                        overwrite: bool) -> DecompressResult:
+        """:meth:`decompress_codes_to_file` once the output was checked (by it, or when a run started)."""
         t0 = time.perf_counter()
         nfe = self.resolve_nfe(nfe, solver)
         _check_seed(seed)
@@ -905,13 +919,13 @@ class Codec:
         from .container import encode_fdc_written
 
         src, dst = Path(src), Path(dst)
-        _check_not_input(src, dst)
+        _check_output(dst, overwrite, src)
         if subtype is None:
             subtype = kept_subtype(probe(src).subtype, dst)
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables)
         comp = CompressResult(header, codes, len(data), self.nominal_kbps(header))
-        dec = self.decompress_codes_to_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress,
+        dec = self._decode_to_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress,
                                             overwrite)
         return comp, dec
 
@@ -954,7 +968,7 @@ class Decompressor:
                         warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
         """Decode ``src`` into ``dst`` at this decompressor's NFE (None: each model's default)."""
         src = Path(src)
-        _check_not_input(src, Path(dst))
+        _check_output(Path(dst), overwrite, src)
         header, codes = read_fdc(src, tables=lambda h: self.codec_for(h.model_name, src).tables_for(h, str(src)))
         codec = self.codec_for(header.model_name, src)
         warnings = codec.check_header(header, str(src))
@@ -962,15 +976,20 @@ class Decompressor:
             if warn is not None:
                 warn(w)
         nfe = codec.resolve_nfe(self.nfe, solver)
-        res = codec.decompress_codes_to_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite)
+        res = codec._decode_to_file(header, codes, Path(dst), nfe, solver, seed, subtype, progress, overwrite)
         res.file_bytes, res.warnings = src.stat().st_size, warnings
         return res
 
 
-def _check_not_input(src: Path, dst: Path) -> None:
-    """The output is published by a rename once it is complete, which would replace the input it was made from."""
-    if same_file(src, dst):
+def _check_output(dst: Path, overwrite: bool, src: Path | None = None) -> None:
+    """Before any work: the output is published by a rename once it is complete, which would replace the
+    input it was made from; and without ``overwrite`` an output that is already there is refused now, not
+    after the whole decode (the no-clobber rename still catches one that appears meanwhile). A device or
+    FIFO is written into, never replaced."""
+    if src is not None and same_file(src, dst):
         raise CodecError(f"{dst}: output is the input file; choose another output path")
+    if not overwrite and (dst.exists() or dst.is_symlink()) and not output_is_sink(dst):
+        raise OutputExistsError(dst, before=True)
 
 
 def _checked_sample_rate(sample_rate: Any) -> int:

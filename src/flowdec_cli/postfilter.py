@@ -41,6 +41,7 @@ from .checkpoints import (
     require_weights_for,
     save_model_folder,
 )
+from .exceptions import InvalidValue
 from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap
 from .framewise import FramewiseBackbone
 from .ncsnpp import NCSNpp
@@ -112,7 +113,7 @@ _MAX_FIR_TAPS = 16  # the released models' resampling filter has 4
 
 def _bounded_int(name: str, value: Any, top: int, bottom: int = 1) -> int:
     if not is_integer(value) or not bottom <= value <= top:
-        raise ValueError(f"config {name} = {value!r} is out of range [{bottom}, {top}]")
+        raise InvalidValue(f"config {name} = {value!r} is out of range [{bottom}, {top}]")
     return int(value)
 
 
@@ -129,24 +130,24 @@ def config_parameter_count(config: dict[str, Any]) -> int:
              if k in config and config[k] is not None}
     n_fft = sizes.get("n_fft", N_FFT)
     if n_fft % 2:
-        raise ValueError(f"config n_fft = {n_fft} must be even")
+        raise InvalidValue(f"config n_fft = {n_fft} must be even")
     if sizes.get("hop_length", HOP_LENGTH) > n_fft:
-        raise ValueError(f"config hop_length {sizes['hop_length']} is longer than n_fft {n_fft}")
+        raise InvalidValue(f"config hop_length {sizes['hop_length']} is longer than n_fft {n_fft}")
     shape = config.get("sigma_y_shape", [n_fft // 2 + 1, 1])
     if (not isinstance(shape, list | tuple) or len(shape) > 2
             or any(not is_integer(s) or not 0 <= s <= n_fft // 2 + 1 for s in shape)):
-        raise ValueError(f"config sigma_y_shape = {shape!r} does not fit {n_fft // 2 + 1} frequency bins")
+        raise InvalidValue(f"config sigma_y_shape = {shape!r} does not fit {n_fft // 2 + 1} frequency bins")
     freqs = n_fft // 2
     backbone = str(config.get("backbone", "ncsnpp"))
     if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r} (this flowdec knows {', '.join(BACKBONES)})")
+        raise InvalidValue(f"unknown backbone {backbone!r} (this flowdec knows {', '.join(BACKBONES)})")
     if backbone == "framewise":
         fw = config.get("framewise")
         if not isinstance(fw, dict):
-            raise ValueError("a framewise backbone needs its 'framewise' settings")
+            raise InvalidValue("a framewise backbone needs its 'framewise' settings")
         unknown = set(fw) - set(_FRAMEWISE_BOUNDS)
         if unknown:
-            raise ValueError(f"unknown framewise backbone settings: {', '.join(sorted(map(str, unknown)))}")
+            raise InvalidValue(f"unknown framewise backbone settings: {', '.join(sorted(map(str, unknown)))}")
         args = {**FRAMEWISE_DEFAULTS, **{k: _bounded_int(f"framewise.{k}", v, _FRAMEWISE_BOUNDS[k],
                                                          0 if k in _FRAMEWISE_MAY_BE_ZERO else 1)
                                         for k, v in fw.items()}}
@@ -157,15 +158,15 @@ def config_parameter_count(config: dict[str, Any]) -> int:
         mult = config.get("ch_mult", [])
         if (not isinstance(mult, list | tuple) or not 1 <= len(mult) <= 8
                 or any(not is_integer(m) or not 1 <= m <= 16 for m in mult)):
-            raise ValueError(f"config ch_mult = {mult!r} must be 1 to 8 multipliers of 1 to 16")
+            raise InvalidValue(f"config ch_mult = {mult!r} must be 1 to 8 multipliers of 1 to 16")
         taps = config.get("fir_kernel", [1, 3, 3, 1])  # its outer product is built: memory grows as taps^2
         if (not isinstance(taps, list | tuple) or not 1 <= len(taps) <= _MAX_FIR_TAPS
                 or any(not is_real(v) or not math.isfinite(v) for v in taps)):
-            raise ValueError(f"config fir_kernel = {taps!r} must be 1 to {_MAX_FIR_TAPS} finite numbers")
+            raise InvalidValue(f"config fir_kernel = {taps!r} must be 1 to {_MAX_FIR_TAPS} finite numbers")
         nf, blocks = (_bounded_int(k, config.get(k), _CONFIG_BOUNDS[k]) for k in ("nf", "num_res_blocks"))
         n = 9 * (nf * max(mult)) ** 2 * 4 * (blocks + 2) * len(mult)
     if n > MAX_PARAMETERS:
-        raise ValueError(f"config describes about {n:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
+        raise InvalidValue(f"config describes about {n:.3g} parameters (more than {MAX_PARAMETERS:.0e}); "
                          "not a postfilter this package can build")
     return n
 
@@ -181,7 +182,7 @@ def _as_batch(y: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], t
         return y[:, None], lambda x: x[:, 0]
     if y.dim() == 3 and y.shape[1] == 1:
         return y, lambda x: x
-    raise ValueError(f"audio must be shaped [L], [B, L] or [B, 1, L], got {tuple(y.shape)}")
+    raise InvalidValue(f"audio must be shaped [L], [B, L] or [B, 1, L], got {tuple(y.shape)}")
 
 
 class Postfilter(nn.Module):
@@ -202,14 +203,14 @@ class Postfilter(nn.Module):
                  framewise: dict[str, Any] | None = None) -> None:
         super().__init__()
         if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+            raise InvalidValue(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
         freqs = n_fft // 2 + 1
         if not isinstance(sigma_y, torch.Tensor):
             sigma_y = torch.full((freqs, 1), float(sigma_y), dtype=torch.float64)
         if sigma_y.dim() not in (0, 2) or (sigma_y.dim() == 2 and tuple(sigma_y.shape) != (freqs, 1)):
-            raise ValueError(f"sigma_y must be 0-dim or [{freqs}, 1], got {tuple(sigma_y.shape)}")
+            raise InvalidValue(f"sigma_y must be 0-dim or [{freqs}, 1], got {tuple(sigma_y.shape)}")
         if backbone == "ncsnpp" and (pad_multiple % 2 ** (len(ch_mult) - 1) or freqs % 2 ** (len(ch_mult) - 1)):
-            raise ValueError("frequency bins and the frame padding must be divisible by the U-Net's "
+            raise InvalidValue("frequency bins and the frame padding must be divisible by the U-Net's "
                              f"downsampling factor {2 ** (len(ch_mult) - 1)}")
         # Registration order = official state-dict order: sigma_x, sigma_y, backbone.*, feature_extractor.*
         self.register_buffer("sigma_x", torch.zeros((), dtype=torch.float32))
@@ -226,7 +227,7 @@ class Postfilter(nn.Module):
             args = {**FRAMEWISE_DEFAULTS, **(framewise or {})}
             unknown = set(args) - set(FRAMEWISE_DEFAULTS)
             if unknown:
-                raise ValueError(f"unknown framewise backbone settings: {', '.join(sorted(unknown))}")
+                raise InvalidValue(f"unknown framewise backbone settings: {', '.join(sorted(unknown))}")
             self.backbone = FramewiseBackbone(n_freqs=freqs, fourier_scale=fourier_scale, hop_length=hop_length,
                                               **args)
             # an off setting is not written, so folders without it stay readable by flowdec that predates it
@@ -266,17 +267,17 @@ class Postfilter(nn.Module):
     def from_config(cls, config: dict[str, Any]) -> Postfilter:
         """An uninitialised-weights model of the architecture a config (ours) describes."""
         if config.get("type") != CONFIG_TYPE:
-            raise ValueError(f"config type is {config.get('type')!r}, expected {CONFIG_TYPE!r}")
+            raise InvalidValue(f"config type is {config.get('type')!r}, expected {CONFIG_TYPE!r}")
         check_config_bounds(config)
         if int(config.get("version", 1)) > CONFIG_VERSION:
-            raise ValueError(f"config version {config.get('version')} is newer than this flowdec understands")
+            raise InvalidValue(f"config version {config.get('version')} is newer than this flowdec understands")
         if int(config.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
-            raise ValueError(f"postfilter sample rate {config.get('sample_rate')} is not {SAMPLE_RATE}")
+            raise InvalidValue(f"postfilter sample rate {config.get('sample_rate')} is not {SAMPLE_RATE}")
         n_fft = int(config.get("n_fft", N_FFT))
         shape = tuple(config.get("sigma_y_shape", [n_fft // 2 + 1, 1]))
         dtype = {"float64": torch.float64, "float32": torch.float32}.get(str(config.get("sigma_y_dtype", "float64")))
         if dtype is None:
-            raise ValueError(f"sigma_y_dtype must be float64 or float32, got {config.get('sigma_y_dtype')!r}")
+            raise InvalidValue(f"sigma_y_dtype must be float64 or float32, got {config.get('sigma_y_dtype')!r}")
         sigma_y = torch.full(shape, DEFAULT_SIGMA_Y, dtype=dtype)
         model = cls._architecture_from_config(config, n_fft, sigma_y)
         model.temperature = config.get("temperature", 1.0)
@@ -288,14 +289,14 @@ class Postfilter(nn.Module):
         if backbone == "framewise":
             framewise = config.get("framewise")
             if not isinstance(framewise, dict):
-                raise ValueError("a framewise backbone needs its 'framewise' settings")
+                raise InvalidValue("a framewise backbone needs its 'framewise' settings")
             return cls(n_fft=n_fft, hop_length=int(config.get("hop_length", HOP_LENGTH)),
                        alpha=float(config.get("alpha", ALPHA)), beta=float(config.get("beta", BETA)),
                        pad_multiple=int(config.get("pad_multiple", PAD_MULTIPLE)), sigma_y=sigma_y,
                        fourier_scale=float(config.get("fourier_scale", 16.0)), backbone="framewise",
                        framewise={k: int(v) for k, v in framewise.items()})
         if backbone != "ncsnpp":
-            raise ValueError(f"unknown backbone {backbone!r} (this flowdec knows {', '.join(BACKBONES)})")
+            raise InvalidValue(f"unknown backbone {backbone!r} (this flowdec knows {', '.join(BACKBONES)})")
         return cls(nf=int(config["nf"]), ch_mult=tuple(config["ch_mult"]),
                    num_res_blocks=int(config["num_res_blocks"]), fourier_size=config.get("fourier_size"),
                    fourier_scale=float(config.get("fourier_scale", 16.0)),
@@ -354,15 +355,15 @@ class Postfilter(nn.Module):
         would move every time embedding).
         """
         if self.precision not in ("float32", "tf32"):
-            raise ValueError(f"this postfilter runs in {self.precision}; save a float32 model instead")
+            raise InvalidValue(f"this postfilter runs in {self.precision}; save a float32 model instead")
         if weights_dtype not in WEIGHT_DTYPES:
-            raise ValueError(f"weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}")
+            raise InvalidValue(f"weights dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}")
         state = self.state_dict()
         if weights_dtype == "float16":
             learned = {k for k, v in self.named_parameters() if v.dtype == torch.float32}
             big = [k for k in sorted(learned) if state[k].abs().max() > torch.finfo(torch.float16).max]
             if big:
-                raise ValueError(f"weights too large for float16 ({', '.join(big[:3])}); save them as float32")
+                raise InvalidValue(f"weights too large for float16 ({', '.join(big[:3])}); save them as float32")
             state = {k: v.half() if k in learned else v for k, v in state.items()}
         return save_model_folder(folder, self.config, state)
 
@@ -412,9 +413,9 @@ class Postfilter(nn.Module):
         ``configure()`` with no arguments on CPU restores the reference settings.
         """
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise InvalidValue(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if self.precision not in ("float32", "tf32") and precision != self.precision:
-            raise ValueError(f"weights are already {self.precision}; reload the model to change precision")
+            raise InvalidValue(f"weights are already {self.precision}; reload the model to change precision")
         if channels_last is None:
             channels_last = self.device.type == "cuda"
         if fuse is None:
@@ -448,11 +449,11 @@ class Postfilter(nn.Module):
         names): ``auto`` is :meth:`recommended_settings` (bfloat16 on CUDA, float32 on CPU); ``float32``
         exact everywhere; ``bfloat16``/``float16`` need CUDA. ValueError for anything else."""
         if precision not in ("auto", *PRECISION_CHOICES):
-            raise ValueError(f"unknown precision '{precision}' (auto, {', '.join(PRECISION_CHOICES)})")
+            raise InvalidValue(f"unknown precision '{precision}' (auto, {', '.join(PRECISION_CHOICES)})")
         settings = Postfilter.recommended_settings(device, exact=precision != "auto")
         if precision != "auto":
             if precision != "float32" and torch.device(device).type != "cuda":
-                raise ValueError(f"--precision {precision} needs a CUDA device")
+                raise InvalidValue(f"{precision} arithmetic needs a CUDA device")
             settings["precision"] = precision
         return settings
 
@@ -479,7 +480,7 @@ class Postfilter(nn.Module):
         ``t`` is a float (shared by the batch) or a ``[B]`` tensor.
         """
         if x_t.shape != Y.shape:
-            raise ValueError(f"x_t {tuple(x_t.shape)} and Y {tuple(Y.shape)} must have the same shape")
+            raise InvalidValue(f"x_t {tuple(x_t.shape)} and Y {tuple(Y.shape)} must have the same shape")
         with torch.inference_mode(), self._backend_flags():
             # t made inside inference mode, as enhance makes it: a compiled backbone guards on the tensor's
             # dispatch keys, and a t from outside would make the first enhance compile it all over again
@@ -555,7 +556,7 @@ class Postfilter(nn.Module):
         if steps == 0:
             return y.clone()
         if not y3.is_floating_point():
-            raise ValueError(f"audio must be floating point, got {y3.dtype}")
+            raise InvalidValue(f"audio must be floating point, got {y3.dtype}")
         length = y3.shape[-1]
         min_len = self.feature_extractor.n_fft // 2 + 1
         short = length < min_len  # reflect padding needs more samples than n_fft // 2: pad with zeros
@@ -566,7 +567,7 @@ class Postfilter(nn.Module):
             with torch.inference_mode(), self._backend_flags():
                 yd = y3.to(self.device, torch.float32)
                 if not bool(torch.isfinite(yd).all()):
-                    raise ValueError("audio contains NaN or infinite samples")
+                    raise InvalidValue("audio contains NaN or infinite samples")
                 nf = None if normfac is None else torch.as_tensor(normfac, dtype=torch.float32).to(self.device)
                 if nf is not None and nf.dim() == 0:
                     nf = nf.reshape(1, 1, 1)
@@ -574,7 +575,7 @@ class Postfilter(nn.Module):
                 if noise is None:
                     noise = draw_noise(Y.shape, generator, self.device)
                 elif tuple(noise.shape) != tuple(Y.shape):
-                    raise ValueError(f"noise must be shaped like the padded features {tuple(Y.shape)}, got "
+                    raise InvalidValue(f"noise must be shaped like the padded features {tuple(Y.shape)}, got "
                                      f"{tuple(noise.shape)}")
                 x = self.start(Y, noise)
                 with self._solving(Y):

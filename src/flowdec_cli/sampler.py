@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from .exceptions import InvalidValue
 from .numeric import is_integer, is_real
 
 __all__ = ["SOLVERS", "MAX_NFE", "MAX_TEMPERATURE", "check_seed", "check_temperature", "nfe_plan", "nfe_to_steps",
@@ -45,7 +46,7 @@ def check_seed(seed: object) -> int | None:
     if seed is None:
         return None
     if not is_integer(seed) or not 0 <= int(seed) <= MAX_SEED:
-        raise ValueError(f"a seed must be a whole number from 0 to 2**64-1, got {seed!r}")
+        raise InvalidValue(f"a seed must be a whole number from 0 to 2**64-1, got {seed!r}")
     return int(seed)
 
 
@@ -53,7 +54,7 @@ def check_temperature(value: object) -> float:
     """A start-noise temperature as a float, or ValueError: the one rule for the command line, the model
     card and the training config (a card's value is data from a file, so a bool or a string is refused)."""
     if not is_real(value) or not 0.0 <= float(value) <= MAX_TEMPERATURE:
-        raise ValueError(f"postfilter temperature {value!r} must be a number from 0 to {MAX_TEMPERATURE:g}")
+        raise InvalidValue(f"postfilter temperature {value!r} must be a number from 0 to {MAX_TEMPERATURE:g}")
     return float(value)
 
 
@@ -64,15 +65,15 @@ def nfe_to_steps(nfe: int, solver: str = "midpoint") -> int:
     midpoint with 3 steps).
     """
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        raise InvalidValue(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if not is_integer(nfe) or nfe < 0:
-        raise ValueError(f"NFE must be a non-negative integer, got {nfe!r}")
+        raise InvalidValue(f"NFE must be a non-negative integer, got {nfe!r}")
     nfe = int(nfe)
     if nfe > MAX_NFE:
-        raise ValueError(f"NFE {nfe} is more than {MAX_NFE} network passes")
+        raise InvalidValue(f"NFE {nfe} is more than {MAX_NFE} network passes")
     per_step = SOLVERS[solver]
     if nfe % per_step:
-        raise ValueError(f"NFE {nfe} is odd, but the {solver} solver evaluates the network {per_step} times "
+        raise InvalidValue(f"NFE {nfe} is odd, but the {solver} solver evaluates the network {per_step} times "
                          f"per step: use an even NFE such as {nfe + 1}, or the euler solver")
     return nfe // per_step
 
@@ -121,7 +122,7 @@ def solve(field: VectorField, x: torch.Tensor, steps: int, solver: str = "midpoi
     network evaluation (progress reporting).
     """
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        raise InvalidValue(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if steps < 1:
         return x
 
