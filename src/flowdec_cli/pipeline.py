@@ -152,6 +152,9 @@ def _check_seed(seed: Any) -> None:
 
 @dataclass
 class CompressResult:
+    """What coding a file or array gave: the header written (or to write) and the codes it describes; for a
+    file, its size (``file_bytes``) and the rate on disk (``actual_bitrate``, bit/s per channel)."""
+
     header: FdcHeader
     codes: np.ndarray = field(repr=False)  # millions of numbers for a song; its shape is in the header
     file_bytes: int = 0
@@ -180,6 +183,9 @@ class CompressResult:
 
 @dataclass
 class DecompressResult:
+    """What a decode did: the file's header, the NFE it ran, the clip guard's factor, the output's rate
+    (``resampled`` when the output type could not hold the original's), and where the time went."""
+
     header: FdcHeader
     nfe: int
     peak_scaled: float  # factor the clip guard divided by (1.0 when it did nothing)
@@ -861,6 +867,10 @@ class Codec:
                         solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
                         progress: Progress = _no_progress,
                         warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
+        """Decode a .fdc file into an audio file of its original rate, channels and length (the type from
+        ``dst``'s extension, written atomically; its folder is made if missing), running the postfilter
+        ``nfe`` passes (None: :meth:`resolve_nfe`). ``warn`` hears what :meth:`check_header` finds (weights
+        that differ from the coder's)."""
         src, dst = Path(src), Path(dst)
         _check_output(dst, overwrite, src)
         header, codes = read_fdc(src, tables=lambda h: self.tables_for(h, str(src)))
