@@ -108,6 +108,28 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert "another NDAC" in line and summary["ndac_hash"] in line and "--force" in line
     r = _run("train", "prepare-pairs", tmp_path / "clips", "--ndac", older, *pair_args, "--force")
     assert r.exit_code == 0 and json.loads((tmp_path / "pairs" / "prepare.json").read_text())["written"] == 8
+    # which codec codes into a folder is recorded before its first file: a run stopped partway and resumed
+    # with another codec kept the first one's files under the second one's hash
+    partial = tmp_path / "pairs-partial"
+    import flowdec_cli.training.prepare as prepare_module
+
+    real_write = prepare_module.write_audio
+
+    def stop_after_one(*args, **kwargs):
+        real_write(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    prepare_module.write_audio = stop_after_one
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            prepare_module.prepare_pairs(older, [tmp_path / "clips"], partial, n_codebooks=[1])
+    finally:
+        prepare_module.write_audio = real_write
+    recorded = json.loads((partial / "prepare.json").read_text())
+    assert recorded["complete"] is False and recorded["ndac_hash"] != summary["ndac_hash"]
+    line = _one_error_line(_run("train", "prepare-pairs", tmp_path / "clips", "--ndac", run, "-o", partial,
+                                "-n", "1", "--device", "cpu", "-q"))
+    assert "another NDAC" in line
     lines = (tmp_path / "pairs" / "train.txt").read_text().splitlines()
     clean, coded = lines[0].split(",")
     assert sf.info(coded).samplerate == 48000 and sf.info(coded).channels == 1

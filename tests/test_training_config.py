@@ -76,6 +76,19 @@ def test_toml_and_yaml_agree_and_overrides_apply(tmp_path):
     assert c.loss.mel_weight == 1.0 and isinstance(c.loss.mel_weight, float)
 
 
+def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
+    """`--set model.encoder_dim=abc` was reported as an error of the config file, which has no such line."""
+    (tmp_path / "a.toml").write_text('[model]\nencoder_dim = "x"\n[data]\ntrain = ["audio"]\n')
+    for override, expected in [("model.encoder_dim=abc", "--set model.encoder_dim: expected an integer"),
+                               ("model.foo=1", "--set [model]: unknown key foo"),
+                               ("train.max_steps=[1]", "--set train.max_steps: expected an integer")]:
+        with pytest.raises(ConfigError) as info:
+            load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", override])
+        assert str(info.value).startswith(expected), str(info.value)
+    with pytest.raises(ConfigError, match=r"a.toml: model.encoder_dim: expected an integer"):
+        load_config(tmp_path / "a.toml", "ndac", ["train.max_steps=3"])  # the file's own error, named so
+
+
 @pytest.mark.parametrize("text,message", [
     ("[model]\nencoder_dimm = 8\n", "unknown key encoder_dimm"),
     ("[modle]\n", "unknown section modle"),

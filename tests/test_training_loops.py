@@ -152,6 +152,38 @@ def test_interrupt_saves_a_checkpoint_and_resume_goes_on(clips, tmp_path, monkey
     assert resumed.step == 5 and find_checkpoint(tmp_path / "run").name == "step-00000005"
 
 
+def test_a_bad_training_file_met_mid_run_keeps_the_steps_done(clips, tmp_path, monkeypatch, capsys):
+    """Files are read when a batch first needs them: a bad one ended a run hours in with the steps since
+    the last checkpoint lost. The failed batch was never stepped on, so the weights are saved as they are."""
+    from flowdec_cli.training.data import DataError
+
+    cfg = _ndac(clips, tmp_path / "run", train=dict(checkpoint_every=100, max_steps=5))
+    t = NDACTrainer(cfg, device="cpu")
+    real_step = t.train_step
+
+    def step_then_fail(batch, log_now):
+        if t.step == 3:
+            raise DataError("junk.wav: not a readable audio file")
+        return real_step(batch, log_now)
+
+    monkeypatch.setattr(t, "train_step", step_then_fail)
+    with pytest.raises(DataError, match=r"junk\.wav"):
+        t.run()
+    assert find_checkpoint(tmp_path / "run").name == "step-00000003"
+    assert "stopped by a training file it cannot read at step 3" in capsys.readouterr().err
+
+
+def test_a_fresh_run_starts_its_metrics_anew(clips, tmp_path):
+    """A run that died before its first checkpoint left rows in metrics.csv; the next fresh run added its own
+    after them (steps 1-4, then 1-2)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("step,time,split,name,value\n7,0.1,train,loss,9.0\n")
+    NDACTrainer(_ndac(clips, out, train=dict(max_steps=2, log_every=1)), device="cpu", quiet=True).run()
+    steps = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps and "7" not in steps and steps[0] == "1"
+
+
 def test_resume_refuses_the_other_stage(ndac_run, pair_list, tmp_path):
     with pytest.raises(TrainingError, match="not a postfilter checkpoint"):
         PostfilterTrainer(_pf(pair_list, tmp_path / "p"), device="cpu", resume=str(ndac_run.run_dir),

@@ -36,7 +36,7 @@ from .common import (
     write_json,
 )
 from .config import config_to_dict
-from .data import EpochSampler, mix_seed
+from .data import DataError, EpochSampler, mix_seed
 
 __all__ = ["Trainer"]
 
@@ -192,14 +192,15 @@ class Trainer:
                 epoch, in_epoch = epoch + 1, 0
         except KeyboardInterrupt:
             # Ctrl-C (or `timeout --signal=INT`) is the normal way to end a run on a time budget: keep the
-            # steps done since the last checkpoint. Under DDP every rank is interrupted at its own point,
-            # so no collective save is attempted there; the last periodic checkpoint stands.
+            # steps done since the last checkpoint.
             bar.close()
-            if env.world_size == 1 and saved_at != self.step and self.step > 0:
-                self._save()
-                if not self.quiet:
-                    print(f"{self.name}: interrupted at step {self.step}; checkpoint saved in "
-                          f"{self.run_dir / 'checkpoints'} (continue with --resume)", file=sys.stderr)
+            self._keep_steps(saved_at, "interrupted")
+            raise
+        except DataError:
+            # training files are read when a batch first needs them, so a bad one can end a run hours in;
+            # the failed batch was never stepped on, so the weights are those of the last step: keep them
+            bar.close()
+            self._keep_steps(saved_at, "stopped by a training file it cannot read")
             raise
         finally:
             bar.close()
@@ -210,6 +211,15 @@ class Trainer:
         if env.is_main:
             self.finish()
         env.barrier()
+
+    def _keep_steps(self, saved_at: int, why: str) -> None:
+        """Save the steps done since the last checkpoint when a run ends early. Under DDP every rank stops
+        at its own point, so no collective save is attempted there; the last periodic checkpoint stands."""
+        if self.env.world_size == 1 and saved_at != self.step and self.step > 0:
+            self._save()
+            if not self.quiet:
+                print(f"{self.name}: {why} at step {self.step}; checkpoint saved in "
+                      f"{self.run_dir / 'checkpoints'} (continue with --resume)", file=sys.stderr)
 
     def _budget_used(self, t_start: float) -> tuple[float, bool]:
         """How much of the run's budget is used before the next step, from 0 to 1 (the steps of

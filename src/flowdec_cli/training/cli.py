@@ -407,6 +407,8 @@ def widen_ndac_command(source: str, out_dir: Path, encoder_factor: int, decoder_
     \b
       flowdec train widen-ndac runs/ndac runs/ndac-wide --decoder-factor 2
       flowdec train ndac ndac.toml --set 'train.init_from="runs/ndac-wide"' --set model.decoder_dim=192
+
+    Paths in --set are read from the config's folder; the line this prints gives OUT as an absolute path.
     """
     from .widen import widen_ndac_folder
 
@@ -416,7 +418,7 @@ def widen_ndac_command(source: str, out_dir: Path, encoder_factor: int, decoder_
         card = json.loads((out / "ndac" / "config.json").read_text())
         dims = f"encoder_dim {card['encoder_dim']}, decoder_dim {card['decoder_dim']}"
         click.echo(f"flowdec: wrote the widened codec to {out} ({dims}); train it on with "
-                   f"--set 'train.init_from=\"{out}\"' --set model.encoder_dim={card['encoder_dim']} "
+                   f"--set 'train.init_from=\"{out.resolve()}\"' --set model.encoder_dim={card['encoder_dim']} "
                    f"--set model.decoder_dim={card['decoder_dim']}", err=True)
 
 
@@ -441,6 +443,8 @@ def widen_postfilter_command(source: str, out_dir: Path, dim_factor: int, spread
     \b
       flowdec train widen-postfilter runs/postfilter runs/pf-wide --dim-factor 2
       flowdec train postfilter pf.toml --set 'train.init_from="runs/pf-wide"' --set model.dim=512
+
+    Paths in --set are read from the config's folder; the line this prints gives OUT as an absolute path.
     """
     from .widen import widen_postfilter_folder
 
@@ -449,4 +453,4 @@ def widen_postfilter_command(source: str, out_dir: Path, dim_factor: int, spread
     if not quiet:
         dim = json.loads((out / "postfilter" / "config.json").read_text())["framewise"]["dim"]
         click.echo(f"flowdec: wrote the widened postfilter to {out} (dim {dim}); train it on with "
-                   f"--set 'train.init_from=\"{out}\"' --set model.dim={dim}", err=True)
+                   f"--set 'train.init_from=\"{out.resolve()}\"' --set model.dim={dim}", err=True)

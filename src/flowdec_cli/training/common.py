@@ -312,7 +312,8 @@ class RunLogger:
     """Metrics to ``RUN/metrics.csv`` (columns step, time, split, name, value) and TensorBoard if installed.
 
     Only the main process writes. On resume, rows after the resumed step are dropped first, so a run that
-    died after its last checkpoint does not log those steps twice.
+    died after its last checkpoint does not log those steps twice; a fresh run starts the file anew (one
+    that died before its first checkpoint left its rows there).
     """
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None = None) -> None:
@@ -329,8 +330,8 @@ class RunLogger:
             keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= resume_step] if rows else []
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerows(keep)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        self._file = open(self.path, "a", newline="")  # noqa: SIM115 - kept open for the run, closed by close()
+        new = resume_step is None or not self.path.is_file() or self.path.stat().st_size == 0
+        self._file = open(self.path, "w" if new else "a", newline="")  # noqa: SIM115 - closed by close()
         self._csv = csv.writer(self._file)
         if new:
             self._csv.writerow(["step", "time", "split", "name", "value"])

@@ -484,7 +484,10 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[tuple[str, str]]:
+    """Set each ``section.key=value`` in ``data``; the (section, key) pairs set, to name ``--set`` rather
+    than the file when one of them is refused."""
+    done: set[tuple[str, str]] = set()
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
@@ -494,6 +497,22 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
         if not isinstance(section, dict):
             raise ConfigError(f"override '{item}': '{parts[0]}' is not a section")
         section[parts[1]] = _parse_value(value.strip())
+        done.add((parts[0], parts[1]))
+    return done
+
+
+def _from_override(message: str, overridden: set[tuple[str, str]]) -> bool:
+    """Whether a validation message is about a key that ``--set`` gave (``model.x: ...``, ``model.x[0]:
+    ...``, or ``[model]: unknown key x``)."""
+    for section, key in overridden:
+        if message.startswith((f"{section}.{key}:", f"{section}.{key}[")):
+            return True
+        unknown = f"[{section}]: unknown key"
+        if message.startswith(unknown):
+            names = message.split(" (known:")[0][len(unknown):].lstrip("s ").split(", ")
+            if key in names:
+                return True
+    return False
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -596,11 +615,11 @@ def load_config(path: str | os.PathLike, kind: str, overrides: list[str] | None 
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     data = _read_file(path)
-    _apply_overrides(data, list(overrides or []))
+    overridden = _apply_overrides(data, list(overrides or []))
     try:
         return config_from_dict(kind, data, path.resolve().parent)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{'--set ' if _from_override(str(exc), overridden) else f'{path}: '}{exc}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

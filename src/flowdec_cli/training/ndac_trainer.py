@@ -229,7 +229,8 @@ class NDACTrainer(Trainer):
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["trainer"]["scheduler"])
         except (ValueError, KeyError, RuntimeError) as exc:
-            raise TrainingError(f"{ckpt['dir']}: does not fit this config ({exc})") from None
+            raise TrainingError(f"{ckpt['dir']}: does not fit this config (another size?): "
+                                f"{first_problem(exc)}") from None
 
     def init_weights(self, source: Path) -> None:
         from .export import ndac_component

@@ -227,7 +227,8 @@ class PostfilterTrainer(Trainer):
             self.ema.load_official_state_dict(ckpt["ema_state"], str(ckpt["dir"]))
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, RuntimeError) as exc:
-            raise TrainingError(f"{ckpt['dir']}: does not fit this config ({exc})") from None
+            raise TrainingError(f"{ckpt['dir']}: does not fit this config (another size?): "
+                                f"{first_problem(exc)}") from None
         # There is no schedule, so the config's rate is the rate: a resumed run can lower it
         # (``--set optim.lr=...``) while Adam keeps its moments. load_state_dict would restore the old one.
         for group in self.optimizer.param_groups:

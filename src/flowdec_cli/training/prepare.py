@@ -298,7 +298,13 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     if not items:
         raise TrainingError("no audio files found in " + ", ".join(str(s) for s in sources))
     out = Path(out_dir)
-    _check_same_codec(out, model.weights_hash, force, layout.name if layout is not None else "")
+    envelope_name = layout.name if layout is not None else ""
+    _check_same_codec(out, model.weights_hash, force, envelope_name)
+    # which codec codes into this folder is recorded before the first file, so that a run stopped partway
+    # and resumed with another codec is refused too (the summary at the end replaces this record)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prepare.json").write_text(json.dumps({"ndac": str(ndac_ref), "ndac_hash": model.weights_hash,
+                                                  "envelope": envelope_name, "complete": False}, indent=2) + "\n")
     names = _output_names(items)
     splits = split_items(items, {"validation": validation_fraction, "test": test_fraction}, salt)
     which = {it.path: name for name, members in splits.items() for it in members}
@@ -356,7 +362,8 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     summary = {
         "ndac": str(ndac_ref),
         "ndac_hash": model.weights_hash,
-        "envelope": layout.name if layout is not None else "",
+        "envelope": envelope_name,
+        "complete": True,
         "n_codebooks": ks,
         "bitrates_kbps": [round(model.bitrate(k) / 1000, 4) for k in ks],
         "files": len(items) - len(failed),
