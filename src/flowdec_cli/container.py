@@ -43,7 +43,6 @@ from .numeric import is_integer, is_real, is_whole
 
 __all__ = [
     "FDC_MAGIC",
-    "read_fdc_rest",
     "FORMAT_VERSION",
     "FdcError",
     "FdcHeader",
@@ -65,6 +64,7 @@ __all__ = [
     "nominal_bitrate",
     "pack_codes",
     "read_fdc",
+    "read_fdc_rest",
     "unpack_codes",
     "write_fdc",
 ]
