@@ -173,6 +173,12 @@ def test_a_bad_training_file_met_mid_run_keeps_the_steps_done(clips, tmp_path, m
     assert "stopped by a training file it cannot read at step 3" in capsys.readouterr().err
 
 
+def test_no_training_audio_names_where_it_looked(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainingError, match=r"no training audio files in .*empty \(check data.train\)"):
+        NDACTrainer(_ndac(tmp_path / "empty", tmp_path / "run"), device="cpu", quiet=True).run()
+
+
 def test_a_fresh_run_starts_its_metrics_anew(clips, tmp_path):
     """A run that died before its first checkpoint left rows in metrics.csv; the next fresh run added its own
     after them (steps 1-4, then 1-2)."""

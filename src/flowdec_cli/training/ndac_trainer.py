@@ -105,7 +105,8 @@ class NDACTrainer(Trainer):
             parts = split_items(items, {"validation": dc.validation_fraction}, dc.split_salt)
             train_items, val_items = parts["train"], parts["validation"]
         if not train_items:
-            raise TrainingError("no training audio files (check data.train)")
+            where = ", ".join(str(p) for p in dc.train) or "nothing (data.train is empty)"
+            raise TrainingError(f"no training audio files in {where} (check data.train)")
         self.segment = max(1, math.ceil(dc.segment_seconds * sr / hop)) * hop
         base = SegmentDataset(train_items, sr, self.segment, seed=cfg.train.seed, loudness_db=dc.loudness_db,
                               gain_db=dc.gain_db, random_polarity=dc.random_polarity)
