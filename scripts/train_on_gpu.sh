@@ -77,6 +77,10 @@ codec)
     2>&1 | tail -n 20 | tee "$OUT/codec-train.log"
   cp "$WORK/ndac/metrics.csv" "$OUT/codec-metrics.csv"
   ls "$WORK/ndac/checkpoints"
+  # the first check of a new codec: do steady partials above 400 Hz leave the 75 Hz frame-rate comb?
+  # (docs/models.md, "Why the harmonics stick"; about a minute on the host's CPU)
+  stamp tone pitch of the new codec
+  $PY scripts/experiment_tone_pitch.py --model "$WORK/ndac/model" --codebooks 4,10 2>&1 | tee "$OUT/tone-pitch.txt"
   ;;
 postfilter)
   NDAC_CKPT=$WORK/ndac  # its latest checkpoint
