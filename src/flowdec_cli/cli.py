@@ -84,7 +84,8 @@ def _overwrite_options(f: Callable) -> Callable:
 def _decode_options(f: Callable) -> Callable:
     f = click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True,
-                     help="Postfilter arithmetic: auto = bfloat16 on CUDA, float32 on CPU; float32 is exact.")(f)
+                     help="Postfilter arithmetic: auto = bfloat16 on CUDA, float32 on CPU; float32 is exact; "
+                          "bfloat16 and float16 need CUDA.")(f)
     f = click.option("--subtype", default=None,
                      help="Output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the output type's own, "
                           "PCM_16 for WAV and FLAC; roundtrip keeps the input's where the type holds it).")(f)
@@ -492,8 +493,10 @@ def _fit_option(f: Callable) -> Callable:
     return click.option(
         "--fit", is_flag=True,
         help="Hold the whole file on disk (header and side channel included) to -b: a file that would come out "
-             "above it keeps fewer codebooks. Without it -b picks the codes' rate, and the header and side channel "
-             "come on top.")(f)
+             "above it takes the richest lower rate that fits, with no more codebooks (the same count with a "
+             "sparser side channel, or fewer). Without it -b picks a nominal rate (under a rate plan, the codes "
+             "and the side channel's typical cost), and the header, and a costlier side channel, come on "
+             "top.")(f)
 
 
 def _fit_note(fit: bool) -> str:

@@ -406,7 +406,7 @@ def widen_ndac_command(source: str, out_dir: Path, encoder_factor: int, decoder_
 
     \b
       flowdec train widen-ndac runs/ndac runs/ndac-wide --decoder-factor 2
-      flowdec train ndac ndac.toml --set 'train.init_from="runs/ndac-wide"' --set model.decoder_dim=192
+      flowdec train ndac ndac.toml --set 'train.init_from="runs/ndac-wide"' --set model.decoder_dim=384
 
     Paths in --set are read from the config's folder; the line this prints gives OUT as an absolute path.
     """
