@@ -201,6 +201,10 @@ def test_decode_reports_a_bad_shard_or_row_and_decodes_the_rest(tmp_path, monkey
     assert set(failures) == {"a", "part-00001.parquet"}, failures
     assert "codes of another shape than its header says" in failures["a"]
     assert "not a readable shard" in failures["part-00001.parquet"]
+    # a rerun of the encode stops at the damaged shard, saying so once (the cause repeated its own prefix)
+    r = run("corpus", "encode", src, out, "--shard-files", "1", "-b", "3", "--engine", "local")
+    assert r.exit_code == 1 and r.output.count("not a readable shard") == 1, r.output
+    assert r.output.rstrip().endswith("move it away to resume"), r.output
     r = run("corpus", "decode", tmp_path / "nowhere", dec, "--engine", "local")
     assert r.exit_code == 1 and "nowhere: no such file or folder" in r.output
 

@@ -822,8 +822,8 @@ def plan_encode(items: list[Item], out: Path, to: str, shard_size: int) -> tuple
         for f in shard_files(out) if out.is_dir() else []:
             try:
                 done.update(_shard_ids(f))
-            except Exception as exc:
-                raise CorpusError(f"{f}: not a readable shard ({exc}); move it away to resume") from None
+            except CorpusError as exc:  # it names the shard already
+                raise CorpusError(f"{exc}; move it away to resume") from None
             m = _SHARD_NUM.search(f.name)
             if m:
                 last = max(last, int(m.group(1)))

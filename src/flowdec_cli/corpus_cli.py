@@ -165,7 +165,9 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
                    workers: int | None, cache_dir: Path | None, cpus_per_worker: float, gpus_per_worker: float,
                    device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
     """Code every audio file of IN (a folder, a quoted glob, or a CSV/JSONL manifest of paths with optional
-    ids) into OUT. A rerun skips what is done; bad files go to OUT/_failures.csv and the run goes on (exit 1)."""
+    ids) into OUT. A rerun skips what is done; bad files go to OUT/_failures.csv and the run goes on (exit 1).
+    Each file's id is its path below IN without the extension (or the manifest's id): two inputs with one id
+    (a.wav and a.flac) are refused before anything is coded; give ids in a manifest."""
     from .corpus import encode_corpus
 
     check_rate_request_option(bitrate, n_codebooks)
