@@ -16,6 +16,7 @@ import click
 from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
+from .fileio import would_replace
 from .options import (
     PathArgument,
     check_nfe_option,
@@ -183,15 +184,6 @@ def _shown(path: Path) -> str:
     return "-" if is_stdio(path) else str(path)
 
 
-def _taken(dst: Path) -> bool:
-    """Whether writing ``dst`` would replace something, which needs -f/--force: a device or FIFO
-    (``/dev/null``) is written into, not replaced; a socket or block device raises (never an output). A
-    symbolic link counts even when what it points at does not exist: publishing would replace the link."""
-    from .fileio import output_is_sink
-
-    return os.path.lexists(dst) and not output_is_sink(dst)
-
-
 def _check_pair(src: Path, dst: Path, force: bool) -> None:
     if is_stdio(dst):
         return
@@ -199,7 +191,7 @@ def _check_pair(src: Path, dst: Path, force: bool) -> None:
 
     if not is_stdio(src) and same_file(src, dst):
         raise Failure(f"{dst}: output is the input file; choose another output path")
-    if _taken(dst) and not force:
+    if would_replace(dst) and not force:
         if dst.is_dir():
             raise Failure(f"{dst}: is a folder; give an output file path")
         raise Failure(f"{dst}: exists; use -f/--force to overwrite")
@@ -296,7 +288,7 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
                 raise Failure(f"{dst}{os.sep}: " + ("is a file, not a folder" if dst.exists()
                                                     else "no such folder; create it first"))
             dst = dst / (src.name if keep_suffix else src.with_suffix(out_suffix).name)
-        if skip_existing and not is_stdio(dst) and _taken(dst) and not dst.is_dir():
+        if skip_existing and not is_stdio(dst) and would_replace(dst) and not dst.is_dir():
             from .fileio import same_file
 
             if not same_file(src, dst):
@@ -396,7 +388,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
         fail(job, text)
     for job in tqdm(jobs, desc="files", unit="file", disable=True if quiet or sys.stderr is None else None):
         try:
-            taken = _taken(job.dst)
+            taken = would_replace(job.dst)
         except FlowdecError as exc:
             fail(job, str(exc))
             continue

@@ -38,7 +38,7 @@ from .exceptions import FlowdecError
 
 __all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temporary_folder", "publish",
            "publish_folder", "remove_stale_temporaries", "no_space_left", "owner_alive", "same_file",
-           "output_is_sink", "open_sink", "write_all", "copy_all"]
+           "output_is_sink", "would_replace", "open_sink", "write_all", "copy_all"]
 
 
 class OutputExistsError(FlowdecError, FileExistsError):
@@ -90,6 +90,14 @@ def output_is_sink(path: str | os.PathLike) -> bool:
     if kind in _REFUSED:
         raise FlowdecError(f"{path}: is {_REFUSED[kind]}, not a file; choose another output path")
     return kind in _SINKS
+
+
+def would_replace(path: str | os.PathLike) -> bool:
+    """Whether publishing ``path`` would replace something, which needs ``overwrite`` (``-f/--force``): a
+    device or FIFO (``/dev/null``) is written into, not replaced; a socket or block device raises (never an
+    output). A symbolic link counts even when what it points at does not exist: the rename would replace
+    the link."""
+    return os.path.lexists(path) and not output_is_sink(path)
 
 
 def write_all(out: BinaryIO, data: bytes | memoryview) -> None:

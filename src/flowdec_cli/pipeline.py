@@ -67,7 +67,7 @@ from .envelope import (
     rate_plan,
 )
 from .exceptions import FlowdecError
-from .fileio import OutputExistsError, output_is_sink, same_file
+from .fileio import OutputExistsError, same_file, would_replace
 from .models.loading import Model, load_model
 from .models.resolve import resolve_named_by_data
 from .numeric import is_integer, is_real
@@ -998,7 +998,7 @@ def _check_output(dst: Path, overwrite: bool, src: Path | None = None) -> None:
     FIFO is written into, never replaced."""
     if src is not None and same_file(src, dst):
         raise CodecError(f"{dst}: output is the input file; choose another output path")
-    if not overwrite and (dst.exists() or dst.is_symlink()) and not output_is_sink(dst):
+    if not overwrite and would_replace(dst):
         raise OutputExistsError(dst, before=True)
 
 
