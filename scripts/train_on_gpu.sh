@@ -14,6 +14,8 @@
 # Environment: CODEC_SECONDS (default 200) or CODEC_UNTIL (seconds after the start), PF_SECONDS (default
 # 170), CODEC_BATCH (default 128) and PF_BATCH (default 32), PAIRS_EVERY (default 1: code every Nth training
 # file for the postfilter's pairs), CODEC_LR_FINAL (default 2e-5; empty: x0.9997 a step), SKIP_CHECKS=1,
+# TONES (default 0: that many synthetic harmonic tones from scripts/make_harmonic_tones.py join the codec's
+# training files), LONG_WINDOW=1 (the codec's mel loss gains an 8,192-point window with 640 bands),
 # DEVICE (default cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a
 # warm machine).
 set -uo pipefail
@@ -65,12 +67,21 @@ codec)
   # (docs/models.md, "Annealing the codec"). CODEC_LR_FINAL= (empty) keeps the old x0.9997 per step.
   secs=${CODEC_SECONDS:-200}; lr_final=${CODEC_LR_FINAL-2e-5}
   if [ -n "$lr_final" ]; then schedule=(--set "optim.lr_final=$lr_final"); else schedule=(--set optim.lr_gamma=0.9997); fi
+  codec_data="\"$CORPUS/train.txt\""; extra=()
+  if [ "${TONES:-0}" -gt 0 ]; then  # steady partials at arbitrary pitches (docs/models.md, "Why the harmonics stick")
+    $PY scripts/make_harmonic_tones.py "$WORK/tones" --count "$TONES" || exit 1
+    codec_data+=", \"$WORK/tones/train.txt\""
+  fi
+  if [ "${LONG_WINDOW:-0}" = 1 ]; then  # 6 Hz bins: a partial moved to the next 75 Hz comb line costs loss
+    extra+=(--set "loss.mel_windows=[32, 64, 128, 256, 512, 1024, 2048, 8192]"
+            --set "loss.mel_bins=[5, 10, 20, 40, 80, 160, 320, 640]")
+  fi
   stamp codec training for "$secs" s
   rm -rf "$WORK/ndac"  # a retried stage starts again from the shipped weights (the trainer refuses a used folder)
   # the trainer ends itself at train.max_seconds (the loop's own clock); timeout only guards a hang
   timeout --signal=TERM "$((secs + 120))" $FLOWDEC train ndac configs/default-ndac.toml --device "$DEVICE" -q \
     --out "$WORK/ndac" --set "train.init_from=\"$SHIPPED\"" --set train.max_seconds="$secs" \
-    --set "data.train=[\"$CORPUS/train.txt\"]" --set "data.validation=[\"$CORPUS/valid.txt\"]" \
+    --set "data.train=[$codec_data]" --set "data.validation=[\"$CORPUS/valid.txt\"]" "${extra[@]}" \
     --set data.batch_size=${CODEC_BATCH:-128} --set data.segment_seconds=0.75 --set data.num_workers=12 \
     --set optim.lr=2e-4 "${schedule[@]}" --set train.val_every=0 --set train.checkpoint_every=500 \
     --set train.tf32=true --set train.amp=\"none\" --set train.tensorboard=false --set train.log_every=50 \
