@@ -73,6 +73,15 @@ def test_lazy_top_level_names_are_declared_for_type_checkers():
     assert set(flowdec_cli.__all__) - {"__version__"} <= declared
 
 
+def test_every_error_the_readme_names_is_a_top_level_flowdec_error():
+    import flowdec_cli
+
+    for name in ("FlowdecError", "CodecError", "FdcError", "ModelError", "AudioError", "InvalidValue",
+                 "OutputExistsError"):
+        assert name in flowdec_cli.__all__ and issubclass(getattr(flowdec_cli, name), flowdec_cli.FlowdecError)
+    assert issubclass(flowdec_cli.InvalidValue, ValueError)
+
+
 def test_from_pretrained_by_name_path_and_hub_id(tiny_codec_dir):
     import flowdec_cli
     from flowdec_cli.models import ModelError, pretrained_ref

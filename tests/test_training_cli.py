@@ -306,6 +306,9 @@ def test_train_errors_are_one_line(tmp_path):
     assert "nowhere: no such folder or file list" in _one_error_line(r)
     r = _run("train", "postfilter", tmp_path / "ok.toml", "--device", "cpu")
     assert "no such pair list" in _one_error_line(r)
+    for bad in ("data.nosuch=1", "data.batch_size=x", "nodot=1"):  # the command line's fault: usage, exit 2
+        r = _run("train", "ndac", tmp_path / "ok.toml", "--device", "cpu", "--set", bad)
+        assert r.exit_code == 2 and "flowdec: error: --set " in r.output and "Traceback" not in r.output, r.output
     r = _run("train", "export", tmp_path / "m", "--ndac", tmp_path)
     assert "holds no NDAC" in _one_error_line(r)
 

@@ -13,6 +13,7 @@ import torch
 from flowdec_cli.training.config import (
     ConfigError,
     NDACTrainConfig,
+    OverrideError,
     PostfilterTrainConfig,
     config_from_dict,
     load_config,
@@ -82,11 +83,15 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     for override, expected in [("model.encoder_dim=abc", "--set model.encoder_dim: expected an integer"),
                                ("model.foo=1", "--set [model]: unknown key foo"),
                                ("train.max_steps=[1]", "--set train.max_steps: expected an integer")]:
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(OverrideError) as info:
             load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", override])
         assert str(info.value).startswith(expected), str(info.value)
-    with pytest.raises(ConfigError, match=r"a.toml: model.encoder_dim: expected an integer"):
+    for malformed in ("model.encoder_dim", "model=1", "train.max_steps.x=1"):
+        with pytest.raises(OverrideError, match=f"--set '{re.escape(malformed)}': expected section.key=value"):
+            load_config(tmp_path / "a.toml", "ndac", [malformed])
+    with pytest.raises(ConfigError, match=r"a.toml: model.encoder_dim: expected an integer") as info:
         load_config(tmp_path / "a.toml", "ndac", ["train.max_steps=3"])  # the file's own error, named so
+    assert not isinstance(info.value, OverrideError)
 
 
 @pytest.mark.parametrize("text,message", [

@@ -13,19 +13,20 @@ from ._lazy import lazy_attributes
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "Codec", "from_pretrained", "load_ndac", "load_postfilter", "FlowdecError", "CodecError",
-           "FdcError", "ModelError", "AudioError"]
+           "FdcError", "ModelError", "AudioError", "InvalidValue", "OutputExistsError"]
 
 if TYPE_CHECKING:
     from .audio import AudioError
     from .container import FdcError
-    from .exceptions import FlowdecError
+    from .exceptions import FlowdecError, InvalidValue
+    from .fileio import OutputExistsError
     from .models import ModelError, load_ndac, load_postfilter
     from .pipeline import Codec, CodecError, from_pretrained
 
 # FlowdecError is the base of every error the package raises on purpose: one ``except`` catches them all.
 _LAZY = {"load_ndac": "models", "load_postfilter": "models", "Codec": "pipeline", "from_pretrained": "pipeline",
          "FlowdecError": "exceptions", "CodecError": "pipeline", "FdcError": "container", "ModelError": "models",
-         "AudioError": "audio"}
+         "AudioError": "audio", "InvalidValue": "exceptions", "OutputExistsError": "fileio"}
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -63,11 +63,14 @@ def _run_stage(kind: str, config: Path, device: str, threads: int | None, resume
                out_dir: Path | None, max_steps: int | None, overrides: tuple[str, ...], quiet: bool) -> None:
     from ..runtime import set_threads
     from .common import TrainingError
-    from .config import load_config
+    from .config import OverrideError, load_config
 
     if threads:
         set_threads(threads)
-    cfg = load_config(config, kind, list(overrides))
+    try:
+        cfg = load_config(config, kind, list(overrides))
+    except OverrideError as exc:  # the command line's fault, not the file's
+        raise click.UsageError(str(exc)) from None
     if resume and resume_from:
         raise click.UsageError("give --resume or --resume-from, not both")
     resume_arg: bool | str = str(resume_from) if resume_from else bool(resume)

@@ -32,6 +32,7 @@ from ..numeric import is_integer, is_real
 
 __all__ = [
     "ConfigError",
+    "OverrideError",
     "NDACModelConfig",
     "AudioDataConfig",
     "NDACLossConfig",
@@ -54,6 +55,11 @@ __all__ = [
 
 class ConfigError(FlowdecError):
     """A config file that cannot be read or holds an invalid value; the message names the key."""
+
+
+class OverrideError(ConfigError):
+    """An override (``--set section.key=value``) that is malformed or sets an invalid value: the fault is in
+    the command line, not the file, so the CLI reports it as a usage error (exit 2)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -492,10 +498,10 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[tuple[st
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
         if not sep or len(parts) != 2 or not all(parts):
-            raise ConfigError(f"override '{item}': expected section.key=value")
+            raise OverrideError(f"--set '{item}': expected section.key=value")
         section = data.setdefault(parts[0], {})
         if not isinstance(section, dict):
-            raise ConfigError(f"override '{item}': '{parts[0]}' is not a section")
+            raise OverrideError(f"--set '{item}': '{parts[0]}' is not a section")
         section[parts[1]] = _parse_value(value.strip())
         done.add((parts[0], parts[1]))
     return done
@@ -619,7 +625,9 @@ def load_config(path: str | os.PathLike, kind: str, overrides: list[str] | None 
     try:
         return config_from_dict(kind, data, path.resolve().parent)
     except ConfigError as exc:
-        raise ConfigError(f"{'--set ' if _from_override(str(exc), overridden) else f'{path}: '}{exc}") from None
+        if _from_override(str(exc), overridden):
+            raise OverrideError(f"--set {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
