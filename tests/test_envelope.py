@@ -9,7 +9,8 @@ import pytest
 
 from flowdec_cli import envelope as env
 from flowdec_cli.container import FdcError, FdcHeader, decode_fdc, encode_fdc, encode_fdc_written, inspect_fdc
-from flowdec_cli.pipeline import Codec, CodecError, DiskArray
+from flowdec_cli.models import ModelError
+from flowdec_cli.pipeline import Codec, DiskArray
 
 from .conftest import tone
 
@@ -344,5 +345,5 @@ def test_a_model_at_another_rate_cannot_write_an_envelope(tmp_path):
     ndac = make_tiny_ndac()
     ndac.config.sample_rate = 24000
     folder = write_model_folder(tmp_path / "m24", "m24", ndac)
-    with pytest.raises(CodecError, match="defined at 48000 Hz only"):
+    with pytest.raises(ModelError, match="defined at 48000 Hz only"):
         Codec.load(folder, "cpu", envelope=True)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from flowdec_cli import envelope as env
 from flowdec_cli.cli import main
 from flowdec_cli.container import actual_bitrate, decode_fdc, encode_fdc
+from flowdec_cli.models import ModelError
 from flowdec_cli.pipeline import Codec, CodecError
 
 from .conftest import tone
@@ -141,14 +142,20 @@ def test_without_the_side_channel_the_codes_keep_their_own_rates(planned_dir):
                                                                     "from 1 to 10"),
     (plan()[:2] + [{"codebooks": True, "kbps": 2.0, "envelope": "bands15"}] + plan()[2:], "entry 3 must be"),
     (plan()[:3] + [{"codebooks": 2, "kbps": 2.7, "envelope": "bands30-21ms"}] + plan()[3:], "entry 4: kbps"),
-    ("bands15", "must be a list"),
     ([], "must be a list"),
 ])
 def test_a_broken_plan_is_named(tiny_codec_dir, tmp_path, bad, why):
     folder = folder_with_card(tiny_codec_dir, tmp_path, envelope="bands15", rate_plan=bad)
-    with pytest.raises(CodecError, match=f"model 'planned': its card's rate_plan.*{why}"):
+    with pytest.raises(ModelError, match=f"model 'planned': its card's rate_plan.*{why}"):
         Codec.load(folder, "cpu")
     assert Codec.load(folder, "cpu", envelope=False).bitrates()[-1] == (10, 7.5)  # no side channel, no plan
+
+
+def test_a_plan_that_is_no_list_breaks_the_card_itself(tiny_codec_dir, tmp_path):
+    folder = folder_with_card(tiny_codec_dir, tmp_path, envelope="bands15", rate_plan="bands15")
+    for envelope in (None, False):
+        with pytest.raises(ModelError, match=r"flowdec\.json: rate_plan 'bands15' is not a list of entries"):
+            Codec.load(folder, "cpu", envelope=envelope)
 
 
 def test_compress_says_what_the_rate_bought(planned_dir, tmp_path):

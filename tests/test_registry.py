@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 import zipfile
@@ -349,6 +350,29 @@ def test_a_codec_config_far_larger_than_its_weights_is_refused_before_building(t
         load_ndac(folder)
 
 
+@pytest.mark.parametrize("value,why", [(float("nan"), "holds NaN or infinite values"),
+                                       (float("inf"), "holds NaN or infinite values"),
+                                       (None, "is int64, not floating point")])
+def test_weights_that_are_not_finite_floats_are_refused_naming_the_tensor(tmp_path, tiny_codec_dir, value, why):
+    """A codec with one NaN weight decoded every file into full-scale noise at NFE 0 (and at NFE 6 failed
+    naming neither file nor cause); integer weights were cast to float without a word."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "forged"
+    shutil.copytree(tiny_codec_dir, folder)
+    weights = next(folder.rglob("model.safetensors"))
+    state = load_file(str(weights))
+    name = sorted(state)[0]
+    if value is None:
+        state[name] = state[name].round().long()
+    else:
+        state[name] = state[name].clone()
+        state[name].view(-1)[0] = value
+    save_file(state, str(weights))
+    with pytest.raises(ModelError, match=f"{re.escape(str(weights))}: weight {re.escape(name)} {why}"):
+        load_ndac(folder)
+
+
 def test_a_broken_folder_in_the_cache_never_hides_the_other_models(tmp_path, monkeypatch):
     """A hand-placed model whose card does not parse is listed as broken, naming its card; the rest stay."""
     from click.testing import CliRunner
@@ -546,6 +570,14 @@ def test_export_errors_name_the_users_files_not_our_staging_folder(tmp_path, mon
     (lambda src: (src / "flowdec.json").write_text("[]"), "flowdec.json: not a model card"),
     (lambda src: (src / "entropy.safetensors").write_bytes(b"\0" * 1000), "entropy.safetensors: unreadable"),
     (lambda src: (src / "ndac" / "config.json").write_text('{"x": 1}'), "ndac: config type is None"),
+    # values that crashed the export ("unexpected ValueError") or were published and failed on use
+    (lambda src: _edit_json(src / "flowdec.json", bitrates_kbps="abc"),
+     r"flowdec\.json: bitrates_kbps 'abc' is not a list of positive bitrates"),
+    (lambda src: _edit_json(src / "flowdec.json", trained_bitrates_kbps=["a"]), "trained_bitrates_kbps"),
+    (lambda src: _edit_json(src / "ndac" / "config.json", encoder_rates="abc"),
+     r"ndac/config\.json: encoder_rates must be a list of whole numbers"),
+    (lambda src: _edit_json(src / "flowdec.json", envelope="nosuch"), "envelope layout 'nosuch' is not known"),
+    (lambda src: _edit_json(src / "flowdec.json", rate_plan=[{"codebooks": 10**9}]), "its card's rate_plan"),
 ])
 def test_export_publishes_only_a_model_that_loads(tmp_path, damage, why):
     """A broken card was rewritten from defaults (losing the rate plan), broken tables or configs copied:
@@ -558,6 +590,70 @@ def test_export_publishes_only_a_model_that_loads(tmp_path, damage, why):
     with pytest.raises(ModelError, match=why):
         export_model(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _edit_json(path: Path, **values) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def test_export_never_creates_the_folders_above_its_destination(tmp_path):
+    from flowdec_cli.models.cards import export_model
+
+    with pytest.raises(ModelError, match=r"folder .*nosuch/sub does not exist; create it first"):
+        export_model("flowdec-small", tmp_path / "nosuch" / "sub" / "out")
+    assert not (tmp_path / "nosuch").exists()
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda m: _edit_json(m / "flowdec.json", default_nfe=10**12), "default_nfe"),
+    (lambda m: _edit_json(m / "flowdec.json", sample_rate="fast"), "sample_rate 'fast' is not a whole number"),
+    (lambda m: _edit_json(m / "flowdec.json", bitrates_kbps=[1e300]), "bitrates_kbps"),
+    (lambda m: (m / "flowdec.json").write_text("[1, 2]"), "not a model card"),
+    (lambda m: (m / "ndac" / "config.json").unlink(), r"ndac.*config\.json"),
+])
+def test_a_cached_model_that_fails_on_use_is_listed_as_broken_and_never_made_the_default(tmp_path, monkeypatch,
+                                                                                         damage, why):
+    """`models list` called such folders cached and fine (reading their cards leniently), and `models
+    default` saved them, after which every command without --model failed."""
+    monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
+    monkeypatch.delenv(catalogue.DEFAULT_MODEL_ENV, raising=False)
+    folder = tmp_path / "models" / "mine"
+    shutil.copytree(catalogue.embedded_folders()["flowdec-small"], folder)
+    damage(folder)
+    by = {m["name"]: m for m in catalogue.list_models()}
+    assert re.search(why, by["mine"]["problem"]), by["mine"]["problem"]
+    with pytest.raises(ModelError, match=why):
+        load_model(str(folder), "cpu", with_postfilter=False)  # the listing says what using it says
+    for ref in ("mine", str(folder)):
+        with pytest.raises(ModelError, match=why):
+            catalogue.set_default_model(ref)
+    assert not catalogue.settings_path().exists()
+
+
+def test_a_broken_settings_file_is_a_warning_in_the_listing_and_an_error_on_use(tmp_path, monkeypatch):
+    from flowdec_cli.cli import main
+
+    monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
+    monkeypatch.delenv(catalogue.DEFAULT_MODEL_ENV, raising=False)
+    settings = catalogue.settings_path()
+    for text, why in (("{broken", "unreadable settings"), ('{"default_model": ["a"]}', "default_model is a JSON list")):
+        settings.write_text(text)
+        for args in (["models", "list"], ["models", "list", "--json"]):  # the table and the JSON alike
+            r = CliRunner().invoke(main, args)
+            assert r.exit_code == 0 and "flowdec-small" in r.stdout, r.output
+            assert f"flowdec: warning: {settings}: {why}" in r.stderr, r.stderr
+        with pytest.raises(ModelError, match=why):
+            catalogue.default_model_name()
+    settings.unlink()
+    settings.mkdir()  # a folder where the settings file belongs: named as itself, not as our temporary file
+    with pytest.raises(IsADirectoryError, match=re.escape(str(settings))) as err:
+        catalogue.set_default_model("flowdec-small")
+    assert ".part" not in str(err.value)
+    home = tmp_path / "a.wav"
+    home.write_bytes(b"RIFF")
+    monkeypatch.setenv("FLOWDEC_HOME", str(home))  # a file where the settings' folder belongs
+    with pytest.raises(NotADirectoryError, match=f"is a file, not a folder: .{re.escape(str(home))}"):
+        catalogue.set_default_model("flowdec-small")
 
 
 def test_a_local_card_is_never_read_from_a_path_a_file_names(tmp_path):

@@ -38,6 +38,7 @@ __all__ = [
     "load_lightning_state_dict",
     "save_model_folder",
     "load_model_folder",
+    "require_finite",
     "require_weights_for",
     "weights_hash",
     "atomic_write_bytes",
@@ -178,7 +179,16 @@ def _tensor_dict(state: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise CheckpointError(f"{path}: '{what}' entry {k!r} is not a tensor")
         out[k] = v.detach()
+    require_finite(out, path)
     return out
+
+
+def require_finite(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """A weight that is NaN or infinite turns every output into NaN, which a decoder then writes as full-scale
+    noise or silence: refuse the file that holds one, naming the tensor, before anything is built on it."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{source}: weight {name} holds NaN or infinite values")
 
 
 _MAX_PICKLE_BYTES = 64 << 20  # a weights pickle names its tensors; their data lies beside it in the zip
@@ -303,6 +313,11 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[s
         state = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{w_path}: unreadable safetensors ({exc})") from None
+    for name, tensor in state.items():  # our folders hold float weights only; integers would be cast silently
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{w_path}: weight {name} is {str(tensor.dtype).removeprefix('torch.')}, "
+                                  "not floating point")
+    require_finite(state, w_path)
     return config, state
 
 

@@ -305,7 +305,11 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = T
                 mode = stat.S_IMODE(st.st_mode)
     os.chmod(tmp, mode)
     if overwrite:
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # named by the output, never by our temporary file
+            Path(tmp).unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
         return
     src, dst = os.fspath(tmp), os.fspath(path)
     try:
@@ -360,7 +364,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool 
     Write errors (a full disk) name ``path``."""
     path = Path(path)
     if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file where a folder must be: name that file
+            blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)
+            raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(blocker)) from None
     tmp = temporary_sibling(path)
     try:
         try:

@@ -53,7 +53,6 @@ from .container import (
 )
 from .container import check_header as check_fdc_header
 from .envelope import (
-    DEFAULT_LAYOUT,
     BandMeter,
     EnvelopeError,
     EnvelopeLayout,
@@ -292,8 +291,8 @@ class Codec:
             raise CodecError(f"model '{model.name}' was loaded without a postfilter, so it cannot decode at NFE "
                              f"{nfe}; load it with its postfilter, or decode at NFE 0")
         self.default_nfe = nfe
-        self._envelope = _envelope_layout_for(model, envelope)
-        self._plan = _rate_plan_for(model, self._envelope)
+        self._envelope = model.side_channel_layout(envelope)
+        self._plan = model.planned_rates(self._envelope)
         self._points = self._plan or [RatePoint(k, model.ndac.bitrate(k) / 1000, self._envelope)
                                       for k in range(1, model.ndac.n_codebooks + 1)]
         self.device = resolve_device(device)
@@ -1029,33 +1028,6 @@ def from_pretrained(ref: str | os.PathLike, device: str | torch.device = "auto",
     """:meth:`Codec.from_pretrained`: ``flowdec_cli.from_pretrained("flowdec-small")``; the codec is
     ``.ndac``, the postfilter ``.postfilter`` (None for a codec alone)."""
     return Codec.from_pretrained(ref, device, with_postfilter=with_postfilter, **kwargs)
-
-
-def _envelope_layout_for(model: Model, wanted: bool | None) -> EnvelopeLayout | None:
-    """The side-channel layout a codec writes: the model card's ``envelope`` (a layout name) unless
-    ``wanted`` says otherwise; None for none. A layout must be defined at the model's rate."""
-    card = model.info.get("envelope") or ""
-    name = "" if wanted is False else (card or (DEFAULT_LAYOUT if wanted else ""))
-    if not name:
-        return None
-    try:
-        return envelope_layout(str(name), model.ndac.sample_rate)
-    except EnvelopeError as exc:
-        raise CodecError(f"model '{model.name}': {exc}") from None
-
-
-def _rate_plan_for(model: Model, layout: EnvelopeLayout | None) -> list[RatePoint] | None:
-    """The card's ``rate_plan`` when the codec writes a side channel at all; None otherwise (without the
-    side channel the codes keep their own rates)."""
-    raw = model.info.get("rate_plan")
-    if layout is None or raw is None:
-        return None
-    ndac = model.ndac
-    codes_kbps = [ndac.bitrate(k) / 1000 for k in range(1, ndac.n_codebooks + 1)]
-    try:
-        return rate_plan(raw, codes_kbps, ndac.sample_rate)
-    except EnvelopeError as exc:
-        raise CodecError(f"model '{model.name}': its card's {exc}") from None
 
 
 def planned_kbps(header: FdcHeader, cache_dir: str | os.PathLike[str] | None = None) -> float | None:

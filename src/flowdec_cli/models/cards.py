@@ -11,6 +11,7 @@ from typing import Any
 from ..bitrate import bitrate_table
 from ..checkpoints import CheckpointError, load_model_folder, weights_hash
 from ..exceptions import FlowdecError
+from ..ndac import NDACConfig
 from .catalogue import CacheDir, parse_hub_ref
 from .folder import (
     ENTROPY_TABLES_NAME,
@@ -124,6 +125,8 @@ def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLi
     dest = Path(dest_dir).expanduser()
     if dest.exists() and not dest.is_dir():
         raise ModelError(f"{dest}: is a file; give a folder to export into")
+    if not dest.parent.is_dir():  # as for every output: a mistyped parent is not created
+        raise ModelError(f"{dest}: folder {dest.parent} does not exist; create it first")
     if dest.is_dir() and any(dest.iterdir()) and not force:
         raise ModelError(f"{dest}: is not empty; use -f/--force to overwrite the model files in it")
     if src.is_dir() and (dest.resolve() == src.resolve() or src.resolve() in dest.resolve().parents):
@@ -174,7 +177,8 @@ def _check_loads(staged: Path, src: Path) -> None:
     from ..entropy import EntropyError, tables_for_model_folder
 
     try:
-        load_model(staged, "cpu", with_postfilter=True)
+        model = load_model(staged, "cpu", with_postfilter=True)
+        model.planned_rates(model.side_channel_layout())  # the card's side channel and rate plan, as a Codec reads them
         tables_for_model_folder(staged)
     except (FlowdecError, EntropyError) as exc:
         raise ModelError(str(exc).replace(str(staged), str(src))) from None
@@ -183,15 +187,16 @@ def _check_loads(staged: Path, src: Path) -> None:
 def _complete_card(card: dict[str, Any], folder: Path) -> None:
     """Complete a card from the codec's own settings, and the weights hashes from the files."""
     cfg, state = load_model_folder(folder / "ndac")
-    hop = 1
-    for r in cfg.get("encoder_rates", [1]):
-        hop *= int(r)
-    sr = int(cfg.get("sample_rate", 48000))
+    try:  # the codec's own bounds, as loading it checks them, before any value is computed with
+        settings = NDACConfig.from_kwargs(cfg)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{folder / 'ndac' / 'config.json'}: {exc}") from None
+    sr, hop = settings.sample_rate, settings.hop_length
     card.setdefault("sample_rate", sr)
     card.setdefault("hop_length", hop)
     card.setdefault("frame_rate", sr / hop)
-    card.setdefault("n_codebooks", int(cfg.get("n_codebooks", 0)))
-    card.setdefault("codebook_size", int(cfg.get("codebook_size", 1024)))
+    card.setdefault("n_codebooks", settings.n_codebooks)
+    card.setdefault("codebook_size", settings.codebook_size)
     if not card.get("bitrates_kbps"):
         card["bitrates_kbps"] = bitrate_table(sr, hop, int(card["n_codebooks"]), int(card["codebook_size"]))
     weights = dict(card.get("weights") or {})

@@ -28,6 +28,7 @@ from .folder import (
     folder_type,
     is_model_folder,
     read_json,
+    read_model_card,
 )
 
 __all__ = [
@@ -89,7 +90,7 @@ class RegistryEntry:
     members: dict[str, str] = field(default_factory=dict)  # kind "official": component -> archive member
     path: Path | None = None  # kind "embedded": its folder
     default_nfe: int | None = None  # NFE when none is asked for; None: folder.default_nfe_for without a card
-    problem: str = ""  # a cached folder whose card does not parse: why (the folder cannot be used)
+    problem: str = ""  # a cached folder that cannot be used (its card or codec config is broken): why
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -187,9 +188,13 @@ def _folder_size(folder: Path) -> int:
 
 
 def _entry_from_folder(folder: Path, kind: str) -> RegistryEntry:
-    """A catalogue entry from a model folder's flowdec.json, completed from its ndac/config.json."""
-    card = read_json(folder / MODEL_CARD_NAME)
-    rates = card_rates(card, read_json(folder / "ndac" / "config.json"))
+    """A catalogue entry from a model folder's flowdec.json, completed from its ndac/config.json; both read
+    as strictly as loading the model reads them, so a listing never calls a model fine that fails on use."""
+    card = read_model_card(folder)
+    codec_config = folder / "ndac" / "config.json"
+    if folder_type(codec_config.parent) != "ndac":
+        raise ModelError(f"{codec_config}: missing, unreadable or not of type 'ndac'")
+    rates = card_rates(card, read_json(codec_config))
     trained = card.get("trained_bitrates_kbps")
     has_pf = (folder / "postfilter").is_dir()
     return RegistryEntry(
@@ -237,10 +242,12 @@ def _entry_or_broken(folder: Path) -> RegistryEntry:
     card and the cause, so that one bad folder never hides the other models."""
     try:
         return _entry_from_folder(folder, CACHED)
+    except ModelError as exc:  # names its file
+        problem = str(exc)
     except (TypeError, ValueError, OverflowError) as exc:
-        return RegistryEntry(name=folder.name, description="", frame_rate=0.0, hop_length=0, n_codebooks=0,
-                             bitrates_kbps=(), licence="unknown", kind=CACHED, source="",
-                             problem=f"{folder / MODEL_CARD_NAME}: {exc}")
+        problem = f"{folder / MODEL_CARD_NAME}: {exc}"
+    return RegistryEntry(name=folder.name, description="", frame_rate=0.0, hop_length=0, n_codebooks=0,
+                         bitrates_kbps=(), licence="unknown", kind=CACHED, source="", problem=problem)
 
 
 def entries(cache_dir: CacheDir = None) -> list[RegistryEntry]:
@@ -349,6 +356,9 @@ def _read_settings(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelError(f"{path}: unreadable settings (not a JSON object); fix it, or "
                          "`flowdec models default --reset`")
+    if not isinstance(data.get("default_model", ""), str):
+        raise ModelError(f"{path}: default_model is a JSON {type(data['default_model']).__name__}, not a model "
+                         "name or path; fix it, or `flowdec models default --reset`")
     return data
 
 
@@ -377,6 +387,8 @@ def set_default_model(ref: str | None, cache_dir: CacheDir = None) -> Path:
             if not (is_model_folder(local) or folder_type(local) == "ndac"
                     or (local.is_file() and local.suffix == ".pth")):
                 raise ModelError(f"{local}: not a model (a model folder has {MODEL_CARD_NAME} and ndac/)")
+            if is_model_folder(local):
+                _entry_from_folder(local, CACHED)  # a card the listing would call broken is refused here too
             ref = str(local.resolve())
         elif os.sep in ref:
             raise ModelError(f"model {local}: no such file or folder")
@@ -387,6 +399,8 @@ def set_default_model(ref: str | None, cache_dir: CacheDir = None) -> Path:
             if entry.kind != EMBEDDED and not is_model_folder(models_dir(cache_dir) / entry.name):
                 hint = "; `flowdec models fetch-official` installs it" if entry.kind == "official" else ""
                 raise ModelError(f"model '{entry.name}' is not installed here{hint}")
+            if entry.problem:
+                raise ModelError(f"model '{entry.name}' is broken: {entry.problem}")
             ref = entry.name
         settings["default_model"] = ref
     atomic_write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())

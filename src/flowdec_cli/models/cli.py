@@ -42,7 +42,7 @@ def _rate_range(rates: list[float]) -> str:
     return f"{min(rates):g}" if len(rates) == 1 else f"{min(rates):g}-{max(rates):g}"
 
 
-def _print_table(models: list[dict[str, Any]], cache_dir: Path | None) -> None:
+def _print_table(models: list[dict[str, Any]], chosen: tuple[str, str] | None) -> None:
     header = ("NAME", "RATE", "KBIT/S", "TRAINED AT", "NFE", "SIZE", "LICENCE", "LOCAL")
     rows = []
     for m in models:
@@ -61,12 +61,14 @@ def _print_table(models: list[dict[str, Any]], cache_dir: Path | None) -> None:
     widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
     for r in [header, *cells]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    from .catalogue import DEFAULT_MODEL_ENV, RELEASED_DEFAULT, chosen_default_model
+    from .catalogue import DEFAULT_MODEL_ENV, RELEASED_DEFAULT
 
     notes = []
-    chosen = chosen_default_model(cache_dir)
     default = next((m for m in models if m.get("default")), None)
-    if chosen is not None:
+    if chosen is not None and chosen[1] == f"${DEFAULT_MODEL_ENV}":
+        notes.append(f"default model: {chosen[0]} (from ${DEFAULT_MODEL_ENV}, which wins over "
+                     f"`flowdec models default`); unset {DEFAULT_MODEL_ENV} to return to that setting")
+    elif chosen is not None:
         notes.append(f"default model: {chosen[0]} (from {chosen[1]}); `flowdec models default --reset` "
                      "returns to the built-in one")
     elif default is not None:
@@ -109,14 +111,22 @@ def models_group(ctx: click.Context) -> None:
 def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
     """Known models: frame rate, bitrates, size, licence, and whether they are available locally."""
     from ..streams import require_stdout
-    from .catalogue import list_models
+    from .catalogue import chosen_default_model, list_models
+    from .folder import ModelError
 
     require_stdout()
     models = list_models(cache_dir)
+    try:
+        chosen = chosen_default_model(cache_dir)
+        unusable = None
+    except ModelError as exc:  # the list still helps; the commands that need a default will stop on it
+        chosen, unusable = None, str(exc)
     if as_json:
         click.echo(strict_json(models, indent=2))
     else:
-        _print_table(models, cache_dir)
+        _print_table(models, chosen)
+    if unusable is not None:
+        click.echo(f"flowdec: warning: {terminal_text(unusable)}", err=True)
 
 
 @models_group.command("default", short_help="Show or set the model used when no --model is given.")

@@ -30,7 +30,7 @@ from ..bitrate import bitrate_table
 from ..entropy import TABLES_FILE
 from ..exceptions import FlowdecError
 from ..fileio import atomic_write_bytes, publish_folder, temporary_folder
-from ..numeric import is_integer
+from ..numeric import is_integer, is_real
 
 if TYPE_CHECKING:
     from ..ndac import NDAC
@@ -100,7 +100,45 @@ def read_model_card(folder: Path) -> dict[str, Any]:
         # a forged card must not make every run take hours (or quietly run the codec alone)
         raise ModelError(f"{card}: default_nfe {nfe!r} is not an even number of passes from 0 to "
                          f"{MAX_DEFAULT_NFE}")
+    if (problem := _card_value_problem(data)) is not None:
+        raise ModelError(f"{card}: {problem}")
     return data
+
+
+_CARD_WHOLE_NUMBERS = ("sample_rate", "hop_length", "n_codebooks", "codebook_size")
+_CARD_RATE_LISTS = ("bitrates_kbps", "trained_bitrates_kbps")
+_CARD_TEXTS = ("name", "licence", "description", "envelope")
+_MAX_CARD_NUMBER = 1 << 31
+
+
+def _card_value_problem(data: dict[str, Any]) -> str | None:
+    """The first value of a card that listings, exports and loads would each trip over in their own way
+    (a string where a rate belongs, 1e308 kbit/s); None when every value they read has its type and range.
+    The rate plan's entries are checked where they are used, against the codec (``envelope.rate_plan``)."""
+    def shown(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    for key in _CARD_WHOLE_NUMBERS:
+        value = data.get(key)
+        if value is not None and not (is_integer(value) and 0 < value <= _MAX_CARD_NUMBER):
+            return f"{key} {shown(value)} is not a whole number from 1 to {_MAX_CARD_NUMBER}"
+    value = data.get("frame_rate")
+    if value is not None and not (is_real(value) and 0 < value <= _MAX_CARD_NUMBER):
+        return f"frame_rate {shown(value)} is not a positive number of frames per second"
+    for key in _CARD_RATE_LISTS:
+        value = data.get(key)
+        if value is not None and not (isinstance(value, list)
+                                      and all(is_real(r) and 0 < r <= _MAX_CARD_NUMBER for r in value)):
+            return f"{key} {shown(value)} is not a list of positive bitrates in kbit/s"
+    for key in _CARD_TEXTS:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{key} {shown(value)} is not text"
+    value = data.get("rate_plan")
+    if value is not None and not isinstance(value, list):
+        return f"rate_plan {shown(value)} is not a list of entries"
+    return None
 
 
 def is_model_folder(folder: Path) -> bool:

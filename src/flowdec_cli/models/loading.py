@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checkpoints import CheckpointError, load_dac_weights, load_model_folder, require_weights_for, weights_hash
+from ..envelope import DEFAULT_LAYOUT, EnvelopeError, EnvelopeLayout, RatePoint, envelope_layout, rate_plan
 from ..ndac import NDAC, NDACConfig
 from .catalogue import CacheDir
 from .folder import ModelError, default_nfe_for, folder_type, read_model_card, wants_postfilter
@@ -43,10 +44,34 @@ class Model:
 
     @property
     def default_nfe(self) -> int:
-        """Postfilter passes to use when the user names none: the model card's ``default_nfe`` (the
-        built-in small model's postfilter does not yet help it: 0), else 6 as in the paper; 0 without a
-        postfilter."""
+        """Postfilter passes to use when the user names none: the model card's ``default_nfe``, else 6 as
+        in the paper; 0 without a postfilter."""
         return default_nfe_for(self.info, self.has_postfilter)
+
+    def side_channel_layout(self, wanted: bool | None = None) -> EnvelopeLayout | None:
+        """The side-channel layout this model's files carry: the card's ``envelope`` (a layout name) unless
+        ``wanted`` says otherwise (True without one on the card: the default layout); None for none. A layout
+        must be defined at the codec's rate."""
+        card = self.info.get("envelope") or ""
+        name = "" if wanted is False else (card or (DEFAULT_LAYOUT if wanted else ""))
+        if not name:
+            return None
+        try:
+            return envelope_layout(str(name), self.ndac.sample_rate)
+        except EnvelopeError as exc:
+            raise ModelError(f"model '{self.name}': {exc}") from None
+
+    def planned_rates(self, layout: EnvelopeLayout | None) -> list[RatePoint] | None:
+        """The card's ``rate_plan`` when files carry a side channel (``layout``); None otherwise (without
+        the side channel the codes keep their own rates)."""
+        raw = self.info.get("rate_plan")
+        if layout is None or raw is None:
+            return None
+        codes_kbps = [self.ndac.bitrate(k) / 1000 for k in range(1, self.ndac.n_codebooks + 1)]
+        try:
+            return rate_plan(raw, codes_kbps, self.ndac.sample_rate)
+        except EnvelopeError as exc:
+            raise ModelError(f"model '{self.name}': its card's {exc}") from None
 
     def to(self, device: torch.device | str) -> Model:
         self.ndac.to(device)
