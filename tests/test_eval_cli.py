@@ -444,3 +444,20 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
     for bad in ("-1", "3"):  # midpoint takes an even number of passes
         res = run(eval_command, "--codec", "fake-model", ref, "--nfe", bad)
         assert res.exit_code == 2 and f"--nfe {bad}" in res.output
+
+
+def test_a_long_file_is_drawn_from_the_loudest_frame_of_each_group_in_bounded_memory():
+    """The whole float64 STFT of each panel was kept: 6 GB for 10 minutes, and an hour would not fit."""
+    from flowdec_cli.evaluation import plot
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(48000 * 3).astype(np.float32)
+    x[70_000:70_100] += 40.0  # a click: one loud frame must survive the grouping
+    whole = plot._power_spectrogram(x)  # 282 frames: all kept
+    assert whole.shape == (plot.N_FFT // 2 + 1, 282)
+    pooled = plot._power_spectrogram(x, max_columns=50)  # groups of 6 frames, the last one shorter
+    assert pooled.shape == (plot.N_FFT // 2 + 1, 47)
+    np.testing.assert_allclose(pooled, np.maximum.reduceat(whole, np.arange(0, 282, 6), axis=1), rtol=1e-6)
+    assert pooled.max() == pytest.approx(whole.max(), rel=1e-6)
+    centred = np.pad(x.astype(np.float64), plot.N_FFT // 2)[: plot.N_FFT] * np.hanning(plot.N_FFT + 1)[:-1]
+    np.testing.assert_allclose(whole[:, 0], np.abs(np.fft.rfft(centred)) ** 2, rtol=1e-6, atol=1e-9)

@@ -134,6 +134,12 @@ def _channel_mean(values: list[float]) -> float:
 _SI_SDR_EPS = 1e-12  # relative to the reference energy: caps SI-SDR at about +120 dB
 
 
+def _require_sound(ref: np.ndarray) -> None:
+    """A reference without a single non-zero sample defines no score: say so rather than give NaN unexplained."""
+    if not np.any(ref):
+        raise MetricError("the reference is silent")
+
+
 def _si_sdr_1d(r: np.ndarray, d: np.ndarray) -> float:
     r = r - r.mean()
     d = d - d.mean()
@@ -167,9 +173,11 @@ def si_sdr(ref: np.ndarray, deg: np.ndarray) -> float:
     sample) over whole periods, a delay of ``k`` samples gives ``20 log10 |cot(w k)|``; for
     broadband signals the value drops far below 0 dB.
 
-    A silent reference channel has no defined SI-SDR (NaN); the channel average skips it.
+    A silent reference channel has no defined SI-SDR (NaN); the channel average skips it, and a reference
+    silent in every channel is a :class:`MetricError`.
     """
     r, d = align(ref, deg)
+    _require_sound(r)
     return _channel_mean([_si_sdr_1d(r[:, c], d[:, c]) for c in range(r.shape[1])])
 
 
@@ -359,10 +367,12 @@ def log_spectral_distance(
     dominating: a band where both signals are more than ``floor_db`` below the reference's
     peak contributes 0, and one that is missing from the degraded signal contributes at most
     ``floor_db``. ``sr`` does not change the computation (kept for a uniform signature).
-    A silent reference channel scores NaN (no floor can be set) and is left out.
+    A silent reference channel scores NaN (no floor can be set) and is left out; a reference silent in
+    every channel is a :class:`MetricError`.
     """
     del sr
     r, d = align(ref, deg)
+    _require_sound(r)
     values = []
     for c in range(r.shape[1]):
         pr = _stft_mag(r[:, c], LSD_N_FFT, LSD_HOP) ** 2
@@ -410,6 +420,8 @@ def visqol(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     r, d = resample(r, sr, 48000), resample(d, sr, 48000)
     out = []
     for c in range(r.shape[1]):
+        if not np.any(r[:, c]):  # it scores any signal against silence as a perfect copy (4.73)
+            raise MetricError("the reference is silent")
         if not np.any(d[:, c]):  # the package scales by a zero level: NaN and a RuntimeWarning
             raise MetricError("the degraded signal is silent")
         try:

@@ -6,7 +6,9 @@ Hann window and a hop of 512, and shown as power in dB relative to the loudest b
 half the sample rate (the axis of each panel follows that file's own sample rate). All
 panels share one colour scale, so levels can be compared across panels. A silent reference
 has no peak to be relative to: the panels are then scaled to the loudest one's peak, and the
-colour bar and a notice say so.
+colour bar and a notice say so. A panel has at most 4,096 time columns: a longer file (over 44 s at
+48 kHz) is shown by the loudest value of each group of consecutive frames, so transients stay visible and
+memory stays that of the audio.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ PLOT_EXTRA_HINT = "pip install flowdec-cli[plot]"
 N_FFT = 2048
 HOP = 512
 DYNAMIC_RANGE_DB = 100.0
+MAX_COLUMNS = 4096  # time columns of a panel; a 2,048-point hop-512 STFT has that many in 44 s at 48 kHz
+_BLOCK_FRAMES = 4096  # frames transformed at a time
 TITLE_CHARS = 44  # about what a 4-inch panel holds at 10 pt before titles run into each other
 
 
@@ -41,15 +45,26 @@ class PlotUnavailable(FlowdecError, RuntimeError):
         )
 
 
-def _power_spectrogram(x: np.ndarray) -> np.ndarray:
-    """Power STFT ``[bins, frames]`` of a mono float signal (centred frames, zero padding)."""
+def _power_spectrogram(x: np.ndarray, max_columns: int = MAX_COLUMNS) -> np.ndarray:
+    """Power STFT ``[bins, columns]`` of a mono float signal (centred frames, zero padding). A file of more
+    than ``max_columns`` frames is shown by the loudest value of each group of consecutive frames (a panel
+    is a few hundred pixels wide; the whole STFT of an hour took tens of GB), computed a block at a time so
+    memory stays that of the audio and the image."""
     pad = N_FFT // 2
-    xp = np.pad(np.asarray(x, dtype=np.float64), (pad, pad))
+    xp = np.pad(np.asarray(x, dtype=np.float32), (pad, pad))
     if len(xp) < N_FFT:
         xp = np.pad(xp, (0, N_FFT - len(xp)))
     frames = np.lib.stride_tricks.sliding_window_view(xp, N_FFT)[::HOP]
+    group = -(-len(frames) // max_columns)
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)
-    return (np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2).T
+    out = np.empty((N_FFT // 2 + 1, -(-len(frames) // group)))
+    step = group * max(1, _BLOCK_FRAMES // group)  # whole groups per block
+    for start in range(0, len(frames), step):
+        block = frames[start:start + step].astype(np.float64) * window
+        power = np.abs(np.fft.rfft(block, axis=-1)) ** 2
+        edges = np.arange(0, len(power), group)
+        out[:, start // group:start // group + len(edges)] = np.maximum.reduceat(power, edges, axis=0).T
+    return out
 
 
 def _fit_title(title: str, limit: int = TITLE_CHARS) -> str:
