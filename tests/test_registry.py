@@ -690,3 +690,11 @@ def test_the_default_model_setting_is_a_model_and_a_broken_one_is_named(tmp_path
         catalogue.default_model_name()  # not silently the built-in model instead of the user's choice
     catalogue.set_default_model(None)  # --reset repairs it
     assert catalogue.default_model_name() == catalogue.builtin_model_name()
+
+
+def test_models_default_and_fetch_official_refuse_what_is_no_value_as_usage_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWDEC_HOME", str(tmp_path))
+    r = CliRunner().invoke(models_group, ["default", "nosuch"])
+    assert r.exit_code == 2 and "unknown model 'nosuch'" in r.output, r.output  # as --model nosuch is
+    r = CliRunner().invoke(models_group, ["fetch-official", "--from", ""])
+    assert r.exit_code == 2 and "--from: an empty path or URL" in r.output and "fetching" not in r.output

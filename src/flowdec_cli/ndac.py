@@ -463,14 +463,17 @@ class NDAC(nn.Module):
         shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
         if missing or unexpected or shapes:
+            def listed(keys: list[str]) -> str:  # one line however many keys a foreign file brings
+                return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
             parts = []
             if missing:
-                parts.append(f"missing keys: {', '.join(missing)}")
+                parts.append(f"missing keys: {listed(missing)}")
             if unexpected:
-                parts.append(f"unexpected keys: {', '.join(unexpected)}")
+                parts.append(f"unexpected keys: {listed(unexpected)}")
             if shapes:
-                parts.append(f"shape mismatches: {'; '.join(shapes)}")
-            raise InvalidValue(f"{source} does not match NDAC({self.config.to_dict()}): " + " | ".join(parts))
+                parts.append(f"shape mismatches: {listed(shapes)}")
+            raise InvalidValue(f"{source}: weights do not fit the codec its config describes: " + " | ".join(parts))
         self.load_state_dict(state, strict=True)
 
     # -- the official operations ---------------------------------------------------------------

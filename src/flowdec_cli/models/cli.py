@@ -136,9 +136,11 @@ def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
 def default_command(name: str | None, reset: bool, cache_dir: Path | None) -> None:
     """Show the default model, or make NAME_OR_PATH (a model name, a folder or hf://OWNER/REPO) the default.
 
-    The setting lives in $FLOWDEC_HOME/settings.json; the environment variable FLOWDEC_MODEL overrides it.
+    The setting lives in settings.json in the model cache (--cache-dir, else $FLOWDEC_HOME, else
+    ~/.cache/flowdec); the environment variable FLOWDEC_MODEL overrides it.
     """
     from .catalogue import DEFAULT_MODEL_ENV, builtin_model_name, chosen_default_model, set_default_model
+    from .folder import UnknownModelError
 
     if name is not None and reset:
         raise click.UsageError("give either NAME_OR_PATH or --reset, not both")
@@ -151,7 +153,10 @@ def default_command(name: str | None, reset: bool, cache_dir: Path | None) -> No
             click.echo(chosen[0])
             click.echo(f"flowdec: from {chosen[1]}", err=True)
         return
-    path = set_default_model(None if reset else name, cache_dir)
+    try:
+        path = set_default_model(None if reset else name, cache_dir)
+    except UnknownModelError as exc:  # a name no model has: a usage error, as for --model
+        raise click.UsageError(str(exc)) from None
     chosen = chosen_default_model(cache_dir)
     now = chosen[0] if chosen else builtin_model_name()
     click.echo(f"flowdec: default model is now {now} (saved in {path})", err=True)
@@ -180,6 +185,8 @@ def fetch_official_command(source: str | None, no_size_check: bool, no_hash_chec
     from .catalogue import OFFICIAL_MODELS, OFFICIAL_ZIP_SHA256, OFFICIAL_ZIP_SIZE, OFFICIAL_ZIP_URL, models_dir
     from .release import fetch_official
 
+    if source is not None and not source.strip():
+        raise click.UsageError("--from: an empty path or URL; leave --from out to download the release")
     if not quiet:
         click.echo(f"flowdec: fetching the released models from {source or OFFICIAL_ZIP_URL} into "
                    f"{models_dir(cache_dir)}", err=True)

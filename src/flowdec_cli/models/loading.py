@@ -85,9 +85,12 @@ def _build_ndac(config: dict[str, Any], state: dict[str, torch.Tensor], source: 
         settings = NDACConfig.from_kwargs(config)
         require_weights_for(settings.parameter_count(), state, str(source))
         model = NDAC(settings)
-        model.load_official_state_dict(state, source=str(source))
     except (ValueError, TypeError) as exc:
         raise ModelError(f"{source}: {exc}") from None
+    try:
+        model.load_official_state_dict(state, source=str(source))
+    except ValueError as exc:  # its message names the source already
+        raise ModelError(str(exc)) from None
     return model
 
 
