@@ -123,7 +123,9 @@ def test_output_appearing_during_the_run_is_kept(tmp_path, tiny_codec_dir, monke
 
     monkeypatch.setattr(Codec, "code_file", code_then_race)
     r = run("compress", wav, tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q")
-    assert r.exit_code == 1 and "a.fdc: appeared while this run was writing it" in one_line(r)
+    line = one_line(r)
+    assert r.exit_code == 1 and "a.fdc: appeared while this run was writing it" in line
+    assert line.endswith("(-f/--force replaces it)") and "overwrite=True" not in line  # the CLI's terms
     assert (tmp_path / "a.fdc").read_bytes() == b"theirs"
     (tmp_path / "a.fdc").unlink()
     (tmp_path / "o.wav").unlink()
@@ -275,7 +277,7 @@ def test_folder_mode_counts_a_file_made_meanwhile_as_skipped(tmp_path, tiny_code
     assert (tmp_path / "out" / "a.fdc").read_bytes() == b"theirs"
     (tmp_path / "out" / "a.fdc").unlink()
     r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir)  # made before the library's own check
-    assert r.exit_code == 1 and "a.fdc: exists; not replaced (overwrite=True, or -f/--force" in r.output
+    assert r.exit_code == 1 and "a.fdc: exists; not replaced (-f/--force replaces it)" in r.output
 
 
 # -- 2. header lies -------------------------------------------------------------------------------
@@ -509,10 +511,10 @@ def test_disk_full_while_writing_audio_says_so(tmp_path, tiny_codec_dir, monkeyp
         raise sf.LibsndfileError(0, "System error.")  # what libsndfile reports for ENOSPC
 
     monkeypatch.setattr(sf.SoundFile, "write", full)
-    monkeypatch.setattr(fileio, "no_space_left", lambda folder, wanted=0: True)
+    monkeypatch.setattr(fileio, "no_space_left", lambda folder, wanted=0, margin=0: True)
     from flowdec_cli import audio
 
-    monkeypatch.setattr(audio, "no_space_left", lambda folder, wanted=0: True)
+    monkeypatch.setattr(audio, "no_space_left", lambda folder, wanted=0, margin=0: True)
     r = run("roundtrip", wav48, tmp_path / name, "-m", tiny_codec_dir, "--nfe", "0", "-q")
     line = one_line(r)
     assert r.exit_code == 1 and f"{name}: cannot write (no space left on device" in line, line
@@ -671,3 +673,46 @@ def test_a_folder_that_refuses_the_temporary_names_the_output(tmp_path, monkeypa
     with pytest.raises(OSError) as info:
         atomic_write_bytes(tmp_path / "x.toml", b"data")
     assert info.value.filename == str(tmp_path / "x.toml") and info.value.errno == errno.EROFS
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_skipped(tmp_path, tiny_codec_dir, monkeypatch):
+    """`chmod 000 in/sub`: the run said '5 converted, 1 failed of 6 files' and never named sub/ or its files
+    (the search passes over folders it cannot read). Simulated: tests may run as root, who reads anything."""
+    import os
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    sf.write(src / "a.wav", tone(0.2, 48000), 48000)
+    sf.write(src / "sub" / "z.wav", tone(0.2, 48000), 48000)
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(src / "sub"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1, r.output
+    assert f"{src / 'sub'}: cannot list this folder (Permission denied); its files were not coded" in r.output
+    assert (tmp_path / "out" / "a.fdc").is_file()
+
+
+def test_a_ctrl_c_while_the_command_is_imported_is_one_line_and_exit_130(monkeypatch, capsys):
+    """A Ctrl-C in the first few tenths of a second printed a 20-35 line traceback of the import."""
+    import importlib.abc
+    import sys
+
+    from flowdec_cli.__main__ import run
+
+    class Interrupted(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "flowdec_cli.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "flowdec_cli.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exit_:
+        run()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "flowdec: interrupted\n"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from flowdec_cli import audio
 from flowdec_cli.container import max_file_size, read_fdc
 from flowdec_cli.pipeline import Codec, CodecError
 
@@ -499,8 +501,6 @@ def test_no_device_means_the_automatic_choice(tiny_codec_dir, monkeypatch):
 def test_a_wav_past_4_gib_is_written_as_rf64(tmp_path, monkeypatch):
     """A RIFF size field is 32 bits: a longer .wav is written as RF64, which readers take whole (a plain WAV
     past 4 GiB carries a size they read as truncated). The limit is lowered here to test without 4 GiB."""
-    from flowdec_cli import audio
-
     assert audio.wav_container_for(None, 2, "PCM_16") == "WAV"
     assert audio.wav_container_for(3 * 3600 * 44100, 2, "PCM_16") == "WAV"  # 3 h of CD audio: 1.9 GB
     assert audio.wav_container_for(7 * 3600 * 44100, 2, "PCM_16") == "RF64"  # 7 h: 4.4 GB
@@ -520,9 +520,7 @@ def test_a_wav_past_4_gib_is_written_as_rf64(tmp_path, monkeypatch):
 def test_an_uncompressed_output_larger_than_the_free_space_is_refused_before_any_work(tmp_path, monkeypatch):
     """A .fdc of a few kB may rightly describe hours at a high rate; a .wav that cannot fit is refused up
     front, naming its size, instead of after the decode has filled the disk."""
-    from flowdec_cli import audio
-
-    monkeypatch.setattr(audio, "no_space_left", lambda folder, wanted=0: wanted > 10_000)
+    monkeypatch.setattr(audio, "no_space_left", lambda folder, wanted=0, margin=0: wanted > 10_000)
     why = r"big\.wav: cannot write \(no space left on device for its 0\.02 MB of audio\)"
     with pytest.raises(audio.AudioError, match=why):
         audio.AtomicAudioWriter(tmp_path / "big.wav", 48000, 2, "PCM_16", frames=5_000)
@@ -531,6 +529,74 @@ def test_an_uncompressed_output_larger_than_the_free_space_is_refused_before_any
         w.write(np.zeros((2_000, 2), np.float32))
     with audio.AtomicAudioWriter(tmp_path / "c.flac", 48000, 2, frames=5_000) as w:  # compressed: unknown
         w.write(np.zeros((5_000, 2), np.float32))
+
+
+def test_a_wav_that_fits_is_not_refused_for_want_of_a_spare_mebibyte(tmp_path, monkeypatch):
+    """The size check asked for the file plus 1 MiB: a 0.05 MB .wav was refused on a disk with 200 kB free."""
+    import os as real_os
+
+    from flowdec_cli import fileio
+
+    class Free:  # what statvfs says of a disk with 200 kB free
+        f_bavail, f_frsize = 50, 4096
+
+    monkeypatch.setattr(fileio.os, "statvfs", lambda folder: Free())
+    with audio.AtomicAudioWriter(tmp_path / "fits.wav", 48000, 1, "PCM_16", frames=24_000) as w:  # 48 kB
+        w.write(np.zeros((24_000, 1), np.float32))
+    with pytest.raises(audio.AudioError, match=r"no space left on device for its 0\.19 MB"):
+        audio.AtomicAudioWriter(tmp_path / "big.wav", 48000, 2, "PCM_16", frames=48_000)
+    assert real_os.path.getsize(tmp_path / "fits.wav") == 48_044
+
+
+@pytest.mark.parametrize("ext", ["opus", "ogg"])
+def test_an_ogg_file_the_encoder_cut_short_is_refused_and_the_old_one_kept(tmp_path, ext):
+    """libsndfile's Ogg writer drops a full disk's write errors: a 5 s .opus came out 3.97 s long, reported
+    as a success, and with -f it replaced a good file. The length read back must be what was written."""
+    out = tmp_path / f"x.{ext}"
+    out.write_bytes(b"the good old file")
+    w = audio.AtomicAudioWriter(out, 48000, 1)
+    w.write(np.zeros((48_000, 1), np.float32))
+    w._frames += 960  # as if the last 20 ms had been written and silently dropped
+    with pytest.raises(audio.AudioError, match=rf"x\.{ext}: cannot write \(.*48000 of 48960 samples"):
+        w.commit()
+    assert out.read_bytes() == b"the good old file" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_a_publish_that_fails_leaves_no_temporary_file_and_names_the_output(tmp_path, monkeypatch):
+    """A failed rename (the folder removed, made read-only, the name taken by a folder) left a finished .part
+    beside the output, named in the error instead of the output."""
+    def gone(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / ".x.wav.part"))
+
+    monkeypatch.setattr(audio, "publish", gone)
+    with pytest.raises(audio.AudioError, match=r"x\.wav: cannot write \(No such file or directory\)") as err:
+        audio.write_audio(tmp_path / "x.wav", np.zeros(100, np.float32), 48000)
+    assert ".part" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(codec, tmp_path):
+    (tmp_path / "out.wav").mkdir()
+    header, codes = codec.compress_array(tone(0.2, 48000), 48000, n_codebooks=2)
+    with pytest.raises(CodecError, match=r"out\.wav: is a folder; a file cannot replace it"):
+        codec.decompress_codes_to_file(header, codes, tmp_path / "out.wav", nfe=0, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+
+
+def test_an_output_folder_without_write_permission_is_refused_before_any_work(codec, tmp_path, monkeypatch):
+    """`compress` into a read-only folder coded the whole input (6 s for a minute, each file of a batch)
+    before the write failed. Simulated: tests may run as root, whom permissions do not stop."""
+    import os
+
+    from flowdec_cli import pipeline
+
+    real_access = os.access
+    monkeypatch.setattr(pipeline.os, "access", lambda p, mode: False if Path(p) == tmp_path / "ro" else
+                        real_access(p, mode))
+    (tmp_path / "ro").mkdir()
+    sf.write(tmp_path / "in.wav", tone(0.2, 48000), 48000)
+    monkeypatch.setattr(pipeline.Codec, "compress_array", lambda *a, **k: pytest.fail("coded before the check"))
+    with pytest.raises(CodecError, match=r"x\.fdc: cannot write \(no permission to create files in .*ro\)"):
+        codec.compress_file(tmp_path / "in.wav", tmp_path / "ro" / "x.fdc")
 
 
 def test_overwrite_false_refuses_an_existing_output_before_any_work(codec, tmp_path, monkeypatch):

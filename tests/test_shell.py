@@ -286,7 +286,7 @@ def test_default_model_setting_and_environment(wav, tmp_path, tiny_codec_dir, mo
     assert invoke("compress", wav, tmp_path / "a.fdc", "-q").exit_code == 0
     assert read_fdc(tmp_path / "a.fdc")[0].model_name == "tiny-75"
     r = invoke("models", "default", "no-such-model")
-    assert r.exit_code == 1 and "unknown model" in r.stderr
+    assert r.exit_code == 2 and "unknown model" in r.stderr  # a usage error, as --model no-such-model is
     r = invoke("models", "default", "flowdec-75m")
     assert r.exit_code == 1 and "fetch-official" in r.stderr
     monkeypatch.setenv("FLOWDEC_MODEL", "flowdec-small")

@@ -1,6 +1,20 @@
-"""``python -m flowdec_cli`` runs the ``flowdec`` command."""
+"""``python -m flowdec_cli`` and the ``flowdec`` console script run the ``flowdec`` command."""
 
-from .cli import main
+from __future__ import annotations
+
+import sys
+
+
+def run() -> None:
+    """The command, with a Ctrl-C that lands while it is still being imported (its first few tenths of a
+    second) ending it as one that lands later does: one line and exit 130, not a traceback of the import."""
+    try:
+        from .cli import main
+    except KeyboardInterrupt:
+        sys.stderr.write("flowdec: interrupted\n")
+        raise SystemExit(130) from None
+    main(prog_name="flowdec")
+
 
 if __name__ == "__main__":
-    main(prog_name="flowdec")
+    run()

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from .exceptions import FlowdecError
-from .fileio import no_space_left, publish, temporary_sibling
+from .fileio import OutputExistsError, no_space_left, publish, temporary_sibling
 
 __all__ = [
     "AudioError",
@@ -390,6 +390,9 @@ def wav_container_for(frames: int | None, channels: int, subtype: str) -> str:
     return "RF64"
 
 
+#: Room beyond an uncompressed file's samples: its header (under 200 bytes) and the file system's last block
+_HEADER_AND_BLOCK_BYTES = 64 << 10
+
 #: Formats (or subtypes) of which libsndfile writes no readable file without samples (0 bytes, a bad header)
 _NO_EMPTY_FILE = ("FLAC", "MP3", "OPUS")
 
@@ -420,10 +423,11 @@ class AtomicAudioWriter:
             raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         if frames is not None and fmt in ("WAV", "RF64", "AIFF") and sub in _SAMPLE_BYTES:
             wanted = _pcm_bytes(frames, channels, sub)  # uncompressed: known before any work
-            if no_space_left(self.path.parent, wanted):
+            if no_space_left(self.path.parent, wanted, margin=_HEADER_AND_BLOCK_BYTES):
                 size = f"{wanted / 1e9:.1f} GB" if wanted >= 1e8 else f"{wanted / 1e6:.2f} MB"
                 raise AudioError(f"{self.path}: cannot write (no space left on device for its {size} of "
                                  "audio)")
+        self._frames = 0
         try:
             self.tmp = temporary_sibling(self.path)
         except OSError as exc:
@@ -456,13 +460,40 @@ class AtomicAudioWriter:
             self._file.write(block)
         except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
             raise self._failed(exc, np.asarray(block).nbytes) from None
+        self._frames += len(block)
 
     def commit(self) -> None:
+        """Close, check and publish; on any failure (a signal too) the temporary file goes, the output stays
+        as it was, and the error names the output."""
         try:
-            self._file.close()
+            try:
+                self._file.close()
+            except (RuntimeError, OSError) as exc:
+                raise self._failed(exc) from None
+            self._require_all_frames()
+            try:
+                publish(self.tmp, self.path, self.overwrite)
+            except OutputExistsError:
+                raise
+            except OSError as exc:
+                raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def _require_all_frames(self) -> None:
+        """libsndfile's Ogg writer (Vorbis, Opus) drops the write errors of a full disk: the file closes
+        without complaint, holding only what fitted. Its length is read back (from the last page: cheap)."""
+        if self._file.format != "OGG":
+            return
+        try:
+            held = sf.info(_native(self.tmp)).frames
         except (RuntimeError, OSError) as exc:
             raise self._failed(exc) from None
-        publish(self.tmp, self.path, self.overwrite)
+        if held != self._frames:
+            reason = ("no space left on device" if no_space_left(self.tmp.parent)
+                      else f"the encoder saved {held} of {self._frames} samples")
+            raise AudioError(f"{self.path}: cannot write ({reason})")
 
     def abort(self) -> None:
         try:

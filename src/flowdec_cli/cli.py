@@ -312,7 +312,25 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     jobs, refused = _collisions([job for job in found if job.src.exists()])
     dangling = [(job, f"{job.src}: a link to nothing ({os.readlink(job.src)})") for job in found
                 if not job.src.exists()]
-    return _Plan(jobs, folder=True, refused=dangling + refused)
+    return _Plan(jobs, folder=True, refused=dangling + refused + _unreadable_folders(src, dst))
+
+
+def _unreadable_folders(src: Path, dst: Path) -> list[tuple[_Job, str]]:
+    """Folders below ``src`` that cannot be listed (the search passes over them in silence), each reported
+    as a failure of the run: their files would otherwise be missing from it without a word."""
+    from .audio import hidden_below
+
+    problems: list[OSError] = []
+    for _ in os.walk(src, onerror=problems.append):
+        pass
+    out = []
+    for exc in problems:
+        folder = Path(exc.filename)
+        rel = folder.relative_to(src) if folder.is_relative_to(src) else folder
+        if not hidden_below(rel):
+            out.append((_Job(folder, dst / rel), f"{folder}: cannot list this folder ({exc.strerror or exc}); "
+                                                   "its files were not coded"))
+    return out
 
 
 @contextlib.contextmanager
@@ -411,7 +429,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
                 skipped += 1
                 continue
-            fail(job, str(exc))
+            fail(job, exc.describe("-f/--force replaces it"))
         except Exception as exc:
             fail(job, one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}")
     if not quiet or failed:

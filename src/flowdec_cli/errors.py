@@ -82,7 +82,10 @@ def one_line_message(exc: BaseException) -> str | None:
     """The one line that reports ``exc``: the package's own errors (:class:`FlowdecError`) and OS errors
     (disk full, permissions) by their message; None for anything unexpected (a bug: the caller says so)."""
     from .exceptions import FlowdecError
+    from .fileio import OutputExistsError
 
+    if isinstance(exc, OutputExistsError):  # in the command line's terms, not the library's
+        return exc.describe("-f/--force replaces it")
     if isinstance(exc, FlowdecError):
         return _last_line(str(exc))
     if isinstance(exc, click.ClickException):

@@ -51,10 +51,14 @@ class OutputExistsError(FlowdecError, FileExistsError):
         self.before = before
 
     def __str__(self) -> str:
+        return self.describe("overwrite=True replaces it")
+
+    def describe(self, how_to_replace: str) -> str:
+        """The message, with the way to replace the file in the caller's terms (an argument, a flag)."""
         if self.before:
-            return f"{self.path}: exists; not replaced (overwrite=True, or -f/--force, replaces it)"
-        return (f"{self.path}: appeared while this run was writing it; left as it is, our result discarded "
-                "(overwrite=True, or -f/--force, replaces it)")
+            return f"{self.path}: exists; not replaced ({how_to_replace})"
+        return f"{self.path}: appeared while this run was writing it; left as it is, our result discarded " \
+               f"({how_to_replace})"
 
 
 def same_file(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
@@ -303,14 +307,14 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = T
             st = os.stat(path)
             if stat.S_ISREG(st.st_mode):
                 mode = stat.S_IMODE(st.st_mode)
-    os.chmod(tmp, mode)
-    if overwrite:
-        try:
+    try:
+        os.chmod(tmp, mode)
+        if overwrite:
             os.replace(tmp, path)
-        except OSError as exc:  # named by the output, never by our temporary file
-            Path(tmp).unlink(missing_ok=True)
-            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
-        return
+            return
+    except OSError as exc:  # named by the output, never by our temporary file (its folder may have gone)
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
     src, dst = os.fspath(tmp), os.fspath(path)
     try:
         if not _renameat2_noreplace(src, dst):
@@ -347,13 +351,15 @@ def publish_folder(build: str | os.PathLike, final: str | os.PathLike, overwrite
         raise
 
 
-def no_space_left(folder: str | os.PathLike, wanted: int = 0) -> bool:
-    """Does ``folder``'s file system have (about) no room left for ``wanted`` more bytes?"""
+def no_space_left(folder: str | os.PathLike, wanted: int = 0, margin: int = 1 << 20) -> bool:
+    """Does ``folder``'s file system have (about) no room left for ``wanted`` more bytes? ``margin``: the room
+    also asked for (a MiB, when telling why a write failed; a file's header and last block, when its size
+    is known before it is written)."""
     try:
         st = os.statvfs(folder)
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < max(wanted, 0) + (1 << 20)
+    return st.f_bavail * st.f_frsize < max(wanted, 0) + margin
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool = True,

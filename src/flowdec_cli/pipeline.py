@@ -66,7 +66,7 @@ from .envelope import (
     rate_plan,
 )
 from .exceptions import FlowdecError
-from .fileio import OutputExistsError, same_file, would_replace
+from .fileio import OutputExistsError, output_is_sink, same_file, would_replace
 from .models.loading import Model, load_model
 from .models.resolve import resolve_named_by_data
 from .numeric import is_integer, is_real
@@ -997,6 +997,11 @@ def _check_output(dst: Path, overwrite: bool, src: Path | None = None) -> None:
     FIFO is written into, never replaced."""
     if src is not None and same_file(src, dst):
         raise CodecError(f"{dst}: output is the input file; choose another output path")
+    if dst.is_dir():  # a rename cannot replace a folder, even with overwrite: found now, not after the work
+        raise CodecError(f"{dst}: is a folder; a file cannot replace it")
+    folder = dst.parent if str(dst.parent) else Path(".")
+    if not output_is_sink(dst) and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise CodecError(f"{dst}: cannot write (no permission to create files in {folder})")
     if not overwrite and would_replace(dst):
         raise OutputExistsError(dst, before=True)
 
