@@ -125,7 +125,7 @@ def test_output_appearing_during_the_run_is_kept(tmp_path, tiny_codec_dir, monke
     r = run("compress", wav, tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q")
     line = one_line(r)
     assert r.exit_code == 1 and "a.fdc: appeared while this run was writing it" in line
-    assert line.endswith("(-f/--force replaces it)") and "overwrite=True" not in line  # the CLI's terms
+    assert line.endswith("(use -f/--force to overwrite)") and "overwrite=True" not in line  # the CLI's terms
     assert (tmp_path / "a.fdc").read_bytes() == b"theirs"
     (tmp_path / "a.fdc").unlink()
     (tmp_path / "o.wav").unlink()
@@ -277,7 +277,7 @@ def test_folder_mode_counts_a_file_made_meanwhile_as_skipped(tmp_path, tiny_code
     assert (tmp_path / "out" / "a.fdc").read_bytes() == b"theirs"
     (tmp_path / "out" / "a.fdc").unlink()
     r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir)  # made before the library's own check
-    assert r.exit_code == 1 and "a.fdc: exists; not replaced (-f/--force replaces it)" in r.output
+    assert r.exit_code == 1 and "a.fdc: exists; use -f/--force to overwrite" in r.output
 
 
 # -- 2. header lies -------------------------------------------------------------------------------

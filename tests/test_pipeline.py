@@ -620,7 +620,7 @@ def test_overwrite_false_refuses_an_existing_output_before_any_work(codec, tmp_p
              lambda: codec.compress_file(wav, out.with_suffix(".fdc"), overwrite=False)]
     out.with_suffix(".fdc").write_bytes(b"mine")
     for call in calls:
-        with pytest.raises(OutputExistsError, match=r"exists; not replaced \(overwrite=True"):
+        with pytest.raises(OutputExistsError, match=r"exists; use overwrite=True to overwrite"):
             call()
     assert out.read_bytes() == out.with_suffix(".fdc").read_bytes() == b"mine"
 

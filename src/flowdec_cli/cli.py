@@ -429,7 +429,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
                 skipped += 1
                 continue
-            fail(job, exc.describe("-f/--force replaces it"))
+            fail(job, exc.describe("-f/--force"))
         except Exception as exc:
             fail(job, one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}")
     if not quiet or failed:

@@ -85,7 +85,7 @@ def one_line_message(exc: BaseException) -> str | None:
     from .fileio import OutputExistsError
 
     if isinstance(exc, OutputExistsError):  # in the command line's terms, not the library's
-        return exc.describe("-f/--force replaces it")
+        return exc.describe("-f/--force")
     if isinstance(exc, FlowdecError):
         return _last_line(str(exc))
     if isinstance(exc, click.ClickException):

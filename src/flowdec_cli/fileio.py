@@ -51,14 +51,14 @@ class OutputExistsError(FlowdecError, FileExistsError):
         self.before = before
 
     def __str__(self) -> str:
-        return self.describe("overwrite=True replaces it")
+        return self.describe("overwrite=True")
 
-    def describe(self, how_to_replace: str) -> str:
-        """The message, with the way to replace the file in the caller's terms (an argument, a flag)."""
+    def describe(self, replace_with: str) -> str:
+        """The message, naming what replaces the file in the caller's terms (an argument, a flag)."""
         if self.before:
-            return f"{self.path}: exists; not replaced ({how_to_replace})"
+            return f"{self.path}: exists; use {replace_with} to overwrite"
         return f"{self.path}: appeared while this run was writing it; left as it is, our result discarded " \
-               f"({how_to_replace})"
+               f"(use {replace_with} to overwrite)"
 
 
 def same_file(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
