@@ -259,7 +259,7 @@ def test_eval_errors_are_one_line(audio_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr(ecli, "metric_available", lambda name: name in core)
     res = run(eval_command, ref, deg, "-m", "pesq")
     assert res.exit_code == 1
-    assert "pip install flowdec-cli[metrics]" in res.output
+    assert "pip install 'flowdec-cli[metrics]'" in res.output
     res = run(eval_command, ref, deg, "--all", "--csv")  # every metric -m all has that can run here
     assert res.exit_code == 0
     assert res.stdout.splitlines()[0] == "file," + ",".join(core)
@@ -325,7 +325,7 @@ def test_plot_without_matplotlib_is_a_clear_error(audio_dirs, tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     res = run(plot_command, ref / "a.wav", deg / "a.flac", "-o", tmp_path / "x.png")
     assert res.exit_code == 1
-    assert "pip install flowdec-cli[plot]" in res.output and "Traceback" not in res.output
+    assert "pip install 'flowdec-cli[plot]'" in res.output and "Traceback" not in res.output
 
 
 # ------------------------------------------------------------------ codec eval helpers

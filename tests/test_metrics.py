@@ -234,7 +234,7 @@ def test_missing_optional_package_raises_metric_unavailable(monkeypatch):
     monkeypatch.setitem(sys.modules, "pesq", None)
     monkeypatch.setitem(sys.modules, "pystoi", None)
     x = noise(16000)
-    with pytest.raises(M.MetricUnavailable, match=r"pip install flowdec-cli\[metrics\]"):
+    with pytest.raises(M.MetricUnavailable, match=r"pip install 'flowdec-cli\[metrics\]'"):
         M.pesq_wb(x, x, SR)
     with pytest.raises(M.MetricUnavailable, match="pystoi"):
         M.estoi(x, x, SR)

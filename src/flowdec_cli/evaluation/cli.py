@@ -60,7 +60,7 @@ def select_metrics(spec: str | None, all_metrics: bool) -> tuple[list[str], list
         notes = []
         if missing:
             notes.append(
-                f"not installed, skipped: {', '.join(missing)} (pip install flowdec-cli[metrics])"
+                f"not installed, skipped: {', '.join(missing)} (pip install 'flowdec-cli[metrics]')"
             )
         return names, notes
     names = []
@@ -331,7 +331,7 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
 def plot_command(ref, outs, output, force, titles):
     """Draw log spectrograms of REF and each OUT side by side into a PNG (-o).
 
-    Needs matplotlib (pip install flowdec-cli[plot]). Multi-channel files are mixed down to
+    Needs matplotlib (pip install 'flowdec-cli[plot]'). Multi-channel files are mixed down to
     mono; all panels share one dB scale relative to the reference's peak (the loudest panel's
     when the reference is silent, with a warning). Long titles are shortened in the middle.
     """

@@ -7,7 +7,7 @@ Always available (numpy only):
 * :func:`log_spectral_distance` - log-spectral distance with a floor, dB, lower is better.
 * :func:`high_band_energy_ratio` - energy above 8 kHz relative to the reference; 1 is right.
 
-Optional (the ``metrics`` extra: ``pip install flowdec-cli[metrics]``); they raise
+Optional (the ``metrics`` extra: ``pip install 'flowdec-cli[metrics]'``); they raise
 :class:`MetricUnavailable` when their package is missing:
 
 * :func:`visqol` - ViSQOL v3 audio mode MOS-LQO at 48 kHz (``visqol-python``), 1 to 5.
@@ -64,7 +64,7 @@ __all__ = [
     "compute_metrics",
 ]
 
-METRICS_EXTRA_HINT = "pip install flowdec-cli[metrics]"
+METRICS_EXTRA_HINT = "pip install 'flowdec-cli[metrics]'"  # quoted: zsh reads [metrics] as a pattern
 
 
 class MetricError(FlowdecError, ValueError):

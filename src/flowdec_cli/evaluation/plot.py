@@ -26,7 +26,7 @@ from .pairing import _read
 
 __all__ = ["PlotUnavailable", "plot_spectrograms", "N_FFT", "HOP", "DYNAMIC_RANGE_DB"]
 
-PLOT_EXTRA_HINT = "pip install flowdec-cli[plot]"
+PLOT_EXTRA_HINT = "pip install 'flowdec-cli[plot]'"  # quoted: zsh reads [plot] as a pattern
 N_FFT = 2048
 HOP = 512
 DYNAMIC_RANGE_DB = 100.0

@@ -302,7 +302,8 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
                    "with prepare-pairs --envelope).")
 @click.option("--rate-plan", "rate_plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="JSON file: the codebooks and side-channel layout of each rate "
-                                 "(configs/default-rate-plan.json; docs/models.md).")
+                                 "(the built-in model's: configs/default-rate-plan.json in the source tree; "
+                                 "docs/models.md).")
 @click.option("--postfilter-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="How the postfilter's network weights are stored: float16 halves them (they run in float32).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
