@@ -602,7 +602,7 @@ def write_fdc(path: str | os.PathLike, header: FdcHeader, codes: np.ndarray, tab
     whether the codes were entropy-coded).
     """
     written, data = _encode(header, codes, str(os.fspath(path)), tables)
-    atomic_write_bytes(os.path.abspath(path), data, make_parents=False, overwrite=overwrite)
+    atomic_write_bytes(path, data, make_parents=False, overwrite=overwrite)
     return written
 
 
