@@ -999,9 +999,8 @@ def _check_output(dst: Path, overwrite: bool, src: Path | None = None) -> None:
         raise CodecError(f"{dst}: output is the input file; choose another output path")
     if dst.is_dir():  # a rename cannot replace a folder, even with overwrite: found now, not after the work
         raise CodecError(f"{dst}: is a folder; a file cannot replace it")
-    folder = dst.parent if str(dst.parent) else Path(".")
-    if not output_is_sink(dst) and folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-        raise CodecError(f"{dst}: cannot write (no permission to create files in {folder})")
+    if not output_is_sink(dst) and dst.parent.is_dir() and not os.access(dst.parent, os.W_OK | os.X_OK):
+        raise CodecError(f"{dst}: cannot write (no permission to create files in {dst.parent})")
     if not overwrite and would_replace(dst):
         raise OutputExistsError(dst, before=True)
 
