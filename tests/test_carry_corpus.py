@@ -92,3 +92,33 @@ def test_shards_of_two_packs_do_not_mix(carry, corpus, tmp_path, other_lists, ot
     carry.unpack(tmp_path / "b" / "2", out, jobs=1)
     with pytest.raises(SystemExit, match="different packs"):
         carry.missing_shards(out)
+
+
+@pytest.fixture()
+def lease():
+    yield from load_script("lease_sizes")
+
+
+def test_lease_sizes_count_what_each_call_carries(tmp_path, lease, capsys):
+    """The 64 MiB of a call are the tracked files, the untracked ones git does not ignore, and the carried
+    paths: a corpus shard that fitted in one session was over in the next, the tree having grown."""
+    import subprocess
+
+    root = tmp_path / "repo"
+    (root / ".gpudata" / "corpus" / "1").mkdir(parents=True)
+    (root / ".gpudata" / "corpus" / "2").mkdir(parents=True)
+    (root / ".whl").mkdir()
+    (root / ".gitignore").write_text("/.gpudata/\n/.whl/\n")
+    (root / "tracked.bin").write_bytes(b"\0" * (20 << 20))
+    (root / "untracked.bin").write_bytes(b"\0" * (4 << 20))
+    (root / ".whl" / "a.whl").write_bytes(b"\0" * (2 << 20))
+    (root / ".gpudata" / "corpus" / "1" / "a.opus").write_bytes(b"\0" * (30 << 20))
+    (root / ".gpudata" / "corpus" / "2" / "b.opus").write_bytes(b"\0" * (39 << 20))
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "tracked.bin", ".gitignore"], check=True)
+    assert lease.planned_calls(root) == [[".whl", ".gpudata/corpus/1"], [".whl", ".gpudata/corpus/2"], [".whl"]]
+    assert lease.main(["--root", str(root)]) == 1  # 24 + 2 + 39 MiB: the second shard's call is over
+    out = capsys.readouterr().out
+    assert "call 1: 56.0 MiB of 64" in out and "fits" in out
+    assert "call 2: 65.0 MiB of 64 (.whl 2.0, .gpudata/corpus/2 39.0): OVER THE LIMIT" in out
+    assert lease.main(["--root", str(root), "--call", ".whl", ".gpudata/corpus/1"]) == 0
