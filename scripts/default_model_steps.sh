@@ -41,7 +41,7 @@ _code_rate() {  # PAIRS NDAC K DEVICE
 # temperature as DEFAULT_NFE and TEMPERATURE say, 6 and 0.25; the side channel by the rate plan).
 export_default_model() {
   $FLOWDEC train export "$1" --ndac "$2" --postfilter "$3" --name flowdec-small \
-    --licence "MIT (weights); training data: see https://github.com/flowdec/flowdec-cli/blob/main/docs/corpus.md" \
+    --licence "MIT (weights); training data: see docs/corpus.md" \
     --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s of codes; 0.9-11.6 kbit/s with the side channel of each rate) + a frame-wise flow postfilter; trained on Debian-packaged audio (docs/corpus.md, docs/models.md)" \
     --trained-codebooks "$(echo $PAIR_CODEBOOKS | tr ' ' ',')" --default-nfe "${DEFAULT_NFE:-6}" \
     --temperature "${TEMPERATURE:-0.25}" --envelope bands15 --rate-plan "$RATE_PLAN" \
