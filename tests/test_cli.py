@@ -612,3 +612,22 @@ def test_no_unreadable_file_is_written_for_audio_without_samples(run, tmp_path, 
     assert r.exit_code == 1 and "cannot hold audio of 0 samples" in _one_error_line(r)
     assert not (tmp_path / f"e{ext}").exists()
     assert run("decompress", tmp_path / "e.fdc", tmp_path / "e.wav", "-m", tiny_codec_dir, "--nfe", "0").exit_code == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_a_single_link_to_nothing_says_where_it_points(run, tmp_path, tiny_codec_dir):
+    """`decompress` said 'no such link to nothing' and `info` 'no such file' for a name that is there."""
+    from flowdec_cli import audio
+
+    for name in ("gone.fdc", "gone.wav"):
+        (tmp_path / name).symlink_to(tmp_path / f"nowhere-{name}")
+    why = f"a link to nothing ({tmp_path / 'nowhere-gone.fdc'})"
+    for args in (("decompress", tmp_path / "gone.fdc", tmp_path / "o.wav"), ("info", tmp_path / "gone.fdc")):
+        r = run(*args)
+        assert r.exit_code == 1 and f"flowdec: error: {tmp_path / 'gone.fdc'}: {why}" in r.output, r.output
+    r = run("compress", tmp_path / "gone.wav", tmp_path / "o.fdc", "-m", tiny_codec_dir)
+    assert r.exit_code == 1 and f"gone.wav: a link to nothing ({tmp_path / 'nowhere-gone.wav'})" in r.output
+    with pytest.raises(audio.AudioError, match=r"gone\.wav: a link to nothing"):
+        audio.probe(tmp_path / "gone.wav")
+    r = run("compress", tmp_path / "absent.wav", tmp_path / "o.fdc")
+    assert r.exit_code == 1 and "absent.wav: no such file or folder" in r.output

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from .exceptions import FlowdecError
-from .fileio import OutputExistsError, no_space_left, publish, temporary_sibling
+from .fileio import OutputExistsError, no_space_left, publish, temporary_sibling, why_absent
 
 __all__ = [
     "AudioError",
@@ -99,7 +99,7 @@ def _native(path: str | os.PathLike) -> bytes:
 def probe(path: str | os.PathLike) -> AudioInfo:
     path = Path(path)
     if not path.exists():
-        raise AudioError(f"{path}: no such file")
+        raise AudioError(f"{path}: {why_absent(path)}")
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, not an audio file")
     _check_readable(path)

@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
-from .fileio import would_replace
+from .fileio import why_absent, would_replace
 from .options import (
     PathArgument,
     check_nfe_option,
@@ -280,8 +280,7 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
         _check_pair(src, dst, force)
         return _Plan([_Job(src, dst)], folder=False)
     if not src.exists():
-        what = "link to nothing" if src.is_symlink() else "file or folder"
-        raise Failure(f"{src}: no such {what}")
+        raise Failure(f"{src}: {why_absent(src, 'file or folder')}")
     if not src.is_dir():
         if not is_stdio(dst) and (dst.is_dir() or spelled_as_folder("dst")):
             if not dst.is_dir():  # OUT/ names a folder: as cp, it must be there
@@ -310,8 +309,7 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     if not found:
         raise Failure(f"{src}: no matching input files found")
     jobs, refused = _collisions([job for job in found if job.src.exists()])
-    dangling = [(job, f"{job.src}: a link to nothing ({os.readlink(job.src)})") for job in found
-                if not job.src.exists()]
+    dangling = [(job, f"{job.src}: {why_absent(job.src)}") for job in found if not job.src.exists()]
     return _Plan(jobs, folder=True, refused=dangling + refused + _unreadable_folders(src, dst))
 
 
@@ -864,7 +862,7 @@ def info(src: Path, as_json: bool) -> None:
         if src.is_dir():
             raise Failure(f"{src}: is a folder; give a .fdc file")
         if not src.exists():
-            raise Failure(f"{src}: no such file")
+            raise Failure(f"{src}: {why_absent(src)}")
         if read_once(src):  # a FIFO or <(cmd): its size is what it holds, not what stat says (0)
             with open(src, "rb") as stream:
                 header, size = inspect_fdc_stream(stream, str(src))

@@ -71,13 +71,25 @@ _SINKS = {stat.S_IFCHR: "a character device", stat.S_IFIFO: "a FIFO"}
 _REFUSED = {stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
+def why_absent(path: str | os.PathLike, what: str = "file") -> str:
+    """Why a path that does not exist cannot be read: a link whose target is missing says where it points
+    (``no such file`` for a name that is there would send the user looking in the wrong place)."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            return f"a link to nothing ({os.readlink(path)})"
+        except OSError:
+            return "a link to nothing"
+    return f"no such {what}"
+
+
 def why_not_a_regular_file(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be read as a file of ours (weights, config, tables), or None: missing (a dangling
     link too), or there but not a regular file (a folder, FIFO or device such as a link to /dev/zero, which
     would be read forever)."""
     path = Path(path)
     if not path.exists():
-        return "no such file"
+        return why_absent(path)
     if not path.is_file():
         return "not a regular file"
     return None
