@@ -152,7 +152,8 @@ def test_info_json_is_strict_json_whatever_the_header_holds(run, tmp_path):
 
     from .test_container import make_header
 
-    header = make_header(extra={99: float("nan"), "app.gain": float("inf"), "app.ok": 1.5})
+    header = make_header(extra={99: float("nan"), "app.gain": float("inf"), "app.ok": 1.5,
+                                "app.blob": b"\x00\x01binary"})
     fdc = tmp_path / "odd.fdc"
     write_fdc(fdc, header, np.zeros(header.codes_shape, dtype=np.int64))
     r = run("info", fdc, "--json")
@@ -162,7 +163,8 @@ def test_info_json_is_strict_json_whatever_the_header_holds(run, tmp_path):
         raise ValueError(f"not JSON: {name}")
 
     info = json.loads(r.output, parse_constant=refuse)
-    assert info["extra"] == {"99": None, "app.gain": None, "app.ok": 1.5}
+    assert info["extra"] == {"99": None, "app.gain": None, "app.ok": 1.5,  # bytes: text, and exact beside it
+                             "app.blob": "\x00\x01binary", "app.blob_base64": "AAFiaW5hcnk="}
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in info.values())
 
 

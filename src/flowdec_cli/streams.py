@@ -186,7 +186,8 @@ def strict_json(value: Any, indent: int | None = None) -> str:
     A file name that is not valid UTF-8 reaches Python with its odd bytes as lone surrogates, which JSON
     can only write as escapes that UTF-8 parsers reject: such a text is written with U+FFFD in their place,
     and, as a member of an object, with its exact bytes beside it in base64 (``"input"`` and
-    ``"input_base64"``), so a script can still find the file.
+    ``"input_base64"``), so a script can still find the file. Bytes (a forged header's extra field) are
+    written the same way: as text, and as a member of an object with their exact value in base64 beside.
     """
     def text(v: str) -> tuple[str, str | None]:
         try:
@@ -205,7 +206,10 @@ def strict_json(value: Any, indent: int | None = None) -> str:
                 key = text(str(k))[0]
                 if isinstance(x, PurePath):
                     x = str(x)
-                if isinstance(x, str):
+                if isinstance(x, bytes | bytearray):
+                    out[key] = bytes(x).decode("utf-8", "replace")
+                    out[f"{key}_base64"] = base64.b64encode(x).decode("ascii")
+                elif isinstance(x, str):
                     out[key], exact = text(x)
                     if exact is not None:
                         out[f"{key}_base64"] = exact
@@ -216,6 +220,8 @@ def strict_json(value: Any, indent: int | None = None) -> str:
             return [clean(x) for x in v]
         if v is None or isinstance(v, bool | int | float):
             return v
+        if isinstance(v, bytes | bytearray):
+            return bytes(v).decode("utf-8", "replace")
         return text(str(v))[0]
 
     return json.dumps(clean(value), indent=indent, allow_nan=False)
