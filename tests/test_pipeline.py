@@ -574,6 +574,21 @@ def test_a_publish_that_fails_leaves_no_temporary_file_and_names_the_output(tmp_
     assert ".part" not in str(err.value) and list(tmp_path.iterdir()) == []
 
 
+def test_a_no_clobber_publish_that_fails_names_the_output_too(tmp_path, monkeypatch):
+    """Without overwrite the file is moved by renameat2 or a hard link; an error there named the
+    temporary file (os.link's first path), as the rename with overwrite had before."""
+    from flowdec_cli import fileio
+
+    def gone(src, dst):
+        raise FileNotFoundError(2, "No such file or directory", src, None, dst)
+
+    monkeypatch.setattr(fileio, "_renameat2_noreplace", lambda src, dst: False)
+    monkeypatch.setattr(fileio.os, "link", gone)
+    with pytest.raises(OSError) as err:
+        fileio.atomic_write_bytes(tmp_path / "x.fdc", b"data", overwrite=False)
+    assert err.value.filename == str(tmp_path / "x.fdc") and list(tmp_path.iterdir()) == []
+
+
 def test_an_output_that_is_a_folder_is_refused_before_any_work(codec, tmp_path):
     (tmp_path / "out.wav").mkdir()
     header, codes = codec.compress_array(tone(0.2, 48000), 48000, n_codebooks=2)

@@ -319,21 +319,19 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = T
             st = os.stat(path)
             if stat.S_ISREG(st.st_mode):
                 mode = stat.S_IMODE(st.st_mode)
-    try:
-        os.chmod(tmp, mode)
-        if overwrite:
-            os.replace(tmp, path)
-            return
-    except OSError as exc:  # named by the output, never by our temporary file (its folder may have gone)
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
     src, dst = os.fspath(tmp), os.fspath(path)
     try:
-        if not _renameat2_noreplace(src, dst):
+        os.chmod(src, mode)
+        if overwrite:
+            os.replace(src, dst)
+        elif not _renameat2_noreplace(src, dst):
             _link_noreplace(src, dst)
     except OutputExistsError:
         Path(src).unlink(missing_ok=True)
         raise
+    except OSError as exc:  # named by the output, never by our temporary file (its folder may have gone)
+        Path(src).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), dst) from None
 
 
 def publish_folder(build: str | os.PathLike, final: str | os.PathLike, overwrite: bool = False) -> None:
