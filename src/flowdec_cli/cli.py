@@ -201,16 +201,25 @@ def _check_pair(src: Path, dst: Path, force: bool) -> None:
         raise Failure(f"{dst}: folder {dst.parent} does not exist; create it first")
 
 
-def _jobs(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str | None,
+def _walk(src: Path) -> tuple[list[Path], list[OSError]]:
+    """Everything below ``src`` that is not a folder (files, links to nothing, ...), in one pass that follows
+    no links to folders, and the folders it could not list (a search passes over those in silence)."""
+    unlisted: list[OSError] = []
+    entries = [Path(folder, name) for folder, _, names in os.walk(src, onerror=unlisted.append) for name in names]
+    return entries, unlisted
+
+
+def _jobs(entries: list[Path], src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str | None,
           pattern: str | None, outputs_are_inputs: bool) -> Iterator[_Job]:
-    """Every input below ``src`` that ``wanted`` accepts, mirrored under ``dst`` with ``out_suffix`` (None:
-    its own); hidden files and folders are left out (:func:`flowdec_cli.audio.hidden_below`). Where the
-    outputs are inputs of the same kind (roundtrip's audio), what lies under ``dst`` is left out too: an
-    earlier run's outputs. A link to nothing is listed, for the run to report rather than skip in silence."""
+    """Every input among ``entries`` (:func:`_walk` of ``src``) that ``wanted`` accepts, mirrored under
+    ``dst`` with ``out_suffix`` (None: its own); hidden files and folders are left out
+    (:func:`flowdec_cli.audio.hidden_below`). Where the outputs are inputs of the same kind (roundtrip's
+    audio), what lies under ``dst`` is left out too: an earlier run's outputs. A link to nothing is listed,
+    for the run to report rather than skip in silence."""
     from .audio import hidden_below, matches_glob
 
     dst_resolved = dst.resolve()
-    for path in sorted(p for p in src.rglob("*") if p.is_file() or (p.is_symlink() and not p.exists())):
+    for path in sorted(p for p in entries if p.is_file() or (p.is_symlink() and not p.exists())):
         rel = path.relative_to(src)
         if hidden_below(rel):
             continue
@@ -305,24 +314,22 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     if outputs_are_inputs and dst.resolve() in (src.resolve(), *src.resolve().parents):
         raise Failure(f"{dst}: holds the input folder {src}, so the audio written there would be read as input "
                       "by the next run; choose an output folder outside it")
-    found = list(_jobs(src, dst, wanted, None if keep_suffix else out_suffix, pattern, outputs_are_inputs))
+    entries, unlisted = _walk(src)
+    found = list(_jobs(entries, src, dst, wanted, None if keep_suffix else out_suffix, pattern, outputs_are_inputs))
     if not found:
         raise Failure(f"{src}: no matching input files found")
     jobs, refused = _collisions([job for job in found if job.src.exists()])
     dangling = [(job, f"{job.src}: {why_absent(job.src)}") for job in found if not job.src.exists()]
-    return _Plan(jobs, folder=True, refused=dangling + refused + _unreadable_folders(src, dst))
+    return _Plan(jobs, folder=True, refused=dangling + refused + _unlisted_folders(unlisted, src, dst))
 
 
-def _unreadable_folders(src: Path, dst: Path) -> list[tuple[_Job, str]]:
-    """Folders below ``src`` that cannot be listed (the search passes over them in silence), each reported
-    as a failure of the run: their files would otherwise be missing from it without a word."""
+def _unlisted_folders(unlisted: list[OSError], src: Path, dst: Path) -> list[tuple[_Job, str]]:
+    """The folders below ``src`` that :func:`_walk` could not list, each reported as a failure of the run:
+    their files would otherwise be missing from it without a word."""
     from .audio import hidden_below
 
-    problems: list[OSError] = []
-    for _ in os.walk(src, onerror=problems.append):
-        pass
     out = []
-    for exc in problems:
+    for exc in unlisted:
         folder = Path(exc.filename)
         rel = folder.relative_to(src) if folder.is_relative_to(src) else folder
         if not hidden_below(rel):
