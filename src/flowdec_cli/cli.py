@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
-from .fileio import why_absent, would_replace
+from .fileio import OutputExistsError, output_is_sink, same_file, why_absent, would_replace
 from .options import (
     PathArgument,
     check_nfe_option,
@@ -187,8 +187,6 @@ def _shown(path: Path) -> str:
 def _check_pair(src: Path, dst: Path, force: bool) -> None:
     if is_stdio(dst):
         return
-    from .fileio import same_file
-
     if not is_stdio(src) and same_file(src, dst):
         raise Failure(f"{dst}: output is the input file; choose another output path")
     if would_replace(dst) and not force:
@@ -296,11 +294,9 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
                 raise Failure(f"{dst}{os.sep}: " + ("is a file, not a folder" if dst.exists()
                                                     else "no such folder; create it first"))
             dst = dst / (src.name if keep_suffix else src.with_suffix(out_suffix).name)
-        if skip_existing and not is_stdio(dst) and would_replace(dst) and not dst.is_dir():
-            from .fileio import same_file
-
-            if not same_file(src, dst):
-                return _Plan([], folder=False, skipped=_Job(src, dst))
+        if (skip_existing and not is_stdio(dst) and would_replace(dst) and not dst.is_dir()
+                and not same_file(src, dst)):
+            return _Plan([], folder=False, skipped=_Job(src, dst))
         _check_pair(src, dst, force)
         return _Plan([_Job(src, dst)], folder=False)
     if is_stdio(dst):
@@ -345,7 +341,6 @@ def _stdio(job: _Job, out_suffix: str) -> Iterator[_Job]:
     out on success (bounded memory, see :mod:`flowdec_cli.streams`). The output's format is its own
     extension, else ``out_suffix`` (``--format``). Messages name ``-``, the FIFO or the device rather than
     the temporary files."""
-    from .fileio import output_is_sink
     from .streams import read_once, spooled_input, stdout_file
 
     spool = read_once(job.src)
@@ -393,8 +388,6 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
         return
     from tqdm import tqdm
 
-    from .fileio import OutputExistsError
-
     jobs = plan.jobs
     done = skipped = 0
     failed: list[str] = []
@@ -434,7 +427,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
                 skipped += 1
                 continue
-            fail(job, exc.describe("-f/--force"))
+            fail(job, one_line_message(exc) or str(exc))  # in the command line's words
         except Exception as exc:
             fail(job, one_line_message(exc) or f"{job.src}: unexpected {type(exc).__name__}: {exc}")
     if not quiet or failed:
@@ -567,7 +560,6 @@ def _check_named_output(plan: _Plan, subtype: str | None) -> None:
     """A single output file's own extension (``noext``, ``out.xyz``) is a usage error before any work, as
     ``--format``'s is; a device or FIFO (``/dev/null``) takes ``--format``'s type instead."""
     from .audio import AudioError, check_output_format
-    from .fileio import output_is_sink
 
     if plan.folder or not plan.jobs:
         return
