@@ -192,9 +192,10 @@ def _entry_from_folder(folder: Path, kind: str) -> RegistryEntry:
     as strictly as loading the model reads them, so a listing never calls a model fine that fails on use."""
     card = read_model_card(folder)
     codec_config = folder / "ndac" / "config.json"
-    if folder_type(codec_config.parent) != "ndac":
+    config = read_json(codec_config)  # {} when missing or unreadable
+    if config.get("type") != "ndac":
         raise ModelError(f"{codec_config}: missing, unreadable or not of type 'ndac'")
-    rates = card_rates(card, read_json(codec_config))
+    rates = card_rates(card, config)
     trained = card.get("trained_bitrates_kbps")
     has_pf = (folder / "postfilter").is_dir()
     return RegistryEntry(
