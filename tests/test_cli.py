@@ -361,6 +361,36 @@ def test_a_file_name_that_is_not_utf8_is_read_and_written(run, tmp_path, tiny_co
         assert sf.info(f).frames == 24000
 
 
+def test_audio_at_a_path_longer_than_libsndfile_takes_is_read_and_written(run, tmp_path, tiny_codec_dir):
+    """libsndfile refuses names over about 1 KiB ("Supplied filename too long"); Linux allows 4 KiB."""
+    deep = tmp_path.joinpath(*["d" * 200] * 6)
+    deep.mkdir(parents=True)
+    src = deep / "in.wav"
+    with open(src, "wb") as f:
+        sf.write(f, tone(0.5, 48000, 2), 48000, format="WAV")
+    assert len(os.fsencode(src)) > 1100
+    r = run("roundtrip", src, deep / "out.flac", "-n", "4", "--nfe", "0", "--model", tiny_codec_dir, "-q")
+    assert r.exit_code == 0, r.output
+    with open(deep / "out.flac", "rb") as f:
+        info = sf.info(f)
+    assert (info.frames, info.channels) == (24000, 2)
+
+
+def test_an_input_replaced_between_the_passes_is_refused(tmp_path):
+    """The peak pass and the encode pass read the file again: they must read the file the probe saw."""
+    from flowdec_cli.audio import AudioError, probe, read_blocks
+
+    src, other = tmp_path / "in.wav", tmp_path / "other.wav"
+    sf.write(src, tone(0.5, 48000), 48000)
+    sf.write(other, tone(0.5, 8000), 8000)
+    info = probe(src)
+    assert sum(len(b) for b in read_blocks(src, same_as=info)) == 24000
+    os.replace(other, src)
+    with pytest.raises(AudioError, match="changed while flowdec was reading it"):
+        next(read_blocks(src, same_as=info))
+    assert sum(len(b) for b in read_blocks(src)) == 4000  # without same_as: whatever is there now
+
+
 @pytest.mark.parametrize("verb", ["compress", "decompress", "roundtrip"])
 def test_folder_inputs_sharing_an_output_are_refused_and_the_rest_converted(run, tmp_path, tiny_codec_dir, verb):
     """a.wav and a.flac both make a.fdc: the second used to replace the first (-f) or be called "exists"."""

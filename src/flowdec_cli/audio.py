@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +66,8 @@ class AudioInfo:
     frames: int
     format: str
     subtype: str
+    # which file was probed (device, inode, size, modification time): a later read of the same path checks it
+    identity: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def duration(self) -> float:
@@ -81,19 +83,19 @@ def _describe(exc: Exception) -> str:
     return msg
 
 
-def _check_readable(path: Path) -> None:
-    """libsndfile reports an unreadable file as "System error."; find the real cause first."""
+def _open_fd(path: Path) -> int:
+    """``path`` opened by Python, so that libsndfile is handed a descriptor, not a name: it refuses names
+    longer than about 1 KiB (Linux allows 4 KiB) and any that are not UTF-8, and reports a file it may not
+    read only as "System error."."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise AudioError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    os.close(fd)
 
 
-def _native(path: str | os.PathLike) -> bytes:
-    """The path as the file system has it: soundfile encodes a str path as strict UTF-8, so a file name
-    that is not valid UTF-8 (Python holds its bytes as surrogates) could not be opened at all."""
-    return os.fsencode(path)
+def _identity(fd: int) -> tuple[int, int, int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def probe(path: str | os.PathLike) -> AudioInfo:
@@ -102,25 +104,31 @@ def probe(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(f"{path}: {why_absent(path)}")
     if path.is_dir():
         raise AudioError(f"{path}: is a folder, not an audio file")
-    _check_readable(path)
+    fd = _open_fd(path)
     try:
-        info = sf.info(_native(path))
-    except Exception as exc:
-        raise AudioError(f"{path}: not a readable audio file ({_describe(exc)})") from None
-    frames = int(info.frames)
-    if frames < 0 or frames > 2**62:  # some streams (mp3/ogg) report unknown lengths; count them
-        frames = sum(len(b) for b in read_blocks(path, 1 << 18))
-    unsized = _unsized_wav_data(path) if frames == 0 and info.format == "WAV" else None
+        identity = _identity(fd)
+        try:
+            with sf.SoundFile(fd, closefd=False) as f:
+                rate, channels, frames, fmt, subtype, log = (f.samplerate, f.channels, f.frames, f.format,
+                                                             f.subtype, f.extra_info)
+        except Exception as exc:
+            raise AudioError(f"{path}: not a readable audio file ({_describe(exc)})") from None
+        if frames < 0 or frames > 2**62:  # some streams (mp3/ogg) report unknown lengths; count them
+            os.lseek(fd, 0, os.SEEK_SET)
+            frames = sum(len(b) for b in _blocks(fd, path, 1 << 18))
+    finally:
+        os.close(fd)
+    unsized = _unsized_wav_data(path) if frames == 0 and fmt == "WAV" else None
     if unsized is not None:
         raise AudioError(f"{path}: its WAV header says no samples, but {unsized[1]} bytes of audio follow it (a "
                          "WAV written to a pipe, whose writer could not go back to fill in its sizes); pipe it "
                          "into flowdec as - (which repairs its copy), or rewrite the file (e.g. sox IN OUT.wav)")
-    if info.samplerate <= 0 or info.channels <= 0:
-        raise AudioError(f"{path}: invalid header (rate {info.samplerate}, channels {info.channels})")
-    truncated = _truncation(path, info)
+    if rate <= 0 or channels <= 0:
+        raise AudioError(f"{path}: invalid header (rate {rate}, channels {channels})")
+    truncated = _truncation(path, log)
     if truncated is not None:
         raise AudioError(f"{path}: {truncated}")
-    return AudioInfo(path, int(info.samplerate), int(info.channels), frames, info.format, info.subtype)
+    return AudioInfo(path, int(rate), int(channels), int(frames), fmt, subtype, identity)
 
 
 # A declared size this large is a writer's "unknown length" (0xFFFFFFFF from ffmpeg, about 2 GB from sox and
@@ -188,7 +196,7 @@ def _unsized_wav_data(path: Path) -> tuple[int, int] | None:
     return chunk.size_offset, chunk.present
 
 
-def _truncation(path: Path, info: object) -> str | None:
+def _truncation(path: Path, log: str) -> str | None:
     """Why the file is cut short, or None. libsndfile reads a truncated WAV, AIFF or Ogg file up to where its
     bytes end and says so only in its log, so a copy cut short would be coded as if it were whole."""
     chunk = _audio_chunk(path)
@@ -196,7 +204,6 @@ def _truncation(path: Path, info: object) -> str | None:
             (chunk.sized64 or chunk.declared < _UNKNOWN_LENGTH):
         return (f"truncated: its header promises {chunk.declared} bytes of audio, {max(chunk.present, 0)} are "
                 "there (a copy cut short?)")
-    log = str(getattr(info, "extra_info", ""))
     if "ended unexpectedly without an End-Of-Stream" in log:
         return "truncated: the Ogg stream ends without its end-of-stream mark (a copy cut short?)"
     return None
@@ -219,12 +226,24 @@ def repair_streamed_wav(path: str | os.PathLike) -> bool:
     return True
 
 
-def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterator[np.ndarray]:
-    """float32 blocks [n, channels] of the whole file, in order."""
+def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20,
+                same_as: AudioInfo | None = None) -> Iterator[np.ndarray]:
+    """float32 blocks [n, channels] of the whole file, in order. With ``same_as`` (what :func:`probe` said of
+    it), a file replaced or rewritten since is refused: a later pass must read the audio the first one saw."""
     path = Path(path)
-    _check_readable(path)
+    fd = _open_fd(path)
     try:
-        with sf.SoundFile(_native(path)) as f:
+        if same_as is not None and same_as.identity is not None and _identity(fd) != same_as.identity:
+            raise AudioError(f"{path}: changed while flowdec was reading it (replaced or rewritten); run again "
+                             "once it is complete")
+        yield from _blocks(fd, path, block_frames)
+    finally:
+        os.close(fd)
+
+
+def _blocks(fd: int, path: Path, block_frames: int) -> Iterator[np.ndarray]:
+    try:
+        with sf.SoundFile(fd, closefd=False) as f:
             while True:
                 block = f.read(block_frames, dtype="float32", always_2d=True)
                 if not len(block):
@@ -242,7 +261,7 @@ def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20) -> Iterato
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """The whole file as float32 [frames, channels] and its sample rate."""
     info = probe(path)
-    blocks = list(read_blocks(path))
+    blocks = list(read_blocks(path, same_as=info))
     data = np.concatenate(blocks) if blocks else np.zeros((0, info.channels), np.float32)
     return data, info.sample_rate
 
@@ -432,14 +451,22 @@ class AtomicAudioWriter:
             self.tmp = temporary_sibling(self.path)
         except OSError as exc:
             raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
-        try:
-            self._file = sf.SoundFile(_native(self.tmp), "w", samplerate=int(sample_rate), channels=int(channels),
-                                      format=fmt, subtype=sub)
+        self._fd = -1
+        try:  # a descriptor, not a name: libsndfile refuses names longer than about 1 KiB (see _open_fd)
+            self._fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            self._file = sf.SoundFile(self._fd, "w", samplerate=int(sample_rate), channels=int(channels),
+                                      format=fmt, subtype=sub, closefd=False)
         except BaseException as exc:  # a signal may land here too: never leave the temporary file
+            self._close_fd()
             self.tmp.unlink(missing_ok=True)
             if not isinstance(exc, Exception):
                 raise
             raise AudioError(f"{self.path}: cannot write ({_describe(exc)})") from None
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     @property
     def subtype(self) -> str:
@@ -468,6 +495,7 @@ class AtomicAudioWriter:
         try:
             try:
                 self._file.close()
+                self._close_fd()
             except (RuntimeError, OSError) as exc:
                 raise self._failed(exc) from None
             self._require_all_frames()
@@ -478,6 +506,7 @@ class AtomicAudioWriter:
             except OSError as exc:
                 raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
         except BaseException:
+            self._close_fd()
             self.tmp.unlink(missing_ok=True)
             raise
 
@@ -486,10 +515,14 @@ class AtomicAudioWriter:
         without complaint, holding only what fitted. Its length is read back (from the last page: cheap)."""
         if self._file.format != "OGG":
             return
+        fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            held = sf.info(_native(self.tmp)).frames
+            with sf.SoundFile(fd, closefd=False) as written:
+                held = written.frames
         except (RuntimeError, OSError) as exc:
             raise self._failed(exc) from None
+        finally:
+            os.close(fd)
         if held != self._frames:
             reason = ("no space left on device" if no_space_left(self.tmp.parent)
                       else f"the encoder saved {held} of {self._frames} samples")
@@ -499,6 +532,7 @@ class AtomicAudioWriter:
         try:
             self._file.close()
         finally:
+            self._close_fd()
             self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> AtomicAudioWriter:

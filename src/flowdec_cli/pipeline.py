@@ -33,6 +33,7 @@ from .audio import (
     AUDIO_EXTENSIONS,
     MAX_CHANNELS,
     AtomicAudioWriter,
+    AudioInfo,
     Resampler,
     kept_subtype,
     output_rate_for,
@@ -551,37 +552,40 @@ class Codec:
         return self._header(sample_rate, audio.shape[1], len(audio), k, codes.shape[-1], gain, meter), codes
 
     def code_file(self, src: str | os.PathLike, n_codebooks: int | None = None, bitrate_kbps: float | None = None,
-                  progress: Progress = _no_progress) -> tuple[FdcHeader, np.ndarray]:
-        """Header and codes of an audio file, read twice in blocks (the peak first, for the input gain)."""
+                  progress: Progress = _no_progress, info: AudioInfo | None = None) -> tuple[FdcHeader, np.ndarray]:
+        """Header and codes of an audio file, read twice in blocks (the peak first, for the input gain); a file
+        replaced or rewritten between the passes is refused (``info``: what :func:`probe` said of it)."""
         src = Path(src)
-        info = probe(src)
+        info = info or probe(src)
         point = self.choose_rate(bitrate_kbps, n_codebooks)
         k = point.codebooks
         peak = 0.0
-        for block in read_blocks(src, READ_BLOCK_FRAMES):  # first pass: the peak decides the input gain
+        for block in read_blocks(src, READ_BLOCK_FRAMES, same_as=info):  # first pass: the peak, for the gain
             peak = max(peak, float(np.abs(block).max()))
         gain = _input_gain(peak, str(src))
         n_model = _model_rate_length(info.frames, info.sample_rate, self.ndac.sample_rate)
         bar = progress(f"encode {src.name}", -(-n_model // self.ndac.hop_length), "frame")
         meter = self._meter(info.channels, point)
         try:
-            codes = self._encode_blocks(read_blocks(src, READ_BLOCK_FRAMES), info.sample_rate, info.channels,
-                                        1.0 / gain, k, bar, meter)
+            codes = self._encode_blocks(read_blocks(src, READ_BLOCK_FRAMES, same_as=info), info.sample_rate,
+                                        info.channels, 1.0 / gain, k, bar, meter)
         finally:
             bar.close()
         return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain, meter), codes
 
     def _coded_file(self, src: Path, n_codebooks: int | None, bitrate_kbps: float | None, progress: Progress,
-                    cap_kbps: float | None, entropy: bool = True) -> tuple[FdcHeader, np.ndarray]:
+                    cap_kbps: float | None, entropy: bool = True,
+                    info: AudioInfo | None = None) -> tuple[FdcHeader, np.ndarray]:
         """:meth:`code_file`, then :meth:`fit_on_disk` when there is a cap (the file is read again for the
         side channel of a cheaper rate-plan entry, should one be needed)."""
-        header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress)
+        info = info or probe(src)
+        header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress, info=info)
         if cap_kbps is None:
             return header, codes
 
         def levels_for(layout: EnvelopeLayout) -> np.ndarray:
             meter = BandMeter(layout, header.channels)
-            for _ in self._model_rate_blocks(read_blocks(src, READ_BLOCK_FRAMES), header.sample_rate,
+            for _ in self._model_rate_blocks(read_blocks(src, READ_BLOCK_FRAMES, same_as=info), header.sample_rate,
                                              header.channels, 1.0 / header.gain, meter):
                 pass
             return self._levels_of(meter, header.num_frames)
@@ -929,9 +933,10 @@ class Codec:
 
         src, dst = Path(src), Path(dst)
         _check_output(dst, overwrite, src)
+        info = probe(src)
         if subtype is None:
-            subtype = kept_subtype(probe(src).subtype, dst)
-        header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps)
+            subtype = kept_subtype(info.subtype, dst)
+        header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps, info=info)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables)
         comp = CompressResult(header, codes, len(data), self.nominal_kbps(header))
         dec = self._decode_to_file(comp.header, comp.codes, dst, nfe, solver, seed, subtype, progress,
