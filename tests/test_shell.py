@@ -324,7 +324,7 @@ def test_installed_release_is_suggested_as_default(tiny_codec_dir, wav, tmp_path
 def test_exported_card_licence(tmp_path):
     from flowdec_cli.models.cards import model_card_markdown
 
-    assert "license: mit" in model_card_markdown({"licence": "MIT (weights); training data: see docs/corpus.md"})
+    assert "license: mit" in model_card_markdown({"licence": "MIT (weights); data: free Debian packages"})
     assert "license: cc-by-nc-4.0" in model_card_markdown({"licence": "CC-BY-NC-4.0"})
     assert "license: other" in model_card_markdown({"licence": "unknown"})
 
