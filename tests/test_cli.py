@@ -420,6 +420,24 @@ def test_folder_inputs_sharing_an_output_are_refused_and_the_rest_converted(run,
     assert (out / other).is_file() and not (out / shared).exists()
 
 
+@pytest.mark.parametrize("skip_existing", [False, True])
+def test_an_output_that_would_be_another_outputs_folder_is_refused(run, tmp_path, tiny_codec_dir, skip_existing):
+    """a.wav makes a.fdc and a.fdc/b.wav makes a.fdc/b.fdc: with --skip-existing a.wav was skipped as if its
+    output existed (the folder this run had made) and the run ended with exit 0; without it, "exists"."""
+    src = tmp_path / "in"
+    (src / "a.fdc").mkdir(parents=True)
+    sf.write(src / "a.wav", tone(0.3, 48000), 48000)
+    sf.write(src / "a.fdc" / "b.wav", tone(0.3, 48000), 48000)
+    sf.write(src / "c.wav", tone(0.3, 48000), 48000)
+    out = tmp_path / "out"
+    r = run("compress", src, out, "-m", tiny_codec_dir, *(["--skip-existing"] if skip_existing else []))
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("flowdec: error:")]
+    assert len(errors) == 2 and all("would have to be a file and a folder of one name" in e for e in errors)
+    assert "1 converted, 2 failed of 3 files" in r.output
+    assert (out / "c.fdc").is_file() and not (out / "a.fdc").exists()
+
+
 def test_folder_json_has_a_record_for_every_file_failed_and_refused_too(run, tmp_path, tiny_codec_dir):
     """A script reading --json saw only the files that worked: failures were only lines on stderr."""
     src = tmp_path / "in"

@@ -253,15 +253,26 @@ def _collisions(jobs: list[_Job]) -> tuple[list[_Job], list[tuple[_Job, str]]]:
     sharing: dict[Path, list[_Job]] = {}
     for job in jobs:
         sharing.setdefault(job.dst, []).append(job)
+    # a.wav makes a.fdc, a.fdc/b.wav makes a.fdc/b.fdc: one output would have to be the other's folder
+    nesting: dict[int, list[_Job]] = {}  # by id(job)
+    for job in jobs:
+        for folder in job.dst.parents:
+            for outer in sharing.get(folder, ()):
+                nesting.setdefault(id(job), []).append(outer)
+                nesting.setdefault(id(outer), []).append(job)
     kept: list[_Job] = []
     refused: list[tuple[_Job, str]] = []
     for job in jobs:
         others = [str(j.src) for j in sharing[job.dst] if j is not job]
-        if not others:
+        if others:
+            refused.append((job, f"{job.src}: same output {job.dst} as {', '.join(others)}; neither converted "
+                                 "(rename one, or choose with --glob)"))
+        elif id(job) in nesting:
+            pairs = ", ".join(f"{j.src} (output {j.dst})" for j in nesting[id(job)])
+            refused.append((job, f"{job.src}: its output {job.dst} and that of {pairs} would have to be a file "
+                                 "and a folder of one name; neither converted (rename one, or choose with --glob)"))
+        else:
             kept.append(job)
-            continue
-        refused.append((job, f"{job.src}: same output {job.dst} as {', '.join(others)}; neither converted "
-                                "(rename one, or choose with --glob)"))
     return kept, refused
 
 
