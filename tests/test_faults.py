@@ -4,14 +4,17 @@ temporary files, and errors that name the file and the real cause on one line.""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -155,6 +158,53 @@ def test_no_clobber_publish_primitives(tmp_path):
     assert (tmp_path / "final" / "g").read_text() == "old"
     fileio.publish_folder(build, tmp_path / "final", overwrite=True)
     assert (tmp_path / "final" / "f").read_text() == "new" and not (tmp_path / "final" / "g").exists()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_replaced_folder_keeps_its_mode_and_a_new_one_gets_the_umasks(tmp_path, monkeypatch, exchange):
+    """A staging folder is mkdtemp's 0700: published as it was, a model folder hid from other users. Where
+    Linux cannot exchange two names in one step, the old folder is moved aside first."""
+    if not exchange:
+        monkeypatch.setattr(fileio, "_renameat2", lambda src, dst, flags: errno.ENOSYS)
+    old_mask = os.umask(0o022)
+    try:
+        for name in ("new", "kept"):
+            build = Path(tempfile.mkdtemp(dir=tmp_path))
+            (build / "f").write_text(name)
+            if name == "kept":
+                (tmp_path / name).mkdir(mode=0o750)
+                (tmp_path / name / "old").write_text("old")
+            fileio.publish_folder(build, tmp_path / name, overwrite=True)
+            assert not build.exists() and (tmp_path / name / "f").read_text() == name
+        assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
+        assert stat.S_IMODE((tmp_path / "kept").stat().st_mode) == 0o750
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "new"]
+    finally:
+        os.umask(old_mask)
+
+
+def test_a_model_exported_into_a_folder_another_run_filled_is_refused(tmp_path):
+    """Two exports into one folder at once both reported success and the first one's model was gone: the
+    emptiness check came before the work, the publish replaced whatever was there by then."""
+    from flowdec_cli.models.folder import ModelFolderBuilder
+
+    dest = tmp_path / "model"
+    for present in ("absent", "empty"):
+        if present == "empty":
+            dest.mkdir()
+        with ModelFolderBuilder(dest, "export") as first, ModelFolderBuilder(dest, "export") as second:
+            first.write_card({"name": "first"})
+            second.write_card({"name": "second"})
+            second.publish_into()
+            with pytest.raises(fileio.OutputExistsError):
+                first.publish_into()
+        assert json.loads((dest / "flowdec.json").read_text())["name"] == "second"
+        with ModelFolderBuilder(dest, "export") as third:  # with overwrite: swapped whole
+            third.write_card({"name": "third"})
+            third.publish_into(overwrite=True)
+        assert json.loads((dest / "flowdec.json").read_text())["name"] == "third"
+        shutil.rmtree(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_link_fallback_is_no_clobber_too(tmp_path, monkeypatch):

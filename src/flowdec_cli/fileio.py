@@ -147,11 +147,12 @@ def _copy_into_sink(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
         copy_all(src, out)
 
 
-def _default_mode() -> int:
-    """The mode a plain ``open()`` would give: mkstemp's 0600 would hide outputs from other users."""
+def _default_mode(folder: bool = False) -> int:
+    """The mode a plain ``open()`` (``mkdir``) would give: mkstemp's 0600 (mkdtemp's 0700) would hide outputs
+    from other users."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if folder else 0o666) & ~mask
 
 
 # -- temporary names ---------------------------------------------------------------------------------
@@ -260,25 +261,37 @@ def temporary_folder(folder: str | os.PathLike, label: str) -> Path:
 # -- publishing --------------------------------------------------------------------------------------
 
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+
+
+def _renameat2(src: str, dst: str, flags: int) -> int:
+    """Linux's renameat2: 0 when done, else the errno (ENOSYS where the C library lacks it)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return errno.ENOSYS
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+# renameat2 not supported here (old kernel, some network or FUSE file systems): the caller falls back
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM)
 
 
 def _renameat2_noreplace(src: str, dst: str) -> bool:
     """Rename without replacing; True if done, False if the system cannot (then the caller falls back).
     Raises :class:`OutputExistsError` when ``dst`` exists."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    err = _renameat2(src, dst, _RENAME_NOREPLACE)
+    if err == 0:
         return True
-    err = ctypes.get_errno()
     if err == errno.EEXIST:
         raise OutputExistsError(dst)
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
-        return False  # not supported here (old kernel, some network or FUSE file systems)
+    if err in _UNSUPPORTED:
+        return False
     raise OSError(err, os.strerror(err), dst)
 
 
@@ -336,19 +349,36 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = T
 
 def publish_folder(build: str | os.PathLike, final: str | os.PathLike, overwrite: bool = False) -> None:
     """Move a finished folder into place in one rename. An existing ``final`` is replaced only with
-    ``overwrite`` (the old one goes once the new one is in place); otherwise :class:`OutputExistsError`."""
+    ``overwrite`` (exchanged for the new one in one step where Linux can, so a reader never finds it gone;
+    the old one is then removed); otherwise :class:`OutputExistsError`."""
     build, final = Path(build), Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    mode = _default_mode(folder=True)  # a staging folder is mkdtemp's 0700; a replaced one keeps its mode
+    with contextlib.suppress(OSError):
+        if overwrite and final.is_dir() and not final.is_symlink():
+            mode = stat.S_IMODE(final.stat().st_mode)
+    if build.is_dir() and not build.is_symlink():
+        os.chmod(build, mode)
     if overwrite and (final.exists() or final.is_symlink()):
-        old = final.with_name(f"{_owned_prefix(final.parent, final.name, 'old')}old")
-        os.replace(final, old)
-        try:
-            os.replace(build, final)
-        except BaseException:
-            os.replace(old, final)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        return
+        err = _renameat2(os.fspath(build), os.fspath(final), _RENAME_EXCHANGE)
+        if err == 0:  # swapped in one step: never a moment without something at ``final``
+            if build.is_dir() and not build.is_symlink():
+                shutil.rmtree(build, ignore_errors=True)
+            else:
+                build.unlink(missing_ok=True)
+            return
+        if err in _UNSUPPORTED:
+            old = final.with_name(f"{_owned_prefix(final.parent, final.name, 'old')}old")
+            os.replace(final, old)
+            try:
+                os.replace(build, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        if err != errno.ENOENT:  # ENOENT: ``final`` went meanwhile; the plain move below puts ours there
+            raise OSError(err, os.strerror(err), os.fspath(final))
     if _renameat2_noreplace(os.fspath(build), os.fspath(final)):
         return
     if final.exists() or final.is_symlink():

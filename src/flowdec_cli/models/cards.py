@@ -165,7 +165,7 @@ def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLi
                 card["name"] = base
             build.write_card(card, model_card_markdown(card, repo_id))
             _check_loads(build.path, src)
-            build.publish_into()
+            build.publish_into(overwrite=force)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
     return dest

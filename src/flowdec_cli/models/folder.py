@@ -18,6 +18,7 @@ model where a model is looked for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..bitrate import bitrate_table
 from ..entropy import TABLES_FILE
 from ..exceptions import FlowdecError
-from ..fileio import atomic_write_bytes, publish_folder, temporary_folder
+from ..fileio import OutputExistsError, atomic_write_bytes, publish_folder, temporary_folder
 from ..numeric import is_integer, is_real
 
 if TYPE_CHECKING:
@@ -260,19 +261,41 @@ class ModelFolderBuilder:
         publish_folder(self.path, self.dest, overwrite=overwrite)
         return self.dest
 
-    def publish_into(self) -> Path:
-        """Move the staged files into the folder ``dest``, replacing only what a model owns (:data:`OWNED`),
-        so a hub repo's .git or other files stay."""
+    def publish_into(self, overwrite: bool = False) -> Path:
+        """Move the staged model into the folder ``dest``. A folder with nothing in it but a model (or
+        nothing) is replaced whole, in one rename: a reader never meets a model half replaced, and of two
+        runs exporting into one folder at once, one is refused (``OutputExistsError``) unless ``overwrite``.
+        A folder holding other files too (a hub repo's .git) keeps them; only what a model owns
+        (:data:`OWNED`) is replaced there, item by item."""
         dest = self.dest
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in self.OWNED:
+        present = list(dest.iterdir()) if dest.is_dir() and not dest.is_symlink() else None
+        if present == [] and not overwrite:
+            try:  # an empty folder: the rename below takes its place, unless another run filled it
+                dest.rmdir()
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise OutputExistsError(dest) from None
+                raise
+        if present and not overwrite:
+            raise OutputExistsError(dest)
+        if not present or all(p.name in self.OWNED for p in present):
+            publish_folder(self.path, dest, overwrite=overwrite)
+            return dest
+        staged = sorted(p.name for p in self.path.iterdir())
+        for name in staged:  # beside other files: each of ours replaced in one step, the rest stays
+            new, old = self.path / name, dest / name
+            if new.is_dir():
+                publish_folder(new, old, overwrite=True)
+                continue
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            os.replace(new, old)
+        for name in set(self.OWNED) - set(staged):  # a part the new model lacks (a postfilter) goes
             old = dest / name
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
             elif old.exists() or old.is_symlink():
                 old.unlink()
-        for item in sorted(self.path.iterdir()):
-            os.replace(item, dest / item.name)
         self.discard()
         return dest
 

@@ -194,5 +194,5 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         if tables_src is not None:
             build.copy_file(tables_src, ENTROPY_TABLES_NAME)
         build.write_card(card)
-        build.publish_into()
+        build.publish_into(overwrite=force)
     return out
