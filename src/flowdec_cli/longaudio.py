@@ -257,7 +257,8 @@ def enhance_long(model: Postfilter, source: Any, out: Any = None, *, nfe: int = 
         y = signal.read(0, signal.length)
         nz = None
         if noise is not None:
-            nz = torch.as_tensor(noise[..., :plan.chunk_frames]).to(model.device)
+            frames = padded_frames(num_frames(signal.length, hop), fe.pad_multiple)  # as enhance pads them
+            nz = torch.as_tensor(noise[..., :frames]).to(model.device)
         write(0, model.enhance(y, nfe, solver, noise=nz, generator=generator, normfac=nf, progress=progress))
         return write.result()
 
