@@ -611,6 +611,22 @@ def test_a_link_to_nothing_in_a_folder_is_reported_not_skipped(run, tmp_path, ti
     assert (tmp_path / "out" / "a.fdc").is_file()
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_and_a_link_loop_in_a_folder_are_reported_not_skipped(run, tmp_path, tiny_codec_dir):
+    """They were passed over without a word (a FIFO cannot be read in a batch: it may wait forever)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(0.3, 48000), 48000)
+    os.mkfifo(src / "pipe.wav")
+    (src / "loop.wav").symlink_to("loop.wav")
+    r = run("compress", src, tmp_path / "out", "-m", tiny_codec_dir)
+    assert r.exit_code == 1
+    assert (f"flowdec: error: {src / 'pipe.wav'}: is a FIFO; a folder run reads regular files only (name it on "
+            "its own to read it)") in r.output
+    assert f"flowdec: error: {src / 'loop.wav'}: a link that leads back to itself (loop.wav)" in r.output
+    assert "flowdec: 1 converted, 2 failed of 3 files" in r.output
+
+
 def test_roundtrip_keeps_each_inputs_type_and_sample_format(run, tmp_path, tiny_codec_dir):
     """A 24-bit FLAC came back as 16-bit, and a folder's FLAC and Ogg files came back as WAV."""
     src = tmp_path / "in"

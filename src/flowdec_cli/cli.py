@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
-from .fileio import OutputExistsError, output_is_sink, same_file, why_absent, would_replace
+from .fileio import OutputExistsError, output_is_sink, same_file, special_kind, why_absent, would_replace
 from .options import (
     PathArgument,
     check_nfe_option,
@@ -212,12 +212,12 @@ def _jobs(entries: list[Path], src: Path, dst: Path, wanted: Callable[[Path], bo
     """Every input among ``entries`` (:func:`_walk` of ``src``) that ``wanted`` accepts, mirrored under
     ``dst`` with ``out_suffix`` (None: its own); hidden files and folders are left out
     (:func:`flowdec_cli.audio.hidden_below`). Where the outputs are inputs of the same kind (roundtrip's
-    audio), what lies under ``dst`` is left out too: an earlier run's outputs. A link to nothing is listed,
-    for the run to report rather than skip in silence."""
+    audio), what lies under ``dst`` is left out too: an earlier run's outputs. A link to nothing, a FIFO or
+    a socket is listed, for the run to report rather than skip in silence."""
     from .audio import hidden_below, matches_glob
 
     dst_resolved = dst.resolve()
-    for path in sorted(p for p in entries if p.is_file() or (p.is_symlink() and not p.exists())):
+    for path in sorted(p for p in entries if not p.is_dir()):
         rel = path.relative_to(src)
         if hidden_below(rel):
             continue
@@ -325,9 +325,17 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     found = list(_jobs(entries, src, dst, wanted, None if keep_suffix else out_suffix, pattern, outputs_are_inputs))
     if not found:
         raise Failure(f"{src}: no matching input files found")
-    jobs, refused = _collisions([job for job in found if job.src.exists()])
+    jobs, refused = _collisions([job for job in found if job.src.is_file()])
     dangling = [(job, f"{job.src}: {why_absent(job.src)}") for job in found if not job.src.exists()]
-    return _Plan(jobs, folder=True, refused=dangling + refused + _unlisted_folders(unlisted, src, dst))
+    special = [(job, _not_regular(job.src)) for job in found if job.src.exists() and not job.src.is_file()]
+    return _Plan(jobs, folder=True, refused=dangling + special + refused + _unlisted_folders(unlisted, src, dst))
+
+
+def _not_regular(path: Path) -> str:
+    """Why a folder run passes over a FIFO, socket or device it found: reading one may wait forever."""
+    kind = special_kind(path) or "not a regular file"
+    hint = " (name it on its own to read it)" if kind in ("a FIFO", "a character device") else ""
+    return f"{path}: is {kind}; a folder run reads regular files only{hint}"
 
 
 def _unlisted_folders(unlisted: list[OSError], src: Path, dst: Path) -> list[tuple[_Job, str]]:

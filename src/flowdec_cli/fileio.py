@@ -77,9 +77,15 @@ def why_absent(path: str | os.PathLike, what: str = "file") -> str:
     path = Path(path)
     if path.is_symlink():
         try:
-            return f"a link to nothing ({os.readlink(path)})"
+            target = os.readlink(path)
         except OSError:
             return "a link to nothing"
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"a link that leads back to itself ({target})"
+        return f"a link to nothing ({target})"
     return f"no such {what}"
 
 
@@ -93,6 +99,15 @@ def why_not_a_regular_file(path: str | os.PathLike) -> str | None:
     if not path.is_file():
         return "not a regular file"
     return None
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """What a path that is neither a regular file nor a folder is ("a FIFO", "a socket", ...), else None."""
+    try:
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+    except OSError:
+        return None
+    return {**_SINKS, **_REFUSED}.get(kind)
 
 
 def output_is_sink(path: str | os.PathLike) -> bool:
