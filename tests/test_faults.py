@@ -448,6 +448,13 @@ def test_control_characters_in_an_output_name_reach_the_terminal_escaped(tmp_pat
     assert "\x1b" not in r.output and "\x07" not in r.output and out.is_file()
 
 
+def test_a_name_that_is_not_utf8_is_shown_with_its_bytes():
+    """Python holds such a byte as a lone surrogate, which messages showed as \\udcff."""
+    from flowdec_cli.errors import terminal_text
+
+    assert terminal_text(os.fsdecode(b"in\xff\x80.wav") + "\n") == "in\\xff\\x80.wav\\n"
+
+
 def test_more_codebooks_than_the_model_has_are_refused(tmp_path, tiny_codec_dir):
     h = container.FdcHeader(model_name="tiny-75", model_hash="", sample_rate=48000, channels=1,
                             num_samples=6400, model_sample_rate=48000, hop_length=640, codebook_size=1024,
