@@ -9,7 +9,7 @@ closest to the tone, by ``--waveform-weight`` x the L1 waveform error plus a lin
 loss at 512, 2,048 and 8,192 points: whether any latent sequence lets this decoder play the tone.
 
     python scripts/experiment_latent_tones.py [--model flowdec-small] [--freqs 220,440,1000,1760]
-        [--search-steps 400] [--lr 0.05] [--waveform-weight 50]
+        [--search-steps 400] [--lr 0.05] [--waveform-weight 50] [--loss stft|transport] [--start encoder|noise]
 """
 
 from __future__ import annotations
@@ -34,6 +34,24 @@ def _stft_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+def _transport_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Spectral earth mover's distance per frame (in bins, 2,048 and 8,192 points) plus a log-level term.
+
+    Moving a partial towards its place lowers this loss smoothly, where a bin-wise magnitude loss sees a
+    partial one bin off as wrong as one an octave off, and silence as cheaper than either.
+    """
+    loss = y.new_zeros(())
+    for n in (2048, 8192):
+        window = torch.hann_window(n)
+        ys = torch.stft(y, n, n // 4, window=window, return_complex=True).abs()
+        xs = torch.stft(x, n, n // 4, window=window, return_complex=True).abs()
+        y_mass, x_mass = ys.sum(-2, keepdim=True), xs.sum(-2, keepdim=True)
+        cdf_gap = (torch.cumsum(ys / (y_mass + 1e-7), -2) - torch.cumsum(xs / (x_mass + 1e-7), -2)).abs()
+        level_gap = (torch.log(y_mass + 1e-5) - torch.log(x_mass + 1e-5)).abs()
+        loss = loss + cdf_gap.sum(-2).mean() * (2048 / n) + level_gap.mean()
+    return loss
+
+
 def _neighbour_cosine(z: torch.Tensor) -> float:
     """Mean cosine between consecutive frames of a latent [1, dims, frames], over steady frames 20-60."""
     frames = z[0, :, 20:60].T
@@ -54,6 +72,10 @@ def main() -> None:
     ap.add_argument("--freqs", default="220,440,1000,1760", help="tone frequencies in Hz")
     ap.add_argument("--search-steps", type=int, default=0, help="Adam steps of the latent search (0: none)")
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--loss", choices=("stft", "transport"), default="stft",
+                    help="stft: linear + log magnitude; transport: spectral earth mover's distance + level")
+    ap.add_argument("--start", choices=("encoder", "noise"), default="encoder",
+                    help="search from the encoder's latent, or from noise as loud as it, per channel")
     ap.add_argument("--waveform-weight", type=float, default=50.0, help="of the L1 waveform error (0: STFT only)")
     args = ap.parse_args()
 
@@ -72,6 +94,8 @@ def main() -> None:
                   f"{_describe(ndac.decoder(z))}", flush=True)
         if args.search_steps <= 0:
             continue
+        if args.start == "noise":
+            z = z.pow(2).mean(-1, keepdim=True).sqrt() * torch.randn_like(z)
         z = z.clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=args.lr)
         start = time.perf_counter()
@@ -79,7 +103,8 @@ def main() -> None:
             y = ndac.decoder(z)
             n = min(y.shape[-1], x.shape[-1])
             y, target = y[..., :n], x[..., :n]
-            loss = args.waveform_weight * (y - target).abs().mean() + _stft_loss(y[0], target[0])
+            spectral = _transport_loss if args.loss == "transport" else _stft_loss
+            loss = args.waveform_weight * (y - target).abs().mean() + spectral(y[0], target[0])
             opt.zero_grad()
             loss.backward()
             opt.step()
