@@ -489,14 +489,19 @@ class Codec:
 
     def _model_rate_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
                            meter: BandMeter | None = None) -> Iterator[np.ndarray]:
-        """The input scaled and resampled to the model's rate, [channels, n] blocks, each metered on the way."""
+        """The input scaled and resampled to the model's rate, [channels, n] blocks, each metered on the way.
+        Blocks are cut so that each resampled one holds about _OUT_BLOCK_VALUES values: a low input rate
+        multiplies the samples (soxr crashed on one call's output past 2^30 values, a 1 Hz input)."""
         resampler = Resampler(sample_rate, self.ndac.sample_rate, channels)
-        for block in blocks:
-            out = resampler.process(block * scale if scale != 1.0 else block)
-            if len(out):
-                if meter is not None:
-                    meter.push(out.T)
-                yield out.T
+        step = max(1, _OUT_BLOCK_VALUES * sample_rate // (self.ndac.sample_rate * channels))
+        for whole in blocks:
+            for a in range(0, len(whole), step):
+                block = whole[a:a + step]
+                out = resampler.process(block * scale if scale != 1.0 else block)
+                if len(out):
+                    if meter is not None:
+                        meter.push(out.T)
+                    yield out.T
         tail = resampler.finish()
         if len(tail):
             if meter is not None:
