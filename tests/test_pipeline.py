@@ -686,3 +686,34 @@ def test_stage_errors_are_the_packages_own_and_still_value_errors(codec):
         assert isinstance(info.value, FlowdecError) and isinstance(info.value, ValueError)
     with pytest.raises(InvalidValue, match=r"audio must be shaped \[batch, 1, samples\], got \(48000,\)"):
         nd.encode(torch.zeros(48000))
+
+
+def test_a_codec_loaded_without_its_postfilter_decodes_at_nfe_0_by_default():
+    """The default NFE came from the model's card (6) though the postfilter was not loaded: every decode
+    that named no NFE failed."""
+    codec = Codec.load("flowdec-small", "cpu", with_postfilter=False)
+    assert codec.resolve_nfe(None) == 0
+    header, codes = codec.compress_array(tone(0.3, 48000), 48000, n_codebooks=2)
+    assert codec.decompress_codes(header, codes).shape == (14400, 1)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"nfe": -1}, "NFE must be a non-negative integer"), ({"nfe": "2"}, "NFE must be a non-negative integer"),
+    ({"nfe": True}, "NFE must be a non-negative integer"), ({"nfe": 10**6}, "more than 1000 network passes"),
+    ({"chunk_seconds": 0}, "chunk_seconds must be a positive number"),
+    ({"chunk_seconds": float("nan")}, "chunk_seconds must be a positive number")])
+def test_a_codecs_own_settings_are_checked_when_it_loads(tiny_codec_dir, kwargs, message):
+    """They were taken as given: every decode then failed, NFE '2' with a TypeError, and chunk_seconds 0
+    became 1-frame chunks (13x slower)."""
+    with pytest.raises(CodecError, match=message):
+        Codec.load(tiny_codec_dir, "cpu", **kwargs)
+
+
+def test_loading_a_model_leaves_the_callers_random_numbers_alone(tiny_codec_dir):
+    """Building the modules drew their initial weights from torch's global generator before the weights
+    replaced them, so a caller's torch.manual_seed no longer gave the same numbers after a load."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    Codec.load(tiny_codec_dir, "cpu")
+    assert torch.equal(torch.rand(3), expected)

@@ -274,6 +274,18 @@ class _Decoded(NamedTuple):
     envelope_seconds: float = 0.0
 
 
+def _check_default_nfe(nfe: Any) -> None:
+    """A codec's own NFE (used when a decode names none) is checked when it is given, not at every decode;
+    whether the solver takes it (midpoint: even) is still each decode's check."""
+    from .sampler import nfe_to_steps
+
+    if nfe is not None:
+        try:
+            nfe_to_steps(nfe, "euler")
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
+
+
 class Codec:
     """A loaded model plus the device it runs on."""
 
@@ -288,6 +300,9 @@ class Codec:
         channel (None: as the model's card says; the released models have none, so their files decode exactly
         as the official code's). Decoding always follows a file's side channel when it has one."""
         self.model = model
+        _check_default_nfe(nfe)
+        if not is_real(chunk_seconds) or not 0 < float(chunk_seconds) < math.inf:
+            raise CodecError(f"chunk_seconds must be a positive number of seconds, got {chunk_seconds!r}")
         if nfe is not None and nfe > 0 and model.postfilter is None:
             raise CodecError(f"model '{model.name}' was loaded without a postfilter, so it cannot decode at NFE "
                              f"{nfe}; load it with its postfilter, or decode at NFE 0")
@@ -356,6 +371,7 @@ class Codec:
         from .models import ModelError
         from .models.catalogue import builtin_model_name, chosen_default_model
 
+        _check_default_nfe(nfe)
         dev = resolve_device(device)  # before the weights load: a missing GPU is refused at once
         chosen_in = None
         if ref is None:
@@ -735,7 +751,10 @@ class Codec:
         postfilter). With ``solver``, checked to suit it (:func:`flowdec_cli.sampler.nfe_to_steps`: midpoint
         takes an even NFE)."""
         if nfe is None:
-            nfe = self.model.default_nfe if self.default_nfe is None else self.default_nfe
+            if self.default_nfe is not None:
+                nfe = self.default_nfe
+            else:  # loaded without its postfilter (with_postfilter=False): the codec alone
+                nfe = self.model.default_nfe if self.postfilter is not None else 0
         if solver is not None:
             from .sampler import nfe_to_steps
 
@@ -845,7 +864,9 @@ class Codec:
 
     def decompress_codes(self, header: FdcHeader, codes: np.ndarray, nfe: int | None = None, solver: str = "midpoint",
                          seed: int | None = None, progress: Progress = _no_progress) -> np.ndarray:
-        """Float audio [frames, channels] at the original rate and length."""
+        """Float audio [frames, channels] at the original rate and length. The postfilter's start noise comes
+        from ``seed`` (the same audio every time), or without one from torch's global generator (so
+        ``torch.manual_seed`` repeats it too); the same holds for every decode method."""
         return self.decompress_codes_timed(header, codes, nfe, solver, seed, progress)[0]
 
     def decompress_codes_timed(self, header: FdcHeader, codes: np.ndarray, nfe: int | None = None,

@@ -185,13 +185,14 @@ def load_model(ref: str | os.PathLike[str], device: Device = None, with_postfilt
                 check_model_name(name)  # it would go into every file coded, which then could not be decoded
             except ModelError as exc:
                 raise ModelError(f"{path / 'flowdec.json'}: {exc}") from None
-    ndac = _ndac_at(path, device)
     has_pf = path.is_dir() and (path / "postfilter").is_dir()
     if with_postfilter is None:
         wanted = wants_postfilter(nfe, card, has_pf)
     else:
         wanted = has_pf and with_postfilter
-    pf = _postfilter_at(path, device) if wanted else None
+    with torch.random.fork_rng(devices=[]):  # building the modules draws initial weights: not from the caller's
+        ndac = _ndac_at(path, device)
+        pf = _postfilter_at(path, device) if wanted else None
     return Model(name=name, ndac=ndac, postfilter=pf, licence=str(card.get("licence", "unknown")),
                  source=str(path), info=card, ndac_hash=ndac_state_hash(ndac))
 
