@@ -183,6 +183,19 @@ def test_a_replaced_folder_keeps_its_mode_and_a_new_one_gets_the_umasks(tmp_path
         os.umask(old_mask)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+def test_publishing_reads_the_umask_without_setting_it(tmp_path, monkeypatch):
+    """Setting the umask to read it, then back, could leave it changed when two threads overlapped."""
+    old_mask = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask called"))
+        fileio.atomic_write_bytes(tmp_path / "x", b"data")
+    finally:
+        monkeypatch.undo()
+        os.umask(old_mask)
+    assert stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o640
+
+
 def test_a_model_exported_into_a_folder_another_run_filled_is_refused(tmp_path):
     """Two exports into one folder at once both reported success and the first one's model was gone: the
     emptiness check came before the work, the publish replaced whatever was there by then."""

@@ -165,9 +165,22 @@ def _copy_into_sink(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
 def _default_mode(folder: bool = False) -> int:
     """The mode a plain ``open()`` (``mkdir``) would give: mkstemp's 0600 (mkdtemp's 0700) would hide outputs
     from other users."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read where Linux shows it: setting it to read it (the only portable way) would
+    change it for every thread for a moment, and two threads doing so at once could leave it changed."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
-    return (0o777 if folder else 0o666) & ~mask
+    return mask
 
 
 # -- temporary names ---------------------------------------------------------------------------------
