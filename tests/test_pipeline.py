@@ -717,3 +717,9 @@ def test_loading_a_model_leaves_the_callers_random_numbers_alone(tiny_codec_dir)
     torch.manual_seed(0)
     Codec.load(tiny_codec_dir, "cpu")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_codebook_count_out_of_range_is_named_in_the_librarys_terms(codec):
+    """The library's message named the command line's --n-codebooks."""
+    with pytest.raises(CodecError, match=r"has 10 codebooks; cannot code with 12$"):
+        codec.choose_rate(n_codebooks=12)

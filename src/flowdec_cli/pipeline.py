@@ -453,7 +453,7 @@ class Codec:
         valid = ", ".join(f"{p.kbps:g}" for p in self._points)
         if n_codebooks is not None and not 1 <= n_codebooks <= self.ndac.n_codebooks:
             raise CodecError(f"model '{self.model.name}' has {self.ndac.n_codebooks} codebooks; "
-                             f"--n-codebooks {n_codebooks} is out of range")
+                             f"cannot code with {n_codebooks}")
         if bitrate_kbps is not None and (not math.isfinite(bitrate_kbps) or bitrate_kbps <= 0):
             raise CodecError(f"a bitrate must be a positive number of kbit/s per channel, got {bitrate_kbps:g}; "
                              f"valid rates of model '{self.model.name}': {valid}")
