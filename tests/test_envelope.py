@@ -347,3 +347,23 @@ def test_a_model_at_another_rate_cannot_write_an_envelope(tmp_path):
     folder = write_model_folder(tmp_path / "m24", "m24", ndac)
     with pytest.raises(ModelError, match="defined at 48000 Hz only"):
         Codec.load(folder, "cpu", envelope=True)
+
+
+def test_the_side_channel_tables_printed_in_the_spec_are_the_ones_coded_with():
+    """docs/fdc-format.md lists both rows so that a reader can be written without this code."""
+    import re
+    from pathlib import Path
+
+    spec = (Path(__file__).resolve().parents[1] / "docs" / "fdc-format.md").read_text()
+    rows = []
+    for heading in ("Wide residuals", "Narrow residuals"):
+        block = spec.split(heading, 1)[1].split(":\n\n", 1)[1].split("\n\n", 1)[0]
+        rows.append([int(v) for v in re.findall(r"\d+", block)])
+    layout = env.envelope_layout("bands15", 48000)
+    for row, num_den in zip(rows, (layout.wide_decay, layout.narrow_decay)):
+        weights, w = [], 1 << 40
+        for _ in range(64):
+            weights.append(w)
+            w = max(w * num_den[0] // num_den[1], 1)
+        expected = env.freqs_from_counts(np.array(weights[:0:-1] + weights, dtype=np.float64)[None])[0]
+        assert row == expected.tolist() and sum(row) == 1 << 16
