@@ -48,6 +48,8 @@ def test_compress_info_decompress(run, wav, tmp_path, tiny_codec_dir):
     assert info["n_codebooks"] == 4 and info["nominal_bitrate_kbps"] == 3.0
     assert info["sample_rate"] == 44100 and info["channels"] == 2 and info["num_samples"] == sf.info(str(wav)).frames
     assert info["actual_bitrate_kbps"] <= 3.0 * 1.005 + 128 * 8 / 1.2 / 2 / 1000
+    # bit-packed (the tiny model has no entropy tables): the payload's real size, not the absent key's 0
+    assert info["coding"] == "bitpack" and info["payload_bytes"] == -(-2 * 4 * info["num_frames"] * 10 // 8)
     text = run("info", fdc).output
     assert "model_name" in text and "tiny-75" in text
     out = tmp_path / "out.flac"

@@ -892,6 +892,7 @@ def info(src: Path, as_json: bool) -> None:
     fields = asdict(header)
     fields.pop("envelope", None)  # the levels themselves are not shown (nor decoded: info needs no model)
     fields.update({
+        "payload_bytes": header.payload_size,  # a bit-packed file stores none: its size follows from its codes
         "file": str(src), "file_bytes": size, "duration_s": duration,
         "frame_rate_hz": header.model_sample_rate / header.hop_length,
         "nominal_bitrate_kbps": header.nominal_bitrate / 1000,
