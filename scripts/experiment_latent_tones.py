@@ -34,24 +34,6 @@ def _stft_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _transport_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Spectral earth mover's distance per frame (in bins, 2,048 and 8,192 points) plus a log-level term.
-
-    Moving a partial towards its place lowers this loss smoothly, where a bin-wise magnitude loss sees a
-    partial one bin off as wrong as one an octave off, and silence as cheaper than either.
-    """
-    loss = y.new_zeros(())
-    for n in (2048, 8192):
-        window = torch.hann_window(n)
-        ys = torch.stft(y, n, n // 4, window=window, return_complex=True).abs()
-        xs = torch.stft(x, n, n // 4, window=window, return_complex=True).abs()
-        y_mass, x_mass = ys.sum(-2, keepdim=True), xs.sum(-2, keepdim=True)
-        cdf_gap = (torch.cumsum(ys / (y_mass + 1e-7), -2) - torch.cumsum(xs / (x_mass + 1e-7), -2)).abs()
-        level_gap = (torch.log(y_mass + 1e-5) - torch.log(x_mass + 1e-5)).abs()
-        loss = loss + cdf_gap.sum(-2).mean() * (2048 / n) + level_gap.mean()
-    return loss
-
-
 def _neighbour_cosine(z: torch.Tensor) -> float:
     """Mean cosine between consecutive frames of a latent [1, dims, frames], over steady frames 20-60."""
     frames = z[0, :, 20:60].T
@@ -80,6 +62,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from flowdec_cli import Codec
+    from flowdec_cli.training.losses import SpectralTransportLoss
+
+    transport = SpectralTransportLoss()
 
     torch.manual_seed(0)
     ndac = Codec.load(args.model, "cpu", with_postfilter=False).model.ndac
@@ -103,7 +88,7 @@ def main() -> None:
             y = ndac.decoder(z)
             n = min(y.shape[-1], x.shape[-1])
             y, target = y[..., :n], x[..., :n]
-            spectral = _transport_loss if args.loss == "transport" else _stft_loss
+            spectral = transport if args.loss == "transport" else _stft_loss
             loss = args.waveform_weight * (y - target).abs().mean() + spectral(y[0], target[0])
             opt.zero_grad()
             loss.backward()

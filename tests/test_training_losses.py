@@ -251,3 +251,16 @@ def test_with_coded_phase_keeps_clean_magnitudes_and_coded_phase():
     torch.testing.assert_close((out * Y.conj())[lit].imag, torch.zeros(int(lit.sum())), atol=1e-5, rtol=0)
     assert bool(((out * Y.conj())[lit].real > 0).all())
     assert out[0, 0, 4, 2] == X[0, 0, 4, 2]
+
+
+def test_spectral_transport_falls_as_a_partial_nears_its_place_and_prefers_it_to_silence():
+    """The codec's magnitude losses score a partial on the wrong comb line worse than silence; this one
+    falls step by step as the partial moves towards the reference's, and silence costs the most."""
+    from flowdec_cli.training.losses import SpectralTransportLoss
+
+    t = torch.arange(48000) / 48000
+    ref = 0.3 * torch.sin(2 * torch.pi * 440 * t)[None]
+    loss = SpectralTransportLoss()
+    costs = [float(loss(0.3 * torch.sin(2 * torch.pi * f * t)[None], ref)) for f in (900, 525, 450, 440)]
+    assert costs == sorted(costs, reverse=True) and costs[-1] < 0.05 * costs[0]
+    assert float(loss(torch.zeros_like(ref), ref)) > costs[0]

@@ -163,6 +163,11 @@ class NDACLossConfig:
     complex_stft_weight: float = 0.0
     complex_stft_windows: list[int] = field(default_factory=lambda: [256, 512, 1024])
     complex_stft_alpha: float = 0.3
+    # ours (0 = off): the spectral earth mover's distance plus log level (losses.SpectralTransportLoss), which
+    # falls as a partial moves towards its place: the codec's other losses score silence above a partial on
+    # the wrong line of its 75 Hz comb (docs/models.md, "Why the harmonics stick")
+    transport_weight: float = 0.0
+    transport_windows: list[int] = field(default_factory=lambda: [2048, 8192])
 
 
 @dataclass
@@ -241,6 +246,10 @@ class NDACTrainConfig:
             raise ConfigError("loss.complex_stft_alpha must be in (0, 1]")
         if any(w < 4 or w & (w - 1) for w in self.loss.complex_stft_windows) or not self.loss.complex_stft_windows:
             raise ConfigError("loss.complex_stft_windows must be powers of two of at least 4")
+        if self.loss.transport_weight < 0:
+            raise ConfigError("loss.transport_weight must be at least 0")
+        if any(w < 4 or w & (w - 1) for w in self.loss.transport_windows) or not self.loss.transport_windows:
+            raise ConfigError("loss.transport_windows must be powers of two of at least 4")
         if self.optim.lr_final is not None and not self.optim.lr_final > 0:
             raise ConfigError("optim.lr_final must be positive (or absent: the lr_gamma schedule)")
         if self.optim.revive_dead_codes_every < 0:

@@ -245,6 +245,35 @@ class CompressedComplexSTFTLoss(nn.Module):
         return loss
 
 
+class SpectralTransportLoss(nn.Module):
+    """Earth mover's distance between magnitude spectra along frequency, frame by frame, plus their log level.
+
+    Per frame, the L1 distance between the cumulative sums of the two magnitude spectra, each normalised to
+    sum 1, in bins of the 2,048-point window (a 10 Hz shift costs the same in every window), plus the L1
+    distance of the log total magnitudes. Moving a partial towards its place lowers it step by step, where a
+    bin-wise magnitude loss sees a partial one bin off as wrong as one an octave off and scores silence
+    better than either (docs/models.md, "Why the harmonics stick"); the level term keeps silence costly.
+    """
+
+    def __init__(self, windows: Sequence[int] = (2048, 8192), eps: float = 1e-7) -> None:
+        super().__init__()
+        self.windows, self.eps = [int(w) for w in windows], float(eps)
+        for w in self.windows:
+            self.register_buffer(f"window_{w}", torch.hann_window(w, periodic=True), persistent=False)
+
+    def forward(self, y_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        loss = y_hat.new_zeros((), dtype=torch.float32)
+        for w in self.windows:
+            window = getattr(self, f"window_{w}")
+            a, b = (torch.stft(v.float().reshape(-1, v.shape[-1]), w, w // 4, window=window, center=True,
+                               pad_mode="reflect", return_complex=True).abs() for v in (y_hat, x))
+            mass_a, mass_b = a.sum(-2, keepdim=True), b.sum(-2, keepdim=True)
+            gap = torch.cumsum(a / (mass_a + self.eps), -2) - torch.cumsum(b / (mass_b + self.eps), -2)
+            level = torch.log(mass_a + 1e-5) - torch.log(mass_b + 1e-5)
+            loss = loss + gap.abs().sum(-2).mean() * (2048 / w) + level.abs().mean()
+        return loss
+
+
 class NDACLoss(nn.Module):
     """Weighted sum of the NDAC losses; returns ``(total, {name: value})``.
 
@@ -256,13 +285,15 @@ class NDACLoss(nn.Module):
         c = loss_config
         self.weights = {"mel": c.mel_weight, "cqt": c.cqt_weight, "waveform": c.waveform_weight,
                         "commitment": c.commitment_weight, "codebook": c.codebook_weight,
-                        "latent": c.latent_weight, "complex_stft": c.complex_stft_weight}
+                        "latent": c.latent_weight, "complex_stft": c.complex_stft_weight,
+                        "transport": c.transport_weight}
         self.mel = MultiScaleMelLoss(sample_rate, c.mel_windows, c.mel_bins, c.mel_clamp, c.mel_mag_weight,
                                      c.mel_log_weight, c.mel_pow) if c.mel_weight else None
         self.cqt = MultiScaleCQTLoss(sample_rate, c.cqt_octaves, c.cqt_fmin, c.cqt_hop, c.cqt_bins_per_octave,
                                      c.cqt_clamp) if c.cqt_weight else None
         self.complex_stft = CompressedComplexSTFTLoss(c.complex_stft_windows, c.complex_stft_alpha) \
             if c.complex_stft_weight else None
+        self.transport = SpectralTransportLoss(c.transport_windows) if c.transport_weight else None
 
     def forward(self, y_hat: torch.Tensor, x: torch.Tensor, commitment: torch.Tensor,
                 codebook: torch.Tensor, latent: torch.Tensor | None = None
@@ -278,6 +309,8 @@ class NDACLoss(nn.Module):
         parts["waveform"] = waveform_l1(y_hat, x)
         if self.complex_stft is not None:
             parts["complex_stft"] = self.complex_stft(y_hat, x)
+        if self.transport is not None:
+            parts["transport"] = self.transport(y_hat, x)
         parts["commitment"] = commitment.float()
         parts["codebook"] = codebook.float()
         if self.weights["latent"] and latent is not None:
