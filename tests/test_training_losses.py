@@ -264,3 +264,22 @@ def test_spectral_transport_falls_as_a_partial_nears_its_place_and_prefers_it_to
     costs = [float(loss(0.3 * torch.sin(2 * torch.pi * f * t)[None], ref)) for f in (900, 525, 450, 440)]
     assert costs == sorted(costs, reverse=True) and costs[-1] < 0.05 * costs[0]
     assert float(loss(torch.zeros_like(ref), ref)) > costs[0]
+
+
+def test_spectral_transport_weighs_near_silent_frames_by_their_level():
+    """Each frame's spectrum was normalised to sum 1: under a silent reference (padding, a pause) any faint
+    output cost more than a partial an octave off, with gradients growing as 1 / level."""
+    from flowdec_cli.training.losses import SpectralTransportLoss
+
+    loss = SpectralTransportLoss()
+    t = torch.arange(24000) / 48000
+    off_by_an_octave = float(loss(0.3 * torch.sin(2 * torch.pi * 880 * t)[None],
+                                  0.3 * torch.sin(2 * torch.pi * 440 * t)[None]))
+    grads = []
+    for level in (1e-3, 1e-5):
+        y = (level * torch.randn(1, 24000, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+        faint = loss(y, torch.zeros(1, 24000))
+        faint.backward()
+        assert float(faint.detach()) < off_by_an_octave
+        grads.append(float(y.grad.norm()))
+    assert max(grads) < 1e4

@@ -248,8 +248,12 @@ class NDACTrainConfig:
             raise ConfigError("loss.complex_stft_windows must be powers of two of at least 4")
         if self.loss.transport_weight < 0:
             raise ConfigError("loss.transport_weight must be at least 0")
-        if any(w < 4 or w & (w - 1) for w in self.loss.transport_windows) or not self.loss.transport_windows:
-            raise ConfigError("loss.transport_windows must be powers of two of at least 4")
+        windows = self.loss.transport_windows
+        if any(w < 4 or w & (w - 1) for w in windows) or not windows or len(set(windows)) != len(windows):
+            raise ConfigError("loss.transport_windows must be distinct powers of two of at least 4")
+        if self.loss.transport_weight and max(windows) // 2 >= self.data.segment_seconds * m.sample_rate:
+            raise ConfigError(f"loss.transport_windows: a window of {max(windows)} samples needs training segments "
+                              f"longer than {max(windows) // 2} samples (data.segment_seconds)")
         if self.optim.lr_final is not None and not self.optim.lr_final > 0:
             raise ConfigError("optim.lr_final must be positive (or absent: the lr_gamma schedule)")
         if self.optim.revive_dead_codes_every < 0:

@@ -249,28 +249,45 @@ class SpectralTransportLoss(nn.Module):
     """Earth mover's distance between magnitude spectra along frequency, frame by frame, plus their log level.
 
     Per frame, the L1 distance between the cumulative sums of the two magnitude spectra, each normalised to
-    sum 1, in bins of the 2,048-point window (a 10 Hz shift costs the same in every window), plus the L1
-    distance of the log total magnitudes. Moving a partial towards its place lowers it step by step, where a
-    bin-wise magnitude loss sees a partial one bin off as wrong as one an octave off and scores silence
-    better than either (docs/models.md, "Why the harmonics stick"); the level term keeps silence costly.
+    sum 1 (where it is not near silence), in bins of the 2,048-point window (a 10 Hz shift costs the same in
+    every window), plus the L1 distance of the log total magnitudes. Moving a partial towards its place
+    lowers it step by step, where a bin-wise magnitude loss sees a partial one bin off as wrong as one an
+    octave off and scores silence better than either (docs/models.md, "Why the harmonics stick"); the level
+    term keeps silence costly.
+
+    A frame's spectral shape counts by the reference's level there (``m / (m + floor)``, the floor 1 % of
+    the item's mean frame level plus about the level of a -60 dBFS sine): the shape of a near-silent frame
+    (padding, a fade, a pause) is noise, and normalising it would give it the weight, and the gradient, of a
+    loud one; the normalisation and the level term are floored alike, so their gradients stay bounded near
+    silence. Magnitudes are ``sqrt(|S|^2 + delta)``: finite gradients where a bin is empty.
     """
 
-    def __init__(self, windows: Sequence[int] = (2048, 8192), eps: float = 1e-7) -> None:
+    def __init__(self, windows: Sequence[int] = (2048, 8192), delta: float = 1e-10) -> None:
         super().__init__()
-        self.windows, self.eps = [int(w) for w in windows], float(eps)
+        self.windows, self.delta = [int(w) for w in windows], float(delta)
         for w in self.windows:
             self.register_buffer(f"window_{w}", torch.hann_window(w, periodic=True), persistent=False)
+
+    def _magnitude(self, v: torch.Tensor, w: int) -> torch.Tensor:
+        spec = torch.stft(v.float().reshape(-1, v.shape[-1]), w, w // 4, window=getattr(self, f"window_{w}"),
+                          center=True, pad_mode="reflect", return_complex=True)
+        return (torch.view_as_real(spec).pow(2).sum(-1) + self.delta).sqrt()
 
     def forward(self, y_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         loss = y_hat.new_zeros((), dtype=torch.float32)
         for w in self.windows:
-            window = getattr(self, f"window_{w}")
-            a, b = (torch.stft(v.float().reshape(-1, v.shape[-1]), w, w // 4, window=window, center=True,
-                               pad_mode="reflect", return_complex=True).abs() for v in (y_hat, x))
-            mass_a, mass_b = a.sum(-2, keepdim=True), b.sum(-2, keepdim=True)
-            gap = torch.cumsum(a / (mass_a + self.eps), -2) - torch.cumsum(b / (mass_b + self.eps), -2)
-            level = torch.log(mass_a + 1e-5) - torch.log(mass_b + 1e-5)
-            loss = loss + gap.abs().sum(-2).mean() * (2048 / w) + level.abs().mean()
+            a, b = self._magnitude(y_hat, w), self._magnitude(x, w)  # [items, bins, frames]
+            mass_a, mass_b = a.sum(-2), b.sum(-2)
+            quiet = 1e-3 * w  # about the frame level of a -60 dBFS sine at this window
+            # each spectrum over its level plus ``quiet``: sums to 1 where loud, less where quiet (so a too
+            # quiet output still falls short at the top), and its gradient stays below 1 / quiet
+            gap = (torch.cumsum(a / (mass_a + quiet).unsqueeze(-2), -2)
+                   - torch.cumsum(b / (mass_b + quiet).unsqueeze(-2), -2))
+            floor = 0.01 * mass_b.mean(-1, keepdim=True) + quiet
+            weight = (mass_b / (mass_b + floor)).detach()
+            shape = (gap.abs().sum(-2) * weight).mean()
+            level = (torch.log(mass_a + quiet) - torch.log(mass_b + quiet)).abs().mean()
+            loss = loss + shape * (2048 / w) + level
         return loss
 
 
