@@ -220,6 +220,27 @@ def test_a_model_exported_into_a_folder_another_run_filled_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_model_exported_into_a_folder_that_is_there_keeps_that_folder(tmp_path):
+    """An empty folder was removed and replaced by ours (its mode, owner and ACLs lost; a mount point failed
+    with a raw error), and a link to an empty folder was refused as if another run had filled it."""
+    from flowdec_cli.models.folder import ModelFolderBuilder
+
+    (tmp_path / "empty").mkdir(mode=0o750)
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    for dest in (tmp_path / "empty", tmp_path / "link"):
+        inode = dest.stat().st_ino
+        with ModelFolderBuilder(dest, "export") as build:
+            (build.path / "ndac").mkdir()
+            (build.path / "ndac" / "config.json").write_text("{}")
+            build.write_card({"name": dest.name})
+            build.publish_into()
+        assert dest.stat().st_ino == inode and sorted(p.name for p in dest.iterdir()) == ["flowdec.json", "ndac"]
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "target" / "ndac" / "config.json").is_file()
+    assert stat.S_IMODE((tmp_path / "empty").stat().st_mode) == 0o750
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "link", "target"]
+
+
 def test_link_fallback_is_no_clobber_too(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio, "_renameat2_noreplace", lambda src, dst: False)
     dst = tmp_path / "x"

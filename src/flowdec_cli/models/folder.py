@@ -18,7 +18,6 @@ model where a model is looked for.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..bitrate import bitrate_table
 from ..entropy import TABLES_FILE
 from ..exceptions import FlowdecError
-from ..fileio import OutputExistsError, atomic_write_bytes, publish_folder, temporary_folder
+from ..fileio import OutputExistsError, atomic_write_bytes, publish, publish_folder, temporary_folder
 from ..numeric import is_integer, is_real
 
 if TYPE_CHECKING:
@@ -262,27 +261,56 @@ class ModelFolderBuilder:
         return self.dest
 
     def publish_into(self, overwrite: bool = False) -> Path:
-        """Move the staged model into the folder ``dest``. A folder with nothing in it but a model (or
-        nothing) is replaced whole, in one rename: a reader never meets a model half replaced, and of two
-        runs exporting into one folder at once, one is refused (``OutputExistsError``) unless ``overwrite``.
-        A folder holding other files too (a hub repo's .git) keeps them; only what a model owns
-        (:data:`OWNED`) is replaced there, item by item."""
+        """Move the staged model into the folder ``dest``.
+
+        An absent folder is made by renaming the staged one into place: of two runs exporting there at once,
+        one is refused (``OutputExistsError``). A folder that is there (empty, or a link to a folder) stays,
+        with its owner and mode: the model's parts are moved into it one by one, none replacing anything
+        unless ``overwrite`` (a run that finds a part there takes back what it moved and is refused). With
+        ``overwrite``, a folder holding nothing but a model is exchanged whole in one step, so a reader never
+        meets a model half replaced; beside other files (a hub repo's .git) only what a model owns
+        (:data:`OWNED`) is replaced, part by part."""
         dest = self.dest
-        present = list(dest.iterdir()) if dest.is_dir() and not dest.is_symlink() else None
-        if present == [] and not overwrite:
-            try:  # an empty folder: the rename below takes its place, unless another run filled it
-                dest.rmdir()
-            except OSError as exc:
-                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise OutputExistsError(dest) from None
-                raise
-        if present and not overwrite:
-            raise OutputExistsError(dest)
-        if not present or all(p.name in self.OWNED for p in present):
-            publish_folder(self.path, dest, overwrite=overwrite)
+        if not dest.exists() and not dest.is_symlink():
+            publish_folder(self.path, dest)
             return dest
+        present = list(dest.iterdir())
+        if not overwrite:
+            if present:
+                raise OutputExistsError(dest)
+            self._move_parts_into(dest)
+        elif present and not dest.is_symlink() and all(p.name in self.OWNED for p in present):
+            publish_folder(self.path, dest, overwrite=True)
+            return dest
+        else:
+            self._replace_parts_in(dest)
+        self.discard()
+        return dest
+
+    def _move_parts_into(self, dest: Path) -> None:
+        """Each staged part into ``dest`` without replacing anything; on a clash, ours go and the run stops."""
+        moved: list[Path] = []
+        try:
+            for item in sorted(self.path.iterdir()):
+                target = dest / item.name
+                if item.is_dir():
+                    publish_folder(item, target)
+                else:
+                    publish(item, target, overwrite=False)
+                moved.append(target)
+        except OutputExistsError:
+            for target in moved:
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+            raise OutputExistsError(dest) from None
+
+    def _replace_parts_in(self, dest: Path) -> None:
+        """Each staged part replaces its namesake in ``dest``, each in one step; owned parts the new model
+        lacks (a postfilter) go; everything else stays."""
         staged = sorted(p.name for p in self.path.iterdir())
-        for name in staged:  # beside other files: each of ours replaced in one step, the rest stays
+        for name in staged:
             new, old = self.path / name, dest / name
             if new.is_dir():
                 publish_folder(new, old, overwrite=True)
@@ -290,14 +318,12 @@ class ModelFolderBuilder:
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
             os.replace(new, old)
-        for name in set(self.OWNED) - set(staged):  # a part the new model lacks (a postfilter) goes
+        for name in set(self.OWNED) - set(staged):
             old = dest / name
             if old.is_dir() and not old.is_symlink():
                 shutil.rmtree(old)
             elif old.exists() or old.is_symlink():
                 old.unlink()
-        self.discard()
-        return dest
 
 
 def _link_or_copy_tree(src: Path, dst: Path) -> None:
