@@ -700,8 +700,8 @@ def test_a_codec_loaded_without_its_postfilter_decodes_at_nfe_0_by_default():
 @pytest.mark.parametrize("kwargs,message", [
     ({"nfe": -1}, "NFE must be a non-negative integer"), ({"nfe": "2"}, "NFE must be a non-negative integer"),
     ({"nfe": True}, "NFE must be a non-negative integer"), ({"nfe": 10**6}, "more than 1000 network passes"),
-    ({"chunk_seconds": 0}, "chunk_seconds must be a positive number"),
-    ({"chunk_seconds": float("nan")}, "chunk_seconds must be a positive number")])
+    ({"chunk_seconds": 0}, "chunk_seconds must be a number of seconds of at least one frame"),
+    ({"chunk_seconds": 1e-9}, "of at least one frame"), ({"chunk_seconds": float("nan")}, "of at least one frame")])
 def test_a_codecs_own_settings_are_checked_when_it_loads(tiny_codec_dir, kwargs, message):
     """They were taken as given: every decode then failed, NFE '2' with a TypeError, and chunk_seconds 0
     became 1-frame chunks (13x slower)."""

@@ -233,12 +233,17 @@ def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20,
     path = Path(path)
     fd = _open_fd(path)
     try:
-        if same_as is not None and same_as.identity is not None and _identity(fd) != same_as.identity:
-            raise AudioError(f"{path}: changed while flowdec was reading it (replaced or rewritten); run again "
-                             "once it is complete")
+        _require_unchanged(fd, path, same_as)
         yield from _blocks(fd, path, block_frames)
+        _require_unchanged(fd, path, same_as)  # rewritten in place while this pass read it
     finally:
         os.close(fd)
+
+
+def _require_unchanged(fd: int, path: Path, same_as: AudioInfo | None) -> None:
+    if same_as is not None and same_as.identity is not None and _identity(fd) != same_as.identity:
+        raise AudioError(f"{path}: changed while flowdec was reading it (replaced or rewritten); run again once "
+                         "it is complete")
 
 
 def _blocks(fd: int, path: Path, block_frames: int) -> Iterator[np.ndarray]:

@@ -221,7 +221,7 @@ def _jobs(entries: list[Path], src: Path, dst: Path, wanted: Callable[[Path], bo
         rel = path.relative_to(src)
         if hidden_below(rel):
             continue
-        if outputs_are_inputs and dst_resolved in path.resolve().parents:
+        if outputs_are_inputs and dst_resolved in Path(os.path.realpath(path)).parents:  # realpath: loops too
             continue
         if not wanted(path) or not matches_glob(rel, pattern):
             continue
@@ -268,7 +268,9 @@ def _collisions(jobs: list[_Job]) -> tuple[list[_Job], list[tuple[_Job, str]]]:
             refused.append((job, f"{job.src}: same output {job.dst} as {', '.join(others)}; neither converted "
                                  "(rename one, or choose with --glob)"))
         elif id(job) in nesting:
-            pairs = ", ".join(f"{j.src} (output {j.dst})" for j in nesting[id(job)])
+            clashes = nesting[id(job)]
+            pairs = ", ".join(f"{j.src} (output {j.dst})" for j in clashes[:3])
+            pairs += f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
             refused.append((job, f"{job.src}: its output {job.dst} and that of {pairs} would have to be a file "
                                  "and a folder of one name; neither converted (rename one, or choose with --glob)"))
         else:
@@ -334,7 +336,7 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
 def _not_regular(path: Path) -> str:
     """Why a folder run passes over a FIFO, socket or device it found: reading one may wait forever."""
     kind = special_kind(path) or "not a regular file"
-    hint = " (name it on its own to read it)" if kind in ("a FIFO", "a character device") else ""
+    hint = " (name it on its own to read it)" if kind == "a FIFO" else ""
     return f"{path}: is {kind}; a folder run reads regular files only{hint}"
 
 

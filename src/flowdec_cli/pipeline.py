@@ -301,8 +301,10 @@ class Codec:
         as the official code's). Decoding always follows a file's side channel when it has one."""
         self.model = model
         _check_default_nfe(nfe)
-        if not is_real(chunk_seconds) or not 0 < float(chunk_seconds) < math.inf:
-            raise CodecError(f"chunk_seconds must be a positive number of seconds, got {chunk_seconds!r}")
+        frame_seconds = model.ndac.hop_length / model.ndac.sample_rate
+        if not is_real(chunk_seconds) or not frame_seconds <= float(chunk_seconds) < math.inf:
+            raise CodecError(f"chunk_seconds must be a number of seconds of at least one frame ({frame_seconds:g} "
+                             f"s), got {chunk_seconds!r}")
         if nfe is not None and nfe > 0 and model.postfilter is None:
             raise CodecError(f"model '{model.name}' was loaded without a postfilter, so it cannot decode at NFE "
                              f"{nfe}; load it with its postfilter, or decode at NFE 0")

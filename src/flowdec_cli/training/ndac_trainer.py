@@ -2,10 +2,11 @@
 
 Loss (weights from ``[loss]``): 15 x DAC multi-scale mel + cqt_weight x multi-scale CQT + 50 x L1 waveform
 + 0.25 x commitment + 1 x codebook, and optionally (ours, off by default) ``latent_weight`` x the latent
-residual, ``complex_stft_weight`` x the compressed complex STFT loss, and dead-code revival
-(``optim.revive_dead_codes_every``). Quantizer dropout (``model.quantizer_dropout``, DAC's 0.5) trains every
-prefix of the codebooks. AdamW (lr 1e-4, betas 0.8/0.99) with ExponentialLR (gamma 0.999996 per step),
-gradient-norm clipping at 1000 (DAC's generator setting), bf16/fp16 autocast on CUDA.
+residual, ``complex_stft_weight`` x the compressed complex STFT loss, ``transport_weight`` x the spectral
+transport loss, and dead-code revival (``optim.revive_dead_codes_every``). Quantizer dropout
+(``model.quantizer_dropout``, DAC's 0.5) trains every prefix of the codebooks. AdamW (lr 1e-4, betas
+0.8/0.99) with ExponentialLR (gamma 0.999996 per step), gradient-norm clipping at 1000 (DAC's generator
+setting), bf16/fp16 autocast on CUDA.
 
 The run folder ends up with ``model/`` (a model folder: ``flowdec.json`` + ``ndac/``), which
 ``flowdec roundtrip --model RUN/model --nfe 0`` and ``flowdec train prepare-pairs --ndac RUN`` accept.
