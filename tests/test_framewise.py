@@ -247,6 +247,7 @@ def test_long_input_chunks_cover_every_sample_and_match_whole_away_from_seams():
     assert torch.allclose(whole[..., :12_000], chunked[..., :12_000], atol=1e-5)
     assert float((whole - chunked).abs().max()) < 0.5 * float(whole.abs().max())
 
+
 def test_noise_longer_than_a_whole_input_is_cut_to_its_frames():
     """An input that fits one chunk: noise of more frames than its features was refused, because it was cut
     to the chunk's frames (padded as NCSN++ pads them: 384 here), not to the 376 this backbone pads to."""
@@ -255,7 +256,6 @@ def test_noise_longer_than_a_whole_input_is_cut_to_its_frames():
     noise = torch.randn(1, 1, 768, 400, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
     assert torch.equal(enhance_long(pf, y, nfe=2, noise=noise, chunk_seconds=10.0),
                        pf.enhance(y, 2, noise=noise[..., :376]))
-
 
 
 def test_unknown_backbone_and_settings_are_refused(tmp_path):

@@ -60,8 +60,6 @@ def test_resampling_back_runs_in_blocks_sized_by_the_output(codec, monkeypatch):
     np.testing.assert_allclose(blocked, whole, atol=1e-6)
 
 
-
-
 def test_resampling_for_the_encoder_runs_in_blocks_sized_by_the_output(codec, monkeypatch):
     """A low input rate multiplies the samples: compress_array at 1 Hz handed soxr the whole array at once
     and it crashed (SIGSEGV) past 2^30 output values. The codes do not depend on the block size."""
@@ -81,6 +79,8 @@ def test_resampling_for_the_encoder_runs_in_blocks_sized_by_the_output(codec, mo
     monkeypatch.setattr(pl.Resampler, "process", process)
     np.testing.assert_array_equal(codec.compress_array(x, 8000, n_codebooks=4)[1], whole)
     assert len(sizes) > 10 and max(sizes) <= 2 * 8192  # soxr holds some back and hands it on in bursts
+
+
 def test_codes_do_not_depend_on_chunk_size(tiny_codec_dir, tmp_path):
     x = tone(3.0, 44100, 2)
     headers_codes = []
