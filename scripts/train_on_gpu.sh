@@ -16,6 +16,7 @@
 # file for the postfilter's pairs), CODEC_LR_FINAL (default 2e-5; empty: x0.9997 a step), SKIP_CHECKS=1,
 # TONES (default 0: that many synthetic harmonic tones from scripts/make_harmonic_tones.py join the codec's
 # training files), LONG_WINDOW=1 (the codec's mel loss gains an 8,192-point window with 640 bands),
+# TRANSPORT (default 0: the weight of the codec's spectral transport loss, loss.transport_weight),
 # DEVICE (default cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a
 # warm machine).
 set -uo pipefail
@@ -75,6 +76,9 @@ codec)
   if [ "${LONG_WINDOW:-0}" = 1 ]; then  # 6 Hz bins: a partial moved to the next 75 Hz comb line costs loss
     extra+=(--set "loss.mel_windows=[32, 64, 128, 256, 512, 1024, 2048, 8192]"
             --set "loss.mel_bins=[5, 10, 20, 40, 80, 160, 320, 640]")
+  fi
+  if [ "${TRANSPORT:-0}" != 0 ]; then  # a partial moved towards its place lowers this loss step by step
+    extra+=(--set "loss.transport_weight=$TRANSPORT")
   fi
   stamp codec training for "$secs" s
   rm -rf "$WORK/ndac"  # a retried stage starts again from the shipped weights (the trainer refuses a used folder)
