@@ -658,6 +658,18 @@ def test_roundtrip_keeps_each_inputs_type_and_sample_format(run, tmp_path, tiny_
     assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["a.wav", "b.wav", "c.wav"]
 
 
+def test_an_mp3_round_trips_into_a_wav_of_the_wavs_default_samples(run, tmp_path, tiny_codec_dir):
+    """soundfile says a WAV holds MPEG Layer III samples, libsndfile cannot write one: the round trip failed
+    after coding, and --subtype MPEG_LAYER_III for a .wav passed the early check."""
+    sf.write(tmp_path / "in.mp3", tone(0.5, 48000), 48000, format="MP3", subtype="MPEG_LAYER_III")
+    r = run("roundtrip", tmp_path / "in.mp3", tmp_path / "out.wav", "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    assert r.exit_code == 0, r.output
+    assert sf.info(str(tmp_path / "out.wav")).subtype == "PCM_16"
+    r = run("roundtrip", tmp_path / "in.mp3", tmp_path / "x.wav", "-m", tiny_codec_dir, "--nfe", "0",
+            "--subtype", "MPEG_LAYER_III")
+    assert r.exit_code == 2 and "not available for .wav output" in r.output and "MPEG_LAYER_III," not in r.output
+
+
 def test_skip_existing_skips_a_single_file_too(run, wav, tmp_path, tiny_codec_dir):
     fdc = tmp_path / "a.fdc"
     fdc.write_bytes(b"mine")

@@ -352,11 +352,21 @@ def output_format_for(path: str | os.PathLike, subtype: str | None = None,
     return fmt, subtype or default_subtype
 
 
+# Pairs soundfile's check_format accepts but libsndfile (1.2) cannot write ("Supported file format but
+# unsupported encoding"): found by writing every pair the output types offer.
+_UNWRITABLE = {("WAV", "MPEG_LAYER_III"), ("MP3", "MPEG_LAYER_I"), ("MP3", "MPEG_LAYER_II"), ("AIFF", "DWVW_12")}
+
+
+def can_write(fmt: str, subtype: str) -> bool:
+    """Whether libsndfile writes ``subtype`` samples in a ``fmt`` file."""
+    return bool(sf.check_format(fmt, subtype)) and (fmt, subtype) not in _UNWRITABLE
+
+
 def kept_subtype(input_subtype: str, path: str | os.PathLike) -> str | None:
     """The input's sample format for an output of ``path``'s type where that type holds it (a 24-bit FLAC
     comes back as a 24-bit FLAC or WAV), else None, the type's default (an MP3's samples in a WAV)."""
     fmt, _ = output_format_for(path)
-    return input_subtype if input_subtype and sf.check_format(fmt, input_subtype) else None
+    return input_subtype if input_subtype and can_write(fmt, input_subtype) else None
 
 
 #: The rates Opus codes at; other rates are resampled to 48 kHz for an Opus output.
@@ -371,11 +381,11 @@ def check_output_format(path: str | os.PathLike, subtype: str | None = None,
     cannot write that combination (``named``: as for :func:`output_format_for`)."""
     fmt, sub = output_format_for(path, subtype.upper() if subtype else None, named)
     if Path(path).suffix.lower() == ".opus" and sub != "OPUS":  # an Ogg file all the same, named wrongly
-        holders = [e for e, (f, _) in sorted(_FORMATS.items()) if e != ".opus" and sf.check_format(f, sub)]
+        holders = [e for e, (f, _) in sorted(_FORMATS.items()) if e != ".opus" and can_write(f, sub)]
         where = f"{sub} goes in {', '.join(holders)}" if holders else f"no output type here holds {sub}"
         raise AudioError(f"--subtype {subtype}: a .opus file holds OPUS only ({where})")
-    if not sf.check_format(fmt, sub):
-        valid = ", ".join(sorted(sf.available_subtypes(fmt)))
+    if not can_write(fmt, sub):
+        valid = ", ".join(sorted(s for s in sf.available_subtypes(fmt) if can_write(fmt, s)))
         raise AudioError(f"--subtype {subtype}: not available for {Path(path).suffix or fmt} output "
                          f"(valid: {valid})")
     return fmt, sub
