@@ -502,3 +502,18 @@ def test_a_name_that_is_not_utf8_comes_out_as_valid_json_with_its_bytes(wav, tmp
     assert base64.b64decode(rec["input_base64"]) == os.fsencode(odd)
     assert Path(os.fsdecode(base64.b64decode(rec["output_base64"]))).is_file()
     assert "output_base64" in rec and "model_base64" not in rec
+
+
+@pytest.mark.skipif(not Path("/dev/stdout").is_symlink(), reason="needs /dev/stdout as a link to a descriptor")
+def test_dev_stdout_redirected_to_a_file_is_standard_output(wav, tmp_path, tiny_codec_dir):
+    """With standard output redirected to a file, /dev/stdout stats as that file: the output was refused as
+    existing, and with -f a finished file would have been renamed over the link in /dev."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "via-dev.fdc", "wb") as out:
+        p = subprocess.run([sys.executable, "-m", "flowdec_cli", "compress", str(wav), "/dev/stdout", "-b", "3",
+                            "-m", str(tiny_codec_dir), "-q"], stdout=out, stderr=subprocess.PIPE, env=env,
+                           timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert invoke("compress", wav, tmp_path / "direct.fdc", "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
+    assert (tmp_path / "via-dev.fdc").read_bytes() == (tmp_path / "direct.fdc").read_bytes()
+    assert Path("/dev/stdout").is_symlink()

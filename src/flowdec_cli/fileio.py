@@ -111,10 +111,34 @@ def special_kind(path: str | os.PathLike) -> str | None:
     return {**_SINKS, **_REFUSED}.get(kind)
 
 
+_DESCRIPTOR = re.compile(r"^/(?:proc/(?:self|thread-self|(?P<pid>\d+))|dev)/fd/(?P<fd>\d+)$")
+
+
+def descriptor_alias(path: str | os.PathLike) -> int | None:
+    """The descriptor of this process that ``path`` names (``/dev/stdout``, ``/dev/fd/1``,
+    ``/proc/self/fd/1``, or a link to one), else None. Such a name is a stream, whatever it leads to: with
+    standard output redirected to a file, ``/dev/stdout`` stats as that regular file, and renaming a finished
+    output over the name would replace the link in /dev rather than write into the stream."""
+    current = os.path.abspath(os.fspath(path))
+    for _ in range(40):  # the kernel's own limit on links followed
+        found = _DESCRIPTOR.match(current)
+        if found and (found["pid"] is None or int(found["pid"]) == os.getpid()):
+            return int(found["fd"])
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+    return None
+
+
 def output_is_sink(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a character device or a FIFO, written into in place: renaming a file over
     ``/dev/null`` or a FIFO would destroy what the user pointed at. A socket or a block device (a disk) is
-    never an output, so it raises :class:`FlowdecError` rather than answer."""
+    never an output, so it raises :class:`FlowdecError` rather than answer. A name for one of this process's
+    descriptors (:func:`descriptor_alias`) is written into too, whatever it leads to."""
+    if descriptor_alias(path) is not None:
+        return True
     try:
         kind = stat.S_IFMT(os.stat(path).st_mode)
     except (OSError, ValueError):

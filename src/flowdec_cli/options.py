@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from .fileio import descriptor_alias
+
 __all__ = ["FiniteFloatRange", "PathArgument", "check_nfe_option", "check_rate_request_option", "seed_option",
            "spelled_as_folder", "temperature_option"]
 
@@ -32,7 +34,9 @@ class PathArgument(click.Path):
     """A file or folder argument (``IN``, ``OUT``) as a Path. An empty one (an unset ``"$VAR"``) is a usage
     error: ``Path("")`` is the current folder, so ``flowdec compress "" out`` coded everything below it.
     A trailing separator (``OUT/``) says the user means a folder, which Path forgets: it is recorded for
-    :func:`spelled_as_folder`."""
+    :func:`spelled_as_folder`. ``/dev/stdin`` as ``IN`` and ``/dev/stdout`` as ``OUT`` (or any other name
+    of those descriptors) are ``-``: redirected to a file, they would otherwise be taken for that file, and
+    an output published over the name would replace the link in /dev."""
 
     def __init__(self) -> None:
         super().__init__(path_type=Path)
@@ -44,6 +48,9 @@ class PathArgument(click.Path):
                           param, ctx)
             if value.endswith(("/", os.sep)) and ctx is not None and param is not None and param.name:
                 ctx.meta.setdefault(_FOLDER_SPELLED, set()).add(param.name)
+            stream = {"src": 0, "dst": 1}.get(param.name or "") if param is not None else None
+            if stream is not None and descriptor_alias(value) == stream:
+                value = "-"
         return super().convert(value, param, ctx)
 
 
