@@ -517,3 +517,26 @@ def test_dev_stdout_redirected_to_a_file_is_standard_output(wav, tmp_path, tiny_
     assert invoke("compress", wav, tmp_path / "direct.fdc", "-b", "3", "-m", tiny_codec_dir, "-q").exit_code == 0
     assert (tmp_path / "via-dev.fdc").read_bytes() == (tmp_path / "direct.fdc").read_bytes()
     assert Path("/dev/stdout").is_symlink()
+
+
+def test_a_full_temporary_folder_is_named_as_the_cause(tmp_path, monkeypatch):
+    """Standard input and output are assembled in TMPDIR: a full one was reported as a bare "No space left on
+    device" naming nothing, or as if the output's own disk were full."""
+    import errno
+
+    from flowdec_cli import streams
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(streams, "_spool", full)
+    monkeypatch.setattr(streams, "no_space_left", lambda folder, *a, **k: True)
+    monkeypatch.setattr(streams.tempfile, "gettempdir", lambda: str(tmp_path))
+    (tmp_path / "in.wav").write_bytes(b"RIFF")
+    with pytest.raises(streams.StreamError, match=f"temporary folder {tmp_path} has no room left.*TMPDIR"):
+        with streams.spooled_input(tmp_path / "in.wav"):
+            pass
+    with pytest.raises(streams.StreamError, match="^standard output: the temporary folder .* no room left"):
+        with streams.stdout_file(".wav"):
+            full()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]

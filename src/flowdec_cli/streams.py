@@ -28,7 +28,7 @@ from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
 from .exceptions import FlowdecError
-from .fileio import copy_all, open_sink, temporary_folder, write_all
+from .fileio import copy_all, no_space_left, open_sink, temporary_folder, write_all
 
 __all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "stdin_stream", "StreamError",
            "exit_on_broken_pipe", "check_stdin", "check_stdout", "require_stdout", "strict_json"]
@@ -101,6 +101,13 @@ def _owned_temporary_folder(label: str) -> Path:
     return temporary_folder(tempfile.gettempdir(), label)
 
 
+def _out_of_room(stream: str, folder: Path) -> StreamError:
+    """The temporary folder (``TMPDIR``) filled up while a copy of ``stream`` was kept there: said so, since
+    the output's own disk, or ``-``, is not what ran out."""
+    return StreamError(f"{stream}: the temporary folder {folder.parent} has no room left for the copy of it "
+                       "that flowdec keeps there; set TMPDIR to a folder with room")
+
+
 def _spool(src: BinaryIO, out: BinaryIO, name: str) -> None:
     """Copy a stream: audio to its end, a .fdc only as far as its header declares (one byte more), so that
     ``(cat a.fdc; cat /dev/zero) | flowdec decompress - x.wav`` is refused at once instead of filling
@@ -128,7 +135,13 @@ def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterat
                                         else open(source, "rb")) as src:
             if _is_terminal(src):  # /dev/tty, or /dev/stdin at a terminal
                 raise StreamError(f"{source}: is a terminal; refusing to read audio or .fdc data from it")
-            _spool(src, f, "-" if is_stdio(source) else os.fspath(source))
+            try:
+                _spool(src, f, "-" if is_stdio(source) else os.fspath(source))
+                f.flush()
+            except OSError:
+                if no_space_left(folder):
+                    raise _out_of_room(name.rstrip(":"), folder) from None
+                raise
         if path.stat().st_size == 0:
             raise StreamError(f"{name} is empty")
         from .audio import repair_streamed_wav
@@ -147,7 +160,12 @@ def stdout_file(suffix: str, sink: str | os.PathLike = STDIO) -> Iterator[Path]:
     folder = _owned_temporary_folder("stdout")
     path = folder / f"out{suffix}"
     try:
-        yield path
+        try:
+            yield path
+        except (OSError, FlowdecError):  # the encoder or decoder writing into ``path``
+            if no_space_left(folder):
+                raise _out_of_room("standard output" if is_stdio(sink) else os.fspath(sink), folder) from None
+            raise
         try:
             with open(path, "rb") as f, (contextlib.nullcontext(_stdout()) if is_stdio(sink)
                                          else open_sink(sink)) as out:
