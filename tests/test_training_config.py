@@ -82,7 +82,8 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     (tmp_path / "a.toml").write_text('[model]\nencoder_dim = "x"\n[data]\ntrain = ["audio"]\n')
     for override, expected in [("model.encoder_dim=abc", "--set model.encoder_dim: expected an integer"),
                                ("model.foo=1", "--set [model]: unknown key foo"),
-                               ("train.max_steps=[1]", "--set train.max_steps: expected an integer")]:
+                               ("train.max_steps=[1]", "--set train.max_steps: expected an integer"),
+                               ("data.batch_size=0", "--set data.batch_size must be at least 1")]:
         with pytest.raises(OverrideError) as info:
             load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", override])
         assert str(info.value).startswith(expected), str(info.value)

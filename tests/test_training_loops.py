@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import re
+import signal
 
 import pytest
 import torch
@@ -143,13 +144,25 @@ def test_interrupt_saves_a_checkpoint_and_resume_goes_on(clips, tmp_path, monkey
         return real_step(batch, log_now)
 
     monkeypatch.setattr(t, "train_step", step_then_interrupt)
+    real_save, handlers = t._save, []
+
+    def save_noting_the_handler():  # a second Ctrl-C during the save left only a .part folder
+        handlers.append(signal.getsignal(signal.SIGINT))
+        real_save()
+
+    monkeypatch.setattr(t, "_save", save_noting_the_handler)
     with pytest.raises(KeyboardInterrupt):
         t.run()
+    assert handlers == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     assert find_checkpoint(tmp_path / "run").name == "step-00000003"
     assert "interrupted at step 3" in capsys.readouterr().err
     resumed = NDACTrainer(cfg, device="cpu", resume=True, quiet=True)
     resumed.run()
     assert resumed.step == 5 and find_checkpoint(tmp_path / "run").name == "step-00000005"
+    damaged = find_checkpoint(tmp_path / "run") / "optimizer.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(TrainingError, match=r"step-00000005: unreadable checkpoint .*--resume-from"):
+        load_checkpoint(tmp_path / "run")
 
 
 def test_a_bad_training_file_met_mid_run_keeps_the_steps_done(clips, tmp_path, monkeypatch, capsys):
@@ -455,3 +468,12 @@ def test_a_run_that_cannot_start_leaves_no_run_folder(pair_list, tmp_path):
     with pytest.raises(TrainingError, match="yields no full batch of 4096"):
         t.run()
     assert not (tmp_path / "run").exists()  # no config.json or metrics.csv of a run that never ran
+
+
+def test_validation_with_no_files_is_said_to_be_off(clips, tmp_path, capsys):
+    """A small data folder whose split gave no validation files never validated, and nothing said so."""
+    for val_every, said in ((1, True), (0, False)):
+        cfg = _ndac(clips, tmp_path / f"run{val_every}", train=dict(val_every=val_every, max_steps=1))
+        with fast_cpu_settings():
+            NDACTrainer(cfg, device="cpu").run()
+        assert ("no validation files" in capsys.readouterr().err) is said

@@ -13,10 +13,14 @@ A subclass builds its model, optimizer and data in :meth:`Trainer.build`, does o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,14 +216,25 @@ class Trainer:
             self.finish()
         env.barrier()
 
+    def note_no_validation(self, count: int) -> None:
+        """Say so when ``train.val_every`` asks for validation that has no files to run on (a small data
+        folder whose split gave none, an empty validation list): it would otherwise never happen, unsaid."""
+        if count == 0 and self.config.train.val_every and self.env.is_main and not self.quiet:
+            print(f"{self.name}: no validation files (data.validation is empty, or its split of the training "
+                  "files gave none); validation is off", file=sys.stderr)
+
     def _keep_steps(self, saved_at: int, why: str) -> None:
         """Save the steps done since the last checkpoint when a run ends early. Under DDP every rank stops
         at its own point, so no collective save is attempted there; the last periodic checkpoint stands."""
         if self.env.world_size == 1 and saved_at != self.step and self.step > 0:
-            self._save()
             if not self.quiet:
-                print(f"{self.name}: {why} at step {self.step}; checkpoint saved in "
-                      f"{self.run_dir / 'checkpoints'} (continue with --resume)", file=sys.stderr)
+                print(f"{self.name}: {why} at step {self.step}; saving a checkpoint (a second Ctrl-C waits "
+                      "for it)", file=sys.stderr)
+            with _signals_held():  # a second Ctrl-C during the save would leave nothing to resume from
+                self._save()
+            if not self.quiet:
+                print(f"{self.name}: checkpoint saved in {self.run_dir / 'checkpoints'} (continue with "
+                      "--resume)", file=sys.stderr)
 
     def _budget_used(self, t_start: float) -> tuple[float, bool]:
         """How much of the run's budget is used before the next step, from 0 to 1 (the steps of
@@ -289,3 +304,19 @@ class Trainer:
 
 def dataclass_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait while the block runs (the emergency save), then act as usual: the
+    run ends as it was ending anyway. Only the main thread can set handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    held = {n: signal.signal(getattr(signal, n), signal.SIG_IGN) for n in names}
+    try:
+        yield
+    finally:
+        for n, handler in held.items():
+            signal.signal(getattr(signal, n), handler)

@@ -288,6 +288,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``{"dir", "trainer", "model_config", "model_state", "ema_state", "optimizer"}`` of a checkpoint."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     ckpt = find_checkpoint(path)
@@ -296,8 +297,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         model_config, model_state = load_model_folder(ckpt / "model")
         ema_state = load_model_folder(ckpt / "ema")[1] if (ckpt / "ema").is_dir() else None
         opt_tensors = load_file(str(ckpt / "optimizer.safetensors"))
-    except (OSError, ValueError, CheckpointError) as exc:
-        raise TrainingError(f"{ckpt}: unreadable checkpoint ({exc})") from None
+    except (OSError, ValueError, CheckpointError, SafetensorError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainingError(f"{ckpt}: unreadable checkpoint ({text}); resume from an earlier one with "
+                            "--resume-from CHECKPOINT") from None
     if int(trainer.get("version", 0)) > CHECKPOINT_VERSION:
         raise TrainingError(f"{ckpt}: checkpoint version {trainer.get('version')} is newer than this flowdec")
     return {"dir": ckpt, "trainer": _from_json(trainer), "model_config": model_config, "model_state": model_state,

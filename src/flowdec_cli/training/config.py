@@ -522,9 +522,9 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[tuple[st
 
 def _from_override(message: str, overridden: set[tuple[str, str]]) -> bool:
     """Whether a validation message is about a key that ``--set`` gave (``model.x: ...``, ``model.x[0]:
-    ...``, or ``[model]: unknown key x``)."""
+    ...``, ``model.x must ...``, or ``[model]: unknown key x``)."""
     for section, key in overridden:
-        if message.startswith((f"{section}.{key}:", f"{section}.{key}[")):
+        if message.startswith((f"{section}.{key}:", f"{section}.{key}[", f"{section}.{key} ")):
             return True
         unknown = f"[{section}]: unknown key"
         if message.startswith(unknown):

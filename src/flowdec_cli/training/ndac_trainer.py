@@ -119,6 +119,7 @@ class NDACTrainer(Trainer):
         self.val_set = EvalDataset(sr, items=val_items[:vc.max_files], max_samples=max_samples)
         self.val_codebooks = vc.n_codebooks or [self.model.n_codebooks]
         self.n_train_files, self.n_val_files = len(train_items), len(val_items)
+        self.note_no_validation(self.n_val_files)
         self.code_counts = torch.zeros(self.model.n_codebooks, self.model.codebook_size, device=dev)
 
     def train_step(self, batch: torch.Tensor, log: bool) -> dict[str, torch.Tensor]:

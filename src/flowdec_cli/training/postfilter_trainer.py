@@ -146,6 +146,7 @@ class PostfilterTrainer(Trainer):
         max_samples = None if vc.max_seconds is None else int(vc.max_seconds * sr)
         self.val_set = EvalDataset(sr, pairs=[val_pairs[i] for i in sorted(order)], max_samples=max_samples)
         self.n_train_pairs, self.n_val_pairs = len(pairs), len(val_pairs)
+        self.note_no_validation(self.n_val_pairs)
 
     def _noise(self, seeds: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example flow time t [B] and complex noise [B, 1, F, T] from each example's seed."""
