@@ -533,10 +533,10 @@ def test_a_full_temporary_folder_is_named_as_the_cause(tmp_path, monkeypatch):
     monkeypatch.setattr(streams, "no_space_left", lambda folder, *a, **k: True)
     monkeypatch.setattr(streams.tempfile, "gettempdir", lambda: str(tmp_path))
     (tmp_path / "in.wav").write_bytes(b"RIFF")
-    with pytest.raises(streams.StreamError, match=f"temporary folder {tmp_path} has no room left.*TMPDIR"):
-        with streams.spooled_input(tmp_path / "in.wav"):
-            pass
-    with pytest.raises(streams.StreamError, match="^standard output: the temporary folder .* no room left"):
-        with streams.stdout_file(".wav"):
-            full()
+    with pytest.raises(streams.StreamError, match=f"temporary folder {tmp_path} has no room left.*TMPDIR"), \
+            streams.spooled_input(tmp_path / "in.wav"):
+        pass
+    with pytest.raises(streams.StreamError, match=r"^standard output: the temporary folder .* no room left"), \
+            streams.stdout_file(".wav"):
+        full()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
