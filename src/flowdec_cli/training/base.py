@@ -228,8 +228,8 @@ class Trainer:
         at its own point, so no collective save is attempted there; the last periodic checkpoint stands."""
         if self.env.world_size == 1 and saved_at != self.step and self.step > 0:
             if not self.quiet:
-                print(f"{self.name}: {why} at step {self.step}; saving a checkpoint (a second Ctrl-C waits "
-                      "for it)", file=sys.stderr)
+                print(f"{self.name}: {why} at step {self.step}; saving a checkpoint (Ctrl-C is ignored "
+                      "until it is written)", file=sys.stderr)
             with _signals_held():  # a second Ctrl-C during the save would leave nothing to resume from
                 self._save()
             if not self.quiet:
@@ -308,8 +308,9 @@ def dataclass_dict(obj: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP wait while the block runs (the emergency save), then act as usual: the
-    run ends as it was ending anyway. Only the main thread can set handlers; elsewhere nothing changes."""
+    """Ctrl-C, SIGTERM and SIGHUP are ignored while the block runs (the emergency save), then handled as
+    before: the run ends as it was ending anyway. Only the main thread can set handlers; elsewhere nothing
+    changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
