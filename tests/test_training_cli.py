@@ -165,6 +165,11 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert r.exit_code == 0, r.output
     card = json.loads((model / "flowdec.json").read_text())
     assert card["name"] == "tiny-trained" and card["n_codebooks"] == 3 and card["frame_rate"] == 150.0
+    # the pairs were re-coded by the older checkpoint above: said, as is a codebook list they do not have
+    assert "trained on pairs coded by other codec weights" in r.output and "differs" not in r.output
+    r = _run("train", "export", tmp_path / "same", "--ndac", older, "--postfilter", pf_run, "--trained-codebooks", "2")
+    assert r.exit_code == 0 and "other codec weights" not in r.output
+    assert "--trained-codebooks 2 differs from the codebook counts its pairs were coded at (1,3)" in r.output
     assert (model / "ndac" / "config.json").is_file() and (model / "postfilter" / "config.json").is_file()
     r = _run("train", "export", model, "--ndac", run)
     assert "not empty" in _one_error_line(r)

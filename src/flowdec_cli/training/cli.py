@@ -325,7 +325,8 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
                        default_nfe=default_nfe, temperature=temperature, envelope=envelope,
                        envelope_before_postfilter=envelope_before_postfilter,
                        rate_plan=_json_file(rate_plan_file) if rate_plan_file else None,
-                       postfilter_dtype=postfilter_dtype)
+                       postfilter_dtype=postfilter_dtype,
+                       warn=lambda message: click.echo(f"flowdec: warning: {message}", err=True))
     if not quiet:
         card = json.loads((out / "flowdec.json").read_text())
         click.echo(f"flowdec: wrote model '{card['name']}' to {out}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,44 @@ def postfilter_component(ref: str | os.PathLike, ema: bool = True) -> Path:
                         "with postfilter/ or a config.json of type 'flowdec_postfilter')")
 
 
+def _pairs_records(postfilter: str | os.PathLike) -> list[tuple[Path, dict[str, Any]]]:
+    """What ``train prepare-pairs`` recorded (``prepare.json``) for each pair list a postfilter run trained
+    on, with the list's path; empty where ``postfilter`` is no run or checkpoint or the records are gone."""
+    path = Path(postfilter).expanduser()
+    if not _is_run_or_checkpoint(path):
+        return []
+    run = path if (path / "checkpoints").is_dir() else path.parent.parent  # RUN/checkpoints/step-N
+    try:
+        lists = [Path(p) for p in json.loads((run / "config.json").read_text())["data"]["train"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    records = []
+    for pair_list in lists:
+        try:
+            record = json.loads((pair_list.parent / "prepare.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            records.append((pair_list, record))
+    return records
+
+
+def _pairs_warnings(postfilter: str | os.PathLike, ndac_hash: str, trained_codebooks: Sequence[int]) -> list[str]:
+    """Where the postfilter's training pairs say it does not belong to this codec, or was trained at other
+    codebook counts than ``--trained-codebooks`` records: allowed (a postfilter may be tried on a codec
+    fine-tuned since), but said, since nothing has measured the pair."""
+    records = _pairs_records(postfilter)
+    out = [f"the postfilter was trained on pairs coded by other codec weights ({record.get('ndac_hash')}, not "
+           f"{ndac_hash}: {pair_list}); how it does with this codec is unmeasured"
+           for pair_list, record in records if record.get("ndac_hash") not in (None, ndac_hash)]
+    coded = sorted({int(k) for _, record in records for k in record.get("n_codebooks") or []
+                    if isinstance(k, int) and not isinstance(k, bool)})
+    if trained_codebooks and coded and sorted(set(trained_codebooks)) != coded:
+        out.append(f"--trained-codebooks {','.join(map(str, sorted(set(trained_codebooks))))} differs from the "
+                   f"codebook counts its pairs were coded at ({','.join(map(str, coded))})")
+    return out
+
+
 def _entropy_tables_for(folder: Path, ndac_hash: str) -> Path | None:
     """The entropy tables file of model folder ``folder`` if they were learned for the NDAC weights
     ``ndac_hash``, else None."""
@@ -80,7 +118,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
                  trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None,
                  temperature: float | None = None, envelope: str | None = None,
                  envelope_before_postfilter: bool = False, rate_plan: Any = None,
-                 postfilter_dtype: str = "float32") -> Path:
+                 postfilter_dtype: str = "float32", warn: Callable[[str], None] | None = None) -> Path:
     """Write a model folder at ``out_dir`` from trained components (checked by loading them).
 
     ``default_nfe`` records the postfilter passes the CLI uses with this model when ``--nfe`` is not given
@@ -92,7 +130,9 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     ``train prepare-pairs --envelope``. ``rate_plan``: the codebooks and side-channel layout of each rate
     (:func:`flowdec_cli.envelope.rate_plan`; needs ``envelope``, which stays the layout of files written
     without a plan's rate, e.g. with the side channel asked for on another model). ``postfilter_dtype``
-    "float16" stores the postfilter's network weights at half size (:meth:`Postfilter.save`).
+    "float16" stores the postfilter's network weights at half size (:meth:`Postfilter.save`). ``warn``
+    hears where the postfilter's training pairs were coded by other codec weights, or at other codebook
+    counts than ``trained_codebooks`` (the export goes ahead).
 
     When ``ndac`` is a model folder with entropy tables learned for these very weights, the tables come
     along: a new postfilter on the same codec leaves the codes, and so the tables, valid.
@@ -183,6 +223,9 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         if not envelope or pf is None:
             raise TrainingError("--envelope-before-postfilter needs --envelope and a postfilter")
         card["envelope_before_postfilter"] = True
+    if postfilter is not None and warn is not None:
+        for message in _pairs_warnings(postfilter, ndac_state_hash(codec), trained_codebooks):
+            warn(message)
     tables_src = _entropy_tables_for(ndac_dir.parent, ndac_state_hash(codec))
     with ModelFolderBuilder(out, "export") as build:
         build.add_ndac(codec)
