@@ -215,7 +215,23 @@ def waveform_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(x.float(), y.float())
 
 
-class CompressedComplexSTFTLoss(nn.Module):
+class _HannSTFTs(nn.Module):
+    """STFTs at several window lengths (periodic Hann, hop w/4, centred, reflect padding) as real ``[..., 2]``
+    tensors, for the losses that compare spectra: one window buffer per length, the transform in one place."""
+
+    def __init__(self, windows: Sequence[int]) -> None:
+        super().__init__()
+        self.windows = [int(w) for w in windows]
+        for w in self.windows:
+            self.register_buffer(f"window_{w}", torch.hann_window(w, periodic=True), persistent=False)
+
+    def stft(self, x: torch.Tensor, w: int) -> torch.Tensor:
+        spec = torch.stft(x.reshape(-1, x.shape[-1]), w, w // 4, window=getattr(self, f"window_{w}"),
+                          center=True, pad_mode="reflect", return_complex=True)
+        return torch.view_as_real(spec)  # [..., 2]: real arithmetic keeps autograd simple
+
+
+class CompressedComplexSTFTLoss(_HannSTFTs):
     """Mean squared distance of amplitude-compressed complex STFTs, summed over window lengths.
 
     ``S_c = |S|^alpha * S / |S|`` (periodic Hann, hop w/4, centred, reflect padding). With alpha < 1 quiet
@@ -225,15 +241,11 @@ class CompressedComplexSTFTLoss(nn.Module):
     """
 
     def __init__(self, windows: Sequence[int] = (256, 512, 1024), alpha: float = 0.3, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.windows, self.alpha, self.eps = [int(w) for w in windows], float(alpha), float(eps)
-        for w in self.windows:
-            self.register_buffer(f"window_{w}", torch.hann_window(w, periodic=True), persistent=False)
+        super().__init__(windows)
+        self.alpha, self.eps = float(alpha), float(eps)
 
     def compressed(self, x: torch.Tensor, w: int) -> torch.Tensor:
-        spec = torch.stft(x.reshape(-1, x.shape[-1]), w, w // 4, window=getattr(self, f"window_{w}"),
-                          center=True, pad_mode="reflect", return_complex=True)
-        spec = torch.view_as_real(spec)  # [..., 2]: the compression as a real gain keeps autograd simple
+        spec = self.stft(x, w)  # the compression as a real gain
         mag2 = spec.pow(2).sum(-1, keepdim=True)
         return spec * (mag2 + self.eps).pow(0.5 * (self.alpha - 1.0))
 
@@ -245,7 +257,7 @@ class CompressedComplexSTFTLoss(nn.Module):
         return loss
 
 
-class SpectralTransportLoss(nn.Module):
+class SpectralTransportLoss(_HannSTFTs):
     """Earth mover's distance between magnitude spectra along frequency, frame by frame, plus their log level.
 
     Per frame, the L1 distance between the cumulative sums of the two magnitude spectra, each normalised to
@@ -263,15 +275,11 @@ class SpectralTransportLoss(nn.Module):
     """
 
     def __init__(self, windows: Sequence[int] = (2048, 8192), delta: float = 1e-10) -> None:
-        super().__init__()
-        self.windows, self.delta = [int(w) for w in windows], float(delta)
-        for w in self.windows:
-            self.register_buffer(f"window_{w}", torch.hann_window(w, periodic=True), persistent=False)
+        super().__init__(windows)
+        self.delta = float(delta)
 
     def _magnitude(self, v: torch.Tensor, w: int) -> torch.Tensor:
-        spec = torch.stft(v.float().reshape(-1, v.shape[-1]), w, w // 4, window=getattr(self, f"window_{w}"),
-                          center=True, pad_mode="reflect", return_complex=True)
-        return (torch.view_as_real(spec).pow(2).sum(-1) + self.delta).sqrt()
+        return (self.stft(v.float(), w).pow(2).sum(-1) + self.delta).sqrt()
 
     def forward(self, y_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         loss = y_hat.new_zeros((), dtype=torch.float32)
