@@ -244,13 +244,11 @@ class NDACTrainConfig:
             raise ConfigError("loss.complex_stft_weight must be at least 0")
         if not 0 < self.loss.complex_stft_alpha <= 1:
             raise ConfigError("loss.complex_stft_alpha must be in (0, 1]")
-        if any(w < 4 or w & (w - 1) for w in self.loss.complex_stft_windows) or not self.loss.complex_stft_windows:
-            raise ConfigError("loss.complex_stft_windows must be powers of two of at least 4")
+        _check_stft_windows("loss.complex_stft_windows", self.loss.complex_stft_windows)
         if self.loss.transport_weight < 0:
             raise ConfigError("loss.transport_weight must be at least 0")
         windows = self.loss.transport_windows
-        if any(w < 4 or w & (w - 1) for w in windows) or not windows or len(set(windows)) != len(windows):
-            raise ConfigError("loss.transport_windows must be distinct powers of two of at least 4")
+        _check_stft_windows("loss.transport_windows", windows)
         if self.loss.transport_weight and max(windows) // 2 >= self.data.segment_seconds * m.sample_rate:
             raise ConfigError(f"loss.transport_windows: a window of {max(windows)} samples needs training segments "
                               f"longer than {max(windows) // 2} samples (data.segment_seconds)")
@@ -518,6 +516,13 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[tuple[st
         section[parts[1]] = _parse_value(value.strip())
         done.add((parts[0], parts[1]))
     return done
+
+
+def _check_stft_windows(name: str, windows: list[int]) -> None:
+    """The window lengths of a spectral loss: powers of two, each once (the loss keeps one window per
+    length; a repeated one failed when the loss was built)."""
+    if not windows or len(set(windows)) != len(windows) or any(w < 4 or w & (w - 1) for w in windows):
+        raise ConfigError(f"{name} must be distinct powers of two of at least 4")
 
 
 def _from_override(message: str, overridden: set[tuple[str, str]]) -> bool:
