@@ -103,10 +103,11 @@ def why_not_a_regular_file(path: str | os.PathLike) -> str | None:
 
 
 def special_kind(path: str | os.PathLike) -> str | None:
-    """What a path that is neither a regular file nor a folder is ("a FIFO", "a socket", ...), else None."""
+    """What a path that is neither a regular file nor a folder is ("a FIFO", "a socket", ...), else None
+    (also for nothing there, or a name the system cannot look up)."""
     try:
         kind = stat.S_IFMT(os.stat(path).st_mode)
-    except OSError:
+    except (OSError, ValueError):
         return None
     return {**_SINKS, **_REFUSED}.get(kind)
 
@@ -139,13 +140,10 @@ def output_is_sink(path: str | os.PathLike) -> bool:
     descriptors (:func:`descriptor_alias`) is written into too, whatever it leads to."""
     if descriptor_alias(path) is not None:
         return True
-    try:
-        kind = stat.S_IFMT(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False  # nothing there yet (or unreachable: writing it says why)
-    if kind in _REFUSED:
-        raise FlowdecError(f"{path}: is {_REFUSED[kind]}, not a file; choose another output path")
-    return kind in _SINKS
+    kind = special_kind(path)  # None: a file, a folder, or nothing there yet (writing it says why)
+    if kind in _REFUSED.values():
+        raise FlowdecError(f"{path}: is {kind}, not a file; choose another output path")
+    return kind in _SINKS.values()
 
 
 def would_replace(path: str | os.PathLike) -> bool:
@@ -251,6 +249,20 @@ def owner_alive(pid: int) -> bool:
     except OSError:  # EPERM: it exists, under another user
         return True
     return True
+
+
+def remove_path(path: str | os.PathLike, ignore_errors: bool = False) -> None:
+    """Remove what is at ``path``: a folder with all it holds, else the file or link itself (never what a
+    link points to); nothing there is fine. ``ignore_errors``: remove what can be, say nothing."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -423,10 +435,7 @@ def publish_folder(build: str | os.PathLike, final: str | os.PathLike, overwrite
     if overwrite and (final.exists() or final.is_symlink()):
         err = _renameat2(os.fspath(build), os.fspath(final), _RENAME_EXCHANGE)
         if err == 0:  # swapped in one step: never a moment without something at ``final``
-            if build.is_dir() and not build.is_symlink():
-                shutil.rmtree(build, ignore_errors=True)
-            else:
-                build.unlink(missing_ok=True)
+            remove_path(build, ignore_errors=True)  # what was at ``final``
             return
         if err in _UNSUPPORTED:
             old = final.with_name(f"{_owned_prefix(final.parent, final.name, 'old')}old")
@@ -436,7 +445,7 @@ def publish_folder(build: str | os.PathLike, final: str | os.PathLike, overwrite
             except BaseException:
                 os.replace(old, final)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old, ignore_errors=True)  # a file too, where a file was replaced
             return
         if err != errno.ENOENT:  # ENOENT: ``final`` went meanwhile; the plain move below puts ours there
             raise OSError(err, os.strerror(err), os.fspath(final))

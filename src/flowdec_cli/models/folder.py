@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..bitrate import bitrate_table
 from ..entropy import TABLES_FILE
 from ..exceptions import FlowdecError
-from ..fileio import OutputExistsError, atomic_write_bytes, publish, publish_folder, temporary_folder
+from ..fileio import OutputExistsError, atomic_write_bytes, publish, publish_folder, remove_path, temporary_folder
 from ..numeric import is_integer, is_real
 
 if TYPE_CHECKING:
@@ -300,10 +300,7 @@ class ModelFolderBuilder:
                 moved.append(target)
         except OutputExistsError:
             for target in moved:
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target, ignore_errors=True)
-                else:
-                    target.unlink(missing_ok=True)
+                remove_path(target, ignore_errors=True)
             raise OutputExistsError(dest) from None
 
     def _replace_parts_in(self, dest: Path) -> None:
@@ -319,11 +316,7 @@ class ModelFolderBuilder:
                 shutil.rmtree(old)
             os.replace(new, old)
         for name in set(self.OWNED) - set(staged):
-            old = dest / name
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            elif old.exists() or old.is_symlink():
-                old.unlink()
+            remove_path(dest / name)
 
 
 def _link_or_copy_tree(src: Path, dst: Path) -> None:
