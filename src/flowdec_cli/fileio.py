@@ -38,8 +38,9 @@ from typing import Any, BinaryIO
 from .exceptions import FlowdecError
 
 __all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temporary_folder", "publish",
-           "publish_folder", "remove_stale_temporaries", "no_space_left", "owner_alive", "same_file",
-           "output_is_sink", "would_replace", "open_sink", "write_all", "copy_all"]
+           "publish_folder", "remove_path", "remove_stale_temporaries", "no_space_left", "owner_alive", "same_file",
+           "output_is_sink", "would_replace", "open_sink", "write_all", "copy_all", "why_absent", "special_kind",
+           "descriptor_alias"]
 
 
 class OutputExistsError(FlowdecError, FileExistsError):
