@@ -40,7 +40,7 @@ from .common import (
     write_json,
 )
 from .config import config_to_dict
-from .data import DataError, EpochSampler, mix_seed
+from .data import STOP_SIGNALS, DataError, EpochSampler, mix_seed
 
 __all__ = ["Trainer"]
 
@@ -314,10 +314,9 @@ def _signals_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    held = {n: signal.signal(getattr(signal, n), signal.SIG_IGN) for n in names}
+    held = {stop: signal.signal(stop, signal.SIG_IGN) for stop in STOP_SIGNALS}
     try:
         yield
     finally:
-        for n, handler in held.items():
-            signal.signal(getattr(signal, n), handler)
+        for stop, handler in held.items():
+            signal.signal(stop, handler)

@@ -433,14 +433,17 @@ class EpochSampler(Sampler):
         return max(len(self.inner) - self.skip, 0)
 
 
+#: the signals that end a run (Ctrl-C, `timeout`, a batch scheduler, a closed terminal), where this system has them
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers only read and resample; leave the cores to the main process
     # Ctrl-C, `timeout` and batch schedulers signal the whole process group; only the main process handles
     # it (saves a checkpoint and shuts the workers down). A worker killed by it would turn the clean stop
     # into a DataLoader error raised in the middle of a step or of the save.
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
