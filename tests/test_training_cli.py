@@ -141,6 +141,8 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     assert r.exit_code == 0, r.output
     est = json.loads((tmp_path / "pairs" / "sigma.json").read_text())
     assert len(est["sigma_y_perband"]) == 768 and est["sigma_y"] > 0 and est["beta"] > 0
+    assert est["pairs_coded_by"] == [{"ndac_hash": json.loads((tmp_path / "pairs" / "prepare.json").read_text())
+                                      ["ndac_hash"], "envelope": ""}]  # for the trainer's staleness check
     assert (tmp_path / "pairs" / "sigma_perband.npy").is_file()
     r = _run("train", "estimate-sigma", tmp_path / "pf.yaml", "-q")
     assert "exists; use --force" in _one_error_line(r)
@@ -153,6 +155,14 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
 
     r = _run("train", "postfilter", tmp_path / "pf.yaml", "--device", "cpu")
     assert r.exit_code == 0, r.output
+    assert "warning" not in r.output  # its sigma was estimated from these very pairs
+    record = json.loads((tmp_path / "pairs" / "prepare.json").read_text())
+    (tmp_path / "pairs" / "prepare.json").write_text(json.dumps({**record, "ndac_hash": "0" * 16}))
+    stale = _run("train", "postfilter", tmp_path / "pf.yaml", "--device", "cpu", "--max-steps", "1", "-q",
+                 "--out", tmp_path / "runs" / "pf-stale")  # as if re-coded by other weights since the estimate
+    assert stale.exit_code == 0 and "warning:" in stale.output
+    assert "run 'flowdec train estimate-sigma' again" in stale.output
+    (tmp_path / "pairs" / "prepare.json").write_text(json.dumps(record))
     assert "si_sdr_nfe2" in r.output  # the validation line and the summary
     pf_run = tmp_path / "runs" / "pf"
     cfg = json.loads((pf_run / "config.json").read_text())

@@ -151,6 +151,37 @@ def test_sigma_estimates_are_finite_or_refused(tmp_path):
     assert beta == 0.3 and torch.isfinite(curve).all()
 
 
+def test_a_sigma_estimate_from_pairs_coded_since_by_another_codec_is_named(tmp_path):
+    """sigma_y describes the coded side of the pairs: after prepare-pairs --force re-codes them with new
+    codec weights (or another side channel), an estimate made before is stale, and training said nothing."""
+    import json
+
+    from flowdec_cli.training.prepare import pairs_coded_by, stale_sigma_warning
+
+    def pairs(name: str, ndac_hash: str, envelope: str = "") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "prepare.json").write_text(json.dumps({"ndac_hash": ndac_hash, "envelope": envelope}))
+        (folder / "train.txt").write_text("a.wav,b.wav\n")
+        return folder / "train.txt"
+
+    first, second = pairs("p1", "aaaa"), pairs("p2", "aaaa")
+    hand_made = tmp_path / "hand.txt"
+    hand_made.write_text("a.wav,b.wav\n")
+    assert pairs_coded_by([first, second, hand_made]) == [{"ndac_hash": "aaaa", "envelope": ""}]
+    estimate = {"pairs_coded_by": pairs_coded_by([first])}
+    assert stale_sigma_warning("s.json", estimate, [first, second]) is None
+    assert stale_sigma_warning("s.json", {}, [first]) is None  # an estimate from before the record, or an .npy
+    assert stale_sigma_warning("s.json", estimate, [hand_made]) is None  # nothing known about these pairs
+    (tmp_path / "p1" / "prepare.json").write_text(json.dumps({"ndac_hash": "bbbb", "envelope": ""}))
+    line = stale_sigma_warning("s.json", estimate, [first])
+    assert line is not None and "s.json" in line and "coded by aaaa" in line and "now coded by bbbb" in line
+    assert "estimate-sigma" in line
+    (tmp_path / "p1" / "prepare.json").write_text(json.dumps({"ndac_hash": "aaaa", "envelope": "bands34-21ms"}))
+    line = stale_sigma_warning("s.json", estimate, [first])
+    assert line is not None and "aaaa with bands34-21ms" in line
+
+
 def test_a_mistyped_run_folder_is_not_taken_for_a_hub_repo(tmp_path):
     from flowdec_cli.training.common import TrainingError
     from flowdec_cli.training.prepare import load_trained_ndac

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..checkpoints import CheckpointError
 from .common import TrainingError, find_checkpoint
+from .prepare import pair_list_records
 
 __all__ = ["ndac_component", "postfilter_component", "export_model"]
 
@@ -74,15 +75,7 @@ def _pairs_records(postfilter: str | os.PathLike) -> list[tuple[Path, dict[str, 
         lists = [Path(p) for p in json.loads((run / "config.json").read_text())["data"]["train"]]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    records = []
-    for pair_list in lists:
-        try:
-            record = json.loads((pair_list.parent / "prepare.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict):
-            records.append((pair_list, record))
-    return records
+    return pair_list_records(lists)
 
 
 def _pairs_warnings(postfilter: str | os.PathLike, ndac_hash: str, trained_codebooks: Sequence[int]) -> list[str]:

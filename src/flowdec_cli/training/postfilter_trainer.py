@@ -32,7 +32,7 @@ from .common import TrainingError, first_problem, param_list, wrap_ddp
 from .config import PostfilterTrainConfig
 from .data import EvalDataset, PairDataset, make_loader, mix_seed, read_pairs
 from .losses import flow_matching_loss, flow_matching_targets, log_spectral_mse, with_coded_phase
-from .prepare import gaussian_smooth, read_sigma_file, unusable_sigma
+from .prepare import gaussian_smooth, read_sigma_file, stale_sigma_warning, unusable_sigma
 
 __all__ = ["PostfilterTrainer", "train_postfilter", "sigma_y_from_config", "build_postfilter"]
 
@@ -133,6 +133,11 @@ class PostfilterTrainer(Trainer):
         sr = Postfilter.sample_rate
         if not dc.train:
             raise TrainingError("data.train names no pair list (run 'flowdec train prepare-pairs' first)")
+        # the sigma file sets the noise scale of a new run (a resumed one or one from weights keeps its own)
+        if cfg.sigma.file and not self.resume and not cfg.train.init_from and env.is_main:  # shown with -q too
+            stale = stale_sigma_warning(cfg.sigma.file, read_sigma_file(cfg.sigma.file), dc.train)
+            if stale:
+                print(f"{self.name}: warning: {stale}", file=sys.stderr)
         pairs = read_pairs(dc.train, dc.delimiter)
         if not pairs:
             raise TrainingError(f"{', '.join(map(str, dc.train))}: no (clean, coded) pairs in it")

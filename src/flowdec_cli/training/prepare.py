@@ -47,6 +47,9 @@ __all__ = [
     "gaussian_kernel",
     "gaussian_smooth",
     "estimate_sigma",
+    "pair_list_records",
+    "pairs_coded_by",
+    "stale_sigma_warning",
     "write_sigma_file",
     "read_sigma_file",
     "unusable_sigma",
@@ -377,6 +380,46 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     }
     (out / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def pair_list_records(lists: Sequence[str | os.PathLike]) -> list[tuple[Path, dict[str, Any]]]:
+    """What ``prepare_pairs`` recorded (``prepare.json``) beside each of ``lists``, with the list's path;
+    lists without a readable record (made by hand, or their folder moved) are left out."""
+    records = []
+    for pair_list in map(Path, lists):
+        try:
+            record = json.loads((pair_list.parent / "prepare.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            records.append((pair_list, record))
+    return records
+
+
+def pairs_coded_by(lists: Sequence[str | os.PathLike]) -> list[dict[str, str]]:
+    """The codecs (weights hash and side-channel layout) that coded the pairs of ``lists``, each once: what
+    a sigma estimate depends on besides the clean audio, recorded in it so that pairs re-coded since are
+    noticed (:func:`stale_sigma_warning`)."""
+    coded = {(str(r.get("ndac_hash") or ""), str(r.get("envelope") or "")) for _, r in pair_list_records(lists)}
+    return [{"ndac_hash": h, "envelope": e} for h, e in sorted(coded) if h]
+
+
+def stale_sigma_warning(sigma_file: str | os.PathLike, estimate: dict[str, Any],
+                        lists: Sequence[str | os.PathLike]) -> str | None:
+    """A line saying why ``estimate`` (read from ``sigma_file``) may not describe the pairs of ``lists``:
+    it was estimated from pairs another codec (or side-channel setting) coded, as after
+    ``prepare-pairs --force`` with new codec weights. None where they agree or either side records nothing
+    (an official ``.npy`` curve, an estimate from hand-made pairs)."""
+    recorded, now = estimate.get("pairs_coded_by"), pairs_coded_by(lists)
+    if not isinstance(recorded, list) or not recorded or not now or recorded == now:
+        return None
+
+    def names(coded: list[Any]) -> str:
+        return ", ".join(f"{c.get('ndac_hash')}" + (f" with {c['envelope']}" if c.get("envelope") else "")
+                         for c in coded if isinstance(c, dict))
+
+    return (f"{sigma_file} was estimated from pairs coded by {names(recorded)}, but the training pairs are now "
+            f"coded by {names(now)}; run 'flowdec train estimate-sigma' again so that sigma_y fits them")
 
 
 def _check_same_codec(out: Path, ndac_hash: str | None, force: bool, envelope: str = "") -> None:
