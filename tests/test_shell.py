@@ -342,6 +342,18 @@ def test_shell_completion_works_and_is_documented():
     assert "_FLOWDEC_COMPLETE=bash_source flowdec" in invoke("--help").output
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "ndac", "--help"]])
+def test_a_closed_pipe_after_version_or_help_is_the_shells_sigpipe_status(args):
+    """`flowdec --version | true`: these print while the arguments are parsed, where click turns a closed
+    pipe into exit 1 (a failure to a shell with pipefail)."""
+    p = subprocess.Popen([sys.executable, "-m", "flowdec_cli", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC})
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=120) == 141 and err == "", err
+
+
 def _flowdec(*args, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
     """``python -m flowdec_cli ARGS`` in a child process, for what a shell does to its standard streams."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **(env or {})}

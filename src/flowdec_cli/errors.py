@@ -127,6 +127,16 @@ class FlowdecGroup(click.Group):
             sys.exit(EXIT_FAILURE)
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:  # --version and --help print while the arguments are parsed, before invoke
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:  # `flowdec --version | true`: click itself would exit 1
+            from .streams import exit_on_broken_pipe
+
+            exit_on_broken_pipe()
+            raise  # not reached: exit_on_broken_pipe ends the program
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             with termination_signals():
