@@ -470,6 +470,21 @@ def test_folder_json_has_a_record_for_every_file_failed_and_refused_too(run, tmp
     assert "same output" in records[str(src / "c.wav")]["error"]
 
 
+def test_single_file_json_failure_has_its_record_too(run, tmp_path, tiny_codec_dir):
+    """One file with --json: a failure printed nothing on stdout, where a folder's failures each get a record."""
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt nonsense")
+    r = run("compress", bad, tmp_path / "o.fdc", "-m", tiny_codec_dir, "-q", "--json")
+    assert r.exit_code == 1, r.output
+    (record,) = map(json.loads, r.stdout.splitlines())
+    (error,) = [ln.removeprefix("flowdec: error: ") for ln in r.stderr.splitlines() if ln.startswith("flowdec: error:")]
+    assert record == {"command": "compress", "input": str(bad), "output": str(tmp_path / "o.fdc"), "ok": False,
+                      "error": error}
+    assert not (tmp_path / "o.fdc").exists()
+    r = run("compress", bad, tmp_path / "o.fdc", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 1 and r.stdout == ""  # without --json, stdout stays empty
+
+
 def test_an_output_folder_inside_the_input_folder(run, tmp_path, tiny_codec_dir):
     """compress codes every audio file below IN, those under OUT too (its outputs are .fdc, never inputs),
     and writes beside them when OUT is IN; roundtrip, whose outputs are audio, leaves out what lies under

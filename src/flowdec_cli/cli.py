@@ -391,9 +391,9 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
              skip_existing: bool, quiet: bool, as_json: bool, out_suffix: str) -> None:
     """Run the jobs; in a folder, a bar over files, per-file errors, a summary and exit 1 if any failed.
     Each finished file is reported: a text line on stderr, or with ``--json`` one JSON object per line on
-    stdout (``"ok": true``). In a folder with ``--json`` a file that failed or was refused gets one too:
-    ``command``, ``input``, ``output``, ``"ok": false`` and ``error``, the message of its error line on
-    stderr."""
+    stdout (``"ok": true``). With ``--json`` a file that failed or was refused gets one too (a single file
+    as well as each of a folder's): ``command``, ``input``, ``output``, ``"ok": false`` and ``error``, the
+    message of its error line on stderr."""
 
     def report(record: dict[str, Any], text: str, folder: bool) -> None:
         if as_json:
@@ -401,9 +401,20 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
         elif text and not quiet and not folder:
             click.echo(terminal_text(text), err=True)  # the output's name is the user's, or a folder's
 
+    def report_failure(src: str, dst: str, text: str) -> None:
+        if as_json:  # a script reading the records sees every file, not only those that worked
+            click.echo(strict_json({"command": command, "input": src, "output": dst, "ok": False, "error": text}))
+
     if not plan.folder:
-        with _stdio(plan.jobs[0], out_suffix) as job:
-            record, text = one(job)
+        try:
+            with _stdio(plan.jobs[0], out_suffix) as job:
+                record, text = one(job)
+        except (KeyboardInterrupt, BrokenPipeError):
+            raise
+        except Exception as exc:  # reported on stderr and by the exit status as ever; with --json on stdout too
+            report_failure(_shown(plan.jobs[0].src), _shown(plan.jobs[0].dst),
+                           one_line_message(exc) or f"unexpected {type(exc).__name__}: {exc}")
+            raise
         record.update(input=_shown(plan.jobs[0].src), output=_shown(plan.jobs[0].dst), ok=True)
         report(record, f"flowdec: {_shown(plan.jobs[0].dst)}: {text}", folder=False)
         return
@@ -417,9 +428,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
         failed.append(text)
         if sys.stderr is not None:  # tqdm.write would fall back to standard output, which --json owns
             tqdm.write(error_line(text), file=sys.stderr)
-        if as_json:  # a script reading the records sees every file, not only those that worked
-            click.echo(strict_json({"command": command, "input": str(job.src), "output": str(job.dst),
-                                    "ok": False, "error": text}))
+        report_failure(str(job.src), str(job.dst), text)
 
     for job, text in plan.refused:
         fail(job, text)
