@@ -90,6 +90,11 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     for malformed in ("model.encoder_dim", "model=1", "train.max_steps.x=1"):
         with pytest.raises(OverrideError, match=f"--set '{re.escape(malformed)}': expected section.key=value"):
             load_config(tmp_path / "a.toml", "ndac", [malformed])
+    for unparsed in ("data.train=[a.txt]", "data.train=[\"a.txt\"", "model.backbone='framewise"):
+        with pytest.raises(OverrideError, match=f"--set '{re.escape(unparsed)}': not a TOML value"):
+            load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", unparsed])
+    bare = load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", "data.train=b.txt"])
+    assert bare.data.train == [str(tmp_path / "b.txt")]  # a bare word is still a string
     with pytest.raises(ConfigError, match=r"a.toml: model.encoder_dim: expected an integer") as info:
         load_config(tmp_path / "a.toml", "ndac", ["train.max_steps=3"])  # the file's own error, named so
     assert not isinstance(info.value, OverrideError)

@@ -492,12 +492,18 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, item: str) -> Any:
+    """A ``--set`` value as TOML; a bare word that is not TOML is taken as a string (``data.train=a.txt``),
+    ``none``/``null`` as unset. A value that starts like a list, table or quoted string but does not parse
+    is refused: taken as a string, ``[a.txt]`` became one path named "[a.txt]"."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
         if text.lower() in ("none", "null"):
             return None
+        if text[:1] in "[{\"'":
+            raise OverrideError(f"--set '{item}': not a TOML value ({exc}); strings inside a list are quoted, "
+                                "e.g. data.train='[\"a.txt\"]'") from None
         return text
 
 
@@ -513,7 +519,7 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[tuple[st
         section = data.setdefault(parts[0], {})
         if not isinstance(section, dict):
             raise OverrideError(f"--set '{item}': '{parts[0]}' is not a section")
-        section[parts[1]] = _parse_value(value.strip())
+        section[parts[1]] = _parse_value(value.strip(), item)
         done.add((parts[0], parts[1]))
     return done
 
