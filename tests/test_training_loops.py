@@ -111,10 +111,11 @@ def test_ndac_trains_only_the_parts_named(clips, tmp_path):
         _ndac(clips, tmp_path / "x", optim=dict(train_parts=["encoder"], revive_dead_codes_every=10))
 
 
-def test_ndac_resume_continues_where_it_stopped(ndac_run, clips, tmp_path):
+def test_ndac_resume_continues_where_it_stopped(ndac_run, clips, tmp_path, capsys):
     src = ndac_run.run_dir / "checkpoints" / "step-00000002"
-    resumed = NDACTrainer(_ndac(clips, tmp_path / "b"), device="cpu", resume=str(src), quiet=True)
+    resumed = NDACTrainer(_ndac(clips, tmp_path / "b"), device="cpu", resume=str(src))
     resumed.run()
+    assert "settings changed" not in capsys.readouterr().err  # another folder and cadence change nothing
     assert resumed.step == 4 and find_checkpoint(tmp_path / "b").name == "step-00000004"
     a, b = ndac_run.model.state_dict(), resumed.model.state_dict()
     for k in a:
@@ -130,6 +131,30 @@ def test_ndac_resume_continues_where_it_stopped(ndac_run, clips, tmp_path):
     steps = [line.split(",")[0] for line in (ndac_run.run_dir / "metrics.csv").read_text().splitlines()[1:]
              if ",train,loss," in line]
     assert steps == ["1", "2", "3", "4"]
+
+
+def test_resuming_with_changed_settings_says_which_and_whether_the_batches_change(ndac_run, clips, tmp_path,
+                                                                                    capsys):
+    """A resume with another batch size or rate was accepted in silence: the run is no longer the one an
+    uninterrupted run would have been."""
+    from flowdec_cli.training.base import settings_changed
+
+    src = ndac_run.run_dir / "checkpoints" / "step-00000002"
+    batch = _ndac(clips, tmp_path / "x").data.batch_size
+    cfg = _ndac(clips, tmp_path / "c", data=dict(batch_size=batch + 1), optim=dict(lr=1e-5),
+                train=dict(max_steps=3))
+    NDACTrainer(cfg, device="cpu", resume=str(src)).run()
+    err = capsys.readouterr().err
+    assert f"resuming step 2 with settings changed since that checkpoint: data.batch_size {batch} -> {batch + 1}" in err
+    assert "optim.lr" in err and "not the ones an uninterrupted run would have drawn" in err
+    assert "max_steps" not in err and "out_dir" not in err
+    state = load_checkpoint(src)["trainer"]
+    from flowdec_cli.training.config import config_to_dict
+
+    same = config_to_dict(_ndac(clips, tmp_path / "d", optim=dict(lr=1e-5)))
+    assert settings_changed(state, same, 1) == [f"optim.lr {state['config']['optim']['lr']!r} -> 1e-05"]
+    assert settings_changed(state, config_to_dict(_ndac(clips, tmp_path / "d")), 2)[-1].startswith("its batches")
+    assert settings_changed({}, same, 1) == []  # a checkpoint without a recorded config
 
 
 def test_interrupt_saves_a_checkpoint_and_resume_goes_on(clips, tmp_path, monkeypatch, capsys):

@@ -131,6 +131,10 @@ class Trainer:
             self.step = int(ckpt["trainer"]["step"])
             if ckpt["trainer"].get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(ckpt["trainer"]["scaler"])
+            changed = settings_changed(ckpt["trainer"], config_to_dict(cfg), env.world_size)
+            if changed and env.is_main and not self.quiet:
+                print(f"{self.name}: resuming step {self.step} with settings changed since that checkpoint: "
+                      + "; ".join(changed), file=sys.stderr)
         elif cfg.train.init_from:
             self.init_weights(Path(cfg.train.init_from))
         self._check_batches()  # before the run folder is made: a run that cannot start leaves nothing
@@ -300,6 +304,39 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return grad_norm
+
+
+#: the settings that decide which items make up each batch: changed on resume, the run goes on from its step
+#: but no longer draws the batches an uninterrupted run would have drawn
+DATA_ORDER_KEYS = ("data.train", "data.validation_fraction", "data.split_salt", "data.batch_size",
+                   "data.segment_seconds", "train.seed", "world_size")
+
+
+#: settings of the loop's bookkeeping, expected to change on resume (a longer run, another folder)
+RUN_CONTROL_KEYS = ("train.max_steps", "train.max_seconds", "train.out_dir", "train.init_from", "train.progress",
+                    "train.tensorboard", "train.log_every", "train.val_every", "train.checkpoint_every",
+                    "train.keep_checkpoints", "data.num_workers", "data.prefetch_factor")
+
+
+def settings_changed(trainer_state: dict[str, Any], config: dict[str, Any], world_size: int) -> list[str]:
+    """What differs between a checkpoint's recorded config (``trainer_state``) and the config a run resumes
+    it with, as ``section.key old -> new`` (a resumed run may change them: a lower rate, another batch size
+    on a bigger machine), and whether that changes the data order. Empty where the checkpoint recorded no
+    config."""
+    before = trainer_state.get("config")
+    if not isinstance(before, dict):
+        return []
+    flat_before = {f"{section}.{key}": value for section, keys in before.items() if isinstance(keys, dict)
+                   for key, value in keys.items()}
+    flat_now = {f"{section}.{key}": value for section, keys in config.items() if isinstance(keys, dict)
+                for key, value in keys.items()}
+    flat_before["world_size"] = trainer_state.get("world_size", world_size)
+    flat_now["world_size"] = world_size
+    keys = [k for k in flat_now if k in flat_before and flat_before[k] != flat_now[k] and k not in RUN_CONTROL_KEYS]
+    out = [f"{k} {flat_before[k]!r} -> {flat_now[k]!r}" for k in keys]
+    if any(k in DATA_ORDER_KEYS for k in keys):
+        out.append("its batches from here on are not the ones an uninterrupted run would have drawn")
+    return out
 
 
 def dataclass_dict(obj: Any) -> dict[str, Any]:
