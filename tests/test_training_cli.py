@@ -412,6 +412,25 @@ def test_nan_is_a_usage_error_not_a_value(args, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "'nan' is not a number" in r.output, r.output
 
 
+@pytest.mark.parametrize("args", [["prepare-pairs", "clips", "--ndac", "x", "-o", "p"],
+                                  ["estimate-sigma", "--pairs", "p.txt", "-o", "s.json"], ["ndac", "c.toml"],
+                                  ["entropy-tables", "m", "clips"]])
+def test_every_training_command_that_runs_a_network_takes_threads(args, tmp_path, monkeypatch):
+    """prepare-pairs and estimate-sigma had no --threads: beside a training run they took every core."""
+    monkeypatch.chdir(tmp_path)
+    r = _run("train", *args, "--threads", "5000")
+    assert r.exit_code == 2 and "'--threads': 5000 is more than 1024" in r.output, r.output
+    import flowdec_cli.runtime
+
+    def stop_here(n):
+        raise ValueError(f"set_threads({n}) reached")
+
+    monkeypatch.setattr(flowdec_cli.runtime, "set_threads", stop_here)  # applied before any work, not ignored
+    if args[0] in ("prepare-pairs", "estimate-sigma"):
+        r = _run("train", *args, "--threads", "3")
+        assert "set_threads(3) reached" in r.output, r.output
+
+
 def test_help_texts_state_the_defaults_and_ranges_the_code_has():
     """Help texts that repeat a number are checked against where it lives."""
     from flowdec_cli.sampler import MAX_TEMPERATURE

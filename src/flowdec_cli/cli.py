@@ -24,6 +24,7 @@ from .options import (
     seed_option,
     spelled_as_folder,
     temperature_option,
+    threads_option,
 )
 from .streams import is_stdio, require_stdout, strict_json
 
@@ -60,8 +61,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _model_options(f: Callable) -> Callable:
-    f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads for torch (default: torch's choice).")(f)
+    f = threads_option(f)
     f = click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when present, else CPU), cpu, or cuda[:N].")(f)
     f = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -17,7 +17,7 @@ import click
 from .fileio import descriptor_alias
 
 __all__ = ["FiniteFloatRange", "PathArgument", "check_nfe_option", "check_rate_request_option", "seed_option",
-           "spelled_as_folder", "temperature_option"]
+           "spelled_as_folder", "temperature_option", "threads_option"]
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -105,3 +105,20 @@ def seed_option(ctx: click.Context, param: click.Parameter, value: int | None) -
         return check_seed(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def threads_option(f: Any) -> Any:
+    """``--threads N``, the CPU threads torch uses, for every command that runs a network (the command
+    applies it with :func:`flowdec_cli.runtime.set_threads` once it has work to do: torch is not imported
+    for a run that has nothing to do)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, callback=_check_threads,
+                        help="CPU threads for torch (default: torch's choice).")(f)
+
+
+def _check_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None:
+        from .runtime import MAX_THREADS  # imports torch: only when the option is given
+
+        if value > MAX_THREADS:
+            raise click.BadParameter(f"{value} is more than {MAX_THREADS}", ctx, param)
+    return value

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import Failure, FlowdecGroup, error_line
-from ..options import FiniteFloatRange, temperature_option
+from ..options import FiniteFloatRange, temperature_option, threads_option
 
 __all__ = ["train_group"]
 
@@ -52,7 +52,7 @@ def _train_options(f: Callable) -> Callable:
     f = click.option("--resume-from", type=click.Path(exists=True, path_type=Path), default=None,
                      help="Continue from this checkpoint (or run) folder.")(f)
     f = click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint.")(f)
-    f = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")(f)
+    f = threads_option(f)
     f = click.option("--device", default="auto", show_default=True,
                      help="auto, cpu or cuda[:N] (under torchrun each process takes cuda:LOCAL_RANK).")(f)
     f = click.argument("config", type=click.Path(path_type=Path))(f)
@@ -178,23 +178,25 @@ def _codebook_list(values: tuple[str, ...], option: str = "--n-codebooks") -> li
 @click.option("--envelope", default=None, metavar="LAYOUT",
               help="Apply the band-level side channel of this layout (bands15) to the coded side, for a postfilter "
                    "that runs after it (a model card's envelope_before_postfilter).")
+@threads_option
 @click.option("-f", "--force", is_flag=True, help="Re-code files whose coded output exists.")
 @click.option("-q", "--quiet", is_flag=True)
 def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Path, n_codebooks: tuple[str, ...],
                           validation_fraction: float, test_fraction: float, salt: str, device: str,
-                          envelope: str | None, force: bool, quiet: bool) -> None:
+                          envelope: str | None, threads: int | None, force: bool, quiet: bool) -> None:
     """Code the audio in SOURCES (folders or path lists) with a trained NDAC and write pair lists.
 
     Each line of train.txt / validation.txt / test.txt is "clean_path,coded_path" (the official format),
     once per file and codebook count. Existing coded files are kept, so an interrupted run resumes.
     """
-    from ..runtime import resolve_device
+    from ..runtime import resolve_device, set_threads
     from .prepare import prepare_pairs
 
     if validation_fraction + test_fraction >= 1:
         raise click.UsageError("--validation-fraction plus --test-fraction must be below 1")
     try:
         dev = resolve_device(device)
+        set_threads(threads)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     summary = prepare_pairs(ndac_ref, [str(s) for s in sources], out_dir, _codebook_list(n_codebooks),
@@ -233,18 +235,19 @@ def _failed_files(failed: list[str], done: int) -> None:
 @click.option("--qrmse", type=FiniteFloatRange(0, 1, min_open=True), default=0.997, show_default=True)
 @click.option("--delimiter", default=None, help="Pair list delimiter (default: CONFIG's, else ',').")
 @click.option("--device", default="auto", show_default=True)
+@threads_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing estimate.")
 @click.option("-q", "--quiet", is_flag=True)
 def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], out_file: Path | None,
                            alpha: float | None, n_fft: int | None, hop: int | None, n_samples: int, seed: int,
-                           qx: float, qrmse: float, delimiter: str | None, device: str, force: bool,
-                           quiet: bool) -> None:
+                           qx: float, qrmse: float, delimiter: str | None, device: str, threads: int | None,
+                           force: bool, quiet: bool) -> None:
     """Estimate beta, the global sigma_y and the per-band sigma_y curve (official heuristics).
 
     With a postfilter CONFIG, reads its data.train pair lists and feature settings and writes the
     estimate to its sigma.file, where the trainer reads it (set sigma.mode = "perband" to use the curve).
     """
-    from ..runtime import resolve_device
+    from ..runtime import resolve_device, set_threads
     from .config import load_config
     from .prepare import estimate_sigma, pairs_coded_by, pairs_from, sigma_file_outputs, write_sigma_file
 
@@ -262,6 +265,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     delim = delimiter if delimiter is not None else (cfg.data.delimiter if cfg is not None else ",")
     try:
         dev = resolve_device(device)
+        set_threads(threads)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     est = estimate_sigma(pairs_from(lists, delim), alpha=alpha if alpha is not None else (m.alpha if m else 0.3),
@@ -350,7 +354,7 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
               help="Weight, in codes, of the backed-off distribution added to each context's counts "
                    "(default 1024).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@threads_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing tables.")
 @click.option("-q", "--quiet", is_flag=True)
 def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: Path | None, every: int,
