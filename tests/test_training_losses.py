@@ -187,6 +187,20 @@ def test_latent_residual_is_relative_and_trains_the_codes_not_the_target():
     assert z.grad is None and z_q.grad is not None and float(z_q.grad.abs().sum()) > 0
 
 
+def test_latent_residual_stays_bounded_when_the_codebooks_are_louder_than_the_latent():
+    """A codec from new weights: the default config's latent starts 10^5 times quieter than its codebooks'
+    sum; relative to the latent alone the term was about 10^5 and drowned every other loss."""
+    from flowdec_cli.training.losses import latent_residual
+
+    z = 1e-3 * torch.randn(2, 6, 10)
+    z_q = torch.randn(2, 6, 10, requires_grad=True)
+    value = float(latent_residual(z, z_q).detach())
+    assert 0.9 < value < 1.1  # relative to the codebooks' energy: about all of it is error
+    quieter = 0.9 * z  # where the quantised latent is the quieter one, the latent's energy is the scale
+    expected = float((quieter - z).pow(2).mean() / z.pow(2).mean())
+    assert float(latent_residual(z, quieter)) == pytest.approx(expected, rel=1e-6)
+
+
 def test_ndac_loss_counts_the_latent_term_only_when_weighted():
     from flowdec_cli.training.config import NDACLossConfig
     from flowdec_cli.training.losses import NDACLoss

@@ -346,11 +346,19 @@ class NDACLoss(nn.Module):
 
 def latent_residual(z: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
     """Squared error of the quantised latent ``z_q`` against the encoder latent ``z`` (both [B,D,T]),
-    relative to the latent's energy. The target is detached: the codebooks and their projections learn to
-    approximate the latent, while the encoder still gets the gradient through the straight-through path, so
-    the latent cannot shrink to make the error small."""
+    relative to the larger of the two energies. The target is detached: the codebooks and their projections
+    learn to approximate the latent, while the encoder still gets the gradient through the straight-through
+    path, so the latent cannot shrink to make the error small.
+
+    The larger energy, not the latent's alone: a codec from new weights starts with a latent 10^5 times
+    quieter than its codebooks' sum (2e-5 against 2.8 for the default config), and relative to the latent
+    the term started near 10^5, took the whole clipped gradient, and the codec never learned to sound
+    (docs/training.md, "Latent residual"). Once the codebooks approximate the latent the quantised energy
+    is the smaller one, so a trained codec's loss is the same as before."""
     target = z.detach().float()
-    return (z_q.float() - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-8)
+    error = z_q.float() - target
+    scale = torch.maximum(target.pow(2).mean(), z_q.detach().float().pow(2).mean())
+    return error.pow(2).mean() / scale.clamp(min=1e-8)
 
 
 # --------------------------------------------------------------------------------------------------
