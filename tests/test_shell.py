@@ -342,6 +342,18 @@ def test_shell_completion_works_and_is_documented():
     assert "_FLOWDEC_COMPLETE=bash_source flowdec" in invoke("--help").output
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_standard_error_does_not_fail_the_run(wav, tmp_path, tiny_codec_dir):
+    """`2>/dev/full`: the banner could not be written, so the run failed with exit 1 and no output, although
+    standard error carries nothing but diagnostics."""
+    fdc, out = tmp_path / "a.fdc", tmp_path / "a.wav"
+    with open("/dev/full", "w") as full:
+        assert _flowdec("compress", wav, fdc, "-m", tiny_codec_dir, stderr=full).returncode == 0
+        assert _flowdec("decompress", fdc, out, "-m", tiny_codec_dir, "--nfe", "0", stderr=full).returncode == 0
+        assert _flowdec("decompress", tmp_path / "nosuch.fdc", out, "-f", stderr=full).returncode == 1  # still fails
+    assert fdc.stat().st_size > 0 and sf.info(out).frames > 0
+
+
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "ndac", "--help"]])
 def test_a_closed_pipe_after_version_or_help_is_the_shells_sigpipe_status(args):
     """`flowdec --version | true`: these print while the arguments are parsed, where click turns a closed

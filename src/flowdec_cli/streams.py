@@ -10,6 +10,8 @@ A terminal is refused on either side, before any work: binary data typed in neve
 garbles the screen. A closed standard stream (``<&-``, ``>&-``) is refused by name.
 
 A closed pipe (``flowdec models | head -1``) ends the program quietly, as :func:`exit_on_broken_pipe` does.
+Standard error carries only diagnostics: when it cannot be written (``2>/dev/full``, a closed pipe) they are
+dropped and the run goes on (:func:`tolerant_stderr`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .exceptions import FlowdecError
 from .fileio import copy_all, no_space_left, open_sink, temporary_folder, write_all
 
 __all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "stdin_stream", "StreamError",
-           "exit_on_broken_pipe", "check_stdin", "check_stdout", "require_stdout", "strict_json"]
+           "exit_on_broken_pipe", "check_stdin", "check_stdout", "require_stdout", "strict_json", "tolerant_stderr"]
 
 STDIO = "-"
 COPY_BLOCK = 1 << 20
@@ -183,6 +185,35 @@ def stdin_stream(what: str) -> BinaryIO:
     refused when closed or a terminal (:func:`check_stdin`)."""
     check_stdin(what)
     return _stdin()
+
+
+class _TolerantStream:
+    """A text stream whose write and flush errors (a full disk, a closed pipe, an I/O error) are dropped;
+    everything else is the wrapped stream's (its encoding, isatty, fileno: tqdm and click ask for them)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def tolerant_stderr() -> None:
+    """Make ``sys.stderr`` drop what it cannot write instead of raising: messages, progress bars and
+    warnings are not the result, and a run whose standard error is full (``2>/dev/full``) or a closed pipe
+    failed with exit 1, its output unwritten, where it had nothing to say at all. Once per process."""
+    if sys.stderr is not None and not isinstance(sys.stderr, _TolerantStream):
+        sys.stderr = _TolerantStream(sys.stderr)
 
 
 def exit_on_broken_pipe() -> None:
