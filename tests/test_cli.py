@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 from pathlib import Path
@@ -142,6 +143,36 @@ def test_a_piped_fdc_is_spooled_only_as_far_as_its_header_declares(tmp_path):
     threading.Thread(target=lambda: audio.write_bytes(b"fLaC" + bytes(3 << 20)), daemon=True).start()
     with spooled_input(audio) as spooled:
         assert spooled.stat().st_size == 4 + (3 << 20)
+
+
+def test_standard_input_that_is_a_regular_file_is_read_in_place(tmp_path, monkeypatch):
+    """`flowdec compress - x.fdc < big.wav` copied the whole file to the temporary folder first (time, and a
+    full TMPDIR failed the run) although a regular file can be read twice and sought in like a named one."""
+    import sys
+
+    from flowdec_cli import streams
+
+    data = b"RIFF" + bytes(range(256)) * 40
+    src = tmp_path / "in.wav"
+    src.write_bytes(data)
+
+    def no_copies(label):
+        raise AssertionError("copied to the temporary folder")
+
+    with open(src, "rb") as stdin:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stdin))
+        with monkeypatch.context() as m:
+            m.setattr(streams, "_owned_temporary_folder", no_copies)
+            with streams.spooled_input() as path:
+                assert path.read_bytes() == data and path.read_bytes() == data  # twice, from the start
+        os.lseek(stdin.fileno(), 100, os.SEEK_SET)  # read partway by someone before: what is left, copied
+        with streams.spooled_input() as path:
+            assert path.read_bytes() == data[100:] and str(path).startswith(str(streams.tempfile.gettempdir()))
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with open(tmp_path / "empty.wav", "rb") as stdin:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stdin))
+        with pytest.raises(streams.StreamError, match="standard input is empty"), streams.spooled_input():
+            pass
 
 
 def test_info_json_is_strict_json_whatever_the_header_holds(run, tmp_path):

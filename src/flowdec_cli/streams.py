@@ -125,11 +125,34 @@ def _spool(src: BinaryIO, out: BinaryIO, name: str) -> None:
         copy_all(src, out, COPY_BLOCK)
 
 
+def _redirected_file() -> Path | None:
+    """Standard input as a path to reopen, where it is a regular file at its start and Linux's
+    ``/proc/self/fd`` can name it; else None (a pipe, a terminal, a file read partway, another system)."""
+    if sys.stdin is None:
+        return None
+    try:
+        fd = sys.stdin.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.lseek(fd, 0, os.SEEK_CUR) != 0:
+            return None
+        path = Path(f"/proc/self/fd/{fd}")
+        return path if os.path.samestat(os.stat(path), os.fstat(fd)) else None
+    except (OSError, ValueError, AttributeError):  # no descriptor (an in-memory stdin), no /proc
+        return None
+
+
 @contextlib.contextmanager
 def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterator[Path]:
     """Standard input (``-``) or a FIFO, copied to a temporary file (deleted afterwards, and by the next run
-    if this one is killed) block by block."""
+    if this one is killed) block by block. Standard input that is a regular file read from its start
+    (``flowdec compress - x.fdc < big.wav``) is not copied: the path is that file, reopened through
+    ``/proc/self/fd``, which readers may seek in and read twice like any other."""
     name = "standard input" if is_stdio(source) else f"{source}:"
+    redirected = _redirected_file() if is_stdio(source) else None
+    if redirected is not None:
+        if redirected.stat().st_size == 0:
+            raise StreamError(f"{name} is empty")
+        yield redirected
+        return
     folder = _owned_temporary_folder("stdin")
     path = folder / f"in{suffix}"
     try:
