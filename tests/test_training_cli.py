@@ -443,3 +443,8 @@ def test_help_texts_state_the_defaults_and_ranges_the_code_has():
     assert f"(default {defaults.smoothing:g})" in text
     for args in (("train", "export", "--help"), ("decompress", "--help")):
         assert f"0 to {MAX_TEMPERATURE:g}" in " ".join(_run(*args).output.split()), args
+    from flowdec_cli.sampler import MAX_NFE, SOLVERS
+
+    for verb in ("decompress", "roundtrip"):
+        text = " ".join(_run(verb, "--help").output.split())
+        assert f"up to {MAX_NFE} (even with the midpoint solver: {SOLVERS['midpoint']} a step)" in text, verb
