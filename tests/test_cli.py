@@ -145,6 +145,19 @@ def test_a_piped_fdc_is_spooled_only_as_far_as_its_header_declares(tmp_path):
         assert spooled.stat().st_size == 4 + (3 << 20)
 
 
+def test_a_file_well_above_the_rate_asked_says_why(run, tmp_path, tiny_codec_dir):
+    """-b 1.5 on a 0.1 s file came out at several times that on disk, with no word of why or of --fit."""
+    for seconds, noted in ((0.1, True), (5.0, False)):
+        src = tmp_path / f"{seconds}.wav"
+        sf.write(src, tone(seconds, 48000), 48000)
+        r = run("compress", src, tmp_path / f"{seconds}.fdc", "-m", tiny_codec_dir, "-b", "1.5")
+        assert r.exit_code == 0, r.output
+        line = r.stderr.strip().splitlines()[-1]
+        assert ("above the 1.5 kbit/s asked" in line and "--fit holds the whole file to -b" in line) == noted, line
+    r = run("compress", tmp_path / "0.1.wav", tmp_path / "fit.fdc", "-m", tiny_codec_dir, "-b", "9", "--fit")
+    assert r.exit_code == 0 and "asked" not in r.stderr
+
+
 def test_standard_input_that_is_a_regular_file_is_read_in_place(tmp_path, monkeypatch):
     """`flowdec compress - x.fdc < big.wav` copied the whole file to the temporary folder first (time, and a
     full TMPDIR failed the run) although a regular file can be read twice and sought in like a named one."""

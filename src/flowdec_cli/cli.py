@@ -650,6 +650,20 @@ def _rate_text(record: dict[str, Any], nominal: str = "") -> str:
     return f"{record['kbps_on_disk']:.3f} kbit/s per channel{' on disk' if nominal else ''}{nominal}"
 
 
+#: how far above -b a file may come out on disk before its line says why (rounding of a rate plan's steps)
+_OVER_REQUEST = 1.2
+
+
+def _over_request_note(record: dict[str, Any], asked_kbps: float | None) -> str:
+    """Why a file came out well above the ``-b`` asked (without ``--fit``): on a short file the header and
+    the side channel's fixed bytes outweigh the codes, and only ``--fit`` holds the whole file to ``-b``."""
+    on_disk = record["kbps_on_disk"]
+    if asked_kbps is None or on_disk is None or on_disk <= _OVER_REQUEST * asked_kbps:
+        return ""
+    return (f"; above the {asked_kbps:g} kbit/s asked, as the header's fixed bytes weigh on a "
+            f"{record['duration_s']:.2g} s file: --fit holds the whole file to -b")
+
+
 # --------------------------------------------------------------------------------------------------
 # Commands
 
@@ -713,7 +727,8 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
         saved = f", entropy coding saved {100 * res.saving:.1f} %" if res.header.entropy_coded else ""
         return record, (f"{res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
                         + _rate_text(record, f" ({record['kbps_nominal']:g} kbit/s nominal{saved}"
-                                             f"{_envelope_note(res.header)})"))
+                                             f"{_envelope_note(res.header)})")
+                        + _over_request_note(record, None if fit else bitrate))
 
     _execute("compress", plan, one, force, skip_existing, quiet, as_json, ".fdc")
 
