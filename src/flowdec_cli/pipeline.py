@@ -905,6 +905,14 @@ class Codec:
         src, dst = Path(src), Path(dst)
         _check_output(dst, overwrite, src)
         header, codes = read_fdc(src, tables=lambda h: self.tables_for(h, str(src)))
+        return self._decode_read_file(src, header, codes, dst, nfe, solver, seed, subtype, progress, warn,
+                                      overwrite)
+
+    def _decode_read_file(self, src: Path, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int | None,
+                          solver: str, seed: int | None, subtype: str | None, progress: Progress,
+                          warn: Callable[[str], None] | None, overwrite: bool) -> DecompressResult:
+        """:meth:`decompress_file` once ``src`` was read (by it, or by a :class:`Decompressor` that picked
+        this codec by the file's model name): the header's warnings, the decode, the file's size."""
         warnings = self.check_header(header, str(src))
         for w in warnings:
             if warn is not None:
@@ -1013,14 +1021,8 @@ class Decompressor:
         _check_output(Path(dst), overwrite, src)
         header, codes = read_fdc(src, tables=lambda h: self.codec_for(h.model_name, src).tables_for(h, str(src)))
         codec = self.codec_for(header.model_name, src)
-        warnings = codec.check_header(header, str(src))
-        for w in warnings:
-            if warn is not None:
-                warn(w)
-        nfe = codec.resolve_nfe(self.nfe, solver)
-        res = codec._decode_to_file(header, codes, Path(dst), nfe, solver, seed, subtype, progress, overwrite)
-        res.file_bytes, res.warnings = src.stat().st_size, warnings
-        return res
+        return codec._decode_read_file(src, header, codes, Path(dst), self.nfe, solver, seed, subtype, progress,
+                                       warn, overwrite)
 
 
 def _check_output(dst: Path, overwrite: bool, src: Path | None = None) -> None:
