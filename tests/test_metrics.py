@@ -40,6 +40,17 @@ def tone_mix(n, sr=SR):
 # ------------------------------------------------------------------ SI-SDR
 
 
+def test_si_sdr_of_a_silent_or_constant_decode_is_the_floor_not_zero():
+    """A silent decode scored 0 dB, above real codec output (about -30 dB for a poor one)."""
+    x = np.random.default_rng(0).standard_normal(48000) * 0.1
+    for deg in (np.zeros_like(x), np.full_like(x, 0.2)):
+        assert M.si_sdr(x, deg) == pytest.approx(-120.0, abs=0.01)
+    assert M.si_sdr(x, x + np.random.default_rng(1).standard_normal(48000)) > -120.0
+    stereo = np.stack([x, x], axis=1)
+    half_silent = np.stack([x, np.zeros_like(x)], axis=1)
+    assert M.si_sdr(stereo, half_silent) == pytest.approx((120.0 - 120.0) / 2, abs=0.02)
+
+
 def test_si_sdr_identical_is_capped_high():
     x = noise(SR)
     assert M.si_sdr(x, x) == pytest.approx(120.0, abs=0.01)

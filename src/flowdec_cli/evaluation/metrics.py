@@ -132,6 +132,9 @@ def _channel_mean(values: list[float]) -> float:
 # SI-SDR
 
 _SI_SDR_EPS = 1e-12  # relative to the reference energy: caps SI-SDR at about +120 dB
+#: what a silent (or constant) degraded channel scores: the cap's mirror image. The formula gives it 0/0,
+#: which eps turns into 0 dB, better than any real codec output (those score around -30 to +20 dB).
+SI_SDR_SILENT_DB = 10.0 * math.log10(_SI_SDR_EPS)
 
 
 def _require_sound(ref: np.ndarray) -> None:
@@ -146,6 +149,8 @@ def _si_sdr_1d(r: np.ndarray, d: np.ndarray) -> float:
     energy = float(np.dot(r, r))
     if energy == 0.0:
         return float("nan")
+    if float(np.dot(d, d)) <= _SI_SDR_EPS * energy:  # silent or constant: what is left is rounding
+        return SI_SDR_SILENT_DB
     alpha = float(np.dot(d, r)) / energy
     target = alpha * r
     noise = d - target
@@ -164,7 +169,8 @@ def si_sdr(ref: np.ndarray, deg: np.ndarray) -> float:
         SI-SDR = 10 * log10( (|target|^2 + eps) / (|noise|^2 + eps) ),  eps = 1e-12 * |ref|^2
 
     ``eps`` only matters for (nearly) identical signals: identical signals score about
-    +120 dB instead of infinity. Multiplying ``deg`` by any non-zero constant (even a negative
+    +120 dB instead of infinity. A silent (or constant) degraded channel, which the formula leaves at
+    0/0, scores -120 dB, the floor matching that cap. Multiplying ``deg`` by any non-zero constant (even a negative
     one) leaves the value unchanged. If ``deg = ref + n`` with ``n`` orthogonal to ``ref``, the
     value equals the SNR ``10 log10(|ref|^2 / |n|^2)``.
 
