@@ -91,13 +91,14 @@ def test_report_mean_skips_nan_and_renders():
     r = Report(labels=["file"], values=["a", "b"], higher_is_better={"a": True, "b": False})
     r.add(file="x", a=1.0, b=float("nan"))
     r.add(file="y", a=3.0, b=4.0)
-    assert r.mean() == {"a": 2.0, "b": 4.0, "n": 2}
+    assert r.mean() == {"a": 2.0, "b": 4.0, "n": 2, "counts": {"a": 2, "b": 1}}  # b's mean is over one file
     doc = json.loads(r.to_json())
     assert doc["rows"][0]["b"] is None and doc["mean"]["a"] == 2.0
     rows = list(csv.reader(io.StringIO(r.to_csv())))
     assert rows == [["file", "a", "b"], ["x", "1.0", ""], ["y", "3.0", "4.0"]]  # the mean stays apart
     table = r.to_table()
     assert "mean (2)" in table and "higher is better: a" in table and "lower is better: b" in table
+    assert table.splitlines()[-2].split()[-2:] == ["4.000", "(1)"] and "2.000 (" not in table
 
 
 # ------------------------------------------------------------------ eval CLI

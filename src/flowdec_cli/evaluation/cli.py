@@ -261,7 +261,9 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
     if fmt == "csv" and len(report.rows) > 1:
         mean = report.mean()
         click.echo(f"flowdec: mean over {mean['n']} files (not in the CSV): "
-                   + ", ".join(f"{m} {mean[m]:.3f}" for m in names), err=True)
+                   + ", ".join(f"{m} {mean[m]:.3f}" + (f" (over {mean['counts'][m]})"
+                                                       if mean["counts"][m] < mean["n"] else "")
+                               for m in names), err=True)
     if failed:
         raise Failure(f"{len(failed)} of {len(pairing.pairs)} pairs could not be scored and are not in the "
                       f"report: {_list_some(failed)}")

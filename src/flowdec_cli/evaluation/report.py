@@ -8,7 +8,8 @@ how many rows went into it in ``n``.
 Formats:
 
 * table: fixed-width text for the terminal, values with 3 decimals, ``-`` for NaN, a rule
-  before the mean row, and a legend line saying which metrics are better higher or lower.
+  before the mean row (a mean over fewer rows than the row's ``n`` shows its count in brackets), and a
+  legend line saying which metrics are better higher or lower.
 * JSON: ``{"columns": [...], "rows": [{...}], "mean": {...}, "n": N, ...extra}``; NaN is
   written as ``null``.
 * CSV: a header line and one line per row, nothing else, so that every line is a row of the
@@ -79,12 +80,17 @@ class Report:
         self.rows.append(row)
 
     def mean(self) -> dict[str, Any]:
-        """``{value column: mean over finite entries or NaN}`` plus ``n`` (number of rows)."""
+        """``{value column: mean over finite entries or NaN}``, ``n`` (number of rows) and ``counts``
+        (``{value column: the rows its mean is over}``: fewer than ``n`` where a metric could not be
+        computed for some files, so that a mean over 3 of 4 files does not pass for one over all 4)."""
         out: dict[str, Any] = {}
+        counts: dict[str, int] = {}
         for col in self.values:
             vals = [float(v) for v in (r.get(col) for r in self.rows) if v is not None and _finite(v)]
             out[col] = sum(vals) / len(vals) if vals else float("nan")
+            counts[col] = len(vals)
         out["n"] = len(self.rows)
+        out["counts"] = counts
         return out
 
     # -- renderers ------------------------------------------------------------------------
@@ -95,7 +101,9 @@ class Report:
                 for r in self.rows]
         mean = self.mean()
         mean_row = [self.mean_label + (f" ({mean['n']})" if len(self.rows) != 1 else "")]
-        mean_row += [""] * (len(self.labels) - 1) + [format_value(mean[c]) for c in self.values]
+        mean_row += [""] * (len(self.labels) - 1) + [
+            format_value(mean[c]) + (f" ({mean['counts'][c]})" if 0 < mean["counts"][c] < mean["n"] else "")
+            for c in self.values]
         widths = [
             max(len(header[i]), *(len(b[i]) for b in body), len(mean_row[i]))
             for i in range(len(header))
