@@ -374,45 +374,49 @@ def test_opus_roundtrip_plumbing_with_fake_tools(tmp_path, monkeypatch):
     np.testing.assert_allclose(res.audio[200:-200], x[200:-200], atol=1e-3)  # 16k->48k->16k
 
 
-def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
+class FakeCodec:
+    @classmethod
+    def load(cls, model, device="cpu"):
+        assert model == "fake-model"
+        return cls()
+
+    def bitrates(self):
+        return [(2, 1.5), (8, 6.0)]
+
+    def choose_rate(self, bitrate_kbps):  # as the real one: the highest offered rate not above it
+        from flowdec_cli.envelope import RatePoint, plan_point
+        from flowdec_cli.exceptions import FlowdecError
+
+        point = plan_point([RatePoint(k, r, None) for k, r in self.bitrates()], bitrate_kbps)
+        if point is None:
+            raise FlowdecError(f"{bitrate_kbps:g} kbit/s is below the lowest rate of model 'fake-model'")
+        return point
+
+    def compress_array(self, audio, sample_rate, n_codebooks=None, bitrate_kbps=None):
+        assert n_codebooks is None  # by rate: a rate plan may give one count several side channels
+        return {"n": {r: k for k, r in self.bitrates()}[bitrate_kbps]}, audio.copy()
+
+    def coded_bytes(self, header, codes):
+        return 60 * header["n"]
+
+    def decompress_codes_timed(self, header, codes, nfe=6, seed=0):
+        t0 = time.perf_counter()
+        time.sleep(0.001)  # "D0"
+        d0_seconds = time.perf_counter() - t0
+        noise = np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
+        stages = types.SimpleNamespace(d0_seconds=d0_seconds, postfilter_seconds=0.0)
+        return codes + noise * 0.1 / header["n"] / nfe, stages
+
+
+@pytest.fixture
+def fake_pipeline(tmp_path, monkeypatch):
+    """``flowdec_cli.pipeline`` replaced by :class:`FakeCodec`, and no Opus tools on PATH."""
+    monkeypatch.setitem(sys.modules, "flowdec_cli.pipeline", types.SimpleNamespace(Codec=FakeCodec))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+
+
+def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, fake_pipeline):
     """The report plumbing of ``eval --codec``, with a fake ``flowdec_cli.pipeline``."""
-
-    class FakeCodec:
-        @classmethod
-        def load(cls, model, device="cpu"):
-            assert model == "fake-model"
-            return cls()
-
-        def bitrates(self):
-            return [(2, 1.5), (8, 6.0)]
-
-        def choose_rate(self, bitrate_kbps):  # as the real one: the highest offered rate not above it
-            from flowdec_cli.envelope import RatePoint, plan_point
-            from flowdec_cli.exceptions import FlowdecError
-
-            point = plan_point([RatePoint(k, r, None) for k, r in self.bitrates()], bitrate_kbps)
-            if point is None:
-                raise FlowdecError(f"{bitrate_kbps:g} kbit/s is below the lowest rate of model 'fake-model'")
-            return point
-
-        def compress_array(self, audio, sample_rate, n_codebooks=None, bitrate_kbps=None):
-            assert n_codebooks is None  # by rate: a rate plan may give one count several side channels
-            return {"n": {r: k for k, r in self.bitrates()}[bitrate_kbps]}, audio.copy()
-
-        def coded_bytes(self, header, codes):
-            return 60 * header["n"]
-
-        def decompress_codes_timed(self, header, codes, nfe=6, seed=0):
-            t0 = time.perf_counter()
-            time.sleep(0.001)  # "D0"
-            d0_seconds = time.perf_counter() - t0
-            noise = np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
-            stages = types.SimpleNamespace(d0_seconds=d0_seconds, postfilter_seconds=0.0)
-            return codes + noise * 0.1 / header["n"] / nfe, stages
-
-    monkeypatch.setitem(sys.modules, "flowdec_cli.pipeline",
-                        types.SimpleNamespace(Codec=FakeCodec))
-    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no opus tools
     ref, _ = audio_dirs
     res = run(eval_command, "--codec", "fake-model", ref, "--nfe", "2,6", "--opus", "--json", "-m", "si_sdr",
               "--save", tmp_path / "dec")
@@ -427,11 +431,12 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
     assert all(r["rtf_dec"] >= r["rtf_d0"] for r in doc["rows"])
     assert all(r["kbps_on_disk"] > 0 for r in doc["rows"])  # flowdec's bitrate on disk, beside Opus's
     assert "opus: skipped" in res.stderr
-    assert (tmp_path / "dec" / "sub" / "b.flowdec_6k_nfe2.wav").exists()
-    saved = (tmp_path / "dec" / "sub" / "b.flowdec_6k_nfe2.wav").read_bytes()
+    assert (tmp_path / "dec" / "sub" / "b.wav.flowdec_6k_nfe2.wav").exists()
+    saved = (tmp_path / "dec" / "sub" / "b.wav.flowdec_6k_nfe2.wav").read_bytes()
     res = run(eval_command, "--codec", "fake-model", ref, "--nfe", "2", "-m", "si_sdr", "--save", tmp_path / "dec")
     assert res.exit_code == 1 and "exists; use -f/--force to overwrite" in res.output
-    assert (tmp_path / "dec" / "sub" / "b.flowdec_6k_nfe2.wav").read_bytes() == saved
+    assert res.stdout == ""  # refused before any work, not after the first file's
+    assert (tmp_path / "dec" / "sub" / "b.wav.flowdec_6k_nfe2.wav").read_bytes() == saved
     res = run(eval_command, "--codec", "fake-model", ref, "--nfe", "2", "-m", "si_sdr", "--save", tmp_path / "dec",
               "--force")
     assert res.exit_code == 0, res.output
@@ -445,6 +450,40 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, monkeypatch):
     for bad in ("-1", "3"):  # midpoint takes an even number of passes
         res = run(eval_command, "--codec", "fake-model", ref, "--nfe", bad)
         assert res.exit_code == 2 and f"--nfe {bad}" in res.output
+
+
+def test_codec_eval_reports_a_bad_file_and_scores_the_others(tmp_path, fake_pipeline):
+    """One unreadable file ended the whole `eval --codec` run with no report; `a.wav` and `a.flac` were
+    saved under one name (the second overwrote the first with -f); metrics left out of a row said nothing."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    t = np.arange(SR // 2) / SR
+    sf.write(folder / "a.wav", 0.3 * np.sin(2 * np.pi * 440 * t), SR)
+    sf.write(folder / "a.flac", 0.3 * np.sin(2 * np.pi * 220 * t), SR)
+    sf.write(folder / "quiet.wav", np.zeros(SR // 2), SR)
+    (folder / "b.wav").write_bytes(b"junk")
+    res = run(eval_command, "--codec", "fake-model", folder, "--bitrates", "6", "--nfe", "2", "-m", "si_sdr",
+              "--json", "--save", tmp_path / "dec")
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert doc["rows"][0]["files"] == 3 and doc["n_files"] == 3
+    assert len(doc["failed"]) == 1 and doc["failed"][0].startswith(f"{folder / 'b.wav'}: ")
+    assert f"flowdec: error: {folder / 'b.wav'}: " in res.stderr
+    assert "quiet.wav: flowdec 6 kbit/s: si_sdr not computed: the reference is silent" in res.stderr
+    assert "1 of 4 files could not be coded and scored" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == [
+        "a.flac.flowdec_6k_nfe2.wav", "a.wav.flowdec_6k_nfe2.wav", "quiet.wav.flowdec_6k_nfe2.wav"]
+    (folder / "a.wav").unlink(), (folder / "a.flac").unlink(), (folder / "quiet.wav").unlink()
+    res = run(eval_command, "--codec", "fake-model", folder, "--nfe", "2")
+    assert res.exit_code == 1 and "none of the 1 files could be coded and scored" in res.stderr
+
+
+def test_an_empty_reference_is_named_as_the_empty_file(tmp_path):
+    empty, full = tmp_path / "empty.wav", tmp_path / "full.wav"
+    sf.write(empty, np.zeros(0), SR)
+    sf.write(full, 0.1 * np.ones(SR // 10), SR)
+    res = run(eval_command, empty, full, "--allow-mismatch")
+    assert res.exit_code == 1 and f"{empty}: empty signal (0 frames)" in res.output, res.output
 
 
 def test_a_long_file_is_drawn_from_the_loudest_frame_of_each_group_in_bounded_memory():

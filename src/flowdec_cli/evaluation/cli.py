@@ -173,7 +173,8 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
 @click.option("--device", default="cpu", show_default=True, help="--codec: torch device.")
 @click.option("--seed", default=0, show_default=True, type=int, help="--codec: postfilter seed.")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="--codec: also write the decoded files under this folder.")
+              help="--codec: also write the decoded files under this folder, as "
+                   "<relative path>.<system>_<kbps>k[_nfe<N>].wav.")
 def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output, force, allow_mismatch,
                  codec_model, bitrates, nfe_spec, opus, device, seed, save_dir):
     """Score decoded audio DEG against reference REF: two files, or two folders
@@ -204,6 +205,10 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
         report = _codec_mode(codec_model, ref, names, bitrates, nfe_spec, opus, device, seed,
                              save_dir, force)
         _emit(report.render(fmt), output, force)
+        failed = report.extra["failed"]
+        if failed:  # each was named as it failed; the report holds the others
+            raise Failure(f"{len(failed)} of {len(failed) + report.extra['n_files']} files could not be coded "
+                          "and scored and are not in the report")
         return
     codec_only = {"--bitrates": bitrates, "--opus": opus or None, "--save": save_dir,
                   "--nfe": nfe_spec}
@@ -278,6 +283,9 @@ def _score_pair(pair, names: list[str], allow_mismatch: bool) -> dict:
         deg_audio, deg_sr = _read(pair.deg)
     except AudioReadError as exc:
         raise Failure(str(exc)) from exc
+    for path, audio in ((pair.ref, ref_audio), (pair.deg, deg_audio)):
+        if len(audio) == 0:  # the file at fault, not always the decoded one
+            raise Failure(f"{path}: empty signal (0 frames)")
     problems = comparability_problems(len(ref_audio), ref_sr, len(deg_audio), deg_sr)
     if problems and not allow_mismatch:
         raise Failure(f"{pair.deg}: {'; '.join(problems)}: not a decoding of {pair.ref}? "
@@ -305,7 +313,7 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
     try:
         report = run_codec_eval(model, path, bitrates=kbps, nfes=nfes, metrics=names,
                                 device=device, seed=seed, opus=opus, save_dir=save_dir, overwrite=force,
-                                log=log)
+                                log=log, warn=_warn, on_error=lambda m: click.echo(error_line(m), err=True))
     except click.ClickException:
         raise
     except OutputExistsError as exc:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import FlowdecError
-from .metrics import DEFAULT_METRICS, METRICS, compute_metrics, resample
+from .metrics import DEFAULT_METRICS, METRICS, MetricUnavailable, compute_metrics, resample
 from .pairing import _read, find_audio, is_audio
 from .report import Report
 
@@ -131,6 +131,58 @@ class _Acc:
     nbytes: int = 0
     n: int = 0
 
+    def add(self, part: dict[str, Any]) -> None:
+        """One file's share of this row: its times, seconds, bytes and scores."""
+        for name in ("enc_s", "dec_s", "d0_s", "pf_s", "audio_s", "chan_s", "nbytes"):
+            setattr(self, name, getattr(self, name) + part.get(name, 0))
+        self.n += 1
+        for k, v in part["scores"].items():
+            self.values.setdefault(k, []).append(v)
+
+
+_Row = tuple[tuple[str, float, "int | None"], dict[str, Any], dict[str, str]]
+
+
+def _code_and_score(codec: Any, f: Path, chosen: list[tuple[int, float]], nfes: list[int], metrics: Sequence[str],
+                    seed: int, use_opus: bool, warmed: bool) -> tuple[list[_Row], dict[str, tuple[np.ndarray, int]],
+                                                                       bool]:
+    """One file at every chosen rate and NFE (and Opus): its rows' shares ``(key, share, metrics not
+    computed)``, the decoded audio by save tag, and whether the codec is warmed up now."""
+    audio, sr = _read(f)
+    duration = len(audio) / sr
+    channels = audio.shape[1]
+    if not warmed:  # untimed warm-up (lazy init, kernel selection...)
+        h, c = codec.compress_array(audio, sr, bitrate_kbps=chosen[0][1])
+        codec.decompress_codes_timed(h, c, nfe=nfes[0], seed=seed)
+    rows: list[_Row] = []
+    outputs: dict[str, tuple[np.ndarray, int]] = {}
+    seconds = {"audio_s": duration, "chan_s": duration * channels}
+    for _, kbps in chosen:
+        t0 = time.perf_counter()
+        header, codes = codec.compress_array(audio, sr, bitrate_kbps=kbps)
+        enc_s = time.perf_counter() - t0
+        nbytes = codec.coded_bytes(header, codes) if hasattr(codec, "coded_bytes") else 0
+        for nfe in nfes:
+            t0 = time.perf_counter()
+            decoded, stages = codec.decompress_codes_timed(header, codes, nfe=nfe, seed=seed)
+            dec_s = time.perf_counter() - t0
+            errors: dict[str, str] = {}
+            scores = compute_metrics(audio, sr, decoded, sr, list(metrics), errors=errors)
+            # one encode serves every NFE row of this bitrate
+            rows.append((("flowdec", float(kbps), nfe), {"enc_s": enc_s, "dec_s": dec_s, "d0_s": stages.d0_seconds,
+                                                          "pf_s": stages.postfilter_seconds, "nbytes": nbytes,
+                                                          "scores": scores, **seconds}, errors))
+            outputs[f"flowdec_{kbps:g}k_nfe{nfe}"] = (decoded, sr)
+    if use_opus:
+        for _, kbps in chosen:
+            res = opus_roundtrip(audio, sr, max(float(kbps), 0.5) * channels)
+            errors = {}
+            scores = compute_metrics(audio, sr, res.audio, sr, list(metrics), errors=errors)
+            rows.append((("opus", float(kbps), None), {"enc_s": res.encode_s, "dec_s": res.decode_s,
+                                                       "nbytes": res.nbytes, "scores": scores, **seconds}, errors))
+            outputs[f"opus_{kbps:g}k"] = (res.audio, sr)
+    return rows, outputs, True
+
 
 def _collect_inputs(path: Path) -> list[Path]:
     if path.is_file():
@@ -169,14 +221,21 @@ def run_codec_eval(
     save_dir: str | Path | None = None,
     overwrite: bool = True,
     log: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> Report:
     """Code every audio file under ``path`` and return a :class:`Report` with one row per
     (system, kbps, nfe). ``bitrates``: kbps values from ``Codec.bitrates()`` (None: all).
     ``save_dir``: also write each decoded file there as
-    ``<relative stem>.<system>_<kbps>k[_nfe<N>].wav`` (``overwrite=False``: an existing one is kept and
-    ``OutputExistsError`` raised). ``log``: receives progress/notes lines.
+    ``<relative path>.<system>_<kbps>k[_nfe<N>].wav`` (the input's extension kept, so that ``a.wav`` and
+    ``a.flac`` do not share one; ``overwrite=False``: an existing one is refused before any work, as
+    ``OutputExistsError``). ``log``: receives progress/notes lines; ``warn``: a metric that could not be
+    computed for a file; ``on_error``: a file that could not be read, coded or scored, which is left out
+    (the others go on; the report's ``failed`` lists them). A metric that is not installed stops the run.
     """
     from flowdec_cli.pipeline import Codec  # lazy: heavy, and only needed here
+
+    from ..audio import write_audio
 
     say = log or (lambda _m: None)
     root = Path(path)
@@ -192,66 +251,53 @@ def run_codec_eval(
     elif opus and any(kbps < 6 for _, kbps in chosen):
         notes.append("opus: libopus does not go below about 6 kbps per channel; see kbps_on_disk")
 
+    tags = [f"flowdec_{kbps:g}k_nfe{nfe}" for _, kbps in chosen for nfe in nfes]
+    tags += [f"opus_{kbps:g}k" for _, kbps in chosen] if use_opus else []
+
+    def relative(f: Path) -> Path:
+        return f.relative_to(root) if root.is_dir() else Path(f.name)
+
+    def saved(rel: Path, tag: str) -> Path:
+        assert save_dir is not None
+        return Path(save_dir) / rel.parent / f"{rel.name}.{tag}.wav"
+
+    if save_dir is not None:
+        if Path(save_dir).exists() and not Path(save_dir).is_dir():
+            raise ValueError(f"{save_dir}: is a file; --save takes a folder")
+        if not overwrite:  # before the work, not after the first file's
+            from ..fileio import OutputExistsError
+
+            taken = next((p for f in files for t in tags if (p := saved(relative(f), t)).exists()), None)
+            if taken is not None:
+                raise OutputExistsError(taken)
+
     accs: dict[tuple[str, float, int | None], _Acc] = {}
-
-    def acc(key):
-        return accs.setdefault(key, _Acc())
-
-    def save(rel: Path, tag: str, audio: np.ndarray, sr: int) -> None:
-        if save_dir is None:
-            return
-        from ..audio import write_audio
-
-        write_audio(Path(save_dir) / rel.parent / f"{rel.stem}.{tag}.wav", audio, sr, "FLOAT", overwrite=overwrite)
-
+    failed: list[str] = []
     warmed = False
     for i, f in enumerate(files, 1):
-        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
-        audio, sr = _read(f)
-        duration = len(audio) / sr
-        channels = audio.shape[1]
+        rel = relative(f)
         say(f"[{i}/{len(files)}] {rel}")
-        if not warmed:  # untimed warm-up (lazy init, kernel selection...)
-            h, c = codec.compress_array(audio, sr, bitrate_kbps=chosen[0][1])
-            codec.decompress_codes_timed(h, c, nfe=nfes[0], seed=seed)
-            warmed = True
-        for _, kbps in chosen:
-            t0 = time.perf_counter()
-            header, codes = codec.compress_array(audio, sr, bitrate_kbps=kbps)
-            enc_s = time.perf_counter() - t0
-            nbytes = codec.coded_bytes(header, codes) if hasattr(codec, "coded_bytes") else 0
-            for nfe in nfes:
-                t0 = time.perf_counter()
-                decoded, stages = codec.decompress_codes_timed(header, codes, nfe=nfe, seed=seed)
-                dec_s = time.perf_counter() - t0
-                scores = compute_metrics(audio, sr, decoded, sr, list(metrics))
-                a = acc(("flowdec", float(kbps), nfe))
-                a.enc_s += enc_s  # one encode serves every NFE row of this bitrate
-                a.dec_s += dec_s
-                a.d0_s += stages.d0_seconds
-                a.pf_s += stages.postfilter_seconds
-                a.audio_s += duration
-                a.chan_s += duration * channels
-                a.nbytes += nbytes
-                a.n += 1
-                for k, v in scores.items():
-                    a.values.setdefault(k, []).append(v)
-                save(rel, f"flowdec_{kbps:g}k_nfe{nfe}", decoded, sr)
-        if use_opus:
-            for _, kbps in chosen:
-                res = opus_roundtrip(audio, sr, max(float(kbps), 0.5) * channels)
-                scores = compute_metrics(audio, sr, res.audio, sr, list(metrics))
-                a = acc(("opus", float(kbps), None))
-                a.enc_s += res.encode_s
-                a.dec_s += res.decode_s
-                a.staged = False
-                a.audio_s += duration
-                a.chan_s += duration * channels
-                a.nbytes += res.nbytes
-                a.n += 1
-                for k, v in scores.items():
-                    a.values.setdefault(k, []).append(v)
-                save(rel, f"opus_{kbps:g}k", res.audio, sr)
+        try:  # one file's rows are added only once all of them were made: a file that fails adds none
+            rows, outputs, warmed = _code_and_score(codec, f, chosen, nfes, metrics, seed, use_opus, warmed)
+            if save_dir is not None:
+                for tag, (audio, sr) in outputs.items():
+                    write_audio(saved(rel, tag), audio, sr, "FLOAT", overwrite=overwrite)
+        except MetricUnavailable:
+            raise
+        except (FlowdecError, OSError, ValueError) as exc:  # ours name what; the file is named here if not
+            message = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
+            failed.append(message)
+            if on_error is not None:
+                on_error(message)
+            continue
+        for key, part, errors in rows:
+            acc = accs.setdefault(key, _Acc(staged=key[0] == "flowdec"))
+            acc.add(part)
+            for metric, why in errors.items():
+                if warn is not None:
+                    warn(f"{rel}: {key[0]} {key[1]:g} kbit/s: {metric} not computed: {why}")
+    if files and len(failed) == len(files):
+        raise ValueError(f"none of the {len(files)} files could be coded and scored (the first: {failed[0]})")
 
     values = list(metrics) + ["rtf_enc", "rtf_d0", "rtf_pf", "rtf_dec", "kbps_on_disk"]
     hib = {m: METRICS[m].higher_is_better for m in metrics}
@@ -262,7 +308,8 @@ def run_codec_eval(
         higher_is_better=hib,
         with_mean=False,
         notes=notes,
-        extra={"model": model, "device": device, "seed": seed, "n_files": len(files)},
+        extra={"model": model, "device": device, "seed": seed, "n_files": len(files) - len(failed),
+               "failed": failed},
     )
     for (system, kbps, row_nfe), a in sorted(
         accs.items(), key=lambda kv: (kv[0][0] != "flowdec", kv[0][1], kv[0][2] or 0)
