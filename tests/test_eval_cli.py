@@ -195,6 +195,9 @@ def test_eval_and_plot_never_clobber(audio_dirs, tmp_path):
         res = run(eval_command, ref / "a.wav", deg / "a.flac", "-o", ref / "a.wav", *extra)
         assert res.exit_code == 1 and "is also an input" in res.stderr
         assert (ref / "a.wav").read_bytes() == audio
+        res = run(eval_command, ref, deg, "-o", ref / "a.wav", *extra)  # one of a folder's files
+        assert res.exit_code == 1 and f"{ref / 'a.wav'}: is one of the audio files in {ref}" in res.stderr
+        assert (ref / "a.wav").read_bytes() == audio
     res = run(plot_command, ref / "a.wav", deg / "a.flac", "-o", tmp_path / "p.txt")
     assert res.exit_code == 2 and "give -o a .png name" in res.output
     png = tmp_path / "keep.png"

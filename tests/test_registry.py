@@ -690,6 +690,11 @@ def test_the_default_model_setting_is_a_model_and_a_broken_one_is_named(tmp_path
         catalogue.default_model_name()  # not silently the built-in model instead of the user's choice
     catalogue.set_default_model(None)  # --reset repairs it
     assert catalogue.default_model_name() == catalogue.builtin_model_name()
+    assert catalogue.missing_default_model(None) is None
+    assert catalogue.missing_default_model(("flowdec-small", "x")) is None  # a name, not a path
+    assert catalogue.missing_default_model((str(tmp_path), "x")) is None
+    gone = catalogue.missing_default_model((str(tmp_path / "moved"), "settings.json"))
+    assert gone is not None and "moved (from settings.json) no longer exists" in gone and "--reset" in gone
 
 
 def test_models_default_and_fetch_official_refuse_what_is_no_value_as_usage_errors(tmp_path, monkeypatch):

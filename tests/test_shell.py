@@ -427,12 +427,15 @@ def test_a_closed_standard_stream_is_named(wav, tmp_path, tiny_codec_dir, fd, ar
     assert not (tmp_path / "o.fdc").exists()
 
 
-@pytest.mark.parametrize("args", [["info", "FDC"], ["info", "FDC", "--json"], ["models", "list"]])
+@pytest.mark.parametrize("args", [["info", "FDC"], ["info", "FDC", "--json"], ["models", "list"],
+                                  ["models", "default"], ["eval", "WAV", "WAV"], ["train", "init-config"],
+                                  ["train", "init-config", "ndac-tiny", "-o", "-"]])
 def test_what_a_command_prints_is_not_lost_to_a_closed_standard_output(wav, tmp_path, tiny_codec_dir, args):
     """`flowdec info x.fdc >&-` exited 0 with its whole output dropped."""
     fdc = tmp_path / "a.fdc"
     assert invoke("compress", wav, fdc, "-m", tiny_codec_dir, "-q").exit_code == 0
-    r = _flowdec(*[fdc if a == "FDC" else a for a in args], preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE)
+    r = _flowdec(*[fdc if a == "FDC" else wav if a == "WAV" else a for a in args], preexec_fn=lambda: os.close(1),
+                 stderr=subprocess.PIPE)
     assert r.returncode == 1 and r.stderr.startswith("flowdec: error: standard output is closed"), r.stderr
 
 

@@ -16,6 +16,7 @@ from ..errors import Failure, error_line
 from ..exceptions import FlowdecError
 from ..fileio import OutputExistsError, atomic_write_bytes
 from ..options import check_nfe_option
+from ..streams import require_stdout
 from .metrics import (
     DEFAULT_METRICS,
     METRICS,
@@ -112,13 +113,21 @@ def _exists(output: Path) -> Failure:
 
 
 def _check_output(output: Path | None, inputs: list[Path], force: bool) -> None:
-    """Refuse, before any work, an output that is one of the inputs (even with --force) or that exists."""
+    """Refuse, before any work, an output that is one of the inputs (even with --force: a file, or an audio
+    file inside a folder given) or that exists. Without ``-o`` the report goes to standard output, which must
+    be open (``>&-`` would drop it and the run end as if it had been written)."""
     if output is None:
+        require_stdout()
         return
+    from .pairing import is_audio
+
     for path in inputs:
         with contextlib.suppress(OSError):
             if path.is_file() and output.exists() and output.samefile(path):
                 raise Failure(f"{output}: is also an input; choose another output")
+            if path.is_dir() and output.is_file() and is_audio(output) \
+                    and path.resolve() in output.resolve().parents:
+                raise Failure(f"{output}: is one of the audio files in {path}; choose another output")
     if not force and (output.exists() or output.is_symlink()):
         raise _exists(output)
 

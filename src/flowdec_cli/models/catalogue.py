@@ -344,6 +344,18 @@ def chosen_default_model(cache_dir: CacheDir = None) -> tuple[str, str] | None:
     return None
 
 
+def missing_default_model(chosen: tuple[str, str] | None) -> str | None:
+    """Why a chosen default model that is a path (``set_default_model`` stores folders absolute) cannot be
+    used: its folder was moved or removed since. Said where the default is shown; every command without
+    ``--model`` would otherwise fail on it only when it runs."""
+    if chosen is None or is_hub_ref(chosen[0]) or os.sep not in chosen[0]:
+        return None
+    if Path(chosen[0]).expanduser().exists():
+        return None
+    return (f"the default model {chosen[0]} (from {chosen[1]}) no longer exists; commands without --model will "
+            "fail until `flowdec models default NAME_OR_PATH` (or --reset) chooses another")
+
+
 def _read_settings(path: Path) -> dict[str, Any]:
     """The settings file ({} when there is none). One that is there but unreadable is an error naming it:
     silently running another model than the one the user chose is worse than stopping."""

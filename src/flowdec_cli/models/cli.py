@@ -111,14 +111,14 @@ def models_group(ctx: click.Context) -> None:
 def list_command(as_json: bool = False, cache_dir: Path | None = None) -> None:
     """Known models: frame rate, bitrates, size, licence, and whether they are available locally."""
     from ..streams import require_stdout
-    from .catalogue import chosen_default_model, list_models
+    from .catalogue import chosen_default_model, list_models, missing_default_model
     from .folder import ModelError
 
     require_stdout()
     models = list_models(cache_dir)
     try:
         chosen = chosen_default_model(cache_dir)
-        unusable = None
+        unusable = missing_default_model(chosen)
     except ModelError as exc:  # the list still helps; the commands that need a default will stop on it
         chosen, unusable = None, str(exc)
     if as_json:
@@ -139,12 +139,20 @@ def default_command(name: str | None, reset: bool, cache_dir: Path | None) -> No
     The setting lives in settings.json in the model cache (--cache-dir, else $FLOWDEC_HOME, else
     ~/.cache/flowdec); the environment variable FLOWDEC_MODEL overrides it.
     """
-    from .catalogue import DEFAULT_MODEL_ENV, builtin_model_name, chosen_default_model, set_default_model
+    from ..streams import require_stdout
+    from .catalogue import (
+        DEFAULT_MODEL_ENV,
+        builtin_model_name,
+        chosen_default_model,
+        missing_default_model,
+        set_default_model,
+    )
     from .folder import UnknownModelError
 
     if name is not None and reset:
         raise click.UsageError("give either NAME_OR_PATH or --reset, not both")
     if name is None and not reset:
+        require_stdout()
         chosen = chosen_default_model(cache_dir)
         if chosen is None:
             click.echo(builtin_model_name())
@@ -152,6 +160,9 @@ def default_command(name: str | None, reset: bool, cache_dir: Path | None) -> No
         else:
             click.echo(chosen[0])
             click.echo(f"flowdec: from {chosen[1]}", err=True)
+            missing = missing_default_model(chosen)
+            if missing:
+                click.echo(f"flowdec: warning: {terminal_text(missing)}", err=True)
         return
     try:
         path = set_default_model(None if reset else name, cache_dir)

@@ -101,17 +101,24 @@ def init_config_command(name: str | None, output: Path | None, force: bool, list
     Relative paths inside a config are relative to its own folder (ndac-tiny reads ../data/train).
     """
     from ..fileio import atomic_write_bytes
+    from ..streams import require_stdout
     from .presets import preset_names, preset_text
 
+    if list_only and (name is not None or output is not None):
+        raise click.UsageError("--list only lists the names; give it no NAME or -o")
     if list_only or name is None:
+        require_stdout()
         for n in preset_names():
             click.echo(n)
         return
     text = preset_text(name)
     if output is not None and str(output) == "-":  # as everywhere else: standard output
+        require_stdout()
         click.echo(text, nl=not text.endswith("\n"))
         return
     dest = output or Path("configs") / f"{name.removesuffix('.toml')}.toml"
+    if dest.suffix.lower() != ".toml":  # the presets are TOML, and a config is read by its suffix
+        raise click.UsageError(f"-o {dest}: the config is TOML; give a name ending in .toml")
     if dest.exists() and not force:
         raise Failure(f"{dest}: exists; use -f/--force to overwrite")
     atomic_write_bytes(dest, text.encode("utf-8"))
