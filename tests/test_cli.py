@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -747,6 +748,9 @@ def test_a_file_without_audio_has_no_rate_on_disk(run, tmp_path, tiny_codec_dir)
     assert record["kbps_on_disk"] is None and record["rtf"] is None and record["kbps_nominal"] == 3.0
     r = run("decompress", tmp_path / "e.fdc", tmp_path / "e.wav", "-m", tiny_codec_dir, "--nfe", "0")
     assert r.exit_code == 0 and "(no audio)" in r.output and "RTF" not in r.output
+    info = json.loads(run("info", tmp_path / "e.fdc", "--json").output)  # was 0.0 for a file of 100 bytes
+    assert info["actual_bitrate_kbps"] is None and info["envelope_kbps"] is None and info["file_bytes"] > 0
+    assert re.search(r"^actual_bitrate_kbps +-$", run("info", tmp_path / "e.fdc").output, re.M)
 
 
 @pytest.mark.parametrize("ext", [".flac", ".opus", ".mp3"])

@@ -57,6 +57,21 @@ def test_pairing_nested_folders_and_unpaired(tmp_path):
     assert not p.complete
 
 
+def test_pairing_follows_no_links_to_folders(tmp_path):
+    """A link to `.` in both folders scored a.wav 41 times (loop/loop/.../a.wav), weighting the mean; a link
+    to a parent walked until the path was too long."""
+    ref, deg = tmp_path / "ref", tmp_path / "deg"
+    touch(ref, "a.wav")
+    touch(deg, "a.wav")
+    for folder in (ref, deg):
+        (folder / "loop").symlink_to(".")
+        (folder / "up").symlink_to("..")
+    (ref / "linked.wav").symlink_to(ref / "a.wav")  # a link to a file is a file
+    touch(deg, "linked.wav")
+    p = pair_paths(ref, deg)
+    assert [x.name for x in p.pairs] == ["a.wav", "linked.wav"] and p.complete
+
+
 def test_pairing_prefers_exact_path_and_reports_ambiguous_stems(tmp_path):
     ref, deg = tmp_path / "ref", tmp_path / "deg"
     touch(ref, "x.wav", "y.wav")
@@ -294,6 +309,10 @@ def test_plot_writes_png(audio_dirs, tmp_path):
 
     res = run(plot_command, ref / "a.wav", deg / "a.flac", "-o", png, "-t", "a", "-t", "b", "-t", "c")
     assert res.exit_code == 2 and "--title" in res.output
+    odd = tmp_path / os.fsdecode(b"bad\xff\xfename.wav")  # not UTF-8: matplotlib raised a TypeError on it
+    odd.write_bytes((ref / "a.wav").read_bytes())
+    res = run(plot_command, odd, odd, "-o", tmp_path / "odd.png", "-t", "\x1b[31mred\udcff")
+    assert res.exit_code == 0 and (tmp_path / "odd.png").read_bytes()[:4] == b"\x89PNG", res.output
 
 
 def test_plot_says_what_the_picture_cannot(audio_dirs, tmp_path):
@@ -479,6 +498,14 @@ def test_codec_eval_reports_a_bad_file_and_scores_the_others(tmp_path, fake_pipe
     (folder / "a.wav").unlink(), (folder / "a.flac").unlink(), (folder / "quiet.wav").unlink()
     res = run(eval_command, "--codec", "fake-model", folder, "--nfe", "2")
     assert res.exit_code == 1 and "none of the 1 files could be coded and scored" in res.stderr
+
+
+def test_a_fdc_given_to_eval_says_to_decompress_it(tmp_path):
+    wav, fdc = tmp_path / "a.wav", tmp_path / "a.fdc"
+    sf.write(wav, 0.1 * np.ones(SR // 10), SR)
+    fdc.write_bytes(b"FDC1" + bytes(60))
+    res = run(eval_command, wav, fdc)
+    assert res.exit_code == 1 and "a .fdc file holds codes, not audio: `flowdec decompress` it first" in res.output
 
 
 def test_an_empty_reference_is_named_as_the_empty_file(tmp_path):

@@ -915,6 +915,10 @@ def info(src: Path, as_json: bool) -> None:
             header = inspect_fdc(src)  # every check, the CRC included; the payload is not decoded
             size = src.stat().st_size
     duration = header.duration
+
+    def kbps(nbytes: int) -> float | None:  # a file without audio has no rate (null, as compress --json says)
+        return actual_bitrate(nbytes, duration, header.channels) / 1000 if duration > 0 else None
+
     packed = bitpacked_file_size(header)
     fields = asdict(header)
     fields.pop("envelope", None)  # the levels themselves are not shown (nor decoded: info needs no model)
@@ -923,11 +927,11 @@ def info(src: Path, as_json: bool) -> None:
         "file": str(src), "file_bytes": size, "duration_s": duration,
         "frame_rate_hz": header.model_sample_rate / header.hop_length,
         "nominal_bitrate_kbps": header.nominal_bitrate / 1000,
-        "actual_bitrate_kbps": actual_bitrate(size, duration, header.channels) / 1000,
+        "actual_bitrate_kbps": kbps(size),
         "bitpacked_bytes": packed,
         "entropy_saving_percent": 100.0 * (1 - size / packed) if header.entropy_coded and packed else 0.0,
         "envelope_windows": header.envelope_windows,
-        "envelope_kbps": actual_bitrate(header.envelope_bytes, duration, header.channels) / 1000,
+        "envelope_kbps": kbps(header.envelope_bytes),
     })
     from .pipeline import planned_kbps
 
@@ -941,6 +945,8 @@ def info(src: Path, as_json: bool) -> None:
     for k, v in fields.items():
         if isinstance(v, float):
             v = f"{v:.6g}"
+        elif v is None:
+            v = "-"
         elif k == "format_version":  # (1, 2) in JSON as [1, 2]; as a version here
             v = ".".join(map(str, v))
         click.echo(f"{k:<{width}}  {terminal_text(str(v))}")

@@ -74,7 +74,9 @@ def is_audio(path: Path) -> bool:
 
 
 def find_audio(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Audio files under ``root`` (recursive, sorted), skipping dot-names and ``exclude``."""
+    """Audio files under ``root`` (recursive, sorted), skipping dot-names and ``exclude``. Links to folders
+    are not followed, as a compress or roundtrip of a folder follows none: a link to ``.`` or to a parent
+    scored the same files again and again, or walked until the path was too long."""
     root = Path(root)
     excl = exclude.resolve() if exclude is not None else None
     out: list[Path] = []
@@ -88,7 +90,7 @@ def find_audio(root: Path, exclude: Path | None = None) -> list[Path]:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                if excl is not None and entry.resolve() == excl:
+                if entry.is_symlink() or (excl is not None and entry.resolve() == excl):
                     continue
                 walk(entry)
             elif entry.is_file() and is_audio(entry):
@@ -161,4 +163,6 @@ def _read(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         return read_audio(path)
     except AudioError as exc:
-        raise AudioReadError(str(exc)) from None
+        hint = "; a .fdc file holds codes, not audio: `flowdec decompress` it first" \
+            if Path(path).suffix.lower() == ".fdc" else ""
+        raise AudioReadError(f"{exc}{hint}") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import terminal_text
 from ..exceptions import FlowdecError
 from ..fileio import atomic_write_bytes
 from .pairing import _read
@@ -113,6 +114,9 @@ def plot_spectrograms(
             f"got {len(titles)} titles for {len(paths)} panels; give one per output "
             f"({len(paths) - 1}) or one per panel including the reference ({len(paths)})"
         )
+    # a file name's bytes that are not UTF-8 (lone surrogates here) or control characters: matplotlib cannot
+    # draw them and raised a TypeError; written as escapes, as messages write them
+    names = [terminal_text(n) for n in names]
 
     specs = []
     for p in paths:
