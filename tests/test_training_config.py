@@ -83,7 +83,9 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     for override, expected in [("model.encoder_dim=abc", "--set model.encoder_dim: expected an integer"),
                                ("model.foo=1", "--set [model]: unknown key foo"),
                                ("train.max_steps=[1]", "--set train.max_steps: expected an integer"),
-                               ("data.batch_size=0", "--set data.batch_size must be at least 1")]:
+                               ("data.batch_size=0", "--set data.batch_size must be at least 1"),
+                               ("foo.bar=1", "--set unknown section foo"),  # were blamed on the file
+                               ("model.n_codebooks=0", "--set model: n_codebooks must be positive")]:
         with pytest.raises(OverrideError) as info:
             load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", override])
         assert str(info.value).startswith(expected), str(info.value)

@@ -13,6 +13,7 @@ change single keys after loading, which is what ``flowdec train ... --set`` uses
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -531,20 +532,6 @@ def _check_stft_windows(name: str, windows: list[int]) -> None:
         raise ConfigError(f"{name} must be distinct powers of two of at least 4")
 
 
-def _from_override(message: str, overridden: set[tuple[str, str]]) -> bool:
-    """Whether a validation message is about a key that ``--set`` gave (``model.x: ...``, ``model.x[0]:
-    ...``, ``model.x must ...``, or ``[model]: unknown key x``)."""
-    for section, key in overridden:
-        if message.startswith((f"{section}.{key}:", f"{section}.{key}[", f"{section}.{key} ")):
-            return True
-        unknown = f"[{section}]: unknown key"
-        if message.startswith(unknown):
-            names = message.split(" (known:")[0][len(unknown):].lstrip("s ").split(", ")
-            if key in names:
-                return True
-    return False
-
-
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -645,13 +632,24 @@ def load_config(path: str | os.PathLike, kind: str, overrides: list[str] | None 
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     data = _read_file(path)
+    as_written = copy.deepcopy(data)
     overridden = _apply_overrides(data, list(overrides or []))
     try:
         return config_from_dict(kind, data, path.resolve().parent)
     except ConfigError as exc:
-        if _from_override(str(exc), overridden):
-            raise OverrideError(f"--set {exc}") from None
+        if overridden and _own_error(kind, as_written, path) != str(exc):  # the file alone is fine, or fails
+            raise OverrideError(f"--set {exc}") from None                # otherwise: --set's doing
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _own_error(kind: str, data: dict[str, Any], path: Path) -> str | None:
+    """What the config file alone, without ``--set``, is refused for (None: nothing). An error that
+    ``--set`` brought in is named as the command line's, not as a line of the file."""
+    try:
+        config_from_dict(kind, data, path.resolve().parent)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
