@@ -515,6 +515,26 @@ def test_folder_json_has_a_record_for_every_file_failed_and_refused_too(run, tmp
     assert "same output" in records[str(src / "c.wav")]["error"]
 
 
+def test_json_has_a_record_for_a_file_skip_existing_left_alone(run, tmp_path, tiny_codec_dir):
+    """--skip-existing --json printed nothing for a skipped file: a script could not tell it from one never
+    considered."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(0.3, 48000), 48000)
+    sf.write(src / "b.wav", tone(0.3, 48000), 48000)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run("compress", src / "a.wav", out / "a.fdc", "-m", tiny_codec_dir, "-q").exit_code == 0
+    r = run("compress", src, out, "-m", tiny_codec_dir, "-q", "--json", "--skip-existing")
+    assert r.exit_code == 0, r.output
+    records = {rec["input"]: rec for rec in map(json.loads, r.stdout.splitlines())}
+    assert records[str(src / "a.wav")] == {"command": "compress", "input": str(src / "a.wav"),
+                                          "output": str(out / "a.fdc"), "ok": True, "skipped": True}
+    assert records[str(src / "b.wav")]["ok"] is True and "skipped" not in records[str(src / "b.wav")]
+    r = run("compress", src / "a.wav", out / "a.fdc", "-m", tiny_codec_dir, "-q", "--json", "--skip-existing")
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] is True
+
+
 def test_single_file_json_failure_has_its_record_too(run, tmp_path, tiny_codec_dir):
     """One file with --json: a failure printed nothing on stdout, where a folder's failures each get a record."""
     bad = tmp_path / "broken.wav"

@@ -71,7 +71,8 @@ def _model_options(f: Callable) -> Callable:
 
 def _overwrite_options(f: Callable) -> Callable:
     f = click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")(f)
-    f = click.option("--skip-existing", is_flag=True, help="Folders: leave outputs that already exist alone.")(f)
+    f = click.option("--skip-existing", is_flag=True,
+                     help="Leave outputs that already exist alone (a folder's, or a single file's: exit 0).")(f)
     f = click.option("--glob", "pattern", default=None,
                      help="Folders: only inputs whose path relative to IN matches this pattern (e.g. '*.flac').")(f)
     f = click.option("--json", "as_json", is_flag=True,
@@ -239,9 +240,17 @@ class _Plan:
     skipped: _Job | None = None
 
 
-def _done_before(plan: _Plan, quiet: bool) -> bool:
+def _skipped_record(command: str, src: str, dst: str) -> str:
+    """The ``--json`` line of a file that ``--skip-existing`` left alone: a script reading the records sees
+    every file, and tells a skipped one from one that was never considered."""
+    return strict_json({"command": command, "input": src, "output": dst, "ok": True, "skipped": True})
+
+
+def _done_before(plan: _Plan, quiet: bool, command: str, as_json: bool) -> bool:
     """Whether a single file's output already exists under --skip-existing: said, and nothing more to do
     (exit 0, as a folder's skipped files), before any model loads."""
+    if plan.skipped is not None and as_json:
+        click.echo(_skipped_record(command, _shown(plan.skipped.src), _shown(plan.skipped.dst)))
     if plan.skipped is not None and not quiet:
         click.echo(f"flowdec: {plan.skipped.dst}: exists; skipped (--skip-existing)", err=True)
     return plan.skipped is not None
@@ -442,6 +451,8 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
         if taken and (skip_existing or not force):
             if skip_existing:
                 skipped += 1
+                if as_json:
+                    click.echo(_skipped_record(command, str(job.src), str(job.dst)))
                 continue
             fail(job, f"{job.dst}: exists; use -f/--force to overwrite or --skip-existing")
             continue
@@ -457,6 +468,8 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
         except OutputExistsError as exc:
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
                 skipped += 1
+                if as_json:
+                    click.echo(_skipped_record(command, str(job.src), str(job.dst)))
                 continue
             fail(job, one_line_message(exc) or str(exc))  # in the command line's words
         except Exception as exc:
@@ -697,7 +710,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     _check_json(as_json, dst)
     _check_overwrite(force, skip_existing)
     plan = _plan(src, dst, _is_audio, ".fdc", force, pattern, skip_existing=skip_existing)
-    if _done_before(plan, quiet):
+    if _done_before(plan, quiet, "compress", as_json):
         return
     if not plan.folder and not is_stdio(plan.jobs[0].dst):
         from .pipeline import CodecError, check_fdc_destination
@@ -758,7 +771,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_fdc, suffix, force, pattern, skip_existing=skip_existing)
-    if _done_before(plan, quiet):
+    if _done_before(plan, quiet, "decompress", as_json):
         return
     _check_named_output(plan, subtype)
     _setup(threads)
@@ -842,7 +855,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _plan(src, dst, _is_audio, suffix, force, pattern, keep_suffix=not _given("out_format"),
                  skip_existing=skip_existing)
-    if _done_before(plan, quiet):
+    if _done_before(plan, quiet, "roundtrip", as_json):
         return
     _check_named_output(plan, subtype)
     _setup(threads)
