@@ -133,8 +133,8 @@ class Trainer:
                 self.scaler.load_state_dict(ckpt["trainer"]["scaler"])
             changed = settings_changed(ckpt["trainer"], config_to_dict(cfg), env.world_size)
             if changed and env.is_main and not self.quiet:
-                print(f"{self.name}: resuming step {self.step} with settings changed since that checkpoint: "
-                      + "; ".join(changed), file=sys.stderr)
+                self.say(f"resuming step {self.step} with settings changed since that checkpoint: "
+                         + "; ".join(changed))
         elif cfg.train.init_from:
             self.init_weights(Path(cfg.train.init_from))
         self._check_batches()  # before the run folder is made: a run that cannot start leaves nothing
@@ -213,32 +213,36 @@ class Trainer:
         finally:
             bar.close()
         if out_of_time and env.is_main and not self.quiet:
-            print(f"{self.name}: time budget of {tc.max_seconds:g} s reached at step {self.step}", file=sys.stderr)
+            self.say(f"time budget of {tc.max_seconds:g} s reached at step {self.step}")
         if saved_at != self.step:
             self._save()
         if env.is_main:
             self.finish()
         env.barrier()
 
+    def say(self, text: str) -> None:
+        """A message of this run on standard error, ``flowdec: ndac: ...`` as every message of flowdec starts."""
+        print(f"flowdec: {self.name}: {text}", file=sys.stderr)
+
     def note_no_validation(self, count: int) -> None:
         """Say so when ``train.val_every`` asks for validation that has no files to run on (a small data
         folder whose split gave none, an empty validation list): it would otherwise never happen, unsaid."""
         if count == 0 and self.config.train.val_every and self.env.is_main and not self.quiet:
-            print(f"{self.name}: no validation files (data.validation is empty, or its split of the training "
-                  "files gave none); validation is off", file=sys.stderr)
+            self.say("no validation files (data.validation is empty, or its split of the training "
+                     "files gave none); validation is off")
 
     def _keep_steps(self, saved_at: int, why: str) -> None:
         """Save the steps done since the last checkpoint when a run ends early. Under DDP every rank stops
         at its own point, so no collective save is attempted there; the last periodic checkpoint stands."""
         if self.env.world_size == 1 and saved_at != self.step and self.step > 0:
             if not self.quiet:
-                print(f"{self.name}: {why} at step {self.step}; saving a checkpoint (Ctrl-C is ignored "
-                      "until it is written)", file=sys.stderr)
+                self.say(f"{why} at step {self.step}; saving a checkpoint (Ctrl-C is ignored "
+                         "until it is written)")
             with _signals_held():  # a second Ctrl-C during the save would leave nothing to resume from
                 self._save()
             if not self.quiet:
-                print(f"{self.name}: checkpoint saved in {self.run_dir / 'checkpoints'} (continue with "
-                      "--resume)", file=sys.stderr)
+                self.say(f"checkpoint saved in {self.run_dir / 'checkpoints'} (continue with "
+                         "--resume)")
 
     def _budget_used(self, t_start: float) -> tuple[float, bool]:
         """How much of the run's budget is used before the next step, from 0 to 1 (the steps of

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +136,7 @@ class PostfilterTrainer(Trainer):
         if cfg.sigma.file and not self.resume and not cfg.train.init_from and env.is_main:  # shown with -q too
             stale = stale_sigma_warning(cfg.sigma.file, read_sigma_file(cfg.sigma.file), dc.train)
             if stale:
-                print(f"{self.name}: warning: {stale}", file=sys.stderr)
+                self.say(f"warning: {stale}")
         pairs = read_pairs(dc.train, dc.delimiter)
         if not pairs:
             raise TrainingError(f"{', '.join(map(str, dc.train))}: no (clean, coded) pairs in it")
@@ -260,8 +259,8 @@ class PostfilterTrainer(Trainer):
         kept = self.pf.sigma_y
         if not self.quiet and self.env.is_main and (
                 kept.shape != configured.shape or not torch.allclose(kept, configured.to(kept.dtype), rtol=1e-3)):
-            print(f"{self.name}: sigma_y comes with the weights of {folder} (mean {float(kept.mean()):.3f}); "
-                  f"the config's [sigma] (mean {float(configured.mean()):.3f}) is not used", file=sys.stderr)
+            self.say(f"sigma_y comes with the weights of {folder} (mean {float(kept.mean()):.3f}); "
+                     f"the config's [sigma] (mean {float(configured.mean()):.3f}) is not used")
         for p in self.pf.backbone.parameters():
             p.requires_grad_(True)
 
