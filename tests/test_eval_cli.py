@@ -22,6 +22,7 @@ from flowdec_cli.evaluation import cli as ecli
 from flowdec_cli.evaluation.cli import eval_command, plot_command
 from flowdec_cli.evaluation.pairing import PairingError, pair_paths
 from flowdec_cli.evaluation.report import Report
+from flowdec_cli.pipeline import CodecError
 
 SR = 48000
 
@@ -407,11 +408,10 @@ class FakeCodec:
 
     def choose_rate(self, bitrate_kbps):  # as the real one: the highest offered rate not above it
         from flowdec_cli.envelope import RatePoint, plan_point
-        from flowdec_cli.exceptions import FlowdecError
 
         point = plan_point([RatePoint(k, r, None) for k, r in self.bitrates()], bitrate_kbps)
         if point is None:
-            raise FlowdecError(f"{bitrate_kbps:g} kbit/s is below the lowest rate of model 'fake-model'")
+            raise CodecError(f"{bitrate_kbps:g} kbit/s is below the lowest rate of model 'fake-model'")
         return point
 
     def compress_array(self, audio, sample_rate, n_codebooks=None, bitrate_kbps=None):
@@ -433,7 +433,8 @@ class FakeCodec:
 @pytest.fixture
 def fake_pipeline(tmp_path, monkeypatch):
     """``flowdec_cli.pipeline`` replaced by :class:`FakeCodec`, and no Opus tools on PATH."""
-    monkeypatch.setitem(sys.modules, "flowdec_cli.pipeline", types.SimpleNamespace(Codec=FakeCodec))
+    monkeypatch.setitem(sys.modules, "flowdec_cli.pipeline", types.SimpleNamespace(Codec=FakeCodec,
+                                                                                    CodecError=CodecError))
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
 
 
@@ -468,7 +469,7 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, fake_pipeline
     assert res.exit_code == 0, res.output
     assert sorted({r["kbps"] for r in json.loads(res.stdout)["rows"]}) == [1.5, 6.0]
     res = run(eval_command, "--codec", "fake-model", ref, "--bitrates", "1")  # as compress -b 1 would
-    assert res.exit_code == 1 and res.output.startswith("flowdec: error: 1 kbit/s is below the lowest rate")
+    assert res.exit_code == 2 and "1 kbit/s is below the lowest rate" in res.output  # a usage error, as for -b
     for bad in ("-1", "3"):  # midpoint takes an even number of passes
         res = run(eval_command, "--codec", "fake-model", ref, "--nfe", bad)
         assert res.exit_code == 2 and f"--nfe {bad}" in res.output

@@ -397,6 +397,8 @@ def test_small_training_cli_habits(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "give a name ending in .toml" in r.output and not (tmp_path / "ndac.yaml").exists()
     r = _run("train", "init-config", "ndac-tiny", "--list")
     assert r.exit_code == 2 and "--list only lists the names" in r.output
+    r = _run("train", "init-config", "nosuch")  # a usage error, as -m naming no model is
+    assert r.exit_code == 2 and "unknown config 'nosuch'; choose from" in r.output and "ndac-tiny" in r.output
     r = _run("train", "ndac", tmp_path, "-q")
     assert r.exit_code == 1 and f"{tmp_path}: is a folder, not a config file" in _one_error_line(r)
     r = _run("train", "export", tmp_path / "out", "--ndac", tmp_path / "nosuch", "-q")

@@ -102,7 +102,7 @@ def init_config_command(name: str | None, output: Path | None, force: bool, list
     """
     from ..fileio import atomic_write_bytes
     from ..streams import require_stdout
-    from .presets import preset_names, preset_text
+    from .presets import PresetError, preset_names, preset_text
 
     if list_only and (name is not None or output is not None):
         raise click.UsageError("--list only lists the names; give it no NAME or -o")
@@ -111,7 +111,10 @@ def init_config_command(name: str | None, output: Path | None, force: bool, list
         for n in preset_names():
             click.echo(n)
         return
-    text = preset_text(name)
+    try:
+        text = preset_text(name)
+    except PresetError as exc:  # a name that is none of the configs: the command line's mistake
+        raise click.UsageError(str(exc)) from None
     if output is not None and str(output) == "-":  # as everywhere else: standard output
         require_stdout()
         click.echo(text, nl=not text.endswith("\n"))
