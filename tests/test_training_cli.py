@@ -419,6 +419,15 @@ def test_nan_is_a_usage_error_not_a_value(args, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args", [["prepare-pairs", "clips", "--ndac", "x", "-o", "p"],
+                                  ["export", "out", "--ndac", "x"]])
+def test_a_mistyped_envelope_layout_is_a_usage_error(args, tmp_path, monkeypatch):
+    """'--envelope bogus' said the layout was unknown to this flowdec and to upgrade it (exit 1)."""
+    monkeypatch.chdir(tmp_path)
+    r = _run("train", *args, "--envelope", "bogus")
+    assert r.exit_code == 2 and "'bogus' is not one of 'bands15'" in r.output and "upgrade" not in r.output
+
+
+@pytest.mark.parametrize("args", [["prepare-pairs", "clips", "--ndac", "x", "-o", "p"],
                                   ["estimate-sigma", "--pairs", "p.txt", "-o", "s.json"], ["ndac", "c.toml"],
                                   ["entropy-tables", "m", "clips"]])
 def test_every_training_command_that_runs_a_network_takes_threads(args, tmp_path, monkeypatch):

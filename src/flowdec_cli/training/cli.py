@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..envelope import LAYOUTS
 from ..errors import Failure, FlowdecGroup, error_line
 from ..options import FiniteFloatRange, temperature_option, threads_option
 
@@ -185,7 +186,7 @@ def _codebook_list(values: tuple[str, ...], option: str = "--n-codebooks") -> li
 @click.option("--test-fraction", type=FiniteFloatRange(0, 1, max_open=True), default=0.01, show_default=True)
 @click.option("--salt", default="flowdec", show_default=True, help="Salt of the hash split.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--envelope", default=None, metavar="LAYOUT",
+@click.option("--envelope", default=None, metavar="LAYOUT", type=click.Choice(list(LAYOUTS)),
               help="Apply the band-level side channel of this layout (bands15) to the coded side, for a postfilter "
                    "that runs after it (a model card's envelope_before_postfilter).")
 @threads_option
@@ -309,7 +310,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
               help="Postfilter passes flowdec uses with this model when --nfe is not given (default 6).")
 @click.option("--temperature", type=float, default=None, callback=temperature_option,
               help="Scale of the postfilter's start noise, 0 to 2 (1 = FlowDec's; below 1 it invents less).")
-@click.option("--envelope", default=None, metavar="LAYOUT",
+@click.option("--envelope", default=None, metavar="LAYOUT", type=click.Choice(list(LAYOUTS)),
               help="Files of this model carry the band-level side channel of this layout by default "
                    "(bands15; see docs/fdc-format.md 3.3).")
 @click.option("--envelope-before-postfilter", is_flag=True,
