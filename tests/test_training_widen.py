@@ -210,6 +210,10 @@ def test_widen_postfilter_command_writes_a_folder_training_can_start_from(tmp_pa
     assert again.exit_code != 0 and "Traceback" not in again.output and f"{out}: exists; use -f" in again.output
     with pytest.raises(TrainingError, match="is the postfilter being widened"):
         widen_postfilter_folder(out, out, dim_factor=2, overwrite=True)
+    unet = tmp_path / "unet"
+    Postfilter(nf=4, ch_mult=(1, 1), pad_multiple=8).save(unet / "postfilter")
+    r = CliRunner().invoke(main, ["train", "widen-postfilter", str(unet), str(tmp_path / "w0"), "--dim-factor", "2"])
+    assert r.exit_code == 1 and f"{unet / 'postfilter'}: holds the released U-Net postfilter" in r.output  # named
     bad = CliRunner().invoke(main, ["train", "widen-postfilter", str(src), str(tmp_path / "w1"), "--dim-factor", "1"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output and not (tmp_path / "w1").exists()
     nan = CliRunner().invoke(main, ["train", "widen-postfilter", str(src), str(tmp_path / "w2"), "--dim-factor", "2",

@@ -351,7 +351,7 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
 
 @train_group.command("entropy-tables")
 @click.argument("model_ref", metavar="MODEL")
-@click.argument("sources", metavar="LIST_OR_FOLDER", nargs=-1, required=True,
+@click.argument("sources", metavar="LIST_OR_FOLDER...", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), default=None,
               help="Where to write entropy.safetensors (default: into the MODEL folder).")

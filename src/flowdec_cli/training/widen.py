@@ -207,6 +207,8 @@ def widen_postfilter_folder(source: str | os.PathLike, out_dir: str | os.PathLik
         postfilter = load_postfilter(folder)
     except (ModelError, CheckpointError) as exc:
         raise TrainingError(str(exc)) from None
+    if not isinstance(postfilter.backbone, FramewiseBackbone):  # said here with the folder it came from
+        raise TrainingError(f"{folder}: holds the released U-Net postfilter; only a frame-wise one can be widened")
     wide = widen_postfilter(postfilter, dim_factor=dim_factor, spread=spread, seed=seed)
     with ModelFolderBuilder(out_dir, "widen") as builder:
         builder.add_postfilter(wide)
