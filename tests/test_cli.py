@@ -159,6 +159,7 @@ def test_a_file_well_above_the_rate_asked_says_why(run, tmp_path, tiny_codec_dir
     assert r.exit_code == 0 and "asked" not in r.stderr
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an open file through /proc/self/fd")
 def test_standard_input_that_is_a_regular_file_is_read_in_place(tmp_path, monkeypatch):
     """`flowdec compress - x.fdc < big.wav` copied the whole file to the temporary folder first (time, and a
     full TMPDIR failed the run) although a regular file can be read twice and sought in like a named one."""
@@ -182,6 +183,18 @@ def test_standard_input_that_is_a_regular_file_is_read_in_place(tmp_path, monkey
         os.lseek(stdin.fileno(), 100, os.SEEK_SET)  # read partway by someone before: what is left, copied
         with streams.spooled_input() as path:
             assert path.read_bytes() == data[100:] and str(path).startswith(str(streams.tempfile.gettempdir()))
+        real_open = os.open
+
+        def refused(path, flags, *args):  # the shell opened it with rights this process lacks
+            if str(path).startswith("/proc/self/fd/"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args)
+
+        os.lseek(stdin.fileno(), 0, os.SEEK_SET)
+        monkeypatch.setattr(streams.os, "open", refused)
+        with streams.spooled_input() as path:  # copied, as a pipe is, rather than refused
+            assert path.read_bytes() == data and "/proc/" not in str(path)
+        monkeypatch.setattr(streams.os, "open", real_open)
     (tmp_path / "empty.wav").write_bytes(b"")
     with open(tmp_path / "empty.wav", "rb") as stdin:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(stdin))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
@@ -342,6 +343,25 @@ def test_shell_completion_works_and_is_documented():
     assert "_FLOWDEC_COMPLETE=bash_source flowdec" in invoke("--help").output
 
 
+def test_a_wav_with_sizes_left_zero_redirected_from_a_file_is_mended_in_a_copy(tmp_path, tiny_codec_dir):
+    """`compress - x.fdc < unsized.wav`: standard input that is a regular file is read in place, but such a WAV
+    (its writer could not seek back) must be copied to be mended, as a piped one is."""
+    x = (0.3 * np.sin(np.arange(24000) * 0.05)).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x, 48000, format="WAV", subtype="PCM_16")
+    data = bytearray(buf.getvalue())
+    at = data.find(b"data")
+    data[at + 4:at + 8] = bytes(4)
+    data[4:8] = bytes(4)
+    unsized = tmp_path / "unsized.wav"
+    unsized.write_bytes(bytes(data))
+    with open(unsized, "rb") as stdin:
+        r = _flowdec("compress", "-", tmp_path / "a.fdc", "-m", tiny_codec_dir, "-q", stdin=stdin)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(_flowdec("info", tmp_path / "a.fdc", "--json").stdout)
+    assert info["num_samples"] == len(x)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_standard_error_does_not_fail_the_run(wav, tmp_path, tiny_codec_dir):
     """`2>/dev/full`: the banner could not be written, so the run failed with exit 1 and no output, although
@@ -349,6 +369,9 @@ def test_a_full_standard_error_does_not_fail_the_run(wav, tmp_path, tiny_codec_d
     fdc, out = tmp_path / "a.fdc", tmp_path / "a.wav"
     with open("/dev/full", "w") as full:
         assert _flowdec("compress", wav, fdc, "-m", tiny_codec_dir, stderr=full).returncode == 0
+        # an ASCII standard error: click writes to the binary stream beneath it
+        assert _flowdec("compress", wav, fdc, "-m", tiny_codec_dir, "-f", stderr=full,
+                        env={"PYTHONIOENCODING": "ascii"}).returncode == 0
         assert _flowdec("decompress", fdc, out, "-m", tiny_codec_dir, "--nfe", "0", stderr=full).returncode == 0
         assert _flowdec("decompress", tmp_path / "nosuch.fdc", out, "-f", stderr=full).returncode == 1  # still fails
     assert fdc.stat().st_size > 0 and sf.info(out).frames > 0

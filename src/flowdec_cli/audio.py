@@ -209,6 +209,12 @@ def _truncation(path: Path, log: str) -> str | None:
     return None
 
 
+def unsized_wav(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a WAV written to a pipe with its data size left 0, which
+    :func:`repair_streamed_wav` can mend in a copy."""
+    return _unsized_wav_data(Path(path)) is not None
+
+
 def repair_streamed_wav(path: str | os.PathLike) -> bool:
     """Fill in the sizes of a WAV written to a pipe with its data size left 0 (:func:`_unsized_wav_data`), in
     place: for flowdec's own spooled copy of standard input, never for a user's file. True when repaired."""

@@ -126,8 +126,12 @@ def _spool(src: BinaryIO, out: BinaryIO, name: str) -> None:
 
 
 def _redirected_file() -> Path | None:
-    """Standard input as a path to reopen, where it is a regular file at its start and Linux's
-    ``/proc/self/fd`` can name it; else None (a pipe, a terminal, a file read partway, another system)."""
+    """Standard input as a path to reopen, where it is a regular file at its start that Linux's
+    ``/proc/self/fd`` can name and this process may open again (the shell opened it, perhaps with rights
+    this process lacks: the reopening is checked anew); else None, and it is copied: a pipe, a terminal, a
+    file read partway, another system, or a WAV whose sizes were left 0 (only a copy may be mended)."""
+    from .audio import unsized_wav
+
     if sys.stdin is None:
         return None
     try:
@@ -135,8 +139,11 @@ def _redirected_file() -> Path | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode) or os.lseek(fd, 0, os.SEEK_CUR) != 0:
             return None
         path = Path(f"/proc/self/fd/{fd}")
-        return path if os.path.samestat(os.stat(path), os.fstat(fd)) else None
-    except (OSError, ValueError, AttributeError):  # no descriptor (an in-memory stdin), no /proc
+        os.close(os.open(path, os.O_RDONLY))
+        if not os.path.samestat(os.stat(path), os.fstat(fd)) or unsized_wav(path):
+            return None
+        return path
+    except (OSError, ValueError, AttributeError):  # no descriptor (an in-memory stdin), no /proc, no rights
         return None
 
 
@@ -211,17 +218,22 @@ def stdin_stream(what: str) -> BinaryIO:
 
 
 class _TolerantStream:
-    """A text stream whose write and flush errors (a full disk, a closed pipe, an I/O error) are dropped;
-    everything else is the wrapped stream's (its encoding, isatty, fileno: tqdm and click ask for them)."""
+    """A stream whose write and flush errors (a full disk, a closed pipe, an I/O error) are dropped;
+    everything else is the wrapped stream's (its encoding, isatty, fileno: tqdm and click ask for them).
+    Its ``buffer`` is tolerant too: click writes to the binary stream beneath an ASCII-encoded one."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
-    def write(self, text: str) -> int:
+    @property
+    def buffer(self) -> Any:
+        return _TolerantStream(self._stream.buffer)
+
+    def write(self, data: Any) -> int:
         try:
-            return self._stream.write(text)
+            return self._stream.write(data)
         except OSError:
-            return len(text)
+            return len(data)
 
     def flush(self) -> None:
         with contextlib.suppress(OSError):
