@@ -398,6 +398,7 @@ def test_opus_roundtrip_plumbing_with_fake_tools(tmp_path, monkeypatch):
 
 
 class FakeCodec:
+    postfilter = "a stand-in"
     @classmethod
     def load(cls, model, device="cpu"):
         assert model == "fake-model"
@@ -475,7 +476,7 @@ def test_codec_eval_with_a_stand_in_pipeline(audio_dirs, tmp_path, fake_pipeline
         assert res.exit_code == 2 and f"--nfe {bad}" in res.output
 
 
-def test_codec_eval_reports_a_bad_file_and_scores_the_others(tmp_path, fake_pipeline):
+def test_codec_eval_reports_a_bad_file_and_scores_the_others(tmp_path, fake_pipeline, monkeypatch):
     """One unreadable file ended the whole `eval --codec` run with no report; `a.wav` and `a.flac` were
     saved under one name (the second overwrote the first with -f); metrics left out of a row said nothing."""
     folder = tmp_path / "in"
@@ -496,9 +497,15 @@ def test_codec_eval_reports_a_bad_file_and_scores_the_others(tmp_path, fake_pipe
     assert "1 of 4 files could not be coded and scored" in res.stderr
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == [
         "a.flac.flowdec_6k_nfe2.wav", "a.wav.flowdec_6k_nfe2.wav", "quiet.wav.flowdec_6k_nfe2.wav"]
+    assert "si_sdr is the mean over 2 of 3 files" in res.stderr  # quiet.wav had none
     (folder / "a.wav").unlink(), (folder / "a.flac").unlink(), (folder / "quiet.wav").unlink()
     res = run(eval_command, "--codec", "fake-model", folder, "--nfe", "2")
     assert res.exit_code == 1 and "none of the 1 files could be coded and scored" in res.stderr
+    monkeypatch.setattr(FakeCodec, "postfilter", None)  # said once, before any file, not once per file
+    sf.write(folder / "a.wav", 0.3 * np.sin(2 * np.pi * 440 * t), SR)
+    res = run(eval_command, "--codec", "fake-model", folder, "--nfe", "0,2")
+    assert res.exit_code == 1
+    assert res.stderr.strip() == "flowdec: error: model 'fake-model' has no postfilter; give --nfe 0"
 
 
 def test_a_fdc_given_to_eval_says_to_decompress_it(tmp_path):

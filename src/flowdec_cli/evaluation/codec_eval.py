@@ -144,10 +144,11 @@ _Row = tuple[tuple[str, float, "int | None"], dict[str, Any], dict[str, str]]
 
 
 def _code_and_score(codec: Any, f: Path, chosen: list[tuple[int, float]], nfes: list[int], metrics: Sequence[str],
-                    seed: int, use_opus: bool, warmed: bool) -> tuple[list[_Row], dict[str, tuple[np.ndarray, int]],
-                                                                       bool]:
+                    seed: int, use_opus: bool, warmed: bool,
+                    save: Callable[[str, np.ndarray, int], None]) -> tuple[list[_Row], bool]:
     """One file at every chosen rate and NFE (and Opus): its rows' shares ``(key, share, metrics not
-    computed)``, the decoded audio by save tag, and whether the codec is warmed up now."""
+    computed)`` and whether the codec is warmed up now. Each decoded signal goes to ``save`` (by its tag)
+    as soon as it is scored, so that only one is held at a time."""
     audio, sr = _read(f)
     duration = len(audio) / sr
     channels = audio.shape[1]
@@ -155,7 +156,6 @@ def _code_and_score(codec: Any, f: Path, chosen: list[tuple[int, float]], nfes: 
         h, c = codec.compress_array(audio, sr, bitrate_kbps=chosen[0][1])
         codec.decompress_codes_timed(h, c, nfe=nfes[0], seed=seed)
     rows: list[_Row] = []
-    outputs: dict[str, tuple[np.ndarray, int]] = {}
     seconds = {"audio_s": duration, "chan_s": duration * channels}
     for _, kbps in chosen:
         t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def _code_and_score(codec: Any, f: Path, chosen: list[tuple[int, float]], nfes: 
             rows.append((("flowdec", float(kbps), nfe), {"enc_s": enc_s, "dec_s": dec_s, "d0_s": stages.d0_seconds,
                                                           "pf_s": stages.postfilter_seconds, "nbytes": nbytes,
                                                           "scores": scores, **seconds}, errors))
-            outputs[f"flowdec_{kbps:g}k_nfe{nfe}"] = (decoded, sr)
+            save(f"flowdec_{kbps:g}k_nfe{nfe}", decoded, sr)
     if use_opus:
         for _, kbps in chosen:
             res = opus_roundtrip(audio, sr, max(float(kbps), 0.5) * channels)
@@ -180,8 +180,8 @@ def _code_and_score(codec: Any, f: Path, chosen: list[tuple[int, float]], nfes: 
             scores = compute_metrics(audio, sr, res.audio, sr, list(metrics), errors=errors)
             rows.append((("opus", float(kbps), None), {"enc_s": res.encode_s, "dec_s": res.decode_s,
                                                        "nbytes": res.nbytes, "scores": scores, **seconds}, errors))
-            outputs[f"opus_{kbps:g}k"] = (res.audio, sr)
-    return rows, outputs, True
+            save(f"opus_{kbps:g}k", res.audio, sr)
+    return rows, True
 
 
 def _collect_inputs(path: Path) -> list[Path]:
@@ -231,7 +231,8 @@ def run_codec_eval(
     ``a.flac`` do not share one; ``overwrite=False``: an existing one is refused before any work, as
     ``OutputExistsError``). ``log``: receives progress/notes lines; ``warn``: a metric that could not be
     computed for a file; ``on_error``: a file that could not be read, coded or scored, which is left out
-    (the others go on; the report's ``failed`` lists them). A metric that is not installed stops the run.
+    (the others go on; the report's ``failed`` lists them; what it saved before it failed stays). A metric
+    that is not installed, missing Opus tools or a postfilter the model lacks stop the run.
     """
     from flowdec_cli.pipeline import Codec  # lazy: heavy, and only needed here
 
@@ -251,6 +252,8 @@ def run_codec_eval(
     elif opus and any(kbps < 6 for _, kbps in chosen):
         notes.append("opus: libopus does not go below about 6 kbps per channel; see kbps_on_disk")
 
+    if codec.postfilter is None and any(nfes):  # the run's problem: said once, before any file
+        raise ValueError(f"model '{model}' has no postfilter; give --nfe 0")
     tags = [f"flowdec_{kbps:g}k_nfe{nfe}" for _, kbps in chosen for nfe in nfes]
     tags += [f"opus_{kbps:g}k" for _, kbps in chosen] if use_opus else []
 
@@ -277,12 +280,13 @@ def run_codec_eval(
     for i, f in enumerate(files, 1):
         rel = relative(f)
         say(f"[{i}/{len(files)}] {rel}")
-        try:  # one file's rows are added only once all of them were made: a file that fails adds none
-            rows, outputs, warmed = _code_and_score(codec, f, chosen, nfes, metrics, seed, use_opus, warmed)
+        def save(tag: str, audio: np.ndarray, sr: int, rel: Path = rel) -> None:
             if save_dir is not None:
-                for tag, (audio, sr) in outputs.items():
-                    write_audio(saved(rel, tag), audio, sr, "FLOAT", overwrite=overwrite)
-        except MetricUnavailable:
+                write_audio(saved(rel, tag), audio, sr, "FLOAT", overwrite=overwrite)
+
+        try:  # one file's rows are added only once all of them were made: a file that fails adds none
+            rows, warmed = _code_and_score(codec, f, chosen, nfes, metrics, seed, use_opus, warmed, save)
+        except (MetricUnavailable, OpusUnavailable):  # the run's problem, not the file's
             raise
         except (FlowdecError, OSError, ValueError) as exc:  # ours name what; the file is named here if not
             message = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
@@ -318,6 +322,10 @@ def run_codec_eval(
         for m in metrics:
             vals = [v for v in a.values.get(m, []) if np.isfinite(v)]
             row[m] = float(np.mean(vals)) if vals else float("nan")
+            if 0 < len(vals) < a.n:  # the row's files count all; this mean does not
+                where = f"{system} {kbps:g} kbit/s" + (f" NFE {row_nfe}" if row_nfe is not None else "")
+                report.notes.append(f"{where}: {m} is the mean over {len(vals)} of {a.n} files (not computed "
+                                    "for the others)")
         nan = float("nan")
 
         def per_s(x: float, audio_s: float = a.audio_s) -> float:
