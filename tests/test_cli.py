@@ -315,7 +315,7 @@ def test_compress_refuses_an_audio_name_for_its_output(run, wav, tmp_path, tiny_
     assert r.exit_code == 1 and "t.fdc is a file, not a folder" in _one_error_line(r)
 
 
-@pytest.mark.parametrize("option, words", [(["--threads", "100000"], "'--threads': 100000 is more than 1024"),
+@pytest.mark.parametrize("option, words", [(["--threads", "100000"], "100000 is not in the range 1<=x<=1024"),
                                            (["--nfe", "100000000000"], "more than 1000 network passes"),
                                            (["--seed", str(2**80), "--nfe", "2"], "seed must be a whole number")])
 def test_absurd_option_values_are_usage_errors(run, wav, tmp_path, tiny_codec_dir, option, words):

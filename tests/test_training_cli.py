@@ -427,6 +427,15 @@ def test_a_mistyped_envelope_layout_is_a_usage_error(args, tmp_path, monkeypatch
     assert r.exit_code == 2 and "'bogus' is not one of 'bands15'" in r.output and "upgrade" not in r.output
 
 
+@pytest.mark.parametrize("args", [["corpus", "encode", "in", "out"], ["eval", "in", "--codec", "m"]])
+def test_threads_beyond_the_limit_are_a_usage_error_in_corpus_and_eval_too(args, tmp_path, monkeypatch):
+    """corpus encode said 'unexpected ValueError' and eval --codec had no --threads."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    r = _run(*args, "--threads", "5000")
+    assert r.exit_code == 2 and "'--threads': 5000 is not in the range 1<=x<=1024" in r.output, r.output
+
+
 @pytest.mark.parametrize("args", [["prepare-pairs", "clips", "--ndac", "x", "-o", "p"],
                                   ["estimate-sigma", "--pairs", "p.txt", "-o", "s.json"], ["ndac", "c.toml"],
                                   ["entropy-tables", "m", "clips"]])
@@ -434,7 +443,7 @@ def test_every_training_command_that_runs_a_network_takes_threads(args, tmp_path
     """prepare-pairs and estimate-sigma had no --threads: beside a training run they took every core."""
     monkeypatch.chdir(tmp_path)
     r = _run("train", *args, "--threads", "5000")
-    assert r.exit_code == 2 and "'--threads': 5000 is more than 1024" in r.output, r.output
+    assert r.exit_code == 2 and "'--threads': 5000 is not in the range 1<=x<=1024" in r.output, r.output
     import flowdec_cli.runtime
 
     def stop_here(n):

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .errors import error_line
-from .options import FiniteFloatRange, PathArgument, check_nfe_option, check_rate_request_option, seed_option
+from .options import THREADS, FiniteFloatRange, PathArgument, check_nfe_option, check_rate_request_option, seed_option
 from .streams import strict_json
 
 __all__ = ["corpus_group"]
@@ -23,7 +23,7 @@ __all__ = ["corpus_group"]
 def _engine_options(f: Callable) -> Callable:
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary (failures are still shown).")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout.")(f)
-    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+    f = click.option("--threads", type=THREADS, default=None,
                      help="torch CPU threads per worker (default: --cpus-per-worker with Ray, torch's choice "
                           "locally).")(f)
     f = click.option("--device", default="auto", show_default=True,

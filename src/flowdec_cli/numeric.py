@@ -13,6 +13,10 @@ import math
 import numbers
 from typing import TypeGuard
 
+#: torch CPU threads a command may ask for (``--threads``): more fails inside the thread pools (a crash, not
+#: an error) long before it could help. Here, not in runtime, so that the command line checks it without torch.
+MAX_THREADS = 1024
+
 __all__ = ["is_integer", "is_real", "is_whole"]
 
 

@@ -15,9 +15,10 @@ from typing import Any
 import click
 
 from .fileio import descriptor_alias
+from .numeric import MAX_THREADS
 
 __all__ = ["FiniteFloatRange", "PathArgument", "check_nfe_option", "check_rate_request_option", "seed_option",
-           "spelled_as_folder", "temperature_option", "threads_option"]
+           "spelled_as_folder", "temperature_option", "threads_option", "THREADS"]
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -107,18 +108,13 @@ def seed_option(ctx: click.Context, param: click.Parameter, value: int | None) -
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+#: ``--threads``'s values, checked as the option is read (a usage error), without importing torch
+THREADS = click.IntRange(min=1, max=MAX_THREADS)
+
+
 def threads_option(f: Any) -> Any:
     """``--threads N``, the CPU threads torch uses, for every command that runs a network (the command
     applies it with :func:`flowdec_cli.runtime.set_threads` once it has work to do: torch is not imported
     for a run that has nothing to do)."""
-    return click.option("--threads", type=click.IntRange(min=1), default=None, callback=_check_threads,
+    return click.option("--threads", type=THREADS, default=None,
                         help="CPU threads for torch (default: torch's choice).")(f)
-
-
-def _check_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None:
-        from .runtime import MAX_THREADS  # imports torch: only when the option is given
-
-        if value > MAX_THREADS:
-            raise click.BadParameter(f"{value} is more than {MAX_THREADS}", ctx, param)
-    return value

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .exceptions import FlowdecError
+from .numeric import MAX_THREADS
 
 __all__ = ["DeviceError", "resolve_device", "set_threads"]
 
@@ -54,7 +55,6 @@ def _check_available(device: torch.device) -> None:
         raise DeviceError(f"device '{device}' is not available here (use auto, cpu or cuda[:N])")
 
 
-MAX_THREADS = 1024  # more fails inside the thread pools (a crash, not an error) long before it could help
 
 
 def set_threads(n: int | None) -> None:

@@ -15,7 +15,7 @@ import click
 from ..errors import Failure, error_line
 from ..exceptions import FlowdecError
 from ..fileio import OutputExistsError, atomic_write_bytes
-from ..options import check_nfe_option
+from ..options import THREADS, check_nfe_option
 from ..streams import require_stdout
 from .metrics import (
     DEFAULT_METRICS,
@@ -181,11 +181,12 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
 @click.option("--opus", is_flag=True, help="--codec: add Opus (opusenc/opusdec) at the same bitrates.")
 @click.option("--device", default="cpu", show_default=True, help="--codec: torch device.")
 @click.option("--seed", default=0, show_default=True, type=int, help="--codec: postfilter seed.")
+@click.option("--threads", type=THREADS, default=None, help="--codec: CPU threads for torch (default: torch's choice).")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
               help="--codec: also write the decoded files under this folder, as "
                    "<relative path>.<system>_<kbps>k[_nfe<N>].wav.")
 def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output, force, allow_mismatch,
-                 codec_model, bitrates, nfe_spec, opus, device, seed, save_dir):
+                 codec_model, bitrates, nfe_spec, opus, device, seed, threads, save_dir):
     """Score decoded audio DEG against reference REF: two files, or two folders
     paired by relative path (the extension may differ). One row per file, and
     the mean.
@@ -212,7 +213,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
         if deg is not None:
             raise click.UsageError("with --codec give one file or folder to code, not REF and DEG")
         report = _codec_mode(codec_model, ref, names, bitrates, nfe_spec, opus, device, seed,
-                             save_dir, force)
+                             save_dir, force, threads)
         _emit(report.render(fmt), output, force)
         failed = report.extra["failed"]
         if failed:  # each was named as it failed; the report holds the others
@@ -220,7 +221,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
                           "and scored and are not in the report")
         return
     codec_only = {"--bitrates": bitrates, "--opus": opus or None, "--save": save_dir,
-                  "--nfe": nfe_spec}
+                  "--nfe": nfe_spec, "--threads": threads}
     used = [k for k, v in codec_only.items() if v is not None]
     if used:
         raise click.UsageError(f"{', '.join(used)} only apply with --codec")
@@ -311,13 +312,15 @@ def _score_pair(pair, names: list[str], allow_mismatch: bool) -> dict:
     return scores
 
 
-def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir, force) -> Report:
+def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir, force, threads) -> Report:
+    from ..runtime import set_threads
     from .codec_eval import run_codec_eval
 
     kbps = _parse_list(bitrates, float, "bitrates")
     nfes = _parse_list(nfe_spec, int, "nfe") or [0, 6]
     for n in nfes:
         check_nfe_option(n, "midpoint")  # a usage error (exit 2) before any model is loaded
+    set_threads(threads)
     log = (lambda m: click.echo(f"flowdec: {m}", err=True)) if sys.stderr.isatty() else None
     try:
         report = run_codec_eval(model, path, bitrates=kbps, nfes=nfes, metrics=names,
