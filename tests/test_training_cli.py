@@ -142,7 +142,7 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     est = json.loads((tmp_path / "pairs" / "sigma.json").read_text())
     assert len(est["sigma_y_perband"]) == 768 and est["sigma_y"] > 0 and est["beta"] > 0
     assert est["pairs_coded_by"] == [{"ndac_hash": json.loads((tmp_path / "pairs" / "prepare.json").read_text())
-                                      ["ndac_hash"], "envelope": ""}]  # for the trainer's staleness check
+                                      ["ndac_hash"], "envelope": "", "n_codebooks": [1, 3]}]  # for the trainer
     assert (tmp_path / "pairs" / "sigma_perband.npy").is_file()
     r = _run("train", "estimate-sigma", tmp_path / "pf.yaml", "-q")
     assert "exists; use --force" in _one_error_line(r)

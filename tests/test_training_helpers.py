@@ -161,14 +161,15 @@ def test_a_sigma_estimate_from_pairs_coded_since_by_another_codec_is_named(tmp_p
     def pairs(name: str, ndac_hash: str, envelope: str = "") -> Path:
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "prepare.json").write_text(json.dumps({"ndac_hash": ndac_hash, "envelope": envelope}))
+        (folder / "prepare.json").write_text(json.dumps({"ndac_hash": ndac_hash, "envelope": envelope,
+                                                         "n_codebooks": [4, 2]}))
         (folder / "train.txt").write_text("a.wav,b.wav\n")
         return folder / "train.txt"
 
     first, second = pairs("p1", "aaaa"), pairs("p2", "aaaa")
     hand_made = tmp_path / "hand.txt"
     hand_made.write_text("a.wav,b.wav\n")
-    assert pairs_coded_by([first, second, hand_made]) == [{"ndac_hash": "aaaa", "envelope": ""}]
+    assert pairs_coded_by([first, second, hand_made]) == [{"ndac_hash": "aaaa", "envelope": "", "n_codebooks": [2, 4]}]
     estimate = {"pairs_coded_by": pairs_coded_by([first])}
     assert stale_sigma_warning("s.json", estimate, [first, second]) is None
     assert stale_sigma_warning("s.json", {}, [first]) is None  # an estimate from before the record, or an .npy
@@ -177,9 +178,18 @@ def test_a_sigma_estimate_from_pairs_coded_since_by_another_codec_is_named(tmp_p
     line = stale_sigma_warning("s.json", estimate, [first])
     assert line is not None and "s.json" in line and "coded by aaaa" in line and "now coded by bbbb" in line
     assert "estimate-sigma" in line
-    (tmp_path / "p1" / "prepare.json").write_text(json.dumps({"ndac_hash": "aaaa", "envelope": "bands34-21ms"}))
+    (tmp_path / "p1" / "prepare.json").write_text(json.dumps({"ndac_hash": "aaaa", "envelope": "bands34-21ms",
+                                                              "n_codebooks": [4, 2]}))
     line = stale_sigma_warning("s.json", estimate, [first])
-    assert line is not None and "aaaa with bands34-21ms" in line
+    assert line is not None and "aaaa with bands34-21ms at 2,4 codebooks" in line
+    (tmp_path / "p1" / "prepare.json").write_text(json.dumps({"ndac_hash": "aaaa", "n_codebooks": [3]}))
+    line = stale_sigma_warning("s.json", estimate, [first])  # the same weights at other counts
+    assert line is not None and "now coded by aaaa at 3 codebooks" in line
+    from flowdec_cli.training import write_sigma_file
+
+    curve = {"type": "flowdec_sigma_estimate", "sigma_y_perband": [0.5] * 768, "sigma_y": 0.5, "beta": 0.3}
+    written = json.loads(write_sigma_file(tmp_path / "w.json", curve, pair_lists=[second]).read_text())
+    assert written["pairs_coded_by"] == pairs_coded_by([second])  # the library records it, not only the CLI
 
 
 def test_a_mistyped_run_folder_is_not_taken_for_a_hub_repo(tmp_path):

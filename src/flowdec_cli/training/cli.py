@@ -260,7 +260,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     """
     from ..runtime import resolve_device, set_threads
     from .config import load_config
-    from .prepare import estimate_sigma, pairs_coded_by, pairs_from, sigma_file_outputs, write_sigma_file
+    from .prepare import estimate_sigma, pairs_from, sigma_file_outputs, write_sigma_file
 
     if delimiter == "":
         raise click.BadParameter("an empty delimiter cannot separate the columns", param_hint="--delimiter")
@@ -283,8 +283,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
                          n_fft=n_fft if n_fft is not None else (m.n_fft if m else 1534),
                          hop=hop if hop is not None else (m.hop_length if m else 384),
                          n_samples=n_samples, seed=seed, qx=qx, qrmse=qrmse, device=dev, progress=_bar(quiet))
-    est["pairs_coded_by"] = pairs_coded_by(lists)  # so that a trainer notices pairs re-coded since
-    write_sigma_file(target, est, overwrite=force)
+    write_sigma_file(target, est, overwrite=force, pair_lists=lists)
     if not quiet:
         import numpy as np
 

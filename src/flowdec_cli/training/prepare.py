@@ -196,11 +196,16 @@ def unusable_sigma(value: Any) -> np.ndarray:
     return np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))
 
 
-def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any], overwrite: bool = True) -> Path:
+def write_sigma_file(path: str | os.PathLike, estimate: dict[str, Any], overwrite: bool = True,
+                     pair_lists: Sequence[str | os.PathLike] = ()) -> Path:
     """``path`` (JSON, what the postfilter config's ``sigma.file`` names) and, beside it, the per-band
     curve as ``<stem>_perband.npy`` (768 float64, the official file's layout), each written atomically.
-    With ``overwrite=False`` neither may exist yet (:class:`TrainingError`, both left as they are)."""
+    With ``overwrite=False`` neither may exist yet (:class:`TrainingError`, both left as they are).
+    ``pair_lists``: the lists the estimate was made from; how their pairs were coded is recorded
+    (:func:`pairs_coded_by`), for a trainer to notice pairs re-coded since."""
     path, npy = sigma_file_outputs(path, overwrite)
+    if pair_lists:
+        estimate = {**estimate, "pairs_coded_by": pairs_coded_by(pair_lists)}
     curve = np.asarray(estimate["sigma_y_perband"], dtype=np.float64)
     for field, value in (("beta", estimate["beta"]), ("sigma_y", estimate["sigma_y"]), ("the per-band curve", curve)):
         if unusable_sigma(value).size:
@@ -396,12 +401,14 @@ def pair_list_records(lists: Sequence[str | os.PathLike]) -> list[tuple[Path, di
     return records
 
 
-def pairs_coded_by(lists: Sequence[str | os.PathLike]) -> list[dict[str, str]]:
-    """The codecs (weights hash and side-channel layout) that coded the pairs of ``lists``, each once: what
-    a sigma estimate depends on besides the clean audio, recorded in it so that pairs re-coded since are
-    noticed (:func:`stale_sigma_warning`)."""
-    coded = {(str(r.get("ndac_hash") or ""), str(r.get("envelope") or "")) for _, r in pair_list_records(lists)}
-    return [{"ndac_hash": h, "envelope": e} for h, e in sorted(coded) if h]
+def pairs_coded_by(lists: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """How the pairs of ``lists`` were coded (codec weights, side-channel layout, codebook counts), each way
+    once: what a sigma estimate depends on besides the clean audio, recorded in it so that pairs re-coded
+    since are noticed (:func:`stale_sigma_warning`)."""
+    coded = {(str(r.get("ndac_hash") or ""), str(r.get("envelope") or ""),
+              tuple(sorted(int(k) for k in r.get("n_codebooks") or [] if isinstance(k, int))))
+             for _, r in pair_list_records(lists)}
+    return [{"ndac_hash": h, "envelope": e, "n_codebooks": list(k)} for h, e, k in sorted(coded) if h]
 
 
 def stale_sigma_warning(sigma_file: str | os.PathLike, estimate: dict[str, Any],
@@ -416,6 +423,7 @@ def stale_sigma_warning(sigma_file: str | os.PathLike, estimate: dict[str, Any],
 
     def names(coded: list[Any]) -> str:
         return ", ".join(f"{c.get('ndac_hash')}" + (f" with {c['envelope']}" if c.get("envelope") else "")
+                         + (f" at {','.join(map(str, c['n_codebooks']))} codebooks" if c.get("n_codebooks") else "")
                          for c in coded if isinstance(c, dict))
 
     return (f"{sigma_file} was estimated from pairs coded by {names(recorded)}, but the training pairs are now "
