@@ -95,6 +95,8 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     for unparsed in ("data.train=[a.txt]", "data.train=[\"a.txt\"", "model.backbone='framewise"):
         with pytest.raises(OverrideError, match=f"--set '{re.escape(unparsed)}': not a TOML value"):
             load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", unparsed])
+    with pytest.raises(OverrideError, match=re.escape("--set 'data.train=': no value; give one, or none to unset")):
+        load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", "data.train="])
     bare = load_config(tmp_path / "a.toml", "ndac", ["model.encoder_dim=8", "data.train=b.txt"])
     assert bare.data.train == [str(tmp_path / "b.txt")]  # a bare word is still a string
     with pytest.raises(ConfigError, match=r"a.toml: model.encoder_dim: expected an integer") as info:

@@ -502,7 +502,9 @@ def _parse_value(text: str, item: str) -> Any:
     except tomllib.TOMLDecodeError as exc:
         if text.lower() in ("none", "null"):
             return None
-        if text[:1] in "[{\"'":
+        if not text:
+            raise OverrideError(f"--set '{item}': no value; give one, or none to unset the key") from None
+        if text[0] in "[{\"'":
             raise OverrideError(f"--set '{item}': not a TOML value ({exc}); strings inside a list are quoted, "
                                 "e.g. data.train='[\"a.txt\"]'") from None
         return text
