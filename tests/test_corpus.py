@@ -88,6 +88,24 @@ def test_inputs_folder_glob_manifests(tmp_path):
     assert [i.id for i in corpus.list_inputs(tmp_path / "m.jsonl")] == ["7", "c"]
 
 
+def test_inputs_glob_loops_manifest_bom_and_mixed_paths_and_a_glob_option_that_would_do_nothing(tmp_path):
+    """A glob through a link to '.' listed one file dozens of times; a manifest from Excel (a byte-order
+    mark) had no 'path' column; one mixing relative and absolute paths crashed; --glob beside a glob or
+    manifest IN was ignored."""
+    src = _audio_folder(tmp_path, bad=False)
+    (src / "loop").symlink_to(".")
+    assert [i.id for i in corpus.list_inputs(f"{src}/**/*.wav")] == ["a", "c"]
+    (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbfpath,id\naudio/a.wav,one\n" + f"{src / 'c.wav'},two\n".encode())
+    assert [(i.id, Path(i.path).name) for i in corpus.list_inputs(tmp_path / "m.csv")] == [("one", "a.wav"),
+                                                                                       ("two", "c.wav")]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mix.csv").write_text(f"path\n../audio/a.wav\n{src / 'sub' / 'b.flac'}\n")
+    assert [i.id for i in corpus.list_inputs(tmp_path / "sub" / "mix.csv")] == ["a", "sub/b"]
+    for source in (f"{src}/*.wav", tmp_path / "m.csv"):
+        with pytest.raises(corpus.CorpusError, match="--glob filters the files of a folder"):
+            corpus.list_inputs(source, pattern="a*")
+
+
 def test_glob_matches_the_path_relative_to_the_folder():
     """pathlib's match anchors at the right: 'a.wav' took rt/a.wav too, 'sub/*' took rt/sub/b.wav and not
     sub/deep/c.wav. The help says the path relative to IN."""
@@ -207,6 +225,41 @@ def test_decode_reports_a_bad_shard_or_row_and_decodes_the_rest(tmp_path, monkey
     assert r.output.rstrip().endswith("move it away to resume"), r.output
     r = run("corpus", "decode", tmp_path / "nowhere", dec, "--engine", "local")
     assert r.exit_code == 1 and "nowhere: no such file or folder" in r.output
+
+
+def test_odd_names_and_ids_fail_alone(tmp_path, monkeypatch):
+    """A non-UTF-8 file name ended a Parquet encode with 'unexpected UnicodeEncodeError' (and broke the
+    failures table of --to fdc); a shard row whose id is '../x', or repeats another shard's, ended or silently
+    shortened the decode."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    src = _audio_folder(tmp_path, bad=False)
+    odd = src / os.fsdecode(b"caf\xe9.wav")
+    odd.write_bytes((src / "a.wav").read_bytes())
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)
+    out = tmp_path / "codes"
+    r = run("corpus", "encode", src, out, "--shard-files", "1", "-b", "3", "-q")
+    assert r.exit_code == 1 and "unexpected" not in r.output, r.output
+    (failure,) = corpus.read_failures(out)
+    assert failure["path"] == str(odd) and "not valid UTF-8, which a Parquet shard cannot hold" in failure["error"]
+    assert sorted(i for p in corpus.shard_files(out) for i in corpus._shard_ids(p)) == GOOD
+    r = run("corpus", "encode", src, tmp_path / "tree", "--to", "fdc", "-b", "3", "-q")
+    assert r.exit_code == 0 and (tmp_path / "tree" / os.fsdecode(b"caf\xe9.fdc")).is_file()
+
+    shards = {corpus._shard_ids(p)[0]: p for p in corpus.shard_files(out)}
+    for shard, new_id in ((shards["a"], "../escape"), (shards["c"], "sub/b")):
+        table = pq.read_table(shard)
+        rows = table.to_pylist()
+        rows[0]["id"] = new_id
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
+    dec = tmp_path / "decoded"
+    r = run("corpus", "decode", out, dec, "--nfe", "0", "-q")
+    assert r.exit_code == 1 and "unexpected" not in r.output, r.output
+    failures = {f["id"]: f["error"] for f in corpus.read_failures(dec)}
+    assert set(failures) == {"../escape", "sub/b"}, failures
+    assert "is also a row of" in failures["sub/b"] and "without '..'" in failures["../escape"]
+    assert (dec / "sub" / "b.wav").is_file() and not (tmp_path / "escape.wav").exists()
 
 
 def test_iter_rows_refuses_a_lying_row(tmp_path):

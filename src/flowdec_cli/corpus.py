@@ -79,10 +79,15 @@ def _is_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
+def _through_folder_link(path: Path, base: Path) -> bool:
+    """Whether ``path`` reaches its file through a link to a folder below ``base``."""
+    return any(p.is_symlink() for p in path.parents if p != base and base in p.parents)
+
+
 def _manifest_rows(path: Path) -> list[tuple[str | None, str]]:
     """(id or None, path as written) of a CSV (header with ``path``, optionally ``id``) or JSONL manifest."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (as Excel writes CSV) is not data
     except (OSError, UnicodeDecodeError) as exc:
         raise CorpusError(f"{path}: cannot read manifest ({getattr(exc, 'strerror', None) or exc})") from None
     rows: list[tuple[str | None, str]] = []
@@ -149,10 +154,12 @@ def list_inputs(source: str | os.PathLike, pattern: str | None = None,
             if not matches_glob(rel, pattern):
                 continue
             rows.append((None, p))
+    elif pattern is not None:  # a manifest or glob chooses its files itself; the pattern would do nothing
+        raise CorpusError(f"{text}: --glob filters the files of a folder; this input is not one")
     elif src.is_file() and src.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
         found = [(rid, (src.parent / p) if not Path(p).is_absolute() else Path(p))
                  for rid, p in _manifest_rows(src)]
-        rows = [(rid, Path(os.path.normpath(p))) for rid, p in found]
+        rows = [(rid, Path(os.path.abspath(p))) for rid, p in found]  # relative and absolute lines mix
         base = Path(os.path.commonpath([str(p.parent) for _, p in rows])) if rows else src.parent
     elif src.is_file():
         base = src.parent
@@ -161,7 +168,9 @@ def list_inputs(source: str | os.PathLike, pattern: str | None = None,
         parts = Path(text).parts
         fixed = [p for p in parts[:next(i for i, p in enumerate(parts) if _is_glob(p))]]
         base = Path(*fixed) if fixed else Path(".")
-        rows = [(None, Path(p)) for p in sorted(globmod.glob(text, recursive=True)) if os.path.isfile(p)]
+        # through no link to a folder, as a folder's walk (a link to . repeated every file under a new id)
+        rows = [(None, Path(p)) for p in sorted(globmod.glob(text, recursive=True))
+                if os.path.isfile(p) and not _through_folder_link(Path(p), base)]
     else:
         raise CorpusError(f"{text}: no such folder, file or manifest, and no glob pattern")
     items: dict[str, Item] = {}
@@ -517,6 +526,7 @@ class EncodeWorker(_Worker):
             for n, item in enumerate(items):
                 t0 = time.perf_counter()
                 try:
+                    _require_utf8(item)
                     header, codes = self.codec.code_file(item.path, bitrate_kbps=self.kbps)
                     pending.append((item, header, codes))
                     pending_codes += codes.size
@@ -573,6 +583,7 @@ class DecodeWorker(_Worker):
 
         out, suffix = Path(task["out"]), task["suffix"]
         want = set(task["ids"]) if task.get("ids") is not None else None
+        decoded: set[str] = set()
         records: list[dict[str, Any]] = []
         bad_rows: list[tuple[str, str]] = []  # rows that do not decode as they are: failures, the rest goes on
         rows = iter_rows(task["shard"], errors=bad_rows)
@@ -590,8 +601,9 @@ class DecodeWorker(_Worker):
                     if want is None or rid in want:
                         records.append(_record(Item(rid, task["shard"]), "failed", error=why))
                 bad_rows.clear()
-            if want is not None and row.id not in want:
-                continue
+            if (want is not None and row.id not in want) or row.id in decoded:
+                continue  # a second row of one id was reported as a failure when the run was planned
+            decoded.add(row.id)
             item = Item(row.id, row.path)
             dst = out / (_check_id(row.id, task["shard"]) + suffix)
             if dst.exists() and not dst.is_file():  # not an earlier run's output: nothing to skip, nor replace
@@ -603,13 +615,14 @@ class DecodeWorker(_Worker):
             t0 = time.perf_counter()
             try:
                 codec = self.codec_for(row.header.model_name)
-                codec.check_header(row.header, f"{task['shard']}: row '{row.id}'")
+                warnings = codec.check_header(row.header, f"{task['shard']}: row '{row.id}'")
                 nfe = codec.resolve_nfe(self.settings.get("nfe"))
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 codec.decompress_codes_to_file(row.header, row.codes, dst, nfe,
                                                self.settings.get("solver", "midpoint"), self.settings.get("seed"),
                                                self.settings.get("subtype"), overwrite=False)
-                records.append(_record(item, "ok", row.duration, output=str(dst), seconds=time.perf_counter() - t0))
+                records.append({**_record(item, "ok", row.duration, output=str(dst), seconds=time.perf_counter() - t0),
+                                "warnings": warnings})  # weights other than the coder's: said, as decompress does
             except OutputExistsError:
                 records.append(_record(item, "skipped", output=str(dst)))
             except Exception as exc:
@@ -763,6 +776,17 @@ class RunSummary:
             self.failed.append(rec)
 
 
+def _require_utf8(item: Item) -> None:
+    """A shard stores ids and paths as UTF-8 strings: a name whose bytes are not UTF-8 (lone surrogates here)
+    is that file's failure, not the whole shard's (pyarrow raised a UnicodeEncodeError for the batch)."""
+    for what, text in (("id", item.id), ("path", item.path)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CorpusError(f"its {what} is not valid UTF-8, which a Parquet shard cannot hold; rename it, or "
+                              "use --to fdc") from None
+
+
 def _write_failures(out: Path, failed: list[dict[str, Any]]) -> None:
     """``OUT/_failures.csv`` (id, path, error) of this run; removed when nothing failed."""
     from .fileio import atomic_write_bytes
@@ -776,7 +800,7 @@ def _write_failures(out: Path, failed: list[dict[str, Any]]) -> None:
     w.writerow(["id", "path", "error"])
     for rec in sorted(failed, key=lambda r: r["id"]):
         w.writerow([rec["id"], rec["path"], rec["error"]])
-    atomic_write_bytes(target, buf.getvalue().encode())
+    atomic_write_bytes(target, buf.getvalue().encode("utf-8", "surrogateescape"))  # odd names' bytes as they are
 
 
 def read_failures(out: str | os.PathLike) -> list[dict[str, str]]:
@@ -784,7 +808,7 @@ def read_failures(out: str | os.PathLike) -> list[dict[str, str]]:
     target = Path(out) / FAILURES
     if not target.exists():
         return []
-    with open(target, newline="", encoding="utf-8") as f:
+    with open(target, newline="", encoding="utf-8", errors="surrogateescape") as f:
         return list(csv.DictReader(f))
 
 
@@ -874,6 +898,12 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CorpusError(f"{out}: is a file; the output is a folder")
+    if to == "parquet":
+        try:
+            str(out.resolve()).encode("utf-8")
+        except UnicodeEncodeError:  # pyarrow takes paths as UTF-8: refused before anything is written
+            raise CorpusError(f"{os.fsencode(out)!r}: the output folder's name is not valid UTF-8, which "
+                              "Parquet cannot write to; choose another") from None
     items = list(source) if not isinstance(source, (str, os.PathLike)) else list_inputs(source, pattern, out)
     ref = model or default_model_name(cache_dir)
     # the rate's choice (codebooks and side channel) and the weights, checked once
@@ -939,7 +969,8 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
     total = 0
     tasks = []
     already = 0
-    unreadable: list[dict[str, Any]] = []  # shards that are not shards: failures, the others are decoded
+    unreadable: list[dict[str, Any]] = []  # shards that are not shards, rows that cannot be: failures
+    seen: dict[str, str] = {}  # id -> the shard whose row writes it
     for f in files:
         try:
             ids = _shard_ids(f)
@@ -947,8 +978,21 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
             unreadable.append(_record(Item(f.name, str(f)), "failed", error=str(exc)))
             continue
         total += len(ids)
-        todo = [i for i in ids if not (out / (_check_id(i, str(f)) + suffix)).is_file()]
-        already += len(ids) - len(todo)
+        todo, usable = [], 0
+        for i in ids:  # a row whose id cannot name an output, or names one another row writes: that row fails
+            try:
+                _check_id(i, str(f))
+                if i in seen:
+                    raise CorpusError(f"{f}: id '{i}' is also a row of {seen[i]}; both would write one file")
+            except CorpusError as exc:
+                unreadable.append(_record(Item(i, str(f)), "failed", error=str(exc)))
+                continue
+            seen[i] = f.name
+            usable += 1
+            if not (out / (i + suffix)).is_file():
+                todo.append(i)
+        total -= len(ids) - usable  # counted with the failures below
+        already += usable - len(todo)
         if todo:
             tasks.append({"shard": str(f.resolve()), "out": str(out.resolve()), "suffix": suffix,
                           "ids": todo if len(todo) < len(ids) else None})

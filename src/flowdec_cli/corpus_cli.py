@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from .errors import error_line
+from .errors import error_line, terminal_text
 from .options import THREADS, FiniteFloatRange, PathArgument, check_nfe_option, check_rate_request_option, seed_option
-from .streams import strict_json
+from .streams import require_stdout, strict_json
 
 __all__ = ["corpus_group"]
 
@@ -95,6 +95,9 @@ class _Report:
             write(error_line(rec["error"]), file=sys.stderr)
         if rec["status"] == "ok":
             self.audio += float(rec["duration_s"])
+            write = self.bar.write if self.bar is not None else print
+            for warning in rec.get("warnings") or ():
+                write(f"flowdec: warning: {terminal_text(warning)}", file=sys.stderr)
         if self.bar is not None:
             wall = time.perf_counter() - self.t0
             self.bar.set_postfix_str(f"{self.audio / 3600:.3f} h audio, {self.audio / wall if wall else 0:.1f} s/s"
@@ -171,6 +174,8 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
     from .corpus import encode_corpus
 
     check_rate_request_option(bitrate, n_codebooks)
+    if as_json:
+        require_stdout()  # before the work: a closed one would drop the summary of a run that looked fine
     eng = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker)
     report = _Report(quiet, "coded")
     try:
@@ -205,6 +210,8 @@ def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solve
 
     if nfe is not None:
         check_nfe_option(nfe, solver)
+    if as_json:
+        require_stdout()
     eng = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker)
     report = _Report(quiet, "decoded")
     try:
