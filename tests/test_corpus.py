@@ -262,6 +262,18 @@ def test_odd_names_and_ids_fail_alone(tmp_path, monkeypatch):
     assert (dec / "sub" / "b.wav").is_file() and not (tmp_path / "escape.wav").exists()
 
 
+def test_a_missing_device_is_refused_before_a_folder_is_begun(tmp_path, monkeypatch):
+    """`--device cuda` without one left _corpus.json behind, so a rerun with other settings was refused; a
+    decode repeated the device error once per row."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)
+    src = _audio_folder(tmp_path, bad=False)
+    r = run("corpus", "encode", src, tmp_path / "codes", "--device", "cuda")
+    assert r.exit_code == 1 and "no CUDA device is available" in r.output and not (tmp_path / "codes").exists()
+
+
 def test_iter_rows_refuses_a_lying_row(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -812,6 +812,15 @@ def read_failures(out: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _check_local_device(engine: Engine, device: str) -> None:
+    """The device of a run on this machine, checked before any work (a Ray cluster's workers may have
+    devices this machine lacks: they check their own)."""
+    if engine.resolved() == "local":
+        from .runtime import resolve_device
+
+        resolve_device(device)
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """A corpus folder holds one model and codebook count: a rerun with others is refused, not mixed in."""
     from .fileio import atomic_write_bytes
@@ -917,6 +926,7 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
                 "device": device,
                 "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}
+    _check_local_device(engine, device)  # before the folder is given its settings by a run that codes nothing
     _check_settings(out, settings)
     tasks, already = plan_encode(items, out, to, shard_size)
     summary = RunSummary(total=len(items), skipped=already, shards=len(tasks), engine=engine.resolved())
@@ -955,6 +965,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
 
     _need_pyarrow()
     engine = engine or Engine()
+    _check_local_device(engine, device)  # once, not once per row
     files = shard_files(source)
     if not files:
         raise CorpusError(f"{source}: no Parquet shards ({SHARD_GLOB}) found")
