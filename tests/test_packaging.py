@@ -55,7 +55,7 @@ def test_init_config_writes_the_shipped_examples(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["train", "init-config", "ndac-tiny"])
     assert r.exit_code == 1 and r.stderr.startswith("flowdec: error:") and "exists" in r.stderr
     r = CliRunner().invoke(main, ["train", "init-config", "nope"])
-    assert r.exit_code == 1 and "choose from" in r.stderr
+    assert r.exit_code == 2 and "choose from" in r.stderr  # a usage error, as -m naming no model
 
 
 def test_lazy_top_level_names_are_declared_for_type_checkers():
