@@ -248,18 +248,20 @@ def test_odd_names_and_ids_fail_alone(tmp_path, monkeypatch):
     assert r.exit_code == 0 and (tmp_path / "tree" / os.fsdecode(b"caf\xe9.fdc")).is_file()
 
     shards = {corpus._shard_ids(p)[0]: p for p in corpus.shard_files(out)}
-    for shard, new_id in ((shards["a"], "../escape"), (shards["c"], "sub/b")):
+    for shard, column, value in ((shards["a"], "id", "../escape"), (shards["sub/b"], "id", "c"),
+                                 (shards["c"], "model_hash", "0" * 16)):
         table = pq.read_table(shard)
         rows = table.to_pylist()
-        rows[0]["id"] = new_id
+        rows[0][column] = value
         pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
     dec = tmp_path / "decoded"
     r = run("corpus", "decode", out, dec, "--nfe", "0", "-q")
     assert r.exit_code == 1 and "unexpected" not in r.output, r.output
     failures = {f["id"]: f["error"] for f in corpus.read_failures(dec)}
-    assert set(failures) == {"../escape", "sub/b"}, failures
-    assert "is also a row of" in failures["sub/b"] and "without '..'" in failures["../escape"]
-    assert (dec / "sub" / "b.wav").is_file() and not (tmp_path / "escape.wav").exists()
+    assert set(failures) == {"../escape", "c"}, failures
+    assert "is also a row of" in failures["c"] and "without '..'" in failures["../escape"]
+    assert (dec / "c.wav").is_file() and not (tmp_path / "escape.wav").exists()
+    assert "warning: " in r.output and "coded with weights 0000000000000000" in r.output  # as decompress says
 
 
 def test_a_missing_device_is_refused_before_a_folder_is_begun(tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -408,9 +408,12 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
 # -- workers -----------------------------------------------------------------------------------------
 
 def _record(item: Item, status: str, duration: float = 0.0, error: str = "", output: str = "",
-            seconds: float = 0.0) -> dict[str, Any]:
+            seconds: float = 0.0, warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """One file's status. ``warnings`` (a decode with other weights than the coder's) travel as one text of
+    lines, a column every record has, as Ray Data carries them."""
     return {"id": item.id, "path": item.path, "status": status, "duration_s": float(duration),
-            "error": error, "output": output, "seconds": float(seconds), "pid": os.getpid()}
+            "error": error, "output": output, "seconds": float(seconds), "pid": os.getpid(),
+            "warnings": "\n".join(warnings)}
 
 
 def _error_text(exc: BaseException, item: Item) -> str:
@@ -423,9 +426,9 @@ def _error_text(exc: BaseException, item: Item) -> str:
 
 
 def _columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    keys = ("id", "path", "status", "duration_s", "error", "output", "seconds", "pid")
-    return {k: np.array([r[k] for r in records], dtype=object if k in ("id", "path", "status", "error", "output")
-                        else None) for k in keys}
+    keys = ("id", "path", "status", "duration_s", "error", "output", "seconds", "pid", "warnings")
+    text = ("id", "path", "status", "error", "output", "warnings")
+    return {k: np.array([r[k] for r in records], dtype=object if k in text else None) for k in keys}
 
 
 class _Worker:
@@ -621,8 +624,8 @@ class DecodeWorker(_Worker):
                 codec.decompress_codes_to_file(row.header, row.codes, dst, nfe,
                                                self.settings.get("solver", "midpoint"), self.settings.get("seed"),
                                                self.settings.get("subtype"), overwrite=False)
-                records.append({**_record(item, "ok", row.duration, output=str(dst), seconds=time.perf_counter() - t0),
-                                "warnings": warnings})  # weights other than the coder's: said, as decompress does
+                records.append(_record(item, "ok", row.duration, output=str(dst), seconds=time.perf_counter() - t0,
+                                       warnings=warnings))  # other weights than the coder's: said, as decompress does
             except OutputExistsError:
                 records.append(_record(item, "skipped", output=str(dst)))
             except Exception as exc:

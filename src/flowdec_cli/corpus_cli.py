@@ -96,7 +96,7 @@ class _Report:
         if rec["status"] == "ok":
             self.audio += float(rec["duration_s"])
             write = self.bar.write if self.bar is not None else print
-            for warning in rec.get("warnings") or ():
+            for warning in str(rec.get("warnings") or "").splitlines():
                 write(f"flowdec: warning: {terminal_text(warning)}", file=sys.stderr)
         if self.bar is not None:
             wall = time.perf_counter() - self.t0
