@@ -106,12 +106,10 @@ def _decode_options(f: Callable) -> Callable:
 
 
 def _setup(threads: int | None) -> None:
+    """Apply ``--threads`` once there is work to do (its range was checked as the option was read)."""
     from .runtime import set_threads
 
-    try:
-        set_threads(threads)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    set_threads(threads)
 
 
 class _Bars:
@@ -434,6 +432,12 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
     done = skipped = 0
     failed: list[str] = []
 
+    def skip(job: _Job) -> None:
+        nonlocal skipped
+        skipped += 1
+        if as_json:
+            click.echo(_skipped_record(command, str(job.src), str(job.dst)))
+
     def fail(job: _Job, text: str) -> None:
         failed.append(text)
         if sys.stderr is not None:  # tqdm.write would fall back to standard output, which --json owns
@@ -450,9 +454,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
             continue
         if taken and (skip_existing or not force):
             if skip_existing:
-                skipped += 1
-                if as_json:
-                    click.echo(_skipped_record(command, str(job.src), str(job.dst)))
+                skip(job)
                 continue
             fail(job, f"{job.dst}: exists; use -f/--force to overwrite or --skip-existing")
             continue
@@ -467,9 +469,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
             raise
         except OutputExistsError as exc:
             if skip_existing:  # another run made it meanwhile: exactly what --skip-existing asks for
-                skipped += 1
-                if as_json:
-                    click.echo(_skipped_record(command, str(job.src), str(job.dst)))
+                skip(job)
                 continue
             fail(job, one_line_message(exc) or str(exc))  # in the command line's words
         except Exception as exc:

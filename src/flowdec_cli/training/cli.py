@@ -207,9 +207,9 @@ def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Pat
         raise click.UsageError("--validation-fraction plus --test-fraction must be below 1")
     try:
         dev = resolve_device(device)
-        set_threads(threads)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    set_threads(threads)  # its range was checked as the option was read
     summary = prepare_pairs(ndac_ref, [str(s) for s in sources], out_dir, _codebook_list(n_codebooks),
                             validation_fraction, test_fraction, salt, dev, force, progress=_bar(quiet),
                             envelope=envelope)
@@ -276,9 +276,9 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     delim = delimiter if delimiter is not None else (cfg.data.delimiter if cfg is not None else ",")
     try:
         dev = resolve_device(device)
-        set_threads(threads)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    set_threads(threads)  # its range was checked as the option was read
     est = estimate_sigma(pairs_from(lists, delim), alpha=alpha if alpha is not None else (m.alpha if m else 0.3),
                          n_fft=n_fft if n_fft is not None else (m.n_fft if m else 1534),
                          hop=hop if hop is not None else (m.hop_length if m else 384),
