@@ -402,3 +402,97 @@ def test_an_output_that_is_the_input_is_named_as_the_problem(tmp_path):
         corpus.list_inputs(tmp_path, exclude=tmp_path)
     with pytest.raises(corpus.CorpusError, match="no input files found"):
         corpus.list_inputs(tmp_path, pattern="*.flac")
+
+
+def test_decode_into_its_shard_folder_is_refused(tmp_path, monkeypatch):
+    """`corpus decode X X` replaced (or deleted) the encode's _failures.csv with the decode's."""
+    pytest.importorskip("pyarrow")
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)
+    src = _audio_folder(tmp_path)
+    out = tmp_path / "codes"
+    assert run("corpus", "encode", src, out, "-b", "3", "-q").exit_code == 1  # the broken file
+    before = (out / corpus.FAILURES).read_bytes()
+    for source in (out, corpus.shard_files(out)[0]):
+        r = run("corpus", "decode", source, out, "--nfe", "0")
+        assert r.exit_code == 1 and "holds the shards being decoded" in r.output, r.output
+    assert (out / corpus.FAILURES).read_bytes() == before and not list(out.glob("*.wav"))
+
+
+def test_an_interrupted_run_leaves_its_own_failures(tmp_path, monkeypatch):
+    """A Ctrl-C'd run left the previous run's _failures.csv, describing other work."""
+    pytest.importorskip("pyarrow")
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)
+    src = _audio_folder(tmp_path)
+    out = tmp_path / "codes"
+    corpus.encode_corpus(src, out, engine=corpus.Engine("local"))
+    assert [f["id"] for f in corpus.read_failures(out)] == ["broken"]
+
+    def interrupted(worker_cls, settings, tasks, engine, record):
+        record(corpus._record(corpus.Item("late", "/x/late.wav"), "failed", error="/x/late.wav: cause"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(corpus, "_run", interrupted)
+    (src / "new.wav").write_bytes((src / "a.wav").read_bytes())
+    with pytest.raises(KeyboardInterrupt):
+        corpus.encode_corpus(src, out, engine=corpus.Engine("local"))
+    assert [f["id"] for f in corpus.read_failures(out)] == ["late"]
+
+
+def test_a_shard_that_stops_reading_names_each_row_it_loses(tmp_path, monkeypatch):
+    """A damaged page of codes lost the undamaged rows after it as one failure, '<shard> (the rest)'."""
+    pytest.importorskip("pyarrow")
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)
+    src = _audio_folder(tmp_path, bad=False)
+    out = tmp_path / "codes"
+    corpus.encode_corpus(src, out, engine=corpus.Engine("local"), bitrate_kbps=3)
+    real_iter_rows = corpus.iter_rows
+
+    def stops_after_one(source, batch_rows=16, errors=None):
+        rows = real_iter_rows(source, batch_rows, errors)
+        yield next(rows)
+        raise corpus.CorpusError(f"{source}: unreadable after its first rows (damaged)")
+
+    monkeypatch.setattr(corpus, "iter_rows", stops_after_one)
+    dec = tmp_path / "decoded"
+    summary = corpus.decode_corpus(out, dec, nfe=0, engine=corpus.Engine("local"))
+    failures = {f["id"]: f["error"] for f in corpus.read_failures(dec)}
+    assert set(failures) == set(GOOD[1:]) and all("damaged" in e for e in failures.values()), failures
+    assert (dec / "a.wav").is_file() and summary.total == 3
+
+
+def test_shards_with_foreign_types_or_missing_values_are_refused_clearly(tmp_path, monkeypatch, recwarn):
+    """Int ids became output names, string codes failed inside numpy, a row without an id was decoded to
+    'None.wav', and a row with missing code values printed a multi-line numpy warning."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)
+    src = _audio_folder(tmp_path, bad=False)
+    out = tmp_path / "codes"
+    assert run("corpus", "encode", src, out, "--shard-files", "1", "-b", "3", "-q").exit_code == 0
+    shards = {corpus._shard_ids(p)[0]: p for p in corpus.shard_files(out)}
+    table = pq.read_table(shards["a"])
+    rows = table.to_pylist()
+    rows[0]["id"] = None
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shards["a"])
+    table = pq.read_table(shards["c"])
+    rows = table.to_pylist()
+    rows[0]["codes"][0][0][3] = None
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shards["c"])
+    dec = tmp_path / "decoded"
+    r = run("corpus", "decode", out, dec, "--nfe", "0", "-q")
+    assert r.exit_code == 1 and "unexpected" not in r.output, r.output
+    failures = {f["id"]: f["error"] for f in corpus.read_failures(dec)}
+    assert set(failures) == {"(row 1)", "c"}, failures
+    assert "has no id" in failures["(row 1)"] and "codes with missing values" in failures["c"]
+    assert (dec / "sub" / "b.wav").is_file() and not (dec / "None.wav").exists()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+    table = pq.read_table(shards["sub/b"])
+    ids = table.schema.get_field_index("id")
+    pq.write_table(table.set_column(ids, "id", pa.array([7], pa.int64())), shards["sub/b"])
+    with pytest.raises(corpus.CorpusError, match="column 'id' holds int64, not text"):
+        list(corpus.iter_rows(shards["sub/b"]))
+    r = run("corpus", "decode", out, tmp_path / "again", "--nfe", "0", "-q")
+    failures = {f["id"]: f["error"] for f in corpus.read_failures(tmp_path / "again")}
+    assert "column 'id' holds int64" in failures[shards["sub/b"].name], failures

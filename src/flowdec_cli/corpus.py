@@ -202,14 +202,38 @@ def shard_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p.glob(SHARD_GLOB))
 
 
-def _shard_ids(path: Path) -> list[str]:
-    """The ids of a shard's rows; :class:`CorpusError` naming the shard when it cannot be read as one."""
+def _check_column_types(schema: Any, path: Path) -> None:
+    """Ids and paths are text and codes nested lists of integers, as :func:`_shard_schema` writes them: a
+    shard with other types is refused whole (int ids became names, string codes failed in numpy)."""
+    import pyarrow as pa
+
+    def integers_at_depth(t: Any, depth: int) -> bool:
+        for _ in range(depth):
+            if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+                return False
+            t = t.value_type
+        return bool(pa.types.is_integer(t))
+
+    for name in ("id", "path"):
+        if name in schema.names and not (pa.types.is_string(t := schema.field(name).type)
+                                         or pa.types.is_large_string(t)):
+            raise CorpusError(f"{path}: not a flowdec shard (column '{name}' holds {t}, not text)")
+    if "codes" in schema.names and not integers_at_depth(schema.field("codes").type, 3):
+        raise CorpusError(f"{path}: not a flowdec shard (column 'codes' holds {schema.field('codes').type}, "
+                          "not lists of lists of lists of integers)")
+
+
+def _shard_ids(path: Path) -> list[str | None]:
+    """The ids of a shard's rows (None for a row without one); :class:`CorpusError` naming the shard when it
+    cannot be read as one."""
     import pyarrow.parquet as pq
 
     try:
-        return [str(x) for x in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+        table = pq.read_table(path, columns=["id"])
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError... for what is not a shard
         raise CorpusError(f"{path}: not a readable shard ({_arrow_cause(exc)})") from None
+    _check_column_types(table.schema, path)
+    return [None if x is None else str(x) for x in table.column("id").to_pylist()]
 
 
 def _arrow_cause(exc: Exception) -> str:
@@ -373,6 +397,7 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
         missing = [c for c in SHARD_COLUMNS if c not in pf.schema_arrow.names and c not in _OPTIONAL_COLUMNS]
         if missing:
             raise CorpusError(f"{f}: not a flowdec shard (missing columns {', '.join(missing)})")
+        _check_column_types(pf.schema_arrow, f)
         batches = pf.iter_batches(batch_size=batch_rows)
         while True:
             try:
@@ -381,21 +406,27 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
                 meta = batch.drop_columns(["codes"]).to_pylist() if hasattr(batch, "drop_columns") else \
                     [{k: v for k, v in row.items() if k != "codes"} for row in batch.to_pylist()]
                 per_row, per_channel, per_codebook = _nested_lengths(column)
-                flat = column.flatten().flatten().flatten().to_numpy(zero_copy_only=False)
+                values = column.flatten().flatten().flatten()
+                gaps = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
+                flat = values.fill_null(0).to_numpy(zero_copy_only=False)  # rows with a gap fail below
             except StopIteration:
                 break
             except Exception as exc:  # a damaged page: pyarrow's OSError or ArrowInvalid, naming no file
                 raise CorpusError(f"{f}: unreadable after its first rows ({_arrow_cause(exc)})") from None
             pos = ch = cb = 0
             for r, rec in enumerate(meta):
-                where = f"{f}: row '{rec['id']}'"
+                where = f"{f}: row '{rec['id']}'" if rec.get("id") is not None else f"{f}: a row without an id"
                 n_ch = int(per_row[r])
                 n_cb = per_channel[ch:ch + max(n_ch, 0)]
                 n_fr = per_codebook[cb:cb + int(n_cb.sum())] if n_ch > 0 else per_codebook[:0]
                 size = int(n_fr.sum())
                 start, ch, cb, pos = pos, ch + max(n_ch, 0), cb + len(n_fr), pos + size
                 try:
+                    if rec.get("id") is None:
+                        raise CorpusError(f"{where} (ids name the outputs)")
                     header = _checked_header(rec, where, (n_ch, n_cb, n_fr))
+                    if gaps is not None and gaps[start:start + size].any():
+                        raise CorpusError(f"{where}: codes with missing values")
                 except CorpusError as exc:
                     if errors is None:
                         raise
@@ -596,8 +627,8 @@ class DecodeWorker(_Worker):
             except StopIteration:
                 break
             except CorpusError as exc:  # the shard cannot be read further: its remaining rows fail with it
-                records.append(_record(Item(f"{Path(task['shard']).name} (the rest)", task["shard"]), "failed",
-                                       error=str(exc)))
+                records.extend(_record(item, "failed", error=str(exc))
+                               for item in _rows_left(task["shard"], want, decoded, records))
                 break
             finally:
                 for rid, why in bad_rows:
@@ -632,6 +663,19 @@ class DecodeWorker(_Worker):
                 records.append(_record(item, "failed", error=f"{task['shard']}: row '{row.id}': "
                                                             f"{_error_text(exc, item)}"))
         return records
+
+
+def _rows_left(shard: str, want: set[str] | None, decoded: set[str],
+               records: list[dict[str, Any]]) -> list[Item]:
+    """The rows of ``shard`` a decode that stopped early has neither done nor reported, each by its id (the
+    id column reads on where a damaged page of codes does not); the shard as one item if even that fails."""
+    reported = decoded | {r["id"] for r in records}
+    try:
+        ids = _shard_ids(Path(shard))
+    except CorpusError:
+        return [Item(f"{Path(shard).name} (the rest)", shard)]
+    return [Item(i, shard) for i in dict.fromkeys(ids)
+            if i is not None and i not in reported and (want is None or i in want)]
 
 
 # -- engines -----------------------------------------------------------------------------------------
@@ -853,7 +897,7 @@ _SHARD_NUM = re.compile(r"part-(\d+)\.parquet$")
 def plan_encode(items: list[Item], out: Path, to: str, shard_size: int) -> tuple[list[dict[str, Any]], int]:
     """The tasks (shards) still to do, and how many items are done already."""
     if to == "parquet":
-        done: set[str] = set()
+        done: set[str | None] = set()
         last = -1
         for f in shard_files(out) if out.is_dir() else []:
             try:
@@ -948,9 +992,11 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     worker_settings = dict(settings)
     if engine.resolved() == "local":
         worker_settings["threads"] = threads
-    _run(EncodeWorker, worker_settings, tasks, engine, record)
+    try:
+        _run(EncodeWorker, worker_settings, tasks, engine, record)
+    finally:  # an interrupted run's failures replace the last run's, which would describe other work
+        _write_failures(out, summary.failed)
     summary.seconds = time.perf_counter() - t0
-    _write_failures(out, summary.failed)
     return summary
 
 
@@ -980,6 +1026,9 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CorpusError(f"{out}: is a file; the output is a folder")
+    shard_folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    if out.is_dir() and out.resolve() == shard_folder.resolve():  # its _failures.csv is the encode's
+        raise CorpusError(f"{out}: holds the shards being decoded; decode into another folder")
     total = 0
     tasks = []
     already = 0
@@ -993,13 +1042,16 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
             continue
         total += len(ids)
         todo, usable = [], 0
-        for i in ids:  # a row whose id cannot name an output, or names one another row writes: that row fails
-            try:
+        for n, i in enumerate(ids):  # a row whose id cannot name an output, or names one another row writes:
+            try:                     # that row fails
+                if i is None:
+                    raise CorpusError(f"{f}: row {n + 1} has no id (ids name the outputs)")
                 _check_id(i, str(f))
                 if i in seen:
                     raise CorpusError(f"{f}: id '{i}' is also a row of {seen[i]}; both would write one file")
             except CorpusError as exc:
-                unreadable.append(_record(Item(i, str(f)), "failed", error=str(exc)))
+                unreadable.append(_record(Item(i if i is not None else f"(row {n + 1})", str(f)), "failed",
+                                          error=str(exc)))
                 continue
             seen[i] = f.name
             usable += 1
@@ -1030,7 +1082,9 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
     for rec in unreadable:
         summary.total += 1
         record(rec)
-    _run(DecodeWorker, settings, tasks, engine, record)
+    try:
+        _run(DecodeWorker, settings, tasks, engine, record)
+    finally:  # an interrupted run's failures replace the last run's, which would describe other work
+        _write_failures(out, summary.failed)
     summary.seconds = time.perf_counter() - t0
-    _write_failures(out, summary.failed)
     return summary
