@@ -563,6 +563,22 @@ def test_single_file_json_failure_has_its_record_too(run, tmp_path, tiny_codec_d
     assert r.exit_code == 1 and r.stdout == ""  # without --json, stdout stays empty
 
 
+@pytest.mark.parametrize("command", ["compress", "decompress", "roundtrip"])
+def test_json_has_a_record_for_an_input_refused_before_any_work(run, tmp_path, command):
+    """A missing input, or an output that exists, was refused on stderr with nothing on stdout under --json."""
+    out = tmp_path / ("o.fdc" if command == "compress" else "o.wav")
+    missing = tmp_path / ("gone.fdc" if command == "decompress" else "gone.wav")
+    present = tmp_path / ("here.fdc" if command == "decompress" else "here.wav")
+    present.write_bytes(b"x")
+    out.write_bytes(b"keep")
+    for src, why in ((missing, "no such file"), (present, "exists")):
+        r = run(command, src, out, "--json")
+        assert r.exit_code == 1, r.output
+        (record,) = map(json.loads, r.stdout.splitlines())
+        assert record["ok"] is False and record["input"] == str(src) and why in record["error"], record
+        assert record["error"] in r.stderr and out.read_bytes() == b"keep"
+
+
 def test_an_output_folder_inside_the_input_folder(run, tmp_path, tiny_codec_dir):
     """compress codes every audio file below IN, those under OUT too (its outputs are .fdc, never inputs),
     and writes beside them when OUT is IN; roundtrip, whose outputs are audio, leaves out what lies under

@@ -296,6 +296,22 @@ def _check_stdio(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffi
         check_stdout(".fdc data" if out_suffix == ".fdc" else "audio")
 
 
+def _failure_record(command: str, src: str, dst: str, text: str) -> str:
+    """The ``--json`` line of a file that failed or was refused."""
+    return strict_json({"command": command, "input": src, "output": dst, "ok": False, "error": text})
+
+
+def _planned(command: str, as_json: bool, src: Path, dst: Path, *args: Any, **kwargs: Any) -> _Plan:
+    """:func:`_plan`, and with ``--json`` a failure record for an input refused before any work (a missing
+    file, an output that exists), as a file refused later gets one."""
+    try:
+        return _plan(src, dst, *args, **kwargs)
+    except Failure as exc:
+        if as_json:
+            click.echo(_failure_record(command, _shown(src), _shown(dst), exc.format_message()))
+        raise
+
+
 def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str, force: bool,
           pattern: str | None, keep_suffix: bool = False, skip_existing: bool = False) -> _Plan:
     """Check paths before any model is loaded: a single file (``-``: standard input or output), or every
@@ -411,7 +427,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
 
     def report_failure(src: str, dst: str, text: str) -> None:
         if as_json:  # a script reading the records sees every file, not only those that worked
-            click.echo(strict_json({"command": command, "input": src, "output": dst, "ok": False, "error": text}))
+            click.echo(_failure_record(command, src, dst, text))
 
     if not plan.folder:
         try:
@@ -709,7 +725,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     check_rate_request_option(bitrate, n_codebooks, fit)
     _check_json(as_json, dst)
     _check_overwrite(force, skip_existing)
-    plan = _plan(src, dst, _is_audio, ".fdc", force, pattern, skip_existing=skip_existing)
+    plan = _planned("compress", as_json, src, dst, _is_audio, ".fdc", force, pattern, skip_existing=skip_existing)
     if _done_before(plan, quiet, "compress", as_json):
         return
     if not plan.folder and not is_stdio(plan.jobs[0].dst):
@@ -770,7 +786,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     _check_overwrite(force, skip_existing)
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
-    plan = _plan(src, dst, _is_fdc, suffix, force, pattern, skip_existing=skip_existing)
+    plan = _planned("decompress", as_json, src, dst, _is_fdc, suffix, force, pattern, skip_existing=skip_existing)
     if _done_before(plan, quiet, "decompress", as_json):
         return
     _check_named_output(plan, subtype)
@@ -853,8 +869,8 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     _check_overwrite(force, skip_existing)
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
-    plan = _plan(src, dst, _is_audio, suffix, force, pattern, keep_suffix=not _given("out_format"),
-                 skip_existing=skip_existing)
+    plan = _planned("roundtrip", as_json, src, dst, _is_audio, suffix, force, pattern,
+                    keep_suffix=not _given("out_format"), skip_existing=skip_existing)
     if _done_before(plan, quiet, "roundtrip", as_json):
         return
     _check_named_output(plan, subtype)
