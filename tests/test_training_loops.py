@@ -84,6 +84,17 @@ def test_ndac_steps_lower_the_loss(clips, tmp_path):
     assert ",validation,si_sdr_nq3," in (run / "metrics.csv").read_text()
 
 
+def test_validation_lines_go_to_stderr_as_flowdec_messages(clips, tmp_path, capsys):
+    """They went to standard output, without the `flowdec: ndac:` every other message of a run starts with."""
+    first = str(sorted(clips.iterdir())[0])
+    cfg = _ndac(clips, tmp_path / "run", data=dict(validation=[first]),
+                train=dict(max_steps=1, val_every=1, progress=True), validation=dict(max_seconds=0.1, n_codebooks=[1]))
+    NDACTrainer(cfg, device="cpu").run()
+    out, err = capsys.readouterr()
+    assert "step 1:" not in out
+    assert re.search(r"^flowdec: ndac: step 1: mel_loss_nq1 ", err, re.M), err
+
+
 def test_ndac_trains_only_the_parts_named(clips, tmp_path):
     """optim.train_parts = ["encoder"]: the decoder and the codebooks keep their weights, so every code an
     existing file holds decodes as before; the encoder learns."""

@@ -273,7 +273,8 @@ class Trainer:
                 if not self.quiet and self.config.train.progress:
                     from tqdm import tqdm
 
-                    tqdm.write(f"{self.name} step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+                    tqdm.write(f"flowdec: {self.name}: step {self.step}: "  # among the run's other messages
+                               + ", ".join(f"{k} {v:.4g}" for k, v in values.items()), file=sys.stderr)
 
     def _save(self) -> None:
         payload = self.checkpoint_payload()
