@@ -28,8 +28,13 @@ from torch import nn
 from .bitrate import nominal_bitrate
 from .exceptions import InvalidValue
 from .numeric import is_integer, is_whole
+from .phase_decoder import PhaseDecoder, PhaseState
 
-__all__ = ["NDACConfig", "NDAC"]
+__all__ = ["NDACConfig", "NDAC", "DECODER_KINDS"]
+
+#: D0's kinds: DAC's convolutional decoder, or ours, :class:`~flowdec_cli.phase_decoder.PhaseDecoder`
+DECODER_KINDS = ("dac", "phase")
+_PHASE_FIELDS = ("phase_dim", "phase_intermediate_dim", "phase_blocks", "phase_upsample")
 
 
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the released codecs have about 65 million
@@ -58,6 +63,14 @@ class NDACConfig:
     codebook_dim: int = 8
     quantizer_dropout: float = 0.0
     sample_rate: int = 44100
+    # ours, not DAC's: "phase" puts a frame-wise decoder that carries phase from frame to frame in D0's place
+    # (flowdec_cli.phase_decoder); its sizes follow. The decoder_* settings above then go unused.
+    decoder_kind: str = "dac"
+    phase_dim: int = 192
+    phase_intermediate_dim: int = 576
+    phase_blocks: int = 5
+    phase_upsample: int = 2
+    phase_gate: bool = True
 
     def __post_init__(self) -> None:
         self.encoder_rates = _whole_numbers("encoder_rates", self.encoder_rates)
@@ -73,6 +86,17 @@ class NDACConfig:
                 raise InvalidValue(f"{name} must be positive, got {getattr(self, name)}")
         if int(self.codebook_size) < 2:  # one entry carries no bits: no .fdc could hold its codes
             raise InvalidValue(f"codebook_size must be at least 2, got {self.codebook_size}")
+        if self.decoder_kind not in DECODER_KINDS:
+            raise InvalidValue(f"decoder_kind must be one of {', '.join(DECODER_KINDS)}, got {self.decoder_kind!r}")
+        for name in _PHASE_FIELDS:
+            v = getattr(self, name)
+            if not is_integer(v) or not 1 <= v <= 65_536:
+                raise InvalidValue(f"config {name} = {v!r} is out of range [1, 65536]")
+        if not isinstance(self.phase_gate, bool):
+            raise InvalidValue(f"config phase_gate must be true or false, got {self.phase_gate!r}")
+        if self.decoder_kind == "phase" and self.hop_length % self.phase_upsample:
+            raise InvalidValue(f"config phase_upsample {self.phase_upsample} does not divide the hop "
+                               f"{self.hop_length}")
         self._check_bounds()
 
     def _check_bounds(self) -> None:
@@ -104,11 +128,17 @@ class NDACConfig:
             n += 3 * 8 * d * d + 2 * s * d * 2 * d
             d *= 2
         n += 3 * d * lat
-        c = self.decoder_dim
-        n += 7 * lat * c
-        for s in self.decoder_rates:
-            n += 2 * s * c * (c // 2) + 3 * 8 * (c // 2) ** 2
-            c //= 2
+        if self.decoder_kind == "phase":
+            d, m = self.phase_dim, self.phase_intermediate_dim
+            bins = 2 * self.hop_length // self.phase_upsample + 1
+            outputs = 4 if self.phase_gate else 2
+            n += 7 * lat * d + self.phase_blocks * (2 * d * m + 10 * d) + outputs * bins * (d + 1)
+        else:
+            c = self.decoder_dim
+            n += 7 * lat * c
+            for s in self.decoder_rates:
+                n += 2 * s * c * (c // 2) + 3 * 8 * (c // 2) ** 2
+                c //= 2
         n += self.n_codebooks * (2 * lat * self.codebook_dim + self.codebook_size * self.codebook_dim)
         return n
 
@@ -119,7 +149,12 @@ class NDACConfig:
         return cls(**{k: v for k, v in kwargs.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings; DAC's decoder's as DAC writes them (none of ours, so files stay as they were)."""
+        out = asdict(self)
+        if self.decoder_kind == "dac":
+            for name in ("decoder_kind", "phase_gate", *_PHASE_FIELDS):
+                del out[name]
+        return out
 
     @property
     def hop_length(self) -> int:
@@ -403,7 +438,13 @@ class NDAC(nn.Module):
         self.encoder = Encoder(config.encoder_dim, config.encoder_rates, int(config.latent_dim))  # type: ignore[arg-type]
         self.quantizer = ResidualVectorQuantize(int(config.latent_dim), config.n_codebooks,  # type: ignore[arg-type]
                                                 config.codebook_size, config.codebook_dim, config.quantizer_dropout)
-        self.decoder = Decoder(int(config.latent_dim), config.decoder_dim, config.decoder_rates)  # type: ignore[arg-type]
+        self.decoder: Decoder | PhaseDecoder
+        if config.decoder_kind == "phase":
+            self.decoder = PhaseDecoder(int(config.latent_dim), config.hop_length,  # type: ignore[arg-type]
+                                        config.phase_dim, config.phase_intermediate_dim, config.phase_blocks,
+                                        upsample=config.phase_upsample, gate=config.phase_gate)
+        else:
+            self.decoder = Decoder(int(config.latent_dim), config.decoder_dim, config.decoder_rates)  # type: ignore[arg-type]
         self._folded = False
         #: content hash of the unfolded weights (``checkpoints.weights_hash``), recorded by whoever loaded them
         #: before folding (:func:`flowdec_cli.models.load_ndac`); None until known
@@ -440,7 +481,10 @@ class NDAC(nn.Module):
         return nominal_bitrate(self.sample_rate, self.hop_length, n_codebooks, self.codebook_size)
 
     def decoded_length(self, n_frames: int) -> int:
-        """D0's output length for ``n_frames`` frames: per stage L <- L*s - (s mod 2), as in dac 1.0.0."""
+        """D0's output length for ``n_frames`` frames: per stage L <- L*s - (s mod 2), as in dac 1.0.0 (a
+        phase decoder gives whole frames)."""
+        if isinstance(self.decoder, PhaseDecoder):
+            return max(n_frames, 0) * self.hop_length
         length = n_frames
         for s in self.config.decoder_rates:
             length = length * s - (s % 2)
@@ -524,6 +568,8 @@ class NDAC(nn.Module):
     @property
     def decoder_context_frames(self) -> int:
         """Frames of context each side that cover D0's receptive field."""
+        if isinstance(self.decoder, PhaseDecoder):
+            return self.decoder.context_frames
         return math.ceil(_decoder_receptive_width(self.decoder)) + 1
 
     def encode_stream(self, blocks: Iterable[torch.Tensor], n_codebooks: int | None = None,
@@ -578,6 +624,9 @@ class NDAC(nn.Module):
         """D0's output, piece by piece; the pieces concatenate to :meth:`decode`'s output (within float rounding).
         At most :data:`ITEMS_AT_ONCE` batch items (channels) go through the network together."""
         self._check_codes(codes)
+        if isinstance(self.decoder, PhaseDecoder):
+            yield from self._phase_decode_chunks(self.decoder, codes, chunk_frames)
+            return
         hop = self.hop_length
         n_frames = codes.shape[-1]
         total = self.decoded_length(n_frames)
@@ -588,6 +637,23 @@ class NDAC(nn.Module):
             start = (a - lo) * hop
             stop = min((b - lo) * hop, total - lo * hop)
             yield y[..., start:stop]
+
+    def _phase_decode_chunks(self, decoder: PhaseDecoder, codes: torch.Tensor,
+                             chunk_frames: int) -> Iterator[torch.Tensor]:
+        """:meth:`decode_chunks` for a phase decoder: each group of channels hands its phase on to its next
+        chunk, so the chunks play what the whole file plays."""
+        n_frames, ctx = codes.shape[-1], self.decoder_context_frames
+        groups = range(0, codes.shape[0], ITEMS_AT_ONCE)
+        states: list[PhaseState | None] = [None] * len(groups)
+        for a, b in _spans(n_frames, chunk_frames):
+            lo, hi = max(a - ctx, 0), min(b + ctx, n_frames)
+            pieces = []
+            for g, i in enumerate(groups):
+                with torch.inference_mode():
+                    z = self.quantizer.from_codes(codes[i:i + ITEMS_AT_ONCE, :, lo:hi])
+                    y, states[g] = decoder.decode_span(z, a - lo, b - lo, states[g])
+                pieces.append(y)
+            yield torch.cat(pieces, dim=0)
 
     def decode_chunked(self, codes: torch.Tensor, chunk_frames: int = 750) -> torch.Tensor:
         """:meth:`decode` in bounded working memory (the output itself is whole)."""

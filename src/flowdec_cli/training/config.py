@@ -113,6 +113,14 @@ class NDACModelConfig:
     codebook_dim: int = 8
     quantizer_dropout: float = 0.5
     sample_rate: int = 48000
+    # ours: "phase" trains a frame-wise D0 that carries phase from frame to frame (flowdec_cli.phase_decoder;
+    # docs/models.md, "A decoder that carries phase"); decoder_dim and decoder_rates then go unused
+    decoder_kind: str = "dac"
+    phase_dim: int = 192
+    phase_intermediate_dim: int = 576
+    phase_blocks: int = 5
+    phase_upsample: int = 2
+    phase_gate: bool = True
 
 
 @dataclass

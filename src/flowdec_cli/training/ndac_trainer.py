@@ -239,7 +239,14 @@ class NDACTrainer(Trainer):
         from .export import ndac_component
 
         folder = ndac_component(source)
-        _, state = load_model_folder(folder)
+        config, state = load_model_folder(folder)
+        theirs, mine = config.get("decoder_kind", "dac"), self.model.config.decoder_kind
+        if theirs != mine:  # another kind of D0: its encoder and codebooks carry over, the decoder starts anew
+            state = {**{k: v for k, v in state.items() if not k.startswith("decoder.")},
+                     **{k: v for k, v in self.model.state_dict().items() if k.startswith("decoder.")}}
+            if self.env.is_main and not self.quiet:
+                self.say(f"{folder} has a '{theirs}' decoder and this config a '{mine}' one: its encoder and "
+                         "codebooks are loaded, the decoder starts from new weights")
         try:
             self.model.load_official_state_dict(state, str(folder))
         except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:

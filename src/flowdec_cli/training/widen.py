@@ -90,6 +90,9 @@ def widen_ndac(model: NDAC, *, encoder_factor: int = 1, decoder_factor: int = 1,
     decoder_factor = _check_factor("decoder", decoder_factor)
     if encoder_factor == decoder_factor == 1:
         raise TrainingError("nothing to widen: both widening factors are 1")
+    if decoder_factor != 1 and model.config.decoder_kind != "dac":
+        raise TrainingError(f"cannot widen a '{model.config.decoder_kind}' decoder (only DAC's); set its "
+                            "phase_dim and train it from new weights instead")
     if not 0 <= noise <= 1:  # NaN fails this too: it would write NaN weights that decode to noise, silently
         raise TrainingError(f"noise {noise} is not in [0, 1] (relative to each weight's RMS)")
     settings = model.config.to_dict()

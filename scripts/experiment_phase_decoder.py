@@ -1,0 +1,207 @@
+"""Train a phase-carrying frame-wise D0 (flowdec_cli.phase_decoder) behind a fixed codec's encoder and codes.
+
+An experiment (docs/models.md, "A decoder that carries phase"): the built-in codec's encoder codes a steady
+tone's magnitude, not its phase, and its convolutional decoder then plays every partial above ~400 Hz on
+the 75 Hz comb. A decoder whose phase runs on from frame to frame can play such codes at the right pitch.
+The encoder and codebooks stay as they are (so codes, .fdc files and entropy tables are unchanged); only a
+new decoder learns, from new weights, with DAC's multi-scale mel loss plus an 8,192-point window (6 Hz
+bins, so a partial's place counts) and no waveform loss (its phase is its own). Each item is coded at a
+codebook count drawn from ``--codebooks``.
+
+    python scripts/experiment_phase_decoder.py --out RUN [--corpus /work/corpus] [--minutes 90]
+        [--threads 1] [--resume]
+
+Writes RUN/decoder.pt (weights, optimiser, step) every ``--save-every`` steps and RUN/log.jsonl;
+validation compares the new decoder's mel distance with the codec's own D0 on the same codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 8192)
+MEL_BINS = (5, 10, 20, 40, 80, 160, 320, 640)
+
+
+def build(args: argparse.Namespace):
+    from flowdec_cli.models import load_ndac
+    from flowdec_cli.phase_decoder import PhaseDecoder
+
+    ndac = load_ndac(args.model or "flowdec-small", "cpu").eval()
+    ndac.requires_grad_(False)
+    decoder = PhaseDecoder(int(ndac.config.latent_dim), ndac.hop_length, dim=args.dim,  # type: ignore[arg-type]
+                           intermediate_dim=args.intermediate, num_blocks=args.blocks, gate=not args.no_gate)
+    return ndac, decoder
+
+
+def latents(ndac, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """The quantised latent of each item of ``x`` [B,1,L] at its own codebook count."""
+    with torch.no_grad():
+        z = ndac.encoder(ndac.pad_to_hop(x))
+        codes = ndac.quantizer(z, n_quantizers=ndac.n_codebooks)[1]
+        return torch.cat([ndac.quantizer.from_codes(codes[i:i + 1, :k]) for i, k in enumerate(counts)])
+
+
+def export(args: argparse.Namespace) -> None:
+    """A model folder like the codec's own (card, postfilter, entropy tables) whose D0 is RUN's decoder.
+
+    The encoder and codebooks are the codec's, so every code (and so every entropy table) is unchanged: the
+    tables are re-tagged with the new weights' hash rather than rebuilt. The postfilter is the codec's, trained
+    on the old D0's output."""
+    import shutil
+
+    from flowdec_cli.checkpoints import weights_hash
+    from flowdec_cli.entropy import TABLES_FILE, load_tables, save_tables
+    from flowdec_cli.models import save_ndac
+    from flowdec_cli.models.loading import ndac_from_folder
+    from flowdec_cli.models.resolve import resolve
+    from flowdec_cli.ndac import NDAC, NDACConfig
+
+    src = resolve(args.model or "flowdec-small")
+    old = ndac_from_folder(src / "ndac")
+    settings = {**old.config.to_dict(), "decoder_kind": "phase", "phase_dim": args.dim,
+                "phase_intermediate_dim": args.intermediate, "phase_blocks": args.blocks,
+                "phase_gate": not args.no_gate}
+    model = NDAC(NDACConfig.from_kwargs(settings))
+    ckpt = torch.load(args.out / "decoder.pt", map_location="cpu", weights_only=True)
+    model.encoder.load_state_dict(old.encoder.state_dict())
+    model.quantizer.load_state_dict(old.quantizer.state_dict())
+    model.decoder.load_state_dict(ckpt["decoder"])
+    if args.export.exists():
+        raise SystemExit(f"{args.export}: exists")
+    shutil.copytree(src, args.export, ignore=shutil.ignore_patterns("ndac"))
+    save_ndac(model, args.export / "ndac")
+    tables_path = args.export / TABLES_FILE
+    if tables_path.is_file():
+        tables = load_tables(tables_path)
+        tables.ndac_hash = weights_hash(model.state_dict())
+        tables_path.unlink()
+        save_tables(tables, tables_path)
+    card = json.loads((args.export / "flowdec.json").read_text())
+    card["name"] = args.export.name
+    card["description"] = (f"{card.get('name')}: the built-in codec's encoder and codebooks with a phase-carrying "
+                           f"frame-wise D0 trained {int(ckpt['step'])} steps (scripts/experiment_phase_decoder.py)")
+    (args.export / "flowdec.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {args.export} (decoder step {int(ckpt['step'])})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--model", default=None, help="codec whose encoder and codes are used (default: built-in)")
+    ap.add_argument("--corpus", default="/work/corpus", type=Path)
+    ap.add_argument("--minutes", type=float, default=90.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=0.5)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr-final", type=float, default=5e-5)
+    ap.add_argument("--codebooks", default="2,3,4,4,5,6,8,10", help="codebook counts drawn per item")
+    ap.add_argument("--dim", type=int, default=192)
+    ap.add_argument("--intermediate", type=int, default=576)
+    ap.add_argument("--blocks", type=int, default=5)
+    ap.add_argument("--no-gate", action="store_true", help="carry every bin's phase always (no fresh phase)")
+    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--val-every", type=int, default=1000)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--export", type=Path, default=None,
+                    help="instead of training: write a model folder here, the codec's with RUN's decoder in D0's place")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.export is not None:
+        export(args)
+        return
+
+    from flowdec_cli.training.data import EvalDataset, SegmentDataset, list_audio
+    from flowdec_cli.training.losses import MultiScaleMelLoss
+
+    ndac, decoder = build(args)
+    sr, hop = ndac.sample_rate, ndac.hop_length
+    segment = max(1, round(args.seconds * sr / hop)) * hop
+    train = SegmentDataset(list_audio([args.corpus / "train.txt"]), sr, segment, seed=1, loudness_db=-16.0,
+                           gain_db=(-6.0, 6.0))
+    valid = EvalDataset(sr, items=list_audio([args.corpus / "valid.txt"])[:8], max_samples=4 * sr)
+    loss_fn = MultiScaleMelLoss(sr, MEL_WINDOWS, MEL_BINS)
+    val_loss = MultiScaleMelLoss(sr)  # the trainer's own validation figure (DAC's seven windows)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    counts_pool = [int(v) for v in args.codebooks.split(",")]
+    step, spent = 0, 0.0
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = args.out / "decoder.pt", args.out / "log.jsonl"
+    if args.resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        decoder.load_state_dict(ckpt["decoder"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, spent = int(ckpt["step"]), float(ckpt["seconds"])
+    n_params = sum(p.numel() for p in decoder.parameters())
+    print(f"phase decoder: {n_params / 1e6:.2f} M parameters, {len(train)} training files, step {step}",
+          flush=True)
+    total = args.minutes * 60
+    rng = np.random.default_rng(step)
+    t_last = time.time()
+    running: list[float] = []
+
+    def save() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "seconds": spent, "settings": {k: str(v) for k, v in vars(args).items()}}, tmp)
+        tmp.replace(ckpt_path)
+
+    def validate() -> dict[str, float]:
+        decoder.eval()
+        rows: dict[str, list[float]] = {"new_nq4": [], "old_nq4": [], "new_nq10": [], "old_nq10": []}
+        with torch.no_grad():
+            for i in range(len(valid)):
+                x = valid[i][0][None]
+                for k in (4, 10):
+                    zq = latents(ndac, x, [k])
+                    for name, y in (("new", decoder(zq)), ("old", ndac.decoder(zq))):
+                        y = y[..., :x.shape[-1]]
+                        rows[f"{name}_nq{k}"].append(float(val_loss(y, x[..., :y.shape[-1]])))
+        decoder.train()
+        return {k: float(np.mean(v)) for k, v in rows.items()}
+
+    while spent < total:
+        epoch, first = divmod(step * args.batch, len(train))
+        x = torch.stack([train[(epoch, (first + j) % len(train))] for j in range(args.batch)])
+        counts = [int(rng.choice(counts_pool)) for _ in range(args.batch)]
+        zq = latents(ndac, x, counts)
+        y = decoder(zq)
+        loss = loss_fn(y, x[..., :y.shape[-1]])
+        for group in opt.param_groups:
+            group["lr"] = args.lr * (args.lr_final / args.lr) ** min(spent / total, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = float(torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1000.0))
+        opt.step()
+        step += 1
+        now = time.time()
+        spent += now - t_last
+        t_last = now
+        running.append(float(loss.detach()))
+        if step % 25 == 0:
+            record = {"step": step, "minutes": round(spent / 60, 2), "loss": round(float(np.mean(running)), 4),
+                      "grad": round(grad, 3), "lr": opt.param_groups[0]["lr"]}
+            running = []
+            if step % args.val_every == 0:
+                record.update({k: round(v, 4) for k, v in validate().items()})
+                t_last = time.time()
+            print(json.dumps(record), flush=True)
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if step % args.save_every == 0:
+            save()
+    save()
+    final = validate()
+    print(json.dumps({"step": step, "final": final}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The phase-carrying D0 (flowdec_cli.phase_decoder): steady partials off the frame-rate comb, chunked decoding
+equal to whole-file decoding, model folders, and training behind another codec's encoder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flowdec_cli.models import load_ndac, save_ndac
+from flowdec_cli.ndac import NDAC, NDACConfig
+from flowdec_cli.phase_decoder import PhaseDecoder
+
+from .test_training_helpers import TINY_NDAC_MODEL, fast_cpu, ndac_dict, write_clips  # noqa: F401
+
+
+def _phase_ndac(seed: int = 0, **settings) -> NDAC:
+    torch.manual_seed(seed)
+    cfg = NDACConfig(**{**TINY_NDAC_MODEL, "decoder_kind": "phase", "phase_dim": 16, "phase_intermediate_dim": 32,
+                        "phase_blocks": 2, **settings})
+    model = NDAC(cfg).eval()
+    with torch.no_grad():  # a head far from its quiet start, so every output matters
+        model.decoder.head.weight.normal_(0, 0.3)
+    return model
+
+
+def _strongest_hz(y: np.ndarray, rate: int = 48000) -> float:
+    n = 1 << 18
+    mag = np.abs(np.fft.rfft(y * np.hanning(len(y)), n))
+    return float(np.fft.rfftfreq(n, 1 / rate)[mag.argmax()])
+
+
+def test_a_steady_frame_plays_a_steady_partial_between_the_frame_rate_lines():
+    """A convolutional D0 fed the same input every frame repeats one frame of waveform, so its partials lie on
+    multiples of the frame rate (75 Hz); carrying the phase lets one steady frame play any frequency."""
+    decoder = PhaseDecoder(latent_dim=8, hop_length=640, dim=16, intermediate_dim=32, num_blocks=1)
+    n, f0 = 300, 1010.0  # 35 Hz from the nearest 75 Hz line
+    advance = 2 * np.pi * f0 * decoder.frame_hop / 48000
+    deviation = (advance - decoder.bin_advance)[None, :, None].expand(1, decoder.bins, n)
+    shut = torch.full((1, decoder.bins, n), 30.0)
+    with torch.no_grad():
+        phasor, _ = decoder.phasors(deviation, torch.zeros_like(shut), shut)
+        mag = torch.zeros_like(shut)
+        mag[0, round(f0 * decoder.n_fft / 48000)] = 1.0
+        y = torch.istft(mag * phasor, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True)
+    found = _strongest_hz(y[0, 24000:72000].numpy())
+    assert abs(found - f0) < 0.5 and abs(found - 75 * round(found / 75)) > 30, found
+    # with the gate open every frame takes the same fresh phase: the output repeats each hop, on the comb
+    with torch.no_grad():
+        phasor, _ = decoder.phasors(deviation, torch.zeros_like(shut), -shut)
+        y = torch.istft(mag * phasor, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True)
+    found = _strongest_hz(y[0, 24000:72000].numpy())
+    assert abs(found - 150 * round(found / 150)) < 1, found  # the body's frame rate, 2 x 75 Hz
+    # without a gate the phase only turns: the same partial, and the first frame starts from spread phases
+    ungated = PhaseDecoder(latent_dim=8, hop_length=640, dim=16, intermediate_dim=32, num_blocks=1, gate=False)
+    with torch.no_grad():
+        phasor, _ = ungated.phasors(deviation, None, None)
+        y = torch.istft(mag * phasor, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True)
+    assert abs(_strongest_hz(y[0, 24000:72000].numpy()) - f0) < 0.5
+    expected = torch.polar(torch.ones(ungated.bins), ungated.first_phase + deviation[0, :, 0])
+    assert torch.allclose(phasor[0, :, 0], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("gate", [True, False])
+@pytest.mark.parametrize("chunk", [1, 2, 7, 40])
+def test_chunked_decoding_hands_the_phase_on_and_equals_the_whole_file(chunk, gate):
+    model = _phase_ndac(phase_gate=gate)
+    codes = torch.randint(0, 32, (6, 3, 40))  # more channels than go through the network together
+    whole = model.decode(codes)
+    assert whole.shape == (6, 1, model.decoded_length(40)) == (6, 1, 40 * model.hop_length)
+    pieces = list(model.decode_chunks(codes, chunk))
+    assert len(pieces) == -(-40 // chunk)
+    assert torch.allclose(torch.cat(pieces, -1), whole, atol=1e-4 * float(whole.abs().max()))
+
+
+def test_phase_settings_are_checked_written_only_for_that_kind_and_load_back(tmp_path):
+    assert "decoder_kind" not in NDACConfig(**TINY_NDAC_MODEL).to_dict()  # DAC configs stay as DAC writes them
+    for bad, why in ((dict(decoder_kind="vocos"), "decoder_kind must be one of"),
+                     (dict(phase_gate="no"), "phase_gate must be true or false"),
+                     (dict(phase_upsample=3), "does not divide the hop"),
+                     (dict(phase_dim=0), r"phase_dim = 0 is out of range")):
+        with pytest.raises(ValueError, match=why):
+            NDACConfig(**{**TINY_NDAC_MODEL, "decoder_kind": "phase", **bad})
+    model = _phase_ndac()
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.9 * n < model.config.parameter_count() < 1.1 * n
+    folder = save_ndac(model, tmp_path / "ndac")
+    assert json.loads((folder / "config.json").read_text())["decoder_kind"] == "phase"
+    codes = torch.randint(0, 32, (1, 3, 12))
+    assert torch.equal(load_ndac(folder, "cpu").decode(codes), model.decode(codes))
+
+
+@pytest.mark.usefixtures("fast_cpu")
+def test_a_phase_decoder_trains_behind_the_encoder_and_codebooks_of_a_dac_codec(tmp_path, capsys):
+    """train.init_from a codec with DAC's decoder: its encoder and codebooks are loaded (so its codes and
+    entropy tables still hold) and the new decoder learns from new weights; widening it is refused."""
+    from flowdec_cli.training.config import config_from_dict
+    from flowdec_cli.training.ndac_trainer import NDACTrainer
+    from flowdec_cli.training.widen import TrainingError, widen_ndac
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clips(clips, 2, seconds=0.3)
+    torch.manual_seed(0)
+    source = save_ndac(NDAC(NDACConfig(**TINY_NDAC_MODEL)), tmp_path / "dac" / "ndac").parent
+    phase = dict(decoder_kind="phase", phase_dim=16, phase_intermediate_dim=32, phase_blocks=2)
+    cfg = config_from_dict("ndac", ndac_dict([str(clips)], tmp_path / "run", model=phase,
+                                             optim=dict(train_parts=["decoder"]),
+                                             loss=dict(waveform_weight=0.0, cqt_weight=0.0),
+                                             train=dict(max_steps=2, init_from=str(source))))
+    trainer = NDACTrainer(cfg, device="cpu")
+    trainer.run()
+    assert "has a 'dac' decoder and this config a 'phase' one" in capsys.readouterr().err
+    dac = load_ndac(source, "cpu")
+    trained = load_ndac(tmp_path / "run" / "model", "cpu")
+    audio = torch.randn(1, 1, 48000 // 4)
+    assert torch.equal(trained.encode(audio), dac.encode(audio))
+    assert isinstance(trained.decoder, PhaseDecoder)
+    with pytest.raises(TrainingError, match="cannot widen a 'phase' decoder"):
+        widen_ndac(trainer.model, decoder_factor=2)
