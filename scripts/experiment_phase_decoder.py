@@ -33,11 +33,11 @@ def build(args: argparse.Namespace):
     from flowdec_cli.models import load_ndac
     from flowdec_cli.phase_decoder import PhaseDecoder
 
-    ndac = load_ndac(args.model or "flowdec-small", "cpu").eval()
+    ndac = load_ndac(args.model or "flowdec-small", args.device).eval()
     ndac.requires_grad_(False)
     decoder = PhaseDecoder(int(ndac.config.latent_dim), ndac.hop_length, dim=args.dim,  # type: ignore[arg-type]
                            intermediate_dim=args.intermediate, num_blocks=args.blocks, gate=not args.no_gate)
-    return ndac, decoder
+    return ndac, decoder.to(args.device)
 
 
 def latents(ndac, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--corpus", default="/work/corpus", type=Path)
     ap.add_argument("--minutes", type=float, default=90.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -128,15 +129,15 @@ def main() -> None:
     train = SegmentDataset(list_audio([args.corpus / "train.txt"]), sr, segment, seed=1, loudness_db=-16.0,
                            gain_db=(-6.0, 6.0))
     valid = EvalDataset(sr, items=list_audio([args.corpus / "valid.txt"])[:8], max_samples=4 * sr)
-    loss_fn = MultiScaleMelLoss(sr, MEL_WINDOWS, MEL_BINS)
-    val_loss = MultiScaleMelLoss(sr)  # the trainer's own validation figure (DAC's seven windows)
+    loss_fn = MultiScaleMelLoss(sr, MEL_WINDOWS, MEL_BINS).to(args.device)
+    val_loss = MultiScaleMelLoss(sr).to(args.device)  # the trainer's own validation figure (DAC's seven windows)
     opt = torch.optim.AdamW(decoder.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     counts_pool = [int(v) for v in args.codebooks.split(",")]
     step, spent = 0, 0.0
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = args.out / "decoder.pt", args.out / "log.jsonl"
     if args.resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(ckpt_path, map_location=args.device, weights_only=True)
         decoder.load_state_dict(ckpt["decoder"])
         opt.load_state_dict(ckpt["optimizer"])
         step, spent = int(ckpt["step"]), float(ckpt["seconds"])
@@ -159,7 +160,7 @@ def main() -> None:
         rows: dict[str, list[float]] = {"new_nq4": [], "old_nq4": [], "new_nq10": [], "old_nq10": []}
         with torch.no_grad():
             for i in range(len(valid)):
-                x = valid[i][0][None]
+                x = valid[i][0][None].to(args.device)
                 for k in (4, 10):
                     zq = latents(ndac, x, [k])
                     for name, y in (("new", decoder(zq)), ("old", ndac.decoder(zq))):
@@ -170,7 +171,7 @@ def main() -> None:
 
     while spent < total:
         epoch, first = divmod(step * args.batch, len(train))
-        x = torch.stack([train[(epoch, (first + j) % len(train))] for j in range(args.batch)])
+        x = torch.stack([train[(epoch, (first + j) % len(train))] for j in range(args.batch)]).to(args.device)
         counts = [int(rng.choice(counts_pool)) for _ in range(args.batch)]
         zq = latents(ndac, x, counts)
         y = decoder(zq)
