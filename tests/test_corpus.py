@@ -460,6 +460,28 @@ def test_a_shard_that_stops_reading_names_each_row_it_loses(tmp_path, monkeypatc
     assert (dec / "a.wav").is_file() and summary.total == 3
 
 
+def test_a_null_codebook_list_fails_its_row_and_leaves_the_next_rows_codes_alone(tmp_path):
+    """A null list inside a row's codes counted as -1 values, so the next row's codes began one value early
+    and decoded wrong without an error."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    src = _audio_folder(tmp_path, bad=False)
+    out = tmp_path / "codes"
+    corpus.encode_corpus(src, out, engine=corpus.Engine("local"), bitrate_kbps=3)
+    (shard,) = corpus.shard_files(out)
+    before = {row.id: row.codes for row in corpus.iter_rows(shard)}
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    rows[0]["codes"][0][1] = None
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
+    errors: list = []
+    after = {row.id: row.codes for row in corpus.iter_rows(shard, errors=errors)}
+    assert [e[0] for e in errors] == [rows[0]["id"]] and "another shape" in errors[0][1]
+    assert set(after) == set(before) - {rows[0]["id"]}
+    assert all(np.array_equal(after[i], before[i]) for i in after)
+
+
 def test_shards_with_foreign_types_or_missing_values_are_refused_clearly(tmp_path, monkeypatch, recwarn):
     """Int ids became output names, string codes failed inside numpy, a row without an id was decoded to
     'None.wav', and a row with missing code values printed a multi-line numpy warning."""

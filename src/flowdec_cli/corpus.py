@@ -377,12 +377,12 @@ def _checked_header(rec: dict[str, Any], where: str, lengths: tuple[int, np.ndar
 
 
 def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
-              errors: list[tuple[str, str]] | None = None) -> Iterator[CodeRow]:
+              errors: list[tuple[str | None, str]] | None = None) -> Iterator[CodeRow]:
     """Every file of a Parquet corpus (a folder of shards or one shard), in shard order, a few rows in
     memory at a time. The header is checked as a .fdc reader checks it and each row's codes against their
     own header, so a row that claims more samples than its codes describe is refused (:class:`CorpusError`).
-    With an ``errors`` list a bad row is noted there as (id, reason) and the others still come; a shard
-    that cannot be read any further always raises."""
+    With an ``errors`` list a bad row is noted there as (id, reason; id None for a row without one) and the
+    others still come; a shard that cannot be read any further always raises."""
     import pyarrow.parquet as pq
 
 
@@ -417,9 +417,10 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
             for r, rec in enumerate(meta):
                 where = f"{f}: row '{rec['id']}'" if rec.get("id") is not None else f"{f}: a row without an id"
                 n_ch = int(per_row[r])
+                # a null list is -1 for the header check and holds no values in the flattened levels below
                 n_cb = per_channel[ch:ch + max(n_ch, 0)]
-                n_fr = per_codebook[cb:cb + int(n_cb.sum())] if n_ch > 0 else per_codebook[:0]
-                size = int(n_fr.sum())
+                n_fr = per_codebook[cb:cb + int(np.maximum(n_cb, 0).sum())] if n_ch > 0 else per_codebook[:0]
+                size = int(np.maximum(n_fr, 0).sum())
                 start, ch, cb, pos = pos, ch + max(n_ch, 0), cb + len(n_fr), pos + size
                 try:
                     if rec.get("id") is None:
@@ -430,7 +431,8 @@ def iter_rows(source: str | os.PathLike, batch_rows: int = 16,
                 except CorpusError as exc:
                     if errors is None:
                         raise
-                    errors.append((str(rec.get("id")), str(exc)))
+                    rid = rec.get("id")
+                    errors.append((None if rid is None else str(rid), str(exc)))
                     continue
                 codes = flat[start:start + size].astype(np.int64).reshape(header.codes_shape)
                 yield CodeRow(str(rec["id"]), str(rec["path"]), header, codes)
@@ -619,22 +621,27 @@ class DecodeWorker(_Worker):
         want = set(task["ids"]) if task.get("ids") is not None else None
         decoded: set[str] = set()
         records: list[dict[str, Any]] = []
-        bad_rows: list[tuple[str, str]] = []  # rows that do not decode as they are: failures, the rest goes on
+        bad_rows: list[tuple[str | None, str]] = []  # rows that do not decode as they are: failures, the rest goes on
         rows = iter_rows(task["shard"], errors=bad_rows)
+
+        def report_bad_rows() -> None:
+            for rid, why in bad_rows:
+                if rid is not None and (want is None or rid in want):  # no id: reported when planned
+                    records.append(_record(Item(rid, task["shard"]), "failed", error=why))
+            bad_rows.clear()
+
         while True:
             try:
                 row = next(rows)
             except StopIteration:
                 break
             except CorpusError as exc:  # the shard cannot be read further: its remaining rows fail with it
+                report_bad_rows()  # first, so that the rows it names are not reported again as lost
                 records.extend(_record(item, "failed", error=str(exc))
                                for item in _rows_left(task["shard"], want, decoded, records))
                 break
             finally:
-                for rid, why in bad_rows:
-                    if want is None or rid in want:
-                        records.append(_record(Item(rid, task["shard"]), "failed", error=why))
-                bad_rows.clear()
+                report_bad_rows()
             if (want is not None and row.id not in want) or row.id in decoded:
                 continue  # a second row of one id was reported as a failure when the run was planned
             decoded.add(row.id)
