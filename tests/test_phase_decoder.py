@@ -21,8 +21,10 @@ def _phase_ndac(seed: int = 0, **settings) -> NDAC:
     cfg = NDACConfig(**{**TINY_NDAC_MODEL, "decoder_kind": "phase", "phase_dim": 16, "phase_intermediate_dim": 32,
                         "phase_blocks": 2, **settings})
     model = NDAC(cfg).eval()
-    with torch.no_grad():  # a head far from its quiet start, so every output matters
+    with torch.no_grad():  # a head far from its quiet start and blocks at full weight, so every input matters
         model.decoder.head.weight.normal_(0, 0.3)
+        for block in model.decoder.blocks:
+            block.gamma.fill_(1.0)
     return model
 
 
@@ -63,10 +65,11 @@ def test_a_steady_frame_plays_a_steady_partial_between_the_frame_rate_lines():
     assert torch.allclose(phasor[0, :, 0], expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("gate", [True, False])
+@pytest.mark.parametrize(("gate", "upsample"), [(True, 2), (False, 2), (True, 1), (False, 4)])
 @pytest.mark.parametrize("chunk", [1, 2, 7, 40])
-def test_chunked_decoding_hands_the_phase_on_and_equals_the_whole_file(chunk, gate):
-    model = _phase_ndac(phase_gate=gate)
+def test_chunked_decoding_hands_the_phase_on_and_equals_the_whole_file(chunk, gate, upsample):
+    """Also where the context was one frame short (upsample 1), which blocks at 1 % of their weight hid."""
+    model = _phase_ndac(phase_gate=gate, phase_upsample=upsample)
     codes = torch.randint(0, 32, (6, 3, 40))  # more channels than go through the network together
     whole = model.decode(codes)
     assert whole.shape == (6, 1, model.decoded_length(40)) == (6, 1, 40 * model.hop_length)
@@ -80,7 +83,9 @@ def test_phase_settings_are_checked_written_only_for_that_kind_and_load_back(tmp
     for bad, why in ((dict(decoder_kind="vocos"), "decoder_kind must be one of"),
                      (dict(phase_gate="no"), "phase_gate must be true or false"),
                      (dict(phase_upsample=3), "does not divide the hop"),
-                     (dict(phase_dim=0), r"phase_dim = 0 is out of range")):
+                     (dict(phase_dim=0), r"phase_dim = 0 is out of range"),
+                     (dict(phase_blocks=65), r"phase_blocks = 65 is out of range \[1, 64\]"),
+                     (dict(phase_upsample=160), r"phase_upsample = 160 is out of range \[1, 16\]")):
         with pytest.raises(ValueError, match=why):
             NDACConfig(**{**TINY_NDAC_MODEL, "decoder_kind": "phase", **bad})
     model = _phase_ndac()
@@ -120,3 +125,8 @@ def test_a_phase_decoder_trains_behind_the_encoder_and_codebooks_of_a_dac_codec(
     assert isinstance(trained.decoder, PhaseDecoder)
     with pytest.raises(TrainingError, match="cannot widen a 'phase' decoder"):
         widen_ndac(trainer.model, decoder_factor=2)
+    untrained = config_from_dict("ndac", ndac_dict([str(clips)], tmp_path / "run2", model=phase,
+                                                   optim=dict(train_parts=["encoder"]),
+                                                   train=dict(max_steps=1, init_from=str(source))))
+    with pytest.raises(TrainingError, match="would stay untrained"):
+        NDACTrainer(untrained, device="cpu", quiet=True).run()

@@ -35,6 +35,7 @@ __all__ = ["NDACConfig", "NDAC", "DECODER_KINDS"]
 #: D0's kinds: DAC's convolutional decoder, or ours, :class:`~flowdec_cli.phase_decoder.PhaseDecoder`
 DECODER_KINDS = ("dac", "phase")
 _PHASE_FIELDS = ("phase_dim", "phase_intermediate_dim", "phase_blocks", "phase_upsample")
+_PHASE_BOUNDS = {"phase_blocks": 64, "phase_upsample": 16}
 
 
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the released codecs have about 65 million
@@ -88,15 +89,16 @@ class NDACConfig:
             raise InvalidValue(f"codebook_size must be at least 2, got {self.codebook_size}")
         if self.decoder_kind not in DECODER_KINDS:
             raise InvalidValue(f"decoder_kind must be one of {', '.join(DECODER_KINDS)}, got {self.decoder_kind!r}")
-        for name in _PHASE_FIELDS:
-            v = getattr(self, name)
-            if not is_integer(v) or not 1 <= v <= 65_536:
-                raise InvalidValue(f"config {name} = {v!r} is out of range [1, 65536]")
+        for name in _PHASE_FIELDS:  # blocks and upsampling set the work per frame: bounded, as sizes are
+            v, top = getattr(self, name), _PHASE_BOUNDS.get(name, 65_536)
+            if not is_integer(v) or not 1 <= v <= top:
+                raise InvalidValue(f"config {name} = {v!r} is out of range [1, {top}]")
         if not isinstance(self.phase_gate, bool):
             raise InvalidValue(f"config phase_gate must be true or false, got {self.phase_gate!r}")
-        if self.decoder_kind == "phase" and self.hop_length % self.phase_upsample:
+        if self.decoder_kind == "phase" and (self.hop_length % self.phase_upsample
+                                             or self.hop_length // self.phase_upsample < 2):
             raise InvalidValue(f"config phase_upsample {self.phase_upsample} does not divide the hop "
-                               f"{self.hop_length}")
+                               f"{self.hop_length} into hops of at least 2 samples")
         self._check_bounds()
 
     def _check_bounds(self) -> None:

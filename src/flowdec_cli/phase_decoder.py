@@ -91,7 +91,8 @@ class PhaseDecoder(nn.Module):
         k = self.inp.kernel_size[0]
         blocks: list[ConvNeXtBlock] = list(self.blocks)  # type: ignore[arg-type]
         spread = sum(int(block.dwconv.kernel_size[0]) - 1 for block in blocks)
-        return (k - 1) // 2 + math.ceil(spread / 2 / self.upsample) + 1
+        # the inverse STFT's window reaches _OVERLAP body frames past a chunk's edge
+        return (k - 1) // 2 + math.ceil((spread / 2 + _OVERLAP) / self.upsample)
 
     def frames(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per bin and frame [B, F, N] (N = T * upsample): log-magnitude, advance deviation, and with a gate
@@ -109,14 +110,16 @@ class PhaseDecoder(nn.Module):
         """The unit phasors [B, F, N] played, run frame by frame from ``state`` (None: the first fresh phase,
         or without a gate :attr:`first_phase`). Without a gate the phase only ever turns: a running sum."""
         if fresh is None or gate_logit is None:
-            angle = torch.cumsum(self.bin_advance[:, None] + deviation, dim=-1)
+            # summed in float64 and wrapped: float32 sums drift by hundredths of a radian over minutes
+            angle = torch.cumsum((self.bin_advance[:, None] + deviation).double(), dim=-1)
+            angle = torch.remainder(angle, 2 * math.pi).to(deviation.dtype)
             if state is None:
                 start = torch.polar(torch.ones_like(self.first_phase), self.first_phase - self.bin_advance)
                 start = start.expand(deviation.shape[:-1])
             else:
                 start = state.phasor
             out = start.unsqueeze(-1) * torch.polar(torch.ones_like(angle), angle)
-            return out, PhaseState(out[..., -1].detach())
+            return out, PhaseState(out[..., -1].detach().clone())
         turn = torch.polar(torch.ones_like(deviation), self.bin_advance[:, None] + deviation)
         new = torch.polar(torch.ones_like(fresh), fresh)
         gate = torch.sigmoid(gate_logit)
@@ -128,7 +131,7 @@ class PhaseDecoder(nn.Module):
             w = w / (w.abs() + 1e-4)
             played.append(w)
         out = torch.stack(played, dim=-1)
-        return out, PhaseState(out[..., -1].detach())
+        return out, PhaseState(out[..., -1].detach().clone())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """The whole waveform [B, 1, T * hop_length] of a latent [B, C, T]."""
@@ -157,6 +160,7 @@ class PhaseDecoder(nn.Module):
                                 length=phasor.shape[-1] * hop)
         handed_on = last * up - _OVERLAP - 1 - start  # the frame before where the next chunk picks up
         # a chunk that ends before the overlap has begun hands on nothing: the next one starts the file too
-        new_state = PhaseState(phasor[..., handed_on].detach()) if handed_on >= 0 else None
+        # a copy: a view would keep the chunk's whole [B, F, N] array alive until the next chunk
+        new_state = PhaseState(phasor[..., handed_on].detach().clone()) if handed_on >= 0 else None
         a = (first * up - start) * hop
         return audio[:, None, a:a + (last - first) * up * hop], new_state

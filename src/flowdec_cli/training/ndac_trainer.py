@@ -242,6 +242,10 @@ class NDACTrainer(Trainer):
         config, state = load_model_folder(folder)
         theirs, mine = config.get("decoder_kind", "dac"), self.model.config.decoder_kind
         if theirs != mine:  # another kind of D0: its encoder and codebooks carry over, the decoder starts anew
+            parts = self.config.optim.train_parts
+            if parts and "decoder" not in parts:
+                raise TrainingError(f"{folder} has a '{theirs}' decoder and this config a '{mine}' one, whose new "
+                                    "weights would stay untrained: add \"decoder\" to optim.train_parts")
             state = {**{k: v for k, v in state.items() if not k.startswith("decoder.")},
                      **{k: v for k, v in self.model.state_dict().items() if k.startswith("decoder.")}}
             if self.env.is_main and not self.quiet:
