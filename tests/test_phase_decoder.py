@@ -43,7 +43,7 @@ def test_a_steady_frame_plays_a_steady_partial_between_the_frame_rate_lines():
     deviation = (advance - decoder.bin_advance)[None, :, None].expand(1, decoder.bins, n)
     shut = torch.full((1, decoder.bins, n), 30.0)
     with torch.no_grad():
-        phasor, _ = decoder.phasors(deviation, torch.zeros_like(shut), shut)
+        phasor = decoder.phasors(deviation, torch.zeros_like(shut), shut)
         mag = torch.zeros_like(shut)
         mag[0, round(f0 * decoder.n_fft / 48000)] = 1.0
         y = torch.istft(mag * phasor, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True)
@@ -51,14 +51,14 @@ def test_a_steady_frame_plays_a_steady_partial_between_the_frame_rate_lines():
     assert abs(found - f0) < 0.5 and abs(found - 75 * round(found / 75)) > 30, found
     # with the gate open every frame takes the same fresh phase: the output repeats each hop, on the comb
     with torch.no_grad():
-        phasor, _ = decoder.phasors(deviation, torch.zeros_like(shut), -shut)
+        phasor = decoder.phasors(deviation, torch.zeros_like(shut), -shut)
         y = torch.istft(mag * phasor, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True)
     found = _strongest_hz(y[0, 24000:72000].numpy())
     assert abs(found - 150 * round(found / 150)) < 1, found  # the body's frame rate, 2 x 75 Hz
     # without a gate the phase only turns: the same partial, and the first frame starts from spread phases
     ungated = PhaseDecoder(latent_dim=8, hop_length=640, dim=16, intermediate_dim=32, num_blocks=1, gate=False)
     with torch.no_grad():
-        phasor, _ = ungated.phasors(deviation, None, None)
+        phasor = ungated.phasors(deviation, None, None)
         y = torch.istft(mag * phasor, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True)
     assert abs(_strongest_hz(y[0, 24000:72000].numpy()) - f0) < 0.5
     expected = torch.polar(torch.ones(ungated.bins), ungated.first_phase + deviation[0, :, 0])

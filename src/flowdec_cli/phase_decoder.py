@@ -102,11 +102,11 @@ class PhaseDecoder(nn.Module):
         temb = h.new_zeros((h.shape[0], 1))
         for block in self.blocks:
             h = block(h, temb)
-        out = self.head(self.norm(h.transpose(1, 2)))  # [B, N, 4F]
+        out = self.head(self.norm(h.transpose(1, 2)))  # [B, N, outputs * F]
         return tuple(out.transpose(1, 2).reshape(h.shape[0], self.outputs, self.bins, -1).unbind(1))
 
     def phasors(self, deviation: torch.Tensor, fresh: torch.Tensor | None, gate_logit: torch.Tensor | None,
-                state: PhaseState | None = None) -> tuple[torch.Tensor, PhaseState]:
+                state: PhaseState | None = None) -> torch.Tensor:
         """The unit phasors [B, F, N] played, run frame by frame from ``state`` (None: the first fresh phase,
         or without a gate :attr:`first_phase`). Without a gate the phase only ever turns: a running sum."""
         if fresh is None or gate_logit is None:
@@ -118,8 +118,7 @@ class PhaseDecoder(nn.Module):
                 start = start.expand(deviation.shape[:-1])
             else:
                 start = state.phasor
-            out = start.unsqueeze(-1) * torch.polar(torch.ones_like(angle), angle)
-            return out, PhaseState(out[..., -1].detach().clone())
+            return start.unsqueeze(-1) * torch.polar(torch.ones_like(angle), angle)
         turn = torch.polar(torch.ones_like(deviation), self.bin_advance[:, None] + deviation)
         new = torch.polar(torch.ones_like(fresh), fresh)
         gate = torch.sigmoid(gate_logit)
@@ -130,8 +129,7 @@ class PhaseDecoder(nn.Module):
             w = g * (w * turn[..., n]) + (1 - g) * new[..., n]
             w = w / (w.abs() + 1e-4)
             played.append(w)
-        out = torch.stack(played, dim=-1)
-        return out, PhaseState(out[..., -1].detach().clone())
+        return torch.stack(played, dim=-1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """The whole waveform [B, 1, T * hop_length] of a latent [B, C, T]."""
@@ -155,7 +153,7 @@ class PhaseDecoder(nn.Module):
         fresh, gate_logit = gated if gated else (None, None)
         with torch.autocast(z.device.type, enabled=False):
             mag = log_mag.clamp(max=_LOG_MAG_MAX).exp()
-            phasor, _ = self.phasors(deviation, fresh, gate_logit, state)
+            phasor = self.phasors(deviation, fresh, gate_logit, state)
             audio = torch.istft(mag * phasor, self.n_fft, hop, window=self.window, center=True,
                                 length=phasor.shape[-1] * hop)
         handed_on = last * up - _OVERLAP - 1 - start  # the frame before where the next chunk picks up
