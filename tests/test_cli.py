@@ -579,6 +579,22 @@ def test_json_has_a_record_for_an_input_refused_before_any_work(run, tmp_path, c
         assert record["error"] in r.stderr and out.read_bytes() == b"keep"
 
 
+@pytest.mark.parametrize("command", ["compress", "decompress", "roundtrip"])
+def test_json_record_names_the_file_a_folder_output_resolved_to(run, tmp_path, command):
+    """A single file into OUT/ whose output is there already: the record names OUT/<name>, the file refused."""
+    src = tmp_path / ("a.fdc" if command == "decompress" else "a.wav")
+    src.write_bytes(b"x")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    there = folder / ("a.fdc" if command == "compress" else src.with_suffix(".wav").name)
+    there.write_bytes(b"keep")
+    r = run(command, src, str(folder) + os.sep, "--json")
+    assert r.exit_code == 1, r.output
+    (record,) = map(json.loads, r.stdout.splitlines())
+    assert record["output"] == str(there) and "exists" in record["error"], record
+    assert there.read_bytes() == b"keep"
+
+
 def test_an_output_folder_inside_the_input_folder(run, tmp_path, tiny_codec_dir):
     """compress codes every audio file below IN, those under OUT too (its outputs are .fdc, never inputs),
     and writes beside them when OUT is IN; roundtrip, whose outputs are audio, leaves out what lies under

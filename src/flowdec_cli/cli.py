@@ -184,19 +184,28 @@ def _shown(path: Path) -> str:
     return "-" if is_stdio(path) else str(path)
 
 
+class _OutputRefused(Failure):
+    """An output path refused while planning, which ``--json``'s record names as the file OUT resolved to
+    (OUT/a.fdc for a single file into a folder, not OUT/)."""
+
+    def __init__(self, output: Path, message: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
 def _check_pair(src: Path, dst: Path, force: bool) -> None:
     if is_stdio(dst):
         return
     if not is_stdio(src) and same_file(src, dst):
-        raise Failure(f"{dst}: output is the input file; choose another output path")
+        raise _OutputRefused(dst, f"{dst}: output is the input file; choose another output path")
     if would_replace(dst) and not force:
         if dst.is_dir():
-            raise Failure(f"{dst}: is a folder; give an output file path")
-        raise Failure(f"{dst}: exists; use -f/--force to overwrite")
+            raise _OutputRefused(dst, f"{dst}: is a folder; give an output file path")
+        raise _OutputRefused(dst, f"{dst}: exists; use -f/--force to overwrite")
     if not dst.parent.is_dir():  # as ffmpeg: a typo in a folder name should not create a new tree
         if dst.parent.exists():
-            raise Failure(f"{dst}: {dst.parent} is a file, not a folder")
-        raise Failure(f"{dst}: folder {dst.parent} does not exist; create it first")
+            raise _OutputRefused(dst, f"{dst}: {dst.parent} is a file, not a folder")
+        raise _OutputRefused(dst, f"{dst}: folder {dst.parent} does not exist; create it first")
 
 
 def _walk(src: Path) -> tuple[list[Path], list[OSError]]:
@@ -308,7 +317,8 @@ def _planned(command: str, as_json: bool, src: Path, dst: Path, *args: Any, **kw
         return _plan(src, dst, *args, **kwargs)
     except Failure as exc:
         if as_json:
-            click.echo(_failure_record(command, _shown(src), _shown(dst), exc.format_message()))
+            output = exc.output if isinstance(exc, _OutputRefused) else dst
+            click.echo(_failure_record(command, _shown(src), _shown(output), exc.format_message()))
         raise
 
 
