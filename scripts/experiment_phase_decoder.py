@@ -8,8 +8,15 @@ new decoder learns, from new weights, with DAC's multi-scale mel loss plus an 8,
 bins, so a partial's place counts) and no waveform loss (its phase is its own). Each item is coded at a
 codebook count drawn from ``--codebooks``.
 
+With ``--advance-weight`` the decoder's phase advances are also taught directly: a magnitude-weighted,
+wrap-free distance between each bin's predicted advance and the reference's own (the phase difference of
+consecutive frames of the reference's STFT at the decoder's window and hop). The mel loss alone leaves a
+partial at a wrong pitch (its gradient with respect to an advance points nowhere once the partial is a bin
+or more away); this term is convex around the right advance. ``--init RUN/decoder.pt`` starts from another
+run's weights (a fresh optimiser and schedule).
+
     python scripts/experiment_phase_decoder.py --out RUN [--corpus /work/corpus] [--minutes 90]
-        [--threads 1] [--resume]
+        [--threads 1] [--resume] [--init OTHER/decoder.pt] [--advance-weight 1.0]
 
 Writes RUN/decoder.pt (weights, optimiser, step) every ``--save-every`` steps and RUN/log.jsonl;
 validation compares the new decoder's mel distance with the codec's own D0 on the same codes.
@@ -46,6 +53,25 @@ def latents(ndac, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         z = ndac.encoder(ndac.pad_to_hop(x))
         codes = ndac.quantizer(z, n_quantizers=ndac.n_codebooks)[1]
         return torch.cat([ndac.quantizer.from_codes(codes[i:i + 1, :k]) for i, k in enumerate(counts)])
+
+
+def advance_loss(decoder, deviation: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """How far the advances the decoder played ([B, F, N] deviations from each bin's own) lie from the
+    reference ``x`` [B, 1, L]'s, weighted by the reference's magnitude.
+
+    Frame n of the decoder is centred on sample n * hop (its inverse STFT is centred), as is frame n of the
+    reference's centred STFT; the advance played at frame n turns frame n - 1's phasor into frame n's. The
+    two frames at each end, whose windows reach past the clip into the STFT's reflected padding, have no
+    advance of their own and are left out."""
+    edge, frames = 2, deviation.shape[-1]
+    spec = torch.stft(x[:, 0], decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True,
+                      return_complex=True)[..., edge:frames - edge]
+    target = torch.angle(spec[..., 1:] * spec[..., :-1].conj())
+    played = decoder.bin_advance[:, None] + deviation[..., edge + 1:frames - edge]
+    diff = played - target
+    wrapped = (diff - 2 * torch.pi * torch.round(diff / (2 * torch.pi))).abs()  # in [0, pi]
+    weight = torch.minimum(spec[..., 1:].abs(), spec[..., :-1].abs())
+    return (weight * wrapped).sum() / weight.sum().clamp_min(1e-8)
 
 
 def export(args: argparse.Namespace) -> None:
@@ -111,6 +137,9 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", type=Path, default=None, help="start from this decoder.pt's weights")
+    ap.add_argument("--advance-weight", type=float, default=0.0,
+                    help="weight of the phase-advance loss (0: mel loss only)")
     ap.add_argument("--export", type=Path, default=None,
                     help="instead of training: write a model folder here, the codec's with RUN's decoder in D0's place")
     args = ap.parse_args()
@@ -141,6 +170,17 @@ def main() -> None:
         decoder.load_state_dict(ckpt["decoder"])
         opt.load_state_dict(ckpt["optimizer"])
         step, spent = int(ckpt["step"]), float(ckpt["seconds"])
+    elif args.init is not None:
+        decoder.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=True)["decoder"])
+    played: dict[str, torch.Tensor] = {}
+    frames = decoder.frames
+
+    def frames_kept(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = frames(z)
+        played["deviation"] = out[1]
+        return out
+
+    decoder.frames = frames_kept  # type: ignore[method-assign]
     n_params = sum(p.numel() for p in decoder.parameters())
     print(f"phase decoder: {n_params / 1e6:.2f} M parameters, {len(train)} training files, step {step}",
           flush=True)
@@ -148,6 +188,7 @@ def main() -> None:
     rng = np.random.default_rng(step)
     t_last = time.time()
     running: list[float] = []
+    running_advance: list[float] = []
 
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
@@ -176,6 +217,10 @@ def main() -> None:
         zq = latents(ndac, x, counts)
         y = decoder(zq)
         loss = loss_fn(y, x[..., :y.shape[-1]])
+        advance = advance_loss(decoder, played["deviation"].float(), x[..., :y.shape[-1]])
+        running_advance.append(float(advance.detach()))
+        if args.advance_weight:
+            loss = loss + args.advance_weight * advance
         for group in opt.param_groups:
             group["lr"] = args.lr * (args.lr_final / args.lr) ** min(spent / total, 1.0)
         opt.zero_grad(set_to_none=True)
@@ -189,8 +234,9 @@ def main() -> None:
         running.append(float(loss.detach()))
         if step % 25 == 0:
             record = {"step": step, "minutes": round(spent / 60, 2), "loss": round(float(np.mean(running)), 4),
+                      "advance": round(float(np.mean(running_advance)), 4),
                       "grad": round(grad, 3), "lr": opt.param_groups[0]["lr"]}
-            running = []
+            running, running_advance = [], []
             if step % args.val_every == 0:
                 record.update({k: round(v, 4) for k, v in validate().items()})
                 t_last = time.time()

@@ -130,3 +130,42 @@ def test_a_phase_decoder_trains_behind_the_encoder_and_codebooks_of_a_dac_codec(
                                                    train=dict(max_steps=1, init_from=str(source))))
     with pytest.raises(TrainingError, match="would stay untrained"):
         NDACTrainer(untrained, device="cpu", quiet=True).run()
+
+
+@pytest.fixture(scope="module")
+def phase_experiment():
+    from tests.conftest import load_script
+
+    yield from load_script("experiment_phase_decoder")
+
+
+@pytest.mark.parametrize("hz", [440.0, 1000.0, 3010.0])
+def test_the_advance_loss_is_how_far_each_bins_turn_is_from_the_references(phase_experiment, hz):
+    """scripts/experiment_phase_decoder.py's phase-advance loss: near zero when every bin turns by the tone's
+    own advance per hop (whatever bin it is), and the offset itself, wrapped, when all turn by more."""
+    decoder = PhaseDecoder(latent_dim=8, hop_length=640, gate=False)
+    rate, frames = 48000, 60
+    x = 0.3 * torch.sin(2 * np.pi * hz * torch.arange(frames * decoder.frame_hop) / rate)[None, None]
+    tone = 2 * np.pi * hz * decoder.frame_hop / rate
+    right = (tone - decoder.bin_advance)[None, :, None].expand(1, decoder.bins, frames)
+    assert float(phase_experiment.advance_loss(decoder, right, x)) < 0.01
+    for offset, expected in ((0.3, 0.3), (-1.0, 1.0), (2 * np.pi + 0.2, 0.2), (np.pi - 0.1, np.pi - 0.1)):
+        loss = float(phase_experiment.advance_loss(decoder, right + offset, x))
+        assert loss == pytest.approx(expected, abs=0.01), (offset, loss)
+
+
+def test_the_advance_loss_compares_each_frame_with_its_own(phase_experiment):
+    """A glide whose pitch rises 5 Hz a frame: the advance of frame n (its phase less frame n - 1's) matches,
+    the advance of the frame before or after does not (it is 0.21 rad away; a faster glide smears the
+    reference's own advances, which a window of four hops sees as a blend)."""
+    decoder = PhaseDecoder(latent_dim=8, hop_length=640, gate=False)
+    rate, hop, frames, rise = 48000, decoder.frame_hop, 60, 5.0 / decoder.frame_hop
+    t = torch.arange(frames * hop, dtype=torch.float64)
+    phase = 2 * np.pi * (300.0 * t + rise * t**2 / 2) / rate
+    x = (0.3 * torch.sin(phase)).float()[None, None]
+    at_frames = phase[::hop]  # each frame's centre
+    tone = torch.cat([at_frames[:1] * 0, at_frames[1:] - at_frames[:-1]]).float()
+    right = (tone[None, :] - decoder.bin_advance[:, None])[None]
+    assert float(phase_experiment.advance_loss(decoder, right, x)) < 0.06
+    for shift in (1, -1):
+        assert float(phase_experiment.advance_loss(decoder, right.roll(shift, -1), x)) > 0.15
