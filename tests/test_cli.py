@@ -456,6 +456,19 @@ def test_an_input_replaced_between_the_passes_is_refused(tmp_path):
     assert sum(len(b) for b in read_blocks(src)) == 4000  # without same_as: whatever is there now
 
 
+def test_folder_mode_takes_every_type_a_single_file_may_be(run, tmp_path, tiny_codec_dir):
+    """AIFF-C and RF64 inputs were coded when named alone and passed over in silence in a folder; the
+    roundtrip of a folder gives each its own type back."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, fmt in (("a.aifc", "AIFF"), ("b.rf64", "RF64"), ("c.WAV", "WAV")):
+        sf.write(src / name, tone(0.2, 48000), 48000, format=fmt)
+    r = run("roundtrip", src, tmp_path / "out", "--nfe", "0", "-m", tiny_codec_dir, "-q")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.aifc", "b.rf64", "c.WAV"]
+    assert sf.info(str(tmp_path / "out" / "b.rf64")).format == "RF64"
+
+
 @pytest.mark.parametrize("verb", ["compress", "decompress", "roundtrip"])
 def test_folder_inputs_sharing_an_output_are_refused_and_the_rest_converted(run, tmp_path, tiny_codec_dir, verb):
     """a.wav and a.flac both make a.fdc: the second used to replace the first (-f) or be called "exists"."""
@@ -675,7 +688,7 @@ def test_output_types_are_usage_errors_named_as_the_user_gave_them(run, wav, tmp
         (("roundtrip", wav, tmp_path / "noext"), "noext: unsupported output extension '(none)'"),
         (("decompress", fdc, "-", "--format", "xyz"), "--format xyz: unsupported output type '.xyz'"),
         (("decompress", fdc, tmp_path / "x.opus", "--subtype", "PCM_16"),
-         "a .opus file holds OPUS only (PCM_16 goes in .aif, .aiff, .au, .caf, .flac, .w64, .wav)"),
+         "a .opus file holds OPUS only (PCM_16 goes in .aiff, .au, .caf, .flac, .rf64, .w64, .wav)"),
         (("decompress", fdc, tmp_path / "f.wav", "--format", "flac"), "--format flac is for folders and -"),
     ]
     for args, why in cases:

@@ -215,6 +215,62 @@ def test_opus_output_from_44k1_is_resampled(wav, tmp_path, tiny_codec_dir):
     assert info.samplerate == 48000 and abs(info.duration - 1.0) < 0.01
 
 
+def test_vorbis_and_flac_outputs_above_their_highest_rate_are_written_at_one_they_hold(tmp_path, tiny_codec_dir):
+    """libsndfile's Vorbis encoder takes 256 kHz on opening and crashes the process when the file is closed;
+    FLAC's header holds up to 655,350 Hz. Above those, the output is written at 192 / 384 kHz, and a library
+    writer asked for such a Vorbis file refuses it instead of crashing."""
+    from flowdec_cli.audio import AtomicAudioWriter, AudioError, output_rate_for
+
+    assert output_rate_for("o.ogg", None, 200000) == 200000 and output_rate_for("o.ogg", None, 256000) == 192000
+    assert output_rate_for("o.flac", None, 655350) == 655350 and output_rate_for("o.flac", None, 700000) == 384000
+    assert output_rate_for("o.wav", None, 700000) == 700000
+    with pytest.raises(AudioError, match="Vorbis holds rates up to 200000 Hz, not 256000"):
+        AtomicAudioWriter(tmp_path / "w.ogg", 256000, 1)
+    assert list(tmp_path.iterdir()) == []
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(0.1, 256000), 256000)
+    r = invoke("roundtrip", src, tmp_path / "o.ogg", "--nfe", "0", "-m", tiny_codec_dir)
+    assert r.exit_code == 0 and "resampled to 192000 Hz" in r.stderr, r.stderr
+    assert sf.info(str(tmp_path / "o.ogg")).samplerate == 192000
+
+
+def test_outputs_that_cannot_hold_the_channels_are_refused_before_the_coding(tmp_path, tiny_codec_dir, monkeypatch):
+    """FLAC holds 8 channels, MP3 2: more is refused naming the types that hold them (libsndfile says only
+    "Format not recognised."), and a roundtrip says so before it codes the input, not after."""
+    from flowdec_cli.audio import AudioError, check_output_channels
+    from flowdec_cli.pipeline import Codec
+
+    check_output_channels("o.flac", None, 8)
+    with pytest.raises(AudioError, match=r"o.flac: FLAC holds at most 8 channels, not 9; write .aiff, .au, "
+                                         r".caf, .ogg, .opus, .rf64, .w64, .wav$"):
+        check_output_channels("o.flac", None, 9)
+    with pytest.raises(AudioError, match=r"MP3 holds 1 or 2 channels, not 9; write .aiff, .au, .caf, .ogg"):
+        check_output_channels("o.mp3", None, 9)
+    with pytest.raises(AudioError, match="Vorbis holds at most 255 channels, not 256; write .aiff, .au, .caf, "
+                                         r".rf64, .w64, .wav$"):
+        check_output_channels("o.ogg", None, 256)
+    src = tmp_path / "nine.wav"
+    sf.write(src, tone(0.2, 48000, 9), 48000)
+
+    def not_coded(*args, **kwargs):
+        raise AssertionError("coded before the output was checked")
+
+    monkeypatch.setattr(Codec, "code_file", not_coded)
+    r = invoke("roundtrip", src, tmp_path / "o.flac", "--nfe", "0", "-m", tiny_codec_dir)
+    assert r.exit_code == 1 and "o.flac: FLAC holds at most 8 channels, not 9" in r.stderr, r.stderr
+    assert not (tmp_path / "o.flac").exists()
+
+
+def test_an_input_rate_no_fdc_file_holds_is_refused_naming_the_input(tmp_path, tiny_codec_dir):
+    """A 12 MHz input was coded in full and then refused as an "invalid header" of the output."""
+    src = tmp_path / "fast.wav"
+    sf.write(src, np.zeros(1200, np.float32), 12_000_000)
+    for args in (("compress", src, tmp_path / "o.fdc"), ("roundtrip", src, tmp_path / "o.wav")):
+        r = invoke(*args, "-m", tiny_codec_dir)
+        assert r.exit_code == 1 and "fast.wav: a .fdc file cannot hold its rate" in r.stderr, r.stderr
+        assert "12000000" in r.stderr and not Path(args[2]).exists()
+
+
 @pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile writes no MP3")
 def test_mp3_output_takes_a_rate_and_channels_it_holds(tmp_path, tiny_codec_dir):
     """MPEG Layer III takes 8-48 kHz at nine rates and 1-2 channels: a 7 kHz file goes to the next rate up,

@@ -34,10 +34,12 @@ __all__ = [
     "output_format_for",
     "check_output_format",
     "output_rate_for",
+    "check_output_channels",
 ]
 
 MAX_CHANNELS = 1024  # libsndfile's limit (SF_MAX_CHANNELS); beyond it it says only "Format not recognised."
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64",
+                    ".caf", ".rf64")
 
 
 def hidden_below(rel: Path) -> bool:
@@ -342,8 +344,11 @@ def resample(x: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
 _FORMATS = {
     ".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS"), ".oga": ("OGG", "VORBIS"),
     ".opus": ("OGG", "OPUS"), ".mp3": ("MP3", "MPEG_LAYER_III"), ".aif": ("AIFF", "PCM_16"),
-    ".aiff": ("AIFF", "PCM_16"), ".w64": ("W64", "PCM_16"), ".caf": ("CAF", "PCM_16"), ".au": ("AU", "PCM_16"),
+    ".aiff": ("AIFF", "PCM_16"), ".aifc": ("AIFF", "PCM_16"), ".w64": ("W64", "PCM_16"), ".caf": ("CAF", "PCM_16"),
+    ".au": ("AU", "PCM_16"), ".rf64": ("RF64", "PCM_16"),
 }
+#: Other names of a type above, left out where types are listed
+_ALIASES = (".oga", ".aif", ".aifc")
 
 
 def output_format_for(path: str | os.PathLike, subtype: str | None = None,
@@ -387,7 +392,8 @@ def check_output_format(path: str | os.PathLike, subtype: str | None = None,
     cannot write that combination (``named``: as for :func:`output_format_for`)."""
     fmt, sub = output_format_for(path, subtype.upper() if subtype else None, named)
     if Path(path).suffix.lower() == ".opus" and sub != "OPUS":  # an Ogg file all the same, named wrongly
-        holders = [e for e, (f, _) in sorted(_FORMATS.items()) if e != ".opus" and can_write(f, sub)]
+        holders = [e for e, (f, _) in sorted(_FORMATS.items())
+                   if e != ".opus" and e not in _ALIASES and can_write(f, sub)]
         where = f"{sub} goes in {', '.join(holders)}" if holders else f"no output type here holds {sub}"
         raise AudioError(f"--subtype {subtype}: a .opus file holds OPUS only ({where})")
     if not can_write(fmt, sub):
@@ -397,17 +403,48 @@ def check_output_format(path: str | os.PathLike, subtype: str | None = None,
     return fmt, sub
 
 
+#: The highest rate an output type holds (by format or subtype), and the rate written above it: FLAC's
+#: stream header has room for 655,350 Hz; libsndfile's Vorbis encoder refuses a first block above 200 kHz
+#: and then crashes the process when the file is closed.
+RATE_CEILINGS = {"FLAC": (655_350, 384_000), "VORBIS": (200_000, 192_000)}
+#: The most channels an output type holds (by format or subtype) where it is below :data:`MAX_CHANNELS`;
+#: past them libsndfile says only "Format not recognised." (its Vorbis encoder crashes instead).
+MOST_CHANNELS = {"MP3": 2, "FLAC": 8, "VORBIS": 255, "OPUS": 255}
+
+
 def output_rate_for(path: str | os.PathLike, subtype: str | None, sample_rate: int) -> int:
     """The rate an output is written at: the original one, except where the format cannot hold it (Opus
     takes 8, 12, 16, 24 or 48 kHz: other rates become 48 kHz; MP3 takes :data:`MP3_RATES`: another rate
-    becomes the next one up, or 48 kHz)."""
-    _, sub = output_format_for(path, subtype.upper() if subtype else None)
+    becomes the next one up, or 48 kHz; above a :data:`RATE_CEILINGS` rate, its replacement)."""
+    fmt, sub = output_format_for(path, subtype.upper() if subtype else None)
     rate = int(sample_rate)
     if sub == "OPUS" and rate not in OPUS_RATES:
         return 48000
     if sub == "MPEG_LAYER_III" and rate not in MP3_RATES:
         return min((r for r in MP3_RATES if r >= rate), default=48000)
+    for kind in (fmt, sub):
+        if kind in RATE_CEILINGS and rate > RATE_CEILINGS[kind][0]:
+            return RATE_CEILINGS[kind][1]
     return rate
+
+
+def _most_channels(fmt: str, subtype: str) -> int:
+    return min(MOST_CHANNELS.get(fmt, MAX_CHANNELS), MOST_CHANNELS.get(subtype, MAX_CHANNELS))
+
+
+def check_output_channels(path: str | os.PathLike, subtype: str | None, channels: int) -> None:
+    """Refuse an output whose type cannot hold ``channels`` channels, naming the types that can: checked
+    before any work (and again when the file is opened)."""
+    fmt, sub = output_format_for(path, subtype.upper() if subtype else None)
+    if not 1 <= int(channels) <= MAX_CHANNELS:
+        raise AudioError(f"{path}: cannot write {channels} channels; audio files here hold 1 to {MAX_CHANNELS}")
+    most = _most_channels(fmt, sub)
+    if int(channels) > most:
+        holders = ", ".join(e for e, (f, d) in sorted(_FORMATS.items())
+                            if _most_channels(f, d) >= int(channels) and e not in _ALIASES)
+        name = "Vorbis" if sub == "VORBIS" else "Opus" if sub == "OPUS" else fmt
+        held = "1 or 2 channels" if most == 2 else f"at most {most} channels"
+        raise AudioError(f"{path}: {name} holds {held}, not {channels}; write {holders}")
 
 
 _RIFF_LIMIT = 0xFFFFFFFF - (1 << 16)  # a RIFF chunk's size is 32 bits; the headers take a little of it
@@ -449,11 +486,11 @@ class AtomicAudioWriter:
         fmt, sub = output_format_for(self.path, subtype.upper() if subtype else None)
         if fmt == "WAV":
             fmt = wav_container_for(frames, channels, sub)
-        if not 1 <= int(channels) <= MAX_CHANNELS:
-            raise AudioError(f"{self.path}: cannot write {channels} channels; audio files here hold 1 to "
-                             f"{MAX_CHANNELS}")
-        if fmt == "MP3" and int(channels) > 2:  # libsndfile says only "Format not recognised."
-            raise AudioError(f"{self.path}: MP3 holds 1 or 2 channels, not {channels}; write .flac, .wav or .opus")
+        check_output_channels(self.path, sub, channels)
+        if sub == "VORBIS" and int(sample_rate) > RATE_CEILINGS["VORBIS"][0]:
+            # libsndfile's Vorbis encoder takes such a rate on opening and crashes the process on closing
+            raise AudioError(f"{self.path}: Vorbis holds rates up to {RATE_CEILINGS['VORBIS'][0]} Hz, not "
+                             f"{sample_rate}")
         if frames == 0 and (fmt in _NO_EMPTY_FILE or sub in _NO_EMPTY_FILE):  # one that nothing reads back
             raise AudioError(f"{self.path}: {sub if sub == 'OPUS' else fmt} cannot hold audio of 0 samples "
                              "(libsndfile writes no file that can be read back); write .wav")

@@ -35,6 +35,7 @@ from .audio import (
     AtomicAudioWriter,
     AudioInfo,
     Resampler,
+    check_output_channels,
     kept_subtype,
     output_rate_for,
     probe,
@@ -580,6 +581,10 @@ class Codec:
         replaced or rewritten between the passes is refused (``info``: what :func:`probe` said of it)."""
         src = Path(src)
         info = info or probe(src)
+        try:  # before any work: the header could not hold it
+            check_sample_rate(info.sample_rate)
+        except FdcError as exc:
+            raise CodecError(f"{src}: a .fdc file cannot hold its rate ({exc})") from None
         point = self.choose_rate(bitrate_kbps, n_codebooks)
         k = point.codebooks
         peak = 0.0
@@ -972,6 +977,7 @@ class Codec:
         info = probe(src)
         if subtype is None:
             subtype = kept_subtype(info.subtype, dst)
+        check_output_channels(dst, subtype, info.channels)  # before the coding, not after it
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps, info=info)
         header, data = encode_fdc_written(header, codes, tables=self.entropy_tables)
         comp = CompressResult(header, codes, len(data), self.nominal_kbps(header))

@@ -2,7 +2,7 @@
 
 Folder rules (:func:`pair_paths`):
 
-* Audio files are found recursively by extension (``.wav .flac .ogg .opus .mp3``, any case).
+* Audio files are found recursively by extension (``flowdec_cli.audio.AUDIO_EXTENSIONS``, any case).
   Files and folders whose name starts with ``.`` are ignored. When one folder lies inside
   the other (``flowdec eval data data/decoded``), the inner folder is left out of the outer
   folder's listing.
@@ -23,10 +23,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..audio import AUDIO_EXTENSIONS
 from ..exceptions import FlowdecError
 
 __all__ = [
-    "AUDIO_EXTENSIONS",
     "AudioReadError",
     "Pair",
     "Pairing",
@@ -35,7 +35,6 @@ __all__ = [
     "pair_paths",
 ]
 
-AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 
 
 class PairingError(FlowdecError, ValueError):
