@@ -16,7 +16,7 @@ or more away); this term is convex around the right advance. ``--init RUN/decode
 run's weights (a fresh optimiser and schedule).
 
     python scripts/experiment_phase_decoder.py --out RUN [--corpus /work/corpus] [--minutes 90]
-        [--threads 1] [--resume] [--init OTHER/decoder.pt] [--advance-weight 1.0]
+        [--threads 1] [--resume] [--init OTHER/decoder.pt] [--advance-weight 1.0] [--no-gate | --lock]
 
 Writes RUN/decoder.pt (weights, optimiser, step) every ``--save-every`` steps and RUN/log.jsonl;
 validation compares the new decoder's mel distance with the codec's own D0 on the same codes.
@@ -43,7 +43,8 @@ def build(args: argparse.Namespace):
     ndac = load_ndac(args.model or "flowdec-small", args.device).eval()
     ndac.requires_grad_(False)
     decoder = PhaseDecoder(int(ndac.config.latent_dim), ndac.hop_length, dim=args.dim,  # type: ignore[arg-type]
-                           intermediate_dim=args.intermediate, num_blocks=args.blocks, gate=not args.no_gate)
+                           intermediate_dim=args.intermediate, num_blocks=args.blocks,
+                           gate=not (args.no_gate or args.lock), lock=args.lock)
     return ndac, decoder.to(args.device)
 
 
@@ -93,7 +94,7 @@ def export(args: argparse.Namespace) -> None:
     old = ndac_from_folder(src / "ndac")
     settings = {**old.config.to_dict(), "decoder_kind": "phase", "phase_dim": args.dim,
                 "phase_intermediate_dim": args.intermediate, "phase_blocks": args.blocks,
-                "phase_gate": not args.no_gate}
+                "phase_gate": not (args.no_gate or args.lock), "phase_lock": args.lock}
     model = NDAC(NDACConfig.from_kwargs(settings))
     ckpt = torch.load(args.out / "decoder.pt", map_location="cpu", weights_only=True)
     model.encoder.load_state_dict(old.encoder.state_dict())
@@ -134,6 +135,8 @@ def main() -> None:
     ap.add_argument("--intermediate", type=int, default=576)
     ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--no-gate", action="store_true", help="carry every bin's phase always (no fresh phase)")
+    ap.add_argument("--lock", action="store_true",
+                    help="without a gate, pull each frame's phases together across neighbouring bins")
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")

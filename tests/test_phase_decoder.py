@@ -65,11 +65,39 @@ def test_a_steady_frame_plays_a_steady_partial_between_the_frame_rate_lines():
     assert torch.allclose(phasor[0, :, 0], expected, atol=1e-4)
 
 
-@pytest.mark.parametrize(("gate", "upsample"), [(True, 2), (False, 2), (True, 1), (False, 4)])
+def test_the_lock_keeps_a_steady_partial_where_its_advance_puts_it_and_its_bins_together():
+    """The lock pulls each frame's phases together across neighbouring bins; a partial's bins then add up
+    instead of cancelling (with the reference's own magnitudes and advances but spread start phases, the
+    unlocked decoder plays a 1,010 Hz tone at a level the starts decide), and it is still a partial at the
+    frequency its advance gives, off the 75 Hz lines."""
+    kwargs = dict(latent_dim=8, hop_length=640, dim=16, intermediate_dim=32, num_blocks=1, gate=False)
+    locked, free = PhaseDecoder(**kwargs, lock=True), PhaseDecoder(**kwargs)
+    n, f0, rate = 300, 1010.0, 48000
+    x = 0.3 * torch.sin(2 * np.pi * f0 * torch.arange(n * locked.frame_hop) / rate)
+    spec = torch.stft(x, locked.n_fft, locked.frame_hop, window=locked.window, center=True, return_complex=True)
+    mag = spec.abs()[None, :, :n]
+    deviation = (2 * np.pi * f0 * locked.frame_hop / rate - locked.bin_advance)[None, :, None].expand(1, -1, n)
+    levels = {}
+    for name, decoder in (("locked", locked), ("free", free)):
+        with torch.no_grad():
+            phasor = decoder.phasors(deviation, None, None, mag=mag)
+            y = torch.istft(mag * phasor, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True)
+        middle = y[0, 24000:72000]
+        levels[name] = float(middle.pow(2).mean().sqrt() / 0.3 * np.sqrt(2))
+        assert abs(_strongest_hz(middle.numpy()) - f0) < 0.5, name
+    assert abs(levels["locked"] - 1) < 0.05 and abs(levels["free"] - 1) > 0.2, levels
+    with pytest.raises(ValueError, match="need the magnitudes"):
+        locked.phasors(deviation, None, None)
+    with pytest.raises(ValueError, match="without a gate"):
+        PhaseDecoder(**{**kwargs, "gate": True}, lock=True)
+
+
+@pytest.mark.parametrize(("gate", "upsample", "lock"), [(True, 2, False), (False, 2, False), (True, 1, False),
+                                                        (False, 4, False), (False, 2, True), (False, 1, True)])
 @pytest.mark.parametrize("chunk", [1, 2, 7, 40])
-def test_chunked_decoding_hands_the_phase_on_and_equals_the_whole_file(chunk, gate, upsample):
+def test_chunked_decoding_hands_the_phase_on_and_equals_the_whole_file(chunk, gate, upsample, lock):
     """Also where the context was one frame short (upsample 1), which blocks at 1 % of their weight hid."""
-    model = _phase_ndac(phase_gate=gate, phase_upsample=upsample)
+    model = _phase_ndac(phase_gate=gate, phase_upsample=upsample, phase_lock=lock)
     codes = torch.randint(0, 32, (6, 3, 40))  # more channels than go through the network together
     whole = model.decode(codes)
     assert whole.shape == (6, 1, model.decoded_length(40)) == (6, 1, 40 * model.hop_length)
@@ -82,6 +110,8 @@ def test_phase_settings_are_checked_written_only_for_that_kind_and_load_back(tmp
     assert "decoder_kind" not in NDACConfig(**TINY_NDAC_MODEL).to_dict()  # DAC configs stay as DAC writes them
     for bad, why in ((dict(decoder_kind="vocos"), "decoder_kind must be one of"),
                      (dict(phase_gate="no"), "phase_gate must be true or false"),
+                     (dict(phase_lock=1), "phase_lock must be true or false"),
+                     (dict(phase_lock=True), "phase_lock is for a decoder without a gate"),
                      (dict(phase_upsample=3), "does not divide the hop"),
                      (dict(phase_dim=0), r"phase_dim = 0 is out of range"),
                      (dict(phase_blocks=65), r"phase_blocks = 65 is out of range \[1, 64\]"),
@@ -95,6 +125,16 @@ def test_phase_settings_are_checked_written_only_for_that_kind_and_load_back(tmp
     assert json.loads((folder / "config.json").read_text())["decoder_kind"] == "phase"
     codes = torch.randint(0, 32, (1, 3, 12))
     assert torch.equal(load_ndac(folder, "cpu").decode(codes), model.decode(codes))
+    locked = _phase_ndac(phase_gate=False, phase_lock=True)
+    folder = save_ndac(locked, tmp_path / "locked")
+    assert json.loads((folder / "config.json").read_text())["phase_lock"] is True
+    back = load_ndac(folder, "cpu")
+    assert back.decoder.locked and torch.equal(back.decode(codes), locked.decode(codes))
+    from flowdec_cli.training.config import ConfigError, config_from_dict
+
+    lock = dict(decoder_kind="phase", phase_gate=False, phase_lock=True)
+    with pytest.raises(ConfigError, match="model.phase_lock: its advances learn from an advance loss"):
+        config_from_dict("ndac", ndac_dict(["clips"], tmp_path / "run", model=lock))
 
 
 @pytest.mark.usefixtures("fast_cpu")

@@ -72,6 +72,7 @@ class NDACConfig:
     phase_blocks: int = 5
     phase_upsample: int = 2
     phase_gate: bool = True
+    phase_lock: bool = False
 
     def __post_init__(self) -> None:
         self.encoder_rates = _whole_numbers("encoder_rates", self.encoder_rates)
@@ -93,8 +94,11 @@ class NDACConfig:
             v, top = getattr(self, name), _PHASE_BOUNDS.get(name, 65_536)
             if not is_integer(v) or not 1 <= v <= top:
                 raise InvalidValue(f"config {name} = {v!r} is out of range [1, {top}]")
-        if not isinstance(self.phase_gate, bool):
-            raise InvalidValue(f"config phase_gate must be true or false, got {self.phase_gate!r}")
+        for name in ("phase_gate", "phase_lock"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidValue(f"config {name} must be true or false, got {getattr(self, name)!r}")
+        if self.phase_gate and self.phase_lock:
+            raise InvalidValue("config phase_lock is for a decoder without a gate: set phase_gate = false")
         if self.decoder_kind == "phase" and (self.hop_length % self.phase_upsample
                                              or self.hop_length // self.phase_upsample < 2):
             raise InvalidValue(f"config phase_upsample {self.phase_upsample} does not divide the hop "
@@ -154,7 +158,7 @@ class NDACConfig:
         """The settings; DAC's decoder's as DAC writes them (none of ours, so files stay as they were)."""
         out = asdict(self)
         if self.decoder_kind == "dac":
-            for name in ("decoder_kind", "phase_gate", *_PHASE_FIELDS):
+            for name in ("decoder_kind", "phase_gate", "phase_lock", *_PHASE_FIELDS):
                 del out[name]
         return out
 
@@ -444,7 +448,8 @@ class NDAC(nn.Module):
         if config.decoder_kind == "phase":
             self.decoder = PhaseDecoder(int(config.latent_dim), config.hop_length,  # type: ignore[arg-type]
                                         config.phase_dim, config.phase_intermediate_dim, config.phase_blocks,
-                                        upsample=config.phase_upsample, gate=config.phase_gate)
+                                        upsample=config.phase_upsample, gate=config.phase_gate,
+                                        lock=config.phase_lock)
         else:
             self.decoder = Decoder(int(config.latent_dim), config.decoder_dim, config.decoder_rates)  # type: ignore[arg-type]
         self._folded = False

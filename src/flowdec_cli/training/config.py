@@ -121,6 +121,7 @@ class NDACModelConfig:
     phase_blocks: int = 5
     phase_upsample: int = 2
     phase_gate: bool = True
+    phase_lock: bool = False
 
 
 @dataclass
@@ -240,6 +241,9 @@ class NDACTrainConfig:
                               "have different products")
         if not 0.0 <= m.quantizer_dropout <= 1.0:
             raise ConfigError("model.quantizer_dropout must lie in [0, 1]")
+        if m.decoder_kind == "phase" and m.phase_lock:  # no gradient reaches its advances through the lock
+            raise ConfigError("model.phase_lock: its advances learn from an advance loss this trainer lacks; train "
+                              "such a decoder with scripts/experiment_phase_decoder.py --lock")
         if len(self.loss.mel_windows) != len(self.loss.mel_bins):
             raise ConfigError("loss.mel_windows and loss.mel_bins must have the same length")
         for k in self.validation.n_codebooks:
