@@ -17,7 +17,7 @@ decoder that carries phase". Without it the phase only ever turns (a running sum
 Each bin carrying its own phase loses what a real partial has: the bins of one partial share its phase
 (less pi per bin, for the frame-start reference of the STFT). Bins that start or drift apart cancel and beat:
 resynthesised this way with the reference's own magnitudes and advances but each bin's own start, DAC's
-mel distance is 1.49 on the validation clips (0 with the true starts). With ``lock`` each frame's phases
+mel distance is 1.37 on the validation clips (0 with the true starts). With ``lock`` each frame's phases
 are pulled together across neighbouring bins (a magnitude-weighted sum over three bins, as a phase
 vocoder's phase locking does), which takes that figure to 0.83; a lock is rotation-equivariant, so a steady
 column still plays a steady partial at any frequency.
