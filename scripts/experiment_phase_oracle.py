@@ -111,7 +111,8 @@ def main() -> None:
             played = torch.angle(out[..., 1:] * out[..., :-1].conj()) - decoder.bin_advance[:, None]
             played = torch.cat([played[..., :1], played], -1)
             scores[name].append((float(mel(y, x)), float(advance_loss(decoder, played, x))))
-    print(f"{len(clips)} validation clips of up to {args.seconds:g} s: mel distance | advance error of the output (rad)")
+    print(f"{len(clips)} validation clips of up to {args.seconds:g} s: "
+          "mel distance | advance error of the output (rad)")
     for name, rows in scores.items():
         m, a = np.mean(rows, axis=0)
         print(f"{name}: {m:.3f} | {a:.3f}")

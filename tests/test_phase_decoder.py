@@ -133,7 +133,7 @@ def test_phase_settings_are_checked_written_only_for_that_kind_and_load_back(tmp
     from flowdec_cli.training.config import ConfigError, config_from_dict
 
     lock = dict(decoder_kind="phase", phase_gate=False, phase_lock=True)
-    with pytest.raises(ConfigError, match="model.phase_lock: its advances learn from an advance loss"):
+    with pytest.raises(ConfigError, match=r"model\.phase_lock: its advances learn from an advance loss"):
         config_from_dict("ndac", ndac_dict(["clips"], tmp_path / "run", model=lock))
 
 
