@@ -348,7 +348,7 @@ _FORMATS = {
     ".au": ("AU", "PCM_16"), ".rf64": ("RF64", "PCM_16"),
 }
 #: Other names of a type above, left out where types are listed
-_ALIASES = (".oga", ".aif", ".aifc")
+_ALIAS_EXTENSIONS = (".oga", ".aif", ".aifc")
 
 
 def output_format_for(path: str | os.PathLike, subtype: str | None = None,
@@ -393,7 +393,7 @@ def check_output_format(path: str | os.PathLike, subtype: str | None = None,
     fmt, sub = output_format_for(path, subtype.upper() if subtype else None, named)
     if Path(path).suffix.lower() == ".opus" and sub != "OPUS":  # an Ogg file all the same, named wrongly
         holders = [e for e, (f, _) in sorted(_FORMATS.items())
-                   if e != ".opus" and e not in _ALIASES and can_write(f, sub)]
+                   if e != ".opus" and e not in _ALIAS_EXTENSIONS and can_write(f, sub)]
         where = f"{sub} goes in {', '.join(holders)}" if holders else f"no output type here holds {sub}"
         raise AudioError(f"--subtype {subtype}: a .opus file holds OPUS only ({where})")
     if not can_write(fmt, sub):
@@ -408,8 +408,13 @@ def check_output_format(path: str | os.PathLike, subtype: str | None = None,
 #: and then crashes the process when the file is closed.
 RATE_CEILINGS = {"FLAC": (655_350, 384_000), "VORBIS": (200_000, 192_000)}
 #: The most channels an output type holds (by format or subtype) where it is below :data:`MAX_CHANNELS`;
-#: past them libsndfile says only "Format not recognised." (its Vorbis encoder crashes instead).
-MOST_CHANNELS = {"MP3": 2, "FLAC": 8, "VORBIS": 255, "OPUS": 255}
+#: past them libsndfile says only "Format not recognised." (its Vorbis encoder crashes instead). Found by
+#: writing every pair the output types offer (tests/test_shell.py checks them against this libsndfile).
+MOST_CHANNELS = {"MP3": 2, "FLAC": 8, "VORBIS": 255, "OPUS": 255,
+                 **dict.fromkeys(("ALAC_16", "ALAC_20", "ALAC_24", "ALAC_32"), 8),
+                 **dict.fromkeys(("IMA_ADPCM", "MS_ADPCM"), 2),
+                 **dict.fromkeys(("GSM610", "G721_32", "G723_24", "G723_40", "NMS_ADPCM_16", "NMS_ADPCM_24",
+                                  "NMS_ADPCM_32"), 1)}
 
 
 def output_rate_for(path: str | os.PathLike, subtype: str | None, sample_rate: int) -> int:
@@ -440,10 +445,13 @@ def check_output_channels(path: str | os.PathLike, subtype: str | None, channels
         raise AudioError(f"{path}: cannot write {channels} channels; audio files here hold 1 to {MAX_CHANNELS}")
     most = _most_channels(fmt, sub)
     if int(channels) > most:
+        held = {1: "1 channel", 2: "1 or 2 channels"}.get(most, f"at most {most} channels")
+        if MOST_CHANNELS.get(fmt, MAX_CHANNELS) > most and sub not in ("VORBIS", "OPUS"):  # the samples' limit
+            raise AudioError(f"{path}: {sub} holds {held}, not {channels}; choose another --subtype")
         holders = ", ".join(e for e, (f, d) in sorted(_FORMATS.items())
-                            if _most_channels(f, d) >= int(channels) and e not in _ALIASES)
-        name = "Vorbis" if sub == "VORBIS" else "Opus" if sub == "OPUS" else fmt
-        held = "1 or 2 channels" if most == 2 else f"at most {most} channels"
+                            if _most_channels(f, d) >= int(channels) and e not in _ALIAS_EXTENSIONS
+                            and can_write(f, d))
+        name = {"VORBIS": "Vorbis", "OPUS": "Opus"}.get(sub, fmt)
         raise AudioError(f"{path}: {name} holds {held}, not {channels}; write {holders}")
 
 

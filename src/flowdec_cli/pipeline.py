@@ -581,10 +581,7 @@ class Codec:
         replaced or rewritten between the passes is refused (``info``: what :func:`probe` said of it)."""
         src = Path(src)
         info = info or probe(src)
-        try:  # before any work: the header could not hold it
-            check_sample_rate(info.sample_rate)
-        except FdcError as exc:
-            raise CodecError(f"{src}: a .fdc file cannot hold its rate ({exc})") from None
+        _checked_sample_rate(info.sample_rate, src)  # before any work: the header could not hold it
         point = self.choose_rate(bitrate_kbps, n_codebooks)
         k = point.codebooks
         peak = 0.0
@@ -1046,12 +1043,13 @@ def _check_output(dst: Path, overwrite: bool, src: Path | None = None) -> None:
         raise OutputExistsError(dst, before=True)
 
 
-def _checked_sample_rate(sample_rate: Any) -> int:
-    """The rate as the int a header stores; the container's rule, refused as a coding request."""
+def _checked_sample_rate(sample_rate: Any, source: Path | None = None) -> int:
+    """The rate as the int a header stores; the container's rule, refused as a coding request (of the file
+    ``source``, when the rate is a file's)."""
     try:
         return check_sample_rate(sample_rate)
     except FdcError as exc:
-        raise CodecError(str(exc)) from None
+        raise CodecError(f"{source}: a .fdc file cannot hold its rate ({exc})" if source else str(exc)) from None
 
 
 def _check_codes_fit(header: FdcHeader, codes: np.ndarray) -> None:

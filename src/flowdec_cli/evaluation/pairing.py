@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 
-
 class PairingError(FlowdecError, ValueError):
     """The two paths cannot be paired (missing, file against folder, ...)."""
 
