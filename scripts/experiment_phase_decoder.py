@@ -148,6 +148,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.lock and args.export is None and args.advance_weight <= 0:
+        ap.error("--lock passes no gradient to the advances: give --advance-weight above 0")
     if args.export is not None:
         export(args)
         return

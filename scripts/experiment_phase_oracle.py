@@ -66,6 +66,15 @@ def play(decoder, mag: torch.Tensor, advance: torch.Tensor, start: torch.Tensor,
                        length=phasor.shape[-1] * decoder.frame_hop)[:, None]
 
 
+def play_locked(decoder, mag: torch.Tensor, advance: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """As :func:`play` without a kernel, then ``PhaseDecoder.lock`` (model.phase_lock) on each frame alone."""
+    angle = start.double()[..., None] + torch.cumsum(advance.double(), dim=-1)
+    carried = torch.polar(torch.ones_like(angle), angle).to(torch.complex64)
+    played = decoder.lock(carried, mag)
+    return torch.istft(mag * played, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True,
+                       length=played.shape[-1] * decoder.frame_hop)[:, None]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default="/work/corpus", type=Path)
@@ -78,20 +87,22 @@ def main() -> None:
     from flowdec_cli.training.losses import MultiScaleMelLoss
 
     advance_loss = _advance_loss()
-    decoder = PhaseDecoder(latent_dim=8, hop_length=640, gate=False)
+    decoder = PhaseDecoder(latent_dim=8, hop_length=640, gate=False, lock=True)
     mel = MultiScaleMelLoss(48000)
     clips = EvalDataset(48000, items=list_audio([args.corpus / "valid.txt"])[:args.clips],
                         max_samples=int(args.seconds * 48000))
     ways = {
         "true start phases": {},
         "each bin's own start (the decoder's)": {"own": True},
-        "own start, 3-bin lock (model.phase_lock)": {"own": True, "kernel": [0.5, 1.0, 0.5]},
-        "own start, 3-bin lock, magnitudes squared": {"own": True, "kernel": [0.5, 1.0, 0.5], "power": 2.0},
-        "own start, 5-bin lock, magnitudes squared": {"own": True, "kernel": [0.25, 0.5, 1.0, 0.5, 0.25],
-                                                      "power": 2.0},
-        "own start, 3-bin lock twice, magnitudes squared": {"own": True, "kernel": [0.5, 1.0, 0.5], "power": 2.0,
-                                                            "passes": 2},
-        "own start, each bin its peak's phase": {"own": True, "peaks": True},
+        "own start, model.phase_lock (3 bins, each frame alone)": {"own": True, "library": True},
+        "own start, 3-bin lock fed back (chaotic)": {"own": True, "kernel": [0.5, 1.0, 0.5]},
+        "own start, 3-bin lock fed back, magnitudes squared": {"own": True, "kernel": [0.5, 1.0, 0.5],
+                                                               "power": 2.0},
+        "own start, 5-bin lock fed back, magnitudes squared": {"own": True, "kernel": [0.25, 0.5, 1.0, 0.5, 0.25],
+                                                               "power": 2.0},
+        "own start, 3-bin lock fed back twice, magnitudes squared": {"own": True, "kernel": [0.5, 1.0, 0.5],
+                                                                     "power": 2.0, "passes": 2},
+        "own start, each bin its peak's phase, fed back": {"own": True, "peaks": True},
     }
     scores: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     for i in range(len(clips)):
@@ -104,8 +115,12 @@ def main() -> None:
         turn = torch.cat([torch.angle(spec[..., :1]), turn], -1)  # frame 0 turns from phase 0 to its own
         own = 2 * math.pi * torch.rand(1, decoder.bins, generator=torch.Generator().manual_seed(i))
         for name, how in ways.items():
-            y = play(decoder, spec.abs(), turn, own if how.get("own") else torch.zeros(1, decoder.bins),
-                     how.get("kernel"), how.get("power", 1.0), how.get("passes", 1), how.get("peaks", False))
+            start = own if how.get("own") else torch.zeros(1, decoder.bins)
+            if how.get("library"):
+                y = play_locked(decoder, spec.abs(), turn, start)
+            else:
+                y = play(decoder, spec.abs(), turn, start, how.get("kernel"), how.get("power", 1.0),
+                         how.get("passes", 1), how.get("peaks", False))
             out = torch.stft(y[:, 0], decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True,
                              return_complex=True)[..., :frames]
             played = torch.angle(out[..., 1:] * out[..., :-1].conj()) - decoder.bin_advance[:, None]

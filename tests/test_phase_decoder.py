@@ -80,16 +80,38 @@ def test_the_lock_keeps_a_steady_partial_where_its_advance_puts_it_and_its_bins_
     levels = {}
     for name, decoder in (("locked", locked), ("free", free)):
         with torch.no_grad():
-            phasor = decoder.phasors(deviation, None, None, mag=mag)
+            phasor = decoder.phasors(deviation, None, None)
+            phasor = decoder.lock(phasor, mag) if decoder.locked else phasor
             y = torch.istft(mag * phasor, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True)
         middle = y[0, 24000:72000]
         levels[name] = float(middle.pow(2).mean().sqrt() / 0.3 * np.sqrt(2))
         assert abs(_strongest_hz(middle.numpy()) - f0) < 0.5, name
-    assert abs(levels["locked"] - 1) < 0.05 and abs(levels["free"] - 1) > 0.2, levels
-    with pytest.raises(ValueError, match="need the magnitudes"):
-        locked.phasors(deviation, None, None)
+    assert levels["locked"] > 0.75 and levels["free"] < 0.6, levels  # 0.83 and 0.50 when written
     with pytest.raises(ValueError, match="without a gate"):
         PhaseDecoder(**{**kwargs, "gate": True}, lock=True)
+
+
+def test_the_lock_does_not_feed_back_so_a_rounding_difference_stays_one():
+    """A lock fed back into the recurrence is chaotic where neighbours all but cancel: a difference in the
+    last bits grew until bins turned over (a third of them within 3 s of a vibrato tone), so chunked and
+    whole-file decoding, or two devices, would part. Applied to each frame alone it stays as small as it
+    came in, 3,000 frames (20 s) on."""
+    torch.manual_seed(0)
+    decoder = PhaseDecoder(latent_dim=8, hop_length=640, dim=16, intermediate_dim=32, num_blocks=1, gate=False,
+                           lock=True)
+    n, rate = 3000, 48000
+    t = torch.arange(n * decoder.frame_hop, dtype=torch.float64) / rate
+    pitch = 2 * np.pi * torch.cumsum(220 * (1 + 0.02 * torch.sin(2 * np.pi * 5 * t)), 0) / rate
+    x = sum(0.3 / k * torch.sin(k * pitch) for k in range(1, 15)).float() + 0.01 * torch.randn(len(t))
+    spec = torch.stft(x, decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True,
+                      return_complex=True)[None, :, :n]
+    turn = torch.angle(spec[..., 1:] * spec[..., :-1].conj())
+    deviation = torch.cat([turn[..., :1], turn], -1) - decoder.bin_advance[:, None]
+    with torch.no_grad():
+        carried = decoder.phasors(deviation, None, None)
+        played = decoder.lock(carried, spec.abs())
+        nudged = decoder.lock(carried, spec.abs() * (1 + 1e-6 * torch.randn(spec.shape)))
+    assert float((played - nudged).abs().max()) < 0.01
 
 
 @pytest.mark.parametrize(("gate", "upsample", "lock"), [(True, 2, False), (False, 2, False), (True, 1, False),

@@ -97,7 +97,7 @@ class NDACConfig:
         for name in ("phase_gate", "phase_lock"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidValue(f"config {name} must be true or false, got {getattr(self, name)!r}")
-        if self.phase_gate and self.phase_lock:
+        if self.decoder_kind == "phase" and self.phase_gate and self.phase_lock:
             raise InvalidValue("config phase_lock is for a decoder without a gate: set phase_gate = false")
         if self.decoder_kind == "phase" and (self.hop_length % self.phase_upsample
                                              or self.hop_length // self.phase_upsample < 2):

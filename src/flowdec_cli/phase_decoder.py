@@ -19,8 +19,8 @@ Each bin carrying its own phase loses what a real partial has: the bins of one p
 resynthesised this way with the reference's own magnitudes and advances but each bin's own start, DAC's
 mel distance is 1.37 on the validation clips (0 with the true starts). With ``lock`` each frame's phases
 are pulled together across neighbouring bins (a magnitude-weighted sum over three bins, as a phase
-vocoder's phase locking does), which takes that figure to 0.83; a lock is rotation-equivariant, so a steady
-column still plays a steady partial at any frequency.
+vocoder's phase locking does), which takes that figure to 1.07 (:meth:`PhaseDecoder.lock`: why it does not
+feed back); a lock is rotation-equivariant, so a steady column still plays a steady partial at any frequency.
 
 The recurrence is the only part that is not a convolution: a chunked decode carries its state
 (:class:`PhaseState`) from one chunk to the next, so chunks give what the whole file gives.
@@ -121,14 +121,10 @@ class PhaseDecoder(nn.Module):
         return tuple(out.transpose(1, 2).reshape(h.shape[0], self.outputs, self.bins, -1).unbind(1))
 
     def phasors(self, deviation: torch.Tensor, fresh: torch.Tensor | None, gate_logit: torch.Tensor | None,
-                state: PhaseState | None = None, mag: torch.Tensor | None = None) -> torch.Tensor:
-        """The unit phasors [B, F, N] played, run frame by frame from ``state`` (None: the first fresh phase,
-        or without a gate :attr:`first_phase`). Without a gate the phase only ever turns: a running sum; with
-        the lock each frame's turned phases are then pulled together by ``mag`` [B, F, N]."""
-        if self.locked:
-            if mag is None:
-                raise ValueError("a locked decoder's phasors need the magnitudes")
-            return self._locked_phasors(deviation, mag, state)
+                state: PhaseState | None = None) -> torch.Tensor:
+        """The unit phasors [B, F, N] carried, run frame by frame from ``state`` (None: the first fresh phase,
+        or without a gate :attr:`first_phase`). Without a gate the phase only ever turns: a running sum. What
+        is played is these, or with the lock :meth:`lock` of them."""
         if fresh is None or gate_logit is None:
             # summed in float64 and wrapped: float32 sums drift by hundredths of a radian over minutes
             angle = torch.cumsum((self.bin_advance[:, None] + deviation).double(), dim=-1)
@@ -152,27 +148,23 @@ class PhaseDecoder(nn.Module):
         return torch.stack(played, dim=-1)
 
     @torch.no_grad()
-    def _locked_phasors(self, deviation: torch.Tensor, mag: torch.Tensor, state: PhaseState | None) -> torch.Tensor:
-        """No gradient runs through the locked phases: the lock divides by sums of neighbours that can all but
-        cancel, and gradients through it reached 10^4. The advances learn from a loss of their own
-        (scripts/experiment_phase_decoder.py's advance loss), the magnitudes from the rest."""
-        turn = torch.polar(torch.ones_like(deviation), self.bin_advance[:, None] + deviation)
-        if state is None:
-            w = torch.polar(torch.ones_like(self.first_phase), self.first_phase - self.bin_advance)
-            w = w.expand(deviation.shape[:-1])
-        else:
-            w = state.phasor.to(turn.dtype)
-        # each frame's magnitudes relative to its loudest bin: the lock weighs bins, not levels
-        weight = mag / (mag.amax(dim=-2, keepdim=True) + 1e-12)
-        played = []
-        for n in range(deviation.shape[-1]):
-            w = w * turn[..., n]
-            centred = weight[..., n] * w * self.bin_sign
-            pulled = centred + 0.5 * (F.pad(centred[..., :-1], (1, 0)) + F.pad(centred[..., 1:], (0, 1)))
-            pulled = pulled * self.bin_sign + 1e-6 * w  # a bin with no neighbours to speak of keeps its own
-            w = pulled / pulled.abs()
-            played.append(w)
-        return torch.stack(played, dim=-1)
+    def lock(self, carried: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+        """The phasors played [B, F, N]: each frame's ``carried`` ones pulled together over three neighbouring
+        bins, weighted by ``mag``, in the frame-centre reference all bins of one partial share.
+
+        Frame by frame and without memory: what is carried on is the unlocked running phase. A lock fed back
+        into the recurrence pulls harder (the oracle's 0.83 against 1.07), but it is chaotic: where
+        neighbours all but cancel, a rounding difference grows until bins turn over (a third of a vibrato
+        tone's bins within 3 s), so chunked and whole-file decoding, or two devices, would part. No gradient
+        runs through it either: its normalisation divides by those same near-cancelling sums (gradients
+        reached 10^4); the advances learn from a loss of their own (scripts/experiment_phase_decoder.py's
+        advance loss), the magnitudes through the inverse STFT."""
+        centred = mag * carried * self.bin_sign[:, None]
+        below, above = F.pad(centred[..., :-1, :], (0, 0, 1, 0)), F.pad(centred[..., 1:, :], (0, 0, 0, 1))
+        pulled = centred + 0.5 * (below + above)
+        # a bin whose neighbours and itself are silent keeps the phase it carries
+        pulled = pulled * self.bin_sign[:, None] + 1e-30 * carried
+        return pulled / pulled.abs()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """The whole waveform [B, 1, T * hop_length] of a latent [B, C, T]."""
@@ -196,8 +188,9 @@ class PhaseDecoder(nn.Module):
         fresh, gate_logit = gated if gated else (None, None)
         with torch.autocast(z.device.type, enabled=False):
             mag = log_mag.clamp(max=_LOG_MAG_MAX).exp()
-            phasor = self.phasors(deviation, fresh, gate_logit, state, mag)
-            audio = torch.istft(mag * phasor, self.n_fft, hop, window=self.window, center=True,
+            phasor = self.phasors(deviation, fresh, gate_logit, state)
+            played = self.lock(phasor, mag) if self.locked else phasor
+            audio = torch.istft(mag * played, self.n_fft, hop, window=self.window, center=True,
                                 length=phasor.shape[-1] * hop)
         handed_on = last * up - _OVERLAP - 1 - start  # the frame before where the next chunk picks up
         # a chunk that ends before the overlap has begun hands on nothing: the next one starts the file too
