@@ -16,7 +16,8 @@ or more away); this term is convex around the right advance. ``--init RUN/decode
 run's weights (a fresh optimiser and schedule).
 
     python scripts/experiment_phase_decoder.py --out RUN [--corpus /work/corpus] [--minutes 90]
-        [--threads 1] [--resume] [--init OTHER/decoder.pt] [--advance-weight 1.0] [--no-gate | --lock]
+        [--threads 1] [--resume] [--init OTHER/decoder.pt] [--advance-weight 1.0]
+        [--output-advance-weight 1.0] [--no-gate | --lock]
 
 Writes RUN/decoder.pt (weights, optimiser, step) every ``--save-every`` steps and RUN/log.jsonl;
 validation compares the new decoder's mel distance with the codec's own D0 on the same codes.
@@ -73,6 +74,16 @@ def advance_loss(decoder, deviation: torch.Tensor, x: torch.Tensor) -> torch.Ten
     wrapped = (diff - 2 * torch.pi * torch.round(diff / (2 * torch.pi))).abs()  # in [0, pi]
     weight = torch.minimum(spec[..., 1:].abs(), spec[..., :-1].abs())
     return (weight * wrapped).sum() / weight.sum().clamp_min(1e-8)
+
+
+def output_deviation(decoder, y: torch.Tensor, frames: int) -> torch.Tensor:
+    """The advances [B, F, frames] of a waveform ``y`` [B, 1, L] as :func:`advance_loss` takes them (less
+    each bin's own), read from its STFT at the decoder's window and hop: what the listener gets, which the
+    overlap-add of frames that are not a consistent STFT can make other than what the decoder played."""
+    spec = torch.stft(y[:, 0], decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True,
+                      return_complex=True)[..., :frames]
+    turn = torch.angle(spec[..., 1:] * spec[..., :-1].conj() + 1e-12)
+    return torch.cat([turn[..., :1], turn], -1) - decoder.bin_advance[:, None]
 
 
 def export(args: argparse.Namespace) -> None:
@@ -143,12 +154,14 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None, help="start from this decoder.pt's weights")
     ap.add_argument("--advance-weight", type=float, default=0.0,
                     help="weight of the phase-advance loss (0: mel loss only)")
+    ap.add_argument("--output-advance-weight", type=float, default=0.0,
+                    help="weight of the same loss on the advances of the decoder's output waveform")
     ap.add_argument("--export", type=Path, default=None,
                     help="instead of training: write a model folder here, the codec's with RUN's decoder in D0's place")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.lock and args.export is None and args.advance_weight <= 0:
+    if args.lock and args.export is None and args.advance_weight <= 0 and args.output_advance_weight <= 0:
         ap.error("--lock passes no gradient to the advances: give --advance-weight above 0")
     if args.export is not None:
         export(args)
@@ -226,6 +239,10 @@ def main() -> None:
         running_advance.append(float(advance.detach()))
         if args.advance_weight:
             loss = loss + args.advance_weight * advance
+        if args.output_advance_weight:
+            frames_played = played["deviation"].shape[-1]
+            heard = advance_loss(decoder, output_deviation(decoder, y, frames_played), x[..., :y.shape[-1]])
+            loss = loss + args.output_advance_weight * heard
         for group in opt.param_groups:
             group["lr"] = args.lr * (args.lr_final / args.lr) ** min(spent / total, 1.0)
         opt.zero_grad(set_to_none=True)

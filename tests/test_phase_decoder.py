@@ -216,6 +216,21 @@ def test_the_advance_loss_is_how_far_each_bins_turn_is_from_the_references(phase
         assert loss == pytest.approx(expected, abs=0.01), (offset, loss)
 
 
+def test_the_output_advances_are_the_waveforms_own(phase_experiment):
+    """The advances read from a waveform's STFT: the reference's own give no loss; the same tone 30 Hz off
+    (0.4 rad a hop) gives that distance."""
+    decoder = PhaseDecoder(latent_dim=8, hop_length=640, gate=False)
+    frames, rate = 60, 48000
+    t = torch.arange(frames * decoder.frame_hop) / rate
+    x = (0.3 * torch.sin(2 * np.pi * 1010.0 * t))[None, None]
+    own = phase_experiment.output_deviation(decoder, x, frames)
+    assert own.shape == (1, decoder.bins, frames)
+    assert float(phase_experiment.advance_loss(decoder, own, x)) < 0.01
+    off = (0.3 * torch.sin(2 * np.pi * 1040.0 * t))[None, None]
+    heard = float(phase_experiment.advance_loss(decoder, phase_experiment.output_deviation(decoder, off, frames), x))
+    assert heard == pytest.approx(2 * np.pi * 30 * decoder.frame_hop / rate, abs=0.05)
+
+
 def test_the_advance_loss_compares_each_frame_with_its_own(phase_experiment):
     """A glide whose pitch rises 5 Hz a frame: the advance of frame n (its phase less frame n - 1's) matches,
     the advance of the frame before or after does not (it is 0.21 rad away; a faster glide smears the
