@@ -24,15 +24,16 @@ import torch
 import torch.nn.functional as F
 
 
-def _advance_loss():
-    """experiment_phase_decoder.py's advance loss (the scripts are not a package)."""
+def _phase_experiment():
+    """experiment_phase_decoder.py, for its advance loss and its reading of a waveform's advances (the
+    scripts are not a package)."""
     path = Path(__file__).with_name("experiment_phase_decoder.py")
     spec = importlib.util.spec_from_file_location("experiment_phase_decoder", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module.advance_loss
+    return module
 
 
 def play(decoder, mag: torch.Tensor, advance: torch.Tensor, start: torch.Tensor, kernel: list[float] | None = None,
@@ -86,7 +87,7 @@ def main() -> None:
     from flowdec_cli.training.data import EvalDataset, list_audio
     from flowdec_cli.training.losses import MultiScaleMelLoss
 
-    advance_loss = _advance_loss()
+    experiment = _phase_experiment()
     decoder = PhaseDecoder(latent_dim=8, hop_length=640, gate=False, lock=True)
     mel = MultiScaleMelLoss(48000)
     clips = EvalDataset(48000, items=list_audio([args.corpus / "valid.txt"])[:args.clips],
@@ -121,11 +122,8 @@ def main() -> None:
             else:
                 y = play(decoder, spec.abs(), turn, start, how.get("kernel"), how.get("power", 1.0),
                          how.get("passes", 1), how.get("peaks", False))
-            out = torch.stft(y[:, 0], decoder.n_fft, decoder.frame_hop, window=decoder.window, center=True,
-                             return_complex=True)[..., :frames]
-            played = torch.angle(out[..., 1:] * out[..., :-1].conj()) - decoder.bin_advance[:, None]
-            played = torch.cat([played[..., :1], played], -1)
-            scores[name].append((float(mel(y, x)), float(advance_loss(decoder, played, x))))
+            heard = experiment.advance_loss(decoder, experiment.output_deviation(decoder, y, frames), x)
+            scores[name].append((float(mel(y, x)), float(heard)))
     print(f"{len(clips)} validation clips of up to {args.seconds:g} s: "
           "mel distance | advance error of the output (rad)")
     for name, rows in scores.items():
