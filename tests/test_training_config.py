@@ -53,6 +53,26 @@ def test_defaults_are_the_official_values():
     assert (p.validation.nfe, p.validation.solver, p.validation.num_files) == ([6], "midpoint", 20)
 
 
+def test_the_codec_section_is_the_codecs_own_config_and_needs_no_torch():
+    """One declaration of the codec's settings: a key added to the codec is a key of [model], its bounds
+    apply as the file is read, and reading a config imports no torch (a fresh interpreter proves it)."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from flowdec_cli.ndac_config import NDACConfig
+    from flowdec_cli.training.config import NDACModelConfig
+
+    assert issubclass(NDACModelConfig, NDACConfig)
+    assert [f.name for f in dataclasses.fields(NDACModelConfig)] == [f.name for f in dataclasses.fields(NDACConfig)]
+    with pytest.raises(ConfigError, match="model: config phase_lock is for a decoder without a gate"):
+        config_from_dict("ndac", {"model": {"decoder_kind": "phase", "phase_lock": True}})
+    code = ("import sys; from flowdec_cli.training.config import config_from_dict; "
+            "config_from_dict('ndac', {'model': {'encoder_dim': 8}}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 @pytest.mark.parametrize("name,kind", [("ndac-tiny.toml", "ndac"), ("ndac-75.toml", "ndac"),
                                        ("postfilter-tiny.toml", "postfilter"), ("flowdec-75m.toml", "postfilter")])
 def test_example_configs_load(name, kind):

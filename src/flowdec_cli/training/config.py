@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
     import tomli as tomllib
 
-from ..exceptions import FlowdecError
+from ..exceptions import FlowdecError, InvalidValue
+from ..ndac_config import NDACConfig
 from ..numeric import is_integer, is_real
 
 __all__ = [
@@ -96,32 +97,22 @@ class TrainLoopConfig:
 
 
 @dataclass
-class NDACModelConfig:
-    """[model]: NDAC constructor settings (descript-audio-codec 1.0.0 ``DAC`` kwargs).
+class NDACModelConfig(NDACConfig):
+    """[model]: NDAC constructor settings, the codec's own :class:`~flowdec_cli.ndac_config.NDACConfig` (its
+    bounds, checked as the section is read) with defaults for training.
 
     The defaults are an NDAC-75-shaped codec: 48 kHz, hop 640 (75 Hz), 10 codebooks of 1024, DAC widths.
     The released NDAC-75 strides are not public; ``[8,5,4,4]`` reproduces its known 8-sample decoder deficit.
+    ``decoder_kind = "phase"`` trains a frame-wise D0 that carries phase from frame to frame
+    (flowdec_cli.phase_decoder; docs/models.md, "A decoder that carries phase").
     """
 
-    encoder_dim: int = 64
     encoder_rates: list[int] = field(default_factory=lambda: [8, 5, 4, 4])
     latent_dim: int | None = 1024
-    decoder_dim: int = 1536
     decoder_rates: list[int] = field(default_factory=lambda: [4, 4, 5, 8])
     n_codebooks: int = 10
-    codebook_size: int = 1024
-    codebook_dim: int = 8
     quantizer_dropout: float = 0.5
     sample_rate: int = 48000
-    # ours: "phase" trains a frame-wise D0 that carries phase from frame to frame (flowdec_cli.phase_decoder;
-    # docs/models.md, "A decoder that carries phase"); decoder_dim and decoder_rates then go unused
-    decoder_kind: str = "dac"
-    phase_dim: int = 192
-    phase_intermediate_dim: int = 576
-    phase_blocks: int = 5
-    phase_upsample: int = 2
-    phase_gate: bool = True
-    phase_lock: bool = False
 
 
 @dataclass
@@ -229,16 +220,7 @@ class NDACTrainConfig:
     kind = "ndac"
 
     def validate(self) -> None:
-        from ..ndac import NDACConfig
-
-        m = self.model
-        try:  # the codec's own bounds, named by their section before anything is built on them
-            NDACConfig.from_kwargs(asdict(m))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model: {exc}") from None
-        if math.prod(m.encoder_rates) != math.prod(m.decoder_rates):
-            raise ConfigError(f"model.encoder_rates {m.encoder_rates} and model.decoder_rates {m.decoder_rates} "
-                              "have different products")
+        m = self.model  # its bounds were checked as it was built (NDACConfig.__post_init__)
         if not 0.0 <= m.quantizer_dropout <= 1.0:
             raise ConfigError("model.quantizer_dropout must lie in [0, 1]")
         if m.decoder_kind == "phase" and m.phase_lock:  # no gradient reaches its advances through the lock
@@ -593,8 +575,10 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"[{where}]: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                           f"(known: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    defaults = cls()
-    return dataclasses.replace(defaults, **kwargs)
+    try:  # a section that checks itself (the codec's [model]) is named by its section
+        return dataclasses.replace(cls(), **kwargs)
+    except InvalidValue as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def config_from_dict(kind: str, data: dict[str, Any], base_dir: str | os.PathLike | None = None) -> Any:
