@@ -17,7 +17,7 @@ run's weights (a fresh optimiser and schedule).
 
     python scripts/experiment_phase_decoder.py --out RUN [--corpus /work/corpus] [--minutes 90]
         [--threads 1] [--resume] [--init OTHER/decoder.pt] [--advance-weight 1.0]
-        [--output-advance-weight 1.0] [--no-gate | --lock]
+        [--output-advance-weight 1.0] [--no-gate | --lock] [--also TONES_DIR/train.txt]
 
 Writes RUN/decoder.pt (weights, optimiser, step) every ``--save-every`` steps and RUN/log.jsonl;
 validation compares the new decoder's mel distance with the codec's own D0 on the same codes.
@@ -134,6 +134,9 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--model", default=None, help="codec whose encoder and codes are used (default: built-in)")
     ap.add_argument("--corpus", default="/work/corpus", type=Path)
+    ap.add_argument("--also", action="append", default=[], type=Path, metavar="SOURCE",
+                    help="more training audio beside the corpus's (a folder or a file list; repeatable), "
+                         "e.g. scripts/make_harmonic_tones.py's steady tones")
     ap.add_argument("--minutes", type=float, default=90.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -173,8 +176,8 @@ def main() -> None:
     ndac, decoder = build(args)
     sr, hop = ndac.sample_rate, ndac.hop_length
     segment = max(1, round(args.seconds * sr / hop)) * hop
-    train = SegmentDataset(list_audio([args.corpus / "train.txt"]), sr, segment, seed=1, loudness_db=-16.0,
-                           gain_db=(-6.0, 6.0))
+    train = SegmentDataset(list_audio([args.corpus / "train.txt", *args.also]), sr, segment, seed=1,
+                           loudness_db=-16.0, gain_db=(-6.0, 6.0))
     valid = EvalDataset(sr, items=list_audio([args.corpus / "valid.txt"])[:8], max_samples=4 * sr)
     loss_fn = MultiScaleMelLoss(sr, MEL_WINDOWS, MEL_BINS).to(args.device)
     val_loss = MultiScaleMelLoss(sr).to(args.device)  # the trainer's own validation figure (DAC's seven windows)
