@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=0, help="processes loading audio (0: this one)")
     ap.add_argument("--seconds", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--lr-final", type=float, default=5e-5)
@@ -170,7 +172,9 @@ def main() -> None:
         export(args)
         return
 
-    from flowdec_cli.training.data import EvalDataset, SegmentDataset, list_audio
+    from torch.utils.data import DataLoader
+
+    from flowdec_cli.training.data import EpochSampler, EvalDataset, SegmentDataset, list_audio
     from flowdec_cli.training.losses import MultiScaleMelLoss
 
     ndac, decoder = build(args)
@@ -231,9 +235,21 @@ def main() -> None:
         decoder.train()
         return {k: float(np.mean(v)) for k, v in rows.items()}
 
+    def batches() -> Iterator[torch.Tensor]:
+        """Shuffled batches, epoch after epoch, from where ``step`` left off (the files are sorted by path,
+        so taken in order a batch held one package and added sources came as a block once an epoch)."""
+        sampler = EpochSampler(train, shuffle=True, seed=1)
+        loader = DataLoader(train, batch_size=args.batch, sampler=sampler, drop_last=True,
+                            num_workers=args.workers, persistent_workers=False)
+        epoch, first = divmod(step * args.batch, len(train) - len(train) % args.batch)
+        while True:
+            sampler.set_epoch(epoch, skip=first)
+            yield from loader
+            epoch, first = epoch + 1, 0
+
+    feed = batches()
     while spent < total:
-        epoch, first = divmod(step * args.batch, len(train))
-        x = torch.stack([train[(epoch, (first + j) % len(train))] for j in range(args.batch)]).to(args.device)
+        x = next(feed).to(args.device)
         counts = [int(rng.choice(counts_pool)) for _ in range(args.batch)]
         zq = latents(ndac, x, counts)
         y = decoder(zq)
