@@ -5,6 +5,7 @@
 #   scripts/train_on_gpu.sh carry       # only unpack the corpus shard this call carried (a sharded pack)
 #   scripts/train_on_gpu.sh codec       # GPU tests + benchmarks, then the codec from the shipped weights
 #   scripts/train_on_gpu.sh postfilter  # coded pairs from that codec, sigma_y, the postfilter, export
+#   scripts/train_on_gpu.sh phase       # an experiment: a phase-carrying D0 behind the shipped encoder
 #
 # Before: `python scripts/carry_corpus.py pack /work/corpus .gpudata/corpus` here (about 30 MB), and the
 # wheels the machine lacks in .whl/; both travel with the repository. Outputs go to $OUT (the files that
@@ -17,10 +18,11 @@
 # TONES (default 0: that many synthetic harmonic tones from scripts/make_harmonic_tones.py join the codec's
 # training files), LONG_WINDOW=1 (the codec's mel loss gains an 8,192-point window with 640 bands),
 # TRANSPORT (default 0: the weight of the codec's spectral transport loss, loss.transport_weight),
-# DEVICE (default cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a
+# PHASE_SECONDS (default 400), PHASE_BATCH (default 64), PHASE_INIT (a decoder.pt that travelled with the
+# repository: start from it), DEVICE (default cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a
 # warm machine).
 set -uo pipefail
-case "${1:-}" in carry|codec|postfilter) ;; *) echo "usage: $0 carry|codec|postfilter" >&2; exit 2;; esac
+case "${1:-}" in carry|codec|postfilter|phase) ;; *) echo "usage: $0 carry|codec|postfilter|phase" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -122,6 +124,24 @@ postfilter)
   stamp export
   export_default_model "$WORK/model" "$NDAC_CKPT" "$WORK/postfilter"
   tar -C "$WORK" -cf - model | split -b 15M - "$OUT/model.tar.part-"
+  ;;
+phase)
+  # docs/models.md, "A decoder that carries phase": the shipped encoder and codes, a new D0 with its phases
+  # locked and its advances taught, shown steady tones beside the corpus; what comes back is the decoder's
+  # checkpoint (to go on with PHASE_INIT or on the CPU with --resume) and the tones it plays
+  secs=${PHASE_SECONDS:-400}
+  $PY scripts/make_harmonic_tones.py "$WORK/tones" --count "${TONES:-600}" --seed 3 || exit 1
+  init=(); [ -n "${PHASE_INIT:-}" ] && init=(--init "$PHASE_INIT")
+  rm -rf "$WORK/phase" "$WORK/phase-model"
+  stamp phase decoder for "$secs" s
+  timeout --signal=TERM "$((secs + 300))" $PY scripts/experiment_phase_decoder.py --out "$WORK/phase" \
+    --corpus "$CORPUS" --also "$WORK/tones/train.txt" --device "$DEVICE" --minutes "$($PY -c "print($secs / 60)")" \
+    --batch "${PHASE_BATCH:-64}" --workers 12 --threads 4 --no-gate --lock --advance-weight 1 --val-every 500 \
+    "${init[@]}" 2>&1 | tail -n 30 | tee "$OUT/phase-train.log"
+  cp "$WORK/phase/decoder.pt" "$WORK/phase/log.jsonl" "$OUT/"
+  $PY scripts/experiment_phase_decoder.py --out "$WORK/phase" --no-gate --lock --export "$WORK/phase-model" &&
+    $PY scripts/experiment_tone_pitch.py --model "$WORK/phase-model" --codebooks 4,10 --nfe 0 2>&1 |
+    tee "$OUT/phase-tone-pitch.txt"
   ;;
 esac
 stamp done
