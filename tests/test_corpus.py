@@ -151,6 +151,34 @@ def test_local_fdc_tree_is_byte_identical_to_compress(reference, tmp_path):
     assert lines[1] == f"flowdec: error: 1 of 4 files failed; listed in {out / '_failures.csv'}"
 
 
+def test_a_stranger_at_an_output_path_is_reported_not_counted_as_done(reference, tmp_path):
+    """A file of someone else's that bore an output's name counted as "done before": the run said it had
+    coded (or decoded) everything and the file was never an output. It is reported, and left as it is."""
+    _root, src, _ref = reference
+    out = tmp_path / "tree"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.fdc").write_text("USER DATA")
+    r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "--json")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.exit_code == 1 and (summary["done"], summary["done_before"], summary["failed"]) == (2, 0, 2), r.output
+    assert "a.fdc: is there and is not a .fdc file of an earlier run; not replaced" in r.output
+    assert (out / "a.fdc").read_text() == "USER DATA"
+    (out / "a.fdc").unlink()  # moved away: the next run codes it, and skips what it made before
+    r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "--json")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["done_before"], summary["failed"]) == (1, 2, 1), r.output
+    pytest.importorskip("pyarrow")
+    codes, dec = tmp_path / "codes", tmp_path / "decoded"
+    run("corpus", "encode", src, codes, "--engine", "local", "-q")
+    dec.mkdir()
+    (dec / "c.wav").write_text("USER DATA")
+    r = run("corpus", "decode", codes, dec, "--engine", "local", "--nfe", "0", "--json")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["done_before"], summary["failed"]) == (2, 0, 1), r.output
+    assert "c.wav: is there and is not an audio file of an earlier run" in r.output
+    assert (dec / "c.wav").read_text() == "USER DATA" and (dec / "a.wav").is_file()
+
+
 def test_local_parquet_codes_resume_failures_and_decode(reference, tmp_path, monkeypatch):
     pytest.importorskip("pyarrow")
     _root, src, ref = reference

@@ -73,6 +73,36 @@ class Item:
     path: str  # absolute path of the input
 
 
+# -- outputs already there ----------------------------------------------------------------------------
+
+def _stranger_at(dst: Path) -> str | None:
+    """Why what lies at the output path ``dst`` is not an earlier run's output (None: nothing is there, or
+    it is one). A rerun skips its own outputs, which are published whole; a file of someone else's that
+    bears an output's name is neither counted as done nor replaced, but reported."""
+    if not dst.exists():
+        return None
+    if not dst.is_file():
+        return f"{dst}: is a folder, not an output file" if dst.is_dir() else f"{dst}: is not a regular file"
+    try:
+        if dst.suffix.lower() == ".fdc":
+            from .container import inspect_fdc
+
+            inspect_fdc(dst)
+            return None
+        import soundfile as sf
+
+        sf.info(str(dst))
+        return None
+    except Exception:  # anything unreadable here is not ours: what it is exactly does not matter
+        kind = "a .fdc file" if dst.suffix.lower() == ".fdc" else "an audio file"
+        return f"{dst}: is there and is not {kind} of an earlier run; not replaced (move it away and run again)"
+
+
+def _done_before(dst: Path) -> bool:
+    """Whether ``dst`` holds an earlier run's output (which a rerun skips)."""
+    return dst.is_file() and _stranger_at(dst) is None
+
+
 # -- inputs ------------------------------------------------------------------------------------------
 
 def _is_glob(text: str) -> bool:
@@ -524,6 +554,10 @@ class EncodeWorker(_Worker):
         records = []
         for n, item in enumerate(items):
             dst = out / (item.id + ".fdc")
+            stranger = _stranger_at(dst)
+            if stranger:
+                records.append(_record(item, "failed", error=stranger))
+                continue
             if dst.exists():
                 records.append(_record(item, "skipped", output=str(dst)))
                 continue
@@ -647,8 +681,9 @@ class DecodeWorker(_Worker):
             decoded.add(row.id)
             item = Item(row.id, row.path)
             dst = out / (_check_id(row.id, task["shard"]) + suffix)
-            if dst.exists() and not dst.is_file():  # not an earlier run's output: nothing to skip, nor replace
-                records.append(_record(item, "failed", error=f"{dst}: is a folder, not an output file"))
+            stranger = _stranger_at(dst)
+            if stranger:  # not an earlier run's output: nothing to skip, nor replace
+                records.append(_record(item, "failed", error=stranger))
                 continue
             if dst.is_file():
                 records.append(_record(item, "skipped", output=str(dst)))
@@ -921,7 +956,7 @@ def plan_encode(items: list[Item], out: Path, to: str, shard_size: int) -> tuple
             tasks.append({"out": str(out), "shard": f"part-{last + 1 + n:05d}.parquet",
                           "items": [[it.id, it.path] for it in chunk]})
         return tasks, len(items) - len(todo)
-    todo = [it for it in items if not (out / (it.id + ".fdc")).exists()]
+    todo = [it for it in items if not _done_before(out / (it.id + ".fdc"))]
     tasks = [{"out": str(out), "items": [[it.id, it.path] for it in todo[a:a + shard_size]]}
              for a in range(0, len(todo), shard_size)]
     return tasks, len(items) - len(todo)
@@ -1062,7 +1097,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
                 continue
             seen[i] = f.name
             usable += 1
-            if not (out / (i + suffix)).is_file():
+            if not _done_before(out / (i + suffix)):
                 todo.append(i)
         total -= len(ids) - usable  # counted with the failures below
         already += usable - len(todo)
