@@ -365,7 +365,7 @@ def test_one_bad_file_of_a_batch_is_reported_and_the_others_are_used(tmp_path, t
     lines = r.output.strip().splitlines()
     assert r.exit_code == 1 and len(lines) == 3 and "Traceback" not in r.output, r.output
     assert "junk.wav: not a readable audio file" in lines[0] and "nan.wav: contains NaN" in lines[1]
-    assert lines[2] == "flowdec: error: 2 file(s) could not be read; the other 3 were used"
+    assert lines[2] == "flowdec: error: 2 file(s) could not be used; the other 3 were"
     summary = json.loads((tmp_path / "pairs" / "prepare.json").read_text())
     assert summary["files"] == 3 and sum(summary["pairs"].values()) == 3 and len(summary["failed"]) == 2
     folder = tmp_path / "model"
@@ -375,6 +375,26 @@ def test_one_bad_file_of_a_batch_is_reported_and_the_others_are_used(tmp_path, t
     assert (folder / "entropy.safetensors").is_file()
     r = _run("train", "entropy-tables", folder, clips / "clip00.wav", "-f")
     assert r.exit_code == 1 and "clip00.wav: not a file list" in _one_error_line(r)
+
+
+def test_a_file_whose_name_would_break_the_pair_lists_is_reported_and_the_rest_listed(tmp_path, tiny_codec_dir):
+    """A comma in one file's name coded every file, then wrote no list at all (and left its coded file)."""
+    clips = tmp_path / "clips"
+    write_clips(clips, 2, seconds=0.5)
+    (clips / "clip00.wav").rename(clips / "ünï cödé, a.wav")
+    out = tmp_path / "pairs"
+    r = _run("train", "prepare-pairs", clips, "--ndac", tiny_codec_dir, "-o", out, "-n", "2", "--device", "cpu",
+             "-q", "--validation-fraction", "0", "--test-fraction", "0")
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 2 and "Traceback" not in r.output, r.output
+    assert "ünï cödé, a.wav: a comma or line break in its name" in lines[0]
+    assert lines[1] == "flowdec: error: 1 file(s) could not be used; the other 1 were"
+    assert (out / "train.txt").read_text().count("\n") == 1 and "clip01.wav" in (out / "train.txt").read_text()
+    assert [p.name for p in (out / "coded" / "nq2").iterdir()] == ["clip01.wav"]  # nothing coded for it
+    odd = tmp_path / "a,b"
+    r = _run("train", "prepare-pairs", clips, "--ndac", tiny_codec_dir, "-o", odd, "-n", "2", "--device", "cpu", "-q")
+    assert r.exit_code == 1 and "output folder's path would break every line" in _one_error_line(r)
+    assert not odd.exists()
 
 
 @pytest.mark.parametrize("name", ["a/b", "../up", "~x", "model.safetensors"])

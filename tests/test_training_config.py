@@ -103,7 +103,7 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     for override, expected in [("model.encoder_dim=abc", "--set model.encoder_dim: expected an integer"),
                                ("model.foo=1", "--set [model]: unknown key foo"),
                                ("train.max_steps=[1]", "--set train.max_steps: expected an integer"),
-                               ("data.batch_size=0", "--set data.batch_size must be at least 1"),
+                               ("data.batch_size=0", "--set data.batch_size must lie in [1, 65536]"),
                                ("foo.bar=1", "--set unknown section foo"),  # were blamed on the file
                                ("model.n_codebooks=0", "--set model: n_codebooks must be positive")]:
         with pytest.raises(OverrideError) as info:
@@ -132,17 +132,47 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     ("[train]\namp = 'fp8'\n", "train.amp"),
     ("[model\n", "invalid TOML"),
     # values that trained on anyway, or failed later as "unexpected ValueError" naming no file or key
-    ("[data]\nsegment_seconds = 0\n", "data.segment_seconds must be a positive number"),
-    ("[optim]\nlr = nan\n", "optim.lr must be a positive number"),
+    ("[data]\nsegment_seconds = 0\n", "data.segment_seconds must lie in"),
+    ("[optim]\nlr = nan\n", "optim.lr: expected a finite number"),
     ("[model]\ncodebook_size = 1\n", "model: codebook_size must be at least 2"),
     ("[model]\nsample_rate = 0\n", "model: sample_rate must be positive"),
     ("[model]\nn_codebooks = 0\n", "model: n_codebooks must be positive"),
+    # values that trained into all-NaN weights with exit 0, or failed as "unexpected OverflowError", ...
+    ("[optim]\nlr_gamma = nan\n", "optim.lr_gamma: expected a finite number"),
+    ("[optim]\nlr_gamma = -1.0\n", "optim.lr_gamma must lie in"),
+    ("[optim]\ngrad_clip = 0.0\n", "optim.grad_clip must be positive"),
+    ("[data]\nloudness_db = 1e300\n", "data.loudness_db must lie in"),
+    ("[data]\ngain_db = [nan, nan]\n", r"data.gain_db\[0\]: expected a finite number"),
+    ("[data]\ngain_db = [-200.0, 0.0]\n", "data.gain_db must be"),
+    ("[data]\nsegment_seconds = 1e12\n", "data.segment_seconds must lie in"),
+    ("[data]\nbatch_size = 1000000000000000000000\n", "data.batch_size must lie in"),
+    ("[loss]\ncqt_octaves = 10\n", "loss.cqt_.*above Nyquist"),
+    ("[loss]\ncqt_octaves = 100\n", "loss.cqt_.*1 to 16 octaves"),
+    ("[loss]\ncqt_hop = 100\n", "loss.cqt_.*must be divisible"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=f"{re.escape(str(path))}: .*{message}"):
         load_config(path, "ndac")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[model]\nbeta = nan\n", "model.beta: expected a finite number"),
+    ("[model]\nbeta = 0.0\n", "model.beta must be positive"),
+    ("[model]\nalpha = 0.0\n", "model.alpha must lie in"),
+    ("[sigma]\nvalue = inf\n", "sigma.value: expected a finite number"),
+    ("[sigma]\nvalue = -0.5\n", "sigma.value and sigma.factor must be positive"),
+    ("[data]\ndelimiter = ''\n", "data.delimiter must be one character"),
+    ("[data]\ndelimiter = '\\n'\n", "data.delimiter must be one character"),
+])
+def test_postfilter_config_errors_name_the_key(tmp_path, text, message):
+    """A NaN beta or sigma trained a postfilter whose weights were all NaN, with exit 0 (the NaN examples
+    were dropped, so the loss came out 0); alpha 0 divided by zero."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"{re.escape(str(path))}: .*{message}"):
+        load_config(path, "postfilter")
 
 
 def test_a_postfilter_config_without_channel_multipliers_is_named(tmp_path):

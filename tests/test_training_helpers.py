@@ -129,7 +129,8 @@ def test_sigma_estimates_are_finite_or_refused(tmp_path):
 
     pairs = [("clean.wav", "coded.wav")]  # not read: the settings are refused first
     for kwargs, why in (({"n_fft": 7}, "even n_fft"), ({"hop": 0}, "hop from 1"), ({"n_fft": 64, "hop": 100}, "hop"),
-                        ({"alpha": float("nan")}, "alpha nan"), ({"qx": 0.0}, "q_x 0.0")):
+                        ({"alpha": float("nan")}, "alpha nan"), ({"qx": 0.0}, "q_x 0.0"),
+                        ({"n_fft": 100_000_000}, "n_fft 100000000: at most 191998")):  # was torch's padding error
         with pytest.raises(TrainingError, match=why):
             estimate_sigma(pairs, **kwargs)
     good = {"type": "flowdec_sigma_estimate", "sigma_y_perband": [0.5] * 768, "sigma_y": 0.5, "beta": 0.3}
@@ -198,3 +199,34 @@ def test_a_mistyped_run_folder_is_not_taken_for_a_hub_repo(tmp_path):
 
     with pytest.raises(TrainingError, match="no such file or folder"):
         load_trained_ndac(str(tmp_path / "runs" / "ndac-tiyn"))
+
+
+def test_a_folder_given_as_a_pair_list_is_named_a_folder(tmp_path):
+    from flowdec_cli.training.data import DataError, read_pairs
+
+    with pytest.raises(DataError, match=f"{tmp_path}: is a folder; a pair list is a file"):
+        read_pairs([tmp_path])
+    with pytest.raises(DataError, match="no such pair list"):
+        read_pairs([tmp_path / "absent.txt"])
+
+
+def test_a_strict_load_error_is_one_bounded_line():
+    """A resize of every layer listed all 129 mismatched weights in one 10,000-character line (the codec's
+    was cut mid-word at 200)."""
+    from flowdec_cli.checkpoints import state_mismatch
+    from flowdec_cli.training.common import first_problem
+
+    own = {f"layer{i}.weight": torch.zeros(16, 4) for i in range(30)}
+    theirs = {f"layer{i}.weight": torch.zeros(8, 4) for i in range(30)}
+    problem = state_mismatch(own, theirs, "ckpt", "postfilter")
+    assert problem is not None and problem.startswith("ckpt: weights do not fit the postfilter (30 problems): ")
+    assert problem.endswith("; and 22 more") and len(problem) < 800
+    assert state_mismatch(own, dict(own), "ckpt", "postfilter") is None
+    assert first_problem(ValueError(problem)) == "shape of layer0.weight: file [8, 4], model [16, 4] (and 29 more)"
+
+
+def test_memory_running_out_is_one_line_not_a_bug_report():
+    from flowdec_cli.errors import one_line_message
+
+    assert one_line_message(MemoryError("Unable to allocate 171. PiB")) == "out of memory (Unable to allocate 171. PiB)"
+    assert one_line_message(MemoryError()) == "out of memory"

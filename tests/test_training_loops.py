@@ -18,6 +18,7 @@ from flowdec_cli.training.ndac_trainer import NDACTrainer
 from flowdec_cli.training.postfilter_trainer import PostfilterTrainer
 
 from .test_training_helpers import (  # noqa: F401
+    TINY_NDAC_MODEL,
     fast_cpu,
     fast_cpu_settings,
     ndac_dict,
@@ -514,3 +515,29 @@ def test_validation_with_no_files_is_said_to_be_off(clips, tmp_path, capsys):
         with fast_cpu_settings():
             NDACTrainer(cfg, device="cpu").run()
         assert ("no validation files" in capsys.readouterr().err) is said
+
+
+def test_a_postfilter_batch_of_nothing_but_nan_losses_stops_the_run(pair_list, tmp_path, monkeypatch):
+    """The loss leaves out examples whose loss is not finite; when that was all of them it read 0, the check
+    for a non-finite loss never fired, and a run of NaN settings ended with exit 0 and NaN weights."""
+    built = PostfilterTrainer.build
+
+    def build_with_nan_sigma(self):
+        built(self)
+        self.pf.sigma_y.fill_(float("nan"))
+
+    monkeypatch.setattr(PostfilterTrainer, "build", build_with_nan_sigma)
+    t = PostfilterTrainer(_pf(pair_list, tmp_path / "run", data=dict(batch_size=2),
+                              train=dict(max_steps=2, log_every=1, val_every=0, checkpoint_every=0)),
+                          device="cpu", quiet=True)
+    with pytest.raises(TrainingError, match="every example of the batch at step 1 gave a non-finite loss"):
+        t.run()
+
+
+def test_resuming_with_another_model_size_names_the_settings_that_changed(ndac_run, clips, tmp_path):
+    """It listed every mismatched weight (the codec's cut at 200 characters mid-word)."""
+    src = ndac_run.run_dir / "checkpoints" / "step-00000002"
+    cfg = _ndac(clips, tmp_path / "b", model={**TINY_NDAC_MODEL, "latent_dim": 16})
+    with pytest.raises(TrainingError, match=r"step-00000002: the run was trained with other model settings "
+                                            r"\(model.latent_dim 8 -> 16: the run's -> this config's\); resume"):
+        NDACTrainer(cfg, device="cpu", resume=str(src), quiet=True).run()

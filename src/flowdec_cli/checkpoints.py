@@ -39,6 +39,7 @@ __all__ = [
     "save_model_folder",
     "load_model_folder",
     "require_finite",
+    "state_mismatch",
     "require_weights_for",
     "weights_hash",
     "atomic_write_bytes",
@@ -319,6 +320,22 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[s
                                   "not floating point")
     require_finite(state, w_path)
     return config, state
+
+
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str, what: str,
+                   shown: int = 8) -> str | None:
+    """One line naming how ``state`` (from ``source``) fails to fit a model whose own state is ``own`` (None:
+    it fits): the count, then the first ``shown`` missing, unexpected or mis-shaped keys, whatever a foreign
+    or other-sized file brings (a resize of every layer listed them all: 10,000 characters)."""
+    problems = [f"missing {k} {list(v.shape)}" for k, v in own.items() if k not in state]
+    problems += [f"unexpected {k} {list(v.shape)}" for k, v in state.items() if k not in own]
+    problems += [f"shape of {k}: file {list(state[k].shape)}, model {list(v.shape)}"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if not problems:
+        return None
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return (f"{source}: weights do not fit the {what} ({len(problems)} problem{'s' if len(problems) > 1 else ''}): "
+            + "; ".join(problems[:shown]) + more)
 
 
 def require_weights_for(parameters: int, state: dict[str, torch.Tensor], source: str) -> None:

@@ -99,6 +99,8 @@ def one_line_message(exc: BaseException) -> str | None:
         return exc.format_message()
     if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
         return describe_os_error(exc)
+    if isinstance(exc, MemoryError):  # the machine's limit, not a bug: say what failed
+        return f"out of memory ({exc})" if str(exc) else "out of memory"
     return None
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bitrate import nominal_bitrate
+from .checkpoints import state_mismatch
 from .exceptions import InvalidValue
 from .ndac_config import DECODER_KINDS, NDACConfig
 from .phase_decoder import PhaseDecoder, PhaseState
@@ -371,23 +372,9 @@ class NDAC(nn.Module):
 
     def load_official_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Strict load by key name that names every missing, unexpected or mis-shaped key."""
-        own = self.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            def listed(keys: list[str]) -> str:  # one line however many keys a foreign file brings
-                return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
-
-            parts = []
-            if missing:
-                parts.append(f"missing keys: {listed(missing)}")
-            if unexpected:
-                parts.append(f"unexpected keys: {listed(unexpected)}")
-            if shapes:
-                parts.append(f"shape mismatches: {listed(shapes)}")
-            raise InvalidValue(f"{source}: weights do not fit the codec its config describes: " + " | ".join(parts))
+        problem = state_mismatch(self.state_dict(), state, source, "codec its config describes")
+        if problem:
+            raise InvalidValue(problem)
         self.load_state_dict(state, strict=True)
 
     # -- the official operations ---------------------------------------------------------------

@@ -40,6 +40,7 @@ from .checkpoints import (
     load_model_folder,
     require_weights_for,
     save_model_folder,
+    state_mismatch,
 )
 from .exceptions import InvalidValue
 from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap
@@ -369,14 +370,9 @@ class Postfilter(nn.Module):
 
     def load_official_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Strict load that names every missing, unexpected or mis-shaped key."""
-        own = self.state_dict()
-        problems = [f"missing {k} {list(v.shape)}" for k, v in own.items() if k not in state]
-        problems += [f"unexpected {k} {list(v.shape)}" for k, v in state.items() if k not in own]
-        problems += [f"shape of {k}: file {list(state[k].shape)}, model {list(v.shape)}"
-                     for k, v in own.items() if k in state and state[k].shape != v.shape]
-        if problems:
-            raise CheckpointError(f"{source}: weights do not fit the postfilter ({len(problems)} problems): "
-                                  + "; ".join(problems))
+        problem = state_mismatch(self.state_dict(), state, source, "postfilter")
+        if problem:
+            raise CheckpointError(problem)
         if state["sigma_y"].dtype != self.sigma_y.dtype:
             self.sigma_y = torch.zeros_like(self.sigma_y, dtype=state["sigma_y"].dtype)
         self.load_state_dict(state, strict=True)

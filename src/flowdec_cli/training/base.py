@@ -127,11 +127,19 @@ class Trainer:
         if self.resume:
             source = self.run_dir if self.resume is True else Path(str(self.resume))
             ckpt = load_checkpoint(source)
-            self.restore(ckpt)
+            changed = settings_changed(ckpt["trainer"], config_to_dict(cfg), env.world_size)
+            try:
+                self.restore(ckpt)
+            except TrainingError:
+                resized = [c for c in changed if c.startswith("model.")]
+                if not resized:
+                    raise
+                raise TrainingError(f"{ckpt['dir']}: the run was trained with other model settings "
+                                    f"({'; '.join(resized)}: the run's -> this config's); resume with the run's "
+                                    "own [model] values, or train the new ones in a new run") from None
             self.step = int(ckpt["trainer"]["step"])
             if ckpt["trainer"].get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(ckpt["trainer"]["scaler"])
-            changed = settings_changed(ckpt["trainer"], config_to_dict(cfg), env.world_size)
             if changed and env.is_main and not self.quiet:
                 self.say(f"resuming step {self.step} with settings changed since that checkpoint: "
                          + "; ".join(changed))

@@ -226,7 +226,7 @@ def _failed_files(failed: list[str], done: int) -> None:
         return
     for line in failed:
         click.echo(error_line(line), err=True)
-    raise Failure(f"{len(failed)} file(s) could not be read; the other {done} were used")
+    raise Failure(f"{len(failed)} file(s) could not be used; the other {done} were")
 
 
 @train_group.command("estimate-sigma")

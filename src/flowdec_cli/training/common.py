@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -229,8 +230,13 @@ def _step_name(step: int) -> str:
 
 
 def first_problem(exc: BaseException) -> str:
-    """The first item of a strict-load error (which lists every mismatched key), for one-line messages."""
+    """The first item of a strict-load error (``checkpoints.state_mismatch``'s "(N problems): a; b; ..." or
+    torch's own list), for one-line messages."""
     text = str(exc)
+    counted = re.search(r"\((\d+) problems?\): ", text)
+    if counted:
+        first, total = text[counted.end():].split("; ")[0], int(counted.group(1))
+        return first + (f" (and {total - 1} more)" if total > 1 else "")
     _, sep, rest = text.partition("): ")
     items = rest.split("; ") if sep else [text]
     more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""

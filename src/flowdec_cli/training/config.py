@@ -247,6 +247,13 @@ class NDACTrainConfig:
         if self.loss.transport_weight and max(windows) // 2 >= self.data.segment_seconds * m.sample_rate:
             raise ConfigError(f"loss.transport_windows: a window of {max(windows)} samples needs training segments "
                               f"longer than {max(windows) // 2} samples (data.segment_seconds)")
+        if not 0 < self.optim.lr_gamma <= 1:
+            raise ConfigError(f"optim.lr_gamma must lie in (0, 1] (the rate's factor per step), got "
+                              f"{self.optim.lr_gamma}")
+        if self.data.loudness_db is not None and not -100 <= self.data.loudness_db <= 20:
+            raise ConfigError(f"data.loudness_db must lie in [-100, 20] dBFS (or be absent: no normalisation), "
+                              f"got {self.data.loudness_db}")
+        _check_cqt(self.loss, m.sample_rate)
         if self.optim.lr_final is not None and not self.optim.lr_final > 0:
             raise ConfigError("optim.lr_final must be positive (or absent: the lr_gamma schedule)")
         if self.optim.revive_dead_codes_every < 0:
@@ -259,7 +266,7 @@ class NDACTrainConfig:
             raise ConfigError("optim.revive_dead_codes_every moves codebook entries; it needs 'quantizer' in "
                               "optim.train_parts (or set it to 0)")
         _check_common(self.data.batch_size, self.data.gain_db, self.train, self.data.validation_fraction,
-                      self.optim.lr, self.data.segment_seconds)
+                      self.optim.lr, self.data.segment_seconds, self.optim.grad_clip)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,20 +425,37 @@ class PostfilterTrainConfig:
         if (m.n_fft // 2 + 1) % factor or m.pad_multiple % factor:
             raise ConfigError(f"model: n_fft // 2 + 1 and pad_multiple must be divisible by {factor} "
                               f"(2 ** (len(ch_mult) - 1))")
+        if not 0 < m.alpha <= 1:
+            raise ConfigError(f"model.alpha must lie in (0, 1] (the amplitude compression's exponent), got {m.alpha}")
+        if not m.beta > 0:
+            raise ConfigError(f"model.beta must be positive (the feature scale), got {m.beta}")
+        if not self.sigma.value > 0 or not self.sigma.factor > 0:
+            raise ConfigError("sigma.value and sigma.factor must be positive")
+        if len(self.data.delimiter) != 1 or self.data.delimiter in "\r\n\"":
+            raise ConfigError(f"data.delimiter must be one character (not a newline or quote), got "
+                              f"{self.data.delimiter!r}")
         _check_common(self.data.batch_size, self.data.gain_db, self.train, 0.0, self.optim.lr,
-                      self.data.segment_seconds)
+                      self.data.segment_seconds, self.optim.grad_clip)
+
+
+#: what one training item and one batch may hold: far above any recipe, far below what overflows an index or
+#: asks the allocator for petabytes (a typo such as segment_seconds = 1e12 is named, not attempted)
+MAX_BATCH_SIZE = 65_536
+MAX_SEGMENT_SECONDS = 600.0
 
 
 def _check_common(batch_size: int, gain_db: list[float], train: TrainLoopConfig, fraction: float, lr: float,
-                  segment_seconds: float) -> None:
-    if batch_size < 1:
-        raise ConfigError("data.batch_size must be at least 1")
-    if not (math.isfinite(lr) and lr > 0):
+                  segment_seconds: float, grad_clip: float | None) -> None:
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(f"data.batch_size must lie in [1, {MAX_BATCH_SIZE}], got {batch_size}")
+    if not lr > 0:
         raise ConfigError(f"optim.lr must be a positive number, got {lr}")
-    if not (math.isfinite(segment_seconds) and segment_seconds > 0):
-        raise ConfigError(f"data.segment_seconds must be a positive number, got {segment_seconds}")
-    if len(gain_db) != 2 or gain_db[0] > gain_db[1]:
-        raise ConfigError("data.gain_db must be [low, high] with low <= high")
+    if not 0 < segment_seconds <= MAX_SEGMENT_SECONDS:
+        raise ConfigError(f"data.segment_seconds must lie in (0, {MAX_SEGMENT_SECONDS:g}], got {segment_seconds}")
+    if len(gain_db) != 2 or gain_db[0] > gain_db[1] or not all(-60 <= g <= 60 for g in gain_db):
+        raise ConfigError("data.gain_db must be [low, high] with -60 <= low <= high <= 60 (dB)")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ConfigError(f"optim.grad_clip must be positive (or absent: no clipping), got {grad_clip}")
     if train.amp not in ("auto", "bf16", "fp16", "none"):
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or none, got {train.amp!r}")
     if train.max_steps < 0:
@@ -521,6 +545,26 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[tuple[st
     return done
 
 
+def cqt_problem(sample_rate: int, n_octaves: int, fmin: float, hop: int) -> str | None:
+    """Why a CQT of ``n_octaves`` from ``fmin`` with ``hop`` cannot be built at ``sample_rate`` (None: it
+    can): its octaves must stay below Nyquist and halve its hop evenly. The loss asks this too."""
+    if not fmin > 0 or not 1 <= n_octaves <= 16 or hop < 1:
+        return f"needs a positive fmin, 1 to 16 octaves and a hop of at least 1 (got {fmin:g} Hz, {n_octaves}, {hop})"
+    top = fmin * 2.0 ** n_octaves
+    if top >= sample_rate / 2:
+        return f"{n_octaves} octaves from {fmin:g} Hz reach {top:g} Hz, above Nyquist ({sample_rate / 2:g} Hz)"
+    if hop % 2 ** (n_octaves - 1):
+        return f"hop {hop} must be divisible by 2 ** (n_octaves - 1) = {2 ** (n_octaves - 1)}"
+    return None
+
+
+def _check_cqt(loss: NDACLossConfig, sample_rate: int) -> None:
+    """Refused as the config is read, where the loss's own check would surface as an unexpected error."""
+    problem = cqt_problem(sample_rate, loss.cqt_octaves, loss.cqt_fmin, loss.cqt_hop) if loss.cqt_weight else None
+    if problem:
+        raise ConfigError(f"loss.cqt_*: {problem}")
+
+
 def _check_stft_windows(name: str, windows: list[int]) -> None:
     """The window lengths of a spectral loss: powers of two, each once (the loss keeps one window per
     length; a repeated one failed when the loss was built)."""
@@ -557,6 +601,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if not is_real(value):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # nan trained on as all-NaN weights with exit 0; no setting means inf
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

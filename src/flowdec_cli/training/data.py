@@ -41,6 +41,7 @@ __all__ = [
     "split_items",
     "read_pairs",
     "write_pairs",
+    "fits_pair_list",
     "load_mono",
     "load_excerpt",
     "SegmentDataset",
@@ -142,6 +143,9 @@ def read_pairs(paths: Sequence[str | os.PathLike], delimiter: str = ",") -> list
     pairs: list[tuple[str, str]] = []
     for lst in paths:
         lst = Path(lst)
+        if lst.is_dir():
+            raise DataError(f"{lst}: is a folder; a pair list is a file of 'clean{delimiter}coded' lines (such as "
+                            "the train.txt that 'flowdec train prepare-pairs' writes)")
         if not lst.is_file():
             raise DataError(f"{lst}: no such pair list")
         for n, line in enumerate(read_file_list(lst), 1):
@@ -153,10 +157,16 @@ def read_pairs(paths: Sequence[str | os.PathLike], delimiter: str = ",") -> list
     return pairs
 
 
+def fits_pair_list(path: str, delimiter: str = ",") -> bool:
+    """Whether ``path`` can be written in a pair list: it must hold neither the delimiter nor a line break."""
+    return delimiter not in path and "\n" not in path and "\r" not in path
+
+
 def write_pairs(path: str | os.PathLike, pairs: Sequence[tuple[str, str]], delimiter: str = ",") -> None:
     for a, b in pairs:
-        if delimiter in a or delimiter in b or "\n" in a or "\n" in b:
-            raise DataError(f"path contains the delimiter {delimiter!r} or a newline: {a if delimiter in a else b}")
+        if not (fits_pair_list(a, delimiter) and fits_pair_list(b, delimiter)):
+            raise DataError(f"path contains the delimiter {delimiter!r} or a newline: "
+                            f"{a if not fits_pair_list(a, delimiter) else b}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")

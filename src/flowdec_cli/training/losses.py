@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import cqt_problem
+
 __all__ = [
     "slaney_mel_filterbank",
     "MultiScaleMelLoss",
@@ -157,11 +159,9 @@ class MultiScaleCQTLoss(nn.Module):
     def __init__(self, sample_rate: int = 48000, n_octaves: int = 9, fmin: float = 27.5, hop: int = 256,
                  bins_per_octave: Sequence[int] = (16, 32, 48, 64, 80), clamp: float = 1e-5) -> None:
         super().__init__()
-        top = fmin * 2.0 ** n_octaves
-        if top >= sample_rate / 2:
-            raise ValueError(f"{n_octaves} octaves from {fmin} Hz reach {top:g} Hz, above Nyquist")
-        if hop % 2 ** (n_octaves - 1):
-            raise ValueError(f"hop {hop} must be divisible by 2 ** (n_octaves - 1) = {2 ** (n_octaves - 1)}")
+        problem = cqt_problem(sample_rate, n_octaves, fmin, hop)
+        if problem:
+            raise ValueError(problem)
         self.n_octaves, self.hop, self.clamp = int(n_octaves), int(hop), float(clamp)
         self.bins_per_octave = [int(b) for b in bins_per_octave]
         self.register_buffer("lowpass", _halfband_lowpass(), persistent=False)

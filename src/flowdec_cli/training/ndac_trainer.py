@@ -231,7 +231,7 @@ class NDACTrainer(Trainer):
             self.model.load_official_state_dict(ckpt["model_state"], str(ckpt["dir"]))
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["trainer"]["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
             raise TrainingError(f"{ckpt['dir']}: does not fit this config (another size?): "
                                 f"{first_problem(exc)}") from None
 

@@ -184,6 +184,9 @@ class PostfilterTrainer(Trainer):
         out = {"loss": loss.detach()}
         if log:
             out["nan_samples"] = (~torch.isfinite(per_sample)).sum().float()
+            if int(out["nan_samples"]) == per_sample.numel():  # the loss left out every example: it reads 0
+                raise TrainingError(f"every example of the batch at step {self.step + 1} gave a non-finite loss "
+                                    "(NaN in the pairs, sigma_y or the feature settings)")
             if grad_norm is not None:
                 out["grad_norm"] = grad_norm.detach()
         return out
@@ -231,7 +234,7 @@ class PostfilterTrainer(Trainer):
             self.pf.load_official_state_dict(ckpt["model_state"], str(ckpt["dir"]))
             self.ema.load_official_state_dict(ckpt["ema_state"], str(ckpt["dir"]))
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
             raise TrainingError(f"{ckpt['dir']}: does not fit this config (another size?): "
                                 f"{first_problem(exc)}") from None
         # There is no schedule, so the config's rate is the rate: a resumed run can lower it

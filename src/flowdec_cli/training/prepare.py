@@ -41,7 +41,7 @@ import torch
 from ..audio import write_audio
 from ..fileio import atomic_write_bytes
 from .common import TrainingError, find_checkpoint
-from .data import AudioItem, DataError, list_audio, load_mono, read_pairs, split_items, write_pairs
+from .data import AudioItem, DataError, fits_pair_list, list_audio, load_mono, read_pairs, split_items, write_pairs
 
 __all__ = [
     "gaussian_kernel",
@@ -109,10 +109,13 @@ def estimate_sigma(pairs: Sequence[tuple[str, str]], alpha: float = 0.3, n_fft: 
                             "16 and a hop from 1 to n_fft")
     if not (0 < alpha <= 1 and 0 < qx <= 1 and 0 < qrmse <= 1):
         raise TrainingError(f"alpha {alpha}, q_x {qx}, q_rmse {qrmse}: each must be in (0, 1]")
+    seg = int(round(duration * sample_rate))
+    if n_fft // 2 >= seg:  # the STFT's reflect padding must fit inside the excerpt
+        raise TrainingError(f"n_fft {n_fft}: at most {2 * seg - 2} for the {duration:g} s excerpts the estimate "
+                            f"reads at {sample_rate} Hz (its padding, half of n_fft, must fit inside one)")
     rng = np.random.default_rng(seed)
     count = min(int(n_samples), len(pairs))
     chosen = rng.choice(len(pairs), size=count, replace=False)
-    seg = int(round(duration * sample_rate))
     window = torch.signal.windows.hann(n_fft, sym=True, dtype=torch.float32, device=device)
     frames = 1 + seg // hop
     per_example = max(1, max_magnitudes // count)
@@ -306,6 +309,9 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     if not items:
         raise TrainingError("no audio files found in " + ", ".join(str(s) for s in sources))
     out = Path(out_dir)
+    if not fits_pair_list(str(out.resolve())):
+        raise TrainingError(f"{out}: a comma or line break in the output folder's path would break every line of "
+                            "the pair lists; choose another folder")
     envelope_name = layout.name if layout is not None else ""
     _check_same_codec(out, model.weights_hash, force, envelope_name)
     # which codec codes into this folder is recorded before the first file, so that a run stopped partway
@@ -321,9 +327,14 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     chunk_frames = max(1, int(chunk_seconds * model.frame_rate))
     written = skipped = 0
     failed: list[str] = []  # one bad file of a corpus is reported, and the others are coded
-    bar = progress("prepare-pairs", len(items) * len(ks)) if progress is not None else None
+    unlistable = [it for it in items if not fits_pair_list(it.path)]
+    for it in unlistable:  # refused before any coding: its line in a pair list could not be read back
+        failed.append(f"{it.path}: a comma or line break in its name would break its line of the pair lists; "
+                      "rename it to include it")
+    listable = [it for it in items if fits_pair_list(it.path)]
+    bar = progress("prepare-pairs", len(listable) * len(ks)) if progress is not None else None
     try:
-        for it in items:
+        for it in listable:
             targets = [(k, out / "coded" / f"nq{k}" / names[it.path]) for k in ks]
             todo = [(k, p) for k, p in targets if force or not p.is_file()]
             if todo:
@@ -361,7 +372,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
         if bar is not None:
             bar.close()
     if len(failed) == len(items):
-        raise TrainingError(f"no file could be read ({len(failed)} failed; the first: {failed[0]})")
+        raise TrainingError(f"no file could be coded ({len(failed)} failed; the first: {failed[0]})")
     try:
         for name, pairs in lists.items():
             write_pairs(out / f"{name}.txt", pairs)
