@@ -29,6 +29,7 @@ from flowdec_cli.container import (
     encode_fdc,
     frames_for_samples,
     header_size,
+    inspect_fdc,
     max_file_size,
     nominal_bitrate,
     pack_codes,
@@ -798,6 +799,27 @@ def test_read_errors_name_the_file(tmp_path):
     p.write_bytes(b"")
     with pytest.raises(FdcError, match=f"^{re.escape(str(p))}: empty file"):
         read_fdc(p)
+
+
+def test_each_reader_names_what_it_takes_when_given_the_other_kind(tmp_path):
+    """read_fdc(bytes) failed as "embedded null byte", decode_fdc(Path) parsed the path's name as the file
+    ("bad magic"), decode_fdc(str) as "string argument without an encoding"."""
+    p = tmp_path / "song.fdc"
+    h = make_header(num_frames=3)
+    write_fdc(p, h, random_codes(h))
+    data = p.read_bytes()
+    for reader in (read_fdc, inspect_fdc):
+        with pytest.raises(FdcError, match=rf"{reader.__name__} takes the path of a \.fdc file; for its bytes use "
+                                           "decode_fdc"):
+            reader(data)
+        with open(p, "rb") as f, pytest.raises(FdcError, match="for an open stream use inspect_fdc_stream"):
+            reader(f)
+        with pytest.raises(FdcError, match=r"takes the path of a \.fdc file, got int"):
+            reader(5)
+    for path in (p, str(p)):
+        with pytest.raises(FdcError, match=r"decode_fdc takes the bytes of a \.fdc file, got .*; for a path use "):
+            decode_fdc(path)
+    assert decode_fdc(memoryview(data))[0].num_frames == read_fdc(p)[0].num_frames == 3
 
 
 def test_a_header_nests_at_most_32_levels():

@@ -367,3 +367,23 @@ def test_the_side_channel_tables_printed_in_the_spec_are_the_ones_coded_with():
             w = max(w * num_den[0] // num_den[1], 1)
         expected = env.freqs_from_counts(np.array(weights[:0:-1] + weights, dtype=np.float64)[None])[0]
         assert row == expected.tolist() and sum(row) == 1 << 16
+
+
+def test_arguments_that_gave_nan_audio_or_bare_errors_are_refused():
+    """NaN levels turned every sample NaN; a 1-D signal failed as an IndexError, a list of levels as an
+    AttributeError, a read-only signal as numpy's own error."""
+    x = noise(1, 48000, seed=6)
+    q = env.levels_of_signal(LAYOUT, x)
+    with pytest.raises(env.EnvelopeError, match="levels must be the integer steps quantise"):
+        env.apply_envelope(LAYOUT, x.copy(), 48000, np.full(q.shape, np.nan))
+    y = x.copy()
+    env.apply_envelope(LAYOUT, y, 48000, q.tolist())  # a list of the steps is as good as the array
+    with pytest.raises(env.EnvelopeError, match="must be shaped \\[channels, samples\\], got \\(48000,\\)"):
+        env.measure(LAYOUT, x[0], 48000)
+    with pytest.raises(env.EnvelopeError, match="length must be a whole number of samples, at least 0, got -5"):
+        env.measure(LAYOUT, x, -5)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(env.EnvelopeError, match="read-only"):
+        env.apply_envelope(LAYOUT, frozen, 48000, q)
+    assert np.isfinite(y).all()

@@ -324,3 +324,27 @@ def test_pesq_on_silence_is_one_plain_error_and_no_warnings():
         with pytest.raises(MetricError, match=r"^pesq failed: No utterances detected$"):
             pesq_wb(silence, silence, 48000)
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("ref, ref_sr, deg, deg_sr, names, why", [
+    ("int16", SR, "int16", SR, ["mel"], "must hold float samples of full scale 1, got int16 \\(divide"),
+    ("channels-first", SR, "channels-first", SR, ["mel"], "more channels than frames"),
+    ("nan", SR, "float", SR, ["mel"], "reference holds NaN or infinite samples"),
+    ("float", 0, "float", 0, ["mel"], "ref_sr must be a whole number of hertz"),  # scored a "perfect" 0
+    ("float", SR, "float", 48000.5, ["mel"], "deg_sr must be a whole number of hertz"),
+    ("float", "48000", "float", SR, ["mel"], "ref_sr must be a whole number"),
+    ("float", SR, "float", SR, ["nope"], "unknown metric 'nope' \\(known: "),
+])
+def test_inputs_that_scored_silently_wrong_are_refused(ref, ref_sr, deg, deg_sr, names, why):
+    """int16 scored as if 32,768 times too loud (mel 5.65 for 1.14), a channels-first pair as 48,000
+    channels of 2 frames, a rate of 0 a perfect mel distance, NaN a NaN for every metric."""
+    x = noise(4800)
+    made = {"float": x, "int16": (x * 32767).astype(np.int16), "channels-first": np.stack([x, x]),
+            "nan": np.where(np.arange(len(x)) == 7, np.nan, x)}
+    with pytest.raises(M.MetricError, match=why):
+        M.compute_metrics(made[ref], ref_sr, made[deg], deg_sr, names)
+
+
+def test_one_metric_may_be_named_by_a_string():
+    x = noise(4800)
+    assert set(M.compute_metrics(x, SR, x, SR, "mel")) == {"mel"}

@@ -241,3 +241,29 @@ def test_fresh_model_spreads_over_its_codebooks():
     audio = torch.from_numpy(tone(2.0, 48000)[:, 0])[None, None]
     codes = model.encode(audio)
     assert all(len(torch.unique(codes[0, i])) > 30 for i in range(4))
+
+
+def test_stage_calls_refuse_what_they_coded_wrongly_or_failed_on_deep_inside():
+    """NaN audio was coded as all-zero codes, n_codebooks=2.9 as 2 and True as 1; float64 audio, numpy
+    arrays, float codes and empty inputs failed inside torch; bitrate(11) of a 10-codebook codec answered."""
+    from .test_training_helpers import TINY_NDAC_MODEL
+
+    model = NDAC(NDACConfig(**TINY_NDAC_MODEL)).eval()
+    audio = torch.randn(1, 1, 1280) * 0.1
+    codes = model.encode(audio)
+    assert torch.equal(model.encode(audio.double()), codes)  # cast, as the docstring says
+    for bad, why in ((audio * float("nan"), "NaN or infinite"), (audio.numpy(), "must be a torch tensor"),
+                     ((audio * 1000).short(), "float samples"), (audio[..., :0], "no samples")):
+        with pytest.raises(ValueError, match=why):
+            model.encode(bad)
+    for k in (2.9, True):
+        with pytest.raises(ValueError, match="n_codebooks must be an int"):
+            model.encode(audio, k)
+    for bad, why in ((codes.float(), "integer torch tensor"), (codes.numpy(), "integer torch tensor"),
+                     (codes[..., :0], "no frames")):
+        with pytest.raises(ValueError, match=why):
+            model.decode(bad)
+    for k in (0, 4, -3):
+        with pytest.raises(ValueError, match="n_codebooks must be between 1 and 3"):
+            model.bitrate(k)
+    assert model.bitrate(3) == 3 * model.bitrate(1)

@@ -379,15 +379,28 @@ def test_a_whole_float_or_numpy_sample_rate_is_taken(codec):
 
 
 @pytest.mark.parametrize("request_, why", [
-    ({"n_codebooks": 2.5}, "codebook count must be a whole number, got 2.5"),
-    ({"n_codebooks": True}, "codebook count must be a whole number, got True"),
-    ({"n_codebooks": "3"}, "codebook count must be a whole number, got '3'"),
+    ({"n_codebooks": 2.5}, "codebook count must be an int, got 2.5"),
+    ({"n_codebooks": True}, "codebook count must be an int, got True"),
+    ({"n_codebooks": "3"}, "codebook count must be an int, got '3'"),
     ({"bitrate_kbps": "6"}, "bitrate must be a number of kbit/s per channel, got '6'"),
     ({"bitrate_kbps": True}, "bitrate must be a number"),
 ])
 def test_a_rate_request_that_is_no_number_is_refused(codec, request_, why):
     with pytest.raises(CodecError, match=why):
         codec.compress_array(tone(0.1, 48000), 48000, **request_)
+
+
+@pytest.mark.parametrize("cap", ["6", True, float("nan"), 0.0, -1.0])
+def test_a_cap_on_disk_that_is_no_positive_number_is_refused_before_any_coding(codec, tmp_path, monkeypatch, cap):
+    """A string cap failed as a bare TypeError after the whole encode, and True was taken as 1 kbit/s."""
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(0.2, 48000), 48000)
+    monkeypatch.setattr(type(codec), "code_file", lambda *a, **k: pytest.fail("coded before the cap was checked"))
+    with pytest.raises(CodecError, match=r"cap on disk \(cap_kbps\) must be a positive number"):
+        codec.compress_bytes(src, bitrate_kbps=6, cap_kbps=cap)
+    with pytest.raises(CodecError, match=r"cap on disk \(cap_kbps\) must be a positive number"):
+        codec.compress_file(src, tmp_path / "out.fdc", bitrate_kbps=6, cap_kbps=cap)
+    assert not (tmp_path / "out.fdc").exists()
 
 
 def test_numpy_numbers_are_rate_requests(codec):
@@ -723,3 +736,12 @@ def test_a_codebook_count_out_of_range_is_named_in_the_librarys_terms(codec):
     """The library's message named the command line's --n-codebooks."""
     with pytest.raises(CodecError, match=r"has 10 codebooks; cannot code with 12$"):
         codec.choose_rate(n_codebooks=12)
+
+
+@pytest.mark.parametrize("envelope", [0, "no", "false", 1.0])
+def test_a_side_channel_switch_that_is_no_bool_is_refused(tiny_codec_dir, envelope):
+    """envelope=0 (or "no") turned the side channel on: only the literal False turned it off."""
+    with pytest.raises(CodecError, match="envelope must be True, False or None"):
+        Codec.load(tiny_codec_dir, "cpu", envelope=envelope)
+    assert Codec.load(tiny_codec_dir, "cpu", envelope=np.False_).envelope_layout == ""
+    assert Codec.load(tiny_codec_dir, "cpu", envelope=np.True_).envelope_layout != ""

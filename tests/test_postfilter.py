@@ -11,7 +11,7 @@ import torch
 from flowdec_cli.checkpoints import CheckpointError, load_lightning_state_dict
 from flowdec_cli.postfilter import Postfilter, infer_architecture
 
-from .conftest import PassCounter
+from .conftest import PassCounter, tone
 
 ATOL_WAVE = 5e-5  # README section 5: postfilter waveforms
 ATOL_FIELD = 5e-5  # velocity
@@ -304,3 +304,22 @@ def test_compiled_backbone_is_not_recompiled_by_enhance_after_velocity(monkeypat
             pf.enhance(y, 2, "euler", generator=torch.Generator().manual_seed(0))
     finally:
         torch._dynamo.reset()  # a failure must not leave compiled code behind for later tests
+
+
+def test_flow_times_normfac_and_generators_that_gave_nan_or_bare_errors_are_refused(tiny):
+    """velocity at t = nan returned NaN and t = 2 or -1 ran; normfac 0 gave NaN audio; a generator given as
+    an int failed as an AttributeError."""
+    y = torch.from_numpy(tone(0.5, 48000)[:, 0].copy())[None, None]
+    Y = tiny.features(y)[0]
+    for t in (float("nan"), 2.0, -1.0, torch.tensor([0.5, 1.5])):
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+            tiny.velocity(Y, Y, t)
+    with pytest.raises(ValueError, match="t must be a number"):
+        tiny.velocity(Y, Y, "0.5")
+    with pytest.raises(ValueError, match="must be complex features"):
+        tiny.velocity(Y.real, Y.real, 0.5)
+    assert torch.isfinite(torch.view_as_real(tiny.velocity(Y, Y, 0.5))).all()
+    with pytest.raises(ValueError, match="normfac must be positive"):
+        tiny.enhance(y, 2, normfac=0.0)
+    with pytest.raises(ValueError, match=r"generator must be a torch\.Generator"):
+        tiny.enhance(y, 2, generator=5)

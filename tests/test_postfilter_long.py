@@ -118,6 +118,27 @@ def test_short_input_is_bit_identical_to_enhance():
     assert torch.equal(enhance_long(model, y[0, 0], nfe=0), y[0, 0])
 
 
+@pytest.mark.parametrize("kwargs, why", [
+    ({"seed": 1.5}, "a seed must be a whole number"),  # ran with seed 1's noise
+    ({"seed": -1}, "a seed must be a whole number"),  # ran with 2**64-1's
+    ({"chunk_seconds": 0}, "chunk_seconds must be a positive number"),  # ran
+    ({"chunk_seconds": float("nan")}, "chunk_seconds must be a positive number"),
+    ({"overlap_seconds": float("nan")}, "overlap_seconds must be a positive number"),
+    ({"normfac": 0.0}, "normfac must be positive"),  # gave all-NaN audio
+    ({"out": np.zeros((2, 1, 100), np.int16)}, "out must be shaped like the input"),
+    ({"out": "int16"}, "out must hold floats"),  # was filled with zeros
+    ({"out": "read-only"}, "out is read-only"),
+])
+def test_arguments_that_ran_into_wrong_audio_are_refused(kwargs, why):
+    y = _stationary(0.3, channels=2)
+    if isinstance(kwargs.get("out"), str):
+        out = np.zeros(tuple(y.shape), np.int16 if kwargs["out"] == "int16" else np.float32)
+        out.flags.writeable = kwargs["out"] != "read-only"
+        kwargs = {"out": out}
+    with pytest.raises(ValueError, match=why):
+        enhance_long(_tiny(), y.numpy(), nfe=2, **kwargs)
+
+
 # -- the chunk machinery is exact for a frame-local field -------------------------------------------------
 
 

@@ -525,6 +525,7 @@ def test_a_card_cannot_ask_for_an_impossible_default_nfe(tmp_path, nfe):
         read_model_card(tmp_path)
     (tmp_path / "flowdec.json").write_text(json.dumps({"name": "x", "default_nfe": 0}))
     assert read_model_card(tmp_path)["default_nfe"] == 0
+    assert read_model_card(str(tmp_path))["default_nfe"] == 0  # a str folder failed as a TypeError
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/tmp/evil", "sub/model"])

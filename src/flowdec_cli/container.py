@@ -762,6 +762,9 @@ def decode_fdc(data: bytes, source_name: str = "<bytes>", tables: Any = None) ->
     :class:`FdcError` with a message that starts with ``source_name``.
     """
     src = source_name
+    if not isinstance(data, (bytes, bytearray, memoryview)):  # bytes(path) read a file name as data
+        raise FdcError(f"decode_fdc takes the bytes of a .fdc file, got {type(data).__name__}"
+                       + ("; for a path use read_fdc" if isinstance(data, (str, os.PathLike)) else ""))
     header, body = _checked(bytes(data), src)
     payload = body[:header.payload_size]
     if header.envelope_layout:
@@ -807,18 +810,31 @@ def _decode_entropy(header: FdcHeader, payload: memoryview, src: str, tables: An
         raise FdcError(f"{src}: invalid payload: {e}") from None
 
 
+def _file_name(path: Any, reader: str) -> str:
+    """``path`` as a file name, or an FdcError that says which reader takes what was passed instead (the
+    bytes of a file were opened as a path: "embedded null byte")."""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        raise FdcError(f"{reader} takes the path of a .fdc file; for its bytes use decode_fdc")
+    if hasattr(path, "read"):
+        raise FdcError(f"{reader} takes the path of a .fdc file; for an open stream use inspect_fdc_stream, or "
+                       "decode_fdc(stream.read())")
+    if not isinstance(path, (str, os.PathLike)):
+        raise FdcError(f"{reader} takes the path of a .fdc file, got {type(path).__name__}")
+    return str(os.fspath(path))
+
+
 def read_fdc(path: str | os.PathLike, tables: Any = None) -> tuple[FdcHeader, np.ndarray]:
     """Read a .fdc file: (header, int64 codes [channels, n_codebooks, num_frames]); FdcError on any problem.
     ``tables``: see :func:`decode_fdc` (needed for entropy-coded files only)."""
-    name = os.fspath(path)
-    return decode_fdc(_read_file(name), source_name=str(name), tables=tables)
+    name = _file_name(path, "read_fdc")
+    return decode_fdc(_read_file(name), source_name=name, tables=tables)
 
 
 def inspect_fdc(path: str | os.PathLike) -> FdcHeader:
     """The header of a .fdc file whose every check but the payload's decoding passes (CRC included):
     what ``flowdec info`` shows, without the model an entropy-coded payload needs."""
-    name = os.fspath(path)
-    return _checked(_read_file(name), str(name))[0]
+    name = _file_name(path, "inspect_fdc")
+    return _checked(_read_file(name), name)[0]
 
 
 def inspect_fdc_stream(stream: BinaryIO, name: str) -> tuple[FdcHeader, int]:

@@ -320,8 +320,18 @@ def quantise(layout: EnvelopeLayout, levels_db: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(levels_db) / layout.step_db), lo, hi).astype(np.int16)
 
 
+def _check_signal(data: Any, length: Any) -> None:
+    """A [channels, n] array (or DiskArray) and a whole, non-negative length of it: a 1-D array failed as an
+    IndexError, a negative length as a contradiction."""
+    if len(getattr(data, "shape", ())) != 2:
+        raise EnvelopeError(f"the signal must be shaped [channels, samples], got {tuple(getattr(data, 'shape', ()))}")
+    if not is_integer(length) or length < 0:
+        raise EnvelopeError(f"length must be a whole number of samples, at least 0, got {length!r}")
+
+
 def measure(layout: EnvelopeLayout, data: Any, length: int) -> np.ndarray:
     """Levels in dB of the first ``length`` samples of a [channels, n] array (or DiskArray), read in blocks."""
+    _check_signal(data, length)
     meter = BandMeter(layout, data.shape[0])
     stop = min(data.shape[1], length)
     for a in range(0, stop, _BLOCK):
@@ -444,7 +454,14 @@ def apply_envelope(layout: EnvelopeLayout, data: Any, length: int, levels: np.nd
     (STFT, a gain per band and frame, inverse STFT with overlap-add). Every sample is covered by four
     frames whose squared windows sum to 1.5, so a gain of 0 dB gives the signal back exactly.
     """
+    _check_signal(data, length)
+    levels = np.asarray(levels)
+    if levels.size and not np.issubdtype(levels.dtype, np.integer):  # NaN levels turned every sample NaN
+        raise EnvelopeError(f"levels must be the integer steps quantise() gives, got {levels.dtype}")
     check_shape(layout, levels, data.shape[0], length)
+    check_range(layout, levels)
+    if isinstance(data, np.ndarray) and not data.flags.writeable:
+        raise EnvelopeError("the signal is read-only; the levels are applied in place")
     if min(int(data.shape[1]), int(length)) <= 0 or not levels.size:
         return
     have = measure(layout, data, length)

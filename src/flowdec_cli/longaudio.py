@@ -24,8 +24,9 @@ import torch
 from .exceptions import InvalidValue
 from .features import HOP_LENGTH, PAD_MULTIPLE, num_frames, padded_frames, peak_normfac
 from .ncsnpp import NCSNpp
-from .postfilter import Postfilter, Progress
-from .sampler import draw_noise, nfe_to_steps, solve
+from .numeric import is_real
+from .postfilter import Postfilter, Progress, check_normfac
+from .sampler import check_seed, draw_noise, nfe_to_steps, solve
 
 __all__ = ["enhance_long", "auto_batch_size", "ChunkPlan", "plan_chunks", "DEFAULT_CHUNK_SECONDS",
            "FRAMEWISE_CHUNK_SECONDS"]
@@ -224,11 +225,16 @@ def enhance_long(model: Postfilter, source: Any, out: Any = None, *, nfe: int = 
     there first.
     """
     steps = nfe_to_steps(nfe, solver)
+    seed = check_seed(seed)  # 1.5 gave seed 1's noise, -1 that of 2**64-1
+    for name, value in (("chunk_seconds", chunk_seconds), ("overlap_seconds", overlap_seconds)):
+        if value is not None and not (is_real(value) and 0 < value < math.inf):
+            raise InvalidValue(f"{name} must be a positive number of seconds, got {value!r}")
+    check_normfac(normfac)
     if device is not None and torch.device(device) != model.device:
         model.to(device)
     if generator is None and seed is not None:
         # a CPU generator: the same seed gives the same noise on every device
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(seed)
     if batch_size is not None and batch_size < 1:
         raise InvalidValue(f"batch_size must be at least 1, got {batch_size}")
     if chunk_seconds is None:
@@ -338,6 +344,12 @@ class _Writer:
             raise InvalidValue("give either out or sink, not both")
         if out is not None and tuple(out.shape) != tuple(signal.data.shape):
             raise InvalidValue(f"out must be shaped like the input {tuple(signal.data.shape)}, got {tuple(out.shape)}")
+        dtype = getattr(out, "dtype", None)
+        if out is not None and not (dtype.is_floating_point if isinstance(dtype, torch.dtype)
+                                    else np.issubdtype(dtype, np.floating)):
+            raise InvalidValue(f"out must hold floats (audio of full scale 1), got {dtype}")  # int16 got zeros
+        if isinstance(out, np.ndarray) and not out.flags.writeable:
+            raise InvalidValue("out is read-only")
         self.signal, self.out, self.sink = signal, out, sink
         self.buffer = None
         if out is None and sink is None:

@@ -27,6 +27,7 @@ from .bitrate import nominal_bitrate
 from .checkpoints import state_mismatch
 from .exceptions import InvalidValue
 from .ndac_config import DECODER_KINDS, NDACConfig
+from .numeric import is_integer
 from .phase_decoder import PhaseDecoder, PhaseState
 
 __all__ = ["NDACConfig", "NDAC", "DECODER_KINDS"]
@@ -348,8 +349,9 @@ class NDAC(nn.Module):
         return self.sample_rate / self.hop_length
 
     def bitrate(self, n_codebooks: int) -> float:
-        """Nominal bit/s with the first ``n_codebooks`` codebooks."""
-        return nominal_bitrate(self.sample_rate, self.hop_length, n_codebooks, self.codebook_size)
+        """Nominal bit/s with the first ``n_codebooks`` codebooks (1 to the codec's count)."""
+        return nominal_bitrate(self.sample_rate, self.hop_length, self._check_n_codebooks(n_codebooks),
+                               self.codebook_size)
 
     def decoded_length(self, n_frames: int) -> int:
         """D0's output length for ``n_frames`` frames: per stage L <- L*s - (s mod 2), as in dac 1.0.0 (a
@@ -387,10 +389,11 @@ class NDAC(nn.Module):
         return F.pad(audio, (0, right)) if right else audio
 
     def encode(self, audio: torch.Tensor, n_codebooks: int | None = None) -> torch.Tensor:
-        """Codes int64 [B,k,T] of float32 audio [B,1,L] at the model rate."""
+        """Codes int64 [B,k,T] of float32 audio [B,1,L] at the model rate (other float types are cast)."""
         k = self._check_n_codebooks(n_codebooks)
+        self._check_audio(audio)
         with torch.inference_mode():
-            z = self.encoder(self.pad_to_hop(audio))
+            z = self.encoder(self.pad_to_hop(audio.to(next(self.encoder.parameters()).dtype)))
             return self.quantizer(z, n_quantizers=k)[1]
 
     def code_margins(self, audio: torch.Tensor, n_codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -413,6 +416,8 @@ class NDAC(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """D0's waveform float32 [B,1,L'] for codes [B,k,T] (any k <= n_codebooks), untrimmed."""
         self._check_codes(codes)
+        if codes.shape[-1] == 0:
+            raise InvalidValue("codes have no frames")
         with torch.inference_mode():
             return self.decoder(self.quantizer.from_codes(codes))
 
@@ -521,12 +526,29 @@ class NDAC(nn.Module):
 
     # -- checks ----------------------------------------------------------------------------------
     def _check_n_codebooks(self, n_codebooks: int | None) -> int:
+        if n_codebooks is not None and not is_integer(n_codebooks):  # 2.9 gave 2 codebooks and True 1
+            raise InvalidValue(f"n_codebooks must be an int, got {n_codebooks!r}")
         k = self.n_codebooks if n_codebooks is None else int(n_codebooks)
         if not 1 <= k <= self.n_codebooks:
             raise InvalidValue(f"n_codebooks must be between 1 and {self.n_codebooks}, got {k}")
         return k
 
+    def _check_audio(self, audio: torch.Tensor) -> None:
+        """Float audio [B,1,L] with at least one sample, all finite: NaN coded silently as all-zero codes, and
+        other dtypes, arrays and empty audio failed deep inside torch."""
+        if not isinstance(audio, torch.Tensor):
+            raise InvalidValue(f"audio must be a torch tensor [batch, 1, samples], got {type(audio).__name__}")
+        if not audio.is_floating_point():
+            raise InvalidValue(f"audio must be float samples of full scale 1, got {audio.dtype}")
+        if audio.shape[-1] == 0:
+            raise InvalidValue("audio has no samples")
+        if not bool(torch.isfinite(audio).all()):
+            raise InvalidValue("audio holds NaN or infinite samples")
+
     def _check_codes(self, codes: torch.Tensor) -> None:
+        if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex() \
+                or codes.dtype == torch.bool:
+            raise InvalidValue("codes must be an integer torch tensor [batch, codebooks, frames]")
         if codes.dim() != 3:
             raise InvalidValue(f"codes must be [batch, codebooks, frames], got shape {tuple(codes.shape)}")
         self._check_n_codebooks(codes.shape[1])

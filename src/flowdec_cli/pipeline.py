@@ -113,15 +113,18 @@ def no_progress(desc: str, total: int, unit: str) -> ProgressBar:
 _no_progress = no_progress
 
 
-def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None) -> None:
-    """A rate is asked for by bitrate or by codebook count, not both; a count is a whole number and a rate a
-    number (2.5 codebooks would be truncated to 2, a string or True taken for something else)."""
+def check_rate_request(bitrate_kbps: float | None, n_codebooks: int | None, cap_kbps: float | None = None) -> None:
+    """A rate is asked for by bitrate or by codebook count, not both; a count is an int and a rate a number
+    (2.5 codebooks would be truncated to 2, a string or True taken for something else); a cap on disk, a
+    positive number (checked before the minutes of coding it follows)."""
     if n_codebooks is not None and bitrate_kbps is not None:
         raise CodecError("give either a bitrate or a codebook count, not both")
     if n_codebooks is not None and not is_integer(n_codebooks):
-        raise CodecError(f"a codebook count must be a whole number, got {n_codebooks!r}")
+        raise CodecError(f"a codebook count must be an int, got {n_codebooks!r}")
     if bitrate_kbps is not None and not is_real(bitrate_kbps):
         raise CodecError(f"a bitrate must be a number of kbit/s per channel, got {bitrate_kbps!r}")
+    if cap_kbps is not None and not (is_real(cap_kbps) and math.isfinite(cap_kbps) and cap_kbps > 0):
+        raise CodecError(f"a cap on disk (cap_kbps) must be a positive number of kbit/s per channel, got {cap_kbps!r}")
 
 
 def check_fdc_destination(dst: str | os.PathLike) -> None:
@@ -310,7 +313,9 @@ class Codec:
             raise CodecError(f"model '{model.name}' was loaded without a postfilter, so it cannot decode at NFE "
                              f"{nfe}; load it with its postfilter, or decode at NFE 0")
         self.default_nfe = nfe
-        self._envelope = model.side_channel_layout(envelope)
+        if envelope is not None and not isinstance(envelope, (bool, np.bool_)):  # 0 or "no" turned it on
+            raise CodecError(f"envelope must be True, False or None (as the model's card says), got {envelope!r}")
+        self._envelope = model.side_channel_layout(None if envelope is None else bool(envelope))
         self._plan = model.planned_rates(self._envelope)
         self._points = self._plan or [RatePoint(k, model.ndac.bitrate(k) / 1000, self._envelope)
                                       for k in range(1, model.ndac.n_codebooks + 1)]
@@ -603,6 +608,7 @@ class Codec:
                     info: AudioInfo | None = None) -> tuple[FdcHeader, np.ndarray]:
         """:meth:`code_file`, then :meth:`fit_on_disk` when there is a cap (the file is read again for the
         side channel of a cheaper rate-plan entry, should one be needed)."""
+        check_rate_request(bitrate_kbps, n_codebooks, cap_kbps)
         info = info or probe(src)
         header, codes = self.code_file(src, n_codebooks, bitrate_kbps, progress, info=info)
         if cap_kbps is None:
@@ -638,8 +644,7 @@ class Codec:
 
         from .container import encode_fdc_written
 
-        if not math.isfinite(cap_kbps) or cap_kbps <= 0:
-            raise CodecError(f"a cap on disk must be a positive number of kbit/s per channel, got {cap_kbps:g}")
+        check_rate_request(None, None, cap_kbps)
         seconds = header.duration
         if not seconds:  # an empty input: a header-only file, which no rate describes
             return header, codes

@@ -186,6 +186,13 @@ def _as_batch(y: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], t
     raise InvalidValue(f"audio must be shaped [L], [B, L] or [B, 1, L], got {tuple(y.shape)}")
 
 
+def check_normfac(normfac: Any) -> None:
+    """A peak normalisation given by the caller (None: the input's own): positive, as the features are
+    divided by it (0 gave all-NaN audio)."""
+    if normfac is not None and not bool(torch.all(torch.as_tensor(normfac, dtype=torch.float32) > 0)):
+        raise InvalidValue("normfac must be positive: the features are divided by it")
+
+
 class Postfilter(nn.Module):
     """FlowDec's flow-matching postfilter (official ``FlowModel`` at inference).
 
@@ -477,6 +484,12 @@ class Postfilter(nn.Module):
         """
         if x_t.shape != Y.shape:
             raise InvalidValue(f"x_t {tuple(x_t.shape)} and Y {tuple(Y.shape)} must have the same shape")
+        if not (x_t.is_complex() and Y.is_complex()):
+            raise InvalidValue("x_t and Y must be complex features (as features() gives them)")
+        if not (is_real(t) or (isinstance(t, torch.Tensor) and t.is_floating_point())):
+            raise InvalidValue(f"t must be a number or a float tensor of flow times, got {type(t).__name__}")
+        if not bool(torch.all((torch.as_tensor(t) >= 0) & (torch.as_tensor(t) <= 1))):  # NaN fails too
+            raise InvalidValue("t must lie in [0, 1]: the flow runs from the coded features (0) to the clean (1)")
         with torch.inference_mode(), self._backend_flags():
             # t made inside inference mode, as enhance makes it: a compiled backbone guards on the tensor's
             # dispatch keys, and a t from outside would make the first enhance compile it all over again
@@ -547,6 +560,10 @@ class Postfilter(nn.Module):
         input peak. The result is on ``y``'s device.
         """
         steps = nfe_to_steps(nfe, solver)
+        check_normfac(normfac)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise InvalidValue(f"generator must be a torch.Generator (or give a seed to Codec), got "
+                               f"{type(generator).__name__}")
         y = torch.as_tensor(y)
         y3, restore = _as_batch(y)
         if steps == 0:

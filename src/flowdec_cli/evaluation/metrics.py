@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..exceptions import FlowdecError
+from ..numeric import is_whole
 
 __all__ = [
     "MetricError",
@@ -67,6 +68,9 @@ __all__ = [
 METRICS_EXTRA_HINT = "pip install 'flowdec-cli[metrics]'"  # quoted: zsh reads [metrics] as a pattern
 
 
+MAX_SAMPLE_RATE = 10_000_000  # far above any audio: a bound on a typo, not a format rule
+
+
 class MetricError(FlowdecError, ValueError):
     """A metric cannot score these signals (silence, too short, mismatched channels...)."""
 
@@ -88,11 +92,23 @@ class MetricUnavailable(FlowdecError, RuntimeError):
 
 
 def _as_2d(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` as float64 [frames, channels]; refused where a score would be silently wrong: integer samples
+    (int16 scored 32,768 times too loud), a channels-first array (scored as thousands of channels of a few
+    frames), NaN or infinities (every metric NaN)."""
     x = np.asarray(x)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
         raise MetricError(f"{what} must be [frames] or [frames, channels], got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise MetricError(f"{what} must hold float samples of full scale 1, got {x.dtype}"
+                          + (" (divide integer PCM by its full scale, e.g. 32768 for int16)"
+                             if np.issubdtype(x.dtype, np.integer) else ""))
+    if 0 < x.shape[0] < x.shape[1]:
+        raise MetricError(f"{what} has more channels than frames (shape {x.shape}): arrays are [frames, channels]; "
+                          "transpose a channels-first one")
+    if not np.isfinite(x).all():
+        raise MetricError(f"{what} holds NaN or infinite samples")
     return x.astype(np.float64, copy=False)
 
 
@@ -590,6 +606,14 @@ def compute_metrics(
     :class:`MetricUnavailable` and shape errors (different channel counts, empty signals)
     propagate as exceptions.
     """
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise MetricError(f"unknown metric{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"(known: {', '.join(METRICS)})")
+    for what, sr in (("ref_sr", ref_sr), ("deg_sr", deg_sr)):
+        if not (is_whole(sr) and 0 < sr <= MAX_SAMPLE_RATE):  # 0 scored a "perfect" mel distance of 0
+            raise MetricError(f"{what} must be a whole number of hertz from 1 to {MAX_SAMPLE_RATE:,}, got {sr!r}")
     r = _as_2d(ref, "reference")
     d = _as_2d(deg, "degraded signal")
     if int(deg_sr) != int(ref_sr):

@@ -83,9 +83,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def read_model_card(folder: Path) -> dict[str, Any]:
+def read_model_card(folder: str | os.PathLike) -> dict[str, Any]:
     """A model folder's card ({} when it has none); :class:`ModelError` when it is there but unreadable."""
-    card = folder / MODEL_CARD_NAME
+    card = Path(folder) / MODEL_CARD_NAME
     if not card.is_file():
         return {}
     try:
