@@ -182,6 +182,8 @@ def main() -> None:
     segment = max(1, round(args.seconds * sr / hop)) * hop
     train = SegmentDataset(list_audio([args.corpus / "train.txt", *args.also]), sr, segment, seed=1,
                            loudness_db=-16.0, gain_db=(-6.0, 6.0))
+    if len(train) < args.batch:  # a shuffled epoch of whole batches would hold none
+        ap.error(f"{len(train)} training files, fewer than --batch {args.batch}")
     valid = EvalDataset(sr, items=list_audio([args.corpus / "valid.txt"])[:8], max_samples=4 * sr)
     loss_fn = MultiScaleMelLoss(sr, MEL_WINDOWS, MEL_BINS).to(args.device)
     val_loss = MultiScaleMelLoss(sr).to(args.device)  # the trainer's own validation figure (DAC's seven windows)

@@ -138,7 +138,7 @@ phase)
     --corpus "$CORPUS" --also "$WORK/tones/train.txt" --device "$DEVICE" --minutes "$($PY -c "print($secs / 60)")" \
     --batch "${PHASE_BATCH:-64}" --workers 12 --threads 4 --no-gate --lock --advance-weight 1 --val-every 500 \
     "${init[@]}" 2>&1 | tail -n 30 | tee "$OUT/phase-train.log"
-  cp "$WORK/phase/decoder.pt" "$WORK/phase/log.jsonl" "$OUT/"
+  cp "$WORK/phase/decoder.pt" "$WORK/phase/log.jsonl" "$OUT/" || exit 1  # no checkpoint: nothing to check
   $PY scripts/experiment_phase_decoder.py --out "$WORK/phase" --no-gate --lock --export "$WORK/phase-model" &&
     $PY scripts/experiment_tone_pitch.py --model "$WORK/phase-model" --codebooks 4,10 --nfe 0 2>&1 |
     tee "$OUT/phase-tone-pitch.txt"

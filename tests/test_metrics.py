@@ -348,3 +348,12 @@ def test_inputs_that_scored_silently_wrong_are_refused(ref, ref_sr, deg, deg_sr,
 def test_one_metric_may_be_named_by_a_string():
     x = noise(4800)
     assert set(M.compute_metrics(x, SR, x, SR, "mel")) == {"mel"}
+
+
+def test_the_metric_functions_still_score_nan_as_nan_for_training_validation():
+    """The refusals are compute_metrics's: a trainer's validation decode that came out NaN is recorded as
+    NaN by si_sdr and goes on (it stopped the run, losing the steps since the last checkpoint)."""
+    x = noise(4800)
+    y = x.copy()
+    y[3] = np.nan
+    assert np.isnan(M.si_sdr(x, y))

@@ -253,9 +253,12 @@ def test_stage_calls_refuse_what_they_coded_wrongly_or_failed_on_deep_inside():
     codes = model.encode(audio)
     assert torch.equal(model.encode(audio.double()), codes)  # cast, as the docstring says
     for bad, why in ((audio * float("nan"), "NaN or infinite"), (audio.numpy(), "must be a torch tensor"),
-                     ((audio * 1000).short(), "float samples"), (audio[..., :0], "no samples")):
+                     ((audio * 1000).short(), "float samples"), (audio[..., :0], "no samples"),
+                     (torch.tensor(0.5), "must be shaped")):
         with pytest.raises(ValueError, match=why):
             model.encode(bad)
+        with pytest.raises(ValueError, match=why):
+            model.code_margins(bad)
     for k in (2.9, True):
         with pytest.raises(ValueError, match="n_codebooks must be an int"):
             model.encode(audio, k)

@@ -321,5 +321,7 @@ def test_flow_times_normfac_and_generators_that_gave_nan_or_bare_errors_are_refu
     assert torch.isfinite(torch.view_as_real(tiny.velocity(Y, Y, 0.5))).all()
     with pytest.raises(ValueError, match="normfac must be positive"):
         tiny.enhance(y, 2, normfac=0.0)
+    with pytest.raises(ValueError, match="no samples"):  # an IndexError from the peak's reduction
+        tiny.features(y[..., :0])
     with pytest.raises(ValueError, match=r"generator must be a torch\.Generator"):
         tiny.enhance(y, 2, generator=5)

@@ -141,6 +141,7 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     ("[optim]\nlr_gamma = nan\n", "optim.lr_gamma: expected a finite number"),
     ("[optim]\nlr_gamma = -1.0\n", "optim.lr_gamma must lie in"),
     ("[optim]\ngrad_clip = 0.0\n", "optim.grad_clip must be positive"),
+    ("[optim]\ngrad_clip = inf\n", "optim.grad_clip: expected a finite number, got inf; none unsets it"),
     ("[data]\nloudness_db = 1e300\n", "data.loudness_db must lie in"),
     ("[data]\ngain_db = [nan, nan]\n", r"data.gain_db\[0\]: expected a finite number"),
     ("[data]\ngain_db = [-200.0, 0.0]\n", "data.gain_db must be"),
@@ -148,6 +149,7 @@ def test_an_error_that_set_caused_names_set_not_the_file(tmp_path):
     ("[data]\nbatch_size = 1000000000000000000000\n", "data.batch_size must lie in"),
     ("[loss]\ncqt_octaves = 10\n", "loss.cqt_.*above Nyquist"),
     ("[loss]\ncqt_octaves = 100\n", "loss.cqt_.*1 to 16 octaves"),
+    ("[loss]\ncqt_bins_per_octave = [0]\n", "loss.cqt_.*bins per octave must be 1 to 1024"),  # ZeroDivisionError
     ("[loss]\ncqt_hop = 100\n", "loss.cqt_.*must be divisible"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):

@@ -401,9 +401,10 @@ class NDAC(nn.Module):
         and the nearest codebook distance. Where a gap is below about 1e-4, float rounding (another CPU's
         kernels, another window) can pick the other entry: see docs/performance.md, "Codes across CPUs"."""
         k = self._check_n_codebooks(n_codebooks)
+        self._check_audio(audio)
         codes, gaps = [], []
         with torch.inference_mode():
-            residual = self.encoder(self.pad_to_hop(audio))
+            residual = self.encoder(self.pad_to_hop(audio.to(next(self.encoder.parameters()).dtype)))
             quantizers: list[VectorQuantize] = list(self.quantizer.quantizers)[:k]  # type: ignore[assignment]
             for quantizer in quantizers:
                 z_q_i, _c, _b, codes_i, z_e = quantizer(residual)
@@ -538,6 +539,8 @@ class NDAC(nn.Module):
         other dtypes, arrays and empty audio failed deep inside torch."""
         if not isinstance(audio, torch.Tensor):
             raise InvalidValue(f"audio must be a torch tensor [batch, 1, samples], got {type(audio).__name__}")
+        if audio.dim() != 3 or audio.shape[1] != 1:
+            raise InvalidValue(f"audio must be shaped [batch, 1, samples], got {tuple(audio.shape)}")
         if not audio.is_floating_point():
             raise InvalidValue(f"audio must be float samples of full scale 1, got {audio.dtype}")
         if audio.shape[-1] == 0:

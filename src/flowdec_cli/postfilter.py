@@ -545,6 +545,9 @@ class Postfilter(nn.Module):
     def features(self, y: torch.Tensor, normfac: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(Y, normfac, frames)`` of a float ``[B, 1, L]`` waveform (official ``_preprocess``)."""
+        if y.shape[-1] == 0:  # its peak has nothing to reduce over; enhance returns such audio unchanged
+            raise InvalidValue("audio has no samples")
+        check_normfac(normfac)
         with torch.inference_mode():
             return self.feature_extractor(y.to(self.device, torch.float32),
                                           None if normfac is None else torch.as_tensor(normfac).to(self.device))

@@ -92,9 +92,19 @@ class MetricUnavailable(FlowdecError, RuntimeError):
 
 
 def _as_2d(x: np.ndarray, what: str) -> np.ndarray:
-    """``x`` as float64 [frames, channels]; refused where a score would be silently wrong: integer samples
-    (int16 scored 32,768 times too loud), a channels-first array (scored as thousands of channels of a few
-    frames), NaN or infinities (every metric NaN)."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise MetricError(f"{what} must be [frames] or [frames, channels], got shape {x.shape}")
+    return x.astype(np.float64, copy=False)
+
+
+def _scorable(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` as :func:`compute_metrics` takes it, refused where a score would be silently wrong: integer
+    samples (int16 scored 32,768 times too loud), a channels-first array (scored as thousands of channels of
+    a few frames), NaN or infinities (every metric NaN). The metric functions themselves keep returning NaN
+    for such signals: training's validation records it and goes on."""
     x = np.asarray(x)
     if x.ndim == 1:
         x = x[:, None]
@@ -109,7 +119,7 @@ def _as_2d(x: np.ndarray, what: str) -> np.ndarray:
                           "transpose a channels-first one")
     if not np.isfinite(x).all():
         raise MetricError(f"{what} holds NaN or infinite samples")
-    return x.astype(np.float64, copy=False)
+    return x
 
 
 def align(ref: np.ndarray, deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -614,8 +624,8 @@ def compute_metrics(
     for what, sr in (("ref_sr", ref_sr), ("deg_sr", deg_sr)):
         if not (is_whole(sr) and 0 < sr <= MAX_SAMPLE_RATE):  # 0 scored a "perfect" mel distance of 0
             raise MetricError(f"{what} must be a whole number of hertz from 1 to {MAX_SAMPLE_RATE:,}, got {sr!r}")
-    r = _as_2d(ref, "reference")
-    d = _as_2d(deg, "degraded signal")
+    r = _as_2d(_scorable(ref, "reference"), "reference")
+    d = _as_2d(_scorable(deg, "degraded signal"), "degraded signal")
     if int(deg_sr) != int(ref_sr):
         d = resample(d, deg_sr, ref_sr)
     r, d = align(r, d)

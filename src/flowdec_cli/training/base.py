@@ -30,6 +30,7 @@ from .common import (
     DistEnv,
     RunLogger,
     TrainingError,
+    WeightsMisfit,
     amp_settings,
     cleanup_distributed,
     load_checkpoint,
@@ -130,13 +131,13 @@ class Trainer:
             changed = settings_changed(ckpt["trainer"], config_to_dict(cfg), env.world_size)
             try:
                 self.restore(ckpt)
-            except TrainingError:
+            except WeightsMisfit as exc:
                 resized = [c for c in changed if c.startswith("model.")]
                 if not resized:
                     raise
-                raise TrainingError(f"{ckpt['dir']}: the run was trained with other model settings "
-                                    f"({'; '.join(resized)}: the run's -> this config's); resume with the run's "
-                                    "own [model] values, or train the new ones in a new run") from None
+                raise TrainingError(f"{exc}; the run was trained with other model settings ({'; '.join(resized)}: "
+                                    "the run's -> this config's): resume with the run's own [model] values, or "
+                                    "train the new ones in a new run") from None
             self.step = int(ckpt["trainer"]["step"])
             if ckpt["trainer"].get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(ckpt["trainer"]["scaler"])

@@ -41,6 +41,7 @@ __all__ = [
     "cleanup_distributed",
     "amp_settings",
     "first_problem",
+    "WeightsMisfit",
     "save_checkpoint",
     "load_checkpoint",
     "find_checkpoint",
@@ -54,6 +55,11 @@ CHECKPOINT_VERSION = 1
 
 class TrainingError(FlowdecError):
     """A training run that cannot start or continue; the message says why."""
+
+
+class WeightsMisfit(TrainingError):
+    """A checkpoint's weights that do not fit the model this config builds (another size): on a resume the
+    [model] settings that changed since the run began are the cause to name."""
 
 
 # --------------------------------------------------------------------------------------------------

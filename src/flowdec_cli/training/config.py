@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,7 +252,7 @@ class NDACTrainConfig:
             raise ConfigError(f"optim.lr_gamma must lie in (0, 1] (the rate's factor per step), got "
                               f"{self.optim.lr_gamma}")
         if self.data.loudness_db is not None and not -100 <= self.data.loudness_db <= 20:
-            raise ConfigError(f"data.loudness_db must lie in [-100, 20] dBFS (or be absent: no normalisation), "
+            raise ConfigError(f"data.loudness_db must lie in [-100, 20] dBFS (or be none: no normalisation), "
                               f"got {self.data.loudness_db}")
         _check_cqt(self.loss, m.sample_rate)
         if self.optim.lr_final is not None and not self.optim.lr_final > 0:
@@ -455,7 +456,7 @@ def _check_common(batch_size: int, gain_db: list[float], train: TrainLoopConfig,
     if len(gain_db) != 2 or gain_db[0] > gain_db[1] or not all(-60 <= g <= 60 for g in gain_db):
         raise ConfigError("data.gain_db must be [low, high] with -60 <= low <= high <= 60 (dB)")
     if grad_clip is not None and not grad_clip > 0:
-        raise ConfigError(f"optim.grad_clip must be positive (or absent: no clipping), got {grad_clip}")
+        raise ConfigError(f"optim.grad_clip must be positive (or none: no clipping), got {grad_clip}")
     if train.amp not in ("auto", "bf16", "fp16", "none"):
         raise ConfigError(f"train.amp must be auto, bf16, fp16 or none, got {train.amp!r}")
     if train.max_steps < 0:
@@ -545,7 +546,8 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> set[tuple[st
     return done
 
 
-def cqt_problem(sample_rate: int, n_octaves: int, fmin: float, hop: int) -> str | None:
+def cqt_problem(sample_rate: int, n_octaves: int, fmin: float, hop: int,
+                bins_per_octave: Sequence[int] = (12,)) -> str | None:
     """Why a CQT of ``n_octaves`` from ``fmin`` with ``hop`` cannot be built at ``sample_rate`` (None: it
     can): its octaves must stay below Nyquist and halve its hop evenly. The loss asks this too."""
     if not fmin > 0 or not 1 <= n_octaves <= 16 or hop < 1:
@@ -555,12 +557,15 @@ def cqt_problem(sample_rate: int, n_octaves: int, fmin: float, hop: int) -> str 
         return f"{n_octaves} octaves from {fmin:g} Hz reach {top:g} Hz, above Nyquist ({sample_rate / 2:g} Hz)"
     if hop % 2 ** (n_octaves - 1):
         return f"hop {hop} must be divisible by 2 ** (n_octaves - 1) = {2 ** (n_octaves - 1)}"
+    if not bins_per_octave or not all(1 <= b <= 1024 for b in bins_per_octave):
+        return f"bins per octave must be 1 to 1024 each, got {list(bins_per_octave)}"
     return None
 
 
 def _check_cqt(loss: NDACLossConfig, sample_rate: int) -> None:
     """Refused as the config is read, where the loss's own check would surface as an unexpected error."""
-    problem = cqt_problem(sample_rate, loss.cqt_octaves, loss.cqt_fmin, loss.cqt_hop) if loss.cqt_weight else None
+    problem = cqt_problem(sample_rate, loss.cqt_octaves, loss.cqt_fmin, loss.cqt_hop,
+                          loss.cqt_bins_per_octave) if loss.cqt_weight else None
     if problem:
         raise ConfigError(f"loss.cqt_*: {problem}")
 
@@ -578,6 +583,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
+        # TOML has no null, so inf was its spelling of "no limit" (optim.grad_clip): say what unsets a key
+        if type(None) in args and is_real(value) and not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}; none unsets it (null in YAML, "
+                              "--set KEY=none)")
         others = [a for a in args if a is not type(None)]
         return _coerce(value, others[0], where)
     if hint is Any:

@@ -159,7 +159,7 @@ class MultiScaleCQTLoss(nn.Module):
     def __init__(self, sample_rate: int = 48000, n_octaves: int = 9, fmin: float = 27.5, hop: int = 256,
                  bins_per_octave: Sequence[int] = (16, 32, 48, 64, 80), clamp: float = 1e-5) -> None:
         super().__init__()
-        problem = cqt_problem(sample_rate, n_octaves, fmin, hop)
+        problem = cqt_problem(sample_rate, n_octaves, fmin, hop, bins_per_octave)
         if problem:
             raise ValueError(problem)
         self.n_octaves, self.hop, self.clamp = int(n_octaves), int(hop), float(clamp)

@@ -27,7 +27,7 @@ from ..checkpoints import CheckpointError, load_model_folder
 from ..evaluation.metrics import MetricError, phase_coherence, si_sdr
 from ..ndac import NDAC, NDACConfig, VectorQuantize
 from .base import Trainer
-from .common import TrainingError, first_problem, param_list, wrap_ddp
+from .common import TrainingError, WeightsMisfit, first_problem, param_list, wrap_ddp
 from .config import NDAC_PARTS, NDACTrainConfig, config_to_dict
 from .data import EvalDataset, SegmentDataset, list_audio, make_loader, split_items
 from .losses import NDACLoss, latent_residual
@@ -229,11 +229,15 @@ class NDACTrainer(Trainer):
             raise TrainingError(f"{ckpt['dir']}: not an NDAC checkpoint")
         try:
             self.model.load_official_state_dict(ckpt["model_state"], str(ckpt["dir"]))
+        except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
+            raise WeightsMisfit(f"{ckpt['dir']}: does not fit this config (another size?): "
+                                f"{first_problem(exc)}") from None
+        try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["trainer"]["scheduler"])
-        except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
-            raise TrainingError(f"{ckpt['dir']}: does not fit this config (another size?): "
-                                f"{first_problem(exc)}") from None
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise TrainingError(f"{ckpt['dir']}: its optimiser state does not fit this config (other "
+                                f"optim.train_parts or parameters?): {first_problem(exc)}") from None
 
     def init_weights(self, source: Path) -> None:
         from .export import ndac_component

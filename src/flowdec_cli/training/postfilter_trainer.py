@@ -27,7 +27,7 @@ from ..checkpoints import CheckpointError, load_model_folder
 from ..evaluation.metrics import si_sdr
 from ..postfilter import Postfilter
 from .base import Trainer
-from .common import TrainingError, first_problem, param_list, wrap_ddp
+from .common import TrainingError, WeightsMisfit, first_problem, param_list, wrap_ddp
 from .config import PostfilterTrainConfig
 from .data import EvalDataset, PairDataset, make_loader, mix_seed, read_pairs
 from .losses import flow_matching_loss, flow_matching_targets, log_spectral_mse, with_coded_phase
@@ -233,10 +233,14 @@ class PostfilterTrainer(Trainer):
         try:
             self.pf.load_official_state_dict(ckpt["model_state"], str(ckpt["dir"]))
             self.ema.load_official_state_dict(ckpt["ema_state"], str(ckpt["dir"]))
-            self.optimizer.load_state_dict(ckpt["optimizer"])
         except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
-            raise TrainingError(f"{ckpt['dir']}: does not fit this config (another size?): "
+            raise WeightsMisfit(f"{ckpt['dir']}: does not fit this config (another size?): "
                                 f"{first_problem(exc)}") from None
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise TrainingError(f"{ckpt['dir']}: its optimiser state does not fit this config (other "
+                                f"optim.train_parts or parameters?): {first_problem(exc)}") from None
         # There is no schedule, so the config's rate is the rate: a resumed run can lower it
         # (``--set optim.lr=...``) while Adam keeps its moments. load_state_dict would restore the old one.
         for group in self.optimizer.param_groups:
