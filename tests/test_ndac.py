@@ -90,6 +90,30 @@ def test_strict_load_names_every_bad_key(reference_dir):
     assert "more" in msg and len(msg) < 1500  # a file of another size is named in one readable line
 
 
+def test_a_decoy_pickle_or_a_stride_0_weight_cannot_make_us_allocate_either(tmp_path):
+    """A second data.pkl placed first was scanned in the place of the one torch loads (531 bytes allocated
+    1 GiB); a stride-0 weight of 4 stored bytes stood for 2**28 values (a 2 KB file took 2 GB to check)."""
+    import pickle
+    import zipfile
+
+    decoy = tmp_path / "decoy.pth"
+    with zipfile.ZipFile(decoy, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/decoy/data.pkl", pickle.dumps({"state_dict": {}}, protocol=2))
+        z.writestr("archive/data.pkl", b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00\x40\x85R.")
+        z.writestr("archive/version", b"3\n")
+        z.writestr("archive/byteorder", b"little")
+    with pytest.raises(CheckpointError, match="holds 2 pickles"):
+        load_dac_weights(decoy)
+    wide = tmp_path / "wide.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1).expand(1 << 20)}, "metadata": {"kwargs": {}}}, wide)
+    with pytest.raises(CheckpointError, match="weight w claims 1,048,576 values over 1 stored"):
+        load_dac_weights(wide)
+    shared = torch.arange(6.0)  # views of one storage, each within it: what real state dicts hold
+    plain = tmp_path / "plain.pth"
+    torch.save({"state_dict": {"a": shared[:3], "b": shared[3:]}, "metadata": {"kwargs": {}}}, plain)
+    assert load_dac_weights(plain)[0]["b"].tolist() == [3.0, 4.0, 5.0]
+
+
 def test_a_pickle_cannot_make_us_allocate_what_it_does_not_hold(tmp_path):
     """``bytearray(n)`` is allowed by torch's weights_only loader: a 400-byte file asked for 3 GB. Both our
     loaders refuse it before anything is allocated."""

@@ -156,6 +156,18 @@ def test_missing_members_are_named(reference_dir, tmp_path):
     assert not [p for p in (tmp_path / "c" / "models").iterdir()]  # nothing half-built left
 
 
+def test_a_member_that_expands_like_a_zip_bomb_is_refused_before_it_is_written(tmp_path):
+    """A 1 MB archive whose weights member inflated to 1 GiB was written out in full (only a 4 GiB cap)."""
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(catalogue.MEMBER_NDAC_75, bytes(64 << 20))  # 64 MiB of zeros: about 64 KB deflated
+        for member in catalogue.OFFICIAL_MEMBERS[1:]:
+            zf.writestr(member, b"x")
+    with pytest.raises(ModelError, match=f"{re.escape(catalogue.MEMBER_NDAC_75)}: expands [0-9]+-fold"):
+        release.fetch_official(z, expected_size=None, expected_sha256=None, cache_dir=tmp_path / "c", progress=False)
+    assert not [p for p in (tmp_path / "c" / "models").rglob("*") if p.is_file()]
+
+
 def test_not_a_zip(tmp_path):
     bad = tmp_path / "checkpoints.zip"
     bad.write_bytes(b"not a zip at all")
@@ -704,3 +716,33 @@ def test_models_default_and_fetch_official_refuse_what_is_no_value_as_usage_erro
     assert r.exit_code == 2 and "unknown model 'nosuch'" in r.output, r.output  # as --model nosuch is
     r = CliRunner().invoke(models_group, ["fetch-official", "--from", ""])
     assert r.exit_code == 2 and "--from: an empty path or URL" in r.output and "fetching" not in r.output
+
+
+def test_a_card_nested_too_deeply_is_named_not_a_recursion_error(tmp_path):
+    """'[' * 200,000 in flowdec.json (or a config.json) failed as "unexpected RecursionError", naming no
+    file; the settings file and a component's config are read the same way."""
+    from flowdec_cli.fileio import parse_json
+    from flowdec_cli.models.folder import read_model_card
+
+    deep = "[" * 200_000 + "]" * 200_000
+    (tmp_path / "flowdec.json").write_text(deep)
+    with pytest.raises(ModelError, match=r"flowdec\.json: unreadable \(nested too deeply\)"):
+        read_model_card(tmp_path)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_json(deep)
+
+
+def test_a_card_that_is_no_regular_file_is_refused_and_long_values_are_cut(tmp_path):
+    """flowdec.json linked to /dev/zero was taken for no card (the model ran without its name, side channel
+    and default NFE); default_nfe = 10**4000 made a 4,099-character error line."""
+    from flowdec_cli.models.folder import read_model_card
+
+    (tmp_path / "flowdec.json").symlink_to("/dev/zero")
+    with pytest.raises(ModelError, match=r"flowdec\.json: not a regular file"):
+        read_model_card(tmp_path)
+    (tmp_path / "flowdec.json").unlink()
+    assert read_model_card(tmp_path) == {}  # no card at all is still a folder without one
+    (tmp_path / "flowdec.json").write_text('{"name": "x", "default_nfe": ' + "9" * 4000 + "}")
+    with pytest.raises(ModelError, match=r"default_nfe 9{57}\.\.\. is not an even number") as info:
+        read_model_card(tmp_path)
+    assert len(str(info.value)) < 300

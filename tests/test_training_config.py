@@ -263,3 +263,12 @@ def test_pairs_share_the_crop(tmp_path):
     bad.write_text(f"{pairs[0][1]},{pairs[0][0]}\n")  # coded shorter than clean
     with pytest.raises(Exception, match="shorter"):
         PairDataset(read_pairs([bad]), 48000, 4800)[0]
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_a_config_nested_too_deeply_is_named(tmp_path, suffix):
+    pytest.importorskip("yaml") if suffix == ".yaml" else None
+    path = tmp_path / f"deep{suffix}"
+    path.write_text(("a = " if suffix == ".toml" else "a: ") + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match=f"deep{re.escape(suffix)}: invalid .* \\(nested too deeply\\)"):
+        load_config(path, "ndac")

@@ -548,3 +548,17 @@ def test_resuming_with_another_model_size_names_the_settings_that_changed(ndac_r
     with pytest.raises(TrainingError, match="its optimiser state does not fit this config") as info:
         NDACTrainer(cfg, device="cpu", resume=str(src), quiet=True).run()
     assert "quantizer_dropout" not in str(info.value)
+
+
+@pytest.mark.parametrize("record", ["[]", "{}", '{"version": "abc", "optimizer": {}}',
+                                    '{"version": 1, "optimizer": []}'])
+def test_a_malformed_trainer_record_is_an_unreadable_checkpoint(ndac_run, tmp_path, record):
+    """[] failed as "unexpected AttributeError", {} as KeyError 'optimizer', a string version as int()'s
+    ValueError: none named the checkpoint."""
+    import shutil
+
+    ckpt = tmp_path / "step-00000002"
+    shutil.copytree(ndac_run.run_dir / "checkpoints" / "step-00000002", ckpt)
+    (ckpt / "trainer.json").write_text(record)
+    with pytest.raises(TrainingError, match=f"{re.escape(str(ckpt))}: unreadable checkpoint"):
+        load_checkpoint(ckpt)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .exceptions import FlowdecError
-from .fileio import atomic_write_bytes, why_not_a_regular_file
+from .fileio import atomic_write_bytes, parse_json, why_not_a_regular_file
 
 __all__ = [
     "CheckpointError",
@@ -179,6 +179,10 @@ def _tensor_dict(state: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
     for k, v in state.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise CheckpointError(f"{path}: '{what}' entry {k!r} is not a tensor")
+        held = v.untyped_storage().nbytes() // max(v.element_size(), 1)
+        if v.numel() > held:  # a stride-0 view: 4 stored bytes standing for 2**28 weights (2 GB to check)
+            raise CheckpointError(f"{path}: weight {k} claims {v.numel():,} values over {held:,} stored; a weights "
+                                  "file stores each of its values")
         out[k] = v.detach()
     require_finite(out, path)
     return out
@@ -201,7 +205,10 @@ def _pickle_bytes(path: Path) -> bytes | None:
     for what the scan refuses."""
     try:
         with zipfile.ZipFile(path) as zf:
-            pkl = next((i for i in zf.infolist() if i.filename.endswith("/data.pkl")), None)
+            pickles = [i for i in zf.infolist() if i.filename.endswith("/data.pkl")]
+            if len(pickles) > 1:  # a decoy scanned in the place of the pickle torch loads
+                raise CheckpointError(f"{path}: refused: it holds {len(pickles)} pickles (a torch file holds one)")
+            pkl = pickles[0] if pickles else None
             if pkl is None:
                 return None
             if pkl.file_size > _MAX_PICKLE_BYTES:
@@ -305,7 +312,7 @@ def load_model_folder(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[s
         if (problem := why_not_a_regular_file(p)) is not None:
             raise CheckpointError(f"{p}: {problem}")
     try:
-        config = json.loads(cfg_path.read_text())
+        config = parse_json(cfg_path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: unreadable config ({exc})") from None
     if not isinstance(config, dict):

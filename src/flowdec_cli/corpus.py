@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import FlowdecError
+from .fileio import parse_json
 
 __all__ = ["CorpusError", "Item", "CodeRow", "RunSummary", "list_inputs", "encode_corpus", "decode_corpus",
            "iter_rows", "shard_files", "ray_available", "SHARD_COLUMNS"]
@@ -141,9 +142,9 @@ def _manifest_rows(path: Path) -> list[tuple[str | None, str]]:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusError(f"{path}: line {n}: not JSON ({exc.msg})") from None
+            rec = parse_json(line)
+        except ValueError as exc:
+            raise CorpusError(f"{path}: line {n}: not JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not rec["path"].strip():
             raise CorpusError(f"{path}: line {n}: each line needs an object with a 'path' string")
         rid = rec.get("id")
@@ -925,7 +926,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     mine = {k: settings[k] for k in ("to", "model_name", "model_hash", "n_codebooks", "kbps")}
     if target.exists():
         try:
-            theirs = json.loads(target.read_text())
+            theirs = parse_json(target.read_text())
         except (OSError, ValueError) as exc:
             raise CorpusError(f"{target}: unreadable ({exc}); remove it to start again") from None
         # "kbps" is absent from folders started before a rate plan could give a count several side channels

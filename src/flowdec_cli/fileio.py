@@ -63,6 +63,17 @@ class OutputExistsError(FlowdecError, FileExistsError):
                f"(use {replace_with} to overwrite)"
 
 
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads``, with nesting too deep for Python's recursion (a 400 KB ``[[[[...`` file) refused as
+    the ValueError other malformed JSON raises, so each reader's handler names the file."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def same_file(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
     """Whether writing ``dst`` would replace ``src``: the same path once links and ``..`` are resolved. The
     one rule for the library and the command line, which both refuse such an output."""

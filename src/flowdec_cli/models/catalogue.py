@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bitrate import bitrate_table
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, parse_json
 from .folder import (
     MODEL_CARD_NAME,
     ModelError,
@@ -362,7 +362,7 @@ def _read_settings(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: unreadable settings ({exc}); fix it, or `flowdec models default --reset`") \
             from None

@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING, Any
 from ..bitrate import bitrate_table
 from ..entropy import TABLES_FILE
 from ..exceptions import FlowdecError
-from ..fileio import OutputExistsError, atomic_write_bytes, publish, publish_folder, remove_path, temporary_folder
+from ..fileio import (
+    OutputExistsError,
+    atomic_write_bytes,
+    parse_json,
+    publish,
+    publish_folder,
+    remove_path,
+    temporary_folder,
+    why_not_a_regular_file,
+)
 from ..numeric import is_integer, is_real
 
 if TYPE_CHECKING:
@@ -77,19 +86,28 @@ def wants_postfilter(nfe: int | None, card: dict[str, Any], has_postfilter: bool
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file, or {} when it is missing, unreadable or not an object (lenient: listings)."""
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
+def _shown(value: Any) -> str:
+    """A card's value in a message, cut to 60 characters (10**4000 made a 4,099-character error line)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def read_model_card(folder: str | os.PathLike) -> dict[str, Any]:
     """A model folder's card ({} when it has none); :class:`ModelError` when it is there but unreadable."""
     card = Path(folder) / MODEL_CARD_NAME
-    if not card.is_file():
+    if not card.exists() and not card.is_symlink():
         return {}
+    # a link to /dev/zero was taken for no card, and the model ran without its settings
+    if (problem := why_not_a_regular_file(card)) is not None:
+        raise ModelError(f"{card}: {problem}")
     try:
-        data = json.loads(card.read_text())
+        data = parse_json(card.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{card}: unreadable ({exc})") from None
     if not isinstance(data, dict):  # a model run without its card would behave as another model
@@ -98,7 +116,7 @@ def read_model_card(folder: str | os.PathLike) -> dict[str, Any]:
     if nfe is not None and (not is_integer(nfe) or not 0 <= nfe <= MAX_DEFAULT_NFE
                             or nfe % 2):
         # a forged card must not make every run take hours (or quietly run the codec alone)
-        raise ModelError(f"{card}: default_nfe {nfe!r} is not an even number of passes from 0 to "
+        raise ModelError(f"{card}: default_nfe {_shown(nfe)} is not an even number of passes from 0 to "
                          f"{MAX_DEFAULT_NFE}")
     if (problem := _card_value_problem(data)) is not None:
         raise ModelError(f"{card}: {problem}")
@@ -115,29 +133,25 @@ def _card_value_problem(data: dict[str, Any]) -> str | None:
     """The first value of a card that listings, exports and loads would each trip over in their own way
     (a string where a rate belongs, 1e308 kbit/s); None when every value they read has its type and range.
     The rate plan's entries are checked where they are used, against the codec (``envelope.rate_plan``)."""
-    def shown(value: Any) -> str:
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
     for key in _CARD_WHOLE_NUMBERS:
         value = data.get(key)
         if value is not None and not (is_integer(value) and 0 < value <= _MAX_CARD_NUMBER):
-            return f"{key} {shown(value)} is not a whole number from 1 to {_MAX_CARD_NUMBER}"
+            return f"{key} {_shown(value)} is not a whole number from 1 to {_MAX_CARD_NUMBER}"
     value = data.get("frame_rate")
     if value is not None and not (is_real(value) and 0 < value <= _MAX_CARD_NUMBER):
-        return f"frame_rate {shown(value)} is not a positive number of frames per second"
+        return f"frame_rate {_shown(value)} is not a positive number of frames per second"
     for key in _CARD_RATE_LISTS:
         value = data.get(key)
         if value is not None and not (isinstance(value, list)
                                       and all(is_real(r) and 0 < r <= _MAX_CARD_NUMBER for r in value)):
-            return f"{key} {shown(value)} is not a list of positive bitrates in kbit/s"
+            return f"{key} {_shown(value)} is not a list of positive bitrates in kbit/s"
     for key in _CARD_TEXTS:
         value = data.get(key)
         if value is not None and not isinstance(value, str):
-            return f"{key} {shown(value)} is not text"
+            return f"{key} {_shown(value)} is not text"
     value = data.get("rate_plan")
     if value is not None and not isinstance(value, list):
-        return f"rate_plan {shown(value)} is not a list of entries"
+        return f"rate_plan {_shown(value)} is not a list of entries"
     return None
 
 
@@ -151,7 +165,7 @@ def folder_type(folder: Path) -> str | None:
     if not cfg.is_file():
         return None
     try:
-        kind = json.loads(cfg.read_text()).get("type")
+        kind = parse_json(cfg.read_text()).get("type")
     except (OSError, ValueError, AttributeError):
         return None
     return kind if isinstance(kind, str) else None

@@ -54,6 +54,7 @@ OFFICIAL_CITATION = """@inproceedings{welker2025flowdec,
   url={https://openreview.net/forum?id=uxDFlPGRLX}
 }"""
 _MAX_MEMBER_BYTES = 4 << 30  # no released weight file comes near this; refuse anything bigger
+_MAX_EXPANSION = 20  # float weights deflate by a few per cent; a member that expands more is no weight file
 
 
 def _is_url(source: str) -> bool:
@@ -165,18 +166,24 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> s
     """Copy one archive member to a file whose name we chose; return its sha256."""
     if info.file_size > _MAX_MEMBER_BYTES:
         raise ModelError(f"{info.filename}: {info.file_size} bytes in the archive; too big to be a weight file")
+    if info.file_size > _MAX_EXPANSION * info.compress_size + (1 << 20):  # 1 MB that would write 1 GiB
+        raise ModelError(f"{info.filename}: expands {info.file_size / max(info.compress_size, 1):.0f}-fold; weight "
+                         f"files compress little (at most {_MAX_EXPANSION}-fold taken): not a weight file")
     h = hashlib.sha256()
     written = 0
-    with zf.open(info) as src, open(dest, "wb") as out:
-        while True:
-            chunk = src.read(1 << 22)
-            if not chunk:
-                break
-            written += len(chunk)
-            if written > _MAX_MEMBER_BYTES:
-                raise ModelError(f"{info.filename}: expands beyond its declared size; corrupt archive")
-            h.update(chunk)
-            out.write(chunk)
+    try:
+        with zf.open(info) as src, open(dest, "wb") as out:
+            while True:
+                chunk = src.read(1 << 22)
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > info.file_size:
+                    raise ModelError(f"{info.filename}: expands beyond its declared size; corrupt archive")
+                h.update(chunk)
+                out.write(chunk)
+    except OSError as exc:
+        raise ModelError(f"{info.filename}: cannot extract it ({exc.strerror or exc})") from None
     return h.hexdigest()
 
 

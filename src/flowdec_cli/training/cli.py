@@ -11,6 +11,7 @@ import click
 
 from ..envelope import LAYOUTS
 from ..errors import Failure, FlowdecGroup, error_line
+from ..fileio import parse_json
 from ..options import FiniteFloatRange, temperature_option, threads_option
 
 __all__ = ["train_group"]
@@ -155,7 +156,7 @@ def postfilter_command(config: Path, device: str, threads: int | None, resume: b
 def _json_file(path: Path) -> Any:
     """A JSON option file's value; a file that is not JSON is a usage error naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise click.BadParameter(f"{path}: not a readable JSON file ({exc})") from None
 

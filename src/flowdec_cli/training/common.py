@@ -33,6 +33,8 @@ import torch.distributed as dist
 
 from ..checkpoints import CheckpointError, atomic_write_bytes, load_model_folder, save_model_folder
 from ..exceptions import FlowdecError
+from ..fileio import parse_json
+from ..numeric import is_integer
 
 __all__ = [
     "TrainingError",
@@ -305,7 +307,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     ckpt = find_checkpoint(path)
     try:
-        trainer = json.loads((ckpt / "trainer.json").read_text())
+        trainer = parse_json((ckpt / "trainer.json").read_text())
         model_config, model_state = load_model_folder(ckpt / "model")
         ema_state = load_model_folder(ckpt / "ema")[1] if (ckpt / "ema").is_dir() else None
         opt_tensors = load_file(str(ckpt / "optimizer.safetensors"))
@@ -313,10 +315,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TrainingError(f"{ckpt}: unreadable checkpoint ({text}); resume from an earlier one with "
                             "--resume-from CHECKPOINT") from None
-    if int(trainer.get("version", 0)) > CHECKPOINT_VERSION:
-        raise TrainingError(f"{ckpt}: checkpoint version {trainer.get('version')} is newer than this flowdec")
+    version = trainer.get("version", 0) if isinstance(trainer, dict) else None
+    if not is_integer(version) or not isinstance(trainer.get("optimizer"), dict) \
+            or not is_integer(trainer.get("step", 0)):
+        raise TrainingError(f"{ckpt}: unreadable checkpoint (trainer.json is not a record of a flowdec run: a "
+                            "version, a step and an optimizer state); resume from an earlier one with "
+                            "--resume-from CHECKPOINT")
+    if version > CHECKPOINT_VERSION:
+        raise TrainingError(f"{ckpt}: checkpoint version {version} is newer than this flowdec")
+    try:
+        optimizer = optimizer_state_from_files(opt_tensors, trainer["optimizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TrainingError(f"{ckpt}: unreadable checkpoint (its optimizer state: {type(exc).__name__} {exc}); "
+                            "resume from an earlier one with --resume-from CHECKPOINT") from None
     return {"dir": ckpt, "trainer": _from_json(trainer), "model_config": model_config, "model_state": model_state,
-            "ema_state": ema_state, "optimizer": optimizer_state_from_files(opt_tensors, trainer["optimizer"])}
+            "ema_state": ema_state, "optimizer": optimizer}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -494,6 +494,8 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid TOML (nested too deeply)") from None
     elif suffix in (".yaml", ".yml"):
         try:
             import yaml
@@ -504,6 +506,8 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
         data = {} if data is None else data
     else:
         raise ConfigError(f"{path}: unknown config format '{suffix}' (use .toml, .yaml or .yml)")

@@ -6,13 +6,13 @@ The result loads everywhere a model folder does (``flowdec roundtrip --model DIR
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..checkpoints import CheckpointError
+from ..fileio import parse_json
 from .common import TrainingError, find_checkpoint
 from .prepare import pair_list_records
 
@@ -25,7 +25,7 @@ def _is_run_or_checkpoint(path: Path) -> bool:
 
 def _config_type(folder: Path) -> str | None:
     try:
-        return json.loads((folder / "config.json").read_text()).get("type")
+        return parse_json((folder / "config.json").read_text()).get("type")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -72,7 +72,7 @@ def _pairs_records(postfilter: str | os.PathLike) -> list[tuple[Path, dict[str, 
         return []
     run = path if (path / "checkpoints").is_dir() else path.parent.parent  # RUN/checkpoints/step-N
     try:
-        lists = [Path(p) for p in json.loads((run / "config.json").read_text())["data"]["train"]]
+        lists = [Path(p) for p in parse_json((run / "config.json").read_text())["data"]["train"]]
     except (OSError, ValueError, KeyError, TypeError):
         return []
     return pair_list_records(lists)

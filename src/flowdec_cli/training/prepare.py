@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..audio import write_audio
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, parse_json
 from .common import TrainingError, find_checkpoint
 from .data import AudioItem, DataError, fits_pair_list, list_audio, load_mono, read_pairs, split_items, write_pairs
 
@@ -232,7 +232,7 @@ def read_sigma_file(path: str | os.PathLike) -> dict[str, Any]:
         curve = np.load(path, allow_pickle=False).astype(np.float64).ravel()
         return {"sigma_y_perband": curve.tolist(), "sigma_y": float("nan"), "beta": float("nan")}
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except (OSError, ValueError) as exc:
         raise TrainingError(f"{path}: unreadable sigma file ({exc})") from None
     if not isinstance(data, dict) or data.get("type") != "flowdec_sigma_estimate":
@@ -404,7 +404,7 @@ def pair_list_records(lists: Sequence[str | os.PathLike]) -> list[tuple[Path, di
     records = []
     for pair_list in map(Path, lists):
         try:
-            record = json.loads((pair_list.parent / "prepare.json").read_text())
+            record = parse_json((pair_list.parent / "prepare.json").read_text())
         except (OSError, ValueError):
             continue
         if isinstance(record, dict):
@@ -449,7 +449,7 @@ def _check_same_codec(out: Path, ndac_hash: str | None, force: bool, envelope: s
     if force or ndac_hash is None or not summary.is_file():
         return
     try:
-        recorded = json.loads(summary.read_text())
+        recorded = parse_json(summary.read_text())
         before = recorded.get("ndac_hash")
     except (OSError, ValueError, AttributeError):
         return
