@@ -108,6 +108,10 @@ def test_a_decoy_pickle_or_a_stride_0_weight_cannot_make_us_allocate_either(tmp_
     torch.save({"state_dict": {"w": torch.zeros(1).expand(1 << 20)}, "metadata": {"kwargs": {}}}, wide)
     with pytest.raises(CheckpointError, match="weight w claims 1,048,576 values over 1 stored"):
         load_dac_weights(wide)
+    sparse = tmp_path / "sparse.pth"
+    torch.save({"state_dict": {"s": torch.eye(3).to_sparse()}, "metadata": {"kwargs": {}}}, sparse)
+    with pytest.raises(CheckpointError, match=r"weight s is a torch\.sparse_coo tensor"):
+        load_dac_weights(sparse)
     shared = torch.arange(6.0)  # views of one storage, each within it: what real state dicts hold
     plain = tmp_path / "plain.pth"
     torch.save({"state_dict": {"a": shared[:3], "b": shared[3:]}, "metadata": {"kwargs": {}}}, plain)

@@ -272,3 +272,9 @@ def test_a_config_nested_too_deeply_is_named(tmp_path, suffix):
     path.write_text(("a = " if suffix == ".toml" else "a: ") + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(ConfigError, match=f"deep{re.escape(suffix)}: invalid .* \\(nested too deeply\\)"):
         load_config(path, "ndac")
+
+
+def test_a_set_value_nested_too_deeply_is_named(tmp_path):
+    (tmp_path / "a.toml").write_text("[model]\nencoder_dim = 8\n")
+    with pytest.raises(OverrideError, match="nested too deeply"):
+        load_config(tmp_path / "a.toml", "ndac", ["data.train=" + "[" * 5000 + "]" * 5000])

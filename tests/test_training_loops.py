@@ -551,7 +551,8 @@ def test_resuming_with_another_model_size_names_the_settings_that_changed(ndac_r
 
 
 @pytest.mark.parametrize("record", ["[]", "{}", '{"version": "abc", "optimizer": {}}',
-                                    '{"version": 1, "optimizer": []}'])
+                                    '{"version": 1, "optimizer": []}', '{"version": 1, "optimizer": {}}',
+                                    '{"version": 1, "step": 2, "optimizer": {"scalars": []}}'])
 def test_a_malformed_trainer_record_is_an_unreadable_checkpoint(ndac_run, tmp_path, record):
     """[] failed as "unexpected AttributeError", {} as KeyError 'optimizer', a string version as int()'s
     ValueError: none named the checkpoint."""

@@ -179,6 +179,8 @@ def _tensor_dict(state: Any, path: Path, what: str) -> dict[str, torch.Tensor]:
     for k, v in state.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise CheckpointError(f"{path}: '{what}' entry {k!r} is not a tensor")
+        if v.layout is not torch.strided:  # sparse weights failed as an uncaught NotImplementedError
+            raise CheckpointError(f"{path}: weight {k} is a {v.layout} tensor; a weights file holds dense ones")
         held = v.untyped_storage().nbytes() // max(v.element_size(), 1)
         if v.numel() > held:  # a stride-0 view: 4 stored bytes standing for 2**28 weights (2 GB to check)
             raise CheckpointError(f"{path}: weight {k} claims {v.numel():,} values over {held:,} stored; a weights "

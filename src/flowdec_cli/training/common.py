@@ -316,8 +316,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise TrainingError(f"{ckpt}: unreadable checkpoint ({text}); resume from an earlier one with "
                             "--resume-from CHECKPOINT") from None
     version = trainer.get("version", 0) if isinstance(trainer, dict) else None
+    step = trainer.get("step") if isinstance(trainer, dict) else None
     if not is_integer(version) or not isinstance(trainer.get("optimizer"), dict) \
-            or not is_integer(trainer.get("step", 0)):
+            or not (is_integer(step) and step >= 0):
         raise TrainingError(f"{ckpt}: unreadable checkpoint (trainer.json is not a record of a flowdec run: a "
                             "version, a step and an optimizer state); resume from an earlier one with "
                             "--resume-from CHECKPOINT")
@@ -325,10 +326,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise TrainingError(f"{ckpt}: checkpoint version {version} is newer than this flowdec")
     try:
         optimizer = optimizer_state_from_files(opt_tensors, trainer["optimizer"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TrainingError(f"{ckpt}: unreadable checkpoint (its optimizer state: {type(exc).__name__} {exc}); "
+        record = _from_json(trainer)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise TrainingError(f"{ckpt}: unreadable checkpoint (trainer.json: {type(exc).__name__} {exc}); "
                             "resume from an earlier one with --resume-from CHECKPOINT") from None
-    return {"dir": ckpt, "trainer": _from_json(trainer), "model_config": model_config, "model_state": model_state,
+    return {"dir": ckpt, "trainer": record, "model_config": model_config, "model_state": model_state,
             "ema_state": ema_state, "optimizer": optimizer}
 
 

@@ -522,6 +522,8 @@ def _parse_value(text: str, item: str) -> Any:
     is refused: taken as a string, ``[a.txt]`` became one path named "[a.txt]"."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
+    except RecursionError:
+        raise OverrideError(f"--set '{item}': nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         if text.lower() in ("none", "null"):
             return None
