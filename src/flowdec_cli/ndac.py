@@ -391,20 +391,19 @@ class NDAC(nn.Module):
     def encode(self, audio: torch.Tensor, n_codebooks: int | None = None) -> torch.Tensor:
         """Codes int64 [B,k,T] of float32 audio [B,1,L] at the model rate (other float types are cast)."""
         k = self._check_n_codebooks(n_codebooks)
-        self._check_audio(audio)
+        x = self._encoder_input(audio)
         with torch.inference_mode():
-            z = self.encoder(self.pad_to_hop(audio.to(next(self.encoder.parameters()).dtype)))
-            return self.quantizer(z, n_quantizers=k)[1]
+            return self.quantizer(self.encoder(x), n_quantizers=k)[1]
 
     def code_margins(self, audio: torch.Tensor, n_codebooks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes [B,k,T] as :meth:`encode` gives them, and for each the gap [B,k,T] between the second-nearest
         and the nearest codebook distance. Where a gap is below about 1e-4, float rounding (another CPU's
         kernels, another window) can pick the other entry: see docs/performance.md, "Codes across CPUs"."""
         k = self._check_n_codebooks(n_codebooks)
-        self._check_audio(audio)
+        x = self._encoder_input(audio)
         codes, gaps = [], []
         with torch.inference_mode():
-            residual = self.encoder(self.pad_to_hop(audio.to(next(self.encoder.parameters()).dtype)))
+            residual = self.encoder(x)
             quantizers: list[VectorQuantize] = list(self.quantizer.quantizers)[:k]  # type: ignore[assignment]
             for quantizer in quantizers:
                 z_q_i, _c, _b, codes_i, z_e = quantizer(residual)
@@ -534,9 +533,10 @@ class NDAC(nn.Module):
             raise InvalidValue(f"n_codebooks must be between 1 and {self.n_codebooks}, got {k}")
         return k
 
-    def _check_audio(self, audio: torch.Tensor) -> None:
-        """Float audio [B,1,L] with at least one sample, all finite: NaN coded silently as all-zero codes, and
-        other dtypes, arrays and empty audio failed deep inside torch."""
+    def _encoder_input(self, audio: torch.Tensor) -> torch.Tensor:
+        """``audio`` checked, in the encoder's dtype, padded to whole frames: float audio [B,1,L] with at
+        least one sample, all finite (NaN coded silently as all-zero codes, and other dtypes, arrays and empty
+        audio failed deep inside torch)."""
         if not isinstance(audio, torch.Tensor):
             raise InvalidValue(f"audio must be a torch tensor [batch, 1, samples], got {type(audio).__name__}")
         if audio.dim() != 3 or audio.shape[1] != 1:
@@ -547,6 +547,7 @@ class NDAC(nn.Module):
             raise InvalidValue("audio has no samples")
         if not bool(torch.isfinite(audio).all()):
             raise InvalidValue("audio holds NaN or infinite samples")
+        return self.pad_to_hop(audio.to(next(self.encoder.parameters()).dtype))
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex() \

@@ -488,7 +488,8 @@ class Postfilter(nn.Module):
             raise InvalidValue("x_t and Y must be complex features (as features() gives them)")
         if not (is_real(t) or (isinstance(t, torch.Tensor) and t.is_floating_point())):
             raise InvalidValue(f"t must be a number or a float tensor of flow times, got {type(t).__name__}")
-        if not bool(torch.all((torch.as_tensor(t) >= 0) & (torch.as_tensor(t) <= 1))):  # NaN fails too
+        times = torch.as_tensor(t)
+        if not bool(torch.all((times >= 0) & (times <= 1))):  # NaN fails too
             raise InvalidValue("t must lie in [0, 1]: the flow runs from the coded features (0) to the clean (1)")
         with torch.inference_mode(), self._backend_flags():
             # t made inside inference mode, as enhance makes it: a compiled backbone guards on the tensor's

@@ -106,14 +106,11 @@ def _scorable(x: np.ndarray, what: str) -> np.ndarray:
     a few frames), NaN or infinities (every metric NaN). The metric functions themselves keep returning NaN
     for such signals: training's validation records it and goes on."""
     x = np.asarray(x)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2:
-        raise MetricError(f"{what} must be [frames] or [frames, channels], got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
+    if not np.issubdtype(x.dtype, np.floating):  # before _as_2d, which makes every array float64
         raise MetricError(f"{what} must hold float samples of full scale 1, got {x.dtype}"
                           + (" (divide integer PCM by its full scale, e.g. 32768 for int16)"
                              if np.issubdtype(x.dtype, np.integer) else ""))
+    x = _as_2d(x, what)
     if 0 < x.shape[0] < x.shape[1]:
         raise MetricError(f"{what} has more channels than frames (shape {x.shape}): arrays are [frames, channels]; "
                           "transpose a channels-first one")
@@ -624,8 +621,8 @@ def compute_metrics(
     for what, sr in (("ref_sr", ref_sr), ("deg_sr", deg_sr)):
         if not (is_whole(sr) and 0 < sr <= MAX_SAMPLE_RATE):  # 0 scored a "perfect" mel distance of 0
             raise MetricError(f"{what} must be a whole number of hertz from 1 to {MAX_SAMPLE_RATE:,}, got {sr!r}")
-    r = _as_2d(_scorable(ref, "reference"), "reference")
-    d = _as_2d(_scorable(deg, "degraded signal"), "degraded signal")
+    r = _scorable(ref, "reference")
+    d = _scorable(deg, "degraded signal")
     if int(deg_sr) != int(ref_sr):
         d = resample(d, deg_sr, ref_sr)
     r, d = align(r, d)

@@ -163,10 +163,10 @@ def fits_pair_list(path: str, delimiter: str = ",") -> bool:
 
 
 def write_pairs(path: str | os.PathLike, pairs: Sequence[tuple[str, str]], delimiter: str = ",") -> None:
-    for a, b in pairs:
-        if not (fits_pair_list(a, delimiter) and fits_pair_list(b, delimiter)):
-            raise DataError(f"path contains the delimiter {delimiter!r} or a newline: "
-                            f"{a if not fits_pair_list(a, delimiter) else b}")
+    for pair in pairs:
+        unfit = next((p for p in pair if not fits_pair_list(p, delimiter)), None)
+        if unfit is not None:
+            raise DataError(f"path contains the delimiter {delimiter!r} or a newline: {unfit}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")

@@ -327,11 +327,13 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     chunk_frames = max(1, int(chunk_seconds * model.frame_rate))
     written = skipped = 0
     failed: list[str] = []  # one bad file of a corpus is reported, and the others are coded
-    unlistable = [it for it in items if not fits_pair_list(it.path)]
-    for it in unlistable:  # refused before any coding: its line in a pair list could not be read back
-        failed.append(f"{it.path}: a comma or line break in its name would break its line of the pair lists; "
-                      "rename it to include it")
-    listable = [it for it in items if fits_pair_list(it.path)]
+    listable: list[AudioItem] = []
+    for it in items:  # refused before any coding: its line in a pair list could not be read back
+        if fits_pair_list(it.path):
+            listable.append(it)
+        else:
+            failed.append(f"{it.path}: a comma or line break in its name would break its line of the pair "
+                          "lists; rename it to include it")
     bar = progress("prepare-pairs", len(listable) * len(ks)) if progress is not None else None
     try:
         for it in listable:
