@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import struct
+import warnings
 import zlib
 
 import msgpack
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowdec_cli import container
+from flowdec_cli import container, entropy
 from flowdec_cli.container import FDC_MAGIC, FdcError, decode_fdc, encode_fdc, inspect_fdc, write_fdc
 from flowdec_cli.entropy import (
     MAX_FREQ,
@@ -28,6 +29,7 @@ from flowdec_cli.entropy import (
     encode_codes,
     freqs_from_counts,
     load_tables,
+    max_codes_for_payload,
     save_tables,
 )
 from flowdec_cli.training.entropy_tables import TableSettings, cross_entropy_bits, learn_tables
@@ -133,6 +135,29 @@ def test_learned_tables_save_load_and_compress(tables, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(EntropyError, match="entropy tables"):
         load_tables(path)
+
+
+@pytest.mark.parametrize("values", ["fractions", "nan"])
+def test_tables_of_float_frequencies_are_refused_by_their_type(tables, tmp_path, values):
+    """A cast to integers first truncated 0.9 away (the tables loaded, under the original's identifier) and
+    warned about NaN on stderr before blaming the values."""
+    from safetensors.numpy import load_file, save_file
+
+    path = save_tables(tables, tmp_path)
+    arrays = load_file(str(path))
+    freq = arrays["freq_0"].astype(np.float64) + 0.9
+    if values == "nan":
+        freq[0, 0] = np.nan
+    arrays["freq_0"] = freq
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+    save_file(arrays, str(path), metadata=meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(EntropyError, match=r"freq_0 holds float64 values; frequencies are integers"):
+            load_tables(path)
 
 
 # -- the container ----------------------------------------------------------------------------------
@@ -264,16 +289,45 @@ def test_mutated_valid_payloads_never_escape_as_other_errors(tables, seed, flips
         pass
 
 
-def test_a_payload_that_ends_before_its_codes_is_refused(tables):
+def test_a_payload_that_ends_before_its_codes_is_refused(tables, monkeypatch):
     """The range decoder reads zeros past its data without noticing, so zero bytes decoded into as many
-    codes as a header declared (a 4 KB payload into half a million): the reader re-encodes and compares."""
-    with pytest.raises(EntropyError, match=r"payload of 4096 bytes does not hold the symbols its header declares"):
-        decode_codes(bytes(4096), (1, 4, 4096 * 32), tables)
+    codes as a header declared (262 KB into 33 million codes: 25 s and 1.4 GB before the refusal). The
+    decode now stops soon after the data is used up."""
+    counted: list[int] = []
+    counts = entropy._GuardedDecoder.decoded
+
+    def spy(self, amount):
+        counted.append(self._decoded + amount)
+        return counts(self, amount)
+
+    monkeypatch.setattr(entropy._GuardedDecoder, "decoded", spy)
+    declared = max_codes_for_payload(4096) // 4 * 4
+    with pytest.raises(EntropyError, match=r"payload of 4096 bytes ends before the symbols its header declares"):
+        decode_codes(bytes(4096), (1, 4, declared // 4), tables)
+    assert max(counted) < declared // 20
     whole = encode_codes(markov_codes(10, 120), tables)
     for cut in (4, 8):  # the stream's last words missing, as a truncating forger would leave it
         with pytest.raises(FdcError, match="invalid payload"):
             decode_fdc(_forged_coded(tables, whole[:-cut], num_frames=120), tables=tables)
     assert (decode_codes(whole, (1, 10, 120), tables) == markov_codes(10, 120)).all()
+
+
+@pytest.mark.parametrize("with_prev", [False, True])
+def test_the_cheapest_possible_stream_still_decodes_whole(with_prev):
+    """A stream of the most probable symbol there can be (MAX_FREQ: log2(16/15) bits each) decodes the most
+    symbols after its data is used up: the stop for streams that run on must leave it whole."""
+    row = np.full(S, (TABLE_TOTAL - MAX_FREQ) // (S - 1), np.int64)
+    row[0] = MAX_FREQ
+    row[1] += TABLE_TOTAL - row.sum()
+    prev_map = np.zeros(S, np.int64) if with_prev else None
+    freq = np.stack([row, row]) if with_prev else row[None]
+    cheap = EntropyTables(S, [CodebookModel(freq=freq, prev_map=prev_map)])
+    cheap.validate()
+    for frames in (10, 700, 5000, 40000):
+        codes = np.zeros((1, 1, frames), np.int64)
+        payload = encode_codes(codes, cheap)
+        assert (decode_codes(payload, codes.shape, cheap) == codes).all()
+    assert 64 / np.log2(TABLE_TOTAL / MAX_FREQ) <= entropy.PAST_END_SLACK
 
 
 def test_odd_payload_size_is_refused(tables):

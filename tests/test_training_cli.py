@@ -203,6 +203,11 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     save_tables(dataclasses.replace(tables, ndac_hash="0" * 16), model)  # tables of some other codec's weights
     r = _run("train", "export", tmp_path / "stale", "--ndac", model)
     assert r.exit_code == 0 and not (tmp_path / "stale" / "entropy.safetensors").exists()
+    assert "warning: not copying" in r.output and "learned for other codec weights" in r.output
+    (model / "entropy.safetensors").write_bytes(b"not tables")  # unreadable tables are named, not dropped unseen
+    r = _run("train", "export", tmp_path / "broken", "--ndac", model)
+    assert r.exit_code == 0 and not (tmp_path / "broken" / "entropy.safetensors").exists()
+    assert "warning: not copying the entropy tables" in r.output and "unreadable entropy tables" in r.output
     save_tables(tables, model)
 
     wav = tmp_path / "in.wav"

@@ -20,6 +20,7 @@ stream.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -267,7 +268,10 @@ def load_tables(path: str | os.PathLike) -> EntropyTables:
     for k in range(n):
         if f"freq_{k}" not in arrays:
             raise EntropyError(f"{path}: freq_{k} is missing")
-        cbs.append(CodebookModel(freq=arrays[f"freq_{k}"].astype(np.int64),
+        freq = arrays[f"freq_{k}"]
+        if not np.issubdtype(freq.dtype, np.integer):  # before a cast that would truncate or warn
+            raise EntropyError(f"{path}: freq_{k} holds {freq.dtype} values; frequencies are integers")
+        cbs.append(CodebookModel(freq=freq.astype(np.int64),
                                  prev_map=arrays.get(f"prev_map_{k}"), up_map=arrays.get(f"up_map_{k}")))
     info = {k: v for k, v in meta.items() if k not in ("coding", "codebook_size", "n_codebooks", "ndac_hash", "id")}
     tables = EntropyTables(size, cbs, ndac_hash=meta.get("ndac_hash", ""), info=info)
@@ -347,23 +351,71 @@ def encode_codes(codes: np.ndarray, tables: EntropyTables) -> bytes:
     return np.asarray(words, dtype="<u4").tobytes()
 
 
+# A range coder's state holds 64 bits once its last word is read, and no symbol costs less than
+# log2(16/15) bits (MAX_FREQ), so a valid stream decodes at most this many symbols after its data is used
+# up (twice that, for the coder's rounding); a stream that goes on is one whose header declares more
+# symbols than it holds.
+PAST_END_SLACK = 2 * int(np.ceil(64 / np.log2(TABLE_TOTAL / MAX_FREQ)))
+_CHECK_EVERY = 1024
+
+
+class _GuardedDecoder:
+    """constriction's range decoder, which reads zeros past the end of its data without noticing: this one
+    notices, so a forged header cannot make a few bytes decode into all the symbols it declares (the work
+    and memory of a decode stay proportional to the payload, not to the header's claim)."""
+
+    def __init__(self, dec: Any, error: type[FlowdecError], what: str, size: int) -> None:
+        self._dec, self._error, self._what, self._size = dec, error, what, size
+        self._decoded = 0
+        self._used_up_at: int | None = None
+        self.decode_one = dec.decode  # one symbol, unchecked: a caller's loop reports its count to `decoded`
+
+    def decode(self, model: Any, amount: int) -> Any:
+        """``amount`` symbols of one model, checked every ``_CHECK_EVERY``."""
+        if amount <= _CHECK_EVERY:
+            symbols = self._dec.decode(model, amount)
+            self.decoded(amount)
+            return symbols
+        parts = []
+        for start in range(0, amount, _CHECK_EVERY):
+            take = min(_CHECK_EVERY, amount - start)
+            parts.append(self._dec.decode(model, take))
+            self.decoded(take)
+        return np.concatenate(parts)
+
+    def decoded(self, amount: int) -> None:
+        """Count ``amount`` more symbols decoded, and stop a decode that has run on past the end."""
+        self._decoded += amount
+        if not self._dec.maybe_exhausted():
+            return
+        if self._used_up_at is None:
+            self._used_up_at = self._decoded
+        elif self._decoded - self._used_up_at > PAST_END_SLACK:
+            raise self._error(f"{self._what} of {self._size} bytes ends before the symbols its header "
+                              f"declares (truncated, or a header that claims more than was coded)")
+
+    def maybe_exhausted(self) -> bool:
+        return bool(self._dec.maybe_exhausted())
+
+
 @contextmanager
 def range_decoder(payload: bytes | memoryview, error: type[FlowdecError], what: str) -> Iterator[Any]:
-    """constriction's range decoder over a payload of 32-bit little-endian words, for the body of a
-    ``with`` block that decodes every symbol the payload should hold. After it, the stream must be used up
-    (the coder reads one word ahead, so one word of slack goes unnoticed here, and a stream that ended too
-    soon is not seen at all: callers re-encode, :func:`require_canonical`); a payload that is not whole
-    words, words left over, and constriction's own exceptions all become ``error`` naming ``what``."""
+    """A range decoder over a payload of 32-bit little-endian words, for the body of a ``with`` block that
+    decodes every symbol the payload should hold. Decoding stops soon after the data is used up
+    (:class:`_GuardedDecoder`); after the block the stream must be used up (the coder reads one word ahead,
+    so one word of slack goes unnoticed here: callers re-encode, :func:`require_canonical`); a payload that
+    is not whole words, words left over, and constriction's own exceptions all become ``error`` naming
+    ``what``."""
     import constriction
 
     if len(payload) % 4:
         raise error(f"{what} of {len(payload)} bytes is not a whole number of 32-bit words")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     try:
-        dec = constriction.stream.queue.RangeDecoder(words)
+        dec = _GuardedDecoder(constriction.stream.queue.RangeDecoder(words), error, what, len(payload))
         yield dec
         if not dec.maybe_exhausted():
-            raise error(f"{what} has data left over after the last symbol")
+            raise error(f"{what} does not end with its last symbol (data left over, or a stream cut short)")
     except error:
         raise
     except Exception as exc:  # constriction reports invalid data with its own exception types
@@ -380,29 +432,39 @@ def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: Entr
     with range_decoder(payload, EntropyError, "range-ctx1 payload") as dec:
         if c_n * k_n * t_n > max_codes_for_payload(len(payload)):  # before allocating anything for them
             raise EntropyError(f"{c_n * k_n * t_n} codes cannot fit in {len(payload)} bytes")
-        out = np.zeros((c_n, k_n, t_n), np.int64)
+        out = np.zeros((c_n, k_n, t_n), np.int64)  # pages are touched only as codes are decoded
         for c in range(c_n):
             for k in range(k_n):
                 cb = tables.codebooks[k]
-                up = _contexts_from_up(cb, out[c, k - 1] if k else None, t_n)
+                # no array the size of the header's claim before the payload has shown it holds that much:
+                # a row without an 'up' context is one run (an earlier row, already decoded, bounds the rest)
+                up = _contexts_from_up(cb, out[c, k - 1], t_n) if k and cb.up_map is not None else None
                 if cb.prev_map is None:
                     # contexts known for the whole row: decode runs of one context at once
-                    if t_n:
-                        bounds = np.flatnonzero(np.diff(up)) + 1
-                        starts = np.concatenate([[0], bounds])
-                        ends = np.concatenate([bounds, [t_n]])
-                        for a, b in zip(starts, ends):
-                            out[c, k, a:b] = dec.decode(tables.model(k, int(up[a])), int(b - a))
+                    if up is None:
+                        if t_n:
+                            out[c, k] = dec.decode(tables.model(k, 0), t_n)
+                        continue
+                    bounds = np.flatnonzero(np.diff(up)) + 1
+                    starts = np.concatenate([[0], bounds])
+                    ends = np.concatenate([bounds, [t_n]])
+                    for a, b in zip(starts, ends):
+                        out[c, k, a:b] = dec.decode(tables.model(k, int(up[a])), int(b - a))
                     continue
                 pmap = cb.prev_map.tolist()
                 n_up = cb.n_up
                 pclass = cb.n_prev_ctx - 1
                 model = tables.model
-                decoded = []
-                for u in up.tolist():
-                    x = dec.decode(model(k, pclass * n_up + u))
-                    decoded.append(x)
-                    pclass = pmap[x]
+                decoded: list[int] = []
+                decode_one = dec.decode_one
+                ups = None if up is None else up.tolist()
+                for start in range(0, t_n, _CHECK_EVERY):
+                    stop = min(t_n, start + _CHECK_EVERY)
+                    for u in (itertools.repeat(0, stop - start) if ups is None else ups[start:stop]):
+                        x = decode_one(model(k, pclass * n_up + u))
+                        decoded.append(x)
+                        pclass = pmap[x]
+                    dec.decoded(stop - start)
                 out[c, k] = decoded
     if out.size and (int(out.min()) < 0 or int(out.max()) >= tables.codebook_size):
         raise EntropyError("payload decodes to codes outside the codebook")
@@ -411,10 +473,9 @@ def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: Entr
 
 
 def require_canonical(encoded: bytes, payload: bytes | memoryview, error: type[FlowdecError], what: str) -> None:
-    """A payload must be exactly what encoding its decoded symbols gives. constriction's decoder reads zeros
-    past the end of its data without noticing (``maybe_exhausted`` cannot tell), so a forged header could
-    make a few zero bytes decode into as many symbols as it declares; re-encoding (a small fraction of the
-    decoding time) catches that, and any other stream our encoder would not have written."""
+    """A payload must be exactly what encoding its decoded symbols gives: re-encoding (a small fraction of
+    the decoding time) catches a stream that ends a few symbols too soon (within the decoder's slack) and
+    any other stream our encoder would not have written."""
     if encoded != bytes(payload):
         raise error(f"{what} of {len(payload)} bytes does not hold the symbols its header declares (coded, "
                     f"they take {len(encoded)} bytes)" if len(encoded) != len(payload) else

@@ -94,16 +94,26 @@ def _pairs_warnings(postfilter: str | os.PathLike, ndac_hash: str, trained_codeb
     return out
 
 
-def _entropy_tables_for(folder: Path, ndac_hash: str) -> Path | None:
+def _entropy_tables_for(folder: Path, ndac_hash: str, warn: Callable[[str], None] | None) -> Path | None:
     """The entropy tables file of model folder ``folder`` if they were learned for the NDAC weights
-    ``ndac_hash``, else None."""
+    ``ndac_hash``, else None; tables that are there but unreadable, or learned for other weights, are named
+    through ``warn`` (the export goes on without them: files it codes are bit-packed)."""
     from ..entropy import TABLES_FILE, EntropyError, tables_for_model_folder
 
     try:
         tables = tables_for_model_folder(folder)
-    except EntropyError:
+    except EntropyError as exc:
+        if warn is not None:
+            warn(f"not copying the entropy tables: {exc}")
         return None
-    return folder / TABLES_FILE if tables is not None and tables.ndac_hash == ndac_hash else None
+    if tables is None:
+        return None
+    if tables.ndac_hash != ndac_hash:
+        if warn is not None:
+            warn(f"not copying {folder / TABLES_FILE}: learned for other codec weights "
+                 "(`flowdec train entropy-tables` learns tables for these)")
+        return None
+    return folder / TABLES_FILE
 
 
 def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter: str | os.PathLike | None = None,
@@ -219,7 +229,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     if postfilter is not None and warn is not None:
         for message in _pairs_warnings(postfilter, ndac_state_hash(codec), trained_codebooks):
             warn(message)
-    tables_src = _entropy_tables_for(ndac_dir.parent, ndac_state_hash(codec))
+    tables_src = _entropy_tables_for(ndac_dir.parent, ndac_state_hash(codec), warn)
     with ModelFolderBuilder(out, "export") as build:
         build.add_ndac(codec)
         if pf is not None:
