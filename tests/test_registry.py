@@ -209,13 +209,31 @@ def test_path_traversal_members_are_never_extracted(reference_dir, tmp_path, mon
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``data`` with HTTP ranges; ``mode`` makes it misbehave: "html" (an error page with 200),
+    "short" (closes half-way through the body it announced), "416" (refuses every range, giving its size)."""
+
     data = b""
     ranges: ClassVar[list[str]] = []
+    mode = ""
 
     def do_GET(self) -> None:
         start = 0
         rng = self.headers.get("Range")
         type(self).ranges.append(rng)
+        if self.mode == "html":
+            page = b"<html><body>rate limited</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
+        if rng and self.mode == "416":
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(self.data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if rng:
             start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206)
@@ -225,7 +243,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         body = self.data[start:]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(body[:len(body) // 2] if self.mode == "short" else body)
 
     def log_message(self, *args) -> None:
         pass
@@ -243,7 +261,7 @@ def local_server():
 
 def test_download_resumes_a_partial_file(local_server, tmp_path):
     data = os.urandom(300_000)
-    _RangeHandler.data, _RangeHandler.ranges = data, []
+    _serve(data)
     url = f"http://127.0.0.1:{local_server.server_port}/checkpoints.zip"
     dest = tmp_path / "checkpoints.zip"
     (tmp_path / "checkpoints.zip.part").write_bytes(data[:123_456])
@@ -253,13 +271,91 @@ def test_download_resumes_a_partial_file(local_server, tmp_path):
     # a finished download is not fetched again; a wrong size is an error
     release.download(url, dest, expected_size=len(data), progress=False)
     assert len(_RangeHandler.ranges) == 1
-    with pytest.raises(ModelError, match="expected 5"):
+    with pytest.raises(ModelError, match="offers 300000 bytes, but the archive has 5"):
         release.download(url, tmp_path / "other.zip", expected_size=5, progress=False)
 
 
-def test_fetch_official_from_url(local_server, release_zip, tmp_path):
-    _RangeHandler.data, _RangeHandler.ranges = release_zip.read_bytes(), []
-    url = f"http://127.0.0.1:{local_server.server_port}/dl/checkpoints.zip"
+def _serve(data: bytes, mode: str = "") -> None:
+    _RangeHandler.data, _RangeHandler.ranges, _RangeHandler.mode = data, [], mode
+
+
+def test_download_writes_no_more_than_the_archive_holds(local_server, tmp_path):
+    """A server sending 5x the file had it all written before the size was checked; a web page sent with
+    200 became the first bytes of the archive, resumed into a file that failed its hash."""
+    data = os.urandom(200_000)
+    url = f"http://127.0.0.1:{local_server.server_port}/checkpoints.zip"
+    dest, part = tmp_path / "checkpoints.zip", tmp_path / "checkpoints.zip.part"
+    _serve(data * 5)
+    with pytest.raises(ModelError, match=r"offers 1000000 bytes, but the archive has 200000; check the address"):
+        release.download(url, dest, expected_size=len(data), progress=False)
+    assert part.stat().st_size == 0 and not dest.exists()
+    part.write_bytes(data[:1000])
+    _serve(data, "html")
+    with pytest.raises(ModelError, match=r"sent a web page, not the archive"):
+        release.download(url, dest, expected_size=len(data), progress=False)
+    assert part.read_bytes() == data[:1000]
+    part.unlink()
+    with pytest.raises(ModelError, match=r"sent a web page"):
+        release.download(url, dest, expected_size=None, progress=False)
+    assert part.stat().st_size == 0
+
+
+def test_download_cut_short_is_kept_to_resume_even_without_a_size(local_server, tmp_path):
+    """Without an expected size (--no-size-check) a body that ended before its Content-Length was taken
+    for the whole archive."""
+    data = os.urandom(200_000)
+    url = f"http://127.0.0.1:{local_server.server_port}/checkpoints.zip"
+    dest, part = tmp_path / "checkpoints.zip", tmp_path / "checkpoints.zip.part"
+    _serve(data, "short")
+    with pytest.raises(ModelError, match=r"interrupted at 100000 of 200000 bytes .*run the same command again"):
+        release.download(url, dest, expected_size=None, progress=False)
+    assert part.read_bytes() == data[:100_000] and not dest.exists()
+    _serve(data)
+    release.download(url, dest, expected_size=None, progress=False)
+    assert dest.read_bytes() == data and _RangeHandler.ranges == ["bytes=100000-"]
+
+
+def test_a_refused_range_does_not_publish_a_partial_file(local_server, tmp_path):
+    """A 416 answer to a resume request was taken for "nothing left": a 2 MB partial of a 6 MB file was
+    renamed to the archive."""
+    data = os.urandom(50_000)
+    url = f"http://127.0.0.1:{local_server.server_port}/checkpoints.zip"
+    dest, part = tmp_path / "checkpoints.zip", tmp_path / "checkpoints.zip.part"
+    part.write_bytes(data[:20_000])
+    _serve(data, "416")
+    with pytest.raises(ModelError, match=r"server's file has 50000 bytes, not the 20000 downloaded so far"):
+        release.download(url, dest, expected_size=None, progress=False)
+    assert not part.exists() and not dest.exists()
+    part.write_bytes(data)  # a partial file that is in fact whole
+    assert release.download(url, dest, expected_size=None, progress=False).read_bytes() == data
+
+
+def test_one_download_at_a_time_per_file(local_server, tmp_path):
+    """Two runs appended to one partial file (10 MB for a 6 MB archive) and both lost everything."""
+    from filelock import FileLock
+
+    _serve(os.urandom(1000))
+    url = f"http://127.0.0.1:{local_server.server_port}/checkpoints.zip"
+    dest = tmp_path / "checkpoints.zip"
+    with FileLock(str(tmp_path / "checkpoints.zip.lock")), \
+            pytest.raises(ModelError, match=r"another flowdec is downloading it now"):
+        release.download(url, dest, expected_size=1000, progress=False)
+    assert not dest.exists() and _RangeHandler.ranges == []
+    release.download(url, dest, expected_size=1000, progress=False)
+    assert dest.stat().st_size == 1000
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:abc/x.zip", "http://[::1/x.zip"])
+def test_a_malformed_address_is_one_clear_error(tmp_path, address):
+    with pytest.raises(ModelError, match=r"(cannot download|not a valid address)"):
+        release.fetch_official(address, expected_size=None, expected_sha256=None, cache_dir=tmp_path,
+                               progress=False)
+
+
+@pytest.mark.parametrize("tail", ["checkpoints.zip", ".."])
+def test_fetch_official_from_url(local_server, release_zip, tmp_path, tail):
+    _serve(release_zip.read_bytes())
+    url = f"http://127.0.0.1:{local_server.server_port}/dl/{tail}"
     part = tmp_path / "downloads" / "checkpoints.zip.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(_RangeHandler.data[:1000])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -76,9 +77,30 @@ def _bar(total: int | None, desc: str, progress: bool, initial: int = 0) -> Any:
 
 def download(url: str, dest: Path, expected_size: int | None = None, progress: bool = True,
              timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial download (HTTP Range)."""
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial download (HTTP Range).
+
+    One run at a time per destination (a lock file beside it: two runs appending to one partial file lost
+    both). With ``expected_size`` no more than that is ever written; a body that ends before its
+    Content-Length is an interrupted download (kept, to resume), and a web page sent in place of the file
+    is refused before a byte of it is kept."""
+    from filelock import FileLock, Timeout
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(dest.with_name(dest.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ModelError(f"{dest}: another flowdec is downloading it now; run again when it has finished") from None
+    except OSError as exc:
+        raise ModelError(f"{dest.parent}: cannot write the download there ({exc.strerror or exc})") from None
+    try:
+        return _download_locked(url, dest, expected_size, progress, timeout)
+    finally:
+        lock.release()
+
+
+def _download_locked(url: str, dest: Path, expected_size: int | None, progress: bool, timeout: float) -> Path:
     part = dest.with_name(dest.name + ".part")
     if dest.is_file() and (expected_size is None or dest.stat().st_size == expected_size):
         return dest
@@ -89,6 +111,10 @@ def download(url: str, dest: Path, expected_size: int | None = None, progress: b
     if expected_size is not None and have == expected_size:
         os.replace(part, dest)
         return dest
+    try:  # before connecting: a folder we cannot write is named as such, not as an interrupted download
+        open(part, "ab").close()
+    except OSError as exc:
+        raise ModelError(f"{part}: cannot write the download there ({exc.strerror or exc})") from None
     req = urllib.request.Request(url, headers={"User-Agent": f"flowdec-cli/{__version__}"})
     if have:
         req.add_header("Range", f"bytes={have}-")
@@ -96,13 +122,13 @@ def download(url: str, dest: Path, expected_size: int | None = None, progress: b
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # nothing left past what we have: the partial file is whole
-            os.replace(part, dest)
-            return dest
+        if exc.code == 416 and have:
+            return _nothing_past(url, exc, part, dest, have, expected_size)
         raise ModelError(f"{url}: download failed (HTTP {exc.code} {exc.reason}); {hint}") from None
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ModelError(f"{url}: cannot download ({reason}); {hint}") from None
+        raise ModelError(f"{url}: cannot download ({getattr(exc, 'reason', None) or exc}); {hint}") from None
+    except (http.client.HTTPException, ValueError) as exc:  # a malformed address or answer
+        raise ModelError(f"{url}: cannot download ({type(exc).__name__}: {str(exc).strip()[:80]}); {hint}") from None
     with resp:
         status = getattr(resp, "status", None) or resp.getcode()
         if have and status != 206:
@@ -112,28 +138,56 @@ def download(url: str, dest: Path, expected_size: int | None = None, progress: b
             if not m or int(m.group(1)) != have:
                 raise ModelError(f"{url}: the server answered a resume request with the wrong range; "
                                  f"delete {part} and run again")
-        length = resp.headers.get("Content-Length")
-        total = have + int(length) if length and length.isdigit() else expected_size
+        if "html" in resp.headers.get("Content-Type", "").lower():
+            raise ModelError(f"{url}: the server sent a web page, not the archive (an error or sign-in page?); "
+                             f"{hint}")
+        length = resp.headers.get("Content-Length", "")
+        body = int(length) if length.isdigit() else None
+        if expected_size is not None and body is not None and have + body != expected_size:
+            raise ModelError(f"{url}: the server offers {have + body} bytes, but the archive has {expected_size}; "
+                             "check the address, or pass --no-size-check if it really has another size")
+        total = have + body if body is not None else expected_size
+        got = have
         try:
-            with open(part, "ab" if have else "wb") as f, _bar(total, dest.name, progress, have) as bar:
+            with open(part, "r+b") as f, _bar(total, dest.name, progress, have) as bar:
+                f.seek(have)
+                f.truncate()
                 while True:
                     chunk = resp.read(1 << 20)
                     if not chunk:
                         break
+                    if expected_size is not None and got + len(chunk) > expected_size:
+                        f.close()
+                        part.unlink()
+                        raise ModelError(f"{url}: the server sent more than the archive's {expected_size} bytes "
+                                         "(removed); check the address, or pass --no-size-check if it really "
+                                         "has another size")
                     f.write(chunk)
+                    got += len(chunk)
                     bar.update(len(chunk))
-        except (OSError, urllib.error.URLError) as exc:
-            got = part.stat().st_size if part.exists() else 0
-            raise ModelError(f"{url}: download interrupted at {got} bytes ({exc}); run the same command again "
-                             "to resume") from None
-    got = part.stat().st_size
-    if expected_size is not None and got != expected_size:
-        if got > expected_size:
-            part.unlink()
-        raise ModelError(f"{url}: downloaded {got} bytes, expected {expected_size}; run the command again to "
-                         "resume, or pass --no-size-check if the archive really has another size")
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ModelError(f"{url}: download interrupted at {got} bytes ({reason}); run the same command "
+                             "again to resume") from None
+    if total is not None and got < total:
+        raise ModelError(f"{url}: download interrupted at {got} of {total} bytes (the connection closed early); "
+                         "run the same command again to resume")
     os.replace(part, dest)
     return dest
+
+
+def _nothing_past(url: str, exc: urllib.error.HTTPError, part: Path, dest: Path, have: int,
+                  expected_size: int | None) -> Path:
+    """A server's 416 to a resume request: the partial file is whole only when the server's size (its
+    Content-Range) or the expected one says so; a partial file that does not fit is removed."""
+    m = re.match(r"bytes\s+\*/(\d+)", (exc.headers.get("Content-Range") if exc.headers else None) or "")
+    size = int(m.group(1)) if m else expected_size
+    if size is None or size == have:
+        os.replace(part, dest)
+        return dest
+    part.unlink()
+    raise ModelError(f"{url}: the server's file has {size} bytes, not the {have} downloaded so far (removed); "
+                     "run the same command again to start over")
 
 
 def _need_space(folder: Path, needed: int, what: str) -> None:
@@ -239,7 +293,12 @@ def fetch_official(source: str | os.PathLike[str] | None = None, expected_size: 
     downloaded = False
     local = _file_url_path(src)
     if local is None and _is_url(src):
-        name = Path(urllib.request.url2pathname(urllib.parse.urlsplit(src).path)).name or "checkpoints.zip"
+        try:
+            name = Path(urllib.request.url2pathname(urllib.parse.urlsplit(src).path)).name
+        except ValueError as exc:  # e.g. an unclosed [ of an IPv6 host
+            raise ModelError(f"{src}: not a valid address ({exc})") from None
+        if name in ("", ".", ".."):  # an address that ends in a folder names no file to save to
+            name = "checkpoints.zip"
         dest = root / "downloads" / name
         if expected_size is not None and not dest.is_file():
             part = dest.with_name(dest.name + ".part")
