@@ -818,3 +818,45 @@ def test_a_ctrl_c_while_the_command_is_imported_is_one_line_and_exit_130(monkeyp
     with pytest.raises(SystemExit) as exit_:
         run()
     assert exit_.value.code == 130 and capsys.readouterr().err == "flowdec: interrupted\n"
+
+
+def test_after_the_first_stop_signal_the_others_are_ignored():
+    """Two Ctrl-C a few milliseconds apart: the second landed in the cleanup or in Python's exit handlers and
+    printed their traceback (about one run in four)."""
+    from flowdec_cli.errors import termination_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(KeyboardInterrupt), termination_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        for s in before:
+            assert signal.getsignal(s) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing is raised
+        time.sleep(0.05)
+        with termination_signals():  # a run that no signal stops leaves the handlers as it found them
+            pass
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    with termination_signals():
+        pass
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_two_quick_ctrl_c_end_the_run_in_one_line(tmp_path, tiny_codec_dir):
+    fdc = fake_fdc(tmp_path, 240.0)
+    out = tmp_path / "out" / "long.wav"
+    out.parent.mkdir()
+    p = spawn("decompress", fdc, out, "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    deadline = time.time() + 120
+    while not temporaries(tmp_path / "out"):
+        assert p.poll() is None and time.time() < deadline, p.stderr.read() if p.poll() is not None else "slow"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    rc = p.wait(timeout=120)
+    err = p.stderr.read()
+    assert rc == 130 and err == "flowdec: interrupted\n", err
+    assert not temporaries(tmp_path / "out") and not out.exists()

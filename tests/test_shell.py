@@ -686,3 +686,46 @@ def test_a_full_temporary_folder_is_named_as_the_cause(tmp_path, monkeypatch):
             streams.stdout_file(".wav"):
         full()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_a_terminal_named_as_the_output_file_is_refused_too(tmp_path):
+    """`flowdec decompress a.fdc /dev/tty` (or /dev/stderr at a terminal) put the WAV bytes on the screen."""
+    pty = pytest.importorskip("pty")
+    (tmp_path / "a.fdc").write_bytes(b"the model would be loaded before this is read")
+    master, terminal = pty.openpty()
+    try:
+        r = invoke("decompress", tmp_path / "a.fdc", os.ttyname(terminal), "-m", tmp_path / "no-such-model")
+    finally:
+        os.close(master)
+        os.close(terminal)
+    assert r.exit_code == 1 and "is a terminal; refusing to write audio to it" in r.output, r.output
+    r = invoke("decompress", tmp_path / "a.fdc", os.devnull, "-m", tmp_path / "no-such-model")
+    assert "is a terminal" not in r.output and "no-such-model" in r.output  # a device that is no terminal is taken
+
+
+def test_skip_existing_skips_an_output_of_standard_input_too(wav, tmp_path, tiny_codec_dir):
+    """`sox ... | flowdec compress - out.fdc --skip-existing` said "exists" and failed on a rerun."""
+    out = tmp_path / "a.fdc"
+    out.write_bytes(b"made before")
+    r = invoke("compress", "-", out, "--skip-existing", "-m", tiny_codec_dir, input=wav.read_bytes())
+    assert r.exit_code == 0 and "exists; skipped (--skip-existing)" in r.output, r.output
+    r = invoke("compress", "-", out, "--skip-existing", "--json", "-q", "-m", tiny_codec_dir, input=wav.read_bytes())
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] is True
+    assert out.read_bytes() == b"made before"
+
+
+def test_a_stream_that_begins_no_audio_is_refused_before_it_is_all_copied(tmp_path, tiny_codec_dir, monkeypatch):
+    """20 MB of zeros piped in were all copied to the temporary folder before the refusal (an endless wrong
+    producer would fill it); a long WAV still goes through whole."""
+    from flowdec_cli import streams
+
+    copied = []
+    copy_all = streams.copy_all
+    monkeypatch.setattr(streams, "copy_all", lambda src, out, *a: copied.append(1) or copy_all(src, out, *a))
+    r = invoke("compress", "-", tmp_path / "z.fdc", "-m", tiny_codec_dir, "-q", input=bytes(3 << 20))
+    assert r.exit_code == 1 and "standard input: not a readable audio file (its first 1 MiB" in r.output, r.output
+    assert copied == [] and not (tmp_path / "z.fdc").exists()
+    long_wav = io.BytesIO()
+    sf.write(long_wav, tone(12.0, 48000), 48000, format="WAV", subtype="PCM_16")  # 1.15 MB
+    r = invoke("compress", "-", tmp_path / "w.fdc", "-m", tiny_codec_dir, "-q", input=long_wav.getvalue())
+    assert r.exit_code == 0 and (tmp_path / "w.fdc").is_file(), r.output

@@ -7,6 +7,7 @@ hours-long files never have to sit in memory at once.
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -209,6 +210,23 @@ def _truncation(path: Path, log: str) -> str | None:
     if "ended unexpectedly without an End-Of-Stream" in log:
         return "truncated: the Ogg stream ends without its end-of-stream mark (a copy cut short?)"
     return None
+
+
+def unrecognised_start(prefix: bytes) -> bool:
+    """Whether libsndfile knows no format that begins with ``prefix`` (a stream's first bytes): the test
+    that lets a copy of a pipe stop early rather than fill the temporary folder with what it will refuse.
+    Only "format not recognised" counts; a prefix that is too short for its format, or any other complaint,
+    is left to the reader of the whole stream, and an MP3's ID3 tag (pictures can make it megabytes long)
+    is never judged by its start."""
+    if prefix.startswith(b"ID3"):
+        return False
+    try:
+        sf.info(io.BytesIO(prefix))
+    except sf.LibsndfileError as exc:
+        return exc.code == 1  # SF_ERR_UNRECOGNISED_FORMAT
+    except Exception:
+        return False
+    return False
 
 
 def unsized_wav(path: str | os.PathLike) -> bool:

@@ -297,12 +297,15 @@ def _collisions(jobs: list[_Job]) -> tuple[list[_Job], list[tuple[_Job, str]]]:
 
 def _check_stdio(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str) -> None:
     """A closed or terminal standard stream, refused before the model loads rather than after."""
-    from .streams import check_stdin, check_stdout
+    from .streams import check_device_output, check_stdin, check_stdout
 
     if is_stdio(src):
         check_stdin(".fdc data" if wanted is _is_fdc else "audio")
+    what = ".fdc data" if out_suffix == ".fdc" else "audio"
     if is_stdio(dst):
-        check_stdout(".fdc data" if out_suffix == ".fdc" else "audio")
+        check_stdout(what)
+    else:
+        check_device_output(dst, what)
 
 
 def _failure_record(command: str, src: str, dst: str, text: str) -> str:
@@ -331,6 +334,8 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     if is_stdio(src):
         if not is_stdio(dst) and (dst.is_dir() or spelled_as_folder("dst")):
             raise Failure(f"{dst}: is a folder; with IN - give an output file or -")
+        if skip_existing and _exists_to_skip(src, dst):
+            return _Plan([], folder=False, skipped=_Job(src, dst))
         _check_pair(src, dst, force)
         return _Plan([_Job(src, dst)], folder=False)
     if not src.exists():
@@ -341,8 +346,7 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
                 raise Failure(f"{dst}{os.sep}: " + ("is a file, not a folder" if dst.exists()
                                                     else "no such folder; create it first"))
             dst = dst / (src.name if keep_suffix else src.with_suffix(out_suffix).name)
-        if (skip_existing and not is_stdio(dst) and would_replace(dst) and not dst.is_dir()
-                and not same_file(src, dst)):
+        if skip_existing and _exists_to_skip(src, dst):
             return _Plan([], folder=False, skipped=_Job(src, dst))
         _check_pair(src, dst, force)
         return _Plan([_Job(src, dst)], folder=False)
@@ -365,6 +369,13 @@ def _plan(src: Path, dst: Path, wanted: Callable[[Path], bool], out_suffix: str,
     dangling = [(job, f"{job.src}: {why_absent(job.src)}") for job in found if not job.src.exists()]
     special = [(job, _not_regular(job.src)) for job in found if job.src.exists() and not job.src.is_file()]
     return _Plan(jobs, folder=True, refused=dangling + special + refused + _unlisted_folders(unlisted, src, dst))
+
+
+def _exists_to_skip(src: Path, dst: Path) -> bool:
+    """Whether ``--skip-existing`` leaves this single input's output alone (input ``-`` too: a pipeline
+    rerun skips what it made before)."""
+    return (not is_stdio(dst) and would_replace(dst) and not dst.is_dir()
+            and (is_stdio(src) or not same_file(src, dst)))
 
 
 def _not_regular(path: Path) -> str:

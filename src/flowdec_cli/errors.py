@@ -177,30 +177,48 @@ class Terminated(KeyboardInterrupt):
         self.name = signal.Signals(self.signum).name
 
 
-def _raise_terminated(owner: int, signum: int, frame: Any) -> None:
+def _stop(owner: int, stopping: list[int], signum: int, frame: Any) -> None:
     # A forked child (a DataLoader worker before its init has run) inherits this handler; the signal that
-    # `timeout` or Ctrl-C sends to the whole process group is the parent's to handle, not the child's.
-    if os.getpid() == owner:
-        raise Terminated(signum)
+    # `timeout` or Ctrl-C sends to the whole process group is the parent's to handle, not the child's
+    # (Ctrl-C stays a KeyboardInterrupt there, as Python's own handler makes it).
+    if os.getpid() != owner:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        return
+    # From the first signal on, the run is ending: a second Ctrl-C a few milliseconds later landed in the
+    # cleanup or in Python's exit handlers and printed their traceback.
+    stopping.append(signum)
+    for s in _stop_signals():
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(s, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+def _stop_signals() -> list[int]:
+    return [s for s in (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None]
 
 
 @contextlib.contextmanager
 def termination_signals() -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP raise :class:`Terminated` (in the main thread; elsewhere a no-op)."""
+    """While inside, Ctrl-C raises KeyboardInterrupt and SIGTERM and SIGHUP raise :class:`Terminated` (in the
+    main thread; elsewhere a no-op); once one has arrived, the three are ignored until the process ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
-    raise_here = functools.partial(_raise_terminated, os.getpid())
+    stopping: list[int] = []
+    handler = functools.partial(_stop, os.getpid(), stopping)
     previous = {}
-    for s in wanted:
+    for s in _stop_signals():
         try:
-            previous[s] = signal.signal(s, raise_here)
+            previous[s] = signal.signal(s, handler)
         except (ValueError, OSError):
             pass
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                signal.signal(s, handler)
+        if not stopping:
+            for s, before in previous.items():
+                with contextlib.suppress(ValueError, OSError, TypeError):
+                    signal.signal(s, before)

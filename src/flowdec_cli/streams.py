@@ -37,6 +37,7 @@ __all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "st
 
 STDIO = "-"
 COPY_BLOCK = 1 << 20
+PROBE_BYTES = 1 << 20  # what a copied stream shows of itself before it must look like audio
 #: Exit status of a program ended by SIGPIPE in a shell (128 + 13), what ``yes | head -1`` reports for ``yes``.
 BROKEN_PIPE_EXIT = 141
 
@@ -78,6 +79,23 @@ def check_stdout(what: str) -> None:
         raise StreamError(f"refusing to write {what} to a terminal; redirect standard output (> FILE or | ...)")
 
 
+def check_device_output(path: str | os.PathLike, what: str) -> None:
+    """Refuse an output device that is a terminal (``/dev/tty``; ``/dev/stderr`` on one), as ``-`` on one is.
+    Only a character device is opened to ask: opening and closing a FIFO would end its reader's input."""
+    try:
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            return
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # writing it will say why
+        return
+    try:
+        terminal = os.isatty(fd)
+    finally:
+        os.close(fd)
+    if terminal:
+        raise StreamError(f"{path}: is a terminal; refusing to write {what} to it (give a file, or a pipe)")
+
+
 def require_stdout() -> None:
     """Refuse a closed standard output for what a command prints there (``flowdec info x.fdc >&-``): click
     drops what it echoes to a closed one, and the command would end as if it had said it."""
@@ -113,7 +131,8 @@ def _out_of_room(stream: str, folder: Path) -> StreamError:
 def _spool(src: BinaryIO, out: BinaryIO, name: str) -> None:
     """Copy a stream: audio to its end, a .fdc only as far as its header declares (one byte more), so that
     ``(cat a.fdc; cat /dev/zero) | flowdec decompress - x.wav`` is refused at once instead of filling
-    the disk first."""
+    the disk first; a stream whose first ``PROBE_BYTES`` begin no audio format is refused there too."""
+    from .audio import unrecognised_start
     from .container import FDC_MAGIC, read_fdc_rest
 
     head = src.read(len(FDC_MAGIC))
@@ -121,8 +140,22 @@ def _spool(src: BinaryIO, out: BinaryIO, name: str) -> None:
     if head == FDC_MAGIC:
         write_all(out, read_fdc_rest(src, head, name))
         out.flush()
-    else:
-        copy_all(src, out, COPY_BLOCK)
+        return
+    start = head + _read_up_to(src, PROBE_BYTES - len(head))
+    write_all(out, start[len(head):])
+    if len(start) == PROBE_BYTES and unrecognised_start(start):  # a shorter stream is judged whole, as is
+        raise StreamError(f"{'standard input' if name == '-' else name}: not a readable audio file (its first "
+                          f"{PROBE_BYTES >> 20} MiB begin no format libsndfile knows)")
+    copy_all(src, out, COPY_BLOCK)
+
+
+def _read_up_to(src: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end of the stream (a pipe returns what it has at hand)."""
+    parts, got = [], 0
+    while got < size and (chunk := src.read(size - got)):
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _redirected_file() -> Path | None:
