@@ -156,7 +156,7 @@ def test_tables_of_float_frequencies_are_refused_by_their_type(tables, tmp_path,
     save_file(arrays, str(path), metadata=meta)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(EntropyError, match=r"freq_0 holds float64 values; frequencies are integers"):
+        with pytest.raises(EntropyError, match=r"codebook 0: frequencies are float64 values, not integers"):
             load_tables(path)
 
 
@@ -291,20 +291,26 @@ def test_mutated_valid_payloads_never_escape_as_other_errors(tables, seed, flips
 
 def test_a_payload_that_ends_before_its_codes_is_refused(tables, monkeypatch):
     """The range decoder reads zeros past its data without noticing, so zero bytes decoded into as many
-    codes as a header declared (262 KB into 33 million codes: 25 s and 1.4 GB before the refusal). The
-    decode now stops soon after the data is used up."""
-    counted: list[int] = []
-    counts = entropy._GuardedDecoder.decoded
+    codes as a header declared (262 KB into 33 million codes: 25 s and 1.4 GB before the refusal), and so
+    did a valid stream under a header claiming more codes. The decode now stops once what it decoded
+    carries more information than the payload's bits can."""
+    checks: list[float] = []
+    decoded = entropy._GuardedDecoder.decoded
 
-    def spy(self, amount):
-        counted.append(self._decoded + amount)
-        return counts(self, amount)
+    def spy(self, bits):
+        checks.append(bits)
+        return decoded(self, bits)
 
     monkeypatch.setattr(entropy._GuardedDecoder, "decoded", spy)
     declared = max_codes_for_payload(4096) // 4 * 4
     with pytest.raises(EntropyError, match=r"payload of 4096 bytes ends before the symbols its header declares"):
         decode_codes(bytes(4096), (1, 4, declared // 4), tables)
-    assert max(counted) < declared // 20
+    assert len(checks) * entropy._CHECK_EVERY < declared // 20
+    short = encode_codes(markov_codes(1, 237, seed=1), tables)  # valid, under a header that claims more
+    checks.clear()
+    with pytest.raises(EntropyError, match=r"ends before the symbols its header declares"):
+        decode_codes(short, (1, 1, max_codes_for_payload(len(short))), tables)
+    assert len(checks) == 1
     whole = encode_codes(markov_codes(10, 120), tables)
     for cut in (4, 8):  # the stream's last words missing, as a truncating forger would leave it
         with pytest.raises(FdcError, match="invalid payload"):
@@ -313,9 +319,10 @@ def test_a_payload_that_ends_before_its_codes_is_refused(tables, monkeypatch):
 
 
 @pytest.mark.parametrize("with_prev", [False, True])
-def test_the_cheapest_possible_stream_still_decodes_whole(with_prev):
-    """A stream of the most probable symbol there can be (MAX_FREQ: log2(16/15) bits each) decodes the most
-    symbols after its data is used up: the stop for streams that run on must leave it whole."""
+def test_valid_streams_decode_whole_under_the_information_stop(tables, with_prev, monkeypatch):
+    """A valid stream's symbols never carry more information than its bits: checked after every symbol,
+    the cheapest stream there can be (every symbol at MAX_FREQ) and learned tables' streams decode whole."""
+    monkeypatch.setattr(entropy, "_CHECK_EVERY", 1)
     row = np.full(S, (TABLE_TOTAL - MAX_FREQ) // (S - 1), np.int64)
     row[0] = MAX_FREQ
     row[1] += TABLE_TOTAL - row.sum()
@@ -323,11 +330,14 @@ def test_the_cheapest_possible_stream_still_decodes_whole(with_prev):
     freq = np.stack([row, row]) if with_prev else row[None]
     cheap = EntropyTables(S, [CodebookModel(freq=freq, prev_map=prev_map)])
     cheap.validate()
-    for frames in (10, 700, 5000, 40000):
-        codes = np.zeros((1, 1, frames), np.int64)
-        payload = encode_codes(codes, cheap)
-        assert (decode_codes(payload, codes.shape, cheap) == codes).all()
-    assert 64 / np.log2(TABLE_TOTAL / MAX_FREQ) <= entropy.PAST_END_SLACK
+    rng = np.random.default_rng(0)
+    for frames in (1, 10, 700, 5000, 20000):
+        for rare in (0.0, 0.01):
+            codes = np.where(rng.random((1, 1, frames)) < rare, rng.integers(1, S, (1, 1, frames)), 0)
+            assert (decode_codes(encode_codes(codes, cheap), codes.shape, cheap) == codes).all()
+    for seed in range(20):
+        codes = markov_codes(int(rng.integers(1, 11)), int(rng.integers(1, 400)), seed=seed)
+        assert (decode_codes(encode_codes(codes, tables), codes.shape, tables) == codes).all()
 
 
 def test_odd_payload_size_is_refused(tables):

@@ -52,6 +52,7 @@ __all__ = [
     "max_codes_for_payload",
     "require_canonical",
     "save_tables",
+    "symbol_bits",
     "tables_for_model_folder",
 ]
 
@@ -156,7 +157,9 @@ class EntropyTables:
                         or int(m.max()) >= 4096:
                     raise EntropyError(f"{where}: {name} must hold {s} classes in 0 ... 4095")
             f = cb.freq
-            if f.ndim != 2 or f.shape != (cb.n_prev_ctx * cb.n_up, s) or not np.issubdtype(f.dtype, np.integer):
+            if not np.issubdtype(f.dtype, np.integer):
+                raise EntropyError(f"{where}: frequencies are {f.dtype} values, not integers")
+            if f.ndim != 2 or f.shape != (cb.n_prev_ctx * cb.n_up, s):
                 raise EntropyError(f"{where}: frequency table has shape {f.shape}, expected "
                                    f"({cb.n_prev_ctx * cb.n_up}, {s})")
             f64 = f.astype(np.int64)
@@ -268,14 +271,13 @@ def load_tables(path: str | os.PathLike) -> EntropyTables:
     for k in range(n):
         if f"freq_{k}" not in arrays:
             raise EntropyError(f"{path}: freq_{k} is missing")
-        freq = arrays[f"freq_{k}"]
-        if not np.issubdtype(freq.dtype, np.integer):  # before a cast that would truncate or warn
-            raise EntropyError(f"{path}: freq_{k} holds {freq.dtype} values; frequencies are integers")
-        cbs.append(CodebookModel(freq=freq.astype(np.int64),
+        cbs.append(CodebookModel(freq=arrays[f"freq_{k}"],
                                  prev_map=arrays.get(f"prev_map_{k}"), up_map=arrays.get(f"up_map_{k}")))
     info = {k: v for k, v in meta.items() if k not in ("coding", "codebook_size", "n_codebooks", "ndac_hash", "id")}
     tables = EntropyTables(size, cbs, ndac_hash=meta.get("ndac_hash", ""), info=info)
-    tables.validate(str(path))
+    tables.validate(str(path))  # before any cast: one to integers would truncate floats (or warn of NaN)
+    for cb in cbs:
+        cb.freq = cb.freq.astype(np.int64)
     if meta.get("id") and meta["id"] != tables.id:
         raise EntropyError(f"{path}: entropy tables are damaged (identifier {tables.id}, recorded {meta['id']})")
     return tables
@@ -351,46 +353,47 @@ def encode_codes(codes: np.ndarray, tables: EntropyTables) -> bytes:
     return np.asarray(words, dtype="<u4").tobytes()
 
 
-# A range coder's state holds 64 bits once its last word is read, and no symbol costs less than
-# log2(16/15) bits (MAX_FREQ), so a valid stream decodes at most this many symbols after its data is used
-# up (twice that, for the coder's rounding); a stream that goes on is one whose header declares more
-# symbols than it holds.
-PAST_END_SLACK = 2 * int(np.ceil(64 / np.log2(TABLE_TOTAL / MAX_FREQ)))
-_CHECK_EVERY = 1024
+# What a valid stream's symbols say cannot exceed the bits that carry it: a range coder's output holds at
+# least the information of its symbols (-log2 of each one's probability) less its 64-bit state, which it
+# flushes. constriction's decoder reads zeros past the end of its data without noticing (and
+# ``maybe_exhausted`` is often false there), so the guard below adds up what it has decoded and stops at
+# this margin past the payload's bits: a forged header costs work in proportion to the payload, never to
+# the codes it claims (at most 86 symbols a byte: none costs less than log2(16/15) bits).
+STATE_BITS = 64
+_CHECK_EVERY = 4096
+
+
+def symbol_bits(freq: np.ndarray) -> np.ndarray:
+    """What each symbol of a row (or rows) of integer frequencies costs, in bits."""
+    return np.log2(TABLE_TOTAL / np.asarray(freq, dtype=np.float64))
 
 
 class _GuardedDecoder:
-    """constriction's range decoder, which reads zeros past the end of its data without noticing: this one
-    notices, so a forged header cannot make a few bytes decode into all the symbols it declares (the work
-    and memory of a decode stay proportional to the payload, not to the header's claim)."""
+    """constriction's range decoder, stopped once the symbols decoded carry more information than the
+    payload's bits can: a stream that runs on past its data is one whose header claims more than was
+    coded."""
 
     def __init__(self, dec: Any, error: type[FlowdecError], what: str, size: int) -> None:
         self._dec, self._error, self._what, self._size = dec, error, what, size
-        self._decoded = 0
-        self._used_up_at: int | None = None
-        self.decode_one = dec.decode  # one symbol, unchecked: a caller's loop reports its count to `decoded`
+        self._budget = 8.0 * size + STATE_BITS
+        self._bits = 0.0
+        self.decode_one = dec.decode  # one symbol, unchecked: a caller's loop reports its bits to `decoded`
 
-    def decode(self, model: Any, amount: int) -> Any:
-        """``amount`` symbols of one model, checked every ``_CHECK_EVERY``."""
-        if amount <= _CHECK_EVERY:
-            symbols = self._dec.decode(model, amount)
-            self.decoded(amount)
-            return symbols
+    def decode(self, model: Any, amount: int, bits: np.ndarray) -> np.ndarray:
+        """``amount`` symbols of ``model`` (whose symbols cost ``bits``), checked every ``_CHECK_EVERY``."""
         parts = []
         for start in range(0, amount, _CHECK_EVERY):
-            take = min(_CHECK_EVERY, amount - start)
-            parts.append(self._dec.decode(model, take))
-            self.decoded(take)
-        return np.concatenate(parts)
+            symbols = np.asarray(self._dec.decode(model, min(_CHECK_EVERY, amount - start)))
+            self.decoded(float(bits[symbols].sum()))
+            parts.append(symbols)
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
-    def decoded(self, amount: int) -> None:
-        """Count ``amount`` more symbols decoded, and stop a decode that has run on past the end."""
-        self._decoded += amount
-        if not self._dec.maybe_exhausted():
-            return
-        if self._used_up_at is None:
-            self._used_up_at = self._decoded
-        elif self._decoded - self._used_up_at > PAST_END_SLACK:
+    def decoded(self, bits: float) -> None:
+        """Count the information of more symbols decoded; stop a decode that has run on past the end."""
+        self._bits += bits
+        if self._bits > self._budget:
             raise self._error(f"{self._what} of {self._size} bytes ends before the symbols its header "
                               f"declares (truncated, or a header that claims more than was coded)")
 
@@ -401,8 +404,8 @@ class _GuardedDecoder:
 @contextmanager
 def range_decoder(payload: bytes | memoryview, error: type[FlowdecError], what: str) -> Iterator[Any]:
     """A range decoder over a payload of 32-bit little-endian words, for the body of a ``with`` block that
-    decodes every symbol the payload should hold. Decoding stops soon after the data is used up
-    (:class:`_GuardedDecoder`); after the block the stream must be used up (the coder reads one word ahead,
+    decodes every symbol the payload should hold. Decoding stops once it has run past what the data can
+    hold (:class:`_GuardedDecoder`); after the block the stream must be used up (the coder reads one word ahead,
     so one word of slack goes unnoticed here: callers re-encode, :func:`require_canonical`); a payload that
     is not whole words, words left over, and constriction's own exceptions all become ``error`` naming
     ``what``."""
@@ -433,9 +436,11 @@ def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: Entr
         if c_n * k_n * t_n > max_codes_for_payload(len(payload)):  # before allocating anything for them
             raise EntropyError(f"{c_n * k_n * t_n} codes cannot fit in {len(payload)} bytes")
         out = np.zeros((c_n, k_n, t_n), np.int64)  # pages are touched only as codes are decoded
+        costs = [symbol_bits(cb.freq) for cb in tables.codebooks[:k_n]]
         for c in range(c_n):
             for k in range(k_n):
                 cb = tables.codebooks[k]
+                bits = costs[k]
                 # no array the size of the header's claim before the payload has shown it holds that much:
                 # a row without an 'up' context is one run (an earlier row, already decoded, bounds the rest)
                 up = _contexts_from_up(cb, out[c, k - 1], t_n) if k and cb.up_map is not None else None
@@ -443,29 +448,36 @@ def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: Entr
                     # contexts known for the whole row: decode runs of one context at once
                     if up is None:
                         if t_n:
-                            out[c, k] = dec.decode(tables.model(k, 0), t_n)
+                            out[c, k] = dec.decode(tables.model(k, 0), t_n, bits[0])
                         continue
                     bounds = np.flatnonzero(np.diff(up)) + 1
                     starts = np.concatenate([[0], bounds])
                     ends = np.concatenate([bounds, [t_n]])
                     for a, b in zip(starts, ends):
-                        out[c, k, a:b] = dec.decode(tables.model(k, int(up[a])), int(b - a))
+                        ctx = int(up[a])
+                        out[c, k, a:b] = dec.decode(tables.model(k, ctx), int(b - a), bits[ctx])
                     continue
                 pmap = cb.prev_map.tolist()
+                prev_of = cb.prev_map.astype(np.int64)
                 n_up = cb.n_up
                 pclass = cb.n_prev_ctx - 1
                 model = tables.model
-                decoded: list[int] = []
                 decode_one = dec.decode_one
                 ups = None if up is None else up.tolist()
                 for start in range(0, t_n, _CHECK_EVERY):
                     stop = min(t_n, start + _CHECK_EVERY)
+                    first_class = pclass
+                    chunk = []
                     for u in (itertools.repeat(0, stop - start) if ups is None else ups[start:stop]):
                         x = decode_one(model(k, pclass * n_up + u))
-                        decoded.append(x)
+                        chunk.append(x)
                         pclass = pmap[x]
-                    dec.decoded(stop - start)
-                out[c, k] = decoded
+                    xs = np.asarray(chunk, np.int64)
+                    contexts = np.concatenate([[first_class], prev_of[xs[:-1]]]) * n_up
+                    if up is not None:
+                        contexts = contexts + up[start:stop]
+                    dec.decoded(float(bits[contexts, xs].sum()))
+                    out[c, k, start:stop] = xs
     if out.size and (int(out.min()) < 0 or int(out.max()) >= tables.codebook_size):
         raise EntropyError("payload decodes to codes outside the codebook")
     require_canonical(encode_codes(out, tables), payload, EntropyError, "range-ctx1 payload")
@@ -474,8 +486,8 @@ def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: Entr
 
 def require_canonical(encoded: bytes, payload: bytes | memoryview, error: type[FlowdecError], what: str) -> None:
     """A payload must be exactly what encoding its decoded symbols gives: re-encoding (a small fraction of
-    the decoding time) catches a stream that ends a few symbols too soon (within the decoder's slack) and
-    any other stream our encoder would not have written."""
+    the decoding time) catches a stream that ends too soon but within what its bits could hold, and any
+    other stream our encoder would not have written."""
     if encoded != bytes(payload):
         raise error(f"{what} of {len(payload)} bytes does not hold the symbols its header declares (coded, "
                     f"they take {len(encoded)} bytes)" if len(encoded) != len(payload) else

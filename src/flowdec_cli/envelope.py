@@ -31,6 +31,7 @@ from .entropy import (
     max_codes_for_payload,
     range_decoder,
     require_canonical,
+    symbol_bits,
 )
 from .exceptions import FlowdecError
 from .numeric import is_integer, is_real
@@ -118,20 +119,27 @@ class EnvelopeLayout:
             return (per_bin / float(np.sum(self.window.astype(np.float64) ** 2))).astype(np.float32)
         return self._memo("band_matrix", make)
 
+    def frequencies(self) -> tuple[np.ndarray, np.ndarray]:
+        """The integer frequency rows of the wide and the narrow residuals."""
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            lo, hi = self.level_range
+            rows = []
+            for num, den in (self.wide_decay, self.narrow_decay):
+                weights, w = [], 1 << 40
+                for _ in range(hi - lo + 1):  # integer geometric weights: the same tables on every machine
+                    weights.append(w)
+                    w = max(w * num // den, 1)
+                counts = np.array(weights[:0:-1] + weights, dtype=np.float64)[None, :]
+                rows.append(freqs_from_counts(counts)[0])
+            return rows[0], rows[1]
+        return self._memo("frequencies", make)
+
     def tables(self) -> tuple[Any, Any, int]:
         """constriction models for the wide and the narrow residuals, and the symbol offset."""
         def make() -> tuple[Any, Any, int]:
             lo, hi = self.level_range
-            span = hi - lo
-            models = []
-            for num, den in (self.wide_decay, self.narrow_decay):
-                weights, w = [], 1 << 40
-                for _ in range(span + 1):  # integer geometric weights: the same tables on every machine
-                    weights.append(w)
-                    w = max(w * num // den, 1)
-                counts = np.array(weights[:0:-1] + weights, dtype=np.float64)[None, :]
-                models.append(categorical_model(freqs_from_counts(counts)[0]))
-            return models[0], models[1], span
+            wide, narrow = self.frequencies()
+            return categorical_model(wide), categorical_model(narrow), hi - lo
         return self._memo("tables", make)
 
 
@@ -402,6 +410,7 @@ def decode_levels(layout: EnvelopeLayout, data: bytes | memoryview, channels: in
     bands = layout.n_bands
     n = channels * windows * bands
     wide, narrow, span = layout.tables()
+    wide_bits, narrow_bits = (symbol_bits(f) for f in layout.frequencies())
     lo, hi = layout.level_range
     with range_decoder(data, EnvelopeError, "envelope") as dec:
         if not level_count_fits(n, len(data)):  # before allocating anything for them
@@ -410,9 +419,9 @@ def decode_levels(layout: EnvelopeLayout, data: bytes | memoryview, channels: in
         for c in range(channels):
             if not windows:
                 continue
-            first = (np.asarray(dec.decode(wide, bands + windows - 1), np.int64) - span).tolist()
-            rest = (np.asarray(dec.decode(narrow, (windows - 1) * (bands - 1)), np.int64) - span).tolist() \
-                if windows > 1 else []
+            first = (dec.decode(wide, bands + windows - 1, wide_bits).astype(np.int64) - span).tolist()
+            rest = (dec.decode(narrow, (windows - 1) * (bands - 1), narrow_bits).astype(np.int64)
+                    - span).tolist() if windows > 1 else []
             q = [lo + first[0]]
             for b in range(1, bands):
                 q.append(q[-1] + first[b])
