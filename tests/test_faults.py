@@ -820,28 +820,31 @@ def test_a_ctrl_c_while_the_command_is_imported_is_one_line_and_exit_130(monkeyp
     assert exit_.value.code == 130 and capsys.readouterr().err == "flowdec: interrupted\n"
 
 
-def test_after_the_first_stop_signal_the_others_are_ignored():
+@pytest.mark.parametrize("owns_the_process", [False, True])
+def test_after_the_first_stop_signal_the_others_are_ignored(monkeypatch, owns_the_process):
     """Two Ctrl-C a few milliseconds apart: the second landed in the cleanup or in Python's exit handlers and
-    printed their traceback (about one run in four)."""
-    from flowdec_cli.errors import termination_signals
+    printed their traceback (about one run in four). A library caller gets its own handlers back after the
+    cleanup; the console script (which owns the process) keeps ignoring them until it exits."""
+    from flowdec_cli import errors
 
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(errors, "_owns_the_process", owns_the_process)
+    before = {s: signal.getsignal(s) for s in errors.STOP_SIGNALS}
+    seen_inside = {}
     try:
-        with pytest.raises(KeyboardInterrupt), termination_signals():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-        for s in before:
-            assert signal.getsignal(s) == signal.SIG_IGN
-        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing is raised
-        time.sleep(0.05)
-        with termination_signals():  # a run that no signal stops leaves the handlers as it found them
-            pass
+        with pytest.raises(KeyboardInterrupt), errors.termination_signals():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+            finally:  # the cleanup, while the run unwinds
+                seen_inside = {s: signal.getsignal(s) for s in before}
+                os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing is raised
+                time.sleep(0.05)
+        assert set(seen_inside.values()) == {signal.SIG_IGN}
+        after = {s: signal.getsignal(s) for s in before}
+        assert after == (dict.fromkeys(before, signal.SIG_IGN) if owns_the_process else before)
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
-    with termination_signals():
-        pass
-    assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_two_quick_ctrl_c_end_the_run_in_one_line(tmp_path, tiny_codec_dir):

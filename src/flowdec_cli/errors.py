@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-__all__ = ["EXIT_FAILURE", "Failure", "FlowdecGroup", "Terminated", "describe_os_error", "error_line",
-           "one_line_message", "terminal_text", "termination_signals"]
+__all__ = ["EXIT_FAILURE", "STOP_SIGNALS", "Failure", "FlowdecGroup", "Terminated", "describe_os_error",
+           "error_line", "one_line_message", "own_the_process", "terminal_text", "termination_signals"]
 
 EXIT_FAILURE = 1  # click uses 2 for usage errors
 
@@ -177,6 +177,26 @@ class Terminated(KeyboardInterrupt):
         self.name = signal.Signals(self.signum).name
 
 
+#: the signals that end a run (Ctrl-C, `timeout`, a batch scheduler, a closed terminal), where this system has them
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+_owns_the_process = False
+
+
+def own_the_process() -> None:
+    """Say that the command is the whole process (the ``flowdec`` console script): once a stop signal has
+    arrived, the others then stay ignored until the process exits, instead of being handed back to a
+    caller (a library user's handlers are restored)."""
+    global _owns_the_process
+    _owns_the_process = True
+
+
+def _ignore_stop_signals() -> None:
+    for s in STOP_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(s, signal.SIG_IGN)
+
+
 def _stop(owner: int, stopping: list[int], signum: int, frame: Any) -> None:
     # A forked child (a DataLoader worker before its init has run) inherits this handler; the signal that
     # `timeout` or Ctrl-C sends to the whole process group is the parent's to handle, not the child's
@@ -188,29 +208,25 @@ def _stop(owner: int, stopping: list[int], signum: int, frame: Any) -> None:
     # From the first signal on, the run is ending: a second Ctrl-C a few milliseconds later landed in the
     # cleanup or in Python's exit handlers and printed their traceback.
     stopping.append(signum)
-    for s in _stop_signals():
-        with contextlib.suppress(ValueError, OSError):
-            signal.signal(s, signal.SIG_IGN)
+    _ignore_stop_signals()
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signum)
 
 
-def _stop_signals() -> list[int]:
-    return [s for s in (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None]
-
-
 @contextlib.contextmanager
 def termination_signals() -> Iterator[None]:
     """While inside, Ctrl-C raises KeyboardInterrupt and SIGTERM and SIGHUP raise :class:`Terminated` (in the
-    main thread; elsewhere a no-op); once one has arrived, the three are ignored until the process ends."""
+    main thread; elsewhere a no-op); once one has arrived, the three are ignored while the block unwinds
+    (its cleanup), then handed back as they were, or, where the command owns the process
+    (:func:`own_the_process`), left ignored until it exits."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     stopping: list[int] = []
     handler = functools.partial(_stop, os.getpid(), stopping)
     previous = {}
-    for s in _stop_signals():
+    for s in STOP_SIGNALS:
         try:
             previous[s] = signal.signal(s, handler)
         except (ValueError, OSError):
@@ -218,7 +234,7 @@ def termination_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        if not stopping:
+        if not (stopping and _owns_the_process):
             for s, before in previous.items():
                 with contextlib.suppress(ValueError, OSError, TypeError):
                     signal.signal(s, before)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..errors import STOP_SIGNALS
 from .common import (
     DistEnv,
     RunLogger,
@@ -41,7 +42,7 @@ from .common import (
     write_json,
 )
 from .config import config_to_dict
-from .data import STOP_SIGNALS, DataError, EpochSampler, mix_seed
+from .data import DataError, EpochSampler, mix_seed
 
 __all__ = ["Trainer"]
 

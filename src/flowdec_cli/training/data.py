@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..audio import AUDIO_EXTENSIONS, AudioError, probe, read_audio, resample
+from ..errors import STOP_SIGNALS
 from ..exceptions import FlowdecError
 
 __all__ = [
@@ -441,10 +442,6 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return max(len(self.inner) - self.skip, 0)
-
-
-#: the signals that end a run (Ctrl-C, `timeout`, a batch scheduler, a closed terminal), where this system has them
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def _worker_init(_: int) -> None:
