@@ -725,6 +725,9 @@ def test_a_stream_that_begins_no_audio_is_refused_before_it_is_all_copied(tmp_pa
     r = invoke("compress", "-", tmp_path / "z.fdc", "-m", tiny_codec_dir, "-q", input=bytes(3 << 20))
     assert r.exit_code == 1 and "standard input: not a readable audio file (its first 1 MiB" in r.output, r.output
     assert copied == [] and not (tmp_path / "z.fdc").exists()
+    r = invoke("decompress", "-", tmp_path / "z.wav", "-m", tiny_codec_dir, "-q", input=bytes(3 << 20))
+    assert r.exit_code == 1 and "-: bad magic: not a .fdc file" in r.output, r.output  # not "audio"
+    assert copied == []
     long_wav = io.BytesIO()
     sf.write(long_wav, tone(12.0, 48000), 48000, format="WAV", subtype="PCM_16")  # 1.15 MB
     r = invoke("compress", "-", tmp_path / "w.fdc", "-m", tiny_codec_dir, "-q", input=long_wav.getvalue())

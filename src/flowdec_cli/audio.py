@@ -217,8 +217,12 @@ def unrecognised_start(prefix: bytes) -> bool:
     that lets a copy of a pipe stop early rather than fill the temporary folder with what it will refuse.
     Only "format not recognised" counts; a prefix that is too short for its format, or any other complaint,
     is left to the reader of the whole stream, and an MP3's ID3 tag (pictures can make it megabytes long)
-    is never judged by its start."""
-    if prefix.startswith(b"ID3"):
+    is never judged by its start, nor an MPEG stream (libmpg123 writes warnings about a part of one on
+    stderr), nor an HTK file (libsndfile knows one by its header's sample count against the file's
+    length)."""
+    if prefix.startswith(b"ID3") or (len(prefix) > 1 and prefix[0] == 0xFF and prefix[1] & 0xE0 == 0xE0):
+        return False
+    if prefix[8:12] == b"\x00\x02\x00\x00":  # HTK: 2-byte samples of kind WAVEFORM (0)
         return False
     try:
         sf.info(io.BytesIO(prefix))

@@ -401,7 +401,7 @@ def _unlisted_folders(unlisted: list[OSError], src: Path, dst: Path) -> list[tup
 
 
 @contextlib.contextmanager
-def _stdio(job: _Job, out_suffix: str) -> Iterator[_Job]:
+def _stdio(job: _Job, out_suffix: str, fdc_input: bool) -> Iterator[_Job]:
     """The job with files in place of ``-``: standard input (or an input FIFO, ``<(cmd)``) spooled to a
     temporary file, standard output (or an output device or FIFO, ``/dev/null``) written to one and copied
     out on success (bounded memory, see :mod:`flowdec_cli.streams`). The output's format is its own
@@ -419,7 +419,7 @@ def _stdio(job: _Job, out_suffix: str) -> Iterator[_Job]:
         with contextlib.ExitStack() as stack:
             src, dst = job.src, job.dst
             if spool:
-                src = stack.enter_context(spooled_input(src, "" if is_stdio(src) else src.suffix))
+                src = stack.enter_context(spooled_input(src, "" if is_stdio(src) else src.suffix, fdc_input))
                 temps[str(src)] = _shown(job.src)
             if sink:
                 dst = stack.enter_context(stdout_file(dst.suffix or out_suffix, dst))
@@ -452,7 +452,7 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
 
     if not plan.folder:
         try:
-            with _stdio(plan.jobs[0], out_suffix) as job:
+            with _stdio(plan.jobs[0], out_suffix, command == "decompress") as job:
                 record, text = one(job)
         except (KeyboardInterrupt, BrokenPipeError):
             raise

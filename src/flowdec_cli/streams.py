@@ -128,10 +128,11 @@ def _out_of_room(stream: str, folder: Path) -> StreamError:
                        "that flowdec keeps there; set TMPDIR to a folder with room")
 
 
-def _spool(src: BinaryIO, out: BinaryIO, name: str) -> None:
+def _spool(src: BinaryIO, out: BinaryIO, name: str, fdc: bool = False) -> None:
     """Copy a stream: audio to its end, a .fdc only as far as its header declares (one byte more), so that
     ``(cat a.fdc; cat /dev/zero) | flowdec decompress - x.wav`` is refused at once instead of filling
-    the disk first; a stream whose first ``PROBE_BYTES`` begin no audio format is refused there too."""
+    the disk first; a stream whose first ``PROBE_BYTES`` begin no audio format is refused there too, and
+    one that was to be a .fdc file (``fdc``) is not copied past first bytes that are not its magic."""
     from .audio import unrecognised_start
     from .container import FDC_MAGIC, read_fdc_rest
 
@@ -140,6 +141,8 @@ def _spool(src: BinaryIO, out: BinaryIO, name: str) -> None:
     if head == FDC_MAGIC:
         write_all(out, read_fdc_rest(src, head, name))
         out.flush()
+        return
+    if fdc:  # what was to be a .fdc file is not one: its first bytes are enough for the reader to say so
         return
     start = head + _read_up_to(src, PROBE_BYTES - len(head))
     write_all(out, start[len(head):])
@@ -181,7 +184,7 @@ def _redirected_file() -> Path | None:
 
 
 @contextlib.contextmanager
-def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterator[Path]:
+def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "", fdc: bool = False) -> Iterator[Path]:
     """Standard input (``-``) or a FIFO, copied to a temporary file (deleted afterwards, and by the next run
     if this one is killed) block by block. Standard input that is a regular file read from its start
     (``flowdec compress - x.fdc < big.wav``) is not copied: the path is that file, reopened through
@@ -201,7 +204,7 @@ def spooled_input(source: str | os.PathLike = STDIO, suffix: str = "") -> Iterat
             if _is_terminal(src):  # /dev/tty, or /dev/stdin at a terminal
                 raise StreamError(f"{source}: is a terminal; refusing to read audio or .fdc data from it")
             try:
-                _spool(src, f, "-" if is_stdio(source) else os.fspath(source))
+                _spool(src, f, "-" if is_stdio(source) else os.fspath(source), fdc)
                 f.flush()
             except OSError:
                 if no_space_left(folder):
