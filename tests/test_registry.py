@@ -210,7 +210,8 @@ def test_path_traversal_members_are_never_extracted(reference_dir, tmp_path, mon
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves ``data`` with HTTP ranges; ``mode`` makes it misbehave: "html" (an error page with 200),
-    "short" (closes half-way through the body it announced), "416" (refuses every range, giving its size)."""
+    "short" (closes half-way through the body it announced), "416" (refuses every range, giving its size),
+    "416-sizeless" (the same without the size)."""
 
     data = b""
     ranges: ClassVar[list[str]] = []
@@ -228,9 +229,10 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(page)
             return
-        if rng and self.mode == "416":
+        if rng and self.mode.startswith("416"):
             self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(self.data)}")
+            if self.mode == "416":
+                self.send_header("Content-Range", f"bytes */{len(self.data)}")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -288,7 +290,7 @@ def test_download_writes_no_more_than_the_archive_holds(local_server, tmp_path):
     _serve(data * 5)
     with pytest.raises(ModelError, match=r"offers 1000000 bytes, but the archive has 200000; check the address"):
         release.download(url, dest, expected_size=len(data), progress=False)
-    assert part.stat().st_size == 0 and not dest.exists()
+    assert not part.exists() and not dest.exists()
     part.write_bytes(data[:1000])
     _serve(data, "html")
     with pytest.raises(ModelError, match=r"sent a web page, not the archive"):
@@ -297,7 +299,7 @@ def test_download_writes_no_more_than_the_archive_holds(local_server, tmp_path):
     part.unlink()
     with pytest.raises(ModelError, match=r"sent a web page"):
         release.download(url, dest, expected_size=None, progress=False)
-    assert part.stat().st_size == 0
+    assert not part.exists()
 
 
 def test_download_cut_short_is_kept_to_resume_even_without_a_size(local_server, tmp_path):
@@ -328,6 +330,12 @@ def test_a_refused_range_does_not_publish_a_partial_file(local_server, tmp_path)
     assert not part.exists() and not dest.exists()
     part.write_bytes(data)  # a partial file that is in fact whole
     assert release.download(url, dest, expected_size=None, progress=False).read_bytes() == data
+    dest.unlink()
+    part.write_bytes(data[:20_000])
+    _RangeHandler.mode = "416-sizeless"  # a refusal that does not say the size: nothing is published
+    with pytest.raises(ModelError, match=r"will not resume the download at byte 20000 and does not say its size"):
+        release.download(url, dest, expected_size=None, progress=False)
+    assert part.read_bytes() == data[:20_000] and not dest.exists()
 
 
 def test_one_download_at_a_time_per_file(local_server, tmp_path):
@@ -365,6 +373,7 @@ def test_fetch_official_from_url(local_server, release_zip, tmp_path, tail):
     assert (done["ndac-75"] / "flowdec.json").is_file()
     assert json.loads((done["ndac-75"] / "flowdec.json").read_text())["archive"] == url
     assert not (tmp_path / "downloads" / "checkpoints.zip").exists()  # removed once converted
+    assert not (tmp_path / "downloads" / "checkpoints.zip.lock").exists()
 
 
 def test_unreachable_url_is_one_clear_error(tmp_path):

@@ -94,14 +94,20 @@ def download(url: str, dest: Path, expected_size: int | None = None, progress: b
         raise ModelError(f"{dest}: another flowdec is downloading it now; run again when it has finished") from None
     except OSError as exc:
         raise ModelError(f"{dest.parent}: cannot write the download there ({exc.strerror or exc})") from None
+    part = dest.with_name(dest.name + ".part")
     try:
-        return _download_locked(url, dest, expected_size, progress, timeout)
+        return _download_locked(url, dest, part, expected_size, progress, timeout)
+    except ModelError:
+        with contextlib.suppress(OSError):
+            if part.stat().st_size == 0:  # made only to learn that the folder takes it: nothing to resume
+                part.unlink()
+        raise
     finally:
         lock.release()
 
 
-def _download_locked(url: str, dest: Path, expected_size: int | None, progress: bool, timeout: float) -> Path:
-    part = dest.with_name(dest.name + ".part")
+def _download_locked(url: str, dest: Path, part: Path, expected_size: int | None, progress: bool,
+                     timeout: float) -> Path:
     if dest.is_file() and (expected_size is None or dest.stat().st_size == expected_size):
         return dest
     have = part.stat().st_size if part.is_file() else 0
@@ -182,7 +188,10 @@ def _nothing_past(url: str, exc: urllib.error.HTTPError, part: Path, dest: Path,
     Content-Range) or the expected one says so; a partial file that does not fit is removed."""
     m = re.match(r"bytes\s+\*/(\d+)", (exc.headers.get("Content-Range") if exc.headers else None) or "")
     size = int(m.group(1)) if m else expected_size
-    if size is None or size == have:
+    if size is None:
+        raise ModelError(f"{url}: the server will not resume the download at byte {have} and does not say its "
+                         f"size; delete {part} to download it from the start")
+    if size == have:
         os.replace(part, dest)
         return dest
     part.unlink()
@@ -353,6 +362,8 @@ def fetch_official(source: str | os.PathLike[str] | None = None, expected_size: 
     if downloaded and not keep_download:
         with contextlib.suppress(OSError):
             zip_path.unlink()
+        with contextlib.suppress(OSError):  # the download's lock (download()): nothing is left to download
+            zip_path.with_name(zip_path.name + ".lock").unlink()
     return result
 
 
