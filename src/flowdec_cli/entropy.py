@@ -358,7 +358,7 @@ def encode_codes(codes: np.ndarray, tables: EntropyTables) -> bytes:
 # flushes. constriction's decoder reads zeros past the end of its data without noticing (and
 # ``maybe_exhausted`` is often false there), so the guard below adds up what it has decoded and stops at
 # this margin past the payload's bits: a forged header costs work in proportion to the payload, never to
-# the codes it claims (at most 86 symbols a byte: none costs less than log2(16/15) bits).
+# the codes it claims (about 86 symbols a byte and a constant, as none costs less than log2(16/15) bits).
 STATE_BITS = 64
 _CHECK_EVERY = 4096
 
@@ -391,7 +391,8 @@ class _GuardedDecoder:
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
     def decoded(self, bits: float) -> None:
-        """Count the information of more symbols decoded; stop a decode that has run on past the end."""
+        """Count the information of more symbols decoded (or a lower bound of it: never more than a valid
+        stream's); stop a decode that has run on past the end."""
         self._bits += bits
         if self._bits > self._budget:
             raise self._error(f"{self._what} of {self._size} bytes ends before the symbols its header "
@@ -458,26 +459,21 @@ def decode_codes(payload: bytes | memoryview, shape: Sequence[int], tables: Entr
                         out[c, k, a:b] = dec.decode(tables.model(k, ctx), int(b - a), bits[ctx])
                     continue
                 pmap = cb.prev_map.tolist()
-                prev_of = cb.prev_map.astype(np.int64)
                 n_up = cb.n_up
                 pclass = cb.n_prev_ctx - 1
                 model = tables.model
                 decode_one = dec.decode_one
                 ups = None if up is None else up.tolist()
+                least = bits.min(axis=0)  # a code's cost in its cheapest context: no more than it carried
                 for start in range(0, t_n, _CHECK_EVERY):
                     stop = min(t_n, start + _CHECK_EVERY)
-                    first_class = pclass
                     chunk = []
                     for u in (itertools.repeat(0, stop - start) if ups is None else ups[start:stop]):
                         x = decode_one(model(k, pclass * n_up + u))
                         chunk.append(x)
                         pclass = pmap[x]
-                    xs = np.asarray(chunk, np.int64)
-                    contexts = np.concatenate([[first_class], prev_of[xs[:-1]]]) * n_up
-                    if up is not None:
-                        contexts = contexts + up[start:stop]
-                    dec.decoded(float(bits[contexts, xs].sum()))
-                    out[c, k, start:stop] = xs
+                    dec.decoded(float(least[chunk].sum()))
+                    out[c, k, start:stop] = chunk
     if out.size and (int(out.min()) < 0 or int(out.max()) >= tables.codebook_size):
         raise EntropyError("payload decodes to codes outside the codebook")
     require_canonical(encode_codes(out, tables), payload, EntropyError, "range-ctx1 payload")
