@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 __all__ = ["EXIT_FAILURE", "STOP_SIGNALS", "Failure", "FlowdecGroup", "Terminated", "describe_os_error",
-           "error_line", "one_line_message", "own_the_process", "terminal_text", "termination_signals"]
+           "error_line", "ignore_stop_signals", "one_line_message", "own_the_process", "restore_signals",
+           "terminal_text", "termination_signals"]
 
 EXIT_FAILURE = 1  # click uses 2 for usage errors
 
@@ -191,10 +192,29 @@ def own_the_process() -> None:
     _owns_the_process = True
 
 
-def _ignore_stop_signals() -> None:
+def ignore_stop_signals() -> dict[int, Any]:
+    """Ignore the stop signals from here on (main thread only); the handlers they had, for
+    :func:`restore_signals`."""
+    previous = {}
     for s in STOP_SIGNALS:
         with contextlib.suppress(ValueError, OSError):
-            signal.signal(s, signal.SIG_IGN)
+            previous[s] = signal.signal(s, signal.SIG_IGN)
+    return previous
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    """Hand signals back to the handlers they had, with them blocked meanwhile: one that arrives between
+    two of the restores waits for its own handler instead of meeting one of ours."""
+    blocked = None
+    if hasattr(signal, "pthread_sigmask"):
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, list(previous))
+    try:
+        for s, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(s, handler)
+    finally:
+        if blocked is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _stop(owner: int, stopping: list[int], signum: int, frame: Any) -> None:
@@ -208,19 +228,23 @@ def _stop(owner: int, stopping: list[int], signum: int, frame: Any) -> None:
     # From the first signal on, the run is ending: a second Ctrl-C a few milliseconds later landed in the
     # cleanup or in Python's exit handlers and printed their traceback.
     stopping.append(signum)
-    _ignore_stop_signals()
+    ignore_stop_signals()
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signum)
 
 
+_handling = False  # a termination_signals block is active (the nested command groups each open one)
+
+
 @contextlib.contextmanager
 def termination_signals() -> Iterator[None]:
     """While inside, Ctrl-C raises KeyboardInterrupt and SIGTERM and SIGHUP raise :class:`Terminated` (in the
-    main thread; elsewhere a no-op); once one has arrived, the three are ignored while the block unwinds
-    (its cleanup), then handed back as they were, or, where the command owns the process
-    (:func:`own_the_process`), left ignored until it exits."""
-    if threading.current_thread() is not threading.main_thread():
+    main thread; elsewhere, and inside another such block, a no-op); once one has arrived, the three are
+    ignored while the block unwinds (its cleanup), then handed back as they were, or, where the command
+    owns the process (:func:`own_the_process`), left ignored until it exits."""
+    global _handling
+    if threading.current_thread() is not threading.main_thread() or _handling:
         yield
         return
     stopping: list[int] = []
@@ -231,10 +255,10 @@ def termination_signals() -> Iterator[None]:
             previous[s] = signal.signal(s, handler)
         except (ValueError, OSError):
             pass
+    _handling = True
     try:
         yield
     finally:
+        _handling = False
         if not (stopping and _owns_the_process):
-            for s, before in previous.items():
-                with contextlib.suppress(ValueError, OSError, TypeError):
-                    signal.signal(s, before)
+            restore_signals(previous)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import signal
 import sys
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..errors import STOP_SIGNALS
+from ..errors import ignore_stop_signals, restore_signals
 from .common import (
     DistEnv,
     RunLogger,
@@ -366,9 +365,8 @@ def _signals_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {stop: signal.signal(stop, signal.SIG_IGN) for stop in STOP_SIGNALS}
+    held = ignore_stop_signals()
     try:
         yield
     finally:
-        for stop, handler in held.items():
-            signal.signal(stop, handler)
+        restore_signals(held)

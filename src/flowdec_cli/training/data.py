@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..audio import AUDIO_EXTENSIONS, AudioError, probe, read_audio, resample
-from ..errors import STOP_SIGNALS
+from ..errors import ignore_stop_signals
 from ..exceptions import FlowdecError
 
 __all__ = [
@@ -449,8 +448,7 @@ def _worker_init(_: int) -> None:
     # Ctrl-C, `timeout` and batch schedulers signal the whole process group; only the main process handles
     # it (saves a checkpoint and shuts the workers down). A worker killed by it would turn the clean stop
     # into a DataLoader error raised in the middle of a step or of the save.
-    for stop in STOP_SIGNALS:
-        signal.signal(stop, signal.SIG_IGN)
+    ignore_stop_signals()
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
