@@ -75,6 +75,11 @@ def _bar(total: int | None, desc: str, progress: bool, initial: int = 0) -> Any:
                 disable=True if not progress else None, dynamic_ncols=True, leave=False)
 
 
+def partial_download(dest: Path) -> Path:
+    """Where :func:`download` keeps what it has of ``dest`` until it is whole."""
+    return dest.with_name(dest.name + ".part")
+
+
 def download(url: str, dest: Path, expected_size: int | None = None, progress: bool = True,
              timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming a previous partial download (HTTP Range).
@@ -87,17 +92,18 @@ def download(url: str, dest: Path, expected_size: int | None = None, progress: b
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(dest.with_name(dest.name + ".lock")))
+    lock = FileLock(str(dest.with_name(dest.name + ".lock")))  # kept: removing a lock another run holds
+    # would let a third take it too
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise ModelError(f"{dest}: another flowdec is downloading it now; run again when it has finished") from None
     except OSError as exc:
         raise ModelError(f"{dest.parent}: cannot write the download there ({exc.strerror or exc})") from None
-    part = dest.with_name(dest.name + ".part")
+    part = partial_download(dest)
     try:
         return _download_locked(url, dest, part, expected_size, progress, timeout)
-    except ModelError:
+    except BaseException:  # an error, or Ctrl-C while connecting
         with contextlib.suppress(OSError):
             if part.stat().st_size == 0:  # made only to learn that the folder takes it: nothing to resume
                 part.unlink()
@@ -310,7 +316,7 @@ def fetch_official(source: str | os.PathLike[str] | None = None, expected_size: 
             name = "checkpoints.zip"
         dest = root / "downloads" / name
         if expected_size is not None and not dest.is_file():
-            part = dest.with_name(dest.name + ".part")
+            part = partial_download(dest)
             have = part.stat().st_size if part.is_file() else 0
             _need_space(dest.parent, max(expected_size - have, 0) + expected_size, "the download and conversion")
         zip_path = download(src, dest, expected_size, progress)
@@ -362,8 +368,6 @@ def fetch_official(source: str | os.PathLike[str] | None = None, expected_size: 
     if downloaded and not keep_download:
         with contextlib.suppress(OSError):
             zip_path.unlink()
-        with contextlib.suppress(OSError):  # the download's lock (download()): nothing is left to download
-            zip_path.with_name(zip_path.name + ".lock").unlink()
     return result
 
 
