@@ -1,0 +1,191 @@
+"""Does the codec's latent tell the phase-carrying decoder a steady tone's pitch, and can it learn to?
+
+An experiment (docs/models.md, "Is the pitch in the codes?"). The phase-carrying D0
+(:mod:`flowdec_cli.phase_decoder`, ungated and locked) is trained on random steady tones only (F0
+log-uniform in 100-2,000 Hz, random phase and level, half of them with two harmonics; 8 x 0.5 s a batch),
+with DAC's mel loss plus the 8,192-point window and the advance loss of
+``scripts/experiment_phase_decoder.py``, coded at ``--codebooks`` codebooks. Variants:
+
+* the codec's encoder and codebooks fixed (the control);
+* ``--joint``: the encoder and quantizer learn with the decoder (DAC's 0.25 commitment + 1 codebook loss);
+* ``--no-quant``: the decoder reads the encoder's latent before quantisation;
+* ``--oracle``: the first 16 of the latent's 64 channels are replaced by an embedding of the true F0, so the
+  decoder is told the pitch: what it can learn when its input carries it.
+
+Every ``--report-every`` steps it prints the strongest partial of fresh 3 s sines (phase 0.7) at the
+``--freqs`` pitches, and at the end writes RUN.pt (decoder, encoder, quantizer) for ``--diagnose``, which
+prints, for each test tone, the played advance's error and the log-magnitude at the bins around it.
+
+    python scripts/experiment_pitch_in_codes.py --out RUN.pt [--init OTHER/decoder.pt] [--joint]
+        [--no-quant] [--oracle] [--minutes 25]
+    python scripts/experiment_pitch_in_codes.py --diagnose RUN.pt [--oracle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from experiment_phase_decoder import MEL_BINS, MEL_WINDOWS, advance_loss, build
+from experiment_tone_pitch import RATE, partials
+
+FREQS = (220.0, 440.0, 523.25, 660.0, 880.0, 1000.0, 1760.0)
+ORACLE_CHANNELS = 16
+
+
+def f0_embedding(f0s: np.ndarray, frames: int) -> torch.Tensor:
+    """[B, 16, frames]: sines and cosines of the log-F0 (0 at 100 Hz, 1 at 2 kHz) at eight scales, at about
+    the latent's per-channel size."""
+    u = (np.log2(np.asarray(f0s, dtype=np.float64)) - np.log2(100.0)) / np.log2(20.0)
+    feats = [fn(np.pi * 2 ** j * u) for j in range(ORACLE_CHANNELS // 2) for fn in (np.sin, np.cos)]
+    return torch.from_numpy(3.0 * np.stack(feats, 1).astype(np.float32))[:, :, None].expand(-1, -1, frames)
+
+
+def quantised(ndac, x: torch.Tensor, codebooks: int, no_quant: bool) -> tuple[torch.Tensor, ...]:
+    """(latent the decoder reads, commitment loss, codebook loss) of ``x`` [B, 1, L]."""
+    z = ndac.encoder(ndac.pad_to_hop(x))
+    if no_quant:
+        return z, z.new_zeros(()), z.new_zeros(())
+    zq, commitment, codebook, residual = 0.0, z.new_zeros(()), z.new_zeros(()), z
+    for q in ndac.quantizer.quantizers[:codebooks]:
+        zi, ci, bi, _, _ = q(residual)
+        zq, residual = zq + zi, residual - zi
+        commitment, codebook = commitment + ci.mean(), codebook + bi.mean()
+    return zq, commitment, codebook
+
+
+def decoder_input(args: argparse.Namespace, ndac, x: torch.Tensor, f0s: np.ndarray) -> tuple[torch.Tensor, ...]:
+    zq, commitment, codebook = quantised(ndac, x, args.codebooks, args.no_quant)
+    if args.oracle:
+        zq = torch.cat([f0_embedding(f0s, zq.shape[-1]), zq[:, ORACLE_CHANNELS:]], 1)
+    return zq, commitment, codebook
+
+
+def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return torch.from_numpy((0.3 * np.sin(2 * np.pi * f0 * t + 0.7)).astype(np.float32))[None, None]
+
+
+def pitches(args: argparse.Namespace, ndac, decoder) -> list[float]:
+    decoder.eval()
+    with torch.no_grad():
+        out = [round(partials(decoder(decoder_input(args, ndac, sine(f), np.array([f]))[0])[0, 0].numpy())[0][0], 1)
+               for f in args.freqs]
+    decoder.train()
+    return out
+
+
+def tone_batch(rng: np.random.Generator, batch: int, samples: int) -> tuple[torch.Tensor, np.ndarray]:
+    t = np.arange(samples) / RATE
+    f0 = np.exp(rng.uniform(np.log(100.0), np.log(2000.0), batch))
+    phase = rng.uniform(0, 2 * np.pi, batch)
+    level = rng.uniform(0.05, 0.5, batch)
+    x = level[:, None] * np.sin(2 * np.pi * f0[:, None] * t + phase[:, None])
+    half = batch // 2
+    x[:half] += 0.5 * level[:half, None] * np.sin(4 * np.pi * f0[:half, None] * t + 2 * phase[:half, None])
+    x[:half] += 0.25 * level[:half, None] * np.sin(6 * np.pi * f0[:half, None] * t)
+    return torch.from_numpy(x.astype(np.float32))[:, None], f0
+
+
+def diagnose(args: argparse.Namespace, ndac, decoder) -> None:
+    decoder.eval()
+    width = RATE / decoder.n_fft
+    for f in args.freqs:
+        with torch.no_grad():
+            zq = decoder_input(args, ndac, sine(f), np.array([f]))[0]
+            log_mag, deviation = decoder.frames(zq)[:2]
+            played_hz = partials(decoder(zq)[0, 0].numpy())[0][0]
+        k = int(round(f / width))
+        target = 2 * np.pi * f * decoder.frame_hop / RATE
+        rows = []
+        for b in (k - 1, k, k + 1):
+            err = np.angle(np.exp(1j * (float(decoder.bin_advance[b]) + deviation[0, b, 50:-50].numpy() - target)))
+            rows.append(f"bin {b} ({b * width:.0f} Hz): log-magnitude {float(log_mag[0, b, 50:-50].mean()):.1f}, "
+                        f"advance error {float(np.abs(err).mean()):.2f} rad")
+        print(f"{f:g} Hz plays {played_hz:.1f} Hz | " + " | ".join(rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, help="where to write the trained weights (RUN.pt)")
+    ap.add_argument("--diagnose", type=Path, help="instead of training: report on this RUN.pt")
+    ap.add_argument("--init", type=Path, default=None, help="start the decoder from this decoder.pt")
+    ap.add_argument("--joint", action="store_true", help="train the encoder and quantizer too")
+    ap.add_argument("--no-quant", action="store_true", help="the decoder reads the unquantised latent")
+    ap.add_argument("--oracle", action="store_true", help="tell the decoder the true F0")
+    ap.add_argument("--codebooks", type=int, default=4)
+    ap.add_argument("--minutes", type=float, default=25.0)
+    ap.add_argument("--lr", type=float, default=2e-4, help="the decoder's learning rate")
+    ap.add_argument("--lr-encoder", type=float, default=1e-4)
+    ap.add_argument("--report-every", type=int, default=200)
+    ap.add_argument("--freqs", type=lambda s: [float(v) for v in s.split(",")], default=list(FREQS))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    if (args.out is None) == (args.diagnose is None):
+        ap.error("give --out (train) or --diagnose (report)")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from flowdec_cli.training.losses import MultiScaleMelLoss
+
+    build_args = argparse.Namespace(model=None, device="cpu", dim=192, intermediate=576, blocks=5, no_gate=True,
+                                    lock=True)
+    ndac, decoder = build(build_args)
+    if args.diagnose is not None:
+        state = torch.load(args.diagnose, map_location="cpu", weights_only=True)
+        decoder.load_state_dict(state["decoder"])
+        ndac.encoder.load_state_dict(state["encoder"])
+        ndac.quantizer.load_state_dict(state["quantizer"])
+        diagnose(args, ndac, decoder)
+        return
+    if args.init is not None:
+        decoder.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["decoder"])
+    frames, played = decoder.frames, {}
+
+    def frames_kept(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = frames(z)
+        played["deviation"] = out[1]
+        return out
+
+    decoder.frames = frames_kept  # type: ignore[method-assign]
+    mel = MultiScaleMelLoss(RATE, MEL_WINDOWS, MEL_BINS)
+    groups = [{"params": list(decoder.parameters()), "lr": args.lr}]
+    if args.joint:
+        ndac.encoder.requires_grad_(True)
+        ndac.quantizer.requires_grad_(True)
+        groups.append({"params": [*ndac.encoder.parameters(), *ndac.quantizer.parameters()], "lr": args.lr_encoder})
+    opt = torch.optim.AdamW(groups, betas=(0.8, 0.99), weight_decay=0.0)
+    trained = [p for g in groups for p in g["params"]]
+    rng = np.random.default_rng(0)
+    samples = int(0.5 * RATE) // ndac.hop_length * ndac.hop_length
+    print(json.dumps({"step": 0, "pitch": pitches(args, ndac, decoder)}), flush=True)
+    t0, step, losses = time.time(), 0, []
+    while time.time() - t0 < args.minutes * 60:
+        x, f0 = tone_batch(rng, 8, samples)
+        with torch.set_grad_enabled(args.joint):
+            zq, commitment, codebook = decoder_input(args, ndac, x, f0)
+        y = decoder(zq)
+        loss = mel(y, x[..., :y.shape[-1]]) + advance_loss(decoder, played["deviation"].float(), x[..., :y.shape[-1]])
+        if args.joint:
+            loss = loss + 0.25 * commitment + codebook
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1000.0)
+        opt.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        if step % args.report_every == 0:
+            print(json.dumps({"step": step, "minutes": round((time.time() - t0) / 60, 1),
+                              "loss": round(float(np.mean(losses)), 3), "pitch": pitches(args, ndac, decoder)}),
+                  flush=True)
+            losses = []
+    print(json.dumps({"step": step, "final": pitches(args, ndac, decoder)}), flush=True)
+    torch.save({"decoder": decoder.state_dict(), "encoder": ndac.encoder.state_dict(),
+                "quantizer": ndac.quantizer.state_dict()}, args.out)
+
+
+if __name__ == "__main__":
+    main()
