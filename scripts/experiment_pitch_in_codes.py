@@ -17,7 +17,7 @@ Every ``--report-every`` steps it prints the strongest partial of fresh 3 s sine
 prints, for each test tone, the played advance's error and the log-magnitude at the bins around it.
 
     python scripts/experiment_pitch_in_codes.py --out RUN.pt [--init OTHER/decoder.pt] [--joint]
-        [--no-quant] [--oracle] [--minutes 25]
+        [--no-quant] [--oracle] [--minutes 25] [--device cuda]
     python scripts/experiment_pitch_in_codes.py --diagnose RUN.pt [--oracle]
 """
 
@@ -61,7 +61,7 @@ def quantised(ndac, x: torch.Tensor, codebooks: int, no_quant: bool) -> tuple[to
 def decoder_input(args: argparse.Namespace, ndac, x: torch.Tensor, f0s: np.ndarray) -> tuple[torch.Tensor, ...]:
     zq, commitment, codebook = quantised(ndac, x, args.codebooks, args.no_quant)
     if args.oracle:
-        zq = torch.cat([f0_embedding(f0s, zq.shape[-1]), zq[:, ORACLE_CHANNELS:]], 1)
+        zq = torch.cat([f0_embedding(f0s, zq.shape[-1]).to(zq.device), zq[:, ORACLE_CHANNELS:]], 1)
     return zq, commitment, codebook
 
 
@@ -73,8 +73,8 @@ def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
 def pitches(args: argparse.Namespace, ndac, decoder) -> list[float]:
     decoder.eval()
     with torch.no_grad():
-        out = [round(partials(decoder(decoder_input(args, ndac, sine(f), np.array([f]))[0])[0, 0].numpy())[0][0], 1)
-               for f in args.freqs]
+        out = [round(partials(decoder(decoder_input(args, ndac, sine(f).to(args.device), np.array([f]))[0])
+                              [0, 0].cpu().numpy())[0][0], 1) for f in args.freqs]
     decoder.train()
     return out
 
@@ -96,14 +96,15 @@ def diagnose(args: argparse.Namespace, ndac, decoder) -> None:
     width = RATE / decoder.n_fft
     for f in args.freqs:
         with torch.no_grad():
-            zq = decoder_input(args, ndac, sine(f), np.array([f]))[0]
-            log_mag, deviation = decoder.frames(zq)[:2]
-            played_hz = partials(decoder(zq)[0, 0].numpy())[0][0]
+            zq = decoder_input(args, ndac, sine(f).to(args.device), np.array([f]))[0]
+            log_mag, deviation = (v.cpu() for v in decoder.frames(zq)[:2])
+            played_hz = partials(decoder(zq)[0, 0].cpu().numpy())[0][0]
         k = int(round(f / width))
         target = 2 * np.pi * f * decoder.frame_hop / RATE
         rows = []
         for b in (k - 1, k, k + 1):
-            err = np.angle(np.exp(1j * (float(decoder.bin_advance[b]) + deviation[0, b, 50:-50].numpy() - target)))
+            advance = float(decoder.bin_advance[b]) + deviation[0, b, 50:-50].numpy()
+            err = np.angle(np.exp(1j * (advance - target)))
             rows.append(f"bin {b} ({b * width:.0f} Hz): log-magnitude {float(log_mag[0, b, 50:-50].mean()):.1f}, "
                         f"advance error {float(np.abs(err).mean()):.2f} rad")
         print(f"{f:g} Hz plays {played_hz:.1f} Hz | " + " | ".join(rows))
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--report-every", type=int, default=200)
     ap.add_argument("--freqs", type=lambda s: [float(v) for v in s.split(",")], default=list(FREQS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = ap.parse_args()
     if (args.out is None) == (args.diagnose is None):
         ap.error("give --out (train) or --diagnose (report)")
@@ -131,18 +133,18 @@ def main() -> None:
     torch.manual_seed(0)
     from flowdec_cli.training.losses import MultiScaleMelLoss
 
-    build_args = argparse.Namespace(model=None, device="cpu", dim=192, intermediate=576, blocks=5, no_gate=True,
+    build_args = argparse.Namespace(model=None, device=args.device, dim=192, intermediate=576, blocks=5, no_gate=True,
                                     lock=True)
     ndac, decoder = build(build_args)
     if args.diagnose is not None:
-        state = torch.load(args.diagnose, map_location="cpu", weights_only=True)
+        state = torch.load(args.diagnose, map_location=args.device, weights_only=True)
         decoder.load_state_dict(state["decoder"])
         ndac.encoder.load_state_dict(state["encoder"])
         ndac.quantizer.load_state_dict(state["quantizer"])
         diagnose(args, ndac, decoder)
         return
     if args.init is not None:
-        decoder.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["decoder"])
+        decoder.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=True)["decoder"])
     frames, played = decoder.frames, {}
 
     def frames_kept(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -151,7 +153,7 @@ def main() -> None:
         return out
 
     decoder.frames = frames_kept  # type: ignore[method-assign]
-    mel = MultiScaleMelLoss(RATE, MEL_WINDOWS, MEL_BINS)
+    mel = MultiScaleMelLoss(RATE, MEL_WINDOWS, MEL_BINS).to(args.device)
     groups = [{"params": list(decoder.parameters()), "lr": args.lr}]
     if args.joint:
         ndac.encoder.requires_grad_(True)
@@ -165,6 +167,7 @@ def main() -> None:
     t0, step, losses = time.time(), 0, []
     while time.time() - t0 < args.minutes * 60:
         x, f0 = tone_batch(rng, 8, samples)
+        x = x.to(args.device)
         with torch.set_grad_enabled(args.joint):
             zq, commitment, codebook = decoder_input(args, ndac, x, f0)
         y = decoder(zq)
