@@ -732,3 +732,14 @@ def test_a_stream_that_begins_no_audio_is_refused_before_it_is_all_copied(tmp_pa
     sf.write(long_wav, tone(12.0, 48000), 48000, format="WAV", subtype="PCM_16")  # 1.15 MB
     r = invoke("compress", "-", tmp_path / "w.fdc", "-m", tiny_codec_dir, "-q", input=long_wav.getvalue())
     assert r.exit_code == 0 and (tmp_path / "w.fdc").is_file(), r.output
+
+
+@pytest.mark.parametrize("verb", ["compress", "decompress", "roundtrip"])
+def test_an_empty_standard_input_is_named_before_the_model_loads(tmp_path, verb):
+    """`flowdec compress - x.fdc < /dev/null` loaded the model (about 4 s) before saying so."""
+    (tmp_path / "empty").write_bytes(b"")
+    for source in (os.devnull, tmp_path / "empty"):
+        with open(source, "rb") as stdin:
+            r = _flowdec(verb, "-", tmp_path / ("y.fdc" if verb == "compress" else "y.wav"),
+                         "-m", tmp_path / "no-such-model", stdin=stdin, stderr=subprocess.PIPE)
+        assert r.returncode == 1 and r.stderr == "flowdec: error: standard input is empty\n", r.stderr

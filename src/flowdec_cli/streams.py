@@ -68,9 +68,25 @@ def _is_terminal(stream: BinaryIO) -> bool:
 
 def check_stdin(what: str) -> None:
     """Refuse a closed standard input, or a terminal: binary data typed in never ends, so the command would
-    wait silently."""
-    if _is_terminal(_stdin()):
+    wait silently; and one known to be empty (``< /dev/null``, an empty file), before a model is loaded."""
+    stream = _stdin()
+    if _is_terminal(stream):
         raise StreamError(f"refusing to read {what} from a terminal; redirect standard input (< FILE or ... |)")
+    if _known_empty(stream):
+        raise StreamError("standard input is empty")
+
+
+def _known_empty(stream: BinaryIO) -> bool:
+    """Whether a stream is, without reading it, an empty regular file (from where it stands) or /dev/null;
+    a pipe or anything else may still bring data."""
+    try:
+        fd = stream.fileno()
+        here = os.fstat(fd)
+        if stat.S_ISREG(here.st_mode):
+            return here.st_size <= os.lseek(fd, 0, os.SEEK_CUR)
+        return stat.S_ISCHR(here.st_mode) and here.st_rdev == os.stat(os.devnull).st_rdev
+    except (OSError, ValueError, AttributeError):  # no descriptor (an in-memory stream), or no /dev/null
+        return False
 
 
 def check_stdout(what: str) -> None:
