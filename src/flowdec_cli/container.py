@@ -38,7 +38,7 @@ from .envelope import (
     level_count_fits,
 )
 from .exceptions import FlowdecError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, read_up_to
 from .numeric import is_integer, is_real, is_whole
 
 __all__ = [
@@ -880,35 +880,23 @@ def read_fdc_rest(f: BinaryIO, head: bytes, src: str) -> bytes:
     return _read_declared(f, head, False, src)
 
 
-def _read_up_to(f: Any, n: int) -> bytes:
-    """At most ``n`` bytes, in blocks, so that memory follows what arrives rather than what was declared."""
-    parts, left = [], n
-    while left > 0:
-        block = f.read(min(left, _READ_BLOCK))
-        if not block:
-            break
-        parts.append(block)
-        left -= len(block)
-    return b"".join(parts)
-
-
 def _read_declared(f: Any, head: bytes, regular: bool, src: str) -> bytes:
     """After the magic: the fixed fields, the header, and as many bytes as the header declares (one more,
     so that trailing bytes are still reported). A header that does not parse declares nothing: a stream
     ends there; a regular file is checked to its end (:func:`_verdict_on_unparsed_header`)."""
-    data = head + _read_up_to(f, _PREAMBLE.size - len(head))
+    data = head + read_up_to(f, _PREAMBLE.size - len(head))
     if len(data) < _PREAMBLE.size:
         return data[len(head):]
     hlen = _PREAMBLE.unpack_from(data)[3]
-    data += _read_up_to(f, hlen)
+    data += read_up_to(f, hlen)
     try:
         header = _parse_header(data[_PREAMBLE.size:], src)
     except FdcError as exc:
         if not regular:
-            return data[len(head):] + _read_up_to(f, _CRC.size)
+            return data[len(head):] + read_up_to(f, _CRC.size)
         return data[len(head):] + _verdict_on_unparsed_header(f, data, exc, src)
     wanted = header.payload_size + int(header.envelope_bytes) + _CRC.size + 1
-    return data[len(head):] + _read_up_to(f, wanted)
+    return data[len(head):] + read_up_to(f, wanted)
 
 
 def _verdict_on_unparsed_header(f: Any, data: bytes, exc: FdcError, src: str) -> bytes:
@@ -919,7 +907,7 @@ def _verdict_on_unparsed_header(f: Any, data: bytes, exc: FdcError, src: str) ->
     _magic, major, _minor, hlen = _PREAMBLE.unpack_from(data)
     _check_major(major, src)
     if len(data) < _PREAMBLE.size + hlen:
-        return _read_up_to(f, _CRC.size)
+        return read_up_to(f, _CRC.size)
     crc, tail = zlib.crc32(data), b""  # tail: the last bytes read, held back in case they are the checksum
     while block := f.read(_READ_BLOCK):
         if len(block) < _CRC.size:

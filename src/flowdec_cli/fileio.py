@@ -39,8 +39,8 @@ from .exceptions import FlowdecError
 
 __all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temporary_folder", "publish",
            "publish_folder", "remove_path", "remove_stale_temporaries", "no_space_left", "owner_alive", "same_file",
-           "output_is_sink", "would_replace", "open_sink", "write_all", "copy_all", "why_absent", "special_kind",
-           "descriptor_alias"]
+           "output_is_sink", "would_replace", "open_sink", "write_all", "read_up_to", "copy_all", "why_absent",
+           "special_kind", "descriptor_alias"]
 
 
 class OutputExistsError(FlowdecError, FileExistsError):
@@ -176,6 +176,19 @@ def write_all(out: BinaryIO, data: bytes | memoryview) -> None:
             select.select([], [out.fileno()], [])
             continue
         view = view[n:]
+
+
+def read_up_to(src: Any, n: int, block: int = 1 << 20) -> bytes:
+    """At most ``n`` bytes, fewer only at the end of the stream (a pipe returns what it has at hand), read in
+    blocks, so that memory follows what arrives rather than what was declared."""
+    parts, left = [], n
+    while left > 0:
+        chunk = src.read(min(left, block))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
 
 
 def copy_all(src: BinaryIO, out: BinaryIO, block: int = 1 << 20) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
 from .exceptions import FlowdecError
-from .fileio import copy_all, no_space_left, open_sink, temporary_folder, write_all
+from .fileio import copy_all, no_space_left, open_sink, read_up_to, temporary_folder, write_all
 
 __all__ = ["STDIO", "is_stdio", "read_once", "spooled_input", "stdout_file", "stdin_stream", "StreamError",
            "exit_on_broken_pipe", "check_stdin", "check_stdout", "require_stdout", "strict_json", "tolerant_stderr"]
@@ -160,21 +160,12 @@ def _spool(src: BinaryIO, out: BinaryIO, name: str, fdc: bool = False) -> None:
         return
     if fdc:  # what was to be a .fdc file is not one: its first bytes are enough for the reader to say so
         return
-    start = head + _read_up_to(src, PROBE_BYTES - len(head))
+    start = head + read_up_to(src, PROBE_BYTES - len(head))
     write_all(out, start[len(head):])
     if len(start) == PROBE_BYTES and unrecognised_start(start):  # a shorter stream is judged whole, as is
         raise StreamError(f"{'standard input' if name == '-' else name}: not a readable audio file (its first "
                           f"{PROBE_BYTES >> 20} MiB begin no format libsndfile knows)")
     copy_all(src, out, COPY_BLOCK)
-
-
-def _read_up_to(src: BinaryIO, size: int) -> bytes:
-    """Up to ``size`` bytes, fewer only at the end of the stream (a pipe returns what it has at hand)."""
-    parts, got = [], 0
-    while got < size and (chunk := src.read(size - got)):
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
 
 
 def _redirected_file() -> Path | None:
