@@ -50,11 +50,8 @@ def quantised(ndac, x: torch.Tensor, codebooks: int, no_quant: bool) -> tuple[to
     z = ndac.encoder(ndac.pad_to_hop(x))
     if no_quant:
         return z, z.new_zeros(()), z.new_zeros(())
-    zq, commitment, codebook, residual = 0.0, z.new_zeros(()), z.new_zeros(()), z
-    for q in ndac.quantizer.quantizers[:codebooks]:
-        zi, ci, bi, _, _ = q(residual)
-        zq, residual = zq + zi, residual - zi
-        commitment, codebook = commitment + ci.mean(), codebook + bi.mean()
+    # the codec is in eval mode (build): its quantizer codes every item at ``codebooks``, no dropout
+    zq, _codes, _latents, commitment, codebook = ndac.quantizer(z, n_quantizers=codebooks)
     return zq, commitment, codebook
 
 
