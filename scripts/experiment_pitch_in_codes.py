@@ -13,11 +13,13 @@ with DAC's mel loss plus the 8,192-point window and the advance loss of
   decoder is told the pitch: what it can learn when its input carries it.
 
 Every ``--report-every`` steps it prints the strongest partial of fresh 3 s sines (phase 0.7) at the
-``--freqs`` pitches, and at the end writes RUN.pt (decoder, encoder, quantizer) for ``--diagnose``, which
-prints, for each test tone, the played advance's error and the log-magnitude at the bins around it.
+``--freqs`` pitches, and at the end writes RUN.pt (decoder, encoder, quantizer, optimiser, step count) for
+``--diagnose``, which prints, for each test tone, the played advance's error and the log-magnitude at the
+bins around it. ``--resume`` goes on from a RUN.pt.
 
     python scripts/experiment_pitch_in_codes.py --out RUN.pt [--init OTHER/decoder.pt] [--joint]
         [--no-quant] [--oracle] [--minutes 25] [--device cuda]
+    python scripts/experiment_pitch_in_codes.py --out LONGER.pt --resume RUN.pt --seed 1 [--joint] ...
     python scripts/experiment_pitch_in_codes.py --diagnose RUN.pt [--oracle]
 """
 
@@ -112,6 +114,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="where to write the trained weights (RUN.pt)")
     ap.add_argument("--diagnose", type=Path, help="instead of training: report on this RUN.pt")
     ap.add_argument("--init", type=Path, default=None, help="start the decoder from this decoder.pt")
+    ap.add_argument("--resume", type=Path, default=None,
+                    help="go on from this RUN.pt (decoder, encoder, quantizer, and the optimiser if saved)")
+    ap.add_argument("--seed", type=int, default=0, help="of the tone batches (give a resumed run a new one)")
     ap.add_argument("--joint", action="store_true", help="train the encoder and quantizer too")
     ap.add_argument("--no-quant", action="store_true", help="the decoder reads the unquantised latent")
     ap.add_argument("--oracle", action="store_true", help="tell the decoder the true F0")
@@ -127,20 +132,22 @@ def main() -> None:
     if (args.out is None) == (args.diagnose is None):
         ap.error("give --out (train) or --diagnose (report)")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     from flowdec_cli.training.losses import MultiScaleMelLoss
 
     build_args = argparse.Namespace(model=None, device=args.device, dim=192, intermediate=576, blocks=5, no_gate=True,
                                     lock=True)
     ndac, decoder = build(build_args)
-    if args.diagnose is not None:
-        state = torch.load(args.diagnose, map_location=args.device, weights_only=True)
+    run = args.diagnose if args.diagnose is not None else args.resume
+    state = torch.load(run, map_location=args.device, weights_only=True) if run is not None else {}
+    if state:
         decoder.load_state_dict(state["decoder"])
         ndac.encoder.load_state_dict(state["encoder"])
         ndac.quantizer.load_state_dict(state["quantizer"])
+    if args.diagnose is not None:
         diagnose(args, ndac, decoder)
         return
-    if args.init is not None:
+    if args.init is not None and not state:
         decoder.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=True)["decoder"])
     frames, played = decoder.frames, {}
 
@@ -157,11 +164,14 @@ def main() -> None:
         ndac.quantizer.requires_grad_(True)
         groups.append({"params": [*ndac.encoder.parameters(), *ndac.quantizer.parameters()], "lr": args.lr_encoder})
     opt = torch.optim.AdamW(groups, betas=(0.8, 0.99), weight_decay=0.0)
+    if "optimizer" in state and len(state["optimizer"]["param_groups"]) == len(groups):
+        opt.load_state_dict(state["optimizer"])
     trained = [p for g in groups for p in g["params"]]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
+    step = int(state.get("step", 0))
     samples = int(0.5 * RATE) // ndac.hop_length * ndac.hop_length
-    print(json.dumps({"step": 0, "pitch": pitches(args, ndac, decoder)}), flush=True)
-    t0, step, losses = time.time(), 0, []
+    print(json.dumps({"step": step, "pitch": pitches(args, ndac, decoder)}), flush=True)
+    t0, losses = time.time(), []
     while time.time() - t0 < args.minutes * 60:
         x, f0 = tone_batch(rng, 8, samples)
         x = x.to(args.device)
@@ -184,7 +194,7 @@ def main() -> None:
             losses = []
     print(json.dumps({"step": step, "final": pitches(args, ndac, decoder)}), flush=True)
     torch.save({"decoder": decoder.state_dict(), "encoder": ndac.encoder.state_dict(),
-                "quantizer": ndac.quantizer.state_dict()}, args.out)
+                "quantizer": ndac.quantizer.state_dict(), "optimizer": opt.state_dict(), "step": step}, args.out)
 
 
 if __name__ == "__main__":
