@@ -26,7 +26,7 @@ from .features import HOP_LENGTH, PAD_MULTIPLE, num_frames, padded_frames, peak_
 from .ncsnpp import NCSNpp
 from .numeric import is_real
 from .postfilter import Postfilter, Progress, check_normfac
-from .sampler import check_seed, draw_noise, nfe_to_steps, solve
+from .sampler import check_seed, draw_noise, nfe_to_steps
 
 __all__ = ["enhance_long", "auto_batch_size", "ChunkPlan", "plan_chunks", "DEFAULT_CHUNK_SECONDS",
            "FRAMEWISE_CHUNK_SECONDS"]
@@ -221,8 +221,8 @@ def enhance_long(model: Postfilter, source: Any, out: Any = None, *, nfe: int = 
       the same ``seed``/``generator``/``noise``).
 
     GroupNorm statistics are per chunk, so chunked output is close to, not equal to, whole-file output.
-    ``progress(desc, total, "pass")`` bars count network passes (chunks x NFE). ``device`` moves ``model``
-    there first.
+    ``progress(desc, total, "pass")`` bars count one row's network passes (chunks x rows x NFE).
+    ``device`` moves ``model`` there first.
     """
     steps = nfe_to_steps(nfe, solver)
     seed = check_seed(seed)  # 1.5 gave seed 1's noise, -1 that of 2**64-1
@@ -289,7 +289,7 @@ def _enhance_chunked(model: Postfilter, signal: _Signal, plan: ChunkPlan, steps:
     hop, n, B = plan.hop, plan.chunk_frames, signal.batch
     stream = None if noise is not None else _NoiseStream(B, fe.n_freqs, generator, model.device)
     fade_in = _raised_cosine(plan.fade_length)
-    bar = progress("postfilter", nfe * len(plan.starts), "pass") if progress is not None else None
+    bar = progress("postfilter", nfe * len(plan.starts) * B, "pass") if progress is not None else None
     emitted = 0  # samples written so far
     tail: torch.Tensor | None = None  # previous chunk's samples inside the pending cross-fade
     try:
@@ -307,9 +307,7 @@ def _enhance_chunked(model: Postfilter, signal: _Signal, plan: ChunkPlan, steps:
                 Y = torch.cat(Ys, dim=0)
                 x = model.start(Y, torch.cat(noises, dim=0))
                 del Ys, noises
-                with model._solving(Y):
-                    x = solve(lambda t, s, Y=Y: model._field(s, Y, t), x, steps, solver,  # type: ignore[misc]
-                              on_evaluation=(lambda: bar.update(len(ks))) if bar is not None else None)  # noqa: B023
+                x = model.solve_rows(Y, x, steps, solver, bar.update if bar is not None else None)
                 waves = []
                 for i, k in enumerate(ks):
                     a = plan.starts[k] * hop
