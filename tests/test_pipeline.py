@@ -539,6 +539,9 @@ def test_a_wav_past_4_gib_is_written_as_rf64(tmp_path, monkeypatch):
     assert audio.wav_container_for(3 * 3600 * 44100, 2, "PCM_16") == "WAV"  # 3 h of CD audio: 1.9 GB
     assert audio.wav_container_for(7 * 3600 * 44100, 2, "PCM_16") == "RF64"  # 7 h: 4.4 GB
     assert audio.wav_container_for(4 * 3600 * 48000, 2, "FLOAT") == "RF64"
+    # more than two channels: WAVE_FORMAT_EXTENSIBLE with a speaker mask (a 5.1 input lost its layout)
+    assert audio.wav_container_for(None, 6, "PCM_24") == "WAVEX"
+    assert audio.wav_container_for(None, 6, "IMA_ADPCM") == "WAV"  # no extensible form of it
     monkeypatch.setattr(audio, "_RIFF_LIMIT", 1000)
     x = np.linspace(-0.5, 0.5, 2000, dtype=np.float32)[:, None]
     with audio.AtomicAudioWriter(tmp_path / "long.wav", 48000, 1, "FLOAT", frames=len(x)) as w:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,6 @@ __all__ = [
 ]
 
 MAX_CHANNELS = 1024  # libsndfile's limit (SF_MAX_CHANNELS); beyond it it says only "Format not recognised."
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".w64",
-                    ".caf", ".rf64")
 
 
 def hidden_below(rel: Path) -> bool:
@@ -71,6 +70,8 @@ class AudioInfo:
     subtype: str
     # which file was probed (device, inode, size, modification time): a later read of the same path checks it
     identity: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
+    # a count the decode must reach (an MP3's Xing/Info header's; see _counts_promised), else None
+    promised: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def duration(self) -> float:
@@ -115,7 +116,9 @@ def probe(path: str | os.PathLike) -> AudioInfo:
                 rate, channels, frames, fmt, subtype, log = (f.samplerate, f.channels, f.frames, f.format,
                                                              f.subtype, f.extra_info)
         except Exception as exc:
-            raise AudioError(f"{path}: not a readable audio file ({_describe(exc)})") from None
+            hint = ("; a SPHERE file compressed with shorten: expand it first (sph2pipe -f wav IN OUT.wav)"
+                    if path.suffix.lower() in (".sph", ".nist") and "unimplemented" in str(exc).lower() else "")
+            raise AudioError(f"{path}: not a readable audio file ({_describe(exc)}){hint}") from None
         if frames < 0 or frames > 2**62:  # some streams (mp3/ogg) report unknown lengths; count them
             os.lseek(fd, 0, os.SEEK_SET)
             frames = sum(len(b) for b in _blocks(fd, path, 1 << 18))
@@ -128,10 +131,11 @@ def probe(path: str | os.PathLike) -> AudioInfo:
                          "into flowdec as - (which repairs its copy), or rewrite the file (e.g. sox IN OUT.wav)")
     if rate <= 0 or channels <= 0:
         raise AudioError(f"{path}: invalid header (rate {rate}, channels {channels})")
-    truncated = _truncation(path, log)
+    truncated = _truncation(path, log, fmt, int(frames))
     if truncated is not None:
         raise AudioError(f"{path}: {truncated}")
-    return AudioInfo(path, int(rate), int(channels), int(frames), fmt, subtype, identity)
+    return AudioInfo(path, int(rate), int(channels), int(frames), fmt, subtype, identity,
+                     int(frames) if _counts_promised(fmt, log) else None)
 
 
 # A declared size this large is a writer's "unknown length" (0xFFFFFFFF from ffmpeg, about 2 GB from sox and
@@ -139,6 +143,16 @@ def probe(path: str | os.PathLike) -> AudioInfo:
 _UNKNOWN_LENGTH = 0x7F000000
 # Some writers miscount a chunk by a pad byte or a partial last frame; a copy cut short misses far more.
 _SIZE_SLACK = 64
+# An MP3's length is counted in frames of 1152 samples.
+_DECODE_SLACK = 1152
+# Where libsndfile logs a sample chunk that holds less than its header says, as (declared, there) bytes or
+# samples; it then reads such a file to where its bytes end. Only the audio's own size counts: an outer
+# size (W64's riff, 8SVX's FORM) that is wrong beside an intact data chunk is a harmless writer's slip, as in
+# WAV and AIFF, which are measured from their chunks (_audio_chunk).
+_SHORT_CHUNK = {"AU": re.compile(r"Data Size\s*:\s*(-?\d+) \(should be (\d+)\)"),
+                "CAF": re.compile(r"^data : (\d+) \(should be (\d+)\)", re.M),
+                "SVX": re.compile(r"BODY : (\d+) \(should be (\d+)\)"),
+                "WVE": re.compile(r"Data length (\d+) should be (\d+)")}
 
 
 @dataclass(frozen=True)
@@ -199,16 +213,76 @@ def _unsized_wav_data(path: Path) -> tuple[int, int] | None:
     return chunk.size_offset, chunk.present
 
 
-def _truncation(path: Path, log: str) -> str | None:
-    """Why the file is cut short, or None. libsndfile reads a truncated WAV, AIFF or Ogg file up to where its
-    bytes end and says so only in its log, so a copy cut short would be coded as if it were whole."""
+def _counts_promised(fmt: str, log: str) -> bool:
+    """Whether libsndfile's frame count is one the decode must reach: an MP3's, where a Xing or Info header
+    counts its frames (libsndfile then logs the bitrate mode as variable). Without one the count is
+    mpg123's estimate from the first frame, which a variable-rate file can miss either way (reads stop at it;
+    a file whose estimate is too high is not cut short)."""
+    return fmt == "MP3" and "bitrate mode   : variable" in log
+
+
+def _ogg_cut_inside_page(path: Path) -> bool:
+    """Whether an Ogg file ends inside its last page: the last capture pattern (``OggS``) in its final 64 KiB
+    (a page is at most 65,307 bytes) begins a page whose header and segment table say it runs past the end.
+    Bytes after a whole last page (an ID3v1 tag) and a stream without its end-of-stream mark (a live
+    capture) are no cut; libsndfile logs both in the words it logs a cut."""
+    try:
+        with open(path, "rb") as f:
+            end = os.fstat(f.fileno()).st_size
+            f.seek(max(0, end - 65_536 - 282))
+            tail = f.read()
+    except OSError:
+        return False
+    at = tail.rfind(b"OggS")
+    if at < 0 or at + 27 > len(tail):
+        return at >= 0
+    segments = tail[at + 26]
+    table = tail[at + 27: at + 27 + segments]
+    return len(table) < segments or at + 27 + segments + sum(table) > len(tail)
+
+
+def _declared_frames(path: Path, fmt: str, log: str) -> int | None:
+    """The samples a channel that a W64, AVR or NIST SPHERE header declares, where libsndfile counts what
+    the bytes hold without a word: W64 from its logged data chunk size, AVR from its logged frame count,
+    NIST from the ``sample_count`` of its text header. None for other formats or a header without it."""
+    if fmt == "W64":
+        size, align = re.search(r"^data : (\d+)", log, re.M), re.search(r"Block Align\s*:\s*(\d+)", log)
+        return (int(size.group(1)) - 24) // int(align.group(1)) if size and align and int(align.group(1)) else None
+    if fmt == "AVR":
+        count = re.search(r"Frames\s*:\s*(\d+)", log)
+        return int(count.group(1)) if count else None
+    if fmt == "NIST":
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1024)
+        except OSError:
+            return None
+        sampled = re.search(rb"\nsample_count -i (\d+)", head)
+        return int(sampled.group(1)) if sampled else None
+    return None
+
+
+def _truncation(path: Path, log: str, fmt: str, frames: int) -> str | None:
+    """Why the file is cut short, or None. libsndfile reads a truncated WAV, AIFF, W64, AU, CAF, VOC or Ogg
+    file up to where its bytes end and says so only in its log, so a copy cut short would be coded as if it
+    were whole."""
     chunk = _audio_chunk(path)
     if chunk is not None and chunk.present + _SIZE_SLACK < chunk.declared and \
             (chunk.sized64 or chunk.declared < _UNKNOWN_LENGTH):
         return (f"truncated: its header promises {chunk.declared} bytes of audio, {max(chunk.present, 0)} are "
                 "there (a copy cut short?)")
-    if "ended unexpectedly without an End-Of-Stream" in log:
-        return "truncated: the Ogg stream ends without its end-of-stream mark (a copy cut short?)"
+    short = _SHORT_CHUNK.get(fmt)
+    for declared, there in ((int(a), int(b)) for a, b in (short.findall(log) if short else ())):
+        if there + _SIZE_SLACK < declared < _UNKNOWN_LENGTH:  # -1 and 0xFFFFFFFF: a writer's unknown size
+            return f"truncated: its header gives a size of {declared}, the file holds {there} (a copy cut short?)"
+    declared_frames = _declared_frames(path, fmt, log)
+    if declared_frames is not None and frames + _SIZE_SLACK // 2 < declared_frames < _UNKNOWN_LENGTH:
+        return (f"truncated: its header promises {declared_frames} samples a channel, {frames} are there (a copy "
+                "cut short?)")
+    if fmt == "VOC" and "Seems to be a truncated file" in log:
+        return "truncated: its last block ends early (a copy cut short?)"
+    if fmt == "OGG" and ("ended unexpectedly without an End-Of-Stream" in log or _ogg_cut_inside_page(path)):
+        return "truncated: the Ogg stream ends inside a page (a copy cut short?)"
     return None
 
 
@@ -264,7 +338,7 @@ def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20,
     fd = _open_fd(path)
     try:
         _require_unchanged(fd, path, same_as)
-        yield from _blocks(fd, path, block_frames)
+        yield from _blocks(fd, path, block_frames, same_as.promised if same_as is not None else None)
         _require_unchanged(fd, path, same_as)  # rewritten in place while this pass read it
     finally:
         os.close(fd)
@@ -276,13 +350,21 @@ def _require_unchanged(fd: int, path: Path, same_as: AudioInfo | None) -> None:
                          "it is complete")
 
 
-def _blocks(fd: int, path: Path, block_frames: int) -> Iterator[np.ndarray]:
+def _blocks(fd: int, path: Path, block_frames: int, promised: int | None = None) -> Iterator[np.ndarray]:
+    """``promised``: the frames a header counts that the decode must reach (:attr:`AudioInfo.promised`); a
+    file that decodes to fewer by more than :data:`_DECODE_SLACK` is refused by name once its end shows it
+    (an MP3 cut short)."""
+    decoded = 0
     try:
         with sf.SoundFile(fd, closefd=False) as f:
             while True:
                 block = f.read(block_frames, dtype="float32", always_2d=True)
                 if not len(block):
+                    if promised is not None and decoded + _DECODE_SLACK < promised:
+                        raise AudioError(f"{path}: truncated: its header promises {promised} samples, only "
+                                         f"{decoded} decode (a copy cut short?)")
                     break
+                decoded += len(block)
                 if not np.isfinite(block).all():
                     raise AudioError(f"{path}: contains NaN or infinite samples (or values beyond float32's "
                                      "+-3.4e38, which flowdec reads them as)")
@@ -368,9 +450,16 @@ _FORMATS = {
     ".opus": ("OGG", "OPUS"), ".mp3": ("MP3", "MPEG_LAYER_III"), ".aif": ("AIFF", "PCM_16"),
     ".aiff": ("AIFF", "PCM_16"), ".aifc": ("AIFF", "PCM_16"), ".w64": ("W64", "PCM_16"), ".caf": ("CAF", "PCM_16"),
     ".au": ("AU", "PCM_16"), ".rf64": ("RF64", "PCM_16"),
+    # the other types libsndfile reads and writes whose extension names nothing else (NIST SPHERE: speech
+    # corpora; not .mat, .mpc, .htk or .xi, which mostly name other things)
+    ".snd": ("AU", "PCM_16"), ".sph": ("NIST", "PCM_16"), ".nist": ("NIST", "PCM_16"), ".voc": ("VOC", "PCM_16"),
+    ".ircam": ("IRCAM", "PCM_16"), ".paf": ("PAF", "PCM_16"), ".svx": ("SVX", "PCM_16"), ".8svx": ("SVX", "PCM_16"),
+    ".avr": ("AVR", "PCM_16"), ".sds": ("SDS", "PCM_16"), ".pvf": ("PVF", "PCM_16"),
 }
 #: Other names of a type above, left out where types are listed
-_ALIAS_EXTENSIONS = (".oga", ".aif", ".aifc")
+_ALIAS_EXTENSIONS = (".oga", ".aif", ".aifc", ".snd", ".nist", ".8svx")
+#: What a folder run takes as audio: every type flowdec reads and writes back
+AUDIO_EXTENSIONS = tuple(_FORMATS)
 
 
 def output_format_for(path: str | os.PathLike, subtype: str | None = None,
@@ -395,11 +484,18 @@ def can_write(fmt: str, subtype: str) -> bool:
     return bool(sf.check_format(fmt, subtype)) and (fmt, subtype) not in _UNWRITABLE
 
 
+# The next finest sample formats to try for an input's that the output type cannot hold.
+_FINEST_FIRST = {"DOUBLE": ("FLOAT", "PCM_32", "PCM_24"), "FLOAT": ("PCM_32", "PCM_24"), "PCM_32": ("PCM_24",)}
+
+
 def kept_subtype(input_subtype: str, path: str | os.PathLike) -> str | None:
     """The input's sample format for an output of ``path``'s type where that type holds it (a 24-bit FLAC
-    comes back as a 24-bit FLAC or WAV), else None, the type's default (an MP3's samples in a WAV)."""
+    comes back as a 24-bit FLAC or WAV), else the finest the type holds below a float or 32-bit input's (a
+    float WAV in a 24-bit FLAC), else None, the type's default (an MP3's samples in a WAV)."""
     fmt, _ = output_format_for(path)
-    return input_subtype if input_subtype and can_write(fmt, input_subtype) else None
+    if not input_subtype:
+        return None
+    return next((s for s in (input_subtype, *_FINEST_FIRST.get(input_subtype, ())) if can_write(fmt, s)), None)
 
 
 #: The rates Opus codes at; other rates are resampled to 48 kHz for an Opus output.
@@ -427,12 +523,13 @@ def check_output_format(path: str | os.PathLike, subtype: str | None = None,
 
 #: The highest rate an output type holds (by format or subtype), and the rate written above it: FLAC's
 #: stream header has room for 655,350 Hz; libsndfile's Vorbis encoder refuses a first block above 200 kHz
-#: and then crashes the process when the file is closed.
-RATE_CEILINGS = {"FLAC": (655_350, 384_000), "VORBIS": (200_000, 192_000)}
+#: and then crashes the process when the file is closed; an 8SVX header keeps the rate in 16 bits (96 kHz
+#: was written as 30,464 Hz).
+RATE_CEILINGS = {"FLAC": (655_350, 384_000), "VORBIS": (200_000, 192_000), "SVX": (65_535, 48_000)}
 #: The most channels an output type holds (by format or subtype) where it is below :data:`MAX_CHANNELS`;
 #: past them libsndfile says only "Format not recognised." (its Vorbis encoder crashes instead). Found by
 #: writing every pair the output types offer (tests/test_shell.py checks them against this libsndfile).
-MOST_CHANNELS = {"MP3": 2, "FLAC": 8, "VORBIS": 255, "OPUS": 255,
+MOST_CHANNELS = {"MP3": 2, "FLAC": 8, "VORBIS": 255, "OPUS": 255, "VOC": 2, "AVR": 2, "SVX": 1, "SDS": 1,
                  **dict.fromkeys(("ALAC_16", "ALAC_20", "ALAC_24", "ALAC_32"), 8),
                  **dict.fromkeys(("IMA_ADPCM", "MS_ADPCM"), 2),
                  **dict.fromkeys(("GSM610", "G721_32", "G723_24", "G723_40", "NMS_ADPCM_16", "NMS_ADPCM_24",
@@ -489,12 +586,14 @@ def _pcm_bytes(frames: int, channels: int, subtype: str) -> int:
 
 
 def wav_container_for(frames: int | None, channels: int, subtype: str) -> str:
-    """``WAV``, or ``RF64`` (EBU Tech 3306, the 64-bit WAV that libsndfile, ffmpeg and sox read) when
-    ``frames`` would not fit a RIFF file's 4 GiB: a plain WAV past it carries a size field that readers
-    take as truncated or refuse."""
-    if frames is None or _pcm_bytes(frames, channels, subtype) <= _RIFF_LIMIT:
-        return "WAV"
-    return "RF64"
+    """``WAV``; ``WAVEX`` (WAVE_FORMAT_EXTENSIBLE, with libsndfile's default speaker mask: 5.1 for six
+    channels) for more than two channels, as Microsoft's format asks, so that players need not guess the
+    layout; or ``RF64`` (EBU Tech 3306, the 64-bit WAV that libsndfile, ffmpeg and sox read) when ``frames``
+    would not fit a RIFF file's 4 GiB: a plain WAV past it carries a size field that readers take as
+    truncated or refuse."""
+    if frames is not None and _pcm_bytes(frames, channels, subtype) > _RIFF_LIMIT:
+        return "RF64"
+    return "WAVEX" if channels > 2 and can_write("WAVEX", subtype) else "WAV"
 
 
 #: Room beyond an uncompressed file's samples: its header (under 200 bytes) and the file system's last block
@@ -528,7 +627,7 @@ class AtomicAudioWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AudioError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
-        if frames is not None and fmt in ("WAV", "RF64", "AIFF") and sub in _SAMPLE_BYTES:
+        if frames is not None and fmt in ("WAV", "WAVEX", "RF64", "AIFF") and sub in _SAMPLE_BYTES:
             wanted = _pcm_bytes(frames, channels, sub)  # uncompressed: known before any work
             if no_space_left(self.path.parent, wanted, margin=_HEADER_AND_BLOCK_BYTES):
                 size = f"{wanted / 1e9:.1f} GB" if wanted >= 1e8 else f"{wanted / 1e6:.2f} MB"

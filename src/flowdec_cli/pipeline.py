@@ -589,9 +589,10 @@ class Codec:
         _checked_sample_rate(info.sample_rate, src)  # before any work: the header could not hold it
         point = self.choose_rate(bitrate_kbps, n_codebooks)
         k = point.codebooks
-        peak = 0.0
+        peak, frames = 0.0, 0
         for block in read_blocks(src, READ_BLOCK_FRAMES, same_as=info):  # first pass: the peak, for the gain
             peak = max(peak, float(np.abs(block).max()))
+            frames += len(block)  # what decodes, which the header states: an MP3's count may be an estimate
         gain = _input_gain(peak, str(src))
         n_model = _model_rate_length(info.frames, info.sample_rate, self.ndac.sample_rate)
         bar = progress(f"encode {src.name}", -(-n_model // self.ndac.hop_length), "frame")
@@ -601,7 +602,7 @@ class Codec:
                                         info.channels, 1.0 / gain, k, bar, meter)
         finally:
             bar.close()
-        return self._header(info.sample_rate, info.channels, info.frames, k, codes.shape[-1], gain, meter), codes
+        return self._header(info.sample_rate, info.channels, frames, k, codes.shape[-1], gain, meter), codes
 
     def _coded_file(self, src: Path, n_codebooks: int | None, bitrate_kbps: float | None, progress: Progress,
                     cap_kbps: float | None, entropy: bool = True,
