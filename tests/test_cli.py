@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -794,6 +795,15 @@ def test_roundtrip_keeps_each_inputs_type_and_sample_format(run, tmp_path, tiny_
     assert run("roundtrip", src, tmp_path / "wavs", "-m", tiny_codec_dir, "--nfe", "0", "-q",
                "--format", "wav").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["a.wav", "b.wav", "c.wav"]
+    # a float or 32-bit input into a type that cannot hold it: the finest it can, not its default 16 bits
+    sf.write(src / "d.wav", x, 44100, subtype="PCM_32")
+    for name, want in (("b.wav", "PCM_24"), ("d.wav", "PCM_24")):
+        out = tmp_path / f"{name}.flac"
+        assert run("roundtrip", src / name, out, "-m", tiny_codec_dir, "--nfe", "0", "-q").exit_code == 0
+        assert sf.info(str(out)).subtype == want, name
+    assert run("roundtrip", src / "b.wav", tmp_path / "b.caf", "-m", tiny_codec_dir, "--nfe", "0",
+               "-q").exit_code == 0
+    assert sf.info(str(tmp_path / "b.caf")).subtype == "FLOAT"
 
 
 def test_an_mp3_round_trips_into_a_wav_of_the_wavs_default_samples(run, tmp_path, tiny_codec_dir):
@@ -859,3 +869,85 @@ def test_a_single_link_to_nothing_says_where_it_points(run, tmp_path, tiny_codec
         audio.probe(tmp_path / "gone.wav")
     r = run("compress", tmp_path / "absent.wav", tmp_path / "o.fdc")
     assert r.exit_code == 1 and "absent.wav: no such file or folder" in r.output
+
+
+def test_files_made_with_the_default_folder_model_decode_without_model(run, wav, tmp_path, tiny_codec_dir):
+    """A model chosen as the default by its folder writes its name into each .fdc; decompress looked that
+    name up in the catalogue only and asked for --model, though the user's own default was that model."""
+    folder = tmp_path / "mine"
+    shutil.copytree(tiny_codec_dir, folder)
+    r = run("models", "default", folder)
+    assert r.exit_code == 0, r.output
+    r = run("compress", wav, tmp_path / "a.fdc", "-q")
+    assert r.exit_code == 0, r.output
+    r = run("decompress", tmp_path / "a.fdc", tmp_path / "a.wav", "--nfe", "0", "-q")
+    assert r.exit_code == 0, r.output
+    assert sf.info(tmp_path / "a.wav").frames == sf.info(wav).frames
+    r = run("models", "default", "--reset")  # no longer the default: the file's name alone finds nothing
+    assert r.exit_code == 0, r.output
+    r = run("decompress", tmp_path / "a.fdc", tmp_path / "b.wav", "--nfe", "0", "-q")
+    assert r.exit_code == 1 and "coded with model 'tiny-75', which cannot be loaded here" in r.output
+    assert "pass --model NAME_OR_PATH" in r.output
+
+
+def test_only_the_default_folder_whose_model_has_the_files_name_is_used(tmp_path, tiny_codec_dir, monkeypatch):
+    from flowdec_cli.models import UnknownModelError
+    from flowdec_cli.models.resolve import resolve_named_by_data
+
+    folder = tmp_path / "renamed"
+    shutil.copytree(tiny_codec_dir, folder)
+    monkeypatch.setenv("FLOWDEC_MODEL", str(folder))
+    assert resolve_named_by_data("tiny-75") == folder  # its card's name, not the folder's
+    with pytest.raises(UnknownModelError):
+        resolve_named_by_data("renamed")
+    (folder / "flowdec.json").write_text(json.dumps({"licence": "test-only"}))  # no name: the folder's
+    assert resolve_named_by_data("renamed") == folder
+    with pytest.raises(UnknownModelError):
+        resolve_named_by_data("tiny-75")
+    # a default given relatively (a name, or a folder of the working folder) is never looked up here: a
+    # folder beside the files, named like the default, would choose the model (review)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLOWDEC_MODEL", "renamed")
+    with pytest.raises(UnknownModelError):
+        resolve_named_by_data("renamed")
+
+
+def test_a_folder_takes_every_type_libsndfile_reads_and_writes(run, tmp_path, tiny_codec_dir):
+    """A folder's NIST SPHERE (.sph, speech corpora), VOC, IRCAM, PAF, SVX, AVR, SDS, PVF and .snd files
+    were passed over without a word ("4 converted of 4 files"), though each compressed when named."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for ext, fmt in ((".sph", "NIST"), (".voc", "VOC"), (".ircam", "IRCAM"), (".paf", "PAF"), (".svx", "SVX"),
+                     (".avr", "AVR"), (".sds", "SDS"), (".pvf", "PVF"), (".snd", "AU"), (".wav", "WAV")):
+        sf.write(src / f"a{ext}", tone(0.3, 16000), 16000, format=fmt)
+    r = run("roundtrip", src, tmp_path / "out", "-m", tiny_codec_dir, "--nfe", "0", "-q", "--json")
+    assert r.exit_code == 0, r.output
+    assert len([json.loads(line) for line in r.stdout.splitlines()]) == 10
+    for f in src.iterdir():  # each back in its own type, at its own rate and length
+        back = sf.info(tmp_path / "out" / f.name)
+        assert (back.format, back.samplerate, back.frames) == (sf.info(f).format, 16000, sf.info(f).frames)
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, tone(0.3, 16000, 2), 16000)
+    r = run("roundtrip", stereo, tmp_path / "s.svx", "-m", tiny_codec_dir, "--nfe", "0")
+    assert r.exit_code == 1 and "s.svx: SVX holds 1 channel, not 2; write " in r.output, r.output
+    fast = tmp_path / "fast.wav"  # an 8SVX header keeps the rate in 16 bits: 96 kHz was written as 30,464
+    sf.write(fast, tone(0.2, 96000), 96000)
+    assert run("roundtrip", fast, tmp_path / "f.svx", "-m", tiny_codec_dir, "--nfe", "0", "-q").exit_code == 0
+    assert sf.info(tmp_path / "f.svx").samplerate == 48000
+
+
+def test_a_wav_of_more_than_two_channels_says_its_speaker_layout(run, tmp_path, tiny_codec_dir):
+    """A 6-channel WAV came back with a plain PCM format tag and no channel mask: players had to guess 5.1."""
+    import struct
+
+    src = tmp_path / "six.wav"
+    sf.write(src, tone(0.3, 48000, 6), 48000, format="WAVEX")
+    r = run("roundtrip", src, tmp_path / "out.wav", "-m", tiny_codec_dir, "--nfe", "0", "-q")
+    assert r.exit_code == 0, r.output
+    data = (tmp_path / "out.wav").read_bytes()
+    fmt = data.find(b"fmt ")
+    tag, = struct.unpack("<H", data[fmt + 8:fmt + 10])
+    mask, = struct.unpack("<I", data[fmt + 28:fmt + 32])
+    assert (tag, mask) == (0xFFFE, 0x3F)
+    back, _ = sf.read(tmp_path / "out.wav")
+    assert back.shape == (14400, 6)

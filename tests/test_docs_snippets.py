@@ -46,3 +46,12 @@ def test_snippet_runs_as_written(doc, code, tmp_path, monkeypatch):
     for i in range(4):
         sf.write(tmp_path / "data" / "train" / f"clip{i}.wav", tone(1.5, 48000, seed=i), 48000)
     exec(compile(code, f"{doc.name} snippet", "exec"), {"__name__": "__snippet__"})
+
+
+def test_the_readme_lists_the_extensions_a_folder_takes():
+    from flowdec_cli.audio import AUDIO_EXTENSIONS
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    listed = re.search(r"audio files by extension: ([a-z0-9, ]+);", text)
+    assert listed is not None
+    assert ["." + e.strip() for e in listed.group(1).split(",")] == list(AUDIO_EXTENSIONS)

@@ -399,6 +399,8 @@ def test_opus_roundtrip_plumbing_with_fake_tools(tmp_path, monkeypatch):
 
 class FakeCodec:
     postfilter = "a stand-in"
+    device = "cpu"
+
     @classmethod
     def load(cls, model, device="cpu"):
         assert model == "fake-model"
@@ -406,6 +408,9 @@ class FakeCodec:
 
     def bitrates(self):
         return [(2, 1.5), (8, 6.0)]
+
+    def resolve_nfe(self, nfe):  # the model's default: 6 with its postfilter, 0 without, as the real one
+        return nfe if nfe is not None else (6 if self.postfilter is not None else 0)
 
     def choose_rate(self, bitrate_kbps):  # as the real one: the highest offered rate not above it
         from flowdec_cli.envelope import RatePoint, plan_point
@@ -428,7 +433,7 @@ class FakeCodec:
         d0_seconds = time.perf_counter() - t0
         noise = np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
         stages = types.SimpleNamespace(d0_seconds=d0_seconds, postfilter_seconds=0.0)
-        return codes + noise * 0.1 / header["n"] / nfe, stages
+        return codes + noise * 0.1 / header["n"] / (nfe + 1), stages
 
 
 @pytest.fixture
@@ -506,6 +511,33 @@ def test_codec_eval_reports_a_bad_file_and_scores_the_others(tmp_path, fake_pipe
     res = run(eval_command, "--codec", "fake-model", folder, "--nfe", "0,2")
     assert res.exit_code == 1
     assert res.stderr.strip() == "flowdec: error: model 'fake-model' has no postfilter; give --nfe 0"
+
+
+def test_codec_eval_compares_the_codec_alone_with_the_models_own_nfe_by_default(tmp_path, tiny_codec_dir):
+    """The default --nfe was 0,6 for every model, so a codec without a postfilter (ndac-75, a trained
+    codec) failed with the command's own defaults; now it is 0 and the model's default NFE."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "a.wav", tone_like(SR // 2), SR)
+    res = run(eval_command, "--codec", tiny_codec_dir, folder, "--bitrates", "7.5", "-m", "si_sdr", "--json",
+              "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [(r["system"], r["nfe"]) for r in doc["rows"]] == [("flowdec", 0)]
+    assert doc["device"] == "cpu"  # what ran, not the option's "auto"
+
+
+def test_codec_eval_default_nfe_with_a_postfilter(tmp_path, fake_pipeline):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "a.wav", tone_like(SR // 2), SR)
+    res = run(eval_command, "--codec", "fake-model", folder, "--bitrates", "6", "-m", "si_sdr", "--json")
+    assert res.exit_code == 0, res.output
+    assert [r["nfe"] for r in json.loads(res.stdout)["rows"]] == [0, 6]
+
+
+def tone_like(n: int) -> np.ndarray:
+    return (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / SR)).astype(np.float32)
 
 
 def test_a_fdc_given_to_eval_says_to_decompress_it(tmp_path):

@@ -21,10 +21,12 @@ from .options import (
     PathArgument,
     check_nfe_option,
     check_rate_request_option,
-    seed_option,
+    decode_options,
+    device_option,
+    rate_options,
     spelled_as_folder,
-    temperature_option,
     threads_option,
+    warn_idle_temperature,
 )
 from .streams import is_stdio, require_stdout, strict_json
 
@@ -62,8 +64,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 def _model_options(f: Callable) -> Callable:
     f = threads_option(f)
-    f = click.option("--device", default="auto", show_default=True,
-                     help="auto (CUDA when present, else CPU), cpu, or cuda[:N].")(f)
+    f = device_option()(f)
     f = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Where models are cached (default: $FLOWDEC_HOME or ~/.cache/flowdec).")(f)
     return f
@@ -80,28 +81,6 @@ def _overwrite_options(f: Callable) -> Callable:
                           "duration, NFE, seconds, RTF.")(f)
     f = click.option("-q", "--quiet", is_flag=True,
                      help="No progress bars or notes; a folder's summary only when a file failed.")(f)
-    return f
-
-
-def _decode_options(f: Callable) -> Callable:
-    f = click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-                     show_default=True,
-                     help="Postfilter arithmetic: auto = bfloat16 on CUDA, float32 on CPU; float32 is exact; "
-                          "bfloat16 and float16 need CUDA.")(f)
-    f = click.option("--subtype", default=None,
-                     help="Output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the output type's own, "
-                          "PCM_16 for WAV and FLAC; roundtrip keeps the input's where the type holds it).")(f)
-    f = click.option("--seed", type=int, default=None, callback=seed_option,
-                     help="Seed for the postfilter's noise (repeatable output).")(f)
-    f = click.option("--temperature", type=float, default=None, callback=temperature_option,
-                     help="Scale of the postfilter's start noise, 0 to 2: 1 is FlowDec's, lower invents less. "
-                          "Default: the model's (1 for the FlowDec models).")(f)
-    f = click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True,
-                     help="ODE solver of the postfilter.")(f)
-    f = click.option("--nfe", type=click.IntRange(min=0), default=None,
-                     help="Postfilter network passes, up to 1000 (even with the midpoint solver: 2 a step); 0 "
-                          "skips the postfilter (codec alone, fast). Default: the model's own ('flowdec models' "
-                          "lists it; 6, as the paper, for the FlowDec models).")(f)
     return f
 
 
@@ -572,12 +551,6 @@ def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None
         raise click.UsageError(str(exc)) from None
 
 
-def _codebooks_option(f: Callable) -> Callable:
-    return click.option(
-        "-n", "--n-codebooks", type=click.IntRange(min=1), default=None,
-        help="Codebooks to use (under a rate plan with the cheapest side channel it gives them).")(f)
-
-
 def _fit_option(f: Callable) -> Callable:
     return click.option(
         "--fit", is_flag=True,
@@ -607,7 +580,8 @@ def _envelope_note(header: Any) -> str:
 
 def _rate_note(codec: Codec, point: RatePoint) -> str:
     """What ``-b``/``-n`` chose: the codebooks, and under a rate plan the side channel that goes with them."""
-    codes = f"{point.codebooks} codebooks = {codec.ndac.bitrate(point.codebooks) / 1000:g} kbit/s per channel"
+    codes = (f"{point.codebooks} codebook{'s' if point.codebooks != 1 else ''} = "
+             f"{codec.ndac.bitrate(point.codebooks) / 1000:g} kbit/s per channel")
     if codec.rate_plan is None or point.layout is None:
         return codes
     return f"{codes} + side channel {point.layout.name} = {point.kbps:g} kbit/s nominal"
@@ -721,10 +695,7 @@ def _over_request_note(record: dict[str, Any], asked_kbps: float | None) -> str:
 @main.command()
 @click.argument("src", metavar="IN", type=PathArgument())
 @click.argument("dst", metavar="OUT", type=PathArgument())
-@click.option("-b", "--bitrate", type=float, default=None,
-              help="Target kbit/s per channel: the model's highest rate not above it (codebooks, and the side "
-                   "channel its rate plan gives them). Default: the model's top rate.")
-@_codebooks_option
+@rate_options
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default: $FLOWDEC_MODEL, `flowdec models "
                    "default`, else the built-in model).")
@@ -786,7 +757,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
 @main.command()
 @click.argument("src", metavar="IN", type=PathArgument())
 @click.argument("dst", metavar="OUT", type=PathArgument())
-@_decode_options
+@decode_options
 @click.option("-m", "--model", default=None, help="Decode with this model instead of the one named in the file.")
 @click.option("--format", "out_format", default="wav", show_default=True,
               help="Output type for folders and OUT - (wav, flac, ogg, opus, ...).")
@@ -835,7 +806,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
         res = decoder.decompress_file(job.src, job.dst, solver, seed, subtype, bars, overwrite=force,
                                       warn=lambda w: click.echo(f"flowdec: warning: {terminal_text(w)}", err=True))
         if not idle_temperature_told:  # the NFE is known per file (its model's default), so checked here
-            idle_temperature_told = _warn_idle_temperature(temperature, res.nfe)
+            idle_temperature_told = warn_idle_temperature(temperature, res.nfe)
         return _decoded(res, res.header, res.file_bytes, res.seconds, "decompress", res.model)
 
     _execute("decompress", plan, one, force, skip_existing, quiet, as_json, suffix)
@@ -860,14 +831,13 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
 @main.command()
 @click.argument("src", metavar="IN", type=PathArgument())
 @click.argument("dst", metavar="OUT", type=PathArgument())
-@click.option("-b", "--bitrate", type=float, default=None, help="Target kbit/s per channel.")
-@_codebooks_option
+@rate_options
 @click.option("-m", "--model", default=None,
               help="Model name, hf://OWNER/REPO[@REV], or path (default as for compress).")
-@_decode_options
-@click.option("--format", "out_format", default="wav", show_default=True,
-              help="Output type for OUT - (wav, flac, ogg, opus, ...) and, when given, for a folder's outputs, "
-                   "which otherwise keep each input's type.")
+@decode_options
+@click.option("--format", "out_format", default="wav",
+              help="Output type for OUT - (wav, flac, ogg, opus, ...; default wav) and, when given, for a "
+                   "folder's outputs, which otherwise keep each input's type.")
 @_fit_option
 @_envelope_option
 @_model_options
@@ -899,7 +869,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision, temperature=temperature,
                         envelope=envelope)
     nfe = _model_nfe(codec, nfe, solver)
-    _warn_idle_temperature(temperature, nfe)
+    warn_idle_temperature(temperature, nfe)
     rate = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
     if not quiet:
@@ -916,15 +886,6 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
                         codec.model.name)
 
     _execute("roundtrip", plan, one, force, skip_existing, quiet, as_json, suffix)
-
-
-def _warn_idle_temperature(temperature: float | None, nfe: int) -> bool:
-    """Say so when --temperature was given but the postfilter does not run; True when it was said."""
-    if temperature is None or nfe > 0:
-        return False
-    click.echo("flowdec: warning: --temperature has no effect at NFE 0 (the postfilter does not run; "
-               "give --nfe 6 to use it)", err=True)
-    return True
 
 
 def _model_nfe(codec: Codec, nfe: int | None, solver: str) -> int:

@@ -650,7 +650,7 @@ class DecodeWorker(_Worker):
             ref = self.settings.get("model") or resolve_named_by_data(name, self.settings.get("cache_dir"))
             codec = Codec.load(ref, self.settings.get("device") or "auto", with_postfilter=None,
                                nfe=self.settings.get("nfe"), precision=self.settings.get("precision", "auto"),
-                               cache_dir=self.settings.get("cache_dir"))
+                               cache_dir=self.settings.get("cache_dir"), temperature=self.settings.get("temperature"))
             if self.settings.get("tune_process"):
                 codec.tune_process()
             self.codecs[key] = codec
@@ -1052,14 +1052,16 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
 
 def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_format: str = "wav",
                   model: str | None = None, nfe: int | None = None, solver: str = "midpoint", seed: int | None = None,
-                  subtype: str | None = None, precision: str = "auto", device: str = "auto",
+                  temperature: float | None = None, subtype: str | None = None, precision: str = "auto",
+                  device: str = "auto",
                   threads: int | None = None, engine: Engine | None = None,
                   cache_dir: str | os.PathLike | None = None, tune_process: bool = False,
                   on_start: Callable[[dict[str, Any]], None] | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
     """Decode every row of Parquet shards into ``out/<id>.<out_format>``; outputs that exist are skipped
     (resume); failures are in the summary and ``out/_failures.csv``. ``tune_process``: let each worker tune
-    its process for the postfilter on a CPU (:meth:`flowdec_cli.pipeline.Codec.tune_process`)."""
+    its process for the postfilter on a CPU (:meth:`flowdec_cli.pipeline.Codec.tune_process`).
+    ``temperature``: the postfilter's start-noise scale (None: each model's own), as ``flowdec decompress``."""
     from .audio import AudioError, check_output_format
 
     _need_pyarrow()
@@ -1113,7 +1115,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
             tasks.append({"shard": str(f.resolve()), "out": str(out.resolve()), "suffix": suffix,
                           "ids": todo if len(todo) < len(ids) else None})
     settings = {"model": model, "nfe": nfe, "tune_process": tune_process, "solver": solver, "seed": seed,
-                "subtype": subtype,
+                "temperature": temperature, "subtype": subtype,
                 "precision": precision, "device": device,
                 "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}

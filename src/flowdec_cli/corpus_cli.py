@@ -14,7 +14,17 @@ from typing import Any
 import click
 
 from .errors import error_line, terminal_text
-from .options import THREADS, FiniteFloatRange, PathArgument, check_nfe_option, check_rate_request_option, seed_option
+from .options import (
+    THREADS,
+    FiniteFloatRange,
+    PathArgument,
+    check_nfe_option,
+    check_rate_request_option,
+    decode_options,
+    device_option,
+    rate_options,
+    warn_idle_temperature,
+)
 from .streams import require_stdout, strict_json
 
 __all__ = ["corpus_group"]
@@ -26,8 +36,7 @@ def _engine_options(f: Callable) -> Callable:
     f = click.option("--threads", type=THREADS, default=None,
                      help="torch CPU threads per worker (default: --cpus-per-worker with Ray, torch's choice "
                           "locally).")(f)
-    f = click.option("--device", default="auto", show_default=True,
-                     help="auto (CUDA when the worker has one), cpu, or cuda[:N].")(f)
+    f = device_option(" With Ray, auto is judged on each worker.")(f)
     f = click.option("--gpus-per-worker", type=FiniteFloatRange(min=0), default=0.0, show_default=True,
                      help="GPUs each Ray worker reserves (e.g. 1, or 0.5 to put two on a GPU).")(f)
     f = click.option("--cpus-per-worker", type=FiniteFloatRange(min=0.01), default=1.0, show_default=True,
@@ -78,7 +87,8 @@ class _Report:
 
     def start(self, plan: dict[str, Any]) -> None:
         if not self.quiet:
-            what = (f"model {plan['model']}, {plan['n_codebooks']} codebooks ({plan['kbps']:g} kbit/s per "
+            k = plan.get("n_codebooks")
+            what = (f"model {plan['model']}, {k} codebook{'s' if k != 1 else ''} ({plan['kbps']:g} kbit/s per "
                     f"channel nominal), " if "model" in plan else "")
             click.echo(f"flowdec: {plan['items']} files, {plan['done_before']} done before, {plan['todo']} to "
                        f"{self.todo_verb} in {plan['shards']} shards; {what}engine {plan['engine']}", err=True)
@@ -150,8 +160,7 @@ def corpus_group() -> None:
 @click.argument("dst", metavar="OUT", type=PathArgument())
 @click.option("--to", "to", type=click.Choice(["parquet", "fdc"]), default="parquet", show_default=True,
               help="parquet: shards OUT/part-NNNNN.parquet, one row per file; fdc: the tree OUT/<id>.fdc.")
-@click.option("-b", "--bitrate", type=float, default=None, help="Target kbit/s per channel (as compress).")
-@click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None, help="Codebooks to use.")
+@rate_options
 @click.option("-m", "--model", default=None, help="Model name, hf://OWNER/REPO[@REV], or path (as compress); "
                                                   "every worker must be able to load it.")
 @click.option("--no-entropy", is_flag=True,
@@ -192,32 +201,27 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
 @click.argument("src", metavar="IN", type=PathArgument())
 @click.argument("dst", metavar="OUT", type=PathArgument())
 @click.option("--format", "out_format", default="wav", show_default=True, help="Output type (wav, flac, ...).")
-@click.option("--nfe", type=click.IntRange(min=0), default=None,
-              help="Postfilter network passes (default: the model's; 0: the codec alone).")
-@click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True)
-@click.option("--seed", type=int, default=None, callback=seed_option, help="Seed for the postfilter's noise.")
-@click.option("--subtype", default=None, help="Output sample format, e.g. PCM_16 (default), PCM_24, FLOAT.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True)
+@decode_options
 @click.option("-m", "--model", default=None, help="Decode with this model instead of the one named in the rows.")
 @_engine_options
-def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solver: str, seed: int | None,
-                   subtype: str | None, precision: str, model: str | None, engine: str, address: str | None,
-                   workers: int | None, cache_dir: Path | None, cpus_per_worker: float, gpus_per_worker: float,
-                   device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
+def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solver: str, temperature: float | None,
+                   seed: int | None, subtype: str | None, precision: str, model: str | None, engine: str,
+                   address: str | None, workers: int | None, cache_dir: Path | None, cpus_per_worker: float,
+                   gpus_per_worker: float, device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
     """Decode Parquet shards (a folder of part-*.parquet, or one shard) into OUT/<id>.<format>, resuming."""
     from .corpus import decode_corpus
 
     if nfe is not None:
         check_nfe_option(nfe, solver)
+        warn_idle_temperature(temperature, nfe)
     if as_json:
         require_stdout()
     eng = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker)
     report = _Report(quiet, "decoded")
     try:
         summary = decode_corpus(src, dst, out_format=out_format, model=model, nfe=nfe, solver=solver, seed=seed,
-                                subtype=subtype, precision=precision, device=device, threads=threads, engine=eng,
-                                cache_dir=cache_dir, tune_process=True,
+                                temperature=temperature, subtype=subtype, precision=precision, device=device,
+                                threads=threads, engine=eng, cache_dir=cache_dir, tune_process=True,
                                 on_start=report.start, on_record=report.record)
     finally:
         report.close()

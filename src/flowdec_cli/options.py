@@ -17,8 +17,9 @@ import click
 from .fileio import descriptor_alias
 from .numeric import MAX_THREADS
 
-__all__ = ["FiniteFloatRange", "PathArgument", "check_nfe_option", "check_rate_request_option", "seed_option",
-           "spelled_as_folder", "temperature_option", "threads_option", "THREADS"]
+__all__ = ["FiniteFloatRange", "PathArgument", "check_nfe_option", "check_rate_request_option", "decode_options",
+           "device_option", "rate_options", "seed_option", "spelled_as_folder", "temperature_option",
+           "threads_option", "warn_idle_temperature", "THREADS"]
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -110,6 +111,58 @@ def seed_option(ctx: click.Context, param: click.Parameter, value: int | None) -
 
 #: ``--threads``'s values, checked as the option is read (a usage error), without importing torch
 THREADS = click.IntRange(min=1, max=MAX_THREADS)
+
+
+def rate_options(f: Any) -> Any:
+    """``-b`` and ``-n``, worded once for every command that codes (the rule:
+    :meth:`flowdec_cli.pipeline.Codec.choose_rate`)."""
+    f = click.option("-n", "--n-codebooks", type=click.IntRange(min=1), default=None,
+                     help="Codebooks to use (under a rate plan with the cheapest side channel it gives them).")(f)
+    return click.option("-b", "--bitrate", type=float, default=None,
+                        help="Target kbit/s per channel: the model's highest rate not above it (codebooks, and the "
+                             "side channel its rate plan gives them). Default: the model's top rate.")(f)
+
+
+def decode_options(f: Any) -> Any:
+    """How a decode runs (postfilter passes, solver, start noise, seed, arithmetic, output sample format),
+    worded once for ``decompress``, ``roundtrip`` and ``corpus decode``."""
+    f = click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True,
+                     help="Postfilter arithmetic: auto = bfloat16 on CUDA, float32 on CPU; float32 matches the "
+                          "reference to float rounding; "
+                          "bfloat16 and float16 need CUDA.")(f)
+    f = click.option("--subtype", default=None,
+                     help="Output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the output type's own, "
+                          "PCM_16 for WAV and FLAC; roundtrip keeps the input's where the type holds it, else "
+                          "the finest it holds: a float WAV makes a 24-bit FLAC).")(f)
+    f = click.option("--seed", type=int, default=None, callback=seed_option,
+                     help="Seed for the postfilter's noise (repeatable output).")(f)
+    f = click.option("--temperature", type=float, default=None, callback=temperature_option,
+                     help="Scale of the postfilter's start noise, 0 to 2: 1 is FlowDec's, lower invents less. "
+                          "Default: the model's (1 for the FlowDec models).")(f)
+    f = click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True,
+                     help="ODE solver of the postfilter.")(f)
+    f = click.option("--nfe", type=click.IntRange(min=0), default=None,
+                     help="Postfilter network passes, up to 1000 (even with the midpoint solver: 2 a step); 0 "
+                          "skips the postfilter (codec alone, fast). Default: the model's own ('flowdec models' "
+                          "lists it; 6, as the paper, for the FlowDec models).")(f)
+    return f
+
+
+def warn_idle_temperature(temperature: float | None, nfe: int) -> bool:
+    """Say so when --temperature was given but the postfilter does not run; True when it was said."""
+    if temperature is None or nfe > 0:
+        return False
+    click.echo("flowdec: warning: --temperature has no effect at NFE 0 (the postfilter does not run; "
+               "give --nfe 6 to use it)", err=True)
+    return True
+
+
+def device_option(note: str = "") -> Any:
+    """``--device`` for every command that runs a network, ``auto`` by default: a GPU is used when there is
+    one, whichever command it is (``note`` adds what is particular to the command)."""
+    return click.option("--device", default="auto", show_default=True,
+                        help=f"auto (CUDA when present, else CPU), cpu, or cuda[:N].{note}")
 
 
 def threads_option(f: Any) -> Any:

@@ -15,7 +15,7 @@ import click
 from ..errors import Failure, error_line
 from ..exceptions import FlowdecError
 from ..fileio import OutputExistsError, atomic_write_bytes
-from ..options import THREADS, check_nfe_option
+from ..options import THREADS, check_nfe_option, device_option
 from ..streams import require_stdout
 from .metrics import (
     DEFAULT_METRICS,
@@ -177,9 +177,10 @@ def _parse_list(text: str | None, kind, what: str) -> list | None:
               help="Code the files under REF with MODEL and score them (no DEG).")
 @click.option("--bitrates", metavar="LIST", help="--codec: kbps values to test (default: all).")
 @click.option("--nfe", "nfe_spec", default=None, metavar="LIST",
-              help="--codec: postfilter NFEs to test; 0 = NDAC decoder alone (default: 0,6).")
+              help="--codec: postfilter NFEs to test; 0 = NDAC decoder alone (default: 0 and the model's "
+                   "default, 0,6 for flowdec-small; 0 alone for a codec without a postfilter).")
 @click.option("--opus", is_flag=True, help="--codec: add Opus (opusenc/opusdec) at the same bitrates.")
-@click.option("--device", default="cpu", show_default=True, help="--codec: torch device.")
+@device_option(" --codec only.")
 @click.option("--seed", default=0, show_default=True, type=int, help="--codec: postfilter seed.")
 @click.option("--threads", type=THREADS, default=None, help="--codec: CPU threads for torch (default: torch's choice).")
 @click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -317,8 +318,8 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
     from .codec_eval import run_codec_eval
 
     kbps = _parse_list(bitrates, float, "bitrates")
-    nfes = _parse_list(nfe_spec, int, "nfe") or [0, 6]
-    for n in nfes:
+    nfes = _parse_list(nfe_spec, int, "nfe") or None
+    for n in nfes or ():
         check_nfe_option(n, "midpoint")  # a usage error (exit 2) before any model is loaded
     set_threads(threads)
     log = (lambda m: click.echo(f"flowdec: {m}", err=True)) if sys.stderr.isatty() else None

@@ -213,9 +213,9 @@ def run_codec_eval(
     path: str | Path,
     *,
     bitrates: Sequence[float] | None = None,
-    nfes: Sequence[int] = (0, 6),
+    nfes: Sequence[int] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    device: str = "cpu",
+    device: str = "auto",
     seed: int = 0,
     opus: bool = False,
     save_dir: str | Path | None = None,
@@ -225,7 +225,9 @@ def run_codec_eval(
     on_error: Callable[[str], None] | None = None,
 ) -> Report:
     """Code every audio file under ``path`` and return a :class:`Report` with one row per
-    (system, kbps, nfe). ``bitrates``: kbps values from ``Codec.bitrates()`` (None: all).
+    (system, kbps, nfe). ``bitrates``: kbps values from ``Codec.bitrates()`` (None: all). ``nfes``: None
+    compares the codec alone (0) with the model's default NFE, which is 0 too for a codec without a
+    postfilter: the default suits every model, as compress's does.
     ``save_dir``: also write each decoded file there as
     ``<relative path>.<system>_<kbps>k[_nfe<N>].wav`` (the input's extension kept, so that ``a.wav`` and
     ``a.flac`` do not share one; ``overwrite=False``: an existing one is refused before any work, as
@@ -243,7 +245,7 @@ def run_codec_eval(
     files = _collect_inputs(root)
     codec = Codec.load(model, device=device)
     chosen = _select_bitrates(codec, bitrates)
-    nfes = [int(n) for n in nfes]
+    nfes = [int(n) for n in nfes] if nfes is not None else sorted({0, codec.resolve_nfe(None)})
     notes: list[str] = []
     use_opus = bool(opus)
     if opus and not opus_available():
@@ -312,7 +314,7 @@ def run_codec_eval(
         higher_is_better=hib,
         with_mean=False,
         notes=notes,
-        extra={"model": model, "device": device, "seed": seed, "n_files": len(files) - len(failed),
+        extra={"model": model, "device": str(codec.device), "seed": seed, "n_files": len(files) - len(failed),
                "failed": failed},
     )
     for (system, kbps, row_nfe), a in sorted(

@@ -155,6 +155,12 @@ def _card_value_problem(data: dict[str, Any]) -> str | None:
     return None
 
 
+def folder_model_name(folder: Path, card: dict[str, Any]) -> str:
+    """The name a model given by its folder writes into every .fdc it codes: its card's name, else the
+    folder's own name."""
+    return str(card.get("name") or folder.name)
+
+
 def is_model_folder(folder: Path) -> bool:
     return folder.is_dir() and (folder / MODEL_CARD_NAME).is_file() and (folder / "ndac").is_dir()
 

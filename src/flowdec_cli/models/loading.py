@@ -13,7 +13,7 @@ from ..checkpoints import CheckpointError, load_dac_weights, load_model_folder, 
 from ..envelope import DEFAULT_LAYOUT, EnvelopeError, EnvelopeLayout, RatePoint, envelope_layout, rate_plan
 from ..ndac import NDAC, NDACConfig
 from .catalogue import CacheDir
-from .folder import ModelError, default_nfe_for, folder_type, read_model_card, wants_postfilter
+from .folder import ModelError, default_nfe_for, folder_model_name, folder_type, read_model_card, wants_postfilter
 from .resolve import check_model_name, pretrained_ref, resolve
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def load_model(ref: str | os.PathLike[str], device: Device = None, with_postfilt
     if str(ref).startswith("hf://"):
         name = str(ref)  # so .fdc files made with a hub model point back to the hub
     else:
-        name = str(card.get("name") or (ref if not Path(str(ref)).exists() else path.name))
+        name = folder_model_name(path, card) if Path(str(ref)).exists() else str(card.get("name") or ref)
         if card.get("name"):
             try:
                 check_model_name(name)  # it would go into every file coded, which then could not be decoded

@@ -19,13 +19,14 @@ from .catalogue import (
     OFFICIAL_BY_NAME,
     CacheDir,
     canonical_name,
+    chosen_default_model,
     embedded_by_any_name,
     is_hub_ref,
     models_dir,
     parse_hub_ref,
     unknown_model,
 )
-from .folder import ModelError, is_model_folder, read_model_card
+from .folder import ModelError, UnknownModelError, folder_model_name, is_model_folder, read_model_card
 
 __all__ = ["resolve", "resolve_name", "resolve_named_by_data", "check_model_name", "local_card", "resolve_hub",
            "pretrained_ref", "hub_offline", "hub_cache_dir"]
@@ -197,8 +198,33 @@ def resolve_named_by_data(ref: str, cache_dir: CacheDir = None) -> Path:
     """The folder of a model that a .fdc header or a shard's row names: a catalogue name or an ``hf://``
     reference, never a path. A file from elsewhere must not choose what is read from this machine's disk,
     and the same file must decode the same in any working folder (a plain name that is also a folder there
-    is still looked up as a name); a user's own model is given with ``--model``."""
+    is still looked up as a name); a user's own model is given with ``--model``, or found as the user's
+    default when that is a folder given by its absolute path (:func:`_default_folder_named`)."""
     ref = str(ref)
     if not _names_a_model(ref):
         raise ModelError(f"{ref!r} is a path; a file may name a model, not where to read one")
-    return resolve_name(ref, cache_dir)
+    try:
+        return resolve_name(ref, cache_dir)
+    except UnknownModelError:
+        folder = _default_folder_named(ref, cache_dir)
+        if folder is None:
+            raise
+        return folder
+
+
+def _default_folder_named(name: str, cache_dir: CacheDir = None) -> Path | None:
+    """The user's default model when it is a folder, given by its absolute path, that writes ``name`` into
+    its files, so that files made with one's own default model decode without ``--model``. The user chose
+    that folder; the file only names it. A relative default (``$FLOWDEC_MODEL=my-model``) is not looked up
+    here: it would be a folder in whatever working folder the file is decoded in. None otherwise."""
+    chosen = chosen_default_model(cache_dir)
+    if chosen is None:
+        return None
+    folder = Path(chosen[0]).expanduser()
+    if not folder.is_absolute() or not is_model_folder(folder):
+        return None
+    try:
+        card = read_model_card(folder)
+    except ModelError:
+        return None
+    return folder if folder_model_name(folder, card) == name else None

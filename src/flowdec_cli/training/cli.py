@@ -12,9 +12,12 @@ import click
 from ..envelope import LAYOUTS
 from ..errors import Failure, FlowdecGroup, error_line
 from ..fileio import parse_json
-from ..options import FiniteFloatRange, temperature_option, threads_option
+from ..options import FiniteFloatRange, device_option, temperature_option, threads_option
 
 __all__ = ["train_group"]
+
+
+_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress bar, notes or closing summary.")
 
 
 def _bar(quiet: bool) -> Callable[[str, int], Any] | None:
@@ -55,8 +58,7 @@ def _train_options(f: Callable) -> Callable:
                      help="Continue from this checkpoint (or run) folder.")(f)
     f = click.option("--resume", is_flag=True, help="Continue from the run folder's latest checkpoint.")(f)
     f = threads_option(f)
-    f = click.option("--device", default="auto", show_default=True,
-                     help="auto, cpu or cuda[:N] (under torchrun each process takes cuda:LOCAL_RANK).")(f)
+    f = device_option(" Under torchrun each process takes cuda:LOCAL_RANK.")(f)
     f = click.argument("config", type=click.Path(path_type=Path))(f)
     return f
 
@@ -186,13 +188,13 @@ def _codebook_list(values: tuple[str, ...], option: str = "--n-codebooks") -> li
 @click.option("--validation-fraction", type=FiniteFloatRange(0, 1, max_open=True), default=0.01, show_default=True)
 @click.option("--test-fraction", type=FiniteFloatRange(0, 1, max_open=True), default=0.01, show_default=True)
 @click.option("--salt", default="flowdec", show_default=True, help="Salt of the hash split.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@device_option()
 @click.option("--envelope", default=None, metavar="LAYOUT", type=click.Choice(list(LAYOUTS)),
               help="Apply the band-level side channel of this layout (bands15) to the coded side, for a postfilter "
                    "that runs after it (a model card's envelope_before_postfilter).")
 @threads_option
 @click.option("-f", "--force", is_flag=True, help="Re-code files whose coded output exists.")
-@click.option("-q", "--quiet", is_flag=True)
+@_quiet
 def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Path, n_codebooks: tuple[str, ...],
                           validation_fraction: float, test_fraction: float, salt: str, device: str,
                           envelope: str | None, threads: int | None, force: bool, quiet: bool) -> None:
@@ -246,10 +248,10 @@ def _failed_files(failed: list[str], done: int) -> None:
 @click.option("--qx", type=FiniteFloatRange(0, 1, min_open=True), default=0.997, show_default=True)
 @click.option("--qrmse", type=FiniteFloatRange(0, 1, min_open=True), default=0.997, show_default=True)
 @click.option("--delimiter", default=None, help="Pair list delimiter (default: CONFIG's, else ',').")
-@click.option("--device", default="auto", show_default=True)
+@device_option()
 @threads_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing estimate.")
-@click.option("-q", "--quiet", is_flag=True)
+@_quiet
 def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], out_file: Path | None,
                            alpha: float | None, n_fft: int | None, hop: int | None, n_samples: int, seed: int,
                            qx: float, qrmse: float, delimiter: str | None, device: str, threads: int | None,
@@ -317,13 +319,13 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
               help="Apply a file's side channel before the postfilter too (a postfilter trained on pairs made "
                    "with prepare-pairs --envelope).")
 @click.option("--rate-plan", "rate_plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="JSON file: the codebooks and side-channel layout of each rate "
-                                 "(the built-in model's: configs/default-rate-plan.json in the source tree; "
+              default=None, help="JSON file: the codebooks and side-channel layout of each rate; needs "
+                                 "--envelope (the built-in model's: configs/default-rate-plan.json in the source tree; "
                                  "docs/models.md).")
 @click.option("--postfilter-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="How the postfilter's network weights are stored: float16 halves them (they run in float32).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
-@click.option("-q", "--quiet", is_flag=True)
+@_quiet
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
                    description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
                    temperature: float | None, envelope: str | None, envelope_before_postfilter: bool,
@@ -364,10 +366,10 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
 @click.option("--smoothing", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Weight, in codes, of the backed-off distribution added to each context's counts "
                    "(default 1024).")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @threads_option
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing tables.")
-@click.option("-q", "--quiet", is_flag=True)
+@_quiet
 def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: Path | None, every: int,
                            prev_classes: int | None, up_classes: int | None, smoothing: float | None,
                            device: str, threads: int | None, force: bool, quiet: bool) -> None:
@@ -417,7 +419,7 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
               help="Symmetry-breaking noise on the copied weights, relative to each weight's RMS.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")
-@click.option("-q", "--quiet", is_flag=True)
+@_quiet
 def widen_ndac_command(source: str, out_dir: Path, encoder_factor: int, decoder_factor: int, noise: float,
                        seed: int, force: bool, quiet: bool) -> None:
     """Grow a trained NDAC's encoder or decoder without starting over (function-preserving widening).
@@ -453,7 +455,7 @@ def widen_ndac_command(source: str, out_dir: Path, encoder_factor: int, decoder_
                    "unequal shares break the copies' symmetry).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")
-@click.option("-q", "--quiet", is_flag=True)
+@_quiet
 def widen_postfilter_command(source: str, out_dir: Path, dim_factor: int, spread: float, seed: int, force: bool,
                              quiet: bool) -> None:
     """Grow a trained frame-wise postfilter without starting over (function-preserving widening).

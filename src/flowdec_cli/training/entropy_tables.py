@@ -178,7 +178,7 @@ def code_files(codec: Any, files: Iterable[Path], progress: Callable[[int], None
 
 
 def build_tables_for_model(model_ref: str | os.PathLike, sources: Sequence[Path], out: Path | None = None,
-                           settings: TableSettings | None = None, device: str = "cpu", every: int = 1,
+                           settings: TableSettings | None = None, device: str = "auto", every: int = 1,
                            progress: Callable[[str, int], Any] | None = None) -> tuple[Path, EntropyTables, dict]:
     """Code ``sources`` (list files or folders) with the model, learn its tables, write them into the model
     folder (or ``out``). Returns (path written, tables, stats with the training cross-entropy)."""
