@@ -689,7 +689,8 @@ def test_output_types_are_usage_errors_named_as_the_user_gave_them(run, wav, tmp
         (("roundtrip", wav, tmp_path / "noext"), "noext: unsupported output extension '(none)'"),
         (("decompress", fdc, "-", "--format", "xyz"), "--format xyz: unsupported output type '.xyz'"),
         (("decompress", fdc, tmp_path / "x.opus", "--subtype", "PCM_16"),
-         "a .opus file holds OPUS only (PCM_16 goes in .aiff, .au, .caf, .flac, .rf64, .w64, .wav)"),
+         "a .opus file holds OPUS only (PCM_16 goes in .aiff, .au, .avr, .caf, .flac, .ircam, .paf, .pvf, .rf64, "
+         ".sds, .sph, .svx, .voc, .w64, .wav)"),
         (("decompress", fdc, tmp_path / "f.wav", "--format", "flac"), "--format flac is for folders and -"),
     ]
     for args, why in cases:

@@ -361,12 +361,12 @@ def test_outputs_that_cannot_hold_the_channels_are_refused_before_the_coding(tmp
 
     check_output_channels("o.flac", None, 8)
     with pytest.raises(AudioError, match=r"o.flac: FLAC holds at most 8 channels, not 9; write .aiff, .au, "
-                                         r".caf, .ogg, .opus, .rf64, .w64, .wav$"):
+                                         r".caf, .ircam, .ogg, .opus, .paf, .pvf, .rf64, .sph, .w64, .wav$"):
         check_output_channels("o.flac", None, 9)
-    with pytest.raises(AudioError, match=r"MP3 holds 1 or 2 channels, not 9; write .aiff, .au, .caf, .ogg"):
+    with pytest.raises(AudioError, match=r"MP3 holds 1 or 2 channels, not 9; write .aiff, .au, .caf, .ircam, .ogg"):
         check_output_channels("o.mp3", None, 9)
     with pytest.raises(AudioError, match="Vorbis holds at most 255 channels, not 256; write .aiff, .au, .caf, "
-                                         r".rf64, .w64, .wav$"):
+                                         r".ircam, .paf, .pvf, .rf64, .sph, .w64, .wav$"):
         check_output_channels("o.ogg", None, 256)
     src = tmp_path / "nine.wav"
     sf.write(src, tone(0.2, 48000, 9), 48000)
@@ -402,7 +402,7 @@ def test_the_channel_limits_are_this_libsndfiles(tmp_path):
     for fmt in sorted({f for f, _ in _FORMATS.values()}):
         for subtype in sorted(sf.available_subtypes(fmt)):
             limit = min(MOST_CHANNELS.get(fmt, 1 << 20), MOST_CHANNELS.get(subtype, 1 << 20))
-            if not can_write(fmt, subtype) or limit > 255 or subtype.startswith("DWVW"):
+            if not can_write(fmt, subtype) or limit > 256 or subtype.startswith("DWVW"):
                 continue
             path = tmp_path / f"{fmt}-{subtype}"
             assert _writes(path, fmt, subtype, limit), (fmt, subtype, limit)

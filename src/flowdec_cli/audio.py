@@ -529,7 +529,7 @@ RATE_CEILINGS = {"FLAC": (655_350, 384_000), "VORBIS": (200_000, 192_000), "SVX"
 #: The most channels an output type holds (by format or subtype) where it is below :data:`MAX_CHANNELS`;
 #: past them libsndfile says only "Format not recognised." (its Vorbis encoder crashes instead). Found by
 #: writing every pair the output types offer (tests/test_shell.py checks them against this libsndfile).
-MOST_CHANNELS = {"MP3": 2, "FLAC": 8, "VORBIS": 255, "OPUS": 255, "VOC": 2, "AVR": 2, "SVX": 1, "SDS": 1,
+MOST_CHANNELS = {"MP3": 2, "FLAC": 8, "VORBIS": 255, "OPUS": 255, "VOC": 2, "AVR": 2, "SVX": 1, "SDS": 1, "IRCAM": 256,
                  **dict.fromkeys(("ALAC_16", "ALAC_20", "ALAC_24", "ALAC_32"), 8),
                  **dict.fromkeys(("IMA_ADPCM", "MS_ADPCM"), 2),
                  **dict.fromkeys(("GSM610", "G721_32", "G723_24", "G723_40", "NMS_ADPCM_16", "NMS_ADPCM_24",
