@@ -70,8 +70,8 @@ class AudioInfo:
     subtype: str
     # which file was probed (device, inode, size, modification time): a later read of the same path checks it
     identity: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
-    # a count the decode must reach (an MP3's Xing/Info header's; see _counts_promised), else None
-    promised: int | None = field(default=None, compare=False, repr=False)
+    # whether ``frames`` is a count the decode must reach (an MP3's Xing/Info header's; _counts_promised)
+    frames_promised: bool = field(default=False, compare=False, repr=False)
 
     @property
     def duration(self) -> float:
@@ -135,7 +135,7 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     if truncated is not None:
         raise AudioError(f"{path}: {truncated}")
     return AudioInfo(path, int(rate), int(channels), int(frames), fmt, subtype, identity,
-                     int(frames) if _counts_promised(fmt, log) else None)
+                     _counts_promised(fmt, log))
 
 
 # A declared size this large is a writer's "unknown length" (0xFFFFFFFF from ffmpeg, about 2 GB from sox and
@@ -338,7 +338,8 @@ def read_blocks(path: str | os.PathLike, block_frames: int = 1 << 20,
     fd = _open_fd(path)
     try:
         _require_unchanged(fd, path, same_as)
-        yield from _blocks(fd, path, block_frames, same_as.promised if same_as is not None else None)
+        yield from _blocks(fd, path, block_frames,
+                           same_as.frames if same_as is not None and same_as.frames_promised else None)
         _require_unchanged(fd, path, same_as)  # rewritten in place while this pass read it
     finally:
         os.close(fd)
@@ -351,7 +352,7 @@ def _require_unchanged(fd: int, path: Path, same_as: AudioInfo | None) -> None:
 
 
 def _blocks(fd: int, path: Path, block_frames: int, promised: int | None = None) -> Iterator[np.ndarray]:
-    """``promised``: the frames a header counts that the decode must reach (:attr:`AudioInfo.promised`); a
+    """``promised``: the frames a header counts that the decode must reach (:attr:`AudioInfo.frames_promised`); a
     file that decodes to fewer by more than :data:`_DECODE_SLACK` is refused by name once its end shows it
     (an MP3 cut short)."""
     decoded = 0
