@@ -15,9 +15,17 @@ partial at a wrong pitch (its gradient with respect to an advance points nowhere
 or more away); this term is convex around the right advance. ``--init RUN/decoder.pt`` starts from another
 run's weights (a fresh optimiser and schedule).
 
+With ``--joint`` the encoder and codebooks learn too (DAC's 0.25 commitment and codebook losses beside
+the decoder's, ``--lr-encoder`` on the same log-linear schedule), so the codes themselves can come to
+carry what the decoder needs, a steady tone's pitch above all ("Is the pitch in the codes?" in
+docs/models.md); ``--from-run RUN.pt`` starts decoder, encoder and codebooks from a
+``scripts/experiment_pitch_in_codes.py`` run. Validation then compares the new codec with the shipped one
+on their own codes, and prints the pitch that fresh 3 s sines come out at (4 codebooks).
+
     python scripts/experiment_phase_decoder.py --out RUN [--corpus /work/corpus] [--minutes 90]
         [--threads 1] [--resume] [--init OTHER/decoder.pt] [--advance-weight 1.0]
         [--output-advance-weight 1.0] [--no-gate | --lock] [--also TONES_DIR/train.txt]
+        [--joint --lr-encoder 1e-3 --from-run PITCH_RUN.pt]
 
 Writes RUN/decoder.pt (weights, optimiser, step) every ``--save-every`` steps and RUN/log.jsonl;
 validation compares the new decoder's mel distance with the codec's own D0 on the same codes.
@@ -33,21 +41,42 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from experiment_tone_pitch import RATE, partials
 
 MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 8192)
 MEL_BINS = (5, 10, 20, 40, 80, 160, 320, 640)
 
 
-def build(args: argparse.Namespace):
+def build(args: argparse.Namespace, trainable: bool = False):
+    """The codec (weights frozen) and a new phase decoder. ``trainable``: the codec keeps its weight-norm
+    pairs, so its encoder and codebooks can learn; an inference load folds them into buffers that are
+    neither parameters nor saved."""
     from flowdec_cli.models import load_ndac
+    from flowdec_cli.models.loading import ndac_from_folder
+    from flowdec_cli.models.resolve import resolve
     from flowdec_cli.phase_decoder import PhaseDecoder
 
-    ndac = load_ndac(args.model or "flowdec-small", args.device).eval()
+    model = args.model or "flowdec-small"
+    ndac = (ndac_from_folder(resolve(model) / "ndac").to(args.device) if trainable
+            else load_ndac(model, args.device)).eval()
     ndac.requires_grad_(False)
     decoder = PhaseDecoder(int(ndac.config.latent_dim), ndac.hop_length, dim=args.dim,  # type: ignore[arg-type]
                            intermediate_dim=args.intermediate, num_blocks=args.blocks,
                            gate=not (args.no_gate or args.lock), lock=args.lock)
     return ndac, decoder.to(args.device)
+
+
+def load_codec(ndac, state: dict) -> None:
+    """Put a run's encoder and codebooks into ``ndac`` (built ``trainable``).
+
+    Runs before 2026-12-07's third session trained a folded codec, whose convolution weights were buffers
+    outside the optimiser and the saved state: only biases, Snake alphas and codebook vectors learned. Their
+    states lack the weight-norm pairs, which then stay the shipped ones, as they were in those runs."""
+    for name in ("encoder", "quantizer"):
+        missing, unexpected = getattr(ndac, name).load_state_dict(state[name], strict=False)
+        stray = [k for k in missing if not k.endswith(("weight_g", "weight_v"))] + list(unexpected)
+        if stray:
+            raise RuntimeError(f"the run's {name} does not fit this codec: {', '.join(stray[:5])}")
 
 
 def latents(ndac, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -56,6 +85,40 @@ def latents(ndac, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         z = ndac.encoder(ndac.pad_to_hop(x))
         codes = ndac.quantizer(z, n_quantizers=ndac.n_codebooks)[1]
         return torch.cat([ndac.quantizer.from_codes(codes[i:i + 1, :k]) for i, k in enumerate(counts)])
+
+
+def coded(ndac, z: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(quantised latent, commitment loss, codebook loss) of the encoder's latent ``z`` [B, D, T], each item
+    at its own codebook count, with gradients (the residual loop of DAC's quantizer with a per-item mask)."""
+    keep = torch.tensor(counts, device=z.device)
+    z_q, residual = torch.zeros_like(z), z
+    commitment, codebook = z.new_zeros(()), z.new_zeros(())
+    for i, quantizer in enumerate(ndac.quantizer.quantizers[:max(counts)]):
+        z_q_i, commit_i, book_i, _codes, _z_e = quantizer(residual)
+        mask = (i < keep).to(z.dtype)
+        z_q = z_q + z_q_i * mask[:, None, None]
+        residual = residual - z_q_i
+        commitment = commitment + (commit_i * mask).mean()
+        codebook = codebook + (book_i * mask).mean()
+    return z_q, commitment, codebook
+
+
+def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
+    """[1, 1, L]: a test tone at amplitude 0.3 and phase 0.7 (not a multiple of the codec's hop's cycle)."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    return torch.from_numpy((0.3 * np.sin(2 * np.pi * f0 * t + 0.7)).astype(np.float32))[None, None]
+
+
+def tone_pitches(ndac, decoder, freqs: tuple[float, ...] = (220.0, 440.0, 523.25, 660.0, 880.0, 1000.0, 1760.0),
+                 codebooks: int = 4, seconds: float = 3.0) -> list[float]:
+    """The strongest partial (Hz) that fresh sines come out at through the codec."""
+    device = next(decoder.parameters()).device
+    out = []
+    with torch.no_grad():
+        for f in freqs:
+            zq = latents(ndac, sine(f, seconds).to(device), [codebooks])
+            out.append(round(partials(decoder(zq)[0, 0].cpu().numpy())[0][0], 1))
+    return out
 
 
 def advance_loss(decoder, deviation: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -90,9 +153,11 @@ def output_deviation(decoder, y: torch.Tensor, frames: int) -> torch.Tensor:
 def export(args: argparse.Namespace) -> None:
     """A model folder like the codec's own (card, postfilter, entropy tables) whose D0 is RUN's decoder.
 
-    The encoder and codebooks are the codec's, so every code (and so every entropy table) is unchanged: the
-    tables are re-tagged with the new weights' hash rather than rebuilt. The postfilter is the codec's, trained
-    on the old D0's output."""
+    Unless the run was ``--joint``, the encoder and codebooks are the codec's, so every code (and so every
+    entropy table) is unchanged: the tables are re-tagged with the new weights' hash rather than rebuilt. A
+    joint run's codes are its own: its encoder and codebooks are written and the tables left out (they would
+    price other codes; ``flowdec train entropy-tables`` builds new ones). The postfilter is the codec's,
+    trained on the old D0's output."""
     import shutil
 
     from flowdec_cli.checkpoints import weights_hash
@@ -109,23 +174,30 @@ def export(args: argparse.Namespace) -> None:
                 "phase_gate": not (args.no_gate or args.lock), "phase_lock": args.lock}
     model = NDAC(NDACConfig.from_kwargs(settings))
     ckpt = torch.load(args.out / "decoder.pt", map_location="cpu", weights_only=True)
+    joint = "encoder" in ckpt
     model.encoder.load_state_dict(old.encoder.state_dict())
     model.quantizer.load_state_dict(old.quantizer.state_dict())
+    if joint:
+        load_codec(model, ckpt)
     model.decoder.load_state_dict(ckpt["decoder"])
     if args.export.exists():
         raise SystemExit(f"{args.export}: exists")
     shutil.copytree(src, args.export, ignore=shutil.ignore_patterns("ndac"))
     save_ndac(model, args.export / "ndac")
     tables_path = args.export / TABLES_FILE
-    if tables_path.is_file():
+    if joint:
+        tables_path.unlink(missing_ok=True)
+        print("the codes are the run's own: entropy tables left out (flowdec train entropy-tables builds them)")
+    elif tables_path.is_file():
         tables = load_tables(tables_path)
         tables.ndac_hash = weights_hash(model.state_dict())
         tables_path.unlink()
         save_tables(tables, tables_path)
     card = json.loads((args.export / "flowdec.json").read_text())
     card["name"] = args.export.name
-    card["description"] = (f"{card.get('name')}: the built-in codec's encoder and codebooks with a phase-carrying "
-                           f"frame-wise D0 trained {int(ckpt['step'])} steps (scripts/experiment_phase_decoder.py)")
+    what = "the encoder, codebooks and" if joint else "the built-in codec's encoder and codebooks with a"
+    card["description"] = (f"{card.get('name')}: {what} phase-carrying frame-wise D0 trained {int(ckpt['step'])} "
+                           f"steps{' together' if joint else ''} (scripts/experiment_phase_decoder.py)")
     (args.export / "flowdec.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {args.export} (decoder step {int(ckpt['step'])})")
 
@@ -161,6 +233,10 @@ def main() -> None:
                     help="weight of the phase-advance loss (0: mel loss only)")
     ap.add_argument("--output-advance-weight", type=float, default=0.0,
                     help="weight of the same loss on the advances of the decoder's output waveform")
+    ap.add_argument("--joint", action="store_true", help="train the encoder and codebooks with the decoder")
+    ap.add_argument("--lr-encoder", type=float, default=1e-3, help="the encoder's and codebooks' learning rate")
+    ap.add_argument("--from-run", type=Path, default=None,
+                    help="start decoder, encoder and codebooks from an experiment_pitch_in_codes.py RUN.pt")
     ap.add_argument("--export", type=Path, default=None,
                     help="instead of training: write a model folder here, the codec's with RUN's decoder in D0's place")
     args = ap.parse_args()
@@ -171,13 +247,15 @@ def main() -> None:
     if args.export is not None:
         export(args)
         return
+    if args.from_run is not None and args.init is not None:
+        ap.error("give --init or --from-run, not both")
 
     from torch.utils.data import DataLoader
 
     from flowdec_cli.training.data import EpochSampler, EvalDataset, SegmentDataset, list_audio
     from flowdec_cli.training.losses import MultiScaleMelLoss
 
-    ndac, decoder = build(args)
+    ndac, decoder = build(args, trainable=args.joint)
     sr, hop = ndac.sample_rate, ndac.hop_length
     segment = max(1, round(args.seconds * sr / hop)) * hop
     train = SegmentDataset(list_audio([args.corpus / "train.txt", *args.also]), sr, segment, seed=1,
@@ -187,18 +265,39 @@ def main() -> None:
     valid = EvalDataset(sr, items=list_audio([args.corpus / "valid.txt"])[:8], max_samples=4 * sr)
     loss_fn = MultiScaleMelLoss(sr, MEL_WINDOWS, MEL_BINS).to(args.device)
     val_loss = MultiScaleMelLoss(sr).to(args.device)  # the trainer's own validation figure (DAC's seven windows)
-    opt = torch.optim.AdamW(decoder.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    shipped = None
+    groups = [{"params": list(decoder.parameters()), "lr": args.lr, "base": args.lr}]
+    if args.joint:
+        from flowdec_cli.models import load_ndac
+
+        shipped = load_ndac(args.model or "flowdec-small", args.device).eval()  # the codec to compare with
+        shipped.requires_grad_(False)
+        ndac.encoder.requires_grad_(True)
+        ndac.quantizer.requires_grad_(True)
+        groups.append({"params": [*ndac.encoder.parameters(), *ndac.quantizer.parameters()],
+                       "lr": args.lr_encoder, "base": args.lr_encoder})
+    trained = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, betas=(0.8, 0.99), weight_decay=0.0)
     counts_pool = [int(v) for v in args.codebooks.split(",")]
     step, spent = 0, 0.0
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = args.out / "decoder.pt", args.out / "log.jsonl"
     if args.resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=args.device, weights_only=True)
+        if args.joint != ("encoder" in ckpt):
+            ap.error(f"{ckpt_path}: {'a joint' if 'encoder' in ckpt else 'a decoder-only'} run; "
+                     f"resume it {'with' if 'encoder' in ckpt else 'without'} --joint")
         decoder.load_state_dict(ckpt["decoder"])
+        if args.joint:
+            load_codec(ndac, ckpt)
         opt.load_state_dict(ckpt["optimizer"])
         step, spent = int(ckpt["step"]), float(ckpt["seconds"])
     elif args.init is not None:
         decoder.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=True)["decoder"])
+    elif args.from_run is not None:
+        run = torch.load(args.from_run, map_location=args.device, weights_only=True)
+        decoder.load_state_dict(run["decoder"])
+        load_codec(ndac, run)
     played: dict[str, torch.Tensor] = {}
     frames = decoder.frames
 
@@ -219,11 +318,14 @@ def main() -> None:
 
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "seconds": spent, "settings": {k: str(v) for k, v in vars(args).items()}}, tmp)
+        state = {"decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                 "seconds": spent, "settings": {k: str(v) for k, v in vars(args).items()}}
+        if args.joint:
+            state.update(encoder=ndac.encoder.state_dict(), quantizer=ndac.quantizer.state_dict())
+        torch.save(state, tmp)
         tmp.replace(ckpt_path)
 
-    def validate() -> dict[str, float]:
+    def validate() -> dict[str, float | list[float]]:
         decoder.eval()
         rows: dict[str, list[float]] = {"new_nq4": [], "old_nq4": [], "new_nq10": [], "old_nq10": []}
         with torch.no_grad():
@@ -231,11 +333,13 @@ def main() -> None:
                 x = valid[i][0][None].to(args.device)
                 for k in (4, 10):
                     zq = latents(ndac, x, [k])
-                    for name, y in (("new", decoder(zq)), ("old", ndac.decoder(zq))):
+                    old = ndac if shipped is None else shipped  # the shipped codec on its own codes
+                    for name, y in (("new", decoder(zq)), ("old", old.decoder(latents(old, x, [k])))):
                         y = y[..., :x.shape[-1]]
                         rows[f"{name}_nq{k}"].append(float(val_loss(y, x[..., :y.shape[-1]])))
+            pitch = tone_pitches(ndac, decoder)
         decoder.train()
-        return {k: float(np.mean(v)) for k, v in rows.items()}
+        return {**{k: float(np.mean(v)) for k, v in rows.items()}, "pitch": pitch}
 
     def batches() -> Iterator[torch.Tensor]:
         """Shuffled batches, epoch after epoch, from where ``step`` left off (the files are sorted by path,
@@ -253,9 +357,14 @@ def main() -> None:
     while spent < total:
         x = next(feed).to(args.device)
         counts = [int(rng.choice(counts_pool)) for _ in range(args.batch)]
-        zq = latents(ndac, x, counts)
+        if args.joint:
+            zq, commitment, codebook = coded(ndac, ndac.encoder(ndac.pad_to_hop(x)), counts)
+        else:
+            zq = latents(ndac, x, counts)
         y = decoder(zq)
         loss = loss_fn(y, x[..., :y.shape[-1]])
+        if args.joint:
+            loss = loss + 0.25 * commitment + codebook
         advance = advance_loss(decoder, played["deviation"].float(), x[..., :y.shape[-1]])
         running_advance.append(float(advance.detach()))
         if args.advance_weight:
@@ -265,10 +374,10 @@ def main() -> None:
             heard = advance_loss(decoder, output_deviation(decoder, y, frames_played), x[..., :y.shape[-1]])
             loss = loss + args.output_advance_weight * heard
         for group in opt.param_groups:
-            group["lr"] = args.lr * (args.lr_final / args.lr) ** min(spent / total, 1.0)
+            group["lr"] = group["base"] * (args.lr_final / args.lr) ** min(spent / total, 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad = float(torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1000.0))
+        grad = float(torch.nn.utils.clip_grad_norm_(trained, 1000.0))
         opt.step()
         step += 1
         now = time.time()
@@ -281,7 +390,7 @@ def main() -> None:
                       "grad": round(grad, 3), "lr": opt.param_groups[0]["lr"]}
             running, running_advance = [], []
             if step % args.val_every == 0:
-                record.update({k: round(v, 4) for k, v in validate().items()})
+                record.update({k: v if isinstance(v, list) else round(v, 4) for k, v in validate().items()})
                 t_last = time.time()
             print(json.dumps(record), flush=True)
             with log_path.open("a") as f:

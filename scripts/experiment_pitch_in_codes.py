@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from experiment_phase_decoder import MEL_BINS, MEL_WINDOWS, advance_loss, build
+from experiment_phase_decoder import MEL_BINS, MEL_WINDOWS, advance_loss, build, load_codec, sine
 from experiment_tone_pitch import RATE, partials
 
 FREQS = (220.0, 440.0, 523.25, 660.0, 880.0, 1000.0, 1760.0)
@@ -62,11 +62,6 @@ def decoder_input(args: argparse.Namespace, ndac, x: torch.Tensor, f0s: np.ndarr
     if args.oracle:
         zq = torch.cat([f0_embedding(f0s, zq.shape[-1]).to(zq.device), zq[:, ORACLE_CHANNELS:]], 1)
     return zq, commitment, codebook
-
-
-def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
-    t = np.arange(int(seconds * RATE)) / RATE
-    return torch.from_numpy((0.3 * np.sin(2 * np.pi * f0 * t + 0.7)).astype(np.float32))[None, None]
 
 
 def pitches(args: argparse.Namespace, ndac, decoder) -> list[float]:
@@ -137,13 +132,12 @@ def main() -> None:
 
     build_args = argparse.Namespace(model=None, device=args.device, dim=192, intermediate=576, blocks=5, no_gate=True,
                                     lock=True)
-    ndac, decoder = build(build_args)
+    ndac, decoder = build(build_args, trainable=True)
     run = args.diagnose if args.diagnose is not None else args.resume
     state = torch.load(run, map_location=args.device, weights_only=True) if run is not None else {}
     if state:
         decoder.load_state_dict(state["decoder"])
-        ndac.encoder.load_state_dict(state["encoder"])
-        ndac.quantizer.load_state_dict(state["quantizer"])
+        load_codec(ndac, state)
     if args.diagnose is not None:
         diagnose(args, ndac, decoder)
         return
@@ -164,7 +158,8 @@ def main() -> None:
         ndac.quantizer.requires_grad_(True)
         groups.append({"params": [*ndac.encoder.parameters(), *ndac.quantizer.parameters()], "lr": args.lr_encoder})
     opt = torch.optim.AdamW(groups, betas=(0.8, 0.99), weight_decay=0.0)
-    if "optimizer" in state and len(state["optimizer"]["param_groups"]) == len(groups):
+    saved_groups = state["optimizer"]["param_groups"] if "optimizer" in state else []
+    if [len(g["params"]) for g in saved_groups] == [len(g["params"]) for g in groups]:  # else a fresh AdamW
         opt.load_state_dict(state["optimizer"])
     trained = [p for g in groups for p in g["params"]]
     rng = np.random.default_rng(args.seed)
