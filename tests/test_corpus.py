@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -567,3 +568,24 @@ def test_corpus_decode_takes_the_postfilters_temperature(tmp_path):
     assert not np.array_equal(decoded["1", "1"], decoded["1", "2"])
     r = run("corpus", "decode", codes, tmp_path / "bad", "--temperature", "3")
     assert r.exit_code == 2 and "--temperature" in r.output
+
+
+def test_a_row_whose_model_cannot_be_loaded_says_so_as_decompress_does(tmp_path, tiny_codec_dir):
+    """`corpus decode` resolved each row's model apart from `decompress`, and said less when it failed (the
+    loader's words without the model the row names or what to do); both now resolve through one
+    :class:`~flowdec_cli.pipeline.Decompressor`, and the row is named once."""
+    pytest.importorskip("pyarrow")
+    model = tmp_path / "mine"
+    shutil.copytree(tiny_codec_dir, model)
+    src, codes = tmp_path / "in", tmp_path / "codes"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(0.3, 48000), 48000)
+    assert run("corpus", "encode", src, codes, "--engine", "local", "-m", model, "-q").exit_code == 0
+    out = tmp_path / "out"
+    r = run("corpus", "decode", codes, out, "--engine", "local", "--nfe", "0", "-q")
+    assert r.exit_code == 1, r.output
+    (error,) = [f["error"] for f in corpus.read_failures(out)]
+    assert "coded with model 'tiny-75', which cannot be loaded here" in error, error
+    assert "pass --model NAME_OR_PATH" in error and error.count("row 'a'") == 1, error
+    r = run("corpus", "decode", codes, out, "--engine", "local", "--nfe", "0", "-m", model, "-q")
+    assert r.exit_code == 0 and sf.info(str(out / "a.wav")).frames == 0.3 * 48000, r.output

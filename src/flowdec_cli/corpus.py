@@ -639,24 +639,16 @@ class DecodeWorker(_Worker):
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
-        self.codecs: dict[str, Any] = {}
+        from .pipeline import Decompressor
 
-    def codec_for(self, name: str) -> Any:
-        from .models.resolve import resolve_named_by_data
-        from .pipeline import Codec
-
-        key = self.settings.get("model") or name
-        if key not in self.codecs:
-            ref = self.settings.get("model") or resolve_named_by_data(name, self.settings.get("cache_dir"))
-            codec = Codec.load(ref, self.settings.get("device") or "auto", with_postfilter=None,
-                               nfe=self.settings.get("nfe"), precision=self.settings.get("precision", "auto"),
-                               cache_dir=self.settings.get("cache_dir"), temperature=self.settings.get("temperature"))
-            if self.settings.get("tune_process"):
-                codec.tune_process()
-            self.codecs[key] = codec
-        return self.codecs[key]
+        # each row's model resolved, loaded and reported on as `flowdec decompress` does for a file
+        self.models = Decompressor(settings.get("model"), settings.get("device") or "auto", nfe=settings.get("nfe"),
+                                   precision=settings.get("precision", "auto"), cache_dir=settings.get("cache_dir"),
+                                   tune_process=bool(settings.get("tune_process")),
+                                   temperature=settings.get("temperature"))
 
     def run(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        from .errors import one_line_message
         from .fileio import OutputExistsError
 
         out, suffix = Path(task["out"]), task["suffix"]
@@ -697,9 +689,10 @@ class DecodeWorker(_Worker):
                 records.append(_record(item, "skipped", output=str(dst)))
                 continue
             t0 = time.perf_counter()
+            where = f"{task['shard']}: row '{row.id}'"
             try:
-                codec = self.codec_for(row.header.model_name)
-                warnings = codec.check_header(row.header, f"{task['shard']}: row '{row.id}'")
+                codec = self.models.codec_for(row.header.model_name, where)
+                warnings = codec.check_header(row.header, where)
                 nfe = codec.resolve_nfe(self.settings.get("nfe"))
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 codec.decompress_codes_to_file(row.header, row.codes, dst, nfe,
@@ -710,8 +703,10 @@ class DecodeWorker(_Worker):
             except OutputExistsError:
                 records.append(_record(item, "skipped", output=str(dst)))
             except Exception as exc:
-                records.append(_record(item, "failed", error=f"{task['shard']}: row '{row.id}': "
-                                                            f"{_error_text(exc, item)}"))
+                text = one_line_message(exc) or ""
+                if not text.startswith(where):  # a model's refusal names the row itself, as decompress names a file
+                    text = f"{where}: {_error_text(exc, item)}"
+                records.append(_record(item, "failed", error=text))
         return records
 
 
