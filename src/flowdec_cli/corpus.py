@@ -692,14 +692,12 @@ class DecodeWorker(_Worker):
             where = f"{task['shard']}: row '{row.id}'"
             try:
                 codec = self.models.codec_for(row.header.model_name, where)
-                warnings = codec.check_header(row.header, where)
-                nfe = codec.resolve_nfe(self.settings.get("nfe"))
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                codec.decompress_codes_to_file(row.header, row.codes, dst, nfe,
-                                               self.settings.get("solver", "midpoint"), self.settings.get("seed"),
-                                               self.settings.get("subtype"), overwrite=False)
+                res = codec.decompress_codes_to_file(row.header, row.codes, dst, self.settings.get("nfe"),
+                                                     self.settings.get("solver", "midpoint"), self.settings.get("seed"),
+                                                     self.settings.get("subtype"), overwrite=False, source=where)
                 records.append(_record(item, "ok", row.duration, output=str(dst), seconds=time.perf_counter() - t0,
-                                       warnings=warnings))  # other weights than the coder's: said, as decompress does
+                                       warnings=res.warnings))  # other weights than the coder's: said
             except OutputExistsError:
                 records.append(_record(item, "skipped", output=str(dst)))
             except Exception as exc:

@@ -733,17 +733,17 @@ class Codec:
                             f"with weights {self.model.ndac_hash} of '{self.model.name}'; the sound may differ")
         return warnings
 
-    def _checked_input(self, header: FdcHeader, codes: Any) -> tuple[np.ndarray, list[str]]:
+    def _checked_input(self, header: FdcHeader, codes: Any, source: str = "<header>") -> tuple[np.ndarray, list[str]]:
         """Codes and a header handed over in code, checked as a file's are when it is read, and before any
         decoding: a bad gain would come out as NaN audio or silence, a bad code as an error deep inside the
-        decoder. The codes as int64, and the warnings of :meth:`check_header`."""
+        decoder. The codes as int64, and the warnings of :meth:`check_header` (naming ``source``)."""
         if not isinstance(header, FdcHeader):
             raise CodecError(f"header must be an FdcHeader, got {type(header).__name__}")
         try:
             check_fdc_header(header)
         except FdcError as exc:
             raise CodecError(str(exc)) from None
-        warnings = self.check_header(header, "<header>")
+        warnings = self.check_header(header, source)
         try:
             arr = np.asarray(codes)
         except (TypeError, ValueError):
@@ -885,9 +885,7 @@ class Codec:
         """:meth:`decompress_codes` and its :class:`DecompressResult`: the seconds of the whole decode, of D0
         and of the postfilter (what ``flowdec eval --codec`` reports), and the clip guard's factor."""
         t0 = time.perf_counter()
-        nfe = self.resolve_nfe(nfe, solver)
-        _check_seed(seed)
-        codes, warnings = self._checked_input(header, codes)
+        nfe, codes, warnings = self._prepared(header, codes, nfe, solver, seed)
         dec = self._decode_to_model_rate(codes, header, nfe, solver, seed, progress)
         pieces: list[np.ndarray] = []
         try:
@@ -896,11 +894,27 @@ class Codec:
             dec.buf.close()
         audio = np.concatenate(pieces).astype(np.float32, copy=False) if pieces else \
             np.zeros((0, header.channels), np.float32)
-        return audio, DecompressResult(header, nfe, guard, header.sample_rate, time.perf_counter() - t0,
-                                       model=self.model.name, d0_seconds=dec.d0_seconds,
-                                       postfilter_seconds=dec.postfilter_seconds,
-                                       envelope_seconds=dec.envelope_seconds, warnings=warnings,
-                                       nominal_kbps=self.nominal_kbps(header))
+        return audio, self._decoded(header, nfe, guard, header.sample_rate, t0, dec, warnings)
+
+    def _prepared(self, header: FdcHeader, codes: Any, nfe: int | None, solver: str, seed: int | None,
+                  source: str = "<header>",
+                  warn: Callable[[str], None] | None = None) -> tuple[int, np.ndarray, list[str]]:
+        """Everything a decode checks before it starts: (NFE resolved, codes checked, the header's warnings,
+        each also told to ``warn`` now rather than after the decode)."""
+        nfe = self.resolve_nfe(nfe, solver)
+        _check_seed(seed)
+        checked, warnings = self._checked_input(header, codes, source)
+        if warn is not None:
+            for w in warnings:
+                warn(w)
+        return nfe, checked, warnings
+
+    def _decoded(self, header: FdcHeader, nfe: int, guard: float, rate: int, t0: float, dec: _Decoded,
+                 warnings: list[str]) -> DecompressResult:
+        return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0, model=self.model.name,
+                                d0_seconds=dec.d0_seconds, postfilter_seconds=dec.postfilter_seconds,
+                                envelope_seconds=dec.envelope_seconds, warnings=warnings,
+                                nominal_kbps=self.nominal_kbps(header))
 
     def decompress_file(self, src: str | os.PathLike, dst: str | os.PathLike, nfe: int | None = None,
                         solver: str = "midpoint", seed: int | None = None, subtype: str | None = None,
@@ -920,32 +934,29 @@ class Codec:
                           solver: str, seed: int | None, subtype: str | None, progress: Progress,
                           warn: Callable[[str], None] | None, overwrite: bool) -> DecompressResult:
         """:meth:`decompress_file` once ``src`` was read (by it, or by a :class:`Decompressor` that picked
-        this codec by the file's model name): the header's warnings, the decode, the file's size."""
-        warnings = self.check_header(header, str(src))
-        for w in warnings:
-            if warn is not None:
-                warn(w)
-        res = self._decode_to_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite)
-        res.file_bytes, res.warnings = src.stat().st_size, warnings
+        this codec by the file's model name): the decode, its warnings naming the file, the file's size."""
+        res = self._decode_to_file(header, codes, dst, nfe, solver, seed, subtype, progress, overwrite, str(src),
+                                   warn)
+        res.file_bytes = src.stat().st_size
         return res
 
     def decompress_codes_to_file(self, header: FdcHeader, codes: np.ndarray, dst: str | os.PathLike,
                                  nfe: int | None = None, solver: str = "midpoint", seed: int | None = None,
                                  subtype: str | None = None, progress: Progress = _no_progress,
-                                 overwrite: bool = True) -> DecompressResult:
+                                 overwrite: bool = True, source: str = "<header>") -> DecompressResult:
         """Decode codes already in memory (a .fdc read elsewhere, a row of a Parquet shard) into an audio file,
-        written atomically as :meth:`decompress_file` does."""
+        written atomically as :meth:`decompress_file` does. ``source`` is what refusals and the result's
+        warnings call the codes (a shard's row, say)."""
         _check_output(Path(dst), overwrite)
-        return self._decode_to_file(header, codes, Path(dst), nfe, solver, seed, subtype, progress, overwrite)
+        return self._decode_to_file(header, codes, Path(dst), nfe, solver, seed, subtype, progress, overwrite,
+                                    source)
 
     def _decode_to_file(self, header: FdcHeader, codes: np.ndarray, dst: Path, nfe: int | None, solver: str,
-                        seed: int | None, subtype: str | None, progress: Progress,
-                        overwrite: bool) -> DecompressResult:
+                        seed: int | None, subtype: str | None, progress: Progress, overwrite: bool,
+                        source: str = "<header>", warn: Callable[[str], None] | None = None) -> DecompressResult:
         """:meth:`decompress_codes_to_file` once the output was checked (by it, or when a run started)."""
         t0 = time.perf_counter()
-        nfe = self.resolve_nfe(nfe, solver)
-        _check_seed(seed)
-        codes, warnings = self._checked_input(header, codes)
+        nfe, codes, warnings = self._prepared(header, codes, nfe, solver, seed, source, warn)
         rate = output_rate_for(dst, subtype, header.sample_rate)
         writer = AtomicAudioWriter(dst, rate, header.channels, subtype, overwrite=overwrite,
                                    frames=_output_frames(header, rate))
@@ -960,10 +971,7 @@ class Codec:
             writer.abort()
             raise
         writer.commit()
-        return DecompressResult(header, nfe, guard, rate, time.perf_counter() - t0, model=self.model.name,
-                                d0_seconds=dec.d0_seconds, postfilter_seconds=dec.postfilter_seconds,
-                                envelope_seconds=dec.envelope_seconds, warnings=warnings,
-                                nominal_kbps=self.nominal_kbps(header))
+        return self._decoded(header, nfe, guard, rate, t0, dec, warnings)
 
     def roundtrip_file(self, src: str | os.PathLike, dst: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None, nfe: int | None = None, solver: str = "midpoint",
