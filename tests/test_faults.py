@@ -752,7 +752,7 @@ def test_a_forked_child_leaves_sigterm_to_its_parent():
     installed must not die of it (the trainer's clean stop would become a 'worker exited' error)."""
     import multiprocessing
 
-    from flowdec_cli.errors import termination_signals
+    from flowdec_cli.signals import termination_signals
 
     with termination_signals():
         child = multiprocessing.get_context("fork").Process(target=_signal_self_then_exit)
@@ -825,13 +825,13 @@ def test_after_the_first_stop_signal_the_others_are_ignored(monkeypatch, owns_th
     """Two Ctrl-C a few milliseconds apart: the second landed in the cleanup or in Python's exit handlers and
     printed their traceback (about one run in four). A library caller gets its own handlers back after the
     cleanup; the console script (which owns the process) keeps ignoring them until it exits."""
-    from flowdec_cli import errors
+    from flowdec_cli import signals
 
-    monkeypatch.setattr(errors, "_owns_the_process", owns_the_process)
-    before = {s: signal.getsignal(s) for s in errors.STOP_SIGNALS}
+    monkeypatch.setattr(signals, "_owns_the_process", owns_the_process)
+    before = {s: signal.getsignal(s) for s in signals.STOP_SIGNALS}
     seen_inside = {}
     try:
-        with pytest.raises(KeyboardInterrupt), errors.termination_signals(), errors.termination_signals():
+        with pytest.raises(KeyboardInterrupt), signals.termination_signals(), signals.termination_signals():
             try:  # nested, as `flowdec models` and `flowdec train` open one in each command group
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(1)

@@ -278,3 +278,14 @@ def test_a_set_value_nested_too_deeply_is_named(tmp_path):
     (tmp_path / "a.toml").write_text("[model]\nencoder_dim = 8\n")
     with pytest.raises(OverrideError, match="nested too deeply"):
         load_config(tmp_path / "a.toml", "ndac", ["data.train=" + "[" * 5000 + "]" * 5000])
+
+
+def test_the_postfilter_configs_defaults_are_the_official_features():
+    """The training config is torch-free, so it cannot import :mod:`flowdec_cli.features`; its defaults
+    restate the official STFT settings, and this keeps the two from drifting apart."""
+    from flowdec_cli import features
+    from flowdec_cli.training.config import PostfilterModelConfig
+
+    m = PostfilterModelConfig()
+    assert (m.n_fft, m.hop_length, m.alpha, m.beta) == (features.N_FFT, features.HOP_LENGTH, features.ALPHA,
+                                                         features.BETA)

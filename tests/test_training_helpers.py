@@ -230,3 +230,31 @@ def test_memory_running_out_is_one_line_not_a_bug_report():
 
     assert one_line_message(MemoryError("Unable to allocate 171. PiB")) == "out of memory (Unable to allocate 171. PiB)"
     assert one_line_message(MemoryError()) == "out of memory"
+
+
+def test_every_folder_mode_lists_the_same_audio_files(tmp_path):
+    """Five places decided which files of a folder are audio; training and entropy tables took hidden files
+    (macOS's ._x.wav AppleDouble files, which are not audio, failed a run) and followed links to folders.
+    Corpus encode, eval, training lists and entropy tables now list a folder by one rule."""
+    from flowdec_cli.audio import audio_files_below
+    from flowdec_cli.corpus import list_inputs
+    from flowdec_cli.evaluation.pairing import find_audio
+    from flowdec_cli.training.data import list_audio
+    from flowdec_cli.training.entropy_tables import read_file_list
+
+    root = tmp_path / "set"
+    (root / "sub").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    for rel in ("a.wav", "sub/B.FLAC", ".hidden/c.wav"):
+        sf.write(root / rel, tone(0.1, 16000), 16000)
+    (root / "._a.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "notes.txt").write_text("not audio")
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    expected = [root / "a.wav", root / "sub" / "B.FLAC"]
+    assert audio_files_below(root) == expected
+    assert [Path(i.path) for i in list_inputs(root)] == expected
+    assert find_audio(root) == expected
+    assert [Path(i.path) for i in list_audio([root])] == [p.resolve() for p in expected]
+    assert read_file_list(root) == expected
+    assert audio_files_below(root, pattern="sub/*") == [root / "sub" / "B.FLAC"]
+    assert audio_files_below(root, exclude=root / "sub") == [root / "a.wav"]

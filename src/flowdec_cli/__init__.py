@@ -18,14 +18,14 @@ __all__ = ["__version__", "Codec", "from_pretrained", "load_ndac", "load_postfil
 if TYPE_CHECKING:
     from .audio import AudioError
     from .container import FdcError
-    from .exceptions import FlowdecError, InvalidValue
+    from .exceptions import CodecError, FlowdecError, InvalidValue
     from .fileio import OutputExistsError
     from .models import ModelError, load_ndac, load_postfilter
-    from .pipeline import Codec, CodecError, from_pretrained
+    from .pipeline import Codec, from_pretrained
 
 # FlowdecError is the base of every error the package raises on purpose: one ``except`` catches them all.
 _LAZY = {"load_ndac": "models", "load_postfilter": "models", "Codec": "pipeline", "from_pretrained": "pipeline",
-         "FlowdecError": "exceptions", "CodecError": "pipeline", "FdcError": "container", "ModelError": "models",
+         "FlowdecError": "exceptions", "CodecError": "exceptions", "FdcError": "container", "ModelError": "models",
          "AudioError": "audio", "InvalidValue": "exceptions", "OutputExistsError": "fileio"}
 
 

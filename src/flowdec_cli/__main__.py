@@ -10,7 +10,7 @@ def run() -> None:
     second) ending it as one that lands later does: one line and exit 130, not a traceback of the import."""
     try:
         from .cli import main
-        from .errors import own_the_process
+        from .signals import own_the_process
     except KeyboardInterrupt:
         sys.stderr.write("flowdec: interrupted\n")
         raise SystemExit(130) from None

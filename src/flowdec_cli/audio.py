@@ -10,7 +10,7 @@ import fnmatch
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,8 @@ __all__ = [
     "AudioError",
     "AudioInfo",
     "AUDIO_EXTENSIONS",
+    "audio_files_below",
+    "is_audio_path",
     "matches_glob",
     "probe",
     "repair_streamed_wav",
@@ -461,6 +463,34 @@ _FORMATS = {
 _ALIAS_EXTENSIONS = (".oga", ".aif", ".aifc", ".snd", ".nist", ".8svx")
 #: What a folder run takes as audio: every type flowdec reads and writes back
 AUDIO_EXTENSIONS = tuple(_FORMATS)
+
+
+def is_audio_path(path: str | os.PathLike) -> bool:
+    """Whether a folder run takes ``path`` as audio (by its extension, any case: :data:`AUDIO_EXTENSIONS`)."""
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def audio_files_below(root: str | os.PathLike, pattern: str | None = None, exclude: str | os.PathLike | None = None,
+                      onerror: Callable[[OSError], None] | None = None) -> list[Path]:
+    """The audio files below a folder, sorted by path: what every folder mode (corpus encode, eval,
+    training lists, entropy tables) takes, by one rule. Hidden files and folders are left out
+    (:func:`hidden_below`), links to folders not followed (a link to ``.`` or a parent would list the
+    same files again and again), ``exclude`` (a folder inside ``root``, e.g. the other side of a pairing)
+    not entered, and ``pattern`` applied as ``--glob`` does (:func:`matches_glob`). ``onerror`` hears each
+    folder that cannot be listed (default: passed over, as ``os.walk`` does)."""
+    root = Path(root)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: list[Path] = []
+    for folder, dirs, names in os.walk(root, onerror=onerror):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (here / d).is_symlink()
+                   and (skip is None or (here / d).resolve() != skip)]
+        for name in names:
+            path = here / name
+            rel = path.relative_to(root)
+            if not hidden_below(rel) and is_audio_path(path) and path.is_file() and matches_glob(rel, pattern):
+                found.append(path)
+    return sorted(found)
 
 
 def output_format_for(path: str | os.PathLike, subtype: str | None = None,

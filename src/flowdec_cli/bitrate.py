@@ -7,7 +7,7 @@ bits`` bit/s, where ``frame_rate = sample_rate / hop``.
 
 from __future__ import annotations
 
-__all__ = ["bits_for_codebook_size", "bitrate_table", "nominal_bitrate"]
+__all__ = ["bits_for_codebook_size", "bitrate_table", "codes_kbps", "nominal_bitrate"]
 
 
 def bits_for_codebook_size(codebook_size: int) -> int:
@@ -22,7 +22,11 @@ def nominal_bitrate(sample_rate: float, hop: int, n_codebooks: int, codebook_siz
     return sample_rate / hop * n_codebooks * bits_for_codebook_size(codebook_size)
 
 
+def codes_kbps(sample_rate: float, hop: int, n_codebooks: int, codebook_size: int) -> list[float]:
+    """kbit/s per channel with 1, 2, ... ``n_codebooks`` codebooks: what a rate plan prices its entries on."""
+    return [nominal_bitrate(sample_rate, hop, k, codebook_size) / 1000 for k in range(1, n_codebooks + 1)]
+
+
 def bitrate_table(sample_rate: float, hop: int, n_codebooks: int, codebook_size: int) -> list[float]:
-    """kbit/s per channel with 1, 2, ... ``n_codebooks`` codebooks, rounded to 6 decimals (model cards and
-    the catalogue list these)."""
-    return [round(nominal_bitrate(sample_rate, hop, k, codebook_size) / 1000, 6) for k in range(1, n_codebooks + 1)]
+    """:func:`codes_kbps` rounded to 6 decimals (model cards and the catalogue list these)."""
+    return [round(v, 6) for v in codes_kbps(sample_rate, hop, n_codebooks, codebook_size)]

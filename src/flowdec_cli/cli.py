@@ -16,7 +16,7 @@ import click
 from . import __version__
 from .errors import EXIT_FAILURE, Failure, FlowdecGroup, error_line, one_line_message, terminal_text
 from .exceptions import FlowdecError
-from .fileio import OutputExistsError, output_is_sink, same_file, special_kind, why_absent, would_replace
+from .fileio import OutputExistsError, check_output, output_is_sink, same_file, special_kind, why_absent, would_replace
 from .options import (
     PathArgument,
     check_nfe_option,
@@ -102,7 +102,7 @@ class _Bars:
 
     def __call__(self, desc: str, total: int, unit: str) -> Any:
         if self.quiet or sys.stderr is None:  # `2>&-`: nowhere to draw, and tqdm would fail writing
-            from .pipeline import no_progress
+            from .progress import no_progress
 
             return no_progress(desc, total, unit)
         from tqdm import tqdm
@@ -173,14 +173,14 @@ class _OutputRefused(Failure):
 
 
 def _check_pair(src: Path, dst: Path, force: bool) -> None:
+    """The library's checks of an output (:func:`flowdec_cli.fileio.check_output`), made while planning so
+    that a refusal comes before any model is loaded; and the command line's own: a missing folder."""
     if is_stdio(dst):
         return
-    if not is_stdio(src) and same_file(src, dst):
-        raise _OutputRefused(dst, f"{dst}: output is the input file; choose another output path")
-    if would_replace(dst) and not force:
-        if dst.is_dir():
-            raise _OutputRefused(dst, f"{dst}: is a folder; give an output file path")
-        raise _OutputRefused(dst, f"{dst}: exists; use -f/--force to overwrite")
+    try:
+        check_output(dst, force, None if is_stdio(src) else src)
+    except FlowdecError as exc:
+        raise _OutputRefused(dst, one_line_message(exc) or str(exc)) from None
     if not dst.parent.is_dir():  # as ffmpeg: a typo in a folder name should not create a new tree
         if dst.parent.exists():
             raise _OutputRefused(dst, f"{dst}: {dst.parent} is a file, not a folder")
@@ -502,9 +502,9 @@ def _execute(command: str, plan: _Plan, one: Callable[[_Job], tuple[dict[str, An
 
 
 def _is_audio(path: Path) -> bool:
-    from .audio import AUDIO_EXTENSIONS
+    from .audio import is_audio_path  # imported when used: it loads soundfile and numpy
 
-    return path.suffix.lower() in AUDIO_EXTENSIONS
+    return is_audio_path(path)
 
 
 def _is_fdc(path: Path) -> bool:

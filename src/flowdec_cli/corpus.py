@@ -177,7 +177,7 @@ def list_inputs(source: str | os.PathLike, pattern: str | None = None,
     audio file. Default ids: the path relative to the folder, the glob's fixed prefix or the manifest's
     paths' common folder, without extension. Sorted by id; duplicate ids are refused. Files below
     ``exclude`` (the output folder) are left out."""
-    from .audio import AUDIO_EXTENSIONS, hidden_below, matches_glob
+    from .audio import audio_files_below
 
     text = os.fspath(source)
     src = Path(text)
@@ -185,13 +185,7 @@ def list_inputs(source: str | os.PathLike, pattern: str | None = None,
     rows: list[tuple[str | None, Path]] = []
     if src.is_dir():
         base = src
-        for p in sorted(q for q in src.rglob("*") if q.is_file()):
-            rel = p.relative_to(src)
-            if p.suffix.lower() not in AUDIO_EXTENSIONS or hidden_below(rel):
-                continue
-            if not matches_glob(rel, pattern):
-                continue
-            rows.append((None, p))
+        rows = [(None, p) for p in audio_files_below(src, pattern)]
     elif pattern is not None:  # a manifest or glob chooses its files itself; the pattern would do nothing
         raise CorpusError(f"{text}: --glob filters the files of a folder; this input is not one")
     elif src.is_file() and src.suffix.lower() in (".csv", ".jsonl", ".ndjson"):

@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .exceptions import FlowdecError
+from .exceptions import CodecError, FlowdecError
 
 __all__ = ["OutputExistsError", "atomic_write_bytes", "temporary_sibling", "temporary_folder", "publish",
            "publish_folder", "remove_path", "remove_stale_temporaries", "no_space_left", "owner_alive", "same_file",
@@ -523,3 +523,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, make_parents: bool 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output(dst: Path, overwrite: bool, src: Path | None = None) -> None:
+    """Before any work: the output is published by a rename once it is complete, which would replace the
+    input it was made from; and without ``overwrite`` an output that is already there is refused now, not
+    after the whole decode (the no-clobber rename still catches one that appears meanwhile). A device or
+    FIFO is written into, never replaced."""
+    if src is not None and same_file(src, dst):
+        raise CodecError(f"{dst}: output is the input file; choose another output path")
+    if dst.is_dir():  # a rename cannot replace a folder, even with overwrite: found now, not after the work
+        raise CodecError(f"{dst}: is a folder; a file cannot replace it")
+    if not output_is_sink(dst) and dst.parent.is_dir() and not os.access(dst.parent, os.W_OK | os.X_OK):
+        raise CodecError(f"{dst}: cannot write (no permission to create files in {dst.parent})")
+    if not overwrite and would_replace(dst):
+        raise OutputExistsError(dst, before=True)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .exceptions import InvalidValue
+from .features import HOP_LENGTH
 from .ncsnpp import GaussianFourierProjection
 
 __all__ = ["FramewiseBackbone", "ConvNeXtBlock", "SpectralBranch", "wiener_velocity", "LOG_Q_RANGE"]
@@ -156,7 +157,7 @@ class FramewiseBackbone(nn.Module):
 
     def __init__(self, n_freqs: int = 768, dim: int = 256, intermediate_dim: int = 768, num_blocks: int = 6,
                  kernel_size: int = 7, fourier_size: int = 64, fourier_scale: float = 16.0,
-                 context_dilation: int = 0, spectral_channels: int = 0, hop_length: int = 384) -> None:
+                 context_dilation: int = 0, spectral_channels: int = 0, hop_length: int = HOP_LENGTH) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise InvalidValue(f"kernel_size must be odd, got {kernel_size}")

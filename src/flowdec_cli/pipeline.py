@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -67,11 +67,12 @@ from .envelope import (
     quantise,
     rate_plan,
 )
-from .exceptions import FlowdecError
-from .fileio import OutputExistsError, output_is_sink, same_file, would_replace
+from .exceptions import CodecError
+from .fileio import OutputExistsError, check_output
 from .models.loading import Model, load_model
 from .models.resolve import resolve_named_by_data
 from .numeric import is_integer, is_real
+from .progress import Progress, ProgressBar, no_progress
 from .runtime import resolve_device
 from .sampler import check_seed
 
@@ -81,33 +82,6 @@ __all__ = ["Codec", "CodecError", "CompressResult", "DecompressResult", "Decompr
 IN_MEMORY_SAMPLES = 48000 * 60 * 4  # model-rate samples (all channels) kept in RAM; beyond, a disk buffer
 READ_BLOCK_FRAMES = 1 << 18
 _OUT_BLOCK_VALUES = 1 << 22  # samples x channels of one resampled output block (16 MB of float32)
-
-
-class CodecError(FlowdecError):
-    """A coding request that cannot be carried out; the message names the file and the problem."""
-
-
-class ProgressBar(Protocol):
-    def update(self, n: int = 1) -> Any: ...
-
-    def close(self) -> Any: ...
-
-
-Progress = Callable[[str, int, str], ProgressBar]
-"""Makes a bar: ``progress(description, total, unit)``. The CLI passes tqdm; the default shows nothing."""
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def no_progress(desc: str, total: int, unit: str) -> ProgressBar:
-    """The default :data:`Progress`: shows nothing."""
-    return _NoBar()
 
 
 _no_progress = no_progress
@@ -703,7 +677,7 @@ class Codec:
         the codes with the model's tables when it has them and it saves bytes; False writes a bit-packed
         file. ``cap_kbps``: drop codebooks until the whole file fits this rate (:meth:`fit_on_disk`)."""
         src, dst = Path(src), Path(dst)
-        _check_output(dst, overwrite, src)
+        check_output(dst, overwrite, src)
         check_fdc_destination(dst)
         header, codes = self._coded_file(src, n_codebooks, bitrate_kbps, progress, cap_kbps, entropy)
         try:
@@ -925,7 +899,7 @@ class Codec:
         ``nfe`` passes (None: :meth:`resolve_nfe`). ``warn`` hears what :meth:`check_header` finds (weights
         that differ from the coder's)."""
         src, dst = Path(src), Path(dst)
-        _check_output(dst, overwrite, src)
+        check_output(dst, overwrite, src)
         header, codes = read_fdc(src, tables=lambda h: self.tables_for(h, str(src)))
         return self._decode_read_file(src, header, codes, dst, nfe, solver, seed, subtype, progress, warn,
                                       overwrite)
@@ -947,7 +921,7 @@ class Codec:
         """Decode codes already in memory (a .fdc read elsewhere, a row of a Parquet shard) into an audio file,
         written atomically as :meth:`decompress_file` does. ``source`` is what refusals and the result's
         warnings call the codes (a shard's row, say)."""
-        _check_output(Path(dst), overwrite)
+        check_output(Path(dst), overwrite)
         return self._decode_to_file(header, codes, Path(dst), nfe, solver, seed, subtype, progress, overwrite,
                                     source)
 
@@ -984,7 +958,7 @@ class Codec:
         from .container import encode_fdc_written
 
         src, dst = Path(src), Path(dst)
-        _check_output(dst, overwrite, src)
+        check_output(dst, overwrite, src)
         info = probe(src)
         if subtype is None:
             subtype = kept_subtype(info.subtype, dst)
@@ -1035,26 +1009,11 @@ class Decompressor:
                         warn: Callable[[str], None] | None = None, overwrite: bool = True) -> DecompressResult:
         """Decode ``src`` into ``dst`` at this decompressor's NFE (None: each model's default)."""
         src = Path(src)
-        _check_output(Path(dst), overwrite, src)
+        check_output(Path(dst), overwrite, src)
         header, codes = read_fdc(src, tables=lambda h: self.codec_for(h.model_name, src).tables_for(h, str(src)))
         codec = self.codec_for(header.model_name, src)
         return codec._decode_read_file(src, header, codes, Path(dst), self.nfe, solver, seed, subtype, progress,
                                        warn, overwrite)
-
-
-def _check_output(dst: Path, overwrite: bool, src: Path | None = None) -> None:
-    """Before any work: the output is published by a rename once it is complete, which would replace the
-    input it was made from; and without ``overwrite`` an output that is already there is refused now, not
-    after the whole decode (the no-clobber rename still catches one that appears meanwhile). A device or
-    FIFO is written into, never replaced."""
-    if src is not None and same_file(src, dst):
-        raise CodecError(f"{dst}: output is the input file; choose another output path")
-    if dst.is_dir():  # a rename cannot replace a folder, even with overwrite: found now, not after the work
-        raise CodecError(f"{dst}: is a folder; a file cannot replace it")
-    if not output_is_sink(dst) and dst.parent.is_dir() and not os.access(dst.parent, os.W_OK | os.X_OK):
-        raise CodecError(f"{dst}: cannot write (no permission to create files in {dst.parent})")
-    if not overwrite and would_replace(dst):
-        raise OutputExistsError(dst, before=True)
 
 
 def _checked_sample_rate(sample_rate: Any, source: Path | None = None) -> int:
@@ -1092,15 +1051,14 @@ def planned_kbps(header: FdcHeader, cache_dir: str | os.PathLike[str] | None = N
     ``-b`` chose), from the card of that model when it is here (built in or cached: nothing is fetched, no
     weights load); None when it is not, has no plan, or the file is none of its entries. For ``flowdec
     info``, which loads no model; :meth:`Codec.nominal_kbps` says the same with a model loaded."""
-    from .bitrate import nominal_bitrate
+    from .bitrate import codes_kbps
     from .models.resolve import local_card
 
     card = local_card(header.model_name, cache_dir)
     raw = card.get("rate_plan") if card else None
     if raw is None or not header.envelope_layout:
         return None
-    codes = [nominal_bitrate(header.model_sample_rate, header.hop_length, k, header.codebook_size) / 1000
-             for k in range(1, header.model_codebooks + 1)]
+    codes = codes_kbps(header.model_sample_rate, header.hop_length, header.model_codebooks, header.codebook_size)
     try:
         plan = rate_plan(raw, codes, header.model_sample_rate)
     except EnvelopeError:

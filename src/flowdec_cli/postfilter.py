@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +47,7 @@ from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap
 from .framewise import FramewiseBackbone
 from .ncsnpp import NCSNpp
 from .numeric import is_integer, is_real
+from .progress import Progress
 from .sampler import check_temperature, draw_noise, nfe_to_steps, solve, start_point
 
 __all__ = ["Postfilter", "tune_cpu_allocator", "CONFIG_TYPE", "DEFAULT_SIGMA_Y"]
@@ -62,17 +63,6 @@ PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch
               "float16": torch.float16}
 WEIGHT_DTYPES = ("float32", "float16")  # how a folder may store the network's weights (Postfilter.save)
 PRECISION_CHOICES = ("float32", "bfloat16", "float16")  # what a user picks (the CLI's --precision, besides auto)
-
-
-class ProgressBar(Protocol):
-    def update(self, n: int = 1) -> Any: ...
-
-    def close(self) -> Any: ...
-
-
-Progress = Callable[[str, int, str], ProgressBar]
-"""``progress(description, total, unit) -> bar``; the bar gets ``update(n)`` per network pass (the
-pipeline's protocol: tqdm fits it)."""
 
 
 def tune_cpu_allocator(enable: bool = True) -> bool:

@@ -119,7 +119,7 @@ def _check_output(output: Path | None, inputs: list[Path], force: bool) -> None:
     if output is None:
         require_stdout()
         return
-    from .pairing import is_audio
+    from ..audio import is_audio_path as is_audio
 
     for path in inputs:
         with contextlib.suppress(OSError):

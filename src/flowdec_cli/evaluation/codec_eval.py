@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from ..audio import AUDIO_EXTENSIONS, is_audio_path
 from ..exceptions import FlowdecError
 from .metrics import DEFAULT_METRICS, METRICS, MetricUnavailable, compute_metrics, resample
-from .pairing import _read, find_audio, is_audio
+from .pairing import _read, find_audio
 from .report import Report
 
 __all__ = ["OpusUnavailable", "opus_available", "opus_roundtrip", "run_codec_eval"]
@@ -186,8 +187,8 @@ def _code_and_score(codec: Any, f: Path, chosen: list[tuple[int, float]], nfes: 
 
 def _collect_inputs(path: Path) -> list[Path]:
     if path.is_file():
-        if not is_audio(path):
-            raise ValueError(f"{path}: not an audio file (.wav .flac .ogg .opus .mp3)")
+        if not is_audio_path(path):
+            raise ValueError(f"{path}: not an audio file (use one of {', '.join(sorted(AUDIO_EXTENSIONS))})")
         return [path]
     files = find_audio(path)
     if not files:

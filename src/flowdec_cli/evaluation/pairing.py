@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..audio import AUDIO_EXTENSIONS
+from ..audio import audio_files_below
 from ..exceptions import FlowdecError
 
 __all__ = [
@@ -67,35 +67,15 @@ class Pairing:
         return not self.unpaired_ref and not self.unpaired_deg
 
 
-def is_audio(path: Path) -> bool:
-    return path.suffix.lower() in AUDIO_EXTENSIONS
-
-
 def find_audio(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Audio files under ``root`` (recursive, sorted), skipping dot-names and ``exclude``. Links to folders
-    are not followed, as a compress or roundtrip of a folder follows none: a link to ``.`` or to a parent
-    scored the same files again and again, or walked until the path was too long."""
-    root = Path(root)
-    excl = exclude.resolve() if exclude is not None else None
-    out: list[Path] = []
+    """Audio files under ``root`` as every folder mode takes them (:func:`flowdec_cli.audio.audio_files_below`:
+    sorted, hidden names and links to folders left out), ``exclude`` not entered; a folder that cannot be
+    listed is an error here, since a score over part of a set would pass for the whole."""
 
-    def walk(folder: Path) -> None:
-        try:
-            entries = sorted(folder.iterdir())
-        except OSError as exc:
-            raise PairingError(f"{folder}: cannot list folder ({exc.strerror or exc})") from exc
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                if entry.is_symlink() or (excl is not None and entry.resolve() == excl):
-                    continue
-                walk(entry)
-            elif entry.is_file() and is_audio(entry):
-                out.append(entry)
+    def refuse(exc: OSError) -> None:
+        raise PairingError(f"{exc.filename}: cannot list folder ({exc.strerror or exc})") from exc
 
-    walk(root)
-    return out
+    return audio_files_below(root, exclude=exclude, onerror=refuse)
 
 
 def _inside(inner: Path, outer: Path) -> bool:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..bitrate import codes_kbps
 from ..checkpoints import CheckpointError, load_dac_weights, load_model_folder, require_weights_for, weights_hash
 from ..envelope import DEFAULT_LAYOUT, EnvelopeError, EnvelopeLayout, RatePoint, envelope_layout, rate_plan
 from ..ndac import NDAC, NDACConfig
@@ -67,9 +68,10 @@ class Model:
         raw = self.info.get("rate_plan")
         if layout is None or raw is None:
             return None
-        codes_kbps = [self.ndac.bitrate(k) / 1000 for k in range(1, self.ndac.n_codebooks + 1)]
+        ndac = self.ndac
+        codes = codes_kbps(ndac.sample_rate, ndac.hop_length, ndac.n_codebooks, ndac.codebook_size)
         try:
-            return rate_plan(raw, codes_kbps, self.ndac.sample_rate)
+            return rate_plan(raw, codes, ndac.sample_rate)
         except EnvelopeError as exc:
             raise ModelError(f"model '{self.name}': its card's {exc}") from None
 

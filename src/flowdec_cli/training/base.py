@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ignore_stop_signals, restore_signals
+from ..signals import ignore_stop_signals, restore_signals
 from .common import (
     DistEnv,
     RunLogger,

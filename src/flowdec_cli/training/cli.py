@@ -262,7 +262,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     estimate to its sigma.file, where the trainer reads it (set sigma.mode = "perband" to use the curve).
     """
     from ..runtime import resolve_device, set_threads
-    from .config import load_config
+    from .config import PostfilterModelConfig, load_config
     from .prepare import estimate_sigma, pairs_from, sigma_file_outputs, write_sigma_file
 
     if delimiter == "":
@@ -275,16 +275,15 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     if target is None:
         raise click.UsageError("give --out FILE, or set sigma.file in the config")
     sigma_file_outputs(target, overwrite=force)  # both outputs, checked before the estimate's minutes of work
-    m = cfg.model if cfg is not None else None
+    m = cfg.model if cfg is not None else PostfilterModelConfig()  # without a config: the official settings
     delim = delimiter if delimiter is not None else (cfg.data.delimiter if cfg is not None else ",")
     try:
         dev = resolve_device(device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     set_threads(threads)  # its range was checked as the option was read
-    est = estimate_sigma(pairs_from(lists, delim), alpha=alpha if alpha is not None else (m.alpha if m else 0.3),
-                         n_fft=n_fft if n_fft is not None else (m.n_fft if m else 1534),
-                         hop=hop if hop is not None else (m.hop_length if m else 384),
+    est = estimate_sigma(pairs_from(lists, delim), alpha=alpha if alpha is not None else m.alpha,
+                         n_fft=n_fft if n_fft is not None else m.n_fft, hop=hop if hop is not None else m.hop_length,
                          n_samples=n_samples, seed=seed, qx=qx, qrmse=qrmse, device=dev, progress=_bar(quiet))
     write_sigma_file(target, est, overwrite=force, pair_lists=lists)
     if not quiet:

@@ -29,9 +29,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ..audio import AUDIO_EXTENSIONS, AudioError, probe, read_audio, resample
-from ..errors import ignore_stop_signals
+from ..audio import AudioError, audio_files_below, is_audio_path, probe, read_audio, resample
 from ..exceptions import FlowdecError
+from ..signals import ignore_stop_signals
 
 __all__ = [
     "DataError",
@@ -94,12 +94,11 @@ def list_audio(sources: Sequence[str | os.PathLike]) -> list[AudioItem]:
     items: dict[str, AudioItem] = {}
     for src in sources:
         src = Path(src).expanduser()
-        if src.is_dir():
-            for p in sorted(src.rglob("*")):
-                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS:
-                    items.setdefault(str(p.resolve()), AudioItem(str(p.resolve()), p.relative_to(src).as_posix()))
+        if src.is_dir():  # as every folder mode lists one (hidden files such as macOS's ._x.wav left out)
+            for p in audio_files_below(src):
+                items.setdefault(str(p.resolve()), AudioItem(str(p.resolve()), p.relative_to(src).as_posix()))
         elif src.is_file():
-            if src.suffix.lower() in AUDIO_EXTENSIONS:
+            if is_audio_path(src):
                 items.setdefault(str(src.resolve()), AudioItem(str(src.resolve()), src.name))
                 continue
             for line in read_file_list(src):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bitrate import bits_for_codebook_size
 from ..entropy import CodebookModel, EntropyTables, freqs_from_counts
 from ..exceptions import FlowdecError
 from .common import TrainingError
@@ -141,10 +142,10 @@ def cross_entropy_bits(tables: EntropyTables, arrays: Sequence[np.ndarray], k: i
 
 def read_file_list(path: Path) -> list[Path]:
     """A list file (paths relative to the list, one per line) or a folder of audio files."""
-    from ..audio import AUDIO_EXTENSIONS
+    from ..audio import audio_files_below
 
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        return audio_files_below(path)
     try:
         lines = [ln.strip() for ln in path.read_text().splitlines()]
     except FileNotFoundError:
@@ -208,7 +209,7 @@ def build_tables_for_model(model_ref: str | os.PathLike, sources: Sequence[Path]
                                 "files": str(len(files)), "every": str(every)})
     path = save_tables(tables, out)
     bits = [cross_entropy_bits(tables, arrays, k) for k in range(tables.n_codebooks)]
-    nominal = max(1, (codec.ndac.codebook_size - 1).bit_length())
+    nominal = bits_for_codebook_size(codec.ndac.codebook_size)
     stats = {"files": len(files) - len(failed), "failed": failed, "frames": int(sum(a.shape[1] for a in arrays)),
              "bits_per_code": [b / n if n else 0.0 for b, n in bits], "nominal_bits": nominal}
     return path, tables, stats

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import HOP_LENGTH, N_FFT
 from .config import cqt_problem
 
 __all__ = [
@@ -398,7 +399,7 @@ def flow_matching_loss(v: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, 
     return kept.sum() / keep.sum().clamp(min=1), per_sample
 
 
-def log_spectral_mse(ref: torch.Tensor, est: torch.Tensor, n_fft: int = 1534, hop: int = 384,
+def log_spectral_mse(ref: torch.Tensor, est: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP_LENGTH,
                      eps: float = 1e-8) -> float:
     """Mean over STFT bins of (log10(|S_ref|^2 + eps) - log10(|S_est|^2 + eps))^2 (periodic Hann,
     centred): the postfilter's validation "log-spectral MSE"; 0 for identical signals."""

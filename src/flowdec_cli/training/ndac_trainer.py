@@ -14,7 +14,6 @@ The run folder ends up with ``model/`` (a model folder: ``flowdec.json`` + ``nda
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -262,13 +261,16 @@ class NDACTrainer(Trainer):
                                 f"{first_problem(exc)}") from None
 
     def finish(self) -> None:
-        from ..models import save_ndac
+        """RUN/model: the codec as a model folder, staged and published whole (a run that finishes again
+        after a resume replaces its own)."""
+        from ..models.folder import ModelFolderBuilder
 
-        folder = self.run_dir / "model"
-        save_ndac(self.model, folder / "ndac")
         card = {"name": self.run_dir.name, "licence": "unknown",
                 "description": f"NDAC trained with flowdec for {self.step} steps (codec only)"}
-        (folder / "flowdec.json").write_text(json.dumps(card, indent=2) + "\n")
+        with ModelFolderBuilder(self.run_dir / "model") as folder:
+            folder.add_ndac(self.model)
+            folder.write_card(card)
+            folder.publish(overwrite=True)
 
 
 def add_code_counts(counts: torch.Tensor, codes: torch.Tensor) -> None:

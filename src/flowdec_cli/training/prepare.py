@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..audio import write_audio
+from ..features import ALPHA, HOP_LENGTH, N_FFT
 from ..fileio import atomic_write_bytes, parse_json
 from .common import TrainingError, find_checkpoint
 from .data import AudioItem, DataError, fits_pair_list, list_audio, load_mono, read_pairs, split_items, write_pairs
@@ -93,7 +94,7 @@ def _compressed_stft(sig: torch.Tensor, n_fft: int, hop: int, window: torch.Tens
     return spec.abs() ** alpha * torch.exp(1j * spec.angle())
 
 
-def estimate_sigma(pairs: Sequence[tuple[str, str]], alpha: float = 0.3, n_fft: int = 1534, hop: int = 384,
+def estimate_sigma(pairs: Sequence[tuple[str, str]], alpha: float = ALPHA, n_fft: int = N_FFT, hop: int = HOP_LENGTH,
                    n_samples: int = 2500, seed: int = 302, qx: float = 0.997, qrmse: float = 0.997,
                    duration: float = 2.0, sample_rate: int = 48000, max_magnitudes: int = 50_000_000,
                    device: str | torch.device = "cpu", progress: Progress | None = None) -> dict[str, Any]:
