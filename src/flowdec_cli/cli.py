@@ -19,9 +19,11 @@ from .exceptions import FlowdecError
 from .fileio import OutputExistsError, check_output, output_is_sink, same_file, special_kind, why_absent, would_replace
 from .options import (
     PathArgument,
+    cache_dir_option,
     check_nfe_option,
     check_rate_request_option,
     decode_options,
+    device_for_command,
     device_option,
     rate_options,
     spelled_as_folder,
@@ -65,9 +67,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 def _model_options(f: Callable) -> Callable:
     f = threads_option(f)
     f = device_option()(f)
-    f = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Where models are cached (default: $FLOWDEC_HOME or ~/.cache/flowdec).")(f)
-    return f
+    return cache_dir_option()(f)
 
 
 def _overwrite_options(f: Callable) -> Callable:
@@ -516,12 +516,7 @@ def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int
     """The codec for a command (the default model when none is named), set up for the passes it runs."""
     from .models import UnknownModelError
     from .pipeline import Codec
-    from .runtime import DeviceError, resolve_device
-
-    try:
-        dev = resolve_device(device)
-    except DeviceError as exc:
-        raise click.UsageError(str(exc)) from None
+    dev = device_for_command(device)
     try:
         codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir,
                            temperature=temperature, envelope=envelope)
@@ -630,12 +625,8 @@ def _check_named_output(plan: _Plan, subtype: str | None) -> None:
 def _check_precision(device: str, precision: str) -> None:
     """A precision the device cannot run is a usage error, found before any model loads."""
     from .postfilter import Postfilter
-    from .runtime import DeviceError, resolve_device
-
     try:
-        Postfilter.settings_for(resolve_device(device), precision)
-    except DeviceError as exc:
-        raise click.UsageError(str(exc)) from None
+        Postfilter.settings_for(device_for_command(device), precision)
     except ValueError as exc:
         raise click.UsageError(f"--precision {precision}: {exc}") from None
 

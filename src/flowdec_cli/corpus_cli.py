@@ -18,6 +18,7 @@ from .options import (
     THREADS,
     FiniteFloatRange,
     PathArgument,
+    cache_dir_option,
     check_nfe_option,
     check_rate_request_option,
     decode_options,
@@ -44,9 +45,7 @@ def _engine_options(f: Callable) -> Callable:
     f = click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Ray workers (actors; each loads the model once). Default: as many as the cluster's "
                           "CPUs (or GPUs, with --gpus-per-worker) allow.")(f)
-    f = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Where models are cached on every worker (default: $FLOWDEC_HOME or "
-                          "~/.cache/flowdec).")(f)
+    f = cache_dir_option(" on every worker")(f)
     f = click.option("--address", default=None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for this run).")(f)
     f = click.option("--engine", type=click.Choice(["auto", "ray", "local"]), default="auto", show_default=True,

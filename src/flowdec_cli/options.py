@@ -165,6 +165,23 @@ def device_option(note: str = "") -> Any:
                         help=f"auto (CUDA when present, else CPU), cpu, or cuda[:N].{note}")
 
 
+def cache_dir_option(note: str = "") -> Any:
+    """``--cache-dir`` for every command that loads models by name (``note`` adds what is particular)."""
+    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help=f"Where models are cached{note} (default: $FLOWDEC_HOME or ~/.cache/flowdec).")
+
+
+def device_for_command(name: str) -> Any:
+    """The torch device ``--device`` names; one that is not here is a usage error, found before any model
+    loads (imports torch: call it once there is work to do)."""
+    from .runtime import DeviceError, resolve_device
+
+    try:
+        return resolve_device(name)
+    except DeviceError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def threads_option(f: Any) -> Any:
     """``--threads N``, the CPU threads torch uses, for every command that runs a network (the command
     applies it with :func:`flowdec_cli.runtime.set_threads` once it has work to do: torch is not imported

@@ -9,14 +9,14 @@ from typing import Any
 import click
 
 from ..errors import FlowdecGroup, terminal_text
+from ..options import cache_dir_option
 from ..streams import strict_json
 
 __all__ = ["models_group"]
 
 
 def _cache_option(f: Callable) -> Callable:
-    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                        help="Model cache (default: $FLOWDEC_HOME or ~/.cache/flowdec).")(f)
+    return cache_dir_option()(f)
 
 
 def _size(n: int | None, approx: int | None) -> str:

@@ -12,7 +12,7 @@ import click
 from ..envelope import LAYOUTS
 from ..errors import Failure, FlowdecGroup, error_line
 from ..fileio import parse_json
-from ..options import FiniteFloatRange, device_option, temperature_option, threads_option
+from ..options import FiniteFloatRange, device_for_command, device_option, temperature_option, threads_option
 
 __all__ = ["train_group"]
 
@@ -203,15 +203,12 @@ def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Pat
     Each line of train.txt / validation.txt / test.txt is "clean_path,coded_path" (the official format),
     once per file and codebook count. Existing coded files are kept, so an interrupted run resumes.
     """
-    from ..runtime import resolve_device, set_threads
+    from ..runtime import set_threads
     from .prepare import prepare_pairs
 
     if validation_fraction + test_fraction >= 1:
         raise click.UsageError("--validation-fraction plus --test-fraction must be below 1")
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    dev = device_for_command(device)
     set_threads(threads)  # its range was checked as the option was read
     summary = prepare_pairs(ndac_ref, [str(s) for s in sources], out_dir, _codebook_list(n_codebooks),
                             validation_fraction, test_fraction, salt, dev, force, progress=_bar(quiet),
@@ -261,7 +258,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     With a postfilter CONFIG, reads its data.train pair lists and feature settings and writes the
     estimate to its sigma.file, where the trainer reads it (set sigma.mode = "perband" to use the curve).
     """
-    from ..runtime import resolve_device, set_threads
+    from ..runtime import set_threads
     from .config import PostfilterModelConfig, load_config
     from .prepare import estimate_sigma, pairs_from, sigma_file_outputs, write_sigma_file
 
@@ -277,10 +274,7 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
     sigma_file_outputs(target, overwrite=force)  # both outputs, checked before the estimate's minutes of work
     m = cfg.model if cfg is not None else PostfilterModelConfig()  # without a config: the official settings
     delim = delimiter if delimiter is not None else (cfg.data.delimiter if cfg is not None else ",")
-    try:
-        dev = resolve_device(device)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    dev = device_for_command(device)
     set_threads(threads)  # its range was checked as the option was read
     est = estimate_sigma(pairs_from(lists, delim), alpha=alpha if alpha is not None else m.alpha,
                          n_fft=n_fft if n_fft is not None else m.n_fft, hop=hop if hop is not None else m.hop_length,
