@@ -952,3 +952,12 @@ def test_a_wav_of_more_than_two_channels_says_its_speaker_layout(run, tmp_path, 
     assert (tag, mask) == (0xFFFE, 0x3F)
     back, _ = sf.read(tmp_path / "out.wav")
     assert back.shape == (14400, 6)
+
+
+def test_the_precision_choices_are_the_postfilters():
+    """The command line cannot import the postfilter (torch) to build its --precision list; this keeps the
+    list it restates equal to what :meth:`Postfilter.settings_for` accepts."""
+    from flowdec_cli.postfilter import PRECISION_CHOICES
+
+    option = next(p for p in main.commands["decompress"].params if p.name == "precision")
+    assert tuple(option.type.choices) == ("auto", *PRECISION_CHOICES)

@@ -363,7 +363,7 @@ def tiny_with_tables(tmp_path_factory, tiny_codec_dir):
     assert r.exit_code == 0, r.output
     assert "entropy tables" in r.output and (folder / "entropy.safetensors").is_file()
     r = CliRunner().invoke(main, ["train", "entropy-tables", str(folder), str(audio)], catch_exceptions=False)
-    assert r.exit_code == 1 and "exists; use --force" in r.output
+    assert r.exit_code == 1 and "exists; use -f/--force" in r.output
     return folder
 
 

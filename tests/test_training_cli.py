@@ -145,11 +145,11 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
                                       ["ndac_hash"], "envelope": "", "n_codebooks": [1, 3]}]  # for the trainer
     assert (tmp_path / "pairs" / "sigma_perband.npy").is_file()
     r = _run("train", "estimate-sigma", tmp_path / "pf.yaml", "-q")
-    assert "exists; use --force" in _one_error_line(r)
+    assert "exists; use -f/--force" in _one_error_line(r)
     npy = (tmp_path / "pairs" / "sigma_perband.npy").read_bytes()
     r = _run("train", "estimate-sigma", "--pairs", tmp_path / "pairs" / "train.txt", "-o",
              tmp_path / "pairs" / "sigma.txt", "-q")  # a new JSON, but its curve's .npy name is taken
-    assert "sigma_perband.npy: exists; use --force" in _one_error_line(r)
+    assert "sigma_perband.npy: exists; use -f/--force" in _one_error_line(r)
     assert (tmp_path / "pairs" / "sigma_perband.npy").read_bytes() == npy
     assert not (tmp_path / "pairs" / "sigma.txt").exists()
 

@@ -112,7 +112,9 @@ def test_a_sigma_file_is_a_file_and_is_not_clobbered(tmp_path):
     write_sigma_file(tmp_path / "s.json", est)
     (tmp_path / "s.json").unlink()  # the JSON is free, the curve's name beside it is not
     (tmp_path / "s_perband.npy").write_bytes(b"keep")
-    with pytest.raises(TrainingError, match=r"s_perband\.npy: exists"):
+    from flowdec_cli.fileio import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match=r"s_perband\.npy: exists; use overwrite=True"):
         write_sigma_file(tmp_path / "s.json", est, overwrite=False)
     assert (tmp_path / "s_perband.npy").read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s_perband.npy"]  # nothing else, no temporary

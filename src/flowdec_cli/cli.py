@@ -899,7 +899,7 @@ def info(src: Path, as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from .container import actual_bitrate, bitpacked_file_size, inspect_fdc, inspect_fdc_stream
+    from .container import actual_bitrate, bitpacked_file_size, entropy_saving, inspect_fdc, inspect_fdc_stream
     from .streams import read_once, stdin_stream
 
     require_stdout()
@@ -931,7 +931,7 @@ def info(src: Path, as_json: bool) -> None:
         "nominal_bitrate_kbps": header.nominal_bitrate / 1000,
         "actual_bitrate_kbps": kbps(size),
         "bitpacked_bytes": packed,
-        "entropy_saving_percent": 100.0 * (1 - size / packed) if header.entropy_coded and packed else 0.0,
+        "entropy_saving_percent": 100.0 * entropy_saving(header, size),
         "envelope_windows": header.envelope_windows,
         "envelope_kbps": kbps(header.envelope_bytes),
     })

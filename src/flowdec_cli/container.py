@@ -56,6 +56,7 @@ __all__ = [
     "decode_fdc",
     "encode_fdc",
     "encode_fdc_written",
+    "entropy_saving",
     "frames_for_samples",
     "inspect_fdc",
     "inspect_fdc_stream",
@@ -368,6 +369,13 @@ def frames_for_samples(num_samples: int, sample_rate: int, model_sample_rate: in
     num = n * msr  # exact integers, however large
     low, high = num // sr, -(-num // sr)  # floor and ceil of the exact model-rate length
     return -(-low // hop), -(-high // hop)
+
+
+def entropy_saving(header: FdcHeader, file_bytes: int) -> float:
+    """Fraction of the bit-packed size (the nominal rate) that entropy coding saved a file of ``file_bytes``
+    (0.0 for a bit-packed file): what compress reports and ``flowdec info`` shows."""
+    packed = bitpacked_file_size(header)
+    return 1.0 - file_bytes / packed if header.entropy_coded and packed and file_bytes else 0.0
 
 
 def actual_bitrate(file_size_bytes: int, duration_s: float, channels: int = 1) -> float:

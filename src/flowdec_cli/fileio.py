@@ -47,10 +47,11 @@ class OutputExistsError(FlowdecError, FileExistsError):
     """An output that is already there, where nothing may be replaced: found ``before`` any work, or by a
     no-clobber publish (another process made it meanwhile)."""
 
-    def __init__(self, path: str | os.PathLike, before: bool = False) -> None:
-        super().__init__(errno.EEXIST, "exists", str(path))
+    def __init__(self, path: str | os.PathLike, before: bool = False, reason: str = "exists") -> None:
+        super().__init__(errno.EEXIST, reason, str(path))
         self.path = Path(path)
         self.before = before
+        self.reason = reason  # what is there: "exists", or for a folder "is not empty"
 
     def __str__(self) -> str:
         return self.describe("overwrite=True")
@@ -58,7 +59,7 @@ class OutputExistsError(FlowdecError, FileExistsError):
     def describe(self, replace_with: str) -> str:
         """The message, naming what replaces the file in the caller's terms (an argument, a flag)."""
         if self.before:
-            return f"{self.path}: exists; use {replace_with} to overwrite"
+            return f"{self.path}: {self.reason}; use {replace_with} to overwrite"
         return f"{self.path}: appeared while this run was writing it; left as it is, our result discarded " \
                f"(use {replace_with} to overwrite)"
 

@@ -49,6 +49,7 @@ from .container import (
     bitpacked_file_size,
     check_codes,
     check_sample_rate,
+    entropy_saving,
     frames_for_samples,
     read_fdc,
     write_fdc,
@@ -146,8 +147,7 @@ class CompressResult:
     @property
     def saving(self) -> float:
         """Fraction of the bit-packed size that entropy coding saved (0.0 for a bit-packed file)."""
-        packed = self.bitpacked_bytes
-        return 1.0 - self.file_bytes / packed if packed and self.file_bytes else 0.0
+        return entropy_saving(self.header, self.file_bytes)
 
     @property
     def duration(self) -> float:

@@ -62,7 +62,7 @@ FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "ker
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}
 WEIGHT_DTYPES = ("float32", "float16")  # how a folder may store the network's weights (Postfilter.save)
-PRECISION_CHOICES = ("float32", "bfloat16", "float16")  # what a user picks (the CLI's --precision, besides auto)
+PRECISION_CHOICES = ("float32", "bfloat16", "float16")  # what a user picks (options.decode_options restates it)
 
 
 def tune_cpu_allocator(enable: bool = True) -> bool:

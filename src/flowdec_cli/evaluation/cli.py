@@ -27,7 +27,7 @@ from .metrics import (
     compute_metrics,
     metric_available,
 )
-from .pairing import AudioReadError, PairingError, _read, pair_paths
+from .pairing import AudioReadError, PairingError, pair_paths, read_scored_audio
 from .report import Report
 
 __all__ = ["eval_command", "plot_command", "select_metrics"]
@@ -290,8 +290,8 @@ def _score_pair(pair, names: list[str], allow_mismatch: bool) -> dict:
     scored. A metric that is not installed (:class:`MetricUnavailable`) is not a problem of the pair: it
     is raised as it is, and stops the run."""
     try:
-        ref_audio, ref_sr = _read(pair.ref)
-        deg_audio, deg_sr = _read(pair.deg)
+        ref_audio, ref_sr = read_scored_audio(pair.ref)
+        deg_audio, deg_sr = read_scored_audio(pair.deg)
     except AudioReadError as exc:
         raise Failure(str(exc)) from exc
     for path, audio in ((pair.ref, ref_audio), (pair.deg, deg_audio)):

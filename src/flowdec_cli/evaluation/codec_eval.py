@@ -44,7 +44,7 @@ import numpy as np
 from ..audio import AUDIO_EXTENSIONS, is_audio_path
 from ..exceptions import FlowdecError
 from .metrics import DEFAULT_METRICS, METRICS, MetricUnavailable, compute_metrics, resample
-from .pairing import _read, find_audio
+from .pairing import find_audio, read_scored_audio
 from .report import Report
 
 __all__ = ["OpusUnavailable", "opus_available", "opus_roundtrip", "run_codec_eval"]
@@ -100,7 +100,7 @@ def opus_roundtrip(
         t1 = time.perf_counter()
         _run([dec, "--quiet", "--float", "--rate", "48000", str(coded), str(out)], "opusdec")
         t2 = time.perf_counter()
-        decoded, sr = _read(out)
+        decoded, sr = read_scored_audio(out)
         nbytes = coded.stat().st_size
     if sr != sample_rate:
         decoded = resample(decoded, sr, sample_rate).astype(np.float32)
@@ -150,7 +150,7 @@ def _code_and_score(codec: Any, f: Path, chosen: list[tuple[int, float]], nfes: 
     """One file at every chosen rate and NFE (and Opus): its rows' shares ``(key, share, metrics not
     computed)`` and whether the codec is warmed up now. Each decoded signal goes to ``save`` (by its tag)
     as soon as it is scored, so that only one is held at a time."""
-    audio, sr = _read(f)
+    audio, sr = read_scored_audio(f)
     duration = len(audio) / sr
     channels = audio.shape[1]
     if not warmed:  # untimed warm-up (lazy init, kernel selection...)

@@ -12,7 +12,7 @@ Folder rules (:func:`pair_paths`):
   side. Anything else is reported as unpaired (an ambiguous stem such as ``x.wav`` and
   ``x.flac`` on one side with ``x.opus`` on the other is unpaired too).
 
-This module also holds :func:`_read`, the single place where the evaluation code reads audio.
+This module also holds :func:`read_scored_audio`, the single place where the evaluation code reads audio.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "PairingError",
     "find_audio",
     "pair_paths",
+    "read_scored_audio",
 ]
 
 
@@ -133,7 +134,7 @@ def pair_paths(ref: str | Path, deg: str | Path) -> Pairing:
     return result
 
 
-def _read(path: str | Path) -> tuple[np.ndarray, int]:
+def read_scored_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read an audio file as float32 ``[frames, channels]`` and its sample rate, through the package's
     audio module; any failure is raised as :class:`AudioReadError` naming the file."""
     from ..audio import AudioError, read_audio

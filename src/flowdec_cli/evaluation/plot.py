@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import terminal_text
 from ..exceptions import FlowdecError
 from ..fileio import atomic_write_bytes
-from .pairing import _read
+from .pairing import read_scored_audio
 
 __all__ = ["PlotUnavailable", "plot_spectrograms", "N_FFT", "HOP", "DYNAMIC_RANGE_DB"]
 
@@ -120,7 +120,7 @@ def plot_spectrograms(
 
     specs = []
     for p in paths:
-        audio, sr = _read(p)
+        audio, sr = read_scored_audio(p)
         specs.append((_power_spectrogram(audio.mean(axis=1)), sr, len(audio)))
     notes = notices if notices is not None else []
     for p, (_spec, _sr, length) in zip(paths, specs):

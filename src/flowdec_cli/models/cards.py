@@ -11,6 +11,7 @@ from typing import Any
 from ..bitrate import bitrate_table
 from ..checkpoints import CheckpointError, load_model_folder, weights_hash
 from ..exceptions import FlowdecError
+from ..fileio import OutputExistsError
 from ..ndac import NDACConfig
 from .catalogue import CacheDir, parse_hub_ref
 from .folder import (
@@ -128,7 +129,7 @@ def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLi
     if not dest.parent.is_dir():  # as for every output: a mistyped parent is not created
         raise ModelError(f"{dest}: folder {dest.parent} does not exist; create it first")
     if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise ModelError(f"{dest}: is not empty; use -f/--force to overwrite the model files in it")
+        raise OutputExistsError(dest, before=True, reason="is not empty")  # the command line names its flag
     if src.is_dir() and (dest.resolve() == src.resolve() or src.resolve() in dest.resolve().parents):
         raise ModelError(f"{dest}: lies inside the model being exported ({src}); choose another folder")
 

@@ -382,7 +382,7 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
     if target.suffix != ".safetensors":
         target = target / TABLES_FILE
     if target.exists() and not force:
-        raise TrainingError(f"{target}: exists; use --force to overwrite")
+        raise Failure(f"{target}: exists; use -f/--force to overwrite")
     defaults = TableSettings()
     settings = TableSettings(
         prev_classes=defaults.prev_classes if prev_classes is None else prev_classes,

@@ -47,6 +47,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "find_checkpoint",
+    "is_run_or_checkpoint",
     "RunLogger",
     "optimizer_state_to_files",
     "optimizer_state_from_files",
@@ -281,6 +282,13 @@ def save_checkpoint(run_dir: Path, step: int, *, model_config: dict[str, Any], m
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def is_run_or_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run folder or one of its checkpoints (what :func:`find_checkpoint`
+    takes), rather than a model or component folder."""
+    path = Path(path)
+    return path.is_dir() and ((path / "trainer.json").is_file() or (path / "checkpoints").is_dir())
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -12,15 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoints import CheckpointError
-from ..fileio import parse_json
-from .common import TrainingError, find_checkpoint
+from ..fileio import OutputExistsError, parse_json
+from .common import TrainingError, find_checkpoint, is_run_or_checkpoint
 from .prepare import pair_list_records
 
 __all__ = ["ndac_component", "postfilter_component", "export_model"]
-
-
-def _is_run_or_checkpoint(path: Path) -> bool:
-    return path.is_dir() and ((path / "trainer.json").is_file() or (path / "checkpoints").is_dir())
 
 
 def _config_type(folder: Path) -> str | None:
@@ -34,7 +30,7 @@ def ndac_component(ref: str | os.PathLike) -> Path:
     """The NDAC component folder meant by ``ref``: a run or checkpoint folder (latest checkpoint's
     weights), a model folder (its ``ndac/``), or a component folder."""
     path = Path(ref).expanduser()
-    if _is_run_or_checkpoint(path):
+    if is_run_or_checkpoint(path):
         return find_checkpoint(path) / "model"
     for cand in (path / "ndac", path / "model" / "ndac", path):
         if _config_type(cand) == "ndac":
@@ -49,7 +45,7 @@ def postfilter_component(ref: str | os.PathLike, ema: bool = True) -> Path:
     """The postfilter component folder meant by ``ref``: a run or checkpoint folder (the EMA weights, or
     the raw ones with ``ema=False``), a model folder (its ``postfilter/``), or a component folder."""
     path = Path(ref).expanduser()
-    if _is_run_or_checkpoint(path):
+    if is_run_or_checkpoint(path):
         ckpt = find_checkpoint(path)
         sub = ckpt / ("ema" if ema else "model")
         if not sub.is_dir():
@@ -68,7 +64,7 @@ def _pairs_records(postfilter: str | os.PathLike) -> list[tuple[Path, dict[str, 
     """What ``train prepare-pairs`` recorded (``prepare.json``) for each pair list a postfilter run trained
     on, with the list's path; empty where ``postfilter`` is no run or checkpoint or the records are gone."""
     path = Path(postfilter).expanduser()
-    if not _is_run_or_checkpoint(path):
+    if not is_run_or_checkpoint(path):
         return []
     run = path if (path / "checkpoints").is_dir() else path.parent.parent  # RUN/checkpoints/step-N
     try:
@@ -154,7 +150,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     if out.exists() and not out.is_dir():
         raise TrainingError(f"{out}: is a file; give a folder to export into")
     if out.exists() and any(out.iterdir()) and not force:
-        raise TrainingError(f"{out}: exists and is not empty; use --force to overwrite")
+        raise OutputExistsError(out, before=True, reason="is not empty")  # the command line names its flag
     ndac_dir = ndac_component(ndac)
     try:
         codec = ndac_from_folder(ndac_dir)

@@ -40,8 +40,8 @@ import torch
 
 from ..audio import write_audio
 from ..features import ALPHA, HOP_LENGTH, N_FFT
-from ..fileio import atomic_write_bytes, parse_json
-from .common import TrainingError, find_checkpoint
+from ..fileio import OutputExistsError, atomic_write_bytes, parse_json
+from .common import TrainingError, find_checkpoint, is_run_or_checkpoint
 from .data import AudioItem, DataError, fits_pair_list, list_audio, load_mono, read_pairs, split_items, write_pairs
 
 __all__ = [
@@ -182,14 +182,15 @@ def estimate_sigma(pairs: Sequence[tuple[str, str]], alpha: float = ALPHA, n_fft
 
 def sigma_file_outputs(path: str | os.PathLike, overwrite: bool = True) -> tuple[Path, Path]:
     """The two files :func:`write_sigma_file` writes for ``path``: the JSON and the per-band ``.npy``.
-    With ``overwrite=False`` neither may exist yet (:class:`TrainingError` naming the one that does)."""
+    With ``overwrite=False`` neither may exist yet (:class:`~flowdec_cli.fileio.OutputExistsError` naming the one
+    that does)."""
     path = Path(path)
     if not path.name or path.is_dir():
         raise TrainingError(f"{path}: a sigma file must be a file name (e.g. pairs/sigma.json), not a folder")
     outputs = path, path.with_name(path.stem + "_perband.npy")
     for p in outputs:
         if not overwrite and p.exists():
-            raise TrainingError(f"{p}: exists; use --force to overwrite")
+            raise OutputExistsError(p, before=True)  # the command line names its own flag
     return outputs
 
 
@@ -251,7 +252,7 @@ def load_trained_ndac(ref: str | os.PathLike, device: str | torch.device | None 
     from ..models import ModelError, load_ndac
 
     path = Path(ref)
-    if path.is_dir() and ((path / "trainer.json").is_file() or (path / "checkpoints").is_dir()):
+    if is_run_or_checkpoint(path):
         ckpt = find_checkpoint(path)
         try:
             return load_ndac(ckpt / "model", device)

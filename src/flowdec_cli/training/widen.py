@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..fileio import OutputExistsError
 from ..framewise import FramewiseBackbone
 from ..ndac import NDAC, NDACConfig, Snake1d, WNConvTranspose1d, _WeightNormConv
 from ..numeric import is_integer
@@ -74,7 +75,7 @@ def _check_out(src: Path, out: Path, what: str, overwrite: bool) -> None:
     if out.exists() and src.exists() and (out.resolve() == src.resolve() or out.resolve() in src.resolve().parents):
         raise TrainingError(f"{out}: is the {what} being widened (or holds it); choose another OUT")
     if out.exists() and not overwrite:
-        raise TrainingError(f"{out}: exists; use -f/--force to replace it")
+        raise OutputExistsError(out, before=True)  # the command line names its own flag
 
 
 @torch.no_grad()
