@@ -24,7 +24,9 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 def _configs(clips: Path, pairs: Path, out: Path) -> dict[str, dict]:
     common_train = dict(max_steps=2, log_every=1, checkpoint_every=0, val_every=2)
-    ndac = ndac_dict([str(clips)], out / "ndac", model=dict(quantizer_dropout=0.0), data=dict(batch_size=4),
+    # quantizer dropout on (DAC's 0.5): each process dropped out its own first half where one process drops
+    # out the first half of the whole batch
+    ndac = ndac_dict([str(clips)], out / "ndac", model=dict(quantizer_dropout=0.5), data=dict(batch_size=4),
                      train=common_train)
     ndac["data"]["validation"] = [str(sorted(clips.iterdir())[0]), str(sorted(clips.iterdir())[1])]
     pf = postfilter_dict([str(pairs)], out / "postfilter", [str(pairs)], data=dict(batch_size=4),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -428,9 +430,10 @@ def test_ndac_latent_loss_and_dead_code_revival(clips, tmp_path):
     t = NDACTrainer(cfg, device="cpu", quiet=True)
     t.run()
     assert all("loss_latent" in h and h["loss_latent"] > 0 for h in t.history)
-    revived = [h["revived_codes"] for h in t.history if "revived_codes" in h]
-    # two revivals; 32-entry codebooks and a few dozen frames per window leave some entries unused
-    assert len(revived) == 2 and all(r > 0 for r in revived)
+    revived = [h["revived_codes"] for h in t.history]
+    # two revivals; 32-entry codebooks and a few dozen frames per window leave some entries unused; each
+    # logged step says how many codes moved since the last one (none on the steps between)
+    assert len(revived) == 4 and revived[0] == revived[2] == 0 and revived[1] > 0 and revived[3] > 0
     assert float(t.code_counts.sum()) == 0  # counts restart after each revival
 
     # direct: entries counted as used stay, the others land on latents of the batch, moments zeroed
@@ -563,3 +566,94 @@ def test_a_malformed_trainer_record_is_an_unreadable_checkpoint(ndac_run, tmp_pa
     (ckpt / "trainer.json").write_text(record)
     with pytest.raises(TrainingError, match=f"{re.escape(str(ckpt))}: unreadable checkpoint"):
         load_checkpoint(ckpt)
+
+
+def test_a_revival_between_logged_steps_is_logged(clips, tmp_path):
+    """Only a revival that fell on a logged step was logged: with a revival every 3 steps and a log every
+    2, the 63 codes moved at step 3 appeared in no row."""
+    cfg = _ndac(clips, tmp_path / "run", optim=dict(revive_dead_codes_every=3), train=dict(max_steps=4, log_every=2))
+    t = NDACTrainer(cfg, device="cpu", quiet=True)
+    t.run()
+    assert [h["step"] for h in t.history] == [2, 4]
+    assert t.history[0]["revived_codes"] == 0 and t.history[1]["revived_codes"] > 0
+
+
+def test_resume_keeps_the_revival_counts(clips, tmp_path):
+    """The counts of which entries were chosen since the last revival were not saved: a run resumed between
+    two revivals started them at zero and revived entries an uninterrupted run keeps (weights 3.0 apart)."""
+    settings = dict(optim=dict(revive_dead_codes_every=4), train=dict(max_steps=6, checkpoint_every=3))
+    whole = NDACTrainer(_ndac(clips, tmp_path / "whole", **settings), device="cpu", quiet=True)
+    whole.run()
+    resumed = NDACTrainer(_ndac(clips, tmp_path / "resumed", **settings), device="cpu", quiet=True,
+                          resume=str(tmp_path / "whole" / "checkpoints" / "step-00000003"))
+    resumed.run()
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+
+
+def test_resume_applies_the_optimiser_settings_it_reports_as_changed(ndac_run, pair_list, clips, tmp_path, capsys):
+    """A resume said "optim.betas [0.8, 0.99] -> [0.5, 0.9]" (and eps, weight decay, lr_gamma, lr) while the
+    optimiser kept the checkpoint's, which load_state_dict had put back."""
+    src = ndac_run.run_dir / "checkpoints" / "step-00000002"
+    optim = dict(betas=[0.5, 0.9], eps=1e-3, weight_decay=0.0, lr_gamma=0.5, lr=2e-3)
+    t = NDACTrainer(_ndac(clips, tmp_path / "n", optim=optim), device="cpu", resume=str(src))
+    t.run()
+    assert "optim.betas [0.8, 0.99] -> [0.5, 0.9]" in capsys.readouterr().err
+    group = t.optimizer.param_groups[0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.5, 0.9), 1e-3, 0.0)
+    assert t.scheduler.gamma == 0.5 and group["lr"] == pytest.approx(2e-3 * 0.5 ** 2)  # two steps from the new rate
+    run = tmp_path / "pf"
+    PostfilterTrainer(_pf(pair_list, run, train=dict(max_steps=2, checkpoint_every=2)), device="cpu", quiet=True).run()
+    pf = PostfilterTrainer(_pf(pair_list, run, optim=dict(weight_decay=0.1, betas=[0.5, 0.9]), train=dict(max_steps=3)),
+                           device="cpu", quiet=True, resume=True)
+    pf.run()
+    group = pf.optimizer.param_groups[0]
+    assert (group["betas"], group["weight_decay"]) == ((0.5, 0.9), 0.1)
+
+
+def test_a_signal_during_a_step_lands_after_it(clips, tmp_path, monkeypatch):
+    """A Ctrl-C that arrived after the optimiser's update but before the step was counted saved a
+    checkpoint one step behind its weights (Adam's count 3, the record's 2): resumed, the run took a step
+    twice. A signal inside a step is now delivered when the step is whole."""
+
+    t = NDACTrainer(_ndac(clips, tmp_path / "run", train=dict(max_steps=5)), device="cpu", quiet=True)
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step_then_signal(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the moment the update is done
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_signal)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, not a background job
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            t.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    ckpt = load_checkpoint(tmp_path / "run")
+    adam_steps = {float(st["step"]) for st in ckpt["optimizer"]["state"].values()}
+    assert ckpt["trainer"]["step"] == 3 and adam_steps == {3.0}
+
+
+def test_a_trainer_kept_to_the_end_of_a_script_lets_it_exit(clips, tmp_path):
+    """With loader workers (which ignore stop signals), a script whose trainer was still referenced at
+    exit hung forever: Python's exit sends its daemon children SIGTERM and waits for them."""
+    import subprocess
+    import sys
+
+    script = f"""
+from flowdec_cli.training.config import config_from_dict
+from flowdec_cli.training.ndac_trainer import NDACTrainer
+from tests.test_training_helpers import ndac_dict
+trainer = NDACTrainer(config_from_dict("ndac", ndac_dict([{str(clips)!r}], {str(tmp_path / "run")!r},
+                      data=dict(num_workers=1), train=dict(max_steps=1))), device="cpu", quiet=True)
+trainer.run()
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -230,15 +230,19 @@ class ResidualVectorQuantize(nn.Module):
         self.quantizers = nn.ModuleList(
             [VectorQuantize(input_dim, codebook_size, codebook_dim) for _ in range(n_codebooks)])
 
-    def forward(self, z: torch.Tensor, n_quantizers: int | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(self, z: torch.Tensor, n_quantizers: int | None = None,
+                n_quantizers_per_item: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(z_q, codes [B,k,T], latents, commitment_loss, codebook_loss), as DAC 1.0.0 returns them.
 
         In training mode a fraction ``quantizer_dropout`` of the batch uses a random number of codebooks,
-        which is what makes every prefix of the codebooks decodable.
+        which is what makes every prefix of the codebooks decodable; ``n_quantizers_per_item`` [B] gives each
+        item's count instead (a trainer that draws them for a batch split over processes).
         """
         n_q = self.n_codebooks if n_quantizers is None else int(n_quantizers)
         batch = z.shape[0]
-        if self.training:
+        if self.training and n_quantizers_per_item is not None:
+            n_q_per_item = n_quantizers_per_item.to(z.device)
+        elif self.training:
             n_q_per_item = torch.full((batch,), self.n_codebooks, device=z.device)
             n_drop = int(batch * self.quantizer_dropout)
             if n_drop:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["STOP_SIGNALS", "Terminated", "ignore_stop_signals", "own_the_process", "restore_signals",
-           "termination_signals"]
+           "signals_deferred", "termination_signals"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -114,3 +114,25 @@ def termination_signals() -> Iterator[None]:
         _handling = False
         if not (stopping and _owns_the_process):
             restore_signals(previous)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """A stop signal that arrives inside the block is delivered when it ends, to the handler it would have
+    met (a training step is taken whole: an interrupt between the optimiser's update and the step count
+    saved weights one step ahead of their record). Main thread only; elsewhere nothing changes. Blocking
+    the signal instead would not do: another thread (a data loader's, a progress bar's) would take it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous: dict[int, Any] = {}
+    for s in STOP_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):
+            previous[s] = signal.signal(s, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        restore_signals(previous)
+        if arrived:
+            signal.raise_signal(arrived[0])

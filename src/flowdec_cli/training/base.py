@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..signals import ignore_stop_signals, restore_signals
+from ..signals import ignore_stop_signals, restore_signals, signals_deferred
 from .common import (
     DistEnv,
     RunLogger,
@@ -109,7 +109,18 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self._stop_loader_workers()
             cleanup_distributed(self.env)
+
+    def _stop_loader_workers(self) -> None:
+        """Shut the data loader's persistent workers down when the run ends. They ignore stop signals (the
+        main process ends the run), so left to Python's exit, whose multiprocessing sends them SIGTERM and
+        waits, a trainer still referenced at exit (``trainer = train_ndac(...)`` in a script) hung it."""
+        loader = getattr(self, "loader", None)
+        workers = getattr(loader, "_iterator", None)
+        if workers is not None and hasattr(workers, "_shutdown_workers"):
+            workers._shutdown_workers()
+            loader._iterator = None  # type: ignore[union-attr]  # a later iteration starts new ones
 
     def _run(self) -> dict[str, float]:
         env, cfg = self.env, self.config
@@ -182,8 +193,9 @@ class Trainer:
                     torch.manual_seed(mix_seed(tc.seed, self.step, env.rank))
                     log_now = (bool(tc.log_every) and (self.step + 1) % tc.log_every == 0) \
                         or self.step + 1 == tc.max_steps
-                    values = self.train_step(batch, log_now)
-                    self.step += 1
+                    with signals_deferred():  # a Ctrl-C lands between steps, never inside one
+                        values = self.train_step(batch, log_now)
+                        self.step += 1
                     steps_since += 1
                     logged.append(values)
                     bar.update(1)
@@ -239,6 +251,16 @@ class Trainer:
         if count == 0 and self.config.train.val_every and self.env.is_main and not self.quiet:
             self.say("no validation files (data.validation is empty, or its split of the training "
                      "files gave none); validation is off")
+
+    def apply_optimizer_settings(self) -> None:
+        """After a resume loaded the checkpoint's optimiser: the config's betas, eps and weight decay, which
+        ``load_state_dict`` would otherwise put back as they were, while the run reports them as changed.
+        The moments stay; the rate is each trainer's (a schedule's, or the config's)."""
+        oc = self.config.optim
+        for group in self.optimizer.param_groups:
+            group["betas"] = tuple(oc.betas)
+            group["eps"] = oc.eps
+            group["weight_decay"] = oc.weight_decay
 
     def _keep_steps(self, saved_at: int, why: str) -> None:
         """Save the steps done since the last checkpoint when a run ends early. Under DDP every rank stops

@@ -28,7 +28,7 @@ from ..ndac import NDAC, NDACConfig, VectorQuantize
 from .base import Trainer
 from .common import TrainingError, WeightsMisfit, first_problem, param_list, wrap_ddp
 from .config import NDAC_PARTS, NDACTrainConfig, config_to_dict
-from .data import EvalDataset, SegmentDataset, list_audio, make_loader, split_items
+from .data import EvalDataset, SegmentDataset, list_audio, make_loader, mix_seed, split_items
 from .losses import NDACLoss, latent_residual
 
 __all__ = ["NDACTrainer", "train_ndac", "ndac_config_from_train_config"]
@@ -45,11 +45,12 @@ class _Forward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(waveform, commitment, codebook, latent residual, codes [B,k,T], projected latents [B,k*d,T])."""
+    def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """(waveform, commitment, codebook, latent residual, codes [B,k,T], projected latents [B,k*d,T]);
+        ``counts``: each item's codebook count under quantizer dropout."""
         z = self.model.encoder(x)
         with torch.autocast(x.device.type, enabled=False):
-            z_q, codes, latents, commitment, codebook = self.model.quantizer(z.float())
+            z_q, codes, latents, commitment, codebook = self.model.quantizer(z.float(), n_quantizers_per_item=counts)
             latent = latent_residual(z, z_q)
         y = self.model.decoder(z_q)
         return y, commitment, codebook, latent, codes, latents
@@ -120,11 +121,27 @@ class NDACTrainer(Trainer):
         self.n_train_files, self.n_val_files = len(train_items), len(val_items)
         self.note_no_validation(self.n_val_files)
         self.code_counts = torch.zeros(self.model.n_codebooks, self.model.codebook_size, device=dev)
+        self.revived_since_log = 0  # codes moved since the last logged step (a revival need not fall on one)
+
+    def dropout_counts(self) -> torch.Tensor:
+        """This process's items' codebook counts for this step under quantizer dropout, as DAC draws them
+        for one batch (its first ``quantizer_dropout`` fraction at a random count, the rest at all), drawn
+        for the whole global batch from (seed, step) alone and dealt out as the sampler deals the items
+        (global position rank + world_size * i): N processes then code each item as one process would,
+        where each process dropping out its own first half did not."""
+        env, model = self.env, self.model
+        total = self.config.data.batch_size
+        counts = torch.full((total,), model.n_codebooks, dtype=torch.long)
+        dropped = int(total * model.quantizer.quantizer_dropout)
+        if dropped:
+            g = torch.Generator().manual_seed(mix_seed(self.config.train.seed, self.step, 0x51))
+            counts[:dropped] = torch.randint(1, model.n_codebooks + 1, (dropped,), generator=g)
+        return counts[env.rank::env.world_size]
 
     def train_step(self, batch: torch.Tensor, log: bool) -> dict[str, torch.Tensor]:
         x = batch.to(self.env.device, non_blocking=True)
         with self.autocast():
-            y, commitment, codebook, latent, codes, latents = self.net(x)
+            y, commitment, codebook, latent, codes, latents = self.net(x, self.dropout_counts())
         loss, parts = self.loss_fn(y, x[..., :y.shape[-1]], commitment, codebook, latent)
         oc = self.config.optim
         if oc.lr_final is not None:
@@ -138,7 +155,10 @@ class NDACTrainer(Trainer):
         if every:
             add_code_counts(self.code_counts, codes)
             if (self.step + 1) % every == 0:
-                out["revived_codes"] = torch.tensor(float(self.revive_dead_codes(latents.detach())))
+                self.revived_since_log += self.revive_dead_codes(latents.detach())
+            if log:
+                out["revived_codes"] = torch.tensor(float(self.revived_since_log))
+                self.revived_since_log = 0
         if log:
             out["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
             if grad_norm is not None:
@@ -216,11 +236,17 @@ class NDACTrainer(Trainer):
         return out
 
     def checkpoint_payload(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"scheduler": self.scheduler.state_dict()}
+        if self.config.optim.revive_dead_codes_every:
+            # how often each entry was chosen since the last revival, summed over the processes (every one
+            # saves): a resume that started them at zero revived entries an uninterrupted run keeps
+            counts = self.env.all_reduce_sum(self.code_counts.clone())
+            state["code_counts"] = counts.long().cpu().tolist()
         return {
             "model_config": {"type": "ndac", **self.model.config.to_dict()},
             "model_state": self.model.state_dict(),
             "optimizer": self.optimizer,
-            "trainer_state": {"scheduler": self.scheduler.state_dict()},
+            "trainer_state": state,
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -237,6 +263,20 @@ class NDACTrainer(Trainer):
         except (ValueError, KeyError, RuntimeError) as exc:
             raise TrainingError(f"{ckpt['dir']}: its optimiser state does not fit this config (other "
                                 f"optim.train_parts or parameters?): {first_problem(exc)}") from None
+        self.apply_optimizer_settings()
+        oc = self.config.optim
+        self.scheduler.gamma = oc.lr_gamma  # the state put back the checkpoint's
+        before = ckpt["trainer"].get("config", {}).get("optim", {}).get("lr")
+        if oc.lr_final is None and before is not None and before != oc.lr:
+            # a new rate asked for: the schedule goes on from it (with lr_final the anneal starts from it anyway)
+            for group in self.optimizer.param_groups:
+                group["lr"] = oc.lr
+            self.scheduler.base_lrs = [oc.lr] * len(self.optimizer.param_groups)
+        counts = ckpt["trainer"].get("code_counts")
+        if counts is not None and oc.revive_dead_codes_every and self.env.is_main:  # the others keep zeros: summed
+            saved = torch.tensor(counts, dtype=self.code_counts.dtype, device=self.code_counts.device)
+            if saved.shape == self.code_counts.shape:
+                self.code_counts.copy_(saved)
 
     def init_weights(self, source: Path) -> None:
         from .export import ndac_component

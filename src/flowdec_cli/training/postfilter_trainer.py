@@ -245,6 +245,7 @@ class PostfilterTrainer(Trainer):
         # (``--set optim.lr=...``) while Adam keeps its moments. load_state_dict would restore the old one.
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.optim.lr
+        self.apply_optimizer_settings()
         for p in self.pf.backbone.parameters():
             p.requires_grad_(True)
 
