@@ -378,8 +378,11 @@ def test_one_bad_file_of_a_batch_is_reported_and_the_others_are_used(tmp_path, t
     r = _run("train", "entropy-tables", folder, clips, "--prev-classes", "4", "--up-classes", "4")
     assert r.exit_code == 1 and "from 3 files" in r.output and "junk.wav: not a readable audio file" in r.output
     assert (folder / "entropy.safetensors").is_file()
-    r = _run("train", "entropy-tables", folder, clips / "clip00.wav", "-f")
-    assert r.exit_code == 1 and "clip00.wav: not a file list" in _one_error_line(r)
+    r = _run("train", "entropy-tables", folder, clips / "clip00.wav", "-f")  # one audio file, as training takes it
+    assert r.exit_code == 0 and "from 1 file" in r.output, r.output
+    (tmp_path / "list.bin").write_bytes(b"\xff\xfe\x00 not text")
+    r = _run("train", "entropy-tables", folder, tmp_path / "list.bin", "-f")
+    assert r.exit_code == 1 and "list.bin: cannot read the file list" in _one_error_line(r)
 
 
 def test_a_file_whose_name_would_break_the_pair_lists_is_reported_and_the_rest_listed(tmp_path, tiny_codec_dir):

@@ -237,12 +237,11 @@ def test_memory_running_out_is_one_line_not_a_bug_report():
 def test_every_folder_mode_lists_the_same_audio_files(tmp_path):
     """Five places decided which files of a folder are audio; training and entropy tables took hidden files
     (macOS's ._x.wav AppleDouble files, which are not audio, failed a run) and followed links to folders.
-    Corpus encode, eval, training lists and entropy tables now list a folder by one rule."""
+    Corpus encode, eval, training lists (entropy tables read theirs) now list a folder by one rule."""
     from flowdec_cli.audio import audio_files_below
     from flowdec_cli.corpus import list_inputs
     from flowdec_cli.evaluation.pairing import find_audio
     from flowdec_cli.training.data import list_audio
-    from flowdec_cli.training.entropy_tables import read_file_list
 
     root = tmp_path / "set"
     (root / "sub").mkdir(parents=True)
@@ -257,6 +256,5 @@ def test_every_folder_mode_lists_the_same_audio_files(tmp_path):
     assert [Path(i.path) for i in list_inputs(root)] == expected
     assert find_audio(root) == expected
     assert [Path(i.path) for i in list_audio([root])] == [p.resolve() for p in expected]
-    assert read_file_list(root) == expected
     assert audio_files_below(root, pattern="sub/*") == [root / "sub" / "B.FLAC"]
     assert audio_files_below(root, exclude=root / "sub") == [root / "a.wav"]

@@ -37,6 +37,7 @@ __all__ = [
     "write_audio",
     "output_format_for",
     "check_output_format",
+    "format_suffix",
     "output_rate_for",
     "check_output_channels",
 ]
@@ -533,6 +534,14 @@ def kept_subtype(input_subtype: str, path: str | os.PathLike) -> str | None:
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 #: The rates MPEG-1/2/2.5 Layer III takes; others go to the next one up (48 kHz above it).
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def format_suffix(out_format: str, subtype: str | None = None) -> str:
+    """The extension ``--format`` names (``flac``, ``.FLAC`` -> ``.flac``) for outputs that take their type
+    from it (a folder's files, standard output), refused with the subtype as for a named file."""
+    suffix = "." + out_format.lstrip(".").lower()
+    check_output_format(Path("out" + suffix), subtype, f"--format {out_format}")
+    return suffix
 
 
 def check_output_format(path: str | os.PathLike, subtype: str | None = None,

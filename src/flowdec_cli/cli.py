@@ -591,16 +591,17 @@ def _given(name: str) -> bool:
 def _out_suffix(out_format: str, dst: Path, subtype: str | None) -> str:
     """The audio output's extension (``--format`` for folders and ``-``, else OUT's own), checked together
     with ``--subtype`` before anything is decoded."""
-    from .audio import AudioError, check_output_format
+    from .audio import AudioError, check_output_format, format_suffix
 
-    suffix = "." + out_format.lstrip(".").lower()
     named = not is_stdio(dst) and bool(dst.suffix) and not dst.is_dir()
-    if named and _given("out_format") and dst.suffix.lower() != suffix:  # one of the two would be ignored
-        raise click.UsageError(f"--format {out_format} is for folders and -; {dst} names its own type "
-                               f"({dst.suffix}): give one or the other")
     try:
-        check_output_format(dst if named else Path("out" + suffix), subtype,
-                            None if named else f"--format {out_format}")
+        if not named:
+            return format_suffix(out_format, subtype)
+        suffix = format_suffix(out_format)
+        if _given("out_format") and dst.suffix.lower() != suffix:  # one of the two would be ignored
+            raise click.UsageError(f"--format {out_format} is for folders and -; {dst} names its own type "
+                                   f"({dst.suffix}): give one or the other")
+        check_output_format(dst, subtype)
     except AudioError as exc:
         raise click.UsageError(str(exc)) from None
     return suffix

@@ -717,6 +717,10 @@ def _rows_left(shard: str, want: set[str] | None, decoded: set[str],
 
 # -- engines -----------------------------------------------------------------------------------------
 
+#: what a run that needs Ray without it is told (the command line's check and the engine's say the same)
+RAY_MISSING = "Ray is not installed: pip install 'flowdec-cli[ray]' (or --engine local)"
+
+
 def ray_available() -> bool:
     try:
         import ray
@@ -761,7 +765,7 @@ def _run_ray(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, A
     import logging
 
     if not ray_available():
-        raise CorpusError("the Ray engine needs Ray: pip install 'flowdec-cli[ray]'")
+        raise CorpusError(RAY_MISSING)
     import ray
     import ray.data
 
@@ -1049,7 +1053,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
     (resume); failures are in the summary and ``out/_failures.csv``. ``tune_process``: let each worker tune
     its process for the postfilter on a CPU (:meth:`flowdec_cli.pipeline.Codec.tune_process`).
     ``temperature``: the postfilter's start-noise scale (None: each model's own), as ``flowdec decompress``."""
-    from .audio import AudioError, check_output_format
+    from .audio import AudioError, format_suffix
 
     _need_pyarrow()
     engine = engine or Engine()
@@ -1057,9 +1061,8 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
     files = shard_files(source)
     if not files:
         raise CorpusError(f"{source}: no Parquet shards ({SHARD_GLOB}) found")
-    suffix = "." + out_format.lstrip(".").lower()
     try:
-        check_output_format(Path("out" + suffix), subtype, f"--format {out_format}")
+        suffix = format_suffix(out_format, subtype)
     except AudioError as exc:
         raise CorpusError(str(exc)) from None
     out = Path(out)

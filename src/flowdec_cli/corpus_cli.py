@@ -54,13 +54,13 @@ def _engine_options(f: Callable) -> Callable:
 
 
 def _engine(engine: str, address: str | None, workers: int | None, cpus: float, gpus: float) -> Any:
-    from .corpus import Engine, ray_available
+    from .corpus import RAY_MISSING, Engine, ray_available
 
     if engine == "local" and address:
         raise click.UsageError("--address needs the Ray engine, not --engine local")
     eng = Engine(engine, address=address, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
     if eng.resolved() == "ray" and not ray_available():
-        raise click.UsageError("Ray is not installed: pip install 'flowdec-cli[ray]' (or --engine local)")
+        raise click.UsageError(RAY_MISSING)
     return eng
 
 

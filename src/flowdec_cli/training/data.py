@@ -89,8 +89,9 @@ def read_file_list(path: Path) -> list[str]:
     return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
 
 
-def list_audio(sources: Sequence[str | os.PathLike]) -> list[AudioItem]:
-    """Every audio file of ``sources`` (folders, searched recursively, or path lists), sorted, unique."""
+def list_audio(sources: Sequence[str | os.PathLike], sort: bool = True) -> list[AudioItem]:
+    """Every audio file of ``sources`` (folders, searched recursively, path lists, or audio files), unique,
+    sorted by path (``sort=False``: in the order the sources and lists give them)."""
     items: dict[str, AudioItem] = {}
     for src in sources:
         src = Path(src).expanduser()
@@ -107,7 +108,7 @@ def list_audio(sources: Sequence[str | os.PathLike]) -> list[AudioItem]:
                 items.setdefault(str(p.resolve()), AudioItem(str(p.resolve()), line))
         else:
             raise DataError(f"{src}: no such folder or file list")
-    return sorted(items.values(), key=lambda it: it.path)
+    return sorted(items.values(), key=lambda it: it.path) if sort else list(items.values())
 
 
 def _hash_fraction(key: str, salt: str) -> float:

@@ -140,21 +140,6 @@ def cross_entropy_bits(tables: EntropyTables, arrays: Sequence[np.ndarray], k: i
     return float(-np.log2(f / TABLE_TOTAL).sum()), int(len(code))
 
 
-def read_file_list(path: Path) -> list[Path]:
-    """A list file (paths relative to the list, one per line) or a folder of audio files."""
-    from ..audio import audio_files_below
-
-    if path.is_dir():
-        return audio_files_below(path)
-    try:
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: no such file list or folder") from None
-    except UnicodeDecodeError:
-        raise TrainingError(f"{path}: not a file list (one audio path per line) or a folder") from None
-    return [(path.parent / ln) for ln in lines if ln and not ln.startswith("#")]
-
-
 def code_files(codec: Any, files: Iterable[Path], progress: Callable[[int], None] | None = None,
                failed: list[str] | None = None) -> list[np.ndarray]:
     """The codes [K, T] of every channel of every file, at the model's full codebook count. A file that
@@ -187,6 +172,7 @@ def build_tables_for_model(model_ref: str | os.PathLike, sources: Sequence[Path]
     from ..models import ModelError
     from ..models.resolve import resolve
     from ..pipeline import Codec
+    from .data import list_audio
 
     folder = resolve(model_ref)
     if out is None:
@@ -194,7 +180,8 @@ def build_tables_for_model(model_ref: str | os.PathLike, sources: Sequence[Path]
             raise ModelError(f"{model_ref}: not a model folder; give --out for the tables")
         out = folder
     codec = Codec.load(folder, device, with_postfilter=False)
-    files = [p for src in sources for p in read_file_list(Path(src))][::max(1, int(every))]
+    # a list's own order, so that --every picks the files it picked before lists were read by list_audio
+    files = [Path(item.path) for item in list_audio(sources, sort=False)][::max(1, int(every))]
     if not files:
         raise ValueError("no audio files in the given sources")
     bar = progress("code files", len(files)) if progress else None
