@@ -571,3 +571,23 @@ def test_a_long_file_is_drawn_from_the_loudest_frame_of_each_group_in_bounded_me
     assert pooled.max() == pytest.approx(whole.max(), rel=1e-6)
     centred = np.pad(x.astype(np.float64), plot.N_FFT // 2)[: plot.N_FFT] * np.hanning(plot.N_FFT + 1)[:-1]
     np.testing.assert_allclose(whole[:, 0], np.abs(np.fft.rfft(centred)) ** 2, rtol=1e-6, atol=1e-9)
+
+
+def test_a_pair_is_scored_by_the_library_not_the_command(tmp_path):
+    """Scoring a pair lived in the command line; it is `evaluation.pairing.score_pair`, whose refusals name
+    the file at fault and whose warnings go where the caller says."""
+    from flowdec_cli.evaluation.pairing import Pair, ScoringError, score_pair
+
+    ref, deg, empty = tmp_path / "ref.wav", tmp_path / "deg.wav", tmp_path / "empty.wav"
+    x = 0.1 * np.sin(np.arange(16000) / 8.0).astype(np.float32)
+    sf.write(ref, x, 16000)
+    sf.write(deg, x[:12000], 16000)
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    with pytest.raises(ScoringError, match=r"deg\.wav: lengths differ"):
+        score_pair(Pair("a", ref, deg), ["si_sdr"])
+    heard: list[str] = []
+    scores = score_pair(Pair("a", ref, deg), ["si_sdr"], allow_mismatch=True, warn=heard.append)
+    assert np.isfinite(scores["si_sdr"]) and heard == ["a: lengths differ (reference 1.000 s, decoded 0.750 s); "
+                                                       "resampled and trimmed to the shorter"]
+    with pytest.raises(ScoringError, match=r"empty\.wav: empty signal"):
+        score_pair(Pair("b", empty, deg), ["si_sdr"])

@@ -23,11 +23,9 @@ from .metrics import (
     OPTIONAL_METRICS,
     MetricError,
     MetricUnavailable,
-    comparability_problems,
-    compute_metrics,
     metric_available,
 )
-from .pairing import AudioReadError, PairingError, pair_paths, read_scored_audio
+from .pairing import AudioReadError, PairingError, ScoringError, pair_paths, score_pair
 from .report import Report
 
 __all__ = ["eval_command", "plot_command", "select_metrics"]
@@ -263,13 +261,13 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
             click.echo(f"flowdec: [{i}/{len(pairing.pairs)}] {pair.name}", err=True)
         try:
             report.add(file=pair.name, ref=str(pair.ref), deg=str(pair.deg),
-                       **_score_pair(pair, names, allow_mismatch))
+                       **score_pair(pair, names, allow_mismatch, warn=_warn))
         except MetricUnavailable as exc:
             raise Failure(str(exc)) from exc
-        except Failure as exc:
+        except ScoringError as exc:
             if len(pairing.pairs) == 1:
-                raise
-            click.echo(error_line(exc.format_message()), err=True)  # one bad pair; the others go on
+                raise Failure(str(exc)) from exc
+            click.echo(error_line(str(exc)), err=True)  # one bad pair; the others go on
             failed.append(pair.name)
     if failed and not report.rows:
         raise Failure(f"none of the {len(failed)} pairs could be scored")
@@ -283,34 +281,6 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
     if failed:
         raise Failure(f"{len(failed)} of {len(pairing.pairs)} pairs could not be scored and are not in the "
                       f"report: {_list_some(failed)}")
-
-
-def _score_pair(pair, names: list[str], allow_mismatch: bool) -> dict:
-    """The metrics of one (reference, decoded) pair; :class:`Failure` naming the file when it cannot be
-    scored. A metric that is not installed (:class:`MetricUnavailable`) is not a problem of the pair: it
-    is raised as it is, and stops the run."""
-    try:
-        ref_audio, ref_sr = read_scored_audio(pair.ref)
-        deg_audio, deg_sr = read_scored_audio(pair.deg)
-    except AudioReadError as exc:
-        raise Failure(str(exc)) from exc
-    for path, audio in ((pair.ref, ref_audio), (pair.deg, deg_audio)):
-        if len(audio) == 0:  # the file at fault, not always the decoded one
-            raise Failure(f"{path}: empty signal (0 frames)")
-    problems = comparability_problems(len(ref_audio), ref_sr, len(deg_audio), deg_sr)
-    if problems and not allow_mismatch:
-        raise Failure(f"{pair.deg}: {'; '.join(problems)}: not a decoding of {pair.ref}? "
-                      "(--allow-mismatch scores it anyway)")
-    for p in problems:
-        _warn(f"{pair.name}: {p}; resampled and trimmed to the shorter")
-    errors: dict[str, str] = {}
-    try:
-        scores = compute_metrics(ref_audio, ref_sr, deg_audio, deg_sr, names, errors=errors)
-    except MetricError as exc:
-        raise Failure(f"{pair.deg}: {exc}") from exc
-    for m, msg in errors.items():
-        _warn(f"{pair.name}: {m} not computed: {msg}")
-    return scores
 
 
 def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir, force, threads) -> Report:

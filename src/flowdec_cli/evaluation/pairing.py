@@ -12,12 +12,14 @@ Folder rules (:func:`pair_paths`):
   side. Anything else is reported as unpaired (an ambiguous stem such as ``x.wav`` and
   ``x.flac`` on one side with ``x.opus`` on the other is unpaired too).
 
-This module also holds :func:`read_scored_audio`, the single place where the evaluation code reads audio.
+This module also holds :func:`read_scored_audio`, the single place where the evaluation code reads audio,
+and :func:`score_pair`, what ``flowdec eval REF DEG`` does with each pair.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -34,6 +36,8 @@ __all__ = [
     "find_audio",
     "pair_paths",
     "read_scored_audio",
+    "score_pair",
+    "ScoringError",
 ]
 
 
@@ -43,6 +47,11 @@ class PairingError(FlowdecError, ValueError):
 
 class AudioReadError(FlowdecError, OSError):
     """An audio file cannot be read; the message names the file and the reason."""
+
+
+class ScoringError(FlowdecError, ValueError):
+    """A pair that cannot be scored (unreadable, empty, not a decoding of its reference); the message names
+    the file at fault."""
 
 
 @dataclass(frozen=True)
@@ -145,3 +154,37 @@ def read_scored_audio(path: str | Path) -> tuple[np.ndarray, int]:
         hint = "; a .fdc file holds codes, not audio: `flowdec decompress` it first" \
             if Path(path).suffix.lower() == ".fdc" else ""
         raise AudioReadError(f"{exc}{hint}") from None
+
+
+def score_pair(pair: Pair, names: list[str], allow_mismatch: bool = False,
+               warn: Callable[[str], None] | None = None) -> dict[str, float]:
+    """The metrics ``names`` of one (reference, decoded) pair. :class:`ScoringError` names the file when the
+    pair cannot be scored: unreadable or empty, or of another rate or length than its reference unless
+    ``allow_mismatch`` (then resampled and trimmed, which ``warn`` hears, as it hears each metric that could
+    not score these signals). A metric that is not installed (``MetricUnavailable``) is not the pair's
+    fault: it propagates and should stop the run."""
+    from .metrics import MetricError, comparability_problems, compute_metrics
+
+    say = warn or (lambda _: None)
+    try:
+        ref_audio, ref_sr = read_scored_audio(pair.ref)
+        deg_audio, deg_sr = read_scored_audio(pair.deg)
+    except AudioReadError as exc:
+        raise ScoringError(str(exc)) from exc
+    for path, audio in ((pair.ref, ref_audio), (pair.deg, deg_audio)):
+        if len(audio) == 0:  # the file at fault, not always the decoded one
+            raise ScoringError(f"{path}: empty signal (0 frames)")
+    problems = comparability_problems(len(ref_audio), ref_sr, len(deg_audio), deg_sr)
+    if problems and not allow_mismatch:
+        raise ScoringError(f"{pair.deg}: {'; '.join(problems)}: not a decoding of {pair.ref}? "
+                           "(--allow-mismatch scores it anyway)")
+    for p in problems:
+        say(f"{pair.name}: {p}; resampled and trimmed to the shorter")
+    errors: dict[str, str] = {}
+    try:
+        scores = compute_metrics(ref_audio, ref_sr, deg_audio, deg_sr, names, errors=errors)
+    except MetricError as exc:
+        raise ScoringError(f"{pair.deg}: {exc}") from exc
+    for m, msg in errors.items():
+        say(f"{pair.name}: {m} not computed: {msg}")
+    return scores
