@@ -87,22 +87,6 @@ def latents(ndac, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         return torch.cat([ndac.quantizer.from_codes(codes[i:i + 1, :k]) for i, k in enumerate(counts)])
 
 
-def coded(ndac, z: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(quantised latent, commitment loss, codebook loss) of the encoder's latent ``z`` [B, D, T], each item
-    at its own codebook count, with gradients (the residual loop of DAC's quantizer with a per-item mask)."""
-    keep = torch.tensor(counts, device=z.device)
-    z_q, residual = torch.zeros_like(z), z
-    commitment, codebook = z.new_zeros(()), z.new_zeros(())
-    for i, quantizer in enumerate(ndac.quantizer.quantizers[:max(counts)]):
-        z_q_i, commit_i, book_i, _codes, _z_e = quantizer(residual)
-        mask = (i < keep).to(z.dtype)
-        z_q = z_q + z_q_i * mask[:, None, None]
-        residual = residual - z_q_i
-        commitment = commitment + (commit_i * mask).mean()
-        codebook = codebook + (book_i * mask).mean()
-    return z_q, commitment, codebook
-
-
 def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
     """[1, 1, L]: a test tone at amplitude 0.3 and phase 0.7 (not a multiple of the codec's hop's cycle)."""
     t = np.arange(int(seconds * RATE)) / RATE
@@ -358,7 +342,8 @@ def main() -> None:
         x = next(feed).to(args.device)
         counts = [int(rng.choice(counts_pool)) for _ in range(args.batch)]
         if args.joint:
-            zq, commitment, codebook = coded(ndac, ndac.encoder(ndac.pad_to_hop(x)), counts)
+            zq, _codes, _latents, commitment, codebook = ndac.quantizer(
+                ndac.encoder(ndac.pad_to_hop(x)), n_quantizers_per_item=torch.tensor(counts))
         else:
             zq = latents(ndac, x, counts)
         y = decoder(zq)

@@ -298,3 +298,19 @@ def test_stage_calls_refuse_what_they_coded_wrongly_or_failed_on_deep_inside():
         with pytest.raises(ValueError, match="n_codebooks must be between 1 and 3"):
             model.bitrate(k)
     assert model.bitrate(3) == 3 * model.bitrate(1)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_each_item_at_its_own_codebook_count_equals_coding_it_alone(training):
+    """``n_quantizers_per_item``: the trainer's dropout counts drawn for a batch split over processes, and
+    experiments that code each item at its own rate; item i is coded as if alone at its count."""
+    torch.manual_seed(0)
+    model = make_tiny_ndac()
+    quantizer = model.quantizer.train(training)
+    z = torch.randn(3, model.config.latent_dim, 7)
+    counts = torch.tensor([1, 3, 2])
+    z_q = quantizer(z, n_quantizers_per_item=counts)[0]
+    quantizer.eval()
+    for i, k in enumerate(counts.tolist()):
+        alone = quantizer(z[i:i + 1], n_quantizers=k)[0]
+        assert torch.allclose(z_q[i:i + 1], alone, atol=1e-6), i

@@ -236,12 +236,14 @@ class ResidualVectorQuantize(nn.Module):
 
         In training mode a fraction ``quantizer_dropout`` of the batch uses a random number of codebooks,
         which is what makes every prefix of the codebooks decodable; ``n_quantizers_per_item`` [B] gives each
-        item's count instead (a trainer that draws them for a batch split over processes).
+        item's count instead, in either mode (a trainer that draws them for a batch split over processes, or
+        codes each item at its own rate).
         """
         n_q = self.n_codebooks if n_quantizers is None else int(n_quantizers)
         batch = z.shape[0]
-        if self.training and n_quantizers_per_item is not None:
+        if n_quantizers_per_item is not None:
             n_q_per_item = n_quantizers_per_item.to(z.device)
+            n_q = int(n_q_per_item.max()) if batch else n_q
         elif self.training:
             n_q_per_item = torch.full((batch,), self.n_codebooks, device=z.device)
             n_drop = int(batch * self.quantizer_dropout)
