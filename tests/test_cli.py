@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -840,6 +841,12 @@ def test_a_file_without_audio_has_no_rate_on_disk(run, tmp_path, tiny_codec_dir)
     info = json.loads(run("info", tmp_path / "e.fdc", "--json").output)  # was 0.0 for a file of 100 bytes
     assert info["actual_bitrate_kbps"] is None and info["envelope_kbps"] is None and info["file_bytes"] > 0
     assert re.search(r"^actual_bitrate_kbps +-$", run("info", tmp_path / "e.fdc").output, re.M)
+    one = tmp_path / "one.wav"  # a sample: the factor measured start-up ("RTF 5093"); JSON still has it
+    sf.write(one, np.full(1, 0.1, np.float32), 48000)
+    r = run("roundtrip", one, tmp_path / "one-out.wav", "-m", tiny_codec_dir, "--nfe", "0")
+    assert r.exit_code == 0 and "RTF" not in r.output, r.output
+    r = run("roundtrip", one, tmp_path / "one-out.wav", "-m", tiny_codec_dir, "--nfe", "0", "-f", "--json", "-q")
+    assert json.loads(r.output)["rtf"] > 0
 
 
 @pytest.mark.parametrize("ext", [".flac", ".opus", ".mp3"])

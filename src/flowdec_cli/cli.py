@@ -644,6 +644,9 @@ def _check_json(as_json: bool, dst: Path) -> None:
         require_stdout()
 
 
+_RTF_MIN_SECONDS = 1.0  # the shortest audio whose real-time factor the text line shows
+
+
 def _rates(header: Any, nbytes: int, seconds: float, nominal_kbps: float) -> dict[str, Any]:
     """The figures every per-file JSON record shares: ``kbps_nominal`` is the rate as ``-b`` counts it (under
     a rate plan the codes and their side channel, as the banner says), ``kbps_codes`` the codes' own. A file
@@ -815,7 +818,8 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
     guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
     rate = (f"{header.sample_rate} Hz resampled to {res.sample_rate} Hz (a rate the format takes)"
             if res.resampled else f"{header.sample_rate} Hz")
-    rtf = f" (RTF {record['rtf']:.3f})" if record["rtf"] is not None else ""
+    # below a second of audio the factor measures start-up, not speed (a 1-sample file said "RTF 5093"); JSON keeps it
+    rtf = f" (RTF {record['rtf']:.3f})" if record["rtf"] is not None and dur >= _RTF_MIN_SECONDS else ""
     return record, (f"{dur:.2f} s, {header.channels} ch, {rate}, {nbytes} bytes coded "
                     f"({_rate_text(record)}{_envelope_note(header)}), NFE {res.nfe}, {seconds:.1f} s{rtf}{guard}")
 
