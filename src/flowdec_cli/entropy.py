@@ -223,16 +223,21 @@ def freqs_from_counts(counts: np.ndarray) -> np.ndarray:
     return out
 
 
+def tables_file(path: str | os.PathLike) -> Path:
+    """The file tables given ``path`` go to: ``path`` itself when it ends in .safetensors, else
+    ``path/entropy.safetensors`` (a model folder)."""
+    path = Path(path)
+    return path if path.suffix == ".safetensors" else path / TABLES_FILE
+
+
 def save_tables(tables: EntropyTables, path: str | os.PathLike) -> Path:
-    """Write the tables as ``entropy.safetensors`` (or ``path`` itself when it ends in .safetensors)."""
+    """Write the tables to :func:`tables_file` of ``path``."""
     from safetensors.numpy import save_file
 
     from .fileio import publish, temporary_sibling
 
     tables.validate()
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        path = path / TABLES_FILE
+    path = tables_file(path)
     meta = {"coding": CODING_CTX1, "codebook_size": str(tables.codebook_size),
             "n_codebooks": str(tables.n_codebooks), "ndac_hash": tables.ndac_hash, "id": tables.id,
             **{str(k): str(v) for k, v in tables.info.items()}}

@@ -371,26 +371,19 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
     LIST_OR_FOLDER: file lists (paths relative to the list, e.g. the corpus's train.txt) or folders of
     audio. The tables go to MODEL/entropy.safetensors; 'flowdec compress' then entropy-codes with them.
     """
-    from ..entropy import TABLES_FILE
-    from ..models.resolve import resolve
     from ..runtime import set_threads
     from .common import TrainingError
     from .entropy_tables import TableSettings, build_tables_for_model
 
     set_threads(threads)
-    target = out_path or (resolve(model_ref) / TABLES_FILE)
-    if target.suffix != ".safetensors":
-        target = target / TABLES_FILE
-    if target.exists() and not force:
-        raise Failure(f"{target}: exists; use -f/--force to overwrite")
     defaults = TableSettings()
     settings = TableSettings(
         prev_classes=defaults.prev_classes if prev_classes is None else prev_classes,
         up_classes=defaults.up_classes if up_classes is None else up_classes,
         smoothing=defaults.smoothing if smoothing is None else smoothing)
     try:
-        path, tables, stats = build_tables_for_model(model_ref, list(sources), target, settings, device=device,
-                                                     every=every, progress=_bar(quiet))
+        path, tables, stats = build_tables_for_model(model_ref, list(sources), out_path, settings, device=device,
+                                                     every=every, progress=_bar(quiet), overwrite=force)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
     if not quiet:

@@ -165,10 +165,13 @@ def code_files(codec: Any, files: Iterable[Path], progress: Callable[[int], None
 
 def build_tables_for_model(model_ref: str | os.PathLike, sources: Sequence[Path], out: Path | None = None,
                            settings: TableSettings | None = None, device: str = "auto", every: int = 1,
-                           progress: Callable[[str, int], Any] | None = None) -> tuple[Path, EntropyTables, dict]:
+                           progress: Callable[[str, int], Any] | None = None,
+                           overwrite: bool = True) -> tuple[Path, EntropyTables, dict]:
     """Code ``sources`` (list files or folders) with the model, learn its tables, write them into the model
-    folder (or ``out``). Returns (path written, tables, stats with the training cross-entropy)."""
-    from ..entropy import save_tables
+    folder (or ``out``: :func:`~flowdec_cli.entropy.tables_file`). Tables already there are refused before
+    any coding unless ``overwrite``. Returns (path written, tables, stats with the training cross-entropy)."""
+    from ..entropy import save_tables, tables_file
+    from ..fileio import OutputExistsError
     from ..models import ModelError
     from ..models.resolve import resolve
     from ..pipeline import Codec
@@ -179,6 +182,8 @@ def build_tables_for_model(model_ref: str | os.PathLike, sources: Sequence[Path]
         if not folder.is_dir():
             raise ModelError(f"{model_ref}: not a model folder; give --out for the tables")
         out = folder
+    if not overwrite and tables_file(out).exists():
+        raise OutputExistsError(tables_file(out), before=True)
     codec = Codec.load(folder, device, with_postfilter=False)
     # a list's own order, so that --every picks the files it picked before lists were read by list_audio
     files = [Path(item.path) for item in list_audio(sources, sort=False)][::max(1, int(every))]
