@@ -275,6 +275,8 @@ def main() -> None:
         if args.joint:
             load_codec(ndac, ckpt)
         opt.load_state_dict(ckpt["optimizer"])
+        for group, mine in zip(opt.param_groups, groups):  # the schedule's base rates are this command's
+            group["base"] = mine["base"]  # (a run saved before they were kept has none)
         step, spent = int(ckpt["step"]), float(ckpt["seconds"])
     elif args.init is not None:
         decoder.load_state_dict(torch.load(args.init, map_location=args.device, weights_only=True)["decoder"])

@@ -863,3 +863,27 @@ def test_two_quick_ctrl_c_end_the_run_in_one_line(tmp_path, tiny_codec_dir):
     err = p.stderr.read()
     assert rc == 130 and err == "flowdec: interrupted\n", err
     assert not temporaries(tmp_path / "out") and not out.exists()
+
+
+def test_a_signal_held_during_a_block_lands_after_it_unless_the_block_fails():
+    """`signals_deferred` (each training step): a Ctrl-C inside lands when the block is whole; a block that
+    fails passes its own error on (reported as an interruption, a step that failed part-way was saved)."""
+    from flowdec_cli.signals import signals_deferred
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                done.append("the rest of the block")
+        assert done == ["the rest of the block"]
+        with pytest.raises(RuntimeError, match="the step failed"):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                raise RuntimeError("the step failed")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -236,8 +236,8 @@ def test_memory_running_out_is_one_line_not_a_bug_report():
 
 def test_every_folder_mode_lists_the_same_audio_files(tmp_path):
     """Five places decided which files of a folder are audio; training and entropy tables took hidden files
-    (macOS's ._x.wav AppleDouble files, which are not audio, failed a run) and followed links to folders.
-    Corpus encode, eval, training lists (entropy tables read theirs) now list a folder by one rule."""
+    (macOS's ._x.wav AppleDouble files, which are not audio, failed a run). Corpus encode, eval, training
+    lists (entropy tables read theirs) now list a folder by one rule."""
     from flowdec_cli.audio import audio_files_below
     from flowdec_cli.corpus import list_inputs
     from flowdec_cli.evaluation.pairing import find_audio
@@ -258,3 +258,26 @@ def test_every_folder_mode_lists_the_same_audio_files(tmp_path):
     assert [Path(i.path) for i in list_audio([root])] == [p.resolve() for p in expected]
     assert audio_files_below(root, pattern="sub/*") == [root / "sub" / "B.FLAC"]
     assert audio_files_below(root, exclude=root / "sub") == [root / "a.wav"]
+
+
+def test_a_file_list_from_a_pipe_and_a_hash_inside_a_name(tmp_path):
+    """A list read from a pipe (`<(find ...)`) was taken for a missing file, and a `#` inside a name cut the
+    path short; only a line starting with `#` is a comment."""
+    import os
+    import threading
+
+    from flowdec_cli.training.data import list_audio
+
+    sharp = tmp_path / "Symphony #5.wav"
+    sf.write(sharp, tone(0.1, 16000), 16000)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\n  # another\n{sharp}\n")
+    assert [i.path for i in list_audio([listing])] == [str(sharp.resolve())]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text(f"{sharp}\n"))
+    writer.start()
+    try:
+        assert [i.path for i in list_audio([fifo])] == [str(sharp.resolve())]
+    finally:
+        writer.join(timeout=10)

@@ -538,7 +538,7 @@ def _model_notice(codec: Codec, model: str | None, quiet: bool, cache_dir: Path 
 
 
 def _bitrate_choice(codec: Codec, bitrate: float | None, n_codebooks: int | None) -> RatePoint:
-    from .pipeline import CodecError
+    from .exceptions import CodecError
 
     try:
         return codec.choose_rate(bitrate, n_codebooks)
@@ -886,7 +886,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
 
 def _model_nfe(codec: Codec, nfe: int | None, solver: str) -> int:
     """The NFE asked for, or the model's default, checked against the solver (the pipeline's rule)."""
-    from .pipeline import CodecError
+    from .exceptions import CodecError
 
     try:
         return codec.resolve_nfe(nfe, solver)

@@ -47,14 +47,16 @@ class OutputExistsError(FlowdecError, FileExistsError):
     """An output that is already there, where nothing may be replaced: found ``before`` any work, or by a
     no-clobber publish (another process made it meanwhile)."""
 
-    def __init__(self, path: str | os.PathLike, before: bool = False, reason: str = "exists") -> None:
+    def __init__(self, path: str | os.PathLike, before: bool = False, reason: str = "exists",
+                 argument: str = "overwrite=True") -> None:
         super().__init__(errno.EEXIST, reason, str(path))
         self.path = Path(path)
         self.before = before
         self.reason = reason  # what is there: "exists", or for a folder "is not empty"
+        self.argument = argument  # what replaces it, in the raising function's terms (a command names its flag)
 
     def __str__(self) -> str:
-        return self.describe("overwrite=True")
+        return self.describe(self.argument)
 
     def describe(self, replace_with: str) -> str:
         """The message, naming what replaces the file in the caller's terms (an argument, a flag)."""

@@ -25,7 +25,8 @@ from .exceptions import InvalidValue
 from .features import HOP_LENGTH, PAD_MULTIPLE, num_frames, padded_frames, peak_normfac
 from .ncsnpp import NCSNpp
 from .numeric import is_real
-from .postfilter import Postfilter, Progress, check_normfac
+from .postfilter import Postfilter, check_normfac
+from .progress import Progress
 from .sampler import check_seed, draw_noise, nfe_to_steps
 
 __all__ = ["enhance_long", "auto_batch_size", "ChunkPlan", "plan_chunks", "DEFAULT_CHUNK_SECONDS",

@@ -120,7 +120,9 @@ def termination_signals() -> Iterator[None]:
 def signals_deferred() -> Iterator[None]:
     """A stop signal that arrives inside the block is delivered when it ends, to the handler it would have
     met (a training step is taken whole: an interrupt between the optimiser's update and the step count
-    saved weights one step ahead of their record). Main thread only; elsewhere nothing changes. Blocking
+    saved weights one step ahead of their record). A block that fails passes its own error on, the signal
+    dropped (reported as an interruption, a step that failed part-way would be saved). Main thread only;
+    elsewhere nothing changes. Blocking
     the signal instead would not do: another thread (a data loader's, a progress bar's) would take it."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -132,7 +134,9 @@ def signals_deferred() -> Iterator[None]:
             previous[s] = signal.signal(s, lambda signum, frame: arrived.append(signum))
     try:
         yield
-    finally:
-        restore_signals(previous)
-        if arrived:
-            signal.raise_signal(arrived[0])
+    except BaseException:
+        restore_signals(previous)  # the block's own error stands; the run is ending with it anyway
+        raise
+    restore_signals(previous)
+    if arrived:
+        signal.raise_signal(arrived[0])

@@ -302,7 +302,7 @@ def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save
     except OutputExistsError as exc:
         raise _exists(exc.path) from exc
     except (AudioReadError, ValueError, MetricError, FlowdecError) as exc:  # ours say what and where
-        from ..pipeline import CodecError
+        from ..exceptions import CodecError
 
         if isinstance(exc, CodecError):  # files' own failures are reported inside: a --bitrates the model
             raise click.UsageError(str(exc)) from None  # has no rate for, a usage error as for compress -b

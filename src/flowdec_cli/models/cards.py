@@ -129,7 +129,7 @@ def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLi
     if not dest.parent.is_dir():  # as for every output: a mistyped parent is not created
         raise ModelError(f"{dest}: folder {dest.parent} does not exist; create it first")
     if dest.is_dir() and any(dest.iterdir()) and not force:
-        raise OutputExistsError(dest, before=True, reason="is not empty")  # the command line names its flag
+        raise OutputExistsError(dest, before=True, reason="is not empty", argument="force=True")
     if src.is_dir() and (dest.resolve() == src.resolve() or src.resolve() in dest.resolve().parents):
         raise ModelError(f"{dest}: lies inside the model being exported ({src}); choose another folder")
 

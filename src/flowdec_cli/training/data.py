@@ -81,12 +81,13 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def read_file_list(path: Path) -> list[str]:
-    """The entries of a file list, as written (``#`` starts a comment; blank lines are skipped)."""
+    """The entries of a file list, as written: a line whose first non-blank character is ``#`` is a comment,
+    blank lines are skipped, and a ``#`` elsewhere belongs to the path (``Symphony #5.flac``)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the file list ({exc})") from None
-    return [ln.split("#", 1)[0].strip() for ln in lines if ln.split("#", 1)[0].strip()]
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
 
 
 def list_audio(sources: Sequence[str | os.PathLike], sort: bool = True) -> list[AudioItem]:
@@ -98,8 +99,8 @@ def list_audio(sources: Sequence[str | os.PathLike], sort: bool = True) -> list[
         if src.is_dir():  # as every folder mode lists one (hidden files such as macOS's ._x.wav left out)
             for p in audio_files_below(src):
                 items.setdefault(str(p.resolve()), AudioItem(str(p.resolve()), p.relative_to(src).as_posix()))
-        elif src.is_file():
-            if is_audio_path(src):
+        elif src.exists():  # a list file, or one read from a pipe (<(find ...), /dev/stdin)
+            if is_audio_path(src) and src.is_file():
                 items.setdefault(str(src.resolve()), AudioItem(str(src.resolve()), src.name))
                 continue
             for line in read_file_list(src):

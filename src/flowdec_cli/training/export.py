@@ -150,7 +150,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     if out.exists() and not out.is_dir():
         raise TrainingError(f"{out}: is a file; give a folder to export into")
     if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(out, before=True, reason="is not empty")  # the command line names its flag
+        raise OutputExistsError(out, before=True, reason="is not empty", argument="force=True")
     ndac_dir = ndac_component(ndac)
     try:
         codec = ndac_from_folder(ndac_dir)
