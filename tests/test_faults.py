@@ -873,17 +873,15 @@ def test_a_signal_held_during_a_block_lands_after_it_unless_the_block_fails():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         done = []
-        with pytest.raises(KeyboardInterrupt):
-            with signals_deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.05)
-                done.append("the rest of the block")
+        with pytest.raises(KeyboardInterrupt), signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append("the rest of the block")
         assert done == ["the rest of the block"]
-        with pytest.raises(RuntimeError, match="the step failed"):
-            with signals_deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.05)
-                raise RuntimeError("the step failed")
+        with pytest.raises(RuntimeError, match="the step failed"), signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            raise RuntimeError("the step failed")
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)

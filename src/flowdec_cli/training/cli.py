@@ -375,6 +375,7 @@ def entropy_tables_command(model_ref: str, sources: tuple[Path, ...], out_path: 
     from .common import TrainingError
     from .entropy_tables import TableSettings, build_tables_for_model
 
+    device_for_command(device)  # a device that is not here is a usage error, before the model loads
     set_threads(threads)
     defaults = TableSettings()
     settings = TableSettings(

@@ -134,7 +134,8 @@ class NDACTrainer(Trainer):
         counts = torch.full((total,), model.n_codebooks, dtype=torch.long)
         dropped = int(total * model.quantizer.quantizer_dropout)
         if dropped:
-            g = torch.Generator().manual_seed(mix_seed(self.config.train.seed, self.step, 0x51))
+            # four values: no (seed, step, rank) reseed of a step can share this seed
+            g = torch.Generator().manual_seed(mix_seed(self.config.train.seed, self.step, -1, 0x51))
             counts[:dropped] = torch.randint(1, model.n_codebooks + 1, (dropped,), generator=g)
         return counts[env.rank::env.world_size]
 
