@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from experiment_tone_pitch import RATE, partials
 
 MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048, 8192)
 MEL_BINS = (5, 10, 20, 40, 80, 160, 320, 640)
@@ -89,6 +88,8 @@ def latents(ndac, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
 
 def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
     """[1, 1, L]: a test tone at amplitude 0.3 and phase 0.7 (not a multiple of the codec's hop's cycle)."""
+    from experiment_tone_pitch import RATE  # a sibling script: importable when this one runs as a script
+
     t = np.arange(int(seconds * RATE)) / RATE
     return torch.from_numpy((0.3 * np.sin(2 * np.pi * f0 * t + 0.7)).astype(np.float32))[None, None]
 
@@ -96,6 +97,8 @@ def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
 def tone_pitches(ndac, decoder, freqs: tuple[float, ...] = (220.0, 440.0, 523.25, 660.0, 880.0, 1000.0, 1760.0),
                  codebooks: int = 4, seconds: float = 3.0) -> list[float]:
     """The strongest partial (Hz) that fresh sines come out at through the codec."""
+    from experiment_tone_pitch import partials
+
     device = next(decoder.parameters()).device
     out = []
     with torch.no_grad():
