@@ -992,9 +992,7 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
     if shard_size < 1:
         raise CorpusError("the shard size must be at least 1")
     engine = engine or Engine()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CorpusError(f"{out}: is a file; the output is a folder")
+    out = _output_folder(out)
     if to == "parquet":
         try:
             str(out.resolve()).encode("utf-8")
@@ -1011,8 +1009,7 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
                           "shards hold int16 codes (up to 32768 entries); use --to fdc")
     settings = {"to": to, "model": str(ref), "model_name": probe.model.name, "model_hash": probe.model.ndac_hash,
                 "n_codebooks": rate.codebooks, "kbps": rate.kbps, "entropy": entropy, "envelope": envelope,
-                "device": device,
-                "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
+                "device": device, "threads": _worker_threads(engine, threads),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}
     _check_local_device(engine, device)  # before the folder is given its settings by a run that codes nothing
     _check_settings(out, settings)
@@ -1023,22 +1020,7 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
                   "model": probe.model.name, "n_codebooks": rate.codebooks, "kbps": rate.kbps,
                   "engine": summary.engine})
     del probe
-    t0 = time.perf_counter()
-
-    def record(rec: dict[str, Any]) -> None:
-        summary.add(rec)
-        if on_record:
-            on_record(rec)
-
-    worker_settings = dict(settings)
-    if engine.resolved() == "local":
-        worker_settings["threads"] = threads
-    try:
-        _run(EncodeWorker, worker_settings, tasks, engine, record)
-    finally:  # an interrupted run's failures replace the last run's, which would describe other work
-        _write_failures(out, summary.failed)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return _carry_out(EncodeWorker, settings, tasks, engine, out, summary, on_record)
 
 
 def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_format: str = "wav",
@@ -1065,9 +1047,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
         suffix = format_suffix(out_format, subtype)
     except AudioError as exc:
         raise CorpusError(str(exc)) from None
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CorpusError(f"{out}: is a file; the output is a folder")
+    out = _output_folder(out)
     shard_folder = Path(source) if Path(source).is_dir() else Path(source).parent
     if out.is_dir() and out.resolve() == shard_folder.resolve():  # its _failures.csv is the encode's
         raise CorpusError(f"{out}: holds the shards being decoded; decode into another folder")
@@ -1106,14 +1086,34 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
                           "ids": todo if len(todo) < len(ids) else None})
     settings = {"model": model, "nfe": nfe, "tune_process": tune_process, "solver": solver, "seed": seed,
                 "temperature": temperature, "subtype": subtype,
-                "precision": precision, "device": device,
-                "threads": threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None),
+                "precision": precision, "device": device, "threads": _worker_threads(engine, threads),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}
     summary = RunSummary(total=total, skipped=already, shards=len(tasks), engine=engine.resolved())
     if on_start:
         on_start({"items": total, "todo": total - already, "done_before": already, "shards": len(tasks),
                   "engine": summary.engine})
     out.mkdir(parents=True, exist_ok=True)
+    return _carry_out(DecodeWorker, settings, tasks, engine, out, summary, on_record, failed_before=unreadable)
+
+
+def _output_folder(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"{out}: is a file; the output is a folder")
+    return out
+
+
+def _worker_threads(engine: Engine, threads: int | None) -> int | None:
+    """Each worker's torch threads: as asked, else on Ray the CPUs each worker reserves (torch's own choice
+    would take every core of the node in every actor), else torch's choice."""
+    return threads or (max(1, int(engine.cpus_per_worker)) if engine.resolved() == "ray" else None)
+
+
+def _carry_out(worker_cls: type, settings: dict[str, Any], tasks: list[dict[str, Any]], engine: Engine, out: Path,
+               summary: RunSummary, on_record: Callable[[dict[str, Any]], None] | None,
+               failed_before: Sequence[dict[str, Any]] = ()) -> RunSummary:
+    """Run the planned shards (``failed_before``: records of items that failed while planning, counted and
+    reported first) and keep the run's failures in ``out/_failures.csv``, also when it is interrupted."""
     t0 = time.perf_counter()
 
     def record(rec: dict[str, Any]) -> None:
@@ -1121,11 +1121,11 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
         if on_record:
             on_record(rec)
 
-    for rec in unreadable:
+    for rec in failed_before:
         summary.total += 1
         record(rec)
     try:
-        _run(DecodeWorker, settings, tasks, engine, record)
+        _run(worker_cls, settings, tasks, engine, record)
     finally:  # an interrupted run's failures replace the last run's, which would describe other work
         _write_failures(out, summary.failed)
     summary.seconds = time.perf_counter() - t0
