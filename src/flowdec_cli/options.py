@@ -17,9 +17,9 @@ import click
 from .fileio import descriptor_alias
 from .numeric import MAX_THREADS
 
-__all__ = ["FiniteFloatRange", "PathArgument", "check_nfe_option", "check_rate_request_option", "decode_options",
-           "device_option", "rate_options", "seed_option", "spelled_as_folder", "temperature_option",
-           "threads_option", "warn_idle_temperature", "THREADS"]
+__all__ = ["FiniteFloatRange", "PathArgument", "cache_dir_option", "check_nfe_option", "check_rate_request_option",
+           "decode_options", "device_for_command", "device_option", "rate_options", "seed_option", "spelled_as_folder",
+           "temperature_option", "threads_option", "warn_idle_temperature", "THREADS"]
 
 
 class FiniteFloatRange(click.FloatRange):

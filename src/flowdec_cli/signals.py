@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["STOP_SIGNALS", "Terminated", "ignore_stop_signals", "own_the_process", "restore_signals",
-           "signals_deferred", "termination_signals"]
+           "signals_deferred", "signals_ignored", "termination_signals"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -114,6 +114,20 @@ def termination_signals() -> Iterator[None]:
         _handling = False
         if not (stopping and _owns_the_process):
             restore_signals(previous)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP are ignored while the block runs (an emergency save), then handled as
+    before: the run ends as it was ending anyway. Main thread only; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = ignore_stop_signals()
+    try:
+        yield
+    finally:
+        restore_signals(held)
 
 
 @contextlib.contextmanager

@@ -13,19 +13,16 @@ A subclass builds its model, optimizer and data in :meth:`Trainer.build`, does o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..signals import ignore_stop_signals, restore_signals, signals_deferred
+from ..signals import signals_deferred, signals_ignored
 from .common import (
     DistEnv,
     RunLogger,
@@ -269,7 +266,7 @@ class Trainer:
             if not self.quiet:
                 self.say(f"{why} at step {self.step}; saving a checkpoint (Ctrl-C is ignored "
                          "until it is written)")
-            with _signals_held():  # a second Ctrl-C during the save would leave nothing to resume from
+            with signals_ignored():  # a second Ctrl-C during the save would leave nothing to resume from
                 self._save()
             if not self.quiet:
                 self.say(f"checkpoint saved in {self.run_dir / 'checkpoints'} (continue with "
@@ -378,17 +375,3 @@ def settings_changed(trainer_state: dict[str, Any], config: dict[str, Any], worl
 def dataclass_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP are ignored while the block runs (the emergency save), then handled as
-    before: the run ends as it was ending anyway. Only the main thread can set handlers; elsewhere nothing
-    changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = ignore_stop_signals()
-    try:
-        yield
-    finally:
-        restore_signals(held)
