@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -145,6 +146,23 @@ def test_ndac_resume_continues_where_it_stopped(ndac_run, clips, tmp_path, capsy
     steps = [line.split(",")[0] for line in (ndac_run.run_dir / "metrics.csv").read_text().splitlines()[1:]
              if ",train,loss," in line]
     assert steps == ["1", "2", "3", "4"]
+
+
+def test_a_resumed_run_replaces_its_model_and_keeps_what_a_user_put_beside_it(ndac_run, clips, tmp_path):
+    """RUN/model was exchanged whole when a resumed run finished: notes (or a hub repo's .git) put there went
+    with it. Now only what a model owns is replaced, and the old codec's entropy tables, stale, go."""
+    from flowdec_cli.models.folder import ENTROPY_TABLES_NAME
+
+    run = tmp_path / "run"
+    shutil.copytree(ndac_run.run_dir, run)
+    (run / "model" / "notes.txt").write_text("mine")
+    (run / "model" / ENTROPY_TABLES_NAME).write_bytes(b"tables of the codec at step 4")
+    before = (run / "model" / "ndac" / "model.safetensors").read_bytes()
+    NDACTrainer(_ndac(clips, run), device="cpu", resume=True, max_steps=5, quiet=True).run()
+    assert (run / "model" / "notes.txt").read_text() == "mine"
+    assert not (run / "model" / ENTROPY_TABLES_NAME).exists()
+    assert (run / "model" / "ndac" / "model.safetensors").read_bytes() != before
+    assert json.loads((run / "model" / "flowdec.json").read_text())["description"].endswith("for 5 steps (codec only)")
 
 
 def test_resuming_with_changed_settings_says_which_and_whether_the_batches_change(ndac_run, clips, tmp_path,

@@ -302,8 +302,9 @@ class NDACTrainer(Trainer):
                                 f"{first_problem(exc)}") from None
 
     def finish(self) -> None:
-        """RUN/model: the codec as a model folder, staged and published whole (a run that finishes again
-        after a resume replaces its own)."""
+        """RUN/model: the codec as a model folder, staged and published whole. A run that finishes again
+        after a resume replaces what a model owns there (its stale entropy tables included) and keeps what
+        else a user put beside it (notes, a hub repo's .git)."""
         from ..models.folder import ModelFolderBuilder
 
         card = {"name": self.run_dir.name, "licence": "unknown",
@@ -311,7 +312,7 @@ class NDACTrainer(Trainer):
         with ModelFolderBuilder(self.run_dir / "model") as folder:
             folder.add_ndac(self.model)
             folder.write_card(card)
-            folder.publish(overwrite=True)
+            folder.publish_into(overwrite=True)
 
 
 def add_code_counts(counts: torch.Tensor, codes: torch.Tensor) -> None:
