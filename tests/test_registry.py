@@ -521,7 +521,7 @@ def _hub_snapshot(cache: Path, repo: str, folder: Path, commit: str = "a" * 40) 
 
 def test_export_round_trip_and_hub_offline(home, tmp_path, monkeypatch):
     dest = tmp_path / "export"
-    cards.export_model("flowdec-75m", dest, repo_id="owner/flowdec-test")
+    cards.export_for_hub("flowdec-75m", dest, repo_id="owner/flowdec-test")
     assert sorted(p.name for p in dest.iterdir()) == ["README.md", "flowdec.json", "ndac", "postfilter"]
     card = json.loads((dest / "flowdec.json").read_text())
     assert card["name"] == "hf://owner/flowdec-test" and card["exported_from"] == "flowdec-75m"
@@ -549,7 +549,7 @@ def test_export_round_trip_and_hub_offline(home, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    cards.export_model("flowdec-75m", tmp_path / "export75", repo_id="owner/flowdec-test")
+    cards.export_for_hub("flowdec-75m", tmp_path / "export75", repo_id="owner/flowdec-test")
     snap = _hub_snapshot(cache, "owner/flowdec-test", tmp_path / "export75")
     assert resolve.resolve("hf://owner/flowdec-test") == snap
     assert resolve.resolve("hf://owner/flowdec-test@" + "a" * 40) == snap
@@ -663,14 +663,14 @@ def test_a_card_whose_name_is_a_path_is_refused_before_it_codes_anything(tiny_co
 def test_export_errors_name_the_users_files_not_our_staging_folder(tmp_path, monkeypatch):
     """A broken source names the source's file; an unwritable destination names the destination."""
     from flowdec_cli.models import folder
-    from flowdec_cli.models.cards import export_model
+    from flowdec_cli.models.cards import export_for_hub
 
     src = tmp_path / "trunc"
     shutil.copytree(catalogue.embedded_folders()["flowdec-small"], src)
     weights = src / "ndac" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelError) as err:
-        export_model(src, tmp_path / "out")
+        export_for_hub(src, tmp_path / "out")
     assert str(err.value).startswith(f"{weights}: ") and ".export." not in str(err.value)
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -679,7 +679,7 @@ def test_export_errors_name_the_users_files_not_our_staging_folder(tmp_path, mon
 
     monkeypatch.setattr(folder, "temporary_folder", read_only)
     with pytest.raises(ModelError, match=f"{tmp_path / 'ro'}: cannot write a model folder there .Permission"):
-        export_model(src, tmp_path / "ro")
+        export_for_hub(src, tmp_path / "ro")
 
 
 @pytest.mark.parametrize("damage, why", [
@@ -699,13 +699,13 @@ def test_export_errors_name_the_users_files_not_our_staging_folder(tmp_path, mon
 def test_export_publishes_only_a_model_that_loads(tmp_path, damage, why):
     """A broken card was rewritten from defaults (losing the rate plan), broken tables or configs copied:
     the export looked fine and the model failed, or behaved as another, when used."""
-    from flowdec_cli.models.cards import export_model
+    from flowdec_cli.models.cards import export_for_hub
 
     src = tmp_path / "src"
     shutil.copytree(catalogue.embedded_folders()["flowdec-small"], src)
     damage(src)
     with pytest.raises(ModelError, match=why):
-        export_model(src, tmp_path / "out")
+        export_for_hub(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -714,10 +714,10 @@ def _edit_json(path: Path, **values) -> None:
 
 
 def test_export_never_creates_the_folders_above_its_destination(tmp_path):
-    from flowdec_cli.models.cards import export_model
+    from flowdec_cli.models.cards import export_for_hub
 
     with pytest.raises(ModelError, match=r"folder .*nosuch/sub does not exist; create it first"):
-        export_model("flowdec-small", tmp_path / "nosuch" / "sub" / "out")
+        export_for_hub("flowdec-small", tmp_path / "nosuch" / "sub" / "out")
     assert not (tmp_path / "nosuch").exists()
 
 
@@ -784,10 +784,10 @@ def test_a_local_card_is_never_read_from_a_path_a_file_names(tmp_path):
 
 
 def test_names_the_user_gave_are_quoted_as_given(tmp_path):
-    from flowdec_cli.models.cards import export_model
+    from flowdec_cli.models.cards import export_for_hub
 
     with pytest.raises(ModelError, match=r"^--repo 'bad': not a hub repository; expected OWNER/REPO$"):
-        export_model("flowdec-small", tmp_path / "out", repo_id="bad")
+        export_for_hub("flowdec-small", tmp_path / "out", repo_id="bad")
     with pytest.raises(ModelError, match="an empty name is no model"):
         catalogue.set_default_model("  ", tmp_path)
 

@@ -30,6 +30,7 @@ from .options import (
     threads_option,
     warn_idle_temperature,
 )
+from .progress import human_duration
 from .streams import is_stdio, require_stdout, strict_json
 
 if TYPE_CHECKING:
@@ -135,21 +136,13 @@ class _EstimatingBar:
             total = (time.perf_counter() - self.start) / self.n * self.total
             if total > 20 and not self.owner.told:
                 self.owner.told = True
-                click.echo(f"flowdec: the postfilter on CPU will take about {_human(total)} for this file; "
+                click.echo(f"flowdec: the postfilter on CPU will take about {human_duration(total)} for this file; "
                            "--nfe 0 (codec alone) or a GPU is much faster", err=True)
             self.bar = self.make(self.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _human(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -232,7 +225,7 @@ def _skipped_record(command: str, src: str, dst: str) -> str:
     return strict_json({"command": command, "input": src, "output": dst, "ok": True, "skipped": True})
 
 
-def _done_before(plan: _Plan, quiet: bool, command: str, as_json: bool) -> bool:
+def _skipped_as_existing(plan: _Plan, quiet: bool, command: str, as_json: bool) -> bool:
     """Whether a single file's output already exists under --skip-existing: said, and nothing more to do
     (exit 0, as a folder's skipped files), before any model loads."""
     if plan.skipped is not None and as_json:
@@ -713,7 +706,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
     _check_json(as_json, dst)
     _check_overwrite(force, skip_existing)
     plan = _planned("compress", as_json, src, dst, _is_audio, ".fdc", force, pattern, skip_existing=skip_existing)
-    if _done_before(plan, quiet, "compress", as_json):
+    if _skipped_as_existing(plan, quiet, "compress", as_json):
         return
     if not plan.folder and not is_stdio(plan.jobs[0].dst):
         from .pipeline import CodecError, check_fdc_destination
@@ -774,7 +767,7 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
     _check_precision(device, precision)
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _planned("decompress", as_json, src, dst, _is_fdc, suffix, force, pattern, skip_existing=skip_existing)
-    if _done_before(plan, quiet, "decompress", as_json):
+    if _skipped_as_existing(plan, quiet, "decompress", as_json):
         return
     _check_named_output(plan, subtype)
     _setup(threads)
@@ -858,7 +851,7 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     suffix = _out_suffix(out_format, dst, subtype)
     plan = _planned("roundtrip", as_json, src, dst, _is_audio, suffix, force, pattern,
                     keep_suffix=not _given("out_format"), skip_existing=skip_existing)
-    if _done_before(plan, quiet, "roundtrip", as_json):
+    if _skipped_as_existing(plan, quiet, "roundtrip", as_json):
         return
     _check_named_output(plan, subtype)
     _setup(threads)

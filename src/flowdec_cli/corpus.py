@@ -106,7 +106,7 @@ def _stranger_at(dst: Path) -> str | None:
     return f"{dst}: is there and is not {kind} of an earlier run; not replaced (move it away and run again)"
 
 
-def _done_before(dst: Path) -> bool:
+def _output_of_earlier_run(dst: Path) -> bool:
     """Whether ``dst`` holds an earlier run's output (which a rerun skips)."""
     return dst.is_file() and _stranger_at(dst) is None
 
@@ -955,7 +955,7 @@ def plan_encode(items: list[Item], out: Path, to: str, shard_size: int) -> tuple
             tasks.append({"out": str(out), "shard": f"part-{last + 1 + n:05d}.parquet",
                           "items": [[it.id, it.path] for it in chunk]})
         return tasks, len(items) - len(todo)
-    todo = [it for it in items if not _done_before(out / (it.id + ".fdc"))]
+    todo = [it for it in items if not _output_of_earlier_run(out / (it.id + ".fdc"))]
     tasks = [{"out": str(out), "items": [[it.id, it.path] for it in todo[a:a + shard_size]]}
              for a in range(0, len(todo), shard_size)]
     return tasks, len(items) - len(todo)
@@ -1077,7 +1077,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
                 continue
             seen[i] = f.name
             usable += 1
-            if not _done_before(out / (i + suffix)):
+            if not _output_of_earlier_run(out / (i + suffix)):
                 todo.append(i)
         total -= len(ids) - usable  # counted with the failures below
         already += usable - len(todo)

@@ -26,6 +26,7 @@ from .options import (
     rate_options,
     warn_idle_temperature,
 )
+from .progress import human_duration
 from .streams import require_stdout, strict_json
 
 __all__ = ["corpus_group"]
@@ -62,14 +63,6 @@ def _engine(engine: str, address: str | None, workers: int | None, cpus: float, 
     if eng.resolved() == "ray" and not ray_available():
         raise click.UsageError(RAY_MISSING)
     return eng
-
-
-def _human(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
 
 
 class _Report:
@@ -132,8 +125,8 @@ def _finish(summary: Any, out: Path, quiet: bool, as_json: bool, verb: str) -> N
                               f"{out / FAILURES}"), err=True)
     elif not quiet:
         parts = [f"{summary.done} {verb}", f"{summary.skipped} done before", f"{len(summary.failed)} failed"]
-        speed = (f"; {_human(summary.audio_seconds)} of audio in {_human(summary.seconds)} "
-                 f"({summary.speed:.1f} s of audio per second)" if summary.done else "")
+        audio, took = (human_duration(s, precise=True) for s in (summary.audio_seconds, summary.seconds))
+        speed = (f"; {audio} of audio in {took} ({summary.speed:.1f} s of audio per second)" if summary.done else "")
         where = f"; failures listed in {out / FAILURES}" if summary.failed else ""
         click.echo(f"flowdec: {', '.join(parts)} of {summary.total} files{speed}{where}", err=True)
     if summary.failed:

@@ -24,7 +24,7 @@ from .folder import (
 from .loading import load_model, ndac_from_official
 from .resolve import resolve
 
-__all__ = ["hub_licence", "model_card_markdown", "export_model"]
+__all__ = ["hub_licence", "model_card_markdown", "export_for_hub"]
 
 _HUB_LICENCES = {"cc-by-nc-4.0": "cc-by-nc-4.0", "mit": "mit", "apache-2.0": "apache-2.0",
                  "cc-by-4.0": "cc-by-4.0", "bsd-3-clause": "bsd-3-clause", "cc0-1.0": "cc0-1.0"}
@@ -110,7 +110,7 @@ def model_card_markdown(card: dict[str, Any], repo_id: str | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def export_model(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLike[str], force: bool = False,
+def export_for_hub(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLike[str], force: bool = False,
                  repo_id: str | None = None, cache_dir: CacheDir = None) -> Path:
     """Write a folder ready to upload as a hub repo: flowdec.json, ndac/, postfilter/ (if any), README.md.
 

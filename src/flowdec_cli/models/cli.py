@@ -221,8 +221,8 @@ def fetch_official_command(source: str | None, no_size_check: bool, no_hash_chec
 @_cache_option
 def export_command(name: str, dest: Path, force: bool, repo_id: str | None, cache_dir: Path | None) -> None:
     """Write a model as a folder ready to upload to the Hugging Face hub (then: hf upload OWNER/REPO DIR)."""
-    from .cards import export_model
+    from .cards import export_for_hub
 
-    out = export_model(name, dest, force=force, repo_id=repo_id, cache_dir=cache_dir)
+    out = export_for_hub(name, dest, force=force, repo_id=repo_id, cache_dir=cache_dir)
     click.echo(f"flowdec: wrote {out}; upload with `hf upload {repo_id or 'OWNER/REPO'} {out}`, "
                f"then use --model hf://{repo_id or 'OWNER/REPO'}", err=True)
