@@ -19,7 +19,9 @@
 # training files), LONG_WINDOW=1 (the codec's mel loss gains an 8,192-point window with 640 bands),
 # TRANSPORT (default 0: the weight of the codec's spectral transport loss, loss.transport_weight),
 # PHASE_SECONDS (default 400), PHASE_BATCH (default 64), PHASE_INIT (a decoder.pt that travelled with the
-# repository: start from it), DEVICE (default cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a
+# repository: start from it), PHASE_JOINT=1 (the encoder and codebooks learn with the phase decoder, at
+# PHASE_LR_ENCODER, default 3e-4; PHASE_FROM_RUN: a joint or tone run's .pt to start all three from), and
+# TRANSPORT in phase mode (the weight of the phase decoder's spectral transport loss), DEVICE (default cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a
 # warm machine).
 set -uo pipefail
 case "${1:-}" in carry|codec|postfilter|phase) ;; *) echo "usage: $0 carry|codec|postfilter|phase" >&2; exit 2;; esac
@@ -127,11 +129,15 @@ postfilter)
   ;;
 phase)
   # docs/models.md, "A decoder that carries phase": the shipped encoder and codes, a new D0 with its phases
-  # locked and its advances taught, shown steady tones beside the corpus; what comes back is the decoder's
-  # checkpoint (to go on with PHASE_INIT or on the CPU with --resume) and the tones it plays
+  # locked and its advances taught, shown steady tones beside the corpus (with PHASE_JOINT=1 the encoder and
+  # codebooks learn too); what comes back is the checkpoint (to go on with PHASE_INIT, PHASE_FROM_RUN or on
+  # the CPU with --resume) and the tones it plays
   secs=${PHASE_SECONDS:-400}
   $PY scripts/make_harmonic_tones.py "$WORK/tones" --count "${TONES:-600}" --seed 3 || exit 1
   init=(); [ -n "${PHASE_INIT:-}" ] && init=(--init "$PHASE_INIT")
+  [ -n "${PHASE_FROM_RUN:-}" ] && init+=(--from-run "$PHASE_FROM_RUN")
+  [ "${PHASE_JOINT:-0}" = 1 ] && init+=(--joint --lr-encoder "${PHASE_LR_ENCODER:-3e-4}")
+  [ -n "${TRANSPORT:-}" ] && init+=(--transport-weight "$TRANSPORT")
   rm -rf "$WORK/phase" "$WORK/phase-model"
   stamp phase decoder for "$secs" s
   timeout --signal=TERM "$((secs + 300))" $PY scripts/experiment_phase_decoder.py --out "$WORK/phase" \
