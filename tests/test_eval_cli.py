@@ -503,6 +503,10 @@ def test_codec_eval_reports_a_bad_file_and_scores_the_others(tmp_path, fake_pipe
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == [
         "a.flac.flowdec_6k_nfe2.wav", "a.wav.flowdec_6k_nfe2.wav", "quiet.wav.flowdec_6k_nfe2.wav"]
     assert "si_sdr is the mean over 2 of 3 files" in res.stderr  # quiet.wav had none
+    assert doc["rows"][0]["counts"] == {"si_sdr": 2}  # in the row too (it was in a note only)
+    table = run(eval_command, "--codec", "fake-model", folder, "--bitrates", "6", "--nfe", "2", "-m", "si_sdr")
+    row = next(line for line in table.stdout.splitlines() if line.startswith("flowdec"))
+    assert row.split()[5] == "(2)", row  # system kbps nfe files si_sdr (count)
     (folder / "a.wav").unlink(), (folder / "a.flac").unlink(), (folder / "quiet.wav").unlink()
     res = run(eval_command, "--codec", "fake-model", folder, "--nfe", "2")
     assert res.exit_code == 1 and "none of the 1 files could be coded and scored" in res.stderr

@@ -219,8 +219,18 @@ def test_phase_coherence_counts_only_its_band():
     # a tone 10 Hz off lands in the same bins but its phase drifts through ten turns
     assert M.phase_coherence(low + mid, low + 0.5 * np.cos(2 * np.pi * 1500 * t), SR) == pytest.approx(1.0, abs=1e-3)
     assert M.phase_coherence(low + mid, low + 0.5 * np.sin(2 * np.pi * 1510 * t), SR) < 0.05
-    with pytest.raises(M.MetricError, match="silent"):
-        M.phase_coherence(low + mid, np.zeros_like(low), SR)
+    # a silent decode is not locked at all (it was left out of the means, flattering them); a silent
+    # reference defines nothing
+    assert M.phase_coherence(low + mid, np.zeros_like(low), SR) == 0.0
+    with pytest.raises(M.MetricError, match="reference is silent"):
+        M.phase_coherence(np.zeros_like(low), low + mid, SR)
+    # per channel, as every metric: one channel inverted, another 10x quieter, each still locked (pooled
+    # over channels they scored 0.002 and 0.77)
+    stereo = np.stack([low + mid, mid], axis=1)
+    assert M.phase_coherence(stereo, stereo * [1.0, -1.0], SR) == pytest.approx(1.0, abs=1e-3)
+    assert M.phase_coherence(stereo, stereo * [1.0, 0.1], SR) == pytest.approx(1.0, abs=1e-3)
+    half_silent = np.stack([low + mid, np.zeros_like(low)], axis=1)
+    assert M.phase_coherence(half_silent, stereo, SR) == pytest.approx(1.0, abs=1e-3)  # the silent one left out
 
 
 # ------------------------------------------------------------------ resampling / registry
@@ -357,3 +367,35 @@ def test_the_metric_functions_still_score_nan_as_nan_for_training_validation():
     y = x.copy()
     y[3] = np.nan
     assert np.isnan(M.si_sdr(x, y))
+
+
+def test_si_sdr_is_blind_to_the_decoded_signals_gain_cap_included():
+    """eps was relative to the reference alone: a perfect copy scored 120 dB at gain 1, 146 at 20, 60 at
+    1e-3 and -120 (silent) at 1e-6, and a 40 dB SNR copy at gain 1e-6 scored 3 dB."""
+    x = noise(9600)
+    n = noise(9600, seed=5)
+    n -= np.dot(n, x - x.mean()) / np.dot(x - x.mean(), x - x.mean()) * (x - x.mean())  # orthogonal to x
+    n *= np.sqrt(np.dot(x, x) / np.dot(n, n)) * 10 ** (-40 / 20)
+    for gain in (1e-6, 1e-3, 1.0, 20.0, 1000.0):
+        assert M.si_sdr(x, gain * x) == pytest.approx(M.si_sdr(x, x), abs=0.5)
+        assert M.si_sdr(x, gain * (x + n)) == pytest.approx(40.0, abs=0.01)
+    assert M.si_sdr(x, np.full_like(x, 0.1)) == M.SI_SDR_SILENT_DB  # a loud constant is no signal either
+
+
+def test_si_sdr_says_why_a_constant_reference_has_no_score():
+    for ref in (np.full(4800, 0.1), np.array([0.3])):
+        with pytest.raises(M.MetricError, match="constant"):
+            M.si_sdr(ref, noise(len(ref)))
+
+
+def test_the_high_band_ratio_needs_a_high_band_in_the_reference():
+    """Leakage was a high band: a 16 kHz source at 48 kHz, decoded with -20 dB noise, scored 3,295."""
+    from flowdec_cli.audio import resample
+
+    band_limited = resample(noise(16000)[:, None], 16000, SR)[:, 0]
+    with pytest.raises(M.MetricError, match="no energy above 8000 Hz"):
+        M.high_band_energy_ratio(band_limited, band_limited + 0.1 * noise(len(band_limited), seed=3), SR)
+    # at 16 kHz the bin at exactly 8 kHz is the Nyquist bin, not a band above 8 kHz
+    with pytest.raises(M.MetricError, match="no band above"):
+        M.high_band_energy_ratio(noise(16000), noise(16000), 16000)
+    assert M.high_band_energy_ratio(noise(SR), 0.5 * noise(SR), SR) == pytest.approx(0.25, rel=1e-6)

@@ -322,13 +322,17 @@ def run_codec_eval(
         accs.items(), key=lambda kv: (kv[0][0] != "flowdec", kv[0][1], kv[0][2] or 0)
     ):
         row: dict[str, Any] = {"system": system, "kbps": float(kbps), "nfe": row_nfe, "files": a.n}
+        fewer: dict[str, int] = {}
         for m in metrics:
             vals = [v for v in a.values.get(m, []) if np.isfinite(v)]
             row[m] = float(np.mean(vals)) if vals else float("nan")
             if 0 < len(vals) < a.n:  # the row's files count all; this mean does not
+                fewer[m] = len(vals)
                 where = f"{system} {kbps:g} kbit/s" + (f" NFE {row_nfe}" if row_nfe is not None else "")
                 report.notes.append(f"{where}: {m} is the mean over {len(vals)} of {a.n} files (not computed "
                                     "for the others)")
+        if fewer:  # in the table's cells and the JSON row too, not only in notes a script may not read
+            row["counts"] = fewer
         nan = float("nan")
 
         def per_s(x: float, audio_s: float = a.audio_s) -> float:

@@ -154,7 +154,7 @@ def _channel_mean(values: list[float]) -> float:
 # ---------------------------------------------------------------------------------------
 # SI-SDR
 
-_SI_SDR_EPS = 1e-12  # relative to the reference energy: caps SI-SDR at about +120 dB
+_SI_SDR_EPS = 1e-12  # relative to the degraded signal's energy: caps SI-SDR at about +120 dB
 #: what a silent (or constant) degraded channel scores: the cap's mirror image. The formula gives it 0/0,
 #: which eps turns into 0 dB, better than any real codec output (those score around -30 to +20 dB).
 SI_SDR_SILENT_DB = 10.0 * math.log10(_SI_SDR_EPS)
@@ -166,18 +166,27 @@ def _require_sound(ref: np.ndarray) -> None:
         raise MetricError("the reference is silent")
 
 
+def _centred(x: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``x`` less its mean, and whether nothing is left of it: silent, or constant (whose mean's removal
+    leaves rounding, however loud the constant)."""
+    raw = float(np.dot(x, x))
+    x = x - x.mean()
+    energy = float(np.dot(x, x))
+    return x, energy == 0.0 or energy <= 1e-20 * raw
+
+
 def _si_sdr_1d(r: np.ndarray, d: np.ndarray) -> float:
-    r = r - r.mean()
-    d = d - d.mean()
-    energy = float(np.dot(r, r))
-    if energy == 0.0:
+    r, flat_r = _centred(r)
+    d, flat_d = _centred(d)
+    if flat_r:
         return float("nan")
-    if float(np.dot(d, d)) <= _SI_SDR_EPS * energy:  # silent or constant: what is left is rounding
+    if flat_d:
         return SI_SDR_SILENT_DB
+    energy, d_energy = float(np.dot(r, r)), float(np.dot(d, d))
     alpha = float(np.dot(d, r)) / energy
     target = alpha * r
     noise = d - target
-    eps = _SI_SDR_EPS * energy
+    eps = _SI_SDR_EPS * d_energy  # scales with ``deg``, so a gain on it changes nothing, cap included
     return 10.0 * math.log10((float(np.dot(target, target)) + eps) / (float(np.dot(noise, noise)) + eps))
 
 
@@ -189,7 +198,7 @@ def si_sdr(ref: np.ndarray, deg: np.ndarray) -> float:
         alpha  = <deg, ref> / <ref, ref>
         target = alpha * ref
         noise  = deg - target
-        SI-SDR = 10 * log10( (|target|^2 + eps) / (|noise|^2 + eps) ),  eps = 1e-12 * |ref|^2
+        SI-SDR = 10 * log10( (|target|^2 + eps) / (|noise|^2 + eps) ),  eps = 1e-12 * |deg|^2
 
     ``eps`` only matters for (nearly) identical signals: identical signals score about
     +120 dB instead of infinity. A silent (or constant) degraded channel, which the formula leaves at
@@ -202,11 +211,14 @@ def si_sdr(ref: np.ndarray, deg: np.ndarray) -> float:
     sample) over whole periods, a delay of ``k`` samples gives ``20 log10 |cot(w k)|``; for
     broadband signals the value drops far below 0 dB.
 
-    A silent reference channel has no defined SI-SDR (NaN); the channel average skips it, and a reference
-    silent in every channel is a :class:`MetricError`.
+    A reference channel that is silent or constant (nothing left once its mean is removed, as for a
+    1-sample file) has no defined SI-SDR (NaN); the channel average skips it, and a reference like that in
+    every channel is a :class:`MetricError`.
     """
     r, d = align(ref, deg)
     _require_sound(r)
+    if all(_centred(r[:, c])[1] for c in range(r.shape[1])):  # (NaN in ``deg`` is not refused but scored
+        raise MetricError("the reference is constant (nothing is left once its mean is removed)")  # NaN)
     return _channel_mean([_si_sdr_1d(r[:, c], d[:, c]) for c in range(r.shape[1])])
 
 
@@ -325,17 +337,24 @@ def high_band_energy_ratio(ref: np.ndarray, deg: np.ndarray, sr: int, above_hz: 
 
     Codecs trained without adversarial losses tend to lose the top octaves (ratio well below 1), and a
     badly trained generative postfilter tends to fill them with noise (well above 1); neither shows in a
-    waveform metric. Computed from 2048-point Hann STFTs (hop 512) summed over frames and channels.
+    waveform metric. Computed from 2048-point Hann STFTs (hop 512) summed over frames and channels, over
+    the bins strictly above ``above_hz``.
+
+    A reference whose energy there is more than 60 dB below its whole energy has no high band to compare
+    with (audio from a 16 kHz source, a filter's leakage): the ratio would be noise over almost nothing,
+    thousands for a faithful copy, so it is a :class:`MetricError` rather than a score.
     """
     r, d = align(ref, deg)
     n_fft = 2048
-    first = int(math.ceil(above_hz * n_fft / sr))
+    first = int(math.floor(above_hz * n_fft / sr)) + 1  # a bin at exactly ``above_hz`` is not above it
     if first > n_fft // 2:
         raise MetricError(f"{sr} Hz audio has no band above {above_hz:g} Hz")
-    er = sum(float(np.sum(_stft_mag(r[:, c], n_fft, 512)[:, first:] ** 2)) for c in range(r.shape[1]))
+    whole = [_stft_mag(r[:, c], n_fft, 512) ** 2 for c in range(r.shape[1])]
+    er = sum(float(np.sum(p[:, first:])) for p in whole)
     ed = sum(float(np.sum(_stft_mag(d[:, c], n_fft, 512)[:, first:] ** 2)) for c in range(d.shape[1]))
-    if er <= 1e-20:
-        raise MetricError(f"the reference has no energy above {above_hz:g} Hz")
+    if er <= 1e-6 * sum(float(np.sum(p)) for p in whole) or er <= 1e-20:
+        raise MetricError(f"the reference has (almost) no energy above {above_hz:g} Hz (more than 60 dB below "
+                          "its whole)")
     return ed / er
 
 
@@ -352,7 +371,9 @@ def phase_coherence(ref: np.ndarray, deg: np.ndarray, sr: int,
     the spectrum right and invents the phase. Mel and ViSQOL-type scores cannot tell these apart; a
     postfilter that refines its input in the complex STFT domain (FlowDec's) depends on the difference. A
     delay rotates the phase across the band and lowers the value too, so compare time-aligned signals (a
-    codec's output is). Computed from 2048-point Hann STFTs (hop 512), pooled over channels.
+    codec's output is). Computed from 2048-point Hann STFTs (hop 512), per channel and averaged, as every
+    metric here: a channel whose reference is silent in the band is left out, and a decoded channel silent
+    there while its reference is not scores 0 (nothing of it is locked to the reference).
     """
     r, d = align(ref, deg)
     n_fft = 2048
@@ -360,15 +381,20 @@ def phase_coherence(ref: np.ndarray, deg: np.ndarray, sr: int,
     hi = min(hi, n_fft // 2 + 1)
     if lo >= hi:
         raise MetricError(f"{sr} Hz audio has no band from {band_hz[0]:g} to {band_hz[1]:g} Hz")
-    cross, er, ed = 0j, 0.0, 0.0
+    values = []
     for c in range(r.shape[1]):
         sr_c, sd_c = _stft(r[:, c], n_fft, 512)[:, lo:hi], _stft(d[:, c], n_fft, 512)[:, lo:hi]
-        cross += complex(np.sum(sr_c * np.conj(sd_c)))
-        er += float(np.sum(np.abs(sr_c) ** 2))
-        ed += float(np.sum(np.abs(sd_c) ** 2))
-    if er <= 1e-20 or ed <= 1e-20:
-        raise MetricError(f"a signal is silent from {band_hz[0]:g} to {band_hz[1]:g} Hz")
-    return abs(cross) / math.sqrt(er * ed)
+        er, ed = float(np.sum(np.abs(sr_c) ** 2)), float(np.sum(np.abs(sd_c) ** 2))
+        if er <= 1e-20:
+            values.append(float("nan"))
+        elif ed <= 1e-20:
+            values.append(0.0)
+        else:
+            values.append(abs(complex(np.sum(sr_c * np.conj(sd_c)))) / math.sqrt(er * ed))
+    value = _channel_mean(values)
+    if math.isnan(value):
+        raise MetricError(f"the reference is silent from {band_hz[0]:g} to {band_hz[1]:g} Hz")
+    return value
 
 
 # ---------------------------------------------------------------------------------------

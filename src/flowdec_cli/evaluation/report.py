@@ -64,6 +64,9 @@ class Report:
     ``values``: names of the numeric columns (e.g. ``["si_sdr", "mel", "lsd"]``).
     ``higher_is_better``: optional direction per value column, used for the table legend.
     ``extra``: additional JSON fields (e.g. unpaired files), not shown in table/CSV.
+    A row that is itself a mean over files (``flowdec eval --codec``) may carry ``counts``: ``{value column:
+    the files its mean is over}`` for the columns not computed for all of them; the table shows each such
+    count in brackets after the value, as for the mean row, and JSON keeps it in the row.
     ``notes``: lines printed under the table (and stored in JSON as ``notes``).
     """
 
@@ -97,7 +100,11 @@ class Report:
 
     def to_table(self) -> str:
         header = self.labels + self.values
-        body = [[_label_text(r.get(c, "")) for c in self.labels] + [format_value(r.get(c, "")) for c in self.values]
+        def counted(r: dict[str, Any], c: str) -> str:
+            n = r.get("counts", {}).get(c)
+            return format_value(r.get(c, "")) + (f" ({n})" if n else "")
+
+        body = [[_label_text(r.get(c, "")) for c in self.labels] + [counted(r, c) for c in self.values]
                 for r in self.rows]
         mean = self.mean()
         mean_row = [self.mean_label + (f" ({mean['n']})" if len(self.rows) != 1 else "")]
