@@ -231,6 +231,30 @@ def test_a_model_exported_into_a_folder_another_run_filled_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_a_file_or_broken_link_where_a_model_folder_goes_is_replaced_only_when_asked(tmp_path):
+    """`publish_into` listed the destination as a folder: a file or a dangling link there (a finished
+    training run's RUN/model) failed with NotADirectoryError / FileNotFoundError at the end of the run."""
+    from flowdec_cli.models.folder import ModelFolderBuilder
+
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for dest in (tmp_path / "file", tmp_path / "dangling"):
+        with ModelFolderBuilder(dest, "export") as build:
+            build.write_card({"name": dest.name})
+            with pytest.raises(fileio.OutputExistsError):
+                build.publish_into()
+            assert dest.is_symlink() or dest.read_text() == "mine"
+            build.publish_into(overwrite=True)
+        assert not dest.is_symlink() and json.loads((dest / "flowdec.json").read_text())["name"] == dest.name
+    with ModelFolderBuilder(tmp_path / "m", "a") as first, ModelFolderBuilder(tmp_path / "m", "b") as second:
+        first.write_card({"name": "first"})
+        second.write_card({"name": "second"})
+        first.publish_into(overwrite=True)  # a second finish replaces the first one's model
+        second.publish_into(overwrite=True)
+    assert json.loads((tmp_path / "m" / "flowdec.json").read_text())["name"] == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "file", "m"]
+
+
 def test_a_model_exported_into_a_folder_that_is_there_keeps_that_folder(tmp_path):
     """An empty folder was removed and replaced by ours (its mode, owner and ACLs lost; a mount point failed
     with a raw error), and a link to an empty folder was refused as if another run had filled it."""

@@ -284,15 +284,18 @@ class ModelFolderBuilder:
         """Move the staged model into the folder ``dest``.
 
         An absent folder is made by renaming the staged one into place: of two runs exporting there at once,
-        one is refused (``OutputExistsError``). A folder that is there (empty, or a link to a folder) stays,
-        with its owner and mode: the model's parts are moved into it one by one, none replacing anything
-        unless ``overwrite`` (a run that finds a part there takes back what it moved and is refused). With
-        ``overwrite``, a folder holding nothing but a model is exchanged whole in one step, so a reader never
-        meets a model half replaced; beside other files (a hub repo's .git) only what a model owns
-        (:data:`OWNED`) is replaced, part by part."""
+        one is refused (``OutputExistsError``), or with ``overwrite`` the later one wins. A file or a broken
+        link at ``dest`` is replaced by the folder only with ``overwrite``. A folder that is there (empty, or
+        a link to a folder) stays, with its owner and mode: the model's parts are moved into it one by one,
+        none replacing anything unless ``overwrite`` (a run that finds a part there takes back what it moved
+        and is refused). With ``overwrite``, a folder holding nothing but a model is exchanged whole in one
+        step, so a reader never meets a model half replaced; beside other files (a hub repo's .git) only what
+        a model owns (:data:`OWNED`) is replaced, part by part."""
         dest = self.dest
-        if not dest.exists() and not dest.is_symlink():
-            publish_folder(self.path, dest)
+        if not dest.is_dir():  # absent, a file, or a link to nothing: the staged folder goes there whole
+            if (dest.exists() or dest.is_symlink()) and not overwrite:
+                raise OutputExistsError(dest)
+            publish_folder(self.path, dest, overwrite=overwrite)
             return dest
         present = list(dest.iterdir())
         if not overwrite:

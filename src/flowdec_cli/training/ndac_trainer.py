@@ -302,9 +302,10 @@ class NDACTrainer(Trainer):
                                 f"{first_problem(exc)}") from None
 
     def finish(self) -> None:
-        """RUN/model: the codec as a model folder, staged and published whole. A run that finishes again
-        after a resume replaces what a model owns there (its stale entropy tables included) and keeps what
-        else a user put beside it (notes, a hub repo's .git)."""
+        """RUN/model: the codec as a model folder, staged and published. A run that finishes again after a
+        resume replaces what a model owns there (:data:`ModelFolderBuilder.OWNED`: card, README.md,
+        components; stale entropy tables go) and keeps what else a user put beside it (notes, a hub repo's
+        .git); a folder holding only a model is exchanged whole."""
         from ..models.folder import ModelFolderBuilder
 
         card = {"name": self.run_dir.name, "licence": "unknown",
