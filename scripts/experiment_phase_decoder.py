@@ -19,8 +19,10 @@ With ``--joint`` the encoder and codebooks learn too (DAC's 0.25 commitment and 
 the decoder's, ``--lr-encoder`` on the same log-linear schedule), so the codes themselves can come to
 carry what the decoder needs, a steady tone's pitch above all ("Is the pitch in the codes?" in
 docs/models.md); ``--from-run RUN.pt`` starts decoder, encoder and codebooks from a
-``scripts/experiment_pitch_in_codes.py`` run. Validation then compares the new codec with the shipped one
-on their own codes, and prints the pitch that fresh 3 s sines come out at (4 codebooks).
+``scripts/experiment_pitch_in_codes.py`` run or a joint run of this script (without ``--joint`` the encoder
+and codebooks then stay that run's: a decoder learns behind its codes, and its checkpoint keeps them).
+Validation then compares the new codec with the shipped one on their own codes, and prints the pitch that
+fresh 3 s sines come out at (4 codebooks).
 
 ``--transport-weight`` adds the codec trainer's spectral transport loss (an earth mover's distance between
 magnitude spectra along frequency, at 2,048 and 8,192 points): where the mel loss sees a partial one bin
@@ -145,11 +147,11 @@ def output_deviation(decoder, y: torch.Tensor, frames: int) -> torch.Tensor:
 def export(args: argparse.Namespace) -> None:
     """A model folder like the codec's own (card, postfilter, entropy tables) whose D0 is RUN's decoder.
 
-    Unless the run was ``--joint``, the encoder and codebooks are the codec's, so every code (and so every
-    entropy table) is unchanged: the tables are re-tagged with the new weights' hash rather than rebuilt. A
-    joint run's codes are its own: its encoder and codebooks are written and the tables left out (they would
-    price other codes; ``flowdec train entropy-tables`` builds new ones). The postfilter is the codec's,
-    trained on the old D0's output."""
+    Unless the run was ``--joint`` or started ``--from-run``, the encoder and codebooks are the codec's, so
+    every code (and so every entropy table) is unchanged: the tables are re-tagged with the new weights' hash
+    rather than rebuilt. Otherwise the codes are the run's own: its encoder and codebooks are written and the
+    tables left out (they would price other codes; ``flowdec train entropy-tables`` builds new ones). The
+    postfilter is the codec's, trained on the old D0's output."""
     import shutil
 
     from flowdec_cli.checkpoints import weights_hash
@@ -166,10 +168,11 @@ def export(args: argparse.Namespace) -> None:
                 "phase_gate": not (args.no_gate or args.lock), "phase_lock": args.lock}
     model = NDAC(NDACConfig.from_kwargs(settings))
     ckpt = torch.load(args.out / "decoder.pt", map_location="cpu", weights_only=True)
-    joint = "encoder" in ckpt
+    joint = bool(ckpt.get("joint", "encoder" in ckpt))
+    own_codes = "encoder" in ckpt  # joint, or the codes of the run it started from (--from-run)
     model.encoder.load_state_dict(old.encoder.state_dict())
     model.quantizer.load_state_dict(old.quantizer.state_dict())
-    if joint:
+    if own_codes:
         load_codec(model, ckpt)
     model.decoder.load_state_dict(ckpt["decoder"])
     if args.export.exists():
@@ -177,7 +180,7 @@ def export(args: argparse.Namespace) -> None:
     shutil.copytree(src, args.export, ignore=shutil.ignore_patterns("ndac"))
     save_ndac(model, args.export / "ndac")
     tables_path = args.export / TABLES_FILE
-    if joint:
+    if own_codes:
         tables_path.unlink(missing_ok=True)
         print("the codes are the run's own: entropy tables left out (flowdec train entropy-tables builds them)")
     elif tables_path.is_file():
@@ -187,7 +190,8 @@ def export(args: argparse.Namespace) -> None:
         save_tables(tables, tables_path)
     card = json.loads((args.export / "flowdec.json").read_text())
     card["name"] = args.export.name
-    what = "the encoder, codebooks and" if joint else "the built-in codec's encoder and codebooks with a"
+    what = ("the encoder, codebooks and" if joint else "another run's encoder and codebooks with a" if own_codes
+            else "the built-in codec's encoder and codebooks with a")
     card["description"] = (f"{card.get('name')}: {what} phase-carrying frame-wise D0 trained {int(ckpt['step'])} "
                            f"steps{' together' if joint else ''} (scripts/experiment_phase_decoder.py)")
     (args.export / "flowdec.json").write_text(json.dumps(card, indent=2) + "\n")
@@ -231,7 +235,8 @@ def main() -> None:
     ap.add_argument("--joint", action="store_true", help="train the encoder and codebooks with the decoder")
     ap.add_argument("--lr-encoder", type=float, default=1e-3, help="the encoder's and codebooks' learning rate")
     ap.add_argument("--from-run", type=Path, default=None,
-                    help="start decoder, encoder and codebooks from an experiment_pitch_in_codes.py RUN.pt")
+                    help="start decoder, encoder and codebooks from an experiment_pitch_in_codes.py RUN.pt or a "
+                         "joint run's decoder.pt (without --joint its codes then stay fixed)")
     ap.add_argument("--export", type=Path, default=None,
                     help="instead of training: write a model folder here, the codec's with RUN's decoder in D0's place")
     args = ap.parse_args()
@@ -250,7 +255,17 @@ def main() -> None:
     from flowdec_cli.training.data import EpochSampler, EvalDataset, SegmentDataset, list_audio
     from flowdec_cli.training.losses import MultiScaleMelLoss, SpectralTransportLoss
 
-    ndac, decoder = build(args, trainable=args.joint)
+    ckpt_path, log_path = args.out / "decoder.pt", args.out / "log.jsonl"
+    resumed = (torch.load(ckpt_path, map_location=args.device, weights_only=True)
+               if args.resume and ckpt_path.is_file() else None)
+    was_joint = resumed is not None and bool(resumed.get("joint", "encoder" in resumed))
+    if resumed is not None and args.joint != was_joint:
+        ap.error(f"{ckpt_path}: {'a joint' if was_joint else 'a decoder-only'} run; "
+                 f"resume it {'with' if was_joint else 'without'} --joint")
+    # a codec other than the shipped one (learning, or taken from another run) is built unfolded, so that
+    # any run's encoder loads into it, and is saved with the decoder so that --resume and --export use it
+    own_codec = args.joint or args.from_run is not None or (resumed is not None and "encoder" in resumed)
+    ndac, decoder = build(args, trainable=own_codec)
     sr, hop = ndac.sample_rate, ndac.hop_length
     segment = max(1, round(args.seconds * sr / hop)) * hop
     train = SegmentDataset(list_audio([args.corpus / "train.txt", *args.also]), sr, segment, seed=1,
@@ -263,11 +278,12 @@ def main() -> None:
     transport = SpectralTransportLoss().to(args.device) if args.transport_weight else None
     shipped = None
     groups = [{"params": list(decoder.parameters()), "lr": args.lr, "base": args.lr}]
-    if args.joint:
+    if own_codec:
         from flowdec_cli.models import load_ndac
 
         shipped = load_ndac(args.model or "flowdec-small", args.device).eval()  # the codec to compare with
         shipped.requires_grad_(False)
+    if args.joint:
         ndac.encoder.requires_grad_(True)
         ndac.quantizer.requires_grad_(True)
         groups.append({"params": [*ndac.encoder.parameters(), *ndac.quantizer.parameters()],
@@ -277,14 +293,10 @@ def main() -> None:
     counts_pool = [int(v) for v in args.codebooks.split(",")]
     step, spent = 0, 0.0
     args.out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = args.out / "decoder.pt", args.out / "log.jsonl"
-    if args.resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=args.device, weights_only=True)
-        if args.joint != ("encoder" in ckpt):
-            ap.error(f"{ckpt_path}: {'a joint' if 'encoder' in ckpt else 'a decoder-only'} run; "
-                     f"resume it {'with' if 'encoder' in ckpt else 'without'} --joint")
+    if resumed is not None:
+        ckpt = resumed
         decoder.load_state_dict(ckpt["decoder"])
-        if args.joint:
+        if "encoder" in ckpt:
             load_codec(ndac, ckpt)
         opt.load_state_dict(ckpt["optimizer"])
         for group, mine in zip(opt.param_groups, groups):  # the schedule's base rates are this command's
@@ -318,8 +330,8 @@ def main() -> None:
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         state = {"decoder": decoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                 "seconds": spent, "settings": {k: str(v) for k, v in vars(args).items()}}
-        if args.joint:
+                 "seconds": spent, "settings": {k: str(v) for k, v in vars(args).items()}, "joint": args.joint}
+        if own_codec:
             state.update(encoder=ndac.encoder.state_dict(), quantizer=ndac.quantizer.state_dict())
         torch.save(state, tmp)
         tmp.replace(ckpt_path)
