@@ -190,8 +190,11 @@ def test_one_bad_pair_in_a_folder_is_reported_and_the_rest_are_scored(audio_dirs
     (deg / "junk.wav").write_bytes(b"not audio")
     res = run(eval_command, ref, deg, "--json", "-m", "si_sdr")
     assert res.exit_code == 1
-    assert [r["file"] for r in json.loads(res.stdout)["rows"]] == ["a.wav", "sub/b.wav"]
+    doc = json.loads(res.stdout)
+    assert [r["file"] for r in doc["rows"]] == ["a.wav", "sub/b.wav"]
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("flowdec: error:")]
+    # named in the JSON too, as --codec mode's (they were on standard error only)
+    assert [f"flowdec: error: {f}" for f in doc["failed"]] == errors[:2]
     assert len(errors) == 3 and "short.wav: lengths differ" in errors[1] and "junk.wav" in errors[0]
     assert "2 of 4 pairs could not be scored" in errors[2] and "Traceback" not in res.stderr
 

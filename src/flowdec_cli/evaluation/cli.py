@@ -252,6 +252,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
                 "ref": [str(p) for p in pairing.unpaired_ref],
                 "deg": [str(p) for p in pairing.unpaired_deg],
             },
+            "failed": [],  # each pair that could not be scored, with why (as --codec mode's files)
         },
     )
     show_progress = len(pairing.pairs) > 1 and sys.stderr.isatty()
@@ -269,6 +270,7 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
                 raise Failure(str(exc)) from exc
             click.echo(error_line(str(exc)), err=True)  # one bad pair; the others go on
             failed.append(pair.name)
+            report.extra["failed"].append(str(exc))
     if failed and not report.rows:
         raise Failure(f"none of the {len(failed)} pairs could be scored")
     _emit(report.render(fmt), output, force)

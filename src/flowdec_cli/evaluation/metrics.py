@@ -475,8 +475,9 @@ def visqol(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     r, d = resample(r, sr, 48000), resample(d, sr, 48000)
     out = []
     for c in range(r.shape[1]):
-        if not np.any(r[:, c]):  # it scores any signal against silence as a perfect copy (4.73)
-            raise MetricError("the reference is silent")
+        if not np.any(r[:, c]):  # it scores any signal against silence as a perfect copy (4.73): no score
+            out.append(float("nan"))
+            continue
         if not np.any(d[:, c]):  # the package scales by a zero level: NaN and a RuntimeWarning
             raise MetricError("the degraded signal is silent")
         try:
@@ -486,7 +487,15 @@ def visqol(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
         except Exception as exc:  # the package's own errors: report them as unscorable
             raise MetricError(f"visqol failed: {exc}") from exc
         out.append(float(res.moslqo))
-    return _channel_mean(out)
+    return _scored_channels(out)
+
+
+def _scored_channels(values: list[float]) -> float:
+    """The channel mean of a packaged metric, whose silent reference channels are NaN: left out, as every
+    metric here leaves out the channels where it is undefined; silent in all of them, no score."""
+    if values and all(math.isnan(v) for v in values):
+        raise MetricError("the reference is silent")
+    return _channel_mean(values)
 
 
 def _plain(exc: Exception) -> str:
@@ -508,7 +517,10 @@ def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     r, d = resample(r, sr, 16000), resample(d, sr, 16000)
     out = []
     for c in range(r.shape[1]):
-        if np.any(r[:, c]) and not np.any(d[:, c]):  # the package: "cannot convert float NaN to integer"
+        if not np.any(r[:, c]):  # nothing to score this channel against (the package: "No utterances")
+            out.append(float("nan"))
+            continue
+        if not np.any(d[:, c]):  # the package: "cannot convert float NaN to integer"
             raise MetricError("the degraded signal is silent")
         try:
             with warnings.catch_warnings():  # silence divides by a zero peak; its own error says why
@@ -516,7 +528,7 @@ def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
                 out.append(float(mod.pesq(16000, r[:, c], d[:, c], "wb")))
         except Exception as exc:
             raise MetricError(f"pesq failed: {_plain(exc)}") from exc
-    return _channel_mean(out)
+    return _scored_channels(out)
 
 
 _STOI_MIN_SECONDS = 0.4  # pystoi's 30 frames of 256 samples at half overlap, at 10 kHz
@@ -532,7 +544,8 @@ def _stoi(ref, deg, sr, extended: bool, name: str) -> float:
     out = []
     for c in range(r.shape[1]):
         if not np.any(r[:, c]):
-            raise MetricError("the reference is silent")
+            out.append(float("nan"))
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -542,7 +555,7 @@ def _stoi(ref, deg, sr, extended: bool, name: str) -> float:
         if value == 1e-5:  # pystoi's answer when too few frames are above its silence threshold
             raise MetricError("too little of the reference is above silence to score")
         out.append(value)
-    return _channel_mean(out)
+    return _scored_channels(out)
 
 
 def stoi(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
