@@ -102,17 +102,30 @@ def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
 
 
 def tone_pitches(ndac, decoder, freqs: tuple[float, ...] = (220.0, 440.0, 523.25, 660.0, 880.0, 1000.0, 1760.0),
-                 codebooks: int = 4, seconds: float = 3.0) -> list[float]:
-    """The strongest partial (Hz) that fresh sines come out at through the codec."""
+                 codebooks: int = 4, seconds: float = 3.0, f0: bool = False) -> list[float]:
+    """The strongest partial (Hz) that fresh sines come out at through the codec (``f0``: with the F0 the
+    input's estimate gives in the decoder's input, as the run trained)."""
     from experiment_tone_pitch import partials
 
     device = next(decoder.parameters()).device
     out = []
     with torch.no_grad():
         for f in freqs:
-            zq = latents(ndac, sine(f, seconds).to(device), [codebooks])
+            x = sine(f, seconds).to(device)
+            zq = latents(ndac, x, [codebooks])
+            if f0:
+                zq = with_f0(zq, x, ndac.sample_rate, ndac.hop_length)
             out.append(round(partials(decoder(zq)[0, 0].cpu().numpy())[0][0], 1))
     return out
+
+
+def with_f0(zq: torch.Tensor, x: torch.Tensor, sr: int, hop: int) -> torch.Tensor:
+    """``zq`` [B, C, T] with its first 16 channels replaced by the per-frame F0 that YIN estimates from the
+    input ``x`` [B, 1, L] (zeros where unvoiced): what an F0 side channel would tell the decoder."""
+    from experiment_pitch_in_codes import ORACLE_CHANNELS, f0_embedding, frame_f0
+
+    track = np.stack([frame_f0(item[0].detach().cpu().numpy(), sr, hop, zq.shape[-1]) for item in x])
+    return torch.cat([f0_embedding(track, zq.shape[-1]).to(zq.device), zq[:, ORACLE_CHANNELS:]], 1)
 
 
 def advance_loss(decoder, deviation: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -232,6 +245,9 @@ def main() -> None:
     ap.add_argument("--transport-weight", type=float, default=0.0,
                     help="weight of the spectral transport loss (earth mover's distance along frequency at 2,048 "
                          "and 8,192 points): a partial's distance from its place, priced on every item")
+    ap.add_argument("--f0", action="store_true",
+                    help="replace the latent's first 16 channels with the input's per-frame F0 (YIN; zeros where "
+                         "unvoiced): whether a decoder told the pitch keeps it beside real audio")
     ap.add_argument("--joint", action="store_true", help="train the encoder and codebooks with the decoder")
     ap.add_argument("--lr-encoder", type=float, default=1e-3, help="the encoder's and codebooks' learning rate")
     ap.add_argument("--from-run", type=Path, default=None,
@@ -245,8 +261,12 @@ def main() -> None:
     if args.lock and args.export is None and args.advance_weight <= 0 and args.output_advance_weight <= 0:
         ap.error("--lock passes no gradient to the advances: give --advance-weight above 0")
     if args.export is not None:
+        if args.f0:
+            ap.error("an --f0 run reads an F0 no model folder carries: it cannot be exported")
         export(args)
         return
+    if args.f0 and args.joint:
+        ap.error("--f0 is for a decoder behind fixed codes; leave out --joint")
     if args.from_run is not None and args.init is not None:
         ap.error("give --init or --from-run, not both")
 
@@ -344,11 +364,13 @@ def main() -> None:
                 x = valid[i][0][None].to(args.device)
                 for k in (4, 10):
                     zq = latents(ndac, x, [k])
+                    if args.f0:
+                        zq = with_f0(zq, x, sr, hop)
                     old = ndac if shipped is None else shipped  # the shipped codec on its own codes
                     for name, y in (("new", decoder(zq)), ("old", old.decoder(latents(old, x, [k])))):
                         y = y[..., :x.shape[-1]]
                         rows[f"{name}_nq{k}"].append(float(val_loss(y, x[..., :y.shape[-1]])))
-            pitch = tone_pitches(ndac, decoder)
+            pitch = tone_pitches(ndac, decoder, f0=args.f0)
         decoder.train()
         return {**{k: float(np.mean(v)) for k, v in rows.items()}, "pitch": pitch}
 
@@ -373,6 +395,8 @@ def main() -> None:
                 ndac.encoder(ndac.pad_to_hop(x)), n_quantizers_per_item=torch.tensor(counts))
         else:
             zq = latents(ndac, x, counts)
+            if args.f0:
+                zq = with_f0(zq, x, sr, hop)
         y = decoder(zq)
         loss = loss_fn(y, x[..., :y.shape[-1]])
         if args.joint:

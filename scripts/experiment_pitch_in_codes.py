@@ -41,10 +41,49 @@ ORACLE_CHANNELS = 16
 
 def f0_embedding(f0s: np.ndarray, frames: int) -> torch.Tensor:
     """[B, 16, frames]: sines and cosines of the log-F0 (0 at 100 Hz, 1 at 2 kHz) at eight scales, at about
-    the latent's per-channel size."""
-    u = (np.log2(np.asarray(f0s, dtype=np.float64)) - np.log2(100.0)) / np.log2(20.0)
-    feats = [fn(np.pi * 2 ** j * u) for j in range(ORACLE_CHANNELS // 2) for fn in (np.sin, np.cos)]
-    return torch.from_numpy(3.0 * np.stack(feats, 1).astype(np.float32))[:, :, None].expand(-1, -1, frames)
+    the latent's per-channel size. ``f0s``: one F0 per item [B], or one per frame [B, frames] where 0 (an
+    unvoiced frame) embeds as zeros."""
+    f0s = np.asarray(f0s, dtype=np.float64)
+    per_frame = f0s.ndim == 2
+    voiced = f0s > 0
+    u = (np.log2(np.where(voiced, f0s, 100.0)) - np.log2(100.0)) / np.log2(20.0)
+    feats = [fn(np.pi * 2 ** j * u) * voiced for j in range(ORACLE_CHANNELS // 2) for fn in (np.sin, np.cos)]
+    emb = torch.from_numpy(3.0 * np.stack(feats, 1).astype(np.float32))
+    return emb if per_frame else emb[:, :, None].expand(-1, -1, frames)
+
+
+def frame_f0(x: np.ndarray, sr: int, hop: int, frames: int, fmin: float = 60.0, fmax: float = 2000.0,
+             threshold: float = 0.15) -> np.ndarray:
+    """[frames] F0 (Hz) of ``x`` [L] per codec frame by YIN (a 2,048-sample window centred on each frame,
+    cumulative-mean-normalised difference, first dip below ``threshold``, parabolic refinement); 0 where
+    the frame is unvoiced or near silent. What an F0 side channel could send, estimated from the input."""
+    win, lo, hi = 2048, int(sr / fmax), int(sr / fmin) + 2
+    level = np.sqrt(np.mean(x ** 2)) if len(x) else 0.0
+    pad = np.pad(x.astype(np.float64), (win, win + hop * frames))
+    out = np.zeros(frames)
+    for i in range(frames):
+        centre = win + i * hop + hop // 2
+        w = pad[centre - win // 2: centre + win // 2 + hi]
+        if np.sqrt(np.mean(w[:win] ** 2)) < max(1e-4, 0.03 * level):
+            continue
+        a = w[:win]
+        energy = np.cumsum(w ** 2)
+        spec = np.fft.rfft(w, 2 * len(w))
+        corr = np.fft.irfft(np.fft.rfft(a, 2 * len(w)).conj() * spec)[:hi]
+        d = energy[win - 1] + (energy[win - 1 + np.arange(hi)] - np.concatenate([[0.0], energy[:hi - 1]])) - 2 * corr
+        d[0] = 0.0
+        cmnd = d * np.arange(hi) / np.maximum(np.cumsum(d), 1e-12)
+        cmnd[0] = 1.0
+        below = np.flatnonzero(cmnd[lo:hi - 1] < threshold)
+        if not len(below):
+            continue
+        tau = lo + below[0]
+        while tau + 1 < hi - 1 and cmnd[tau + 1] < cmnd[tau]:
+            tau += 1
+        a0, a1, a2 = cmnd[tau - 1], cmnd[tau], cmnd[tau + 1]
+        shift = 0.5 * (a0 - a2) / (a0 - 2 * a1 + a2) if (a0 - 2 * a1 + a2) > 0 else 0.0
+        out[i] = sr / (tau + shift)
+    return out
 
 
 def quantised(ndac, x: torch.Tensor, codebooks: int, no_quant: bool) -> tuple[torch.Tensor, ...]:
