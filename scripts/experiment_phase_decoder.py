@@ -211,6 +211,50 @@ def export(args: argparse.Namespace) -> None:
     print(f"wrote {args.export} (decoder step {int(ckpt['step'])})")
 
 
+def score(args: argparse.Namespace) -> None:
+    """RUN's decoder against the codec's own D0 on its own codes, each without side channel or postfilter,
+    on the corpus's validation clips of ``--score`` (a category: speech, music, sounds; 4 s each), at 4 and
+    10 codebooks: PESQ-WB and STOI (speech) and the mel distance of ``flowdec eval``, per clip and mean."""
+    from flowdec_cli.audio import read_audio
+    from flowdec_cli.evaluation.metrics import compute_metrics
+
+    ckpt = torch.load(args.out / "decoder.pt", map_location=args.device, weights_only=True)
+    f0 = ckpt.get("settings", {}).get("f0") == "True"
+    ndac, decoder = build(args, trainable="encoder" in ckpt)
+    if "encoder" in ckpt:
+        load_codec(ndac, ckpt)
+    decoder.load_state_dict(ckpt["decoder"])
+    decoder.eval()
+    from flowdec_cli.models import load_ndac
+
+    shipped = load_ndac(args.model or "flowdec-small", args.device).eval()
+    sr, hop = ndac.sample_rate, ndac.hop_length
+    names = ["pesq", "stoi", "mel"] if args.score == "speech" else ["mel"]
+    clips = [line.strip() for line in (args.corpus / "valid.txt").read_text().splitlines()
+             if f"/{args.score}/" in line]
+    sums: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for rel in clips:
+            audio, rate = read_audio(args.corpus / rel)
+            if rate != sr:
+                raise SystemExit(f"{rel}: {rate} Hz, not the codec's {sr}")
+            x = torch.from_numpy(audio[: 4 * sr, :1].T.copy()).float()[None].to(args.device)
+            row = {"clip": Path(rel).name}
+            for k in (4, 10):
+                zq = latents(ndac, x, [k])
+                if f0:
+                    zq = with_f0(zq, x, sr, hop)
+                for name, y in (("new", decoder(zq)), ("old", shipped.decoder(latents(shipped, x, [k])))):
+                    y = y[0, 0, : x.shape[-1]].cpu().numpy()
+                    scores = compute_metrics(x[0, 0].cpu().numpy(), sr, y, sr, names)
+                    for m, v in scores.items():
+                        row[f"{name}_nq{k}_{m}"] = round(v, 4)
+                        sums.setdefault(f"{name}_nq{k}_{m}", []).append(v)
+            print(json.dumps(row), flush=True)
+    print(json.dumps({"clips": len(clips), "f0": f0, "step": int(ckpt["step"]),
+                      **{k: round(float(np.nanmean(v)), 4) for k, v in sorted(sums.items())}}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -253,17 +297,24 @@ def main() -> None:
     ap.add_argument("--from-run", type=Path, default=None,
                     help="start decoder, encoder and codebooks from an experiment_pitch_in_codes.py RUN.pt or a "
                          "joint run's decoder.pt (without --joint its codes then stay fixed)")
+    ap.add_argument("--score", choices=("speech", "music", "sounds"), default=None,
+                    help="instead of training: score RUN's decoder against the codec's own D0 on that category's "
+                         "validation clips (PESQ-WB, STOI, mel distance; no side channel, no postfilter)")
     ap.add_argument("--export", type=Path, default=None,
                     help="instead of training: write a model folder here, the codec's with RUN's decoder in D0's place")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.lock and args.export is None and args.advance_weight <= 0 and args.output_advance_weight <= 0:
+    if (args.lock and args.export is None and args.score is None and args.advance_weight <= 0
+            and args.output_advance_weight <= 0):
         ap.error("--lock passes no gradient to the advances: give --advance-weight above 0")
     if args.export is not None:
         if args.f0:
             ap.error("an --f0 run reads an F0 no model folder carries: it cannot be exported")
         export(args)
+        return
+    if args.score is not None:
+        score(args)
         return
     if args.f0 and args.joint:
         ap.error("--f0 is for a decoder behind fixed codes; leave out --joint")
