@@ -379,6 +379,7 @@ def test_the_metric_functions_still_score_nan_as_nan_for_training_validation():
     y = x.copy()
     y[3] = np.nan
     assert np.isnan(M.si_sdr(x, y))
+    assert np.isnan(M.phase_coherence(x, y, SR))  # not "the reference is silent"
 
 
 def test_si_sdr_is_blind_to_the_decoded_signals_gain_cap_included():

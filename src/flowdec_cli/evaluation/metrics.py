@@ -381,20 +381,20 @@ def phase_coherence(ref: np.ndarray, deg: np.ndarray, sr: int,
     hi = min(hi, n_fft // 2 + 1)
     if lo >= hi:
         raise MetricError(f"{sr} Hz audio has no band from {band_hz[0]:g} to {band_hz[1]:g} Hz")
-    values = []
+    values, silent = [], []
     for c in range(r.shape[1]):
         sr_c, sd_c = _stft(r[:, c], n_fft, 512)[:, lo:hi], _stft(d[:, c], n_fft, 512)[:, lo:hi]
         er, ed = float(np.sum(np.abs(sr_c) ** 2)), float(np.sum(np.abs(sd_c) ** 2))
-        if er <= 1e-20:
+        silent.append(er <= 1e-20)
+        if silent[-1]:
             values.append(float("nan"))
         elif ed <= 1e-20:
             values.append(0.0)
-        else:
+        else:  # (NaN in ``deg`` gives NaN, as si_sdr's: a trainer's validation records it)
             values.append(abs(complex(np.sum(sr_c * np.conj(sd_c)))) / math.sqrt(er * ed))
-    value = _channel_mean(values)
-    if math.isnan(value):
+    if all(silent):
         raise MetricError(f"the reference is silent from {band_hz[0]:g} to {band_hz[1]:g} Hz")
-    return value
+    return _channel_mean(values)
 
 
 # ---------------------------------------------------------------------------------------
