@@ -32,7 +32,9 @@ audio as on tones.
     python scripts/experiment_phase_decoder.py --out RUN [--corpus /work/corpus] [--minutes 90]
         [--threads 1] [--resume] [--init OTHER/decoder.pt] [--advance-weight 1.0]
         [--output-advance-weight 1.0] [--no-gate | --lock] [--also TONES_DIR/train.txt]
-        [--joint --lr-encoder 1e-3 --from-run PITCH_RUN.pt] [--transport-weight 1.0]
+        [--joint --lr-encoder 1e-3 --from-run PITCH_RUN.pt] [--transport-weight 1.0] [--f0]
+    python scripts/experiment_phase_decoder.py --out RUN --no-gate --lock --score speech|music|sounds
+    python scripts/experiment_phase_decoder.py --out RUN --no-gate --lock --export MODEL_DIR
 
 Writes RUN/decoder.pt (weights, optimiser, step) every ``--save-every`` steps and RUN/log.jsonl;
 validation compares the new decoder's mel distance with the codec's own D0 on the same codes.
@@ -93,6 +95,13 @@ def latents(ndac, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         return torch.cat([ndac.quantizer.from_codes(codes[i:i + 1, :k]) for i, k in enumerate(counts)])
 
 
+def decoder_input(ndac, x: torch.Tensor, counts: list[int], f0: bool = False) -> torch.Tensor:
+    """What the new decoder reads for ``x`` [B,1,L]: its codes' latent at each item's codebook count, with
+    the input's F0 in its first channels when the run was ``--f0``."""
+    zq = latents(ndac, x, counts)
+    return with_f0(zq, x, ndac.sample_rate, ndac.hop_length) if f0 else zq
+
+
 def sine(f0: float, seconds: float = 3.0) -> torch.Tensor:
     """[1, 1, L]: a test tone at amplitude 0.3 and phase 0.7 (not a multiple of the codec's hop's cycle)."""
     from experiment_tone_pitch import RATE  # a sibling script: importable when this one runs as a script
@@ -111,10 +120,7 @@ def tone_pitches(ndac, decoder, freqs: tuple[float, ...] = (220.0, 440.0, 523.25
     out = []
     with torch.no_grad():
         for f in freqs:
-            x = sine(f, seconds).to(device)
-            zq = latents(ndac, x, [codebooks])
-            if f0:
-                zq = with_f0(zq, x, ndac.sample_rate, ndac.hop_length)
+            zq = decoder_input(ndac, sine(f, seconds).to(device), [codebooks], f0)
             out.append(round(partials(decoder(zq)[0, 0].cpu().numpy())[0][0], 1))
     return out
 
@@ -217,6 +223,7 @@ def score(args: argparse.Namespace) -> None:
     10 codebooks: PESQ-WB and STOI (speech) and the mel distance of ``flowdec eval``, per clip and mean."""
     from flowdec_cli.audio import read_audio
     from flowdec_cli.evaluation.metrics import compute_metrics
+    from flowdec_cli.models import load_ndac
 
     ckpt = torch.load(args.out / "decoder.pt", map_location=args.device, weights_only=True)
     f0 = ckpt.get("settings", {}).get("f0") == "True"
@@ -225,10 +232,8 @@ def score(args: argparse.Namespace) -> None:
         load_codec(ndac, ckpt)
     decoder.load_state_dict(ckpt["decoder"])
     decoder.eval()
-    from flowdec_cli.models import load_ndac
-
     shipped = load_ndac(args.model or "flowdec-small", args.device).eval()
-    sr, hop = ndac.sample_rate, ndac.hop_length
+    sr = ndac.sample_rate
     names = ["pesq", "stoi", "mel"] if args.score == "speech" else ["mel"]
     clips = [line.strip() for line in (args.corpus / "valid.txt").read_text().splitlines()
              if f"/{args.score}/" in line]
@@ -241,9 +246,7 @@ def score(args: argparse.Namespace) -> None:
             x = torch.from_numpy(audio[: 4 * sr, :1].T.copy()).float()[None].to(args.device)
             row = {"clip": Path(rel).name}
             for k in (4, 10):
-                zq = latents(ndac, x, [k])
-                if f0:
-                    zq = with_f0(zq, x, sr, hop)
+                zq = decoder_input(ndac, x, [k], f0)
                 for name, y in (("new", decoder(zq)), ("old", shipped.decoder(latents(shipped, x, [k])))):
                     y = y[0, 0, : x.shape[-1]].cpu().numpy()
                     scores = compute_metrics(x[0, 0].cpu().numpy(), sr, y, sr, names)
@@ -414,9 +417,7 @@ def main() -> None:
             for i in range(len(valid)):
                 x = valid[i][0][None].to(args.device)
                 for k in (4, 10):
-                    zq = latents(ndac, x, [k])
-                    if args.f0:
-                        zq = with_f0(zq, x, sr, hop)
+                    zq = decoder_input(ndac, x, [k], args.f0)
                     old = ndac if shipped is None else shipped  # the shipped codec on its own codes
                     for name, y in (("new", decoder(zq)), ("old", old.decoder(latents(old, x, [k])))):
                         y = y[..., :x.shape[-1]]
@@ -445,9 +446,7 @@ def main() -> None:
             zq, _codes, _latents, commitment, codebook = ndac.quantizer(
                 ndac.encoder(ndac.pad_to_hop(x)), n_quantizers_per_item=torch.tensor(counts))
         else:
-            zq = latents(ndac, x, counts)
-            if args.f0:
-                zq = with_f0(zq, x, sr, hop)
+            zq = decoder_input(ndac, x, counts, args.f0)
         y = decoder(zq)
         loss = loss_fn(y, x[..., :y.shape[-1]])
         if args.joint:
