@@ -21,8 +21,8 @@
 # PHASE_SECONDS (default 400), PHASE_BATCH (default 64), PHASE_INIT (a decoder.pt that travelled with the
 # repository: start from it), PHASE_JOINT=1 (the encoder and codebooks learn with the phase decoder, at
 # PHASE_LR_ENCODER, default 3e-4; PHASE_FROM_RUN: a joint or tone run's .pt to start all three from), and
-# TRANSPORT in phase mode (the weight of the phase decoder's spectral transport loss), DEVICE (default cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a
-# warm machine).
+# TRANSPORT in phase mode (the weight of the phase decoder's spectral transport loss), DEVICE (default
+# cuda), WORK (default /tmp/flowdec-gpu: the corpus, runs and pairs, kept between calls on a warm machine).
 set -uo pipefail
 case "${1:-}" in carry|codec|postfilter|phase) ;; *) echo "usage: $0 carry|codec|postfilter|phase" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."

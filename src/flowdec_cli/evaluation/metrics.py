@@ -473,29 +473,28 @@ def visqol(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
         _VISQOL_API = api
     r, d = align(ref, deg)
     r, d = resample(r, sr, 48000), resample(d, sr, 48000)
-    out = []
-    for c in range(r.shape[1]):
-        if not np.any(r[:, c]):  # it scores any signal against silence as a perfect copy (4.73): no score
-            out.append(float("nan"))
-            continue
-        if not np.any(d[:, c]):  # the package scales by a zero level: NaN and a RuntimeWarning
+
+    def channel(rc: np.ndarray, dc: np.ndarray) -> float:
+        if not np.any(dc):  # the package scales by a zero level: NaN and a RuntimeWarning
             raise MetricError("the degraded signal is silent")
         try:
-            res = _VISQOL_API.measure_from_arrays(
-                np.ascontiguousarray(r[:, c]), np.ascontiguousarray(d[:, c]), 48000
-            )
+            res = _VISQOL_API.measure_from_arrays(np.ascontiguousarray(rc), np.ascontiguousarray(dc), 48000)
         except Exception as exc:  # the package's own errors: report them as unscorable
             raise MetricError(f"visqol failed: {exc}") from exc
-        out.append(float(res.moslqo))
-    return _scored_channels(out)
+        return float(res.moslqo)
+
+    # a silent reference channel: ViSQOL scores any signal against silence as a perfect copy (4.73)
+    return _sounding_channels(r, d, channel)
 
 
-def _scored_channels(values: list[float]) -> float:
-    """The channel mean of a packaged metric, whose silent reference channels are NaN: left out, as every
-    metric here leaves out the channels where it is undefined; silent in all of them, no score."""
-    if values and all(math.isnan(v) for v in values):
+def _sounding_channels(r: np.ndarray, d: np.ndarray, channel: Callable[[np.ndarray, np.ndarray], float]) -> float:
+    """A packaged metric's channel mean: ``channel(ref, deg)`` for each channel whose reference sounds; the
+    silent ones are left out (the packages score them as perfect, or fail), as every metric here leaves out
+    the channels where it is undefined; silent in all of them, no score."""
+    out = [channel(r[:, c], d[:, c]) if np.any(r[:, c]) else float("nan") for c in range(r.shape[1])]
+    if out and all(math.isnan(v) for v in out):
         raise MetricError("the reference is silent")
-    return _channel_mean(values)
+    return _channel_mean(out)
 
 
 def _plain(exc: Exception) -> str:
@@ -515,20 +514,18 @@ def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     mod = _import("pesq", "pesq", "pesq")
     r, d = align(ref, deg)
     r, d = resample(r, sr, 16000), resample(d, sr, 16000)
-    out = []
-    for c in range(r.shape[1]):
-        if not np.any(r[:, c]):  # nothing to score this channel against (the package: "No utterances")
-            out.append(float("nan"))
-            continue
-        if not np.any(d[:, c]):  # the package: "cannot convert float NaN to integer"
+
+    def channel(rc: np.ndarray, dc: np.ndarray) -> float:
+        if not np.any(dc):  # the package: "cannot convert float NaN to integer"
             raise MetricError("the degraded signal is silent")
         try:
             with warnings.catch_warnings():  # silence divides by a zero peak; its own error says why
                 warnings.simplefilter("ignore", RuntimeWarning)
-                out.append(float(mod.pesq(16000, r[:, c], d[:, c], "wb")))
+                return float(mod.pesq(16000, rc, dc, "wb"))
         except Exception as exc:
             raise MetricError(f"pesq failed: {_plain(exc)}") from exc
-    return _scored_channels(out)
+
+    return _sounding_channels(r, d, channel)  # (a silent reference channel: the package's "No utterances")
 
 
 _STOI_MIN_SECONDS = 0.4  # pystoi's 30 frames of 256 samples at half overlap, at 10 kHz
@@ -541,21 +538,19 @@ def _stoi(ref, deg, sr, extended: bool, name: str) -> float:
     r, d = align(ref, deg)
     if r.shape[0] < _STOI_MIN_SECONDS * sr:
         raise MetricError(f"{r.shape[0] / sr:.3g} s is too short to score (at least {_STOI_MIN_SECONDS:g} s)")
-    out = []
-    for c in range(r.shape[1]):
-        if not np.any(r[:, c]):
-            out.append(float("nan"))
-            continue
+
+    def channel(rc: np.ndarray, dc: np.ndarray) -> float:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                value = float(mod.stoi(r[:, c], d[:, c], int(sr), extended=extended))
+                value = float(mod.stoi(rc, dc, int(sr), extended=extended))
         except Exception as exc:
             raise MetricError(f"{name} failed: {exc}") from exc
         if value == 1e-5:  # pystoi's answer when too few frames are above its silence threshold
             raise MetricError("too little of the reference is above silence to score")
-        out.append(value)
-    return _scored_channels(out)
+        return value
+
+    return _sounding_channels(r, d, channel)
 
 
 def stoi(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:

@@ -100,17 +100,18 @@ class Report:
 
     def to_table(self) -> str:
         header = self.labels + self.values
+
         def counted(r: dict[str, Any], c: str) -> str:
+            """A value, with the files it is over in brackets where ``r`` says fewer than all."""
             n = r.get("counts", {}).get(c)
             return format_value(r.get(c, "")) + (f" ({n})" if n else "")
 
         body = [[_label_text(r.get(c, "")) for c in self.labels] + [counted(r, c) for c in self.values]
                 for r in self.rows]
         mean = self.mean()
+        fewer = {c: k for c, k in mean["counts"].items() if 0 < k < mean["n"]}
         mean_row = [self.mean_label + (f" ({mean['n']})" if len(self.rows) != 1 else "")]
-        mean_row += [""] * (len(self.labels) - 1) + [
-            format_value(mean[c]) + (f" ({mean['counts'][c]})" if 0 < mean["counts"][c] < mean["n"] else "")
-            for c in self.values]
+        mean_row += [""] * (len(self.labels) - 1) + [counted({**mean, "counts": fewer}, c) for c in self.values]
         widths = [
             max(len(header[i]), *(len(b[i]) for b in body), len(mean_row[i]))
             for i in range(len(header))

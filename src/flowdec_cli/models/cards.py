@@ -111,7 +111,7 @@ def model_card_markdown(card: dict[str, Any], repo_id: str | None = None) -> str
 
 
 def export_for_hub(name_or_path: str | os.PathLike[str], dest_dir: str | os.PathLike[str], force: bool = False,
-                 repo_id: str | None = None, cache_dir: CacheDir = None) -> Path:
+                   repo_id: str | None = None, cache_dir: CacheDir = None) -> Path:
     """Write a folder ready to upload as a hub repo: flowdec.json, ndac/, postfilter/ (if any), README.md.
 
     ``repo_id`` (OWNER/REPO) names the model ``hf://OWNER/REPO`` in its record, so that .fdc files it codes
