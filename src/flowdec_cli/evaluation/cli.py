@@ -280,9 +280,14 @@ def eval_command(ref, deg, metrics_spec, all_metrics, json_out, csv_out, output,
                    + ", ".join(f"{m} {mean[m]:.3f}" + (f" (over {mean['counts'][m]})"
                                                        if mean["counts"][m] < mean["n"] else "")
                                for m in names), err=True)
+    left_out = []
     if failed:
-        raise Failure(f"{len(failed)} of {len(pairing.pairs)} pairs could not be scored and are not in the "
-                      f"report: {_list_some(failed)}")
+        left_out.append(f"{len(failed)} of {len(pairing.pairs)} pairs could not be scored: {_list_some(failed)}")
+    if pairing.unpaired_ref:  # a decode that is missing is a failure of the set, not a detail of the report
+        left_out.append(f"{len(pairing.unpaired_ref)} reference file(s) have no decoded match: "
+                        f"{_list_some(p.relative_to(ref) for p in pairing.unpaired_ref)}")
+    if left_out:
+        raise Failure("; ".join(left_out) + " (not in the report)")
 
 
 def _codec_mode(model, path, names, bitrates, nfe_spec, opus, device, seed, save_dir, force, threads) -> Report:
