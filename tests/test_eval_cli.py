@@ -595,7 +595,7 @@ def test_a_pair_is_scored_by_the_library_not_the_command(tmp_path):
         score_pair(Pair("a", ref, deg), ["si_sdr"])
     heard: list[str] = []
     scores = score_pair(Pair("a", ref, deg), ["si_sdr"], allow_mismatch=True, warn=heard.append)
-    assert np.isfinite(scores["si_sdr"]) and heard == ["a: lengths differ (reference 1.000 s, decoded 0.750 s); "
+    assert np.isfinite(scores["si_sdr"]) and heard == [f"{deg}: lengths differ (reference 1.000 s, decoded 0.750 s); "
                                                        "resampled and trimmed to the shorter"]
     with pytest.raises(ScoringError, match=r"empty\.wav: empty signal"):
         score_pair(Pair("b", empty, deg), ["si_sdr"])

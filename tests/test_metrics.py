@@ -307,6 +307,17 @@ def test_stoi_says_when_it_cannot_score(metric):
         fn(x[:5], x[:5], SR)
 
 
+def test_pesq_names_a_too_short_signal_at_any_rate():
+    """One sample at 48 kHz resampled to PESQ's 16 kHz is no samples, which read as 'the reference is silent'."""
+    pytest.importorskip("pesq")
+    x = speechlike()
+    for n in (1, 2, SR // 4 - 1):
+        too_short = rf"\({n} samples at {SR} Hz\) is too short to score \(at least 0.25 s\)"
+        with pytest.raises(M.MetricError, match=too_short):
+            M.pesq_wb(x[:n], x[:n], SR)
+    assert M.pesq_wb(x[: SR // 4 + 1], x[: SR // 4 + 1], SR) > 4  # what the package takes is scored
+
+
 @pytest.mark.parametrize("metric", ["pesq_wb", "visqol"])
 def test_a_silent_decode_is_named_not_scored(metric):
     pytest.importorskip({"pesq_wb": "pesq", "visqol": "visqol"}[metric])
@@ -412,3 +423,14 @@ def test_the_high_band_ratio_needs_a_high_band_in_the_reference():
     with pytest.raises(M.MetricError, match="no band above"):
         M.high_band_energy_ratio(noise(16000), noise(16000), 16000)
     assert M.high_band_energy_ratio(noise(SR), 0.5 * noise(SR), SR) == pytest.approx(0.25, rel=1e-6)
+
+
+def test_coherence_refuses_a_rate_whose_band_would_be_cut():
+    """Below 8 kHz the 500-4,000 Hz band used to be cut at Nyquist without a word: another band's score."""
+    t = np.arange(6000) / 6000
+    x = np.sin(2 * np.pi * 700 * t)[:, None]
+    with pytest.raises(M.MetricError, match="6000 Hz audio does not reach 4000 Hz"):
+        M.phase_coherence(x, x, 6000)
+    t = np.arange(8000) / 8000
+    x = np.sin(2 * np.pi * 700 * t)[:, None]
+    assert M.phase_coherence(x, x, 8000) == pytest.approx(1.0)  # 8 kHz reaches 4 kHz exactly

@@ -377,10 +377,10 @@ def phase_coherence(ref: np.ndarray, deg: np.ndarray, sr: int,
     """
     r, d = align(ref, deg)
     n_fft = 2048
+    if band_hz[1] > sr / 2:  # a band cut at Nyquist would score another band, not comparable across files
+        raise MetricError(f"{sr} Hz audio does not reach {band_hz[1]:g} Hz (the band is {band_hz[0]:g} to "
+                          f"{band_hz[1]:g} Hz)")
     lo, hi = int(math.ceil(band_hz[0] * n_fft / sr)), int(math.floor(band_hz[1] * n_fft / sr)) + 1
-    hi = min(hi, n_fft // 2 + 1)
-    if lo >= hi:
-        raise MetricError(f"{sr} Hz audio has no band from {band_hz[0]:g} to {band_hz[1]:g} Hz")
     values, silent = [], []
     for c in range(r.shape[1]):
         sr_c, sd_c = _stft(r[:, c], n_fft, 512)[:, lo:hi], _stft(d[:, c], n_fft, 512)[:, lo:hi]
@@ -504,6 +504,15 @@ def _plain(exc: Exception) -> str:
     return str(exc)
 
 
+_PESQ_MIN_SECONDS = 0.25  # the pesq package refuses shorter buffers
+
+
+def _check_long_enough(frames: int, sr: int, seconds: float) -> None:
+    if frames < seconds * sr:
+        raise MetricError(f"{frames / sr:.3g} s ({frames} samples at {sr} Hz) is too short to score "
+                          f"(at least {seconds:g} s)")
+
+
 def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     """Wide-band PESQ (ITU-T P.862.2) MOS-LQO (about 1 to 4.64, higher is better).
 
@@ -513,6 +522,7 @@ def pesq_wb(ref: np.ndarray, deg: np.ndarray, sr: int) -> float:
     """
     mod = _import("pesq", "pesq", "pesq")
     r, d = align(ref, deg)
+    _check_long_enough(r.shape[0], sr, _PESQ_MIN_SECONDS)  # before resampling, which leaves 1 sample none
     r, d = resample(r, sr, 16000), resample(d, sr, 16000)
 
     def channel(rc: np.ndarray, dc: np.ndarray) -> float:
@@ -536,8 +546,7 @@ def _stoi(ref, deg, sr, extended: bool, name: str) -> float:
     out of bounds): neither is a score, so both are named as what they are."""
     mod = _import(name, "pystoi", "pystoi")
     r, d = align(ref, deg)
-    if r.shape[0] < _STOI_MIN_SECONDS * sr:
-        raise MetricError(f"{r.shape[0] / sr:.3g} s is too short to score (at least {_STOI_MIN_SECONDS:g} s)")
+    _check_long_enough(r.shape[0], sr, _STOI_MIN_SECONDS)
 
     def channel(rc: np.ndarray, dc: np.ndarray) -> float:
         try:

@@ -178,8 +178,8 @@ def score_pair(pair: Pair, names: list[str], allow_mismatch: bool = False,
     if problems and not allow_mismatch:
         raise ScoringError(f"{pair.deg}: {'; '.join(problems)}: not a decoding of {pair.ref}? "
                            "(--allow-mismatch scores it anyway)")
-    for p in problems:
-        say(f"{pair.name}: {p}; resampled and trimmed to the shorter")
+    for p in problems:  # the decoded file is the one that differs from what it should be, as in the refusal
+        say(f"{pair.deg}: {p}; resampled and trimmed to the shorter")
     errors: dict[str, str] = {}
     try:
         scores = compute_metrics(ref_audio, ref_sr, deg_audio, deg_sr, names, errors=errors)
