@@ -136,6 +136,20 @@ def load_script(name: str) -> Iterator[ModuleType]:
         del sys.modules[name]
 
 
+@pytest.fixture()
+def experiment_scripts(monkeypatch) -> Iterator[None]:
+    """scripts/ on the import path for one test, for the experiment scripts that import one another as
+    modules (``import experiment_pitch_in_codes``); none of them stays in sys.modules for other tests."""
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith("experiment_"):
+                del sys.modules[name]
+
+
 def pytest_collection_modifyitems(config, items):
     """The ``gpu`` marker means what pyproject.toml says: needs a CUDA device, skipped where there is none."""
     if torch.cuda.is_available():

@@ -308,3 +308,56 @@ def test_temperature_scales_the_start_noise_and_travels_with_the_folder(tmp_path
         config["temperature"] = bad
         with pytest.raises(ValueError, match="temperature"):
             Postfilter.from_config(config)
+
+
+def test_the_pitch_an_experiment_tells_the_postfilter(experiment_scripts):
+    """scripts/experiment_postfilter_f0.py adds an F0 template to the shipped backbone through hooks that
+    start at zero: the postfilter it starts from is computed exactly, a zero template (unvoiced) adds
+    nothing however trained, and the template peaks at the bins of the F0's harmonics, only below its top."""
+    import experiment_postfilter_f0 as exp
+    import numpy as np
+
+    pf = _tiny()
+    fe = pf.feature_extractor
+    y = 0.1 * torch.randn(1, 1, 48000 // 4)
+    Y, _, _ = fe(y)
+    x_t, t = Y + 0.1 * torch.randn_like(Y), torch.tensor([0.4])
+    before = pf.backbone(x_t, Y, t, sigma_y=pf.sigma_y)
+    hooks = exp.PitchHooks(pf.backbone, pf.sample_rate, fe.n_fft)
+    f0 = np.full((1, Y.shape[-1] - 3), 200.0)  # shorter than the frames: the rest has no pitch
+    f0[0, :2] = 0.0
+    hooks.tell(f0)
+    assert torch.equal(pf.backbone(x_t, Y, t, sigma_y=pf.sigma_y), before)  # new paths start at zero
+
+    template = hooks.template[0]
+    n = pf.backbone.n_freqs
+    harmonic = [int(round(k * 200.0 * fe.n_fft / pf.sample_rate)) for k in (1, 2, 3)]
+    assert not template[:, :2].any()  # unvoiced frames
+    assert all(float(template[b, 5]) > 0.9 for b in harmonic)  # cos peaks on the harmonics
+    top = int(exp.TEMPLATE_TOP_HZ * fe.n_fft / pf.sample_rate) + 1
+    assert not template[top:n].any() and not template[n + top:].any()
+
+    with torch.no_grad():
+        hooks.direct.normal_()
+        hooks.project.weight.normal_(0, 0.01)
+    told = pf.backbone(x_t, Y, t, sigma_y=pf.sigma_y)
+    assert not torch.allclose(told, before)
+    hooks.tell(np.zeros_like(f0))  # trained paths, zero template: exactly the backbone alone
+    assert torch.equal(pf.backbone(x_t, Y, t, sigma_y=pf.sigma_y), before)
+    hooks.tell(None)
+    assert torch.equal(pf.backbone(x_t, Y, t, sigma_y=pf.sigma_y), before)
+
+
+def test_the_experiments_f0_frames_are_the_postfilters(experiment_scripts):
+    """The F0 of frame i is the pitch at sample i * hop, where the postfilter's centred STFT frame i is."""
+    import experiment_postfilter_f0 as exp
+    import numpy as np
+
+    sr, hop = 48000, 384
+    t = np.arange(sr) / sr
+    f0 = 150 + 200 * t  # a voice rising fast enough that half a hop is 0.8 Hz
+    voice = sum(np.sin(k * 2 * np.pi * np.cumsum(f0) / sr) / k for k in range(1, 15))
+    frames = sr // hop + 1
+    track = exp.frame_f0s(torch.from_numpy(voice)[None, None], hop, frames)[0]
+    centres = np.arange(frames) * hop
+    assert np.abs(track - f0[np.minimum(centres, sr - 1)])[8:-8].mean() < 0.7  # 1.25 half a hop late

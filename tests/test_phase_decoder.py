@@ -248,21 +248,12 @@ def test_the_advance_loss_compares_each_frame_with_its_own(phase_experiment):
         assert float(phase_experiment.advance_loss(decoder, right.roll(shift, -1), x)) > 0.15
 
 
-def test_the_f0_an_experiment_tells_the_decoder_is_the_inputs(monkeypatch):
+def test_the_f0_an_experiment_tells_the_decoder_is_the_inputs(experiment_scripts):
     """experiment_phase_decoder.py --f0 gives the decoder the input's per-frame F0 (YIN): right to a few
     hundredths of a percent on sines, within a hertz on a gliding voice, none on noise and silence, and
     an unvoiced frame embeds as zeros."""
-    import sys
-    from pathlib import Path
+    import experiment_pitch_in_codes as pitch
 
-    before = set(sys.modules)
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
-    try:
-        import experiment_pitch_in_codes as pitch
-    finally:  # the scripts import one another as modules: none stays behind for other tests
-        for name in set(sys.modules) - before:
-            if name.startswith("experiment_"):
-                del sys.modules[name]
     sr, hop, t = 48000, 640, np.arange(48000) / 48000
     for f in (110.0, 440.0, 523.25, 1000.0, 1760.0):
         track = pitch.frame_f0(0.3 * np.sin(2 * np.pi * f * t + 0.7), sr, hop, 75)
