@@ -19,8 +19,8 @@ seed 0: the shipped postfilter, the fine-tuned one told the F0, and the fine-tun
 (what the fine-tune alone did).
 
     python scripts/experiment_postfilter_f0.py --pairs PAIRS/train.txt --out RUN [--minutes 60 | --steps N]
-        [--threads 1] [--no-f0]
-    python scripts/experiment_postfilter_f0.py --out RUN --score [--corpus /work/corpus]
+        [--threads 1] [--no-f0 | --f0-from coded] [--init EARLIER_RUN --seed 1]
+    python scripts/experiment_postfilter_f0.py --out RUN --score [--f0-from coded] [--corpus /work/corpus]
 """
 
 from __future__ import annotations
@@ -97,6 +97,17 @@ def frame_f0s(x: torch.Tensor, hop: int, frames: int) -> np.ndarray:
     return out
 
 
+def as_sent(f0: np.ndarray, every: int, cents: float) -> np.ndarray:
+    """``f0`` [frames] as a side channel would carry it: one value every ``every`` frames (held, the voicing
+    with it) and log-F0 rounded to ``cents`` (0: exact)."""
+    kept = f0[::every]
+    if cents > 0:
+        voiced = kept > 0
+        steps = np.round(1200 * np.log2(np.where(voiced, kept, 1.0) / 55.0) / cents)
+        kept = np.where(voiced, 55.0 * 2 ** (steps * cents / 1200), 0.0)
+    return np.repeat(kept, every)[: len(f0)]
+
+
 def load(out: Path | None = None):
     from flowdec_cli.models import load_postfilter
 
@@ -115,7 +126,7 @@ def train(args: argparse.Namespace) -> None:
     from flowdec_cli.training.data import PairDataset, read_pairs
     from flowdec_cli.training.losses import flow_matching_loss, flow_matching_targets, with_coded_phase
 
-    pf, hooks = load()
+    pf, hooks = load(args.init)
     pf.train()
     for p in pf.backbone.parameters():
         p.requires_grad_(True)
@@ -124,7 +135,7 @@ def train(args: argparse.Namespace) -> None:
     ds = PairDataset(pairs, pf.sample_rate, int(args.seconds * pf.sample_rate), seed=0, train=True)
     opt = torch.optim.Adam([{"params": list(pf.backbone.parameters()), "lr": args.lr},
                             {"params": list(hooks.parameters()), "lr": args.lr_new}])
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "log.jsonl").open("a")
     t0, step, losses = time.time(), 0, []
@@ -139,7 +150,8 @@ def train(args: argparse.Namespace) -> None:
             t = torch.rand(len(items))
             eps = torch.randn(Y.shape, dtype=torch.complex64)
             x_t, u = flow_matching_targets(X, Y, pf.sigma_y, t, eps)
-            hooks.tell(None if args.no_f0 else frame_f0s(x, fe.hop_length, Y.shape[-1]))
+            source = x if args.f0_from == "clean" else y
+            hooks.tell(None if args.no_f0 else frame_f0s(source, fe.hop_length, Y.shape[-1]))
         v = pf.backbone(x_t, Y, t, sigma_y=pf.sigma_y)
         loss, _ = flow_matching_loss(v, u)
         opt.zero_grad(set_to_none=True)
@@ -167,40 +179,49 @@ def score(args: argparse.Namespace) -> None:
     import soundfile as sf
     import soxr
 
-    from flowdec_cli.evaluation.metrics import mel_distance, pesq_wb, stoi
+    from flowdec_cli.evaluation.metrics import mel_distance, pesq_wb, stoi, visqol
     from flowdec_cli.pipeline import Codec
 
     codec = Codec.load(MODEL, device="cpu")
-    shipped = codec.postfilter.backbone.state_dict()
+    shipped = {k: v.clone() for k, v in codec.postfilter.backbone.state_dict().items()}  # loads copy into it
     pf, hooks = load(args.out)
     tuned = pf.backbone.state_dict()
     backbone = codec.postfilter.backbone
     codec_hooks = PitchHooks(backbone, pf.sample_rate, pf.feature_extractor.n_fft)
     codec_hooks.load_state_dict(hooks.state_dict())
     hop = pf.feature_extractor.hop_length
-    names = (args.corpus / f"valid_{args.category}.txt").read_text().split()[: args.clips]
+    if args.clips_in is not None:  # a build_heldout_set.py folder: audio/<category>/*
+        names = sorted(str(f) for f in (args.clips_in / "audio" / args.category).iterdir())[: args.clips]
+    else:
+        names = (args.corpus / f"valid_{args.category}.txt").read_text().split()[: args.clips]
+    metrics = ({"PESQ-WB": pesq_wb, "STOI": stoi} if args.category == "speech" else {"ViSQOL": visqol})
+    metrics["mel distance"] = mel_distance
     rows = {k: [] for k in ("shipped", "told F0", "zero template", "NFE 0")}
     for name in names:
         audio, sr = sf.read(args.corpus / name, dtype="float32", always_2d=True)
-        audio = audio[: int(4 * sr)]
+        audio = audio[: int(4 * sr)]  # one chunk of the decoder's postfilter, so the template's frames are its own
         header, codes = codec.compress_array(audio, sr, bitrate_kbps=7.5)
-        x48 = soxr.resample(audio.astype(np.float64), sr, 48000)
+        codec_hooks.tell(None)
+        source = audio if args.f0_from == "clean" else codec.decompress_codes(header, codes, nfe=0)
+        x48 = soxr.resample(source.astype(np.float64), sr, 48000)
         frames = len(x48) // hop + 1
         f0 = np.stack([frame_f0s(torch.from_numpy(x48[:, c])[None, None], hop, frames)[0]
                        for c in range(audio.shape[1])])
+        if args.f0_every > 1 or args.f0_cents > 0:
+            f0 = np.stack([as_sent(track, args.f0_every, args.f0_cents) for track in f0])
         for label, state, f in (("shipped", shipped, None), ("told F0", tuned, f0),
                                 ("zero template", tuned, np.zeros_like(f0)), ("NFE 0", shipped, None)):
             backbone.load_state_dict(state)
             codec_hooks.tell(f)
             out = codec.decompress_codes(header, codes, nfe=0 if label == "NFE 0" else 6, seed=0)
-            rows[label].append((pesq_wb(audio, out, sr), stoi(audio, out, sr), mel_distance(audio, out, sr)))
+            rows[label].append([fn(audio, out, sr) for fn in metrics.values()])
         print(name, {k: [round(v, 3) for v in r[-1]] for k, r in rows.items()}, flush=True)
-    print(f"{args.category}, {len(names)} clips, 7.5 kbit/s: PESQ-WB / STOI / mel distance (means)")
+    first = next(iter(metrics))
+    print(f"{args.category}, {len(names)} clips, 7.5 kbit/s: {' / '.join(metrics)} (means)")
     for k, r in rows.items():
-        a = np.array(r)
         up = sum(1 for s, o in zip(r, rows["shipped"]) if s[0] > o[0])
-        print(f"  {k:14s} {a[:, 0].mean():.3f} / {a[:, 1].mean():.3f} / {a[:, 2].mean():.4f}  (PESQ above the "
-              f"shipped postfilter's on {up} of {len(r)})")
+        print(f"  {k:14s} {' / '.join(f'{v:.4f}' for v in np.array(r).mean(0))}  ({first} above the shipped "
+              f"postfilter's on {up} of {len(r)})")
 
 
 def main() -> None:
@@ -215,13 +236,25 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4, help="the shipped backbone's learning rate")
     ap.add_argument("--lr-new", type=float, default=1e-3, help="the added paths' learning rate")
     ap.add_argument("--no-f0", action="store_true", help="fine-tune without the template (the control)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="go on from RUN's weights (a fresh optimiser; give another --seed for other crops)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--f0-from", choices=("clean", "coded"), default="clean",
+                    help="estimate the F0 from the clean input (a side channel would send it) or from the coded "
+                         "signal the postfilter refines (free: the codec keeps a voice's low harmonics in place)")
     ap.add_argument("--score", action="store_true", help="score RUN instead of training")
     ap.add_argument("--category", default="speech", choices=("speech", "music", "sounds"))
     ap.add_argument("--corpus", type=Path, default=Path("/work/corpus"))
     ap.add_argument("--clips", type=int, default=None, help="--score: only the first N clips")
+    ap.add_argument("--clips-in", type=Path, default=None,
+                    help="--score: the clips of a scripts/build_heldout_set.py folder, not the corpus's validation")
+    ap.add_argument("--f0-every", type=int, default=1,
+                    help="--score: tell one F0 every N postfilter frames (8 ms each), held between, as a side "
+                         "channel at a lower frame rate would")
+    ap.add_argument("--f0-cents", type=float, default=0.0, help="--score: log-F0 rounded to this many cents (0: exact)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     if args.score:
         score(args)
     elif args.pairs is None:
