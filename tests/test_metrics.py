@@ -434,3 +434,5 @@ def test_coherence_refuses_a_rate_whose_band_would_be_cut():
     t = np.arange(8000) / 8000
     x = np.sin(2 * np.pi * 700 * t)[:, None]
     assert M.phase_coherence(x, x, 8000) == pytest.approx(1.0)  # 8 kHz reaches 4 kHz exactly
+    with pytest.raises(M.MetricError, match="no STFT bin lies from 701 to 702 Hz"):
+        M.phase_coherence(x, x, 8000, band_hz=(701.0, 702.0))

@@ -381,6 +381,8 @@ def phase_coherence(ref: np.ndarray, deg: np.ndarray, sr: int,
         raise MetricError(f"{sr} Hz audio does not reach {band_hz[1]:g} Hz (the band is {band_hz[0]:g} to "
                           f"{band_hz[1]:g} Hz)")
     lo, hi = int(math.ceil(band_hz[0] * n_fft / sr)), int(math.floor(band_hz[1] * n_fft / sr)) + 1
+    if lo >= hi:  # a band narrower than a bin, between two of them
+        raise MetricError(f"no STFT bin lies from {band_hz[0]:g} to {band_hz[1]:g} Hz at {sr} Hz")
     values, silent = [], []
     for c in range(r.shape[1]):
         sr_c, sd_c = _stft(r[:, c], n_fft, 512)[:, lo:hi], _stft(d[:, c], n_fft, 512)[:, lo:hi]
