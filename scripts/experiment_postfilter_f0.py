@@ -15,12 +15,14 @@ the shipped backbone; nothing of ``flowdec_cli`` changes.
 It is fine-tuned with the trainer's objective (joint flow matching, clean magnitudes under the coded phase)
 on (clean, coded) pairs from ``flowdec train prepare-pairs`` (the built-in codec at ``-b 7.5``'s layout),
 and scored on every validation speech clip (first 4 s) through the real decoder at ``-b 7.5``, NFE 6,
-seed 0: the shipped postfilter, the fine-tuned one told the F0, and the fine-tuned one with a zero template
-(what the fine-tune alone did).
+seed 0: the shipped postfilter, the fine-tuned one told the F0, and the same told nothing (a zero template);
+what the fine-tune alone does is the control run's (``--no-f0``: the same data, noise and steps). For
+music and sounds ``--score`` gives ViSQOL and the mel distance instead of PESQ-WB and STOI.
 
     python scripts/experiment_postfilter_f0.py --pairs PAIRS/train.txt --out RUN [--minutes 60 | --steps N]
         [--threads 1] [--no-f0 | --f0-from coded] [--init EARLIER_RUN --seed 1]
     python scripts/experiment_postfilter_f0.py --out RUN --score [--f0-from coded] [--corpus /work/corpus]
+        [--category speech|music|sounds] [--clips-in HELDOUT_DIR] [--f0-every 3 --f0-cents 50]
 """
 
 from __future__ import annotations
