@@ -141,6 +141,11 @@ def train(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "log.jsonl").open("a")
     t0, step, losses = time.time(), 0, []
+
+    def save() -> None:
+        torch.save({"backbone": pf.backbone.state_dict(), "hooks": hooks.state_dict(), "step": step},
+                   args.out / "postfilter_f0.pt")
+
     while time.time() - t0 < args.minutes * 60 and (args.steps is None or step < args.steps):
         items = [ds[(step, int(rng.integers(len(ds))))] for _ in range(args.batch)]
         x = torch.stack([it[0] for it in items])
@@ -171,10 +176,8 @@ def train(args: argparse.Namespace) -> None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % 250 == 0:
-            torch.save({"backbone": pf.backbone.state_dict(), "hooks": hooks.state_dict(), "step": step},
-                       args.out / "postfilter_f0.pt")
-    torch.save({"backbone": pf.backbone.state_dict(), "hooks": hooks.state_dict(), "step": step},
-               args.out / "postfilter_f0.pt")
+            save()
+    save()
 
 
 def score(args: argparse.Namespace) -> None:
@@ -203,20 +206,18 @@ def score(args: argparse.Namespace) -> None:
         audio, sr = sf.read(args.corpus / name, dtype="float32", always_2d=True)
         audio = audio[: int(4 * sr)]  # one chunk of the decoder's postfilter, so the template's frames are its own
         header, codes = codec.compress_array(audio, sr, bitrate_kbps=7.5)
-        codec_hooks.tell(None)
-        source = audio if args.f0_from == "clean" else codec.decompress_codes(header, codes, nfe=0)
-        x48 = soxr.resample(source.astype(np.float64), sr, 48000)
-        frames = len(x48) // hop + 1
-        f0 = np.stack([frame_f0s(torch.from_numpy(x48[:, c])[None, None], hop, frames)[0]
-                       for c in range(audio.shape[1])])
+        d0 = codec.decompress_codes(header, codes, nfe=0)  # D0 alone: neither weights nor template reach it
+        x48 = soxr.resample((audio if args.f0_from == "clean" else d0).astype(np.float64), sr, 48000)
+        f0 = frame_f0s(torch.from_numpy(x48.T.copy())[:, None], hop, len(x48) // hop + 1)  # [channels, frames]
         if args.f0_every > 1 or args.f0_cents > 0:
             f0 = np.stack([as_sent(track, args.f0_every, args.f0_cents) for track in f0])
         for label, state, f in (("shipped", shipped, None), ("told F0", tuned, f0),
-                                ("zero template", tuned, np.zeros_like(f0)), ("NFE 0", shipped, None)):
+                                ("zero template", tuned, np.zeros_like(f0))):
             backbone.load_state_dict(state)
             codec_hooks.tell(f)
-            out = codec.decompress_codes(header, codes, nfe=0 if label == "NFE 0" else 6, seed=0)
+            out = codec.decompress_codes(header, codes, nfe=6, seed=0)
             rows[label].append([fn(audio, out, sr) for fn in metrics.values()])
+        rows["NFE 0"].append([fn(audio, d0, sr) for fn in metrics.values()])
         print(name, {k: [round(v, 3) for v in r[-1]] for k, r in rows.items()}, flush=True)
     first = next(iter(metrics))
     print(f"{args.category}, {len(names)} clips, 7.5 kbit/s: {' / '.join(metrics)} (means)")
