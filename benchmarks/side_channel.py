@@ -1,5 +1,7 @@
 """What each side-channel layout costs: bit/s per channel over training clips, the figure a rate plan counts.
 
+Band-level layouts (:mod:`flowdec_cli.envelope`) and pitch layouts (:mod:`flowdec_cli.pitch`) alike.
+
     python benchmarks/side_channel.py --corpus /work/corpus [--per-category 25] [--json out.json]
 
 A model card's ``rate_plan`` gives each entry a nominal rate: the codes' rate plus the layout's typical
@@ -37,16 +39,24 @@ def training_clips(corpus: Path, per_category: int, seed: int = 0) -> list[tuple
 def main() -> None:
     import soundfile as sf
 
-    from flowdec_cli import envelope
+    from flowdec_cli import envelope, pitch
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--per-category", type=int, default=25)
-    ap.add_argument("--layouts", default=",".join(envelope.LAYOUTS), help="comma-separated layout names")
+    ap.add_argument("--layouts", default=",".join([*envelope.LAYOUTS, *pitch.LAYOUTS]),
+                    help="comma-separated layout names (band levels or pitch)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    layouts = [envelope.envelope_layout(name) for name in args.layouts.split(",")]
+    def coded_bytes(layout, signal: np.ndarray) -> int:
+        if isinstance(layout, pitch.PitchLayout):
+            steps = pitch.quantise(layout, pitch.measure_pitch(layout, signal.astype(np.float64), signal.shape[1]))
+            return len(pitch.encode_steps(layout, steps))
+        return len(envelope.encode_levels(layout, envelope.levels_of_signal(layout, signal)))
+
+    layouts = [pitch.pitch_layout(name) if name in pitch.LAYOUTS else envelope.envelope_layout(name)
+               for name in args.layouts.split(",")]
     costs: dict[str, dict[str, list[float]]] = {lay.name: defaultdict(list) for lay in layouts}
     clips = training_clips(args.corpus, args.per_category)
     for category, path in clips:
@@ -56,8 +66,7 @@ def main() -> None:
                              "corpus's rate")
         seconds = len(audio) / sr
         for lay in layouts:
-            levels = envelope.levels_of_signal(lay, np.ascontiguousarray(audio.T))
-            bits = 8 * len(envelope.encode_levels(lay, levels)) / audio.shape[1]
+            bits = 8 * coded_bytes(lay, np.ascontiguousarray(audio.T)) / audio.shape[1]
             costs[lay.name][category].append(bits / seconds)
 
     print(f"side-channel cost, bit/s per channel, {len(clips)} training clips of {args.corpus}")

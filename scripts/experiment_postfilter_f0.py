@@ -20,9 +20,10 @@ what the fine-tune alone does is the control run's (``--no-f0``: the same data, 
 music and sounds ``--score`` gives ViSQOL and the mel distance instead of PESQ-WB and STOI.
 
     python scripts/experiment_postfilter_f0.py --pairs PAIRS/train.txt --out RUN [--minutes 60 | --steps N]
-        [--threads 1] [--no-f0 | --f0-from coded] [--init EARLIER_RUN --seed 1]
+        [--threads 1] [--no-f0 | --f0-from coded] [--init EARLIER_RUN --seed 1] [--layout f0-24ms]
     python scripts/experiment_postfilter_f0.py --out RUN --score [--f0-from coded] [--corpus /work/corpus]
         [--category speech|music|sounds] [--clips-in HELDOUT_DIR] [--f0-every 3 --f0-cents 50]
+    python scripts/experiment_postfilter_f0.py --out RUN --export POSTFILTER_FOLDER
 """
 
 from __future__ import annotations
@@ -99,6 +100,17 @@ def frame_f0s(x: torch.Tensor, hop: int, frames: int) -> np.ndarray:
     return out
 
 
+def sent_f0s(x: torch.Tensor, hop: int, frames: int, layout: str) -> np.ndarray:
+    """[B, frames] F0 of clean audio [B, 1, L] at 48 kHz as the decoder gets it from a file's pitch side
+    channel of ``layout`` (:mod:`flowdec_cli.pitch`: the encoder's YIN, its grid, held over the frames)."""
+    from flowdec_cli import pitch
+
+    lay = pitch.pitch_layout(layout)
+    sig = x[:, 0].numpy().astype(np.float64)
+    steps = pitch.quantise(lay, pitch.measure_pitch(lay, sig, sig.shape[1]))
+    return pitch.frame_track(lay, steps, frames, hop)
+
+
 def as_sent(f0: np.ndarray, every: int, cents: float) -> np.ndarray:
     """``f0`` [frames] as a side channel would carry it: one value every ``every`` frames (held, the voicing
     with it) and log-F0 rounded to ``cents`` (0: exact)."""
@@ -122,6 +134,28 @@ def load(out: Path | None = None):
         hooks.load_state_dict(state["hooks"])
         print(f"{out}: step {state['step']}")
     return pf, hooks
+
+
+def export(run: Path, dest: Path) -> None:
+    """RUN's weights as a postfilter component folder that reads pitch the way flowdec does
+    (``pitch_top_hz`` 8000: the hooks' two paths become the backbone's own, computing exactly what they
+    did), for ``flowdec train export --postfilter``."""
+    from flowdec_cli.postfilter import Postfilter
+
+    pf, hooks = load(run)
+    config = pf.config
+    config["framewise"] = {**config["framewise"], "pitch_top_hz": int(TEMPLATE_TOP_HZ)}
+    out = Postfilter.from_config(config)
+    k, n = len(out.backbone._pitch_bin_hz), pf.backbone.n_freqs
+    weight, direct = hooks.project.weight.detach(), hooks.direct.detach()
+    # the template is zero above the top bin, so nothing was learnt there
+    assert not weight[:, k:n].any() and not weight[:, n + k:].any() and not direct.reshape(2, 3, n)[:, :, k:].any()
+    state = dict(pf.state_dict())
+    state["backbone.pitch_embed.weight"] = torch.cat([weight[:, :k], weight[:, n:n + k]], 1)
+    state["backbone.pitch_head"] = direct.reshape(2, 3, n)[:, :, :k].clone()
+    out.load_official_state_dict(state, str(run))
+    out.save(dest)
+    print(f"{dest}: the postfilter of {run}, pitch_top_hz {int(TEMPLATE_TOP_HZ)}")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -158,7 +192,11 @@ def train(args: argparse.Namespace) -> None:
             eps = torch.randn(Y.shape, dtype=torch.complex64)
             x_t, u = flow_matching_targets(X, Y, pf.sigma_y, t, eps)
             source = x if args.f0_from == "clean" else y
-            hooks.tell(None if args.no_f0 else frame_f0s(source, fe.hop_length, Y.shape[-1]))
+            f0 = None if args.no_f0 else (sent_f0s(source, fe.hop_length, Y.shape[-1], args.layout) if args.layout
+                                          else frame_f0s(source, fe.hop_length, Y.shape[-1]))
+            if f0 is not None and not args.layout and (args.f0_every > 1 or args.f0_cents > 0):
+                f0 = np.stack([as_sent(track, args.f0_every, args.f0_cents) for track in f0])
+            hooks.tell(f0)
         v = pf.backbone(x_t, Y, t, sigma_y=pf.sigma_y)
         loss, _ = flow_matching_loss(v, u)
         opt.zero_grad(set_to_none=True)
@@ -208,8 +246,10 @@ def score(args: argparse.Namespace) -> None:
         header, codes = codec.compress_array(audio, sr, bitrate_kbps=7.5)
         d0 = codec.decompress_codes(header, codes, nfe=0)  # D0 alone: neither weights nor template reach it
         x48 = soxr.resample((audio if args.f0_from == "clean" else d0).astype(np.float64), sr, 48000)
-        f0 = frame_f0s(torch.from_numpy(x48.T.copy())[:, None], hop, len(x48) // hop + 1)  # [channels, frames]
-        if args.f0_every > 1 or args.f0_cents > 0:
+        x48 = torch.from_numpy(x48.T.copy())[:, None]
+        f0 = (sent_f0s(x48, hop, x48.shape[-1] // hop + 1, args.layout) if args.layout
+              else frame_f0s(x48, hop, x48.shape[-1] // hop + 1))  # [channels, frames]
+        if not args.layout and (args.f0_every > 1 or args.f0_cents > 0):
             f0 = np.stack([as_sent(track, args.f0_every, args.f0_cents) for track in f0])
         for label, state, f in (("shipped", shipped, None), ("told F0", tuned, f0),
                                 ("zero template", tuned, np.zeros_like(f0))):
@@ -246,19 +286,27 @@ def main() -> None:
                     help="estimate the F0 from the clean input (a side channel would send it) or from the coded "
                          "signal the postfilter refines (free: the codec keeps a voice's low harmonics in place)")
     ap.add_argument("--score", action="store_true", help="score RUN instead of training")
+    ap.add_argument("--export", type=Path, default=None,
+                    help="write RUN's weights as a postfilter folder that reads pitch (flowdec's own paths)")
     ap.add_argument("--category", default="speech", choices=("speech", "music", "sounds"))
     ap.add_argument("--corpus", type=Path, default=Path("/work/corpus"))
     ap.add_argument("--clips", type=int, default=None, help="--score: only the first N clips")
     ap.add_argument("--clips-in", type=Path, default=None,
                     help="--score: the clips of a scripts/build_heldout_set.py folder, not the corpus's validation")
     ap.add_argument("--f0-every", type=int, default=1,
-                    help="--score: tell one F0 every N postfilter frames (8 ms each), held between, as a side "
-                         "channel at a lower frame rate would")
-    ap.add_argument("--f0-cents", type=float, default=0.0, help="--score: log-F0 rounded to this many cents (0: exact)")
+                    help="tell one F0 every N postfilter frames (8 ms each), held between, as a side channel at "
+                         "a lower frame rate would (in training and in --score)")
+    ap.add_argument("--f0-cents", type=float, default=0.0,
+                    help="log-F0 rounded to this many cents (0: exact; in training and in --score)")
+    ap.add_argument("--layout", default="", help="take the F0 as a file's pitch side channel of this layout "
+                    "sends it (flowdec_cli.pitch, e.g. f0-24ms), in training and in --score, instead of the "
+                    "experiment's own YIN")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.score:
+    if args.export is not None:
+        export(args.out, args.export)
+    elif args.score:
         score(args)
     elif args.pairs is None:
         ap.error("give --pairs to train (or --score)")

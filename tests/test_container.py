@@ -100,7 +100,7 @@ def test_fixed_layout_matches_spec():
     data = encode_fdc(h, random_codes(h))
     assert data[:4] == b"\x89FDC"
     assert (data[4], data[5]) == (1, 0)  # a bit-packed file stays a 1.0 file
-    assert FORMAT_VERSION == (1, 2)
+    assert FORMAT_VERSION == (1, 3)
     hlen = struct.unpack_from("<H", data, 6)[0]
     assert hlen == header_size(h)
     assert len(data) == 12 + hlen + h.payload_size

@@ -333,8 +333,28 @@ def test_shards_keep_the_side_channel_and_read_shards_without_it(tmp_path):
     assert all(row.header.envelope is None for row in corpus.iter_rows(bare))
     # a shard from before the side channel (no such columns) still reads
     shard = corpus.shard_files(bare)[0]
-    pq.write_table(pq.read_table(shard).drop_columns(["envelope_layout", "envelope"]), shard)
+    pq.write_table(pq.read_table(shard).drop_columns(["envelope_layout", "envelope", "pitch_layout", "pitch"]),
+                   shard)
     assert sorted(row.id for row in corpus.iter_rows(bare)) == GOOD
+    # pitch steps round-trip through a shard and, when they do not fit the codes, are refused likewise
+    original = table = pq.read_table(corpus.shard_files(out)[0])
+    rows = list(corpus.iter_rows(out))
+    first = rows[0].header
+    steps = (np.arange(first.channels * -(-first.coded_length // 1152)) % 100).reshape(first.channels, -1)
+    i, j = table.schema.get_field_index("pitch_layout"), table.schema.get_field_index("pitch")
+    layouts = ["f0-24ms"] + [""] * (table.num_rows - 1)
+    table = table.set_column(i, "pitch_layout", pa.array(layouts, pa.string()))
+    table = table.set_column(j, "pitch", pa.array([steps.tolist()] + [[]] * (table.num_rows - 1),
+                                                  table.schema.field(j).type))
+    pq.write_table(table, corpus.shard_files(out)[0])
+    back = next(row for row in corpus.iter_rows(out) if row.id == rows[0].id).header
+    assert back.pitch_layout == "f0-24ms" and np.array_equal(back.pitch, steps)
+    table = table.set_column(j, "pitch", pa.array([steps[:, :-1].tolist()] + [[]] * (table.num_rows - 1),
+                                                  table.schema.field(j).type))
+    pq.write_table(table, corpus.shard_files(out)[0])
+    with pytest.raises(corpus.CorpusError, match="pitch does not fit"):
+        list(corpus.iter_rows(out))
+    pq.write_table(original, corpus.shard_files(out)[0])
     # levels that do not fit the codes are refused, as a .fdc reader refuses them
     shard = corpus.shard_files(out)[0]
     table = pq.read_table(shard)

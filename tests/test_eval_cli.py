@@ -417,7 +417,7 @@ class FakeCodec:
         return nfe if nfe is not None else (6 if self.postfilter is not None else 0)
 
     def choose_rate(self, bitrate_kbps):  # as the real one: the highest offered rate not above it
-        from flowdec_cli.envelope import RatePoint, plan_point
+        from flowdec_cli.rateplan import RatePoint, plan_point
 
         point = plan_point([RatePoint(k, r, None) for k, r in self.bitrates()], bitrate_kbps)
         if point is None:

@@ -163,7 +163,7 @@ def test_spectral_branch_runs_once_per_solve_and_gives_what_every_pass_would(mon
     passes = PassCounter()
     chunked = enhance_long(pf, y, nfe=4, seed=2, chunk_seconds=0.25, overlap_seconds=0.05, progress=passes)
     assert len(calls) - 1 == sum(passes.updates) // 4 > 1  # once per chunk, not per pass
-    monkeypatch.setattr(pf, "_solving", lambda Y: contextlib.nullcontext())
+    monkeypatch.setattr(pf, "_solving", lambda Y, pitch=None: contextlib.nullcontext())
     assert torch.equal(pf.enhance(y, nfe=6, generator=torch.Generator().manual_seed(1)), once)
     assert torch.equal(enhance_long(pf, y, nfe=4, seed=2, chunk_seconds=0.25, overlap_seconds=0.05), chunked)
 

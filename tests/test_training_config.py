@@ -167,6 +167,10 @@ def test_config_errors_name_the_key(tmp_path, text, message):
     ("[sigma]\nvalue = -0.5\n", "sigma.value and sigma.factor must be positive"),
     ("[data]\ndelimiter = ''\n", "data.delimiter must be one character"),
     ("[data]\ndelimiter = '\\n'\n", "data.delimiter must be one character"),
+    ("[model]\npitch_top_hz = 8000\n", "model.pitch_top_hz needs the framewise backbone"),
+    ("[model]\nbackbone = 'framewise'\npitch_top_hz = 30000\n", "model.pitch_top_hz must be 0"),
+    ("[model]\nbackbone = 'framewise'\npitch_top_hz = 8000\n[data]\npitch_layout = 'f0-5ms'\n",
+     "data.pitch_layout: pitch layout 'f0-5ms' is not known"),
 ])
 def test_postfilter_config_errors_name_the_key(tmp_path, text, message):
     """A NaN beta or sigma trained a postfilter whose weights were all NaN, with exit 0 (the NaN examples

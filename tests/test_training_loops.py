@@ -343,13 +343,19 @@ def _spectral_branch_trained(backbone) -> bool:
     return backbone.spectral is not None and bool(backbone.spectral.out.weight.any())
 
 
+def _pitch_paths_trained(backbone) -> bool:
+    return backbone.takes_pitch and bool(backbone.pitch_embed.weight.any()) and bool(backbone.pitch_head.any())
+
+
 @pytest.mark.parametrize("setting, value, trained", [("context_dilation", 3, _context_branch_trained),
-                                                     ("spectral_channels", 4, _spectral_branch_trained)])
+                                                     ("spectral_channels", 4, _spectral_branch_trained),
+                                                     ("pitch_top_hz", 8000, _pitch_paths_trained)])
 def test_framewise_postfilter_grows_a_branch_from_weights_without_one(pair_list, tmp_path, setting, value,
                                                                       trained):
-    """``model.context_dilation`` or ``model.spectral_channels`` on top of weights trained without it: what
-    the branch adds starts at zero (the grown model computes what the source did), it trains, and the
-    exported folder records the setting."""
+    """``model.context_dilation``, ``model.spectral_channels`` or ``model.pitch_top_hz`` on top of weights
+    trained without it: what the branch adds starts at zero (the grown model computes what the source did),
+    it trains (the pitch paths on the F0 of the clean side, a voiced tone here), and the exported folder
+    records the setting."""
     model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8)
     plain = PostfilterTrainer(_pf(pair_list, tmp_path / "plain", model=model, data=dict(batch_size=4),
                                   train=dict(max_steps=2, val_every=0, checkpoint_every=0)),

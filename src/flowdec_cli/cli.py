@@ -35,8 +35,8 @@ from .streams import is_stdio, require_stdout, strict_json
 
 if TYPE_CHECKING:
     from .container import FdcHeader
-    from .envelope import RatePoint
     from .pipeline import Codec, DecompressResult
+    from .rateplan import RatePoint
 
 @click.group(cls=FlowdecGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="flowdec")
@@ -563,7 +563,7 @@ def _envelope_option(f: Callable) -> Callable:
 
 
 def _envelope_note(header: Any) -> str:
-    return f", side channel {header.envelope_bytes} bytes" if header.envelope_layout else ""
+    return f", side channel {header.side_bytes} bytes" if header.side_bytes else ""
 
 
 def _rate_note(codec: Codec, point: RatePoint) -> str:
@@ -572,7 +572,8 @@ def _rate_note(codec: Codec, point: RatePoint) -> str:
              f"{codec.ndac.bitrate(point.codebooks) / 1000:g} kbit/s per channel")
     if codec.rate_plan is None or point.layout is None:
         return codes
-    return f"{codes} + side channel {point.layout.name} = {point.kbps:g} kbit/s nominal"
+    pitch = f" and pitch {point.pitch.name}" if point.pitch is not None else ""
+    return f"{codes} + side channel {point.layout.name}{pitch} = {point.kbps:g} kbit/s nominal"
 
 
 def _given(name: str) -> bool:
@@ -732,7 +733,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
         nominal = res.nominal_kbps if res.header.num_samples else rate.kbps
         record = {"command": "compress", **_rates(res.header, res.file_bytes, time.perf_counter() - t0, nominal),
                   "nfe": None, "model": codec.model.name, "entropy_saving": res.saving,
-                  "envelope_bytes": res.header.envelope_bytes}
+                  "envelope_bytes": res.header.envelope_bytes, "pitch_bytes": res.header.pitch_bytes}
         saved = f", entropy coding saved {100 * res.saving:.1f} %" if res.header.entropy_coded else ""
         return record, (f"{res.file_bytes} bytes, {res.duration:.2f} s, {res.header.channels} ch, "
                         + _rate_text(record, f" ({record['kbps_nominal']:g} kbit/s nominal{saved}"
@@ -806,7 +807,7 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
     record = {"command": command, **_rates(header, nbytes, seconds, res.nominal_kbps), "nfe": res.nfe,
               "model": model,
               "output_sample_rate": res.sample_rate or header.sample_rate, "peak_scaled": res.peak_scaled,
-              "envelope": bool(header.envelope_layout)}
+              "envelope": bool(header.envelope_layout), "pitch": bool(header.pitch_layout)}
     dur = record["duration_s"]
     guard = f", scaled by 1/{res.peak_scaled:.3f} to avoid clipping" if res.peak_scaled > 1 else ""
     rate = (f"{header.sample_rate} Hz resampled to {res.sample_rate} Hz (a rate the format takes)"
@@ -922,6 +923,7 @@ def info(src: Path, as_json: bool) -> None:
     packed = bitpacked_file_size(header)
     fields = asdict(header)
     fields.pop("envelope", None)  # the levels themselves are not shown (nor decoded: info needs no model)
+    fields.pop("pitch", None)  # nor the pitch steps
     fields.update({
         "payload_bytes": header.payload_size,  # a bit-packed file stores none: its size follows from its codes
         "file": str(src), "file_bytes": size, "duration_s": duration,
@@ -932,6 +934,8 @@ def info(src: Path, as_json: bool) -> None:
         "entropy_saving_percent": 100.0 * entropy_saving(header, size),
         "envelope_windows": header.envelope_windows,
         "envelope_kbps": kbps(header.envelope_bytes),
+        "pitch_values": header.pitch_values,
+        "pitch_kbps": kbps(header.pitch_bytes),
     })
     from .pipeline import planned_kbps
 

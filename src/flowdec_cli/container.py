@@ -4,7 +4,8 @@ Layout: magic ``89 'F' 'D' 'C'``, major and minor version bytes, a uint16 LE hea
 header map with small integer keys, the codes bit-packed at ceil(log2(codebook_size)) bits each (channel,
 then frame, then codebook; most significant bit first) or, from format 1.1, entropy-coded with the model's
 tables (coding ``range-ctx1``, see :mod:`flowdec_cli.entropy`), from format 1.2 optionally the band-energy
-side channel (:mod:`flowdec_cli.envelope`), and a CRC-32 (LE) over everything before it.
+side channel (:mod:`flowdec_cli.envelope`), from format 1.3 optionally the pitch side channel
+(:mod:`flowdec_cli.pitch`), and a CRC-32 (LE) over everything before it.
 
 Reading never executes code and never trusts a length before comparing it with the real size of the data.
 Every problem with a file is reported as :class:`FdcError`, whose message names the file.
@@ -40,6 +41,7 @@ from .envelope import (
 from .exceptions import FlowdecError
 from .fileio import atomic_write_bytes, read_up_to
 from .numeric import is_integer, is_real, is_whole
+from .pitch import PitchError, check_steps, decode_steps, encode_steps, pitch_layout, step_count_fits
 
 __all__ = [
     "FDC_MAGIC",
@@ -71,10 +73,11 @@ __all__ = [
 ]
 
 FDC_MAGIC = b"\x89FDC"
-FORMAT_VERSION = (1, 2)  # newest (major, minor) this module writes; it reads every minor version of major 1
+FORMAT_VERSION = (1, 3)  # newest (major, minor) this module writes and reads (every minor version of major 1)
 BITPACK_VERSION = (1, 0)  # bit-packed files stay 1.0 files, readable by every 1.x reader
 ENTROPY_VERSION = (1, 1)  # entropy-coded files without an envelope stay 1.1 files
-ENVELOPE_VERSION = (1, 2)  # any file with an envelope
+ENVELOPE_VERSION = (1, 2)  # any file with an envelope (and no pitch)
+PITCH_VERSION = (1, 3)  # any file with a pitch side channel
 _PREAMBLE = struct.Struct("<4sBBH")  # magic, major, minor, header length
 _CRC = struct.Struct("<I")
 FIXED_OVERHEAD = _PREAMBLE.size + _CRC.size  # 12 bytes besides header and payload
@@ -125,6 +128,10 @@ class FdcHeader:
     # 1.2: the side channel's quantised levels [channels, windows, bands] (int16). They are stored after the
     # codes, not in the header map; they ride on the header so that every (header, codes) API carries them.
     envelope: np.ndarray | None = field(default=None, compare=False, repr=False)
+    pitch_layout: str = ""      # 1.3: layout of the pitch side channel ("" when the file has none)
+    pitch_bytes: int = 0        # 1.3: its size in bytes, after the envelope
+    # 1.3: its quantised F0 steps [channels, values] (int16), stored after the envelope, carried as the levels are
+    pitch: np.ndarray | None = field(default=None, compare=False, repr=False)
     extra: dict = field(default_factory=dict)  # unknown / application keys, kept as read
     format_version: tuple = field(default=BITPACK_VERSION, compare=False)  # as read or written
 
@@ -178,6 +185,18 @@ class FdcHeader:
         return envelope_layout(self.envelope_layout).windows(self.coded_length)
 
     @property
+    def pitch_values(self) -> int:
+        """Values per channel of the pitch side channel (0 without one): over the codes' model-rate span."""
+        if not self.pitch_layout:
+            return 0
+        return pitch_layout(self.pitch_layout).values(self.coded_length)
+
+    @property
+    def side_bytes(self) -> int:
+        """Bytes of the side channels (envelope and pitch) after the codes."""
+        return int(self.envelope_bytes) + int(self.pitch_bytes)
+
+    @property
     def bitpacked_payload_size(self) -> int:
         """Payload bytes of the same codes bit-packed (the nominal rate's size)."""
         return _payload_size(self.n_codes, self.bits_per_code)
@@ -197,6 +216,7 @@ class FdcHeader:
                            f"header says {self.num_frames}")
         _check_coding(self.coding, self.entropy_tables, self.payload_bytes, self.n_codes, source_name)
         _check_envelope(self, source_name)
+        _check_pitch(self, source_name)
         if not isinstance(self.extra, dict):
             raise FdcError(f"{source_name}: invalid header: extra must be a dict")
         for key in self.extra:
@@ -218,6 +238,9 @@ class FdcHeader:
         d["envelope_layout"] = self.envelope_layout
         d["envelope_bytes"] = self.envelope_bytes
         d["envelope"] = None if self.envelope is None else np.asarray(self.envelope).tolist()
+        d["pitch_layout"] = self.pitch_layout
+        d["pitch_bytes"] = self.pitch_bytes
+        d["pitch"] = None if self.pitch is None else np.asarray(self.pitch).tolist()
         d["bits_per_code"] = self.bits_per_code
         d["frame_rate"] = self.frame_rate
         d["nominal_bitrate"] = self.nominal_bitrate
@@ -252,6 +275,8 @@ _KEY_TABLES = 18          # format 1.1
 _KEY_PAYLOAD_BYTES = 19   # format 1.1
 _KEY_ENVELOPE = 20        # format 1.2
 _KEY_ENVELOPE_BYTES = 21  # format 1.2
+_KEY_PITCH = 22           # format 1.3
+_KEY_PITCH_BYTES = 23     # format 1.3
 _KNOWN_KEYS = {key: name for name, key, _t, _lo, _hi in _FIELDS}
 _INT_RANGES = {name: (lo, hi) for name, _k, kind, lo, hi in _FIELDS if kind == "int" and not isinstance(hi, str)}
 _KNOWN_KEYS[_KEY_BITRATE] = "nominal_bitrate"
@@ -261,6 +286,8 @@ _KNOWN_KEYS[_KEY_TABLES] = "entropy_tables"
 _KNOWN_KEYS[_KEY_PAYLOAD_BYTES] = "payload_bytes"
 _KNOWN_KEYS[_KEY_ENVELOPE] = "envelope_layout"
 _KNOWN_KEYS[_KEY_ENVELOPE_BYTES] = "envelope_bytes"
+_KNOWN_KEYS[_KEY_PITCH] = "pitch_layout"
+_KNOWN_KEYS[_KEY_PITCH_BYTES] = "pitch_bytes"
 _MAX_CODING_STR = 64
 
 
@@ -310,6 +337,29 @@ def _check_envelope(header: FdcHeader, src: str) -> None:
         raise FdcError(f"{src}: invalid header: {n_levels} envelope levels cannot be coded in {int(size)} bytes")
 
 
+def _check_pitch(header: FdcHeader, src: str) -> None:
+    """The 1.3 pitch fields: a layout this flowdec knows, defined at the model's rate, and a size that can
+    hold its values (the bound of the envelope's levels)."""
+    name, size = header.pitch_layout, header.pitch_bytes
+    if not is_integer(size) or not 0 <= int(size) <= _MAX_COUNT:
+        raise FdcError(f"{src}: invalid header: pitch_bytes (key {_KEY_PITCH_BYTES}) must be an integer "
+                       f"in [0, {_MAX_COUNT}]")
+    if not isinstance(name, str) or len(name) > _MAX_CODING_STR:
+        raise FdcError(f"{src}: invalid header: pitch_layout (key {_KEY_PITCH}) must be a string of at most "
+                       f"{_MAX_CODING_STR} characters")
+    if not name:
+        if size:
+            raise FdcError(f"{src}: invalid header: pitch_bytes without a pitch layout")
+        return
+    try:
+        pitch_layout(name, header.model_sample_rate)
+    except PitchError as exc:
+        raise FdcError(f"{src}: {exc}") from None
+    n_values = header.channels * header.pitch_values
+    if not step_count_fits(n_values, int(size)):
+        raise FdcError(f"{src}: invalid header: {n_values} pitch values cannot be coded in {int(size)} bytes")
+
+
 def _check_fields(values: dict[str, Any], src: str) -> None:
     # fields bounded by another field come last, once that one is known to be a valid integer
     for name, _key, kind, lo, hi in sorted(_FIELDS, key=lambda f: isinstance(f[4], str)):
@@ -346,6 +396,8 @@ def check_header(header: FdcHeader, source_name: str = "<header>") -> None:
     _without_sizes(header).validate(source_name)
     if header.envelope is not None and np.asarray(header.envelope).size:
         _envelope_layout_of(header, header.envelope_layout or DEFAULT_LAYOUT, source_name)
+    if header.pitch is not None and np.asarray(header.pitch).size:
+        _checked_pitch_steps(header, source_name)
 
 
 def check_codes(codes: np.ndarray, codebook_size: int) -> None:
@@ -491,17 +543,21 @@ def _header_map(header: FdcHeader) -> dict:
     if header.envelope_layout:
         m[_KEY_ENVELOPE] = header.envelope_layout
         m[_KEY_ENVELOPE_BYTES] = int(header.envelope_bytes)
+    if header.pitch_layout:
+        m[_KEY_PITCH] = header.pitch_layout
+        m[_KEY_PITCH_BYTES] = int(header.pitch_bytes)
     for key, value in header.extra.items():
         m[key] = value
     return m
 
 
 def _without_sizes(header: FdcHeader) -> FdcHeader:
-    """``header`` bit-packed and without a side channel: the fields that coding the codes does not decide."""
+    """``header`` bit-packed and without side channels: the fields that coding the codes does not decide."""
     import dataclasses
 
     return dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0,
-                               envelope_layout="", envelope_bytes=0, envelope=None)
+                               envelope_layout="", envelope_bytes=0, envelope=None, pitch_layout="", pitch_bytes=0,
+                               pitch=None)
 
 
 def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any) -> tuple[FdcHeader, bytes]:
@@ -518,6 +574,15 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
         side = _encode_envelope(plain, source_name)
         plain.envelope_bytes = len(side)
         plain.validate(source_name)
+    if header.pitch is not None and np.asarray(header.pitch).size:
+        plain.pitch = header.pitch
+        plain.pitch_layout = header.pitch_layout
+        pitch_side = _encode_pitch(plain, source_name)
+        plain.pitch_bytes = len(pitch_side)
+        side += pitch_side
+        plain.validate(source_name)
+    # the oldest version that holds what the file holds, so older readers keep reading what they can
+    rich_version = PITCH_VERSION if plain.pitch_layout else ENVELOPE_VERSION if plain.envelope_layout else None
     arr = np.asarray(codes)
     if arr.shape != plain.codes_shape:
         raise FdcError(f"{source_name}: codes have shape {arr.shape}, the header says "
@@ -527,7 +592,7 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
     except FdcError as e:
         raise FdcError(f"{source_name}: {e}") from None
     candidates: list[tuple[FdcHeader, tuple[int, int], bytes | None]] = [
-        (plain, ENVELOPE_VERSION if side else BITPACK_VERSION, None)]
+        (plain, rich_version or BITPACK_VERSION, None)]
     if tables is not None and arr.size:
         from .entropy import encode_codes
 
@@ -540,7 +605,7 @@ def _encode(header: FdcHeader, codes: np.ndarray, source_name: str, tables: Any)
             raise FdcError(f"{source_name}: {e}") from None
         rich = dataclasses.replace(plain, coding=tables.coding, entropy_tables=tables.id,
                                    payload_bytes=len(coded))
-        candidates.insert(0, (rich, ENVELOPE_VERSION if side else ENTROPY_VERSION, coded))
+        candidates.insert(0, (rich, rich_version or ENTROPY_VERSION, coded))
     best: tuple[FdcHeader, bytes] | None = None
     for head_obj, version, payload in candidates:
         try:
@@ -583,13 +648,33 @@ def _encode_envelope(header: FdcHeader, src: str) -> bytes:
         raise FdcError(f"{src}: {exc}") from None
 
 
+def _checked_pitch_steps(header: FdcHeader, src: str) -> None:
+    """``header.pitch`` checked against its layout (named, at the model's rate) and the codes' span."""
+    try:
+        if not header.pitch_layout:
+            raise PitchError("pitch steps are given without a pitch layout")
+        layout = pitch_layout(header.pitch_layout, header.model_sample_rate)
+        check_steps(layout, header.pitch, header.channels, header.coded_length)
+    except PitchError as exc:
+        raise FdcError(f"{src}: {exc}") from None
+
+
+def _encode_pitch(header: FdcHeader, src: str) -> bytes:
+    """The pitch side channel's bytes for ``header.pitch``, checked against the header's layout and shape."""
+    _checked_pitch_steps(header, src)
+    try:
+        return encode_steps(pitch_layout(header.pitch_layout), np.asarray(header.pitch))
+    except PitchError as exc:
+        raise FdcError(f"{src}: {exc}") from None
+
+
 def encode_fdc(header: FdcHeader, codes: np.ndarray, source_name: str = "<bytes>", tables: Any = None) -> bytes:
     """The bytes of a .fdc file for ``header`` and ``codes`` [channels, n_codebooks, num_frames].
 
     With entropy ``tables`` (:class:`flowdec_cli.entropy.EntropyTables`) the codes are entropy-coded
-    (format 1.1) when that makes the file smaller, else bit-packed (format 1.0); a header with a side
-    channel makes either a 1.2 file. The coding fields of ``header`` are ignored: they follow from the
-    choice.
+    (format 1.1) when that makes the file smaller, else bit-packed (format 1.0); a header with an envelope
+    makes either a 1.2 file, one with a pitch side channel a 1.3 file. The coding fields of ``header`` are
+    ignored: they follow from the choice.
     """
     return _encode(header, codes, source_name, tables)[1]
 
@@ -619,7 +704,7 @@ def bitpacked_file_size(header: FdcHeader) -> int:
     import dataclasses
 
     plain = dataclasses.replace(header, coding=CODING_BITPACK, entropy_tables="", payload_bytes=0)
-    return FIXED_OVERHEAD + header_size(plain) + plain.bitpacked_payload_size + int(header.envelope_bytes)
+    return FIXED_OVERHEAD + header_size(plain) + plain.bitpacked_payload_size + header.side_bytes
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -680,12 +765,16 @@ def _parse_header(raw: bytes, src: str) -> FdcHeader:
     if obj.get(_KEY_ENVELOPE) and _KEY_ENVELOPE_BYTES not in obj:
         raise FdcError(f"{src}: invalid header: envelope_layout (key {_KEY_ENVELOPE}) is given without "
                        f"envelope_bytes (key {_KEY_ENVELOPE_BYTES}), the size of its levels")
+    if obj.get(_KEY_PITCH) and _KEY_PITCH_BYTES not in obj:
+        raise FdcError(f"{src}: invalid header: pitch_layout (key {_KEY_PITCH}) is given without pitch_bytes "
+                       f"(key {_KEY_PITCH_BYTES}), the size of its values")
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
     try:
         header = FdcHeader(**values, gain=gain, extra=extra, coding=coding,
                            entropy_tables=obj.get(_KEY_TABLES, "") if coded else "",
                            payload_bytes=int(obj.get(_KEY_PAYLOAD_BYTES, 0)) if coded else 0,
-                           envelope_layout=obj.get(_KEY_ENVELOPE, ""), envelope_bytes=obj.get(_KEY_ENVELOPE_BYTES, 0))
+                           envelope_layout=obj.get(_KEY_ENVELOPE, ""), envelope_bytes=obj.get(_KEY_ENVELOPE_BYTES, 0),
+                           pitch_layout=obj.get(_KEY_PITCH, ""), pitch_bytes=obj.get(_KEY_PITCH_BYTES, 0))
         header.validate(src)
     except FdcError:
         raise
@@ -715,7 +804,21 @@ def _unparsed_header_error(exc: FdcError, crc_at_end: bool, src: str) -> FdcErro
 
 
 def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
-    """Steps 1-6 of the spec's reading order: (header, payload bytes) of a file whose CRC matches."""
+    """Steps 1-6 of the spec's reading order: (header, payload bytes) of a file whose CRC matches. A file of
+    a newer minor version than this flowdec knows that fails a check most likely holds what a newer flowdec
+    added: the error says so."""
+    try:
+        return _checked_known(data, src)
+    except FdcError as exc:
+        if len(data) >= _PREAMBLE.size and data[:4] == FDC_MAGIC:
+            _magic, major, minor, _hlen = _PREAMBLE.unpack_from(data)
+            if major == FORMAT_VERSION[0] and minor > FORMAT_VERSION[1]:
+                raise FdcError(f"{exc} (the file is format {major}.{minor}, newer than this flowdec's "
+                               f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}; upgrade flowdec)") from None
+        raise
+
+
+def _checked_known(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
     size = len(data)
     if size == 0:
         raise FdcError(f"{src}: empty file: not a .fdc file")
@@ -739,7 +842,7 @@ def _checked(data: bytes, src: str) -> tuple[FdcHeader, memoryview]:
     except FdcError as exc:
         raise _unparsed_header_error(exc, crc_at_end, src) from None
     header.format_version = (major, minor)
-    payload_size = header.payload_size + int(header.envelope_bytes)
+    payload_size = header.payload_size + header.side_bytes
     end = header_end + payload_size
     got = size - header_end - _CRC.size
     if got < payload_size:
@@ -775,8 +878,11 @@ def decode_fdc(data: bytes, source_name: str = "<bytes>", tables: Any = None) ->
                        + ("; for a path use read_fdc" if isinstance(data, (str, os.PathLike)) else ""))
     header, body = _checked(bytes(data), src)
     payload = body[:header.payload_size]
+    envelope_end = header.payload_size + int(header.envelope_bytes)
     if header.envelope_layout:
-        header.envelope = _decode_envelope(header, body[header.payload_size:], src)
+        header.envelope = _decode_envelope(header, body[header.payload_size:envelope_end], src)
+    if header.pitch_layout:
+        header.pitch = _decode_pitch(header, body[envelope_end:], src)
     if header.entropy_coded:
         return header, _decode_entropy(header, payload, src, tables)
     try:
@@ -795,6 +901,13 @@ def _decode_envelope(header: FdcHeader, data: memoryview, src: str) -> np.ndarra
                              header.envelope_windows)
     except EnvelopeError as exc:
         raise FdcError(f"{src}: invalid envelope: {exc}") from None
+
+
+def _decode_pitch(header: FdcHeader, data: memoryview, src: str) -> np.ndarray:
+    try:
+        return decode_steps(pitch_layout(header.pitch_layout), data, header.channels, header.pitch_values)
+    except PitchError as exc:
+        raise FdcError(f"{src}: invalid pitch side channel: {exc}") from None
 
 
 def _decode_entropy(header: FdcHeader, payload: memoryview, src: str, tables: Any) -> np.ndarray:
@@ -903,7 +1016,7 @@ def _read_declared(f: Any, head: bytes, regular: bool, src: str) -> bytes:
         if not regular:
             return data[len(head):] + read_up_to(f, _CRC.size)
         return data[len(head):] + _verdict_on_unparsed_header(f, data, exc, src)
-    wanted = header.payload_size + int(header.envelope_bytes) + _CRC.size + 1
+    wanted = header.payload_size + header.side_bytes + _CRC.size + 1
     return data[len(head):] + read_up_to(f, wanted)
 
 

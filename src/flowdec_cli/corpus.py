@@ -55,11 +55,12 @@ ROW_GROUP_CODES = 8 << 20  # codes (values) buffered before a Parquet row group 
 SHARD_COLUMNS = ("id", "path", "duration_s", "sample_rate", "channels", "num_samples", "model", "model_hash",
                  "n_codebooks", "model_codebooks", "codebook_size", "model_sample_rate", "hop_length",
                  "num_frames", "chunk_frames", "context_frames", "gain", "package_version", "envelope_layout",
-                 "envelope", "codes")
+                 "envelope", "pitch_layout", "pitch", "codes")
 """The columns of a shard, one row per file; ``codes`` is [channels, n_codebooks, num_frames] of int16;
 ``envelope`` the band-level side channel's levels [channels, windows, bands] of int8 (empty, with an empty
-``envelope_layout``, when the file has none; shards written before it lack both columns)."""
-_OPTIONAL_COLUMNS = ("envelope_layout", "envelope")
+``envelope_layout``, when the file has none; shards written before it lack both columns); ``pitch`` the
+pitch side channel's steps [channels, values] of int16 (likewise, with ``pitch_layout``)."""
+_OPTIONAL_COLUMNS = ("envelope_layout", "envelope", "pitch_layout", "pitch")
 
 _KILL_ONCE_ENV = "FLOWDEC_CORPUS_KILL_ONCE"  # fault injection for the tests: see EncodeWorker._maybe_die
 
@@ -285,6 +286,7 @@ def _shard_schema(codes_type: Any = None) -> Any:
               ("hop_length", pa.int32()), ("num_frames", pa.int64()), ("chunk_frames", pa.int32()),
               ("context_frames", pa.int32()), ("gain", pa.float64()), ("package_version", pa.string()),
               ("envelope_layout", pa.string()), ("envelope", pa.list_(pa.list_(pa.list_(pa.int8())))),
+              ("pitch_layout", pa.string()), ("pitch", pa.list_(pa.list_(pa.int16()))),
               ("codes", pa.list_(pa.list_(pa.list_(inner))))]
     meta = {b"flowdec": json.dumps({"format": CODES_FORMAT, "codes": "[channels, n_codebooks, num_frames]"}).encode()}
     return pa.schema(fields, metadata=meta)
@@ -324,7 +326,9 @@ def _row_batch(rows: list[tuple[Item, Any, np.ndarray]]) -> Any:
                     chunk_frames=h.chunk_frames, context_frames=h.context_frames, gain=h.gain,
                     package_version=h.package_version,
                     envelope_layout=h.envelope_layout if h.envelope is not None else "",
-                    envelope=np.asarray(h.envelope).tolist() if h.envelope is not None else [])
+                    envelope=np.asarray(h.envelope).tolist() if h.envelope is not None else [],
+                    pitch_layout=h.pitch_layout if h.pitch is not None else "",
+                    pitch=np.asarray(h.pitch).tolist() if h.pitch is not None else [])
         for k, v in vals.items():
             cols[k].append(v)
     arrays = [pa.array(cols[f.name], f.type) for f in schema if f.name != "codes"]
@@ -378,6 +382,23 @@ def _attach_envelope(header: Any, rec: dict[str, Any], where: str) -> None:
     header.envelope_layout, header.envelope = layout.name, levels
 
 
+def _attach_pitch(header: Any, rec: dict[str, Any], where: str) -> None:
+    """The row's pitch steps onto its header, checked as a .fdc reader checks them: a known layout at the
+    model's rate, exactly the values its codes span, steps in range."""
+    from .pitch import PitchError, check_steps, pitch_layout
+
+    name = rec.get("pitch_layout") or ""
+    if not name:
+        return
+    try:
+        layout = pitch_layout(str(name), header.model_sample_rate)
+        steps = np.asarray(rec.get("pitch") or [], np.int16).reshape(header.channels, -1)
+        check_steps(layout, steps, header.channels, header.coded_length)
+    except (PitchError, ValueError) as exc:
+        raise CorpusError(f"{where}: its pitch does not fit its codes ({exc})") from None
+    header.pitch_layout, header.pitch = layout.name, steps
+
+
 def _nested_lengths(codes: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The list lengths of a batch's ``codes`` column at each level: channels per row, codebooks per
     channel, frames per codebook (a row is checked against its header with them, not by position)."""
@@ -401,6 +422,7 @@ def _checked_header(rec: dict[str, Any], where: str, lengths: tuple[int, np.ndar
                               f"({header.channels} x {header.n_codebooks} x {header.num_frames})")
         header.validate(where)
         _attach_envelope(header, rec, where)
+        _attach_pitch(header, rec, where)
     except FdcError as exc:
         raise CorpusError(str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:  # a row whose fields are not what a shard has

@@ -19,9 +19,8 @@ changes how an older file decodes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -34,12 +33,11 @@ from .entropy import (
     symbol_bits,
 )
 from .exceptions import FlowdecError
-from .numeric import is_integer, is_real
+from .numeric import is_integer
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "BandMeter", "EnvelopeError", "EnvelopeLayout", "apply_envelope",
-           "check_range", "check_shape", "decode_levels", "encode_levels", "entries_of", "envelope_layout",
-           "filter_bands", "level_count_fits", "levels_of_signal", "measure", "plan_point", "plan_rate", "quantise",
-           "rate_plan", "RatePoint"]
+           "check_range", "check_shape", "decode_levels", "encode_levels", "envelope_layout", "filter_bands",
+           "level_count_fits", "levels_of_signal", "measure", "quantise"]
 
 _FLOOR_DB = -96.0  # levels below this are silence; it keeps log10 finite and bounds the level range
 _BLOCK = 1 << 18  # model-rate samples per block when reading a buffer
@@ -179,72 +177,6 @@ def envelope_layout(name: str, sample_rate: int | None = None) -> EnvelopeLayout
         raise EnvelopeError(f"envelope layout {layout.name} is defined at {layout.sample_rate} Hz only; the model "
                             f"works at {sample_rate} Hz")
     return layout
-
-
-class RatePoint(NamedTuple):
-    """One entry of a model card's ``rate_plan``: what ``-b`` or ``-n`` chooses together."""
-
-    codebooks: int
-    kbps: float  # nominal kbit/s per channel: the codes plus the side channel's typical cost
-    layout: EnvelopeLayout | None  # None: no side channel (a codec without a plan that writes none)
-
-
-def rate_plan(raw: Any, codes_kbps: list[float], sample_rate: int) -> list[RatePoint]:
-    """A model card's ``rate_plan``: entries ``{"codebooks": k, "kbps": r, "envelope": layout}`` in order of
-    rising ``kbps``, ``codes_kbps[k - 1]`` being the codes' own rate with k codebooks. Every codebook count
-    has at least one entry, and a count may have several: on the built-in model a denser side channel is
-    worth more than the codec's upper codebooks (docs/models.md, "A side channel by rate"), so a rate between
-    two counts is better spent on fewer codebooks with a denser layout. :class:`EnvelopeError` names what is
-    wrong."""
-    n = len(codes_kbps)
-    if not isinstance(raw, list) or not raw:
-        raise EnvelopeError(f"rate_plan must be a list of entries covering every codebook count (1 ... {n})")
-    plan: list[RatePoint] = []
-    for i, entry in enumerate(raw, 1):
-        k = entry.get("codebooks") if isinstance(entry, dict) else None
-        if not is_integer(k) or not 1 <= k <= n:
-            raise EnvelopeError(f'rate_plan entry {i} must be an object with "codebooks" from 1 to {n}')
-        kbps = entry.get("kbps")
-        if not is_real(kbps) or not math.isfinite(kbps) \
-                or kbps < codes_kbps[k - 1] or (plan and kbps <= plan[-1].kbps):
-            raise EnvelopeError(f"rate_plan entry {i}: kbps must be a number above the entry before it and at "
-                                f"least the codes' own {codes_kbps[k - 1]:g}")
-        try:
-            layout = envelope_layout(str(entry.get("envelope")), sample_rate)
-        except EnvelopeError as exc:
-            raise EnvelopeError(f"rate_plan entry {i}: {exc}") from None
-        plan.append(RatePoint(k, float(kbps), layout))
-    missing = sorted(set(range(1, n + 1)) - {p.codebooks for p in plan})
-    if missing:
-        raise EnvelopeError(f"rate_plan has no entry for {', '.join(map(str, missing))} codebooks "
-                            f"(every count from 1 to {n} needs one)")
-    return plan
-
-
-def plan_point(plan: list[RatePoint], bitrate_kbps: float | None = None,
-               n_codebooks: int | None = None) -> RatePoint | None:
-    """The entry of ``plan`` a request gets: for a rate, the highest whose nominal rate does not exceed it;
-    for a codebook count, the cheapest entry with that many codebooks (so ``-n K`` costs what it did before
-    a count had several entries). None when no entry fits."""
-    if n_codebooks is not None:
-        return next((p for p in plan if p.codebooks == int(n_codebooks)), None)
-    if bitrate_kbps is None:
-        return plan[-1]
-    fitting = [p for p in plan if p.kbps <= bitrate_kbps * (1 + 1e-9)]
-    return fitting[-1] if fitting else None
-
-
-def entries_of(plan: list[RatePoint], n_codebooks: int, layout_name: str) -> list[RatePoint]:
-    """The entries of ``plan`` a file matches: its codebook count with its side-channel layout ("" for a
-    file without one)."""
-    return [p for p in plan if p.codebooks == n_codebooks and (p.layout.name if p.layout else "") == layout_name]
-
-
-def plan_rate(plan: list[RatePoint], n_codebooks: int, layout_name: str) -> float | None:
-    """A file's nominal rate by ``plan``: its cheapest matching entry's (what ``-n`` would have charged), or
-    None when the plan offers no such entry."""
-    here = entries_of(plan, n_codebooks, layout_name)
-    return min(p.kbps for p in here) if here else None
 
 
 def check_shape(layout: EnvelopeLayout, levels: Any, channels: int, length: int) -> None:

@@ -24,6 +24,7 @@ FlowDec's unchanged; this is only a different function ``v(x_t, Y, t)``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,8 @@ from .exceptions import InvalidValue
 from .features import HOP_LENGTH
 from .ncsnpp import GaussianFourierProjection
 
-__all__ = ["FramewiseBackbone", "ConvNeXtBlock", "SpectralBranch", "wiener_velocity", "LOG_Q_RANGE"]
+__all__ = ["FramewiseBackbone", "ConvNeXtBlock", "Conditioning", "SpectralBranch", "wiener_velocity", "LOG_Q_RANGE",
+           "harmonic_template"]
 
 LOG_Q_RANGE = (-9.0, 9.0)  # the power ratio q stays within [1.2e-4, 8.1e3]: bounded gains, no overflow
 _LOG_EPS = 1e-4  # floor inside the log-magnitude input features (in sigma_y units)
@@ -144,6 +146,26 @@ class SpectralBranch(nn.Module):
         return out.flatten(1, 2)
 
 
+def harmonic_template(f0: torch.Tensor, bin_hz: torch.Tensor) -> torch.Tensor:
+    """``[B, 2K, T]`` float32: ``cos`` and ``sin`` of ``2 pi f / F0`` at the centre frequencies ``f`` of the
+    ``K`` bins ``bin_hz`` (zeros in frames whose ``f0`` [B, T] is 0: unvoiced). Every harmonic of F0 lies
+    where the phase is a whole turn, so one pair of weights per bin says "a harmonic belongs here" wherever
+    the pitch goes."""
+    f = f0.to(torch.float64)[:, None, :]
+    voiced = (f > 0).to(torch.float64)
+    angle = 2 * torch.pi * bin_hz.to(torch.float64)[None, :, None] / f.clamp(min=1.0)
+    return torch.cat([torch.cos(angle) * voiced, torch.sin(angle) * voiced], 1).float()
+
+
+class Conditioning(NamedTuple):
+    """What a solve's velocity takes from the coded features and the pitch alone, the same at every pass:
+    offsets added to the head's output ``[B, 3F, T]`` and to the body's first activations ``[B, dim, T]``
+    (each None when nothing adds to it)."""
+
+    head: torch.Tensor | None
+    body: torch.Tensor | None
+
+
 class FramewiseBackbone(nn.Module):
     """v(x_t, Y, t) for complex ``[B, 1, F, T]`` features: a 1-D ConvNeXt over frames with a Wiener head.
 
@@ -153,11 +175,19 @@ class FramewiseBackbone(nn.Module):
     projection to ``dim`` channels, ``num_blocks`` ConvNeXt blocks (each optionally with a dilated context
     branch), LayerNorm, and a pointwise projection to
     3 values per bin (log q, Re c, Im c) that :func:`wiener_velocity` turns into the velocity.
+
+    With ``pitch_top_hz`` > 0 it also reads the input's F0 per frame (the pitch side channel,
+    :mod:`flowdec_cli.pitch`) as a :func:`harmonic_template` of the bins up to ``pitch_top_hz`` (above it a
+    small error of F0 moves the high harmonics by many bins), through two paths that start at zero, so a
+    model grown from weights without them computes exactly what they did and a template of zeros (no pitch
+    sent, or unvoiced) adds nothing: a 1x1 projection into the body's first activations (no bias) and a
+    pair of weights per bin and head output added straight onto the head.
     """
 
     def __init__(self, n_freqs: int = 768, dim: int = 256, intermediate_dim: int = 768, num_blocks: int = 6,
                  kernel_size: int = 7, fourier_size: int = 64, fourier_scale: float = 16.0,
-                 context_dilation: int = 0, spectral_channels: int = 0, hop_length: int = HOP_LENGTH) -> None:
+                 context_dilation: int = 0, spectral_channels: int = 0, hop_length: int = HOP_LENGTH,
+                 pitch_top_hz: int = 0, sample_rate: int = 48000) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise InvalidValue(f"kernel_size must be odd, got {kernel_size}")
@@ -177,6 +207,17 @@ class FramewiseBackbone(nn.Module):
         self.spectral: SpectralBranch | None = None
         if spectral_channels > 0:
             self.spectral = SpectralBranch(hop_length, 2 * (n_freqs - 1), spectral_channels)
+        self.pitch_top_hz = int(pitch_top_hz)
+        self.pitch_embed: nn.Conv1d | None = None
+        self.pitch_head: nn.Parameter | None = None
+        if pitch_top_hz > 0:
+            # the bins the template covers; not a buffer: a module-wide cast must not round the frequencies
+            bin_hz = torch.arange(n_freqs, dtype=torch.float64) * (sample_rate / (2 * (n_freqs - 1)))
+            self._pitch_bin_hz = bin_hz[bin_hz <= pitch_top_hz]
+            k = len(self._pitch_bin_hz)
+            self.pitch_embed = nn.Conv1d(2 * k, dim, 1, bias=False)
+            nn.init.zeros_(self.pitch_embed.weight)
+            self.pitch_head = nn.Parameter(torch.zeros(2, 3, k))  # (cos, sin) x (log q, Re c, Im c) x bins
         self.receptive_field = num_blocks * (kernel_size - 1) * max(1, context_dilation) + 1
 
     # The interface Postfilter drives (shared with NCSNpp) ------------------------------------------------
@@ -201,6 +242,8 @@ class FramewiseBackbone(nn.Module):
         self.head.to(dtype)
         if self.spectral is not None:
             self.spectral.to(dtype)
+        if self.pitch_embed is not None:
+            self.pitch_embed.to(dtype)
         return self
 
     @property
@@ -217,7 +260,8 @@ class FramewiseBackbone(nn.Module):
 
     def flops_per_frame(self, passes: int = 1) -> int:
         """Floating-point operations per frame (2 per multiply-add) of a solve with ``passes`` network passes,
-        for speed estimates: the body runs at every pass, the spectral branch once (:meth:`prepare`)."""
+        for speed estimates: the body runs at every pass, the spectral branch and the pitch paths once
+        (:meth:`prepare`)."""
         macs = self.embed.in_channels * self.dim + self.head.in_features * self.head.out_features
         for b in self.blocks:
             taps = b.dwconv.kernel_size[0] * (1 if b.context is None else 2)
@@ -226,15 +270,38 @@ class FramewiseBackbone(nn.Module):
         if self.spectral is not None:
             convs = [m for m in self.spectral.modules() if isinstance(m, nn.Conv2d)]
             macs += self.n_freqs * sum(m.weight[0].numel() * m.out_channels for m in convs)
+        if self.pitch_embed is not None:  # once per solve, as the spectral branch
+            macs += self.pitch_embed.in_channels * self.dim + 3 * self.pitch_embed.in_channels
         return 2 * macs
 
-    def prepare(self, cond: torch.Tensor, sigma_y: torch.Tensor) -> torch.Tensor | None:
-        """What the velocity takes from the coded ``cond`` alone, the same at every pass of a solve: the
-        spectral branch's head offsets (None without one). Pass it to :meth:`forward` as ``prepared``."""
-        if self.spectral is None:
-            return None
-        inv = 1.0 / sigma_y.to(device=cond.device, dtype=torch.float32).reshape(-1, 1)
-        return self._spectral_offsets(cond.real[:, 0].float() * inv, cond.imag[:, 0].float() * inv)
+    @property
+    def takes_pitch(self) -> bool:
+        """Whether this backbone reads the input's F0 (``pitch_top_hz`` > 0)."""
+        return self.pitch_embed is not None
+
+    def prepare(self, cond: torch.Tensor, sigma_y: torch.Tensor,
+                pitch: torch.Tensor | None = None) -> Conditioning | None:
+        """What the velocity takes from the coded ``cond`` and the ``pitch`` alone, the same at every pass of a
+        solve: the spectral branch's head offsets and the pitch paths' offsets (None when there are none).
+        ``pitch`` is the F0 in Hz per frame ``[B, frames]`` (0: unvoiced), cut or zero-padded to ``cond``'s
+        frames; it is ignored by a backbone that does not take it. Pass the result to :meth:`forward` as
+        ``prepared``."""
+        head = body = None
+        if self.spectral is not None:
+            inv = 1.0 / sigma_y.to(device=cond.device, dtype=torch.float32).reshape(-1, 1)
+            head = self._spectral_offsets(cond.real[:, 0].float() * inv, cond.imag[:, 0].float() * inv)
+        if pitch is not None and self.pitch_embed is not None and self.pitch_head is not None:
+            frames = cond.shape[-1]
+            f0 = torch.as_tensor(pitch).to(cond.device)
+            f0 = F.pad(f0, (0, max(0, frames - f0.shape[-1])))[..., :frames]
+            template = harmonic_template(f0, self._pitch_bin_hz.to(cond.device))  # [B, 2K, T]
+            body = self.pitch_embed(template.to(self.pitch_embed.weight.dtype))
+            k = template.shape[1] // 2
+            w = self.pitch_head.float()
+            low = (w[0][None, :, :, None] * template[:, None, :k] + w[1][None, :, :, None] * template[:, None, k:])
+            added = F.pad(low, (0, 0, 0, self.n_freqs - k)).flatten(1, 2)  # [B, 3F, T], zero above the top bin
+            head = added if head is None else head + added
+        return None if head is None and body is None else Conditioning(head, body)
 
     def _spectral_offsets(self, y_re: torch.Tensor, y_im: torch.Tensor) -> torch.Tensor:
         """The spectral branch's head offsets for the coded features in sigma_y units (``[B, F, T]`` parts)."""
@@ -243,20 +310,22 @@ class FramewiseBackbone(nn.Module):
 
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, sigma_y: torch.Tensor,
                 real_fn: Callable[..., torch.Tensor] | None = None,
-                prepared: torch.Tensor | None = None) -> torch.Tensor:
+                prepared: Conditioning | None = None, pitch: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity (complex ``[B, 1, F, T]``) at flow time ``t`` for state ``x_t`` given the coded ``cond``.
 
         ``sigma_y`` is the postfilter's per-band (``[F, 1]``) or global noise scale. ``real_fn`` replaces
         :meth:`forward_real` (e.g. its ``torch.compile`` version). ``prepared`` is :meth:`prepare`'s result
-        for this ``cond`` (computed here when None).
+        for this ``cond`` and ``pitch`` (computed here when None; training passes ``pitch`` instead).
         """
+        if prepared is None and pitch is not None:
+            prepared = self.prepare(cond, sigma_y, pitch)
         x = torch.cat([x_t.real, x_t.imag, cond.real, cond.imag], dim=1)
         t = torch.as_tensor(t, device=x.device).to(torch.float32).reshape(-1)
         scale = sigma_y.to(device=x.device, dtype=torch.float32).reshape(-1, 1)
         return (real_fn or self.forward_real)(x, t, scale, prepared)
 
     def forward_real(self, x: torch.Tensor, t: torch.Tensor, scale: torch.Tensor,
-                     prepared: torch.Tensor | None = None) -> torch.Tensor:
+                     prepared: Conditioning | None = None) -> torch.Tensor:
         """``x`` = [Re x_t, Im x_t, Re Y, Im Y] as ``[B, 4, F, T]`` float, ``t`` [B], ``scale`` [F or 1, 1]."""
         inv = 1.0 / scale
         x = x.float()
@@ -269,12 +338,17 @@ class FramewiseBackbone(nn.Module):
                            (r_re * y_re + r_im * y_im) * unit, (r_im * y_re - r_re * y_im) * unit], dim=1)
         temb = self.time_mlp(self.time_projection(t.float()))
         h = self.embed(feats.to(self.compute_dtype))
+        if prepared is not None and prepared.body is not None:
+            h = h + prepared.body.to(h.dtype)
         temb = temb.to(h.dtype)
         for block in self.blocks:
             h = block(h, temb)
         out = self.head(self.final_norm(h.transpose(1, 2))).float().transpose(1, 2)  # [B, 3F, T]
-        if self.spectral is not None:
-            out = out + (self._spectral_offsets(y_re, y_im) if prepared is None else prepared)
+        if prepared is not None:
+            if prepared.head is not None:
+                out = out + prepared.head
+        elif self.spectral is not None:
+            out = out + self._spectral_offsets(y_re, y_im)
         n = self.n_freqs
         log_q, c_re, c_im = out[:, :n], out[:, n:2 * n], out[:, 2 * n:]
         r = torch.complex(r_re, r_im)

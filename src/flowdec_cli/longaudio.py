@@ -193,7 +193,8 @@ def enhance_long(model: Postfilter, source: Any, out: Any = None, *, nfe: int = 
                  seed: int | None = None, generator: torch.Generator | None = None,
                  noise: Any = None, normfac: torch.Tensor | float | None = None,
                  sink: Callable[[int, torch.Tensor], None] | None = None,
-                 progress: Progress | None = None, device: torch.device | str | None = None) -> Any:
+                 progress: Progress | None = None, device: torch.device | str | None = None,
+                 pitch: Any = None) -> Any:
     """:meth:`Postfilter.enhance` of ``model`` for inputs of any length, in memory that does not grow with
     the length.
 
@@ -219,7 +220,9 @@ def enhance_long(model: Postfilter, source: Any, out: Any = None, *, nfe: int = 
     * neighbouring chunks are cross-faded with complementary raised-cosine weights in the middle of
       their overlap (see :func:`plan_chunks`);
     * an input that fits in one chunk runs through :meth:`Postfilter.enhance` unchanged (bit-identical for
-      the same ``seed``/``generator``/``noise``).
+      the same ``seed``/``generator``/``noise``);
+    * ``pitch`` (``[B, frames]`` F0 in Hz on the whole-file frame grid, 0 unvoiced) goes with each chunk's
+      frames to a model that reads it (:attr:`Postfilter.takes_pitch`).
 
     GroupNorm statistics are per chunk, so chunked output is close to, not equal to, whole-file output.
     ``progress(desc, total, "pass")`` bars count one row's network passes (chunks x rows x NFE).
@@ -266,13 +269,15 @@ def enhance_long(model: Postfilter, source: Any, out: Any = None, *, nfe: int = 
         if noise is not None:
             frames = padded_frames(num_frames(signal.length, hop), fe.pad_multiple)  # as enhance pads them
             nz = torch.as_tensor(noise[..., :frames]).to(model.device)
-        write(0, model.enhance(y, nfe, solver, noise=nz, generator=generator, normfac=nf, progress=progress))
+        write(0, model.enhance(y, nfe, solver, noise=nz, generator=generator, normfac=nf, progress=progress,
+                               pitch=pitch))
         return write.result()
 
     if batch_size is None:
         batch_size = auto_batch_size(model, plan.chunk_frames * signal.batch, len(plan.starts))
+    f0 = model.checked_pitch(pitch, signal.batch)
     return _enhance_chunked(model, signal, plan, steps, solver, nf, generator, noise, batch_size, write,
-                            progress, nfe)
+                            progress, nfe, f0)
 
 
 def auto_batch_size(model: Postfilter, rows_frames: int, chunks: int, limit: int = 16) -> int:
@@ -285,7 +290,7 @@ def auto_batch_size(model: Postfilter, rows_frames: int, chunks: int, limit: int
 
 def _enhance_chunked(model: Postfilter, signal: _Signal, plan: ChunkPlan, steps: int, solver: str,
                      nf: torch.Tensor, generator: torch.Generator | None, noise: Any, batch_size: int,
-                     write: _Writer, progress: Progress | None, nfe: int) -> Any:
+                     write: _Writer, progress: Progress | None, nfe: int, pitch: torch.Tensor | None) -> Any:
     fe = model.feature_extractor
     hop, n, B = plan.hop, plan.chunk_frames, signal.batch
     stream = None if noise is not None else _NoiseStream(B, fe.n_freqs, generator, model.device)
@@ -297,7 +302,7 @@ def _enhance_chunked(model: Postfilter, signal: _Signal, plan: ChunkPlan, steps:
         for first in range(0, len(plan.starts), batch_size):
             ks = list(range(first, min(first + batch_size, len(plan.starts))))
             with torch.inference_mode(), model._backend_flags():
-                Ys, noises = [], []
+                Ys, noises, f0s = [], [], []
                 for k in ks:
                     a = plan.starts[k]
                     lo, hi = fe.segment_span(a, n)
@@ -305,10 +310,14 @@ def _enhance_chunked(model: Postfilter, signal: _Signal, plan: ChunkPlan, steps:
                     Ys.append(fe.frames(seg, nf))
                     nz = stream.get(a, a + n) if stream is not None else torch.as_tensor(noise[..., a:a + n])
                     noises.append(nz.to(model.device))
+                    if pitch is not None:  # the chunk's frames; none past the end of the track
+                        piece = pitch[:, a:a + n]
+                        f0s.append(torch.nn.functional.pad(piece, (0, n - piece.shape[1])))
                 Y = torch.cat(Ys, dim=0)
                 x = model.start(Y, torch.cat(noises, dim=0))
                 del Ys, noises
-                x = model.solve_rows(Y, x, steps, solver, bar.update if bar is not None else None)
+                x = model.solve_rows(Y, x, steps, solver, bar.update if bar is not None else None,
+                                     pitch=torch.cat(f0s) if f0s else None)
                 waves = []
                 for i, k in enumerate(ks):
                     a = plan.starts[k] * hop

@@ -430,19 +430,20 @@ class NCSNpp(nn.Module):
         elem = torch.finfo(self.compute_dtype).bits // 8
         return int(_ACTIVATION_BYTES_PER_FRAME * frames * self.nf / 64 * elem / 4)
 
-    def prepare(self, cond: torch.Tensor, sigma_y: torch.Tensor | None = None) -> None:
-        """Nothing: the U-Net takes nothing from ``cond`` alone that a solve could hold across its passes (kept
-        for the common backbone interface)."""
+    def prepare(self, cond: torch.Tensor, sigma_y: torch.Tensor | None = None,
+                pitch: torch.Tensor | None = None) -> None:
+        """Nothing: the U-Net takes nothing from ``cond`` alone that a solve could hold across its passes, and
+        no pitch (kept for the common backbone interface)."""
         return None
 
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, sigma_y: torch.Tensor | None = None,
                 real_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                prepared: torch.Tensor | None = None) -> torch.Tensor:
+                prepared: torch.Tensor | None = None, pitch: torch.Tensor | None = None) -> torch.Tensor:
         """Velocity (complex, [B,1,F,T]) at flow time ``t`` for state ``x_t`` conditioned on ``cond``.
 
-        ``sigma_y`` and ``prepared`` (what :meth:`prepare` gives: None) are accepted for the common backbone
-        interface and unused: the U-Net learns its own scaling. ``real_fn`` replaces :meth:`forward_real`
-        (e.g. its ``torch.compile`` version).
+        ``sigma_y``, ``prepared`` (what :meth:`prepare` gives: None) and ``pitch`` are accepted for the common
+        backbone interface and unused: the U-Net learns its own scaling and reads no pitch. ``real_fn``
+        replaces :meth:`forward_real` (e.g. its ``torch.compile`` version).
         """
         x = torch.cat([x_t.real, x_t.imag, cond.real, cond.imag], dim=1)
         t = torch.as_tensor(t, device=x.device).to(self.all_modules[0].W.dtype).reshape(-1)

@@ -59,21 +59,19 @@ from .envelope import (
     BandMeter,
     EnvelopeError,
     EnvelopeLayout,
-    RatePoint,
     apply_envelope,
-    entries_of,
     envelope_layout,
-    plan_point,
-    plan_rate,
     quantise,
-    rate_plan,
 )
 from .exceptions import CodecError
 from .fileio import OutputExistsError, check_output
 from .models.loading import Model, load_model
 from .models.resolve import resolve_named_by_data
 from .numeric import is_integer, is_real
+from .pitch import PitchMeter, frame_track, pitch_layout
+from .pitch import quantise as quantise_pitch
 from .progress import Progress, ProgressBar, no_progress
+from .rateplan import RatePoint, entries_of, plan_point, plan_rate, rate_plan
 from .runtime import resolve_device
 from .sampler import check_seed
 
@@ -250,6 +248,38 @@ class _Decoded(NamedTuple):
     d0_seconds: float
     postfilter_seconds: float
     envelope_seconds: float = 0.0
+
+
+class SideMeter:
+    """The side channels of one rate-plan entry (band levels, pitch), measured on the model-rate input as it
+    goes to the encoder, block by block."""
+
+    def __init__(self, channels: int, point: RatePoint) -> None:
+        self.band = BandMeter(point.layout, channels) if point.layout is not None else None
+        self.pitch = PitchMeter(point.pitch, channels) if point.pitch is not None else None
+
+    def push(self, block: np.ndarray) -> None:
+        if self.band is not None:
+            self.band.push(block)
+        if self.pitch is not None:
+            self.pitch.push(block)
+
+    def finish(self, length: int) -> dict[str, Any]:
+        """The header fields of the side channels of the first ``length`` samples (what the codes cover),
+        quantised as a file holds them; the fields of a channel this entry does not send are empty."""
+        fields: dict[str, Any] = {"envelope_layout": "", "envelope": None, "pitch_layout": "", "pitch": None}
+        if self.band is not None:
+            fields["envelope_layout"] = self.band.layout.name
+            fields["envelope"] = quantise(self.band.layout, self.band.finish(length))
+        if self.pitch is not None:
+            fields["pitch_layout"] = self.pitch.layout.name
+            fields["pitch"] = quantise_pitch(self.pitch.layout, self.pitch.finish(length))
+        return fields
+
+
+def _side_names(point: RatePoint) -> tuple[str, str]:
+    """A rate-plan entry's side channels as a header names them ("" for none)."""
+    return (point.layout.name if point.layout else "", point.pitch.name if point.pitch else "")
 
 
 def _check_default_nfe(nfe: Any) -> None:
@@ -430,7 +460,7 @@ class Codec:
     def choose_rate(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> RatePoint:
         """What a request gets: the codebooks, their nominal rate and the side-channel layout. A rate gets the
         highest offered rate that does not exceed it; a codebook count gets the cheapest entry with that
-        count (:func:`flowdec_cli.envelope.plan_point`); neither gets the most codebooks."""
+        count (:func:`flowdec_cli.rateplan.plan_point`); neither gets the most codebooks."""
         check_rate_request(bitrate_kbps, n_codebooks)
         valid = ", ".join(f"{p.kbps:g}" for p in self._points)
         if n_codebooks is not None and not 1 <= n_codebooks <= self.ndac.n_codebooks:
@@ -448,13 +478,13 @@ class Codec:
     def _points_of(self, header: FdcHeader) -> list[RatePoint]:
         """The offered rates a file's header matches: its codebook count with its side channel (none when
         this model did not code it so)."""
-        return entries_of(self._points, header.n_codebooks, header.envelope_layout or "")
+        return entries_of(self._points, header.n_codebooks, header.envelope_layout or "", header.pitch_layout or "")
 
     def nominal_kbps(self, header: FdcHeader) -> float:
         """A file's nominal kbit/s per channel as ``-b`` counts it: under a rate plan the entry's rate (the
         codes and their side channel's typical cost), else, or for a file this model's plan does not offer,
         the codes' own rate that the header records."""
-        rate = plan_rate(self._points, header.n_codebooks, header.envelope_layout or "")
+        rate = plan_rate(self._points, header.n_codebooks, header.envelope_layout or "", header.pitch_layout or "")
         return rate if rate is not None else header.nominal_bitrate / 1000
 
     def choose_codebooks(self, bitrate_kbps: float | None = None, n_codebooks: int | None = None) -> int:
@@ -463,30 +493,23 @@ class Codec:
 
     # -- compress ----------------------------------------------------------------------------------
     def _header(self, sample_rate: int, channels: int, num_samples: int, k: int, n_frames: int,
-                gain: float, meter: BandMeter | None = None) -> FdcHeader:
-        levels = None
-        if meter is not None:
-            levels = self._levels_of(meter, n_frames)
+                gain: float, meter: SideMeter | None = None) -> FdcHeader:
+        side = meter.finish(n_frames * self.ndac.hop_length) if meter is not None else {}
         return FdcHeader(
             model_name=self.model.name, model_hash=self.model.ndac_hash, package_version=__version__,
             created_by="flowdec", sample_rate=int(sample_rate), channels=int(channels),
             num_samples=int(num_samples), model_sample_rate=self.ndac.sample_rate,
             hop_length=self.ndac.hop_length, codebook_size=self.ndac.codebook_size, n_codebooks=int(k),
             model_codebooks=self.ndac.n_codebooks, num_frames=int(n_frames), chunk_frames=self.chunk_frames,
-            context_frames=self.ndac.encoder_context_frames, gain=float(gain),
-            envelope_layout=meter.layout.name if meter is not None else "", envelope=levels)
-
-    def _levels_of(self, meter: BandMeter, n_frames: int) -> np.ndarray:
-        """The levels a file stores: those of the ``n_frames`` frames' samples the codes cover, quantised."""
-        return quantise(meter.layout, meter.finish(n_frames * self.ndac.hop_length))
+            context_frames=self.ndac.encoder_context_frames, gain=float(gain), **side)
 
     @staticmethod
-    def _meter(channels: int, point: RatePoint) -> BandMeter | None:
-        """A band meter for the side channel of the chosen rate, or None when it has none."""
-        return BandMeter(point.layout, channels) if point.layout is not None else None
+    def _meter(channels: int, point: RatePoint) -> SideMeter | None:
+        """The meter of the side channels of the chosen rate, or None when it has none."""
+        return SideMeter(channels, point) if point.layout is not None or point.pitch is not None else None
 
     def _model_rate_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
-                           meter: BandMeter | None = None) -> Iterator[np.ndarray]:
+                           meter: SideMeter | None = None) -> Iterator[np.ndarray]:
         """The input scaled and resampled to the model's rate, [channels, n] blocks, each metered on the way.
         Blocks are cut so that each resampled one holds about _OUT_BLOCK_VALUES values: a low input rate
         multiplies the samples (soxr crashed on one call's output past 2^30 values, a 1 Hz input)."""
@@ -507,7 +530,7 @@ class Codec:
             yield tail.T
 
     def _encode_blocks(self, blocks: Iterator[np.ndarray], sample_rate: int, channels: int, scale: float,
-                       k: int, bar: ProgressBar, meter: BandMeter | None = None) -> np.ndarray:
+                       k: int, bar: ProgressBar, meter: SideMeter | None = None) -> np.ndarray:
         tensors = (torch.from_numpy(np.ascontiguousarray(b)).unsqueeze(1).to(self.device)
                    for b in self._model_rate_blocks(blocks, sample_rate, channels, scale, meter))
         pieces = []
@@ -589,14 +612,14 @@ class Codec:
         if cap_kbps is None:
             return header, codes
 
-        def levels_for(layout: EnvelopeLayout) -> np.ndarray:
-            meter = BandMeter(layout, header.channels)
+        def side_for(point: RatePoint) -> dict[str, Any]:
+            meter = SideMeter(header.channels, point)
             for _ in self._model_rate_blocks(read_blocks(src, READ_BLOCK_FRAMES, same_as=info), header.sample_rate,
                                              header.channels, 1.0 / header.gain, meter):
                 pass
-            return self._levels_of(meter, header.num_frames)
+            return meter.finish(header.coded_length)
 
-        return self.fit_on_disk(header, codes, cap_kbps, entropy, source=str(src), levels_for=levels_for)
+        return self.fit_on_disk(header, codes, cap_kbps, entropy, source=str(src), side_for=side_for)
 
     def coded_bytes(self, header: FdcHeader, codes: np.ndarray) -> int:
         """The size of the .fdc file these codes make (entropy-coded with the model's tables if it has them)."""
@@ -606,15 +629,16 @@ class Codec:
 
     def fit_on_disk(self, header: FdcHeader, codes: np.ndarray, cap_kbps: float, entropy: bool = True,
                     source: str = "audio",
-                    levels_for: Callable[[EnvelopeLayout], np.ndarray] | None = None) -> tuple[FdcHeader, np.ndarray]:
+                    side_for: Callable[[RatePoint], dict[str, Any]] | None = None) -> tuple[FdcHeader, np.ndarray]:
         """The richest file of these codes whose whole (header, side channel and CRC included) takes at most
         ``cap_kbps`` per channel on disk: a hard size budget. ``-b`` alone picks a nominal rate, and the
         header and a side channel's busy passages come on top of it; music's codes barely entropy-code, so
         its files land a few per cent above the request (docs/performance.md). The codes of residual
         quantisation are prefixes of each other, so fewer codebooks need no second encode. Without
-        ``levels_for`` fewer codebooks keep the header's side channel; with it (the input's levels in a
-        given layout), the candidates are this codec's rates at or below the header's with no more
-        codebooks, each with its own side channel, so a rate plan's cheaper layouts are tried too."""
+        ``side_for`` fewer codebooks keep the header's side channels; with it (the header fields of the input's
+        side channels of a given entry, :meth:`SideMeter.finish`), the candidates are this codec's rates at
+        or below the header's with no more codebooks, each with its own side channels, so a rate plan's
+        cheaper layouts are tried too."""
         import dataclasses
 
         from .container import encode_fdc_written
@@ -624,38 +648,43 @@ class Codec:
         if not seconds:  # an empty input: a header-only file, which no rate describes
             return header, codes
         tables = self.entropy_tables if entropy else None
-        levels: dict[str, np.ndarray] = {}
-        for k, layout in self._fit_candidates(header, levels_for is not None):
-            fitted = dataclasses.replace(header, n_codebooks=k)
-            if layout is not None and layout.name != header.envelope_layout and levels_for is not None:
-                if layout.name not in levels:
-                    levels[layout.name] = levels_for(layout)
-                fitted = dataclasses.replace(fitted, envelope_layout=layout.name, envelope=levels[layout.name])
+        measured: dict[tuple[str, str], dict[str, Any]] = {}
+        for point in self._fit_candidates(header, side_for is not None):
+            fitted = dataclasses.replace(header, n_codebooks=point.codebooks)
+            names = _side_names(point)
+            if side_for is not None and names != (header.envelope_layout, header.pitch_layout):
+                if names not in measured:
+                    measured[names] = side_for(point)
+                fitted = dataclasses.replace(fitted, **measured[names])
+            k = point.codebooks
             kept = np.ascontiguousarray(codes[:, :k])
             written, data = encode_fdc_written(fitted, kept, tables=tables)
             on_disk = actual_bitrate(len(data), seconds, header.channels)  # as every report computes it
             if on_disk <= cap_kbps * 1000:
                 return fitted, kept
-        side = f", {written.envelope_bytes} of them side channel" if written.envelope_bytes else ""
+        side = f", {written.side_bytes} of them side channel" if written.side_bytes else ""
         # without it the file is the side channel's bytes (and a few header bytes) smaller: suggested only
         # where that alone would be enough
-        bare = actual_bitrate(len(data) - written.envelope_bytes, seconds, header.channels)
+        bare = actual_bitrate(len(data) - written.side_bytes, seconds, header.channels)
         helps = bool(side) and bare <= cap_kbps * 1000
         raise CodecError(f"{source}: {cap_kbps:g} kbit/s per channel on disk cannot hold its {seconds:.3g} s: with "
                          f"one codebook it takes {on_disk / 1000:.3f} kbit/s "
                          f"({len(data)} bytes{side}); ask for more"
                          + (", or leave out the side channel (--no-envelope)" if helps else ""))
 
-    def _fit_candidates(self, header: FdcHeader, other_layouts: bool) -> list[tuple[int, EnvelopeLayout | None]]:
+    def _fit_candidates(self, header: FdcHeader, other_layouts: bool) -> list[RatePoint]:
         """What :meth:`fit_on_disk` tries, richest first: the rates offered at or below the header's (its
-        codebook count with its side channel) with no more codebooks, each with its layout; or, without
-        ``other_layouts`` or when the header's rate is not one of them, fewer codebooks of the header's."""
+        codebook count with its side channels) with no more codebooks, each with its layouts; or, without
+        ``other_layouts`` or when the header's rate is not one of them, fewer codebooks with the header's
+        side channels."""
         here = self._points_of(header)
         if other_layouts and here:
             top = max(p.kbps for p in here)
             below = [p for p in self._points if p.kbps <= top and p.codebooks <= header.n_codebooks]
-            return [(p.codebooks, p.layout) for p in sorted(below, key=lambda p: -p.kbps)]
-        return [(k, None) for k in range(header.n_codebooks, 0, -1)]
+            return sorted(below, key=lambda p: -p.kbps)
+        kept = (envelope_layout(header.envelope_layout) if header.envelope_layout else None,
+                pitch_layout(header.pitch_layout) if header.pitch_layout else None)
+        return [RatePoint(k, 0.0, *kept) for k in range(header.n_codebooks, 0, -1)]
 
     def compress_bytes(self, src: str | os.PathLike, n_codebooks: int | None = None,
                        bitrate_kbps: float | None = None,
@@ -783,7 +812,7 @@ class Codec:
         t1 = time.perf_counter()
         try:
             enhance_long(self.postfilter, d0.data, out.data, nfe=nfe, solver=solver, seed=seed,
-                         device=self.device, progress=progress)
+                         device=self.device, progress=progress, pitch=self._pitch_track(header, d0.data.shape[1]))
         except BaseException:
             out.close()
             raise
@@ -792,6 +821,14 @@ class Codec:
         postfilter_seconds = time.perf_counter() - t1
         return _Decoded(out, float(header.gain), d0_seconds, postfilter_seconds,
                         envelope_first + self._apply_envelope(out, header, codes))
+
+    def _pitch_track(self, header: FdcHeader, length: int) -> np.ndarray | None:
+        """The file's pitch side channel as F0 per postfilter frame of a ``length``-sample decode, for a
+        postfilter that reads it (None otherwise, or when the file sends none)."""
+        if header.pitch is None or self.postfilter is None or not self.postfilter.takes_pitch:
+            return None
+        hop = self.postfilter.feature_extractor.hop_length
+        return frame_track(pitch_layout(header.pitch_layout), header.pitch, 1 + length // hop, hop)
 
     def _apply_envelope(self, buf: _ModelRateBuffer, header: FdcHeader, codes: np.ndarray) -> float:
         """Apply the file's side channel to ``buf`` in place (nothing when it has none); the seconds it took.
@@ -1063,7 +1100,7 @@ def planned_kbps(header: FdcHeader, cache_dir: str | os.PathLike[str] | None = N
         plan = rate_plan(raw, codes, header.model_sample_rate)
     except EnvelopeError:
         return None
-    return plan_rate(plan, header.n_codebooks, header.envelope_layout)
+    return plan_rate(plan, header.n_codebooks, header.envelope_layout, header.pitch_layout)
 
 
 def _output_frames(header: FdcHeader, out_rate: int) -> int:

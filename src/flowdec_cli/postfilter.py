@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,7 +59,7 @@ SAMPLE_RATE = 48000
 DEFAULT_SIGMA_Y = 0.66  # the official global sigma_y (flow_model_final default); released models store a curve
 BACKBONES = ("ncsnpp", "framewise")  # the released models' U-Net; our frame-wise ConvNeXt (docs/framewise.md)
 FRAMEWISE_DEFAULTS = {"dim": 256, "intermediate_dim": 768, "num_blocks": 6, "kernel_size": 7, "fourier_size": 64,
-                      "context_dilation": 0, "spectral_channels": 0}
+                      "context_dilation": 0, "spectral_channels": 0, "pitch_top_hz": 0}
 PRECISIONS = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}
 WEIGHT_DTYPES = ("float32", "float16")  # how a folder may store the network's weights (Postfilter.save)
@@ -97,8 +98,9 @@ MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32; the released postfilter has a
 _CONFIG_BOUNDS = {"n_fft": 16384, "hop_length": 16384, "pad_multiple": 4096, "nf": 1024, "num_res_blocks": 16,
                   "fourier_size": 4096}
 _FRAMEWISE_BOUNDS = {"dim": 4096, "intermediate_dim": 16384, "num_blocks": 64, "kernel_size": 63,
-                     "fourier_size": 4096, "context_dilation": 64, "spectral_channels": 256}
-_FRAMEWISE_MAY_BE_ZERO = ("context_dilation", "spectral_channels")  # 0 = the setting is off
+                     "fourier_size": 4096, "context_dilation": 64, "spectral_channels": 256,
+                     "pitch_top_hz": SAMPLE_RATE // 2}
+_FRAMEWISE_MAY_BE_ZERO = ("context_dilation", "spectral_channels", "pitch_top_hz")  # 0 = the setting is off
 _MAX_FIR_TAPS = 16  # the released models' resampling filter has 4
 
 
@@ -145,6 +147,9 @@ def config_parameter_count(config: dict[str, Any]) -> int:
         d, h = args["dim"], args["intermediate_dim"]
         per_block = 2 * d * args["kernel_size"] + 2 * d * h + 8 * d * args["fourier_size"]
         n = 8 * freqs * d + args["num_blocks"] * per_block + 32 * args["spectral_channels"] ** 2
+        if args["pitch_top_hz"]:  # the template's bins: those up to pitch_top_hz
+            bins = min(freqs + 1, int(args["pitch_top_hz"] * n_fft / SAMPLE_RATE) + 1)
+            n += 2 * bins * d + 6 * bins
     else:
         mult = config.get("ch_mult", [])
         if (not isinstance(mult, list | tuple) or not 1 <= len(mult) <= 8
@@ -234,7 +239,7 @@ class Postfilter(nn.Module):
         self.feature_extractor = FeatureMap(n_fft, hop_length, alpha, beta, pad_multiple)
         self.precision = "float32"
         self._compiled: Callable[..., torch.Tensor] | None = None
-        self._held: tuple[torch.Tensor, torch.Tensor] | None = None  # (Y, prepared) of the solve under way
+        self._held: tuple[torch.Tensor, Any] | None = None  # (Y, prepared) of the solve under way
         self._temperature = 1.0
         self.eval()
         for p in self.parameters():
@@ -494,11 +499,31 @@ class Postfilter(nn.Module):
         prepared = held[1] if held is not None and held[0] is Y else None
         return self.backbone(x, Y, t.reshape(-1), sigma_y=self.sigma_y, real_fn=self._compiled, prepared=prepared)
 
+    @property
+    def takes_pitch(self) -> bool:
+        """Whether the backbone reads the input's F0 (a frame-wise one with ``pitch_top_hz``): the pitch side
+        channel of a .fdc file is then worth sending (:mod:`flowdec_cli.pitch`)."""
+        return bool(getattr(self.backbone, "takes_pitch", False))
+
+    def checked_pitch(self, pitch: Any, rows: int) -> torch.Tensor | None:
+        """``pitch`` as a float64 ``[rows, frames]`` tensor of F0 in Hz (0: unvoiced), or None when this model
+        does not read it (the side channel then changes nothing)."""
+        if pitch is None or not self.takes_pitch:
+            return None
+        f0 = torch.as_tensor(np.asarray(pitch, dtype=np.float64) if not isinstance(pitch, torch.Tensor) else pitch)
+        if f0.dim() != 2 or f0.shape[0] != rows:
+            raise InvalidValue(f"pitch must be shaped [{rows}, frames] (one F0 track per row), got "
+                               f"{tuple(f0.shape)}")
+        if not bool(torch.isfinite(f0).all()) or bool((f0 < 0).any()):
+            raise InvalidValue("pitch must hold finite frequencies in Hz, 0 for unvoiced frames")
+        return f0.to(torch.float64)
+
     @contextlib.contextmanager
-    def _solving(self, Y: torch.Tensor) -> Iterator[None]:
-        """Around one solve on the coded features ``Y``, which nothing changes meanwhile: what the backbone
-        takes from ``Y`` alone (the frame-wise spectral branch) is computed once, not at every pass."""
-        prepared = self.backbone.prepare(Y, self.sigma_y)
+    def _solving(self, Y: torch.Tensor, pitch: torch.Tensor | None = None) -> Iterator[None]:
+        """Around one solve on the coded features ``Y`` (and the F0 ``pitch`` of its frames), which nothing
+        changes meanwhile: what the backbone takes from them alone (the frame-wise spectral branch, the pitch
+        paths) is computed once, not at every pass."""
+        prepared = self.backbone.prepare(Y, self.sigma_y, pitch)
         self._held = None if prepared is None else (Y, prepared)
         try:
             yield
@@ -506,18 +531,21 @@ class Postfilter(nn.Module):
             self._held = None
 
     def solve_rows(self, Y: torch.Tensor, x: torch.Tensor, steps: int, solver: str,
-                   on_evaluation: Callable[[int], None] | None = None) -> torch.Tensor:
+                   on_evaluation: Callable[[int], None] | None = None,
+                   pitch: torch.Tensor | None = None) -> torch.Tensor:
         """The ODE solve from ``x`` on the coded features ``Y`` (rows: channels, chunks). On a CPU the rows go
         through one at a time: batching gains nothing there, and the activations of all of them at once made
         the memory grow with the channel count (8 channels at the default NFE: 3.6 GB where one takes 1.2).
         On CUDA the callers size their batches to the free memory. ``on_evaluation(rows)`` follows each
-        network pass, with the rows it took (so a bar counts row-passes and moves on a CPU too)."""
+        network pass, with the rows it took (so a bar counts row-passes and moves on a CPU too). ``pitch``:
+        the F0 of each row's frames, ``[rows, frames]`` Hz, for a model that reads it (:attr:`takes_pitch`)."""
+        pitch = self.checked_pitch(pitch, Y.shape[0])
         step = Y.shape[0] if self.device.type != "cpu" else 1
         out = []
         for a in range(0, Y.shape[0], step):
             Yr, xr = Y[a:a + step], x[a:a + step]
             rows = Yr.shape[0]
-            with self._solving(Yr):
+            with self._solving(Yr, None if pitch is None else pitch[a:a + step]):
                 out.append(solve(lambda t, s, Yr=Yr: self._field(s, Yr, t), xr, steps, solver,  # type: ignore[misc]
                                  on_evaluation=None if on_evaluation is None else
                                  (lambda rows=rows: on_evaluation(rows))))  # type: ignore[misc]
@@ -563,13 +591,15 @@ class Postfilter(nn.Module):
 
     def enhance(self, y: torch.Tensor, nfe: int = 6, solver: str = "midpoint", noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, normfac: torch.Tensor | float | None = None,
-                progress: Progress | None = None) -> torch.Tensor:
+                progress: Progress | None = None, pitch: Any = None) -> torch.Tensor:
         """Refine D0 output ``y`` (float, 48 kHz, ``[B, 1, L]``, ``[B, L]`` or ``[L]``): same shape back.
 
         ``nfe`` network evaluations (midpoint: even, NFE 6 = 3 steps as officially; euler: any; 0 returns
         ``y`` unchanged). ``noise`` (complex64 ``[B, 1, F, T_pad]``) replaces the random start draw;
         otherwise it is drawn with ``generator`` (torch's global RNG when None). ``normfac`` overrides the
-        input peak. The result is on ``y``'s device.
+        input peak. ``pitch``: the input's F0 per STFT frame (``[B, frames]`` Hz, 0 unvoiced; frame i centred
+        on sample ``i * hop_length``), for a model that reads it (:attr:`takes_pitch`; others ignore it). The
+        result is on ``y``'s device.
         """
         steps = nfe_to_steps(nfe, solver)
         check_normfac(normfac)
@@ -602,7 +632,8 @@ class Postfilter(nn.Module):
                 elif tuple(noise.shape) != tuple(Y.shape):
                     raise InvalidValue(f"noise must be shaped like the padded features {tuple(Y.shape)}, got "
                                      f"{tuple(noise.shape)}")
-                x = self.solve_rows(Y, self.start(Y, noise), steps, solver, bar.update if bar is not None else None)
+                x = self.solve_rows(Y, self.start(Y, noise), steps, solver, bar.update if bar is not None else None,
+                                    pitch=pitch)
                 out = self.feature_extractor.inverse(x, nf, y3.shape[-1], frames)
         finally:
             if bar is not None:

@@ -132,7 +132,7 @@ _MAX_CARD_NUMBER = 1 << 31
 def _card_value_problem(data: dict[str, Any]) -> str | None:
     """The first value of a card that listings, exports and loads would each trip over in their own way
     (a string where a rate belongs, 1e308 kbit/s); None when every value they read has its type and range.
-    The rate plan's entries are checked where they are used, against the codec (``envelope.rate_plan``)."""
+    The rate plan's entries are checked where they are used, against the codec (``rateplan.rate_plan``)."""
     for key in _CARD_WHOLE_NUMBERS:
         value = data.get(key)
         if value is not None and not (is_integer(value) and 0 < value <= _MAX_CARD_NUMBER):

@@ -11,8 +11,9 @@ import torch
 
 from ..bitrate import codes_kbps
 from ..checkpoints import CheckpointError, load_dac_weights, load_model_folder, require_weights_for, weights_hash
-from ..envelope import DEFAULT_LAYOUT, EnvelopeError, EnvelopeLayout, RatePoint, envelope_layout, rate_plan
+from ..envelope import DEFAULT_LAYOUT, EnvelopeError, EnvelopeLayout, envelope_layout
 from ..ndac import NDAC, NDACConfig
+from ..rateplan import RatePoint, rate_plan
 from .catalogue import CacheDir
 from .folder import ModelError, default_nfe_for, folder_model_name, folder_type, read_model_card, wants_postfilter
 from .resolve import check_model_name, pretrained_ref, resolve

@@ -280,8 +280,10 @@ class PostfilterModelConfig:
 
     ``backbone = "ncsnpp"`` (official ``ncsnpp_final_no_attn``: nf, ch_mult, num_res_blocks) or
     ``"framewise"`` (our 1-D ConvNeXt over frames: dim, intermediate_dim, num_blocks, kernel_size,
-    fourier_size, context_dilation and spectral_channels (0 = off); see docs/framewise.md). The other
-    backbone's keys are ignored.
+    fourier_size, context_dilation, spectral_channels and pitch_top_hz (0 = off); see docs/framewise.md).
+    The other backbone's keys are ignored. ``pitch_top_hz`` > 0 makes the postfilter read the input's F0
+    (the pitch side channel of ``data.pitch_layout``, estimated on each pair's clean side) as a harmonic
+    template up to that frequency.
     """
 
     backbone: str = "ncsnpp"
@@ -292,6 +294,7 @@ class PostfilterModelConfig:
     fourier_size: int = 64
     context_dilation: int = 0
     spectral_channels: int = 0
+    pitch_top_hz: int = 0
     nf: int = 64
     ch_mult: list[int] = field(default_factory=lambda: [4, 4, 4, 2])
     num_res_blocks: int = 1
@@ -333,6 +336,7 @@ class PairDataConfig:
     num_workers: int = 10
     prefetch_factor: int = 4
     gain_db: list[float] = field(default_factory=lambda: [0.0, 0.0])  # the model peak-normalises anyway
+    pitch_layout: str = "f0-24ms"  # for a model that reads pitch: the side channel its files send
 
 
 @dataclass
@@ -422,6 +426,17 @@ class PostfilterTrainConfig:
                 raise ConfigError(f"model.context_dilation must be 0 (off) or more, got {m.context_dilation}")
             if m.spectral_channels < 0:
                 raise ConfigError(f"model.spectral_channels must be 0 (off) or more, got {m.spectral_channels}")
+            if not 0 <= m.pitch_top_hz <= 24000:
+                raise ConfigError(f"model.pitch_top_hz must be 0 (off) up to 24000, got {m.pitch_top_hz}")
+        elif m.pitch_top_hz:
+            raise ConfigError("model.pitch_top_hz needs the framewise backbone")
+        if m.pitch_top_hz:
+            from ..pitch import PitchError, pitch_layout
+
+            try:
+                pitch_layout(self.data.pitch_layout, 48000)
+            except PitchError as exc:
+                raise ConfigError(f"data.pitch_layout: {exc}") from None
         factor = 2 ** (len(m.ch_mult) - 1) if m.backbone == "ncsnpp" else 1
         if (m.n_fft // 2 + 1) % factor or m.pad_multiple % factor:
             raise ConfigError(f"model: n_fft // 2 + 1 and pad_multiple must be divisible by {factor} "

@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..audio import AudioError, audio_files_below, is_audio_path, probe, read_audio, resample
 from ..exceptions import FlowdecError
+from ..pitch import PitchLayout, measure_pitch
+from ..pitch import quantise as quantise_pitch
 from ..signals import ignore_stop_signals
 
 __all__ = [
@@ -340,7 +342,9 @@ def _fit(x: np.ndarray, y: np.ndarray, length: int, start: int | None) -> tuple[
 
 
 class PairDataset(Dataset):
-    """(clean, coded) excerpts for the postfilter: ``(x [1,L], y [1,L], noise_seed int64)``.
+    """(clean, coded) excerpts for the postfilter: ``(x [1,L], y [1,L], noise_seed int64)``, and with a
+    ``pitch`` layout the clean excerpt's pitch steps ``[1, values]`` as a file would send them (measured
+    here, in the loader's workers, not in the training loop).
 
     Training crops start uniformly at random (the same offset in both); validation (``train=False``)
     takes the centre. Shorter files are zero-padded on both sides, as officially. ``noise_seed`` seeds the
@@ -348,18 +352,20 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str]], sample_rate: int, segment: int, seed: int = 0,
-                 train: bool = True, gain_db: Sequence[float] = (0.0, 0.0)) -> None:
+                 train: bool = True, gain_db: Sequence[float] = (0.0, 0.0),
+                 pitch: PitchLayout | None = None) -> None:
         if not pairs:
             raise DataError("no (clean, coded) pairs found")
         self.pairs = list(pairs)
         self.sample_rate, self.segment, self.seed, self.train = int(sample_rate), int(segment), int(seed), train
         self.gain_db = list(gain_db)
+        self.pitch = pitch
         self._lengths: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, idx: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, idx: Any) -> tuple[torch.Tensor, ...]:
         epoch, index = _split_index(idx)
         rng = item_rng(self.seed, epoch, index)
         clean, coded = self.pairs[index]
@@ -378,9 +384,14 @@ class PairDataset(Dataset):
             x, y = _fit(x, y, self.segment, None)
         g = _gain(rng, self.gain_db)
         noise_seed = int(rng.integers(0, 2**62))
-        return (torch.from_numpy(np.ascontiguousarray(x * g, np.float32))[None],
+        item = (torch.from_numpy(np.ascontiguousarray(x * g, np.float32))[None],
                 torch.from_numpy(np.ascontiguousarray(y * g, np.float32))[None],
                 torch.tensor(noise_seed, dtype=torch.int64))
+        if self.pitch is None:
+            return item
+        wave = item[0].numpy().astype(np.float64)
+        steps = quantise_pitch(self.pitch, measure_pitch(self.pitch, wave, wave.shape[-1]))
+        return (*item, torch.from_numpy(steps.astype(np.int64)))
 
 
 class EvalDataset(Dataset):

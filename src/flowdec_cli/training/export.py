@@ -127,7 +127,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     (:mod:`flowdec_cli.envelope`; None: none). ``envelope_before_postfilter``: decoders apply a file's side
     channel to D0 before the postfilter as well as after it, for a postfilter trained on pairs made with
     ``train prepare-pairs --envelope``. ``rate_plan``: the codebooks and side-channel layout of each rate
-    (:func:`flowdec_cli.envelope.rate_plan`; needs ``envelope``, which stays the layout of files written
+    (:func:`flowdec_cli.rateplan.rate_plan`; needs ``envelope``, which stays the layout of files written
     without a plan's rate, e.g. with the side channel asked for on another model). ``postfilter_dtype``
     "float16" stores the postfilter's network weights at half size (:meth:`Postfilter.save`). ``warn``
     hears where the postfilter's training pairs were coded by other codec weights, or at other codebook
@@ -203,8 +203,9 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         except EnvelopeError as exc:
             raise TrainingError(str(exc)) from None
     if rate_plan is not None:
-        from ..envelope import EnvelopeError, plan_point
-        from ..envelope import rate_plan as parse_rate_plan
+        from ..envelope import EnvelopeError
+        from ..rateplan import plan_point
+        from ..rateplan import rate_plan as parse_rate_plan
 
         if not envelope:
             raise TrainingError("a rate plan needs --envelope (the side channel it plans)")
@@ -212,8 +213,11 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
             points = parse_rate_plan(rate_plan, rates, codec.sample_rate)
         except EnvelopeError as exc:
             raise TrainingError(str(exc)) from None
-        card["rate_plan"] = [{"codebooks": p.codebooks, "kbps": p.kbps, "envelope": getattr(p.layout, "name", "")}
-                             for p in points]
+        if any(p.pitch is not None for p in points) and (pf is None or not pf.takes_pitch):
+            raise TrainingError("the rate plan sends pitch, but the postfilter does not read it (its framewise "
+                                "pitch_top_hz is 0): those bits would buy nothing")
+        card["rate_plan"] = [{"codebooks": p.codebooks, "kbps": p.kbps, "envelope": getattr(p.layout, "name", ""),
+                              **({"pitch": p.pitch.name} if p.pitch is not None else {})} for p in points]
         card["bitrates_kbps"] = [p.kbps for p in points]  # the rates -b offers: codes and side channel
         if "trained_bitrates_kbps" in card:
             trained = [plan_point(points, n_codebooks=k) for k in sorted(set(trained_codebooks))]

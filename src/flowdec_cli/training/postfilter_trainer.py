@@ -25,6 +25,8 @@ import torch
 
 from ..checkpoints import CheckpointError, load_model_folder
 from ..evaluation.metrics import si_sdr
+from ..pitch import frame_track, measure_pitch, pitch_layout
+from ..pitch import quantise as quantise_pitch
 from ..postfilter import Postfilter
 from .base import Trainer
 from .common import TrainingError, WeightsMisfit, first_problem, param_list, wrap_ddp
@@ -79,7 +81,8 @@ def build_postfilter(config: PostfilterTrainConfig) -> Postfilter:
     sigma_y, beta = sigma_y_from_config(config)
     framewise = {"dim": mc.dim, "intermediate_dim": mc.intermediate_dim, "num_blocks": mc.num_blocks,
                  "kernel_size": mc.kernel_size, "fourier_size": mc.fourier_size,
-                 "context_dilation": mc.context_dilation, "spectral_channels": mc.spectral_channels}
+                 "context_dilation": mc.context_dilation, "spectral_channels": mc.spectral_channels,
+                 "pitch_top_hz": mc.pitch_top_hz}
     return Postfilter(nf=mc.nf, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
                       fourier_scale=mc.fourier_scale, n_fft=mc.n_fft, hop_length=mc.hop_length, alpha=mc.alpha,
                       beta=beta, pad_multiple=mc.pad_multiple, sigma_y=sigma_y, backbone=mc.backbone,
@@ -91,10 +94,12 @@ def with_new_branches(state: dict[str, torch.Tensor], own: dict[str, torch.Tenso
 
     This is how a frame-wise postfilter grows a dilated context branch (``model.context_dilation``, all
     zero) or a spectral branch (``model.spectral_channels``, whose output layer is zero) from weights
-    trained without one: training starts from exactly the model it was given. Nothing else is filled in;
-    any other mismatch still fails the strict load.
+    trained without one: training starts from exactly the model it was given; likewise the pitch paths
+    (``model.pitch_top_hz``, all zero). Nothing else is filled in; any other mismatch still fails the strict
+    load.
     """
-    grown = {k: v for k, v in own.items() if k not in state and ".context." in k and not v.any()}
+    grown = {k: v for k, v in own.items() if k not in state and not v.any()
+             and (".context." in k or k.startswith("backbone.pitch_"))}
     spectral = {k: v for k, v in own.items() if k not in state and k.startswith("backbone.spectral.")}
     if all(not v.any() for k, v in spectral.items() if k.startswith("backbone.spectral.out.")):
         grown.update(spectral)
@@ -141,7 +146,10 @@ class PostfilterTrainer(Trainer):
         if not pairs:
             raise TrainingError(f"{', '.join(map(str, dc.train))}: no (clean, coded) pairs in it")
         self.segment = int(round(dc.segment_seconds * sr))
-        dataset = PairDataset(pairs, sr, self.segment, seed=cfg.train.seed, train=True, gain_db=dc.gain_db)
+        # a postfilter that reads pitch learns from the F0 its files will send: the clean side's, as sent
+        self.pitch = pitch_layout(dc.pitch_layout, sr) if pf.takes_pitch else None
+        dataset = PairDataset(pairs, sr, self.segment, seed=cfg.train.seed, train=True, gain_db=dc.gain_db,
+                              pitch=self.pitch)
         self.sampler = self.make_sampler(dataset)
         self.loader = make_loader(dataset, self.local_batch, self.sampler, dc.num_workers, dc.prefetch_factor, dev)
         vc = cfg.validation
@@ -162,8 +170,15 @@ class PostfilterTrainer(Trainer):
             eps.append(torch.randn((1, *shape[1:]), dtype=torch.complex64, generator=g, device=dev))
         return torch.cat(ts), torch.cat(eps)
 
+    def _frame_pitch(self, steps: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+        """The pitch steps of a batch ``[B, 1, values]`` as F0 per STFT frame ``[B, frames]`` (None without)."""
+        if steps is None or self.pitch is None:
+            return None
+        hop = self.pf.feature_extractor.hop_length
+        return torch.from_numpy(frame_track(self.pitch, steps[:, 0].numpy(), frames, hop)).to(self.env.device)
+
     def train_step(self, batch: Any, log: bool) -> dict[str, torch.Tensor]:
-        x, y, seeds = batch
+        x, y, seeds, *rest = batch
         dev = self.env.device
         x = x.to(dev, non_blocking=True)
         y = y.to(dev, non_blocking=True)
@@ -175,8 +190,9 @@ class PostfilterTrainer(Trainer):
                 X = with_coded_phase(X, Y)
             t, eps = self._noise(seeds, Y.shape)
             x_t, u = flow_matching_targets(X, Y, self.pf.sigma_y, t, eps)
+            pitch = self._frame_pitch(rest[0] if rest else None, Y.shape[-1])
         with self.autocast():
-            v = self.net(x_t, Y, t, sigma_y=self.pf.sigma_y)
+            v = self.net(x_t, Y, t, sigma_y=self.pf.sigma_y, pitch=pitch)
         loss, per_sample = flow_matching_loss(v, u)
         grad_norm = self.backward_and_step(loss, self.params, self.config.optim.grad_clip, log)
         with torch.no_grad():
@@ -206,9 +222,15 @@ class PostfilterTrainer(Trainer):
                 assert y is not None
                 ref = x[0].numpy()
                 values = [si_sdr(ref, y[0].numpy()), log_spectral_mse(x, y, self.ema.feature_extractor.n_fft, hop)]
+                pitch = None
+                if self.pitch is not None:  # what a file of this clip would send
+                    steps = quantise_pitch(self.pitch, measure_pitch(self.pitch, x.numpy().astype(np.float64),
+                                                                     x.shape[-1]))
+                    pitch = frame_track(self.pitch, steps, 1 + y.shape[-1] // hop, hop)
                 for n in vc.nfe:
                     g = torch.Generator(env.device).manual_seed(mix_seed(vc.seed, i, n))
-                    out = self.ema.enhance(y.to(env.device)[None], nfe=n, solver=vc.solver, generator=g)
+                    out = self.ema.enhance(y.to(env.device)[None], nfe=n, solver=vc.solver, generator=g,
+                                           pitch=pitch)
                     out = out[0].float().cpu()
                     values += [si_sdr(ref, out[0].numpy()),
                                log_spectral_mse(x, out, self.ema.feature_extractor.n_fft, hop)]
