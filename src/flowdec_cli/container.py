@@ -313,23 +313,29 @@ def _check_coding(coding: Any, tables: Any, payload_bytes: Any, n_codes: int, sr
                        "payload bytes")
 
 
+def _side_channel_named(src: str, kind: str, name: Any, size: Any, keys: tuple[int, int]) -> bool:
+    """The two header fields every side channel has, ``{kind}_layout`` and ``{kind}_bytes`` (keys ``keys``):
+    a size in range and a name of bounded length, a size only with a name. Whether the file has it."""
+    if not is_integer(size) or not 0 <= int(size) <= _MAX_COUNT:
+        raise FdcError(f"{src}: invalid header: {kind}_bytes (key {keys[1]}) must be an integer in [0, {_MAX_COUNT}]")
+    if not isinstance(name, str) or len(name) > _MAX_CODING_STR:
+        raise FdcError(f"{src}: invalid header: {kind}_layout (key {keys[0]}) must be a string of at most "
+                       f"{_MAX_CODING_STR} characters")
+    if not name and size:
+        raise FdcError(f"{src}: invalid header: {kind}_bytes without {'an' if kind[0] in 'aeiou' else 'a'} {kind} "
+                       "layout")
+    return bool(name)
+
+
 def _check_envelope(header: FdcHeader, src: str) -> None:
     """The 1.2 envelope fields: a layout this flowdec knows, defined at the model's rate, and a size that
     can hold its levels (the same bound as entropy-coded codes: a forged header cannot make a reader
     decode more than a fixed multiple of the file's size)."""
-    name, size = header.envelope_layout, header.envelope_bytes
-    if not is_integer(size) or not 0 <= int(size) <= _MAX_COUNT:
-        raise FdcError(f"{src}: invalid header: envelope_bytes (key {_KEY_ENVELOPE_BYTES}) must be an integer "
-                       f"in [0, {_MAX_COUNT}]")
-    if not isinstance(name, str) or len(name) > _MAX_CODING_STR:
-        raise FdcError(f"{src}: invalid header: envelope_layout (key {_KEY_ENVELOPE}) must be a string of at most "
-                       f"{_MAX_CODING_STR} characters")
-    if not name:
-        if size:
-            raise FdcError(f"{src}: invalid header: envelope_bytes without an envelope layout")
+    size = header.envelope_bytes
+    if not _side_channel_named(src, "envelope", header.envelope_layout, size, (_KEY_ENVELOPE, _KEY_ENVELOPE_BYTES)):
         return
     try:
-        layout = envelope_layout(name, header.model_sample_rate)
+        layout = envelope_layout(header.envelope_layout, header.model_sample_rate)
     except EnvelopeError as exc:
         raise FdcError(f"{src}: {exc}") from None
     n_levels = header.channels * header.envelope_windows * layout.n_bands
@@ -340,19 +346,11 @@ def _check_envelope(header: FdcHeader, src: str) -> None:
 def _check_pitch(header: FdcHeader, src: str) -> None:
     """The 1.3 pitch fields: a layout this flowdec knows, defined at the model's rate, and a size that can
     hold its values (the bound of the envelope's levels)."""
-    name, size = header.pitch_layout, header.pitch_bytes
-    if not is_integer(size) or not 0 <= int(size) <= _MAX_COUNT:
-        raise FdcError(f"{src}: invalid header: pitch_bytes (key {_KEY_PITCH_BYTES}) must be an integer "
-                       f"in [0, {_MAX_COUNT}]")
-    if not isinstance(name, str) or len(name) > _MAX_CODING_STR:
-        raise FdcError(f"{src}: invalid header: pitch_layout (key {_KEY_PITCH}) must be a string of at most "
-                       f"{_MAX_CODING_STR} characters")
-    if not name:
-        if size:
-            raise FdcError(f"{src}: invalid header: pitch_bytes without a pitch layout")
+    size = header.pitch_bytes
+    if not _side_channel_named(src, "pitch", header.pitch_layout, size, (_KEY_PITCH, _KEY_PITCH_BYTES)):
         return
     try:
-        pitch_layout(name, header.model_sample_rate)
+        pitch_layout(header.pitch_layout, header.model_sample_rate)
     except PitchError as exc:
         raise FdcError(f"{src}: {exc}") from None
     n_values = header.channels * header.pitch_values

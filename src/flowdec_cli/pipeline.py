@@ -71,7 +71,7 @@ from .numeric import is_integer, is_real
 from .pitch import PitchMeter, frame_track, pitch_layout
 from .pitch import quantise as quantise_pitch
 from .progress import Progress, ProgressBar, no_progress
-from .rateplan import RatePoint, entries_of, plan_point, plan_rate, rate_plan
+from .rateplan import RatePoint, entries_of, plan_point, plan_rate, rate_plan, side_names
 from .runtime import resolve_device
 from .sampler import check_seed
 
@@ -275,11 +275,6 @@ class SideMeter:
             fields["pitch_layout"] = self.pitch.layout.name
             fields["pitch"] = quantise_pitch(self.pitch.layout, self.pitch.finish(length))
         return fields
-
-
-def _side_names(point: RatePoint) -> tuple[str, str]:
-    """A rate-plan entry's side channels as a header names them ("" for none)."""
-    return (point.layout.name if point.layout else "", point.pitch.name if point.pitch else "")
 
 
 def _check_default_nfe(nfe: Any) -> None:
@@ -651,7 +646,7 @@ class Codec:
         measured: dict[tuple[str, str], dict[str, Any]] = {}
         for point in self._fit_candidates(header, side_for is not None):
             fitted = dataclasses.replace(header, n_codebooks=point.codebooks)
-            names = _side_names(point)
+            names = side_names(point)
             if side_for is not None and names != (header.envelope_layout, header.pitch_layout):
                 if names not in measured:
                     measured[names] = side_for(point)

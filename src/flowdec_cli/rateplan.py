@@ -16,7 +16,7 @@ from .envelope import EnvelopeError, EnvelopeLayout, envelope_layout
 from .numeric import is_integer, is_real
 from .pitch import PitchError, PitchLayout, pitch_layout
 
-__all__ = ["RatePoint", "entries_of", "plan_point", "plan_rate", "rate_plan"]
+__all__ = ["RatePoint", "entries_of", "plan_point", "plan_rate", "rate_plan", "side_names"]
 
 
 class RatePoint(NamedTuple):
@@ -72,7 +72,7 @@ def plan_point(plan: list[RatePoint], bitrate_kbps: float | None = None,
     return fitting[-1] if fitting else None
 
 
-def _names(point: RatePoint) -> tuple[str, str]:
+def side_names(point: RatePoint) -> tuple[str, str]:
     """An entry's side channels as a header names them ("" for none)."""
     return (point.layout.name if point.layout else "", point.pitch.name if point.pitch else "")
 
@@ -80,7 +80,7 @@ def _names(point: RatePoint) -> tuple[str, str]:
 def entries_of(plan: list[RatePoint], n_codebooks: int, layout_name: str, pitch_name: str = "") -> list[RatePoint]:
     """The entries of ``plan`` a file matches: its codebook count with its side channels' layouts ("" for a
     file without one)."""
-    return [p for p in plan if p.codebooks == n_codebooks and _names(p) == (layout_name, pitch_name)]
+    return [p for p in plan if p.codebooks == n_codebooks and side_names(p) == (layout_name, pitch_name)]
 
 
 def plan_rate(plan: list[RatePoint], n_codebooks: int, layout_name: str, pitch_name: str = "") -> float | None:
