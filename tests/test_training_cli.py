@@ -292,6 +292,10 @@ def test_train_export_and_roundtrip_from_the_command_line(tmp_path):
     r = _run("compress", wav, tmp_path / "p.fdc", "--model", tmp_path / "planned", "-b", str(plan[-1]["kbps"]),
              "--device", "cpu", "-q")
     assert r.exit_code == 0 and inspect_fdc(tmp_path / "p.fdc").envelope_layout == "bands30-21ms", r.output
+    # a plan that sends pitch to a postfilter that does not read it would buy nothing with those bits
+    (tmp_path / "pitch-plan.json").write_text(json.dumps([{**e, "pitch": "f0-24ms"} for e in plan]))
+    assert "does not read it" in _one_error_line(_run("train", "export", tmp_path / "bad", *flags, "--rate-plan",
+                                                      tmp_path / "pitch-plan.json"))
     (tmp_path / "bad-plan.json").write_text(json.dumps(plan[:-1]))
     assert f"no entry for {len(rates)} codebooks" in _one_error_line(_run(
         "train", "export", tmp_path / "bad", *flags, "--rate-plan", tmp_path / "bad-plan.json"))

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flowdec_cli.postfilter import Postfilter
 from flowdec_cli.training.common import TrainingError, find_checkpoint, load_checkpoint
 from flowdec_cli.training.config import ConfigError, config_from_dict
 from flowdec_cli.training.ndac_trainer import NDACTrainer
@@ -332,6 +333,22 @@ def test_framewise_postfilter_trains_resumes_and_warm_starts(pair_list, tmp_path
                                   quiet=True)
         other.build()
         other.init_weights(folder)
+
+
+def test_a_postfilter_that_reads_pitch_validates_with_the_pitch_its_clips_would_send(pair_list, tmp_path,
+                                                                                     monkeypatch):
+    """Validation decodes each clip as a file would: the postfilter gets the clean clip's F0 as sent."""
+    model = dict(backbone="framewise", dim=16, intermediate_dim=32, num_blocks=2, kernel_size=3, fourier_size=8,
+                 pitch_top_hz=8000)
+    t = PostfilterTrainer(_pf(pair_list, tmp_path / "run", model=model, data=dict(batch_size=4),
+                              train=dict(max_steps=2, val_every=2, checkpoint_every=0)), device="cpu", quiet=True)
+    tracks = []
+    enhance = Postfilter.enhance
+    monkeypatch.setattr(Postfilter, "enhance", lambda self, *a, pitch=None, **k: tracks.append(pitch)
+                        or enhance(self, *a, pitch=pitch, **k))
+    t.run()
+    assert {"si_sdr_nfe2", "log_spec_mse_nfe2"} <= set(t.last_validation)
+    assert tracks and all(p is not None and (p > 0).any() for p in tracks)  # the tones are voiced
 
 
 def _context_branch_trained(backbone) -> bool:
