@@ -51,8 +51,7 @@ def main() -> None:
 
     def coded_bytes(layout, signal: np.ndarray) -> int:
         if isinstance(layout, pitch.PitchLayout):
-            steps = pitch.quantise(layout, pitch.measure_pitch(layout, signal.astype(np.float64), signal.shape[1]))
-            return len(pitch.encode_steps(layout, steps))
+            return len(pitch.encode_steps(layout, pitch.steps_of_signal(layout, signal)))
         return len(envelope.encode_levels(layout, envelope.levels_of_signal(layout, signal)))
 
     layouts = [pitch.pitch_layout(name) if name in pitch.LAYOUTS else envelope.envelope_layout(name)

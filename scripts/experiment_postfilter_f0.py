@@ -106,9 +106,7 @@ def sent_f0s(x: torch.Tensor, hop: int, frames: int, layout: str) -> np.ndarray:
     from flowdec_cli import pitch
 
     lay = pitch.pitch_layout(layout)
-    sig = x[:, 0].numpy().astype(np.float64)
-    steps = pitch.quantise(lay, pitch.measure_pitch(lay, sig, sig.shape[1]))
-    return pitch.frame_track(lay, steps, frames, hop)
+    return pitch.frame_track(lay, pitch.steps_of_signal(lay, x[:, 0].numpy()), frames, hop)
 
 
 def as_sent(f0: np.ndarray, every: int, cents: float) -> np.ndarray:

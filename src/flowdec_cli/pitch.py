@@ -39,7 +39,7 @@ from .numeric import is_integer
 
 __all__ = ["LAYOUTS", "PitchError", "PitchLayout", "PitchMeter", "check_steps", "decode_steps", "dequantise",
            "encode_steps", "frame_track", "measure_pitch", "pitch_layout", "quantise", "step_count_fits",
-           "yin"]
+           "steps_of_signal", "yin"]
 
 _BLOCK = 1 << 18  # model-rate samples per block when reading a buffer
 
@@ -225,8 +225,6 @@ class PitchMeter:
             need = (total - 1) * lay.hop + lay.offset + self._after() - (self._start + self._pending.shape[1])
             if need > 0:
                 self._pending = np.pad(self._pending, ((0, 0), (0, need)))
-            if length < self._start + self._pending.shape[1]:
-                self._pending[:, max(0, length - self._start):] = 0.0
             self._measure(total)
         channels = self._pending.shape[0]
         if not self._values:
@@ -254,6 +252,13 @@ def quantise(layout: PitchLayout, f0_hz: np.ndarray) -> np.ndarray:
     voiced = f > 0
     k = np.round(1200.0 * np.log2(np.where(voiced, f, layout.fmin) / layout.fmin) / layout.cents) + 1
     return np.where(voiced, np.clip(k, 1, layout.n_steps), 0).astype(np.int16)
+
+
+def steps_of_signal(layout: PitchLayout, signal: np.ndarray) -> np.ndarray:
+    """Quantised steps of a whole [channels, n] signal in memory, as a file of it would send them (the
+    trainer, tests and tools)."""
+    signal = np.asarray(signal, np.float64)
+    return quantise(layout, measure_pitch(layout, signal, signal.shape[1]))
 
 
 def dequantise(layout: PitchLayout, steps: np.ndarray) -> np.ndarray:

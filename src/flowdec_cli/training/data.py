@@ -31,8 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..audio import AudioError, audio_files_below, is_audio_path, probe, read_audio, resample
 from ..exceptions import FlowdecError
-from ..pitch import PitchLayout, measure_pitch
-from ..pitch import quantise as quantise_pitch
+from ..pitch import PitchLayout, steps_of_signal
 from ..signals import ignore_stop_signals
 
 __all__ = [
@@ -389,8 +388,7 @@ class PairDataset(Dataset):
                 torch.tensor(noise_seed, dtype=torch.int64))
         if self.pitch is None:
             return item
-        wave = item[0].numpy().astype(np.float64)
-        steps = quantise_pitch(self.pitch, measure_pitch(self.pitch, wave, wave.shape[-1]))
+        steps = steps_of_signal(self.pitch, item[0].numpy())
         return (*item, torch.from_numpy(steps.astype(np.int64)))
 
 

@@ -25,8 +25,7 @@ import torch
 
 from ..checkpoints import CheckpointError, load_model_folder
 from ..evaluation.metrics import si_sdr
-from ..pitch import frame_track, measure_pitch, pitch_layout
-from ..pitch import quantise as quantise_pitch
+from ..pitch import frame_track, pitch_layout, steps_of_signal
 from ..postfilter import Postfilter
 from .base import Trainer
 from .common import TrainingError, WeightsMisfit, first_problem, param_list, wrap_ddp
@@ -224,9 +223,7 @@ class PostfilterTrainer(Trainer):
                 values = [si_sdr(ref, y[0].numpy()), log_spectral_mse(x, y, self.ema.feature_extractor.n_fft, hop)]
                 pitch = None
                 if self.pitch is not None:  # what a file of this clip would send
-                    steps = quantise_pitch(self.pitch, measure_pitch(self.pitch, x.numpy().astype(np.float64),
-                                                                     x.shape[-1]))
-                    pitch = frame_track(self.pitch, steps, 1 + y.shape[-1] // hop, hop)
+                    pitch = frame_track(self.pitch, steps_of_signal(self.pitch, x.numpy()), 1 + y.shape[-1] // hop, hop)
                 for n in vc.nfe:
                     g = torch.Generator(env.device).manual_seed(mix_seed(vc.seed, i, n))
                     out = self.ema.enhance(y.to(env.device)[None], nfe=n, solver=vc.solver, generator=g,
