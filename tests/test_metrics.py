@@ -146,6 +146,18 @@ def test_mel_filterbank_rows_are_averages():
         assert (fb >= 0).all()
 
 
+@pytest.mark.parametrize("sr", [88_200, 96_000, 192_000])
+def test_mel_filterbank_drops_triangles_between_bins(sr):
+    """At high rates the lowest triangles fall between two bins; kept, they would be bands where every
+    signal scores 0 and a gain would no longer measure log10 of itself."""
+    for n_fft, _, n_mels in M.MEL_RESOLUTIONS:
+        fb = M.mel_filterbank(sr, n_fft, n_mels)
+        assert fb.shape[0] <= n_mels
+        np.testing.assert_allclose(fb.sum(axis=1), 1.0)
+    x = noise(sr // 2)
+    assert M.mel_distance(x, 0.5 * x, sr) == pytest.approx(math.log10(2.0), abs=1e-9)
+
+
 def test_stft_normalisation_sine_peaks_at_half_amplitude():
     n_fft = 1024
     x = 0.8 * np.sin(2 * np.pi * 48 * np.arange(SR) / n_fft)  # exactly on bin 48

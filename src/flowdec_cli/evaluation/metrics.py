@@ -258,14 +258,15 @@ _MEL_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
 
 
 def mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """Triangular mel filterbank ``[n_mels, n_fft // 2 + 1]``.
+    """Triangular mel filterbank ``[bands, n_fft // 2 + 1]``: ``n_mels`` rows, less any that cover no bin.
 
     HTK mel scale (``2595 log10(1 + f / 700)``), ``n_mels`` triangles with centres equally
     spaced in mel between 0 Hz and ``sr / 2``, each spanning its two neighbours' centres,
     evaluated at the FFT bin frequencies and normalised so each row sums to 1: a band's value
     is the triangle-weighted *average* of the bin magnitudes in it (independent of bandwidth
-    and of ``n_fft``). A triangle that covers no bin stays all zero (none do for the
-    :data:`MEL_RESOLUTIONS` at 16 to 48 kHz).
+    and of ``n_fft``). A triangle narrower than the bin spacing (the lowest ones at 88.2 kHz and
+    above for the :data:`MEL_RESOLUTIONS`; none at 16 to 48 kHz) is dropped: left in, it would be a band
+    where every signal scores 0, pulling a high-rate file's mel distance towards 0.
     """
     key = (int(sr), int(n_fft), int(n_mels))
     fb = _MEL_CACHE.get(key)
@@ -277,7 +278,7 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
         falling = (hi - freqs[None, :]) / (hi - centre)
         fb = np.maximum(0.0, np.minimum(rising, falling))
         sums = fb.sum(axis=1, keepdims=True)
-        fb = np.divide(fb, sums, out=np.zeros_like(fb), where=sums > 0)
+        fb = fb[sums[:, 0] > 0] / sums[sums[:, 0] > 0]
         _MEL_CACHE[key] = fb
     return fb
 
