@@ -37,13 +37,24 @@ _code_rate() {  # PAIRS NDAC K DEVICE
     --validation-fraction 0.05 --test-fraction 0 --device "$4" -q --envelope "${ENVELOPE:-$(_plan_layout "$3")}"
 }
 
+# trained_with MODEL: the codebook counts MODEL's postfilter was trained at, and PAIR_CODEBOOKS: what the
+# card of a postfilter continued from MODEL's on these pairs records (export_default_model's TRAINED_CODEBOOKS)
+trained_with() {
+  $PY -c 'import json, sys
+card = json.load(open(sys.argv[1]))
+kbps = set(card["trained_bitrates_kbps"])
+print(" ".join(sorted({str(e["codebooks"]) for e in card["rate_plan"] if e["kbps"] in kbps} | set(sys.argv[2:]), key=int)))' \
+    "$1/flowdec.json" $PAIR_CODEBOOKS
+}
+
 # export_default_model DEST NDAC POSTFILTER: the model folder as the package ships it (default NFE and
-# temperature as DEFAULT_NFE and TEMPERATURE say, 6 and 0.25; the side channel by the rate plan).
+# temperature as DEFAULT_NFE and TEMPERATURE say, 6 and 0.25; the side channels by the rate plan; the
+# postfilter's weights stored as float16, which keeps the folder inside the 25 MB budget).
 export_default_model() {
   $FLOWDEC train export "$1" --ndac "$2" --postfilter "$3" --name flowdec-small \
-    --licence "MIT (weights); training data: see docs/corpus.md" \
-    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s of codes; 0.9-11.6 kbit/s with the side channel of each rate) + a frame-wise flow postfilter; trained on Debian-packaged audio (docs/corpus.md, docs/models.md)" \
-    --trained-codebooks "$(echo $PAIR_CODEBOOKS | tr ' ' ',')" --default-nfe "${DEFAULT_NFE:-6}" \
+    --licence "MIT (weights); data: free Debian packages" \
+    --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s of codes; 0.95-11.65 kbit/s with the side channels of each rate) + a frame-wise flow postfilter told the input's pitch; trained on audio from Debian main packages (their list and licences: docs/corpus.md and docs/models.md at https://github.com/flowdec/flowdec-cli)" \
+    --trained-codebooks "$(echo ${TRAINED_CODEBOOKS:-$PAIR_CODEBOOKS} | tr ' ' ',')" --default-nfe "${DEFAULT_NFE:-6}" \
     --temperature "${TEMPERATURE:-0.25}" --envelope bands15 --rate-plan "$RATE_PLAN" \
-    --envelope-before-postfilter -f
+    --envelope-before-postfilter --postfilter-dtype float16 -f
 }

@@ -17,6 +17,7 @@ NAME=flowdec-small
 DEST=src/flowdec_cli/assets/models/$NAME
 FLOWDEC="$PY -m flowdec_cli"
 source scripts/default_model_steps.sh
+[ "${FROM_SHIPPED:-0}" = 1 ] && TRAINED_CODEBOOKS=${TRAINED_CODEBOOKS:-$(trained_with "$DEST")}
 
 [ -f "$CORPUS/manifest.csv" ] || scripts/build_corpus.sh "$CORPUS"
 

@@ -124,7 +124,8 @@ postfilter)
   cp "$WORK/postfilter/metrics.csv" "$OUT/pf-metrics.csv"
   cp "$PAIRS/sigma.json" "$OUT/sigma.json"
   stamp export
-  export_default_model "$WORK/model" "$NDAC_CKPT" "$WORK/postfilter"
+  TRAINED_CODEBOOKS=${TRAINED_CODEBOOKS:-$(trained_with "$SHIPPED")} \
+    export_default_model "$WORK/model" "$NDAC_CKPT" "$WORK/postfilter"
   tar -C "$WORK" -cf - model | split -b 15M - "$OUT/model.tar.part-"
   ;;
 phase)
