@@ -152,6 +152,44 @@ def test_local_fdc_tree_is_byte_identical_to_compress(reference, tmp_path):
     assert lines[1] == f"flowdec: error: 1 of 4 files failed; listed in {out / '_failures.csv'}"
 
 
+def test_force_starts_a_corpus_folder_again_and_keeps_what_is_not_an_output(reference, tmp_path):
+    """Another rate into a coded folder was refused with no way but removing the folder by hand; --force
+    removes the earlier run's outputs (also those of inputs gone since) and codes everything again."""
+    _root, src, ref = reference
+    out = tmp_path / "tree"
+    assert run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "-q", "-b", "3").exit_code == 1
+    (out / "gone.fdc").write_bytes((out / "a.fdc").read_bytes())  # an input removed since the first run
+    (out / "notes.txt").write_text("USER DATA")
+    (out / "sub" / "x.fdc").write_text("USER DATA")  # an .fdc file's name, not a .fdc file
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "kept.fdc").write_bytes((out / "a.fdc").read_bytes())
+    (out / "link").symlink_to(elsewhere)  # a linked folder's files are not the run's to remove
+    r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "--json")
+    assert r.exit_code == 1 and "--force to start it again" in r.output
+    r = run("corpus", "encode", src, out, "--to", "fdc", "--engine", "local", "--json", "--force")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["done_before"], summary["failed"]) == (3, 0, 1), r.output
+    for item_id in GOOD:  # as compress codes them at the model's top rate, not at 3 kbit/s
+        assert filecmp.cmp(ref / f"{item_id}.fdc", out / f"{item_id}.fdc", shallow=False), item_id
+    assert not (out / "gone.fdc").exists() and (elsewhere / "kept.fdc").exists()
+    assert (out / "notes.txt").read_text() == (out / "sub" / "x.fdc").read_text() == "USER DATA"
+    assert [f["id"] for f in corpus.read_failures(out)] == ["broken"]
+
+
+def test_force_replaces_parquet_shards_of_other_settings(reference, tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")
+    _root, src, _ref = reference
+    out = tmp_path / "codes"
+    monkeypatch.setattr(corpus, "ray_available", lambda: False)
+    assert run("corpus", "encode", src, out, "-n", "4", "--shard-files", "1", "-q").exit_code == 1
+    assert len(corpus.shard_files(out)) == 3
+    summary = corpus.encode_corpus(src, out, engine=corpus.Engine("local"), n_codebooks=2, force=True)
+    assert (summary.done, summary.skipped, len(summary.failed), summary.shards) == (3, 0, 1, 1)
+    assert [p.name for p in corpus.shard_files(out)] == ["part-00000.parquet"]
+    assert json.loads((out / corpus.SETTINGS).read_text())["n_codebooks"] == 2
+
+
 def test_a_stranger_at_an_output_path_is_reported_not_counted_as_done(reference, tmp_path):
     """A file of someone else's that bore an output's name counted as "done before": the run said it had
     coded (or decoded) everything and the file was never an output. It is reported, and left as it is."""

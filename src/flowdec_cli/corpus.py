@@ -931,6 +931,27 @@ def _check_local_device(engine: Engine, device: str) -> None:
         resolve_device(device)
 
 
+def _clear_earlier_run(out: Path) -> int:
+    """Remove what earlier runs coded into ``out`` (``--force``): its shards, the .fdc files below it (their
+    magic says they are outputs), the failure list and, last, the settings, so a removal cut short leaves a
+    folder that a rerun still reads as the earlier run's. Anything else in ``out`` stays. Returns the number
+    of outputs removed."""
+    if not out.is_dir():
+        return 0
+    outputs = [p for p in out.glob(SHARD_GLOB) if p.is_file()]
+    outputs += [p for folder, _, names in os.walk(out)  # not into linked folders: what lies there is not OUT's
+                for p in (Path(folder) / n for n in names)
+                if p.suffix.lower() == ".fdc" and not p.is_symlink() and _output_of_earlier_run(p)]
+    try:
+        for p in outputs:
+            p.unlink()
+        for name in (FAILURES, SETTINGS):
+            (out / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise CorpusError(f"{out}: cannot remove the earlier run's files ({exc.strerror or exc})") from None
+    return len(outputs)
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """A corpus folder holds one model and codebook count: a rerun with others is refused, not mixed in."""
     from .fileio import atomic_write_bytes
@@ -948,7 +969,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             was = ", ".join(f"{k}={theirs.get(k)}" for k in diff)
             now = ", ".join(f"{k}={mine[k]}" for k in diff)
             raise CorpusError(f"{out}: coded earlier with {was}; this run asks for {now}. Use another output "
-                              "folder (or the same settings to resume)")
+                              "folder, the same settings to resume, or --force to start it again")
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, (json.dumps(mine, indent=2) + "\n").encode())
@@ -996,11 +1017,12 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
                   entropy: bool = True, envelope: bool | None = None, device: str = "auto",
                   threads: int | None = None, pattern: str | None = None, shard_size: int = 100,
                   engine: Engine | None = None,
-                  cache_dir: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None, force: bool = False,
                   on_start: Callable[[dict[str, Any]], None] | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
     """Code every input into ``out`` (Parquet shards, or a .fdc tree with ``to="fdc"``); resumes what an
-    earlier run left. ``on_start`` gets the plan (items, to do, model, codebooks, engine) before the work,
+    earlier run left, or with ``force`` removes it first and codes everything again (whatever its settings
+    were). ``on_start`` gets the plan (items, to do, model, codebooks, engine) before the work,
     ``on_record`` each file's status record as it is done. Failures do not stop the run: they are in the
     summary and ``out/_failures.csv``. ``envelope``: write the band-level side channel (None: as the model
     says; see :class:`flowdec_cli.pipeline.Codec`)."""
@@ -1034,6 +1056,8 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
                 "device": device, "threads": _worker_threads(engine, threads),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}
     _check_local_device(engine, device)  # before the folder is given its settings by a run that codes nothing
+    if force:  # once every input is listed and the model loads: a run refused for those removes nothing
+        _clear_earlier_run(out)
     _check_settings(out, settings)
     tasks, already = plan_encode(items, out, to, shard_size)
     summary = RunSummary(total=len(items), skipped=already, shards=len(tasks), engine=engine.resolved())

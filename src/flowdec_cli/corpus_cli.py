@@ -162,9 +162,13 @@ def corpus_group() -> None:
 @click.option("--glob", "pattern", default=None, help="Folder IN: only files whose relative path matches.")
 @click.option("--shard-files", type=click.IntRange(min=1), default=100, show_default=True,
               help="Files per shard (the unit of work, of resuming and of retrying).")
+@click.option("-f", "--force", is_flag=True,
+              help="Start OUT again: remove what earlier runs coded there (its shards, its .fdc files, its "
+                   "failure list and settings), then code every input, with any settings.")
 @_engine_options
 def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebooks: int | None, model: str | None,
-                   no_entropy: bool, envelope: bool | None, pattern: str | None, shard_files: int, engine: str,
+                   no_entropy: bool, envelope: bool | None, pattern: str | None, shard_files: int, force: bool,
+                   engine: str,
                    address: str | None,
                    workers: int | None, cache_dir: Path | None, cpus_per_worker: float, gpus_per_worker: float,
                    device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
@@ -182,7 +186,7 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
     try:
         summary = encode_corpus(src, dst, to=to, model=model, n_codebooks=n_codebooks, bitrate_kbps=bitrate,
                                 entropy=not no_entropy, envelope=envelope, device=device, threads=threads,
-                                pattern=pattern, cache_dir=cache_dir,
+                                pattern=pattern, cache_dir=cache_dir, force=force,
                                 shard_size=shard_files, engine=eng, on_start=report.start, on_record=report.record)
     finally:
         report.close()
