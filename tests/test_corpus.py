@@ -216,6 +216,10 @@ def test_a_stranger_at_an_output_path_is_reported_not_counted_as_done(reference,
     assert (summary["done"], summary["done_before"], summary["failed"]) == (2, 0, 1), r.output
     assert "c.wav: is there and is not an audio file of an earlier run" in r.output
     assert (dec / "c.wav").read_text() == "USER DATA" and (dec / "a.wav").is_file()
+    r = run("corpus", "decode", codes, dec, "--engine", "local", "--nfe", "0", "--json", "--force")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["done_before"], summary["failed"]) == (2, 0, 1), r.output
+    assert (dec / "c.wav").read_text() == "USER DATA"  # --force replaces outputs, not a stranger's file
 
 
 def test_local_parquet_codes_resume_failures_and_decode(reference, tmp_path, monkeypatch):
@@ -257,6 +261,12 @@ def test_local_parquet_codes_resume_failures_and_decode(reference, tmp_path, mon
     assert (dec / "d.wav").exists()
     r = run("corpus", "decode", out, dec, "--engine", "local", "--json")
     assert json.loads(r.stdout.strip().splitlines()[-1])["done_before"] == 4
+    # another NFE into the same folder: skipped as done, unless --force decodes them again
+    r = run("corpus", "decode", out, dec, "--engine", "local", "--json", "--nfe", "0", "--force")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.exit_code == 0 and (summary["done"], summary["done_before"]) == (4, 0), r.output
+    assert run("decompress", ref / "a.fdc", tmp_path / "a0.wav", "-q", "--nfe", "0").exit_code == 0
+    np.testing.assert_array_equal(sf.read(dec / "a.wav")[0], sf.read(tmp_path / "a0.wav")[0])
 
 
 def test_decode_reports_a_bad_shard_or_row_and_decodes_the_rest(tmp_path, monkeypatch):

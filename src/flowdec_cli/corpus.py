@@ -701,7 +701,7 @@ class DecodeWorker(_Worker):
             if stranger:  # not an earlier run's output: nothing to skip, nor replace
                 records.append(_record(item, "failed", error=stranger))
                 continue
-            if dst.is_file():
+            if dst.is_file() and not self.settings.get("force"):
                 records.append(_record(item, "skipped", output=str(dst)))
                 continue
             t0 = time.perf_counter()
@@ -711,7 +711,8 @@ class DecodeWorker(_Worker):
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 res = codec.decompress_codes_to_file(row.header, row.codes, dst, self.settings.get("nfe"),
                                                      self.settings.get("solver", "midpoint"), self.settings.get("seed"),
-                                                     self.settings.get("subtype"), overwrite=False, source=where)
+                                                     self.settings.get("subtype"),
+                                                     overwrite=bool(self.settings.get("force")), source=where)
                 records.append(_record(item, "ok", row.duration, output=str(dst), seconds=time.perf_counter() - t0,
                                        warnings=res.warnings))  # other weights than the coder's: said
             except OutputExistsError:
@@ -1074,12 +1075,13 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
                   temperature: float | None = None, subtype: str | None = None, precision: str = "auto",
                   device: str = "auto",
                   threads: int | None = None, engine: Engine | None = None,
-                  cache_dir: str | os.PathLike | None = None, tune_process: bool = False,
+                  cache_dir: str | os.PathLike | None = None, tune_process: bool = False, force: bool = False,
                   on_start: Callable[[dict[str, Any]], None] | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
-    """Decode every row of Parquet shards into ``out/<id>.<out_format>``; outputs that exist are skipped
-    (resume); failures are in the summary and ``out/_failures.csv``. ``tune_process``: let each worker tune
-    its process for the postfilter on a CPU (:meth:`flowdec_cli.pipeline.Codec.tune_process`).
+    """Decode every row of Parquet shards into ``out/<id>.<out_format>``; outputs of an earlier run are
+    skipped (resume), or with ``force`` decoded again and replaced (another NFE, say); failures are in the
+    summary and ``out/_failures.csv``. ``tune_process``: let each worker tune its process for the postfilter
+    on a CPU (:meth:`flowdec_cli.pipeline.Codec.tune_process`).
     ``temperature``: the postfilter's start-noise scale (None: each model's own), as ``flowdec decompress``."""
     from .audio import AudioError, format_suffix
 
@@ -1123,7 +1125,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
                 continue
             seen[i] = f.name
             usable += 1
-            if not _output_of_earlier_run(out / (i + suffix)):
+            if force or not _output_of_earlier_run(out / (i + suffix)):
                 todo.append(i)
         total -= len(ids) - usable  # counted with the failures below
         already += usable - len(todo)
@@ -1131,7 +1133,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
             tasks.append({"shard": str(f.resolve()), "out": str(out.resolve()), "suffix": suffix,
                           "ids": todo if len(todo) < len(ids) else None})
     settings = {"model": model, "nfe": nfe, "tune_process": tune_process, "solver": solver, "seed": seed,
-                "temperature": temperature, "subtype": subtype,
+                "temperature": temperature, "subtype": subtype, "force": force,
                 "precision": precision, "device": device, "threads": _worker_threads(engine, threads),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}
     summary = RunSummary(total=total, skipped=already, shards=len(tasks), engine=engine.resolved())

@@ -199,9 +199,11 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
 @click.option("--format", "out_format", default="wav", show_default=True, help="Output type (wav, flac, ...).")
 @decode_options
 @click.option("-m", "--model", default=None, help="Decode with this model instead of the one named in the rows.")
+@click.option("-f", "--force", is_flag=True,
+              help="Decode every row again, replacing the audio files an earlier run wrote (not skipping them).")
 @_engine_options
 def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solver: str, temperature: float | None,
-                   seed: int | None, subtype: str | None, precision: str, model: str | None, engine: str,
+                   seed: int | None, subtype: str | None, precision: str, model: str | None, force: bool, engine: str,
                    address: str | None, workers: int | None, cache_dir: Path | None, cpus_per_worker: float,
                    gpus_per_worker: float, device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
     """Decode Parquet shards (a folder of part-*.parquet, or one shard) into OUT/<id>.<format>, resuming."""
@@ -217,7 +219,7 @@ def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solve
     try:
         summary = decode_corpus(src, dst, out_format=out_format, model=model, nfe=nfe, solver=solver, seed=seed,
                                 temperature=temperature, subtype=subtype, precision=precision, device=device,
-                                threads=threads, engine=eng, cache_dir=cache_dir, tune_process=True,
+                                threads=threads, engine=eng, cache_dir=cache_dir, tune_process=True, force=force,
                                 on_start=report.start, on_record=report.record)
     finally:
         report.close()
