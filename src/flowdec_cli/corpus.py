@@ -932,13 +932,12 @@ def _check_local_device(engine: Engine, device: str) -> None:
         resolve_device(device)
 
 
-def _clear_earlier_run(out: Path) -> int:
+def _clear_earlier_run(out: Path) -> None:
     """Remove what earlier runs coded into ``out`` (``--force``): its shards, the .fdc files below it (their
     magic says they are outputs), the failure list and, last, the settings, so a removal cut short leaves a
-    folder that a rerun still reads as the earlier run's. Anything else in ``out`` stays. Returns the number
-    of outputs removed."""
+    folder that a rerun still reads as the earlier run's. Anything else in ``out`` stays."""
     if not out.is_dir():
-        return 0
+        return
     outputs = [p for p in out.glob(SHARD_GLOB) if p.is_file()]
     outputs += [p for folder, _, names in os.walk(out)  # not into linked folders: what lies there is not OUT's
                 for p in (Path(folder) / n for n in names)
@@ -950,7 +949,6 @@ def _clear_earlier_run(out: Path) -> int:
             (out / name).unlink(missing_ok=True)
     except OSError as exc:
         raise CorpusError(f"{out}: cannot remove the earlier run's files ({exc.strerror or exc})") from None
-    return len(outputs)
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:

@@ -278,7 +278,8 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
         falling = (hi - freqs[None, :]) / (hi - centre)
         fb = np.maximum(0.0, np.minimum(rising, falling))
         sums = fb.sum(axis=1, keepdims=True)
-        fb = fb[sums[:, 0] > 0] / sums[sums[:, 0] > 0]
+        covers_a_bin = sums[:, 0] > 0
+        fb = fb[covers_a_bin] / sums[covers_a_bin]
         _MEL_CACHE[key] = fb
     return fb
 
