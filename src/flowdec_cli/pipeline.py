@@ -64,6 +64,7 @@ from .envelope import (
     quantise,
 )
 from .exceptions import CodecError
+from .features import num_frames
 from .fileio import OutputExistsError, check_output
 from .models.loading import Model, load_model
 from .models.resolve import resolve_named_by_data
@@ -823,7 +824,7 @@ class Codec:
         if header.pitch is None or self.postfilter is None or not self.postfilter.takes_pitch:
             return None
         hop = self.postfilter.feature_extractor.hop_length
-        return frame_track(pitch_layout(header.pitch_layout), header.pitch, 1 + length // hop, hop)
+        return frame_track(pitch_layout(header.pitch_layout), header.pitch, num_frames(length, hop), hop)
 
     def _apply_envelope(self, buf: _ModelRateBuffer, header: FdcHeader, codes: np.ndarray) -> float:
         """Apply the file's side channel to ``buf`` in place (nothing when it has none); the seconds it took.

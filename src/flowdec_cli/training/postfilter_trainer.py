@@ -25,6 +25,7 @@ import torch
 
 from ..checkpoints import CheckpointError, load_model_folder
 from ..evaluation.metrics import si_sdr
+from ..features import num_frames
 from ..pitch import frame_track, pitch_layout, steps_of_signal
 from ..postfilter import Postfilter
 from .base import Trainer
@@ -223,7 +224,8 @@ class PostfilterTrainer(Trainer):
                 values = [si_sdr(ref, y[0].numpy()), log_spectral_mse(x, y, self.ema.feature_extractor.n_fft, hop)]
                 pitch = None
                 if self.pitch is not None:  # what a file of this clip would send
-                    pitch = frame_track(self.pitch, steps_of_signal(self.pitch, x.numpy()), 1 + y.shape[-1] // hop, hop)
+                    pitch = frame_track(self.pitch, steps_of_signal(self.pitch, x.numpy()),
+                                        num_frames(y.shape[-1], hop), hop)
                 for n in vc.nfe:
                     g = torch.Generator(env.device).manual_seed(mix_seed(vc.seed, i, n))
                     out = self.ema.enhance(y.to(env.device)[None], nfe=n, solver=vc.solver, generator=g,
