@@ -78,6 +78,20 @@ def harmonic_series(f0_frames: np.ndarray, length: int, top_hz: float, sr: int) 
     return series
 
 
+def _fit(f0_frames: np.ndarray, n_frames: int) -> np.ndarray:
+    """A track cut or zero-padded (unvoiced) to ``n_frames``."""
+    return np.pad(f0_frames, (0, max(0, n_frames - len(f0_frames))))[:n_frames]
+
+
+def _low_band_mask(f0_frames: np.ndarray, n_bins: int, sr: int, cutoff: float, fade: float) -> np.ndarray:
+    """[frames, bins] share of the redrawn sound: 1 below ``cutoff`` in voiced frames, fading to 0 over
+    ``fade`` Hz above it, and the voicing smoothed over 3 frames (frames between voiced and unvoiced take
+    part of each)."""
+    voiced = np.convolve((f0_frames > 0).astype(np.float64), np.ones(3) / 3, mode="same")
+    freqs = np.arange(n_bins) * sr / N_FFT
+    return voiced[:, None] * np.clip((cutoff + fade - freqs) / fade, 0, 1)[None]
+
+
 def _hann_response(x: np.ndarray) -> np.ndarray:
     """DTFT of the periodic Hann window of N_FFT points at angular offsets ``x`` (from the frame's start)."""
     n = N_FFT
@@ -130,12 +144,9 @@ def repair(out: np.ndarray, f0_frames: np.ndarray, sr: int, cutoff: float, fade:
     ``f0_frames`` (F0 per STFT frame), drawn in the STFT domain: :func:`repair_time_domain` with one STFT
     and one inverse instead of one per harmonic (7 % apart in RMS on speech; exact on a steady tone)."""
     X = stft(out)
-    n_frames, n_bins = X.shape
-    f0_frames = np.pad(f0_frames, (0, max(0, n_frames - len(f0_frames))))[:n_frames]
+    f0_frames = _fit(f0_frames, len(X))
     Y = repair_spectrum(X, f0_frames, sr, cutoff + fade)
-    freqs = np.arange(n_bins) * sr / N_FFT
-    voiced = np.convolve((f0_frames > 0).astype(np.float64), np.ones(3) / 3, mode="same")
-    m = voiced[:, None] * np.clip((cutoff + fade - freqs) / fade, 0, 1)[None]
+    m = _low_band_mask(f0_frames, X.shape[1], sr, cutoff, fade)
     return istft(X * (1 - m) + Y * m, len(out))
 
 
@@ -144,9 +155,8 @@ def repair_time_domain(out: np.ndarray, f0_frames: np.ndarray, sr: int, cutoff: 
     """The decoded mono ``out`` with its voiced low band replaced by the harmonic series at ``f0_frames``
     (F0 per STFT frame), each harmonic scaled to the decoded energy within half an F0 of it."""
     X = stft(out)
-    n_frames, n_bins = X.shape
-    freqs = np.arange(n_bins) * sr / N_FFT
-    f0_frames = np.pad(f0_frames, (0, max(0, n_frames - len(f0_frames))))[:n_frames]
+    freqs = np.arange(X.shape[1]) * sr / N_FFT
+    f0_frames = _fit(f0_frames, len(X))
     series = harmonic_series(f0_frames, len(out), cutoff + fade, sr)
     if not series:
         return out
@@ -159,22 +169,17 @@ def repair_time_domain(out: np.ndarray, f0_frames: np.ndarray, sr: int, cutoff: 
         p_s = (np.abs(S) ** 2 * band).sum(1)
         g = np.sqrt(p_out / np.maximum(p_s, 1e-12))
         Y += S * g[:, None]
-    voiced = (f0_frames > 0).astype(np.float64)
-    # frames between voiced and unvoiced take part of each: smooth the voicing over 3 frames
-    voiced = np.convolve(voiced, np.ones(3) / 3, mode="same")
-    lowpass = np.clip((cutoff + fade - freqs) / fade, 0, 1)
-    m = voiced[:, None] * lowpass[None]
+    m = _low_band_mask(f0_frames, X.shape[1], sr, cutoff, fade)
     return istft(X * (1 - m) + Y * m, len(out))
 
 
-def harmonic_misfit(clean: np.ndarray, f0_frames: np.ndarray, sr: int, cutoff: float) -> np.ndarray:
+def harmonic_misfit(clean: np.ndarray, f0_frames: np.ndarray, sr: int, cutoff: float, draw=repair) -> np.ndarray:
     """Per STFT frame, how far the repair of the *input itself* is from the input below ``cutoff``: the
     squared magnitude error over the input's energy (0: the low band is a harmonic series at that F0;
     inf where unvoiced). What an encoder can compute to decide where the decoder may repair."""
     X = stft(clean)
-    Y = stft(repair(clean, f0_frames, sr, cutoff, fade=1.0))
-    n = len(X)
-    f0_frames = np.pad(f0_frames, (0, max(0, n - len(f0_frames))))[:n]
+    Y = stft(draw(clean, f0_frames, sr, cutoff, fade=1.0))
+    f0_frames = _fit(f0_frames, len(X))
     low = np.arange(X.shape[1]) * sr / N_FFT < cutoff
     err = ((np.abs(X[:, low]) - np.abs(Y[:, low])) ** 2).sum(1)
     energy = (np.abs(X[:, low]) ** 2).sum(1)
@@ -204,18 +209,29 @@ def gated(lay, steps: np.ndarray, misfit: np.ndarray, threshold: float) -> np.nd
     return out
 
 
+def repair_ratio(clean: np.ndarray, coded: np.ndarray, sent: np.ndarray, sr: int, cutoff: float,
+                 log: bool = False, draw=repair) -> np.ndarray:
+    """Per STFT frame, the low-band error of the repaired ``coded`` over that of ``coded`` itself, both
+    against ``clean`` (below 1: the repair brings it nearer; inf where unvoiced): the encoder's choice."""
+    e0 = low_band_error(clean, coded, sr, cutoff, log)
+    e1 = low_band_error(clean, draw(coded, sent, sr, cutoff), sr, cutoff, log)
+    return np.where(sent > 0, e1 / np.maximum(e0, 1e-12), np.inf)
+
+
+def sent_steps(lay, clean: np.ndarray) -> np.ndarray:
+    """The pitch steps a file of the mono model-rate ``clean`` sends."""
+    from flowdec_cli.pitch import steps_of_signal
+
+    return steps_of_signal(lay, clean[None])[0]
+
+
 def chosen_track(lay, clean: np.ndarray, coded: np.ndarray, sr: int, cutoff: float, margin: float = 1.0
                  ) -> np.ndarray:
     """The F0 per STFT frame an encoder would let the decoder repair with: the clean side's pitch as a file
     sends it, kept for the values where the repair brings the coded low band nearer the clean one."""
-    from flowdec_cli.pitch import steps_of_signal
-
     frames = 1 + len(coded) // HOP
-    steps = steps_of_signal(lay, clean[None])[0]
-    sent = frame_track(lay, steps[None], frames, HOP)[0]
-    e0 = low_band_error(clean, coded, sr, cutoff)
-    e1 = low_band_error(clean, repair(coded, sent, sr, cutoff), sr, cutoff)
-    ratio = np.where(sent > 0, e1 / np.maximum(e0, 1e-12), np.inf)
+    steps = sent_steps(lay, clean)
+    ratio = repair_ratio(clean, coded, frame_track(lay, steps[None], frames, HOP)[0], sr, cutoff)
     return frame_track(lay, gated(lay, steps, ratio, margin)[None], frames, HOP)[0]
 
 
@@ -228,7 +244,7 @@ def _repair_pair(job: tuple[str, str, str, float]) -> str:
     assert sr == sr2 == 48000 and clean.ndim == coded.ndim == 1, (clean_path, sr, sr2)
     n = min(len(clean), len(coded))
     track = chosen_track(pitch_layout("f0-24ms"), clean[:n], coded[:n], sr, cutoff)
-    fixed = repair(coded, np.pad(track, (0, 1 + len(coded) // HOP - len(track))), sr, cutoff)
+    fixed = repair(coded, track, sr, cutoff)
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     sf.write(dest, fixed.astype(np.float32), sr, subtype="FLOAT")
     return f"{clean_path},{dest}"
@@ -260,7 +276,6 @@ def score_models(args: argparse.Namespace) -> None:
     import flowdec_cli.longaudio as longaudio
     from flowdec_cli.evaluation.metrics import mel_distance, pesq_wb, stoi, visqol
     from flowdec_cli.pipeline import Codec
-    from flowdec_cli.pitch import steps_of_signal
 
     original = longaudio.enhance_long
     state: dict = {"clean": None, "held": False}
@@ -272,12 +287,11 @@ def score_models(args: argparse.Namespace) -> None:
                 n = min(len(clean), source.shape[1])
                 lay = pitch_layout("f0-24ms")
                 if state["held"]:  # wherever the file sends a pitch: no choice by the encoder
-                    track = frame_track(lay, steps_of_signal(lay, clean[None, :n]), 1 + n // HOP, HOP)[0]
+                    track = frame_track(lay, sent_steps(lay, clean[:n])[None], 1 + n // HOP, HOP)[0]
                 else:
                     track = chosen_track(lay, clean[:n], np.asarray(source[c, :n], np.float64), 48000,
                                          args.cutoff)
-                y = np.asarray(source[c], np.float64)
-                source[c] = repair(y, np.pad(track, (0, 1 + len(y) // HOP - len(track))), 48000, args.cutoff)
+                source[c] = repair(np.asarray(source[c], np.float64), track, 48000, args.cutoff)
         return original(model, source, out, **kw)
 
     longaudio.enhance_long = enhance_repaired
@@ -356,7 +370,10 @@ def main() -> None:
     ap.add_argument("--thresholds", default="", help="comma-separated misfit thresholds of the gate")
     ap.add_argument("--n-fft", type=int, default=2048)
     ap.add_argument("--dispersion", type=float, default=0.0)
+    ap.add_argument("--time-domain", action="store_true", help="draw each harmonic in the time domain "
+                    "(repair_time_domain, as the first runs did) instead of straight into the STFT frames")
     args = ap.parse_args()
+    draw = repair_time_domain if args.time_domain else repair
     global N_FFT, DISPERSION
     N_FFT, DISPERSION = args.n_fft, args.dispersion
 
@@ -381,24 +398,22 @@ def main() -> None:
         frames = 1 + len(out) // HOP
         sent = frame_track(lay, np.asarray(header.pitch), frames, HOP)[0]
         steps = np.asarray(header.pitch)[0]
+        clean = audio[:, 0].astype(np.float64)
         variants = {"decoded": out}
         for c in cutoffs:
-            variants[f"held <{c:.0f}"] = repair(out, sent, sr, c)
-            clean = audio[:, 0].astype(np.float64)
-            misfit = harmonic_misfit(clean, sent, sr, c)
-            e0 = low_band_error(clean, d0, sr, c, args.log)
-            e1 = low_band_error(clean, repair(d0, sent, sr, c), sr, c, args.log)
-            for margin in margins:  # the encoder's choice: repair where it brings D0 nearer the input
-                ratio = np.where(sent > 0, e1 / np.maximum(e0, 1e-12), np.inf)
-                g = frame_track(lay, gated(lay, steps, ratio, margin)[None], frames, HOP)[0]
-                kept = (g > 0).sum() / max(1, (sent > 0).sum())
-                variants[f"chosen {margin} <{c:.0f}"] = repair(out, g, sr, c)
-                print(f"  chosen {margin} <{c:.0f}: keeps {kept:.2f} of voiced frames", flush=True)
-            for th in thresholds:
-                g = frame_track(lay, gated(lay, steps, misfit, th)[None], frames, HOP)[0]
-                kept = (g > 0).sum() / max(1, (sent > 0).sum())
-                variants[f"gate {th} <{c:.0f}"] = repair(out, g, sr, c)
-                print(f"  gate {th} <{c:.0f}: keeps {kept:.2f} of voiced frames", flush=True)
+            variants[f"held <{c:.0f}"] = draw(out, sent, sr, c)
+            choices = []  # (label, per-frame score, threshold): keep the values scoring at most the threshold
+            if margins:  # the encoder's choice: repair where it brings D0 nearer the input
+                ratio = repair_ratio(clean, d0, sent, sr, c, args.log, draw)
+                choices += [(f"chosen {margin} <{c:.0f}", ratio, margin) for margin in margins]
+            if thresholds:
+                misfit = harmonic_misfit(clean, sent, sr, c, draw)
+                choices += [(f"gate {th} <{c:.0f}", misfit, th) for th in thresholds]
+            for label, scores, threshold in choices:
+                g = frame_track(lay, gated(lay, steps, scores, threshold)[None], frames, HOP)[0]
+                variants[label] = draw(out, g, sr, c)
+                print(f"  {label}: keeps {(g > 0).sum() / max(1, (sent > 0).sum()):.2f} of voiced frames",
+                      flush=True)
         for label, y in variants.items():
             rows.setdefault(label, []).append([fn(audio, y[:, None].astype(np.float32), sr)
                                                for fn in metrics.values()])
