@@ -235,15 +235,19 @@ def chosen_track(lay, clean: np.ndarray, coded: np.ndarray, sr: int, cutoff: flo
     return frame_track(lay, gated(lay, steps, ratio, margin)[None], frames, HOP)[0]
 
 
-def _repair_pair(job: tuple[str, str, str, float]) -> str:
+def _repair_pair(job: tuple[str, str, str, float, bool]) -> str:
     import soundfile as sf
 
-    clean_path, coded_path, dest, cutoff = job
+    clean_path, coded_path, dest, cutoff, held = job
     clean, sr = sf.read(clean_path, dtype="float64")
     coded, sr2 = sf.read(coded_path, dtype="float64")
     assert sr == sr2 == 48000 and clean.ndim == coded.ndim == 1, (clean_path, sr, sr2)
     n = min(len(clean), len(coded))
-    track = chosen_track(pitch_layout("f0-24ms"), clean[:n], coded[:n], sr, cutoff)
+    lay = pitch_layout("f0-24ms")
+    if held:  # wherever the file sends a pitch, as the decoder stage does
+        track = frame_track(lay, sent_steps(lay, clean[:n])[None], 1 + n // HOP, HOP)[0]
+    else:
+        track = chosen_track(lay, clean[:n], coded[:n], sr, cutoff)
     fixed = repair(coded, track, sr, cutoff)
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     sf.write(dest, fixed.astype(np.float32), sr, subtype="FLOAT")
@@ -251,16 +255,17 @@ def _repair_pair(job: tuple[str, str, str, float]) -> str:
 
 
 def make_pairs(args: argparse.Namespace) -> None:
-    """Every ``clean,coded`` list in --lists re-written with the coded side repaired (under --out)."""
+    """Every ``clean,coded`` list in --lists re-written with the coded side repaired (under --out): where
+    the encoder would choose it, or with --held wherever the pitch is sent."""
     from multiprocessing import Pool
 
     done: dict[str, str] = {}
     with Pool(args.workers) as pool:
         for lst in args.lists:
             lines = [ln.split(",") for ln in Path(lst).read_text().split()]
-            todo = [(c, d, str(args.out / "coded" / d.lstrip("/")), args.cutoff) for c, d in lines
+            todo = [(c, d, str(args.out / "coded" / d.lstrip("/")), args.cutoff, args.held) for c, d in lines
                     if d not in done]
-            for (_, d, _, _), line in zip(todo, pool.imap(_repair_pair, todo)):
+            for (_, d, *_), line in zip(todo, pool.imap(_repair_pair, todo)):
                 done[d] = line
             (args.out / Path(lst).name).write_text("".join(done[d] + "\n" for _, d in lines))
             print(f"{lst}: {len(lines)} pairs", flush=True)
@@ -351,6 +356,8 @@ def main() -> None:
         ap.add_argument("--out", type=Path, required=True)
         ap.add_argument("--cutoff", type=float, default=2400.0)
         ap.add_argument("--workers", type=int, default=2)
+        ap.add_argument("--held", action="store_true", help="repair wherever a pitch is sent (no encoder's "
+                        "choice), as the decoder stage does")
         return make_pairs(ap.parse_args())
     import soundfile as sf
 
