@@ -31,9 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from flowdec_cli.harmonics import HOP, N_FFT, SAMPLE_RATE, draw_harmonics  # noqa: E402
 from flowdec_cli.pitch import frame_track, pitch_layout  # noqa: E402
 
-N_FFT, HOP = 2048, 240
 DISPERSION = 0.0  # Schroeder-like phase offsets pi k^2 / 16 between harmonics (1) or all in cosine phase (0)
 
 
@@ -92,51 +92,18 @@ def _low_band_mask(f0_frames: np.ndarray, n_bins: int, sr: int, cutoff: float, f
     return voiced[:, None] * np.clip((cutoff + fade - freqs) / fade, 0, 1)[None]
 
 
-def _hann_response(x: np.ndarray) -> np.ndarray:
-    """DTFT of the periodic Hann window of N_FFT points at angular offsets ``x`` (from the frame's start)."""
-    n = N_FFT
-
-    def dirichlet(y: np.ndarray) -> np.ndarray:
-        s = np.sin(y / 2)
-        small = np.abs(s) < 1e-12
-        ratio = np.where(small, n, np.sin(n * y / 2) / np.where(small, 1.0, s))
-        return np.exp(-1j * y * (n - 1) / 2) * ratio
-
-    step = 2 * np.pi / n
-    return 0.5 * dirichlet(x) - 0.25 * dirichlet(x - step) - 0.25 * dirichlet(x + step)
-
-
-def repair_spectrum(X: np.ndarray, f0_frames: np.ndarray, sr: int, top_hz: float, lobe: int = 4) -> np.ndarray:
-    """The harmonic series at ``f0_frames`` drawn straight into STFT frames (each frame a stationary
-    sinusoid per harmonic, its phase carried from frame to frame by the integrated F0), every harmonic
-    scaled to the energy ``X`` has within half an F0 of it; zero in unvoiced frames."""
-    n_frames, n_bins = X.shape
-    df = sr / N_FFT
+def repair_spectrum(X: np.ndarray, f0_frames: np.ndarray, sr: int, top_hz: float) -> np.ndarray:
+    """The harmonic series at ``f0_frames`` drawn straight into STFT frames (the decoder stage's drawing,
+    :func:`flowdec_cli.harmonics.draw_harmonics`), its phase the integrated F0 (log-interpolated across
+    unvoiced frames), every harmonic scaled to the energy ``X`` has within half an F0 of it."""
+    assert sr == SAMPLE_RATE, sr
     voiced = f0_frames > 0
-    Y = np.zeros_like(X)
     if not voiced.any():
-        return Y
-    centres = np.arange(n_frames)
+        return np.zeros_like(X)
+    centres = np.arange(len(X))
     f0 = np.exp(np.interp(centres, centres[voiced], np.log(f0_frames[voiced])))
     phase = np.concatenate([[0.0], np.cumsum(np.pi * HOP * (f0[1:] + f0[:-1]) / sr)])  # at frame centres
-    k = np.arange(1, int(top_hz / f0_frames[voiced].min()) + 2)
-    fk = f0[:, None] * k[None]                                   # [frames, harmonics]
-    live = voiced[:, None] & (fk < top_hz)
-    power = np.concatenate([np.zeros((n_frames, 1)), np.cumsum(np.abs(X) ** 2, axis=1)], axis=1)
-    lo = np.clip(np.ceil((fk - f0[:, None] / 2) / df), 0, n_bins).astype(int)
-    hi = np.clip(np.floor((fk + f0[:, None] / 2) / df) + 1, 0, n_bins).astype(int)
-    rows = np.arange(n_frames)[:, None]
-    p_out = power[rows, hi] - power[rows, lo]
-    b = np.rint(fk / df).astype(int)[..., None] + np.arange(-lobe, lobe + 1)  # [frames, harmonics, lobe]
-    inside = (b >= lo[..., None]) & (b < hi[..., None])
-    omega = 2 * np.pi * fk / sr
-    spec = 0.5 * np.exp(1j * (k[None] * phase[:, None] - omega * N_FFT / 2))[..., None] * _hann_response(
-        2 * np.pi * b / N_FFT - omega[..., None])
-    p_s = (np.abs(spec) ** 2 * inside).sum(-1)
-    gain = np.where(live, np.sqrt(p_out / np.maximum(p_s, 1e-20)), 0.0)
-    spec = spec * (gain[..., None] * inside)
-    np.add.at(Y, (np.broadcast_to(rows[..., None], b.shape), np.clip(b, 0, n_bins - 1)), spec)
-    return Y
+    return draw_harmonics(X, np.where(voiced, f0, 0.0), phase, top_hz)
 
 
 def repair(out: np.ndarray, f0_frames: np.ndarray, sr: int, cutoff: float, fade: float = 200.0) -> np.ndarray:
@@ -375,14 +342,13 @@ def main() -> None:
     ap.add_argument("--visqol", action="store_true", help="score speech with ViSQOL too")
     ap.add_argument("--log", action="store_true", help="the encoder's choice compares log magnitudes")
     ap.add_argument("--thresholds", default="", help="comma-separated misfit thresholds of the gate")
-    ap.add_argument("--n-fft", type=int, default=2048)
     ap.add_argument("--dispersion", type=float, default=0.0)
     ap.add_argument("--time-domain", action="store_true", help="draw each harmonic in the time domain "
                     "(repair_time_domain, as the first runs did) instead of straight into the STFT frames")
     args = ap.parse_args()
     draw = repair_time_domain if args.time_domain else repair
-    global N_FFT, DISPERSION
-    N_FFT, DISPERSION = args.n_fft, args.dispersion
+    global DISPERSION
+    DISPERSION = args.dispersion
 
     codec = Codec.load(str(ROOT / "src/flowdec_cli/assets/models/flowdec-small"), device="cpu")
     names = (args.corpus / f"valid_{args.category}.txt").read_text().split()[: args.clips]

@@ -66,6 +66,7 @@ from .envelope import (
 from .exceptions import CodecError
 from .features import num_frames
 from .fileio import OutputExistsError, check_output
+from .harmonics import redraw_harmonics
 from .models.loading import Model, load_model
 from .models.resolve import resolve_named_by_data
 from .numeric import is_integer, is_real
@@ -804,6 +805,7 @@ class Codec:
         if self.model.info.get("envelope_before_postfilter"):
             # a postfilter trained on corrected pairs (train prepare-pairs --envelope) refines a balanced D0
             envelope_first = self._apply_envelope(d0, header, codes)
+        envelope_first += self._redraw_harmonics(d0, header)
         out = _ModelRateBuffer(channels, d0.data.shape[1])
         t1 = time.perf_counter()
         try:
@@ -825,6 +827,21 @@ class Codec:
             return None
         hop = self.postfilter.feature_extractor.hop_length
         return frame_track(pitch_layout(header.pitch_layout), header.pitch, num_frames(length, hop), hop)
+
+    def _redraw_harmonics(self, buf: _ModelRateBuffer, header: FdcHeader) -> float:
+        """Redraw the voiced harmonics of ``buf`` at the file's pitch, in place, for a postfilter trained on
+        decodes redrawn so (its ``harmonic_redraw_hz``; nothing otherwise, or when the file sends no pitch);
+        the seconds it took. On failure ``buf`` is closed, as by every decode stage."""
+        cutoff = self.postfilter.harmonic_redraw_hz if self.postfilter is not None else 0
+        if not cutoff or header.pitch is None:
+            return 0.0
+        t0 = time.perf_counter()
+        try:
+            redraw_harmonics(pitch_layout(header.pitch_layout), buf.data, np.asarray(header.pitch), cutoff)
+        except BaseException:
+            buf.close()
+            raise
+        return time.perf_counter() - t0
 
     def _apply_envelope(self, buf: _ModelRateBuffer, header: FdcHeader, codes: np.ndarray) -> float:
         """Apply the file's side channel to ``buf`` in place (nothing when it has none); the seconds it took.

@@ -267,12 +267,13 @@ def dequantise(layout: PitchLayout, steps: np.ndarray) -> np.ndarray:
     return np.where(s > 0, layout.fmin * 2.0 ** ((s - 1) * layout.cents / 1200.0), 0.0)
 
 
-def frame_track(layout: PitchLayout, steps: np.ndarray, frames: int, frame_hop: int) -> np.ndarray:
+def frame_track(layout: PitchLayout, steps: np.ndarray, frames: int, frame_hop: int, first: int = 0) -> np.ndarray:
     """F0 in Hz [channels, frames] of centred STFT frames ``frame_hop`` apart (frame i centred on sample
-    ``i * frame_hop``): each frame takes the value whose span holds its centre; 0 past the last value."""
+    ``i * frame_hop``), from frame ``first`` on: each frame takes the value whose span holds its centre; 0
+    before the signal and past the last value."""
     s = np.asarray(steps)
-    idx = np.arange(int(frames)) * int(frame_hop) // layout.hop
-    inside = idx < s.shape[-1]
+    idx = np.arange(int(first), int(first) + int(frames)) * int(frame_hop) // layout.hop
+    inside = (idx >= 0) & (idx < s.shape[-1])
     out = np.zeros((s.shape[0], int(frames)))
     out[:, inside] = dequantise(layout, s[:, idx[inside]])
     return out

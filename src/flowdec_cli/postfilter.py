@@ -46,6 +46,7 @@ from .checkpoints import (
 from .exceptions import InvalidValue
 from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap
 from .framewise import FramewiseBackbone
+from .harmonics import check_cutoff
 from .ncsnpp import NCSNpp
 from .numeric import is_integer, is_real
 from .progress import Progress
@@ -54,7 +55,7 @@ from .sampler import check_temperature, draw_noise, nfe_to_steps, solve, start_p
 __all__ = ["Postfilter", "tune_cpu_allocator", "CONFIG_TYPE", "DEFAULT_SIGMA_Y"]
 
 CONFIG_TYPE = "flowdec_postfilter"
-CONFIG_VERSION = 2  # 1: NCSN++ only; 2: adds "backbone" (absent = "ncsnpp")
+CONFIG_VERSION = 3  # 1: NCSN++ only; 2: adds "backbone" (absent = "ncsnpp"); 3: adds "harmonic_redraw_hz"
 SAMPLE_RATE = 48000
 DEFAULT_SIGMA_Y = 0.66  # the official global sigma_y (flow_model_final default); released models store a curve
 BACKBONES = ("ncsnpp", "framewise")  # the released models' U-Net; our frame-wise ConvNeXt (docs/framewise.md)
@@ -241,6 +242,7 @@ class Postfilter(nn.Module):
         self._compiled: Callable[..., torch.Tensor] | None = None
         self._held: tuple[torch.Tensor, Any] | None = None  # (Y, prepared) of the solve under way
         self._temperature = 1.0
+        self._harmonic_redraw_hz = 0
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -252,8 +254,9 @@ class Postfilter(nn.Module):
         fe = self.feature_extractor
         return {
             "type": CONFIG_TYPE,
-            # folders of the frame-wise backbone are version 2, so that older flowdec refuses them by name
-            "version": CONFIG_VERSION if isinstance(self.backbone, NCSNpp) else 2,
+            # version 2 (the backbone named) unless the postfilter needs the redraw, which flowdec before it
+            # would skip: version 3 makes it refuse such a folder by name
+            "version": 3 if self._harmonic_redraw_hz else 2,
             "sample_rate": self.sample_rate,
             **self._arch,
             "n_fft": fe.n_fft,
@@ -264,6 +267,7 @@ class Postfilter(nn.Module):
             "sigma_y_shape": list(self.sigma_y.shape),
             "sigma_y_dtype": str(self.sigma_y.dtype).removeprefix("torch."),
             **({} if self._temperature == 1.0 else {"temperature": self._temperature}),
+            **({"harmonic_redraw_hz": self._harmonic_redraw_hz} if self._harmonic_redraw_hz else {}),
         }
 
     @classmethod
@@ -284,6 +288,7 @@ class Postfilter(nn.Module):
         sigma_y = torch.full(shape, DEFAULT_SIGMA_Y, dtype=dtype)
         model = cls._architecture_from_config(config, n_fft, sigma_y)
         model.temperature = config.get("temperature", 1.0)
+        model.harmonic_redraw_hz = config.get("harmonic_redraw_hz", 0)
         return model
 
     @classmethod
@@ -560,6 +565,18 @@ class Postfilter(nn.Module):
     @temperature.setter
     def temperature(self, value: Any) -> None:
         self._temperature = check_temperature(value)
+
+    @property
+    def harmonic_redraw_hz(self) -> int:
+        """The cut-off below which this postfilter's input has its voiced harmonics redrawn at the file's F0
+        (:mod:`flowdec_cli.harmonics`; 0: not redrawn). It was trained on decodes redrawn so, and a decoder
+        redraws before it wherever the file sends a pitch; a model folder's config may set it."""
+        return self._harmonic_redraw_hz
+
+    @harmonic_redraw_hz.setter
+    def harmonic_redraw_hz(self, value: Any) -> None:
+        self._harmonic_redraw_hz = 0 if is_integer(value) and not isinstance(value, bool) and value == 0 \
+            else check_cutoff(value)
 
     def start(self, Y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The ODE's start point ``Y + sigma_y * temperature * noise``.

@@ -192,12 +192,16 @@ def _codebook_list(values: tuple[str, ...], option: str = "--n-codebooks") -> li
 @click.option("--envelope", default=None, metavar="LAYOUT", type=click.Choice(list(LAYOUTS)),
               help="Apply the band-level side channel of this layout (bands15) to the coded side, for a postfilter "
                    "that runs after it (a model card's envelope_before_postfilter).")
+@click.option("--harmonic-redraw", "harmonic_redraw_hz", type=click.IntRange(100, 23800), default=None, metavar="HZ",
+              help="Then redraw the coded side's voiced harmonics below HZ at the clean side's F0, for a "
+                   "postfilter exported with --harmonic-redraw (docs/models.md).")
 @threads_option
 @click.option("-f", "--force", is_flag=True, help="Re-code files whose coded output exists.")
 @_quiet
 def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Path, n_codebooks: tuple[str, ...],
                           validation_fraction: float, test_fraction: float, salt: str, device: str,
-                          envelope: str | None, threads: int | None, force: bool, quiet: bool) -> None:
+                          envelope: str | None, harmonic_redraw_hz: int | None, threads: int | None, force: bool,
+                          quiet: bool) -> None:
     """Code the audio in SOURCES (folders or path lists) with a trained NDAC and write pair lists.
 
     Each line of train.txt / validation.txt / test.txt is "clean_path,coded_path" (the official format),
@@ -212,7 +216,7 @@ def prepare_pairs_command(sources: tuple[Path, ...], ndac_ref: str, out_dir: Pat
     set_threads(threads)  # its range was checked as the option was read
     summary = prepare_pairs(ndac_ref, [str(s) for s in sources], out_dir, _codebook_list(n_codebooks),
                             validation_fraction, test_fraction, salt, dev, force, progress=_bar(quiet),
-                            envelope=envelope)
+                            envelope=envelope, harmonic_redraw_hz=harmonic_redraw_hz or 0)
     if not quiet:
         p = summary["pairs"]
         click.echo(f"flowdec: {summary['files']} files at n_codebooks {summary['n_codebooks']}: "
@@ -315,6 +319,9 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
               default=None, help="JSON file: the codebooks and side-channel layout of each rate; needs "
                                  "--envelope (the built-in model's: configs/default-rate-plan.json in the source tree; "
                                  "docs/models.md).")
+@click.option("--harmonic-redraw", "harmonic_redraw_hz", type=click.IntRange(100, 23800), default=None, metavar="HZ",
+              help="Decoders redraw the voiced harmonics below HZ at a file's pitch before the postfilter (one "
+                   "trained on pairs made with prepare-pairs --harmonic-redraw HZ); needs a plan that sends pitch.")
 @click.option("--postfilter-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="How the postfilter's network weights are stored: float16 halves them (they run in float32).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")
@@ -322,7 +329,8 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
 def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str | None, licence: str,
                    description: str, raw: bool, trained_codebooks: tuple[str, ...], default_nfe: int | None,
                    temperature: float | None, envelope: str | None, envelope_before_postfilter: bool,
-                   rate_plan_file: Path | None, postfilter_dtype: str, force: bool, quiet: bool) -> None:
+                   rate_plan_file: Path | None, harmonic_redraw_hz: int | None, postfilter_dtype: str, force: bool,
+                   quiet: bool) -> None:
     """Write a model folder (flowdec.json, ndac/, postfilter/) from trained weights.
 
     The folder works with --model everywhere (flowdec roundtrip in.wav out.wav --model OUT), and
@@ -336,7 +344,7 @@ def export_command(out_dir: Path, ndac_ref: str, pf_ref: str | None, name: str |
                        default_nfe=default_nfe, temperature=temperature, envelope=envelope,
                        envelope_before_postfilter=envelope_before_postfilter,
                        rate_plan=_json_file(rate_plan_file) if rate_plan_file else None,
-                       postfilter_dtype=postfilter_dtype,
+                       harmonic_redraw_hz=harmonic_redraw_hz or 0, postfilter_dtype=postfilter_dtype,
                        warn=lambda message: click.echo(f"flowdec: warning: {message}", err=True))
     if not quiet:
         card = json.loads((out / "flowdec.json").read_text())

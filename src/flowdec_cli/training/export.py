@@ -74,10 +74,12 @@ def _pairs_records(postfilter: str | os.PathLike) -> list[tuple[Path, dict[str, 
     return pair_list_records(lists)
 
 
-def _pairs_warnings(postfilter: str | os.PathLike, ndac_hash: str, trained_codebooks: Sequence[int]) -> list[str]:
-    """Where the postfilter's training pairs say it does not belong to this codec, or was trained at other
-    codebook counts than ``--trained-codebooks`` records: allowed (a postfilter may be tried on a codec
-    fine-tuned since), but said, since nothing has measured the pair."""
+def _pairs_warnings(postfilter: str | os.PathLike, ndac_hash: str, trained_codebooks: Sequence[int],
+                    redraw_hz: int = 0) -> list[str]:
+    """Where the postfilter's training pairs say it does not belong to this codec, was trained at other
+    codebook counts than ``--trained-codebooks`` records, or on coded sides redrawn otherwise than decoders
+    will redraw them (``redraw_hz``): allowed (a postfilter may be tried on a codec fine-tuned since), but
+    said, since nothing has measured the pair."""
     records = _pairs_records(postfilter)
     out = [f"the postfilter was trained on pairs coded by other codec weights ({record.get('ndac_hash')}, not "
            f"{ndac_hash}: {pair_list}); how it does with this codec is unmeasured"
@@ -87,6 +89,10 @@ def _pairs_warnings(postfilter: str | os.PathLike, ndac_hash: str, trained_codeb
     if trained_codebooks and coded and sorted(set(trained_codebooks)) != coded:
         out.append(f"--trained-codebooks {','.join(map(str, sorted(set(trained_codebooks))))} differs from the "
                    f"codebook counts its pairs were coded at ({','.join(map(str, coded))})")
+    redrawn = sorted({record.get("harmonic_redraw_hz") or 0 for _, record in records}, key=str)
+    if redrawn and redrawn != [redraw_hz]:
+        out.append(f"decoders will redraw the harmonics below {redraw_hz} Hz (0: not at all) before the postfilter, "
+                   f"but its pairs were redrawn below {', '.join(map(str, redrawn))} Hz")
     return out
 
 
@@ -116,7 +122,7 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
                  name: str | None = None, licence: str = "unknown", description: str = "", ema: bool = True,
                  trained_codebooks: Sequence[int] = (), force: bool = False, default_nfe: int | None = None,
                  temperature: float | None = None, envelope: str | None = None,
-                 envelope_before_postfilter: bool = False, rate_plan: Any = None,
+                 envelope_before_postfilter: bool = False, rate_plan: Any = None, harmonic_redraw_hz: int = 0,
                  postfilter_dtype: str = "float32", warn: Callable[[str], None] | None = None) -> Path:
     """Write a model folder at ``out_dir`` from trained components (checked by loading them).
 
@@ -128,7 +134,10 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
     channel to D0 before the postfilter as well as after it, for a postfilter trained on pairs made with
     ``train prepare-pairs --envelope``. ``rate_plan``: the codebooks and side-channel layout of each rate
     (:func:`flowdec_cli.rateplan.rate_plan`; needs ``envelope``, which stays the layout of files written
-    without a plan's rate, e.g. with the side channel asked for on another model). ``postfilter_dtype``
+    without a plan's rate, e.g. with the side channel asked for on another model). ``harmonic_redraw_hz``:
+    decoders redraw a file's voiced harmonics below it at its pitch before the postfilter, one trained on pairs
+    made with ``train prepare-pairs --harmonic-redraw`` (recorded in the postfilter's config; the plan must
+    send pitch). ``postfilter_dtype``
     "float16" stores the postfilter's network weights at half size (:meth:`Postfilter.save`). ``warn``
     hears where the postfilter's training pairs were coded by other codec weights, or at other codebook
     counts than ``trained_codebooks`` (the export goes ahead).
@@ -222,12 +231,21 @@ def export_model(out_dir: str | os.PathLike, ndac: str | os.PathLike, postfilter
         if "trained_bitrates_kbps" in card:
             trained = [plan_point(points, n_codebooks=k) for k in sorted(set(trained_codebooks))]
             card["trained_bitrates_kbps"] = [p.kbps for p in trained if p is not None]
+    if harmonic_redraw_hz:
+        sends_pitch = any(isinstance(e, dict) and e.get("pitch") for e in card.get("rate_plan", []))
+        if pf is None or not sends_pitch:
+            raise TrainingError("--harmonic-redraw needs a postfilter and a rate plan that sends pitch")
+        try:
+            pf.harmonic_redraw_hz = harmonic_redraw_hz
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
     if envelope_before_postfilter:
         if not envelope or pf is None:
             raise TrainingError("--envelope-before-postfilter needs --envelope and a postfilter")
         card["envelope_before_postfilter"] = True
     if postfilter is not None and warn is not None:
-        for message in _pairs_warnings(postfilter, ndac_state_hash(codec), trained_codebooks):
+        for message in _pairs_warnings(postfilter, ndac_state_hash(codec), trained_codebooks,
+                                       pf.harmonic_redraw_hz if pf is not None else 0):
             warn(message)
     tables_src = _entropy_tables_for(ndac_dir.parent, ndac_state_hash(codec), warn)
     with ModelFolderBuilder(out, "export") as build:

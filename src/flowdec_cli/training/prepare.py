@@ -59,6 +59,9 @@ __all__ = [
 ]
 
 Progress = Callable[[str, int], Any]  # (description, total) -> a tqdm-like bar with update()/close()
+# the pitch a file sends (f0-24ms, the one layout there is), which the harmonic redraw of a pair's coded side
+# follows, measured on its clean side
+REDRAW_PITCH_LAYOUT = "f0-24ms"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,20 +288,28 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
                   n_codebooks: Sequence[int] = (), validation_fraction: float = 0.01, test_fraction: float = 0.01,
                   salt: str = "flowdec", device: str | torch.device = "cpu", force: bool = False,
                   chunk_seconds: float = 30.0, progress: Progress | None = None,
-                  envelope: str | None = None) -> dict[str, Any]:
+                  envelope: str | None = None, harmonic_redraw_hz: int = 0) -> dict[str, Any]:
     """Code every audio file of ``sources`` at each count in ``n_codebooks`` (default: all codebooks) and
     write the coded audio and the three pair lists under ``out_dir``. Existing coded files are kept
     (the command resumes) unless ``force``. Returns a summary (also written to ``OUT/prepare.json``).
 
     ``envelope`` (a layout name): the coded side gets the band-level side channel applied, its levels
     measured on the clean side, as a decoder does for a model whose postfilter runs after the side channel
-    (the card's ``envelope_before_postfilter``)."""
+    (the card's ``envelope_before_postfilter``). ``harmonic_redraw_hz``: then its voiced harmonics below
+    that frequency are redrawn at the F0 a file of the clean side would send (:mod:`flowdec_cli.harmonics`),
+    for a postfilter the decoder redraws before (its config's ``harmonic_redraw_hz``)."""
     from ..envelope import EnvelopeError, apply_envelope, envelope_layout, measure, quantise
+    from ..exceptions import InvalidValue
+    from ..harmonics import check_cutoff, redraw_harmonics
+    from ..pitch import PitchError, measure_pitch, pitch_layout
+    from ..pitch import quantise as quantise_pitch
 
     model = load_trained_ndac(ndac_ref, device)
     try:
         layout = envelope_layout(envelope, model.sample_rate) if envelope else None
-    except EnvelopeError as exc:
+        redraw = check_cutoff(harmonic_redraw_hz) if harmonic_redraw_hz else 0
+        voice = pitch_layout(REDRAW_PITCH_LAYOUT, model.sample_rate) if redraw else None
+    except (EnvelopeError, PitchError, InvalidValue) as exc:
         raise TrainingError(str(exc)) from None
     ks = sorted({int(k) for k in n_codebooks} or {model.n_codebooks}, reverse=True)
     for k in ks:
@@ -315,12 +326,13 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
         raise TrainingError(f"{out}: a comma or line break in the output folder's path would break every line of "
                             "the pair lists; choose another folder")
     envelope_name = layout.name if layout is not None else ""
-    _check_same_codec(out, model.weights_hash, force, envelope_name)
+    _check_same_codec(out, model.weights_hash, force, envelope_name, redraw)
     # which codec codes into this folder is recorded before the first file, so that a run stopped partway
     # and resumed with another codec is refused too (the summary at the end replaces this record)
     out.mkdir(parents=True, exist_ok=True)
     (out / "prepare.json").write_text(json.dumps({"ndac": str(ndac_ref), "ndac_hash": model.weights_hash,
-                                                  "envelope": envelope_name, "complete": False}, indent=2) + "\n")
+                                                  "envelope": envelope_name, "harmonic_redraw_hz": redraw,
+                                                  "complete": False}, indent=2) + "\n")
     names = _output_names(items)
     splits = split_items(items, {"validation": validation_fraction, "test": test_fraction}, salt)
     which = {it.path: name for name, members in splits.items() for it in members}
@@ -356,13 +368,15 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
                 # levels and gains are the ones a .fdc file would carry and apply.
                 span = codes.shape[-1] * model.hop_length
                 levels = quantise(layout, measure(layout, x[None], span)) if layout is not None else None
+                steps = quantise_pitch(voice, measure_pitch(voice, x[None], len(x))) if voice is not None else None
                 for k, p in todo:
-                    y = model.decode_chunked(codes[:, :k], chunk_frames)[0, 0].float().cpu().numpy()
+                    y = np.ascontiguousarray(
+                        model.decode_chunked(codes[:, :k], chunk_frames)[0].float().cpu().numpy(), np.float32)
                     if layout is not None:
-                        y = np.ascontiguousarray(y[None], np.float32)
                         apply_envelope(layout, y, span, levels)
-                        y = y[0]
-                    y = np.pad(y, (0, max(len(x) - len(y), 0)))[:len(x)]
+                    if voice is not None:  # on the whole decode, after the side channel, as the decoder does
+                        redraw_harmonics(voice, y, steps, redraw)
+                    y = np.pad(y[0], (0, max(len(x) - y.shape[1], 0)))[:len(x)]
                     write_audio(p, y[:, None], sr, subtype="FLOAT")
                     written += 1
                     if bar is not None:
@@ -386,6 +400,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
         "ndac": str(ndac_ref),
         "ndac_hash": model.weights_hash,
         "envelope": envelope_name,
+        "harmonic_redraw_hz": redraw,
         "complete": True,
         "n_codebooks": ks,
         "bitrates_kbps": [round(model.bitrate(k) / 1000, 4) for k in ks],
@@ -445,7 +460,7 @@ def stale_sigma_warning(sigma_file: str | os.PathLike, estimate: dict[str, Any],
             f"coded by {names(now)}; run 'flowdec train estimate-sigma' again so that sigma_y fits them")
 
 
-def _check_same_codec(out: Path, ndac_hash: str | None, force: bool, envelope: str = "") -> None:
+def _check_same_codec(out: Path, ndac_hash: str | None, force: bool, envelope: str = "", redraw: int = 0) -> None:
     """Refuse to resume into a folder another codec coded, or coded with another side-channel setting: kept
     files would silently pair the clean audio with other coded audio (what retraining a codec and re-running
     the pairs step used to do)."""
@@ -463,6 +478,10 @@ def _check_same_codec(out: Path, ndac_hash: str | None, force: bool, envelope: s
     if recorded.get("envelope", "") != envelope:
         raise TrainingError(f"{out}: its coded files were made with envelope {recorded.get('envelope', '')!r}, "
                             f"this run asks for {envelope!r}; use --force to re-code them, or a new output folder")
+    if recorded.get("harmonic_redraw_hz", 0) != redraw:
+        raise TrainingError(f"{out}: its coded files were made with harmonic redraw "
+                            f"{recorded.get('harmonic_redraw_hz', 0)!r} Hz, this run asks for {redraw} Hz; use "
+                            "--force to re-code them, or a new output folder")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
