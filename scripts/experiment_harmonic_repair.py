@@ -23,6 +23,7 @@ Prints each clip's scores and the means (speech: PESQ-WB, STOI; ViSQOL for the o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from flowdec_cli.harmonics import HOP, N_FFT, SAMPLE_RATE, draw_harmonics  # noqa: E402
+from flowdec_cli.harmonics import HOP, N_FFT, SAMPLE_RATE, draw_harmonics, redraw_harmonics  # noqa: E402
 from flowdec_cli.pitch import frame_track, pitch_layout  # noqa: E402
 
 DISPERSION = 0.0  # Schroeder-like phase offsets pi k^2 / 16 between harmonics (1) or all in cosine phase (0)
@@ -211,13 +212,16 @@ def _repair_pair(job: tuple[str, str, str, float, bool]) -> str:
     assert sr == sr2 == 48000 and clean.ndim == coded.ndim == 1, (clean_path, sr, sr2)
     n = min(len(clean), len(coded))
     lay = pitch_layout("f0-24ms")
-    if held:  # wherever the file sends a pitch, as the decoder stage does
-        track = frame_track(lay, sent_steps(lay, clean[:n])[None], 1 + n // HOP, HOP)[0]
+    if held:  # wherever the file sends a pitch: the decoder stage itself
+        fixed = coded.astype(np.float32)[None]
+        redraw_harmonics(lay, fixed, sent_steps(lay, clean[:n])[None], int(cutoff))
+        fixed = fixed[0]
     else:
-        track = chosen_track(lay, clean[:n], coded[:n], sr, cutoff)
-    fixed = repair(coded, track, sr, cutoff)
+        fixed = repair(coded, chosen_track(lay, clean[:n], coded[:n], sr, cutoff), sr, cutoff)
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(dest, fixed.astype(np.float32), sr, subtype="FLOAT")
+    part = dest + ".part.wav"  # replaced whole: a training run may be reading the pairs of an earlier setting
+    sf.write(part, fixed.astype(np.float32), sr, subtype="FLOAT")
+    os.replace(part, dest)
     return f"{clean_path},{dest}"
 
 

@@ -42,7 +42,8 @@ def magnitudes(x: np.ndarray) -> np.ndarray:
     return np.abs(np.fft.rfft(x[starts[:, None] + np.arange(H.N_FFT)] * win, axis=1))
 
 
-def test_a_tone_redrawn_at_its_own_pitch_keeps_its_spectrum():
+def test_a_tone_redrawn_at_its_own_pitch_keeps_its_spectrum(monkeypatch):
+    monkeypatch.setattr(H, "KEPT", 0.0)  # the series alone
     x = harmonic(1.0, 240.0)
     y = x.copy()
     H.redraw_harmonics(LAY, y, steps_for(x.shape[1], GRID_240), 2400)
@@ -62,6 +63,9 @@ def test_harmonics_out_of_place_are_moved_to_the_sent_pitch():
         near = np.arange(int((k * 246 - 70) / df), int((k * 246 + 70) / df))
         peak = near[np.argmax(spectrum[near])] * df
         assert abs(peak - 240 * k) < df / 2 and abs(peak - 252 * k) > df
+    for k in (7, 9):  # the decoded partials stay beside the series at KEPT of their amplitude
+        at = int(round(252 * k / df))
+        assert 0.8 * H.KEPT < spectrum[at] / magnitudes(x[0]).mean(0)[at] < 1.2 * H.KEPT
     high = np.rint(252 * np.arange(12, 17) / df).astype(int)  # above the cut-off and its fade: untouched
     np.testing.assert_allclose(spectrum[high], magnitudes(x[0]).mean(0)[high], rtol=1e-3)
 
