@@ -227,3 +227,34 @@ def test_pairs_are_redrawn_as_the_decoder_redraws_and_the_export_records_it(tiny
     r = run("train", "export", tmp_path / "bad", *flags, "--harmonic-redraw", "2400")
     assert r.exit_code == 1 and "needs a postfilter and a rate plan that sends pitch" in r.output
     assert not (tmp_path / "bad").exists()
+
+
+# -- the decode option -----------------------------------------------------------------------------------------
+
+def test_the_decode_option_turns_the_redraw_on_and_off_and_says_when_it_cannot_act(tmp_path):
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from flowdec_cli.cli import main
+
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, SR)[:, 0], SR)
+    runner = CliRunner()
+
+    def decode(name: str, *extra: str) -> np.ndarray:
+        r = runner.invoke(main, ["decompress", str(tmp_path / "a.fdc"), str(tmp_path / name), "--nfe", "2",
+                                 "--seed", "0", "--subtype", "FLOAT", "-q", *extra], catch_exceptions=False)
+        assert r.exit_code == 0 and "no effect" not in r.output, r.output
+        return sf.read(tmp_path / name, dtype="float32")[0]
+
+    r = runner.invoke(main, ["compress", str(src), str(tmp_path / "a.fdc"), "-b", "7.5", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    plain, redrawn = decode("plain.wav"), decode("redrawn.wav", "--harmonic-redraw", "2400")
+    assert np.abs(redrawn - plain).max() > 1e-3
+    assert np.array_equal(decode("off.wav", "--harmonic-redraw", "0"), plain)  # the built-in model's own: off
+    r = runner.invoke(main, ["roundtrip", str(src), str(tmp_path / "r.wav"), "--nfe", "0", "--harmonic-redraw",
+                             "2400", "--temperature", "0.3", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.output.count("--temperature and --harmonic-redraw have no effect at NFE 0") == 1
+    r = runner.invoke(main, ["roundtrip", str(src), str(tmp_path / "x.wav"), "--harmonic-redraw", "50"])
+    assert r.exit_code == 2 and "harmonic_redraw_hz must be a whole number of Hz from 100" in r.output
+    assert not (tmp_path / "x.wav").exists()

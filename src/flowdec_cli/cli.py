@@ -28,7 +28,7 @@ from .options import (
     rate_options,
     spelled_as_folder,
     threads_option,
-    warn_idle_temperature,
+    warn_idle_postfilter_options,
 )
 from .progress import human_duration
 from .streams import is_stdio, require_stdout, strict_json
@@ -505,14 +505,15 @@ def _is_fdc(path: Path) -> bool:
 
 
 def _load_codec(model: str | None, device: str, cache_dir: Path | None, nfe: int | None = 0,
-                precision: str = "auto", temperature: float | None = None, envelope: bool | None = None) -> Codec:
+                precision: str = "auto", temperature: float | None = None, envelope: bool | None = None,
+                harmonic_redraw: int | None = None) -> Codec:
     """The codec for a command (the default model when none is named), set up for the passes it runs."""
     from .models import UnknownModelError
     from .pipeline import Codec
     dev = device_for_command(device)
     try:
         codec = Codec.load(model, dev, with_postfilter=None, nfe=nfe, precision=precision, cache_dir=cache_dir,
-                           temperature=temperature, envelope=envelope)
+                           temperature=temperature, envelope=envelope, harmonic_redraw_hz=harmonic_redraw)
     except UnknownModelError as exc:
         raise click.UsageError(str(exc)) from None
     codec.tune_process()  # the CLI owns its process: glibc keeps large CPU buffers mapped (see the method)
@@ -753,7 +754,7 @@ def compress(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | Non
 @_model_options
 @_overwrite_options
 def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, temperature: float | None,
-               subtype: str | None,
+               harmonic_redraw: int | None, subtype: str | None,
                precision: str, model: str | None, out_format: str, device: str, cache_dir: Path | None,
                threads: int | None,
                force: bool, skip_existing: bool, pattern: str | None, quiet: bool, as_json: bool) -> None:
@@ -784,18 +785,18 @@ def decompress(src: Path, dst: Path, nfe: int, solver: str, seed: int | None, te
             raise click.UsageError(str(exc)) from None
     try:
         decoder = Decompressor(model, device, nfe=nfe, precision=precision, cache_dir=cache_dir, tune_process=True,
-                               temperature=temperature)
+                               temperature=temperature, harmonic_redraw_hz=harmonic_redraw)
     except DeviceError as exc:
         raise click.UsageError(str(exc)) from None
     bars = _Bars(quiet, decoder.device)
-    idle_temperature_told = False
+    idle_options_told = False
 
     def one(job: _Job) -> tuple[dict[str, Any], str]:
-        nonlocal idle_temperature_told
+        nonlocal idle_options_told
         res = decoder.decompress_file(job.src, job.dst, solver, seed, subtype, bars, overwrite=force,
                                       warn=lambda w: click.echo(f"flowdec: warning: {terminal_text(w)}", err=True))
-        if not idle_temperature_told:  # the NFE is known per file (its model's default), so checked here
-            idle_temperature_told = warn_idle_temperature(temperature, res.nfe)
+        if not idle_options_told:  # the NFE is known per file (its model's default), so checked here
+            idle_options_told = warn_idle_postfilter_options(res.nfe, temperature, harmonic_redraw)
         return _decoded(res, res.header, res.file_bytes, res.seconds, "decompress", res.model)
 
     _execute("decompress", plan, one, force, skip_existing, quiet, as_json, suffix)
@@ -833,7 +834,8 @@ def _decoded(res: DecompressResult, header: FdcHeader, nbytes: int, seconds: flo
 @_model_options
 @_overwrite_options
 def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | None, model: str | None, nfe: int,
-              solver: str, seed: int | None, temperature: float | None, subtype: str | None, precision: str,
+              solver: str, seed: int | None, temperature: float | None, harmonic_redraw: int | None,
+              subtype: str | None, precision: str,
               out_format: str, fit: bool, envelope: bool | None, device: str,
               cache_dir: Path | None, threads: int | None, force: bool, skip_existing: bool, pattern: str | None,
               quiet: bool, as_json: bool) -> None:
@@ -857,9 +859,9 @@ def roundtrip(src: Path, dst: Path, bitrate: float | None, n_codebooks: int | No
     _check_named_output(plan, subtype)
     _setup(threads)
     codec = _load_codec(model, device, cache_dir, nfe=nfe, precision=precision, temperature=temperature,
-                        envelope=envelope)
+                        envelope=envelope, harmonic_redraw=harmonic_redraw)
     nfe = _model_nfe(codec, nfe, solver)
-    warn_idle_temperature(temperature, nfe)
+    warn_idle_postfilter_options(nfe, temperature, harmonic_redraw)
     rate = _bitrate_choice(codec, bitrate, n_codebooks)
     bars = _Bars(quiet, codec.device)
     if not quiet:

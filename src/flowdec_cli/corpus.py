@@ -661,7 +661,8 @@ class DecodeWorker(_Worker):
         self.models = Decompressor(settings.get("model"), settings.get("device") or "auto", nfe=settings.get("nfe"),
                                    precision=settings.get("precision", "auto"), cache_dir=settings.get("cache_dir"),
                                    tune_process=bool(settings.get("tune_process")),
-                                   temperature=settings.get("temperature"))
+                                   temperature=settings.get("temperature"),
+                                   harmonic_redraw_hz=settings.get("harmonic_redraw"))
 
     def run(self, task: dict[str, Any]) -> list[dict[str, Any]]:
         from .errors import one_line_message
@@ -1070,8 +1071,8 @@ def encode_corpus(source: str | os.PathLike | Iterable[Item], out: str | os.Path
 
 def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_format: str = "wav",
                   model: str | None = None, nfe: int | None = None, solver: str = "midpoint", seed: int | None = None,
-                  temperature: float | None = None, subtype: str | None = None, precision: str = "auto",
-                  device: str = "auto",
+                  temperature: float | None = None, harmonic_redraw: int | None = None, subtype: str | None = None,
+                  precision: str = "auto", device: str = "auto",
                   threads: int | None = None, engine: Engine | None = None,
                   cache_dir: str | os.PathLike | None = None, tune_process: bool = False, force: bool = False,
                   on_start: Callable[[dict[str, Any]], None] | None = None,
@@ -1080,7 +1081,8 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
     skipped (resume), or with ``force`` decoded again and replaced (another NFE, say); failures are in the
     summary and ``out/_failures.csv``. ``tune_process``: let each worker tune its process for the postfilter
     on a CPU (:meth:`flowdec_cli.pipeline.Codec.tune_process`).
-    ``temperature``: the postfilter's start-noise scale (None: each model's own), as ``flowdec decompress``."""
+    ``temperature``: the postfilter's start-noise scale (None: each model's own), as ``flowdec decompress``;
+    ``harmonic_redraw`` its ``--harmonic-redraw`` (None: each model's own, 0: off)."""
     from .audio import AudioError, format_suffix
 
     _need_pyarrow()
@@ -1131,7 +1133,7 @@ def decode_corpus(source: str | os.PathLike, out: str | os.PathLike, *, out_form
             tasks.append({"shard": str(f.resolve()), "out": str(out.resolve()), "suffix": suffix,
                           "ids": todo if len(todo) < len(ids) else None})
     settings = {"model": model, "nfe": nfe, "tune_process": tune_process, "solver": solver, "seed": seed,
-                "temperature": temperature, "subtype": subtype, "force": force,
+                "temperature": temperature, "harmonic_redraw": harmonic_redraw, "subtype": subtype, "force": force,
                 "precision": precision, "device": device, "threads": _worker_threads(engine, threads),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None}
     summary = RunSummary(total=total, skipped=already, shards=len(tasks), engine=engine.resolved())

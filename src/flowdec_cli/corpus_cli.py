@@ -24,7 +24,7 @@ from .options import (
     decode_options,
     device_option,
     rate_options,
-    warn_idle_temperature,
+    warn_idle_postfilter_options,
 )
 from .progress import human_duration
 from .streams import require_stdout, strict_json
@@ -203,7 +203,8 @@ def encode_command(src: str, dst: Path, to: str, bitrate: float | None, n_codebo
               help="Decode every row again, replacing the audio files an earlier run wrote (not skipping them).")
 @_engine_options
 def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solver: str, temperature: float | None,
-                   seed: int | None, subtype: str | None, precision: str, model: str | None, force: bool, engine: str,
+                   harmonic_redraw: int | None, seed: int | None, subtype: str | None, precision: str,
+                   model: str | None, force: bool, engine: str,
                    address: str | None, workers: int | None, cache_dir: Path | None, cpus_per_worker: float,
                    gpus_per_worker: float, device: str, threads: int | None, as_json: bool, quiet: bool) -> None:
     """Decode Parquet shards (a folder of part-*.parquet, or one shard) into OUT/<id>.<format>, resuming."""
@@ -211,14 +212,15 @@ def decode_command(src: Path, dst: Path, out_format: str, nfe: int | None, solve
 
     if nfe is not None:
         check_nfe_option(nfe, solver)
-        warn_idle_temperature(temperature, nfe)
+        warn_idle_postfilter_options(nfe, temperature, harmonic_redraw)
     if as_json:
         require_stdout()
     eng = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker)
     report = _Report(quiet, "decoded")
     try:
         summary = decode_corpus(src, dst, out_format=out_format, model=model, nfe=nfe, solver=solver, seed=seed,
-                                temperature=temperature, subtype=subtype, precision=precision, device=device,
+                                temperature=temperature, harmonic_redraw=harmonic_redraw, subtype=subtype,
+                                precision=precision, device=device,
                                 threads=threads, engine=eng, cache_dir=cache_dir, tune_process=True, force=force,
                                 on_start=report.start, on_record=report.record)
     finally:

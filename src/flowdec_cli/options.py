@@ -18,8 +18,9 @@ from .fileio import descriptor_alias
 from .numeric import MAX_THREADS
 
 __all__ = ["FiniteFloatRange", "PathArgument", "cache_dir_option", "check_nfe_option", "check_rate_request_option",
-           "decode_options", "device_for_command", "device_option", "rate_options", "seed_option", "spelled_as_folder",
-           "temperature_option", "threads_option", "warn_idle_temperature", "THREADS"]
+           "decode_options", "device_for_command", "device_option", "harmonic_redraw_option", "rate_options",
+           "seed_option", "spelled_as_folder", "temperature_option", "threads_option", "warn_idle_postfilter_options",
+           "THREADS"]
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -87,6 +88,18 @@ def check_nfe_option(nfe: int, solver: str) -> None:
         raise click.UsageError(f"--nfe {nfe}: {exc}") from None
 
 
+def harmonic_redraw_option(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """Click callback of ``--harmonic-redraw``: 0 (off) or a cut-off the redraw takes, as a usage error."""
+    if value is None or value == 0:
+        return value
+    from .harmonics import check_cutoff
+
+    try:
+        return check_cutoff(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 def temperature_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """Click callback of ``--temperature``: the sampler's range, as a usage error."""
     if value is None:
@@ -140,6 +153,11 @@ def decode_options(f: Any) -> Any:
     f = click.option("--temperature", type=float, default=None, callback=temperature_option,
                      help="Scale of the postfilter's start noise, 0 to 2: 1 is FlowDec's, lower invents less. "
                           "Default: the model's (1 for the FlowDec models).")(f)
+    f = click.option("--harmonic-redraw", "harmonic_redraw", type=int, default=None, metavar="HZ",
+                     callback=harmonic_redraw_option,
+                     help="Before the postfilter, redraw a voice's harmonics below HZ at the pitch the file sends "
+                          "(files of a rate that sends one); 0 turns it off. Default: the model's (off unless its "
+                          "postfilter was trained for it; docs/models.md).")(f)
     f = click.option("--solver", type=click.Choice(["midpoint", "euler"]), default="midpoint", show_default=True,
                      help="ODE solver of the postfilter.")(f)
     f = click.option("--nfe", type=click.IntRange(min=0), default=None,
@@ -149,12 +167,17 @@ def decode_options(f: Any) -> Any:
     return f
 
 
-def warn_idle_temperature(temperature: float | None, nfe: int) -> bool:
-    """Say so when --temperature was given but the postfilter does not run; True when it was said."""
-    if temperature is None or nfe > 0:
+def warn_idle_postfilter_options(nfe: int, temperature: float | None = None,
+                                 harmonic_redraw: int | None = None) -> bool:
+    """Say so when --temperature or --harmonic-redraw was given but the postfilter does not run; True when it
+    was said."""
+    given = [name for name, value in (("--temperature", temperature), ("--harmonic-redraw", harmonic_redraw))
+             if value is not None]
+    if not given or nfe > 0:
         return False
-    click.echo("flowdec: warning: --temperature has no effect at NFE 0 (the postfilter does not run; "
-               "give --nfe 6 to use it)", err=True)
+    one = len(given) == 1
+    click.echo(f"flowdec: warning: {' and '.join(given)} {'has' if one else 'have'} no effect at NFE 0 (the "
+               f"postfilter does not run; give --nfe 6 to use {'it' if one else 'them'})", err=True)
     return True
 
 

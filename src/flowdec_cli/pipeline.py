@@ -296,12 +296,14 @@ class Codec:
 
     def __init__(self, model: Model, device: torch.device | str = "cpu", chunk_seconds: float = 10.0,
                  precision: str = "auto", temperature: float | None = None, envelope: bool | None = None,
-                 nfe: int | None = None) -> None:
+                 nfe: int | None = None, harmonic_redraw_hz: int | None = None) -> None:
         """``nfe``: the postfilter passes a decode runs when none is given (None: the model's default,
         :meth:`resolve_nfe`). ``precision`` of the postfilter: ``auto`` is bfloat16 on CUDA (about 1e-2
         relative difference, see docs/performance.md) and float32 on the CPU; ``float32`` is exact to float
         rounding everywhere. ``temperature`` replaces the postfilter's start-noise temperature (its config's,
-        else 1 = FlowDec). ``envelope``: whether the files this codec writes carry the band-level side
+        else 1 = FlowDec). ``harmonic_redraw_hz`` replaces the cut-off below which a file's voiced harmonics
+        are redrawn at its pitch before the postfilter (its config's, else none; 0 turns it off;
+        :mod:`flowdec_cli.harmonics`). ``envelope``: whether the files this codec writes carry the band-level side
         channel (None: as the model's card says; the released models have none, so their files decode exactly
         as the official code's). Decoding always follows a file's side channel when it has one."""
         self.model = model
@@ -328,11 +330,13 @@ class Codec:
         self._tables: Any = False  # not looked for yet
         if self.postfilter is not None:
             self._configure_postfilter(precision)
-            if temperature is not None:
-                try:
+            try:
+                if temperature is not None:
                     self.postfilter.temperature = temperature
-                except ValueError as exc:
-                    raise CodecError(str(exc)) from None
+                if harmonic_redraw_hz is not None:
+                    self.postfilter.harmonic_redraw_hz = harmonic_redraw_hz
+            except ValueError as exc:
+                raise CodecError(str(exc)) from None
 
     def _configure_postfilter(self, precision: str) -> None:
         from .postfilter import Postfilter
@@ -1027,11 +1031,12 @@ class Decompressor:
 
     def __init__(self, model: str | os.PathLike[str] | None = None, device: str | torch.device = "auto",
                  nfe: int | None = None, precision: str = "auto", cache_dir: str | os.PathLike[str] | None = None,
-                 tune_process: bool = False, temperature: float | None = None) -> None:
+                 tune_process: bool = False, temperature: float | None = None,
+                 harmonic_redraw_hz: int | None = None) -> None:
         self.override = model
         self.device = resolve_device(device)
         self.nfe, self.precision, self.cache_dir, self.tune = nfe, precision, cache_dir, tune_process
-        self.temperature = temperature
+        self.temperature, self.harmonic_redraw_hz = temperature, harmonic_redraw_hz
         self._codecs: dict[str, Codec] = {}
 
     def codec_for(self, model_name: str, source: str | os.PathLike[str]) -> Codec:
@@ -1043,7 +1048,8 @@ class Decompressor:
             try:
                 ref = self.override or resolve_named_by_data(model_name, self.cache_dir)
                 codec = Codec.load(ref, self.device, with_postfilter=None, nfe=self.nfe, precision=self.precision,
-                                   cache_dir=self.cache_dir, temperature=self.temperature)
+                                   cache_dir=self.cache_dir, temperature=self.temperature,
+                                   harmonic_redraw_hz=self.harmonic_redraw_hz)
             except ModelError as exc:
                 if self.override:
                     raise
