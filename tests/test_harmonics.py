@@ -4,7 +4,6 @@ and the postfilter setting that has the decoder do it."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from flowdec_cli.pipeline import Codec, DiskArray
 from flowdec_cli.postfilter import Postfilter
 
 from .conftest import tone
-from .test_pitch import LAY, SR, pitched_postfilter
+from .test_pitch import LAY, SR, pitched_model, pitched_postfilter
 
 GRID_240 = 49  # step 49 of f0-24ms: 60 Hz * 2 ** (48 / 24) = 240 Hz exactly
 
@@ -148,14 +147,7 @@ def test_the_setting_travels_in_the_folder_and_makes_it_version_3(tmp_path):
 
 
 def test_the_decoder_redraws_before_the_postfilter_only_where_asked(tiny_codec_dir, tmp_path, monkeypatch):
-    folder = tmp_path / "pitched"
-    shutil.copytree(tiny_codec_dir, folder)
-    pitched_postfilter().save(folder / "postfilter")
-    plan = [{"codebooks": i, "kbps": 0.75 * i + 0.2, "envelope": "bands15"} for i in range(1, 11)]
-    plan.insert(4, {"codebooks": 4, "kbps": 3.5, "envelope": "bands15", "pitch": "f0-24ms"})  # after 4 at 3.2
-    (folder / "flowdec.json").write_text(json.dumps({"name": "pitched", "licence": "test-only",
-                                                     "envelope": "bands15", "rate_plan": plan}))
-    codec = Codec.load(str(folder), device="cpu")
+    codec = pitched_model(tiny_codec_dir, tmp_path)
     audio = tone(1.0, SR)
     header, codes = codec.compress_array(audio, SR, bitrate_kbps=3.5)
     assert header.pitch is not None and (header.pitch > 0).mean() > 0.8

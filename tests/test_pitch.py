@@ -296,8 +296,9 @@ def test_a_long_input_hands_each_chunk_its_own_frames_of_pitch(monkeypatch):
         pf.enhance(y, nfe=2, pitch=np.zeros((2, frames)))
 
 
-def test_a_model_whose_plan_sends_pitch_writes_it_and_its_postfilter_reads_it(tiny_codec_dir, tmp_path,
-                                                                              monkeypatch):
+def pitched_model(tiny_codec_dir, tmp_path) -> Codec:
+    """The tiny codec with :func:`pitched_postfilter` and a plan whose 3.5 kbit/s entry (4 codebooks) sends
+    pitch, between 4 codebooks without it at 3.2 and 5 at 3.95."""
     folder = tmp_path / "pitched"
     shutil.copytree(tiny_codec_dir, folder)
     pitched_postfilter().save(folder / "postfilter")
@@ -305,7 +306,12 @@ def test_a_model_whose_plan_sends_pitch_writes_it_and_its_postfilter_reads_it(ti
     plan.insert(4, {"codebooks": 4, "kbps": 3.5, "envelope": "bands15", "pitch": "f0-24ms"})  # after 4 at 3.2
     (folder / "flowdec.json").write_text(json.dumps({"name": "pitched", "licence": "test-only",
                                                      "envelope": "bands15", "rate_plan": plan}))
-    codec = Codec.load(str(folder), device="cpu")
+    return Codec.load(str(folder), device="cpu")
+
+
+def test_a_model_whose_plan_sends_pitch_writes_it_and_its_postfilter_reads_it(tiny_codec_dir, tmp_path,
+                                                                              monkeypatch):
+    codec = pitched_model(tiny_codec_dir, tmp_path)
     audio = tone(1.0, SR)
     header, codes = codec.compress_array(audio, SR, bitrate_kbps=3.5)
     assert header.n_codebooks == 4 and header.pitch_layout == LAY.name
