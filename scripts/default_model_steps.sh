@@ -6,7 +6,8 @@
 # (default 2 3 4 5: the rate plan's cheapest entries for them, 2.6, 4.35, 5.1 and 7.85 kbit/s), chosen by
 # its position in the list, so the rates share the corpus without coding it once per rate; the coded side
 # gets the side channel of its rate (the layout configs/default-rate-plan.json gives that count; ENVELOPE
-# forces one layout for all). On CUDA the rates run at once. PAIRS_EVERY=N codes only every Nth training
+# forces one layout for all; HARMONIC_REDRAW=HZ redraws its voiced harmonics below HZ at the clean side's pitch,
+# for a postfilter export_default_model then exports with the same setting). On CUDA the rates run at once. PAIRS_EVERY=N codes only every Nth training
 # file (a large corpus on a short lease); PAIRS_OFFSET=J (0 ... N-1, default 0) picks which of each N, so a
 # later run can train on files an earlier one did not code.
 RATE_PLAN=${RATE_PLAN:-configs/default-rate-plan.json}
@@ -34,7 +35,8 @@ _plan_layout() {  # K: the side-channel layout the rate plan gives K codebooks a
 
 _code_rate() {  # PAIRS NDAC K DEVICE
   $FLOWDEC train prepare-pairs "$1/clean-nq$3.txt" --ndac "$2" -o "$1/nq$3" -n "$3" \
-    --validation-fraction 0.05 --test-fraction 0 --device "$4" -q --envelope "${ENVELOPE:-$(_plan_layout "$3")}"
+    --validation-fraction 0.05 --test-fraction 0 --device "$4" -q --envelope "${ENVELOPE:-$(_plan_layout "$3")}" \
+    ${HARMONIC_REDRAW:+--harmonic-redraw "$HARMONIC_REDRAW"}
 }
 
 # trained_with MODEL: the codebook counts MODEL's postfilter was trained at, and PAIR_CODEBOOKS: what the
@@ -56,5 +58,5 @@ export_default_model() {
     --description "Small built-in FlowDec-style model: NDAC 75 Hz, 10x1024 codebooks (0.75-7.5 kbit/s of codes; 0.95-11.65 kbit/s with the side channels of each rate) + a frame-wise flow postfilter told the input's pitch; trained on audio from Debian main packages (their list and licences: docs/corpus.md and docs/models.md at https://github.com/flowdec/flowdec-cli)" \
     --trained-codebooks "$(echo ${TRAINED_CODEBOOKS:-$PAIR_CODEBOOKS} | tr ' ' ',')" --default-nfe "${DEFAULT_NFE:-6}" \
     --temperature "${TEMPERATURE:-0.25}" --envelope bands15 --rate-plan "$RATE_PLAN" \
-    --envelope-before-postfilter --postfilter-dtype float16 -f
+    --envelope-before-postfilter --postfilter-dtype float16 ${HARMONIC_REDRAW:+--harmonic-redraw "$HARMONIC_REDRAW"} -f
 }
