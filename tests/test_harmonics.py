@@ -206,6 +206,15 @@ def test_pairs_are_redrawn_as_the_decoder_redraws_and_the_export_records_it(tiny
     np.testing.assert_allclose(redrawn[:inner], expected[0, :inner], atol=1e-5)
     r = run("train", "prepare-pairs", clips, "-o", tmp_path / "redrawn", *common)
     assert r.exit_code == 1 and "made with harmonic redraw 2400 Hz, this run asks for 0 Hz" in r.output
+    # a sigma estimate made on the plain pairs is stale for the redrawn ones, and says why
+    from flowdec_cli.training.prepare import pairs_coded_by, stale_sigma_warning
+
+    plain_list, redrawn_list = tmp_path / "plain" / "train.txt", tmp_path / "redrawn" / "train.txt"
+    assert "harmonic_redraw_hz" not in pairs_coded_by([plain_list])[0]
+    assert pairs_coded_by([redrawn_list])[0]["harmonic_redraw_hz"] == 2400
+    estimate = {"pairs_coded_by": pairs_coded_by([plain_list])}
+    assert stale_sigma_warning("s.json", estimate, [plain_list]) is None
+    assert "redrawn below 2400 Hz" in stale_sigma_warning("s.json", estimate, [redrawn_list])
 
     pf = tmp_path / "pf"
     pitched_postfilter().save(pf)

@@ -432,13 +432,16 @@ def pair_list_records(lists: Sequence[str | os.PathLike]) -> list[tuple[Path, di
 
 
 def pairs_coded_by(lists: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
-    """How the pairs of ``lists`` were coded (codec weights, side-channel layout, codebook counts), each way
-    once: what a sigma estimate depends on besides the clean audio, recorded in it so that pairs re-coded
-    since are noticed (:func:`stale_sigma_warning`)."""
+    """How the pairs of ``lists`` were coded (codec weights, side-channel layout, codebook counts, harmonic
+    redraw), each way once: what a sigma estimate depends on besides the clean audio, recorded in it so that
+    pairs re-coded since are noticed (:func:`stale_sigma_warning`). The redraw is named only where there
+    was one, so estimates recorded before it existed still match their pairs."""
     coded = {(str(r.get("ndac_hash") or ""), str(r.get("envelope") or ""),
-              tuple(sorted(int(k) for k in r.get("n_codebooks") or [] if isinstance(k, int))))
+              tuple(sorted(int(k) for k in r.get("n_codebooks") or [] if isinstance(k, int))),
+              int(redraw) if isinstance(redraw := r.get("harmonic_redraw_hz"), int) else 0)
              for _, r in pair_list_records(lists)}
-    return [{"ndac_hash": h, "envelope": e, "n_codebooks": list(k)} for h, e, k in sorted(coded) if h]
+    return [{"ndac_hash": h, "envelope": e, "n_codebooks": list(k), **({"harmonic_redraw_hz": z} if z else {})}
+            for h, e, k, z in sorted(coded) if h]
 
 
 def stale_sigma_warning(sigma_file: str | os.PathLike, estimate: dict[str, Any],
@@ -454,6 +457,7 @@ def stale_sigma_warning(sigma_file: str | os.PathLike, estimate: dict[str, Any],
     def names(coded: list[Any]) -> str:
         return ", ".join(f"{c.get('ndac_hash')}" + (f" with {c['envelope']}" if c.get("envelope") else "")
                          + (f" at {','.join(map(str, c['n_codebooks']))} codebooks" if c.get("n_codebooks") else "")
+                         + (f", redrawn below {c['harmonic_redraw_hz']} Hz" if c.get("harmonic_redraw_hz") else "")
                          for c in coded if isinstance(c, dict))
 
     return (f"{sigma_file} was estimated from pairs coded by {names(recorded)}, but the training pairs are now "
