@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 
 from .exceptions import InvalidValue
+from .numeric import is_integer
 from .pitch import PitchLayout, frame_track
 
-__all__ = ["FADE_HZ", "HOP", "KEPT", "N_FFT", "SAMPLE_RATE", "check_cutoff", "draw_harmonics", "redraw_harmonics"]
+__all__ = ["CUTOFF_RANGE_HZ", "FADE_HZ", "HOP", "KEPT", "N_FFT", "SAMPLE_RATE", "check_cutoff", "draw_harmonics",
+           "redraw_harmonics", "redraw_setting"]
 
 SAMPLE_RATE = 48000  # the rate the frames below are defined at (every pitch layout's)
 N_FFT = 2048         # periodic Hann window; 23 Hz bins resolve a 60 Hz voice's harmonics
@@ -44,18 +46,21 @@ FADE_HZ = 200.0      # the redrawn band fades into the decoded one over this abo
 KEPT = 0.25          # the decoded band stays beside the series at this amplitude (-12 dB): see the module's doc
 _LOBE = 4            # bins drawn either side of the one nearest a harmonic (Hann's main lobe is +-2)
 _BLOCK = 1 << 18     # samples per block when reading a buffer
-_MIN_CUTOFF_HZ = 100
+CUTOFF_RANGE_HZ = (100, int(SAMPLE_RATE // 2 - FADE_HZ))  # up to where the fade still ends below Nyquist
 
 
 def check_cutoff(cutoff_hz: Any) -> int:
-    """A cut-off in whole Hz (from a model's config: data from a file), from 100 Hz to below the fade's reach
-    of the Nyquist frequency."""
-    top = int(SAMPLE_RATE // 2 - FADE_HZ)
-    if isinstance(cutoff_hz, bool) or not isinstance(cutoff_hz, (int, np.integer)) \
-            or not _MIN_CUTOFF_HZ <= cutoff_hz <= top:
-        raise InvalidValue(f"harmonic_redraw_hz must be a whole number of Hz from {_MIN_CUTOFF_HZ} to {top}, "
+    """A cut-off in whole Hz within ``CUTOFF_RANGE_HZ`` (from a model's config: data from a file)."""
+    low, top = CUTOFF_RANGE_HZ
+    if not is_integer(cutoff_hz) or not low <= cutoff_hz <= top:
+        raise InvalidValue(f"harmonic_redraw_hz must be a whole number of Hz from {low} to {top}, "
                            f"got {cutoff_hz!r}")
     return int(cutoff_hz)
+
+
+def redraw_setting(value: Any) -> int:
+    """A redraw setting: 0 (off) or a cut-off :func:`check_cutoff` takes."""
+    return 0 if is_integer(value) and value == 0 else check_cutoff(value)
 
 
 def _window() -> np.ndarray:

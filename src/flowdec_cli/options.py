@@ -90,12 +90,12 @@ def check_nfe_option(nfe: int, solver: str) -> None:
 
 def harmonic_redraw_option(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     """Click callback of ``--harmonic-redraw``: 0 (off) or a cut-off the redraw takes, as a usage error."""
-    if value is None or value == 0:
-        return value
-    from .harmonics import check_cutoff
+    if value is None:
+        return None
+    from .harmonics import redraw_setting
 
     try:
-        return check_cutoff(value)
+        return redraw_setting(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 

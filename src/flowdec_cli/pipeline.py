@@ -805,11 +805,11 @@ class Codec:
             raise CodecError(f"model '{self.model.name}' has no postfilter; decode at NFE 0")
         from .longaudio import enhance_long
 
-        envelope_first = 0.0
+        side_first = 0.0  # seconds of the side channels applied before the postfilter
         if self.model.info.get("envelope_before_postfilter"):
             # a postfilter trained on corrected pairs (train prepare-pairs --envelope) refines a balanced D0
-            envelope_first = self._apply_envelope(d0, header, codes)
-        envelope_first += self._redraw_harmonics(d0, header)
+            side_first = self._apply_envelope(d0, header, codes)
+        side_first += self._redraw_harmonics(d0, header)
         out = _ModelRateBuffer(channels, d0.data.shape[1])
         t1 = time.perf_counter()
         try:
@@ -822,7 +822,7 @@ class Codec:
             d0.close()
         postfilter_seconds = time.perf_counter() - t1
         return _Decoded(out, float(header.gain), d0_seconds, postfilter_seconds,
-                        envelope_first + self._apply_envelope(out, header, codes))
+                        side_first + self._apply_envelope(out, header, codes))
 
     def _pitch_track(self, header: FdcHeader, length: int) -> np.ndarray | None:
         """The file's pitch side channel as F0 per postfilter frame of a ``length``-sample decode, for a

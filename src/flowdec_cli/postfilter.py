@@ -46,7 +46,7 @@ from .checkpoints import (
 from .exceptions import InvalidValue
 from .features import ALPHA, BETA, HOP_LENGTH, N_FFT, PAD_MULTIPLE, FeatureMap
 from .framewise import FramewiseBackbone
-from .harmonics import check_cutoff
+from .harmonics import redraw_setting
 from .ncsnpp import NCSNpp
 from .numeric import is_integer, is_real
 from .progress import Progress
@@ -575,8 +575,7 @@ class Postfilter(nn.Module):
 
     @harmonic_redraw_hz.setter
     def harmonic_redraw_hz(self, value: Any) -> None:
-        self._harmonic_redraw_hz = 0 if is_integer(value) and not isinstance(value, bool) and value == 0 \
-            else check_cutoff(value)
+        self._harmonic_redraw_hz = redraw_setting(value)
 
     def start(self, Y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The ODE's start point ``Y + sigma_y * temperature * noise``.

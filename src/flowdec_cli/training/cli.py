@@ -12,6 +12,7 @@ import click
 from ..envelope import LAYOUTS
 from ..errors import Failure, FlowdecGroup, error_line
 from ..fileio import parse_json
+from ..harmonics import CUTOFF_RANGE_HZ
 from ..options import FiniteFloatRange, device_for_command, device_option, temperature_option, threads_option
 
 __all__ = ["train_group"]
@@ -192,9 +193,9 @@ def _codebook_list(values: tuple[str, ...], option: str = "--n-codebooks") -> li
 @click.option("--envelope", default=None, metavar="LAYOUT", type=click.Choice(list(LAYOUTS)),
               help="Apply the band-level side channel of this layout (bands15) to the coded side, for a postfilter "
                    "that runs after it (a model card's envelope_before_postfilter).")
-@click.option("--harmonic-redraw", "harmonic_redraw_hz", type=click.IntRange(100, 23800), default=None, metavar="HZ",
-              help="Then redraw the coded side's voiced harmonics below HZ at the clean side's F0, for a "
-                   "postfilter exported with --harmonic-redraw (docs/models.md).")
+@click.option("--harmonic-redraw", "harmonic_redraw_hz", type=click.IntRange(*CUTOFF_RANGE_HZ), default=None,
+              metavar="HZ", help="Then redraw the coded side's voiced harmonics below HZ at the clean side's F0, "
+                                 "for a postfilter exported with --harmonic-redraw (docs/models.md).")
 @threads_option
 @click.option("-f", "--force", is_flag=True, help="Re-code files whose coded output exists.")
 @_quiet
@@ -319,9 +320,10 @@ def estimate_sigma_command(config: Path | None, pair_lists: tuple[Path, ...], ou
               default=None, help="JSON file: the codebooks and side-channel layout of each rate; needs "
                                  "--envelope (the built-in model's: configs/default-rate-plan.json in the source tree; "
                                  "docs/models.md).")
-@click.option("--harmonic-redraw", "harmonic_redraw_hz", type=click.IntRange(100, 23800), default=None, metavar="HZ",
-              help="Decoders redraw the voiced harmonics below HZ at a file's pitch before the postfilter (one "
-                   "trained on pairs made with prepare-pairs --harmonic-redraw HZ); needs a plan that sends pitch.")
+@click.option("--harmonic-redraw", "harmonic_redraw_hz", type=click.IntRange(*CUTOFF_RANGE_HZ), default=None,
+              metavar="HZ", help="Decoders redraw the voiced harmonics below HZ at a file's pitch before the "
+                                 "postfilter (one trained on pairs made with prepare-pairs --harmonic-redraw HZ); "
+                                 "needs a plan that sends pitch.")
 @click.option("--postfilter-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="How the postfilter's network weights are stored: float16 halves them (they run in float32).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite a non-empty OUT.")

@@ -300,14 +300,13 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
     for a postfilter the decoder redraws before (its config's ``harmonic_redraw_hz``)."""
     from ..envelope import EnvelopeError, apply_envelope, envelope_layout, measure, quantise
     from ..exceptions import InvalidValue
-    from ..harmonics import check_cutoff, redraw_harmonics
-    from ..pitch import PitchError, measure_pitch, pitch_layout
-    from ..pitch import quantise as quantise_pitch
+    from ..harmonics import redraw_harmonics, redraw_setting
+    from ..pitch import PitchError, pitch_layout, steps_of_signal
 
     model = load_trained_ndac(ndac_ref, device)
     try:
         layout = envelope_layout(envelope, model.sample_rate) if envelope else None
-        redraw = check_cutoff(harmonic_redraw_hz) if harmonic_redraw_hz else 0
+        redraw = redraw_setting(harmonic_redraw_hz)
         voice = pitch_layout(REDRAW_PITCH_LAYOUT, model.sample_rate) if redraw else None
     except (EnvelopeError, PitchError, InvalidValue) as exc:
         raise TrainingError(str(exc)) from None
@@ -368,7 +367,7 @@ def prepare_pairs(ndac_ref: str | os.PathLike, sources: Sequence[str | os.PathLi
                 # levels and gains are the ones a .fdc file would carry and apply.
                 span = codes.shape[-1] * model.hop_length
                 levels = quantise(layout, measure(layout, x[None], span)) if layout is not None else None
-                steps = quantise_pitch(voice, measure_pitch(voice, x[None], len(x))) if voice is not None else None
+                steps = steps_of_signal(voice, x[None]) if voice is not None else None
                 for k, p in todo:
                     y = np.ascontiguousarray(
                         model.decode_chunked(codes[:, :k], chunk_frames)[0].float().cpu().numpy(), np.float32)
