@@ -9,6 +9,7 @@ turns a refusal into a usage error (exit 2) before any file is read, so every co
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +89,21 @@ def check_nfe_option(nfe: int, solver: str) -> None:
         raise click.UsageError(f"--nfe {nfe}: {exc}") from None
 
 
+def _checked(check: Callable[[Any], Any], value: Any, ctx: click.Context, param: click.Parameter) -> Any:
+    """``check(value)``, its ValueError turned into click's usage error naming the option."""
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 def harmonic_redraw_option(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     """Click callback of ``--harmonic-redraw``: 0 (off) or a cut-off the redraw takes, as a usage error."""
     if value is None:
         return None
     from .harmonics import redraw_setting
 
-    try:
-        return redraw_setting(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return _checked(redraw_setting, value, ctx, param)
 
 
 def temperature_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -106,20 +112,14 @@ def temperature_option(ctx: click.Context, param: click.Parameter, value: float 
         return None
     from .sampler import check_temperature
 
-    try:
-        return check_temperature(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return _checked(check_temperature, value, ctx, param)
 
 
 def seed_option(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     """Click callback of ``--seed``: the generator's range, as a usage error."""
     from .sampler import check_seed
 
-    try:
-        return check_seed(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return _checked(check_seed, value, ctx, param)
 
 
 #: ``--threads``'s values, checked as the option is read (a usage error), without importing torch
