@@ -16,6 +16,8 @@ D0's low band nearer the input's.
     python scripts/experiment_harmonic_repair.py pairs LIST.txt ... --out DIR
     # models decoded with the repair before their postfilter (MODEL+repair) or without
     python scripts/experiment_harmonic_repair.py models /work/corpus SHIPPED SHIPPED+repair RUN/model+repair
+    # the decoder stage with shares of the decoded band kept beside the series, before the shipped postfilter
+    python scripts/experiment_harmonic_repair.py kept /work/corpus --category speech --kept 0,0.1,0.25
 
 Prints each clip's scores and the means (speech: PESQ-WB, STOI; ViSQOL for the other categories or with
 --visqol; the mel distance), every clip the first 4 s of a validation file at `-b 7.5`.
@@ -308,6 +310,37 @@ def score_models(args: argparse.Namespace) -> None:
               f"model's on {up} of {len(r)})")
 
 
+def score_kept(args: argparse.Namespace) -> None:
+    """The decoder stage (2.4 kHz) before the shipped postfilter with each share of the decoded band kept
+    beside the series (``harmonics.KEPT``), and without the stage, on every validation clip of a category
+    (first 4 s, `-b 7.5`, NFE 6, T 0.25, seed 0, one thread): the table of "The redraw as a decoder stage"."""
+    import soundfile as sf
+    import torch
+
+    import flowdec_cli.harmonics as harmonics
+    from flowdec_cli.evaluation.metrics import mel_distance, pesq_wb, stoi, visqol
+    from flowdec_cli.pipeline import Codec
+
+    torch.set_num_threads(1)
+    codec = Codec.load(str(ROOT / "src/flowdec_cli/assets/models/flowdec-small"), device="cpu")
+    metrics = {"PESQ-WB": pesq_wb, "STOI": stoi} if args.category == "speech" else {}
+    metrics.update({"ViSQOL": visqol, "mel": mel_distance})
+    settings = [("no redraw", 0, 0.0)] + [(f"kept {float(k):g}", 2400, float(k)) for k in args.kept.split(",")]
+    rows: dict[str, list] = {}
+    for name in (args.corpus / f"valid_{args.category}.txt").read_text().split()[: args.clips]:
+        audio, sr = sf.read(args.corpus / name, dtype="float32", always_2d=True)
+        audio = audio[: 4 * sr]
+        header, codes = codec.compress_array(audio, sr, bitrate_kbps=7.5)
+        for label, cutoff, kept in settings:
+            codec.postfilter.harmonic_redraw_hz, harmonics.KEPT = cutoff, kept
+            y = codec.decompress_codes(header, codes, nfe=6, seed=0)
+            rows.setdefault(label, []).append([fn(audio, y, sr) for fn in metrics.values()])
+        print(Path(name).name, {k: [round(v, 3) for v in r[-1]] for k, r in rows.items()}, flush=True)
+    print(f"{args.category}, {len(next(iter(rows.values())))} clips: {' / '.join(metrics)} (means)")
+    for k, r in rows.items():
+        print(f"  {k:12s} {' / '.join(f'{v:.4f}' for v in np.array(r).mean(0))}")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["models"]:
         ap = argparse.ArgumentParser(description=score_models.__doc__)
@@ -320,6 +353,14 @@ def main() -> None:
         ap.add_argument("--category", default="speech")
         ap.add_argument("--cutoff", type=float, default=2400.0)
         return score_models(ap.parse_args())
+    if sys.argv[1:2] == ["kept"]:
+        ap = argparse.ArgumentParser(description=score_kept.__doc__)
+        ap.add_argument("cmd")
+        ap.add_argument("corpus", type=Path)
+        ap.add_argument("--category", default="speech")
+        ap.add_argument("--kept", default="0,0.1,0.25", help="comma-separated shares of the decoded band kept")
+        ap.add_argument("--clips", type=int, default=14)
+        return score_kept(ap.parse_args())
     if sys.argv[1:2] == ["pairs"]:
         ap = argparse.ArgumentParser(description=make_pairs.__doc__)
         ap.add_argument("cmd")
